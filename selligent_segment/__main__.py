@@ -1,0 +1,7 @@
+"""``python -m selligent_segment``: the same as the ``selligent-segment`` command."""
+
+import sys
+
+from selligent_segment._cli import main
+
+sys.exit(main())

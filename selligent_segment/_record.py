@@ -1,0 +1,359 @@
+"""The callback record: what the mail platform's hooks hand to the library.
+
+A :class:`CallbackRecord` is validated when it is built, whether from Python keyword
+arguments or from a dict (:meth:`CallbackRecord.from_dict`, the JSON Lines format).
+Every refusal raises :class:`~selligent_segment.InvalidEvent` naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from selligent_segment._errors import InvalidEvent
+
+__all__ = ["CallbackRecord", "EventKind"]
+
+
+class EventKind(str, enum.Enum):
+    """The six kinds of email callback, one per Segment Email event."""
+
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    LINK_CLICKED = "link_clicked"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    MARKED_AS_SPAM = "marked_as_spam"
+
+    @classmethod
+    def parse(cls, value: object) -> EventKind:
+        """Return the kind named by ``value`` (canonical name or documented alias)."""
+        if isinstance(value, EventKind):
+            return value
+        if not isinstance(value, str):
+            raise InvalidEvent("type", f"expected a string, got {type(value).__name__}")
+        kind = _KIND_ALIASES.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
+        if kind is None:
+            known = ", ".join(k.value for k in cls)
+            raise InvalidEvent("type", f"unknown event type {value!r} (expected one of {known})")
+        return kind
+
+
+_KIND_ALIASES: dict[str, EventKind] = {k.value: k for k in EventKind}
+_KIND_ALIASES.update(
+    {
+        "delivery": EventKind.DELIVERED,
+        "open": EventKind.OPENED,
+        "click": EventKind.LINK_CLICKED,
+        "clicked": EventKind.LINK_CLICKED,
+        "unsubscribe": EventKind.UNSUBSCRIBED,
+        "bounce": EventKind.BOUNCED,
+        "spam": EventKind.MARKED_AS_SPAM,
+        "complaint": EventKind.MARKED_AS_SPAM,
+    }
+)
+
+# Spec property fields of the record, with the kinds they belong to (None: every kind).
+_PROPERTY_FIELDS: dict[str, frozenset[EventKind] | None] = {
+    "email_id": None,
+    "email_subject": None,
+    "campaign_id": None,
+    "campaign_name": None,
+    "link_url": frozenset({EventKind.LINK_CLICKED}),
+    "link_id": frozenset({EventKind.LINK_CLICKED}),
+    "list_id": frozenset({EventKind.UNSUBSCRIBED}),
+    "list_name": frozenset({EventKind.UNSUBSCRIBED}),
+    "bounce_type": frozenset({EventKind.BOUNCED}),
+    "bounce_reason": frozenset({EventKind.BOUNCED}),
+    "smtp_status": frozenset({EventKind.BOUNCED}),
+}
+#: Property names an extra property may not take.
+RESERVED_PROPERTIES = frozenset(_PROPERTY_FIELDS)
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+_SNAKE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+_MAX_TEXT = 8192
+_MAX_DEPTH = 16
+
+
+def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
+    """Validate an optional text field; blank means absent."""
+    if value is None:
+        return None
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(field, f"expected a string, got {type(value).__name__}")
+    value = value.strip()
+    if len(value) > _MAX_TEXT:
+        raise InvalidEvent(field, f"longer than {_MAX_TEXT} characters ({len(value)})")
+    return value or None
+
+
+def _email(value: object) -> str | None:
+    text = _text("email", value)
+    if text is None:
+        return None
+    if len(text) > 254 or not _EMAIL_RE.match(text):
+        raise InvalidEvent("email", "not a plausible email address")
+    return text
+
+
+def _ip(value: object) -> str | None:
+    text = _text("ip", value)
+    if text is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidEvent("ip", f"not a valid IPv4 or IPv6 address: {text[:64]!r}") from None
+
+
+def _bounce_type(value: object) -> str | None:
+    text = _text("bounce_type", value)
+    if text is None:
+        return None
+    text = text.lower()
+    if text not in ("hard", "soft"):
+        raise InvalidEvent("bounce_type", f"expected 'hard' or 'soft', got {text[:32]!r}")
+    return text
+
+
+def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
+    """Return an aware datetime for ``value`` (ISO-8601 text or datetime with an offset)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidEvent(field, f"not an ISO-8601 date-time: {value[:64]!r}") from None
+        value = parsed
+    if not isinstance(value, datetime):
+        raise InvalidEvent(
+            field, f"expected an ISO-8601 string or a datetime, got {type(value).__name__}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidEvent(field, "has no UTC offset; give one (e.g. '+00:00' or 'Z')")
+    return value
+
+
+def _json_value(path: str, value: Any, depth: int = 0) -> Any:
+    """Return ``value`` as plain JSON data, or raise naming ``path``.
+
+    datetime -> ISO-8601 (UTC with milliseconds when aware), date -> ISO date, Decimal ->
+    number, UUID -> string, Enum -> its value; NaN and infinities are refused.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(path, f"{value} cannot be sent as JSON")
+        return value
+    if depth >= _MAX_DEPTH:
+        raise InvalidEvent(path, f"nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEvent(path, f"key {key!r} is not a string")
+            out[key] = _json_value(f"{path}.{key}", item, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_json_value(f"{path}[{i}]", item, depth + 1) for i, item in enumerate(value)]
+    if isinstance(value, datetime):
+        return format_timestamp(value) if value.tzinfo is not None else value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidEvent(path, f"{value} cannot be sent as JSON")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return _json_value(path, value.value, depth + 1)
+    raise InvalidEvent(path, f"a {type(value).__name__} cannot be sent as JSON")
+
+
+def _properties(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidEvent("properties", f"expected an object, got {type(value).__name__}")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _SNAKE_RE.match(key):
+            raise InvalidEvent("properties", f"property name {key!r} is not snake_case")
+        if key in RESERVED_PROPERTIES:
+            raise InvalidEvent(
+                f"properties.{key}", "is a spec property; set the record field of that name"
+            )
+        out[key] = _json_value(f"properties.{key}", item)
+    return out
+
+
+_UTC = timezone.utc
+
+
+def format_timestamp(moment: datetime) -> str:
+    """ISO-8601 in UTC with milliseconds and a ``Z``, as Segment documents."""
+    u = moment.astimezone(_UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 - measured fastest
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
+        u.microsecond // 1000,
+    )
+
+
+def _check_fields(fields: Mapping[str, Any]) -> None:
+    if "email" not in fields and "user_id" not in fields:
+        raise InvalidEvent("email", "a record needs an email or a user_id (neither was given)")
+    kind = fields["type"]
+    for name, kinds in _PROPERTY_FIELDS.items():
+        if kinds is not None and kind not in kinds and name in fields:
+            allowed = " or ".join(sorted(k.value for k in kinds))
+            raise InvalidEvent(name, f"applies only to {allowed} events, not {kind.value}")
+
+
+def _text_of(field: str, allow_int: bool = False) -> Callable[[object], str | None]:
+    def convert(value: object) -> str | None:
+        return _text(field, value, allow_int=allow_int)
+
+    return convert
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "type": EventKind.parse,
+    "tenant": _text_of("tenant"),
+    "email": _email,
+    "user_id": _text_of("user_id", allow_int=True),
+    "event_id": _text_of("event_id", allow_int=True),
+    "timestamp": parse_timestamp,
+    "email_id": _text_of("email_id", allow_int=True),
+    "email_subject": _text_of("email_subject"),
+    "campaign_id": _text_of("campaign_id", allow_int=True),
+    "campaign_name": _text_of("campaign_name"),
+    "link_url": _text_of("link_url"),
+    "link_id": _text_of("link_id", allow_int=True),
+    "list_id": _text_of("list_id", allow_int=True),
+    "list_name": _text_of("list_name"),
+    "bounce_type": _bounce_type,
+    "bounce_reason": _text_of("bounce_reason"),
+    "smtp_status": _text_of("smtp_status", allow_int=True),
+    "ip": _ip,
+    "user_agent": _text_of("user_agent"),
+    "properties": _properties,
+}
+#: The record fields of the documented dict/JSON form.
+FIELD_NAMES = frozenset(_VALIDATORS)
+
+
+def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a record in its dict form and return its normalised fields.
+
+    The result holds only the fields that are set: ``type`` as an :class:`EventKind`,
+    ``timestamp`` as an aware datetime, text trimmed, ``properties`` as plain JSON data.
+    Raises :class:`InvalidEvent` naming the first offending field.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidEvent("record", f"expected a JSON object, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        validate = _VALIDATORS.get(key)
+        if validate is None:
+            raise InvalidEvent(str(key), "unknown field")
+        if value is not None:
+            value = validate(value)
+            if value is not None and (value or key != "properties"):
+                out[key] = value
+    if "type" not in out:
+        raise InvalidEvent("type", "missing")
+    _check_fields(out)
+    return out
+
+
+def _kind(value: object) -> EventKind:
+    return EventKind.parse(value)
+
+
+@attrs.frozen(slots=True)
+class CallbackRecord:
+    """One email callback from the platform, validated on construction.
+
+    Guarantee: an instance that exists maps to a Segment track message (bar the 32 KB
+    size limit, checked when the message is encoded). Blank strings count as absent.
+    """
+
+    kind: EventKind = attrs.field(converter=_kind)
+    tenant: str | None = attrs.field(default=None, kw_only=True)
+    email: str | None = attrs.field(default=None, kw_only=True)
+    user_id: str | None = attrs.field(default=None, kw_only=True)
+    event_id: str | None = attrs.field(default=None, kw_only=True)
+    timestamp: datetime | None = attrs.field(default=None, kw_only=True)
+    email_id: str | None = attrs.field(default=None, kw_only=True)
+    email_subject: str | None = attrs.field(default=None, kw_only=True)
+    campaign_id: str | None = attrs.field(default=None, kw_only=True)
+    campaign_name: str | None = attrs.field(default=None, kw_only=True)
+    link_url: str | None = attrs.field(default=None, kw_only=True)
+    link_id: str | None = attrs.field(default=None, kw_only=True)
+    list_id: str | None = attrs.field(default=None, kw_only=True)
+    list_name: str | None = attrs.field(default=None, kw_only=True)
+    bounce_type: str | None = attrs.field(default=None, kw_only=True)
+    bounce_reason: str | None = attrs.field(default=None, kw_only=True)
+    smtp_status: str | None = attrs.field(default=None, kw_only=True)
+    ip: str | None = attrs.field(default=None, kw_only=True)
+    user_agent: str | None = attrs.field(default=None, kw_only=True)
+    properties: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, hash=False)
+    _fields: dict[str, Any] = attrs.field(init=False, repr=False, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        given: dict[str, Any] = {"type": self.kind}
+        for name in _ATTR_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                given[name] = value
+        fields = normalize(given)
+        for name in _ATTR_NAMES:
+            default: Any = {} if name == "properties" else None
+            object.__setattr__(self, name, fields.get(name, default))
+        object.__setattr__(self, "_fields", fields)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CallbackRecord:
+        """Build a record from its documented dict/JSON form; unknown fields are refused."""
+        fields = normalize(data)
+        return cls(fields.pop("type"), **fields)
+
+    def fields(self) -> dict[str, Any]:
+        """The normalised fields (see :func:`normalize`); a fresh dict each call."""
+        return dict(self._fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record's JSON-ready dict form (only fields that are set), for from_dict."""
+        out = self.fields()
+        out["type"] = self.kind.value
+        if self.timestamp is not None:
+            out["timestamp"] = format_timestamp(self.timestamp)
+        return out
+
+
+_ATTR_NAMES = tuple(name for name in _VALIDATORS if name != "type")
