@@ -1,5 +1,8 @@
 """selligent-segment: email callbacks to Segment Email track events."""
 
+from selligent_segment._batch_policy import BatchPolicy
+from selligent_segment._dispatch import DeliveryFailure
+from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
@@ -11,19 +14,29 @@ from selligent_segment._errors import (
 from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment._record import CallbackRecord, EventKind
+from selligent_segment._retry import RetryPolicy
+from selligent_segment._spool import OnFull
+from selligent_segment._stats import Stats, TenantStats
 from selligent_segment._version import __version__
 
 __all__ = [
     "PROFILES",
+    "BatchPolicy",
     "CallbackRecord",
     "ConfigurationError",
+    "DeliveryFailure",
+    "Emitter",
     "EmitterClosed",
     "EncodedMessage",
     "EventKind",
     "EventNaming",
     "InvalidEvent",
+    "OnFull",
+    "RetryPolicy",
     "SelligentSegmentError",
     "SpoolFull",
+    "Stats",
+    "TenantStats",
     "UnknownTenant",
     "__version__",
     "encode",

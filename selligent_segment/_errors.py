@@ -20,7 +20,7 @@ class ConfigurationError(SelligentSegmentError, ValueError):
         super().__init__(f"{setting}: {reason}")
 
 
-class InvalidEvent(SelligentSegmentError, ValueError):  # noqa: N818 - the name the API promises
+class InvalidEvent(SelligentSegmentError, ValueError):
     """A callback record (or the message built from it) was refused.
 
     ``field`` names the offending field (dotted for nested properties), ``reason`` says why.
@@ -33,15 +33,15 @@ class InvalidEvent(SelligentSegmentError, ValueError):  # noqa: N818 - the name 
         super().__init__(f"{field}: {reason}")
 
 
-class EmitterClosed(SelligentSegmentError, RuntimeError):  # noqa: N818
+class EmitterClosed(SelligentSegmentError, RuntimeError):
     """``emit`` was called after ``close``; the event was not accepted."""
 
 
-class SpoolFull(SelligentSegmentError):  # noqa: N818
+class SpoolFull(SelligentSegmentError):
     """The spool is full and its policy is to refuse; the event was not accepted."""
 
 
-class UnknownTenant(SelligentSegmentError, LookupError):  # noqa: N818
+class UnknownTenant(SelligentSegmentError, LookupError):
     """No write key is configured for a tenant (the key itself is never shown)."""
 
     def __init__(self, tenant: str) -> None:

@@ -1,0 +1,44 @@
+"""How messages are grouped into requests: an immutable, validated value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from selligent_segment._errors import ConfigurationError
+from selligent_segment._transport import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
+
+__all__ = ["BatchPolicy"]
+
+#: 500,000 bytes, as analytics-go: under Segment's 500 KB whichever way a KB is counted.
+DEFAULT_MAX_BYTES = 500_000
+
+
+def _between(low: float, high: float) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigurationError(attribute.name, f"expected a number, got {value!r}")
+        if not low <= value <= high:
+            raise ConfigurationError(attribute.name, f"must be in [{low}, {high}], got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class BatchPolicy:
+    """Batch limits and linger. Guarantee: a request never exceeds Segment's limits.
+
+    * ``max_messages``: messages per request (at most Segment's 2,500).
+    * ``max_bytes``: bytes per request as sent, envelope included (500,000; at most 500 KiB).
+    * ``linger``: how long the first message of an idle tenant waits for company before
+      its batch is sent (seconds); a full batch goes at once.
+    * ``gzip``: compress request bodies.
+    """
+
+    max_messages: int = attrs.field(default=1000, validator=_between(1, MAX_BATCH_MESSAGES))
+    max_bytes: int = attrs.field(
+        default=MAX_BATCH_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES)
+    )
+    linger: float = attrs.field(default=0.1, validator=_between(0.0, 60.0))
+    gzip: bool = attrs.field(default=False)

@@ -1,0 +1,450 @@
+"""The :class:`Emitter`: the platform's hooks hand events to it; it delivers them."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from selligent_segment._batch_policy import BatchPolicy
+from selligent_segment._dispatch import DeliveryFailure, Dispatcher
+from selligent_segment._endpoint import resolve_endpoint
+from selligent_segment._errors import (
+    ConfigurationError,
+    EmitterClosed,
+    InvalidEvent,
+    SpoolFull,
+    UnknownTenant,
+)
+from selligent_segment._keys import KeyResolver, WriteKeys
+from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._memory_spool import MemorySpool
+from selligent_segment._naming import EventNaming
+from selligent_segment._record import CallbackRecord, EventKind, normalize
+from selligent_segment._retry import RetryPolicy
+from selligent_segment._spool import OnFull
+from selligent_segment._stats import Counters, Stats
+from selligent_segment._transport import Transport
+
+__all__ = ["Emitter"]
+
+log = logging.getLogger("selligent_segment")
+
+_UTC = timezone.utc
+_ENCODE_CHUNK = 512
+_LOG_EVERY = 10.0
+_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+def _number(setting: str, value: object, low: float, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < low:
+        kind = "an integer" if integer else "a number"
+        raise ConfigurationError(setting, f"expected {kind} >= {low}, got {value!r}")
+
+
+class Emitter:
+    """Accepts email callbacks and delivers them to each tenant's Segment workspace.
+
+    Guarantees: ``emit`` validates the record, then only appends it to an in-memory
+    queue: it never waits on the network or on a lock held across I/O (with
+    ``on_full="block"`` it may wait up to ``block_timeout`` for room). Every accepted
+    event ends delivered, or reported through ``on_failure`` and counted in
+    :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
+    every tenant; one tenant's outage, 429s or revoked key never delays another's events.
+
+    Options (defaults written here once, validated on construction):
+
+    * ``write_key``: one key for every record; or ``write_keys``: a mapping
+      ``tenant -> key`` or a callable ``tenant -> key | None`` (asked at send time).
+    * ``endpoint``: a custom base URL; otherwise ``region`` ``"us"`` or ``"eu"``.
+      Plain ``http://`` is refused except to loopback unless ``allow_insecure_http``.
+    * ``spool``: ``"memory"`` (bounded by ``max_spool_bytes``, default 256 MiB).
+    * ``max_pending``: records accepted but not yet encoded into the spool (100,000);
+      when it is reached ``on_full`` applies: ``"raise"`` SpoolFull (default),
+      ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``.
+    * ``naming``: an :class:`EventNaming` (profile and overrides).
+    * ``batch``: a :class:`BatchPolicy`; ``retry``: a :class:`RetryPolicy`.
+    * ``threads``: sender threads shared by all tenants (2).
+    * ``max_requests_per_second``: per-tenant request-rate cap (50; 0 = none).
+    * ``timeout``: HTTP read timeout in seconds (15).
+    * ``on_failure(DeliveryFailure)``: events permanently not delivered.
+    * ``on_pause(tenant, reason)``: a tenant's key was refused or is missing; its events
+      are kept until :meth:`set_write_key` (or the resolver) gives a new key.
+    * ``exit_timeout``: how long the interpreter-exit hook flushes (5 s).
+    """
+
+    def __init__(
+        self,
+        write_key: str | None = None,
+        *,
+        write_keys: Mapping[str, str] | KeyResolver | None = None,
+        endpoint: str | None = None,
+        region: str = "us",
+        allow_insecure_http: bool = False,
+        spool: str = "memory",
+        max_spool_bytes: int = 256 * 1024 * 1024,
+        max_pending: int = 100_000,
+        on_full: str | OnFull = OnFull.RAISE,
+        block_timeout: float = 1.0,
+        naming: EventNaming | None = None,
+        batch: BatchPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        threads: int = 2,
+        max_requests_per_second: float = 50.0,
+        timeout: float = 15.0,
+        on_failure: Callable[[DeliveryFailure], None] | None = None,
+        on_pause: Callable[[str, str], None] | None = None,
+        exit_timeout: float = 5.0,
+    ) -> None:
+        self._keys = WriteKeys(write_key, write_keys)
+        self._endpoint = resolve_endpoint(endpoint, region, allow_insecure_http)
+        if spool != "memory":
+            raise ConfigurationError("spool", f"unknown spool {spool!r} (this version: 'memory')")
+        _number("max_pending", max_pending, 1, integer=True)
+        _number("block_timeout", block_timeout, 0)
+        _number("threads", threads, 1, integer=True)
+        _number("max_requests_per_second", max_requests_per_second, 0)
+        _number("timeout", timeout, 0.001)
+        _number("exit_timeout", exit_timeout, 0)
+        try:
+            self._on_full = OnFull(on_full)
+        except ValueError:
+            known = ", ".join(p.value for p in OnFull)
+            raise ConfigurationError("on_full", f"expected one of {known}") from None
+        self._max_spool_bytes = max_spool_bytes
+        self._max_pending = max_pending
+        self._block_timeout = block_timeout
+        self._naming = naming or EventNaming()
+        self._batch = batch or BatchPolicy()
+        self._retry = retry or RetryPolicy()
+        self._threads = threads
+        self._rate = max_requests_per_second
+        self._timeout = timeout
+        self._user_on_failure = on_failure
+        self._user_on_pause = on_pause
+        self._exit_timeout = exit_timeout
+        self._default_tenant = self._keys.default_tenant()
+        MemorySpool(max_spool_bytes)  # validates the size now, not at first use
+        self._setup()
+        _live.add(self)
+
+    def _setup(self) -> None:
+        """(Re)build every piece of runtime state: at construction and after fork."""
+        self._pid = os.getpid()
+        self._closed = False
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._inbox: deque[tuple[dict[str, Any], str, float | None]] = deque()
+        self._wake = threading.Event()
+        self._room = threading.Condition(threading.Lock())
+        self._encoder_idle = True
+        self._stop_encoder = False
+        self._encoder: threading.Thread | None = None
+        self._counters = Counters()
+        self._spool = MemorySpool(self._max_spool_bytes)
+        self._transport = Transport(
+            max_connections=self._threads, read_timeout=self._timeout, gzip=self._batch.gzip
+        )
+        self._last_full_log = float("-inf")
+        self._full_since_log = 0
+        self._dispatcher = Dispatcher(
+            spool=self._spool,
+            keys=self._keys,
+            endpoint=self._endpoint,
+            transport=self._transport,
+            batch=self._batch,
+            retry=self._retry,
+            threads=self._threads,
+            max_requests_per_second=self._rate,
+            counters=self._counters,
+            on_failure=self._on_failure,
+            on_pause=self._on_pause,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Emitter {self._endpoint} {self._keys!r} {state}>"
+
+    # -- accepting -------------------------------------------------------------------
+
+    def emit(self, record: CallbackRecord | Mapping[str, Any]) -> bool:
+        """Accept one callback record (a :class:`CallbackRecord` or its dict form).
+
+        Returns True when accepted, False when dropped by ``on_full="drop_newest"``.
+        Raises InvalidEvent (naming the field), UnknownTenant, SpoolFull or EmitterClosed;
+        a refused record never affects another.
+        """
+        if self._closed:
+            raise EmitterClosed("emit() after close(); the event was not accepted")
+        fields = record._fields if isinstance(record, CallbackRecord) else normalize(record)
+        tenant = fields.get("tenant") or self._default_tenant
+        if tenant is None:
+            raise InvalidEvent("tenant", "required when write_keys names several tenants")
+        if not self._keys.known(tenant):
+            raise UnknownTenant(tenant)
+        inbox = self._inbox
+        if len(inbox) >= self._max_pending and not self._wait_for_room(tenant):
+            return False
+        inbox.append((fields, tenant, None if "timestamp" in fields else time.time()))
+        if self._encoder_idle:
+            self._wake.set()
+        if not self._started:
+            self._start()
+        return True
+
+    def _emit_kind(self, kind: EventKind, fields: dict[str, Any]) -> bool:
+        fields["type"] = kind
+        return self.emit(fields)
+
+    def delivered(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Delivered`` record given as keyword fields."""
+        return self._emit_kind(EventKind.DELIVERED, fields)
+
+    def opened(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Opened`` record given as keyword fields."""
+        return self._emit_kind(EventKind.OPENED, fields)
+
+    def link_clicked(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Link Clicked`` record given as keyword fields."""
+        return self._emit_kind(EventKind.LINK_CLICKED, fields)
+
+    def unsubscribed(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Unsubscribed`` record given as keyword fields."""
+        return self._emit_kind(EventKind.UNSUBSCRIBED, fields)
+
+    def bounced(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Bounced`` record given as keyword fields."""
+        return self._emit_kind(EventKind.BOUNCED, fields)
+
+    def marked_as_spam(self, **fields: Any) -> bool:
+        """``emit`` an ``Email Marked as Spam`` record given as keyword fields."""
+        return self._emit_kind(EventKind.MARKED_AS_SPAM, fields)
+
+    def _wait_for_room(self, tenant: str) -> bool:
+        if self._on_full is OnFull.BLOCK:
+            with self._room:
+                if self._room.wait_for(
+                    lambda: len(self._inbox) < self._max_pending, self._block_timeout
+                ):
+                    return True
+        self._counters.refuse("spool_full")
+        self._log_full()
+        if self._on_full is OnFull.DROP_NEWEST:
+            self._on_failure(DeliveryFailure(tenant, "spool_full", "spool full", None, (), ()))
+            return False
+        raise SpoolFull(f"{self._max_pending} events are waiting; the event was not accepted")
+
+    def _log_full(self) -> None:
+        self._full_since_log += 1
+        now = time.monotonic()
+        if now - self._last_full_log >= _LOG_EVERY:
+            log.error(
+                "selligent-segment: spool full: %d events refused since the last report "
+                "(policy %s)",
+                self._full_since_log,
+                self._on_full.value,
+            )
+            self._last_full_log = now
+            self._full_since_log = 0
+
+    # -- background work -------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started or self._closed:
+                return
+            self._encoder = threading.Thread(
+                target=self._encode_loop, name="selligent-segment-encoder", daemon=True
+            )
+            self._encoder.start()
+            self._dispatcher.start()
+            self._started = True
+
+    def _encode_loop(self) -> None:
+        inbox = self._inbox
+        while True:
+            if not inbox:
+                self._encoder_idle = True
+                if not inbox:
+                    with self._dispatcher.settled:
+                        self._dispatcher.settled.notify_all()
+                    if self._stop_encoder:
+                        return
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                self._encoder_idle = False
+                continue
+            try:
+                self._encode_some(inbox)
+            except Exception:  # a bug must not stop acceptance
+                log.exception("selligent-segment: encoder error")
+
+    def _encode_some(self, inbox: deque[tuple[dict[str, Any], str, float | None]]) -> None:
+        messages: list[EncodedMessage] = []
+        nbytes = 0
+        while inbox and len(messages) < _ENCODE_CHUNK:
+            fields, tenant, now = inbox.popleft()
+            self._counters.add("accepted", tenant)
+            moment = None if now is None else datetime.fromtimestamp(now, _UTC)
+            try:
+                message = encode_fields(fields, tenant, self._naming, moment)
+            except InvalidEvent as exc:
+                self._counters.add_reason("rejected", tenant, "too_large")
+                log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
+                self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
+                continue
+            messages.append(message)
+            nbytes += len(message.body)
+        with self._room:
+            self._room.notify_all()
+        while not self._spool.has_room(nbytes) and not self._stop_encoder:
+            with self._dispatcher.settled:
+                self._dispatcher.settled.wait(0.1)
+        self._spool.put_many(messages)
+        self._dispatcher.notify_put(list({m.tenant: None for m in messages}))
+
+    def _on_failure(self, failure: DeliveryFailure) -> None:
+        if self._user_on_failure is not None:
+            Dispatcher._call(self._user_on_failure, failure)
+
+    def _on_pause(self, tenant: str, reason: str) -> None:
+        if self._user_on_pause is not None:
+            Dispatcher._call(self._user_on_pause, tenant, reason)
+
+    # -- control ---------------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        return not self._inbox and self._encoder_idle and self._spool.stats().messages == 0
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Send everything now; True when all accepted events are delivered or settled.
+
+        Waits at most ``timeout`` seconds (None: no limit). Events of a paused tenant or in
+        backoff keep it False until they are settled.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._inbox:
+            self._wake.set()
+        self._dispatcher.start_flush()
+        try:
+            while not self._idle():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                with self._dispatcher.settled:
+                    self._dispatcher.settled.wait(0.05 if left is None else min(left, 0.05))
+            return True
+        finally:
+            self._dispatcher.end_flush()
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Stop accepting, flush up to ``timeout`` seconds, stop the threads. Idempotent.
+
+        Returns what the flush returned. Events still undelivered after it are reported
+        through ``on_failure`` as ``unsent_at_close`` and counted as dropped.
+        """
+        if self._closed:
+            return self._idle()
+        self._closed = True
+        done = self.flush(timeout) if self._started else self._idle()
+        self._stop_encoder = True
+        self._wake.set()
+        self._dispatcher.stop(1.0)
+        if self._encoder is not None and self._encoder is not threading.current_thread():
+            self._encoder.join(1.0)
+        self._drop_leftovers()
+        self._transport.close()
+        _live.discard(self)
+        return done
+
+    def _drop_leftovers(self) -> None:
+        left: dict[str, list[EncodedMessage]] = {}
+        for tenant in self._spool.tenants():
+            while (lease := self._spool.lease(tenant, 10_000, 1 << 62)) is not None:
+                self._spool.reject(lease, lease.messages, "unsent at close", None)
+                left.setdefault(tenant, []).extend(lease.messages)
+        for tenant, messages in left.items():
+            self._counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
+            log.error(
+                "selligent-segment: tenant %r: %d events unsent at close (memory spool)",
+                tenant,
+                len(messages),
+            )
+            self._on_failure(
+                DeliveryFailure(
+                    tenant,
+                    "unsent_at_close",
+                    "closed before delivery",
+                    None,
+                    tuple(m.message_id for m in messages),
+                    tuple(m.body for m in messages),
+                )
+            )
+
+    def set_write_key(self, tenant: str, key: str) -> None:
+        """Replace a tenant's write key (or the single key) and resume it if paused."""
+        self._keys.set(tenant, key)
+        self._dispatcher.resume(tenant if not self._keys.single else self._default_tenant or "")
+
+    def resume(self, tenant: str) -> None:
+        """Retry a paused tenant now (e.g. after its key resolver was updated)."""
+        self._dispatcher.resume(tenant)
+
+    def stats(self) -> Stats:
+        """A snapshot of the counters: accepted, delivered, retried, rejected and dropped
+        by reason, refused, queued; totals and per tenant."""
+        queued = dict(self._spool.stats().per_tenant)
+        for _, tenant, _ in list(self._inbox):
+            queued[tenant] = queued.get(tenant, 0) + 1
+        return self._counters.snapshot(queued, self._dispatcher.paused())
+
+    def thread_count(self) -> int:
+        """Threads this emitter runs (encoder + senders), 0 before the first emit."""
+        return (1 + self._threads) if self._started else 0
+
+    async def aflush(self, timeout: float | None = 10.0) -> bool:
+        """:meth:`flush` for asyncio code, without blocking the event loop."""
+        return await asyncio.to_thread(self.flush, timeout)
+
+    async def aclose(self, timeout: float | None = 10.0) -> bool:
+        """:meth:`close` for asyncio code, without blocking the event loop."""
+        return await asyncio.to_thread(self.close, timeout)
+
+    def __enter__(self) -> Emitter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps and delivers its own events; the child starts empty, with new
+        # locks, threads and connections, so nothing is sent twice.
+        if self._closed:
+            return
+        self._setup()
+
+
+def _close_all_at_exit() -> None:
+    for emitter in list(_live):
+        try:
+            emitter.close(emitter._exit_timeout)
+        except Exception:  # pragma: no cover - exit must go on
+            log.exception("selligent-segment: close at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for emitter in list(_live):
+        emitter._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,296 @@
+"""The retry policy: how an HTTP answer is classified and how long a batch waits.
+
+The rules are those the official Segment clients agree on (Python 2.4, Node 3.1, Java):
+
+* retry 408, 410, 429, 460, every 5xx except 501 and 505, and network errors/timeouts;
+* never retry 400, 401, 403, 404, 413, 422 or any other 4xx;
+* obey ``Retry-After`` (seconds or an HTTP date), capped at :data:`MAX_RETRY_AFTER`; such
+  server-paced waits do not use up the retry budget, they are bounded by their own total;
+* otherwise back off exponentially with jitter, 0.5 s doubling to a 60 s cap.
+
+Nothing here sleeps. A sender asks :meth:`RetryPolicy.next_delay` for the wait and schedules
+the batch for later, so one slow batch never holds a thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import random
+import re
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import attrs
+import tenacity
+from tenacity.wait import wait_base
+
+from selligent_segment._errors import ConfigurationError
+
+__all__ = [
+    "JITTER_FRACTION",
+    "MAX_RETRY_AFTER",
+    "Outcome",
+    "RetryPolicy",
+    "classify",
+    "parse_retry_after",
+    "server_paced",
+]
+
+#: Upper bound (seconds) on any ``Retry-After`` we obey. A guard against an absurd header,
+#: not a second budget: how long we keep trying is ``max_rate_limit_duration``'s job.
+MAX_RETRY_AFTER = 300.0
+
+#: With jitter on, a backoff delay is ``base * (1 + uniform(0, JITTER_FRACTION))`` capped
+#: at ``max_backoff``: the 0-10 % the official Python client adds.
+JITTER_FRACTION = 0.1
+
+
+class Outcome(enum.Enum):
+    """What one POST of a batch came to; decides what happens to the batch next."""
+
+    #: 2xx: Segment took the batch (a 200 does not prove every message was kept).
+    DELIVERED = "delivered"
+    #: Transient: 408, 410, 460, 5xx except 501/505, network error, timeout. Counted backoff.
+    RETRY = "retry"
+    #: 429: the server is pacing us; obey ``Retry-After`` when it is given.
+    RATE_LIMITED = "rate_limited"
+    #: Permanent for this batch: 400, 404, 413, 422, other 4xx, 501, 505, and 3xx (a
+    #: redirect we deliberately do not follow: nothing was uploaded).
+    REJECTED = "rejected"
+    #: 401/403: the write key is wrong or revoked; retrying the same key cannot help.
+    UNAUTHORIZED = "unauthorized"
+
+    @property
+    def retryable(self) -> bool:
+        """True for the outcomes after which the same batch may be sent again."""
+        return self is Outcome.RETRY or self is Outcome.RATE_LIMITED
+
+
+# delay-seconds; a fraction is tolerated. float() alone would also take nan, 1e3 and 1_0.
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+_RETRYABLE_4XX = frozenset({408, 410, 460})
+_PERMANENT_5XX = frozenset({501, 505})
+
+
+def classify(status: int | None) -> Outcome:
+    """Map an HTTP status (``None`` for a network error, timeout or dropped connection)
+    to an :class:`Outcome`, following the official clients' retry table.
+
+    A value that is not a final HTTP status (below 200 or above 599) says something broke
+    between us and Segment, so it is treated like a network error: :attr:`Outcome.RETRY`.
+    """
+    if status is None:
+        return Outcome.RETRY
+    if 200 <= status < 300:
+        return Outcome.DELIVERED
+    if 300 <= status < 400:
+        # We never follow redirects (the body would go to a host nobody configured), so a
+        # 3xx means nothing was uploaded and the endpoint setting is probably wrong.
+        return Outcome.REJECTED
+    if 400 <= status < 500:
+        if status == 429:
+            return Outcome.RATE_LIMITED
+        if status in (401, 403):
+            return Outcome.UNAUTHORIZED
+        if status in _RETRYABLE_4XX:
+            return Outcome.RETRY
+        return Outcome.REJECTED
+    if 500 <= status < 600:
+        return Outcome.REJECTED if status in _PERMANENT_5XX else Outcome.RETRY
+    return Outcome.RETRY
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Parse a ``Retry-After`` header into whole seconds to wait, or ``None`` to ignore it.
+
+    ``value`` is either delay-seconds (a non-negative decimal; a fraction is tolerated) or an
+    HTTP date; a date without a zone (the RFC 5322 ``-0000`` form) is read as UTC, never as
+    local time. ``now`` is the wall clock (``time.time()``) used to turn a date into a delay.
+
+    Guarantee: the result is ``None`` or a whole number of seconds in ``[1, MAX_RETRY_AFTER]``.
+    A wait is rounded *up* (we never come back before the server asked), and there is
+    nothing to wait for (``None``) when the header is missing, unparseable, negative, zero
+    or a date already past. So a caller may treat any non-``None`` value as a server-paced
+    wait without a stream of ``Retry-After: 0`` answers turning into a busy loop.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if _DECIMAL.fullmatch(text):
+        delay = float(text)
+    else:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        try:
+            delay = when.timestamp() - now
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not math.isfinite(delay):
+        return MAX_RETRY_AFTER if delay > 0 else None
+    if delay <= 0:
+        return None
+    return float(min(math.ceil(delay), MAX_RETRY_AFTER))
+
+
+def server_paced(outcome: Outcome, retry_after: float | None) -> bool:
+    """True when the next wait is the server's: a retryable answer carrying a
+    ``Retry-After`` that :func:`parse_retry_after` did not discard. Such an attempt is not
+    counted against ``max_attempts``; its wait is bounded by ``max_rate_limit_duration``.
+    A 429 *without* ``Retry-After`` is not server-paced: it takes a counted backoff, as in
+    the official Python client.
+    """
+    return outcome.retryable and retry_after is not None and retry_after > 0
+
+
+class _ProportionalJitter(wait_base):
+    """A tenacity wait: the wrapped strategy's delay plus 0-``fraction`` of it, capped.
+
+    tenacity's ``wait_exponential_jitter`` adds a fixed absolute jitter, which would triple a
+    0.5 s first delay at its default of 1 s yet be noise against 30 s; the official clients
+    jitter by a fraction of the delay, and so does this.
+    """
+
+    def __init__(self, base: wait_base, fraction: float, cap: float) -> None:
+        self.base = base
+        self.fraction = fraction
+        self.cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        delay = self.base(retry_state)
+        return min(delay * (1.0 + random.uniform(0.0, self.fraction)), self.cap)  # noqa: S311
+
+
+@functools.lru_cache(maxsize=64)
+def _wait_strategy(initial: float, cap: float, jitter: bool) -> wait_base:
+    """The tenacity wait strategy for these settings (kept out of the value's fields so a
+    policy stays a plain, comparable, picklable record)."""
+    base = tenacity.wait_exponential(multiplier=initial, max=cap)
+    return _ProportionalJitter(base, JITTER_FRACTION, cap) if jitter else base
+
+
+# Never used to retry anything: it only gives RetryCallState the manager it requires.
+_NO_RETRYING = tenacity.Retrying(stop=tenacity.stop_after_attempt(1), sleep=lambda _s: None)
+
+
+def _number(name: str, value: object, *, minimum: float, strict: bool) -> None:
+    """Validate one numeric setting; raise ConfigurationError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(name, f"must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ConfigurationError(name, "must be finite")
+    if strict and value <= minimum:
+        raise ConfigurationError(name, f"must be greater than {minimum:g}, got {value!r}")
+    if not strict and value < minimum:
+        raise ConfigurationError(name, f"must be at least {minimum:g}, got {value!r}")
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _number(attribute.name, value, minimum=0.0, strict=True)
+
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    _number(attribute.name, value, minimum=0.0, strict=False)
+
+
+def _attempts(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(attribute.name, f"must be an integer, got {type(value).__name__}")
+    if value < 1:
+        raise ConfigurationError(attribute.name, f"must be at least 1, got {value!r}")
+
+
+def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(attribute.name, f"must be True or False, got {value!r}")
+
+
+def _not_below_initial(
+    instance: RetryPolicy, attribute: attrs.Attribute[Any], value: float
+) -> None:
+    _positive(instance, attribute, value)
+    if value < instance.initial_backoff:
+        raise ConfigurationError(
+            attribute.name,
+            f"must be at least initial_backoff ({instance.initial_backoff!r}), got {value!r}",
+        )
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How long a failing batch waits and when it is given up: an immutable, comparable,
+    hashable value (like urllib3's ``Retry``); derive variants with :meth:`evolve`.
+
+    Every field is validated on construction and on :meth:`evolve`; a bad value raises
+    :class:`~selligent_segment.ConfigurationError` naming the field.
+
+    * ``initial_backoff``: the delay before the first retry (seconds).
+    * ``max_backoff``: the cap on one backoff delay (seconds, >= ``initial_backoff``).
+    * ``max_attempts``: counted attempts (server-paced ones excluded) before giving up,
+      the first send included; 1 means never retry.
+    * ``max_backoff_duration``: total counted backoff one batch may accumulate (seconds).
+    * ``max_rate_limit_duration``: total server-paced waiting one batch may accumulate.
+    * ``jitter``: add 0-10 % (:data:`JITTER_FRACTION`) to each backoff delay.
+    """
+
+    initial_backoff: float = attrs.field(default=0.5, validator=_positive)
+    max_backoff: float = attrs.field(default=60.0, validator=_not_below_initial)
+    max_attempts: int = attrs.field(default=10, validator=_attempts)
+    max_backoff_duration: float = attrs.field(default=43200.0, validator=_non_negative)
+    max_rate_limit_duration: float = attrs.field(default=1800.0, validator=_non_negative)
+    jitter: bool = attrs.field(default=True, validator=_flag)
+
+    @classmethod
+    def none(cls) -> RetryPolicy:
+        """A policy that never retries and never waits: one attempt, zero budgets."""
+        return cls(
+            max_attempts=1, max_backoff_duration=0.0, max_rate_limit_duration=0.0, jitter=False
+        )
+
+    def evolve(self, **changes: Any) -> RetryPolicy:
+        """A copy with ``changes`` applied, validated like a new policy."""
+        return attrs.evolve(self, **changes)
+
+    def next_delay(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th counted failure, without sleeping.
+
+        ``next_delay(1)`` is ``initial_backoff``; each later one doubles, never above
+        ``max_backoff``; with ``jitter`` each is raised by up to 10 % (still capped). The
+        value comes from a tenacity wait strategy evaluated on a fresh ``RetryCallState``.
+        """
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
+        state = tenacity.RetryCallState(_NO_RETRYING, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        wait = _wait_strategy(self.initial_backoff, self.max_backoff, self.jitter)
+        return float(wait(state))
+
+    def should_give_up(
+        self, attempts: int, backoff_elapsed: float, rate_limited_elapsed: float
+    ) -> str | None:
+        """Return why the batch must be given up now, or ``None`` to retry it.
+
+        ``attempts`` is the number of counted attempts made so far (server-paced ones
+        excluded); ``backoff_elapsed`` and ``rate_limited_elapsed`` are the seconds of
+        counted backoff and of server-paced waiting this batch has accumulated. Pass them
+        *including* the wait about to be scheduled, so a wait that would overrun its budget
+        is refused up front instead of being served and then refused. A budget is exceeded
+        only when strictly passed. The reason is short, human-readable and key-free.
+        """
+        if attempts >= self.max_attempts:
+            plural = "" if attempts == 1 else "s"
+            return f"retry budget exhausted after {attempts} attempt{plural}"
+        if backoff_elapsed > self.max_backoff_duration:
+            return f"backed off for more than {self.max_backoff_duration:g} s"
+        if rate_limited_elapsed > self.max_rate_limit_duration:
+            return f"rate limited for more than {self.max_rate_limit_duration:g} s"
+        return None

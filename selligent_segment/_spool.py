@@ -1,0 +1,101 @@
+"""The spool: where encoded messages wait between ``emit`` and Segment's answer.
+
+A spool keeps one FIFO queue per tenant. A sender *leases* a batch from the head of a
+tenant's queue; the leased messages stay the spool's responsibility until the lease is
+settled, message by message, in one of three ways: ``ack`` (Segment accepted them),
+``release`` (send them again later, back at the head of the queue, order kept) or
+``reject`` (Segment refused them for good; the spool reports them and, if durable, keeps
+them as dead letters). A message is never in two live leases at once.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from selligent_segment._mapping import EncodedMessage
+
+__all__ = ["Lease", "OnFull", "Spool", "SpoolStats"]
+
+_lease_ids = itertools.count(1)
+
+
+class OnFull(str, enum.Enum):
+    """What ``emit`` does when the spool is full.
+
+    ``raise``: raise :class:`~selligent_segment.SpoolFull` (the caller keeps the event).
+    ``block``: wait up to ``block_timeout`` seconds for room, then raise SpoolFull.
+    ``drop_newest``: drop the new event, count it, report it through ``on_drop``.
+    """
+
+    RAISE = "raise"
+    BLOCK = "block"
+    DROP_NEWEST = "drop_newest"
+
+
+@attrs.frozen(slots=True)
+class Lease:
+    """A batch taken from the head of one tenant's queue, to be settled exactly once."""
+
+    tenant: str
+    messages: tuple[EncodedMessage, ...]
+    id: int = attrs.field(factory=lambda: next(_lease_ids))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the message bodies, without separators or envelope."""
+        return sum(len(m.body) for m in self.messages)
+
+
+@attrs.frozen(slots=True)
+class SpoolStats:
+    """A snapshot of what a spool holds (leased messages included)."""
+
+    messages: int
+    nbytes: int
+    leased: int
+    per_tenant: dict[str, int]
+
+
+class Spool(Protocol):
+    """The interface between ``emit`` and the senders; every method is thread-safe."""
+
+    def has_room(self, nbytes: int) -> bool:
+        """True when ``nbytes`` more would fit under the size cap now."""
+
+    def put_many(self, messages: Sequence[EncodedMessage]) -> None:
+        """Append messages to their tenants' queues (room was checked with has_room)."""
+
+    def lease(self, tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
+        """Take up to ``max_messages`` from the head of ``tenant``'s queue.
+
+        The bodies plus one separator byte each stay within ``max_bytes``; at least one
+        message is leased when the queue is not empty. None when nothing is queued.
+        """
+
+    def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        """Forget ``messages`` of ``lease``: Segment accepted them."""
+
+    def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        """Put ``messages`` of ``lease`` back at the head of their queue, in order."""
+
+    def reject(
+        self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
+    ) -> None:
+        """Settle ``messages`` of ``lease`` as permanently refused, with the reason."""
+
+    def backlog(self, tenant: str) -> int:
+        """Messages queued for ``tenant`` and not leased."""
+
+    def tenants(self) -> list[str]:
+        """Tenants with queued, unleased messages."""
+
+    def stats(self) -> SpoolStats:
+        """A consistent snapshot of the spool's content."""
+
+    def close(self) -> None:
+        """Release resources; what is queued is kept (durable) or lost (memory)."""

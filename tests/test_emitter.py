@@ -1,0 +1,438 @@
+"""Delivery through the Emitter, over real loopback HTTP to LocalSegment."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from selligent_segment import (
+    BatchPolicy,
+    CallbackRecord,
+    ConfigurationError,
+    DeliveryFailure,
+    Emitter,
+    EmitterClosed,
+    InvalidEvent,
+    RetryPolicy,
+    SpoolFull,
+    UnknownTenant,
+)
+from selligent_segment.testing import Fault, FaultPlan, LocalSegment
+
+FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=50)
+QUICK = BatchPolicy(linger=0.0)
+
+
+def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "delivered",
+        "tenant": tenant,
+        "email": f"user{i}@example.com",
+        "event_id": f"ev-{i}",
+        "email_id": "m-1",
+    }
+    base.update(extra)
+    return base
+
+
+@pytest.fixture
+def server() -> Iterator[LocalSegment]:
+    with LocalSegment() as segment:
+        yield segment
+
+
+def emitter(server: LocalSegment, **options: Any) -> Emitter:
+    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("batch", QUICK)
+    return Emitter(endpoint=server.url, **options)
+
+
+# -- the basics -----------------------------------------------------------------------------
+
+
+def test_events_reach_each_tenants_workspace_with_its_key(server: LocalSegment) -> None:
+    with emitter(server) as em:
+        em.emit(record(1, "acme"))
+        em.emit(record(2, "globex"))
+        em.emit(CallbackRecord.from_dict(record(3, "acme")))
+        assert em.flush(10)
+    assert {e["properties"]["email_id"] for e in server.accepted} == {"m-1"}
+    assert len(server.events("key-acme")) == 2
+    assert len(server.events("key-globex")) == 1
+    assert server.events("key-globex")[0]["anonymousId"] == "user2@example.com"
+    request = server.requests[0]
+    expected = "Basic " + base64.b64encode(f"{request.write_key}:".encode()).decode()
+    assert request.headers["authorization"] == expected
+
+
+def test_convenience_methods_name_each_kind(server: LocalSegment) -> None:
+    with emitter(server, write_keys=None, write_key="k") as em:
+        em.delivered(email="a@example.com", event_id="1")
+        em.opened(email="a@example.com", event_id="2")
+        em.link_clicked(email="a@example.com", event_id="3", link_url="https://x.example")
+        em.unsubscribed(email="a@example.com", event_id="4")
+        em.bounced(email="a@example.com", event_id="5", bounce_type="hard")
+        em.marked_as_spam(email="a@example.com", event_id="6")
+        assert em.flush(10)
+    assert [e["event"] for e in server.accepted] == [
+        "Email Delivered",
+        "Email Opened",
+        "Email Link Clicked",
+        "Email Unsubscribed",
+        "Email Bounced",
+        "Email Marked as Spam",
+    ]
+
+
+def test_invalid_record_raises_naming_the_field_and_costs_no_other_event(
+    server: LocalSegment,
+) -> None:
+    with emitter(server) as em:
+        em.emit(record(1))
+        with pytest.raises(InvalidEvent) as info:
+            em.emit(record(2, email="nope"))
+        assert info.value.field == "email"
+        em.emit(record(3))
+        assert em.flush(10)
+    assert sorted(e["anonymousId"] for e in server.accepted) == [
+        "user1@example.com",
+        "user3@example.com",
+    ]
+
+
+def test_tenant_is_required_and_must_be_known_with_several_keys(server: LocalSegment) -> None:
+    with emitter(server) as em:
+        with pytest.raises(InvalidEvent) as info:
+            em.emit({"type": "opened", "email": "a@example.com"})
+        assert info.value.field == "tenant"
+        with pytest.raises(UnknownTenant) as unknown:
+            em.emit(record(1, "initech"))
+        assert "key-" not in str(unknown.value)
+
+
+def test_emit_after_close_raises_and_close_is_idempotent(server: LocalSegment) -> None:
+    em = emitter(server)
+    em.emit(record(1))
+    assert em.close(10)
+    assert em.close(10)
+    with pytest.raises(EmitterClosed):
+        em.emit(record(2))
+    assert server.accepted_count == 1
+
+
+def test_configuration_is_validated_on_construction(server: LocalSegment) -> None:
+    with pytest.raises(ConfigurationError, match="write_key"):
+        Emitter(endpoint=server.url)
+    with pytest.raises(ConfigurationError, match="threads"):
+        Emitter("k", endpoint=server.url, threads=0)
+    with pytest.raises(ConfigurationError, match="on_full"):
+        Emitter("k", endpoint=server.url, on_full="explode")
+    with pytest.raises(ConfigurationError, match="endpoint"):
+        Emitter("k", endpoint="http://example.com")
+
+
+def test_write_keys_never_appear_in_repr(server: LocalSegment) -> None:
+    em = emitter(server, write_keys={"acme": "sekrit-key-1"})
+    try:
+        assert "sekrit" not in repr(em)
+        assert "sekrit" not in repr(em.stats())
+    finally:
+        em.close()
+
+
+def test_stats_count_per_tenant(server: LocalSegment) -> None:
+    with emitter(server) as em:
+        for i in range(5):
+            em.emit(record(i, "acme"))
+        em.emit(record(9, "globex"))
+        assert em.flush(10)
+        stats = em.stats()
+    assert stats.accepted == stats.delivered == 6
+    assert stats.tenants["acme"].delivered == 5
+    assert stats.tenants["globex"].delivered == 1
+    assert stats.queued == 0
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [408, 410, 460, 500, 502, 503, 504, "drop"])
+def test_retryable_failures_are_retried_until_delivered(
+    server: LocalSegment, status: int | str
+) -> None:
+    server.set_faults(FaultPlan(script=[status, status]))
+    with emitter(server) as em:
+        em.emit(record(1))
+        assert em.flush(10)
+        assert em.stats().retried == 2
+    assert server.accepted_count == 1
+    assert [r.retry_count for r in server.requests] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("status", [501, 505, 404])
+def test_never_retried_statuses_are_reported_not_retried(server: LocalSegment, status: int) -> None:
+    failures: list[DeliveryFailure] = []
+    server.set_faults(FaultPlan(script=[status]))
+    with emitter(server, on_failure=failures.append) as em:
+        em.emit(record(1))
+        assert em.flush(10)
+        assert em.stats().rejected == {"rejected": 1}
+    assert len(server.requests) == 1
+    assert [f.status for f in failures] == [status]
+    assert failures[0].message_ids
+
+
+def test_retry_after_is_obeyed_and_does_not_use_the_retry_budget(server: LocalSegment) -> None:
+    server.set_faults(FaultPlan(script=[Fault.http(429, retry_after=1)] * 3))
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2)
+    with emitter(server, retry=retry) as em:
+        em.emit(record(1))
+        assert em.flush(15)
+    times = [r.received_at for r in server.requests]
+    assert len(times) == 4
+    assert all(b - a >= 0.95 for a, b in itertools.pairwise(times))
+    assert server.accepted_count == 1
+
+
+def test_retry_budget_exhausted_is_reported(server: LocalSegment) -> None:
+    failures: list[DeliveryFailure] = []
+    server.outage(500)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_attempts=3)
+    with emitter(server, retry=retry, on_failure=failures.append) as em:
+        em.emit(record(1))
+        assert em.flush(10)
+        assert em.stats().dropped == {"retries_exhausted": 1}
+    assert len(server.requests) == 3
+    assert failures[0].reason == "retries_exhausted"
+    assert "3 attempts" in failures[0].detail
+
+
+# -- permanent failures ---------------------------------------------------------------------
+
+
+def test_a_400_is_bisected_to_isolate_the_offenders() -> None:
+    poison = {"user7@example.com", "user12@example.com"}
+
+    def refuse(item: Any) -> str | None:
+        return "poison" if item.get("anonymousId") in poison else None
+
+    failures: list[DeliveryFailure] = []
+    with LocalSegment(strict=True, refuse=refuse) as server:
+        batch = BatchPolicy(linger=5.0)
+        with emitter(server, batch=batch, on_failure=failures.append) as em:
+            for i in range(20):
+                em.emit(record(i))
+            assert em.flush(10)
+            assert em.stats().rejected == {"rejected": 2}
+            assert em.stats().delivered == 18
+        assert server.accepted_count == 18
+    refused = sorted(m for f in failures for m in f.message_ids)
+    assert len(refused) == 2
+    assert {f.status for f in failures} == {400}
+
+
+def test_401_pauses_the_tenant_keeps_its_events_and_a_new_key_resumes_it() -> None:
+    paused: list[tuple[str, str]] = []
+    with LocalSegment(write_keys=["key-globex"]) as server:
+        em = emitter(server, on_pause=lambda t, r: paused.append((t, r)))
+        try:
+            for i in range(3):
+                em.emit(record(i, "acme"))
+            em.emit(record(9, "globex"))
+            assert not em.flush(1.0)
+            assert server.events("key-globex")
+            stats = em.stats()
+            assert stats.tenants["acme"].queued == 3
+            assert stats.tenants["acme"].paused is not None
+            assert stats.dropped == {}
+            assert paused == [("acme", "write key refused (401)")]
+            server.add_write_key("key-acme-2")
+            em.set_write_key("acme", "key-acme-2")
+            assert em.flush(10)
+        finally:
+            em.close()
+        assert len(server.events("key-acme-2")) == 3
+
+
+# -- tenants on one pool ------------------------------------------------------------------------
+
+
+def test_one_tenants_outage_does_not_delay_another(server: LocalSegment) -> None:
+    server.set_faults(FaultPlan(per_key={"key-acme": [503] * 1000}))
+    with emitter(server, retry=RetryPolicy(initial_backoff=5.0, max_backoff=5.0)) as em:
+        em.emit(record(1, "acme"))
+        em.emit(record(2, "globex"))
+        assert server.wait_for(1, timeout=3)
+        assert server.events("key-globex")
+        assert not server.events("key-acme")
+        em.close(0.1)
+
+
+def test_a_huge_tenant_does_not_starve_small_ones(server: LocalSegment) -> None:
+    batch = BatchPolicy(max_messages=10, linger=0.0)
+    keys = {"big": "key-big", **{f"small{i}": f"key-small{i}" for i in range(5)}}
+    with emitter(server, write_keys=keys, batch=batch, threads=1, max_requests_per_second=0) as em:
+        for i in range(2000):
+            em.emit(record(i, "big"))
+        for i in range(5):
+            em.emit(record(i, f"small{i}"))
+        assert em.flush(30)
+    order = [r.write_key for r in server.requests]
+    last_small = max(i for i, key in enumerate(order) if key != "key-big")
+    assert last_small < 20, order[:30]
+
+
+def test_request_rate_is_capped_per_write_key(server: LocalSegment) -> None:
+    batch = BatchPolicy(max_messages=1, linger=0.0)
+    with emitter(server, batch=batch, max_requests_per_second=20) as em:
+        for i in range(6):
+            em.emit(record(i))
+        assert em.flush(10)
+    times = [r.received_at for r in server.requests]
+    assert len(times) == 6
+    assert all(b - a >= 0.045 for a, b in itertools.pairwise(times))
+
+
+def test_thousands_of_tenants_share_a_fixed_pool(server: LocalSegment) -> None:
+    keys = {f"t{i}": f"key-{i}" for i in range(2000)}
+    with emitter(server, write_keys=keys, threads=2) as em:
+        for i in range(2000):
+            em.emit(record(i, f"t{i}"))
+        assert em.flush(60)
+        ours = [t for t in threading.enumerate() if t.name.startswith("selligent-segment-")]
+        assert len(ours) == em.thread_count() == 3
+    assert server.accepted_count == 2000
+
+
+# -- batch limits -------------------------------------------------------------------------------
+
+
+def test_requests_stay_within_500_kb_and_2500_messages(server: LocalSegment) -> None:
+    with emitter(server, batch=BatchPolicy(max_messages=2500, linger=0.5)) as em:
+        for i in range(60):
+            em.emit(record(i, properties={"blob": "x" * 30_000}))
+        for i in range(60, 3060):
+            em.emit(record(i))
+        assert em.flush(30)
+    assert server.accepted_count == 3060
+    assert server.dropped == []
+    assert max(r.nbytes for r in server.requests) <= 500 * 1024
+    assert max(r.n_items for r in server.requests) <= 2500
+
+
+def test_gzip_bodies_are_accepted(server: LocalSegment) -> None:
+    with emitter(server, batch=BatchPolicy(linger=0.0, gzip=True)) as em:
+        em.emit(record(1))
+        assert em.flush(10)
+    assert server.requests[0].headers.get("content-encoding") == "gzip"
+    assert server.accepted_count == 1
+
+
+# -- full spool ---------------------------------------------------------------------------------
+
+
+def _stalled(server: LocalSegment, **options: Any) -> Emitter:
+    server.outage(503)
+    retry = RetryPolicy(initial_backoff=60.0, max_backoff=60.0)
+    return emitter(server, retry=retry, max_spool_bytes=64 * 1024, max_pending=5, **options)
+
+
+def _fill(em: Emitter) -> None:
+    # ~400 bytes each: the 64 KiB spool takes ~160, then the pending queue fills.
+    def emit_until_refused() -> None:
+        for i in range(10_000):
+            em.emit(record(i))
+
+    with pytest.raises(SpoolFull):
+        emit_until_refused()
+
+
+def test_full_spool_raises_by_default(server: LocalSegment) -> None:
+    em = _stalled(server)
+    _fill(em)
+    assert em.stats().refused == {"spool_full": 1}
+    em.close(0.1)
+
+
+def test_full_spool_drop_newest_reports_every_drop(server: LocalSegment) -> None:
+    failures: list[DeliveryFailure] = []
+    em = _stalled(server, on_full="block", block_timeout=0.05)
+    _fill(em)
+    em.close(0.1)
+    em = _stalled(server, on_full="drop_newest", on_failure=failures.append)
+    results = [em.emit(record(i)) for i in range(2000)]
+    assert results.count(False) == em.stats().refused["spool_full"] == len(failures)
+    assert results.count(False) > 0
+    em.close(0.1)
+
+
+# -- process life -------------------------------------------------------------------------------
+
+
+def test_close_reports_what_could_not_be_delivered(server: LocalSegment) -> None:
+    failures: list[DeliveryFailure] = []
+    server.outage(503)
+    em = emitter(server, on_failure=failures.append)
+    for i in range(3):
+        em.emit(record(i))
+    assert not em.close(0.3)
+    assert em.stats().dropped == {"unsent_at_close": 3}
+    assert sum(len(f.message_ids) for f in failures) == 3
+
+
+def test_interpreter_exit_flushes(server: LocalSegment) -> None:
+    script = textwrap.dedent(
+        f"""
+        from selligent_segment import Emitter, BatchPolicy
+        em = Emitter("k", endpoint={server.url!r}, batch=BatchPolicy(linger=30.0))
+        for i in range(5):
+            em.emit({{"type": "opened", "email": "a@example.com", "event_id": str(i)}})
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert server.accepted_count == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_works_and_never_resends_the_parents_events(server: LocalSegment) -> None:
+    em = emitter(server, write_keys=None, write_key="k", batch=BatchPolicy(linger=30.0))
+    for i in range(5):
+        em.emit(record(i, "default"))
+    pid = os.fork()
+    if pid == 0:  # the child: emit one of its own, flush, report by exit status
+        code = 1
+        try:
+            em.emit(record(100, "default"))
+            code = 0 if em.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert em.flush(10)
+    em.close()
+    ids = [e["messageId"] for e in server.accepted]
+    assert len(ids) == 6
+    assert server.duplicates == 0
+
+
+def test_asyncio_code_gets_awaitable_flush_and_close(server: LocalSegment) -> None:
+    async def main() -> tuple[bool, bool]:
+        em = emitter(server)
+        em.emit(record(1))
+        flushed = await em.aflush(10)
+        closed = await em.aclose(10)
+        return flushed, closed
+
+    assert asyncio.run(main()) == (True, True)
+    assert server.accepted_count == 1
