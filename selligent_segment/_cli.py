@@ -76,7 +76,7 @@ def _send(args: argparse.Namespace) -> int:
                     status = EXIT_INVALID
                     continue
                 try:
-                    message = encode(line.record, tenant=line.record.tenant or "", naming=naming)
+                    message = encode(line.record, naming=naming)
                 except ValueError as exc:
                     print(f"{line.where}: {exc}", file=sys.stderr)
                     status = EXIT_INVALID

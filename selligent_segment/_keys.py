@@ -12,11 +12,10 @@ import threading
 from collections.abc import Callable, Mapping
 
 from selligent_segment._errors import ConfigurationError
+from selligent_segment._mapping import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "KeyResolver", "WriteKeys", "fingerprint"]
 
-#: The tenant name used for records without one when a single write key is configured.
-DEFAULT_TENANT = "default"
 
 #: A callable that returns a tenant's current write key, or None when it has none.
 KeyResolver = Callable[[str], "str | None"]

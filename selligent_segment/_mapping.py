@@ -32,6 +32,9 @@ MAX_MESSAGE_BYTES = 32 * 1024
 MESSAGE_ID_NAMESPACE = uuid.UUID("5d0b8f52-6a53-5f0e-9a4c-3c8e2f1f7a11")
 
 _NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
+
+#: The tenant of records that name none (single-write-key setups); it scopes their ids.
+DEFAULT_TENANT = "default"
 _LIBRARY = {"name": "selligent-segment", "version": __version__}
 _INTEGRATION = {"name": "selligent", "version": __version__}
 _DEFAULT_NAMING = EventNaming()
@@ -45,6 +48,13 @@ def _fields_of(record: Record) -> dict[str, Any]:
     if isinstance(record, CallbackRecord):
         return record._fields
     return normalize(record)
+
+
+def _tenant_of(fields: Mapping[str, Any], tenant: str | None) -> str:
+    if tenant is not None:
+        return tenant
+    named: str | None = fields.get("tenant")
+    return named or DEFAULT_TENANT
 
 
 def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
@@ -65,14 +75,15 @@ def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def message_id(record: Record, tenant: str = "") -> str:
+def message_id(record: Record, tenant: str | None = None) -> str:
     """The deterministic ``messageId`` of ``record`` sent for ``tenant``.
 
     The same tenant, kind and ``event_id`` always give the same id and another tenant a
     different one; without ``event_id`` the id is derived from the record's content, so a
     replayed identical record gives the same id. A UUIDv5: 36 characters of ``[0-9a-f-]``.
     """
-    return _message_id(_fields_of(record), tenant)
+    fields = _fields_of(record)
+    return _message_id(fields, _tenant_of(fields, tenant))
 
 
 def _track(
@@ -83,7 +94,7 @@ def _track(
         value = fields.get(name)
         if value is not None:
             properties[name] = value
-    context: dict[str, Any] = {"library": _LIBRARY, "integration": _INTEGRATION}
+    context: dict[str, Any] = {"library": dict(_LIBRARY), "integration": dict(_INTEGRATION)}
     message: dict[str, Any] = {"type": "track", "event": naming.name(fields["type"], tenant)}
     email = fields.get("email")
     if email is not None:
@@ -111,7 +122,7 @@ def _track(
 def track_message(
     record: Record,
     *,
-    tenant: str = "",
+    tenant: str | None = None,
     naming: EventNaming = _DEFAULT_NAMING,
     now: datetime | None = None,
 ) -> dict[str, Any]:
@@ -123,7 +134,11 @@ def track_message(
     Properties are set only when present; extras sit under the spec's. ``now`` stands in
     for a missing timestamp (default: the current time).
     """
-    return _track(_fields_of(record), tenant, naming, now)
+    fields = _fields_of(record)
+    message = _track(fields, _tenant_of(fields, tenant), naming, now)
+    # A deep copy: the caller may change it without touching the record or later messages.
+    result: dict[str, Any] = orjson.loads(orjson.dumps(message))
+    return result
 
 
 @attrs.frozen(slots=True)
@@ -157,9 +172,10 @@ def encode_fields(
 def encode(
     record: Record,
     *,
-    tenant: str = "",
+    tenant: str | None = None,
     naming: EventNaming = _DEFAULT_NAMING,
     now: datetime | None = None,
 ) -> EncodedMessage:
     """Map ``record`` and serialise it once; a message over 32 KB raises InvalidEvent."""
-    return encode_fields(_fields_of(record), tenant, naming, now)
+    fields = _fields_of(record)
+    return encode_fields(fields, _tenant_of(fields, tenant), naming, now)

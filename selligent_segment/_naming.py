@@ -62,7 +62,7 @@ def _tenant_maps(value: Any) -> Mapping[str, Mapping[EventKind, str]]:
 
 
 def _check_profile(_: object, __: object, value: object) -> None:
-    if value not in PROFILES:
+    if not isinstance(value, str) or value not in PROFILES:
         raise ConfigurationError("profile", f"unknown profile {value!r} (known: {list(PROFILES)})")
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -82,7 +83,18 @@ RESERVED_PROPERTIES = frozenset(_PROPERTY_FIELDS)
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 _SNAKE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _MAX_TEXT = 8192
+_UTC = timezone.utc
 _MAX_DEPTH = 16
+
+
+def _check_encodable(field: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(field, "contains a lone surrogate, which is not valid UTF-8") from None
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
@@ -94,6 +106,7 @@ def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
     if not isinstance(value, str):
         raise InvalidEvent(field, f"expected a string, got {type(value).__name__}")
     value = value.strip()
+    _check_encodable(field, value)
     if len(value) > _MAX_TEXT:
         raise InvalidEvent(field, f"longer than {_MAX_TEXT} characters ({len(value)})")
     return value or None
@@ -149,6 +162,10 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
         )
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidEvent(field, "has no UTC offset; give one (e.g. '+00:00' or 'Z')")
+    try:
+        value.astimezone(_UTC)
+    except OverflowError:
+        raise InvalidEvent(field, "is out of range once converted to UTC") from None
     return value
 
 
@@ -158,7 +175,14 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
     datetime -> ISO-8601 (UTC with milliseconds when aware), date -> ISO date, Decimal ->
     number, UUID -> string, Enum -> its value; NaN and infinities are refused.
     """
-    if value is None or isinstance(value, (str, bool, int)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        _check_encodable(path, value)
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidEvent(path, "integer out of JSON's 64-bit range")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -171,6 +195,7 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidEvent(path, f"key {key!r} is not a string")
+            _check_encodable(path, key)
             out[key] = _json_value(f"{path}.{key}", item, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
@@ -182,7 +207,9 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise InvalidEvent(path, f"{value} cannot be sent as JSON")
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            return _json_value(path, int(value), depth)
+        return float(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, enum.Enum):
@@ -203,11 +230,9 @@ def _properties(value: object) -> dict[str, Any]:
             raise InvalidEvent(
                 f"properties.{key}", "is a spec property; set the record field of that name"
             )
-        out[key] = _json_value(f"properties.{key}", item)
+        if item is not None:  # no nulls: an absent property is simply not sent
+            out[key] = _json_value(f"properties.{key}", item)
     return out
-
-
-_UTC = timezone.utc
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -333,8 +358,10 @@ class CallbackRecord:
                 given[name] = value
         fields = normalize(given)
         for name in _ATTR_NAMES:
-            default: Any = {} if name == "properties" else None
-            object.__setattr__(self, name, fields.get(name, default))
+            value = fields.get(name)
+            if name == "properties":
+                value = MappingProxyType(value or {})
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "_fields", fields)
 
     @classmethod
@@ -348,11 +375,11 @@ class CallbackRecord:
         return dict(self._fields)
 
     def to_dict(self) -> dict[str, Any]:
-        """The record's JSON-ready dict form (only fields that are set), for from_dict."""
+        """The record's JSON-ready dict form (only fields that are set); from_dict inverts it."""
         out = self.fields()
         out["type"] = self.kind.value
         if self.timestamp is not None:
-            out["timestamp"] = format_timestamp(self.timestamp)
+            out["timestamp"] = self.timestamp.isoformat()
         return out
 
 

@@ -146,11 +146,6 @@ def test_invalid_settings_raise_configuration_error_naming_the_setting(
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unhashable profile (e.g. a list) raises TypeError from `value not in "
-    "PROFILES` in _check_profile instead of ConfigurationError('profile', ...)",
-)
 def test_unhashable_profile_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         EventNaming(profile=["selligent"])  # type: ignore[arg-type]
