@@ -226,7 +226,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.stdout == ""
     for result in results[:4]:
         assert "usage:" in result.stderr
-    assert "--dry-run" in results[4].stderr  # sending for real is not available yet
+    assert "--write-key" in results[4].stderr  # sending needs a key
 
 
 def test_help_mentions_exit_statuses_and_version() -> None:
