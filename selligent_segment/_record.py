@@ -77,6 +77,11 @@ _PROPERTY_FIELDS: dict[str, frozenset[EventKind] | None] = {
     "bounce_reason": frozenset({EventKind.BOUNCED}),
     "smtp_status": frozenset({EventKind.BOUNCED}),
 }
+# For each kind, the kind-specific fields it may not carry.
+_NOT_FOR = {
+    kind: frozenset(n for n, ks in _PROPERTY_FIELDS.items() if ks is not None and kind not in ks)
+    for kind in EventKind
+}
 #: Property names an extra property may not take.
 RESERVED_PROPERTIES = frozenset(_PROPERTY_FIELDS)
 
@@ -99,6 +104,9 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
     """Validate an optional text field; blank means absent."""
+    if value.__class__ is str and len(value) <= _MAX_TEXT and value.isascii():
+        # Fast path: ASCII text is valid UTF-8 and needs no surrogate check.
+        return value.strip() or None
     if value is None:
         return None
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
@@ -253,10 +261,12 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
     if "email" not in fields and "user_id" not in fields:
         raise InvalidEvent("email", "a record needs an email or a user_id (neither was given)")
     kind = fields["type"]
-    for name, kinds in _PROPERTY_FIELDS.items():
-        if kinds is not None and kind not in kinds and name in fields:
-            allowed = " or ".join(sorted(k.value for k in kinds))
-            raise InvalidEvent(name, f"applies only to {allowed} events, not {kind.value}")
+    misplaced = _NOT_FOR[kind].intersection(fields)
+    if misplaced:
+        name = next(n for n in _PROPERTY_FIELDS if n in misplaced)
+        kinds = _PROPERTY_FIELDS[name] or ()
+        allowed = " or ".join(sorted(k.value for k in kinds))
+        raise InvalidEvent(name, f"applies only to {allowed} events, not {kind.value}")
 
 
 def _text_of(field: str, allow_int: bool = False) -> Callable[[object], str | None]:
