@@ -428,6 +428,44 @@ def child_per_call(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ours_arrival(
+    emitter: Any, url: str, expected: int, deadline: float, probe: Probe, out: dict[str, Any]
+) -> tuple[float, dict[str, Any]]:
+    """Wait until ``expected`` ids arrived, then flush, record the emitter's figures, close."""
+    _, t_done, stats = wait_arrived(
+        url, expected, deadline, probe, lambda: emitter.stats().queued == 0
+    )
+    out["flush_ok"] = bool(emitter.flush(timeout=10))
+    out["threads_lib"] = ours_threads(emitter)
+    out["lib_stats"] = ours_stats(emitter)
+    out.update(ours_close(emitter))
+    return t_done, stats
+
+
+def throughput(
+    out: dict[str, Any],
+    url: str,
+    n: int,
+    stats: dict[str, Any],
+    times: tuple[float, float, float],
+    refusals: Refusals,
+    probe: Probe,
+) -> None:
+    """Fill ``out`` with arrival, rate, server, memory and thread figures of one run."""
+    t0, t_calls, t_done = times
+    arrived = stats.get("unique_message_ids", 0)
+    elapsed = t_done - t0
+    out.update(refusals.report())
+    out["calls_s"] = round(t_calls - t0, 3)
+    out["elapsed_s"] = round(elapsed, 3)
+    out["all_arrived"] = arrived >= n
+    out["arrived"] = arrived
+    out["events_per_s"] = round(arrived / elapsed, 1) if elapsed > 0 else None
+    out["server"] = server_stats(url)
+    out["rss_peak_mb"] = rss_mb()
+    out["threads_peak"] = probe.peak
+
+
 def child_e2e(cfg: dict[str, Any]) -> dict[str, Any]:
     url, lib, n = cfg["url"], cfg["lib"], cfg["n"]
     out: dict[str, Any] = {"n": n}
@@ -453,28 +491,10 @@ def child_e2e(cfg: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         emit_all(emitter, ((i, None) for i in range(n)), probe, refusals)
         t_calls = time.perf_counter()
-        _, t_done, stats = wait_arrived(
-            url,
-            n - refusals.count,
-            t_calls + deadline_after,
-            probe,
-            lambda: emitter.stats().queued == 0,
+        t_done, stats = ours_arrival(
+            emitter, url, n - refusals.count, t_calls + deadline_after, probe, out
         )
-        out["flush_ok"] = bool(emitter.flush(timeout=10))
-        out["threads_lib"] = ours_threads(emitter)
-        out["lib_stats"] = ours_stats(emitter)
-        out.update(ours_close(emitter))
-    arrived = stats.get("unique_message_ids", 0)
-    elapsed = t_done - t0
-    out.update(refusals.report())
-    out["calls_s"] = round(t_calls - t0, 3)
-    out["elapsed_s"] = round(elapsed, 3)
-    out["all_arrived"] = arrived >= n
-    out["arrived"] = arrived
-    out["events_per_s"] = round(arrived / elapsed, 1) if elapsed > 0 else None
-    out["server"] = server_stats(url)
-    out["rss_peak_mb"] = rss_mb()
-    out["threads_peak"] = probe.peak
+    throughput(out, url, n, stats, (t0, t_calls, t_done), refusals, probe)
     return out
 
 
@@ -515,28 +535,10 @@ def child_tenants(cfg: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         emit_all(emitter, ((idx, names[j]) for idx, j in order), probe, refusals)
         t_calls = time.perf_counter()
-        _, t_done, stats = wait_arrived(
-            url,
-            n - refusals.count,
-            t_calls + WAIT["tenants"],
-            probe,
-            lambda: emitter.stats().queued == 0,
+        t_done, stats = ours_arrival(
+            emitter, url, n - refusals.count, t_calls + WAIT["tenants"], probe, out
         )
-        out["flush_ok"] = bool(emitter.flush(timeout=10))
-        out["threads_lib"] = ours_threads(emitter)
-        out["lib_stats"] = ours_stats(emitter)
-        out.update(ours_close(emitter))
-    arrived = stats.get("unique_message_ids", 0)
-    elapsed = t_done - t0
-    out.update(refusals.report())
-    out["calls_s"] = round(t_calls - t0, 3)
-    out["elapsed_s"] = round(elapsed, 3)
-    out["all_arrived"] = arrived >= n
-    out["arrived"] = arrived
-    out["events_per_s"] = round(arrived / elapsed, 1) if elapsed > 0 else None
-    out["server"] = server_stats(url)
-    out["rss_peak_mb"] = rss_mb()
-    out["threads_peak"] = probe.peak
+    throughput(out, url, n, stats, (t0, t_calls, t_done), refusals, probe)
     out["threads_background"] = probe.peak - 1  # the main thread does not count
     return out
 
