@@ -29,16 +29,18 @@ def _between(low: float, high: float) -> Any:
 class BatchPolicy:
     """Batch limits and linger. Guarantee: a request never exceeds Segment's limits.
 
-    * ``max_messages``: messages per request (at most Segment's 2,500).
+    * ``max_messages``: messages per request (2,500, Segment's limit: bytes bind first).
     * ``max_bytes``: bytes per request as sent, envelope included (500,000; at most 500 KiB).
     * ``linger``: how long the first message of an idle tenant waits for company before
       its batch is sent (seconds); a full batch goes at once.
     * ``gzip``: compress request bodies.
     """
 
-    max_messages: int = attrs.field(default=1000, validator=_between(1, MAX_BATCH_MESSAGES))
+    max_messages: int = attrs.field(
+        default=MAX_BATCH_MESSAGES, validator=_between(1, MAX_BATCH_MESSAGES)
+    )
     max_bytes: int = attrs.field(
-        default=MAX_BATCH_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES)
+        default=DEFAULT_MAX_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES)
     )
     linger: float = attrs.field(default=0.1, validator=_between(0.0, 60.0))
     gzip: bool = attrs.field(default=False)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -290,10 +290,11 @@ class Emitter:
 
     def _encode_some(self, inbox: deque[tuple[dict[str, Any], str, float | None]]) -> None:
         messages: list[EncodedMessage] = []
+        accepted: Counter[str] = Counter()
         nbytes = 0
         while inbox and len(messages) < _ENCODE_CHUNK:
             fields, tenant, now = inbox.popleft()
-            self._counters.add("accepted", tenant)
+            accepted[tenant] += 1
             moment = None if now is None else datetime.fromtimestamp(now, _UTC)
             try:
                 message = encode_fields(fields, tenant, self._naming, moment)
@@ -304,6 +305,7 @@ class Emitter:
                 continue
             messages.append(message)
             nbytes += len(message.body)
+        self._counters.add_many("accepted", accepted)
         with self._room:
             self._room.notify_all()
         while not self._spool.has_room(nbytes) and not self._stop_encoder:

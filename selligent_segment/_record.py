@@ -38,11 +38,11 @@ class EventKind(str, enum.Enum):
     @classmethod
     def parse(cls, value: object) -> EventKind:
         """Return the kind named by ``value`` (canonical name or documented alias)."""
-        if isinstance(value, EventKind):
-            return value
         if not isinstance(value, str):
             raise InvalidEvent("type", f"expected a string, got {type(value).__name__}")
-        kind = _KIND_ALIASES.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
+        kind = _KIND_ALIASES.get(value)
+        if kind is None:
+            kind = _KIND_ALIASES.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
         if kind is None:
             known = ", ".join(k.value for k in cls)
             raise InvalidEvent("type", f"unknown event type {value!r} (expected one of {known})")
@@ -271,6 +271,8 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 
 def _text_of(field: str, allow_int: bool = False) -> Callable[[object], str | None]:
     def convert(value: object) -> str | None:
+        if isinstance(value, str) and len(value) <= _MAX_TEXT and value.isascii():
+            return value.strip() or None
         return _text(field, value, allow_int=allow_int)
 
     return convert

@@ -61,6 +61,11 @@ class Counters:
             counter: Counter[str] = getattr(self, name)
             counter[tenant] += n
 
+    def add_many(self, name: str, counts: Mapping[str, int]) -> None:
+        with self._lock:
+            counter: Counter[str] = getattr(self, name)
+            counter.update(counts)
+
     def add_reason(self, name: str, tenant: str, reason: str, n: int = 1) -> None:
         with self._lock:
             table: dict[str, Counter[str]] = getattr(self, name)
