@@ -300,6 +300,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "user_agent": _text_of("user_agent"),
     "properties": _properties,
 }
+_PLAIN_TEXT = frozenset(name for name, check in _VALIDATORS.items() if check.__name__ == "convert")
 #: The record fields of the documented dict/JSON form.
 FIELD_NAMES = frozenset(_VALIDATORS)
 
@@ -315,6 +316,17 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidEvent("record", f"expected a JSON object, got {type(data).__name__}")
     out: dict[str, Any] = {}
     for key, value in data.items():
+        if (
+            key in _PLAIN_TEXT
+            and value.__class__ is str
+            and value.isascii()
+            and len(value) <= _MAX_TEXT
+        ):
+            # Inlined fast path of _text for plain ASCII text (the common case).
+            value = value.strip()
+            if value:
+                out[key] = value
+            continue
         validate = _VALIDATORS.get(key)
         if validate is None:
             raise InvalidEvent(str(key), "unknown field")
