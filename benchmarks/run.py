@@ -822,6 +822,17 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
             }
         )
 
+    def add_rss(label: str, o: dict[str, Any] | None, a: dict[str, Any] | None) -> None:
+        add(
+            f"{label}: peak RSS, MB",
+            o,
+            a,
+            lambda r: f"{r['rss_peak_mb']:.1f}",
+            lambda o, a: rss_ratio(o["rss_peak_mb"], a["rss_peak_mb"]),
+            "-",
+            None,
+        )
+
     def arrived(r: dict[str, Any]) -> str:
         return "all arrived" if r["all_arrived"] else f"only {r['arrived']:,} arrived"
 
@@ -877,15 +888,7 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
             "<= 4 sender threads",
             lambda o, a: o["threads_background"] <= 4,
         )
-        add(
-            f"{label}: peak RSS, MB",
-            o,
-            a,
-            lambda r: f"{r['rss_peak_mb']:.1f}",
-            lambda o, a: rss_ratio(o["rss_peak_mb"], a["rss_peak_mb"]),
-            "-",
-            None,
-        )
+        add_rss(label, o, a)
     if "fault" in ran:
         o, a = res.get("fault/ours"), res.get("fault/anchor")
         label = f"4. fault mix, n={sizes['fault']:,} (20% 500, 5% 429, 5% drops; Retry-After 1)"
@@ -920,15 +923,7 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
             "nothing lost",
             lambda o, a: o["lost"] == 0,
         )
-        add(
-            f"{label}: peak RSS, MB",
-            o,
-            a,
-            lambda r: f"{r['rss_peak_mb']:.1f}",
-            lambda o, a: rss_ratio(o["rss_peak_mb"], a["rss_peak_mb"]),
-            "-",
-            None,
-        )
+        add_rss(label, o, a)
     if "queued" in ran:
         n = sizes["queued"]
         add(
