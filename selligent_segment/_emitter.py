@@ -370,6 +370,16 @@ class Emitter:
 
     def _drop_leftovers(self) -> None:
         left: dict[str, list[EncodedMessage]] = {}
+        # Records an emit() racing close() appended after the encoder stopped.
+        while self._inbox:
+            fields, tenant, now = self._inbox.popleft()
+            self._counters.add("accepted", tenant)
+            moment = None if now is None else datetime.fromtimestamp(now, _UTC)
+            try:
+                message = encode_fields(fields, tenant, self._naming, moment)
+            except InvalidEvent:
+                message = EncodedMessage(tenant, "", fields["type"], b"")
+            left.setdefault(tenant, []).append(message)
         for tenant in self._spool.tenants():
             while (lease := self._spool.lease(tenant, 10_000, 1 << 62)) is not None:
                 self._spool.reject(lease, lease.messages, "unsent at close", None)

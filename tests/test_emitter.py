@@ -436,3 +436,14 @@ def test_asyncio_code_gets_awaitable_flush_and_close(server: LocalSegment) -> No
 
     assert asyncio.run(main()) == (True, True)
     assert server.accepted_count == 1
+
+
+def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> None:
+    failures: list[DeliveryFailure] = []
+    em = emitter(server, on_failure=failures.append)
+    em.close(1)
+    # Simulate an emit() that passed the closed check just before close() finished.
+    em._inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None))
+    em._drop_leftovers()
+    assert em.stats().dropped == {"unsent_at_close": 1}
+    assert [len(f.message_ids) for f in failures] == [1]
