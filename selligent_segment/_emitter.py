@@ -11,7 +11,7 @@ import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any
 
 from selligent_segment._batch_policy import BatchPolicy
@@ -295,9 +295,8 @@ class Emitter:
         while inbox and len(messages) < _ENCODE_CHUNK:
             fields, tenant, now = inbox.popleft()
             accepted[tenant] += 1
-            moment = None if now is None else datetime.fromtimestamp(now, _UTC)
             try:
-                message = encode_fields(fields, tenant, self._naming, moment)
+                message = encode_fields(fields, tenant, self._naming, now)
             except InvalidEvent as exc:
                 self._counters.add_reason("rejected", tenant, "too_large")
                 log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
@@ -374,9 +373,8 @@ class Emitter:
         while self._inbox:
             fields, tenant, now = self._inbox.popleft()
             self._counters.add("accepted", tenant)
-            moment = None if now is None else datetime.fromtimestamp(now, _UTC)
             try:
-                message = encode_fields(fields, tenant, self._naming, moment)
+                message = encode_fields(fields, tenant, self._naming, now)
             except InvalidEvent:
                 message = EncodedMessage(tenant, "", fields["type"], b"")
             left.setdefault(tenant, []).append(message)

@@ -17,6 +17,7 @@ from selligent_segment._record import (
     _PROPERTY_FIELDS,
     CallbackRecord,
     EventKind,
+    format_epoch,
     format_timestamp,
     normalize,
 )
@@ -86,7 +87,7 @@ def message_id(record: Record, tenant: str | None = None) -> str:
 
 
 def _track(
-    fields: Mapping[str, Any], tenant: str, naming: EventNaming, now: datetime | None
+    fields: Mapping[str, Any], tenant: str, naming: EventNaming, now: datetime | float | None
 ) -> dict[str, Any]:
     # The hot path: one pass over the fields that are set. The context dicts are shared
     # here because the message is serialised at once; track_message() deep-copies.
@@ -110,10 +111,13 @@ def _track(
         context["ip"] = fields["ip"]
     if "user_agent" in fields:
         context["userAgent"] = fields["user_agent"]
-    moment = fields.get("timestamp") or now or datetime.now(timezone.utc)
+    moment = fields.get("timestamp") or now
     message["properties"] = properties
     message["context"] = context
-    message["timestamp"] = format_timestamp(moment)
+    if isinstance(moment, float):  # a POSIX time captured by Emitter.emit
+        message["timestamp"] = format_epoch(moment)
+    else:
+        message["timestamp"] = format_timestamp(moment or datetime.now(timezone.utc))
     message["messageId"] = _message_id(fields, tenant)
     return message
 
@@ -154,9 +158,15 @@ class EncodedMessage:
 
 
 def encode_fields(
-    fields: Mapping[str, Any], tenant: str, naming: EventNaming, now: datetime | None = None
+    fields: Mapping[str, Any],
+    tenant: str,
+    naming: EventNaming,
+    now: datetime | float | None = None,
 ) -> EncodedMessage:
-    """Map and serialise already-normalised fields; over 32 KB raises InvalidEvent."""
+    """Map and serialise already-normalised fields; over 32 KB raises InvalidEvent.
+
+    ``now`` (a datetime or a POSIX time) stands in for a missing timestamp.
+    """
     message = _track(fields, tenant, naming, now)
     body = orjson.dumps(message)
     if len(body) > MAX_MESSAGE_BYTES:

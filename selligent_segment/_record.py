@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
@@ -241,6 +242,27 @@ def _properties(value: object) -> dict[str, Any]:
         if item is not None:  # no nulls: an absent property is simply not sent
             out[key] = _json_value(f"properties.{key}", item)
     return out
+
+
+_epoch_cache: tuple[int, str] = (-1, "")
+
+
+def format_epoch(seconds: float) -> str:
+    """:func:`format_timestamp` of a POSIX time, with the date part cached per second."""
+    global _epoch_cache
+    # Round to microseconds as datetime.fromtimestamp does, then truncate to milliseconds.
+    frac, whole_f = math.modf(seconds)
+    whole = int(whole_f)
+    micro = round(frac * 1e6)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    elif micro < 0:
+        whole, micro = whole - 1, micro + 1_000_000
+    cached, prefix = _epoch_cache
+    if whole != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _epoch_cache = (whole, prefix)  # one tuple: safe to share between threads
+    return f"{prefix}.{micro // 1000:03d}Z"
 
 
 def format_timestamp(moment: datetime) -> str:

@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from selligent_segment import (
     CallbackRecord,
@@ -756,3 +758,11 @@ def test_evolve_revalidates() -> None:
     with pytest.raises(InvalidEvent, match=r"^email: not a plausible"):
         attrs.evolve(record, email="nope")
     assert attrs.evolve(record, tenant=" globex ").tenant == "globex"
+
+
+@given(st.floats(min_value=0, max_value=2**32, allow_nan=False, allow_infinity=False))
+def test_format_epoch_matches_format_timestamp(seconds: float) -> None:
+    from selligent_segment._record import format_epoch
+
+    expected = format_timestamp(datetime.fromtimestamp(seconds, timezone.utc))
+    assert format_epoch(seconds) == expected
