@@ -57,7 +57,8 @@ class _Tenant:
     scheduled: bool = False
     in_flight: bool = False
     not_before: float = 0.0
-    last_request: float = float("-inf")
+    tokens: float = 0.0
+    refilled: float = float("-inf")
     attempts: int = 0
     retries: int = 0
     backoff_spent: float = 0.0
@@ -95,7 +96,11 @@ class Dispatcher:
         self.batch = batch
         self.retry = retry
         self.n_threads = threads
-        self.min_interval = 1.0 / max_requests_per_second if max_requests_per_second else 0.0
+        # The request-rate cap is a token bucket: ``rate`` requests per second on average,
+        # bursts of up to ``burst`` (a tenth of a second's worth) without waiting.
+        self.rate = max_requests_per_second
+        self.burst = max(1.0, max_requests_per_second / 10)
+        self.full_at = batch.max_messages  # messages that fill a batch; refined by sizes
         self.counters = counters
         self.on_failure = on_failure
         self.on_pause = on_pause
@@ -128,22 +133,29 @@ class Dispatcher:
         self.cv.notify()
 
     def _ready_at(self, state: _Tenant, now: float, lingering: bool) -> float:
-        at = max(state.not_before, state.last_request + self.min_interval)
+        at = state.not_before
+        if self.rate:
+            tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
+            if tokens < 1.0:
+                at = max(at, now + (1.0 - tokens) / self.rate)
         if state.paused is not None:
             return max(at, now + self.paused_recheck)
         if lingering and not self.flushing:
             at = max(at, now + self.batch.linger)
         return at
 
-    def notify_put(self, tenants: Sequence[str]) -> None:
-        """Tell the senders that ``tenants`` have new messages."""
+    def notify_put(self, tenants: Sequence[str], mean_size: float = 0.0) -> None:
+        """Tell the senders that ``tenants`` have new messages (of ``mean_size`` bytes)."""
         now = time.monotonic()
+        if mean_size:
+            by_bytes = int(self.batch.max_bytes // (mean_size + 1))
+            self.full_at = max(1, min(self.batch.max_messages, by_bytes))
         with self.cv:
             for tenant in tenants:
                 state = self._state(tenant)
                 if state.in_flight or state.paused is not None:
                     continue
-                full = self.spool.backlog(tenant) >= self.batch.max_messages
+                full = self.spool.backlog(tenant) >= self.full_at
                 if state.scheduled and not full:
                     continue
                 self._schedule(state, self._ready_at(state, now, lingering=not full), now)
@@ -255,7 +267,7 @@ class Dispatcher:
         if lease is None:
             self._finish(state)
             return
-        state.last_request = time.monotonic()
+        self._take_token(state)
         response = self.transport.post(
             self.endpoint, key, [m.body for m in lease.messages], retry_count=state.retries
         )
@@ -274,6 +286,14 @@ class Dispatcher:
             self._finish(state)
         else:
             self._retry_later(state, lease, response.retry_after, response.error)
+
+    def _take_token(self, state: _Tenant) -> None:
+        if self.rate:
+            now = time.monotonic()
+            with self.cv:
+                tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
+                state.tokens = tokens - 1.0
+                state.refilled = now
 
     @staticmethod
     def _reset_backoff(state: _Tenant) -> None:

@@ -311,7 +311,9 @@ class Emitter:
             with self._dispatcher.settled:
                 self._dispatcher.settled.wait(0.1)
         self._spool.put_many(messages)
-        self._dispatcher.notify_put(list({m.tenant: None for m in messages}))
+        if messages:
+            tenants = list({m.tenant: None for m in messages})
+            self._dispatcher.notify_put(tenants, nbytes / len(messages))
 
     def _on_failure(self, failure: DeliveryFailure) -> None:
         if self._user_on_failure is not None:
