@@ -23,10 +23,10 @@ import attrs
 from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._keys import WriteKeys, fingerprint
 from selligent_segment._mapping import EncodedMessage
-from selligent_segment._retry import Outcome, RetryPolicy
+from selligent_segment._retry import Outcome, RetryPolicy, server_paced
 from selligent_segment._spool import Lease, Spool
 from selligent_segment._stats import Counters
-from selligent_segment._transport import Transport, envelope_overhead
+from selligent_segment._transport import Response, Transport, envelope_overhead
 
 __all__ = ["DeliveryFailure", "Dispatcher"]
 
@@ -178,9 +178,7 @@ class Dispatcher:
         now = time.monotonic()
         with self.cv:
             state = self._state(tenant)
-            state.paused = None
-            state.paused_key = None
-            self._reset_backoff(state)
+            self._unpause(state)
             state.not_before = 0.0
             if not state.in_flight:
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
@@ -188,10 +186,6 @@ class Dispatcher:
     def paused(self) -> dict[str, str]:
         with self.cv:
             return {t: s.paused for t, s in self._tenants.items() if s.paused is not None}
-
-    def in_flight(self) -> int:
-        with self.cv:
-            return sum(1 for s in self._tenants.values() if s.in_flight)
 
     def _next_tenant(self) -> _Tenant | None:
         with self.cv:
@@ -260,7 +254,7 @@ class Dispatcher:
             if fingerprint(key) == state.paused_key:
                 self._finish(state, delay=self.paused_recheck)
                 return
-            self.resume_state(state)
+            self._resume_with_new_key(state)
         lease = self.spool.lease(
             state.name, self.batch.max_messages, self.batch.max_bytes - envelope_overhead(key)
         )
@@ -285,7 +279,7 @@ class Dispatcher:
             self._reset_backoff(state)
             self._finish(state)
         else:
-            self._retry_later(state, lease, response.retry_after, response.error)
+            self._retry_later(state, lease, response)
 
     def _take_token(self, state: _Tenant) -> None:
         if self.rate:
@@ -300,10 +294,14 @@ class Dispatcher:
         state.attempts = state.retries = 0
         state.backoff_spent = state.rate_limited_spent = 0.0
 
-    def resume_state(self, state: _Tenant) -> None:
+    def _unpause(self, state: _Tenant) -> None:
+        """Clear a pause and its backoff (under self.cv)."""
+        state.paused = state.paused_key = None
+        self._reset_backoff(state)
+
+    def _resume_with_new_key(self, state: _Tenant) -> None:
         with self.cv:
-            state.paused = state.paused_key = None
-            self._reset_backoff(state)
+            self._unpause(state)
         log.warning("selligent-segment: tenant %r resumed with a new write key", state.name)
 
     def _pause(self, state: _Tenant, reason: str, key: str | None) -> None:
@@ -318,11 +316,11 @@ class Dispatcher:
             self._call(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
 
-    def _retry_later(
-        self, state: _Tenant, lease: Lease, retry_after: float | None, error: str | None
-    ) -> None:
-        if retry_after is not None:
-            delay = retry_after
+    def _retry_later(self, state: _Tenant, lease: Lease, response: Response) -> None:
+        error = response.error
+        if server_paced(response.outcome, response.retry_after):
+            assert response.retry_after is not None  # server_paced() checked it
+            delay = response.retry_after
             state.rate_limited_spent += delay
         else:
             state.attempts += 1

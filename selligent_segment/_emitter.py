@@ -133,7 +133,6 @@ class Emitter:
         self._user_on_pause = on_pause
         self._exit_timeout = exit_timeout
         self._default_tenant = self._keys.default_tenant()
-        MemorySpool(max_spool_bytes)  # validates the size now, not at first use
         self._setup()
         _live.add(self)
 

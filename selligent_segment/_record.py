@@ -293,8 +293,6 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
 
 def _text_of(field: str, allow_int: bool = False) -> Callable[[object], str | None]:
     def convert(value: object) -> str | None:
-        if isinstance(value, str) and len(value) <= _MAX_TEXT and value.isascii():
-            return value.strip() or None
         return _text(field, value, allow_int=allow_int)
 
     return convert

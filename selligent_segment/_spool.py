@@ -45,11 +45,6 @@ class Lease:
     messages: tuple[EncodedMessage, ...]
     id: int = attrs.field(factory=lambda: next(_lease_ids))
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the message bodies, without separators or envelope."""
-        return sum(len(m.body) for m in self.messages)
-
 
 @attrs.frozen(slots=True)
 class SpoolStats:

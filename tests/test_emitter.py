@@ -140,6 +140,8 @@ def test_configuration_is_validated_on_construction(server: LocalSegment) -> Non
         Emitter("k", endpoint=server.url, on_full="explode")
     with pytest.raises(ConfigurationError, match="endpoint"):
         Emitter("k", endpoint="http://example.com")
+    with pytest.raises(ConfigurationError, match="max_spool_bytes"):
+        Emitter("k", endpoint=server.url, max_spool_bytes=1000)
 
 
 def test_write_keys_never_appear_in_repr(server: LocalSegment) -> None:
