@@ -33,6 +33,7 @@ from selligent_segment._retry import RetryPolicy
 from selligent_segment._spool import OnFull
 from selligent_segment._stats import Counters, Stats
 from selligent_segment._transport import Transport
+from selligent_segment._validate import check_number
 
 __all__ = ["Emitter"]
 
@@ -42,13 +43,6 @@ _UTC = timezone.utc
 _ENCODE_CHUNK = 512
 _LOG_EVERY = 10.0
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
-
-
-def _number(setting: str, value: object, low: float, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < low:
-        kind = "an integer" if integer else "a number"
-        raise ConfigurationError(setting, f"expected {kind} >= {low}, got {value!r}")
 
 
 class Emitter:
@@ -109,12 +103,12 @@ class Emitter:
         self._endpoint = resolve_endpoint(endpoint, region, allow_insecure_http)
         if spool != "memory":
             raise ConfigurationError("spool", f"unknown spool {spool!r} (this version: 'memory')")
-        _number("max_pending", max_pending, 1, integer=True)
-        _number("block_timeout", block_timeout, 0)
-        _number("threads", threads, 1, integer=True)
-        _number("max_requests_per_second", max_requests_per_second, 0)
-        _number("timeout", timeout, 0.001)
-        _number("exit_timeout", exit_timeout, 0)
+        check_number("max_pending", max_pending, minimum=1, integer=True)
+        check_number("block_timeout", block_timeout, minimum=0)
+        check_number("threads", threads, minimum=1, integer=True)
+        check_number("max_requests_per_second", max_requests_per_second, minimum=0)
+        check_number("timeout", timeout, minimum=0.001)
+        check_number("exit_timeout", exit_timeout, minimum=0)
         try:
             self._on_full = OnFull(on_full)
         except ValueError:

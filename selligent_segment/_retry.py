@@ -28,6 +28,7 @@ import tenacity
 from tenacity.wait import wait_base
 
 from selligent_segment._errors import ConfigurationError
+from selligent_segment._validate import check_number
 
 __all__ = [
     "JITTER_FRACTION",
@@ -182,24 +183,12 @@ def _wait_strategy(initial: float, cap: float, jitter: bool) -> wait_base:
 _NO_RETRYING = tenacity.Retrying(stop=tenacity.stop_after_attempt(1), sleep=lambda _s: None)
 
 
-def _number(name: str, value: object, *, minimum: float, strict: bool) -> None:
-    """Validate one numeric setting; raise ConfigurationError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(name, f"must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ConfigurationError(name, "must be finite")
-    if strict and value <= minimum:
-        raise ConfigurationError(name, f"must be greater than {minimum:g}, got {value!r}")
-    if not strict and value < minimum:
-        raise ConfigurationError(name, f"must be at least {minimum:g}, got {value!r}")
-
-
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _number(attribute.name, value, minimum=0.0, strict=True)
+    check_number(attribute.name, value, minimum=0.0, strict=True)
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    _number(attribute.name, value, minimum=0.0, strict=False)
+    check_number(attribute.name, value, minimum=0.0, strict=False)
 
 
 def _attempts(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -144,6 +144,25 @@ def test_configuration_is_validated_on_construction(server: LocalSegment) -> Non
         Emitter("k", endpoint=server.url, max_spool_bytes=1000)
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("timeout", float("nan")),
+        ("block_timeout", float("inf")),
+        ("max_requests_per_second", float("nan")),
+        ("exit_timeout", float("-inf")),
+        ("threads", 2.0),
+        ("max_pending", True),
+    ],
+)
+def test_numeric_options_refuse_nan_infinity_and_wrong_types(
+    server: LocalSegment, setting: str, value: object
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Emitter("k", endpoint=server.url, **{setting: value})
+    assert info.value.setting == setting
+
+
 def test_write_keys_never_appear_in_repr(server: LocalSegment) -> None:
     em = emitter(server, write_keys={"acme": "sekrit-key-1"})
     try:
