@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import itertools
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timezone
+from pathlib import Path
 from typing import Any
+
+import attrs
+import orjson
 
 from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._dispatch import DeliveryFailure, Dispatcher
@@ -21,9 +26,11 @@ from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
     InvalidEvent,
+    SelligentSegmentError,
     SpoolFull,
     UnknownTenant,
 )
+from selligent_segment._journal import FRAME_OVERHEAD, Mark
 from selligent_segment._keys import KeyResolver, WriteKeys
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._memory_spool import MemorySpool
@@ -31,6 +38,8 @@ from selligent_segment._naming import EventNaming
 from selligent_segment._record import CallbackRecord, EventKind, normalize
 from selligent_segment._retry import RetryPolicy
 from selligent_segment._spool import OnFull
+from selligent_segment._spool_db import spool_path
+from selligent_segment._sqlite_spool import DeadMessage, SqliteSpool
 from selligent_segment._stats import Counters, Stats
 from selligent_segment._transport import Transport
 from selligent_segment._validate import check_number
@@ -42,7 +51,23 @@ log = logging.getLogger("selligent_segment")
 _UTC = timezone.utc
 _ENCODE_CHUNK = 512
 _LOG_EVERY = 10.0
+_MAINTAIN_EVERY = 1.0
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+#: With a durable spool a batch is retried through outages of up to 12 hours (then it
+#: becomes a dead letter, kept and requeueable); in memory the default policy applies.
+DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)
+
+_Entry = tuple[dict[str, Any], str, "float | None", "Mark | None"]
+
+
+@attrs.frozen
+class BulkResult:
+    """What :meth:`Emitter.emit_many` did: how many records it accepted, and the refused
+    ones as ``(index, error)`` pairs. A refused record never costs another one."""
+
+    accepted: int
+    refused: tuple[tuple[int, SelligentSegmentError], ...] = ()
 
 
 class Emitter:
@@ -61,12 +86,21 @@ class Emitter:
       ``tenant -> key`` or a callable ``tenant -> key | None`` (asked at send time).
     * ``endpoint``: a custom base URL; otherwise ``region`` ``"us"`` or ``"eu"``.
       Plain ``http://`` is refused except to loopback unless ``allow_insecure_http``.
-    * ``spool``: ``"memory"`` (bounded by ``max_spool_bytes``, default 256 MiB).
+    * ``spool``: ``"memory"`` (the default; lost with the process), or a file path or
+      ``sqlite:///`` URL: the durable spool. Then ``emit`` returns only once the event is
+      journaled on disk, so it survives ``kill -9`` at any instant; processes may share
+      one file; what a dead process left is delivered by the others or the next start.
+      Either is bounded by ``max_spool_bytes`` (256 MiB; for a file, its used pages).
+    * ``fsync``: durable spool only: also survive power loss, at the cost of an
+      ``fdatasync`` per ``emit`` (False).
     * ``max_pending``: records accepted but not yet encoded into the spool (100,000);
       when it is reached ``on_full`` applies: ``"raise"`` SpoolFull (default),
       ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``.
-    * ``naming``: an :class:`EventNaming` (profile and overrides).
-    * ``batch``: a :class:`BatchPolicy`; ``retry``: a :class:`RetryPolicy`.
+    * ``naming``: an :class:`EventNaming` (profile and overrides). Processes sharing
+      a spool file must use the same naming: a dead process's journal is replayed with
+      the naming of the process that finds it.
+    * ``batch``: a :class:`BatchPolicy`; ``retry``: a :class:`RetryPolicy` (default
+      ``RetryPolicy()`` in memory, :data:`DURABLE_RETRY` with a spool file).
     * ``threads``: sender threads shared by all tenants (2).
     * ``max_requests_per_second``: per-tenant request-rate cap (50; 0 = none).
     * ``timeout``: HTTP read timeout in seconds (15).
@@ -84,7 +118,8 @@ class Emitter:
         endpoint: str | None = None,
         region: str = "us",
         allow_insecure_http: bool = False,
-        spool: str = "memory",
+        spool: str | os.PathLike[str] = "memory",
+        fsync: bool = False,
         max_spool_bytes: int = 256 * 1024 * 1024,
         max_pending: int = 100_000,
         on_full: str | OnFull = OnFull.RAISE,
@@ -101,8 +136,10 @@ class Emitter:
     ) -> None:
         self._keys = WriteKeys(write_key, write_keys)
         self._endpoint = resolve_endpoint(endpoint, region, allow_insecure_http)
-        if spool != "memory":
-            raise ConfigurationError("spool", f"unknown spool {spool!r} (this version: 'memory')")
+        self._spool_path: Path | None = None if spool == "memory" else spool_path(spool)
+        if not isinstance(fsync, bool):
+            raise ConfigurationError("fsync", "must be True or False")
+        self._fsync = fsync
         check_number("max_pending", max_pending, minimum=1, integer=True)
         check_number("block_timeout", block_timeout, minimum=0)
         check_number("threads", threads, minimum=1, integer=True)
@@ -119,7 +156,7 @@ class Emitter:
         self._block_timeout = block_timeout
         self._naming = naming or EventNaming()
         self._batch = batch or BatchPolicy()
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or (RetryPolicy() if self._spool_path is None else DURABLE_RETRY)
         self._threads = threads
         self._rate = max_requests_per_second
         self._timeout = timeout
@@ -129,6 +166,8 @@ class Emitter:
         self._default_tenant = self._keys.default_tenant()
         self._setup()
         _live.add(self)
+        if self._spool_path is not None:
+            self._start()  # deliver what earlier runs or dead processes left in the file
 
     def _setup(self) -> None:
         """(Re)build every piece of runtime state: at construction and after fork."""
@@ -136,14 +175,27 @@ class Emitter:
         self._closed = False
         self._started = False
         self._start_lock = threading.Lock()
-        self._inbox: deque[tuple[dict[str, Any], str, float | None]] = deque()
+        self._inbox: deque[_Entry] = deque()
+        self._accept_lock = threading.Lock()
         self._wake = threading.Event()
         self._room = threading.Condition(threading.Lock())
         self._encoder_idle = True
         self._stop_encoder = False
         self._encoder: threading.Thread | None = None
         self._counters = Counters()
-        self._spool = MemorySpool(self._max_spool_bytes)
+        self._durable: SqliteSpool | None = None
+        self._spool: MemorySpool | SqliteSpool
+        if self._spool_path is None:
+            self._spool = MemorySpool(self._max_spool_bytes)
+        else:
+            self._spool = self._durable = SqliteSpool(
+                self._spool_path,
+                max_bytes=self._max_spool_bytes,
+                decoder=self._decode_journaled,
+                fsync=self._fsync,
+            )
+        self._next_maintain = 0.0
+        self._closed_result: bool | None = None
         self._transport = Transport(
             max_connections=self._threads, read_timeout=self._timeout, gzip=self._batch.gzip
         )
@@ -178,21 +230,97 @@ class Emitter:
         """
         if self._closed:
             raise EmitterClosed("emit() after close(); the event was not accepted")
+        fields, tenant = self._check(record)
+        inbox = self._inbox
+        if len(inbox) >= self._max_pending and not self._wait_for_room(tenant):
+            return False
+        now = None if "timestamp" in fields else time.time()
+        durable = self._durable
+        if durable is None:
+            inbox.append((fields, tenant, now, None))
+        else:
+            payload = orjson.dumps((tenant, now, fields))
+            with self._accept_lock:  # journal order = inbox order
+                inbox.append((fields, tenant, now, durable.accept((payload,))))
+        if self._encoder_idle:
+            self._wake.set()
+        if not self._started:
+            self._start()
+        return True
+
+    def _check(self, record: CallbackRecord | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         fields = record._fields if isinstance(record, CallbackRecord) else normalize(record)
         tenant = fields.get("tenant") or self._default_tenant
         if tenant is None:
             raise InvalidEvent("tenant", "required when write_keys names several tenants")
         if not self._keys.known(tenant):
             raise UnknownTenant(tenant)
-        inbox = self._inbox
-        if len(inbox) >= self._max_pending and not self._wait_for_room(tenant):
-            return False
-        inbox.append((fields, tenant, None if "timestamp" in fields else time.time()))
+        return fields, tenant
+
+    def emit_many(self, records: Iterable[CallbackRecord | Mapping[str, Any]]) -> BulkResult:
+        """Accept many records; cheaper per record than :meth:`emit` (one journal write
+        per chunk with a durable spool).
+
+        Invalid records and those of unknown tenants are refused one by one and returned
+        with their index; the others are accepted. When the spool is full the ``on_full``
+        policy applies to the rest: SpoolFull (its ``accepted`` says how many records were
+        accepted before it), a wait, or dropping them (counted in ``refused`` as SpoolFull).
+        """
+        if self._closed:
+            raise EmitterClosed("emit_many() after close(); no event was accepted")
+        refused: list[tuple[int, SelligentSegmentError]] = []
+        chunk: list[tuple[int, dict[str, Any], str]] = []
+        accepted = 0
+        for index, record in enumerate(records):
+            try:
+                fields, tenant = self._check(record)
+            except (InvalidEvent, UnknownTenant) as exc:
+                refused.append((index, exc))
+                continue
+            chunk.append((index, fields, tenant))
+            if len(chunk) >= _ENCODE_CHUNK:
+                accepted += self._accept_chunk(chunk, refused, accepted)
+                chunk = []
+        if chunk:
+            accepted += self._accept_chunk(chunk, refused, accepted)
+        return BulkResult(accepted, tuple(refused))
+
+    def _accept_chunk(
+        self,
+        chunk: Sequence[tuple[int, dict[str, Any], str]],
+        refused: list[tuple[int, SelligentSegmentError]],
+        accepted_before: int,
+    ) -> int:
+        if len(self._inbox) >= self._max_pending:
+            try:
+                room = self._wait_for_room(chunk[0][2], len(chunk))
+            except SpoolFull as exc:
+                exc.accepted = accepted_before
+                raise
+            if not room:
+                dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
+                refused.extend((index, dropped) for index, _, _ in chunk)
+                return 0
+        now = time.time()
+        entries = [(f, t, None if "timestamp" in f else now) for _, f, t in chunk]
+        durable = self._durable
+        if durable is None:
+            self._inbox.extend((f, t, n, None) for f, t, n in entries)
+        else:
+            payloads = [orjson.dumps((t, n, f)) for f, t, n in entries]
+            with self._accept_lock:
+                name, end = durable.accept(payloads)
+                # Each entry carries the journal offset just past its own frame.
+                ends = list(itertools.accumulate(FRAME_OVERHEAD + len(p) for p in payloads))
+                start = end - ends[-1]
+                self._inbox.extend(
+                    (f, t, n, (name, start + e)) for (f, t, n), e in zip(entries, ends, strict=True)
+                )
         if self._encoder_idle:
             self._wake.set()
         if not self._started:
             self._start()
-        return True
+        return len(entries)
 
     def _emit_kind(self, kind: EventKind, fields: dict[str, Any]) -> bool:
         fields["type"] = kind
@@ -222,22 +350,22 @@ class Emitter:
         """``emit`` an ``Email Marked as Spam`` record given as keyword fields."""
         return self._emit_kind(EventKind.MARKED_AS_SPAM, fields)
 
-    def _wait_for_room(self, tenant: str) -> bool:
+    def _wait_for_room(self, tenant: str, n: int = 1) -> bool:
         if self._on_full is OnFull.BLOCK:
             with self._room:
                 if self._room.wait_for(
                     lambda: len(self._inbox) < self._max_pending, self._block_timeout
                 ):
                     return True
-        self._counters.refuse("spool_full")
-        self._log_full()
+        self._counters.refuse("spool_full", n)
+        self._log_full(n)
         if self._on_full is OnFull.DROP_NEWEST:
             self._on_failure(DeliveryFailure(tenant, "spool_full", "spool full", None, (), ()))
             return False
         raise SpoolFull(f"{self._max_pending} events are waiting; the event was not accepted")
 
-    def _log_full(self) -> None:
-        self._full_since_log += 1
+    def _log_full(self, n: int = 1) -> None:
+        self._full_since_log += n
         now = time.monotonic()
         if now - self._last_full_log >= _LOG_EVERY:
             log.error(
@@ -265,6 +393,8 @@ class Emitter:
     def _encode_loop(self) -> None:
         inbox = self._inbox
         while True:
+            if self._durable is not None and time.monotonic() >= self._next_maintain:
+                self._maintain()
             if not inbox:
                 self._encoder_idle = True
                 if not inbox:
@@ -281,45 +411,98 @@ class Emitter:
             except Exception:  # a bug must not stop acceptance
                 log.exception("selligent-segment: encoder error")
 
-    def _encode_some(self, inbox: deque[tuple[dict[str, Any], str, float | None]]) -> None:
+    def _maintain(self) -> None:
+        assert self._durable is not None
+        self._next_maintain = time.monotonic() + _MAINTAIN_EVERY
+        try:
+            tenants = self._durable.maintain()
+        except Exception:  # the next round tries again
+            log.exception("selligent-segment: spool upkeep failed")
+            return
+        if tenants:
+            self._dispatcher.notify_put(tenants)
+
+    def _decode_journaled(self, payload: bytes) -> EncodedMessage:
+        """A journal record (tenant, emit time, fields) back into its message."""
+        try:
+            tenant, now, raw = orjson.loads(payload)
+        except (ValueError, TypeError):
+            raise InvalidEvent("record", "not a journal record") from None
+        return encode_fields(normalize(raw), tenant, self._naming, now)
+
+    def _encode_some(self, inbox: deque[_Entry]) -> None:
         messages: list[EncodedMessage] = []
         accepted: Counter[str] = Counter()
+        marks: dict[str, int] = {}
+        dead: list[DeadMessage] = []
         nbytes = 0
         while inbox and len(messages) < _ENCODE_CHUNK:
-            fields, tenant, now = inbox.popleft()
+            fields, tenant, now, mark = inbox.popleft()
             accepted[tenant] += 1
+            if mark is not None:
+                marks[mark[0]] = mark[1]
             try:
                 message = encode_fields(fields, tenant, self._naming, now)
             except InvalidEvent as exc:
-                self._counters.add_reason("rejected", tenant, "too_large")
-                log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
-                self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
+                self._too_large(fields, tenant, exc, dead)
                 continue
             messages.append(message)
             nbytes += len(message.body)
         self._counters.add_many("accepted", accepted)
         with self._room:
             self._room.notify_all()
-        while not self._spool.has_room(nbytes) and not self._stop_encoder:
-            with self._dispatcher.settled:
-                self._dispatcher.settled.wait(0.1)
-        self._spool.put_many(messages)
+        self._wait_for_spool_room(nbytes)
+        if self._durable is not None:
+            self._durable.put_many(messages, list(marks.items()), dead)
+        else:
+            self._spool.put_many(messages)
         if messages:
             tenants = list({m.tenant: None for m in messages})
             self._dispatcher.notify_put(tenants, nbytes / len(messages))
+
+    def _too_large(
+        self, fields: dict[str, Any], tenant: str, exc: InvalidEvent, dead: list[DeadMessage]
+    ) -> None:
+        self._counters.add_reason("rejected", tenant, "too_large")
+        log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
+        if self._durable is not None:
+            body = orjson.dumps(fields)
+            dead.append(DeadMessage(tenant, "", str(fields["type"]), body, f"too_large: {exc}"))
+        self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
+
+    def _wait_for_spool_room(self, nbytes: int) -> None:
+        """Hold the encoder (not ``emit``) while the spool is at its size cap."""
+        while not self._spool.has_room(nbytes) and not self._stop_encoder:
+            now = time.monotonic()
+            if now - self._last_full_log >= _LOG_EVERY:
+                log.error(
+                    "selligent-segment: the spool is at its size cap (max_spool_bytes=%d); "
+                    "accepted events wait in memory, up to max_pending=%d, then on_full=%s "
+                    "applies",
+                    self._max_spool_bytes,
+                    self._max_pending,
+                    self._on_full.value,
+                )
+                self._last_full_log = now
+            with self._dispatcher.settled:
+                self._dispatcher.settled.wait(0.1)
 
     def _on_failure(self, failure: DeliveryFailure) -> None:
         if self._user_on_failure is not None:
             Dispatcher._call(self._user_on_failure, failure)
 
     def _on_pause(self, tenant: str, reason: str) -> None:
+        if self._durable is not None:
+            self._durable.mark_paused(tenant, reason)
         if self._user_on_pause is not None:
             Dispatcher._call(self._user_on_pause, tenant, reason)
 
     # -- control ---------------------------------------------------------------------
 
     def _idle(self) -> bool:
-        return not self._inbox and self._encoder_idle and self._spool.stats().messages == 0
+        if self._closed_result is not None:
+            return self._closed_result
+        return not self._inbox and self._encoder_idle and self._spool.empty()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Send everything now; True when all accepted events are delivered or settled.
@@ -357,16 +540,39 @@ class Emitter:
         self._dispatcher.stop(1.0)
         if self._encoder is not None and self._encoder is not threading.current_thread():
             self._encoder.join(1.0)
-        self._drop_leftovers()
+        if self._durable is not None:
+            self._close_durable(self._durable)
+        else:
+            self._drop_leftovers()
         self._transport.close()
+        self._closed_result = done
         _live.discard(self)
         return done
+
+    def _close_durable(self, spool: SqliteSpool) -> None:
+        # Accepted records still in memory are journaled; move them into the file now
+        # so the journal can go. If that fails the journal stays for the next start.
+        ingested = True
+        try:
+            while self._inbox:
+                self._encode_some(self._inbox)
+            left = spool.stats().messages
+        except Exception:
+            log.exception("selligent-segment: could not move accepted events into the spool")
+            ingested, left = False, -1
+        if left:
+            log.warning(
+                "selligent-segment: %s events stay in the spool %s for the next start",
+                "some" if left < 0 else left,
+                spool.path,
+            )
+        spool.close(ingested=ingested and not self._inbox)
 
     def _drop_leftovers(self) -> None:
         left: dict[str, list[EncodedMessage]] = {}
         # Records an emit() racing close() appended after the encoder stopped.
         while self._inbox:
-            fields, tenant, now = self._inbox.popleft()
+            fields, tenant, now, _ = self._inbox.popleft()
             self._counters.add("accepted", tenant)
             try:
                 message = encode_fields(fields, tenant, self._naming, now)
@@ -398,17 +604,20 @@ class Emitter:
     def set_write_key(self, tenant: str, key: str) -> None:
         """Replace a tenant's write key (or the single key) and resume it if paused."""
         self._keys.set(tenant, key)
-        self._dispatcher.resume(tenant if not self._keys.single else self._default_tenant or "")
+        self.resume(tenant if not self._keys.single else self._default_tenant or "")
 
     def resume(self, tenant: str) -> None:
         """Retry a paused tenant now (e.g. after its key resolver was updated)."""
+        if self._durable is not None and not self._closed:
+            self._durable.mark_paused(tenant, None)
         self._dispatcher.resume(tenant)
 
     def stats(self) -> Stats:
         """A snapshot of the counters: accepted, delivered, retried, rejected and dropped
         by reason, refused, queued; totals and per tenant."""
-        queued = dict(self._spool.stats().per_tenant)
-        for _, tenant, _ in list(self._inbox):
+        gone = self._durable is not None and self._closed_result is not None
+        queued = {} if gone else dict(self._spool.stats().per_tenant)
+        for _, tenant, _, _ in list(self._inbox):
             queued[tenant] = queued.get(tenant, 0) + 1
         return self._counters.snapshot(queued, self._dispatcher.paused())
 
@@ -435,7 +644,11 @@ class Emitter:
         # locks, threads and connections, so nothing is sent twice.
         if self._closed:
             return
+        if self._durable is not None:
+            self._durable.abandon()
         self._setup()
+        if self._durable is not None:
+            self._start()
 
 
 def _close_all_at_exit() -> None:

@@ -38,7 +38,17 @@ class EmitterClosed(SelligentSegmentError, RuntimeError):
 
 
 class SpoolFull(SelligentSegmentError):
-    """The spool is full and its policy is to refuse; the event was not accepted."""
+    """The spool is full (or its disk is) and its policy is to refuse; the event was not
+    accepted. From ``emit_many``, ``accepted`` records before it were accepted."""
+
+    accepted: int = 0
+
+
+class SpoolError(SelligentSegmentError):
+    """The durable spool cannot be used: a foreign, corrupt or newer file, or an I/O error.
+
+    A file this library did not create is never modified or deleted.
+    """
 
 
 class UnknownTenant(SelligentSegmentError, LookupError):

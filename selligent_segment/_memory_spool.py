@@ -102,6 +102,9 @@ class MemorySpool:
                 queue = self._queues[lease.tenant] = deque()
             queue.extendleft(reversed(messages))
 
+    def empty(self) -> bool:
+        return self._count == 0
+
     def backlog(self, tenant: str) -> int:
         queue = self._queues.get(tenant)
         return len(queue) if queue else 0

@@ -83,6 +83,9 @@ class Spool(Protocol):
     ) -> None:
         """Settle ``messages`` of ``lease`` as permanently refused, with the reason."""
 
+    def empty(self) -> bool:
+        """True when nothing is queued or leased."""
+
     def backlog(self, tenant: str) -> int:
         """Messages queued for ``tenant`` and not leased."""
 

@@ -71,9 +71,9 @@ class Counters:
             table: dict[str, Counter[str]] = getattr(self, name)
             table.setdefault(tenant, Counter())[reason] += n
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str, n: int = 1) -> None:
         with self._lock:
-            self.refused[reason] += 1
+            self.refused[reason] += n
 
     def request(self) -> None:
         with self._lock:

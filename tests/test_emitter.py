@@ -466,7 +466,7 @@ def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> N
     em = emitter(server, on_failure=failures.append)
     em.close(1)
     # Simulate an emit() that passed the closed check just before close() finished.
-    em._inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None))
+    em._inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None, None))
     em._drop_leftovers()
     assert em.stats().dropped == {"unsent_at_close": 1}
     assert [len(f.message_ids) for f in failures] == [1]

@@ -1,0 +1,238 @@
+"""The acceptance journal: the durable spool's commit point for ``emit``.
+
+Each process appends the records it accepts to a journal file of its own, one framed
+record per event, with a single ``write(2)`` before ``emit`` returns. The data is then in
+the kernel's page cache, so it survives ``kill -9`` of the process at any instant (not a
+power cut unless ``fsync`` is on). A background thread moves the records into the SQLite
+database in group commits and records, in the same transaction, how far it got.
+
+A process is an *owner*: it holds an exclusive ``flock`` on ``<owner>.owner`` for its
+whole life. Journals are ``<owner>.<n>.journal``; a new one starts when the current one
+grows past :data:`ROTATE_BYTES`, and a finished one is deleted once it is fully ingested.
+When an owner's lock file can be locked by someone else, the owner is dead: whoever takes
+the lock replays its journals from the recorded offsets and releases its leases.
+
+A frame is ``<length u32><crc32 u32><payload>``; a torn or corrupt tail (the process died
+mid-write, before ``emit`` returned) ends the replay of that journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import struct
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from selligent_segment._errors import SpoolError, SpoolFull
+
+__all__ = [
+    "FRAME_OVERHEAD",
+    "ROTATE_BYTES",
+    "Journal",
+    "Mark",
+    "claim_dead_owners",
+    "journals_of",
+    "read_frames",
+]
+
+MAGIC = b"SSJ1\n"
+_HEADER = struct.Struct("<II")
+#: Bytes a frame adds to its payload.
+FRAME_OVERHEAD = _HEADER.size
+ROTATE_BYTES = 16 * 1024 * 1024
+
+#: (journal name, end offset): how far into which journal an accepted record reaches.
+Mark = tuple[str, int]
+
+
+def _lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _create_locked(directory: Path, final_name: str, header: bytes) -> int:
+    """Create ``final_name`` already locked: made under a temporary name, locked, renamed,
+    so nobody can ever see it unlocked and take it for a dead owner's."""
+    tmp = directory / f".{final_name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        if not _lock(fd):  # pragma: no cover - a fresh private file
+            raise SpoolError(f"{tmp}: cannot lock a file just created")
+        if header:
+            os.write(fd, header)
+        os.rename(tmp, directory / final_name)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class Journal:
+    """One process's append-only journals in ``directory`` (thread-safe appends).
+
+    Guarantee: when :meth:`append` returns, the frames are in the kernel's page cache
+    (and on disk when ``fsync``), readable by :func:`read_frames` after any crash.
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = False) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._lock = threading.Lock()
+        self._owner_fd = _create_locked(directory, f"{self.owner}.owner", b"")
+        self._seq = 0
+        self.name = ""
+        self._fd = -1
+        self.size = 0
+        #: Journals written to the end and replaced by a newer one: name -> final size.
+        self.retired: dict[str, int] = {}
+        self._open_next()
+
+    def _open_next(self) -> None:
+        self._seq += 1
+        name = f"{self.owner}.{self._seq}.journal"
+        fd = _create_locked(self.directory, name, MAGIC)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self.retired[self.name] = self.size
+        self.name, self._fd, self.size = name, fd, len(MAGIC)
+
+    def append(self, payloads: Sequence[bytes]) -> Mark:
+        """Write one frame per payload; return the mark just past the last one."""
+        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        with self._lock:
+            if self._fd < 0:
+                raise SpoolError("the spool is closed")
+            if self.size >= ROTATE_BYTES:
+                self._open_next()
+            try:
+                _write_all(self._fd, data)
+                if self.fsync:
+                    os.fdatasync(self._fd)
+            except OSError as exc:
+                # A partial frame may be on disk; it is a torn tail no replay will read,
+                # and the next frame must not follow it: start a new journal.
+                with contextlib.suppress(OSError):
+                    self._open_next()
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise SpoolFull(f"the spool's disk is full ({exc.strerror})") from None
+                raise SpoolError(f"cannot write the spool journal: {exc.strerror}") from None
+            self.size += len(data)
+            return (self.name, self.size)
+
+    def finished(self, name: str, offset: int) -> bool:
+        """True when ``name`` is a retired journal ingested up to its end (deletable)."""
+        with self._lock:
+            return self.retired.get(name) == offset
+
+    def delete(self, name: str) -> None:
+        """Delete a retired journal (everything in it is in the database)."""
+        with self._lock:
+            self.retired.pop(name, None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / name)
+
+    def close(self, *, delete_current: bool) -> None:
+        """Stop appending; delete the current journal when it is fully ingested."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        os.close(fd)
+        if delete_current:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / self.name)
+            for name in list(self.retired):
+                self.delete(name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.directory / f"{self.owner}.owner")
+        os.close(self._owner_fd)
+
+    def abandon(self) -> None:
+        """In a forked child: drop the inherited descriptors (the parent keeps its lock)."""
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        with contextlib.suppress(OSError):
+            os.close(self._owner_fd)
+        self._fd = -1
+
+
+def journals_of(directory: Path, owner: str) -> list[str]:
+    """The journal names of ``owner``, oldest first."""
+    names = [p.name for p in directory.glob(f"{owner}.*.journal")]
+    return sorted(names, key=lambda n: int(n.rsplit(".", 2)[1]))
+
+
+@contextlib.contextmanager
+def claim_dead_owners(directory: Path, skip: str) -> Iterator[list[str]]:
+    """Lock every dead owner's lock file (except ``skip``); yield their names.
+
+    While the context is open nobody else can claim them; on exit the lock files are
+    deleted (their journals must have been replayed and deleted by then).
+    """
+    claimed: list[tuple[str, int]] = []
+    # Journals first: an owner starting meanwhile makes its lock file before any journal.
+    journal_owners = {p.name.split(".", 1)[0] for p in directory.glob("*.journal")}
+    owners = {p.name[: -len(".owner")] for p in directory.glob("*.owner")}
+    # Journals whose owner file is gone (a crash between the two deletions) are orphans.
+    orphans = journal_owners - owners
+    try:
+        for owner in sorted(owners - {skip}):
+            try:
+                fd = os.open(directory / f"{owner}.owner", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            if _lock(fd):
+                claimed.append((owner, fd))
+            else:
+                os.close(fd)
+        yield [owner for owner, _ in claimed] + sorted(orphans - {skip})
+    finally:
+        for owner, fd in claimed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / f"{owner}.owner")
+            os.close(fd)
+
+
+def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(end offset, payload)`` for each whole frame after ``offset``.
+
+    Stops quietly at a torn or corrupt tail. A file that is not a journal raises
+    SpoolError naming it.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(MAGIC):
+        raise SpoolError(f"{path}: not a selligent-segment journal; it was left untouched")
+    pos = max(offset, len(MAGIC))
+    end = len(data)
+    while pos + _HEADER.size <= end:
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        if start + length > end:
+            return
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            return
+        pos = start + length
+        yield pos, payload

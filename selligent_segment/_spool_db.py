@@ -1,0 +1,205 @@
+"""The durable spool's SQLite file: where it lives, its schema, opening and migrating it.
+
+The file is SQLite in WAL mode, created with mode 0600, marked with an application id
+and a schema version (``PRAGMA application_id`` / ``user_version``). It never holds write
+keys. A file this library did not create, a corrupt file, or one written by a newer
+version raises :class:`~selligent_segment.SpoolError` and is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from selligent_segment._errors import ConfigurationError, SpoolError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "default_spool_path",
+    "journal_dir",
+    "open_db",
+    "spool_path",
+    "transaction",
+]
+
+#: ``PRAGMA application_id`` of a spool file: "SSgS".
+APPLICATION_ID = 0x53536753
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA_V1 = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    accepted_at REAL NOT NULL,
+    owner TEXT
+);
+CREATE INDEX messages_queue ON messages (tenant, id) WHERE owner IS NULL;
+CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+CREATE TABLE journals (name TEXT PRIMARY KEY, offset INTEGER NOT NULL);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    accepted_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER
+);
+CREATE INDEX dead_letters_tenant ON dead_letters (tenant, id);
+CREATE TABLE paused (
+    tenant TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
+"""
+
+#: MIGRATIONS[n] takes a file from schema version n to n + 1 (inside one transaction).
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+
+def default_spool_path() -> Path:
+    """``$XDG_STATE_HOME/selligent-segment/spool.db`` (``~/.local/state/...`` by default)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(state) / "selligent-segment" / "spool.db"
+
+
+def spool_path(spool: str | os.PathLike[str]) -> Path:
+    """The file a ``spool=`` setting names: a path, or a ``sqlite:///`` URL.
+
+    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` as in SQLAlchemy.
+    """
+    text = os.fspath(spool)
+    if text.startswith("sqlite:"):
+        if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
+            raise ConfigurationError(
+                "spool", "a sqlite URL is sqlite:///relative.db or sqlite:////absolute.db"
+            )
+        text = text[len("sqlite:///") :]
+    if not text:
+        raise ConfigurationError("spool", "an empty path")
+    return Path(text)
+
+
+def journal_dir(path: Path) -> Path:
+    """The directory of a spool file's acceptance journals."""
+    return path.with_name(path.name + ".journals")
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _check_header(path: Path) -> bool:
+    """True when ``path`` holds data; SpoolError when that data is not SQLite."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise SpoolError(f"{path}: cannot read the spool file: {exc.strerror}") from None
+    if not head:
+        return False
+    if head != _SQLITE_MAGIC:
+        raise SpoolError(f"{path}: not a selligent-segment spool (not SQLite); left untouched")
+    return True
+
+
+def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.Connection:
+    """Open (creating when ``create``) and check a spool file; migrate an older schema.
+
+    Raises SpoolError for a foreign, corrupt or newer file, without modifying it.
+    """
+    exists = _check_header(path)
+    if not exists:
+        if not create:
+            raise SpoolError(f"{path}: no spool file there")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    journal_dir(path).mkdir(mode=0o700, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    try:
+        _check_and_migrate(db, path)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise SpoolError(f"{path}: corrupt or unreadable spool ({exc}); left untouched") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:
+    app_id, version = _identity(db)
+    if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
+        return
+    _refuse_foreign(db, path, app_id, version)
+    with transaction(db):
+        app_id, version = _identity(db)  # another process may have done it meanwhile
+        _refuse_foreign(db, path, app_id, version)
+        if app_id == 0:
+            for statement in _SCHEMA_V1.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](db)
+            version += 1
+            db.execute(f"PRAGMA user_version = {version}")
+
+
+def _identity(db: sqlite3.Connection) -> tuple[int, int]:
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    return int(app_id), int(version)
+
+
+def _refuse_foreign(db: sqlite3.Connection, path: Path, app_id: int, version: int) -> None:
+    if app_id == 0:
+        tables = db.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+        if tables:
+            raise SpoolError(
+                f"{path}: an SQLite file of another application, not a selligent-segment "
+                "spool; left untouched"
+            )
+        return
+    if app_id != APPLICATION_ID:
+        raise SpoolError(
+            f"{path}: SQLite file of another application (application_id {app_id:#x}); "
+            "left untouched"
+        )
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"{path}: spool schema version {version} is newer than this version of "
+            f"selligent-segment understands ({SCHEMA_VERSION}); upgrade the library"
+        )
+    if version < 1:
+        raise SpoolError(f"{path}: spool has an invalid schema version {version}")
