@@ -2,12 +2,13 @@
 
 from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._dispatch import DeliveryFailure
-from selligent_segment._emitter import Emitter
+from selligent_segment._emitter import BulkResult, Emitter
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
     InvalidEvent,
     SelligentSegmentError,
+    SpoolError,
     SpoolFull,
     UnknownTenant,
 )
@@ -16,14 +17,17 @@ from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment._record import CallbackRecord, EventKind
 from selligent_segment._retry import RetryPolicy
 from selligent_segment._spool import OnFull
+from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
 from selligent_segment._stats import Stats, TenantStats
 from selligent_segment._version import __version__
 
 __all__ = [
     "PROFILES",
     "BatchPolicy",
+    "BulkResult",
     "CallbackRecord",
     "ConfigurationError",
+    "DeadLetter",
     "DeliveryFailure",
     "Emitter",
     "EmitterClosed",
@@ -34,8 +38,12 @@ __all__ = [
     "OnFull",
     "RetryPolicy",
     "SelligentSegmentError",
+    "SpoolError",
+    "SpoolFile",
     "SpoolFull",
+    "SpoolStatus",
     "Stats",
+    "TenantBacklog",
     "TenantStats",
     "UnknownTenant",
     "__version__",

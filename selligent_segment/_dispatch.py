@@ -383,7 +383,7 @@ class Dispatcher:
         detail: str,
         status: int | None,
     ) -> None:
-        self.spool.reject(lease, messages, detail, status)
+        self.spool.reject(lease, messages, f"{reason}: {detail}", status)
         self.counters.add_reason(
             "rejected" if reason == "rejected" else "dropped", lease.tenant, reason, len(messages)
         )

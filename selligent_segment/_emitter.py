@@ -467,7 +467,8 @@ class Emitter:
         log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
         if self._durable is not None:
             body = orjson.dumps(fields)
-            dead.append(DeadMessage(tenant, "", str(fields["type"]), body, f"too_large: {exc}"))
+            kind = fields["type"].value
+            dead.append(DeadMessage(tenant, "", kind, body, f"too_large: {exc}"))
         self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
 
     def _wait_for_spool_room(self, nbytes: int) -> None:

@@ -58,6 +58,10 @@ class DeadMessage:
 Decoder = Callable[[bytes], EncodedMessage]
 
 
+def _kind(kind: object) -> str:
+    return str(getattr(kind, "value", kind))
+
+
 def _ids(rowids: Iterable[int]) -> str:
     return json.dumps(list(rowids))
 
@@ -141,7 +145,7 @@ class SqliteSpool:
         db.executemany(
             "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "
             "VALUES (?, ?, ?, ?, ?)",
-            [(m.tenant, m.message_id, str(m.kind), m.body, now) for m in messages],
+            [(m.tenant, m.message_id, _kind(m.kind), m.body, now) for m in messages],
         )
 
     @staticmethod

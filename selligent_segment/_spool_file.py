@@ -1,0 +1,257 @@
+"""Looking after a spool file: its status and its dead letters, from Python or the CLI.
+
+:class:`SpoolFile` opens an existing spool file next to running emitters (SQLite's
+locking keeps them consistent); what it requeues is picked up by running emitters within
+about two seconds, or by the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+
+from selligent_segment._errors import SpoolError
+from selligent_segment._spool_db import journal_dir, open_db, spool_path, transaction
+
+__all__ = ["DeadLetter", "SpoolFile", "SpoolStatus", "TenantBacklog"]
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message Segment refused for good (or could never be sent), kept with why.
+
+    ``reason`` starts with a code: ``rejected`` (400/413/422), ``retries_exhausted``,
+    ``too_large`` (``body`` then holds the record's fields, not a message) or
+    ``unreadable journal record``; ``status`` is the HTTP status when there was one.
+    """
+
+    id: int
+    tenant: str
+    message_id: str
+    kind: str
+    reason: str
+    status: int | None
+    accepted_at: float
+    failed_at: float
+    body: bytes = attrs.field(repr=False)
+
+    @property
+    def requeueable(self) -> bool:
+        """True when ``body`` is a whole message that can be sent again."""
+        return bool(self.message_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the body decoded as JSON)."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "message_id": self.message_id,
+            "kind": self.kind,
+            "reason": self.reason,
+            "status": self.status,
+            "accepted_at": self.accepted_at,
+            "failed_at": self.failed_at,
+            "body": self.body.decode("utf-8", "replace"),
+        }
+
+
+@attrs.frozen
+class TenantBacklog:
+    """One tenant's share of a spool file. ``oldest_age`` is in seconds (None: empty)."""
+
+    tenant: str
+    queued: int
+    leased: int
+    dead_letters: int
+    oldest_age: float | None
+    paused: str | None
+
+
+@attrs.frozen
+class SpoolStatus:
+    """A snapshot of a spool file: per-tenant backlog, sizes, live processes.
+
+    ``file_bytes`` counts the database, its WAL and the journals; ``journal_bytes`` the
+    journals alone (accepted events not yet moved into the database, or left by a
+    stopped process until the next start replays them); ``processes`` the live emitters.
+    """
+
+    path: str
+    file_bytes: int
+    journal_bytes: int
+    processes: int
+    tenants: tuple[TenantBacklog, ...]
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be sent, leased ones included."""
+        return sum(t.queued for t in self.tenants)
+
+    @property
+    def dead_letters(self) -> int:
+        """Dead letters kept in the file."""
+        return sum(t.dead_letters for t in self.tenants)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "path": self.path,
+            "file_bytes": self.file_bytes,
+            "journal_bytes": self.journal_bytes,
+            "processes": self.processes,
+            "queued": self.queued,
+            "dead_letters": self.dead_letters,
+            "tenants": [attrs.asdict(t) for t in self.tenants],
+        }
+
+
+def _where(tenant: str | None, reason: str | None, ids: list[int] | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        clauses.append("tenant = ?")
+        params.append(tenant)
+    if reason is not None:
+        clauses.append("reason LIKE ? ESCAPE '\\'")
+        escaped = reason.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params.append(escaped + "%")
+    if ids is not None:
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ValueError("ids: expected integers (dead-letter ids)")
+        clauses.append("id IN (SELECT value FROM json_each(?))")
+        params.append(str(list(ids)))
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class SpoolFile:
+    """An existing spool file, opened for inspection and dead-letter handling.
+
+    Raises SpoolError when there is no spool at ``spool`` or it is not one (the file is
+    then left untouched). Safe to use while emitters run on the same file.
+    """
+
+    def __init__(self, spool: str | os.PathLike[str]) -> None:
+        self.path: Path = spool_path(spool)
+        self._db: sqlite3.Connection = open_db(self.path, create=False)
+
+    def __repr__(self) -> str:
+        return f"<SpoolFile {str(self.path)!r}>"
+
+    def __enter__(self) -> SpoolFile:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._db.close()
+
+    def status(self) -> SpoolStatus:
+        """Backlog per tenant (queued, leased, dead letters, oldest age, paused), sizes."""
+        now = time.time()
+        tenants: dict[str, dict[str, Any]] = {}
+
+        def entry(tenant: str) -> dict[str, Any]:
+            return tenants.setdefault(
+                tenant,
+                {"queued": 0, "leased": 0, "dead_letters": 0, "oldest": None, "paused": None},
+            )
+
+        try:
+            for tenant, queued, leased, oldest in self._db.execute(
+                "SELECT tenant, count(*), count(owner), min(accepted_at) FROM messages "
+                "GROUP BY tenant"
+            ):
+                e = entry(tenant)
+                e.update(queued=queued, leased=leased, oldest=oldest)
+            for tenant, dead in self._db.execute(
+                "SELECT tenant, count(*) FROM dead_letters GROUP BY tenant"
+            ):
+                entry(tenant)["dead_letters"] = dead
+            for tenant, reason in self._db.execute("SELECT tenant, reason FROM paused"):
+                entry(tenant)["paused"] = reason
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"{self.path}: cannot read the spool: {exc}") from None
+        rows = tuple(
+            TenantBacklog(
+                tenant,
+                e["queued"],
+                e["leased"],
+                e["dead_letters"],
+                None if e["oldest"] is None else max(0.0, now - e["oldest"]),
+                e["paused"],
+            )
+            for tenant, e in sorted(tenants.items())
+        )
+        journals = journal_dir(self.path)
+        journal_bytes = sum(_size(p) for p in journals.glob("*.journal"))
+        processes = sum(1 for _ in journals.glob("*.owner"))
+        file_bytes = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal")) + journal_bytes
+        return SpoolStatus(str(self.path), file_bytes, journal_bytes, processes, rows)
+
+    def dead_letters(
+        self,
+        *,
+        tenant: str | None = None,
+        reason: str | None = None,
+        limit: int | None = None,
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first; ``reason`` matches the start of the reason."""
+        where, params = _where(tenant, reason, None)
+        sql = (
+            "SELECT id, tenant, message_id, kind, reason, status, accepted_at, failed_at, body "
+            "FROM dead_letters" + where + " ORDER BY id"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [DeadLetter(*row) for row in self._db.execute(sql, params)]
+
+    def requeue(
+        self,
+        *,
+        tenant: str | None = None,
+        reason: str | None = None,
+        ids: list[int] | None = None,
+    ) -> int:
+        """Put matching dead letters back in their tenants' queues (with the same
+        messageId); returns how many. Those that are not whole messages stay."""
+        where, params = _where(tenant, reason, ids)
+        where += (" AND " if where else " WHERE ") + "message_id != ''"
+        with transaction(self._db) as db:
+            db.execute(
+                "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "  # noqa: S608
+                "SELECT tenant, message_id, kind, body, accepted_at FROM dead_letters"
+                + where
+                + " ORDER BY id",
+                params,
+            )
+            return db.execute("DELETE FROM dead_letters" + where, params).rowcount
+
+    def purge(
+        self,
+        *,
+        tenant: str | None = None,
+        reason: str | None = None,
+        ids: list[int] | None = None,
+    ) -> int:
+        """Delete matching dead letters for good; returns how many."""
+        where, params = _where(tenant, reason, ids)
+        with transaction(self._db) as db:
+            return db.execute("DELETE FROM dead_letters" + where, params).rowcount
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
