@@ -7,6 +7,7 @@ import atexit
 import itertools
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
@@ -179,7 +180,7 @@ class Emitter:
         self._accept_lock = threading.Lock()
         self._wake = threading.Event()
         self._room = threading.Condition(threading.Lock())
-        self._encoder_idle = True
+        self._encoder_idle = self._spool_path is None  # durable: busy until recovery ran
         self._stop_encoder = False
         self._encoder: threading.Thread | None = None
         self._counters = Counters()
@@ -453,12 +454,35 @@ class Emitter:
             self._room.notify_all()
         self._wait_for_spool_room(nbytes)
         if self._durable is not None:
-            self._durable.put_many(messages, list(marks.items()), dead)
+            self._ingest(self._durable, messages, list(marks.items()), dead)
         else:
             self._spool.put_many(messages)
         if messages:
             tenants = list({m.tenant: None for m in messages})
             self._dispatcher.notify_put(tenants, nbytes / len(messages))
+
+    def _ingest(
+        self,
+        spool: SqliteSpool,
+        messages: list[EncodedMessage],
+        marks: list[Mark],
+        dead: list[DeadMessage],
+    ) -> None:
+        """Move journaled records into the file; on a database error (disk full...) keep
+        trying: meanwhile ``emit`` fills ``max_pending`` and then ``on_full`` applies."""
+        while True:
+            try:
+                spool.put_many(messages, marks, dead)
+                return
+            except sqlite3.Error as exc:
+                if self._stop_encoder:
+                    raise  # close(): the journal stays, the next start replays it
+                now = time.monotonic()
+                if now - self._last_full_log >= _LOG_EVERY:
+                    log.error("selligent-segment: cannot write the spool file (%s); retrying", exc)
+                    self._last_full_log = now
+                with self._dispatcher.settled:
+                    self._dispatcher.settled.wait(0.5)
 
     def _too_large(
         self, fields: dict[str, Any], tenant: str, exc: InvalidEvent, dead: list[DeadMessage]

@@ -90,6 +90,7 @@ class SqliteSpool:
         self._journal = Journal(self._dir, fsync=fsync)
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
+        self._paused: set[str] = set()
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._used = self._measure()
@@ -215,6 +216,9 @@ class SqliteSpool:
         with self._lock:
             rowids = self._take(lease, messages)
             with transaction(self._db) as db:
+                if lease.tenant in self._paused:  # delivering again: no longer paused
+                    self._paused.discard(lease.tenant)
+                    db.execute("DELETE FROM paused WHERE tenant = ?", (lease.tenant,))
                 db.execute(
                     "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
                     (_ids(rowids),),
@@ -276,6 +280,10 @@ class SqliteSpool:
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         """Record (or clear, with None) that ``tenant`` is paused, for ``spool status``."""
         with self._lock, transaction(self._db) as db:
+            if reason is None:
+                self._paused.discard(tenant)
+            else:
+                self._paused.add(tenant)
             if reason is None:
                 db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
             else:
