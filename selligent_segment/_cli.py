@@ -1,7 +1,12 @@
 """The ``selligent-segment`` command.
 
-Exit status: 0 every record valid (and, when sending, delivered); 1 some records were
-invalid; 2 usage error or unreadable input; 3 some valid records were not delivered.
+Every subcommand is a :class:`Command` (its name, help, how it configures its argparse
+parser and the function that runs it) listed once in :data:`COMMANDS`; :func:`main` builds
+the parser from that list and dispatches. A new subcommand is one more ``Command`` there.
+
+Exit status of ``send``: 0 every record valid (and, when sending, delivered); 1 some
+records were invalid; 2 usage error or unreadable input; 3 some valid records were not
+delivered (takes precedence over 1); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,48 +15,121 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, TextIO
 
-import orjson
-
+from selligent_segment._cli_base import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+    PROG,
+    Command,
+    UsageError,
+    add_delivery_options,
+    add_spool_option,
+    emitter_from_args,
+)
+from selligent_segment._cli_spool import DEAD_LETTERS, DEMO, FLUSH, SPOOL
 from selligent_segment._emitter import Emitter
-from selligent_segment._errors import ConfigurationError, InvalidEvent, UnknownTenant
+from selligent_segment._errors import (
+    EmitterClosed,
+    InvalidEvent,
+    SpoolFull,
+    UnknownTenant,
+)
 from selligent_segment._mapping import encode
-from selligent_segment._naming import PROFILES, EventNaming
-from selligent_segment._reader import Line, read_records
+from selligent_segment._naming import EventNaming
+from selligent_segment._progress import Progress, human_bytes
+from selligent_segment._reader import Format, HeaderError, Input, Line, format_for
 from selligent_segment._stats import Stats, TenantStats
 from selligent_segment._version import __version__
 
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_UNDELIVERED = 3
+_TOP_EPILOG = """exit status (see each command's --help for details):
+  0  success: every record was valid (and delivered)
+  1  some records were invalid (reported on stderr as FILE:LINE: field: reason)
+  2  usage error, or an input could not be read
+  3  some valid records were not delivered (the tenants are named, never their keys)
 
-_EPILOG = """exit status:
-  0  every record was valid (and delivered)
-  1  some records were invalid (reported on stderr as FILE:LINE: reason) or not delivered
-  2  usage error or an input file could not be read
-  3  some valid records were not delivered (the tenants affected are named; never keys)
+documentation: docs/index.md (build it with: mkdocs build)
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="selligent-segment",
+        prog=PROG,
         description="Turn email callbacks into Segment Email track events.",
-        epilog=_EPILOG,
+        epilog=_TOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    send = commands.add_parser(
-        "send",
-        help="read JSON Lines callback records and send them (or print them with --dry-run)",
-        description="Read callback records (JSON Lines, one object per line; FILE may be '-' "
-        "for stdin) and map each to one Segment track message.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in commands:
+        child = sub.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.configure(child)
+        child.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser(COMMANDS).parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+# -- shared by the commands that deliver ------------------------------------------------
+
+
+# -- send -------------------------------------------------------------------------------
+
+_SEND_DESCRIPTION = """\
+Read callback records and send each as one Segment track message (or print the messages
+with --dry-run). Made for backfills: invalid records are reported and skipped (and, with
+--rejects, set aside for fixing), the rest go through.
+
+FILE may be '-' for standard input. Formats, chosen per FILE by its name (or for every
+FILE by --format):
+  JSON Lines  one record object per line: .jsonl, .ndjson, .json, '-' and any other name
+  CSV         .csv: a header row naming record fields (type, tenant, email, ...); every cell
+              is text, a blank cell means "absent", the 'properties' cell holds a JSON object
+"""
+
+_SEND_EPILOG = """\
+rejects:
+  --rejects FILE writes every invalid record there exactly as it was read (JSON Lines: the
+  raw lines; CSV: the header, then the raw rows), and FILE.reasons gets one line per
+  record, FILE:LINE: field: reason (from INPUT:LINE). Fix FILE and send it again.
+
+re-running is safe:
+  each record's messageId is derived from its tenant, kind and event_id (or its content),
+  so sending the same file again gives the same ids and Segment drops the copies it
+  already received (it deduplicates on messageId within about a day). After an
+  interruption or exit status 3, run the same command again to resume.
+
+progress and summary:
+  a progress bar is drawn on stderr when stderr is a terminal (with --dry-run, only when
+  stdout is redirected); a closing summary (records read, valid, invalid; accepted and
+  delivered per tenant when sending) ends on stderr. --quiet keeps only the errors.
+
+exit status:
+  0  every record was valid (and, when sending, delivered)
+  1  some records were invalid: reported on stderr as FILE:LINE: field: reason
+  2  usage error, or an input (or its CSV header) could not be read
+  3  some valid records were not delivered (the tenants are named, never their keys);
+     takes precedence over 1
+  130  interrupted (Ctrl-C): the summary says what was delivered; re-run to resume
+"""
+
+
+def _configure_send(send: argparse.ArgumentParser) -> None:
     send.add_argument("files", nargs="+", metavar="FILE")
     send.add_argument(
         "--dry-run",
@@ -59,190 +137,408 @@ def _parser() -> argparse.ArgumentParser:
         help="print one track message per valid record as a JSON line on stdout; send nothing",
     )
     send.add_argument(
-        "--write-key",
-        metavar="KEY",
-        help="one write key for every record (default: $SEGMENT_WRITE_KEY)",
+        "--format",
+        choices=[f.value for f in Format],
+        help="read every FILE in this format (default: by file name; '-' is jsonl)",
     )
     send.add_argument(
-        "--write-keys",
-        metavar="FILE.json",
-        help='a JSON object {"tenant": "key"}: each record goes to its tenant\'s workspace',
-    )
-    send.add_argument("--endpoint", metavar="URL", help="a custom endpoint (e.g. a proxy)")
-    send.add_argument("--region", choices=["us", "eu"], default="us", help="(default: us)")
-    send.add_argument(
-        "--spool", choices=["memory"], default="memory", help="where events wait (memory)"
+        "--rejects",
+        metavar="FILE",
+        help="write the invalid records there, untouched, and their reasons to FILE.reasons",
     )
     send.add_argument(
-        "--timeout",
-        type=float,
-        default=300.0,
-        help="seconds to wait for delivery before giving up (default: 300)",
+        "-q", "--quiet", action="store_true", help="no progress bar and no summary; only errors"
     )
-    send.add_argument(
-        "--profile",
-        choices=sorted(PROFILES),
-        default="selligent",
-        help="event-name profile (default: selligent)",
-    )
-    return parser
+    add_spool_option(send)
+    add_delivery_options(send)
 
 
-def _report(where: str, error: Exception) -> None:
-    print(f"{where}: {error}", file=sys.stderr)
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
-class _Tally:
-    """Invalid records seen by one run of the command."""
-
-    def __init__(self) -> None:
-        self.invalid = 0
-
-
-def _valid_lines(paths: Sequence[str], tally: _Tally) -> Iterator[Line]:
-    """Valid lines of every file, in order; invalid ones are reported, counted, skipped.
-
-    Raises OSError for a file that cannot be opened.
-    """
-    for path in paths:
-        for line in read_records(path):
-            if line.record is None:
-                assert line.error is not None
-                _report(line.where, line.error)
-                tally.invalid += 1
-            else:
-                yield line
+def _open_inputs(paths: Sequence[str], fmt: Format | None) -> list[Input]:
+    """Open every input up front (CSV headers checked), so nothing is sent when one of
+    them cannot be read. Raises OSError or HeaderError."""
+    return [Input(path, format_for(path, fmt)).open() for path in paths]
 
 
-def _dry_run(args: argparse.Namespace, naming: EventNaming, tally: _Tally) -> int:
-    out = sys.stdout.buffer
-    for line in _valid_lines(args.files, tally):
-        assert line.record is not None
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class _Rejects:
+    """The ``--rejects`` file (invalid records, untouched) and its ``.reasons`` file."""
+
+    def __init__(self, path: str, inputs: Sequence[Input]) -> None:
+        formats = {i.format for i in inputs}
+        if len(formats) > 1:
+            raise UsageError(
+                "--rejects: the inputs mix JSON Lines and CSV; send them in separate runs"
+            )
+        headers = {i.columns for i in inputs if i.columns is not None}
+        if len(headers) > 1:
+            raise UsageError(
+                "--rejects: the CSV inputs have different headers; send them in separate runs"
+            )
+        self.path = path
+        self.reasons_path = path + ".reasons"
+        for i in inputs:
+            if i.path != "-" and (
+                _same_file(i.path, path) or _same_file(i.path, self.reasons_path)
+            ):
+                raise UsageError(f"--rejects {path}: is also an input; choose another file")
+        self._header = next((i.header for i in inputs if i.header is not None), None)
         try:
-            message = encode(line.record, naming=naming)
-        except InvalidEvent as exc:
-            _report(line.where, exc)
-            tally.invalid += 1
-            continue
-        out.write(message.body + b"\n")
-    out.flush()
-    return EXIT_INVALID if tally.invalid else EXIT_OK
+            self._data: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise UsageError(f"--rejects {path}: cannot write: {exc.strerror or exc}") from None
+        try:
+            self._reasons: TextIO = open(  # noqa: SIM115 - closed in close()
+                self.reasons_path, "w", encoding="utf-8"
+            )
+        except OSError as exc:
+            self._data.close()
+            raise UsageError(
+                f"--rejects {self.reasons_path}: cannot write: {exc.strerror or exc}"
+            ) from None
+        self.count = 0
+        self._line = 1
+
+    def add(self, line: Line, error: Exception) -> None:
+        if self.count == 0 and self._header is not None:
+            header = self._header if self._header.endswith(b"\n") else self._header + b"\n"
+            self._data.write(header)
+            self._line += header.count(b"\n")
+        raw = line.raw if line.raw.endswith(b"\n") else line.raw + b"\n"
+        self._data.write(raw)
+        self._reasons.write(f"{self.path}:{self._line}: {error} (from {line.where})\n")
+        self._line += raw.count(b"\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._data.close()
+        self._reasons.close()
 
 
-def _load_write_keys(path: str) -> dict[str, str]:
-    try:
-        with open(path, "rb") as stream:
-            data = orjson.loads(stream.read())
-    except OSError as exc:
-        raise _UsageError(f"--write-keys {path}: cannot read: {exc.strerror or exc}") from None
-    except orjson.JSONDecodeError as exc:
-        raise _UsageError(f"--write-keys {path}: invalid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise _UsageError(f'--write-keys {path}: expected a JSON object {{"tenant": "key"}}')
-    return data
+# A record whose input text is under this many bytes cannot make a message over Segment's
+# 32 KB: a message is at most its fields' text escaped (at most 6 bytes per input byte),
+# the email twice, field names and a constant envelope. Longer records are encoded once
+# in the command, so that an oversized one is refused with its FILE:LINE.
+_SURELY_SMALL = 3072
 
 
-class _UsageError(Exception):
-    pass
+class _Sink:
+    """Where valid records go: printed (dry run) or emitted."""
+
+    def take(self, line: Line) -> None:
+        """Raises InvalidEvent or UnknownTenant for a record that cannot be taken."""
+        raise NotImplementedError
+
+    def detail(self) -> str:
+        return ""
 
 
-def _emitter(args: argparse.Namespace, naming: EventNaming, failed: set[str]) -> Emitter:
-    key = args.write_key or os.environ.get("SEGMENT_WRITE_KEY") or None
-    if (key is None) == (args.write_keys is None):
-        raise _UsageError(
-            "give one of --write-key (or SEGMENT_WRITE_KEY) or --write-keys FILE.json"
-        )
-    keys = _load_write_keys(args.write_keys) if args.write_keys else None
-    try:
-        return Emitter(
-            key if keys is None else None,
-            write_keys=keys,
-            endpoint=args.endpoint,
-            region=args.region,
-            spool=args.spool,
-            naming=naming,
-            on_full="block",
-            block_timeout=3600.0,
-            on_failure=lambda failure: failed.add(failure.tenant),
-            on_pause=lambda tenant, reason: failed.add(tenant),
-        )
-    except ConfigurationError as exc:
-        raise _UsageError(str(exc)) from None
+class _Printer(_Sink):
+    def __init__(self, naming: EventNaming) -> None:
+        self._naming = naming
+        self._out = sys.stdout.buffer
+
+    def take(self, line: Line) -> None:
+        assert line.record is not None
+        self._out.write(encode(line.record, naming=self._naming).body + b"\n")
+
+    def close(self) -> None:
+        self._out.flush()
 
 
-def _deliver(args: argparse.Namespace, naming: EventNaming, tally: _Tally) -> int:
-    failed: set[str] = set()
-    emitter = _emitter(args, naming, failed)
-    emitted = 0
-    try:
-        for line in _valid_lines(args.files, tally):
-            assert line.record is not None
+class _Deliverer(_Sink):
+    def __init__(self, emitter: Emitter, naming: EventNaming) -> None:
+        self.emitter = emitter
+        self._naming = naming
+        self.emitted = 0
+        self.not_accepted: dict[str, int] = {}
+
+    def take(self, line: Line) -> None:
+        record = line.record
+        assert record is not None
+        if len(line.raw) >= _SURELY_SMALL:
+            encode(record, naming=self._naming)  # raises InvalidEvent when over 32 KB
+        try:
+            accepted = self.emitter.emit(record)
+        except (SpoolFull, EmitterClosed):
+            accepted = False
+        if accepted:
+            self.emitted += 1
+        else:
+            tenant = record.tenant or "default"
+            self.not_accepted[tenant] = self.not_accepted.get(tenant, 0) + 1
+
+    def detail(self) -> str:
+        return f"  {self.emitter.stats().delivered:,} delivered"
+
+
+class _Send:
+    """One run of ``send``: reading, reporting, and the closing summary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.naming = EventNaming(profile=args.profile)
+        self.read = 0
+        self.invalid = 0
+        self.rejects: _Rejects | None = None
+        self.inputs: list[Input] = []
+        enabled = False
+        if not args.quiet and _isatty(sys.stderr):
+            enabled = not (args.dry_run and _isatty(sys.stdout))
+        self.progress = Progress(sys.stderr, enabled=enabled)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def refuse(self, line: Line, error: Exception) -> None:
+        self.invalid += 1
+        self.progress.message(f"{line.where}: {error}")
+        if self.rejects is not None:
+            self.rejects.add(line, error)
+
+    def read_all(self, sink: _Sink) -> None:
+        """Every record of every input into ``sink``; invalid ones refused.
+
+        Raises OSError or HeaderError when an input fails while it is read.
+        """
+        total = _total_size(self.inputs)
+        done_before = 0
+        for source in self.inputs:
+            for line in source:
+                self.read += 1
+                if line.error is not None:
+                    self.refuse(line, line.error)
+                else:
+                    try:
+                        sink.take(line)
+                    except InvalidEvent as exc:
+                        self.refuse(line, exc)
+                    except UnknownTenant as exc:
+                        reason = f"no write key configured for {exc.tenant!r}"
+                        self.refuse(line, InvalidEvent("tenant", reason))
+                if self.progress.due():
+                    self._show_reading(done_before + source.bytes_read, total, sink)
+            done_before += source.bytes_read
+
+    def _show_reading(self, done: int, total: int | None, sink: _Sink) -> None:
+        size = human_bytes(done) + (f"/{human_bytes(total)}" if total else "")
+        detail = f"{size}  {self.read:,} records  {self.invalid:,} invalid{sink.detail()}"
+        self.progress.show("reading", done, total, detail)
+
+    @property
+    def valid(self) -> int:
+        return self.read - self.invalid
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        args = self.args
+        try:
+            emitter = None
+            failed: set[str] = set()
+            if not args.dry_run:
+                emitter = emitter_from_args(args, self.naming, failed)
             try:
-                emitter.emit(line.record)
-                emitted += 1
-            except (InvalidEvent, UnknownTenant) as exc:
-                _report(line.where, exc)
-                tally.invalid += 1
-        # Wait for delivery, but not for tenants that are paused (refused key): their
-        # events cannot go until the key changes.
-        deadline = time.monotonic() + args.timeout
+                self.inputs = _open_inputs(args.files, Format(args.format) if args.format else None)
+                if args.rejects:
+                    self.rejects = _Rejects(args.rejects, self.inputs)
+            except BaseException:
+                if emitter is not None:
+                    emitter.close(0)
+                raise
+        except UsageError as exc:
+            _err(f"{PROG}: send: {exc}")
+            return EXIT_USAGE
+        except HeaderError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:
+            _err(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            _err(f"{PROG}: interrupted before anything was sent")
+            return EXIT_INTERRUPTED
+        try:
+            if emitter is None:
+                return self._dry_run()
+            return self._deliver(emitter, failed)
+        finally:
+            self.progress.close()
+            if self.rejects is not None:
+                self.rejects.close()
+
+    def _read_reporting_failures(self, sink: _Sink) -> int | None:
+        """Read everything; an exit status when reading stopped early, else None."""
+        try:
+            self.read_all(sink)
+        except HeaderError as exc:
+            self.progress.message(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:
+            self.progress.message(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            self.progress.message(f"{PROG}: interrupted while reading")
+            return EXIT_INTERRUPTED
+        return None
+
+    def _dry_run(self) -> int:
+        printer = _Printer(self.naming)
+        try:
+            stopped = self._read_reporting_failures(printer)
+        finally:
+            printer.close()
+        self.progress.close()
+        self._summary_of_reading()
+        if stopped is not None:
+            return stopped
+        return EXIT_INVALID if self.invalid else EXIT_OK
+
+    def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
+        sink = _Deliverer(emitter, self.naming)
+        try:
+            stopped = self._read_reporting_failures(sink)
+            if stopped is None or stopped == EXIT_USAGE:
+                try:
+                    self._wait(sink)
+                except KeyboardInterrupt:
+                    self.progress.message(f"{PROG}: interrupted while delivering")
+                    stopped = EXIT_INTERRUPTED
+        finally:
+            emitter.close(0)
+        self.progress.close()
+        self._summary_of_reading()
+        stats = emitter.stats()
+        undelivered = self._summary_of_delivery(sink, stats, failed)
+        if stopped == EXIT_INTERRUPTED:
+            _err(
+                f"{PROG}: re-run the same command to resume: events already delivered "
+                "keep their messageId and are dropped by Segment as duplicates"
+            )
+            return stopped
+        if stopped is not None:
+            return stopped
+        if undelivered:
+            return EXIT_UNDELIVERED
+        return EXIT_INVALID if self.invalid else EXIT_OK
+
+    def _wait(self, sink: _Deliverer) -> None:
+        """Wait for delivery, but not for tenants that are paused (refused key): their
+        events cannot go until the key changes."""
+        emitter = sink.emitter
+        deadline = time.monotonic() + self.args.timeout
         while not emitter.flush(0.2) and time.monotonic() < deadline:
             stats = emitter.stats()
-            if all(stats.tenants[t].paused for t, n in _queued(stats).items() if n):
+            if self.progress.due():
+                detail = f"{stats.delivered:,}/{sink.emitted:,} delivered"
+                self.progress.show("sending", stats.delivered, sink.emitted, detail)
+            waiting = [t for t, n in _queued(stats).items() if n]
+            if waiting and all(stats.tenants[t].paused for t in waiting):
                 break
-    finally:
-        emitter.close(0)
-    stats = emitter.stats()
-    undelivered = stats.accepted - stats.delivered
-    print(
-        f"selligent-segment: {emitted} events accepted, {stats.delivered} delivered, "
-        f"{undelivered} not delivered, {tally.invalid} invalid records",
-        file=sys.stderr,
-    )
-    if undelivered:
-        tenants = sorted(failed | {t for t, n in _queued(stats).items() if n})
-        for tenant in tenants:
-            detail = stats.tenants.get(tenant)
-            why = _why(detail) if detail is not None else "not delivered"
-            print(f"selligent-segment: tenant {tenant!r}: {why}", file=sys.stderr)
-        return EXIT_UNDELIVERED
-    return EXIT_INVALID if tally.invalid else EXIT_OK
+
+    # -- summary ---------------------------------------------------------------------
+
+    def _summary_of_reading(self) -> None:
+        if self.args.quiet:
+            return
+        files = len(self.inputs)
+        _err(
+            f"{PROG}: read {self.read:,} records from {files} input{'s' if files != 1 else ''}"
+            f": {self.valid:,} valid, {self.invalid:,} invalid"
+        )
+        if self.rejects is not None and self.rejects.count:
+            _err(
+                f"{PROG}: {self.rejects.count:,} invalid records written to "
+                f"{self.rejects.path}, their reasons to {self.rejects.reasons_path}"
+            )
+
+    def _summary_of_delivery(self, sink: _Deliverer, stats: Stats, failed: set[str]) -> int:
+        """Print what was delivered; returns the number of events not delivered."""
+        refused = sum(sink.not_accepted.values())
+        undelivered = stats.accepted - stats.delivered + refused
+        if not self.args.quiet:
+            _err(
+                f"{PROG}: {sink.emitted:,} events accepted, {stats.delivered:,} delivered, "
+                f"{undelivered:,} not delivered"
+            )
+            tenants = sorted(set(stats.tenants) | set(sink.not_accepted))
+            if tenants:
+                _err(_tenant_table(tenants, stats, sink.not_accepted))
+        if undelivered:
+            queued = {t for t, n in _queued(stats).items() if n}
+            for tenant in sorted(failed | queued | set(sink.not_accepted)):
+                detail = stats.tenants.get(tenant)
+                why = _why(detail, sink.not_accepted.get(tenant, 0))
+                _err(f"{PROG}: tenant {tenant!r}: {why}")
+        return undelivered
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def _total_size(inputs: Sequence[Input]) -> int | None:
+    sizes = [i.size for i in inputs]
+    return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+
+
+def _tenant_table(tenants: Sequence[str], stats: Stats, not_accepted: dict[str, int]) -> str:
+    rows = [("tenant", "accepted", "delivered", "not delivered")]
+    for tenant in tenants:
+        detail = stats.tenants.get(tenant, TenantStats())
+        missing = detail.accepted - detail.delivered + not_accepted.get(tenant, 0)
+        rows.append((tenant, f"{detail.accepted:,}", f"{detail.delivered:,}", f"{missing:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def _queued(stats: Stats) -> dict[str, int]:
     return {t: s.queued for t, s in stats.tenants.items()}
 
 
-def _why(detail: TenantStats) -> str:
-    parts = [f"{n} {reason}" for reason, n in {**detail.rejected, **detail.dropped}.items()]
-    if detail.paused:
-        parts.append(f"paused: {detail.paused}")
+def _why(detail: TenantStats | None, not_accepted: int) -> str:
+    parts = []
+    if detail is not None:
+        parts = [f"{n} {reason}" for reason, n in {**detail.rejected, **detail.dropped}.items()]
+        if detail.paused:
+            parts.append(f"paused: {detail.paused}")
+    if not_accepted:
+        parts.append(f"{not_accepted} not accepted (spool full)")
     return "; ".join(parts) or "not delivered"
 
 
-def _send(args: argparse.Namespace) -> int:
-    naming = EventNaming(profile=args.profile)
-    tally = _Tally()
-    try:
-        if args.dry_run:
-            return _dry_run(args, naming, tally)
-        return _deliver(args, naming, tally)
-    except _UsageError as exc:
-        print(f"selligent-segment: send: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"{exc.filename}: cannot read: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+def _run_send(args: argparse.Namespace) -> int:
+    return _Send(args).run()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = _parser().parse_args(argv)
-    if args.command == "send":
-        return _send(args)
-    raise AssertionError(args.command)  # pragma: no cover - argparse enforces choices
+SEND = Command(
+    name="send",
+    help="send callback records from JSON Lines or CSV files (or print them with --dry-run)",
+    description=_SEND_DESCRIPTION,
+    epilog=_SEND_EPILOG,
+    configure=_configure_send,
+    run=_run_send,
+)
+
+#: Every subcommand, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (SEND, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
 
 
 if __name__ == "__main__":  # pragma: no cover
