@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ import pytest
 
 from selligent_segment.testing import LocalSegment
 
+ROOT = Path(__file__).resolve().parent.parent
+SEND = [sys.executable, "-m", "selligent_segment", "send"]
+
 
 @pytest.fixture
 def server() -> Iterator[LocalSegment]:
@@ -20,15 +24,23 @@ def server() -> Iterator[LocalSegment]:
         yield segment
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def clean_env(env: dict[str, str] | None = None) -> dict[str, str]:
     full_env = {k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"}
     full_env.update(env or {})
+    return full_env
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "selligent_segment", "send", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
-        env=full_env,
+        env=clean_env(env),
+        cwd=ROOT,
     )
 
 
@@ -57,7 +69,13 @@ def test_every_valid_record_is_delivered_to_its_tenant(
     assert result.returncode == 0, result.stderr
     assert len(server.events("key-acme")) == 2
     assert len(server.events("key-globex")) == 1
-    assert "3 delivered" in result.stderr
+    assert result.stderr.splitlines() == [
+        "selligent-segment: read 3 records from 1 input: 3 valid, 0 invalid",
+        "selligent-segment: 3 events accepted, 3 delivered, 0 not delivered",
+        "  tenant  accepted  delivered  not delivered",
+        "  acme           2          2              0",
+        "  globex         1          1              0",
+    ]
 
 
 def test_write_key_from_the_environment(server: LocalSegment, tmp_path: Path) -> None:
@@ -65,6 +83,7 @@ def test_write_key_from_the_environment(server: LocalSegment, tmp_path: Path) ->
     result = run(data, "--endpoint", server.url, env={"SEGMENT_WRITE_KEY": "key-acme"})
     assert result.returncode == 0, result.stderr
     assert server.accepted_count == 1
+    assert "key-acme" not in result.stderr
 
 
 def test_invalid_lines_are_reported_and_the_rest_delivered(
@@ -74,7 +93,8 @@ def test_invalid_lines_are_reported_and_the_rest_delivered(
     result = run(data, "--write-keys", keys_file, "--endpoint", server.url)
     assert result.returncode == 1
     assert f"{data}:2: line: invalid JSON" in result.stderr
-    assert f"{data}:3: no write key configured for tenant 'initech'" in result.stderr
+    assert f"{data}:3: tenant: no write key configured for 'initech'" in result.stderr
+    assert "read 3 records from 1 input: 1 valid, 2 invalid" in result.stderr
     assert server.accepted_count == 1
 
 
@@ -82,12 +102,13 @@ def test_a_refused_key_names_the_tenant_never_the_key(tmp_path: Path) -> None:
     with LocalSegment(write_keys=["key-globex"]) as server:
         keys = tmp_path / "keys.json"
         keys.write_text(json.dumps({"acme": "key-acme-revoked", "globex": "key-globex"}))
-        data = write(tmp_path / "in.jsonl", rec(1, "acme"), rec(2, "globex"))
+        data = write(tmp_path / "in.jsonl", rec(1, "acme"), "{}", rec(2, "globex"))
         result = run(data, "--write-keys", str(keys), "--endpoint", server.url)
-        assert result.returncode == 3
+        assert result.returncode == 3  # not delivered wins over invalid (1)
         assert "tenant 'acme'" in result.stderr
         assert "paused" in result.stderr
         assert "key-acme-revoked" not in result.stderr + result.stdout
+        assert "  acme           1          0              1" in result.stderr.splitlines()
         assert server.events("key-globex")
 
 
@@ -102,4 +123,204 @@ def test_usage_errors_exit_2(server: LocalSegment, tmp_path: Path, keys_file: st
     insecure = run(data, "--write-keys", keys_file, "--endpoint", "http://example.com")
     assert insecure.returncode == 2
     assert "endpoint" in insecure.stderr
-    assert server.request_count == 0
+    missing = run(data, str(tmp_path / "nope.jsonl"), "--write-keys", keys_file)
+    assert missing.returncode == 2
+    assert "nope.jsonl: cannot read" in missing.stderr
+    assert server.request_count == 0  # nothing is sent when an input cannot be read
+
+
+def test_csv_is_delivered_like_the_dry_run_says(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    csv_file = ROOT / "examples" / "callbacks.csv"
+    dry = run("--dry-run", str(csv_file))
+    expected = [json.loads(line) for line in dry.stdout.splitlines()]
+    result = run(str(csv_file), "--write-keys", keys_file, "--endpoint", server.url)
+    assert result.returncode == 0, result.stderr
+    by_id = {e["messageId"]: e for e in server.accepted}
+    assert set(by_id) == {e["messageId"] for e in expected}
+    for message in expected:
+        sent = by_id[message["messageId"]]
+        assert {k: sent[k] for k in message} == message
+    assert [e["messageId"] for e in server.events("key-globex")] == [
+        e["messageId"] for e in expected[3:]
+    ]
+
+
+def test_csv_from_stdin(server: LocalSegment, keys_file: str) -> None:
+    rows = "type,tenant,email,event_id\nopen,acme,a@example.com,1\nopen,globex,b@example.com,2\n"
+    result = run(
+        "--format", "csv", "-", "--write-keys", keys_file, "--endpoint", server.url, stdin=rows
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(server.events("key-acme")) == 1
+    assert len(server.events("key-globex")) == 1
+
+
+def test_sending_the_same_file_again_is_deduplicated_by_message_id(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"), rec(2, "globex"), rec(3, "acme"))
+    first = run(data, "--write-keys", keys_file, "--endpoint", server.url)
+    again = run(data, "--write-keys", keys_file, "--endpoint", server.url)
+    assert first.returncode == again.returncode == 0
+    assert server.accepted_count == 3
+    assert server.duplicates == 3
+    assert len(server.message_ids()) == 3
+
+
+def test_rejects_while_delivering(server: LocalSegment, tmp_path: Path, keys_file: str) -> None:
+    data = write(
+        tmp_path / "in.jsonl",
+        rec(1, "acme"),
+        rec(2, "initech"),
+        {"type": "open", "tenant": "acme", "email": "nope"},
+        rec(3, "globex"),
+    )
+    rejects = tmp_path / "rejects.jsonl"
+    result = run(
+        data, "--write-keys", keys_file, "--endpoint", server.url, "--rejects", str(rejects)
+    )
+    assert result.returncode == 1
+    assert server.accepted_count == 2
+    lines = Path(data).read_text().splitlines()
+    assert rejects.read_text().splitlines() == [lines[1], lines[2]]
+    assert Path(f"{rejects}.reasons").read_text().splitlines() == [
+        f"{rejects}:1: tenant: no write key configured for 'initech' (from {data}:2)",
+        f"{rejects}:2: email: not a plausible email address (from {data}:3)",
+    ]
+
+
+def test_an_oversized_record_is_refused_with_its_line(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    big = {**rec(2, "acme"), "properties": {"blob": "x" * 40_000}}
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"), big, rec(3, "globex"))
+    result = run(data, "--write-keys", keys_file, "--endpoint", server.url)
+    assert result.returncode == 1
+    assert f"{data}:2: record: the track message is " in result.stderr
+    assert server.accepted_count == 2
+
+
+def test_undelivered_at_the_timeout_exits_3(tmp_path: Path, keys_file: str) -> None:
+    with LocalSegment() as server:
+        server.outage(503)
+        data = write(tmp_path / "in.jsonl", rec(1, "acme"), rec(2, "globex"))
+        result = run(
+            data,
+            "--write-keys",
+            keys_file,
+            "--endpoint",
+            server.url,
+            "--timeout",
+            "1",
+            "--spool",
+            "memory",
+        )
+    assert result.returncode == 3
+    assert "2 events accepted, 0 delivered, 2 not delivered" in result.stderr
+    assert "tenant 'acme': 1 unsent_at_close" in result.stderr
+    assert "tenant 'globex': 1 unsent_at_close" in result.stderr
+
+
+def test_undelivered_events_stay_in_the_spool_and_flush_delivers_them(
+    tmp_path: Path, keys_file: str
+) -> None:
+    spool = tmp_path / "spool.db"
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"), rec(2, "globex"))
+    with LocalSegment() as server:
+        server.outage(503)
+        result = run(
+            data,
+            "--write-keys",
+            keys_file,
+            "--endpoint",
+            server.url,
+            "--timeout",
+            "1",
+            "--spool",
+            str(spool),
+        )
+        assert result.returncode == 3
+        assert "2 not delivered" in result.stderr
+        assert "2 events stay in the spool" in result.stderr
+        server.end_outage()
+        flushed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "selligent_segment",
+                "flush",
+                "--spool",
+                str(spool),
+                "--write-keys",
+                keys_file,
+                "--endpoint",
+                server.url,
+            ],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+        )
+        assert flushed.returncode == 0, flushed.stderr
+        assert server.accepted_count == 2
+
+
+def test_interrupted_run_exits_130_and_says_how_to_resume(
+    server: LocalSegment, keys_file: str
+) -> None:
+    proc = subprocess.Popen(
+        [*SEND, "-", "--write-keys", keys_file, "--endpoint", server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(rec(1, "acme")) + "\n")
+        proc.stdin.flush()
+        assert server.wait_for(1, timeout=30)  # read and delivered; now it waits for more
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted while reading" in err
+    assert "1 events accepted, 1 delivered, 0 not delivered" in err
+    assert "re-run the same command to resume" in err
+
+
+def test_progress_on_a_terminal_while_sending(tmp_path: Path, keys_file: str) -> None:
+    with LocalSegment() as server:
+        server.outage(503)
+        data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+        master, slave = os.openpty()
+        proc = subprocess.Popen(
+            [*SEND, data, "--write-keys", keys_file, "--endpoint", server.url, "--timeout", "1"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            env=clean_env(),
+            cwd=ROOT,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        assert proc.wait(timeout=60) == 3
+    terminal = b"".join(chunks)
+    assert b"reading [" in terminal
+    assert b"sending [" in terminal
+    assert b"0/1 delivered" in terminal
+    assert b"1 events accepted, 0 delivered, 1 not delivered" in terminal

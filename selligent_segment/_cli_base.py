@@ -1,0 +1,125 @@
+"""What every ``selligent-segment`` command shares: the Command record, exit codes,
+usage errors, and the delivery and spool options with the Emitter they describe."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+import attrs
+import orjson
+
+from selligent_segment._emitter import Emitter
+from selligent_segment._errors import ConfigurationError
+from selligent_segment._naming import PROFILES, EventNaming
+from selligent_segment._spool_db import default_spool_path
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_UNDELIVERED = 3
+EXIT_INTERRUPTED = 130
+
+PROG = "selligent-segment"
+
+
+# -- the command registry ---------------------------------------------------------------
+
+
+@attrs.frozen
+class Command:
+    """One subcommand: ``configure`` adds its arguments, ``run`` returns the exit status."""
+
+    name: str
+    help: str
+    description: str
+    epilog: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A usage problem found after parsing (a missing key, an unreadable option file)."""
+
+
+def add_delivery_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that delivers: keys, endpoint, timeout, profile."""
+    parser.add_argument(
+        "--write-key",
+        metavar="KEY",
+        help="one write key for every record (default: $SEGMENT_WRITE_KEY)",
+    )
+    parser.add_argument(
+        "--write-keys",
+        metavar="FILE.json",
+        help='a JSON object {"tenant": "key"}: each record goes to its tenant\'s workspace',
+    )
+    parser.add_argument("--endpoint", metavar="URL", help="a custom endpoint (e.g. a proxy)")
+    parser.add_argument("--region", choices=["us", "eu"], default="us", help="(default: us)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for delivery before giving up (default: 300)",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="selligent",
+        help="event-name profile (default: selligent)",
+    )
+
+
+def _load_write_keys(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as stream:
+            data = orjson.loads(stream.read())
+    except OSError as exc:
+        raise UsageError(f"--write-keys {path}: cannot read: {exc.strerror or exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"--write-keys {path}: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise UsageError(f'--write-keys {path}: expected a JSON object {{"tenant": "key"}}')
+    return data
+
+
+def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set[str]) -> Emitter:
+    """The Emitter the delivery options describe; write keys are never shown in errors.
+
+    ``failed`` receives the tenants with events not delivered (failures and pauses).
+    Raises UsageError.
+    """
+    key = args.write_key or os.environ.get("SEGMENT_WRITE_KEY") or None
+    if (key is None) == (args.write_keys is None):
+        raise UsageError("give one of --write-key (or SEGMENT_WRITE_KEY) or --write-keys FILE.json")
+    keys = _load_write_keys(args.write_keys) if args.write_keys else None
+    try:
+        return Emitter(
+            key if keys is None else None,
+            write_keys=keys,
+            endpoint=args.endpoint,
+            region=args.region,
+            spool=args.spool,
+            naming=naming,
+            on_full="block",
+            block_timeout=3600.0,
+            on_failure=lambda failure: failed.add(failure.tenant),
+            on_pause=lambda tenant, reason: failed.add(tenant),
+        )
+    except ConfigurationError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def add_spool_option(parser: argparse.ArgumentParser) -> None:
+    """``--spool PATH``: the durable spool file (default: $SELLIGENT_SEGMENT_SPOOL, else
+    ~/.local/state/selligent-segment/spool.db)."""
+    default = os.environ.get("SELLIGENT_SEGMENT_SPOOL") or str(default_spool_path())
+    parser.add_argument(
+        "--spool",
+        metavar="PATH",
+        default=default,
+        help=f"the spool file, or 'memory' where allowed (default: {default})",
+    )

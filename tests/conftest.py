@@ -1,0 +1,18 @@
+"""Shared test set-up: no test may touch the user's default spool file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Point the default spool location (and its override) into a fresh directory."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    monkeypatch.delenv("SELLIGENT_SEGMENT_SPOOL", raising=False)
+    return state

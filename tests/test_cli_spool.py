@@ -1,0 +1,233 @@
+"""The operations commands (``flush``, ``spool status``, ``dead-letters``, ``demo``),
+run as a user would: subprocesses, real spool files, a LocalSegment on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selligent_segment import Emitter, RetryPolicy, SpoolFile
+from selligent_segment.testing import LocalSegment
+
+KEYS = {"acme": "key-acme", "globex": "key-globex"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "selligent_segment", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "delivered",
+        "tenant": tenant,
+        "email": f"user{i}@example.com",
+        "event_id": f"ev-{tenant}-{i}",
+        "email_id": extra.pop("email_id", "m-1"),
+        **extra,
+    }
+
+
+@pytest.fixture
+def server() -> Iterator[LocalSegment]:
+    def refuse(item: dict[str, Any]) -> str | None:
+        return "poison" if item["properties"].get("email_id") == "bad" else None
+
+    with LocalSegment(write_keys=KEYS.values(), strict=True, refuse=refuse) as segment:
+        yield segment
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(KEYS))
+    return path
+
+
+def fill(spool: Path, records: list[dict[str, Any]]) -> None:
+    """Accept records into ``spool`` while nothing can deliver them (endpoint down)."""
+    down = LocalSegment().start()
+    url = down.url
+    down.stop()  # nothing listens there any more: every send fails and is retried later
+    em = Emitter(
+        write_keys=KEYS,
+        endpoint=url,
+        spool=spool,
+        retry=RetryPolicy(initial_backoff=30.0, max_backoff=60.0),
+    )
+    assert em.emit_many(records).accepted == len(records)
+    em.close(0.5)
+
+
+def test_flush_delivers_what_a_spool_holds_and_empties_it(
+    tmp_path: Path, server: LocalSegment, keys_file: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(i, "acme" if i % 3 else "globex") for i in range(300)])
+    with SpoolFile(spool) as sf:
+        assert sf.status().queued == 300
+
+    done = cli(
+        "flush", "--spool", str(spool), "--write-keys", str(keys_file), "--endpoint", server.url
+    )
+    assert done.returncode == 0, done.stderr
+    assert server.accepted_count == 300
+    assert len(server.events("key-globex")) == 100
+    with SpoolFile(spool) as sf:
+        assert sf.status().queued == 0
+    assert "key-acme" not in done.stderr + done.stdout
+
+
+def test_flush_names_a_tenant_whose_key_is_refused_and_keeps_its_events(
+    tmp_path: Path, server: LocalSegment, keys_file: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(i, "acme" if i % 2 else "globex") for i in range(40)])
+    server.revoke_write_key("key-globex")
+
+    done = cli(
+        "flush",
+        "--spool",
+        str(spool),
+        "--write-keys",
+        str(keys_file),
+        "--endpoint",
+        server.url,
+        "--timeout",
+        "20",
+    )
+    assert done.returncode == 3
+    assert "'globex'" in done.stderr
+    assert "20 events not delivered" in done.stderr
+    assert "key-globex" not in done.stderr
+    assert len(server.events("key-acme")) == 20
+    with SpoolFile(spool) as sf:
+        (globex,) = sf.status().tenants
+    assert (globex.tenant, globex.queued) == ("globex", 20)
+    assert globex.paused is not None
+    assert "401" in globex.paused
+
+
+def test_flush_refuses_a_missing_spool_without_creating_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    done = cli(
+        "flush", "--spool", str(missing), "--write-key", "k", "--endpoint", "http://127.0.0.1:9"
+    )
+    assert done.returncode == 2
+    assert "no spool file there" in done.stderr
+    assert not missing.exists()
+
+
+def test_spool_status_text_and_json(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(i, "acme") for i in range(7)] + [record(1, "globex")])
+
+    text = cli("spool", "status", "--spool", str(spool))
+    assert text.returncode == 0, text.stderr
+    assert "acme" in text.stdout
+    assert "globex" in text.stdout
+    data = json.loads(cli("spool", "status", "--spool", str(spool), "--json").stdout)
+    per_tenant = {t["tenant"]: t for t in data["tenants"]}
+    assert per_tenant["acme"]["queued"] == 7
+    assert per_tenant["globex"]["queued"] == 1
+    assert data["queued"] == 8
+    assert data["processes"] == 0
+    assert per_tenant["acme"]["oldest_age"] >= 0
+
+
+def test_spool_status_of_a_foreign_file_exits_2_and_leaves_it(tmp_path: Path) -> None:
+    foreign = tmp_path / "notes.db"
+    foreign.write_text("not a database\n")
+    done = cli("spool", "status", "--spool", str(foreign))
+    assert done.returncode == 2
+    assert "not a selligent-segment spool" in done.stderr
+    assert foreign.read_text() == "not a database\n"
+
+
+def test_dead_letters_list_requeue_purge(
+    tmp_path: Path, server: LocalSegment, keys_file: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    bad = [record(100 + i, "acme", email_id="bad") for i in range(3)]
+    fill(spool, [record(i) for i in range(10)] + bad + [record(50, "globex", email_id="bad")])
+    flushed = cli(
+        "flush", "--spool", str(spool), "--write-keys", str(keys_file), "--endpoint", server.url
+    )
+    assert flushed.returncode == 0, flushed.stderr  # dead letters are not deliverable
+    assert "4 dead letters kept" in flushed.stderr
+    assert server.accepted_count == 10
+
+    listed = json.loads(cli("dead-letters", "list", "--spool", str(spool), "--json").stdout)
+    assert len(listed) == 4
+    assert {d["status"] for d in listed} == {400}
+    assert all(d["reason"].startswith("rejected") for d in listed)
+    only_globex = cli("dead-letters", "list", "--spool", str(spool), "--tenant", "globex")
+    assert only_globex.stdout.count("\n") == 1
+    assert "globex" in only_globex.stdout
+
+    # The poison is fixed on the server side: requeue acme's and deliver them.
+    server._refuse = None
+    requeued = cli(
+        "dead-letters",
+        "requeue",
+        "--spool",
+        str(spool),
+        "--tenant",
+        "acme",
+        "--reason",
+        "rejected",
+        "--json",
+    )
+    assert json.loads(requeued.stdout) == {"requeued": 3}
+    again = cli(
+        "flush", "--spool", str(spool), "--write-keys", str(keys_file), "--endpoint", server.url
+    )
+    assert again.returncode == 0, again.stderr
+    assert server.accepted_count == 13
+    assert {e["messageId"] for e in server.accepted} >= {
+        d["message_id"] for d in listed if d["tenant"] == "acme"
+    }
+
+    refused = cli("dead-letters", "purge", "--spool", str(spool))
+    assert refused.returncode == 2
+    assert "--all" in refused.stderr
+    purged = cli("dead-letters", "purge", "--spool", str(spool), "--all")
+    assert purged.returncode == 0
+    assert "1 dead letters purged" in purged.stdout
+    with SpoolFile(spool) as sf:
+        assert sf.dead_letters() == []
+
+
+def test_help_documents_exit_codes() -> None:
+    for command in (["flush"], ["spool"], ["dead-letters"], ["demo"]):
+        shown = cli(*command, "--help")
+        assert shown.returncode == 0
+        assert "exit status" in shown.stdout
+
+
+def test_demo_verifies_every_event_and_exits_0() -> None:
+    done = cli("demo")
+    assert done.returncode == 0, done.stderr
+    assert "verified: every emitted event was accepted exactly once" in done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()[1:]]
+    total = lines[-1]
+    assert total[0] == "total"
+    assert total[1] == total[2]
+    assert int(total[1]) > 1000
+    tenants = {line[0] for line in lines[:-1]}
+    assert tenants == {"acme", "globex", "initech"}
+    assert "MISMATCH" not in done.stdout
