@@ -8,6 +8,7 @@ apart from another, and the fingerprint is never logged either.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections.abc import Callable, Mapping
 
@@ -15,6 +16,8 @@ from selligent_segment._errors import ConfigurationError
 from selligent_segment._mapping import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "KeyResolver", "WriteKeys", "fingerprint"]
+
+log = logging.getLogger("selligent_segment")
 
 
 #: A callable that returns a tenant's current write key, or None when it has none.
@@ -86,7 +89,15 @@ class WriteKeys:
         if self._table is not None:
             return self._table.get(tenant)
         assert self._resolver is not None
-        key = self._resolver(tenant)
+        try:
+            key = self._resolver(tenant)
+        except Exception as exc:  # the tenant pauses and is asked again later
+            log.error(
+                "selligent-segment: the write-key resolver raised %s for tenant %r",
+                type(exc).__name__,
+                tenant,
+            )
+            return None
         return key if isinstance(key, str) and key.strip() else None
 
     def set(self, tenant: str, key: str) -> None:

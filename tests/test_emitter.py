@@ -470,3 +470,26 @@ def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> N
     em._drop_leftovers()
     assert em.stats().dropped == {"unsent_at_close": 1}
     assert [len(f.message_ids) for f in failures] == [1]
+
+
+def test_a_resolver_that_raises_pauses_the_tenant_and_keeps_its_events(
+    server: LocalSegment, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+
+    def resolver(tenant: str) -> str | None:
+        calls.append(tenant)
+        if len(calls) == 1:
+            raise RuntimeError("db down: secret-key-material")
+        return "key-acme"
+
+    paused: list[tuple[str, str]] = []
+    em = emitter(server, write_keys=resolver, on_pause=lambda t, r: paused.append((t, r)))
+    em._dispatcher.paused_recheck = 0.2
+    with em:
+        em.emit(record(1, "acme"))
+        assert em.flush(10)
+    assert paused == [("acme", "no write key configured")]
+    assert len(server.events("key-acme")) == 1
+    assert "RuntimeError" in caplog.text
+    assert "secret-key-material" not in caplog.text
