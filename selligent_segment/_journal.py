@@ -101,6 +101,7 @@ class Journal:
         self._lock = threading.Lock()
         self._owner_fd = _create_locked(directory, f"{self.owner}.owner", b"")
         self._seq = 0
+        self._torn = False  # the current journal ends with a partial frame
         self.name = ""
         self._fd = -1
         self.size = 0
@@ -116,6 +117,7 @@ class Journal:
             os.close(self._fd)
             self.retired[self.name] = self.size
         self.name, self._fd, self.size = name, fd, len(MAGIC)
+        self._torn = False
 
     def append(self, payloads: Sequence[bytes]) -> Mark:
         """Write one frame per payload; return the mark just past the last one."""
@@ -123,17 +125,21 @@ class Journal:
         with self._lock:
             if self._fd < 0:
                 raise SpoolError("the spool is closed")
-            if self.size >= ROTATE_BYTES:
-                self._open_next()
             try:
+                if self._torn or self.size >= ROTATE_BYTES:
+                    self._open_next()
                 _write_all(self._fd, data)
                 if self.fsync:
                     os.fdatasync(self._fd)
             except OSError as exc:
-                # A partial frame may be on disk; it is a torn tail no replay will read,
-                # and the next frame must not follow it: start a new journal.
-                with contextlib.suppress(OSError):
-                    self._open_next()
+                # A partial frame may be on disk, a torn tail no replay reads past: cut it
+                # off (that needs no space); failing that, the next frame must go to a new
+                # journal (on a full disk even its header may not fit yet).
+                try:
+                    os.ftruncate(self._fd, self.size)
+                    self._torn = False
+                except OSError:
+                    self._torn = True
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise SpoolFull(f"the spool's disk is full ({exc.strerror})") from None
                 raise SpoolError(f"cannot write the spool journal: {exc.strerror}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -131,13 +132,14 @@ def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.
     Raises SpoolError for a foreign, corrupt or newer file, without modifying it.
     """
     exists = _check_header(path)
-    if not exists:
+    if exists:
+        _check_read_only(path)
+    else:
         if not create:
             raise SpoolError(f"{path}: no spool file there")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    journal_dir(path).mkdir(mode=0o700, exist_ok=True)
     try:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -146,6 +148,7 @@ def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.
         _check_and_migrate(db, path)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        journal_dir(path).mkdir(mode=0o700, exist_ok=True)
     except sqlite3.DatabaseError as exc:
         db.close()
         raise SpoolError(f"{path}: corrupt or unreadable spool ({exc}); left untouched") from None
@@ -153,6 +156,23 @@ def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.
         db.close()
         raise
     return db
+
+
+def _check_read_only(path: Path) -> None:
+    """Refuse a foreign, corrupt or newer file through a read-only connection: closing a
+    read-write one would checkpoint another application's WAL into its file."""
+    uri = "file:" + urllib.parse.quote(os.fspath(path.absolute())) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    try:
+        app_id, version = _identity(db)
+        _refuse_foreign(db, path, app_id, version)
+    except sqlite3.DatabaseError as exc:
+        raise SpoolError(f"{path}: corrupt or unreadable spool ({exc}); left untouched") from None
+    finally:
+        db.close()
 
 
 def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:

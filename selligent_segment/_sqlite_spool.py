@@ -10,11 +10,14 @@ processes left in their journals, frees their leases and notices work written by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -41,6 +44,8 @@ _REPLAY_CHUNK = 5_000
 _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
 _abandoned: list[object] = []  # connections inherited over fork: never closed in a child
+_live: weakref.WeakSet[SqliteSpool] = weakref.WeakSet()
+_held_over_fork: list[threading.Lock] = []
 
 
 @attrs.frozen
@@ -86,6 +91,7 @@ class SqliteSpool:
         self._decoder = decoder
         self._db = open_db(path, fsync=fsync)
         self._lock = threading.Lock()
+        _live.add(self)
         self._dir = journal_dir(path)
         self._journal = Journal(self._dir, fsync=fsync)
         self.owner = self._journal.owner
@@ -401,6 +407,9 @@ class SqliteSpool:
             log.error("selligent-segment: could not free leases at close: %s", exc)
         self._journal.close(delete_current=ingested)
         with self._lock:
+            if ingested:  # the journals are gone: so are their offsets
+                with contextlib.suppress(sqlite3.Error), transaction(self._db) as db:
+                    db.execute("DELETE FROM journals WHERE name LIKE ?", (self.owner + ".%",))
             self._db.close()
 
     def abandon(self) -> None:
@@ -408,3 +417,20 @@ class SqliteSpool:
         self._closed = True
         self._journal.abandon()
         _abandoned.append(self._db)
+
+
+def _before_fork() -> None:
+    # Every use of a connection is under its spool's lock: holding them all, no thread is
+    # inside an SQLite call, so the child inherits no half-held SQLite lock (which would
+    # leave its own new connection "database is locked" for its whole life).
+    for spool in list(_live):
+        if spool._lock.acquire(timeout=60):
+            _held_over_fork.append(spool._lock)
+
+
+def _after_fork() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

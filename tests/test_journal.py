@@ -1,0 +1,264 @@
+"""The acceptance journal: framing, torn and corrupt tails, rotation, dead-owner detection."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selligent_segment import _journal
+from selligent_segment._errors import SpoolError, SpoolFull
+from selligent_segment._journal import (
+    FRAME_OVERHEAD,
+    MAGIC,
+    Journal,
+    claim_dead_owners,
+    journals_of,
+    read_frames,
+)
+
+
+@pytest.fixture
+def jdir(tmp_path: Path) -> Path:
+    directory = tmp_path / "spool.db.journals"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+def payloads(n: int, start: int = 0) -> list[bytes]:
+    return [f"record-{i}-".encode() * (1 + i % 5) for i in range(start, start + n)]
+
+
+def test_appended_frames_read_back_in_order_with_their_end_offsets(jdir: Path) -> None:
+    journal = Journal(jdir)
+    first = payloads(3)
+    name, end = journal.append(first)
+    second = payloads(2, 3)
+    name2, end2 = journal.append(second)
+    assert name2 == name == journals_of(jdir, journal.owner)[0]
+    assert end == len(MAGIC) + sum(FRAME_OVERHEAD + len(p) for p in first)
+    assert end2 == os.path.getsize(jdir / name)
+    frames = list(read_frames(jdir / name, 0))
+    assert [p for _, p in frames] == first + second
+    assert frames[2][0] == end
+    assert frames[-1][0] == end2
+    # From a recorded offset only what follows it is read.
+    assert [p for _, p in read_frames(jdir / name, end)] == second
+    journal.close(delete_current=False)
+
+
+def test_journal_and_lock_files_are_private(jdir: Path) -> None:
+    old = os.umask(0)
+    try:
+        journal = Journal(jdir)
+        journal.append(payloads(1))
+    finally:
+        os.umask(old)
+    for path in jdir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert sorted(p.suffix for p in jdir.iterdir()) == [".journal", ".owner"]
+    journal.close(delete_current=False)
+
+
+def test_a_torn_tail_is_ignored(jdir: Path) -> None:
+    journal = Journal(jdir)
+    name, _ = journal.append(payloads(3))
+    journal.close(delete_current=False)
+    path = jdir / name
+    whole = path.read_bytes()
+    last = len(payloads(3)[-1]) + FRAME_OVERHEAD
+    # The process died inside the last frame's write: every cut point loses only it.
+    for cut in [1, FRAME_OVERHEAD - 1, FRAME_OVERHEAD, FRAME_OVERHEAD + 1, last - 1]:
+        path.write_bytes(whole[: len(whole) - last + cut])
+        assert [p for _, p in read_frames(path, 0)] == payloads(2), cut
+    path.write_bytes(whole)
+    assert [p for _, p in read_frames(path, 0)] == payloads(3)
+
+
+def test_a_corrupt_frame_stops_the_replay(jdir: Path) -> None:
+    journal = Journal(jdir)
+    records = payloads(4)
+    name, _ = journal.append(records)
+    journal.close(delete_current=False)
+    path = jdir / name
+    data = bytearray(path.read_bytes())
+    second_payload = len(MAGIC) + FRAME_OVERHEAD + len(records[0]) + FRAME_OVERHEAD
+    data[second_payload] ^= 0xFF  # the crc32 of frame 2 no longer matches
+    path.write_bytes(bytes(data))
+    # Frames 3 and 4 are intact but follow a bad frame: nothing after it is trusted.
+    assert [p for _, p in read_frames(path, 0)] == records[:1]
+    # A length pointing past the end of the file reads as a torn tail.
+    data = bytearray(path.read_bytes())
+    data[len(MAGIC) : len(MAGIC) + 4] = (1 << 30).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert list(read_frames(path, 0)) == []
+
+
+def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(jdir: Path) -> None:
+    path = jdir / "someone.1.journal"
+    path.write_bytes(b"hello, I am a text file\n")
+    with pytest.raises(SpoolError, match="not a selligent-segment journal"):
+        list(read_frames(path, 0))
+    assert path.read_bytes() == b"hello, I am a text file\n"
+
+
+def test_journals_rotate_and_a_finished_one_can_be_deleted(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 200)
+    journal = Journal(jdir)
+    marks = [journal.append([b"x" * 100]) for _ in range(5)]
+    names = journals_of(jdir, journal.owner)
+    assert len(names) > 1
+    assert names == sorted({n for n, _ in marks}, key=names.index)
+    first = names[0]
+    first_end = max(off for n, off in marks if n == first)
+    assert journal.finished(first, first_end)
+    assert not journal.finished(first, first_end - 1)
+    assert not journal.finished(names[-1], marks[-1][1])  # the current one never is
+    journal.delete(first)
+    assert first not in journals_of(jdir, journal.owner)
+    journal.close(delete_current=True)
+    assert list(jdir.iterdir()) == []
+
+
+def test_append_after_close_raises(jdir: Path) -> None:
+    journal = Journal(jdir)
+    journal.close(delete_current=True)
+    with pytest.raises(SpoolError, match="closed"):
+        journal.append([b"x"])
+
+
+def _disk_fills_mid_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def half_then_enospc(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 1:
+            real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", half_then_enospc)  # the one _journal calls
+
+
+def test_disk_full_raises_spoolfull_and_later_frames_stay_readable(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(jdir)
+    name, _ = journal.append([b"kept"])
+    with monkeypatch.context() as patch:
+        _disk_fills_mid_write(patch)
+        with pytest.raises(SpoolFull, match="disk is full"):
+            journal.append([b"lost" * 10])
+        with pytest.raises(SpoolFull):  # still full: refused again, nothing torn left
+            journal.append([b"lost too"])
+    # Room again: what follows is read back, at the offset the mark says.
+    mark = journal.append([b"after"])
+    names = journals_of(jdir, journal.owner)
+    frames = [(n, end, p) for n in names for end, p in read_frames(jdir / n, 0)]
+    assert [p for _, _, p in frames] == [b"kept", b"after"]
+    assert frames[-1][:2] == mark
+    assert mark[1] == os.path.getsize(jdir / mark[0])
+    journal.close(delete_current=False)
+    assert name in names
+
+
+def test_when_the_torn_frame_cannot_be_cut_off_the_next_frame_starts_a_new_journal(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(jdir)
+    name, _ = journal.append([b"kept"])
+    with monkeypatch.context() as patch:
+        _disk_fills_mid_write(patch)
+
+        def no_truncate(fd: int, length: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        patch.setattr(os, "ftruncate", no_truncate)
+        with pytest.raises(SpoolFull):
+            journal.append([b"lost" * 10])
+        with pytest.raises(SpoolFull):  # not even a new journal's header fits
+            journal.append([b"lost too"])
+    name2, end2 = journal.append([b"after"])
+    assert name2 != name
+    assert [p for _, p in read_frames(jdir / name, 0)] == [b"kept"]
+    assert [p for _, p in read_frames(jdir / name2, 0)] == [b"after"]
+    assert end2 == os.path.getsize(jdir / name2)
+    journal.close(delete_current=False)
+
+
+def test_a_full_disk_at_rotation_raises_spoolfull(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 64)
+    journal = Journal(jdir)
+    journal.append([b"x" * 100])
+    with monkeypatch.context() as patch:
+        _disk_fills_mid_write(patch)
+        with pytest.raises(SpoolFull):
+            journal.append([b"y"])
+    assert journal.append([b"z"])[0] != journals_of(jdir, journal.owner)[0]
+    journal.close(delete_current=False)
+
+
+def test_a_live_owner_is_never_claimed_a_closed_one_is(jdir: Path) -> None:
+    alive = Journal(jdir)
+    alive.append([b"a"])
+    gone = Journal(jdir)
+    gone.append([b"b"])
+    gone.close(delete_current=False)  # the lock is released, the journal kept
+    me = Journal(jdir)
+    with claim_dead_owners(jdir, skip=me.owner) as dead:
+        assert dead == [gone.owner]
+        # While claimed, nobody else can claim it.
+        with claim_dead_owners(jdir, skip="nobody") as others:
+            assert gone.owner not in others
+            assert alive.owner not in others
+    # Claiming deletes the lock file; the journal is the claimant's to replay and delete.
+    assert not (jdir / f"{gone.owner}.owner").exists()
+    assert journals_of(jdir, gone.owner)
+    # A journal without a lock file is an orphan: every scan reports it.
+    with claim_dead_owners(jdir, skip=me.owner) as dead:
+        assert dead == [gone.owner]
+    alive.close(delete_current=True)
+    me.close(delete_current=True)
+
+
+def test_an_owner_killed_by_sigkill_is_claimed(jdir: Path) -> None:
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from selligent_segment._journal import Journal\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "j.append([b'one', b'two'])\n"
+        "print(j.owner, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(jdir)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    owner = proc.stdout.strip()
+    assert (jdir / f"{owner}.owner").exists()
+    with claim_dead_owners(jdir, skip="me") as dead:
+        assert dead == [owner]
+        (name,) = journals_of(jdir, owner)
+        assert [p for _, p in read_frames(jdir / name, 0)] == [b"one", b"two"]
+
+
+def test_a_forked_child_does_not_release_the_parents_lock(jdir: Path) -> None:
+    journal = Journal(jdir)
+    pid = os.fork()
+    if pid == 0:  # the child lets go of the inherited descriptors, then exits
+        journal.abandon()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with claim_dead_owners(jdir, skip="me") as dead:
+        assert journal.owner not in dead
+    journal.append([b"still mine"])
+    journal.close(delete_current=True)
