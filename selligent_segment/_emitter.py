@@ -31,7 +31,7 @@ from selligent_segment._errors import (
     SpoolFull,
     UnknownTenant,
 )
-from selligent_segment._journal import FRAME_OVERHEAD, Mark
+from selligent_segment._journal import Mark, frame
 from selligent_segment._keys import KeyResolver, WriteKeys
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._memory_spool import MemorySpool
@@ -94,9 +94,12 @@ class Emitter:
       Either is bounded by ``max_spool_bytes`` (256 MiB; for a file, its used pages).
     * ``fsync``: durable spool only: also survive power loss, at the cost of an
       ``fdatasync`` per ``emit`` (False).
-    * ``max_pending``: records accepted but not yet encoded into the spool (100,000);
-      when it is reached ``on_full`` applies: ``"raise"`` SpoolFull (default),
-      ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``.
+    * ``max_pending``: records accepted but not yet encoded into the spool (100,000 in
+      memory; 20,000 with a spool file, where they are journaled already and this only
+      bounds memory); when it is reached ``on_full`` applies: ``"raise"`` SpoolFull
+      (default), ``"block"`` up to ``block_timeout`` seconds then SpoolFull,
+      ``"drop_newest"``. With a spool file, ``emit_many`` instead waits for the encoder
+      unless the file is at ``max_spool_bytes``.
     * ``naming``: an :class:`EventNaming` (profile and overrides). Processes sharing
       a spool file must use the same naming: a dead process's journal is replayed with
       the naming of the process that finds it.
@@ -122,7 +125,7 @@ class Emitter:
         spool: str | os.PathLike[str] = "memory",
         fsync: bool = False,
         max_spool_bytes: int = 256 * 1024 * 1024,
-        max_pending: int = 100_000,
+        max_pending: int | None = None,
         on_full: str | OnFull = OnFull.RAISE,
         block_timeout: float = 1.0,
         naming: EventNaming | None = None,
@@ -141,6 +144,8 @@ class Emitter:
         if not isinstance(fsync, bool):
             raise ConfigurationError("fsync", "must be True or False")
         self._fsync = fsync
+        if max_pending is None:
+            max_pending = 100_000 if spool == "memory" else 20_000
         check_number("max_pending", max_pending, minimum=1, integer=True)
         check_number("block_timeout", block_timeout, minimum=0)
         check_number("threads", threads, minimum=1, integer=True)
@@ -197,6 +202,7 @@ class Emitter:
             )
         self._next_maintain = 0.0
         self._closed_result: bool | None = None
+        self._at_cap = False
         self._transport = Transport(
             max_connections=self._threads, read_timeout=self._timeout, gzip=self._batch.gzip
         )
@@ -292,7 +298,7 @@ class Emitter:
         refused: list[tuple[int, SelligentSegmentError]],
         accepted_before: int,
     ) -> int:
-        if len(self._inbox) >= self._max_pending:
+        if len(self._inbox) >= self._max_pending and not self._wait_for_ingest():
             try:
                 room = self._wait_for_room(chunk[0][2], len(chunk))
             except SpoolFull as exc:
@@ -308,11 +314,12 @@ class Emitter:
         if durable is None:
             self._inbox.extend((f, t, n, None) for f, t, n in entries)
         else:
-            payloads = [orjson.dumps((t, n, f)) for f, t, n in entries]
+            # Framed one by one: orjson's results keep a 4 KiB buffer each until freed.
+            frames = [frame(orjson.dumps((t, n, f))) for f, t, n in entries]
             with self._accept_lock:
-                name, end = durable.accept(payloads)
+                name, end = durable.accept_frames(b"".join(frames))
                 # Each entry carries the journal offset just past its own frame.
-                ends = list(itertools.accumulate(FRAME_OVERHEAD + len(p) for p in payloads))
+                ends = list(itertools.accumulate(len(fr) for fr in frames))
                 start = end - ends[-1]
                 self._inbox.extend(
                     (f, t, n, (name, start + e)) for (f, t, n), e in zip(entries, ends, strict=True)
@@ -350,6 +357,19 @@ class Emitter:
     def marked_as_spam(self, **fields: Any) -> bool:
         """``emit`` an ``Email Marked as Spam`` record given as keyword fields."""
         return self._emit_kind(EventKind.MARKED_AS_SPAM, fields)
+
+    def _wait_for_ingest(self) -> bool:
+        """With a durable spool, wait while the encoder is moving records into the file
+        (a bulk hand-over goes at the spool's pace); False when the spool is at its cap,
+        closed, or in memory: then ``on_full`` decides."""
+        if self._durable is None:
+            return False
+        with self._room:
+            while len(self._inbox) >= self._max_pending:
+                if self._at_cap or self._closed:
+                    return False
+                self._room.wait(0.5)
+        return True
 
     def _wait_for_room(self, tenant: str, n: int = 1) -> bool:
         if self._on_full is OnFull.BLOCK:
@@ -498,6 +518,9 @@ class Emitter:
     def _wait_for_spool_room(self, nbytes: int) -> None:
         """Hold the encoder (not ``emit``) while the spool is at its size cap."""
         while not self._spool.has_room(nbytes) and not self._stop_encoder:
+            self._at_cap = True
+            with self._room:
+                self._room.notify_all()
             now = time.monotonic()
             if now - self._last_full_log >= _LOG_EVERY:
                 log.error(
@@ -511,6 +534,7 @@ class Emitter:
                 self._last_full_log = now
             with self._dispatcher.settled:
                 self._dispatcher.settled.wait(0.1)
+        self._at_cap = False
 
     def _on_failure(self, failure: DeliveryFailure) -> None:
         if self._user_on_failure is not None:

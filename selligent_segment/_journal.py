@@ -37,6 +37,7 @@ __all__ = [
     "Journal",
     "Mark",
     "claim_dead_owners",
+    "frame",
     "journals_of",
     "read_frames",
 ]
@@ -80,6 +81,11 @@ def _create_locked(directory: Path, final_name: str, header: bytes) -> int:
     return fd
 
 
+def frame(payload: bytes) -> bytes:
+    """One journal frame: length, crc32, payload."""
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -121,7 +127,10 @@ class Journal:
 
     def append(self, payloads: Sequence[bytes]) -> Mark:
         """Write one frame per payload; return the mark just past the last one."""
-        data = b"".join(_HEADER.pack(len(p), zlib.crc32(p)) + p for p in payloads)
+        return self.append_frames(b"".join(frame(p) for p in payloads))
+
+    def append_frames(self, data: bytes) -> Mark:
+        """Write ``data``, made of whole :func:`frame` results; return the mark after it."""
         with self._lock:
             if self._fd < 0:
                 raise SpoolError("the spool is closed")

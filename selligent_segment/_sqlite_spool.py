@@ -113,6 +113,10 @@ class SqliteSpool:
         """Journal ``payloads`` durably; the returned mark goes to :meth:`put_many`."""
         return self._journal.append(payloads)
 
+    def accept_frames(self, data: bytes) -> Mark:
+        """Journal already-framed records (see ``_journal.frame``) durably."""
+        return self._journal.append_frames(data)
+
     def has_room(self, nbytes: int) -> bool:
         if self._used + nbytes <= self.max_bytes:
             return True

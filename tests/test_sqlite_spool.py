@@ -37,6 +37,7 @@ from selligent_segment import (
     EventNaming,
     InvalidEvent,
     RetryPolicy,
+    SpoolFull,
     UnknownTenant,
     encode,
     message_id,
@@ -664,6 +665,36 @@ def test_emit_many_refuses_bad_records_by_index_and_accepts_the_rest(
     assert em.close()
     good = [r for i, r in enumerate(records) if i not in (2, 5, 7)]
     assert server.message_ids() == ids(*good)
+
+
+def test_emit_many_waits_for_the_encoder_instead_of_refusing(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    # Far more records than max_pending: a bulk hand-over goes at the spool's pace.
+    records = [record(i, "acme" if i % 2 else "globex") for i in range(5_000)]
+    em = emitter(server, tmp_path / "spool.db", max_pending=500)
+    assert em.emit_many(records).accepted == 5_000
+    assert em.stats().refused == {}
+    assert em.flush(30)
+    assert em.close()
+    assert server.message_ids() == ids(*records)
+
+
+def test_emit_many_at_the_spool_size_cap_applies_on_full(tmp_path: Path) -> None:
+    down = LocalSegment().start()
+    url = down.url
+    down.stop()  # nothing listens: the file only grows
+    em = Emitter(
+        write_keys={"acme": "key-acme"},
+        endpoint=url,
+        spool=tmp_path / "spool.db",
+        max_spool_bytes=64 * 1024,
+        max_pending=200,
+    )
+    with pytest.raises(SpoolFull) as raised:
+        em.emit_many(record(i, "acme", properties={"blob": "x" * 2000}) for i in range(5_000))
+    assert 0 < raised.value.accepted < 5_000
+    em.close(0.5)
 
 
 def test_close_with_segment_down_keeps_the_events_for_the_next_emitter(
