@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import ConfigurationError
 from selligent_segment._transport import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
+from selligent_segment._validate import check_number
 
 __all__ = ["BatchPolicy"]
 
@@ -15,12 +15,11 @@ __all__ = ["BatchPolicy"]
 DEFAULT_MAX_BYTES = 500_000
 
 
-def _between(low: float, high: float) -> Any:
+def _between(low: float, high: float, *, integer: bool = False) -> Any:
+    """An attrs validator: :func:`check_number` within ``[low, high]``, naming the field."""
+
     def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigurationError(attribute.name, f"expected a number, got {value!r}")
-        if not low <= value <= high:
-            raise ConfigurationError(attribute.name, f"must be in [{low}, {high}], got {value!r}")
+        check_number(attribute.name, value, minimum=low, maximum=high, integer=integer)
 
     return check
 
@@ -37,10 +36,10 @@ class BatchPolicy:
     """
 
     max_messages: int = attrs.field(
-        default=MAX_BATCH_MESSAGES, validator=_between(1, MAX_BATCH_MESSAGES)
+        default=MAX_BATCH_MESSAGES, validator=_between(1, MAX_BATCH_MESSAGES, integer=True)
     )
     max_bytes: int = attrs.field(
-        default=DEFAULT_MAX_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES)
+        default=DEFAULT_MAX_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES, integer=True)
     )
     linger: float = attrs.field(default=0.1, validator=_between(0.0, 60.0))
     gzip: bool = attrs.field(default=False)

@@ -1,11 +1,12 @@
 """Sending: a fixed pool of sender threads shared by every tenant.
 
 Each tenant has a FIFO queue in the spool and a small state here: when it may send next
-(linger, backoff, Retry-After, the request-rate cap), whether a request of its is in
-flight (at most one, which keeps its order), and whether it is paused (its key was
-refused or is missing). Ready tenants wait in one round-robin queue, so a tenant with a
-million queued events sends one batch and then goes to the back of the line: it cannot
-starve the others. No lock is held across a request.
+(linger, backoff, Retry-After), how many requests of its are in flight, and whether it is
+paused (its key was refused or is missing). The request-rate cap is a token bucket per
+*write key* (known here by its fingerprint only), so tenants sharing a key share its cap.
+Ready tenants wait in one round-robin queue, so a tenant with a million queued events
+sends one batch and then goes to the back of the line: it cannot starve the others. No
+lock is held across a request.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import attrs
 from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._keys import WriteKeys, fingerprint
 from selligent_segment._mapping import EncodedMessage
-from selligent_segment._retry import Outcome, RetryPolicy, server_paced
+from selligent_segment._retry import Outcome, RetryPolicy, server_wait
 from selligent_segment._spool import Lease, Spool
 from selligent_segment._stats import Counters
 from selligent_segment._transport import Response, Transport, envelope_overhead
@@ -51,27 +52,43 @@ class DeliveryFailure:
 
 
 @attrs.define
+class _Bucket:
+    """The request-rate token bucket of one write key."""
+
+    tokens: float = 0.0
+    refilled: float = float("-inf")
+
+
+@attrs.define
 class _Tenant:
     name: str
     gen: int = 0
     scheduled: bool = False
-    in_flight: bool = False
+    in_flight: int = 0
     not_before: float = 0.0
-    tokens: float = 0.0
-    refilled: float = float("-inf")
+    bucket: _Bucket | None = None  # of the key it last sent with
     attempts: int = 0
     retries: int = 0
+    failures: int = 0  # retryable failures ever recorded: tells a request what it missed
     backoff_spent: float = 0.0
     rate_limited_spent: float = 0.0
     paused: str | None = None
-    paused_key: str | None = None
+    paused_key: str | None = None  # the refused key's fingerprint
 
 
 PAUSED_RECHECK = 30.0
+#: Requests of one tenant in flight at once while its order allows (see _may_overlap).
+MAX_IN_FLIGHT = 2
 
 
 class Dispatcher:
-    """Schedules tenants fairly onto ``threads`` sender threads and settles results."""
+    """Schedules tenants fairly onto ``threads`` sender threads and settles results.
+
+    Guarantees: at most ``max_requests_per_second`` requests per second on average per
+    write key (bursts of a tenth of a second's worth); a tenant has two requests in flight
+    only while :meth:`_may_overlap` allows it, otherwise one: a tenant in backoff or
+    paused sends its batches one at a time.
+    """
 
     def __init__(
         self,
@@ -88,6 +105,7 @@ class Dispatcher:
         on_failure: Callable[[DeliveryFailure], None],
         on_pause: Callable[[str, str], None],
         paused_recheck: float = PAUSED_RECHECK,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.spool = spool
         self.keys = keys
@@ -96,8 +114,8 @@ class Dispatcher:
         self.batch = batch
         self.retry = retry
         self.n_threads = threads
-        # The request-rate cap is a token bucket: ``rate`` requests per second on average,
-        # bursts of up to ``burst`` (a tenth of a second's worth) without waiting.
+        # The request-rate cap is a token bucket per write key: ``rate`` requests per second
+        # on average, bursts of up to ``burst`` (a tenth of a second's worth) at once.
         self.rate = max_requests_per_second
         self.burst = max(1.0, max_requests_per_second / 10)
         self.full_at = batch.max_messages  # messages that fill a batch; refined by sizes
@@ -105,9 +123,11 @@ class Dispatcher:
         self.on_failure = on_failure
         self.on_pause = on_pause
         self.paused_recheck = paused_recheck
+        self.max_in_flight = max_in_flight
         self.cv = threading.Condition(threading.Lock())
         self.settled = threading.Condition(threading.Lock())
         self._tenants: dict[str, _Tenant] = {}
+        self._buckets: dict[str, _Bucket] = {}  # by key fingerprint, never by key
         self._ready: deque[str] = deque()
         self._timers: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
@@ -132,10 +152,13 @@ class Dispatcher:
             heapq.heappush(self._timers, (at, next(self._seq), state.name, state.gen))
         self.cv.notify()
 
+    def _tokens(self, bucket: _Bucket, now: float) -> float:
+        return min(self.burst, bucket.tokens + (now - bucket.refilled) * self.rate)
+
     def _ready_at(self, state: _Tenant, now: float, lingering: bool) -> float:
         at = state.not_before
-        if self.rate:
-            tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
+        if self.rate and state.bucket is not None:
+            tokens = self._tokens(state.bucket, now)
             if tokens < 1.0:
                 at = max(at, now + (1.0 - tokens) / self.rate)
         if state.paused is not None:
@@ -143,6 +166,26 @@ class Dispatcher:
         if lingering and not self.flushing:
             at = max(at, now + self.batch.linger)
         return at
+
+    def _may_overlap(self, state: _Tenant, now: float) -> bool:
+        """True when the tenant may start another request beside the one in flight: it is
+        healthy (not paused, no retry pending, not waiting out a backoff), a full batch
+        waits behind the one in flight, and no other tenant waits for a sender. Only then
+        are two of its batches sent at once, and only then may they arrive in either
+        order; a failed one is sent again alone, before anything queued after it."""
+        return (
+            0 < state.in_flight < self.max_in_flight
+            and state.paused is None
+            and state.retries == 0
+            and state.not_before <= now
+            and self.spool.backlog(state.name) >= self.full_at
+            and not any(name != state.name for name in self._ready)
+        )
+
+    def _overlap(self, state: _Tenant, now: float) -> None:
+        """Offer a second request slot of ``state`` to the other senders, if allowed."""
+        if not state.scheduled and self._may_overlap(state, now):
+            self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
     def notify_put(self, tenants: Sequence[str], mean_size: float = 0.0) -> None:
         """Tell the senders that ``tenants`` have new messages (of ``mean_size`` bytes)."""
@@ -153,7 +196,10 @@ class Dispatcher:
         with self.cv:
             for tenant in tenants:
                 state = self._state(tenant)
-                if state.in_flight or state.paused is not None:
+                if state.paused is not None:
+                    continue
+                if state.in_flight:
+                    self._overlap(state, now)
                     continue
                 full = self.spool.backlog(tenant) >= self.full_at
                 if state.scheduled and not full:
@@ -197,10 +243,13 @@ class Dispatcher:
                         self._ready.append(name)
                 while self._ready:
                     state = self._tenants[self._ready.popleft()]
-                    if state.scheduled and not state.in_flight:
-                        state.scheduled = False
-                        state.in_flight = True
-                        return state
+                    if not state.scheduled:
+                        continue
+                    state.scheduled = False
+                    if state.in_flight and not self._may_overlap(state, now):
+                        continue  # its request in flight reschedules it when done
+                    state.in_flight += 1
+                    return state
                 if self._stopping:
                     return None
                 timeout = self._timers[0][0] - now if self._timers else None
@@ -250,65 +299,97 @@ class Dispatcher:
         if key is None:
             self._pause(state, "no write key configured", None)
             return
+        tag = fingerprint(key)
         if state.paused is not None:
-            if fingerprint(key) == state.paused_key:
+            if tag == state.paused_key:
                 self._finish(state, delay=self.paused_recheck)
                 return
             self._resume_with_new_key(state)
+        if not self._take_token(state, tag):
+            self._finish(state)  # another tenant with this key took it: wait for the next
+            return
         lease = self.spool.lease(
             state.name, self.batch.max_messages, self.batch.max_bytes - envelope_overhead(key)
         )
         if lease is None:
+            self._refund_token(state)
             self._finish(state)
             return
-        self._take_token(state)
+        now = time.monotonic()
+        with self.cv:
+            seen, retries = state.failures, state.retries
+            if self.max_in_flight > 1:
+                self._overlap(state, now)
         response = self.transport.post(
-            self.endpoint, key, [m.body for m in lease.messages], retry_count=state.retries
+            self.endpoint, key, [m.body for m in lease.messages], retry_count=retries
         )
         self.counters.request()
         outcome = response.outcome
         if outcome is Outcome.DELIVERED:
             self._delivered(lease, lease.messages)
-            self._reset_backoff(state)
+            self._reset_backoff(state, seen)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
             self.spool.release(lease, lease.messages)
-            self._pause(state, f"write key refused ({response.status})", key)
+            self._pause(state, f"write key refused ({response.status})", tag)
         elif outcome is Outcome.REJECTED:
             self._bisect(lease, lease.messages, key, response.status, response.error)
-            self._reset_backoff(state)
+            self._reset_backoff(state, seen)
             self._finish(state)
         else:
-            self._retry_later(state, lease, response)
+            self._retry_later(state, lease, response, seen)
 
-    def _take_token(self, state: _Tenant) -> None:
-        if self.rate:
-            now = time.monotonic()
+    def _take_token(self, state: _Tenant, tag: str) -> bool:
+        """Take a request token from the bucket of the key fingerprinted ``tag``; False
+        (nothing taken) when that bucket is empty."""
+        if not self.rate:
+            return True
+        now = time.monotonic()
+        with self.cv:
+            bucket = self._buckets.get(tag)
+            if bucket is None:
+                bucket = self._buckets[tag] = _Bucket()
+            state.bucket = bucket
+            tokens = self._tokens(bucket, now)
+            if tokens < 1.0:
+                return False
+            bucket.tokens = tokens - 1.0
+            bucket.refilled = now
+            return True
+
+    def _refund_token(self, state: _Tenant) -> None:
+        """Give back the token of a turn that found nothing to send."""
+        if self.rate and state.bucket is not None:
             with self.cv:
-                tokens = min(self.burst, state.tokens + (now - state.refilled) * self.rate)
-                state.tokens = tokens - 1.0
-                state.refilled = now
+                state.bucket.tokens = min(self.burst, state.bucket.tokens + 1.0)
+
+    def _reset_backoff(self, state: _Tenant, seen: int | None = None) -> None:
+        """Clear the backoff after a settled request, unless a request sent beside it
+        failed meanwhile (``seen`` is the failure count when it was sent)."""
+        with self.cv:
+            if seen is None or seen == state.failures:
+                self._clear_backoff(state)
 
     @staticmethod
-    def _reset_backoff(state: _Tenant) -> None:
+    def _clear_backoff(state: _Tenant) -> None:
         state.attempts = state.retries = 0
         state.backoff_spent = state.rate_limited_spent = 0.0
 
     def _unpause(self, state: _Tenant) -> None:
         """Clear a pause and its backoff (under self.cv)."""
         state.paused = state.paused_key = None
-        self._reset_backoff(state)
+        self._clear_backoff(state)
 
     def _resume_with_new_key(self, state: _Tenant) -> None:
         with self.cv:
             self._unpause(state)
         log.warning("selligent-segment: tenant %r resumed with a new write key", state.name)
 
-    def _pause(self, state: _Tenant, reason: str, key: str | None) -> None:
-        first = state.paused is None
+    def _pause(self, state: _Tenant, reason: str, tag: str | None) -> None:
         with self.cv:
+            first = state.paused is None
             state.paused = reason
-            state.paused_key = fingerprint(key) if key is not None else None
+            state.paused_key = tag
         if first:
             log.error(
                 "selligent-segment: tenant %r paused: %s; its events are kept", state.name, reason
@@ -316,23 +397,34 @@ class Dispatcher:
             self._call(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
 
-    def _retry_later(self, state: _Tenant, lease: Lease, response: Response) -> None:
+    def _retry_later(self, state: _Tenant, lease: Lease, response: Response, seen: int) -> None:
         error = response.error
-        if server_paced(response.outcome, response.retry_after):
-            assert response.retry_after is not None  # server_paced() checked it
-            delay = response.retry_after
-            state.rate_limited_spent += delay
-        else:
-            state.attempts += 1
-            delay = self.retry.next_delay(state.attempts)
-            state.backoff_spent += delay
-        state.retries += 1
-        give_up = self.retry.should_give_up(
-            state.attempts, state.backoff_spent, state.rate_limited_spent
-        )
+        with self.cv:
+            sibling_failed = state.failures != seen
+            if sibling_failed:
+                # A request sent beside this one failed first and set the tenant's backoff:
+                # this batch simply goes back to the head of the queue and follows it.
+                delay, give_up = 0.0, None
+            else:
+                state.failures += 1
+                paced = server_wait(
+                    response.outcome, response.retry_after, response.rate_limit_reset
+                )
+                if paced is not None:
+                    delay = paced
+                    state.rate_limited_spent += delay
+                else:
+                    state.attempts += 1
+                    delay = self.retry.next_delay(state.attempts)
+                    state.backoff_spent += delay
+                state.retries += 1
+                give_up = self.retry.should_give_up(
+                    state.attempts, state.backoff_spent, state.rate_limited_spent
+                )
+                if give_up is not None:
+                    self._clear_backoff(state)
         if give_up is not None:
             self._failed(lease, lease.messages, "retries_exhausted", f"{give_up}: {error}", None)
-            self._reset_backoff(state)
             self._finish(state)
             return
         self.spool.release(lease, lease.messages)
@@ -410,12 +502,15 @@ class Dispatcher:
             self.settled.notify_all()
 
     def _finish(self, state: _Tenant, delay: float = 0.0) -> None:
+        """End one turn of ``state``; with ``delay``, its next turn waits that long."""
         now = time.monotonic()
         with self.cv:
-            state.in_flight = False
+            state.in_flight = max(0, state.in_flight - 1)
             if delay:
-                state.not_before = now + delay
-            if state.paused is not None or self.spool.backlog(state.name):
+                state.not_before = max(state.not_before, now + delay)
+            if state.in_flight:  # the request still out reschedules it when done
+                self._overlap(state, now)
+            elif state.paused is not None or self.spool.backlog(state.name):
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
     @staticmethod

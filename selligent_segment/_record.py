@@ -245,13 +245,15 @@ def _properties(value: object) -> dict[str, Any]:
 
 
 _epoch_cache: tuple[int, str] = (-1, "")
+_modf = math.modf
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # the text after the seconds
 
 
 def format_epoch(seconds: float) -> str:
     """:func:`format_timestamp` of a POSIX time, with the date part cached per second."""
     global _epoch_cache
     # Round to microseconds as datetime.fromtimestamp does, then truncate to milliseconds.
-    frac, whole_f = math.modf(seconds)
+    frac, whole_f = _modf(seconds)
     whole = int(whole_f)
     micro = round(frac * 1e6)
     if micro >= 1_000_000:
@@ -262,7 +264,7 @@ def format_epoch(seconds: float) -> str:
     if whole != cached:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _epoch_cache = (whole, prefix)  # one tuple: safe to share between threads
-    return f"{prefix}.{micro // 1000:03d}Z"
+    return prefix + _MILLIS[micro // 1000]
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -283,8 +285,8 @@ def _check_fields(fields: Mapping[str, Any]) -> None:
     if "email" not in fields and "user_id" not in fields:
         raise InvalidEvent("email", "a record needs an email or a user_id (neither was given)")
     kind = fields["type"]
-    misplaced = _NOT_FOR[kind].intersection(fields)
-    if misplaced:
+    if not _NOT_FOR[kind].isdisjoint(fields):  # isdisjoint: no set built when all is well
+        misplaced = _NOT_FOR[kind].intersection(fields)
         name = next(n for n in _PROPERTY_FIELDS if n in misplaced)
         kinds = _PROPERTY_FIELDS[name] or ()
         allowed = " or ".join(sorted(k.value for k in kinds))
@@ -347,6 +349,19 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
             if value:
                 out[key] = value
             continue
+        if value.__class__ is str:  # inlined fast paths of _email and EventKind.parse
+            if key == "email" and len(value) <= _MAX_TEXT and value.isascii():
+                value = value.strip()
+                if value:
+                    if len(value) > 254 or not _EMAIL_RE.match(value):
+                        raise InvalidEvent("email", "not a plausible email address")
+                    out[key] = value
+                continue
+            if key == "type":
+                kind = _KIND_ALIASES.get(value)
+                if kind is not None:
+                    out[key] = kind
+                    continue
         validate = _VALIDATORS.get(key)
         if validate is None:
             raise InvalidEvent(str(key), "unknown field")

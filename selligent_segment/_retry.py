@@ -6,6 +6,8 @@ The rules are those the official Segment clients agree on (Python 2.4, Node 3.1,
 * never retry 400, 401, 403, 404, 413, 422 or any other 4xx;
 * obey ``Retry-After`` (seconds or an HTTP date), capped at :data:`MAX_RETRY_AFTER`; such
   server-paced waits do not use up the retry budget, they are bounded by their own total;
+* on a 429 also obey ``X-RateLimit-Reset``, which Segment sends with ``Retry-After`` (see
+  :func:`parse_rate_limit_reset`); when both are given the later one wins;
 * otherwise back off exponentially with jitter, 0.5 s doubling to a 60 s cap.
 
 Nothing here sleeps. A sender asks :meth:`RetryPolicy.next_delay` for the wait and schedules
@@ -36,8 +38,10 @@ __all__ = [
     "Outcome",
     "RetryPolicy",
     "classify",
+    "parse_rate_limit_reset",
     "parse_retry_after",
     "server_paced",
+    "server_wait",
 ]
 
 #: Upper bound (seconds) on any ``Retry-After`` we obey. A guard against an absurd header,
@@ -143,14 +147,76 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return float(min(math.ceil(delay), MAX_RETRY_AFTER))
 
 
-def server_paced(outcome: Outcome, retry_after: float | None) -> bool:
-    """True when the next wait is the server's: a retryable answer carrying a
-    ``Retry-After`` that :func:`parse_retry_after` did not discard. Such an attempt is not
-    counted against ``max_attempts``; its wait is bounded by ``max_rate_limit_duration``.
-    A 429 *without* ``Retry-After`` is not server-paced: it takes a counted backoff, as in
-    the official Python client.
+#: An ``X-RateLimit-Reset`` number at least this large is a Unix time in seconds (2001 on),
+#: not a delay: nobody asks a client to wait 31 years.
+_EPOCH_SECONDS = 1e9
+#: ... and at least this large, a Unix time in milliseconds.
+_EPOCH_MILLISECONDS = 1e12
+
+
+def parse_rate_limit_reset(value: str | None, now: float) -> float | None:
+    """Parse an ``X-RateLimit-Reset`` header into whole seconds to wait, or ``None``.
+
+    Segment sends it with ``Retry-After`` on a 429 and documents both as the number of
+    seconds after which the request may be retried, so a plain number is read as
+    delay-seconds. Other servers put a point in time there, so these are accepted too: a
+    number of at least 10**9 is a Unix time in seconds, of at least 10**12 a Unix time in
+    milliseconds, and anything else is tried as an HTTP date. ``now`` is ``time.time()``.
+
+    Guarantee: as :func:`parse_retry_after`: ``None`` or a whole number of seconds in
+    ``[1, MAX_RETRY_AFTER]``, rounded up; ``None`` for a missing, unparseable, zero or
+    past value.
     """
-    return outcome.retryable and retry_after is not None and retry_after > 0
+    if value is None:
+        return None
+    text = value.strip()
+    if _DECIMAL.fullmatch(text):
+        number = float(text)
+        if number >= _EPOCH_MILLISECONDS:
+            return _delay_until(number / 1000.0, now)
+        if number >= _EPOCH_SECONDS:
+            return _delay_until(number, now)
+    return parse_retry_after(text, now)
+
+
+def _delay_until(when: float, now: float) -> float | None:
+    delay = when - now
+    if not delay > 0:
+        return None
+    if not math.isfinite(delay):
+        return MAX_RETRY_AFTER
+    return float(min(math.ceil(delay), MAX_RETRY_AFTER))
+
+
+def server_wait(
+    outcome: Outcome, retry_after: float | None, rate_limit_reset: float | None = None
+) -> float | None:
+    """The server's wait before the next attempt, or ``None`` when it set none.
+
+    ``retry_after`` counts on any retryable answer (a 503 may carry it too);
+    ``rate_limit_reset`` (an ``X-RateLimit-Reset``) only on a 429, where Segment documents
+    it: elsewhere such headers describe a quota window, not a wait. When both apply the
+    later one wins, so we never come back before the server asked. Both are the parsed
+    values (:func:`parse_retry_after`, :func:`parse_rate_limit_reset`).
+    """
+    if not outcome.retryable:
+        return None
+    wait = retry_after if retry_after is not None and retry_after > 0 else None
+    if outcome is Outcome.RATE_LIMITED and rate_limit_reset is not None and rate_limit_reset > 0:
+        wait = rate_limit_reset if wait is None else max(wait, rate_limit_reset)
+    return wait
+
+
+def server_paced(
+    outcome: Outcome, retry_after: float | None, rate_limit_reset: float | None = None
+) -> bool:
+    """True when the next wait is the server's (:func:`server_wait` is not ``None``): a
+    retryable answer carrying a usable ``Retry-After``, or a 429 carrying a usable
+    ``X-RateLimit-Reset``. Such an attempt is not counted against ``max_attempts``; its
+    wait is bounded by ``max_rate_limit_duration``. A 429 *without* either header is not
+    server-paced: it takes a counted backoff, as in the official Python client.
+    """
+    return server_wait(outcome, retry_after, rate_limit_reset) is not None
 
 
 class _ProportionalJitter(wait_base):

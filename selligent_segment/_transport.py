@@ -36,6 +36,7 @@ save another 1.6 % of the original size.
 from __future__ import annotations
 
 import base64
+import encodings.idna
 import gzip as _gzip
 import http.client
 import json
@@ -53,7 +54,12 @@ import attrs
 import urllib3
 
 from selligent_segment._errors import SelligentSegmentError
-from selligent_segment._retry import Outcome, classify, parse_retry_after
+from selligent_segment._retry import (
+    Outcome,
+    classify,
+    parse_rate_limit_reset,
+    parse_retry_after,
+)
 from selligent_segment._version import __version__
 
 __all__ = [
@@ -94,6 +100,12 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 15.0
 
 _log = logging.getLogger("selligent_segment.transport")
+
+# urllib3 checks every host with ``str.encode("idna")``, which imports encodings.idna (and
+# stringprep) on a process's first connection. Imported lazily inside a sender thread that
+# competes for the GIL with a busy caller and the encoder, that took 150-480 ms of the
+# first request in the end-to-end benchmark; imported here it costs about 1 ms, once.
+_WARM_IMPORTS = (encodings.idna,)
 
 _PREFIX = b'{"batch":['
 _SENT_AT = b'],"sentAt":"'
@@ -179,9 +191,10 @@ def build_body(bodies: Sequence[bytes], write_key: str, sent_at: datetime) -> by
         raise ValueError("a batch needs at least one message")
     if count > MAX_BATCH_MESSAGES:
         raise BatchTooLarge("messages", count, MAX_BATCH_MESSAGES)
-    for index, item in enumerate(bodies):
-        if len(item) > MAX_MESSAGE_BYTES:
-            raise BatchTooLarge("message_bytes", len(item), MAX_MESSAGE_BYTES, index)
+    if max(map(len, bodies)) > MAX_MESSAGE_BYTES:  # one C-level pass in the common case
+        for index, item in enumerate(bodies):
+            if len(item) > MAX_MESSAGE_BYTES:
+                raise BatchTooLarge("message_bytes", len(item), MAX_MESSAGE_BYTES, index)
     body = b"".join(
         (
             _PREFIX,
@@ -234,15 +247,17 @@ class Response:
 
     ``status`` is the HTTP status, or ``None`` when no answer arrived (network error,
     timeout, dropped connection). ``retry_after`` is the parsed ``Retry-After`` in seconds
-    (capped at 300), or ``None``. ``error`` is a short key-free description of a failure
-    (Segment's ``code: message``, or the exception class and text), ``None`` on 2xx.
-    ``outcome`` is ``classify(status)`` unless given.
+    (capped at 300), or ``None``; ``rate_limit_reset`` the parsed ``X-RateLimit-Reset``,
+    likewise. ``error`` is a short key-free description of a failure (Segment's
+    ``code: message``, or the exception class and text), ``None`` on 2xx. ``outcome`` is
+    ``classify(status)`` unless given.
     """
 
     status: int | None
     retry_after: float | None = None
     error: str | None = None
     outcome: Outcome = attrs.field(default=attrs.Factory(_outcome_default, takes_self=True))
+    rate_limit_reset: float | None = attrs.field(default=None, kw_only=True)
 
 
 class Transport:
@@ -405,7 +420,8 @@ def _read_response(raw: urllib3.BaseHTTPResponse, write_key: str) -> Response:
     """Turn an urllib3 response into a :class:`Response`, returning the connection to the
     pool when the body was read whole and closing it otherwise."""
     status = raw.status
-    retry_after = parse_retry_after(raw.headers.get("Retry-After"), time.time())
+    now = time.time()
+    retry_after = parse_retry_after(raw.headers.get("Retry-After"), now)
     data = b""
     read_failure: str | None = None
     try:
@@ -427,7 +443,13 @@ def _read_response(raw: urllib3.BaseHTTPResponse, write_key: str) -> Response:
         error = f"HTTP {status} {raw.reason or ''}; body unreadable: {read_failure}"
     else:
         error = _error_text(status, raw.reason, data)
-    return Response(status=status, retry_after=retry_after, error=scrub(error, write_key))
+    reset = parse_rate_limit_reset(raw.headers.get("X-RateLimit-Reset"), now)
+    return Response(
+        status=status,
+        retry_after=retry_after,
+        error=scrub(error, write_key),
+        rate_limit_reset=reset,
+    )
 
 
 def _error_text(status: int, reason: str | None, data: bytes) -> str:

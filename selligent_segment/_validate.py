@@ -10,10 +10,17 @@ __all__ = ["check_number"]
 
 
 def check_number(
-    name: str, value: object, *, minimum: float, strict: bool = False, integer: bool = False
+    name: str,
+    value: object,
+    *,
+    minimum: float,
+    maximum: float | None = None,
+    strict: bool = False,
+    integer: bool = False,
 ) -> None:
     """Refuse bools, non-numbers, NaN, infinities, values below ``minimum`` (or equal to it
-    when ``strict``) and, with ``integer``, non-integers; the error names ``name``."""
+    when ``strict``), values above ``maximum`` (when given) and, with ``integer``,
+    non-integers; the error names ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(name, f"must be a number, got {type(value).__name__}")
     if integer and not isinstance(value, int):
@@ -24,3 +31,5 @@ def check_number(
         raise ConfigurationError(name, f"must be greater than {minimum:g}, got {value!r}")
     if not strict and value < minimum:
         raise ConfigurationError(name, f"must be at least {minimum:g}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(name, f"must be at most {maximum:g}, got {value!r}")

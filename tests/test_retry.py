@@ -17,8 +17,10 @@ from selligent_segment._retry import (
     Outcome,
     RetryPolicy,
     classify,
+    parse_rate_limit_reset,
     parse_retry_after,
     server_paced,
+    server_wait,
 )
 
 NOW = 1_700_000_000.0  # a fixed wall clock for HTTP-date tests
@@ -152,6 +154,65 @@ def test_server_paced() -> None:
     assert not server_paced(Outcome.RATE_LIMITED, None)  # counted backoff instead
     assert not server_paced(Outcome.REJECTED, 5.0)
     assert not server_paced(Outcome.DELIVERED, 5.0)
+
+
+# -- X-RateLimit-Reset ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1", 1.0),  # Segment: seconds to wait, like Retry-After
+        (" 45 ", 45.0),
+        ("2.5", 3.0),
+        ("999999999", MAX_RETRY_AFTER),  # just under 10**9: still a delay, capped
+        (str(int(NOW) + 60), 60.0),  # a Unix time in seconds
+        (f"{NOW + 29.5:.1f}", 30.0),
+        (str(int(NOW * 1000) + 12_000), 12.0),  # a Unix time in milliseconds
+        (str(int(NOW) + 86_400), MAX_RETRY_AFTER),
+        ("9" * 5000, MAX_RETRY_AFTER),
+        (formatdate(NOW + 120, usegmt=True), 120.0),  # an HTTP date
+    ],
+)
+def test_rate_limit_reset(value: str, expected: float) -> None:
+    assert parse_rate_limit_reset(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "0",
+        "-5",
+        "soon",
+        "nan",
+        "1e3",
+        str(int(NOW)),  # now: nothing to wait for
+        str(int(NOW) - 30),  # past
+        str(int(NOW * 1000) - 1),
+        formatdate(NOW - 60, usegmt=True),
+    ],
+)
+def test_rate_limit_reset_nothing_to_wait_for(value: str | None) -> None:
+    assert parse_rate_limit_reset(value, NOW) is None
+
+
+def test_server_wait_takes_x_rate_limit_reset_on_a_429_only() -> None:
+    assert server_wait(Outcome.RATE_LIMITED, None, 7.0) == 7.0
+    assert server_paced(Outcome.RATE_LIMITED, None, 7.0)
+    # Elsewhere such headers describe a quota window, not a wait.
+    assert server_wait(Outcome.RETRY, None, 7.0) is None
+    assert server_wait(Outcome.DELIVERED, None, 7.0) is None
+    assert server_wait(Outcome.REJECTED, 3.0, 7.0) is None
+    assert not server_paced(Outcome.RETRY, None, 7.0)
+
+
+def test_server_wait_takes_the_later_of_both_headers() -> None:
+    assert server_wait(Outcome.RATE_LIMITED, 2.0, 9.0) == 9.0
+    assert server_wait(Outcome.RATE_LIMITED, 20.0, 9.0) == 20.0
+    assert server_wait(Outcome.RETRY, 20.0, 90.0) == 20.0  # a 503: Retry-After only
+    assert server_wait(Outcome.RATE_LIMITED, None, None) is None
 
 
 # -- RetryPolicy: a value -------------------------------------------------------------------

@@ -476,6 +476,46 @@ def test_no_or_bad_retry_after(segment: Segment, transport: Transport) -> None:
     ]
 
 
+# -- X-RateLimit-Reset ----------------------------------------------------------------------
+
+
+def test_rate_limit_reset_seconds_and_points_in_time(
+    segment: Segment, transport: Transport
+) -> None:
+    segment.script(
+        Reply(429, {"X-RateLimit-Reset": "4"}),  # Segment: seconds, like Retry-After
+        Reply(429, {"X-RateLimit-Reset": str(int(time.time()) + 60)}),  # a Unix time
+        Reply(429, {"X-RateLimit-Reset": str(int(time.time() * 1000) + 30_000)}),  # in ms
+        Reply(429, {"X-RateLimit-Reset": formatdate(time.time() + 90, usegmt=True)}),
+        Reply(429, {"Retry-After": "2", "X-RateLimit-Reset": "5"}),
+    )
+    responses = [transport.post(segment.url, KEY, [message(1)]) for _ in range(5)]
+    resets = [r.rate_limit_reset or 0.0 for r in responses]
+    assert resets[0] == 4.0
+    assert 58.0 <= resets[1] <= 61.0
+    assert 28.0 <= resets[2] <= 31.0
+    assert 88.0 <= resets[3] <= 91.0
+    assert (responses[4].retry_after, responses[4].rate_limit_reset) == (2.0, 5.0)
+    assert all(r.retry_after is None for r in responses[:4])
+
+
+def test_no_or_bad_rate_limit_reset(segment: Segment, transport: Transport) -> None:
+    segment.script(
+        Reply(429),
+        Reply(429, {"X-RateLimit-Reset": "later"}),
+        Reply(429, {"X-RateLimit-Reset": "0"}),
+        Reply(429, {"X-RateLimit-Reset": str(int(time.time()) - 10)}),  # already past
+    )
+    resets = [transport.post(segment.url, KEY, [message(1)]).rate_limit_reset for _ in range(4)]
+    assert resets == [None, None, None, None]
+
+
+def test_rate_limit_reset_is_ignored_on_success(segment: Segment, transport: Transport) -> None:
+    # Servers that send it on every answer mean a quota window there, not a wait.
+    segment.script(Reply(200, {"X-RateLimit-Reset": "30"}))
+    assert transport.post(segment.url, KEY, [message(1)]) == Response(status=200)
+
+
 # -- network failures never raise -----------------------------------------------------------
 
 
