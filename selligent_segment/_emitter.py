@@ -106,7 +106,7 @@ class Emitter:
     * ``batch``: a :class:`BatchPolicy`; ``retry``: a :class:`RetryPolicy` (default
       ``RetryPolicy()`` in memory, :data:`DURABLE_RETRY` with a spool file).
     * ``threads``: sender threads shared by all tenants (2).
-    * ``max_requests_per_second``: per-tenant request-rate cap (50; 0 = none).
+    * ``max_requests_per_second``: request-rate cap per write key (50; 0 = none).
     * ``timeout``: HTTP read timeout in seconds (15).
     * ``on_failure(DeliveryFailure)``: events permanently not delivered.
     * ``on_pause(tenant, reason)``: a tenant's key was refused or is missing; its events
