@@ -760,44 +760,29 @@ def parent_main(args: argparse.Namespace) -> int:
         f"{load_end[0]:.2f} at end."
     )
     notes = problems(res, rows, sizes)
-    if notes:
-        print("\nProblems:")
-        for note in notes:
-            print(f"- {note}")
-    if args.json:
-        payload = {
-            "mode": mode,
-            "sizes": sizes,
-            "faults": FAULTS,
-            "machine": info,
-            "load_average": {"start": load_start, "end": load_end},
-            "total_s": round(total, 1),
-            "rows": rows,
-            "problems": notes,
-            "results": res,
-        }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"raw results written to {args.json}")
-    if args.check and notes:
-        return 1
-    return 0
+    payload = {
+        "mode": mode,
+        "sizes": sizes,
+        "faults": FAULTS,
+        "machine": info,
+        "load_average": {"start": load_start, "end": load_end},
+        "total_s": round(total, 1),
+        "rows": rows,
+        "problems": notes,
+        "results": res,
+    }
+    return base.finish(args, notes, payload)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.durable",
-        description="The durable spool against segment-analytics-python 2.4, side by side.",
-    )
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--json", metavar="FILE", help="write the raw results to FILE")
-    parser.add_argument("--only", metavar="LIST", help=f"comma list of {', '.join(SCENARIOS)}")
-    parser.add_argument(
-        "--check", action="store_true", help="exit 1 when a target is missed or a run failed"
+    parser = base.make_parser(
+        "python -m benchmarks.durable",
+        "The durable spool against segment-analytics-python 2.4, side by side.",
+        SCENARIOS,
     )
     parser.add_argument(
         "--tmpdir", metavar="DIR", help="where the spool files go (default: the system's temp)"
     )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child)

@@ -46,7 +46,7 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1067,21 +1067,26 @@ def parent_main(args: argparse.Namespace) -> int:
     print()
     print(f"Total wall time {total:.0f} s.")
     notes = problems(res, rows)
+    payload = {
+        "mode": mode,
+        "sizes": sizes,
+        "faults": FAULTS,
+        "machine": info,
+        "total_s": round(total, 1),
+        "rows": rows,
+        "problems": notes,
+        "results": {k: v for k, v in res.items() if not k.startswith("_")},
+    }
+    return finish(args, notes, payload)
+
+
+def finish(args: argparse.Namespace, notes: list[str], payload: dict[str, Any]) -> int:
+    """Print the problems, write ``payload`` to ``--json``; the exit status (``--check``)."""
     if notes:
         print("\nProblems:")
         for note in notes:
             print(f"- {note}")
     if args.json:
-        payload = {
-            "mode": mode,
-            "sizes": sizes,
-            "faults": FAULTS,
-            "machine": info,
-            "total_s": round(total, 1),
-            "rows": rows,
-            "problems": notes,
-            "results": {k: v for k, v in res.items() if not k.startswith("_")},
-        }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"raw results written to {args.json}")
     if args.check and notes:
@@ -1089,18 +1094,25 @@ def parent_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run",
-        description="selligent-segment vs segment-analytics-python 2.4, side by side.",
-    )
+def make_parser(prog: str, description: str, scenarios: Sequence[str]) -> argparse.ArgumentParser:
+    """The options every benchmark command shares: --quick, --json, --only, --check."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--json", metavar="FILE", help="write the raw results to FILE")
-    parser.add_argument("--only", metavar="LIST", help=f"comma list of {', '.join(SCENARIOS)}")
+    parser.add_argument("--only", metavar="LIST", help=f"comma list of {', '.join(scenarios)}")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 when a target is missed or a run failed"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(
+        "python -m benchmarks.run",
+        "selligent-segment vs segment-analytics-python 2.4, side by side.",
+        SCENARIOS,
+    )
     args = parser.parse_args(argv)
     if args.child:
         child_main(args.child)
