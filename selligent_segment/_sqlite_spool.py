@@ -131,6 +131,9 @@ class SqliteSpool:
         dead: Sequence[DeadMessage] = (),
     ) -> None:
         now = time.time()
+        # A retired journal ingested to its end needs no offset any more: it goes.
+        finished = [name for name, off in marks if self._journal.finished(name, off)]
+        going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
             with transaction(self._db) as db:
                 self._insert(db, messages, now)
@@ -138,16 +141,13 @@ class SqliteSpool:
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset",
-                    marks,
+                    going,
                 )
+                db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
             self._used = self._measure()
             counts = Counter(m.tenant for m in messages)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
-            finished = [name for name, off in marks if self._journal.finished(name, off)]
-            if finished:
-                with transaction(self._db) as db:
-                    db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
         for name in finished:
             self._journal.delete(name)
 
