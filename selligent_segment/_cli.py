@@ -30,6 +30,7 @@ from selligent_segment._cli_base import (
     add_delivery_options,
     add_spool_option,
     emitter_from_args,
+    err,
 )
 from selligent_segment._cli_spool import DEAD_LETTERS, DEMO, FLUSH, SPOOL
 from selligent_segment._emitter import Emitter
@@ -151,10 +152,6 @@ def _configure_send(send: argparse.ArgumentParser) -> None:
     )
     add_spool_option(send)
     add_delivery_options(send)
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _open_inputs(paths: Sequence[str], fmt: Format | None) -> list[Input]:
@@ -355,16 +352,16 @@ class _Send:
                     emitter.close(0)
                 raise
         except UsageError as exc:
-            _err(f"{PROG}: send: {exc}")
+            err(f"{PROG}: send: {exc}")
             return EXIT_USAGE
         except HeaderError as exc:
-            _err(str(exc))
+            err(str(exc))
             return EXIT_USAGE
         except OSError as exc:
-            _err(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            err(f"{exc.filename}: cannot read: {exc.strerror or exc}")
             return EXIT_USAGE
         except KeyboardInterrupt:
-            _err(f"{PROG}: interrupted before anything was sent")
+            err(f"{PROG}: interrupted before anything was sent")
             return EXIT_INTERRUPTED
         try:
             if emitter is None:
@@ -419,7 +416,7 @@ class _Send:
         stats = emitter.stats()
         undelivered = self._summary_of_delivery(sink, stats, failed)
         if stopped == EXIT_INTERRUPTED:
-            _err(
+            err(
                 f"{PROG}: re-run the same command to resume: events already delivered "
                 "keep their messageId and are dropped by Segment as duplicates"
             )
@@ -450,12 +447,12 @@ class _Send:
         if self.args.quiet:
             return
         files = len(self.inputs)
-        _err(
+        err(
             f"{PROG}: read {self.read:,} records from {files} input{'s' if files != 1 else ''}"
             f": {self.valid:,} valid, {self.invalid:,} invalid"
         )
         if self.rejects is not None and self.rejects.count:
-            _err(
+            err(
                 f"{PROG}: {self.rejects.count:,} invalid records written to "
                 f"{self.rejects.path}, their reasons to {self.rejects.reasons_path}"
             )
@@ -465,19 +462,19 @@ class _Send:
         refused = sum(sink.not_accepted.values())
         undelivered = stats.accepted - stats.delivered + refused
         if not self.args.quiet:
-            _err(
+            err(
                 f"{PROG}: {sink.emitted:,} events accepted, {stats.delivered:,} delivered, "
                 f"{undelivered:,} not delivered"
             )
             tenants = sorted(set(stats.tenants) | set(sink.not_accepted))
             if tenants:
-                _err(_tenant_table(tenants, stats, sink.not_accepted))
+                err(_tenant_table(tenants, stats, sink.not_accepted))
         if undelivered:
             queued = {t for t, n in _queued(stats).items() if n}
             for tenant in sorted(failed | queued | set(sink.not_accepted)):
                 detail = stats.tenants.get(tenant)
                 why = _why(detail, sink.not_accepted.get(tenant, 0))
-                _err(f"{PROG}: tenant {tenant!r}: {why}")
+                err(f"{PROG}: tenant {tenant!r}: {why}")
         return undelivered
 
 

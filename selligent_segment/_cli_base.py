@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 
 import attrs
@@ -37,6 +38,11 @@ class Command:
     epilog: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+
+
+def err(text: str) -> None:
+    """Print ``text`` on stderr (where every message of the commands goes)."""
+    print(text, file=sys.stderr)
 
 
 class UsageError(Exception):

@@ -19,16 +19,13 @@ from selligent_segment._cli_base import (
     add_delivery_options,
     add_spool_option,
     emitter_from_args,
+    err,
 )
 from selligent_segment._errors import SelligentSegmentError, SpoolError
 from selligent_segment._naming import EventNaming
 from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus
 
 __all__ = ["DEAD_LETTERS", "DEMO", "FLUSH", "SPOOL"]
-
-
-def _err(text: str) -> None:
-    print(text, file=sys.stderr)
 
 
 def _json(obj: object) -> None:
@@ -67,7 +64,7 @@ def _run_flush(args: argparse.Namespace) -> int:
         _open(args).close()  # refuse a missing file: flush never creates one
         emitter = emitter_from_args(args, EventNaming(profile=args.profile), set())
     except UsageError as exc:
-        _err(f"selligent-segment flush: {exc}")
+        err(f"selligent-segment flush: {exc}")
         return EXIT_USAGE
     deadline = time.monotonic() + args.timeout
     done = False
@@ -79,19 +76,19 @@ def _run_flush(args: argparse.Namespace) -> int:
             if queued and all(stats.tenants[t].paused for t in queued):
                 break  # only paused tenants are left: waiting will not help
     except KeyboardInterrupt:
-        _err("selligent-segment flush: interrupted; what is left stays in the spool")
+        err("selligent-segment flush: interrupted; what is left stays in the spool")
     stats = emitter.stats()
     emitter.close(1.0)
     with _open(args) as spool:
         status = spool.status()
     # Dead letters are kept and listed, but not deliverable: only what is queued counts.
     left = [t for t in status.tenants if t.queued]
-    _err(f"delivered {stats.delivered} events; {status.queued} left in {status.path}")
+    err(f"delivered {stats.delivered} events; {status.queued} left in {status.path}")
     for t in left:
         why = f" ({t.paused})" if t.paused else ""
-        _err(f"  tenant {t.tenant!r}: {t.queued} events not delivered{why}")
+        err(f"  tenant {t.tenant!r}: {t.queued} events not delivered{why}")
     if status.dead_letters:
-        _err(
+        err(
             f"{status.dead_letters} dead letters kept; see: selligent-segment dead-letters "
             f"list --spool {status.path}"
         )
@@ -162,7 +159,7 @@ def _run_spool(args: argparse.Namespace) -> int:
         with _open(args) as spool:
             status = spool.status()
     except (UsageError, SpoolError) as exc:
-        _err(f"selligent-segment spool status: {exc}")
+        err(f"selligent-segment spool status: {exc}")
         return EXIT_USAGE
     if args.json:
         _json(status.to_dict())
@@ -255,7 +252,7 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
             act = spool.requeue if args.action == "requeue" else spool.purge
             count = act(**filters)
     except (UsageError, SelligentSegmentError) as exc:
-        _err(f"selligent-segment dead-letters {args.action}: {exc}")
+        err(f"selligent-segment dead-letters {args.action}: {exc}")
         return EXIT_USAGE
     verb = "requeued" if args.action == "requeue" else "purged"
     if args.json:

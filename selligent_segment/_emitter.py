@@ -385,17 +385,23 @@ class Emitter:
             return False
         raise SpoolFull(f"{self._max_pending} events are waiting; the event was not accepted")
 
+    def _log_rarely(self, message: str, *args: object) -> bool:
+        """Log ``message`` at ERROR unless a full-spool line went out in the last
+        ``_LOG_EVERY`` seconds; True when it was logged."""
+        now = time.monotonic()
+        if now - self._last_full_log < _LOG_EVERY:
+            return False
+        log.error(message, *args)
+        self._last_full_log = now
+        return True
+
     def _log_full(self, n: int = 1) -> None:
         self._full_since_log += n
-        now = time.monotonic()
-        if now - self._last_full_log >= _LOG_EVERY:
-            log.error(
-                "selligent-segment: spool full: %d events refused since the last report "
-                "(policy %s)",
-                self._full_since_log,
-                self._on_full.value,
-            )
-            self._last_full_log = now
+        if self._log_rarely(
+            "selligent-segment: spool full: %d events refused since the last report (policy %s)",
+            self._full_since_log,
+            self._on_full.value,
+        ):
             self._full_since_log = 0
 
     # -- background work -------------------------------------------------------------
@@ -497,10 +503,9 @@ class Emitter:
             except sqlite3.Error as exc:
                 if self._stop_encoder:
                     raise  # close(): the journal stays, the next start replays it
-                now = time.monotonic()
-                if now - self._last_full_log >= _LOG_EVERY:
-                    log.error("selligent-segment: cannot write the spool file (%s); retrying", exc)
-                    self._last_full_log = now
+                self._log_rarely(
+                    "selligent-segment: cannot write the spool file (%s); retrying", exc
+                )
                 with self._dispatcher.settled:
                     self._dispatcher.settled.wait(0.5)
 
@@ -521,17 +526,13 @@ class Emitter:
             self._at_cap = True
             with self._room:
                 self._room.notify_all()
-            now = time.monotonic()
-            if now - self._last_full_log >= _LOG_EVERY:
-                log.error(
-                    "selligent-segment: the spool is at its size cap (max_spool_bytes=%d); "
-                    "accepted events wait in memory, up to max_pending=%d, then on_full=%s "
-                    "applies",
-                    self._max_spool_bytes,
-                    self._max_pending,
-                    self._on_full.value,
-                )
-                self._last_full_log = now
+            self._log_rarely(
+                "selligent-segment: the spool is at its size cap (max_spool_bytes=%d); "
+                "accepted events wait in memory, up to max_pending=%d, then on_full=%s applies",
+                self._max_spool_bytes,
+                self._max_pending,
+                self._on_full.value,
+            )
             with self._dispatcher.settled:
                 self._dispatcher.settled.wait(0.1)
         self._at_cap = False
