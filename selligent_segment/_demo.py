@@ -19,7 +19,9 @@ from typing import Any, TextIO
 
 from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._emitter import Emitter
+from selligent_segment._naming import EventNaming
 from selligent_segment._progress import Progress
+from selligent_segment._record import EventKind
 from selligent_segment._retry import RetryPolicy
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
@@ -28,22 +30,8 @@ __all__ = ["run_demo"]
 #: tenant -> recipients in its campaign
 TENANTS = {"acme": 600, "globex": 350, "initech": 150}
 OUTAGE_SECONDS = 1.5
-EVENT_NAMES = (
-    "Email Delivered",
-    "Email Opened",
-    "Email Link Clicked",
-    "Email Unsubscribed",
-    "Email Bounced",
-    "Email Marked as Spam",
-)
-_KIND_EVENT = {
-    "delivered": "Email Delivered",
-    "opened": "Email Opened",
-    "link_clicked": "Email Link Clicked",
-    "unsubscribed": "Email Unsubscribed",
-    "bounced": "Email Bounced",
-    "marked_as_spam": "Email Marked as Spam",
-}
+_NAMING = EventNaming()  # the demo's emitter uses the default profile
+EVENT_NAMES = tuple(_NAMING.name(kind) for kind in EventKind)
 
 
 def campaign(tenant: str, recipients: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -141,7 +129,7 @@ def _emit_all(
         for tenant, queue in queues.items():  # the tenants' hooks fire interleaved
             for record in queue[:50]:
                 emitter.emit(record)
-                emitted[tenant, _KIND_EVENT[record["type"]]] += 1
+                emitted[tenant, _NAMING.name(EventKind(record["type"]))] += 1
             done += len(queue[:50])
             del queue[:50]
         if progress.due():
