@@ -227,7 +227,7 @@ def child_per_call(cfg: dict[str, Any]) -> dict[str, Any]:
             r.update(
                 timed_pass(emitter.emit, [base.record(first + i) for i in range(total)], warm, n)
             )
-            r["inbox_after_calls"] = len(emitter._inbox)
+            r["inbox_after_calls"] = emitter._pending()
             r["delivered_in_time"] = bool(emitter.flush(timeout=60.0))
             r["lib_stats"] = base.ours_stats(emitter)
             r.update(base.ours_close(emitter))
@@ -286,7 +286,7 @@ def durable_bulk_rate(cfg: dict[str, Any], first: int, n: int, warm: int) -> dic
         t1 = time.perf_counter()
         out["caller_cpu_s"] = round(time.thread_time() - thread0, 4)
         out["process_cpu_s_call"] = round(time.process_time() - cpu0, 4)
-        out["inbox_at_return"] = len(emitter._inbox)
+        out["inbox_at_return"] = emitter._pending()
         out["all_ingested"] = wait_ingested(emitter, time.monotonic() + 120.0)
         t2 = time.perf_counter()
         out["process_cpu_s_ingest"] = round(time.process_time() - cpu0, 4)
@@ -386,7 +386,7 @@ def child_backlog(cfg: dict[str, Any]) -> dict[str, Any]:
         for start in range(0, n, chunk):
             result = emitter.emit_many(records(start, min(n, start + chunk)))
             refused += len(result.refused)
-            inbox_peak = max(inbox_peak, len(emitter._inbox))
+            inbox_peak = max(inbox_peak, emitter._pending())
             if paced:
                 while emitter._inbox:
                     time.sleep(0.001)

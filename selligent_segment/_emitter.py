@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import itertools
 import logging
 import os
 import sqlite3
@@ -31,16 +30,16 @@ from selligent_segment._errors import (
     SpoolFull,
     UnknownTenant,
 )
-from selligent_segment._journal import Mark, frame
+from selligent_segment._journal import Mark, frame, unframe
 from selligent_segment._keys import KeyResolver, WriteKeys
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._memory_spool import MemorySpool
 from selligent_segment._naming import EventNaming
-from selligent_segment._record import CallbackRecord, EventKind, normalize
+from selligent_segment._record import CallbackRecord, EventKind, normalize, revive
 from selligent_segment._retry import RetryPolicy
 from selligent_segment._spool import OnFull
 from selligent_segment._spool_db import spool_path
-from selligent_segment._sqlite_spool import DeadMessage, SqliteSpool
+from selligent_segment._sqlite_spool import DeadMessage, JournalRecord, SqliteSpool
 from selligent_segment._stats import Counters, Stats
 from selligent_segment._transport import Transport
 from selligent_segment._validate import check_number
@@ -51,6 +50,10 @@ log = logging.getLogger("selligent_segment")
 
 _UTC = timezone.utc
 _ENCODE_CHUNK = 512
+_INGEST_CHUNK = 4096
+# A record this small always maps to a message under 32 KB (a message holds the record's
+# fields, the email twice, up to 1.5x longer once lower-cased, and under 4 KB of more).
+_CHECK_SIZE_ABOVE = 8 * 1024
 _LOG_EVERY = 10.0
 _MAINTAIN_EVERY = 1.0
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
@@ -59,7 +62,10 @@ _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 #: becomes a dead letter, kept and requeueable); in memory the default policy applies.
 DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)
 
-_Entry = tuple[dict[str, Any], str, "float | None", "Mark | None"]
+#: What the encoder takes from the inbox. In memory: one record, (fields, tenant, emit
+#: time, None). With a spool file: one journal write, (its frames, the (tenant, kind) of
+#: each, the mark after it); the encoder moves the records into the file as they are.
+_Entry = tuple[Any, Any, Any, "Mark | None"]
 
 
 @attrs.frozen
@@ -94,12 +100,13 @@ class Emitter:
       Either is bounded by ``max_spool_bytes`` (256 MiB; for a file, its used pages).
     * ``fsync``: durable spool only: also survive power loss, at the cost of an
       ``fdatasync`` per ``emit`` (False).
-    * ``max_pending``: records accepted but not yet encoded into the spool (100,000 in
-      memory; 20,000 with a spool file, where they are journaled already and this only
-      bounds memory); when it is reached ``on_full`` applies: ``"raise"`` SpoolFull
-      (default), ``"block"`` up to ``block_timeout`` seconds then SpoolFull,
-      ``"drop_newest"``. With a spool file, ``emit_many`` instead waits for the encoder
-      unless the file is at ``max_spool_bytes``.
+    * ``max_pending``: records accepted but not yet moved into the spool by the
+      background encoder (100,000; with a spool file they are journaled already, at
+      about 0.25 KB of memory each, and this only bounds memory); when it is reached
+      ``on_full`` applies: ``"raise"`` SpoolFull (default), ``"block"`` up to
+      ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``. With a spool file,
+      ``emit_many`` instead waits for the encoder unless the file is at
+      ``max_spool_bytes``.
     * ``naming``: an :class:`EventNaming` (profile and overrides). Processes sharing
       a spool file must use the same naming: a dead process's journal is replayed with
       the naming of the process that finds it.
@@ -125,7 +132,7 @@ class Emitter:
         spool: str | os.PathLike[str] = "memory",
         fsync: bool = False,
         max_spool_bytes: int = 256 * 1024 * 1024,
-        max_pending: int | None = None,
+        max_pending: int = 100_000,
         on_full: str | OnFull = OnFull.RAISE,
         block_timeout: float = 1.0,
         naming: EventNaming | None = None,
@@ -144,8 +151,6 @@ class Emitter:
         if not isinstance(fsync, bool):
             raise ConfigurationError("fsync", "must be True or False")
         self._fsync = fsync
-        if max_pending is None:
-            max_pending = 100_000 if spool == "memory" else 20_000
         check_number("max_pending", max_pending, minimum=1, integer=True)
         check_number("block_timeout", block_timeout, minimum=0)
         check_number("threads", threads, minimum=1, integer=True)
@@ -182,6 +187,10 @@ class Emitter:
         self._started = False
         self._start_lock = threading.Lock()
         self._inbox: deque[_Entry] = deque()
+        # With a spool file: records journaled (under _accept_lock) and moved into the
+        # file (by the encoder); the difference is what waits in the inbox.
+        self._journaled = 0
+        self._ingested = 0
         self._accept_lock = threading.Lock()
         self._wake = threading.Event()
         self._room = threading.Condition(threading.Lock())
@@ -239,16 +248,18 @@ class Emitter:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
         inbox = self._inbox
-        if len(inbox) >= self._max_pending and not self._wait_for_room(tenant):
+        if self._pending() >= self._max_pending and not self._wait_for_room(tenant):
             return False
         now = None if "timestamp" in fields else time.time()
         durable = self._durable
         if durable is None:
             inbox.append((fields, tenant, now, None))
         else:
-            payload = orjson.dumps((tenant, now, fields))
+            data = frame(orjson.dumps((tenant, now, fields)))
+            meta = ((tenant, fields["type"]._value_),)
             with self._accept_lock:  # journal order = inbox order
-                inbox.append((fields, tenant, now, durable.accept((payload,))))
+                inbox.append((data, meta, None, durable.accept_frames(data)))
+                self._journaled += 1
         if self._encoder_idle:
             self._wake.set()
         if not self._started:
@@ -298,7 +309,7 @@ class Emitter:
         refused: list[tuple[int, SelligentSegmentError]],
         accepted_before: int,
     ) -> int:
-        if len(self._inbox) >= self._max_pending and not self._wait_for_ingest():
+        if self._pending() >= self._max_pending and not self._wait_for_ingest():
             try:
                 room = self._wait_for_room(chunk[0][2], len(chunk))
             except SpoolFull as exc:
@@ -315,15 +326,11 @@ class Emitter:
             self._inbox.extend((f, t, n, None) for f, t, n in entries)
         else:
             # Framed one by one: orjson's results keep a 4 KiB buffer each until freed.
-            frames = [frame(orjson.dumps((t, n, f))) for f, t, n in entries]
+            data = b"".join([frame(orjson.dumps((t, n, f))) for f, t, n in entries])
+            meta = [(t, f["type"]._value_) for f, t, _ in entries]
             with self._accept_lock:
-                name, end = durable.accept_frames(b"".join(frames))
-                # Each entry carries the journal offset just past its own frame.
-                ends = list(itertools.accumulate(len(fr) for fr in frames))
-                start = end - ends[-1]
-                self._inbox.extend(
-                    (f, t, n, (name, start + e)) for (f, t, n), e in zip(entries, ends, strict=True)
-                )
+                self._inbox.append((data, meta, None, durable.accept_frames(data)))
+                self._journaled += len(meta)
         if self._encoder_idle:
             self._wake.set()
         if not self._started:
@@ -358,6 +365,12 @@ class Emitter:
         """``emit`` an ``Email Marked as Spam`` record given as keyword fields."""
         return self._emit_kind(EventKind.MARKED_AS_SPAM, fields)
 
+    def _pending(self) -> int:
+        """Accepted records the encoder has not moved into the spool yet."""
+        if self._durable is None:
+            return len(self._inbox)
+        return self._journaled - self._ingested
+
     def _wait_for_ingest(self) -> bool:
         """With a durable spool, wait while the encoder is moving records into the file
         (a bulk hand-over goes at the spool's pace); False when the spool is at its cap,
@@ -365,7 +378,7 @@ class Emitter:
         if self._durable is None:
             return False
         with self._room:
-            while len(self._inbox) >= self._max_pending:
+            while self._pending() >= self._max_pending:
                 if self._at_cap or self._closed:
                     return False
                 self._room.wait(0.5)
@@ -375,7 +388,7 @@ class Emitter:
         if self._on_full is OnFull.BLOCK:
             with self._room:
                 if self._room.wait_for(
-                    lambda: len(self._inbox) < self._max_pending, self._block_timeout
+                    lambda: self._pending() < self._max_pending, self._block_timeout
                 ):
                     return True
         self._counters.refuse("spool_full", n)
@@ -434,7 +447,10 @@ class Emitter:
                 self._encoder_idle = False
                 continue
             try:
-                self._encode_some(inbox)
+                if self._durable is None:
+                    self._encode_some(inbox)
+                else:
+                    self._ingest_some(self._durable, inbox)
             except Exception:  # a bug must not stop acceptance
                 log.exception("selligent-segment: encoder error")
 
@@ -449,29 +465,29 @@ class Emitter:
         if tenants:
             self._dispatcher.notify_put(tenants)
 
-    def _decode_journaled(self, payload: bytes) -> EncodedMessage:
-        """A journal record (tenant, emit time, fields) back into its message."""
+    def _decode_journaled(self, payload: bytes | memoryview) -> EncodedMessage:
+        """A journal record (tenant, emit time, fields) as its message; InvalidEvent when
+        it is unreadable or its message is over 32 KB."""
         try:
             tenant, now, raw = orjson.loads(payload)
-        except (ValueError, TypeError):
-            raise InvalidEvent("record", "not a journal record") from None
-        return encode_fields(normalize(raw), tenant, self._naming, now)
+            return encode_fields(revive(raw), tenant, self._naming, now)
+        except InvalidEvent:
+            raise
+        except Exception:  # a damaged record: whatever it breaks, it is not a message
+            raise InvalidEvent("record", "unreadable journal record") from None
 
     def _encode_some(self, inbox: deque[_Entry]) -> None:
+        """In memory: map and serialise up to a chunk of records into the spool."""
         messages: list[EncodedMessage] = []
         accepted: Counter[str] = Counter()
-        marks: dict[str, int] = {}
-        dead: list[DeadMessage] = []
         nbytes = 0
         while inbox and len(messages) < _ENCODE_CHUNK:
-            fields, tenant, now, mark = inbox.popleft()
+            fields, tenant, now, _ = inbox.popleft()
             accepted[tenant] += 1
-            if mark is not None:
-                marks[mark[0]] = mark[1]
             try:
                 message = encode_fields(fields, tenant, self._naming, now)
             except InvalidEvent as exc:
-                self._too_large(fields, tenant, exc, dead)
+                self._too_large(tenant, fields["type"].value, orjson.dumps(fields), exc)
                 continue
             messages.append(message)
             nbytes += len(message.body)
@@ -479,18 +495,49 @@ class Emitter:
         with self._room:
             self._room.notify_all()
         self._wait_for_spool_room(nbytes)
-        if self._durable is not None:
-            self._ingest(self._durable, messages, list(marks.items()), dead)
-        else:
-            self._spool.put_many(messages)
+        self._spool.put_many(messages)
         if messages:
             tenants = list({m.tenant: None for m in messages})
             self._dispatcher.notify_put(tenants, nbytes / len(messages))
 
+    def _ingest_some(self, spool: SqliteSpool, inbox: deque[_Entry]) -> None:
+        """With a spool file: move journal records, as they are, into the file in one
+        transaction of up to ``_INGEST_CHUNK``; they are encoded when leased."""
+        records: list[JournalRecord] = []
+        dead: list[DeadMessage] = []
+        marks: dict[str, int] = {}
+        accepted: Counter[str] = Counter()
+        nbytes = 0
+        while inbox and len(records) < _INGEST_CHUNK:
+            data, meta, _, mark = inbox.popleft()
+            assert mark is not None
+            marks[mark[0]] = mark[1]
+            nbytes += len(data)
+            for (tenant, kind), payload in zip(meta, unframe(data), strict=True):
+                accepted[tenant] += 1
+                if len(payload) > _CHECK_SIZE_ABOVE:  # small records always fit in 32 KB
+                    try:
+                        self._decode_journaled(payload)
+                    except InvalidEvent as exc:
+                        dead.append(self._too_large(tenant, kind, bytes(payload), exc))
+                        continue
+                records.append((tenant, kind, payload))
+        n = sum(accepted.values())
+        self._counters.add_many("accepted", accepted)
+        self._wait_for_spool_room(nbytes)
+        self._ingest(spool, records, list(marks.items()), dead)
+        self._ingested += n
+        with self._room:
+            self._room.notify_all()
+        if records:
+            tenants = list({r[0]: None for r in records})
+            # A message is about twice its record: the email goes in twice, plus context.
+            self._dispatcher.notify_put(tenants, 2 * nbytes / n)
+
     def _ingest(
         self,
         spool: SqliteSpool,
-        messages: list[EncodedMessage],
+        records: list[JournalRecord],
         marks: list[Mark],
         dead: list[DeadMessage],
     ) -> None:
@@ -498,7 +545,7 @@ class Emitter:
         trying: meanwhile ``emit`` fills ``max_pending`` and then ``on_full`` applies."""
         while True:
             try:
-                spool.put_many(messages, marks, dead)
+                spool.put_many((), marks, dead, records)
                 return
             except sqlite3.Error as exc:
                 if self._stop_encoder:
@@ -509,16 +556,12 @@ class Emitter:
                 with self._dispatcher.settled:
                     self._dispatcher.settled.wait(0.5)
 
-    def _too_large(
-        self, fields: dict[str, Any], tenant: str, exc: InvalidEvent, dead: list[DeadMessage]
-    ) -> None:
+    def _too_large(self, tenant: str, kind: str, record: bytes, exc: InvalidEvent) -> DeadMessage:
+        """Count and report an event whose message is over 32 KB; its dead letter."""
         self._counters.add_reason("rejected", tenant, "too_large")
         log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
-        if self._durable is not None:
-            body = orjson.dumps(fields)
-            kind = fields["type"].value
-            dead.append(DeadMessage(tenant, "", kind, body, f"too_large: {exc}"))
         self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
+        return DeadMessage(tenant, "", kind, record, f"too_large: {exc}")
 
     def _wait_for_spool_room(self, nbytes: int) -> None:
         """Hold the encoder (not ``emit``) while the spool is at its size cap."""
@@ -605,7 +648,7 @@ class Emitter:
         ingested = True
         try:
             while self._inbox:
-                self._encode_some(self._inbox)
+                self._ingest_some(spool, self._inbox)
             left = spool.stats().messages
         except Exception:
             log.exception("selligent-segment: could not move accepted events into the spool")
@@ -667,8 +710,12 @@ class Emitter:
         by reason, refused, queued; totals and per tenant."""
         gone = self._durable is not None and self._closed_result is not None
         queued = {} if gone else dict(self._spool.stats().per_tenant)
-        for _, tenant, _, _ in list(self._inbox):
-            queued[tenant] = queued.get(tenant, 0) + 1
+        for _, second, _, _ in list(self._inbox):
+            if self._durable is None:
+                queued[second] = queued.get(second, 0) + 1
+            else:
+                for tenant, _ in second:
+                    queued[tenant] = queued.get(tenant, 0) + 1
         return self._counters.snapshot(queued, self._dispatcher.paused())
 
     def thread_count(self) -> int:

@@ -3,8 +3,9 @@
 Each process appends the records it accepts to a journal file of its own, one framed
 record per event, with a single ``write(2)`` before ``emit`` returns. The data is then in
 the kernel's page cache, so it survives ``kill -9`` of the process at any instant (not a
-power cut unless ``fsync`` is on). A background thread moves the records into the SQLite
-database in group commits and records, in the same transaction, how far it got.
+power cut unless ``fsync`` is on). A background thread moves the records, as they are,
+into the SQLite database in group commits and records, in the same transaction, how far
+it got; a record becomes a Segment message only when it is leased for sending.
 
 A process is an *owner*: it holds an exclusive ``flock`` on ``<owner>.owner`` for its
 whole life. Journals are ``<owner>.<n>.journal``; a new one starts when the current one
@@ -40,6 +41,7 @@ __all__ = [
     "frame",
     "journals_of",
     "read_frames",
+    "unframe",
 ]
 
 MAGIC = b"SSJ1\n"
@@ -84,6 +86,19 @@ def _create_locked(directory: Path, final_name: str, header: bytes) -> int:
 def frame(payload: bytes) -> bytes:
     """One journal frame: length, crc32, payload."""
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def unframe(data: bytes) -> Iterator[memoryview]:
+    """The payloads of ``data``, a run of whole :func:`frame` results made in this process
+    (views into ``data``, no copies; not checked: see :func:`read_frames` for files)."""
+    view = memoryview(data)
+    unpack = _HEADER.unpack_from
+    pos, end = 0, len(data)
+    while pos < end:
+        length = unpack(data, pos)[0]
+        start = pos + _HEADER.size
+        pos = start + length
+        yield view[start:pos]
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

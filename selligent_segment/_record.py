@@ -443,3 +443,25 @@ class CallbackRecord:
 
 
 _ATTR_NAMES = tuple(name for name in _VALIDATORS if name != "type")
+
+
+def revive(raw: object) -> dict[str, Any]:
+    """The fields :func:`normalize` returned, back from their JSON form (as journaled).
+
+    Only the two typed fields are converted (``type`` and ``timestamp``): the rest was
+    validated before it was journaled. Raises InvalidEvent when ``raw`` is not such a form.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent("record", "not a journaled record")
+    name = raw.get("type")
+    kind = _KIND_ALIASES.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise InvalidEvent("type", "not a journaled record's event type")
+    raw["type"] = kind
+    moment = raw.get("timestamp")
+    if moment is not None:
+        try:
+            raw["timestamp"] = datetime.fromisoformat(moment)
+        except (TypeError, ValueError):
+            raise InvalidEvent("timestamp", "not a journaled record's timestamp") from None
+    return raw

@@ -29,10 +29,13 @@ __all__ = [
 
 #: ``PRAGMA application_id`` of a spool file: "SSgS".
 APPLICATION_ID = 0x53536753
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_SCHEMA_V1 = """
+# The current schema. A row of ``messages`` holds either a Segment message (``body`` is its
+# JSON, ``message_id`` set) or, since version 2, the journal record it was accepted as
+# (``message_id`` empty): records are encoded when they are leased for sending.
+_SCHEMA = """
 CREATE TABLE messages (
     id INTEGER PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -64,8 +67,16 @@ CREATE TABLE paused (
 );
 """
 
+
+def _to_v2(db: sqlite3.Connection) -> None:
+    """Version 2 lets a row hold a journal record (``message_id`` empty). Every row of a
+    version 1 file holds an encoded message, which version 2 reads as it is: no change.
+    The version bump itself is what matters: version 1 code refuses the file from then
+    on instead of sending journal records as if they were messages."""
+
+
 #: MIGRATIONS[n] takes a file from schema version n to n + 1 (inside one transaction).
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_v2}
 
 
 def default_spool_path() -> Path:
@@ -184,7 +195,7 @@ def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:
         app_id, version = _identity(db)  # another process may have done it meanwhile
         _refuse_foreign(db, path, app_id, version)
         if app_id == 0:
-            for statement in _SCHEMA_V1.split(";"):
+            for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")

@@ -21,8 +21,10 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
+import orjson
 
 from selligent_segment._errors import ConfigurationError, SelligentSegmentError
 from selligent_segment._journal import (
@@ -36,7 +38,7 @@ from selligent_segment._mapping import EncodedMessage
 from selligent_segment._spool import Lease, SpoolStats
 from selligent_segment._spool_db import journal_dir, open_db, transaction
 
-__all__ = ["DeadMessage", "Decoder", "SqliteSpool"]
+__all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
 log = logging.getLogger("selligent_segment")
 
@@ -61,6 +63,8 @@ class DeadMessage:
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
+#: A journal record as it goes into the file: (tenant, kind, payload).
+JournalRecord = tuple[str, str, "bytes | memoryview"]
 
 
 def _kind(kind: object) -> str:
@@ -69,6 +73,23 @@ def _kind(kind: object) -> str:
 
 def _ids(rowids: Iterable[int]) -> str:
     return json.dumps(list(rowids))
+
+
+def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[DeadMessage]]:
+    """Replayed journal payloads as rows to insert; the unreadable ones as dead letters."""
+    records: list[JournalRecord] = []
+    dead: list[DeadMessage] = []
+    for payload in payloads:
+        try:
+            tenant, _, fields = orjson.loads(payload)
+            kind = fields["type"]
+            if not isinstance(tenant, str) or not isinstance(kind, str):
+                raise TypeError
+        except (ValueError, TypeError, KeyError):
+            dead.append(DeadMessage("", "", "", payload, "unreadable journal record"))
+            continue
+        records.append((tenant, kind, payload))
+    return records, dead
 
 
 class SqliteSpool:
@@ -126,17 +147,28 @@ class SqliteSpool:
 
     def put_many(
         self,
-        messages: Sequence[EncodedMessage],
+        messages: Sequence[EncodedMessage] = (),
         marks: Sequence[Mark] = (),
         dead: Sequence[DeadMessage] = (),
+        records: Sequence[JournalRecord] = (),
     ) -> None:
+        """In one transaction: insert ``messages`` (encoded) and ``records`` (journal
+        records, encoded when leased), keep ``dead`` as dead letters, and record how far
+        each journal of ``marks`` is ingested."""
         now = time.time()
         # A retired journal ingested to its end needs no offset any more: it goes.
         finished = [name for name, off in marks if self._journal.finished(name, off)]
         going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
             with transaction(self._db) as db:
-                self._insert(db, messages, now)
+                if messages:
+                    self._insert(db, messages, now)
+                if records:
+                    db.executemany(
+                        "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "
+                        "VALUES (?, '', ?, ?, ?)",
+                        [(t, k, p, now) for t, k, p in records],
+                    )
                 self._insert_dead(db, dead, now)
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "
@@ -146,6 +178,7 @@ class SqliteSpool:
                 db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
             self._used = self._measure()
             counts = Counter(m.tenant for m in messages)
+            counts.update(r[0] for r in records)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
         for name in finished:
@@ -178,36 +211,71 @@ class SqliteSpool:
         with self._lock:
             with transaction(self._db) as db:
                 rows = db.execute(
-                    "SELECT id, message_id, kind, body FROM messages "
+                    "SELECT id, message_id, kind, body, accepted_at FROM messages "
                     "WHERE tenant = ? AND owner IS NULL ORDER BY id LIMIT ?",
                     (tenant, max_messages),
                 ).fetchall()
                 taken: list[EncodedMessage] = []
                 rowids: dict[int, int] = {}
+                dead: dict[int, DeadMessage] = {}
                 size = 0
-                for rowid, message_id, kind, body in rows:
-                    cost = len(body) + 1
+                seen = 0
+                for rowid, message_id, kind, body, _ in rows:
+                    if message_id:
+                        message = EncodedMessage(tenant, message_id, kind, body)
+                    else:  # a journal record: it becomes a message now
+                        try:
+                            message = self._decoder(body)
+                        except SelligentSegmentError as exc:
+                            dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
+                            seen += 1
+                            continue
+                    cost = len(message.body) + 1
                     if taken and size + cost > max_bytes:
                         break
-                    message = EncodedMessage(tenant, message_id, kind, body)
                     taken.append(message)
                     rowids[id(message)] = rowid
                     size += cost
+                    seen += 1
                 if taken:
                     db.execute(
                         "UPDATE messages SET owner = ? "
                         "WHERE id IN (SELECT value FROM json_each(?))",
                         (self.owner, _ids(rowids.values())),
                     )
-            if not taken or (len(rows) < max_messages and len(taken) == len(rows)):
+                if dead:
+                    self._bury(db, rows, dead)
+            if not taken or (len(rows) < max_messages and seen == len(rows)):
                 self._backlog.pop(tenant, None)  # drained, as far as we can see
             else:
-                self._backlog[tenant] = max(1, self._backlog.get(tenant, 0) - len(taken))
+                self._backlog[tenant] = max(1, self._backlog.get(tenant, 0) - seen)
             if not taken:
                 return None
             lease = Lease(tenant, tuple(taken))
             self._leases[lease.id] = rowids
             return lease
+
+    def _bury(
+        self, db: sqlite3.Connection, rows: Sequence[Any], dead: dict[int, DeadMessage]
+    ) -> None:
+        """Move journal records that cannot become messages to ``dead_letters``."""
+        accepted_at = {row[0]: row[4] for row in rows if row[0] in dead}
+        now = time.time()
+        db.executemany(
+            "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, "
+            "failed_at, reason, status) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            [
+                (d.tenant, d.message_id, d.kind, d.body, accepted_at[rowid], now, d.reason)
+                for rowid, d in dead.items()
+            ],
+        )
+        db.execute(
+            "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))", (_ids(dead),)
+        )
+        for d in dead.values():
+            log.error(
+                "selligent-segment: tenant %r: event kept as a dead letter: %s", d.tenant, d.reason
+            )
 
     def _take(self, lease: Lease, messages: Sequence[EncodedMessage]) -> list[int]:
         """Row ids of ``messages`` of ``lease``, which are settled by this call."""
@@ -250,12 +318,31 @@ class SqliteSpool:
         with self._lock:
             rowids = self._take(lease, messages)
             with transaction(self._db) as db:
-                db.execute(
+                # The messages as leased (a row may still hold the journal record).
+                accepted_at = dict(
+                    db.execute(
+                        "SELECT id, accepted_at FROM messages "
+                        "WHERE id IN (SELECT value FROM json_each(?))",
+                        (_ids(rowids),),
+                    ).fetchall()
+                )
+                now = time.time()
+                db.executemany(
                     "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, "
-                    "failed_at, reason, status) SELECT tenant, message_id, kind, body, "
-                    "accepted_at, ?, ?, ? FROM messages "
-                    "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-                    (time.time(), reason, status, _ids(rowids)),
+                    "failed_at, reason, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            m.tenant,
+                            m.message_id,
+                            _kind(m.kind),
+                            m.body,
+                            accepted_at[r],
+                            now,
+                            reason,
+                            status,
+                        )
+                        for m, r in zip(messages, rowids, strict=True)
+                    ],
                 )
                 db.execute(
                     "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
@@ -360,8 +447,8 @@ class SqliteSpool:
                 continue
             for start in range(0, len(frames), _REPLAY_CHUNK):
                 chunk = frames[start : start + _REPLAY_CHUNK]
-                messages, dead = self._decode_all(owner, [p for _, p in chunk])
-                self.put_many(messages, [(name, chunk[-1][0])], dead)
+                records, dead = _records_of([p for _, p in chunk])
+                self.put_many((), [(name, chunk[-1][0])], dead, records)
                 replayed += len(chunk)
             with self._lock, transaction(self._db) as db:
                 db.execute("DELETE FROM journals WHERE name = ?", (name,))
@@ -376,18 +463,6 @@ class SqliteSpool:
             replayed,
             freed,
         )
-
-    def _decode_all(
-        self, owner: str, payloads: Sequence[bytes]
-    ) -> tuple[list[EncodedMessage], list[DeadMessage]]:
-        messages: list[EncodedMessage] = []
-        dead: list[DeadMessage] = []
-        for payload in payloads:
-            try:
-                messages.append(self._decoder(payload))
-            except SelligentSegmentError as exc:
-                dead.append(DeadMessage("", "", "", payload, f"unreadable journal record: {exc}"))
-        return messages, dead
 
     def _free_leases(self, owner: str) -> int:
         with self._lock, transaction(self._db) as db:

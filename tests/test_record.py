@@ -17,16 +17,19 @@ from hypothesis import strategies as st
 from selligent_segment import (
     CallbackRecord,
     EventKind,
+    EventNaming,
     InvalidEvent,
     SelligentSegmentError,
     encode,
 )
+from selligent_segment._mapping import encode_fields
 from selligent_segment._record import (
     FIELD_NAMES,
     RESERVED_PROPERTIES,
     format_timestamp,
     normalize,
     parse_timestamp,
+    revive,
 )
 
 UTC = timezone.utc
@@ -766,3 +769,55 @@ def test_format_epoch_matches_format_timestamp(seconds: float) -> None:
 
     expected = format_timestamp(datetime.fromtimestamp(seconds, timezone.utc))
     assert format_epoch(seconds) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"type": "delivery", "email": " Ada@Example.com ", "user_id": 42, "event_id": 7},
+        {"type": "opened", "email": EMAIL, "timestamp": "2026-11-20T12:01:00.123456+02:00"},
+        {"type": "opened", "email": EMAIL, "timestamp": datetime(2026, 1, 1, tzinfo=UTC)},
+        {
+            "type": "bounced",
+            "user_id": "u-1",
+            "bounce_type": "HARD",
+            "ip": "2001:db8::1",
+            "properties": {"when": date(2026, 1, 2), "n": Decimal("2.5"), "deep": {"a": [1]}},
+        },
+        {"type": "link_clicked", "email": "zoë@example.com", "link_url": "https://é.example/"},
+    ],
+)
+def test_revive_gives_back_what_normalize_returned_through_json(data: dict[str, Any]) -> None:
+    import orjson
+
+    fields = normalize(data)
+    revived = revive(orjson.loads(orjson.dumps(fields)))
+    assert revived == fields
+    assert type(revived["type"]) is EventKind
+    # And so the same message, byte for byte: ids derived from the content included.
+    for event_id in (fields.get("event_id"), None):
+        if event_id is None:
+            fields.pop("event_id", None)
+            revived.pop("event_id", None)
+        now = 1.7e9
+        naming = EventNaming()
+        assert (
+            encode_fields(revived, "t", naming, now).body
+            == encode_fields(fields, "t", naming, now).body
+        )
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ([], "record"),
+        ({"email": EMAIL}, "type"),
+        ({"type": ["opened"]}, "type"),
+        ({"type": "opened", "timestamp": "yesterday"}, "timestamp"),
+        ({"type": "opened", "timestamp": 12}, "timestamp"),
+    ],
+)
+def test_revive_refuses_what_is_not_a_journaled_record(raw: Any, field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        revive(raw)
+    assert info.value.field == field

@@ -44,7 +44,7 @@ from selligent_segment import (
 )
 from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import encode_fields
-from selligent_segment._record import normalize
+from selligent_segment._record import normalize, revive
 from selligent_segment._spool_db import APPLICATION_ID, SCHEMA_VERSION
 from selligent_segment._sqlite_spool import SqliteSpool
 from selligent_segment.testing import LocalSegment
@@ -72,7 +72,17 @@ def decode(payload: bytes) -> EncodedMessage:
         tenant, now, raw = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise InvalidEvent("record", "not a journal record") from None
-    return encode_fields(normalize(raw), tenant, EventNaming(), now)
+    return encode_fields(revive(raw), tenant, EventNaming(), now)
+
+
+def stored(path: Path) -> list[EncodedMessage]:
+    """The messages queued in the file, in order: rows holding a journal record (the
+    form the encoder stores) are encoded as a lease would."""
+    rows = query(path, "SELECT tenant, message_id, kind, body FROM messages ORDER BY id")
+    return [
+        EncodedMessage(tenant, mid, kind, body) if mid else decode(body)
+        for tenant, mid, kind, body in rows
+    ]
 
 
 def messages(n: int, tenant: str = "acme", start: int = 0) -> list[EncodedMessage]:
@@ -266,10 +276,8 @@ def test_sqlite_urls_name_the_file(
     absolute = emitter(server, f"sqlite:///{absolute_path}")  # sqlite:////tmp/...
     absolute.emit(record(2))
     absolute.close(0.1)
-    assert query(tmp_path / "rel" / "spool.db", "SELECT message_id FROM messages") == [
-        (message_id(record(1)),)
-    ]
-    assert query(absolute_path, "SELECT message_id FROM messages") == [(message_id(record(2)),)]
+    assert [m.message_id for m in stored(tmp_path / "rel" / "spool.db")] == [message_id(record(1))]
+    assert [m.message_id for m in stored(absolute_path)] == [message_id(record(2))]
     for bad in ["sqlite://host/spool.db", "sqlite:///", "sqlite:relative.db", ""]:
         with pytest.raises(ConfigurationError, match="spool"):
             emitter(server, bad)
@@ -370,6 +378,92 @@ def test_rejected_messages_become_dead_letters_with_reason_and_status(tmp_path: 
     ]
 
 
+def _journal_record(rec: dict[str, Any], now: float | None = 1.7e9) -> bytes:
+    """A record as Emitter.emit journals it: (tenant, emit time, normalized fields)."""
+    fields = normalize(rec)
+    return orjson.dumps((rec.get("tenant") or "acme", now, fields))
+
+
+def test_journal_records_are_stored_as_they_are_and_encoded_when_leased(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    recs = [
+        record(1),
+        record(2, user_id=42, timestamp="2026-11-20T12:01:00.123456+02:00"),
+        # No event_id: the id is derived from the content, properties and timestamp included.
+        {**record(3, properties={"plan": {"tier": "gold", "seats": [1, 2.5]}}), "event_id": None},
+        record(4, type="link_clicked", link_url="https://example.com/ü"),
+    ]
+    payloads = [_journal_record(r) for r in recs]
+    spool.put_many(records=[("acme", r["type"], p) for r, p in zip(recs, payloads, strict=True)])
+    # In the file: the journal record, byte for byte, not yet a message.
+    assert query(path, "SELECT message_id, kind, body FROM messages ORDER BY id") == [
+        ("", r["type"], p) for r, p in zip(recs, payloads, strict=True)
+    ]
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    # The same messages encode() gives from the records at emit time, byte for byte.
+    expected = [encode_fields(normalize(r), "acme", EventNaming(), 1.7e9) for r in recs]
+    assert [(m.message_id, m.body) for m in lease.messages] == [
+        (m.message_id, m.body) for m in expected
+    ]
+    assert _mids(lease)[3] == message_id({**recs[3], "tenant": "acme"})
+    # A rejected one is kept as the message that was refused, not as the record.
+    spool.reject(lease, lease.messages[1:2], "batch item 0: poison", 400)
+    spool.ack(lease, lease.messages[:1] + lease.messages[2:])
+    spool.close()
+    assert query(path, "SELECT message_id, body FROM dead_letters") == [
+        (expected[1].message_id, expected[1].body)
+    ]
+
+
+def test_a_record_that_cannot_become_a_message_is_a_dead_letter_when_leased(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    good = [_journal_record(record(i)) for i in range(2)]
+    spool.put_many(
+        records=[
+            ("acme", "opened", good[0]),
+            ("acme", "opened", b'["acme", null, {"type": "nonsense"}]'),
+            ("acme", "opened", b"not json"),
+            ("acme", "opened", good[1]),
+        ]
+    )
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    assert _mids(lease) == [message_id(record(i)) for i in range(2)]
+    dead = query(path, "SELECT tenant, message_id, body, reason, status FROM dead_letters")
+    assert [(d[0], d[1], d[2], d[4]) for d in dead] == [
+        ("acme", "", b'["acme", null, {"type": "nonsense"}]', None),
+        ("acme", "", b"not json", None),
+    ]
+    assert all("journal" in d[3] for d in dead)
+    assert "kept as a dead letter" in caplog.text
+    spool.ack(lease, lease.messages)
+    assert spool.empty()
+    spool.close()
+
+
+def test_a_version_1_file_is_migrated_and_its_messages_are_sent(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    batch = messages(3)
+    spool.put_many(batch)  # version 1 files hold encoded messages only
+    spool.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA user_version = 1")
+    spool = open_spool(path)
+    assert query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    assert [(m.message_id, m.body) for m in lease.messages] == [
+        (m.message_id, m.body) for m in batch
+    ]
+    spool.close()
+
+
 def test_max_bytes_below_the_minimum_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="max_spool_bytes"):
         open_spool(tmp_path / "spool.db", max_bytes=1024)
@@ -459,11 +553,11 @@ def test_a_dead_processs_journal_is_replayed_up_to_a_torn_tail(tmp_path: Path) -
         f.write(b"\x40\x00\x00\x00\x12\x34")
     spool = open_spool(path)
     assert sorted(spool.maintain()) == ["acme", "globex"]
-    rows = query(path, "SELECT tenant, message_id, body FROM messages ORDER BY id")
+    queued = stored(path)
     expected = [record(i) for i in range(6)] + [record(9, "globex")]
-    assert [r[1] for r in rows] == [message_id(r) for r in expected]
+    assert [m.message_id for m in queued] == [message_id(r) for r in expected]
     # The emit time is kept: the replayed message says when it was accepted.
-    assert orjson.loads(rows[2][2])["timestamp"].startswith("2017-07-14T02:40:00")
+    assert orjson.loads(queued[2].body)["timestamp"].startswith("2017-07-14T02:40:00")
     dead = query(path, "SELECT body, reason FROM dead_letters")
     assert len(dead) == 1
     assert dead[0][0] == b"not json"
@@ -665,6 +759,33 @@ def test_emit_many_refuses_bad_records_by_index_and_accepts_the_rest(
     assert em.close()
     good = [r for i, r in enumerate(records) if i not in (2, 5, 7)]
     assert server.message_ids() == ids(*good)
+
+
+def test_an_event_over_32_kb_is_a_too_large_dead_letter_and_costs_no_other(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    path = tmp_path / "spool.db"
+    failures: list[DeliveryFailure] = []
+    em = emitter(server, path, on_failure=failures.append)
+    big = record(1, properties={"blob": "x" * 40_000})
+    fits = record(2, properties={"blob": "x" * 20_000})  # a long record, a message that fits
+    assert em.emit(record(0))
+    assert em.emit(big)
+    assert em.emit(fits)
+    assert em.emit_many([record(3), big | {"event_id": "ev-big-2"}]).accepted == 2
+    assert em.flush(10)
+    stats = em.stats()
+    assert em.close()
+    assert server.message_ids() == ids(record(0), fits, record(3))
+    assert stats.rejected == {"too_large": 2}
+    assert [f.reason for f in failures] == ["too_large", "too_large"]
+    dead = query(path, "SELECT tenant, kind, body, reason FROM dead_letters")
+    assert len(dead) == 2
+    for tenant, kind, body, reason in dead:
+        assert (tenant, kind) == ("acme", "opened")
+        assert reason.startswith("too_large: ")
+        assert "32 KB" in reason
+        assert orjson.loads(body)[2]["properties"] == big["properties"]  # the record, kept
 
 
 def test_emit_many_waits_for_the_encoder_instead_of_refusing(
