@@ -446,6 +446,22 @@ def test_a_record_that_cannot_become_a_message_is_a_dead_letter_when_leased(
     spool.close()
 
 
+def test_a_lease_reads_bodies_byte_for_byte_whatever_their_bytes(tmp_path: Path) -> None:
+    # A lease reads its rows as one aggregate row (one SQLite step, see _head): the
+    # bodies are cut apart again by their lengths, NUL bytes and invalid UTF-8 included.
+    spool = open_spool(tmp_path / "spool.db")
+    bodies = [b"\xff\x00\xfe", 'ü"'.encode(), bytes(range(256)), b"{}"]
+    batch = [EncodedMessage("acme", f"m{i}", "opened", b) for i, b in enumerate(bodies)]
+    spool.put_many(batch)
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    assert [(m.message_id, m.body) for m in lease.messages] == [
+        (f"m{i}", b) for i, b in enumerate(bodies)
+    ]
+    assert spool.lease("acme", 10, 1 << 20) is None
+    spool.close()
+
+
 def test_a_version_1_file_is_migrated_and_its_messages_are_sent(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     spool = open_spool(path)
