@@ -191,6 +191,7 @@ class Emitter:
         # file (by the encoder); the difference is what waits in the inbox.
         self._journaled = 0
         self._ingested = 0
+        self._bulk_calls = 0  # emit_many calls under way (the encoder yields to them)
         self._accept_lock = threading.Lock()
         self._wake = threading.Event()
         self._room = threading.Condition(threading.Lock())
@@ -289,18 +290,25 @@ class Emitter:
         refused: list[tuple[int, SelligentSegmentError]] = []
         chunk: list[tuple[int, dict[str, Any], str]] = []
         accepted = 0
-        for index, record in enumerate(records):
-            try:
-                fields, tenant = self._check(record)
-            except (InvalidEvent, UnknownTenant) as exc:
-                refused.append((index, exc))
-                continue
-            chunk.append((index, fields, tenant))
-            if len(chunk) >= _ENCODE_CHUNK:
+        with self._accept_lock:
+            self._bulk_calls += 1
+        try:
+            for index, record in enumerate(records):
+                try:
+                    fields, tenant = self._check(record)
+                except (InvalidEvent, UnknownTenant) as exc:
+                    refused.append((index, exc))
+                    continue
+                chunk.append((index, fields, tenant))
+                if len(chunk) >= _ENCODE_CHUNK:
+                    accepted += self._accept_chunk(chunk, refused, accepted)
+                    chunk = []
+            if chunk:
                 accepted += self._accept_chunk(chunk, refused, accepted)
-                chunk = []
-        if chunk:
-            accepted += self._accept_chunk(chunk, refused, accepted)
+        finally:
+            with self._accept_lock:
+                self._bulk_calls -= 1
+            self._wake.set()
         return BulkResult(accepted, tuple(refused))
 
     def _accept_chunk(
@@ -446,6 +454,8 @@ class Emitter:
                     self._wake.clear()
                 self._encoder_idle = False
                 continue
+            if self._yield_to_bulk():
+                continue
             try:
                 if self._durable is None:
                     self._encode_some(inbox)
@@ -453,6 +463,18 @@ class Emitter:
                     self._ingest_some(self._durable, inbox)
             except Exception:  # a bug must not stop acceptance
                 log.exception("selligent-segment: encoder error")
+
+    def _yield_to_bulk(self) -> bool:
+        """With a spool file, while an ``emit_many`` is under way and fewer than
+        ``max_pending`` records wait, leave the GIL to it (its records are journaled
+        already); True when the encoder waited instead of ingesting."""
+        if self._durable is None or not self._bulk_calls or self._stop_encoder:
+            return False
+        if self._pending() >= self._max_pending:
+            return False
+        self._wake.wait(0.05)
+        self._wake.clear()
+        return True
 
     def _maintain(self) -> None:
         assert self._durable is not None
