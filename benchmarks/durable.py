@@ -33,7 +33,7 @@ Scenarios (sizes of the full run; ``--quick`` shrinks them):
    from ``VmHWM`` in ``/proc/self/status`` of the child. Ours: ``emit_many`` in chunks of
    10,000 records built just in time, ``on_full="block"`` (so a producer faster than the
    encoder waits instead of getting SpoolFull) and ``max_spool_bytes`` 2 GiB (the 256 MiB
-   default holds about 440,000 of these events); once as fast as the spool accepts, once
+   default holds about 870,000 of these events); once as fast as the spool accepts, once
    paced (after each chunk the producer waits for the inbox to empty). The anchor: default
    settings (``max_queue_size`` 10,000: the rest is dropped and counted), and with
    ``max_queue_size`` 1,000,000 (holds everything: memory per queued event).
