@@ -51,6 +51,7 @@ log = logging.getLogger("selligent_segment")
 _UTC = timezone.utc
 _ENCODE_CHUNK = 512
 _INGEST_CHUNK = 4096
+_GATHER = 0.002
 # A record this small always maps to a message under 32 KB (a message holds the record's
 # fields, the email twice, up to 1.5x longer once lower-cased, and under 4 KB of more).
 _CHECK_SIZE_ABOVE = 8 * 1024
@@ -453,6 +454,7 @@ class Emitter:
                     self._wake.wait(0.5)
                     self._wake.clear()
                 self._encoder_idle = False
+                self._gather()
                 continue
             if self._yield_to_bulk():
                 continue
@@ -463,6 +465,14 @@ class Emitter:
                     self._ingest_some(self._durable, inbox)
             except Exception:  # a bug must not stop acceptance
                 log.exception("selligent-segment: encoder error")
+
+    def _gather(self) -> None:
+        """Woken by the first ``emit`` after a quiet spell: let a burst gather for up to
+        ``_GATHER`` seconds (less than the batch linger) before encoding. Meanwhile the
+        encoder counts as busy, so ``emit`` skips ``Event.set``, which took about 15% of a
+        call's time when every event woke the encoder on its own."""
+        if len(self._inbox) < _ENCODE_CHUNK and not self._stop_encoder:
+            time.sleep(min(_GATHER, self._batch.linger))
 
     def _yield_to_bulk(self) -> bool:
         """With a spool file, while an ``emit_many`` is under way and fewer than

@@ -334,7 +334,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     ``timestamp`` as an aware datetime, text trimmed, ``properties`` as plain JSON data.
     Raises :class:`InvalidEvent` naming the first offending field.
     """
-    if not isinstance(data, Mapping):
+    if data.__class__ is not dict and not isinstance(data, Mapping):  # dict: no ABC check
         raise InvalidEvent("record", f"expected a JSON object, got {type(data).__name__}")
     out: dict[str, Any] = {}
     for key, value in data.items():
