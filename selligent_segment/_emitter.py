@@ -630,12 +630,15 @@ class Emitter:
         return not self._inbox and self._encoder_idle and self._spool.empty()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Send everything now; True when all accepted events are delivered or settled.
+        """Send everything now (with a spool file, also what dead processes left in it);
+        True when all accepted events are delivered or settled.
 
         Waits at most ``timeout`` seconds (None: no limit). Events of a paused tenant or in
         backoff keep it False until they are settled.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._durable is not None and self._started and not self._stop_encoder:
+            self._maintain()  # also what processes that died since the last upkeep left
         if self._inbox:
             self._wake.set()
         self._dispatcher.start_flush()
