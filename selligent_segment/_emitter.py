@@ -519,7 +519,7 @@ class Emitter:
             try:
                 message = encode_fields(fields, tenant, self._naming, now)
             except InvalidEvent as exc:
-                self._too_large(tenant, fields["type"].value, orjson.dumps(fields), exc)
+                self._too_large(tenant, exc)
                 continue
             messages.append(message)
             nbytes += len(message.body)
@@ -551,7 +551,10 @@ class Emitter:
                     try:
                         self._decode_journaled(payload)
                     except InvalidEvent as exc:
-                        dead.append(self._too_large(tenant, kind, bytes(payload), exc))
+                        self._too_large(tenant, exc)
+                        dead.append(
+                            DeadMessage(tenant, "", kind, bytes(payload), f"too_large: {exc}")
+                        )
                         continue
                 records.append((tenant, kind, payload))
         n = sum(accepted.values())
@@ -588,12 +591,11 @@ class Emitter:
                 with self._dispatcher.settled:
                     self._dispatcher.settled.wait(0.5)
 
-    def _too_large(self, tenant: str, kind: str, record: bytes, exc: InvalidEvent) -> DeadMessage:
-        """Count and report an event whose message is over 32 KB; its dead letter."""
+    def _too_large(self, tenant: str, exc: InvalidEvent) -> None:
+        """Count and report an event whose message is over 32 KB."""
         self._counters.add_reason("rejected", tenant, "too_large")
         log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
         self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
-        return DeadMessage(tenant, "", kind, record, f"too_large: {exc}")
 
     def _wait_for_spool_room(self, nbytes: int) -> None:
         """Hold the encoder (not ``emit``) while the spool is at its size cap."""
