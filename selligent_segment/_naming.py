@@ -78,11 +78,18 @@ class EventNaming:
     tenant_overrides: Mapping[str, Mapping[EventKind, str]] = attrs.field(
         factory=dict, converter=_tenant_maps, hash=False
     )
+    #: kind -> name before per-tenant overrides, resolved once (name() is on the hot path).
+    _names: Mapping[EventKind, str] = attrs.field(init=False, repr=False, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        profile = PROFILES[self.profile]
+        names = {kind: self.overrides.get(kind) or profile[kind] for kind in EventKind}
+        object.__setattr__(self, "_names", names)
 
     def name(self, kind: EventKind, tenant: str | None = None) -> str:
         """The event name for ``kind`` as seen by ``tenant``."""
-        if tenant is not None:
+        if tenant is not None and self.tenant_overrides:
             per_tenant = self.tenant_overrides.get(tenant)
             if per_tenant is not None and kind in per_tenant:
                 return per_tenant[kind]
-        return self.overrides.get(kind) or PROFILES[self.profile][kind]
+        return self._names[kind]

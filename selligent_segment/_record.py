@@ -253,9 +253,16 @@ def format_epoch(seconds: float) -> str:
     """:func:`format_timestamp` of a POSIX time, with the date part cached per second."""
     global _epoch_cache
     # Round to microseconds as datetime.fromtimestamp does, then truncate to milliseconds.
-    frac, whole_f = _modf(seconds)
-    whole = int(whole_f)
-    micro = round(frac * 1e6)
+    if seconds >= 0:
+        # seconds - whole is exact. Adding 0.5 rounds half up where fromtimestamp rounds
+        # half to even: they differ only when half up gives an odd microsecond, which is
+        # never a whole millisecond, so the text is the same (and a third cheaper).
+        whole = int(seconds)
+        micro = int((seconds - whole) * 1e6 + 0.5)
+    else:
+        frac, whole_f = _modf(seconds)
+        whole = int(whole_f)
+        micro = round(frac * 1e6)
     if micro >= 1_000_000:
         whole, micro = whole + 1, micro - 1_000_000
     elif micro < 0:
