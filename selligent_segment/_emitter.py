@@ -250,10 +250,12 @@ class Emitter:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
         inbox = self._inbox
-        if self._pending() >= self._max_pending and not self._wait_for_room(tenant):
+        durable = self._durable
+        if (
+            len(inbox) if durable is None else self._pending()
+        ) >= self._max_pending and not self._wait_for_room(tenant):
             return False
         now = None if "timestamp" in fields else time.time()
-        durable = self._durable
         if durable is None:
             inbox.append((fields, tenant, now, None))
         else:
@@ -511,26 +513,27 @@ class Emitter:
     def _encode_some(self, inbox: deque[_Entry]) -> None:
         """In memory: map and serialise up to a chunk of records into the spool."""
         messages: list[EncodedMessage] = []
-        accepted: Counter[str] = Counter()
         nbytes = 0
-        while inbox and len(messages) < _ENCODE_CHUNK:
+        tenants: list[str] = []
+        naming = self._naming
+        while inbox and len(tenants) < _ENCODE_CHUNK:
             fields, tenant, now, _ = inbox.popleft()
-            accepted[tenant] += 1
+            tenants.append(tenant)
             try:
-                message = encode_fields(fields, tenant, self._naming, now)
+                message = encode_fields(fields, tenant, naming, now)
             except InvalidEvent as exc:
                 self._too_large(tenant, exc)
                 continue
             messages.append(message)
             nbytes += len(message.body)
-        self._counters.add_many("accepted", accepted)
+        self._counters.add_many("accepted", Counter(tenants))  # counted in C, not per event
         with self._room:
             self._room.notify_all()
         self._wait_for_spool_room(nbytes)
         self._spool.put_many(messages)
         if messages:
-            tenants = list({m.tenant: None for m in messages})
-            self._dispatcher.notify_put(tenants, nbytes / len(messages))
+            touched = list({m.tenant: None for m in messages})
+            self._dispatcher.notify_put(touched, nbytes / len(messages))
 
     def _ingest_some(self, spool: SqliteSpool, inbox: deque[_Entry]) -> None:
         """With a spool file: move journal records, as they are, into the file in one

@@ -278,6 +278,23 @@ def test_encode_body_is_the_compact_json_of_track_message(
     assert encode_fields(record.fields(), tenant, EventNaming()) == encoded
 
 
+def test_encoded_bodies_hold_only_their_own_bytes() -> None:
+    # orjson's result keeps a 4 KiB buffer; a queued message must cost about its length.
+    import tracemalloc
+
+    fields = CallbackRecord.from_dict({"type": "open", "email": "a@b.co"}).fields()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [encode_fields(fields, "acme", EventNaming()) for _ in range(500)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    body = len(kept[0].body)
+    assert body < 400
+    assert held < 500 * (body + 400)  # bodies, ids and objects; 4 KiB each would fail
+
+
 @pytest.mark.parametrize(("data", "tenant", "expected"), CASES, ids=CASE_IDS)
 def test_no_none_anywhere(data: dict[str, Any], tenant: str, expected: dict[str, Any]) -> None:
     assert nulls(track_message(data, tenant=tenant, now=NOW)) == []
