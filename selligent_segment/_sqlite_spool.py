@@ -88,6 +88,23 @@ def _insert_records_sql(rows: int) -> str:
     return sql + values
 
 
+def _reject_sql(rows: int) -> str:
+    """Dead letters of ``rows`` leased messages, in their order, each with its row's
+    acceptance time; parameters 1-3 are the time, reason and status, then 5 per message
+    (row id, tenant, message id, kind, body as leased)."""
+    values = ", ".join(
+        f"({i}, ?{5 * i + 4}, ?{5 * i + 5}, ?{5 * i + 6}, ?{5 * i + 7}, ?{5 * i + 8})"
+        for i in range(rows)
+    )
+    return (
+        f"WITH v(seq, id, tenant, message_id, kind, body) AS (VALUES {values}) "
+        "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, failed_at, "
+        "reason, status) SELECT v.tenant, v.message_id, v.kind, v.body, "
+        "coalesce(m.accepted_at, ?1), ?1, ?2, ?3 "
+        "FROM v LEFT JOIN messages AS m ON m.id = v.id ORDER BY v.seq"
+    )
+
+
 def _head(db: sqlite3.Connection, tenant: str, limit: int) -> list[tuple[int, str, str, bytes]]:
     """The first ``limit`` unleased rows of ``tenant``: (id, message_id, kind, body).
 
@@ -350,32 +367,18 @@ class SqliteSpool:
         with self._lock:
             rowids = self._take(lease, messages)
             with transaction(self._db) as db:
-                # The messages as leased (a row may still hold the journal record).
-                accepted_at = dict(
-                    db.execute(
-                        "SELECT id, accepted_at FROM messages "
-                        "WHERE id IN (SELECT value FROM json_each(?))",
-                        (_ids(rowids),),
-                    ).fetchall()
-                )
+                # The messages as leased (a row may still hold the journal record), with
+                # the acceptance time of their rows: one statement per 1,024 messages.
+                rows = [
+                    (r, m.tenant, m.message_id, _kind(m.kind), m.body)
+                    for m, r in zip(messages, rowids, strict=True)
+                ]
                 now = time.time()
-                db.executemany(
-                    "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, "
-                    "failed_at, reason, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            m.tenant,
-                            m.message_id,
-                            _kind(m.kind),
-                            m.body,
-                            accepted_at[r],
-                            now,
-                            reason,
-                            status,
-                        )
-                        for m, r in zip(messages, rowids, strict=True)
-                    ],
-                )
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    part = rows[start : start + _ROWS_PER_INSERT]
+                    db.execute(
+                        _reject_sql(len(part)), [now, reason, status, *itertools.chain(*part)]
+                    )
                 db.execute(
                     "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
                     (_ids(rowids),),

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import pytest
+from freezegun import freeze_time
 
 from selligent_segment import (
     BatchPolicy,
@@ -376,6 +377,32 @@ def test_rejected_messages_become_dead_letters_with_reason_and_status(tmp_path: 
     assert rows == [
         ("acme", m.message_id, "opened", m.body, "batch item 0: poison", 400) for m in batch[1:3]
     ]
+
+
+def test_a_large_rejection_keeps_order_and_acceptance_times(tmp_path: Path) -> None:
+    # Over one statement's worth (1,024) of messages, each with its own row's accepted_at.
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    batch = messages(2100)
+    with freeze_time("2026-11-20 10:00:00"):
+        spool.put_many(batch[:1000])
+    with freeze_time("2026-11-20 10:00:05"):
+        spool.put_many(batch[1000:])
+    lease = spool.lease("acme", 2500, 1 << 30)
+    assert lease is not None
+    assert len(lease.messages) == 2100
+    with freeze_time("2026-11-20 10:01:00"):
+        spool.reject(lease, lease.messages, "exhausted", None)
+    spool.close()
+    rows = query(
+        path, "SELECT message_id, body, accepted_at, failed_at FROM dead_letters ORDER BY id"
+    )
+    assert [(r[0], r[1]) for r in rows] == [(m.message_id, m.body) for m in batch]
+    base = datetime(2026, 11, 20, 10, tzinfo=timezone.utc).timestamp()
+    assert {r[2] for r in rows[:1000]} == {base}
+    assert {r[2] for r in rows[1000:]} == {base + 5}
+    assert {r[3] for r in rows} == {base + 60}
+    assert query(path, "SELECT count(*) FROM messages") == [(0,)]
 
 
 def _journal_record(rec: dict[str, Any], now: float | None = 1.7e9) -> bytes:
