@@ -52,7 +52,6 @@ import os
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -439,43 +438,6 @@ def child_main(raw: str) -> None:
 # -- parent side ------------------------------------------------------------------------------
 
 
-def run_child(cfg: dict[str, Any], cap: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.durable", "--child", json.dumps(cfg)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        timed_out = False
-        rc: int | None = None
-        try:
-            rc = subprocess.run(
-                cmd, stdout=out, stderr=err, cwd=ROOT, env=base.child_env(), timeout=cap
-            ).returncode
-        except subprocess.TimeoutExpired:  # subprocess.run has killed the child
-            timed_out = True
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        stdout = out.read().decode(errors="replace")
-        err.seek(0)
-        head = err.read(4000).decode(errors="replace")
-        size = err.seek(0, os.SEEK_END)
-        err.seek(max(0, size - 4000))
-        tail = err.read().decode(errors="replace")
-        err.seek(0)
-        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: err.read(1 << 20), b""))
-    result: dict[str, Any] | None = None
-    for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
-    if result is None:
-        reason = f"timed out after {cap:.0f} s (killed)" if timed_out else f"exit status {rc}"
-        result = {"error": f"child produced no result: {reason}"}
-    result["wall_s"] = round(wall, 2)
-    result["stderr_lines"] = lines
-    if size:
-        result["stderr_head"] = "\n".join(head.splitlines()[:15])
-        result["stderr_tail"] = "\n".join(tail.splitlines()[-15:])
-    return result
-
-
 def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
@@ -489,37 +451,7 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
         target: str,
         met: Callable[[dict[str, Any], dict[str, Any]], bool] | None,
     ) -> None:
-        def cell(r: dict[str, Any] | None, fmt: Callable[[dict[str, Any]], str]) -> str:
-            if r is None:
-                return "not run"
-            if "error" in r:
-                return "ERROR"
-            try:
-                return fmt(r)
-            except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                return "n/a"
-
-        ok = o is not None and a is not None and "error" not in o and "error" not in a
-        ratio_text, met_text = "", "-" if met is None else "n/a"
-        if ok:
-            assert o is not None
-            assert a is not None
-            try:
-                ratio_text = ratio(o, a)
-                if met is not None:
-                    met_text = "yes" if met(o, a) else "NO"
-            except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                ratio_text = "n/a"
-        rows.append(
-            {
-                "scenario": scenario,
-                "ours": cell(o, fmt_o),
-                "anchor": cell(a, fmt_a),
-                "ratio": ratio_text,
-                "target": target,
-                "met": met_text,
-            }
-        )
+        rows.append(base.table_row(scenario, o, a, fmt_o, fmt_a, ratio, target, met))
 
     def us(r: dict[str, Any]) -> str:
         runs = r["us_per_call_all"]
@@ -548,7 +480,7 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
         return base.rss_ratio(o["peak"]["VmHWM"], a["peak"]["VmHWM"])
 
     def rss_met(o: dict[str, Any], a: dict[str, Any]) -> bool:
-        return o["peak"]["VmHWM"] <= TARGET_RSS_MB and o.get("all_ingested", False)
+        return bool(o["peak"]["VmHWM"] <= TARGET_RSS_MB and o.get("all_ingested", False))
 
     if "per_call/durable" in res or "per_call/anchor" in res:
         n = sizes["per_call"]
@@ -653,13 +585,8 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
 
 
 def problems(res: dict[str, Any], rows: list[dict[str, str]], sizes: dict[str, int]) -> list[str]:
-    out: list[str] = []
-    for key, r in res.items():
-        if "error" in r:
-            out.append(f"{key}: failed:\n{r['error'].strip()}")
-            if r.get("stderr_tail"):
-                out.append(f"{key}: stderr tail:\n{r['stderr_tail']}")
-            continue
+    out, ok = base.common_problems(res, rows, ours=("durable", "memory"), missed=("NO", "n/a"))
+    for key, r in ok:
         if key.startswith(("per_call/durable", "per_call/memory")):
             if not r.get("delivered_in_time"):
                 out.append(f"{key}: flush() did not deliver every event within 60 s")
@@ -679,23 +606,13 @@ def problems(res: dict[str, Any], rows: list[dict[str, str]], sizes: dict[str, i
                 out.append(f"{key}: {r.get('rows')} rows in the spool, not {sizes['backlog']}")
             if r.get("all_ingested") is False:
                 out.append(f"{key}: the encoder did not finish ingesting within 300 s")
-        if key.split("/")[1].startswith(("durable", "memory")) and r.get("stderr_lines"):
-            out.append(
-                f"{key}: the library wrote {r['stderr_lines']} line(s) to stderr; first ones:\n"
-                f"{r.get('stderr_head', '')}"
-            )
-    for row in rows:
-        if row["met"] in ("NO", "n/a"):
-            out.append(f"target missed: {row['scenario']}: {row['ours']} vs {row['anchor']}")
     return out
 
 
 def parent_main(args: argparse.Namespace) -> int:
     sizes = dict(QUICK if args.quick else FULL)
-    wanted = [s.strip() for s in args.only.split(",")] if args.only else list(SCENARIOS)
-    unknown = [s for s in wanted if s not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    wanted = base.wanted_scenarios(args, SCENARIOS)
+    if wanted is None:
         return 2
     info = base.machine()
     mode = "quick" if args.quick else "full"
@@ -708,47 +625,27 @@ def parent_main(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     tmpdir = tempfile.mkdtemp(prefix="selligent-durable-bench-", dir=args.tmpdir)
-    res: dict[str, Any] = {}
-    server = base.Server()
+
+    def config(scenario: str, lib: str, url: str) -> dict[str, Any]:
+        return {
+            "scenario": scenario,
+            "lib": lib,
+            "url": url,
+            "n": sizes[scenario],
+            "warmup": sizes["warmup"],
+            "reps": sizes["reps"],
+            "chunk": sizes["chunk"],
+            "tmpdir": tmpdir,
+        }
+
     try:
-        try:
-            server.start()
-        except (RuntimeError, OSError) as exc:
-            print(f"cannot start the LocalSegment server: {exc}", file=sys.stderr)
-            return 2
-        for scenario in wanted:
-            for lib in LIBS[scenario]:
-                key = f"{scenario}/{lib}"
-                if not server.alive():
-                    print("  server died; restarting it", file=sys.stderr, flush=True)
-                    server.close()
-                    server = base.Server()
-                    server.start()
-                try:
-                    server.reset(FAULTS[scenario])
-                except (OSError, RuntimeError) as exc:
-                    res[key] = {"error": f"could not reset the server: {exc!r}"}
-                    continue
-                cfg = {
-                    "scenario": scenario,
-                    "lib": lib,
-                    "url": server.url,
-                    "n": sizes[scenario],
-                    "warmup": sizes["warmup"],
-                    "reps": sizes["reps"],
-                    "chunk": sizes["chunk"],
-                    "tmpdir": tmpdir,
-                }
-                print(f"  running {key} ...", end="", file=sys.stderr, flush=True)
-                r = run_child(cfg, CAP[scenario])
-                res[key] = r
-                status = "ERROR" if "error" in r else "ok"
-                print(f" {status} ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError, RuntimeError):
-            server.reset()
+        res = base.run_scenarios(
+            wanted, LIBS, FAULTS, CAP, config, module="benchmarks.durable", prefix=RESULT_PREFIX
+        )
     finally:
-        server.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
+    if res is None:
+        return 2
     total = time.perf_counter() - started
     load_end = os.getloadavg()
     rows = build_rows(res, sizes)
@@ -760,18 +657,8 @@ def parent_main(args: argparse.Namespace) -> int:
         f"{load_end[0]:.2f} at end."
     )
     notes = problems(res, rows, sizes)
-    payload = {
-        "mode": mode,
-        "sizes": sizes,
-        "faults": FAULTS,
-        "machine": info,
-        "load_average": {"start": load_start, "end": load_end},
-        "total_s": round(total, 1),
-        "rows": rows,
-        "problems": notes,
-        "results": res,
-    }
-    return base.finish(args, notes, payload)
+    load = {"start": load_start, "end": load_end}
+    return base.finish(args, notes, mode, sizes, FAULTS, info, total, rows, res, load_average=load)
 
 
 def main(argv: list[str] | None = None) -> int:

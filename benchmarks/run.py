@@ -48,10 +48,11 @@ import threading
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+_T = TypeVar("_T")
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
 
@@ -196,7 +197,8 @@ def rss_mb() -> float:
 
 
 def server_stats(url: str) -> dict[str, int]:
-    return http_json("GET", url + "/_stats")
+    stats: dict[str, int] = http_json("GET", url + "/_stats")
+    return stats
 
 
 def wait_arrived(
@@ -737,8 +739,12 @@ class Server:
         self._err.close()
 
 
-def run_child(cfg: dict[str, Any], cap: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(cfg)]
+def run_child(
+    cfg: dict[str, Any], cap: float, module: str = "benchmarks.run", prefix: str = RESULT_PREFIX
+) -> dict[str, Any]:
+    """Run ``python -m module --child CFG`` with a hard time limit; its result line, or an
+    error, plus wall time and the count, head and tail of what it wrote to stderr."""
+    cmd = [sys.executable, "-m", module, "--child", json.dumps(cfg)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         timed_out = False
@@ -751,23 +757,120 @@ def run_child(cfg: dict[str, Any], cap: float) -> dict[str, Any]:
             timed_out = True
         wall = time.perf_counter() - t0
         out.seek(0)
-        err.seek(0)
         stdout = out.read().decode(errors="replace")
-        stderr = err.read().decode(errors="replace")
+        err.seek(0)
+        head = err.read(4000).decode(errors="replace")
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - 4000))
+        tail = err.read().decode(errors="replace")
+        err.seek(0)
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: err.read(1 << 20), b""))
     result: dict[str, Any] | None = None
     for line in stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX) :])
+        if line.startswith(prefix):
+            result = json.loads(line[len(prefix) :])
     if result is None:
         reason = f"timed out after {cap:.0f} s (killed)" if timed_out else f"exit status {rc}"
         result = {"error": f"child produced no result: {reason}"}
     result["wall_s"] = round(wall, 2)
-    lines = stderr.splitlines()
-    result["stderr_lines"] = len(lines)
-    if lines:
-        result["stderr_head"] = "\n".join(lines[:15])[-3000:]
-        result["stderr_tail"] = "\n".join(lines[-15:])[-3000:]
+    result["stderr_lines"] = lines
+    if size:
+        result["stderr_head"] = "\n".join(head.splitlines()[:15])
+        result["stderr_tail"] = "\n".join(tail.splitlines()[-15:])
     return result
+
+
+def wanted_scenarios(args: argparse.Namespace, known: Sequence[str]) -> list[str] | None:
+    """The scenarios ``--only`` names (all by default); None, said, when one is unknown."""
+    wanted = [s.strip() for s in args.only.split(",")] if args.only else list(known)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return None
+    return wanted
+
+
+def run_scenarios(
+    wanted: Sequence[str],
+    libs: Mapping[str, Sequence[str]],
+    faults: Mapping[str, Any],
+    caps: Mapping[str, float],
+    config: Callable[[str, str, str], dict[str, Any]],
+    rounds: Callable[[str], int] = lambda scenario: 1,
+    module: str = "benchmarks.run",
+    prefix: str = RESULT_PREFIX,
+) -> dict[str, Any] | None:
+    """Each (scenario, library) in a fresh child against one LocalSegment, reset (with the
+    scenario's faults) before every child; ``config(scenario, lib, url)`` is the child's
+    settings. A scenario of several rounds runs its libraries interleaved and keeps each
+    library's median round. Returns results by ``scenario/lib``, plus ``_ran`` and
+    ``_rounds``; None (said on stderr) when the server cannot start."""
+    res: dict[str, Any] = {"_ran": {}, "_rounds": {}}
+    server = Server()
+    try:
+        try:
+            server.start()
+        except (RuntimeError, OSError) as exc:
+            print(f"cannot start the LocalSegment server: {exc}", file=sys.stderr)
+            return None
+        for scenario in wanted:
+            res["_ran"][scenario] = True
+            order = [lib for _ in range(rounds(scenario)) for lib in libs[scenario]]
+            for lib in order:
+                key = f"{scenario}/{lib}"
+                if not server.alive():
+                    print("  server died; restarting it", file=sys.stderr, flush=True)
+                    server.close()
+                    server = Server()
+                    server.start()
+                try:
+                    server.reset(faults.get(scenario))
+                except (OSError, RuntimeError) as exc:
+                    r: dict[str, Any] = {"error": f"could not reset the server: {exc!r}"}
+                else:
+                    print(f"  running {key} ...", end="", file=sys.stderr, flush=True)
+                    r = run_child(config(scenario, lib, server.url), caps[scenario], module, prefix)
+                    status = "ERROR" if "error" in r else "ok"
+                    print(f" {status} ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
+                res["_rounds"].setdefault(key, []).append(r)
+                res[key] = median_round(res["_rounds"][key])
+        with contextlib.suppress(OSError, RuntimeError):
+            server.reset()
+    finally:
+        server.close()
+    return res
+
+
+def common_problems(
+    res: dict[str, Any], rows: list[dict[str, str]], ours: tuple[str, ...], missed: tuple[str, ...]
+) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """Failed runs (the same error said once), our library writing to stderr, and rows
+    whose ``met`` is in ``missed``; with every (key, round) that did not fail, for the
+    caller's own checks."""
+    out: list[str] = []
+    seen: dict[str, str] = {}
+    ok: list[tuple[str, dict[str, Any]]] = []
+    for key, r in ((k, r) for k, runs in res["_rounds"].items() for r in runs):
+        if "error" in r:
+            text = r["error"].strip()
+            if text in seen:
+                out.append(f"{key}: failed with the same error as {seen[text]}")
+            else:
+                seen[text] = key
+                out.append(f"{key}: failed:\n{text}")
+                if r.get("stderr_tail"):
+                    out.append(f"{key}: stderr tail:\n{r['stderr_tail']}")
+            continue
+        ok.append((key, r))
+        if key.split("/")[1].startswith(ours) and r.get("stderr_lines"):
+            out.append(
+                f"{key}: the library wrote {r['stderr_lines']} line(s) to stderr; first ones:\n"
+                f"{r.get('stderr_head', '')}"
+            )
+    for row in rows:
+        if row["met"] in missed:
+            out.append(f"target missed: {row['scenario']}: {row['ours']} vs {row['anchor']}")
+    return out, ok
 
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -788,55 +891,66 @@ def rss_ratio(ours: float, anchor: float) -> str:
     return f"{ours / anchor:.1f}x LARGER"
 
 
+Format = Callable[[dict[str, Any]], str]
+Compare = Callable[[dict[str, Any], dict[str, Any]], _T]
+
+
+def _cell(r: dict[str, Any] | None, fmt: Format) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return "ERROR"
+    try:
+        return fmt(r)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return "n/a"
+
+
+def table_row(
+    scenario: str,
+    o: dict[str, Any] | None,
+    a: dict[str, Any] | None,
+    fmt_o: Format,
+    fmt_a: Format,
+    ratio: Compare[str],
+    target: str,
+    met: Compare[bool] | None,
+) -> dict[str, str]:
+    """One row of the table: our result ``o`` against the anchor's ``a``. A run that failed
+    shows as ERROR, a figure that cannot be computed as n/a, and then ``met`` as n/a."""
+    ratio_text, met_text = "", "-" if met is None else "n/a"
+    if o is not None and a is not None and "error" not in o and "error" not in a:
+        try:
+            ratio_text = ratio(o, a)
+            if met is not None:
+                met_text = "yes" if met(o, a) else "NO"
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            ratio_text = "n/a"
+    return {
+        "scenario": scenario,
+        "ours": _cell(o, fmt_o),
+        "anchor": _cell(a, fmt_a),
+        "ratio": ratio_text,
+        "target": target,
+        "met": met_text,
+    }
+
+
 def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str]]:
     """The table: one row per measured quantity; a failed run shows as ERROR."""
     rows: list[dict[str, str]] = []
     ran = res.get("_ran", {})
 
-    def cell(r: dict[str, Any] | None, fmt: Callable[[dict[str, Any]], str]) -> str:
-        if r is None:
-            return "not run"
-        if "error" in r:
-            return "ERROR"
-        try:
-            return fmt(r)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError):
-            return "n/a"
-
-    def both(o: dict[str, Any] | None, a: dict[str, Any] | None) -> bool:
-        return o is not None and a is not None and "error" not in o and "error" not in a
-
     def add(
         scenario: str,
         o: dict[str, Any] | None,
         a: dict[str, Any] | None,
-        fmt: Callable[[dict[str, Any]], str],
-        ratio: Callable[[dict[str, Any], dict[str, Any]], str],
+        fmt: Format,
+        ratio: Compare[str],
         target: str,
-        met: Callable[[dict[str, Any], dict[str, Any]], bool] | None,
+        met: Compare[bool] | None,
     ) -> None:
-        ok = both(o, a)
-        assert not ok or (o is not None and a is not None)
-        try:
-            ratio_text = ratio(o, a) if ok else ""  # type: ignore[arg-type]
-        except ZeroDivisionError:
-            ratio_text = "n/a"
-        if met is None:
-            met_text = "-"
-        elif ok:
-            met_text = "yes" if met(o, a) else "NO"  # type: ignore[arg-type]
-        else:
-            met_text = "n/a"
-        rows.append(
-            {
-                "scenario": scenario,
-                "ours": cell(o, fmt),
-                "anchor": cell(a, fmt),
-                "ratio": ratio_text,
-                "target": target,
-                "met": met_text,
-            }
-        )
+        rows.append(table_row(scenario, o, a, fmt, fmt, ratio, target, met))
 
     def add_rss(label: str, o: dict[str, Any] | None, a: dict[str, Any] | None) -> None:
         add(
@@ -993,19 +1107,8 @@ def machine() -> dict[str, Any]:
 
 def problems(res: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
     """Things a reader must look at: failed runs, library errors, missed targets."""
-    out: list[str] = []
-    seen: dict[str, str] = {}
-    rounds = res.get("_rounds") or {k: [r] for k, r in res.items() if not k.startswith("_")}
-    for key, r in ((k, r) for k, runs in rounds.items() for r in runs):
-        if "error" in r:
-            text = r["error"].strip()
-            if text in seen:
-                out.append(f"{key}: failed with the same error as {seen[text]}")
-            else:
-                seen[text] = key
-                out.append(f"{key}: failed:\n{text}")
-                if r.get("stderr_tail"):
-                    out.append(f"{key}: stderr tail:\n{r['stderr_tail']}")
+    out, ok = common_problems(res, rows, ours=("ours",), missed=("NO",))
+    for key, r in ok:
         for field in ("close_error", "flush_error", "first_refusal"):
             if r.get(field):
                 out.append(f"{key}: {field}:\n{r[field]}")
@@ -1013,23 +1116,13 @@ def problems(res: dict[str, Any], rows: list[dict[str, str]]) -> list[str]:
             out.append(f"{key}: close() returned False after {r.get('close_s')} s")
         if key.startswith("per_call/ours") and r.get("delivered_in_time") is False:
             out.append(f"{key}: flush() did not finish delivering the timed calls")
-        if key.split("/")[1].startswith("ours") and r.get("stderr_lines") and "error" not in r:
-            out.append(
-                f"{key}: the library wrote {r['stderr_lines']} line(s) to stderr; first ones:\n"
-                f"{r.get('stderr_head', '')}"
-            )
-    for row in rows:
-        if row["met"] == "NO":
-            out.append(f"target missed: {row['scenario']}: {row['ours']} vs {row['anchor']}")
     return out
 
 
 def parent_main(args: argparse.Namespace) -> int:
     sizes = dict(QUICK if args.quick else FULL)
-    wanted = [s.strip() for s in args.only.split(",")] if args.only else list(SCENARIOS)
-    unknown = [s for s in wanted if s not in SCENARIOS]
-    if unknown:
-        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    wanted = wanted_scenarios(args, SCENARIOS)
+    if wanted is None:
         return 2
     info = machine()
     mode = "quick" if args.quick else "full"
@@ -1039,48 +1132,23 @@ def parent_main(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.perf_counter()
-    res: dict[str, Any] = {"_ran": {}}
-    server = Server()
-    try:
-        try:
-            server.start()
-        except (RuntimeError, OSError) as exc:
-            print(f"cannot start the LocalSegment server: {exc}", file=sys.stderr)
-            return 2
-        for scenario in wanted:
-            res["_ran"][scenario] = True
-            rounds = sizes.get(f"{scenario}_rounds", 1)
-            for lib in [lib for _ in range(rounds) for lib in LIBS[scenario]]:  # interleaved
-                key = f"{scenario}/{lib}"
-                if not server.alive():
-                    print("  server died; restarting it", file=sys.stderr, flush=True)
-                    server.close()
-                    server = Server()
-                    server.start()
-                try:
-                    server.reset(FAULTS.get(scenario))
-                except (OSError, RuntimeError) as exc:
-                    res[key] = {"error": f"could not reset the server: {exc!r}"}
-                    continue
-                cfg: dict[str, Any] = {
-                    "scenario": scenario,
-                    "lib": lib,
-                    "url": server.url,
-                    "n": sizes.get(scenario, 0),
-                    "warmup": sizes["warmup"],
-                    "tenants": sizes["tenants"],
-                    "per_tenant": sizes["per_tenant"],
-                }
-                print(f"  running {key} ...", end="", file=sys.stderr, flush=True)
-                r = run_child(cfg, CAP[scenario])
-                res.setdefault("_rounds", {}).setdefault(key, []).append(r)
-                res[key] = median_round(res["_rounds"][key])
-                status = "ERROR" if "error" in r else "ok"
-                print(f" {status} ({r['wall_s']:.1f} s)", file=sys.stderr, flush=True)
-        with contextlib.suppress(OSError, RuntimeError):
-            server.reset()
-    finally:
-        server.close()
+
+    def config(scenario: str, lib: str, url: str) -> dict[str, Any]:
+        return {
+            "scenario": scenario,
+            "lib": lib,
+            "url": url,
+            "n": sizes.get(scenario, 0),
+            "warmup": sizes["warmup"],
+            "tenants": sizes["tenants"],
+            "per_tenant": sizes["per_tenant"],
+        }
+
+    res = run_scenarios(
+        wanted, LIBS, FAULTS, CAP, config, lambda scenario: sizes.get(f"{scenario}_rounds", 1)
+    )
+    if res is None:
+        return 2
     total = time.perf_counter() - started
     rows = build_rows(res, sizes)
     print()
@@ -1088,21 +1156,34 @@ def parent_main(args: argparse.Namespace) -> int:
     print()
     print(f"Total wall time {total:.0f} s.")
     notes = problems(res, rows)
+    return finish(args, notes, mode, sizes, FAULTS, info, total, rows, res)
+
+
+def finish(
+    args: argparse.Namespace,
+    notes: list[str],
+    mode: str,
+    sizes: Mapping[str, int],
+    faults: Mapping[str, Any],
+    info: Mapping[str, Any],
+    total: float,
+    rows: list[dict[str, str]],
+    res: Mapping[str, Any],
+    **extra: Any,
+) -> int:
+    """Print the problems, write the run (``extra`` included) to ``--json``; the exit
+    status (``--check``)."""
     payload = {
         "mode": mode,
         "sizes": sizes,
-        "faults": FAULTS,
+        "faults": faults,
         "machine": info,
+        **extra,
         "total_s": round(total, 1),
         "rows": rows,
         "problems": notes,
         "results": {k: v for k, v in res.items() if not k.startswith("_")},
     }
-    return finish(args, notes, payload)
-
-
-def finish(args: argparse.Namespace, notes: list[str], payload: dict[str, Any]) -> int:
-    """Print the problems, write ``payload`` to ``--json``; the exit status (``--check``)."""
     if notes:
         print("\nProblems:")
         for note in notes:
