@@ -26,6 +26,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from selligent_segment._errors import SpoolError, SpoolFull
 __all__ = [
     "FRAME_OVERHEAD",
     "ROTATE_BYTES",
+    "STALE_TEMPORARY",
     "Journal",
     "Mark",
     "claim_dead_owners",
@@ -52,6 +54,9 @@ ROTATE_BYTES = 16 * 1024 * 1024
 
 #: (journal name, end offset): how far into which journal an accepted record reaches.
 Mark = tuple[str, int]
+#: Seconds after which an unlocked temporary file of :func:`_create_locked` is a leftover.
+#: Its creator renames it within microseconds of making it, holding its lock meanwhile.
+STALE_TEMPORARY = 60.0
 
 
 def _lock(fd: int) -> bool:
@@ -218,8 +223,10 @@ def claim_dead_owners(directory: Path, skip: str) -> Iterator[list[str]]:
     """Lock every dead owner's lock file (except ``skip``); yield their names.
 
     While the context is open nobody else can claim them; on exit the lock files are
-    deleted (their journals must have been replayed and deleted by then).
+    deleted (their journals must have been replayed and deleted by then). Temporary files
+    left by a process killed while creating one of its files are deleted first.
     """
+    _sweep_temporaries(directory)
     claimed: list[tuple[str, int]] = []
     # Journals first: an owner starting meanwhile makes its lock file before any journal.
     journal_owners = {p.name.split(".", 1)[0] for p in directory.glob("*.journal")}
@@ -241,6 +248,25 @@ def claim_dead_owners(directory: Path, skip: str) -> Iterator[list[str]]:
         for owner, fd in claimed:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / f"{owner}.owner")
+            os.close(fd)
+
+
+def _sweep_temporaries(directory: Path) -> None:
+    """Delete the temporary files of processes killed inside :func:`_create_locked`:
+    older than :data:`STALE_TEMPORARY` and not locked. They hold a header at most, never
+    an event (records are appended only after the rename)."""
+    too_old = time.time() - STALE_TEMPORARY
+    for path in directory.glob(".*.tmp"):
+        try:
+            if path.stat().st_mtime > too_old:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            if _lock(fd):
+                path.unlink(missing_ok=True)
+        finally:
             os.close(fd)
 
 

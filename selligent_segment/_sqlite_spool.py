@@ -96,13 +96,14 @@ def _reject_sql(rows: int) -> str:
         f"({i}, ?{5 * i + 4}, ?{5 * i + 5}, ?{5 * i + 6}, ?{5 * i + 7}, ?{5 * i + 8})"
         for i in range(rows)
     )
-    return (
-        f"WITH v(seq, id, tenant, message_id, kind, body) AS (VALUES {values}) "
-        "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, failed_at, "
+    head = "WITH v(seq, id, tenant, message_id, kind, body) AS (VALUES "
+    tail = (
+        ") INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, failed_at, "
         "reason, status) SELECT v.tenant, v.message_id, v.kind, v.body, "
         "coalesce(m.accepted_at, ?1), ?1, ?2, ?3 "
         "FROM v LEFT JOIN messages AS m ON m.id = v.id ORDER BY v.seq"
     )
+    return head + values + tail
 
 
 def _head(db: sqlite3.Connection, tenant: str, limit: int) -> list[tuple[int, str, str, bytes]]:
@@ -470,7 +471,25 @@ class SqliteSpool:
             if owner != self.owner and not (self._dir / f"{owner}.owner").exists():
                 self._free_leases(owner)  # owner gone without its lock file
                 recovered = True
+        self._forget_gone_journals()
         return recovered
+
+    def _forget_gone_journals(self) -> None:
+        """Drop the offsets of journals that are gone with their owner: a process killed
+        in ``close`` between deleting its files and their offsets leaves them behind. (An
+        owner's lock file comes before its first journal, its offsets after.)"""
+        with self._lock:
+            names = [row[0] for row in self._db.execute("SELECT name FROM journals")]
+        gone = [
+            (name,)
+            for name in names
+            if not name.startswith(self.owner + ".")
+            and not (self._dir / f"{name.split('.', 1)[0]}.owner").exists()
+            and not (self._dir / name).exists()
+        ]
+        if gone:
+            with self._lock, transaction(self._db) as db:
+                db.executemany("DELETE FROM journals WHERE name = ?", gone)
 
     def _replay_owner(self, owner: str) -> None:
         replayed = 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from selligent_segment._errors import SpoolError, SpoolFull
 from selligent_segment._journal import (
     FRAME_OVERHEAD,
     MAGIC,
+    STALE_TEMPORARY,
     Journal,
     claim_dead_owners,
     journals_of,
@@ -248,6 +251,49 @@ def test_an_owner_killed_by_sigkill_is_claimed(jdir: Path) -> None:
         assert dead == [owner]
         (name,) = journals_of(jdir, owner)
         assert [p for _, p in read_frames(jdir / name, 0)] == [b"one", b"two"]
+
+
+def test_a_temporary_file_left_by_a_process_killed_while_creating_it_is_swept(
+    jdir: Path,
+) -> None:
+    # The process is killed after making and locking its temporary owner file, before the
+    # rename that gives it its name.
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from selligent_segment import _journal\n"
+        "def stuck(src, dst):\n"
+        "    print(src, flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "_journal.os.rename = stuck\n"
+        "_journal.Journal(Path(sys.argv[1]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(jdir)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    left = Path(proc.stdout.strip())
+    assert left.parent == jdir
+    assert left.name.endswith(".tmp")
+    assert left.exists()
+    # A fresh temporary file, and an old one still locked by its (live) creator, stay.
+    fresh = jdir / ".fresh.owner.0000.tmp"
+    fresh.write_bytes(b"")
+    held = jdir / ".held.owner.0000.tmp"
+    held.write_bytes(b"")
+    fd = os.open(held, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        old = time.time() - STALE_TEMPORARY - 1
+        for path in (left, held):
+            os.utime(path, (old, old))
+        with claim_dead_owners(jdir, skip="me") as dead:
+            assert dead == []
+        assert not left.exists()
+        assert fresh.exists()
+        assert held.exists()
+    finally:
+        os.close(fd)
 
 
 def test_a_forked_child_does_not_release_the_parents_lock(jdir: Path) -> None:

@@ -611,6 +611,38 @@ def test_a_dead_processs_journal_is_replayed_up_to_a_torn_tail(tmp_path: Path) -
     spool.close()
 
 
+def test_offsets_left_by_a_process_killed_inside_close_are_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    out = _run_and_sigkill(
+        """
+        import os, sys, orjson
+        from pathlib import Path
+        from selligent_segment import _journal
+        from test_sqlite_spool import open_spool, record
+        spool = open_spool(Path(sys.argv[1]))
+        mark = spool.accept([orjson.dumps(("acme", 1.5e9, record(1)))])
+        spool.put_many(marks=[mark], records=[("acme", "delivered", b"{}")])
+        print(spool.owner, flush=True)
+        close = _journal.Journal.close
+        def close_then_die(self, **kwargs):  # killed after the files, before their offsets
+            close(self, **kwargs)
+            os.kill(os.getpid(), 9)
+        _journal.Journal.close = close_then_die
+        spool.close()
+        """,
+        str(path),
+    )
+    owner = out.strip()
+    left = query(path, "SELECT name FROM journals")
+    assert [name.split(".", 1)[0] for (name,) in left] == [owner]
+    spool = open_spool(path)
+    mine = spool.accept([b"live"])  # a live owner's offset stays
+    spool.put_many(marks=[mine])
+    spool.maintain()
+    assert query(path, "SELECT name FROM journals") == [(mine[0],)]
+    spool.close()
+
+
 # -- through the Emitter -------------------------------------------------------------------------
 
 
