@@ -74,6 +74,7 @@ class _Tenant:
     rate_limited_spent: float = 0.0
     paused: str | None = None
     paused_key: str | None = None  # the refused key's fingerprint
+    resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
 
 
 PAUSED_RECHECK = 30.0
@@ -224,6 +225,7 @@ class Dispatcher:
         now = time.monotonic()
         with self.cv:
             state = self._state(tenant)
+            state.resumes += 1
             self._unpause(state)
             state.not_before = 0.0
             if not state.in_flight:
@@ -317,7 +319,7 @@ class Dispatcher:
             return
         now = time.monotonic()
         with self.cv:
-            seen, retries = state.failures, state.retries
+            seen, retries, resumes = state.failures, state.retries, state.resumes
             if self.max_in_flight > 1:
                 self._overlap(state, now)
         response = self.transport.post(
@@ -331,7 +333,10 @@ class Dispatcher:
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
             self.spool.release(lease, lease.messages)
-            self._pause(state, f"write key refused ({response.status})", tag)
+            if state.resumes != resumes:  # resumed while it was out: try the new key now
+                self._finish(state)
+            else:
+                self._pause(state, f"write key refused ({response.status})", tag)
         elif outcome is Outcome.REJECTED:
             self._bisect(lease, lease.messages, key, response.status, response.error)
             self._reset_backoff(state, seen)

@@ -657,6 +657,7 @@ class LocalSegment:
         self._ids: set[str] = set()
         self._n_accepted = 0
         self._n_requests = 0
+        self._n_arrived = 0
         self._n_dropped = 0
         self._n_duplicates = 0
         self._server: _Server | None = None
@@ -851,12 +852,19 @@ class LocalSegment:
             self._dropped.clear()
             self._ids.clear()
             self._n_accepted = self._n_requests = self._n_dropped = self._n_duplicates = 0
+            self._n_arrived = 0
             self._cond.notify_all()
 
     def wait_for(self, count: int, timeout: float = 10.0) -> bool:
         """Block until at least ``count`` events are accepted; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: self._n_accepted >= count, timeout)
+
+    def wait_for_arrivals(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``count`` batch requests have arrived, answered or not (a
+        request held by an injected delay counts at once); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._n_arrived >= count, timeout)
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
         """Block until at least ``count`` batch requests were handled; False on timeout."""
@@ -917,6 +925,9 @@ class LocalSegment:
 
     def _handle_batch(self, handler: _Handler) -> None:
         received_at = time.monotonic()
+        with self._cond:
+            self._n_arrived += 1
+            self._cond.notify_all()
         auth = handler.headers.get("Authorization")
         header_key = _basic_user(auth) if auth is not None else None
         raw = handler._read_body()

@@ -286,6 +286,25 @@ def test_401_pauses_the_tenant_keeps_its_events_and_a_new_key_resumes_it() -> No
         assert len(server.events("key-acme-2")) == 3
 
 
+def test_a_key_replaced_while_a_request_with_the_old_one_is_out_is_used_at_once() -> None:
+    # The 401 for the old key arrives after set_write_key: no pause, no 30 s re-check wait.
+    paused: list[tuple[str, str]] = []
+    with LocalSegment(write_keys=["key-globex", "key-acme-2"]) as server:
+        server.set_faults(FaultPlan(per_key={"key-acme": [Fault.http(401, delay=1.0)]}))
+        em = emitter(server, on_pause=lambda t, r: paused.append((t, r)))
+        assert em._dispatcher.paused_recheck >= 30
+        try:
+            em.emit(record(1, "acme"))
+            assert server.wait_for_arrivals(1)
+            em.set_write_key("acme", "key-acme-2")
+            assert em.flush(10)
+        finally:
+            em.close()
+        assert len(server.events("key-acme-2")) == 1
+        assert [r.status for r in server.requests] == [401, 200]
+    assert paused == []
+
+
 # -- tenants on one pool ------------------------------------------------------------------------
 
 

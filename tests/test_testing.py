@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
@@ -741,3 +742,16 @@ def test_fixture_via_pytest_plugins(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_wait_for_arrivals_counts_a_request_held_by_a_delay_before_it_is_answered() -> None:
+    with LocalSegment(faults=FaultPlan(script=[Fault.latency(30.0)])) as server:
+
+        def post() -> None:
+            with contextlib.suppress(OSError, http.client.HTTPException):  # cut off at exit
+                send(server, batch(track("a1")))
+
+        threading.Thread(target=post, daemon=True).start()
+        assert server.wait_for_arrivals(1)
+        assert server.requests == []  # arrived, held by the delay, not answered yet
+        assert not server.wait_for_requests(1, timeout=0.05)
