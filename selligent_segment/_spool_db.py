@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -241,3 +243,42 @@ def _refuse_foreign(db: sqlite3.Connection, path: Path, app_id: int, version: in
         )
     if version < 1:
         raise SpoolError(f"{path}: spool has an invalid schema version {version}")
+
+
+class ForkSafe:
+    """Base of the objects that use an SQLite connection under ``self._lock``.
+
+    Guarantee: around ``fork()`` every such lock is held, so no thread is inside an SQLite
+    call and the child inherits no half-held SQLite lock (which would leave its own new
+    connection "database is locked" for its whole life). A child must never close an
+    inherited connection (that could undo the parent's file locks): :meth:`_abandon_db`
+    keeps it referenced instead.
+    """
+
+    _lock: threading.Lock
+
+    def _guard_over_fork(self) -> None:
+        _guarded.add(self)
+
+    @staticmethod
+    def _abandon_db(db: sqlite3.Connection) -> None:
+        _abandoned.append(db)
+
+
+_guarded: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
+_held_over_fork: list[threading.Lock] = []
+_abandoned: list[sqlite3.Connection] = []  # connections inherited over fork: never closed
+
+
+def _before_fork() -> None:
+    for owner in list(_guarded):
+        if owner._lock.acquire(timeout=60):
+            _held_over_fork.append(owner._lock)
+
+
+def _after_fork() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

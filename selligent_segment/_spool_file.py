@@ -7,9 +7,12 @@ about two seconds, or by the next start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import SpoolError
-from selligent_segment._spool_db import journal_dir, open_db, spool_path, transaction
+from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, spool_path, transaction
 
 __all__ = ["DeadLetter", "SpoolFile", "SpoolStatus", "TenantBacklog"]
 
@@ -129,16 +132,30 @@ def _where(tenant: str | None, reason: str | None, ids: list[int] | None) -> tup
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class SpoolFile:
+class SpoolFile(ForkSafe):
     """An existing spool file, opened for inspection and dead-letter handling.
 
     Raises SpoolError when there is no spool at ``spool`` or it is not one (the file is
-    then left untouched). Safe to use while emitters run on the same file.
+    then left untouched). Safe to use while emitters run on the same file, from several
+    threads, and in a process forked after it was opened (which gets its own connection).
     """
 
     def __init__(self, spool: str | os.PathLike[str]) -> None:
         self.path: Path = spool_path(spool)
         self._db: sqlite3.Connection = open_db(self.path, create=False)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._guard_over_fork()
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock held over fork; a forked child opens its own."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._abandon_db(self._db)
+                self._db = open_db(self.path, create=False)
+                self._pid = os.getpid()
+            yield self._db
 
     def __repr__(self) -> str:
         return f"<SpoolFile {str(self.path)!r}>"
@@ -153,7 +170,9 @@ class SpoolFile:
 
     def close(self) -> None:
         """Close the file (idempotent)."""
-        self._db.close()
+        with self._lock:
+            if self._pid == os.getpid():
+                self._db.close()  # a forked child's inherited connection is never closed
 
     def status(self) -> SpoolStatus:
         """Backlog per tenant (queued, leased, dead letters, oldest age, paused), sizes."""
@@ -167,18 +186,19 @@ class SpoolFile:
             )
 
         try:
-            for tenant, queued, leased, oldest in self._db.execute(
-                "SELECT tenant, count(*), count(owner), min(accepted_at) FROM messages "
-                "GROUP BY tenant"
-            ):
-                e = entry(tenant)
-                e.update(queued=queued, leased=leased, oldest=oldest)
-            for tenant, dead in self._db.execute(
-                "SELECT tenant, count(*) FROM dead_letters GROUP BY tenant"
-            ):
-                entry(tenant)["dead_letters"] = dead
-            for tenant, reason in self._db.execute("SELECT tenant, reason FROM paused"):
-                entry(tenant)["paused"] = reason
+            with self._connection() as db:
+                for tenant, queued, leased, oldest in db.execute(
+                    "SELECT tenant, count(*), count(owner), min(accepted_at) FROM messages "
+                    "GROUP BY tenant"
+                ):
+                    e = entry(tenant)
+                    e.update(queued=queued, leased=leased, oldest=oldest)
+                for tenant, dead in db.execute(
+                    "SELECT tenant, count(*) FROM dead_letters GROUP BY tenant"
+                ):
+                    entry(tenant)["dead_letters"] = dead
+                for tenant, reason in db.execute("SELECT tenant, reason FROM paused"):
+                    entry(tenant)["paused"] = reason
         except sqlite3.DatabaseError as exc:
             raise SpoolError(f"{self.path}: cannot read the spool: {exc}") from None
         rows = tuple(
@@ -214,7 +234,8 @@ class SpoolFile:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [DeadLetter(*row) for row in self._db.execute(sql, params)]
+        with self._connection() as db:
+            return [DeadLetter(*row) for row in db.execute(sql, params)]
 
     def requeue(
         self,
@@ -227,7 +248,7 @@ class SpoolFile:
         messageId); returns how many. Those that are not whole messages stay."""
         where, params = _where(tenant, reason, ids)
         where += (" AND " if where else " WHERE ") + "message_id != ''"
-        with transaction(self._db) as db:
+        with self._connection() as conn, transaction(conn) as db:
             db.execute(
                 "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "  # noqa: S608
                 "SELECT tenant, message_id, kind, body, accepted_at FROM dead_letters"
@@ -246,7 +267,7 @@ class SpoolFile:
     ) -> int:
         """Delete matching dead letters for good; returns how many."""
         where, params = _where(tenant, reason, ids)
-        with transaction(self._db) as db:
+        with self._connection() as conn, transaction(conn) as db:
             return db.execute("DELETE FROM dead_letters" + where, params).rowcount  # noqa: S608
 
 

@@ -15,11 +15,9 @@ import functools
 import itertools
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -38,7 +36,7 @@ from selligent_segment._journal import (
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment._spool import Lease, SpoolStats
-from selligent_segment._spool_db import journal_dir, open_db, transaction
+from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, transaction
 
 __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
@@ -47,9 +45,6 @@ log = logging.getLogger("selligent_segment")
 _REPLAY_CHUNK = 5_000
 _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
-_abandoned: list[object] = []  # connections inherited over fork: never closed in a child
-_live: weakref.WeakSet[SqliteSpool] = weakref.WeakSet()
-_held_over_fork: list[threading.Lock] = []
 
 
 @attrs.frozen
@@ -154,7 +149,7 @@ def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[De
     return records, dead
 
 
-class SqliteSpool:
+class SqliteSpool(ForkSafe):
     """A :class:`~selligent_segment._spool.Spool` in an SQLite file, shared by processes.
 
     Guarantees: a record is durable once :meth:`accept` returns (journal, then database);
@@ -174,7 +169,7 @@ class SqliteSpool:
         self._decoder = decoder
         self._db = open_db(path, fsync=fsync)
         self._lock = threading.Lock()
-        _live.add(self)
+        self._guard_over_fork()
         self._dir = journal_dir(path)
         self._journal = Journal(self._dir, fsync=fsync)
         self.owner = self._journal.owner
@@ -553,21 +548,4 @@ class SqliteSpool:
         """In a forked child: let go of the parent's journal and connection untouched."""
         self._closed = True
         self._journal.abandon()
-        _abandoned.append(self._db)
-
-
-def _before_fork() -> None:
-    # Every use of a connection is under its spool's lock: holding them all, no thread is
-    # inside an SQLite call, so the child inherits no half-held SQLite lock (which would
-    # leave its own new connection "database is locked" for its whole life).
-    for spool in list(_live):
-        if spool._lock.acquire(timeout=60):
-            _held_over_fork.append(spool._lock)
-
-
-def _after_fork() -> None:
-    while _held_over_fork:
-        _held_over_fork.pop().release()
-
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+        self._abandon_db(self._db)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,40 @@ def test_dead_letters_list_requeue_purge(
     assert "1 dead letters purged" in purged.stdout
     with SpoolFile(spool) as sf:
         assert sf.dead_letters() == []
+
+
+def test_a_spool_file_works_in_a_process_forked_while_a_thread_uses_it(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(i) for i in range(3)])
+    with SpoolFile(spool) as sf:
+        inherited = sf._db
+        stop = threading.Event()
+        reads = threading.Semaphore(0)
+
+        def busy() -> None:  # in SQLite calls over and over, so likely in one at the fork
+            while not stop.is_set():
+                assert sf.status().tenants[0].queued == 3
+                reads.release()
+
+        reader = threading.Thread(target=busy, daemon=True)
+        reader.start()
+        assert reads.acquire(timeout=10)
+        pid = os.fork()
+        if pid == 0:  # the child: its own connection; the inherited one is left alone
+            code = 1
+            try:
+                ok = sf.status().tenants[0].queued == 3 and sf._db is not inherited
+                sf.close()
+                code = 0 if ok else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        stop.set()
+        reader.join(10)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sf._db is inherited
+        assert [t.queued for t in sf.status().tenants] == [3]
+        assert len(sf.dead_letters()) == 0
 
 
 def test_help_documents_exit_codes() -> None:
