@@ -144,6 +144,7 @@ class SpoolFile(ForkSafe):
         self.path: Path = spool_path(spool)
         self._db: sqlite3.Connection = open_db(self.path, create=False)
         self._pid = os.getpid()
+        self._closed = False
         self._lock = threading.Lock()
         self._guard_over_fork()
 
@@ -151,6 +152,8 @@ class SpoolFile(ForkSafe):
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """The connection, under the lock held over fork; a forked child opens its own."""
         with self._lock:
+            if self._closed:
+                raise SpoolError(f"{self.path}: this SpoolFile is closed")
             if self._pid != os.getpid():
                 self._abandon_db(self._db)
                 self._db = open_db(self.path, create=False)
@@ -171,8 +174,11 @@ class SpoolFile(ForkSafe):
     def close(self) -> None:
         """Close the file (idempotent)."""
         with self._lock:
+            self._closed = True
             if self._pid == os.getpid():
-                self._db.close()  # a forked child's inherited connection is never closed
+                self._db.close()
+            else:  # a forked child never closes the connection it inherited
+                self._abandon_db(self._db)
 
     def status(self) -> SpoolStatus:
         """Backlog per tenant (queued, leased, dead letters, oldest age, paused), sizes."""

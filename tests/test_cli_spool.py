@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from selligent_segment import Emitter, RetryPolicy, SpoolFile
+from selligent_segment import Emitter, RetryPolicy, SpoolError, SpoolFile
 from selligent_segment.testing import LocalSegment
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
@@ -245,6 +245,8 @@ def test_a_spool_file_works_in_a_process_forked_while_a_thread_uses_it(tmp_path:
         assert sf._db is inherited
         assert [t.queued for t in sf.status().tenants] == [3]
         assert len(sf.dead_letters()) == 0
+    with pytest.raises(SpoolError, match="closed"):
+        sf.status()
 
 
 def test_help_documents_exit_codes() -> None:
