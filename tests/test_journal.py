@@ -231,6 +231,15 @@ def test_a_live_owner_is_never_claimed_a_closed_one_is(jdir: Path) -> None:
     me.close(delete_current=True)
 
 
+def _killed(script: str, jdir: Path) -> str:
+    """Run ``script`` on ``jdir`` in a child that kills itself with SIGKILL; its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(jdir)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == -9, proc.stderr
+    return proc.stdout.strip()
+
+
 def test_an_owner_killed_by_sigkill_is_claimed(jdir: Path) -> None:
     script = (
         "import os, sys\n"
@@ -241,11 +250,7 @@ def test_an_owner_killed_by_sigkill_is_claimed(jdir: Path) -> None:
         "print(j.owner, flush=True)\n"
         "os.kill(os.getpid(), 9)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(jdir)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == -9, proc.stderr
-    owner = proc.stdout.strip()
+    owner = _killed(script, jdir)
     assert (jdir / f"{owner}.owner").exists()
     with claim_dead_owners(jdir, skip="me") as dead:
         assert dead == [owner]
@@ -268,11 +273,7 @@ def test_a_temporary_file_left_by_a_process_killed_while_creating_it_is_swept(
         "_journal.os.rename = stuck\n"
         "_journal.Journal(Path(sys.argv[1]))\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(jdir)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == -9, proc.stderr
-    left = Path(proc.stdout.strip())
+    left = Path(_killed(script, jdir))
     assert left.parent == jdir
     assert left.name.endswith(".tmp")
     assert left.exists()
