@@ -39,6 +39,10 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 DEFAULT_TENANT = "default"
 _LIBRARY = {"name": "selligent-segment", "version": __version__}
 _INTEGRATION = {"name": "selligent", "version": __version__}
+# The same two dicts as JSON, for the hot path: orjson copies a Fragment's bytes as they
+# are instead of walking the dict (track_message's deep copy turns them back into dicts).
+_LIBRARY_JSON = orjson.Fragment(orjson.dumps(_LIBRARY))
+_INTEGRATION_JSON = orjson.Fragment(orjson.dumps(_INTEGRATION))
 _DEFAULT_NAMING = EventNaming()
 # Per kind, the spec property fields a normalised record of that kind can hold (the
 # others are refused when the record is validated), in canonical order.
@@ -129,9 +133,13 @@ def _track(
     context: dict[str, Any]
     if email is not None:
         email = email.lower()
-        context = {"library": _LIBRARY, "integration": _INTEGRATION, "traits": {"email": email}}
+        context = {
+            "library": _LIBRARY_JSON,
+            "integration": _INTEGRATION_JSON,
+            "traits": {"email": email},
+        }
     else:
-        context = {"library": _LIBRARY, "integration": _INTEGRATION}
+        context = {"library": _LIBRARY_JSON, "integration": _INTEGRATION_JSON}
     if "ip" in fields:
         context["ip"] = fields["ip"]
     if "user_agent" in fields:
