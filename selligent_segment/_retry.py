@@ -40,7 +40,6 @@ __all__ = [
     "classify",
     "parse_rate_limit_reset",
     "parse_retry_after",
-    "server_paced",
     "server_wait",
 ]
 
@@ -140,10 +139,16 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             delay = when.timestamp() - now
         except (OverflowError, OSError, ValueError):
             return None
-    if not math.isfinite(delay):
-        return MAX_RETRY_AFTER if delay > 0 else None
-    if delay <= 0:
+    return _whole_wait(delay)
+
+
+def _whole_wait(delay: float) -> float | None:
+    """``delay`` as a whole number of seconds in ``[1, MAX_RETRY_AFTER]``, rounded up;
+    ``None`` when there is nothing to wait for (zero, negative or NaN)."""
+    if not delay > 0:
         return None
+    if not math.isfinite(delay):
+        return MAX_RETRY_AFTER
     return float(min(math.ceil(delay), MAX_RETRY_AFTER))
 
 
@@ -173,19 +178,10 @@ def parse_rate_limit_reset(value: str | None, now: float) -> float | None:
     if _DECIMAL.fullmatch(text):
         number = float(text)
         if number >= _EPOCH_MILLISECONDS:
-            return _delay_until(number / 1000.0, now)
+            return _whole_wait(number / 1000.0 - now)
         if number >= _EPOCH_SECONDS:
-            return _delay_until(number, now)
+            return _whole_wait(number - now)
     return parse_retry_after(text, now)
-
-
-def _delay_until(when: float, now: float) -> float | None:
-    delay = when - now
-    if not delay > 0:
-        return None
-    if not math.isfinite(delay):
-        return MAX_RETRY_AFTER
-    return float(min(math.ceil(delay), MAX_RETRY_AFTER))
 
 
 def server_wait(
@@ -198,6 +194,10 @@ def server_wait(
     it: elsewhere such headers describe a quota window, not a wait. When both apply the
     later one wins, so we never come back before the server asked. Both are the parsed
     values (:func:`parse_retry_after`, :func:`parse_rate_limit_reset`).
+
+    An attempt with such a wait is server-paced: it is not counted against
+    ``max_attempts``, and its wait is bounded by ``max_rate_limit_duration``. A 429 with
+    neither header takes a counted backoff, as in the official Python client.
     """
     if not outcome.retryable:
         return None
@@ -205,18 +205,6 @@ def server_wait(
     if outcome is Outcome.RATE_LIMITED and rate_limit_reset is not None and rate_limit_reset > 0:
         wait = rate_limit_reset if wait is None else max(wait, rate_limit_reset)
     return wait
-
-
-def server_paced(
-    outcome: Outcome, retry_after: float | None, rate_limit_reset: float | None = None
-) -> bool:
-    """True when the next wait is the server's (:func:`server_wait` is not ``None``): a
-    retryable answer carrying a usable ``Retry-After``, or a 429 carrying a usable
-    ``X-RateLimit-Reset``. Such an attempt is not counted against ``max_attempts``; its
-    wait is bounded by ``max_rate_limit_duration``. A 429 *without* either header is not
-    server-paced: it takes a counted backoff, as in the official Python client.
-    """
-    return server_wait(outcome, retry_after, rate_limit_reset) is not None
 
 
 class _ProportionalJitter(wait_base):

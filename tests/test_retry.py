@@ -19,7 +19,6 @@ from selligent_segment._retry import (
     classify,
     parse_rate_limit_reset,
     parse_retry_after,
-    server_paced,
     server_wait,
 )
 
@@ -148,12 +147,12 @@ def test_retry_after_with_a_zone_offset() -> None:
     assert parse_retry_after("Tue, 14 Nov 2023 10:00:00 +0200", 1699948800.0 - 45) == 45.0
 
 
-def test_server_paced() -> None:
-    assert server_paced(Outcome.RATE_LIMITED, 5.0)
-    assert server_paced(Outcome.RETRY, 5.0)  # e.g. a 503 with Retry-After
-    assert not server_paced(Outcome.RATE_LIMITED, None)  # counted backoff instead
-    assert not server_paced(Outcome.REJECTED, 5.0)
-    assert not server_paced(Outcome.DELIVERED, 5.0)
+def test_server_wait_is_retry_after_on_a_retryable_answer() -> None:
+    assert server_wait(Outcome.RATE_LIMITED, 5.0) == 5.0
+    assert server_wait(Outcome.RETRY, 5.0) == 5.0  # e.g. a 503 with Retry-After
+    assert server_wait(Outcome.RATE_LIMITED, None) is None  # counted backoff instead
+    assert server_wait(Outcome.REJECTED, 5.0) is None
+    assert server_wait(Outcome.DELIVERED, 5.0) is None
 
 
 # -- X-RateLimit-Reset ----------------------------------------------------------------------
@@ -200,12 +199,10 @@ def test_rate_limit_reset_nothing_to_wait_for(value: str | None) -> None:
 
 def test_server_wait_takes_x_rate_limit_reset_on_a_429_only() -> None:
     assert server_wait(Outcome.RATE_LIMITED, None, 7.0) == 7.0
-    assert server_paced(Outcome.RATE_LIMITED, None, 7.0)
     # Elsewhere such headers describe a quota window, not a wait.
     assert server_wait(Outcome.RETRY, None, 7.0) is None
     assert server_wait(Outcome.DELIVERED, None, 7.0) is None
     assert server_wait(Outcome.REJECTED, 3.0, 7.0) is None
-    assert not server_paced(Outcome.RETRY, None, 7.0)
 
 
 def test_server_wait_takes_the_later_of_both_headers() -> None:
