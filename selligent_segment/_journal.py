@@ -69,6 +69,19 @@ def _lock(fd: int) -> bool:
     return True
 
 
+def _lock_existing(path: Path) -> int | None:
+    """Open ``path`` and lock it: the descriptor, or None when the file is gone or someone
+    holds its lock (a live owner, a creator about to rename it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    if _lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _create_locked(directory: Path, final_name: str, header: bytes) -> int:
     """Create ``final_name`` already locked: made under a temporary name, locked, renamed,
     so nobody can ever see it unlocked and take it for a dead owner's."""
@@ -235,14 +248,9 @@ def claim_dead_owners(directory: Path, skip: str) -> Iterator[list[str]]:
     orphans = journal_owners - owners
     try:
         for owner in sorted(owners - {skip}):
-            try:
-                fd = os.open(directory / f"{owner}.owner", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            if _lock(fd):
+            fd = _lock_existing(directory / f"{owner}.owner")
+            if fd is not None:
                 claimed.append((owner, fd))
-            else:
-                os.close(fd)
         yield [owner for owner, _ in claimed] + sorted(orphans - {skip})
     finally:
         for owner, fd in claimed:
@@ -260,14 +268,14 @@ def _sweep_temporaries(directory: Path) -> None:
         try:
             if path.stat().st_mtime > too_old:
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             continue
-        try:
-            if _lock(fd):
+        fd = _lock_existing(path)
+        if fd is not None:
+            try:
                 path.unlink(missing_ok=True)
-        finally:
-            os.close(fd)
+            finally:
+                os.close(fd)
 
 
 def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:

@@ -101,6 +101,19 @@ def _reject_sql(rows: int) -> str:
     return head + values + tail
 
 
+def _execute_in_parts(
+    db: sqlite3.Connection,
+    sql: Callable[[int], str],
+    shared: Sequence[object],
+    rows: Sequence[Sequence[object]],
+) -> None:
+    """Run ``sql(n)`` once per part of up to ``_ROWS_PER_INSERT`` rows; its parameters are
+    ``shared``, then each row's values in turn."""
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[start : start + _ROWS_PER_INSERT]
+        db.execute(sql(len(part)), [*shared, *itertools.chain.from_iterable(part)])
+
+
 def _head(db: sqlite3.Connection, tenant: str, limit: int) -> list[tuple[int, str, str, bytes]]:
     """The first ``limit`` unleased rows of ``tenant``: (id, message_id, kind, body).
 
@@ -220,9 +233,7 @@ class SqliteSpool(ForkSafe):
             with transaction(self._db) as db:
                 if messages:
                     self._insert(db, messages, now)
-                for start in range(0, len(records), _ROWS_PER_INSERT):
-                    part = records[start : start + _ROWS_PER_INSERT]
-                    db.execute(_insert_records_sql(len(part)), [now, *itertools.chain(*part)])
+                _execute_in_parts(db, _insert_records_sql, (now,), records)
                 self._insert_dead(db, dead, now)
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "
@@ -369,12 +380,7 @@ class SqliteSpool(ForkSafe):
                     (r, m.tenant, m.message_id, _kind(m.kind), m.body)
                     for m, r in zip(messages, rowids, strict=True)
                 ]
-                now = time.time()
-                for start in range(0, len(rows), _ROWS_PER_INSERT):
-                    part = rows[start : start + _ROWS_PER_INSERT]
-                    db.execute(
-                        _reject_sql(len(part)), [now, reason, status, *itertools.chain(*part)]
-                    )
+                _execute_in_parts(db, _reject_sql, (time.time(), reason, status), rows)
                 db.execute(
                     "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
                     (_ids(rowids),),
