@@ -250,12 +250,10 @@ class Emitter:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
         inbox = self._inbox
-        durable = self._durable
-        if (
-            len(inbox) if durable is None else self._pending()
-        ) >= self._max_pending and not self._wait_for_room(tenant):
+        if self._pending() >= self._max_pending and not self._wait_for_room(tenant):
             return False
         now = None if "timestamp" in fields else time.time()
+        durable = self._durable
         if durable is None:
             inbox.append((fields, tenant, now, None))
         else:

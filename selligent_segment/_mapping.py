@@ -79,13 +79,12 @@ except ImportError:  # pragma: no cover - a Python built without it
     _sha1 = hashlib.sha1
 
 
-def _event_id_prefix(tenant: str, kind: str) -> bytes:
-    prefix = _ID_PREFIXES.get((tenant, kind))
-    if prefix is None:
-        if len(_ID_PREFIXES) >= _MAX_ID_PREFIXES:
-            _ID_PREFIXES.clear()
-        prefix = _NAMESPACE_BYTES + orjson.dumps([tenant, kind, "event_id"])[:-1] + b","
-        _ID_PREFIXES[(tenant, kind)] = prefix
+def _new_event_id_prefix(tenant: str, kind: str) -> bytes:
+    """Make and remember the ``_ID_PREFIXES`` entry of (tenant, kind) (a cache miss)."""
+    if len(_ID_PREFIXES) >= _MAX_ID_PREFIXES:
+        _ID_PREFIXES.clear()
+    prefix = _NAMESPACE_BYTES + orjson.dumps([tenant, kind, "event_id"])[:-1] + b","
+    _ID_PREFIXES[(tenant, kind)] = prefix
     return prefix
 
 
@@ -93,7 +92,7 @@ def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
     kind: str = fields["type"]._value_  # .value is a Python-level property: 4x slower
     event_id = fields.get("event_id")
     if event_id is not None:
-        prefix = _ID_PREFIXES.get((tenant, kind)) or _event_id_prefix(tenant, kind)
+        prefix = _ID_PREFIXES.get((tenant, kind)) or _new_event_id_prefix(tenant, kind)
         data = prefix + orjson.dumps(event_id) + b"]"
     else:
         content = {k: v for k, v in fields.items() if k not in ("tenant", "type")}
