@@ -1,10 +1,13 @@
-"""Shared test set-up: no test may touch the user's default spool file."""
+"""Shared test set-up: no test may touch the user's default spool file; a LocalSegment."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from selligent_segment.testing import LocalSegment
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +19,10 @@ def _private_state_dir(
     monkeypatch.setenv("XDG_STATE_HOME", str(state))
     monkeypatch.delenv("SELLIGENT_SEGMENT_SPOOL", raising=False)
     return state
+
+
+@pytest.fixture
+def server() -> Iterator[LocalSegment]:
+    """A LocalSegment on loopback that accepts any write key (a module may override it)."""
+    with LocalSegment() as segment:
+        yield segment

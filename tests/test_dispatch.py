@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _delivery import FAST_RETRY, emitter, record
 
 from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
 from selligent_segment._dispatch import Dispatcher
@@ -19,32 +19,7 @@ from selligent_segment._stats import Counters
 from selligent_segment._transport import Transport
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
-FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=50)
 ONE_PER_REQUEST = BatchPolicy(max_messages=1, linger=0.0)
-
-
-def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "type": "delivered",
-        "tenant": tenant,
-        "email": f"user{i}@example.com",
-        "event_id": f"ev-{i}",
-    }
-    base.update(extra)
-    return base
-
-
-@pytest.fixture
-def server() -> Iterator[LocalSegment]:
-    with LocalSegment() as segment:
-        yield segment
-
-
-def emitter(server: LocalSegment, **options: Any) -> Emitter:
-    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
-    options.setdefault("retry", FAST_RETRY)
-    options.setdefault("batch", BatchPolicy(linger=0.0))
-    return Emitter(endpoint=server.url, **options)
 
 
 def arrival_times(server: LocalSegment) -> list[float]:

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _delivery import emitter, record
 
 from selligent_segment import (
     BatchPolicy,
@@ -28,35 +28,6 @@ from selligent_segment import (
     UnknownTenant,
 )
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
-
-FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=50)
-QUICK = BatchPolicy(linger=0.0)
-
-
-def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "type": "delivered",
-        "tenant": tenant,
-        "email": f"user{i}@example.com",
-        "event_id": f"ev-{i}",
-        "email_id": "m-1",
-    }
-    base.update(extra)
-    return base
-
-
-@pytest.fixture
-def server() -> Iterator[LocalSegment]:
-    with LocalSegment() as segment:
-        yield segment
-
-
-def emitter(server: LocalSegment, **options: Any) -> Emitter:
-    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
-    options.setdefault("retry", FAST_RETRY)
-    options.setdefault("batch", QUICK)
-    return Emitter(endpoint=server.url, **options)
-
 
 # -- the basics -----------------------------------------------------------------------------
 

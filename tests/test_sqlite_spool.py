@@ -20,13 +20,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from _delivery import record as delivery_record
 from freezegun import freeze_time
 
 from selligent_segment import (
@@ -56,15 +56,8 @@ KEYS = {"acme": "wk_SECRET_acme_7f3a9c", "globex": "wk_SECRET_globex_1b2d4e"}
 
 
 def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "type": "opened",
-        "tenant": tenant,
-        "email": f"user{i}@example.com",
-        "event_id": f"ev-{i}",
-        "email_id": "m-1",
-    }
-    base.update(extra)
-    return base
+    """:func:`_delivery.record` as an Email Opened record."""
+    return delivery_record(i, tenant, **{"type": "opened", **extra})
 
 
 def decode(payload: bytes) -> EncodedMessage:
@@ -98,12 +91,6 @@ def open_spool(path: Path, **options: Any) -> SqliteSpool:
 def query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
         return db.execute(sql, args).fetchall()
-
-
-@pytest.fixture
-def server() -> Iterator[LocalSegment]:
-    with LocalSegment() as segment:
-        yield segment
 
 
 def emitter(server: LocalSegment, spool: Path | str, **options: Any) -> Emitter:
