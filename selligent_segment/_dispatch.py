@@ -7,6 +7,10 @@ paused (its key was refused or is missing). The request-rate cap is a token buck
 Ready tenants wait in one round-robin queue, so a tenant with a million queued events
 sends one batch and then goes to the back of the line: it cannot starve the others. No
 lock is held across a request.
+
+A batch refused as a whole (400, 413, 422) is bisected through the same scheduler: each
+half is a turn of its own, so the rate cap and the round-robin apply to bisection
+requests too, and the outcome is logged once per refused batch, not once per message.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -59,6 +63,21 @@ class _Bucket:
     refilled: float = float("-inf")
 
 
+#: A part of a leased batch still to be sent: the lease and the messages of the part.
+_Part = tuple[Lease, tuple[EncodedMessage, ...]]
+
+
+@attrs.define
+class _Bisection:
+    """The tally of one refused batch being bisected, for its single log line."""
+
+    total: int
+    error: str
+    requests: int = 1
+    delivered: int = 0
+    rejected: int = 0
+
+
 @attrs.define
 class _Tenant:
     name: str
@@ -75,6 +94,9 @@ class _Tenant:
     paused: str | None = None
     paused_key: str | None = None  # the refused key's fingerprint
     resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
+    # Parts of a refused batch still to be sent (in queue order), one per turn.
+    parts: deque[_Part] = attrs.field(factory=deque)
+    bisection: _Bisection | None = None
 
 
 PAUSED_RECHECK = 30.0
@@ -135,6 +157,11 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.flushing = 0
+        # Settling (spool write + counters) happens under this lock; once abandoned (the
+        # emitter closed with requests still out), a late result settles nothing, so no
+        # event is both reported unsent at close and counted delivered.
+        self._settle_lock = threading.Lock()
+        self._abandoned = False
 
     # -- scheduling (all under self.cv) ------------------------------------------------
 
@@ -178,6 +205,7 @@ class Dispatcher:
             0 < state.in_flight < self.max_in_flight
             and state.paused is None
             and state.retries == 0
+            and not state.parts
             and state.not_before <= now
             and self.spool.backlog(state.name) >= self.full_at
             and not any(name != state.name for name in self._ready)
@@ -230,6 +258,15 @@ class Dispatcher:
             state.not_before = 0.0
             if not state.in_flight:
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
+
+    def abandon(self, collect: Callable[[], object] | None = None) -> None:
+        """Settle nothing more: results of requests still out are dropped (logged at
+        INFO). ``collect`` runs under the settle lock, after which no settle can land, so
+        it sees exactly what stays unsettled."""
+        with self._settle_lock:
+            self._abandoned = True
+            if collect is not None:
+                collect()
 
     def paused(self) -> dict[str, str]:
         with self.cv:
@@ -310,39 +347,103 @@ class Dispatcher:
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
-        lease = self.spool.lease(
-            state.name, self.batch.max_messages, self.batch.max_bytes - envelope_overhead(key)
-        )
-        if lease is None:
-            self._refund_token(state)
-            self._finish(state)
-            return
+        if state.parts:  # the next part of a refused batch being bisected
+            lease, messages = state.parts.popleft()
+        else:
+            leased = self.spool.lease(
+                state.name,
+                self.batch.max_messages,
+                self.batch.max_bytes - envelope_overhead(key),
+            )
+            if leased is None:
+                self._refund_token(state)
+                self._finish(state)
+                return
+            lease, messages = leased, leased.messages
         now = time.monotonic()
         with self.cv:
             seen, retries, resumes = state.failures, state.retries, state.resumes
             if self.max_in_flight > 1:
                 self._overlap(state, now)
         response = self.transport.post(
-            self.endpoint, key, [m.body for m in lease.messages], retry_count=retries
+            self.endpoint, key, [m.body for m in messages], retry_count=retries
         )
         self.counters.request()
         outcome = response.outcome
         if outcome is Outcome.DELIVERED:
-            self._delivered(lease, lease.messages)
+            self._delivered(lease, messages)
+            if state.bisection is not None:
+                state.bisection.delivered += len(messages)
             self._reset_backoff(state, seen)
+            self._end_bisection(state)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
-            self.spool.release(lease, lease.messages)
+            self._release(lease, self._with_parts(state, messages))
             if state.resumes != resumes:  # resumed while it was out: try the new key now
                 self._finish(state)
             else:
                 self._pause(state, f"write key refused ({response.status})", tag)
         elif outcome is Outcome.REJECTED:
-            self._bisect(lease, lease.messages, key, response.status, response.error)
+            self._refused(state, lease, messages, response.status, response.error)
             self._reset_backoff(state, seen)
             self._finish(state)
         else:
-            self._retry_later(state, lease, response, seen)
+            self._retry_later(state, lease, self._with_parts(state, messages), response, seen)
+
+    def _with_parts(
+        self, state: _Tenant, messages: tuple[EncodedMessage, ...]
+    ) -> tuple[EncodedMessage, ...]:
+        """``messages`` and every part still queued for bisection, in queue order (the
+        bisection is abandoned: they go back, or fail, together)."""
+        if not state.parts:
+            return messages
+        rest = [m for _, part in state.parts for m in part]
+        state.parts.clear()
+        self._end_bisection(state)
+        return messages + tuple(rest)
+
+    def _refused(
+        self,
+        state: _Tenant,
+        lease: Lease,
+        messages: tuple[EncodedMessage, ...],
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        """A permanent refusal: isolate the messages it is about by bisection (each half
+        a turn of its own, so the rate cap applies); deliver the rest."""
+        bisection = state.bisection
+        if len(messages) > 1 and status in (400, 413, 422):
+            if bisection is None:
+                bisection = state.bisection = _Bisection(len(messages), error or f"HTTP {status}")
+            bisection.requests += 2
+            half = len(messages) // 2
+            state.parts.extendleft([(lease, messages[half:]), (lease, messages[:half])])
+            return
+        if bisection is not None:
+            bisection.rejected += len(messages)
+        quiet = bisection is not None
+        self._failed(lease, messages, "rejected", error or f"HTTP {status}", status, quiet)
+        self._end_bisection(state)
+
+    def _end_bisection(self, state: _Tenant) -> None:
+        """Log the outcome of a bisection once its last part is settled."""
+        bisection = state.bisection
+        if bisection is None or state.parts:
+            return
+        state.bisection = None
+        level = logging.ERROR if bisection.rejected else logging.WARNING
+        log.log(
+            level,
+            "selligent-segment: tenant %r: a batch of %d events was refused (%s); "
+            "bisected in %d requests: %d delivered, %d rejected",
+            state.name,
+            bisection.total,
+            bisection.error,
+            bisection.requests,
+            bisection.delivered,
+            bisection.rejected,
+        )
 
     def _take_token(self, state: _Tenant, tag: str) -> bool:
         """Take a request token from the bucket of the key fingerprinted ``tag``; False
@@ -402,7 +503,14 @@ class Dispatcher:
             self._call(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
 
-    def _retry_later(self, state: _Tenant, lease: Lease, response: Response, seen: int) -> None:
+    def _retry_later(
+        self,
+        state: _Tenant,
+        lease: Lease,
+        messages: tuple[EncodedMessage, ...],
+        response: Response,
+        seen: int,
+    ) -> None:
         error = response.error
         with self.cv:
             sibling_failed = state.failures != seen
@@ -429,48 +537,50 @@ class Dispatcher:
                 if give_up is not None:
                     self._clear_backoff(state)
         if give_up is not None:
-            self._failed(lease, lease.messages, "retries_exhausted", f"{give_up}: {error}", None)
+            self._failed(lease, messages, "retries_exhausted", f"{give_up}: {error}", None)
             self._finish(state)
             return
-        self.spool.release(lease, lease.messages)
-        self.counters.add("retried", state.name, len(lease.messages))
-        log.info(
-            "selligent-segment: tenant %r: %d events retried in %.2f s (%s)",
-            state.name,
-            len(lease.messages),
-            delay,
-            error,
-        )
+        if self._release(lease, messages, retried=True):
+            log.info(
+                "selligent-segment: tenant %r: %d events retried in %.2f s (%s)",
+                state.name,
+                len(messages),
+                delay,
+                error,
+            )
         self._finish(state, delay=delay)
 
-    def _bisect(
-        self,
-        lease: Lease,
-        messages: Sequence[EncodedMessage],
-        key: str,
-        status: int | None,
-        error: str | None,
-    ) -> None:
-        """Isolate the messages a permanent refusal is about; deliver the rest."""
-        if len(messages) == 1 or status not in (400, 413, 422):
-            self._failed(lease, messages, "rejected", error or f"HTTP {status}", status)
-            return
-        half = len(messages) // 2
-        for part in (messages[:half], messages[half:]):
-            response = self.transport.post(self.endpoint, key, [m.body for m in part])
-            self.counters.request()
-            if response.outcome is Outcome.DELIVERED:
-                self._delivered(lease, part)
-            elif response.outcome is Outcome.REJECTED:
-                self._bisect(lease, part, key, response.status, response.error)
-            else:  # a transient fault mid-bisection: send these again later
-                self.spool.release(lease, part)
-                self.counters.add("retried", lease.tenant, len(part))
+    def _late(self, lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:
+        log.info(
+            "selligent-segment: tenant %r: a request still out at close ended (%s); its %d "
+            "events were already reported unsent at close, or stay in the spool file",
+            lease.tenant,
+            outcome,
+            len(messages),
+        )
 
     def _delivered(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
-        self.spool.ack(lease, messages)
-        self.counters.add("delivered", lease.tenant, len(messages))
+        with self._settle_lock:
+            if self._abandoned:
+                self._late(lease, messages, "delivered")
+                return
+            self.spool.ack(lease, messages)
+            self.counters.add("delivered", lease.tenant, len(messages))
         self._notify_settled()
+
+    def _release(
+        self, lease: Lease, messages: Iterable[EncodedMessage], *, retried: bool = False
+    ) -> bool:
+        """Put ``messages`` back at the head of their queue; False when abandoned."""
+        messages = tuple(messages)
+        with self._settle_lock:
+            if self._abandoned:
+                self._late(lease, messages, "not delivered")
+                return False
+            self.spool.release(lease, messages)
+            if retried:
+                self.counters.add("retried", lease.tenant, len(messages))
+        return True
 
     def _failed(
         self,
@@ -479,12 +589,24 @@ class Dispatcher:
         reason: str,
         detail: str,
         status: int | None,
+        quiet: bool = False,
     ) -> None:
-        self.spool.reject(lease, messages, f"{reason}: {detail}", status)
-        self.counters.add_reason(
-            "rejected" if reason == "rejected" else "dropped", lease.tenant, reason, len(messages)
-        )
-        log.error(
+        """Settle ``messages`` as not delivered: dead letters (spool file), counted,
+        reported through ``on_failure``; logged at ERROR unless ``quiet`` (a part of a
+        bisection, whose outcome is logged once)."""
+        with self._settle_lock:
+            if self._abandoned:
+                self._late(lease, messages, reason)
+                return
+            self.spool.reject(lease, messages, f"{reason}: {detail}", status)
+            self.counters.add_reason(
+                "rejected" if reason == "rejected" else "dropped",
+                lease.tenant,
+                reason,
+                len(messages),
+            )
+        log.log(
+            logging.DEBUG if quiet else logging.ERROR,
             "selligent-segment: tenant %r: %d events not delivered: %s (%s)",
             lease.tenant,
             len(messages),
@@ -515,7 +637,7 @@ class Dispatcher:
                 state.not_before = max(state.not_before, now + delay)
             if state.in_flight:  # the request still out reschedules it when done
                 self._overlap(state, now)
-            elif state.paused is not None or self.spool.backlog(state.name):
+            elif state.paused is not None or state.parts or self.spool.backlog(state.name):
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
     @staticmethod

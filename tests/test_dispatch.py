@@ -4,6 +4,7 @@ tenants, two requests in flight; and the batch policy it works with."""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from typing import Any
@@ -341,3 +342,65 @@ def test_batch_policy_edges_are_accepted() -> None:
     BatchPolicy(max_messages=1, max_bytes=33 * 1024, linger=0)
     BatchPolicy(max_messages=2500, max_bytes=500 * 1024, linger=60)
     assert BatchPolicy(linger=1).linger == 1
+
+
+# -- bisection goes through the scheduler ---------------------------------------------------
+
+
+def test_bisection_requests_obey_the_rate_cap_and_are_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An endpoint that refuses everything with a 400: the 2N-1 bisection requests are
+    paced by the key's rate cap like any other request, and the whole refused batch is
+    one ERROR line, not one per message."""
+    rate, n = 20.0, 16
+    burst = max(1.0, rate / 10)
+    failures: list[Any] = []
+    caplog.set_level(logging.DEBUG, logger="selligent_segment")
+    with LocalSegment(strict=True, refuse=lambda item: "refused") as server:
+        with emitter(
+            server,
+            batch=BatchPolicy(linger=5.0),
+            max_requests_per_second=rate,
+            on_failure=failures.append,
+        ) as em:
+            em.emit_many([record(i) for i in range(n)])
+            assert em.flush(30)
+            assert em.stats().rejected == {"rejected": n}
+        times = arrival_times(server)
+    assert len(times) == 2 * n - 1
+    # Not faster than the bucket allows: request i needs i - burst refills after the first.
+    for i, t in enumerate(times):
+        assert t - times[0] >= (i - burst) / rate - 0.02, (i, t - times[0])
+    assert sorted(m for f in failures for m in f.message_ids) == sorted(
+        encode(record(i)).message_id for i in range(n)
+    )
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert f"a batch of {n} events was refused" in message
+    assert f"bisected in {2 * n - 1} requests: 0 delivered, {n} rejected" in message
+
+
+def test_a_transient_failure_mid_bisection_sends_the_rest_again_in_order() -> None:
+    """A 503 while a refused batch is bisected puts that part and every part still to go
+    back at the head of the queue, in order; the poison message still ends rejected and
+    everything else is delivered once, in order."""
+    poison = "user5@example.com"
+
+    def refuse(item: Any) -> str | None:
+        return "poison" if item.get("anonymousId") == poison else None
+
+    # Request 1 (the whole batch) is handled normally: 400; request 2 (its first half): 503.
+    plan = FaultPlan(script=[Fault.latency(0), 503])
+    with LocalSegment(strict=True, refuse=refuse, faults=plan) as server:
+        with emitter(server, batch=BatchPolicy(linger=5.0)) as em:
+            em.emit_many([record(i) for i in range(8)])
+            assert em.flush(30)
+            assert em.stats().rejected == {"rejected": 1}
+            assert em.stats().delivered == 7
+        assert [r.status for r in server.requests][:3] == [400, 503, 400]
+        assert [e["anonymousId"] for e in server.accepted] == [
+            f"user{i}@example.com" for i in range(8) if i != 5
+        ]
+        assert server.duplicates == 0
