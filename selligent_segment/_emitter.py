@@ -672,9 +672,12 @@ class Emitter:
         if self._encoder is not None and self._encoder is not threading.current_thread():
             self._encoder.join(1.0)
         if self._durable is not None:
+            # A request still out stays leased in the file: the next start sends it again.
+            self._dispatcher.abandon()
             self._close_durable(self._durable)
         else:
-            self._drop_leftovers()
+            assert isinstance(self._spool, MemorySpool)
+            self._drop_leftovers(self._spool)
         self._transport.close()
         self._closed_result = done
         _live.discard(self)
@@ -699,9 +702,16 @@ class Emitter:
             )
         spool.close(ingested=ingested and not self._inbox)
 
-    def _drop_leftovers(self) -> None:
+    def _drop_leftovers(self, spool: MemorySpool) -> None:
+        """Report everything the memory spool still holds as ``unsent_at_close``: queued
+        messages, batches of requests still out (their late results then settle nothing),
+        and records an ``emit`` racing close() appended after the encoder stopped."""
         left: dict[str, list[EncodedMessage]] = {}
-        # Records an emit() racing close() appended after the encoder stopped.
+
+        def collect() -> None:
+            left.update(spool.take_all())
+
+        self._dispatcher.abandon(collect)
         while self._inbox:
             fields, tenant, now, _ = self._inbox.popleft()
             self._counters.add("accepted", tenant)
@@ -710,10 +720,6 @@ class Emitter:
             except InvalidEvent:
                 message = EncodedMessage(tenant, "", fields["type"], b"")
             left.setdefault(tenant, []).append(message)
-        for tenant in self._spool.tenants():
-            while (lease := self._spool.lease(tenant, 10_000, 1 << 62)) is not None:
-                self._spool.reject(lease, lease.messages, "unsent at close", None)
-                left.setdefault(tenant, []).extend(lease.messages)
         for tenant, messages in left.items():
             self._counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(

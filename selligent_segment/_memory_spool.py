@@ -121,6 +121,20 @@ class MemorySpool:
                 per_tenant[lease.tenant] = per_tenant.get(lease.tenant, 0) + len(lease.messages)
             return SpoolStats(self._count, self._nbytes, leased, per_tenant)
 
+    def take_all(self) -> dict[str, list[EncodedMessage]]:
+        """Remove and return every message, leased or queued, per tenant in queue order
+        (a tenant's leased messages are older than its queued ones)."""
+        with self._lock:
+            out: dict[str, list[EncodedMessage]] = {}
+            for lease in sorted(self._leased.values(), key=lambda lease: lease.id):
+                out.setdefault(lease.tenant, []).extend(lease.messages)
+            for tenant, queue in self._queues.items():
+                out.setdefault(tenant, []).extend(queue)
+            self._leased.clear()
+            self._queues.clear()
+            self._nbytes = self._count = 0
+            return out
+
     def close(self) -> None:
         with self._lock:
             self._queues.clear()

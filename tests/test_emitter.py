@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from selligent_segment import (
     RetryPolicy,
     SpoolFull,
     UnknownTenant,
+    encode,
 )
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
@@ -404,6 +406,33 @@ def test_close_reports_what_could_not_be_delivered(server: LocalSegment) -> None
     assert sum(len(f.message_ids) for f in failures) == 3
 
 
+def test_close_reports_a_batch_whose_request_is_still_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """close() while a request hangs: its events are reported unsent_at_close and counted
+    as dropped; when the late answer comes, nothing is counted twice and nothing raises."""
+    failures: list[DeliveryFailure] = []
+    caplog.set_level(logging.INFO, logger="selligent_segment")
+    with LocalSegment(faults=FaultPlan(script=[Fault.latency(2.0)])) as server:
+        em = emitter(server, on_failure=failures.append)
+        em.emit_many([record(i) for i in range(5)])
+        assert server.wait_for_arrivals(1)
+        assert not em.close(0.1)
+        assert em.stats().dropped == {"unsent_at_close": 5}
+        assert sorted(m for f in failures for m in f.message_ids) == sorted(
+            encode(record(i)).message_id for i in range(5)
+        )
+        assert server.wait_for(5)  # the held request is answered 200 after all
+        for thread in threading.enumerate():
+            if thread.name.startswith("selligent-segment-sender"):
+                thread.join(10)
+                assert not thread.is_alive()
+    stats = em.stats()
+    assert (stats.delivered, stats.dropped) == (0, {"unsent_at_close": 5})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert "still out at close ended (delivered)" in caplog.text
+
+
 def test_interpreter_exit_flushes(server: LocalSegment) -> None:
     script = textwrap.dedent(
         f"""
@@ -457,7 +486,7 @@ def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> N
     em.close(1)
     # Simulate an emit() that passed the closed check just before close() finished.
     em._inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None, None))
-    em._drop_leftovers()
+    em._drop_leftovers(em._spool)  # type: ignore[arg-type]
     assert em.stats().dropped == {"unsent_at_close": 1}
     assert [len(f.message_ids) for f in failures] == [1]
 
