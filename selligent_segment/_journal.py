@@ -13,8 +13,10 @@ grows past :data:`ROTATE_BYTES`, and a finished one is deleted once it is fully 
 When an owner's lock file can be locked by someone else, the owner is dead: whoever takes
 the lock replays its journals from the recorded offsets and releases its leases.
 
-A frame is ``<length u32><crc32 u32><payload>``; a torn or corrupt tail (the process died
-mid-write, before ``emit`` returned) ends the replay of that journal.
+A frame is ``<length u32><crc32 u32><payload>``. A torn tail (the process died mid-write,
+before ``emit`` returned) ends the replay of that journal quietly. Damaged bytes anywhere
+else are skipped up to the next valid frame (one whose crc32 matches) and reported as
+:class:`Damaged`, so that one bad byte costs the record it hit and no other.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from selligent_segment._errors import SpoolError, SpoolFull
 
@@ -37,6 +40,7 @@ __all__ = [
     "FRAME_OVERHEAD",
     "ROTATE_BYTES",
     "STALE_TEMPORARY",
+    "Damaged",
     "Journal",
     "Mark",
     "claim_dead_owners",
@@ -278,11 +282,39 @@ def _sweep_temporaries(directory: Path) -> None:
                 os.close(fd)
 
 
-def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(end offset, payload)`` for each whole frame after ``offset``.
+class Damaged(NamedTuple):
+    """Bytes ``start .. end`` of a journal that hold no valid frame (kept in ``data``):
+    damage on disk, not a torn tail. They may hold records, which are lost to replay."""
 
-    Stops quietly at a torn or corrupt tail. A file that is not a journal raises
-    SpoolError naming it.
+    start: int
+    end: int
+    data: bytes
+
+
+def _valid_at(data: bytes, pos: int) -> int:
+    """The end of the frame starting at ``pos`` when it is whole and its crc32 matches,
+    else -1. An empty payload is never valid: no writer makes one, and eight zero bytes
+    would pass its check."""
+    end = len(data)
+    if pos + _HEADER.size > end:
+        return -1
+    length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    after: int = start + length
+    if length == 0 or after > end or zlib.crc32(memoryview(data)[start:after]) != crc:
+        return -1
+    return after
+
+
+def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes | Damaged]]:
+    """Yield ``(end offset, payload)`` for each whole frame after ``offset``, in order.
+
+    A bad frame (crc32 mismatch, impossible length) followed by a valid one further on is
+    damage: the bytes up to that frame are yielded as ``(end offset, Damaged)`` and reading
+    goes on from there. A bad frame with no valid one after it is a torn tail when it runs
+    past the end of the file (the writer died inside its ``write``): reading stops quietly;
+    when it does not, it is damage too. A file that is not a journal raises SpoolError
+    naming it.
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -290,13 +322,17 @@ def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
         raise SpoolError(f"{path}: not a selligent-segment journal; it was left untouched")
     pos = max(offset, len(MAGIC))
     end = len(data)
-    while pos + _HEADER.size <= end:
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        if start + length > end:
-            return
-        payload = data[start : start + length]
-        if zlib.crc32(payload) != crc:
-            return
-        pos = start + length
-        yield pos, payload
+    while pos < end:
+        after = _valid_at(data, pos)
+        if after >= 0:
+            yield after, data[pos + _HEADER.size : after]
+            pos = after
+            continue
+        resync = next((q for q in range(pos + 1, end) if _valid_at(data, q) >= 0), -1)
+        if resync < 0:
+            start = pos + _HEADER.size
+            if start > end or start + _HEADER.unpack_from(data, pos)[0] > end:
+                return  # a torn tail: never acknowledged to a caller
+            resync = end
+        yield resync, Damaged(pos, resync, data[pos:resync])
+        pos = resync

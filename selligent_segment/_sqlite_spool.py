@@ -27,6 +27,7 @@ import orjson
 
 from selligent_segment._errors import ConfigurationError, SelligentSegmentError
 from selligent_segment._journal import (
+    Damaged,
     Journal,
     Mark,
     claim_dead_owners,
@@ -143,6 +144,12 @@ def _head(db: sqlite3.Connection, tenant: str, limit: int) -> list[tuple[int, st
 
 def _ids(rowids: Iterable[int]) -> str:
     return json.dumps(list(rowids))
+
+
+def _damaged_letter(journal: Path, damaged: Damaged) -> DeadMessage:
+    """The dead letter that reports (and keeps) bytes of a journal replay had to skip."""
+    reason = f"unreadable: damaged journal bytes at {damaged.start}..{damaged.end} in {journal}"
+    return DeadMessage("", "", "", damaged.data, reason)
 
 
 def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[DeadMessage]]:
@@ -506,9 +513,22 @@ class SqliteSpool(ForkSafe):
                 continue
             for start in range(0, len(frames), _REPLAY_CHUNK):
                 chunk = frames[start : start + _REPLAY_CHUNK]
-                records, dead = _records_of([p for _, p in chunk])
+                payloads = [p for _, p in chunk if not isinstance(p, Damaged)]
+                records, dead = _records_of(payloads)
+                damaged = [p for _, p in chunk if isinstance(p, Damaged)]
+                dead += [_damaged_letter(self._dir / name, d) for d in damaged]
                 self.put_many((), [(name, chunk[-1][0])], dead, records)
-                replayed += len(chunk)
+                replayed += len(payloads)
+                for d in damaged:  # logged once kept (a crash before replays them again)
+                    log.error(
+                        "selligent-segment: damaged journal bytes at %d..%d in %s skipped: "
+                        "the events in those %d bytes cannot be sent; the bytes are kept as a "
+                        "dead letter (selligent-segment dead-letters list --reason unreadable)",
+                        d.start,
+                        d.end,
+                        self._dir / name,
+                        d.end - d.start,
+                    )
             with self._lock, transaction(self._db) as db:
                 db.execute("DELETE FROM journals WHERE name = ?", (name,))
             (self._dir / name).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from selligent_segment._journal import (
     FRAME_OVERHEAD,
     MAGIC,
     STALE_TEMPORARY,
+    Damaged,
     Journal,
     claim_dead_owners,
     journals_of,
@@ -83,23 +84,90 @@ def test_a_torn_tail_is_ignored(jdir: Path) -> None:
     assert [p for _, p in read_frames(path, 0)] == payloads(3)
 
 
-def test_a_corrupt_frame_stops_the_replay(jdir: Path) -> None:
+def _payloads_and_damage(path: Path) -> tuple[list[bytes], list[Damaged]]:
+    frames = [p for _, p in read_frames(path, 0)]
+    return (
+        [p for p in frames if not isinstance(p, Damaged)],
+        [p for p in frames if isinstance(p, Damaged)],
+    )
+
+
+def test_a_damaged_frame_is_skipped_and_reported_and_the_frames_after_it_are_read(
+    jdir: Path,
+) -> None:
     journal = Journal(jdir)
     records = payloads(4)
     name, _ = journal.append(records)
     journal.close(delete_current=False)
     path = jdir / name
+    whole = path.read_bytes()
+    second = len(MAGIC) + FRAME_OVERHEAD + len(records[0])
+    third = second + FRAME_OVERHEAD + len(records[1])
+    # A byte of frame 2's payload, of its crc32, of its length (longer, shorter, absurd).
+    for where, value in [
+        (second + FRAME_OVERHEAD, None),
+        (second + 4, None),
+        (second, len(records[1]) + 3),
+        (second, len(records[1]) - 3),
+        (second, 1 << 30),
+    ]:
+        data = bytearray(whole)
+        if value is None:
+            data[where] ^= 0xFF
+        else:
+            data[second : second + 4] = value.to_bytes(4, "little")
+        path.write_bytes(bytes(data))
+        good, damaged = _payloads_and_damage(path)
+        assert good == [records[0], *records[2:]], where
+        assert damaged == [Damaged(second, third, bytes(data[second:third]))], where
+        # The damaged range ends where the next good frame starts: its end offset.
+        ends = [end for end, _ in read_frames(path, 0)]
+        assert ends[1] == third
+
+
+def test_a_damaged_last_frame_is_reported_not_taken_for_a_torn_tail(jdir: Path) -> None:
+    journal = Journal(jdir)
+    records = payloads(3)
+    name, end = journal.append(records)
+    journal.close(delete_current=False)
+    path = jdir / name
     data = bytearray(path.read_bytes())
-    second_payload = len(MAGIC) + FRAME_OVERHEAD + len(records[0]) + FRAME_OVERHEAD
-    data[second_payload] ^= 0xFF  # the crc32 of frame 2 no longer matches
+    data[-1] ^= 0x01  # the last frame is whole, its crc32 no longer matches
     path.write_bytes(bytes(data))
-    # Frames 3 and 4 are intact but follow a bad frame: nothing after it is trusted.
-    assert [p for _, p in read_frames(path, 0)] == records[:1]
-    # A length pointing past the end of the file reads as a torn tail.
-    data = bytearray(path.read_bytes())
-    data[len(MAGIC) : len(MAGIC) + 4] = (1 << 30).to_bytes(4, "little")
-    path.write_bytes(bytes(data))
-    assert list(read_frames(path, 0)) == []
+    last = end - FRAME_OVERHEAD - len(records[-1])
+    good, damaged = _payloads_and_damage(path)
+    assert good == records[:2]
+    assert damaged == [Damaged(last, end, bytes(data[last:]))]
+
+
+def test_bytes_that_look_like_a_frame_header_are_no_frame_unless_the_crc_matches(
+    jdir: Path,
+) -> None:
+    journal = Journal(jdir)
+    records = payloads(2)
+    name, _ = journal.append(records)
+    journal.close(delete_current=False)
+    path = jdir / name
+    first_end = len(MAGIC) + FRAME_OVERHEAD + len(records[0])
+    data = path.read_bytes()
+    # Garbage between two good frames, full of plausible headers: small lengths that fit
+    # in the file, crc32 values that do not match (and eight zero bytes: an empty frame
+    # whose crc32 would match, which no writer makes).
+    fake = b"".join(
+        int.to_bytes(n, 4, "little") + int.to_bytes(0xDEADBEEF ^ n, 4, "little") + b"x" * n
+        for n in (1, 5, 12, 3)
+    )
+    garbage = fake + bytes(8) + fake
+    path.write_bytes(data[:first_end] + garbage + data[first_end:])
+    good, damaged = _payloads_and_damage(path)
+    assert good == records
+    assert damaged == [Damaged(first_end, first_end + len(garbage), garbage)]
+    # Without a good frame after it, the garbage is damage up to the end of the file (its
+    # first header fits in the file: it is no torn tail).
+    path.write_bytes(data + garbage)
+    good, damaged = _payloads_and_damage(path)
+    assert good == records
+    assert damaged == [Damaged(len(data), len(data) + len(garbage), garbage)]
 
 
 def test_a_file_that_is_not_a_journal_is_refused_and_left_untouched(jdir: Path) -> None:
