@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timezone
@@ -35,6 +33,7 @@ from selligent_segment._keys import KeyResolver, WriteKeys
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._memory_spool import MemorySpool
 from selligent_segment._naming import EventNaming
+from selligent_segment._process_life import install_sigterm_handler, register, unregister
 from selligent_segment._record import CallbackRecord, EventKind, normalize, revive
 from selligent_segment._retry import RetryPolicy
 from selligent_segment._spool import OnFull
@@ -57,7 +56,6 @@ _GATHER = 0.002
 _CHECK_SIZE_ABOVE = 8 * 1024
 _LOG_EVERY = 10.0
 _MAINTAIN_EVERY = 1.0
-_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
 #: With a durable spool a batch is retried through outages of up to 12 hours (then it
 #: becomes a dead letter, kept and requeueable); in memory the default policy applies.
@@ -120,6 +118,10 @@ class Emitter:
     * ``on_pause(tenant, reason)``: a tenant's key was refused or is missing; its events
       are kept until :meth:`set_write_key` (or the resolver) gives a new key.
     * ``exit_timeout``: how long the interpreter-exit hook flushes (5 s).
+    * ``handle_sigterm``: turn SIGTERM into a clean exit (``SystemExit(143)`` in the main
+      thread), so the exit hook flushes and reports as on a normal exit (True). Only
+      installed from the main thread and only when SIGTERM has no handler yet; an
+      application that owns its signals passes False and calls :meth:`close` itself.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class Emitter:
         on_failure: Callable[[DeliveryFailure], None] | None = None,
         on_pause: Callable[[str, str], None] | None = None,
         exit_timeout: float = 5.0,
+        handle_sigterm: bool = True,
     ) -> None:
         self._keys = WriteKeys(write_key, write_keys)
         self._endpoint = resolve_endpoint(endpoint, region, allow_insecure_http)
@@ -152,6 +155,8 @@ class Emitter:
         if not isinstance(fsync, bool):
             raise ConfigurationError("fsync", "must be True or False")
         self._fsync = fsync
+        if not isinstance(handle_sigterm, bool):
+            raise ConfigurationError("handle_sigterm", "must be True or False")
         check_number("max_pending", max_pending, minimum=1, integer=True)
         check_number("block_timeout", block_timeout, minimum=0)
         check_number("threads", threads, minimum=1, integer=True)
@@ -177,7 +182,9 @@ class Emitter:
         self._exit_timeout = exit_timeout
         self._default_tenant = self._keys.default_tenant()
         self._setup()
-        _live.add(self)
+        register(self)
+        if handle_sigterm:
+            install_sigterm_handler()
         if self._spool_path is not None:
             self._start()  # deliver what earlier runs or dead processes left in the file
 
@@ -680,7 +687,7 @@ class Emitter:
             self._drop_leftovers(self._spool)
         self._transport.close()
         self._closed_result = done
-        _live.discard(self)
+        unregister(self)
         return done
 
     def _close_durable(self, spool: SqliteSpool) -> None:
@@ -790,20 +797,3 @@ class Emitter:
         self._setup()
         if self._durable is not None:
             self._start()
-
-
-def _close_all_at_exit() -> None:
-    for emitter in list(_live):
-        try:
-            emitter.close(emitter._exit_timeout)
-        except Exception:  # pragma: no cover - exit must go on
-            log.exception("selligent-segment: close at exit failed")
-
-
-def _after_fork_in_child() -> None:
-    for emitter in list(_live):
-        emitter._after_fork_in_child()
-
-
-atexit.register(_close_all_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)

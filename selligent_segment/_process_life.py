@@ -1,0 +1,110 @@
+"""Process life: what every live Emitter needs at interpreter exit, at ``fork`` and on
+``SIGTERM``, in one registry.
+
+- **Exit**: an ``atexit`` hook closes every live Emitter, each bounded by its
+  ``exit_timeout``; what a memory spool could not deliver is reported ``unsent_at_close``.
+- **Fork**: the child rebuilds each live Emitter's locks, threads and connections and
+  starts empty, so nothing is sent twice.
+- **SIGTERM** (what deploys, systemd and Kubernetes send): unless the application set its
+  own handler first, or asked not to (``Emitter(handle_sigterm=False)``), the first
+  Emitter made in the main thread installs one that turns SIGTERM into a clean exit:
+  ``SystemExit(143)`` is raised in the main thread, so ``finally`` blocks and the exit
+  hook above run, with the same bounded flush and report as a normal exit. A second
+  SIGTERM kills at once (the default action is restored first). With no live Emitter
+  left, SIGTERM takes its default action, as if the handler were not there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import weakref
+from types import FrameType
+from typing import Protocol
+
+__all__ = ["EXIT_ON_SIGTERM", "install_sigterm_handler", "register", "unregister"]
+
+log = logging.getLogger("selligent_segment")
+
+#: The exit status after a handled SIGTERM: 128 + 15, what a shell reports for a process
+#: killed by SIGTERM and what process supervisors expect.
+EXIT_ON_SIGTERM = 128 + signal.SIGTERM
+
+
+class _Member(Protocol):
+    """What the registry needs of an Emitter."""
+
+    _exit_timeout: float
+
+    def close(self, timeout: float | None = ...) -> bool: ...
+
+    def _after_fork_in_child(self) -> None: ...
+
+
+_live: weakref.WeakSet[_Member] = weakref.WeakSet()
+_installed = False
+_install_lock = threading.Lock()
+
+
+def register(member: _Member) -> None:
+    """Close ``member`` at exit and rebuild it after fork, while it lives."""
+    _live.add(member)
+
+
+def unregister(member: _Member) -> None:
+    """Forget a closed ``member``."""
+    _live.discard(member)
+
+
+def install_sigterm_handler() -> bool:
+    """Install the SIGTERM handler described above, once per process; True when it is
+    installed (now or before). Does nothing, and returns False, off the main thread or
+    when SIGTERM already has a handler other than the default (the application owns it:
+    its handler should call ``Emitter.close``)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("selligent-segment: not in the main thread: SIGTERM left as it is")
+            return False
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            log.debug("selligent-segment: SIGTERM has a handler already: left as it is")
+            return False
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _installed = True
+        return True
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _installed
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    _installed = False
+    if not _live:
+        os.kill(os.getpid(), signal.SIGTERM)  # nothing to flush: the default action
+        return
+    log.warning(
+        "selligent-segment: SIGTERM: closing %d emitter(s), each for up to its exit_timeout",
+        len(_live),
+    )
+    raise SystemExit(EXIT_ON_SIGTERM)
+
+
+def _close_all_at_exit() -> None:
+    for member in list(_live):
+        try:
+            member.close(member._exit_timeout)
+        except Exception:  # pragma: no cover - exit must go on
+            log.exception("selligent-segment: close at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for member in list(_live):
+        member._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

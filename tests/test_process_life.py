@@ -1,0 +1,115 @@
+"""Process life: SIGTERM turned into a clean exit (flush and report), the opt-out, and an
+application's own handler left alone; each in a real child process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from selligent_segment.testing import LocalSegment
+
+# The child emits five events that would linger for 30 s, says so, then waits for ever
+# (as a web worker does between requests) until it is sent SIGTERM.
+_APP = """
+import logging, sys, threading
+from selligent_segment import BatchPolicy, Emitter
+logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+{before}
+em = Emitter(
+    "key", endpoint={url!r}, batch=BatchPolicy(linger=30.0), exit_timeout=1.0,
+    on_failure=lambda f: print("failure", f.reason, len(f.message_ids), flush=True),
+    {options}
+)
+for i in range(5):
+    em.emit({{"type": "opened", "email": "a@example.com", "event_id": str(i)}})
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def _run_until_sigterm(
+    server: LocalSegment, *, options: str = "", before: str = ""
+) -> subprocess.CompletedProcess[str]:
+    script = textwrap.dedent(_APP).format(url=server.url, options=options, before=before)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    return subprocess.CompletedProcess(child.args, child.returncode, "ready\n" + out, err)
+
+
+def test_sigterm_flushes_what_was_accepted_and_exits_143(server: LocalSegment) -> None:
+    done = _run_until_sigterm(server)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert server.accepted_count == 5
+    assert "failure" not in done.stdout
+
+
+def test_sigterm_reports_what_it_could_not_deliver(server: LocalSegment) -> None:
+    server.outage(503)
+    done = _run_until_sigterm(server)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "failure unsent_at_close 5" in done.stdout
+    assert "5 events unsent at close" in done.stderr
+    assert server.accepted_count == 0
+
+
+def test_handle_sigterm_false_leaves_the_default_action(server: LocalSegment) -> None:
+    done = _run_until_sigterm(server, options="handle_sigterm=False,")
+    assert done.returncode == -signal.SIGTERM
+    assert server.accepted_count == 0
+
+
+def test_an_applications_own_sigterm_handler_is_left_alone(server: LocalSegment) -> None:
+    """The application installed its handler first: ours is not installed, and the
+    application's runs (here it exits 7 without closing; nothing is flushed)."""
+    before = (
+        "import os, signal\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: (print('app handler', flush=True),"
+        " os._exit(7)))"
+    )
+    done = _run_until_sigterm(server, before=before)
+    assert done.returncode == 7
+    assert "app handler" in done.stdout
+    assert server.accepted_count == 0
+
+
+def test_sigterm_with_every_emitter_closed_takes_the_default_action(
+    server: LocalSegment,
+) -> None:
+    before = "import atexit"
+    script = textwrap.dedent(_APP).format(url=server.url, options="", before=before)
+    script = script.replace('print("ready"', 'em.close(5); print("ready"')
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGTERM
+    assert server.accepted_count == 5
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_handle_sigterm_must_be_a_bool(value: object) -> None:
+    from selligent_segment import ConfigurationError, Emitter
+
+    with pytest.raises(ConfigurationError, match="handle_sigterm"):
+        Emitter("key", handle_sigterm=value)  # type: ignore[arg-type]
