@@ -194,6 +194,7 @@ class Emitter:
         self._closed = False
         self._started = False
         self._start_lock = threading.Lock()
+        self._close_lock = threading.Lock()
         self._inbox: deque[_Entry] = deque()
         # With a spool file: records journaled (under _accept_lock) and moved into the
         # file (by the encoder); the difference is what waits in the inbox.
@@ -664,29 +665,33 @@ class Emitter:
             self._dispatcher.end_flush()
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop accepting, flush up to ``timeout`` seconds, stop the threads. Idempotent.
+        """Stop accepting, flush up to ``timeout`` seconds, stop the threads. Idempotent:
+        a second call waits for the first and returns its result.
 
         Returns what the flush returned. Events still undelivered after it are reported
-        through ``on_failure`` as ``unsent_at_close`` and counted as dropped.
+        through ``on_failure`` as ``unsent_at_close`` and counted as dropped. A close cut
+        short (SIGTERM arriving during it raises ``SystemExit``) is run again whole by the
+        exit hook.
         """
-        if self._closed:
-            return self._idle()
-        self._closed = True
-        done = self.flush(timeout) if self._started else self._idle()
-        self._stop_encoder = True
-        self._wake.set()
-        self._dispatcher.stop(1.0)
-        if self._encoder is not None and self._encoder is not threading.current_thread():
-            self._encoder.join(1.0)
-        if self._durable is not None:
-            # A request still out stays leased in the file: the next start sends it again.
-            self._dispatcher.abandon()
-            self._close_durable(self._durable)
-        else:
-            assert isinstance(self._spool, MemorySpool)
-            self._drop_leftovers(self._spool)
-        self._transport.close()
-        self._closed_result = done
+        self._closed = True  # stop accepting at once, even while another close runs
+        with self._close_lock:
+            if self._closed_result is not None:
+                return self._closed_result
+            done = self.flush(timeout) if self._started else self._idle()
+            self._stop_encoder = True
+            self._wake.set()
+            self._dispatcher.stop(1.0)
+            if self._encoder is not None and self._encoder is not threading.current_thread():
+                self._encoder.join(1.0)
+            if self._durable is not None:
+                # A request still out stays leased in the file: the next start sends it again.
+                self._dispatcher.abandon()
+                self._close_durable(self._durable)
+            else:
+                assert isinstance(self._spool, MemorySpool)
+                self._drop_leftovers(self._spool)
+            self._transport.close()
+            self._closed_result = done
         unregister(self)
         return done
 

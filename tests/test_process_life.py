@@ -113,3 +113,30 @@ def test_handle_sigterm_must_be_a_bool(value: object) -> None:
 
     with pytest.raises(ConfigurationError, match="handle_sigterm"):
         Emitter("key", handle_sigterm=value)  # type: ignore[arg-type]
+
+
+def test_a_close_cut_short_by_sigterm_is_run_again_whole_by_the_exit_hook(
+    server: LocalSegment,
+) -> None:
+    """SIGTERM arriving while the application's own close() flushes raises SystemExit in
+    it; the exit hook's close() then does the whole close: the report is not skipped."""
+    from _delivery import emitter, record
+
+    from selligent_segment import DeliveryFailure
+
+    failures: list[DeliveryFailure] = []
+    server.outage(503)
+    em = emitter(server, on_failure=failures.append)
+    em.emit(record(1))
+
+    def cut_short(timeout: float | None = None) -> bool:
+        raise SystemExit(143)
+
+    em.flush = cut_short  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        em.close(0.1)
+    del em.flush
+    assert not em.close(0.1)
+    assert em.stats().dropped == {"unsent_at_close": 1}
+    assert [f.reason for f in failures] == ["unsent_at_close"]
+    assert em.close(0.1) is False  # idempotent: the same result again
