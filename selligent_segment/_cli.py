@@ -37,6 +37,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
     EmitterClosed,
     InvalidEvent,
+    SpoolError,
     SpoolFull,
     UnknownTenant,
 )
@@ -123,7 +124,8 @@ progress and summary:
 exit status:
   0  every record was valid (and, when sending, delivered)
   1  some records were invalid: reported on stderr as FILE:LINE: field: reason
-  2  usage error, or an input (or its CSV header) could not be read
+  2  usage error, an input (or its CSV header) could not be read, or the spool file is
+     unusable: foreign, newer, corrupt or not writable (one line names it and the reason)
   3  some valid records were not delivered (the tenants are named, never their keys);
      takes precedence over 1
   130  interrupted (Ctrl-C): the summary says what was delivered; re-run to resume
@@ -385,6 +387,9 @@ class _Send:
         except KeyboardInterrupt:
             self.progress.message(f"{PROG}: interrupted while reading")
             return EXIT_INTERRUPTED
+        except SpoolError as exc:  # the spool file became unusable: stop, say why
+            self.progress.message(f"{PROG}: send: {exc}")
+            return EXIT_USAGE
         return None
 
     def _dry_run(self) -> int:
@@ -409,6 +414,9 @@ class _Send:
                 except KeyboardInterrupt:
                     self.progress.message(f"{PROG}: interrupted while delivering")
                     stopped = EXIT_INTERRUPTED
+                except SpoolError as exc:
+                    self.progress.message(f"{PROG}: send: {exc}")
+                    stopped = EXIT_USAGE
         finally:
             emitter.close(0)
         self.progress.close()

@@ -12,9 +12,10 @@ import attrs
 import orjson
 
 from selligent_segment._emitter import Emitter
-from selligent_segment._errors import ConfigurationError
+from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._naming import PROFILES, EventNaming
-from selligent_segment._spool_db import default_spool_path
+from selligent_segment._spool_db import default_spool_path, spool_path
+from selligent_segment._spool_file import SpoolFile
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -96,12 +97,14 @@ def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set
     """The Emitter the delivery options describe; write keys are never shown in errors.
 
     ``failed`` receives the tenants with events not delivered (failures and pauses).
-    Raises UsageError.
+    Raises UsageError, also for a spool file that cannot be used: foreign, newer, damaged
+    (every page is read first: see :func:`check_spool`) or not writable.
     """
     key = args.write_key or os.environ.get("SEGMENT_WRITE_KEY") or None
     if (key is None) == (args.write_keys is None):
         raise UsageError("give one of --write-key (or SEGMENT_WRITE_KEY) or --write-keys FILE.json")
     keys = _load_write_keys(args.write_keys) if args.write_keys else None
+    check_spool(args.spool)
     try:
         return Emitter(
             key if keys is None else None,
@@ -115,7 +118,25 @@ def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set
             on_failure=lambda failure: failed.add(failure.tenant),
             on_pause=lambda tenant, reason: failed.add(tenant),
         )
-    except ConfigurationError as exc:
+    except (ConfigurationError, SpoolError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def check_spool(spool: str) -> None:
+    """UsageError naming the file and the reason when the spool file ``spool`` exists and
+    is foreign, newer, damaged (SQLite reads every page) or not writable; a command then
+    stops before any thread starts, with one line. A missing file is fine (created)."""
+    if spool == "memory":
+        return
+    try:
+        path = spool_path(spool)
+        if not path.exists():
+            return
+        with SpoolFile(path) as file:
+            if file.read_only is not None:
+                raise SpoolError(f"{path}: cannot write the spool file: {file.read_only}")
+            file.check()
+    except (ConfigurationError, SpoolError) as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from selligent_segment._cli_base import (
 )
 from selligent_segment._errors import SelligentSegmentError, SpoolError
 from selligent_segment._naming import EventNaming
+from selligent_segment._spool_db import spool_error, spool_path
 from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus
 
 __all__ = ["DEAD_LETTERS", "DEMO", "FLUSH", "SPOOL"]
@@ -39,6 +41,13 @@ def _open(args: argparse.Namespace) -> SpoolFile:
         raise UsageError(str(exc)) from None
 
 
+def _unusable(args: argparse.Namespace, exc: Exception) -> str:
+    """What a SpoolError, or an SQLite error that escaped as one, says about the file."""
+    if isinstance(exc, sqlite3.Error):
+        return str(spool_error(spool_path(args.spool), exc))
+    return str(exc)
+
+
 # -- flush --------------------------------------------------------------------------------
 
 _FLUSH_EPILOG = """\
@@ -46,10 +55,15 @@ Delivers whatever the spool file holds: events left by an earlier `send`, by a s
 process (replayed from its journal), or requeued dead letters. Tenants whose key is
 refused (401/403) or missing are named; their events stay in the file.
 
+Before anything is sent, SQLite reads every page of the file (`PRAGMA quick_check`):
+a damaged file stops the command with one line, before any event is sent.
+
 exit status:
   0  the spool holds no deliverable event any more (dead letters are reported, not
      counted: see `dead-letters list`)
-  2  usage error, or the spool file is missing or unusable
+  2  usage error, or the spool file is missing or unusable: foreign, newer, corrupt, or
+     not writable by this user (one line names the file and the reason; the file is
+     left untouched)
   3  some events were not delivered (the tenants are named, never their keys)
 """
 
@@ -69,18 +83,27 @@ def _run_flush(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.timeout
     done = False
     try:
-        while not done and time.monotonic() < deadline:
-            done = emitter.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-            stats = emitter.stats()
-            queued = {t for t, s in stats.tenants.items() if s.queued}
-            if queued and all(stats.tenants[t].paused for t in queued):
-                break  # only paused tenants are left: waiting will not help
-    except KeyboardInterrupt:
-        err("selligent-segment flush: interrupted; what is left stays in the spool")
-    stats = emitter.stats()
+        try:
+            while not done and time.monotonic() < deadline:
+                done = emitter.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+                stats = emitter.stats()
+                queued = {t for t, s in stats.tenants.items() if s.queued}
+                if queued and all(stats.tenants[t].paused for t in queued):
+                    break  # only paused tenants are left: waiting will not help
+        except KeyboardInterrupt:
+            err("selligent-segment flush: interrupted; what is left stays in the spool")
+        stats = emitter.stats()
+    except (SpoolError, sqlite3.Error) as exc:  # the file became unusable meanwhile
+        emitter.close(0)
+        err(f"selligent-segment flush: {_unusable(args, exc)}")
+        return EXIT_USAGE
     emitter.close(1.0)
-    with _open(args) as spool:
-        status = spool.status()
+    try:
+        with _open(args) as spool:
+            status = spool.status()
+    except (UsageError, SpoolError) as exc:
+        err(f"selligent-segment flush: {exc}")
+        return EXIT_USAGE
     # Dead letters are kept and listed, but not deliverable: only what is queued counts.
     left = [t for t in status.tenants if t.queued]
     err(f"delivered {stats.delivered} events; {status.queued} left in {status.path}")
@@ -112,9 +135,12 @@ status shows, per tenant: events queued (leased ones included), leased (being se
 dead letters, the age of the oldest queued event, and the state (waiting / paused and
 why); then the file size, the journals not yet ingested and the live processes using it.
 
+A file this user may read but not write (a read-only directory or file) is shown too.
+
 exit status:
   0  the status was shown
-  2  usage error, or the spool file is missing or unusable
+  2  usage error, or the spool file is missing or unusable (one line names the file and
+     the reason: foreign, newer, corrupt, unreadable)
 """
 
 
@@ -182,9 +208,11 @@ SPOOL = Command(
 
 _DEAD_EPILOG = """\
 Dead letters are messages Segment refused for good (400/413/422: reason 'rejected'),
-batches given up after the retry budget ('retries_exhausted'), and records too large to
-send ('too_large'). They stay in the spool file until requeued or purged. --reason
-matches the start of the reason, e.g. --reason rejected.
+batches given up after the retry budget ('retries_exhausted'), records too large to
+send ('too_large'), and what could not be read back from a journal ('unreadable ...':
+a damaged record, or damaged journal bytes kept raw). They stay in the spool file until
+requeued or purged. --reason matches the start of the reason, e.g. --reason rejected.
+`list` works on a file this user may read but not write; requeue and purge say why not.
 
   list     print them (oldest first), with --json the whole message bodies too
   requeue  put them back in their tenants' queues, same messageId; running emitters pick

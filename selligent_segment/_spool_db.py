@@ -1,9 +1,11 @@
 """The durable spool's SQLite file: where it lives, its schema, opening and migrating it.
 
-The file is SQLite in WAL mode, created with mode 0600, marked with an application id
-and a schema version (``PRAGMA application_id`` / ``user_version``). It never holds write
-keys. A file this library did not create, a corrupt file, or one written by a newer
-version raises :class:`~selligent_segment.SpoolError` and is left exactly as it was.
+The file is SQLite in WAL mode, created with mode 0600 (missing parent directories and
+the journal directory 0700), marked with an application id and a schema version
+(``PRAGMA application_id`` / ``user_version``). It never holds write keys. A file this
+library did not create, a corrupt file, or one written by a newer version raises
+:class:`~selligent_segment.SpoolError` and is left exactly as it was; so does a file this
+process may not write, saying so (not "corrupt"): see :func:`unwritable`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ __all__ = [
     "default_spool_path",
     "journal_dir",
     "open_db",
+    "spool_error",
     "spool_path",
     "transaction",
+    "unwritable",
 ]
 
 #: ``PRAGMA application_id`` of a spool file: "SSgS".
@@ -34,6 +38,9 @@ APPLICATION_ID = 0x53536753
 SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHECKPOINT_PAGES = 10_000
+# Primary result codes of SQLite errors (``sqlite3.Error.sqlite_errorcode & 0xFF``).
+_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 # The current schema. A row of ``messages`` holds either a Segment message (``body`` is its
@@ -113,6 +120,77 @@ def journal_dir(path: Path) -> Path:
     return path.with_name(path.name + ".journals")
 
 
+def _wal_files(path: Path) -> tuple[Path, Path]:
+    """The WAL file and the WAL index (``-shm``) next to ``path``."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _may_write(path: Path, *, directory: bool = False) -> bool:
+    mode = os.W_OK | (os.X_OK if directory else 0)
+    return os.access(path, mode, effective_ids=os.access in os.supports_effective_ids)
+
+
+def unwritable(path: Path) -> str | None:
+    """Why this process cannot write the spool file at ``path`` (the file, its directory,
+    where SQLite makes its WAL and WAL index, its journal directory), or None.
+
+    E.g. ``permission denied (read-only directory)``: a healthy file this process may only
+    read, which must not be taken for a corrupt one.
+    """
+    directory = path.parent
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except OSError:
+        pass
+    wal, shm = _wal_files(path)
+    journals = journal_dir(path)
+    checks = [
+        (path, False, "read-only file"),
+        (directory, True, "read-only directory"),
+        (wal, False, f"read-only {wal.name}"),
+        (shm, False, f"read-only {shm.name}"),
+        (journals, True, f"read-only journal directory {journals}"),
+    ]
+    for where, is_dir, what in checks:
+        if where.exists() and not _may_write(where, directory=is_dir):
+            return f"permission denied ({what})"
+    return None
+
+
+def spool_error(path: Path, exc: sqlite3.Error) -> SpoolError:
+    """A SpoolError naming ``path`` that says what ``exc`` means: a corrupt file, a file
+    this process may not write (and why), a full disk, or another error."""
+    code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return SpoolError(f"{path}: the spool file is corrupt ({exc}); it was left untouched")
+    if code == _SQLITE_FULL:
+        return SpoolError(f"{path}: cannot write the spool file: the disk is full")
+    if code in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN):
+        why = unwritable(path)
+        if why is not None:
+            return SpoolError(f"{path}: cannot write the spool file: {why}")
+        return SpoolError(f"{path}: cannot open the spool file ({exc})")
+    if code == _SQLITE_IOERR:
+        return SpoolError(f"{path}: I/O error on the spool file ({exc})")
+    return SpoolError(f"{path}: the spool file cannot be used ({exc})")
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each with mode 0700 whatever the
+    umask (directories that exist are left as they are)."""
+    missing: list[Path] = []
+    while not directory.exists() and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(new, 0o700)  # the umask may have taken bits away
+
+
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
@@ -141,24 +219,42 @@ def _check_header(path: Path) -> bool:
     return True
 
 
-def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.Connection:
+def open_db(
+    path: Path, *, fsync: bool = False, create: bool = True, read_only: bool = False
+) -> sqlite3.Connection:
     """Open (creating when ``create``) and check a spool file; migrate an older schema.
 
-    Raises SpoolError for a foreign, corrupt or newer file, without modifying it.
+    ``read_only`` opens an existing file for reading only, also where this process may
+    not write (see :func:`unwritable`). Raises SpoolError for a foreign, corrupt or newer
+    file, without modifying it, and, unless ``read_only``, for a file this process may not
+    write, saying why.
     """
     exists = _check_header(path)
     if exists:
         _check_read_only(path)
-    else:
-        if not create:
-            raise SpoolError(f"{path}: no spool file there")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    elif not create or read_only:
+        raise SpoolError(f"{path}: no spool file there")
+    if read_only:
+        return _connect_read_only(path)
+    why = unwritable(path)
+    if why is not None:
+        verb = "write" if exists else "create"
+        raise SpoolError(f"{path}: cannot {verb} the spool file: {why}")
+    try:
+        if not exists:
+            _make_dirs(path.parent)
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                os.fchmod(fd, 0o600)  # whatever the umask
+                os.close(fd)
+        _make_dirs(journal_dir(path))
+    except OSError as exc:
+        where = exc.filename or path
+        raise SpoolError(f"{path}: cannot create the spool file: {exc.strerror}: {where}") from None
     try:
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+        raise spool_error(path, exc) from None
     try:
         _check_and_migrate(db, path)
         db.execute("PRAGMA journal_mode = WAL")
@@ -168,29 +264,54 @@ def open_db(path: Path, *, fsync: bool = False, create: bool = True) -> sqlite3.
         # back to 64 MiB after a checkpoint.
         db.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
         db.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
-        journal_dir(path).mkdir(mode=0o700, exist_ok=True)
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         db.close()
-        raise SpoolError(f"{path}: corrupt or unreadable spool ({exc}); left untouched") from None
+        raise spool_error(path, exc) from None
     except BaseException:
         db.close()
         raise
     return db
 
 
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to ``path``. Where the WAL index cannot be made (a read-only
+    directory), the file is read as immutable, which is exact only when no WAL is left:
+    with one, SpoolError says so instead of showing a stale state."""
+    uri = "file:" + urllib.parse.quote(os.fspath(path.absolute())) + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise spool_error(path, exc) from None
+    try:
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        return db
+    except sqlite3.Error as exc:
+        db.close()
+        code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+            raise spool_error(path, exc) from None
+        wal, _ = _wal_files(path)
+        if wal.exists() and wal.stat().st_size:
+            raise SpoolError(
+                f"{path}: cannot read the spool file: {wal.name} holds changes not yet in the "
+                f"file, and SQLite cannot make its index here ({unwritable(path) or exc}); "
+                "run this as a user who may write the directory"
+            ) from None
+    try:
+        return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:  # pragma: no cover - the read-only open got this far
+        raise spool_error(path, exc) from None
+
+
 def _check_read_only(path: Path) -> None:
     """Refuse a foreign, corrupt or newer file through a read-only connection: closing a
     read-write one would checkpoint another application's WAL into its file."""
-    uri = "file:" + urllib.parse.quote(os.fspath(path.absolute())) + "?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise SpoolError(f"{path}: cannot open the spool: {exc}") from None
+    db = _connect_read_only(path)
     try:
         app_id, version = _identity(db)
         _refuse_foreign(db, path, app_id, version)
-    except sqlite3.DatabaseError as exc:
-        raise SpoolError(f"{path}: corrupt or unreadable spool ({exc}); left untouched") from None
+    except sqlite3.Error as exc:
+        raise spool_error(path, exc) from None
     finally:
         db.close()
 

@@ -20,7 +20,15 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import SpoolError
-from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, spool_path, transaction
+from selligent_segment._spool_db import (
+    ForkSafe,
+    journal_dir,
+    open_db,
+    spool_error,
+    spool_path,
+    transaction,
+    unwritable,
+)
 
 __all__ = ["DeadLetter", "SpoolFile", "SpoolStatus", "TenantBacklog"]
 
@@ -30,8 +38,10 @@ class DeadLetter:
     """A message Segment refused for good (or could never be sent), kept with why.
 
     ``reason`` starts with a code: ``rejected`` (400/413/422), ``retries_exhausted``,
-    ``too_large`` (``body`` then holds the record's fields, not a message) or
-    ``unreadable journal record``; ``status`` is the HTTP status when there was one.
+    ``too_large`` (``body`` then holds the record's fields, not a message),
+    ``unreadable journal record``, or ``unreadable: damaged journal bytes at START..END
+    in FILE`` (``body`` holds those raw bytes, which may hold records); ``status`` is the
+    HTTP status when there was one.
     """
 
     id: int
@@ -138,27 +148,41 @@ class SpoolFile(ForkSafe):
     Raises SpoolError when there is no spool at ``spool`` or it is not one (the file is
     then left untouched). Safe to use while emitters run on the same file, from several
     threads, and in a process forked after it was opened (which gets its own connection).
+    A file this process may read but not write is opened read-only (``read_only`` says
+    why): status and dead letters can be read, and :meth:`requeue` and :meth:`purge`
+    raise SpoolError saying why. Every SQLite error is a SpoolError naming the file.
     """
 
     def __init__(self, spool: str | os.PathLike[str]) -> None:
         self.path: Path = spool_path(spool)
-        self._db: sqlite3.Connection = open_db(self.path, create=False)
+        #: Why this process may not write the file (None: it may).
+        self.read_only: str | None = unwritable(self.path) if self.path.exists() else None
+        self._db: sqlite3.Connection = self._open()
         self._pid = os.getpid()
         self._closed = False
         self._lock = threading.Lock()
         self._guard_over_fork()
 
+    def _open(self) -> sqlite3.Connection:
+        return open_db(self.path, create=False, read_only=self.read_only is not None)
+
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """The connection, under the lock held over fork; a forked child opens its own."""
+    def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock held over fork; a forked child opens its own.
+        SQLite errors become SpoolError naming the file and what is wrong with it."""
+        if write and self.read_only is not None:
+            raise SpoolError(f"{self.path}: cannot write the spool file: {self.read_only}")
         with self._lock:
             if self._closed:
                 raise SpoolError(f"{self.path}: this SpoolFile is closed")
             if self._pid != os.getpid():
                 self._abandon_db(self._db)
-                self._db = open_db(self.path, create=False)
+                self._db = self._open()
                 self._pid = os.getpid()
-            yield self._db
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise spool_error(self.path, exc) from None
 
     def __repr__(self) -> str:
         return f"<SpoolFile {str(self.path)!r}>"
@@ -191,22 +215,19 @@ class SpoolFile(ForkSafe):
                 {"queued": 0, "leased": 0, "dead_letters": 0, "oldest": None, "paused": None},
             )
 
-        try:
-            with self._connection() as db:
-                for tenant, queued, leased, oldest in db.execute(
-                    "SELECT tenant, count(*), count(owner), min(accepted_at) FROM messages "
-                    "GROUP BY tenant"
-                ):
-                    e = entry(tenant)
-                    e.update(queued=queued, leased=leased, oldest=oldest)
-                for tenant, dead in db.execute(
-                    "SELECT tenant, count(*) FROM dead_letters GROUP BY tenant"
-                ):
-                    entry(tenant)["dead_letters"] = dead
-                for tenant, reason in db.execute("SELECT tenant, reason FROM paused"):
-                    entry(tenant)["paused"] = reason
-        except sqlite3.DatabaseError as exc:
-            raise SpoolError(f"{self.path}: cannot read the spool: {exc}") from None
+        with self._connection() as db:
+            for tenant, queued, leased, oldest in db.execute(
+                "SELECT tenant, count(*), count(owner), min(accepted_at) FROM messages "
+                "GROUP BY tenant"
+            ):
+                e = entry(tenant)
+                e.update(queued=queued, leased=leased, oldest=oldest)
+            for tenant, dead in db.execute(
+                "SELECT tenant, count(*) FROM dead_letters GROUP BY tenant"
+            ):
+                entry(tenant)["dead_letters"] = dead
+            for tenant, reason in db.execute("SELECT tenant, reason FROM paused"):
+                entry(tenant)["paused"] = reason
         rows = tuple(
             TenantBacklog(
                 tenant,
@@ -223,6 +244,15 @@ class SpoolFile(ForkSafe):
         processes = sum(1 for _ in journals.glob("*.owner"))
         file_bytes = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal")) + journal_bytes
         return SpoolStatus(str(self.path), file_bytes, journal_bytes, processes, rows)
+
+    def check(self) -> None:
+        """Read every page of the file (SQLite's ``quick_check``); SpoolError naming the
+        file when it is damaged. Reads the whole file: seconds for a large backlog."""
+        with self._connection() as db:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            detail = "; ".join(str(p) for p in problems)
+            raise SpoolError(f"{self.path}: the spool file is corrupt ({detail}); left untouched")
 
     def dead_letters(
         self,
@@ -254,7 +284,7 @@ class SpoolFile(ForkSafe):
         messageId); returns how many. Those that are not whole messages stay."""
         where, params = _where(tenant, reason, ids)
         where += (" AND " if where else " WHERE ") + "message_id != ''"
-        with self._connection() as conn, transaction(conn) as db:
+        with self._connection(write=True) as conn, transaction(conn) as db:
             db.execute(
                 "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "  # noqa: S608
                 "SELECT tenant, message_id, kind, body, accepted_at FROM dead_letters"
@@ -273,7 +303,7 @@ class SpoolFile(ForkSafe):
     ) -> int:
         """Delete matching dead letters for good; returns how many."""
         where, params = _where(tenant, reason, ids)
-        with self._connection() as conn, transaction(conn) as db:
+        with self._connection(write=True) as conn, transaction(conn) as db:
             return db.execute("DELETE FROM dead_letters" + where, params).rowcount  # noqa: S608
 
 

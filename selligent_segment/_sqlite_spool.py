@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import orjson
 
-from selligent_segment._errors import ConfigurationError, SelligentSegmentError
+from selligent_segment._errors import ConfigurationError, SelligentSegmentError, SpoolError
 from selligent_segment._journal import (
     Damaged,
     Journal,
@@ -37,7 +37,7 @@ from selligent_segment._journal import (
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment._spool import Lease, SpoolStats
-from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, transaction
+from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, spool_error, transaction
 
 __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
@@ -46,6 +46,8 @@ log = logging.getLogger("selligent_segment")
 _REPLAY_CHUNK = 5_000
 _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
+#: How often the same ERROR line about an unusable file may repeat from upkeep.
+_REPORT_EVERY = 10.0
 
 
 @attrs.frozen
@@ -191,13 +193,25 @@ class SqliteSpool(ForkSafe):
         self._lock = threading.Lock()
         self._guard_over_fork()
         self._dir = journal_dir(path)
-        self._journal = Journal(self._dir, fsync=fsync)
+        try:
+            self._journal = Journal(self._dir, fsync=fsync)
+        except OSError as exc:
+            self._db.close()
+            raise SpoolError(
+                f"{path}: cannot create this process's journal in {self._dir}: {exc.strerror}"
+            ) from None
+        self._reported: dict[str, float] = {}  # ERROR lines of upkeep -> when last logged
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
         self._paused: set[str] = set()
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
-        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        self._used = self._measure()
+        try:
+            self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            self._used = self._measure()
+        except sqlite3.Error as exc:
+            self._journal.close(delete_current=True)
+            self._db.close()
+            raise spool_error(path, exc) from None
         self._data_version = -1
         self._last_refresh = float("-inf")
         self._closed = False
@@ -408,13 +422,18 @@ class SqliteSpool(ForkSafe):
             return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
 
     def stats(self) -> SpoolStats:
-        with self._lock:
-            (counts,) = self._db.execute(
-                "SELECT json_group_object(tenant, json_array(n, leased)) FROM "
-                "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
-                "GROUP BY tenant)"
-            ).fetchone()
-            used = self._measure()
+        """Counts and size of the file as this process knows them; SpoolError naming the
+        file when it cannot be read (a damaged file, say)."""
+        try:
+            with self._lock:
+                (counts,) = self._db.execute(
+                    "SELECT json_group_object(tenant, json_array(n, leased)) FROM "
+                    "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
+                    "GROUP BY tenant)"
+                ).fetchone()
+                used = self._measure()
+        except sqlite3.Error as exc:
+            raise spool_error(self.path, exc) from None
         rows: dict[str, list[int]] = orjson.loads(counts)
         per_tenant = {tenant: n for tenant, (n, _) in rows.items()}
         return SpoolStats(
@@ -442,8 +461,33 @@ class SqliteSpool(ForkSafe):
     def maintain(self, force: bool = False) -> list[str]:
         """Replay dead processes' journals, free their leases, notice others' writes.
 
-        Returns the tenants that have messages to send (for the dispatcher).
+        Returns the tenants that have messages to send (for the dispatcher). A file or
+        journal directory that cannot be used (damaged, not writable...) costs the round:
+        one ERROR line naming the file and the reason (no traceback, the same line at most
+        every ``_REPORT_EVERY`` seconds), and the next round tries again.
         """
+        try:
+            return self._upkeep(force)
+        except sqlite3.Error as exc:
+            self._report(spool_error(self.path, exc))
+        except SpoolError as exc:
+            self._report(exc)
+        except OSError as exc:
+            where = exc.filename or self._dir
+            self._report(SpoolError(f"{self.path}: cannot use {where}: {exc.strerror}"))
+        return []
+
+    def _report(self, error: SpoolError) -> None:
+        """Log ``error`` at ERROR without a traceback, the same text at most every
+        ``_REPORT_EVERY`` seconds (upkeep runs every second or so)."""
+        now = time.monotonic()
+        text = str(error)
+        if now - self._reported.get(text, float("-inf")) < _REPORT_EVERY:
+            return
+        self._reported[text] = now
+        log.error("selligent-segment: %s", text)
+
+    def _upkeep(self, force: bool) -> list[str]:
         recovered = self._recover()
         with self._lock:
             now = time.monotonic()
@@ -500,7 +544,7 @@ class SqliteSpool(ForkSafe):
                 db.executemany("DELETE FROM journals WHERE name = ?", gone)
 
     def _replay_owner(self, owner: str) -> None:
-        replayed = 0
+        replayed = read = 0
         for name in journals_of(self._dir, owner):
             with self._lock:
                 row = self._db.execute(
@@ -511,6 +555,10 @@ class SqliteSpool(ForkSafe):
                 frames = list(read_frames(self._dir / name, offset))
             except FileNotFoundError:
                 continue
+            except SpoolError as exc:  # not a journal: left untouched, reported
+                self._report(exc)
+                continue
+            read += 1
             for start in range(0, len(frames), _REPLAY_CHUNK):
                 chunk = frames[start : start + _REPLAY_CHUNK]
                 payloads = [p for _, p in chunk if not isinstance(p, Damaged)]
@@ -535,6 +583,8 @@ class SqliteSpool(ForkSafe):
         freed = self._free_leases(owner)
         with self._lock, transaction(self._db) as db:
             db.execute("DELETE FROM journals WHERE name LIKE ?", (owner + ".%",))
+        if not (read or freed):  # only files that are not journals (reported above)
+            return
         log.warning(
             "selligent-segment: recovered after a stopped process (%s): %d events replayed "
             "from its journal, %d leased events to send again",
