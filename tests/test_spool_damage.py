@@ -478,3 +478,30 @@ def test_a_spool_on_a_read_only_file_system_can_be_read_and_says_why_it_cannot_b
             Emitter("k", endpoint="http://127.0.0.1:9", spool=spool)
         assert str(info.value) == f"{spool}: cannot write the spool file: read-only file system"
         assert _files(home) == before
+
+
+def test_a_file_in_the_journal_directory_that_is_no_journal_is_left_and_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool = tmp_path / "spool.db"
+    cfg = {"prefix": "g", "tenants": 1}
+    owner = _journal_in_a_killed_process(spool, cfg, 5)  # a dead process to replay too
+    foreign = journal_dir(spool) / "notes.1.journal"
+    foreign.write_bytes(b"not a journal\n")
+    caplog.set_level(logging.INFO, logger="selligent_segment")
+    sq = SqliteSpool(spool, max_bytes=1 << 24, decoder=lambda payload: None)  # type: ignore[arg-type, return-value]
+    try:
+        assert sq.maintain(force=True) == ["t0"]  # the dead process's records, replayed
+        for _ in range(5):  # every round finds the file again
+            sq.maintain(force=True)
+        assert sq.stats().messages == 5
+    finally:
+        sq.close()
+    assert foreign.read_bytes() == b"not a journal\n"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert errors[0].exc_info is None
+    assert f"{foreign}: not a selligent-segment journal" in errors[0].getMessage()
+    recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert len(recovered) == 1, recovered
+    assert owner in recovered[0]
