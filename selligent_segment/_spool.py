@@ -6,6 +6,10 @@ settled, message by message, in one of three ways: ``ack`` (Segment accepted the
 ``release`` (send them again later, back at the head of the queue, order kept) or
 ``reject`` (Segment refused them for good; the spool reports them and, if durable, keeps
 them as dead letters). A message is never in two live leases at once.
+
+Settling never raises because the spool's storage cannot be written: a durable spool
+then keeps the outcome in memory, counts it at once (``empty``, ``backlog``, ``stats``)
+and writes it later; misuse (a message settled twice) still raises ValueError.
 """
 
 from __future__ import annotations

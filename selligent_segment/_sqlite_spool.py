@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import itertools
 import json
 import logging
@@ -19,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -117,19 +118,34 @@ def _execute_in_parts(
         db.execute(sql(len(part)), [*shared, *itertools.chain.from_iterable(part)])
 
 
-def _head(db: sqlite3.Connection, tenant: str, limit: int) -> list[tuple[int, str, str, bytes]]:
-    """The first ``limit`` unleased rows of ``tenant``: (id, message_id, kind, body).
+_HEAD = (
+    "SELECT json_group_array(id), json_group_array(message_id), json_group_array(kind), "
+    "json_group_array(length(body)), CAST(group_concat(body, '') AS BLOB) FROM "
+    "(SELECT id, message_id, kind, body FROM messages "
+    "WHERE tenant = ? AND owner IS NULL ORDER BY id LIMIT ?)"
+)
+_HEAD_SKIPPING = (
+    "SELECT json_group_array(id), json_group_array(message_id), json_group_array(kind), "
+    "json_group_array(length(body)), CAST(group_concat(body, '') AS BLOB) FROM "
+    "(SELECT id, message_id, kind, body FROM messages WHERE tenant = ? AND owner IS NULL "
+    "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?)"
+)
+
+
+def _head(
+    db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
+) -> list[tuple[int, str, str, bytes]]:
+    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``: (id,
+    message_id, kind, body).
 
     One aggregate row instead of a row per message: fetching steps once per row, and every
     step lets go of the GIL (see _ROWS_PER_INSERT), so a busy thread slows each one down.
     """
-    ids, message_ids, kinds, sizes, bodies = db.execute(
-        "SELECT json_group_array(id), json_group_array(message_id), json_group_array(kind), "
-        "json_group_array(length(body)), CAST(group_concat(body, '') AS BLOB) FROM "
-        "(SELECT id, message_id, kind, body FROM messages "
-        "WHERE tenant = ? AND owner IS NULL ORDER BY id LIMIT ?)",
-        (tenant, limit),
-    ).fetchone()
+    if skip:
+        head = db.execute(_HEAD_SKIPPING, (tenant, _ids(skip), limit))
+    else:
+        head = db.execute(_HEAD, (tenant, limit))
+    ids, message_ids, kinds, sizes, bodies = head.fetchone()
     rows: list[tuple[int, str, str, bytes]] = []
     pos = 0
     for rowid, message_id, kind, size in zip(
@@ -171,12 +187,127 @@ def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[De
     return records, dead
 
 
+#: A refusal to keep as dead letters: (failed at, reason, status, rows for _reject_sql).
+_Refusal = tuple[float, str, "int | None", list[tuple[int, str, str, str, bytes]]]
+#: How often the ERROR line about a spool file that cannot be written may repeat.
+_UNWRITTEN_LOG_EVERY = 60.0
+_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, which typeshed lacks
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised while handling) is SQLITE_FULL."""
+    while exc is not None:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+            return True
+        exc = exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: what is read inside is one consistent state of the file."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        db.execute("COMMIT")
+
+
+def _drop(rows_of: dict[str, set[int]], tenant: str, rowids: Iterable[int]) -> None:
+    """Remove ``rowids`` from ``rows_of[tenant]`` (and the tenant once it has none)."""
+    rows = rows_of.get(tenant)
+    if rows is not None:
+        rows.difference_update(rowids)
+        if not rows:
+            del rows_of[tenant]
+
+
+@attrs.define
+class _Unwritten:
+    """What this process settled that the file does not show yet, because writing it
+    failed (the disk is full, or another connection held the file locked past the busy
+    timeout). For this process it is the truth (leasing, counting, ``empty``); every
+    later write of the spool (a settlement, a lease, upkeep) writes it first.
+    """
+
+    #: Rows acknowledged, rejected or buried, to delete (their dead letters go first).
+    gone: dict[str, set[int]] = attrs.Factory(dict)
+    refused: list[_Refusal] = attrs.Factory(list)
+    buried: dict[int, DeadMessage] = attrs.Factory(dict)
+    #: Released rows the file still shows leased by this process: leased again from here.
+    freed: dict[str, dict[int, EncodedMessage]] = attrs.Factory(dict)
+    #: ``paused`` marks to write: (reason, since), or None to clear the mark.
+    paused: dict[str, tuple[str, float] | None] = attrs.Factory(dict)
+    #: Rows leased in memory only (the lease could not be written): free in the file.
+    held: dict[str, set[int]] = attrs.Factory(dict)
+    #: The acceptance time of each row leased in memory, until its settlement is written.
+    #: Another process may take such a row, delete it, and SQLite may give its id to a
+    #: new row: a row is settled only if its id *and* acceptance time match.
+    stamps: dict[int, float] = attrs.Factory(dict)
+    failing: bool = False
+    logged: float = float("-inf")
+
+    def pending(self) -> bool:
+        """True when something waits to be written."""
+        return bool(self.gone or self.freed or self.paused or self.refused or self.buried)
+
+    def hidden(self, tenant: str) -> set[int]:
+        """Rows of ``tenant`` that a lease must not take from the file: this process
+        holds them (leased in memory) or settled them already."""
+        held, gone = self.held.get(tenant), self.gone.get(tenant)
+        if held and gone:
+            return held | gone
+        return held or gone or set()
+
+    def events(self) -> int:
+        """Settled or released events whose settlement waits to be written."""
+        return sum(map(len, self.gone.values())) + sum(map(len, self.freed.values()))
+
+    def written(self) -> None:
+        """Forget what was just written (rows leased in memory stay held)."""
+        if self.stamps:
+            for rowid in itertools.chain.from_iterable(self.gone.values()):
+                self.stamps.pop(rowid, None)
+        self.gone, self.refused, self.buried, self.freed, self.paused = {}, [], {}, {}, {}
+
+    def split(self, rowids: Iterable[int]) -> tuple[list[int], list[tuple[int, float]]]:
+        """``rowids`` as those to settle by id alone and (id, acceptance time) pairs."""
+        if not self.stamps:
+            return list(rowids), []
+        plain: list[int] = []
+        checked: list[tuple[int, float]] = []
+        for rowid in rowids:
+            stamp = self.stamps.get(rowid)
+            if stamp is None:
+                plain.append(rowid)
+            else:
+                checked.append((rowid, stamp))
+        return plain, checked
+
+
+@attrs.define
+class _Pick:
+    """What a lease takes: messages with their row ids, rows read from the file and how
+    many of them it consumed, rows it took back from ``freed``, records it buries."""
+
+    read: int
+    taken: list[EncodedMessage] = attrs.Factory(list)
+    rowids: dict[int, int] = attrs.Factory(dict)  # id(message) -> row id
+    fresh: list[int] = attrs.Factory(list)  # row ids taken from the file's free rows
+    back: list[int] = attrs.Factory(list)  # row ids taken back from _Unwritten.freed
+    seen: int = 0
+    dead: dict[int, DeadMessage] = attrs.Factory(dict)
+
+
 class SqliteSpool(ForkSafe):
     """A :class:`~selligent_segment._spool.Spool` in an SQLite file, shared by processes.
 
     Guarantees: a record is durable once :meth:`accept` returns (journal, then database);
     a message stays in the file until acknowledged, or is moved to ``dead_letters`` by
     :meth:`reject`; leases of a dead process are freed and sent again (same messageId).
+    When the file cannot be written (disk full, locked), leases and settlements are kept
+    in memory and written later (see :class:`_Unwritten`); a batch leased in memory only
+    may then be sent by another process too (same messageId).
     """
 
     durable = True
@@ -203,7 +334,7 @@ class SqliteSpool(ForkSafe):
         self._reported: dict[str, float] = {}  # ERROR lines of upkeep -> when last logged
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
-        self._paused: set[str] = set()
+        self._unwritten = _Unwritten()  # settlements the file does not show yet
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
         try:
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -295,64 +426,124 @@ class SqliteSpool(ForkSafe):
     # -- leasing -----------------------------------------------------------------------
 
     def lease(self, tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
+        """Take a batch from the head of ``tenant``'s queue (see ``Spool.lease``).
+
+        When the lease cannot be written (disk full, file locked past the busy timeout),
+        this process holds the batch in memory instead, and delivery goes on."""
         with self._lock:
-            with transaction(self._db) as db:
-                rows = _head(db, tenant, max_messages)
-                taken: list[EncodedMessage] = []
-                rowids: dict[int, int] = {}
-                dead: dict[int, DeadMessage] = {}
-                size = 0
-                seen = 0
-                for rowid, message_id, kind, body in rows:
-                    if message_id:
-                        message = EncodedMessage(tenant, message_id, EventKind(kind), body)
-                    else:  # a journal record: it becomes a message now
-                        try:
-                            message = self._decoder(body)
-                        except SelligentSegmentError as exc:
-                            dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
-                            seen += 1
-                            continue
-                    cost = len(message.body) + 1
-                    if taken and size + cost > max_bytes:
-                        break
-                    taken.append(message)
-                    rowids[id(message)] = rowid
-                    size += cost
-                    seen += 1
-                if taken:
-                    db.execute(
-                        "UPDATE messages SET owner = ? "
+            pick: _Pick | None = None
+            if not self._unwritten.pending() or self._write_unwritten():
+                try:
+                    with transaction(self._db) as db:
+                        pick = self._pick(db, tenant, max_messages, max_bytes)
+                        self._mark_leased(db, pick)
+                except sqlite3.OperationalError as exc:
+                    self._write_failed(exc)
+                    pick = None
+            if pick is None:  # nothing can be written now: lease in memory
+                with _snapshot(self._db) as db:  # the rows and their stamps
+                    pick = self._pick(db, tenant, max_messages, max_bytes)
+                    stamps = db.execute(
+                        "SELECT id, accepted_at FROM messages "
                         "WHERE id IN (SELECT value FROM json_each(?))",
-                        (self.owner, _ids(rowids.values())),
-                    )
-                if dead:
-                    self._bury(db, dead)
-            if not taken or (len(rows) < max_messages and seen == len(rows)):
+                        (_ids([*pick.fresh, *pick.dead]),),
+                    ).fetchall()
+                self._hold(tenant, pick, dict(stamps))
+            for d in pick.dead.values():
+                log.error(
+                    "selligent-segment: tenant %r: event kept as a dead letter: %s",
+                    d.tenant,
+                    d.reason,
+                )
+            if not pick.taken or (pick.read < max_messages and pick.seen == pick.read):
                 self._backlog.pop(tenant, None)  # drained, as far as we can see
             else:
-                self._backlog[tenant] = max(1, self._backlog.get(tenant, 0) - seen)
-            if not taken:
+                self._backlog[tenant] = max(1, self._backlog.get(tenant, 0) - pick.seen)
+            if not pick.taken:
                 return None
-            lease = Lease(tenant, tuple(taken))
-            self._leases[lease.id] = rowids
+            lease = Lease(tenant, tuple(pick.taken))
+            self._leases[lease.id] = pick.rowids
             return lease
+
+    def _pick(
+        self, db: sqlite3.Connection, tenant: str, max_messages: int, max_bytes: int
+    ) -> _Pick:
+        """The head of ``tenant``'s queue as this process knows it, in row (acceptance)
+        order: the file's free rows but those this process holds or settled, merged with
+        the rows it released while the file could not be written. Changes nothing."""
+        unwritten = self._unwritten
+        rows = _head(db, tenant, max_messages, unwritten.hidden(tenant))
+        pick = _Pick(len(rows))
+        freed = unwritten.freed.get(tenant)
+        entries: Iterable[tuple[int, str, str, bytes]] = rows
+        if freed:
+            back = sorted((r, m.message_id, _kind(m.kind), m.body) for r, m in freed.items())
+            entries = heapq.merge(back, rows)
+        size = 0
+        for rowid, message_id, kind, body in entries:
+            if message_id:
+                message = EncodedMessage(tenant, message_id, EventKind(kind), body)
+            else:  # a journal record: it becomes a message now
+                try:
+                    message = self._decoder(body)
+                except SelligentSegmentError as exc:
+                    pick.dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
+                    pick.seen += 1
+                    continue
+            cost = len(message.body) + 1
+            if pick.taken and (size + cost > max_bytes or len(pick.taken) >= max_messages):
+                break
+            pick.taken.append(message)
+            pick.rowids[id(message)] = rowid
+            size += cost
+            if freed and rowid in freed:
+                pick.back.append(rowid)
+            else:
+                pick.fresh.append(rowid)
+                pick.seen += 1
+        return pick
+
+    def _mark_leased(self, db: sqlite3.Connection, pick: _Pick) -> None:
+        """Write ``pick``: its rows leased by this process, its dead records buried."""
+        if pick.fresh:
+            db.execute(
+                "UPDATE messages SET owner = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (self.owner, _ids(pick.fresh)),
+            )
+        if pick.dead:
+            self._bury(db, pick.dead)
+
+    def _hold(self, tenant: str, pick: _Pick, stamps: dict[int, float]) -> None:
+        """Keep ``pick`` in memory only: its rows held, its dead records to bury later;
+        ``stamps`` are the acceptance times of their rows."""
+        unwritten = self._unwritten
+        unwritten.stamps.update(stamps)
+        if pick.fresh:
+            unwritten.held.setdefault(tenant, set()).update(pick.fresh)
+        if pick.back:  # the file shows them leased by this process: they are again
+            freed = unwritten.freed[tenant]
+            for rowid in pick.back:
+                del freed[rowid]
+            if not freed:
+                del unwritten.freed[tenant]
+        if pick.dead:
+            unwritten.buried.update(pick.dead)
+            unwritten.gone.setdefault(tenant, set()).update(pick.dead)
 
     def _bury(self, db: sqlite3.Connection, dead: dict[int, DeadMessage]) -> None:
         """Move journal records that cannot become messages to ``dead_letters``."""
+        stamps = self._unwritten.stamps
+        rows = [(rowid, stamps.get(rowid), time.time(), d.reason) for rowid, d in dead.items()]
         db.executemany(
             "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, "
-            "failed_at, reason, status) SELECT tenant, '', kind, body, accepted_at, ?, ?, NULL "
-            "FROM messages WHERE id = ?",
-            [(time.time(), d.reason, rowid) for rowid, d in dead.items()],
+            "failed_at, reason, status) SELECT tenant, '', kind, body, accepted_at, ?3, ?4, "
+            "NULL FROM messages WHERE id = ?1 AND (?2 IS NULL OR accepted_at = ?2)",
+            rows,
         )
-        db.execute(
-            "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))", (_ids(dead),)
+        db.executemany(
+            "DELETE FROM messages WHERE id = ?1 AND (?2 IS NULL OR accepted_at = ?2)",
+            [row[:2] for row in rows],
         )
-        for d in dead.values():
-            log.error(
-                "selligent-segment: tenant %r: event kept as a dead letter: %s", d.tenant, d.reason
-            )
 
     def _take(self, lease: Lease, messages: Sequence[EncodedMessage]) -> list[int]:
         """Row ids of ``messages`` of ``lease``, which are settled by this call."""
@@ -367,59 +558,225 @@ class SqliteSpool(ForkSafe):
             del self._leases[lease.id]
         return rowids
 
+    # Settling never raises for a write that fails: the outcome is kept in _unwritten,
+    # which counts for this process at once and is written by the next write.
+
     def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        """Delete ``messages``: Segment accepted them. Also clears the tenant's ``paused``
+        mark in the file, whoever set it: its key works again."""
         with self._lock:
             rowids = self._take(lease, messages)
-            with transaction(self._db) as db:
-                if lease.tenant in self._paused:  # delivering again: no longer paused
-                    self._paused.discard(lease.tenant)
-                    db.execute("DELETE FROM paused WHERE tenant = ?", (lease.tenant,))
-                db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                    (_ids(rowids),),
-                )
+            self._settle_gone(lease.tenant, rowids)
+            self._unwritten.paused[lease.tenant] = None
+            self._write_unwritten()
 
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        """Free ``messages`` for a later lease, back at the head of the queue in order."""
         with self._lock:
             rowids = self._take(lease, messages)
-            with transaction(self._db) as db:
-                db.execute(
-                    "UPDATE messages SET owner = NULL WHERE id IN (SELECT value FROM json_each(?))",
-                    (_ids(rowids),),
-                )
-            self._backlog[lease.tenant] = self._backlog.get(lease.tenant, 0) + len(rowids)
+            tenant = lease.tenant
+            unwritten = self._unwritten
+            held = unwritten.held.get(tenant)
+            in_memory = held.intersection(rowids) if held else set()
+            if in_memory:  # leased in memory only: the file shows them free already
+                _drop(unwritten.held, tenant, in_memory)
+                for rowid in in_memory:
+                    unwritten.stamps.pop(rowid, None)
+                self._backlog[tenant] = self._backlog.get(tenant, 0) + len(in_memory)
+            freed = unwritten.freed.setdefault(tenant, {})
+            for message, rowid in zip(messages, rowids, strict=True):
+                if rowid not in in_memory:
+                    freed[rowid] = message
+            if not freed:
+                del unwritten.freed[tenant]
+            self._write_unwritten()
 
     def reject(
         self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
     ) -> None:
+        """Move ``messages`` to ``dead_letters`` with the reason and status."""
         with self._lock:
             rowids = self._take(lease, messages)
+            # The messages as leased (a row may still hold the journal record); the
+            # acceptance time of their rows is read when written.
+            rows = [
+                (r, m.tenant, m.message_id, _kind(m.kind), m.body)
+                for m, r in zip(messages, rowids, strict=True)
+            ]
+            self._unwritten.refused.append((time.time(), reason, status, rows))
+            self._settle_gone(lease.tenant, rowids)
+            self._write_unwritten()
+
+    def _settle_gone(self, tenant: str, rowids: list[int]) -> None:
+        """Count ``rowids`` as gone from the queue (delivered or refused)."""
+        unwritten = self._unwritten
+        if unwritten.held:
+            _drop(unwritten.held, tenant, rowids)
+        unwritten.gone.setdefault(tenant, set()).update(rowids)
+
+    def _write_unwritten(self) -> bool:
+        """Write everything ``_unwritten`` keeps, in one transaction (under ``_lock``).
+
+        True when written; on a failure it is all kept, and the log says so (rarely)."""
+        unwritten = self._unwritten
+        try:
             with transaction(self._db) as db:
-                # The messages as leased (a row may still hold the journal record), with
-                # the acceptance time of their rows: one statement per 1,024 messages.
-                rows = [
-                    (r, m.tenant, m.message_id, _kind(m.kind), m.body)
-                    for m, r in zip(messages, rowids, strict=True)
-                ]
-                _execute_in_parts(db, _reject_sql, (time.time(), reason, status), rows)
-                db.execute(
-                    "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                    (_ids(rowids),),
+                if unwritten.buried:
+                    self._bury(db, unwritten.buried)
+                # One statement per 1,024 messages, before their rows go (acceptance time).
+                for failed_at, reason, status, rows in unwritten.refused:
+                    _execute_in_parts(db, _reject_sql, (failed_at, reason, status), rows)
+                if unwritten.gone:
+                    plain, checked = unwritten.split(
+                        itertools.chain.from_iterable(unwritten.gone.values())
+                    )
+                    db.execute(
+                        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                        (_ids(plain),),
+                    )
+                    db.executemany("DELETE FROM messages WHERE id = ? AND accepted_at = ?", checked)
+                if unwritten.freed:
+                    db.execute(
+                        "UPDATE messages SET owner = NULL "
+                        "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
+                        (self.owner, _ids(itertools.chain.from_iterable(unwritten.freed.values()))),
+                    )
+                for tenant, mark in unwritten.paused.items():
+                    if mark is None:
+                        db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
+                    else:
+                        db.execute(
+                            "INSERT INTO paused (tenant, reason, since) VALUES (?, ?, ?) "
+                            "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
+                            (tenant, *mark),
+                        )
+        except sqlite3.OperationalError as exc:
+            self._write_failed(exc)
+            return False
+        for tenant, freed in unwritten.freed.items():  # free in the file now
+            self._backlog[tenant] = self._backlog.get(tenant, 0) + len(freed)
+        unwritten.written()
+        if unwritten.failing:
+            unwritten.failing = False
+            log.warning(
+                "selligent-segment: the spool file %s can be written again; what was kept "
+                "in memory is written",
+                self.path,
+            )
+        return True
+
+    def _write_failed(self, exc: sqlite3.OperationalError) -> None:
+        """After a write that failed: no transaction left open, and an ERROR line (no
+        traceback) at most every ``_UNWRITTEN_LOG_EVERY`` seconds."""
+        if self._db.in_transaction:  # a failed COMMIT may leave it open
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+        unwritten = self._unwritten
+        unwritten.failing = True
+        now = time.monotonic()
+        if now - unwritten.logged < _UNWRITTEN_LOG_EVERY:
+            return
+        unwritten.logged = now
+        log.error(
+            "selligent-segment: spool file %s: %s; delivery goes on: what this process "
+            "leases and settles meanwhile is kept in memory and written once the file can "
+            "be written (if it stops first, the next process sends those events again, "
+            "same messageId)",
+            self.path,
+            "the disk is full" if _disk_full(exc) else f"cannot write ({exc})",
+        )
+
+    def _retry_unwritten(self) -> None:
+        """Upkeep: write what ``_unwritten`` keeps, if anything."""
+        with self._lock:
+            if self._unwritten.pending():
+                self._write_unwritten()
+
+    def _write_unwritten_at_close(self) -> None:
+        """At close: a last try; what still cannot be written is sent again later."""
+        with self._lock:
+            if self._unwritten.pending() and not self._write_unwritten():
+                log.warning(
+                    "selligent-segment: the outcome of %d events could not be written to "
+                    "the spool file %s; the next process to use it sends them again (same "
+                    "messageId)",
+                    self._unwritten.events(),
+                    self.path,
                 )
 
     # -- looking -----------------------------------------------------------------------
 
     def backlog(self, tenant: str) -> int:
-        return self._backlog.get(tenant, 0)
+        """Messages of ``tenant`` this process may lease next (an estimate)."""
+        freed = self._unwritten.freed.get(tenant)
+        return self._backlog.get(tenant, 0) + (len(freed) if freed else 0)
 
     def tenants(self) -> list[str]:
+        """Tenants with messages this process may lease next."""
         with self._lock:
-            return [t for t, n in self._backlog.items() if n > 0]
+            names = [t for t, n in self._backlog.items() if n > 0]
+            if self._unwritten.freed:
+                names = list(dict.fromkeys([*names, *self._unwritten.freed]))
+            return names
 
     def empty(self) -> bool:
-        """True when the file holds no message to send (dead letters aside)."""
+        """True when the file holds no message to send (dead letters aside), but those
+        this process settled and could not delete yet."""
         with self._lock:
-            return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
+            gone = self._unwritten.gone
+            if not gone:
+                return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
+            _, checked = self._unwritten.split(itertools.chain.from_iterable(gone.values()))
+            with _snapshot(self._db) as db:
+                left = db.execute(
+                    "SELECT 1 FROM messages "
+                    "WHERE id NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+                    (_ids(itertools.chain.from_iterable(gone.values())),),
+                ).fetchone()
+                if left is None and checked:  # the same ids, but still the same rows?
+                    stamps = dict(checked)
+                    left = next(
+                        (
+                            rowid
+                            for rowid, accepted_at in db.execute(
+                                "SELECT id, accepted_at FROM messages "
+                                "WHERE id IN (SELECT value FROM json_each(?))",
+                                (_ids(stamps),),
+                            )
+                            if stamps[rowid] != accepted_at
+                        ),
+                        None,
+                    )
+            return left is None
+
+    def _count_unwritten(self, counts: str) -> str | bytes:
+        """``stats``' counts (JSON ``{tenant: [messages, leased]}`` read from the file) as
+        this process knows them: without the rows it settled, with the rows it holds in
+        memory as leased and those it released as not. Under ``_lock``."""
+        unwritten = self._unwritten
+        if not (unwritten.gone or unwritten.held or unwritten.freed):
+            return counts
+        gone = set(itertools.chain.from_iterable(unwritten.gone.values()))
+        held = set(itertools.chain.from_iterable(unwritten.held.values()))
+        freed = set(itertools.chain.from_iterable(unwritten.freed.values()))
+        stamps = unwritten.stamps
+        rows: dict[str, list[int]] = orjson.loads(counts)
+        for rowid, tenant, leased, accepted_at in self._db.execute(
+            "SELECT id, tenant, owner IS NOT NULL, accepted_at FROM messages "
+            "WHERE id IN (SELECT value FROM json_each(?))",
+            (_ids(gone | held | freed),),
+        ):
+            entry = rows.get(tenant)
+            if entry is None or stamps.get(rowid, accepted_at) != accepted_at:
+                continue  # not the row this process knows (another process changed it)
+            if rowid in gone:
+                entry[0] -= 1
+                entry[1] -= leased
+            elif rowid in held:
+                entry[1] += 1 - leased
+            else:
+                entry[1] -= leased
+        return orjson.dumps({tenant: entry for tenant, entry in rows.items() if entry[0]})
 
     def stats(self) -> SpoolStats:
         """Counts and size of the file as this process knows them; SpoolError naming the
@@ -431,6 +788,7 @@ class SqliteSpool(ForkSafe):
                     "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
                     "GROUP BY tenant)"
                 ).fetchone()
+                counts = self._count_unwritten(counts)
                 used = self._measure()
         except sqlite3.Error as exc:
             raise spool_error(self.path, exc) from None
@@ -441,20 +799,11 @@ class SqliteSpool(ForkSafe):
         )
 
     def mark_paused(self, tenant: str, reason: str | None) -> None:
-        """Record (or clear, with None) that ``tenant`` is paused, for ``spool status``."""
-        with self._lock, transaction(self._db) as db:
-            if reason is None:
-                self._paused.discard(tenant)
-            else:
-                self._paused.add(tenant)
-            if reason is None:
-                db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
-            else:
-                db.execute(
-                    "INSERT INTO paused (tenant, reason, since) VALUES (?, ?, ?) "
-                    "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
-                    (tenant, reason, time.time()),
-                )
+        """Record (or clear, with None) that ``tenant`` is paused, for ``spool status``;
+        written later when the file cannot be written now."""
+        with self._lock:
+            self._unwritten.paused[tenant] = None if reason is None else (reason, time.time())
+            self._write_unwritten()
 
     # -- upkeep --------------------------------------------------------------------------
 
@@ -488,6 +837,7 @@ class SqliteSpool(ForkSafe):
         log.error("selligent-segment: %s", text)
 
     def _upkeep(self, force: bool) -> list[str]:
+        self._retry_unwritten()
         recovered = self._recover()
         with self._lock:
             now = time.monotonic()
@@ -609,6 +959,7 @@ class SqliteSpool(ForkSafe):
             return
         self._closed = True
         try:
+            self._write_unwritten_at_close()
             self._free_leases(self.owner)
             self._leases.clear()
         except sqlite3.Error as exc:  # pragma: no cover - the next start frees them
