@@ -6,22 +6,26 @@ the parser from that list and dispatches. A new subcommand is one more ``Command
 
 Exit status of ``send``: 0 every record valid (and, when sending, delivered); 1 some
 records were invalid; 2 usage error or unreadable input; 3 some valid records were not
-delivered (takes precedence over 1); 130 interrupted.
+delivered (takes precedence over 1); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import BinaryIO, TextIO
 
 from selligent_segment._cli_base import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_UNDELIVERED,
     EXIT_USAGE,
     PROG,
@@ -80,11 +84,35 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled where Ctrl-C is: the command stops, says what it did, and what
+    was accepted stays in the spool file (or is reported, in memory)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status. SIGTERM stops a command the way
+    Ctrl-C does, with its summary, and the status is then 143."""
     args = _parser(COMMANDS).parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    return run(args)
+    terminated = False
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        nonlocal terminated
+        terminated = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+        raise _Terminated
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
+    try:
+        status = run(args)
+    except _Terminated:  # arrived outside the places that report an interruption
+        err(f"{PROG}: terminated (SIGTERM)")
+        status = EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return EXIT_TERMINATED if terminated else status
 
 
 # -- shared by the commands that deliver ------------------------------------------------
@@ -129,6 +157,7 @@ exit status:
   3  some valid records were not delivered (the tenants are named, never their keys);
      takes precedence over 1
   130  interrupted (Ctrl-C): the summary says what was delivered; re-run to resume
+  143  terminated (SIGTERM): the same as 130, for a deploy or a supervisor
 """
 
 

@@ -294,6 +294,36 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(
     assert "re-run the same command to resume" in err
 
 
+def test_sigterm_stops_send_like_ctrl_c_with_its_summary_and_exits_143(
+    tmp_path: Path, keys_file: str
+) -> None:
+    """A deploy's SIGTERM while send waits for an endpoint in an outage: the summary still
+    says what was accepted and delivered, how to resume, and the status is 143."""
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
+        server.outage(503)
+        proc = subprocess.Popen(
+            [*SEND, data, "--write-keys", keys_file, "--endpoint", server.url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            cwd=ROOT,
+        )
+        try:
+            assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted while delivering" in err
+    assert "1 events accepted, 0 delivered, 1 not delivered" in err
+    assert "re-run the same command to resume" in err
+    assert "Traceback" not in err
+
+
 def test_progress_on_a_terminal_while_sending(tmp_path: Path, keys_file: str) -> None:
     with LocalSegment() as server:
         server.outage(503)
