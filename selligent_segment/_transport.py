@@ -36,6 +36,7 @@ save another 1.6 % of the original size.
 from __future__ import annotations
 
 import base64
+import contextlib
 import encodings.idna
 import gzip as _gzip
 import http.client
@@ -44,10 +45,12 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import attrs
@@ -62,9 +65,13 @@ from selligent_segment._retry import (
 )
 from selligent_segment._version import __version__
 
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
+
 __all__ = [
     "BATCH_PATH",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DEADLINE",
     "DEFAULT_READ_TIMEOUT",
     "GZIP_LEVEL",
     "MAX_BATCH_BYTES",
@@ -98,6 +105,9 @@ GZIP_LEVEL = 3
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for each read of the response.
 DEFAULT_READ_TIMEOUT = 15.0
+#: Seconds one whole request may take (connect, send, status line, headers, body), unless
+#: ``connect_timeout + read_timeout`` is longer (see :class:`Transport`).
+DEFAULT_DEADLINE = 30.0
 
 _log = logging.getLogger("selligent_segment.transport")
 
@@ -260,13 +270,190 @@ class Response:
     rate_limit_reset: float | None = attrs.field(default=None, kw_only=True)
 
 
+# -- the overall deadline of a request ------------------------------------------------------
+#
+# urllib3's read timeout bounds each socket read, and Timeout(total=) is turned into
+# per-read timeouts once per request: neither stops an answer dripping one byte at a time
+# (measured with urllib3 2.8: Timeout(total=1) let a 0.2 s-per-byte status line run 16 s).
+# So one daemon thread per process keeps the requests in flight and, when one is overdue,
+# shuts its socket down (both ways), which wakes the blocked send or recv at once; the
+# request then fails and post() reports the deadline. The pools below tell the watchdog
+# which connection a request uses: _get_conn (on the posting thread) attaches it,
+# _put_conn detaches it before it can go back to the pool, so a connection another request
+# has taken is never shut down, and an overdue one is closed rather than pooled.
+# Connecting cannot be cut that way (the socket is not the connection's until the TCP
+# connect returns, and ssl detaches it while the TLS handshake runs), so the connections
+# below give the TCP connect, then the handshake, only the time left (Python bounds a
+# whole handshake by the socket's timeout). Only the name lookup is not bounded here.
+
+# How often the watchdog looks again at an overdue request it has not cut off yet (no
+# connection yet, or a TLS socket that replaced the plain one while it was being shut).
+_OVERDUE_POLL = 0.05
+
+
+class _Deadline:
+    """One request's deadline (``time.monotonic``), its connection, whether it expired."""
+
+    __slots__ = ("at", "conn", "expired", "shot")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.conn: object | None = None
+        self.expired = False
+        self.shot: object | None = None
+
+    def passed(self) -> bool:
+        """The watchdog acted on it, or the time is up (a timeout clipped to the deadline
+        can fire just before the watchdog wakes)."""
+        return self.expired or time.monotonic() >= self.at
+
+    def clip(self, seconds: float) -> float:
+        """``seconds`` (a connect timeout) cut to the time left, at least 1 ms."""
+        return max(min(seconds, self.at - time.monotonic()), 0.001)
+
+
+class _Watchdog:
+    """One daemon thread per process that shuts down the socket of each overdue request.
+
+    ``start``/``finish`` cost one uncontended lock each; the thread sleeps until the
+    earliest deadline it knows of and is woken only when a request starts with an earlier
+    one (in steady traffic, about once per deadline period), never per request.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # Also after fork: the child has no watchdog thread and maybe a lock held by a
+        # thread that does not exist there.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._active: set[_Deadline] = set()
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def start(self, seconds: float) -> _Deadline:
+        """Register a request that must end within ``seconds`` from now."""
+        entry = _Deadline(time.monotonic() + seconds)
+        with self._lock:
+            self._active.add(entry)
+            if entry.at < self._wake_at:
+                self._wake_at = entry.at
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, name="selligent-segment-deadline", daemon=True
+                    )
+                    self._thread.start()
+                else:
+                    self._changed.notify()
+        return entry
+
+    def detach(self, entry: _Deadline, conn: object) -> bool:
+        """``conn`` leaves ``entry``'s request (back to the pool): never shut it down for
+        ``entry`` again. True when ``entry`` has expired (``conn`` must then be closed)."""
+        with self._lock:
+            if entry.conn is conn:
+                entry.conn = None
+            return entry.expired
+
+    def finish(self, entry: _Deadline) -> None:
+        """The request of ``entry`` is over, however it ended."""
+        with self._lock:
+            self._active.discard(entry)
+            entry.conn = None
+
+    def _run(self) -> None:
+        lock, changed, active = self._lock, self._changed, self._active
+        with lock:
+            while True:
+                now = time.monotonic()
+                wake_at = math.inf
+                for entry in active:
+                    if entry.at <= now:
+                        entry.expired = True
+                        _shut_down(entry)
+                        wake_at = min(wake_at, now + _OVERDUE_POLL)
+                    elif entry.at < wake_at:
+                        wake_at = entry.at
+                self._wake_at = wake_at
+                changed.wait(None if wake_at == math.inf else wake_at - now)
+
+
+def _shut_down(entry: _Deadline) -> None:
+    """Shut down both ways the socket ``entry``'s connection uses now (watchdog, locked)."""
+    sock = getattr(entry.conn, "sock", None)
+    if isinstance(sock, socket.socket) and sock is not entry.shot:
+        entry.shot = sock
+        # socket.socket's own shutdown, also for an SSLSocket: SSLSocket.shutdown drops its
+        # TLS state, and the posting thread's next recv would read raw TLS bytes. OSError:
+        # already closed or not connected, so the request is failing anyway.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
+# The deadline of the request the current thread is posting, for the pools below.
+_posting = threading.local()
+
+
+class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
+    """An ``HTTPConnection`` whose TCP connect, then TLS handshake, get only the time left."""
+
+    def _new_conn(self) -> socket.socket:
+        entry: _Deadline | None = getattr(_posting, "entry", None)
+        limit = self.timeout  # the connect timeout, set by urlopen
+        if entry is None or not isinstance(limit, (int, float)):
+            return super()._new_conn()
+        self.timeout = entry.clip(limit)
+        sock = super()._new_conn()
+        sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
+        return sock
+
+
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, urllib3.connection.HTTPSConnection):
+    """The HTTPS form of :class:`_DeadlineHTTPConnection`."""
+
+
+class _DeadlineHTTPPool(urllib3.HTTPConnectionPool):
+    """An ``HTTPConnectionPool`` that tells the watchdog which connection a post uses."""
+
+    ConnectionCls = _DeadlineHTTPConnection
+
+    def _get_conn(self, timeout: float | None = None) -> BaseHTTPConnection:
+        conn = super()._get_conn(timeout)
+        entry: _Deadline | None = getattr(_posting, "entry", None)
+        if entry is not None:
+            entry.conn = conn  # read by the watchdog under its lock; one store is atomic
+        return conn
+
+    def _put_conn(self, conn: BaseHTTPConnection | None) -> None:
+        entry: _Deadline | None = getattr(_posting, "entry", None)
+        if conn is not None and entry is not None and _WATCHDOG.detach(entry, conn):
+            conn.close()  # overdue: its socket is shut down, the pool gets a closed one
+        super()._put_conn(conn)
+
+
+class _DeadlineHTTPSPool(_DeadlineHTTPPool, urllib3.HTTPSConnectionPool):
+    """The HTTPS form of :class:`_DeadlineHTTPPool`."""
+
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
 class Transport:
     """Posts batches over one thread-safe, keep-alive ``urllib3.PoolManager``.
 
     Safe to share between threads: ``max_connections`` connections are kept alive per host,
     so set it to the number of threads that post concurrently (more threads still work, the
     extra connections are just not kept). ``connect_timeout`` bounds connecting (TCP and
-    TLS), ``read_timeout`` each read of the answer. TLS certificates are always verified
+    TLS), ``read_timeout`` each read of the answer, and ``deadline`` the whole request:
+    connecting, sending, the status line, the headers and the body of the answer together
+    (default :data:`DEFAULT_DEADLINE`, or ``connect_timeout + read_timeout`` when longer;
+    only a slow DNS lookup is left to the system resolver). An overdue request's connection
+    is shut down and closed, never pooled, and ``post`` reports ``status=None``,
+    :attr:`Outcome.RETRY` (or, when the status line had arrived, what that status means)
+    with an error text saying the deadline was exceeded. TLS certificates are always verified
     (``ca_certs``, else certifi's bundle, else the system store). urllib3's own retries and
     redirects are off: the library's :class:`~selligent_segment._retry.RetryPolicy` decides.
     Holds no write key; after a ``fork`` the child opens its own connections instead of
@@ -281,17 +468,25 @@ class Transport:
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         gzip: bool = False,
         ca_certs: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise TypeError("max_connections must be an int")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if deadline is None:
+            deadline = max(DEFAULT_DEADLINE, connect_timeout + read_timeout)
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+            ("deadline", deadline),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a number of seconds")
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive, finite number of seconds")
         self._max_connections = max_connections
+        self._deadline = float(deadline)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._gzip = bool(gzip)
         self._ca_certs = ca_certs if ca_certs is not None else _default_ca_bundle()
@@ -303,11 +498,12 @@ class Transport:
         return (
             f"Transport(max_connections={self._max_connections}, "
             f"connect_timeout={self._timeout.connect_timeout}, "
-            f"read_timeout={self._timeout.read_timeout}, gzip={self._gzip})"
+            f"read_timeout={self._timeout.read_timeout}, deadline={self._deadline}, "
+            f"gzip={self._gzip})"
         )
 
     def _new_pool(self) -> urllib3.PoolManager:
-        return urllib3.PoolManager(
+        pool = urllib3.PoolManager(
             num_pools=10,
             maxsize=self._max_connections,
             block=False,
@@ -316,6 +512,8 @@ class Transport:
             cert_reqs="CERT_REQUIRED",
             ca_certs=self._ca_certs,
         )
+        pool.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        return pool
 
     def _current_pool(self) -> urllib3.PoolManager:
         if os.getpid() != self._pid:
@@ -344,7 +542,8 @@ class Transport:
 
         ``endpoint`` is a base URL from :func:`~selligent_segment._endpoint.resolve_endpoint`;
         ``retry_count`` (attempts already made) is sent as ``X-Retry-Count`` when positive.
-        ``sentAt`` is the time of this call. Never raises for a network failure (those give
+        ``sentAt`` is the time of this call. Returns within the transport's ``deadline``.
+        Never raises for a network failure (those, and an overdue request, give
         ``status=None``, :attr:`Outcome.RETRY`); raises ``ValueError`` for an empty key or
         batch and :class:`BatchTooLarge` for a batch over Segment's limits.
         """
@@ -358,29 +557,36 @@ class Transport:
             payload = _gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
         url = endpoint + BATCH_PATH
+        pool = self._current_pool()
         started = time.perf_counter()
+        deadline = _posting.entry = _WATCHDOG.start(self._deadline)
         try:
-            raw = self._current_pool().urlopen(
-                "POST",
-                url,
-                body=payload,
-                headers=headers,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-            )
-        except urllib3.exceptions.LocationValueError:
-            raise
-        except _NETWORK_ERRORS as exc:
-            response = Response(status=None, error=scrub(_describe(exc), write_key))
-            _log.debug(
-                "POST %s failed after %.1f ms: %s",
-                url,
-                (time.perf_counter() - started) * 1e3,
-                response.error,
-            )
-            return response
-        response = _read_response(raw, write_key)
+            try:
+                raw = pool.urlopen(
+                    "POST",
+                    url,
+                    body=payload,
+                    headers=headers,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                )
+            except urllib3.exceptions.LocationValueError:
+                raise
+            except _NETWORK_ERRORS as exc:
+                error = self._overdue() if deadline.passed() else _describe(exc)
+                response = Response(status=None, error=scrub(error, write_key))
+                _log.debug(
+                    "POST %s failed after %.1f ms: %s",
+                    url,
+                    (time.perf_counter() - started) * 1e3,
+                    response.error,
+                )
+                return response
+            response = _read_response(raw, write_key, deadline, self._overdue)
+        finally:
+            _posting.entry = None
+            _WATCHDOG.finish(deadline)
         _log.debug(
             "POST %s (%d messages, %d bytes%s) -> %s %s in %.1f ms",
             url,
@@ -392,6 +598,9 @@ class Transport:
             (time.perf_counter() - started) * 1e3,
         )
         return response
+
+    def _overdue(self) -> str:
+        return f"deadline exceeded: the request took longer than {self._deadline:g} s"
 
     def close(self) -> None:
         """Close every pooled connection. Idempotent; a later ``post`` opens new ones."""
@@ -416,9 +625,14 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _read_response(raw: urllib3.BaseHTTPResponse, write_key: str) -> Response:
+def _read_response(
+    raw: urllib3.BaseHTTPResponse,
+    write_key: str,
+    deadline: _Deadline,
+    overdue: Callable[[], str],
+) -> Response:
     """Turn an urllib3 response into a :class:`Response`, returning the connection to the
-    pool when the body was read whole and closing it otherwise."""
+    pool when the body was read whole in time and closing it otherwise."""
     status = raw.status
     now = time.time()
     retry_after = parse_retry_after(raw.headers.get("Retry-After"), now)
@@ -433,6 +647,8 @@ def _read_response(raw: urllib3.BaseHTTPResponse, write_key: str) -> Response:
         raw.close()
     finally:
         raw.release_conn()
+    if deadline.expired:  # a body cut short by the watchdog can look whole (no length)
+        read_failure = overdue()
     if 200 <= status < 300:
         return Response(status=status, retry_after=retry_after)
     if 300 <= status < 400:
