@@ -285,6 +285,10 @@ class Response:
 # connect returns, and ssl detaches it while the TLS handshake runs), so the connections
 # below give the TCP connect, then the handshake, only the time left (Python bounds a
 # whole handshake by the socket's timeout). Only the name lookup is not bounded here.
+# Cost: the bookkeeping alone takes about 1.3 us per request (two uncontended locks, a
+# thread-local). Posting 10-message batches to a keep-alive loopback server in another
+# process, 12 interleaved rounds of 1,500 posts, one thread: client CPU per post 262 us
+# without the deadline, 265 us with it (medians).
 
 # How often the watchdog looks again at an overdue request it has not cut off yet (no
 # connection yet, or a TLS socket that replaced the plain one while it was being shut).
