@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from selligent_segment._batch_policy import BatchPolicy
+from selligent_segment._errors import SpoolError
 from selligent_segment._keys import WriteKeys, fingerprint
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._retry import Outcome, RetryPolicy, server_wait
@@ -100,6 +101,8 @@ class _Tenant:
 
 
 PAUSED_RECHECK = 30.0
+#: Seconds between two log lines of the same spool error (a damaged or unwritable file).
+SPOOL_ERROR_EVERY = 10.0
 #: Requests of one tenant in flight at once while its order allows (see _may_overlap).
 MAX_IN_FLIGHT = 2
 
@@ -162,6 +165,8 @@ class Dispatcher:
         # event is both reported unsent at close and counted delivered.
         self._settle_lock = threading.Lock()
         self._abandoned = False
+        self._spool_error = ""
+        self._spool_error_at = float("-inf")
 
     # -- scheduling (all under self.cv) ------------------------------------------------
 
@@ -327,9 +332,23 @@ class Dispatcher:
                 return
             try:
                 self._serve(state)
+            except SpoolError as exc:  # a damaged or unwritable file: said, not a traceback
+                self._log_spool_error(exc)
+                self._finish(state, delay=1.0)
             except Exception:  # a bug must not kill the sender; the lease is released
                 log.exception("selligent-segment: sender error for tenant %r", state.name)
                 self._finish(state, delay=1.0)
+
+    def _log_spool_error(self, exc: SpoolError) -> None:
+        """One ERROR line per distinct spool error, then at most one every
+        :data:`SPOOL_ERROR_EVERY` seconds while it lasts."""
+        now = time.monotonic()
+        text = str(exc)
+        with self.cv:
+            if text == self._spool_error and now - self._spool_error_at < SPOOL_ERROR_EVERY:
+                return
+            self._spool_error, self._spool_error_at = text, now
+        log.error("selligent-segment: delivery waits: %s", text)
 
     # -- one turn of one tenant ----------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -25,6 +24,7 @@ from selligent_segment._errors import (
     EmitterClosed,
     InvalidEvent,
     SelligentSegmentError,
+    SpoolError,
     SpoolFull,
     UnknownTenant,
 )
@@ -591,7 +591,7 @@ class Emitter:
             try:
                 spool.put_many((), marks, dead, records)
                 return
-            except sqlite3.Error as exc:
+            except SpoolError as exc:
                 if self._stop_encoder:
                     raise  # close(): the journal stays, the next start replays it
                 self._log_rarely(
@@ -703,6 +703,9 @@ class Emitter:
             while self._inbox:
                 self._ingest_some(spool, self._inbox)
             left = spool.stats().messages
+        except SpoolError as exc:
+            log.error("selligent-segment: %s; accepted events stay in the journal", exc)
+            ingested, left = False, -1
         except Exception:
             log.exception("selligent-segment: could not move accepted events into the spool")
             ingested, left = False, -1

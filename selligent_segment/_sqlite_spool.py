@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import attrs
 import orjson
@@ -299,6 +300,27 @@ class _Pick:
     dead: dict[int, DeadMessage] = attrs.Factory(dict)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _named_errors(
+    method: Callable[Concatenate[SqliteSpool, _P], _R],
+) -> Callable[Concatenate[SqliteSpool, _P], _R]:
+    """A database error the method does not handle itself (a corrupt page, a file this
+    process may not write) leaves it as a :class:`SpoolError` naming the file and what is
+    wrong, never as a raw ``sqlite3`` error."""
+
+    @functools.wraps(method)
+    def named(self: SqliteSpool, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise spool_error(self.path, exc) from None
+
+    return named
+
+
 class SqliteSpool(ForkSafe):
     """A :class:`~selligent_segment._spool.Spool` in an SQLite file, shared by processes.
 
@@ -360,6 +382,7 @@ class SqliteSpool(ForkSafe):
         """Journal already-framed records (see ``_journal.frame``) durably."""
         return self._journal.append_frames(data)
 
+    @_named_errors
     def has_room(self, nbytes: int) -> bool:
         if self._used + nbytes <= self.max_bytes:
             return True
@@ -367,6 +390,7 @@ class SqliteSpool(ForkSafe):
             self._used = self._measure()
         return self._used + nbytes <= self.max_bytes
 
+    @_named_errors
     def put_many(
         self,
         messages: Sequence[EncodedMessage] = (),
@@ -425,6 +449,7 @@ class SqliteSpool(ForkSafe):
 
     # -- leasing -----------------------------------------------------------------------
 
+    @_named_errors
     def lease(self, tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
         """Take a batch from the head of ``tenant``'s queue (see ``Spool.lease``).
 
@@ -561,6 +586,7 @@ class SqliteSpool(ForkSafe):
     # Settling never raises for a write that fails: the outcome is kept in _unwritten,
     # which counts for this process at once and is written by the next write.
 
+    @_named_errors
     def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Delete ``messages``: Segment accepted them. Also clears the tenant's ``paused``
         mark in the file, whoever set it: its key works again."""
@@ -570,6 +596,7 @@ class SqliteSpool(ForkSafe):
             self._unwritten.paused[lease.tenant] = None
             self._write_unwritten()
 
+    @_named_errors
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Free ``messages`` for a later lease, back at the head of the queue in order."""
         with self._lock:
@@ -591,6 +618,7 @@ class SqliteSpool(ForkSafe):
                 del unwritten.freed[tenant]
             self._write_unwritten()
 
+    @_named_errors
     def reject(
         self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
     ) -> None:
@@ -719,6 +747,7 @@ class SqliteSpool(ForkSafe):
                 names = list(dict.fromkeys([*names, *self._unwritten.freed]))
             return names
 
+    @_named_errors
     def empty(self) -> bool:
         """True when the file holds no message to send (dead letters aside), but those
         this process settled and could not delete yet."""
@@ -798,6 +827,7 @@ class SqliteSpool(ForkSafe):
             sum(per_tenant.values()), used, sum(leased for _, leased in rows.values()), per_tenant
         )
 
+    @_named_errors
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         """Record (or clear, with None) that ``tenant`` is paused, for ``spool status``;
         written later when the file cannot be written now."""

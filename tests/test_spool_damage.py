@@ -224,6 +224,32 @@ def test_a_damaged_page_is_a_spool_error_naming_the_file_not_a_raw_sqlite_error(
         em.close(0)
 
 
+def test_senders_on_a_damaged_file_say_so_once_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Senders leasing from a damaged page: one ERROR line naming the file and the
+    damage (repeated at most every 10 s), never a traceback a second."""
+    spool, _ = _damaged_spool(tmp_path)
+    caplog.set_level(logging.ERROR, logger="selligent_segment")
+    with LocalSegment() as server:
+        em = Emitter(
+            write_keys=worker.write_keys({"tenants": 3}),
+            endpoint=server.url,
+            spool=spool,
+            retry=FAST_RETRY,
+        )
+        try:
+            assert not em.flush(3)  # senders try again every second meanwhile
+        finally:
+            em.close(0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r.getMessage() for r in errors if r.exc_info], "a traceback was logged"
+    waits = [r.getMessage() for r in errors if "delivery waits" in r.getMessage()]
+    assert len(waits) == 1, waits
+    assert str(spool) in waits[0]
+    assert "corrupt" in waits[0]
+
+
 def test_upkeep_on_a_damaged_file_logs_one_error_line_without_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
