@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from selligent_segment._errors import ConfigurationError
+from selligent_segment._errors import ConfigurationError, shown
 
 __all__ = ["REGIONS", "is_loopback_host", "resolve_endpoint"]
 
@@ -32,8 +32,8 @@ def resolve_endpoint(endpoint: str | None, region: str, allow_insecure_http: boo
     the message never echoes anything that could be a credential.
     """
     if not isinstance(region, str) or region.strip().lower() not in REGIONS:
-        shown = region if isinstance(region, str) else type(region).__name__
-        raise ConfigurationError("region", f"must be 'us' or 'eu', got {shown!r}")
+        given = region if isinstance(region, str) else type(region).__name__
+        raise ConfigurationError("region", f"must be 'us' or 'eu', got {shown(given)}")
     if endpoint is None:
         return REGIONS[region.strip().lower()]
     if not isinstance(endpoint, str):
@@ -63,11 +63,13 @@ def _validate_custom(endpoint: str, allow_insecure_http: bool) -> str:
         parts = urlsplit(text)
         port = parts.port  # parses and range-checks the port
     except ValueError as exc:
-        raise ConfigurationError("endpoint", f"is not a valid URL ({exc})") from None
+        reason = shown(str(exc), quote=False)  # urllib quotes e.g. the port as given
+        raise ConfigurationError("endpoint", f"is not a valid URL ({reason})") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise ConfigurationError(
-            "endpoint", f"must start with https:// or http://, got scheme {scheme or '(none)'!r}"
+            "endpoint",
+            f"must start with https:// or http://, got scheme {shown(scheme or '(none)')}",
         )
     if parts.username is not None or parts.password is not None:
         # Not echoed: the user part is exactly where a secret would be.
@@ -84,7 +86,7 @@ def _validate_custom(endpoint: str, allow_insecure_http: bool) -> str:
     if scheme == "http" and not allow_insecure_http and not is_loopback_host(host):
         raise ConfigurationError(
             "endpoint",
-            f"plain http:// to non-loopback host {host!r} would expose the write key; "
+            f"plain http:// to non-loopback host {shown(host)} would expose the write key; "
             "use https:// or set allow_insecure_http",
         )
     path = parts.path.rstrip("/")

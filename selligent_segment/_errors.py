@@ -6,6 +6,42 @@ record that carried them is being reported back to its own caller.
 
 from __future__ import annotations
 
+#: How many characters of an echoed name or value an error message shows at most.
+SHOWN_LIMIT = 100
+
+
+def shown(value: object, *, quote: bool = True, limit: int = SHOWN_LIMIT) -> str:
+    """``value`` made safe to echo in an error message.
+
+    Text is shown in repr form (quoted; control, format and other unprintable characters
+    escaped, so no escape sequence reaches a terminal) and cut to ``limit`` characters
+    with ``...`` and its full length. With ``quote=False`` (for field names), printable
+    text is shown without quotes and only text that needs escaping gets the repr form.
+    Other values are shown by their repr, capped the same way; huge integers by their size.
+    """
+    if isinstance(value, str):
+        text = str.__str__(value)  # a subclass's own __repr__ / __str__ is never called
+        if len(text) > limit:
+            if not quote and text[:limit].isprintable():
+                return f"{text[:limit]}... ({len(text):,} characters)"
+            return f"{text[:limit]!r}... ({len(text):,} characters)"
+        if not quote and text.isprintable():
+            return text
+        return repr(text)
+    if value is None or value is True or value is False:
+        return repr(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    if isinstance(value, int):
+        if -(10**limit) < value < 10**limit:
+            return int.__repr__(value)
+        return f"<an integer of more than {limit} digits>"
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ (or a huge value) must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return shown(text, quote=False, limit=limit)
+
 
 class SelligentSegmentError(Exception):
     """Base of every exception this library raises on purpose."""

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import unicodedata
 from collections.abc import Callable, Mapping
 
-from selligent_segment._errors import ConfigurationError
+from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._mapping import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "KeyResolver", "WriteKeys", "fingerprint"]
@@ -55,7 +56,8 @@ class WriteKeys:
             if not write_keys:
                 raise ConfigurationError("write_keys", "the mapping is empty")
             self._table = {
-                _check_tenant(t): _check_key(f"write_keys[{t!r}]", k) for t, k in write_keys.items()
+                _check_tenant(t): _check_key(f"write_keys[{shown(t)}]", k)
+                for t, k in write_keys.items()
             }
         elif callable(write_keys):
             self._resolver = write_keys
@@ -93,9 +95,9 @@ class WriteKeys:
             key = self._resolver(tenant)
         except Exception as exc:  # the tenant pauses and is asked again later
             log.error(
-                "selligent-segment: the write-key resolver raised %s for tenant %r",
+                "selligent-segment: the write-key resolver raised %s for tenant %s",
                 type(exc).__name__,
-                tenant,
+                shown(tenant),
             )
             return None
         return key if isinstance(key, str) and key.strip() else None
@@ -114,5 +116,13 @@ class WriteKeys:
 
 def _check_tenant(tenant: object) -> str:
     if not isinstance(tenant, str) or not tenant.strip():
-        raise ConfigurationError("write_keys", f"tenant names must be non-blank text: {tenant!r}")
+        raise ConfigurationError(
+            "write_keys", f"tenant names must be non-blank text: {shown(tenant)}"
+        )
+    if not tenant.isprintable() and any(
+        unicodedata.category(char) in ("Cc", "Cf") for char in tenant
+    ):  # a record's tenant never holds one: its key could never be used
+        raise ConfigurationError(
+            "write_keys", f"tenant names hold no control or format character: {shown(tenant)}"
+        )
     return tenant

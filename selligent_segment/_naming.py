@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import ConfigurationError, InvalidEvent
+from selligent_segment._errors import ConfigurationError, InvalidEvent, shown
 from selligent_segment._record import EventKind
 
 __all__ = ["PROFILES", "EventNaming"]
@@ -42,9 +42,11 @@ def _kind_map(setting: str, value: Any) -> Mapping[EventKind, str]:
         try:
             kind = EventKind.parse(key)
         except InvalidEvent as exc:
-            raise ConfigurationError(f"{setting}[{key!r}]", exc.reason) from None
+            raise ConfigurationError(f"{setting}[{shown(key)}]", exc.reason) from None
         if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError(f"{setting}[{key!r}]", "event name must be non-blank text")
+            raise ConfigurationError(
+                f"{setting}[{shown(key)}]", "event name must be non-blank text"
+            )
         out[kind] = name.strip()
     return MappingProxyType(out)
 
@@ -57,13 +59,15 @@ def _tenant_maps(value: Any) -> Mapping[str, Mapping[EventKind, str]]:
     if not isinstance(value, Mapping):
         raise ConfigurationError("tenant_overrides", "expected a mapping of tenant -> names")
     return MappingProxyType(
-        {str(t): _kind_map(f"tenant_overrides[{t!r}]", names) for t, names in value.items()}
+        {str(t): _kind_map(f"tenant_overrides[{shown(t)}]", names) for t, names in value.items()}
     )
 
 
 def _check_profile(_: object, __: object, value: object) -> None:
     if not isinstance(value, str) or value not in PROFILES:
-        raise ConfigurationError("profile", f"unknown profile {value!r} (known: {list(PROFILES)})")
+        raise ConfigurationError(
+            "profile", f"unknown profile {shown(value)} (known: {list(PROFILES)})"
+        )
 
 
 @attrs.frozen(slots=True)

@@ -150,3 +150,21 @@ def test_unhashable_profile_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError) as info:
         EventNaming(profile=["selligent"])  # type: ignore[arg-type]
     assert info.value.setting == "profile"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"overrides": {"\x1b[2J\u202e": "x"}},
+        {"overrides": {"o" * 100_000: "x"}},
+        {"tenant_overrides": {"\x1b[2J" + "t" * 100_000: {"sent": "S"}}},
+        {"profile": "\x1b]0;title\x07" + "p" * 100_000},
+    ],
+    ids=["hostile-kind", "long-kind", "long-tenant", "long-profile"],
+)
+def test_settings_echoed_in_errors_are_escaped_and_short(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        EventNaming(**kwargs)
+    text = str(info.value)
+    assert not any(char in text for char in "\x1b\x07\u202e")
+    assert len(text) < 600
