@@ -12,6 +12,7 @@ import ipaddress
 import math
 import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
@@ -21,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import InvalidEvent
+from selligent_segment._errors import InvalidEvent, shown
 
 __all__ = ["CallbackRecord", "EventKind"]
 
@@ -40,13 +41,14 @@ class EventKind(str, enum.Enum):
     def parse(cls, value: object) -> EventKind:
         """Return the kind named by ``value`` (canonical name or documented alias)."""
         if not isinstance(value, str):
-            raise InvalidEvent("type", f"expected a string, got {type(value).__name__}")
+            raise InvalidEvent("type", f"expected a string, got {_type_name(value)}")
         kind = _KIND_ALIASES.get(value)
         if kind is None:
             kind = _KIND_ALIASES.get(value.strip().lower().replace("-", "_").replace(" ", "_"))
         if kind is None:
             known = ", ".join(k.value for k in cls)
-            raise InvalidEvent("type", f"unknown event type {value!r} (expected one of {known})")
+            reason = f"unknown event type {shown(value)} (expected one of {known})"
+            raise InvalidEvent("type", reason)
         return kind
 
 
@@ -86,7 +88,10 @@ _NOT_FOR = {
 #: Property names an extra property may not take.
 RESERVED_PROPERTIES = frozenset(_PROPERTY_FIELDS)
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+# No ASCII control character anywhere (\s covers the rest of them); other unprintable
+# characters are refused by _email, for non-ASCII text only.
+_NO = r"@\s\x00-\x1f\x7f"
+_EMAIL_RE = re.compile(rf"^[^{_NO}]+@[^{_NO}.]+(\.[^{_NO}.]+)+$")
 _SNAKE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 _MAX_TEXT = 8192
 _UTC = timezone.utc
@@ -101,6 +106,50 @@ def _check_encodable(field: str, value: str) -> None:
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+#: Integer ids have at most this many digits (Python's default limit for int -> str).
+_MAX_INT_DIGITS = 4300
+_INT_TOO_LONG = 10**_MAX_INT_DIGITS
+
+
+def _type_name(value: object) -> str:
+    return shown(type(value).__name__, quote=False)
+
+
+def _int_text(field: str, value: int) -> str:
+    """The decimal text of an integer id; one over _MAX_INT_DIGITS digits is refused."""
+    if not -_INT_TOO_LONG < value < _INT_TOO_LONG:
+        raise InvalidEvent(
+            field, f"integer too long (over {_MAX_INT_DIGITS} digits); give a long id as text"
+        )
+    try:
+        return str(value)
+    except ValueError:  # the interpreter's own limit (sys.set_int_max_str_digits) is lower
+        raise InvalidEvent(field, "integer too long to turn into text; give it as text") from None
+
+
+def _not_text(field: str, value: object, allow_int: bool) -> InvalidEvent:
+    """The refusal of a text field holding ``value``, which is not text."""
+    # A JSON integer over 64 bits is read as a float (infinite when very long).
+    huge = isinstance(value, float) and (value < _INT_MIN or value > _INT_MAX)
+    if allow_int and huge:
+        return InvalidEvent(
+            field,
+            "integer too large to read exactly: integer ids in JSON must be within "
+            f"{_INT_MIN} and {_INT_MAX}; give a longer id as text",
+        )
+    return InvalidEvent(field, f"expected a string, got {_type_name(value)}")
+
+
+_CONTROL = {"Cc": "a control character", "Cf": "an invisible format character"}
+
+
+def _check_controls(field: str, text: str) -> None:
+    """Refuse text holding a control (Cc: NUL, ESC, DEL...) or format character (Cf: U+202E,
+    U+200B...). Call it only for text that is not ``isprintable()``, the cheap pre-check."""
+    for char in text:
+        what = _CONTROL.get(unicodedata.category(char))
+        if what is not None:
+            raise InvalidEvent(field, f"contains {what} (U+{ord(char):04X})")
 
 
 def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
@@ -111,9 +160,9 @@ def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
     if value is None:
         return None
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+        value = _int_text(field, value)
     if not isinstance(value, str):
-        raise InvalidEvent(field, f"expected a string, got {type(value).__name__}")
+        raise _not_text(field, value, allow_int)
     value = value.strip()
     _check_encodable(field, value)
     if len(value) > _MAX_TEXT:
@@ -121,12 +170,28 @@ def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
     return value or None
 
 
+def _bad_email(text: str) -> InvalidEvent:
+    """Why ``text`` is not a plausible email (the address itself is never shown)."""
+    if not text.isprintable():
+        _check_controls("email", text)
+    return InvalidEvent("email", "not a plausible email address")
+
+
 def _email(value: object) -> str | None:
     text = _text("email", value)
     if text is None:
         return None
     if len(text) > 254 or not _EMAIL_RE.match(text):
-        raise InvalidEvent("email", "not a plausible email address")
+        raise _bad_email(text)
+    if not text.isprintable():
+        _check_controls("email", text)
+    return text
+
+
+def _tenant(value: object) -> str | None:
+    text = _text("tenant", value)
+    if text is not None and not text.isprintable():
+        _check_controls("tenant", text)
     return text
 
 
@@ -137,7 +202,7 @@ def _ip(value: object) -> str | None:
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
-        raise InvalidEvent("ip", f"not a valid IPv4 or IPv6 address: {text[:64]!r}") from None
+        raise InvalidEvent("ip", f"not a valid IPv4 or IPv6 address: {shown(text)}") from None
 
 
 def _bounce_type(value: object) -> str | None:
@@ -146,12 +211,23 @@ def _bounce_type(value: object) -> str | None:
         return None
     text = text.lower()
     if text not in ("hard", "soft"):
-        raise InvalidEvent("bounce_type", f"expected 'hard' or 'soft', got {text[:32]!r}")
+        raise InvalidEvent("bounce_type", f"expected 'hard' or 'soft', got {shown(text)}")
     return text
 
 
+#: The window of accepted timestamps: not before 2000-01-01 (UTC), and at most a day
+#: ahead of the clock (time.time(), so tests can move it).
+_EARLIEST_TEXT = "2000-01-01T00:00:00Z"
+_EARLIEST = datetime(2000, 1, 1, tzinfo=_UTC)
+_MAX_AHEAD = 86400.0
+# (a clock second, the latest timestamp accepted during it): the bound is computed once
+# per second of the clock, whichever way the clock moves.
+_latest: tuple[float, datetime] = (-1.0, _EARLIEST)
+
+
 def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
-    """Return an aware datetime for ``value`` (ISO-8601 text or datetime with an offset)."""
+    """Return an aware datetime for ``value`` (ISO-8601 text or datetime with an offset)
+    between 2000-01-01 and a day after now."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -163,19 +239,38 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
         try:
             parsed = datetime.fromisoformat(text)
         except ValueError:
-            raise InvalidEvent(field, f"not an ISO-8601 date-time: {value[:64]!r}") from None
+            raise InvalidEvent(field, f"not an ISO-8601 date-time: {shown(value)}") from None
         value = parsed
     if not isinstance(value, datetime):
         raise InvalidEvent(
-            field, f"expected an ISO-8601 string or a datetime, got {type(value).__name__}"
+            field, f"expected an ISO-8601 string or a datetime, got {_type_name(value)}"
         )
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidEvent(field, "has no UTC offset; give one (e.g. '+00:00' or 'Z')")
     try:
-        value.astimezone(_UTC)
+        utc = value.astimezone(_UTC)
     except OverflowError:
         raise InvalidEvent(field, "is out of range once converted to UTC") from None
+    if utc < _EARLIEST:
+        moment = format_timestamp(utc)
+        raise InvalidEvent(field, f"{moment} is before {_EARLIEST_TEXT}, the earliest accepted")
+    now = time.time()
+    second, latest = _latest
+    if not second <= now < second + 1.0:
+        latest = _new_latest(now)
+    if utc > latest:
+        moment = format_timestamp(utc)
+        raise InvalidEvent(field, f"{moment} is more than a day in the future")
     return value
+
+
+def _new_latest(now: float) -> datetime:
+    """The latest accepted timestamp for the clock second of ``now`` (and cache it)."""
+    global _latest
+    second = float(math.floor(now))
+    latest = datetime.fromtimestamp(second + _MAX_AHEAD, _UTC)
+    _latest = (second, latest)  # one tuple: safe to share between threads
+    return latest
 
 
 def _json_value(path: str, value: Any, depth: int = 0) -> Any:
@@ -203,7 +298,7 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InvalidEvent(path, f"key {key!r} is not a string")
+                raise InvalidEvent(path, f"key {shown(key)} is not a string")
             _check_encodable(path, key)
             out[key] = _json_value(f"{path}.{key}", item, depth + 1)
         return out
@@ -223,24 +318,27 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
         return str(value)
     if isinstance(value, enum.Enum):
         return _json_value(path, value.value, depth + 1)
-    raise InvalidEvent(path, f"a {type(value).__name__} cannot be sent as JSON")
+    raise InvalidEvent(path, f"a {_type_name(value)} cannot be sent as JSON")
 
 
 def _properties(value: object) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidEvent("properties", f"expected an object, got {type(value).__name__}")
+        raise InvalidEvent("properties", f"expected an object, got {_type_name(value)}")
     out: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not _SNAKE_RE.match(key):
-            raise InvalidEvent("properties", f"property name {key!r} is not snake_case")
+            raise InvalidEvent("properties", f"property name {shown(key)} is not snake_case")
         if key in RESERVED_PROPERTIES:
             raise InvalidEvent(
                 f"properties.{key}", "is a spec property; set the record field of that name"
             )
         if item is not None:  # no nulls: an absent property is simply not sent
-            out[key] = _json_value(f"properties.{key}", item)
+            try:
+                out[key] = _json_value(f"properties.{key}", item)
+            except InvalidEvent as exc:  # nested keys are free text: show the path safely
+                raise InvalidEvent(shown(exc.field, quote=False), exc.reason) from None
     return out
 
 
@@ -309,7 +407,7 @@ def _text_of(field: str, allow_int: bool = False) -> Callable[[object], str | No
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "type": EventKind.parse,
-    "tenant": _text_of("tenant"),
+    "tenant": _tenant,
     "email": _email,
     "user_id": _text_of("user_id", allow_int=True),
     "event_id": _text_of("event_id", allow_int=True),
@@ -342,7 +440,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     Raises :class:`InvalidEvent` naming the first offending field.
     """
     if data.__class__ is not dict and not isinstance(data, Mapping):  # dict: no ABC check
-        raise InvalidEvent("record", f"expected a JSON object, got {type(data).__name__}")
+        raise InvalidEvent("record", f"expected a JSON object, got {_type_name(data)}")
     out: dict[str, Any] = {}
     for key, value in data.items():
         if (
@@ -361,7 +459,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
                 value = value.strip()
                 if value:
                     if len(value) > 254 or not _EMAIL_RE.match(value):
-                        raise InvalidEvent("email", "not a plausible email address")
+                        raise _bad_email(value)
                     out[key] = value
                 continue
             if key == "type":
@@ -369,9 +467,16 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
                 if kind is not None:
                     out[key] = kind
                     continue
+            elif key == "tenant" and len(value) <= _MAX_TEXT and value.isascii():
+                value = value.strip()  # inlined fast path of _tenant
+                if value:
+                    if not value.isprintable():
+                        _check_controls("tenant", value)
+                    out[key] = value
+                continue
         validate = _VALIDATORS.get(key)
         if validate is None:
-            raise InvalidEvent(str(key), "unknown field")
+            raise InvalidEvent(shown(key, quote=False), "unknown field")
         if value is not None:
             value = validate(value)
             if value is not None and (value or key != "properties"):

@@ -48,11 +48,13 @@ ID_FIELDS = ("event_id", "email_id", "campaign_id", "link_id", "list_id", "smtp_
 # Random unicode text (hypothesis leaves out surrogates by default); blank text means absent.
 text = st.text(max_size=40)
 _no_space = st.characters(
-    blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="@."
+    blacklist_categories=("Cs", "Cc", "Cf", "Zs", "Zl", "Zp"), blacklist_characters="@."
 ).filter(lambda c: not c.isspace())
 _label_chars = _no_space
 non_blank = st.builds(lambda head, tail: head + tail, _label_chars, text)
 ids = st.one_of(text, st.integers(min_value=-(2**63), max_value=2**64 - 1))
+# A tenant holds no control (Cc) or format (Cf) character.
+tenants = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cf")), max_size=40)
 
 
 @st.composite
@@ -81,7 +83,8 @@ _offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
 
 @st.composite
 def timestamps(draw: st.DrawFn, ms_only: bool) -> object:
-    moment = draw(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)))
+    # Timestamps are accepted from 2000-01-01 to a day after now.
+    moment = draw(st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2026, 1, 1)))
     if ms_only:
         moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     moment = moment.replace(tzinfo=draw(_offsets))
@@ -138,6 +141,8 @@ def record_dicts(draw: st.DrawFn, ms_only: bool = False) -> dict[str, Any]:
             data[field] = draw(properties)
         elif field in ID_FIELDS:
             data[field] = draw(ids)
+        elif field == "tenant":
+            data[field] = draw(tenants)
         else:
             data[field] = draw(text)
     return data

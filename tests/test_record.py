@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 import pytest
+from freezegun import freeze_time
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -821,3 +822,154 @@ def test_revive_refuses_what_is_not_a_journaled_record(raw: Any, field: str) -> 
     with pytest.raises(InvalidEvent) as info:
         revive(raw)
     assert info.value.field == field
+
+
+# --- control and format characters, echoed names ---------------------------------------------
+
+CONTROLS = [
+    ("\x00", "a control character (U+0000)"),
+    ("\x07", "a control character (U+0007)"),
+    ("\x1b", "a control character (U+001B)"),
+    ("\x7f", "a control character (U+007F)"),
+    ("\x85", "a control character (U+0085)"),
+    ("\u202e", "an invisible format character (U+202E)"),
+    ("\u200b", "an invisible format character (U+200B)"),
+    ("\ufeff", "an invisible format character (U+FEFF)"),
+]
+
+
+@pytest.mark.parametrize(("char", "what"), CONTROLS)
+@pytest.mark.parametrize("where", ["local", "domain"])
+def test_email_with_a_control_or_format_character_is_refused(
+    char: str, what: str, where: str
+) -> None:
+    email = f"ad{char}a@example.com" if where == "local" else f"ada@exa{char}mple.com"
+    for text in (email, email.replace("ada", "zoë")):  # ASCII fast path and the other one
+        err = refused({"type": "opened", "email": text})
+        assert (err.field, err.reason) == ("email", f"contains {what}")
+        with pytest.raises(InvalidEvent, match=r"^email: contains"):
+            CallbackRecord("opened", email=text)
+
+
+@pytest.mark.parametrize(("char", "what"), CONTROLS)
+def test_tenant_with_a_control_or_format_character_is_refused(char: str, what: str) -> None:
+    made_of_it = [] if char.isspace() else [char * 3]  # U+0085 is trimmed, like a space
+    for tenant in [f"ac{char}me", f"zoë{char}x", *made_of_it]:
+        err = refused({"type": "opened", "email": EMAIL, "tenant": tenant})
+        assert (err.field, err.reason) == ("tenant", f"contains {what}")
+
+
+def test_printable_unicode_tenants_and_emails_are_still_fine() -> None:
+    record = rec(tenant=" Zoë & Co ", email="zoë@exämple.com")
+    assert (record.tenant, record.email) == ("Zoë & Co", "zoë@exämple.com")
+
+
+def test_unknown_field_name_is_escaped_and_short() -> None:
+    err = refused({"type": "opened", "email": EMAIL, "\x1b[31mred\x1b[0m": 1})
+    assert err.field == "'\\x1b[31mred\\x1b[0m'"
+    assert str(err) == "'\\x1b[31mred\\x1b[0m': unknown field"
+    err = refused({"type": "opened", "email": EMAIL, "\u202etxt.exe": 1})
+    assert str(err) == "'\\u202etxt.exe': unknown field"
+    err = refused({"type": "opened", "email": EMAIL, "n" * 100_000: 1})
+    assert str(err) == "n" * 100 + "... (100,000 characters): unknown field"
+
+
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        ({"type": "\x1b]0;pwned\x07"}, "type: unknown event type '\\x1b]0;pwned\\x07'"),
+        ({"type": "x" * 100_000}, "type: unknown event type '" + "x" * 100 + "'... (100,000 "),
+        ({"ip": "\x1b[2J"}, "ip: not a valid IPv4 or IPv6 address: '\\x1b[2J'"),
+        ({"timestamp": "\u202e2026"}, "timestamp: not an ISO-8601 date-time: '\\u202e2026'"),
+        ({"properties": {"\x1bx": 1}}, "properties: property name '\\x1bx' is not snake_case"),
+        ({"properties": {"m": {"\x1b": b""}}}, "'properties.m.\\x1b': a bytes cannot be sent"),
+        ({"properties": {"m": {"k" * 100_000: b""}}}, "properties.m." + "k" * 87 + "... (100,013 "),
+    ],
+    ids=["type", "long-type", "ip", "timestamp", "property", "nested-key", "long-nested-key"],
+)
+def test_values_and_names_echoed_in_errors_are_escaped_and_capped(
+    data: dict[str, Any], text: str
+) -> None:
+    err = refused({"type": "bounced", "email": EMAIL, **data})
+    assert str(err).startswith(text)
+    assert "\x1b" not in str(err)
+    assert "\u202e" not in str(err)
+    assert len(str(err)) < 300
+
+
+# --- integer ids ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["user_id", "event_id", "email_id", "campaign_id"])
+def test_integer_id_over_4300_digits_is_an_invalid_event(field: str) -> None:
+    for value in (10**4300, -(10**4300), 10**10_000):
+        err = refused({"type": "opened", "email": EMAIL, field: value})
+        assert (err.field, err.reason) == (
+            field,
+            "integer too long (over 4300 digits); give a long id as text",
+        )
+    assert getattr(rec(**{field: 10**4300 - 1}), field) == "9" * 4300
+
+
+@pytest.mark.parametrize("value", [1e20, -1e19, 1.5e300, float("inf"), float("-inf")])
+def test_integer_id_beyond_64_bits_read_as_a_float_is_refused_as_too_large(value: float) -> None:
+    err = refused({"type": "opened", "email": EMAIL, "user_id": value})
+    assert err.field == "user_id"
+    assert err.reason == (
+        "integer too large to read exactly: integer ids in JSON must be within "
+        "-9223372036854775808 and 18446744073709551615; give a longer id as text"
+    )
+
+
+def test_small_floats_in_id_fields_are_still_the_wrong_type() -> None:
+    assert refused({"type": "opened", "email": EMAIL, "user_id": 5.0}).reason == (
+        "expected a string, got float"
+    )
+
+
+# --- the timestamp window ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("9999-12-31T00:00:00Z", "9999-12-31T00:00:00.000Z is more than a day in the future"),
+        ("2026-12-01T12:00:00.001Z", "2026-12-01T12:00:00.001Z is more than a day in the future"),
+        ("2026-12-01T13:00:01+01:00", "2026-12-01T12:00:01.000Z is more than a day in the future"),
+        (
+            "1999-12-31T23:59:59.999Z",
+            "1999-12-31T23:59:59.999Z is before 2000-01-01T00:00:00Z, the earliest accepted",
+        ),
+        (
+            "1970-01-01T00:00:00Z",
+            "1970-01-01T00:00:00.000Z is before 2000-01-01T00:00:00Z, the earliest accepted",
+        ),
+    ],
+)
+def test_timestamps_outside_the_window_are_refused(value: str, reason: str) -> None:
+    with freeze_time("2026-11-30 12:00:00"):
+        err = refused({"type": "opened", "email": EMAIL, "timestamp": value})
+        assert (err.field, err.reason) == ("timestamp", reason)
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        with pytest.raises(InvalidEvent, match=r"^timestamp: "):
+            CallbackRecord("opened", email=EMAIL, timestamp=moment)  # a datetime alike
+
+
+@pytest.mark.parametrize(
+    "value", ["2000-01-01T00:00:00Z", "2026-12-01T12:00:00Z", "2026-12-01T13:00:00+01:00"]
+)
+def test_timestamps_inside_the_window_are_accepted(value: str) -> None:
+    with freeze_time("2026-11-30 12:00:00"):
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        assert rec(timestamp=value).timestamp == moment
+        assert CallbackRecord("opened", email=EMAIL, timestamp=moment).timestamp == moment
+
+
+def test_the_timestamp_window_follows_the_clock_both_ways() -> None:
+    data = {"type": "opened", "email": EMAIL, "timestamp": "2030-06-01T00:00:00Z"}
+    with freeze_time("2030-06-01 00:00:00") as clock:
+        assert CallbackRecord.from_dict(data).timestamp is not None
+        clock.move_to("2026-11-30 00:00:00")  # back in time: the bound moves back too
+        assert refused(data).reason.endswith("is more than a day in the future")
+        clock.move_to("2030-05-31 00:00:01")
+        assert CallbackRecord.from_dict(data).timestamp is not None
