@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selligent_segment import CallbackRecord
 from selligent_segment._reader import Format, HeaderError, Input, Line, format_for, read_records
@@ -222,3 +228,234 @@ def test_open_fails_for_missing_files_and_directories(tmp_path: Path) -> None:
         Input(str(tmp_path / "nope.jsonl"), Format.JSONL).open()
     with pytest.raises(IsADirectoryError):
         Input(str(tmp_path), Format.JSONL).open()
+
+
+# --- strict CSV quoting: a broken quote refuses its line, never the rows after it -------------
+
+
+def covered_lines(lines: list[Line]) -> list[int]:
+    """The physical line numbers each yielded line (record or error) stands for."""
+    return [n for line in lines for n in range(line.number, line.number + line.raw.count(b"\n"))]
+
+
+def test_csv_unclosed_quote_is_refused_with_its_line_and_the_rows_after_it_are_read(
+    tmp_path: Path,
+) -> None:
+    rows = b"".join(b"open,u%d,subject %d\n" % (i, i) for i in range(3, 53))
+    content = b'type,user_id,email_subject\nopen,u2,"never closed\n' + rows
+    path = write_bytes(tmp_path, "a.csv", content)
+    lines = lines_of(path)
+    assert errors(lines) == [
+        (
+            2,
+            "email_subject: unclosed quote (the quoted cell that starts on this line never "
+            "ends); the next lines are read as rows of their own",
+        )
+    ]
+    assert lines[0].raw == b'open,u2,"never closed\n'
+    assert [line.record.user_id for line in lines[1:] if line.record] == [
+        f"u{i}" for i in range(3, 53)
+    ]
+    assert [line.number for line in lines[1:]] == list(range(3, 53))
+    assert covered_lines(lines) == list(range(2, 53))  # every line once, none lost
+    assert b"type,user_id,email_subject\n" + b"".join(line.raw for line in lines) == content
+    source = Input(str(path), Format.CSV).open()
+    list(source)
+    assert source.bytes_read == len(content)  # lines read again are not counted twice
+
+
+def test_csv_unclosed_quote_ended_by_a_later_quoted_cell_keeps_that_row(tmp_path: Path) -> None:
+    content = (
+        b"type,user_id,email_subject,properties\n"
+        b'open,u1,"broken,\n'
+        b"open,u2,plain,\n"
+        b'open,u3,x,"{""attempt"": 2}"\n'
+        b"open,u4,y,\n"
+    )
+    lines = lines_of(write_bytes(tmp_path, "a.csv", content))
+    assert errors(lines) == [
+        (
+            2,
+            "email_subject: unclosed quote, or text after the closing quote on line 4; "
+            "the next lines are read as rows of their own",
+        )
+    ]
+    assert [(line.number, line.record.user_id) for line in lines if line.record] == [
+        (3, "u2"),
+        (4, "u3"),
+        (5, "u4"),
+    ]
+    assert lines[2].record is not None
+    assert lines[2].record.properties == {"attempt": 2}
+
+
+def test_csv_text_after_a_closing_quote_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    content = b'type,user_id,email_subject\nopen,u1,"x"y\nopen,u2,"ok"\n'
+    path = write_bytes(tmp_path, "a.csv", content)
+    lines = lines_of(path)
+    assert errors(lines) == [
+        (
+            2,
+            "email_subject: text after the closing quote of a quoted cell; quote the whole "
+            "cell and double the quotes inside it",
+        )
+    ]
+    assert lines[0].where == f"{path}:2"
+    assert lines[1].record == CallbackRecord("opened", user_id="u2", email_subject="ok")
+
+
+def test_csv_unclosed_quote_over_the_cell_limit_still_reads_the_rows_it_swallowed(
+    tmp_path: Path,
+) -> None:
+    filler = b"".join(b"open,u%d,%s\n" % (i, b"x" * 1000) for i in range(3, 203))  # 200 KB
+    content = b'type,user_id,email_subject\nopen,u2,"oops\n' + filler + b"open,u203,last\n"
+    lines = lines_of(write_bytes(tmp_path, "a.csv", content))
+    assert errors(lines) == [
+        (
+            2,
+            "email_subject: unclosed quote, or a quoted cell over 131072 characters; "
+            "the next lines are read as rows of their own",
+        )
+    ]
+    assert [line.number for line in lines if line.record] == list(range(3, 204))
+    assert covered_lines(lines) == list(range(2, 204))
+
+
+_CSV_PIECES = [
+    "open,u,ok",
+    'open,u,"quoted"',
+    'open,u,"two',
+    'lines"',
+    'open,u,"x"y',
+    'open,u,"',
+    '"',
+    'open,u,"a ""b"" c"',
+    "",
+    ",,",
+    'open,"u',
+    'x"',
+]
+
+
+@given(st.lists(st.sampled_from(_CSV_PIECES), max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_every_csv_line_is_read_once_as_a_record_or_an_error(pieces: list[str]) -> None:
+    content = b"type,user_id,email_subject\n" + "".join(p + "\n" for p in pieces).encode()
+    fd, name = tempfile.mkstemp(suffix=".csv")
+    try:
+        os.write(fd, content)
+        os.close(fd)
+        lines = lines_of(Path(name))
+    finally:
+        os.unlink(name)
+    covered = covered_lines(lines)
+    assert covered == sorted(set(covered))  # in file order, none twice
+    # A line no record or error stands for holds nothing but blanks, commas and quotes
+    # (a blank row, skipped).
+    missing = set(range(2, len(pieces) + 2)) - set(covered)
+    assert [pieces[n - 2] for n in sorted(missing) if pieces[n - 2].strip(' ,"')] == []
+
+
+# --- JSON: duplicate keys, over-long numbers ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (b'{"type": "open", "email": "a@b.co", "email": "x@y.zz"}', "email"),
+        (b'{"type":"open","user_id":"u","user_id":"v"}', "user_id"),
+        (b'{"type": "open", "user_id": "u", "type" : "click"}', "type"),
+        (b'{"type": "open", "user_id" : "u", "user_id" : "v"}', "user_id"),
+        (
+            b'{"type": "open", "user_id": "u", "properties": {"a": {"b": 1, "b": 2}}}',
+            "properties.a.b",
+        ),
+        (
+            b'{"type": "open", "user_id": "u", "properties": {"a": [{"c": 1, "c": 1}]}}',
+            "properties.a[0].c",
+        ),
+        (b'{"type": "open", "user_id": "u", "us\\u0065r_id": "v"}', "user_id"),
+    ],
+)
+def test_jsonl_duplicate_keys_are_refused_naming_the_key(
+    tmp_path: Path, line: bytes, field: str
+) -> None:
+    (found,) = lines_of(write_bytes(tmp_path, "a.jsonl", line + b"\n"))
+    assert found.error is not None
+    assert found.error.field == field
+    assert str(found.error) == f"{field}: duplicate key (the object gives it more than once)"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type": "open", "user_id": "u", "email_subject": "say \\": twice \\": here"}',
+        b'{"type" : "open" , "user_id" : "u"}',
+        b'{"type": "open", "user_id": "u", "properties": {"a": {"b": 1}, "c": [{"b": 2}]}}',
+    ],
+)
+def test_jsonl_lines_that_only_look_like_duplicates_are_records(
+    tmp_path: Path, line: bytes
+) -> None:
+    (found,) = lines_of(write_bytes(tmp_path, "a.jsonl", line + b"\n"))
+    assert found.error is None
+    assert found.record is not None
+
+
+def test_csv_properties_cell_with_a_duplicate_key_is_refused(tmp_path: Path) -> None:
+    content = b'type,user_id,properties\nopen,u1,"{""n"": 1, ""n"": 2}"\n'
+    (line,) = lines_of(write_bytes(tmp_path, "a.csv", content))
+    assert (line.number, str(line.error)) == (
+        2,
+        "properties.n: duplicate key (the object gives it more than once)",
+    )
+
+
+@pytest.mark.parametrize("digits", [21, 25, 400, 5000])
+def test_jsonl_integer_id_too_long_is_refused_naming_the_field(tmp_path: Path, digits: int) -> None:
+    line = b'{"type": "open", "user_id": ' + b"9" * digits + b"}\n"
+    (found,) = lines_of(write_bytes(tmp_path, "a.jsonl", line))
+    assert found.error is not None
+    assert found.error.field == "user_id"
+    assert found.error.reason.startswith("integer too large to read exactly: integer ids in JSON")
+    assert "give a longer id as text" in found.error.reason
+
+
+def test_jsonl_integer_ids_within_64_bits_are_kept_exactly(tmp_path: Path) -> None:
+    line = b'{"type": "open", "user_id": 18446744073709551615, "event_id": -9223372036854775808}\n'
+    (found,) = lines_of(write_bytes(tmp_path, "a.jsonl", line))
+    assert found.record is not None
+    assert (found.record.user_id, found.record.event_id) == (
+        "18446744073709551615",
+        "-9223372036854775808",
+    )
+
+
+def test_unknown_csv_column_name_is_shown_escaped_and_short(tmp_path: Path) -> None:
+    name = "\x1b[2J" + "c" * 100_000
+    path = write_bytes(tmp_path, "a.csv", b"type,email," + name.encode() + b"\n")
+    with pytest.raises(HeaderError) as info:
+        Input(str(path), Format.CSV).open()
+    text = str(info.value)
+    assert "\x1b" not in text
+    assert "\\x1b[2J" in text
+    assert "(100,004 characters)" in text
+    assert len(text) < len(str(path)) + 400
+
+
+def test_send_dry_run_reports_an_unclosed_quote_and_still_prints_the_rows_after_it(
+    tmp_path: Path,
+) -> None:
+    rows = b"".join(b"open,u%d,subject %d\n" % (i, i) for i in range(3, 53))
+    path = write_bytes(tmp_path, "a.csv", b'type,user_id,email_subject\nopen,u2,"oops\n' + rows)
+    result = subprocess.run(
+        [sys.executable, "-m", "selligent_segment", "send", "--dry-run", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert len(result.stdout.splitlines()) == 50
+    assert f"{path}:2: email_subject: unclosed quote (" in result.stderr
+    assert "read 51 records from 1 input: 50 valid, 1 invalid" in result.stderr
