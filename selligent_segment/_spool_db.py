@@ -37,6 +37,12 @@ __all__ = [
 APPLICATION_ID = 0x53536753
 SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Seconds a statement waits for another connection's lock before it fails.
+BUSY_TIMEOUT = 30.0
+#: The same while this process's writes are failing: a file locked for long then costs a
+#: quarter of a second per attempt, not 30 s, while delivery goes on from memory.
+BUSY_TIMEOUT_WHILE_FAILING = 0.25
+
 _CHECKPOINT_PAGES = 10_000
 # Primary result codes of SQLite errors (``sqlite3.Error.sqlite_errorcode & 0xFF``).
 _SQLITE_PERM, _SQLITE_READONLY, _SQLITE_CANTOPEN = 3, 8, 14
@@ -252,7 +258,9 @@ def open_db(
         where = exc.filename or path
         raise SpoolError(f"{path}: cannot create the spool file: {exc.strerror}: {where}") from None
     try:
-        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as exc:
         raise spool_error(path, exc) from None
     try:
@@ -279,7 +287,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     with one, SpoolError says so instead of showing a stale state."""
     uri = "file:" + urllib.parse.quote(os.fspath(path.absolute())) + "?mode=ro"
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=30.0, check_same_thread=False)
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False)
     except sqlite3.Error as exc:
         raise spool_error(path, exc) from None
     try:

@@ -39,7 +39,15 @@ from selligent_segment._journal import (
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment._spool import Lease, SpoolStats
-from selligent_segment._spool_db import ForkSafe, journal_dir, open_db, spool_error, transaction
+from selligent_segment._spool_db import (
+    BUSY_TIMEOUT,
+    BUSY_TIMEOUT_WHILE_FAILING,
+    ForkSafe,
+    journal_dir,
+    open_db,
+    spool_error,
+    transaction,
+)
 
 __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
@@ -366,6 +374,7 @@ class SqliteSpool(ForkSafe):
             self._db.close()
             raise spool_error(path, exc) from None
         self._data_version = -1
+        self._patience = BUSY_TIMEOUT  # the busy timeout while writes succeed
         self._last_refresh = float("-inf")
         self._closed = False
 
@@ -686,6 +695,7 @@ class SqliteSpool(ForkSafe):
         unwritten.written()
         if unwritten.failing:
             unwritten.failing = False
+            self._busy_timeout(self._patience)
             log.warning(
                 "selligent-segment: the spool file %s can be written again; what was kept "
                 "in memory is written",
@@ -700,6 +710,11 @@ class SqliteSpool(ForkSafe):
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
         unwritten = self._unwritten
+        if not unwritten.failing:
+            with contextlib.suppress(sqlite3.Error):
+                (ms,) = self._db.execute("PRAGMA busy_timeout").fetchone()
+                self._patience = int(ms) / 1000
+            self._busy_timeout(min(self._patience, BUSY_TIMEOUT_WHILE_FAILING))
         unwritten.failing = True
         now = time.monotonic()
         if now - unwritten.logged < _UNWRITTEN_LOG_EVERY:
@@ -713,6 +728,10 @@ class SqliteSpool(ForkSafe):
             self.path,
             "the disk is full" if _disk_full(exc) else f"cannot write ({exc})",
         )
+
+    def _busy_timeout(self, seconds: float) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def _retry_unwritten(self) -> None:
         """Upkeep: write what ``_unwritten`` keeps, if anything."""

@@ -427,3 +427,26 @@ def test_a_row_another_process_replaced_under_the_same_id_is_never_settled_here(
     assert again is not None
     assert mids(again.messages) == [newer.message_id]
     spool.close()
+
+
+def test_while_writes_fail_a_locked_file_costs_a_short_wait_not_the_busy_timeout(
+    tmp_path: Path, locker: Lockers
+) -> None:
+    """After a write failed, statements wait at most a quarter of a second for the lock
+    (not the busy timeout each time) until a write goes through; then the usual patience
+    is back."""
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    spool._db.execute("PRAGMA busy_timeout = 1000")  # the file's usual patience here
+    spool.put_many(messages(3))
+    lease = spool.lease("acme", 3, 1 << 20)
+    assert lease is not None
+    lock = locker(path)
+    lock.lock()
+    spool.ack(lease, lease.messages)  # waits the usual 1 s once, then keeps the ack
+    assert spool._db.execute("PRAGMA busy_timeout").fetchone() == (250,)
+    lock.unlock()
+    spool.maintain(force=True)  # upkeep writes what waited
+    assert query(path, "SELECT count(*) FROM messages") == [(0,)]
+    assert spool._db.execute("PRAGMA busy_timeout").fetchone() == (1000,)
+    spool.close()
