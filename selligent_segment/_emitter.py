@@ -114,6 +114,9 @@ class Emitter:
     * ``threads``: sender threads shared by all tenants (2).
     * ``max_requests_per_second``: request-rate cap per write key (50; 0 = none).
     * ``timeout``: HTTP read timeout in seconds (15).
+    * ``request_deadline``: every request, from connecting to the last byte of the
+      answer, ends within this many seconds, however slowly the endpoint sends (None:
+      30, or 5 + ``timeout`` when longer); an overdue request is retried.
     * ``on_failure(DeliveryFailure)``: events permanently not delivered.
     * ``on_pause(tenant, reason)``: a tenant's key was refused or is missing; its events
       are kept until :meth:`set_write_key` (or the resolver) gives a new key.
@@ -144,6 +147,7 @@ class Emitter:
         threads: int = 2,
         max_requests_per_second: float = 50.0,
         timeout: float = 15.0,
+        request_deadline: float | None = None,
         on_failure: Callable[[DeliveryFailure], None] | None = None,
         on_pause: Callable[[str, str], None] | None = None,
         exit_timeout: float = 5.0,
@@ -162,6 +166,8 @@ class Emitter:
         check_number("threads", threads, minimum=1, integer=True)
         check_number("max_requests_per_second", max_requests_per_second, minimum=0)
         check_number("timeout", timeout, minimum=0.001)
+        if request_deadline is not None:
+            check_number("request_deadline", request_deadline, minimum=0.001)
         check_number("exit_timeout", exit_timeout, minimum=0)
         try:
             self._on_full = OnFull(on_full)
@@ -177,6 +183,7 @@ class Emitter:
         self._threads = threads
         self._rate = max_requests_per_second
         self._timeout = timeout
+        self._request_deadline = request_deadline
         self._user_on_failure = on_failure
         self._user_on_pause = on_pause
         self._exit_timeout = exit_timeout
@@ -223,7 +230,10 @@ class Emitter:
         self._closed_result: bool | None = None
         self._at_cap = False
         self._transport = Transport(
-            max_connections=self._threads, read_timeout=self._timeout, gzip=self._batch.gzip
+            max_connections=self._threads,
+            read_timeout=self._timeout,
+            deadline=self._request_deadline,
+            gzip=self._batch.gzip,
         )
         self._last_full_log = float("-inf")
         self._full_since_log = 0

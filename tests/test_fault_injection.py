@@ -9,6 +9,7 @@ acknowledged either reached the endpoint or was reported (``on_failure`` /
 * random SIGKILL and SIGTERM of processes sharing one spool file, while they start, emit
   and send against an endpoint answering 500s, 503s and dropped connections;
 * SIGTERM during delivery with the memory spool (the report at exit accounts for the rest);
+* an endpoint that drips its answers (the request deadline frees the senders);
 * (more scenarios sit beside the code they exercise: see docs/guarantees.md, which names
   the test for every failure mode.)
 
@@ -41,8 +42,9 @@ from test_durable import (  # the crash-test workers and their checks
     verify,
     worker_module,
 )
+from test_transport_deadline import drip, serving
 
-from selligent_segment import message_id
+from selligent_segment import BatchPolicy, Emitter, RetryPolicy, message_id
 from selligent_segment.testing import FaultPlan, LocalSegment
 
 pytestmark = pytest.mark.skipif(
@@ -155,3 +157,33 @@ def test_sigterm_during_delivery_with_the_memory_spool_reports_what_it_did_not_s
     # The emit the signal interrupted may have been accepted before its "A" was printed.
     assert delivered | reported <= accepted | {_memory_app_id(last + 1)}
     assert b"unsent at close" in err
+
+
+def test_a_slow_drip_endpoint_holds_no_sender_past_the_request_deadline() -> None:
+    """The endpoint answers its first two requests one byte every 0.2 s (a minute for the
+    whole answer), then normally: each of those requests ends at the 0.5 s deadline and
+    its batch is sent again, so flush() finishes with everything delivered, not hung."""
+    status = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}" + b" " * 300
+    with serving(drip(status), drip(status)) as server:
+        em = Emitter(
+            "key",
+            endpoint=server.url,
+            request_deadline=0.5,
+            retry=RetryPolicy(initial_backoff=0.01, max_backoff=0.05),
+            batch=BatchPolicy(linger=0.0),
+        )
+        try:
+            assert (
+                em.emit_many(
+                    {"type": "opened", "email": f"u{i}@example.com", "event_id": str(i)}
+                    for i in range(10)
+                ).accepted
+                == 10
+            )
+            assert em.flush(30)
+            stats = em.stats()
+        finally:
+            em.close(1)
+        assert server.connections >= 3
+    assert stats.delivered == 10
+    assert stats.retried >= 10  # the two overdue requests' batches, sent again
