@@ -126,6 +126,8 @@ def test_configuration_is_validated_on_construction(server: LocalSegment) -> Non
         ("exit_timeout", float("-inf")),
         ("threads", 2.0),
         ("max_pending", True),
+        ("request_deadline", 0.0),
+        ("request_deadline", float("inf")),
     ],
 )
 def test_numeric_options_refuse_nan_infinity_and_wrong_types(
