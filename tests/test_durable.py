@@ -305,6 +305,7 @@ def _kill_at_random_moment(rng: random.Random, worker: Worker) -> str:
 # -- one process, killed again and again ------------------------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_sigkill_at_random_moments_loses_no_accepted_event(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
 ) -> None:
@@ -333,6 +334,7 @@ def test_sigkill_at_random_moments_loses_no_accepted_event(
 # -- several processes, one file ----------------------------------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_survivor_delivers_what_killed_workers_sharing_its_spool_accepted(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
 ) -> None:
@@ -378,6 +380,7 @@ def test_survivor_delivers_what_killed_workers_sharing_its_spool_accepted(
     assert_spool_drained(spool)
 
 
+@pytest.mark.fault_injection
 def test_next_start_delivers_what_all_killed_workers_accepted(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
 ) -> None:

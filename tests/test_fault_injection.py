@@ -10,8 +10,12 @@ acknowledged either reached the endpoint or was reported (``on_failure`` /
   and send against an endpoint answering 500s, 503s and dropped connections;
 * SIGTERM during delivery with the memory spool (the report at exit accounts for the rest);
 * an endpoint that drips its answers (the request deadline frees the senders);
-* (more scenarios sit beside the code they exercise: see docs/guarantees.md, which names
-  the test for every failure mode.)
+* and, beside the code they exercise, marked ``fault_injection`` too: a full disk (a real
+  tmpfs), a spool file locked by another connection, damaged journal bytes and a damaged
+  database page, SIGKILL soaks (tests/test_durable.py), SIGTERM of an application.
+
+``pytest -m fault_injection`` runs the whole suite; docs/guarantees.md names the test for
+every failure mode.
 
 ``SELLIGENT_CRASH_ITERATIONS`` and ``SELLIGENT_CRASH_SEED`` scale and replay the random
 scenarios, as in tests/test_durable.py.
@@ -47,9 +51,12 @@ from test_transport_deadline import drip, serving
 from selligent_segment import BatchPolicy, Emitter, RetryPolicy, message_id
 from selligent_segment.testing import FaultPlan, LocalSegment
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="needs SIGKILL, SIGTERM, flock and /proc"
-)
+pytestmark = [
+    pytest.mark.fault_injection,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="needs SIGKILL, SIGTERM, flock and /proc"
+    ),
+]
 
 
 def _term_at_random_moment(rng: random.Random, worker: Worker) -> str:

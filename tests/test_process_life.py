@@ -51,6 +51,7 @@ def _run_until_sigterm(
     return subprocess.CompletedProcess(child.args, child.returncode, "ready\n" + out, err)
 
 
+@pytest.mark.fault_injection
 def test_sigterm_flushes_what_was_accepted_and_exits_143(server: LocalSegment) -> None:
     done = _run_until_sigterm(server)
     assert done.returncode == 128 + signal.SIGTERM, done.stderr
@@ -58,6 +59,7 @@ def test_sigterm_flushes_what_was_accepted_and_exits_143(server: LocalSegment) -
     assert "failure" not in done.stdout
 
 
+@pytest.mark.fault_injection
 def test_sigterm_reports_what_it_could_not_deliver(server: LocalSegment) -> None:
     server.outage(503)
     done = _run_until_sigterm(server)

@@ -80,6 +80,7 @@ def _emitter(server: LocalSegment, spool: Path, cfg: dict[str, Any]) -> Emitter:
 # -- item: a damaged byte in a dead process's journal ----------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_damaged_journal_bytes_cost_only_their_record_and_are_kept_and_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -202,6 +203,7 @@ def _damaged_spool(tmp_path: Path, name: str = "messages") -> tuple[Path, bytes]
 # -- item: a damaged page in the spool file --------------------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_a_damaged_page_is_a_spool_error_naming_the_file_not_a_raw_sqlite_error(
     tmp_path: Path,
 ) -> None:
@@ -224,6 +226,7 @@ def test_a_damaged_page_is_a_spool_error_naming_the_file_not_a_raw_sqlite_error(
         em.close(0)
 
 
+@pytest.mark.fault_injection
 def test_senders_on_a_damaged_file_say_so_once_without_tracebacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

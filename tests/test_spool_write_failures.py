@@ -122,6 +122,7 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- the file is locked past the busy timeout --------------------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_an_ack_that_cannot_be_written_still_lets_flush_finish(
     tmp_path: Path, locker: Lockers, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -346,6 +347,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.fault_injection
 def test_delivery_drains_the_spool_on_a_full_disk(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -171,6 +171,7 @@ def timed_post(transport: Transport, url: str, i: int = 1) -> tuple[float, Outco
 # -- the deadline ends what the read timeout cannot -----------------------------------------
 
 
+@pytest.mark.fault_injection
 def test_a_status_line_dripped_byte_by_byte_ends_at_the_deadline() -> None:
     answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 30 + b"\r\nContent-Length: 16\r\n\r\n"
     with serving(drip(answer)) as server, impatient() as transport:
@@ -183,6 +184,7 @@ def test_a_status_line_dripped_byte_by_byte_ends_at_the_deadline() -> None:
         assert server.connections == 2
 
 
+@pytest.mark.fault_injection
 def test_a_body_dripped_byte_by_byte_ends_at_the_deadline() -> None:
     head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 60\r\n\r\n"
     with serving(drip(b"x" * 60, at_once=head)) as server, impatient() as transport:
