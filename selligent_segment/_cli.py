@@ -44,6 +44,7 @@ from selligent_segment._errors import (
     SpoolError,
     SpoolFull,
     UnknownTenant,
+    shown,
 )
 from selligent_segment._mapping import encode
 from selligent_segment._naming import EventNaming
@@ -350,7 +351,7 @@ class _Send:
                     except InvalidEvent as exc:
                         self.refuse(line, exc)
                     except UnknownTenant as exc:
-                        reason = f"no write key configured for {exc.tenant!r}"
+                        reason = f"no write key configured for {shown(exc.tenant)}"
                         self.refuse(line, InvalidEvent("tenant", reason))
                 if self.progress.due():
                     self._show_reading(done_before + source.bytes_read, total, sink)
@@ -511,7 +512,7 @@ class _Send:
             for tenant in sorted(failed | queued | set(sink.not_accepted)):
                 detail = stats.tenants.get(tenant)
                 why = _why(detail, sink.not_accepted.get(tenant, 0))
-                err(f"{PROG}: tenant {tenant!r}: {why}")
+                err(f"{PROG}: tenant {shown(tenant)}: {why}")
         return undelivered
 
 

@@ -22,7 +22,7 @@ from selligent_segment._cli_base import (
     emitter_from_args,
     err,
 )
-from selligent_segment._errors import SelligentSegmentError, SpoolError
+from selligent_segment._errors import SelligentSegmentError, SpoolError, shown
 from selligent_segment._naming import EventNaming
 from selligent_segment._spool_db import spool_error, spool_path
 from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus
@@ -109,7 +109,7 @@ def _run_flush(args: argparse.Namespace) -> int:
     err(f"delivered {stats.delivered} events; {status.queued} left in {status.path}")
     for t in left:
         why = f" ({t.paused})" if t.paused else ""
-        err(f"  tenant {t.tenant!r}: {t.queued} events not delivered{why}")
+        err(f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{why}")
     if status.dead_letters:
         err(
             f"{status.dead_letters} dead letters kept; see: selligent-segment dead-letters "

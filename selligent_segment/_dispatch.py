@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from selligent_segment._batch_policy import BatchPolicy
-from selligent_segment._errors import SpoolError
+from selligent_segment._errors import SpoolError, shown
 from selligent_segment._keys import WriteKeys, fingerprint
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._retry import Outcome, RetryPolicy, server_wait
@@ -336,7 +336,7 @@ class Dispatcher:
                 self._log_spool_error(exc)
                 self._finish(state, delay=1.0)
             except Exception:  # a bug must not kill the sender; the lease is released
-                log.exception("selligent-segment: sender error for tenant %r", state.name)
+                log.exception("selligent-segment: sender error for tenant %s", shown(state.name))
                 self._finish(state, delay=1.0)
 
     def _log_spool_error(self, exc: SpoolError) -> None:
@@ -454,9 +454,9 @@ class Dispatcher:
         level = logging.ERROR if bisection.rejected else logging.WARNING
         log.log(
             level,
-            "selligent-segment: tenant %r: a batch of %d events was refused (%s); "
+            "selligent-segment: tenant %s: a batch of %d events was refused (%s); "
             "bisected in %d requests: %d delivered, %d rejected",
-            state.name,
+            shown(state.name),
             bisection.total,
             bisection.error,
             bisection.requests,
@@ -508,7 +508,7 @@ class Dispatcher:
     def _resume_with_new_key(self, state: _Tenant) -> None:
         with self.cv:
             self._unpause(state)
-        log.warning("selligent-segment: tenant %r resumed with a new write key", state.name)
+        log.warning("selligent-segment: tenant %s resumed with a new write key", shown(state.name))
 
     def _pause(self, state: _Tenant, reason: str, tag: str | None) -> None:
         with self.cv:
@@ -517,7 +517,9 @@ class Dispatcher:
             state.paused_key = tag
         if first:
             log.error(
-                "selligent-segment: tenant %r paused: %s; its events are kept", state.name, reason
+                "selligent-segment: tenant %s paused: %s; its events are kept",
+                shown(state.name),
+                reason,
             )
             self._call(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
@@ -561,8 +563,8 @@ class Dispatcher:
             return
         if self._release(lease, messages, retried=True):
             log.info(
-                "selligent-segment: tenant %r: %d events retried in %.2f s (%s)",
-                state.name,
+                "selligent-segment: tenant %s: %d events retried in %.2f s (%s)",
+                shown(state.name),
                 len(messages),
                 delay,
                 error,
@@ -571,9 +573,9 @@ class Dispatcher:
 
     def _late(self, lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:
         log.info(
-            "selligent-segment: tenant %r: a request still out at close ended (%s); its %d "
+            "selligent-segment: tenant %s: a request still out at close ended (%s); its %d "
             "events were already reported unsent at close, or stay in the spool file",
-            lease.tenant,
+            shown(lease.tenant),
             outcome,
             len(messages),
         )
@@ -626,8 +628,8 @@ class Dispatcher:
             )
         log.log(
             logging.DEBUG if quiet else logging.ERROR,
-            "selligent-segment: tenant %r: %d events not delivered: %s (%s)",
-            lease.tenant,
+            "selligent-segment: tenant %s: %d events not delivered: %s (%s)",
+            shown(lease.tenant),
             len(messages),
             reason,
             detail,

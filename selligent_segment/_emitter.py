@@ -27,6 +27,7 @@ from selligent_segment._errors import (
     SpoolError,
     SpoolFull,
     UnknownTenant,
+    shown,
 )
 from selligent_segment._journal import Mark, frame, unframe
 from selligent_segment._keys import KeyResolver, WriteKeys
@@ -613,7 +614,7 @@ class Emitter:
     def _too_large(self, tenant: str, exc: InvalidEvent) -> None:
         """Count and report an event whose message is over 32 KB."""
         self._counters.add_reason("rejected", tenant, "too_large")
-        log.error("selligent-segment: tenant %r: event refused: %s", tenant, exc)
+        log.error("selligent-segment: tenant %s: event refused: %s", shown(tenant), exc)
         self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
 
     def _wait_for_spool_room(self, nbytes: int) -> None:
@@ -748,8 +749,8 @@ class Emitter:
         for tenant, messages in left.items():
             self._counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(
-                "selligent-segment: tenant %r: %d events unsent at close (memory spool)",
-                tenant,
+                "selligent-segment: tenant %s: %d events unsent at close (memory spool)",
+                shown(tenant),
                 len(messages),
             )
             self._on_failure(

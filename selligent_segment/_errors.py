@@ -92,4 +92,4 @@ class UnknownTenant(SelligentSegmentError, LookupError):
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant
-        super().__init__(f"no write key configured for tenant {tenant!r}")
+        super().__init__(f"no write key configured for tenant {shown(tenant)}")

@@ -29,7 +29,7 @@ import attrs
 import tenacity
 from tenacity.wait import wait_base
 
-from selligent_segment._errors import ConfigurationError
+from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._validate import check_number
 
 __all__ = [
@@ -249,12 +249,12 @@ def _attempts(_instance: object, attribute: attrs.Attribute[Any], value: object)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(attribute.name, f"must be an integer, got {type(value).__name__}")
     if value < 1:
-        raise ConfigurationError(attribute.name, f"must be at least 1, got {value!r}")
+        raise ConfigurationError(attribute.name, f"must be at least 1, got {shown(value)}")
 
 
 def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, bool):
-        raise ConfigurationError(attribute.name, f"must be True or False, got {value!r}")
+        raise ConfigurationError(attribute.name, f"must be True or False, got {shown(value)}")
 
 
 def _not_below_initial(
@@ -264,7 +264,8 @@ def _not_below_initial(
     if value < instance.initial_backoff:
         raise ConfigurationError(
             attribute.name,
-            f"must be at least initial_backoff ({instance.initial_backoff!r}), got {value!r}",
+            f"must be at least initial_backoff ({shown(instance.initial_backoff)}), "
+            f"got {shown(value)}",
         )
 
 
@@ -311,7 +312,7 @@ class RetryPolicy:
         value comes from a tenacity wait strategy evaluated on a fresh ``RetryCallState``.
         """
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-            raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
+            raise ValueError(f"attempt must be a positive integer, got {shown(attempt)}")
         state = tenacity.RetryCallState(_NO_RETRYING, fn=None, args=(), kwargs={})
         state.attempt_number = attempt
         wait = _wait_strategy(self.initial_backoff, self.max_backoff, self.jitter)

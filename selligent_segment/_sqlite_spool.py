@@ -27,7 +27,12 @@ from typing import Concatenate, ParamSpec, TypeVar
 import attrs
 import orjson
 
-from selligent_segment._errors import ConfigurationError, SelligentSegmentError, SpoolError
+from selligent_segment._errors import (
+    ConfigurationError,
+    SelligentSegmentError,
+    SpoolError,
+    shown,
+)
 from selligent_segment._journal import (
     Damaged,
     Journal,
@@ -485,8 +490,8 @@ class SqliteSpool(ForkSafe):
                 self._hold(tenant, pick, dict(stamps))
             for d in pick.dead.values():
                 log.error(
-                    "selligent-segment: tenant %r: event kept as a dead letter: %s",
-                    d.tenant,
+                    "selligent-segment: tenant %s: event kept as a dead letter: %s",
+                    shown(d.tenant),
                     d.reason,
                 )
             if not pick.taken or (pick.read < max_messages and pick.seen == pick.read):

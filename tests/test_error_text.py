@@ -136,3 +136,21 @@ def test_numeric_settings_refuse_huge_integers_with_a_configuration_error(
     with pytest.raises(ConfigurationError) as info:
         check_number("batch_size", value, minimum=0, maximum=10)
     assert str(info.value) == f"batch_size: {reason}"
+
+
+def test_retry_policy_errors_show_a_huge_integer_by_its_size() -> None:
+    from selligent_segment import ConfigurationError, RetryPolicy
+
+    with pytest.raises(ConfigurationError, match="max_attempts") as info:
+        RetryPolicy(max_attempts=-(10**5000))
+    assert "an integer of more than" in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_an_unknown_tenant_is_shown_escaped_and_short() -> None:
+    from selligent_segment import UnknownTenant
+
+    text = str(UnknownTenant("\x1b[31m" + "t" * 10_000))
+    assert "\x1b" not in text
+    assert "\\x1b" in text
+    assert len(text) < 200
