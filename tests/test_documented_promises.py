@@ -408,6 +408,23 @@ def test_linger_holds_an_idle_tenants_first_event_until_a_full_batch_or_flush(
     assert server.accepted_count == 11
 
 
+def test_a_request_past_its_deadline_is_retried_saying_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """delivery.md, Timeouts: an overdue request "counts as a network failure: retried, with
+    the error text `deadline exceeded: the request took longer than 30 s`" (here
+    `request_deadline=1`, the endpoint holding the first request 5 s)."""
+    caplog.set_level(logging.INFO, logger="selligent_segment")
+    with LocalSegment(faults=FaultPlan(script=[Fault.latency(5.0)])) as server:
+        with emitter(server, request_deadline=1.0) as em:
+            em.emit(record(1))
+            assert em.flush(15)
+            assert em.stats().retried == 1
+        retried = [r.getMessage() for r in caplog.records if "retried" in r.getMessage()]
+        assert len(retried) == 1, retried
+        assert retried[0].endswith("(deadline exceeded: the request took longer than 1 s)")
+
+
 def test_a_tenant_in_backoff_holds_no_sender_thread(server: LocalSegment) -> None:
     """delivery.md, Retries: backoff is "never slept in a sender thread: the tenant is
     simply scheduled later" (one sender thread, one tenant backing off 60 s)."""
@@ -988,6 +1005,25 @@ def test_a_killed_send_loses_nothing_it_had_read(tmp_path: Path, keys_file: str)
         }
 
 
+def test_a_record_without_event_id_and_timestamp_keeps_its_id_when_sent_again(
+    tmp_path: Path, server: LocalSegment, keys_file: str
+) -> None:
+    """operations.md: "Records without `event_id` and without `timestamp` are stamped with
+    the time they are read, and their ids ignore that time: a re-run still gives the same
+    ids"."""
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"type": "opened", "tenant": "acme", "email": "a@example.com"}))
+    common = [str(data), "--write-keys", keys_file, "--endpoint", server.url]
+    before = time.time()
+    first = cli("send", *common)
+    after = time.time()
+    again = cli("send", *common)
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    assert (server.accepted_count, server.duplicates) == (1, 1)
+    (event,) = server.accepted
+    assert before - 0.001 <= epoch(event["timestamp"]) <= after
+
+
 def test_flush_stops_when_only_paused_tenants_are_left(tmp_path: Path, keys_file: str) -> None:
     """operations.md, `flush`: "It stops when nothing deliverable is left, when only paused
     tenants (key refused or missing) are left, or after `--timeout` seconds" (here long
@@ -1132,6 +1168,20 @@ def test_dead_letters_list_prints_one_line_per_letter(tmp_path: Path) -> None:
     (full,) = json.loads(cli("dead-letters", "list", "--spool", str(spool), "--json").stdout)
     assert full["id"] == int(letter_id)
     assert json.loads(full["body"])["messageId"] == encode(record(1)).message_id
+
+
+def test_dead_letters_reason_matches_the_start_of_the_reason(tmp_path: Path) -> None:
+    """operations.md: "`--reason` matches the start of the reason (`--reason rejected`)"."""
+    spool = tmp_path / "spool.db"
+    with LocalSegment(strict=True, refuse=lambda item: "poison") as server:
+        em = emitter(server, spool=spool)
+        with em:
+            em.emit(record(1))
+            assert em.flush(10)
+    for reason, count in (("rejected", 1), ("rejected: HTTP 400", 1), ("poison", 0), ("r%", 0)):
+        listed = cli("dead-letters", "list", "--spool", str(spool), "--reason", reason, "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert len(json.loads(listed.stdout)) == count, reason
 
 
 def test_running_emitters_pick_up_requeued_dead_letters_within_seconds(
