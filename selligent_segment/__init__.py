@@ -1,7 +1,5 @@
 """selligent-segment: email callbacks to Segment Email track events."""
 
-from selligent_segment._batch_policy import BatchPolicy
-from selligent_segment._dispatch import DeliveryFailure
 from selligent_segment._emitter import BulkResult, Emitter
 from selligent_segment._errors import (
     ConfigurationError,
@@ -15,11 +13,13 @@ from selligent_segment._errors import (
 from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment._record import CallbackRecord, EventKind
-from selligent_segment._retry import RetryPolicy
-from selligent_segment._spool import OnFull
-from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
-from selligent_segment._stats import Stats, TenantStats
 from selligent_segment._version import __version__
+from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._dispatcher import DeliveryFailure
+from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.spool._file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
+from selligent_segment.spool._protocol import OnFull
 
 __all__ = [
     "PROFILES",

@@ -2,6 +2,6 @@
 
 import sys
 
-from selligent_segment._cli import main
+from selligent_segment.cli import main
 
 sys.exit(main())

@@ -16,9 +16,6 @@ from typing import Any
 import attrs
 import orjson
 
-from selligent_segment._batch_policy import BatchPolicy
-from selligent_segment._dispatch import DeliveryFailure, Dispatcher
-from selligent_segment._endpoint import resolve_endpoint
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
@@ -29,20 +26,23 @@ from selligent_segment._errors import (
     UnknownTenant,
     shown,
 )
-from selligent_segment._journal import Mark, frame, unframe
-from selligent_segment._keys import KeyResolver, WriteKeys
 from selligent_segment._mapping import EncodedMessage, encode_fields
-from selligent_segment._memory_spool import MemorySpool
 from selligent_segment._naming import EventNaming
 from selligent_segment._process_life import install_sigterm_handler, register, unregister
 from selligent_segment._record import CallbackRecord, EventKind, normalize, revive
-from selligent_segment._retry import RetryPolicy
-from selligent_segment._spool import OnFull
-from selligent_segment._spool_db import spool_path
-from selligent_segment._sqlite_spool import DeadMessage, JournalRecord, SqliteSpool
-from selligent_segment._stats import Counters, Stats
-from selligent_segment._transport import Transport
 from selligent_segment._validate import check_number
+from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._dispatcher import DeliveryFailure, Dispatcher
+from selligent_segment.delivery._endpoint import resolve_endpoint
+from selligent_segment.delivery._keys import KeyResolver, WriteKeys
+from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.delivery._stats import Counters, Stats
+from selligent_segment.delivery._transport import Transport
+from selligent_segment.spool._journal import Mark, frame, unframe
+from selligent_segment.spool._memory import MemorySpool
+from selligent_segment.spool._protocol import OnFull
+from selligent_segment.spool._schema import spool_path
+from selligent_segment.spool._sqlite import DeadMessage, JournalRecord, SqliteSpool
 
 __all__ = ["Emitter"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from selligent_segment import CallbackRecord, EventNaming, encode
-from selligent_segment._progress import Progress, human_bytes, render
+from selligent_segment.cli._progress import Progress, human_bytes, render
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "callbacks.jsonl"

@@ -13,11 +13,11 @@ import pytest
 from _delivery import FAST_RETRY, emitter, record
 
 from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
-from selligent_segment._dispatch import Dispatcher
-from selligent_segment._keys import WriteKeys, fingerprint
-from selligent_segment._memory_spool import MemorySpool
-from selligent_segment._stats import Counters
-from selligent_segment._transport import Transport
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.delivery._keys import WriteKeys, fingerprint
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.delivery._transport import Transport
+from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
 ONE_PER_REQUEST = BatchPolicy(max_messages=1, linger=0.0)

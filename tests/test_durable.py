@@ -423,7 +423,7 @@ def test_a_new_process_replays_a_journal_nobody_ingested(
         "from pathlib import Path\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "import _crash_worker as w\n"
-        "from selligent_segment._sqlite_spool import SqliteSpool\n"
+        "from selligent_segment.spool._sqlite import SqliteSpool\n"
         "cfg = {'prefix': 'j', 'tenants': 2}\n"
         "spool = SqliteSpool(Path(sys.argv[1]), max_bytes=1 << 20, decoder=None)\n"
         "spool.accept([orjson.dumps((w.tenant_of(cfg, i), None, w.record(cfg, i)))"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from selligent_segment import ConfigurationError
-from selligent_segment._endpoint import REGIONS, is_loopback_host, resolve_endpoint
+from selligent_segment.delivery._endpoint import REGIONS, is_loopback_host, resolve_endpoint
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from selligent_segment import ConfigurationError
-from selligent_segment._endpoint import resolve_endpoint
 from selligent_segment._errors import shown
-from selligent_segment._keys import WriteKeys
 from selligent_segment._validate import check_number
+from selligent_segment.delivery._endpoint import resolve_endpoint
+from selligent_segment.delivery._keys import WriteKeys
 
 HOSTILE = "\x1b[2J\x1b]0;owned\x07\x00\x7f\u202e\u200b"
 

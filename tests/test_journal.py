@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from selligent_segment import _journal
 from selligent_segment._errors import SpoolError, SpoolFull
-from selligent_segment._journal import (
+from selligent_segment.spool import _journal
+from selligent_segment.spool._journal import (
     FRAME_OVERHEAD,
     MAGIC,
     STALE_TEMPORARY,
@@ -312,7 +312,7 @@ def test_an_owner_killed_by_sigkill_is_claimed(jdir: Path) -> None:
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from selligent_segment._journal import Journal\n"
+        "from selligent_segment.spool._journal import Journal\n"
         "j = Journal(Path(sys.argv[1]))\n"
         "j.append([b'one', b'two'])\n"
         "print(j.owner, flush=True)\n"
@@ -334,7 +334,7 @@ def test_a_temporary_file_left_by_a_process_killed_while_creating_it_is_swept(
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from selligent_segment import _journal\n"
+        "from selligent_segment.spool import _journal\n"
         "def stuck(src, dst):\n"
         "    print(src, flush=True)\n"
         "    os.kill(os.getpid(), 9)\n"

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selligent_segment import CallbackRecord
-from selligent_segment._reader import Format, HeaderError, Input, Line, format_for, read_records
+from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,8 +10,9 @@ import attrs
 import pytest
 import tenacity
 
-from selligent_segment import ConfigurationError, _retry
-from selligent_segment._retry import (
+from selligent_segment import ConfigurationError
+from selligent_segment.delivery import _retry
+from selligent_segment.delivery._retry import (
     JITTER_FRACTION,
     MAX_RETRY_AFTER,
     Outcome,

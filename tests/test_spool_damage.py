@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from selligent_segment import BatchPolicy, Emitter, RetryPolicy, SpoolError, SpoolFile, message_id
-from selligent_segment._journal import FRAME_OVERHEAD, journals_of, read_frames
-from selligent_segment._spool_db import APPLICATION_ID, SCHEMA_VERSION, journal_dir
-from selligent_segment._sqlite_spool import SqliteSpool
+from selligent_segment.spool._journal import FRAME_OVERHEAD, journals_of, read_frames
+from selligent_segment.spool._schema import APPLICATION_ID, SCHEMA_VERSION, journal_dir
+from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
 
 TESTS = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def _journal_in_a_killed_process(spool: Path, cfg: dict[str, Any], n: int) -> st
         "from pathlib import Path\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "import _crash_worker as w\n"
-        "from selligent_segment._sqlite_spool import SqliteSpool\n"
+        "from selligent_segment.spool._sqlite import SqliteSpool\n"
         f"cfg = {cfg!r}\n"
         "spool = SqliteSpool(Path(sys.argv[1]), max_bytes=1 << 20, decoder=None)\n"
         f"for i in range({n}):\n"

@@ -27,13 +27,13 @@ from selligent_segment import (
     Emitter,
     EncodedMessage,
     RetryPolicy,
-    _sqlite_spool,
     encode,
     message_id,
 )
-from selligent_segment._spool_db import open_db
-from selligent_segment._spool_file import SpoolFile
-from selligent_segment._sqlite_spool import SqliteSpool
+from selligent_segment.spool import _sqlite as _sqlite_spool
+from selligent_segment.spool._file import SpoolFile
+from selligent_segment.spool._schema import open_db
+from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
 
 EMITTED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

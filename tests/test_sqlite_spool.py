@@ -46,8 +46,8 @@ from selligent_segment import (
 from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import encode_fields
 from selligent_segment._record import normalize, revive
-from selligent_segment._spool_db import APPLICATION_ID, SCHEMA_VERSION
-from selligent_segment._sqlite_spool import SqliteSpool
+from selligent_segment.spool._schema import APPLICATION_ID, SCHEMA_VERSION
+from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=1_000_000)
@@ -604,7 +604,7 @@ def test_offsets_left_by_a_process_killed_inside_close_are_forgotten(tmp_path: P
         """
         import os, sys, orjson
         from pathlib import Path
-        from selligent_segment import _journal
+        from selligent_segment.spool import _journal
         from test_sqlite_spool import open_spool, record
         spool = open_spool(Path(sys.argv[1]))
         mark = spool.accept([orjson.dumps(("acme", 1.5e9, record(1)))])

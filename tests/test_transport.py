@@ -26,9 +26,10 @@ import attrs
 import pytest
 
 from selligent_segment import ConfigurationError
-from selligent_segment._endpoint import resolve_endpoint
-from selligent_segment._retry import Outcome
-from selligent_segment._transport import (
+from selligent_segment._version import __version__
+from selligent_segment.delivery._endpoint import resolve_endpoint
+from selligent_segment.delivery._retry import Outcome
+from selligent_segment.delivery._transport import (
     GZIP_LEVEL,
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -43,7 +44,6 @@ from selligent_segment._transport import (
     format_sent_at,
     scrub,
 )
-from selligent_segment._version import __version__
 
 KEY = "wk_Secret123"
 BASIC = base64.b64encode(f"{KEY}:".encode()).decode()

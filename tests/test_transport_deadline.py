@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from selligent_segment._retry import Outcome
-from selligent_segment._transport import DEFAULT_DEADLINE, Transport
+from selligent_segment.delivery._retry import Outcome
+from selligent_segment.delivery._transport import DEFAULT_DEADLINE, Transport
 
 KEY = "wk_Secret123"
 DEADLINE = 1.0

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import SpoolError
-from selligent_segment._spool_db import (
+from selligent_segment.spool._schema import (
     ForkSafe,
     journal_dir,
     open_db,

@@ -17,12 +17,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._emitter import Emitter
 from selligent_segment._naming import EventNaming
-from selligent_segment._progress import Progress
 from selligent_segment._record import EventKind
-from selligent_segment._retry import RetryPolicy
+from selligent_segment.cli._progress import Progress
+from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
 __all__ = ["run_demo"]

@@ -14,8 +14,8 @@ import orjson
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._naming import PROFILES, EventNaming
-from selligent_segment._spool_db import default_spool_path, spool_path
-from selligent_segment._spool_file import SpoolFile
+from selligent_segment.spool._file import SpoolFile
+from selligent_segment.spool._schema import default_spool_path, spool_path
 
 EXIT_OK = 0
 EXIT_INVALID = 1

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 
 from selligent_segment._errors import ConfigurationError
 from selligent_segment._mapping import EncodedMessage
-from selligent_segment._spool import Lease, SpoolStats
+from selligent_segment.spool._protocol import Lease, SpoolStats
 
 __all__ = ["MemorySpool"]
 
 
 class MemorySpool:
-    """A :class:`~selligent_segment._spool.Spool` in memory, capped at ``max_bytes``.
+    """A :class:`~selligent_segment.spool._protocol.Spool` in memory, capped at ``max_bytes``.
 
     Guarantee: never holds more than ``max_bytes`` of message bodies (leased ones count
     until settled); per-tenant FIFO order is kept across releases.

@@ -1135,6 +1135,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,9 @@ from datetime import datetime, timezone
 
 import orjson
 
-from selligent_segment._cli_base import (
+from selligent_segment._errors import SelligentSegmentError, SpoolError, shown
+from selligent_segment._naming import EventNaming
+from selligent_segment.cli._base import (
     EXIT_OK,
     EXIT_UNDELIVERED,
     EXIT_USAGE,
@@ -22,10 +24,8 @@ from selligent_segment._cli_base import (
     emitter_from_args,
     err,
 )
-from selligent_segment._errors import SelligentSegmentError, SpoolError, shown
-from selligent_segment._naming import EventNaming
-from selligent_segment._spool_db import spool_error, spool_path
-from selligent_segment._spool_file import DeadLetter, SpoolFile, SpoolStatus
+from selligent_segment.spool._file import DeadLetter, SpoolFile, SpoolStatus
+from selligent_segment.spool._schema import spool_error, spool_path
 
 __all__ = ["DEAD_LETTERS", "DEMO", "FLUSH", "SPOOL"]
 
@@ -315,7 +315,7 @@ exit status:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from selligent_segment._demo import run_demo
+    from selligent_segment.cli._demo import run_demo
 
     return run_demo()
 

@@ -21,7 +21,19 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import BinaryIO, TextIO
 
-from selligent_segment._cli_base import (
+from selligent_segment._emitter import Emitter
+from selligent_segment._errors import (
+    EmitterClosed,
+    InvalidEvent,
+    SpoolError,
+    SpoolFull,
+    UnknownTenant,
+    shown,
+)
+from selligent_segment._mapping import encode
+from selligent_segment._naming import EventNaming
+from selligent_segment._version import __version__
+from selligent_segment.cli._base import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
@@ -36,22 +48,10 @@ from selligent_segment._cli_base import (
     emitter_from_args,
     err,
 )
-from selligent_segment._cli_spool import DEAD_LETTERS, DEMO, FLUSH, SPOOL
-from selligent_segment._emitter import Emitter
-from selligent_segment._errors import (
-    EmitterClosed,
-    InvalidEvent,
-    SpoolError,
-    SpoolFull,
-    UnknownTenant,
-    shown,
-)
-from selligent_segment._mapping import encode
-from selligent_segment._naming import EventNaming
-from selligent_segment._progress import Progress, human_bytes
-from selligent_segment._reader import Format, HeaderError, Input, Line, format_for
-from selligent_segment._stats import Stats, TenantStats
-from selligent_segment._version import __version__
+from selligent_segment.cli._progress import Progress, human_bytes
+from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
+from selligent_segment.cli._spool import DEAD_LETTERS, DEMO, FLUSH, SPOOL
+from selligent_segment.delivery._stats import Stats, TenantStats
 
 _TOP_EPILOG = """exit status (see each command's --help for details):
   0  success: every record was valid (and delivered)

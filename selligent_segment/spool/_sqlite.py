@@ -33,7 +33,9 @@ from selligent_segment._errors import (
     SpoolError,
     shown,
 )
-from selligent_segment._journal import (
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment._record import EventKind
+from selligent_segment.spool._journal import (
     Damaged,
     Journal,
     Mark,
@@ -41,10 +43,8 @@ from selligent_segment._journal import (
     journals_of,
     read_frames,
 )
-from selligent_segment._mapping import EncodedMessage
-from selligent_segment._record import EventKind
-from selligent_segment._spool import Lease, SpoolStats
-from selligent_segment._spool_db import (
+from selligent_segment.spool._protocol import Lease, SpoolStats
+from selligent_segment.spool._schema import (
     BUSY_TIMEOUT,
     BUSY_TIMEOUT_WHILE_FAILING,
     ForkSafe,
@@ -335,7 +335,7 @@ def _named_errors(
 
 
 class SqliteSpool(ForkSafe):
-    """A :class:`~selligent_segment._spool.Spool` in an SQLite file, shared by processes.
+    """A :class:`~selligent_segment.spool._protocol.Spool` in an SQLite file, shared by processes.
 
     Guarantees: a record is durable once :meth:`accept` returns (journal, then database);
     a message stays in the file until acknowledged, or is moved to ``dead_letters`` by

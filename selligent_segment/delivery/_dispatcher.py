@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
-from selligent_segment._batch_policy import BatchPolicy
 from selligent_segment._errors import SpoolError, shown
-from selligent_segment._keys import WriteKeys, fingerprint
 from selligent_segment._mapping import EncodedMessage
-from selligent_segment._retry import Outcome, RetryPolicy, server_wait
-from selligent_segment._spool import Lease, Spool
-from selligent_segment._stats import Counters
-from selligent_segment._transport import Response, Transport, envelope_overhead
+from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._keys import WriteKeys, fingerprint
+from selligent_segment.delivery._retry import Outcome, RetryPolicy, server_wait
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
+from selligent_segment.spool._protocol import Lease, Spool
 
 __all__ = ["DeliveryFailure", "Dispatcher"]
 

@@ -2,7 +2,7 @@
 
 Messages arrive already serialised (one compact JSON object each); the request body is
 built by joining those bytes, never by serialising again. The transport does not retry:
-it reports a :class:`Response` whose :class:`~selligent_segment._retry.Outcome` tells
+it reports a :class:`Response` whose :class:`~selligent_segment.delivery._retry.Outcome` tells
 the caller what to do, and never raises for a network failure.
 
 Why urllib3 rather than ``requests.Session``: one ``PoolManager`` is documented thread-safe
@@ -57,13 +57,13 @@ import attrs
 import urllib3
 
 from selligent_segment._errors import SelligentSegmentError
-from selligent_segment._retry import (
+from selligent_segment._version import __version__
+from selligent_segment.delivery._retry import (
     Outcome,
     classify,
     parse_rate_limit_reset,
     parse_retry_after,
 )
-from selligent_segment._version import __version__
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -459,7 +459,7 @@ class Transport:
     :attr:`Outcome.RETRY` (or, when the status line had arrived, what that status means)
     with an error text saying the deadline was exceeded. TLS certificates are always verified
     (``ca_certs``, else certifi's bundle, else the system store). urllib3's own retries and
-    redirects are off: the library's :class:`~selligent_segment._retry.RetryPolicy` decides.
+    redirects are off: the library's :class:`RetryPolicy` decides.
     Holds no write key; after a ``fork`` the child opens its own connections instead of
     sharing the parent's.
     """
@@ -544,7 +544,7 @@ class Transport:
     ) -> Response:
         """POST ``bodies`` as one batch to ``{endpoint}/v1/batch`` and report the result.
 
-        ``endpoint`` is a base URL from :func:`~selligent_segment._endpoint.resolve_endpoint`;
+        ``endpoint`` is a base URL from :func:`resolve_endpoint`;
         ``retry_count`` (attempts already made) is sent as ``X-Retry-Count`` when positive.
         ``sentAt`` is the time of this call. Returns within the transport's ``deadline``.
         Never raises for a network failure (those, and an overdue request, give

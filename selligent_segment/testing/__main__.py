@@ -1,0 +1,7 @@
+"""``python -m selligent_segment.testing``: a LocalSegment in its own process."""
+
+import sys
+
+from selligent_segment.testing import main
+
+sys.exit(main())
