@@ -1096,12 +1096,6 @@ def test_spool_status_prints_each_tenants_backlog_and_state(tmp_path: Path) -> N
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SpoolFile.status() counts every <owner>.owner file as a live process, also "
-    "the lock file a process killed with SIGKILL left behind (until another process "
-    "claims it)",
-)
 def test_spool_status_counts_only_the_live_processes(tmp_path: Path) -> None:
     """operations.md, `spool status`: "the live processes using the file" (none here: the
     one that used it was killed)."""

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import SpoolError
+from selligent_segment.spool._journal import live_owners
 from selligent_segment.spool._schema import (
     ForkSafe,
     journal_dir,
@@ -241,7 +242,7 @@ class SpoolFile(ForkSafe):
         )
         journals = journal_dir(self.path)
         journal_bytes = sum(_size(p) for p in journals.glob("*.journal"))
-        processes = sum(1 for _ in journals.glob("*.owner"))
+        processes = live_owners(journals)
         file_bytes = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal")) + journal_bytes
         return SpoolStatus(str(self.path), file_bytes, journal_bytes, processes, rows)
 
