@@ -12,6 +12,7 @@ import attrs
 import orjson
 
 from selligent_segment._errors import InvalidEvent
+from selligent_segment._limits import DEFAULT_TENANT, MAX_MESSAGE_BYTES
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import (
     _PROPERTY_FIELDS,
@@ -25,8 +26,6 @@ from selligent_segment._version import __version__
 
 __all__ = ["MAX_MESSAGE_BYTES", "EncodedMessage", "encode", "message_id", "track_message"]
 
-#: Segment's limit for one message, in bytes of compact JSON.
-MAX_MESSAGE_BYTES = 32 * 1024
 
 #: Namespace of the deterministic message ids (UUIDv5). Never change it: replays made
 #: by an older version must keep deduplicating against what a newer one sends.
@@ -35,8 +34,6 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("5d0b8f52-6a53-5f0e-9a4c-3c8e2f1f7a11")
 _NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
-#: The tenant of records that name none (single-write-key setups); it scopes their ids.
-DEFAULT_TENANT = "default"
 _LIBRARY = {"name": "selligent-segment", "version": __version__}
 _INTEGRATION = {"name": "selligent", "version": __version__}
 # The same two dicts as JSON, for the hot path: orjson copies a Fragment's bytes as they

@@ -6,8 +6,8 @@ from typing import Any
 
 import attrs
 
+from selligent_segment._limits import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 from selligent_segment._validate import check_number
-from selligent_segment.delivery._transport import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 
 __all__ = ["BatchPolicy"]
 

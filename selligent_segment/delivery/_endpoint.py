@@ -6,6 +6,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from selligent_segment._errors import ConfigurationError, shown
+from selligent_segment._limits import BATCH_PATH as _BATCH_PATH
 
 __all__ = ["REGIONS", "is_loopback_host", "resolve_endpoint"]
 
@@ -15,8 +16,6 @@ REGIONS: dict[str, str] = {
     "us": "https://api.segment.io",
     "eu": "https://events.eu1.segmentapis.com",
 }
-
-_BATCH_PATH = "/v1/batch"
 
 
 def resolve_endpoint(endpoint: str | None, region: str, allow_insecure_http: bool) -> str:

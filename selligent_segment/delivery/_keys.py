@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 
 from selligent_segment._errors import ConfigurationError, shown
-from selligent_segment._mapping import DEFAULT_TENANT
+from selligent_segment._limits import DEFAULT_TENANT
 
 __all__ = ["DEFAULT_TENANT", "KeyResolver", "WriteKeys", "fingerprint"]
 

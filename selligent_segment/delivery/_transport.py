@@ -57,6 +57,12 @@ import attrs
 import urllib3
 
 from selligent_segment._errors import SelligentSegmentError
+from selligent_segment._limits import (
+    BATCH_PATH,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_MESSAGE_BYTES,
+)
 from selligent_segment._version import __version__
 from selligent_segment.delivery._retry import (
     Outcome,
@@ -88,15 +94,6 @@ __all__ = [
     "scrub",
 ]
 
-#: Segment's limit on one message (its compact JSON), in bytes.
-MAX_MESSAGE_BYTES = 32 * 1024
-#: Segment's limit on one request body (uncompressed, envelope included), in bytes.
-MAX_BATCH_BYTES = 500 * 1024
-#: Segment's limit on messages per request; above it Segment answers 200 and drops them.
-MAX_BATCH_MESSAGES = 2500
-
-#: Path appended to the resolved endpoint.
-BATCH_PATH = "/v1/batch"
 #: ``User-Agent`` of every request.
 USER_AGENT = f"selligent-segment/{__version__}"
 #: gzip ``compresslevel`` used when compression is on (see the measurement above).

@@ -69,6 +69,13 @@ from typing import Any, Literal, TypeAlias
 import attrs
 import orjson
 
+from selligent_segment._limits import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_MESSAGE_BYTES,
+)
+from selligent_segment._limits import MAX_MESSAGE_ID_CHARS as LIMIT_MESSAGE_ID_CHARS
+
 if __name__ != "__main__":
     try:
         import pytest
@@ -91,13 +98,13 @@ __all__ = [
     "main",
 ]
 
-MAX_REQUEST_BYTES = 500 * 1024
+MAX_REQUEST_BYTES = MAX_BATCH_BYTES
 """Largest accepted request body, in bytes after decompression (Segment: 500 KB)."""
-MAX_ITEM_BYTES = 32 * 1024
+MAX_ITEM_BYTES = MAX_MESSAGE_BYTES
 """Largest accepted item, in bytes of its compact orjson serialisation (Segment: 32 KB)."""
-MAX_BATCH_ITEMS = 2500
+MAX_BATCH_ITEMS = MAX_BATCH_MESSAGES
 """Most items per batch; a larger batch is answered 200 and all its events dropped."""
-MAX_MESSAGE_ID_CHARS = 100
+MAX_MESSAGE_ID_CHARS = LIMIT_MESSAGE_ID_CHARS
 """Longest accepted ``messageId``, in characters."""
 
 _MAX_WIRE_BYTES = 16 * 1024 * 1024  # bodies above this are not even read; connection closed
@@ -1134,4 +1141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(0.5):
             pass
     return 0
-
