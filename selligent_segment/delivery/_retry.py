@@ -17,7 +17,6 @@ the batch for later, so one slow batch never holds a thread.
 from __future__ import annotations
 
 import enum
-import functools
 import math
 import random
 import re
@@ -26,8 +25,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import attrs
-import tenacity
-from tenacity.wait import wait_base
 
 from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._validate import check_number
@@ -207,36 +204,6 @@ def server_wait(
     return wait
 
 
-class _ProportionalJitter(wait_base):
-    """A tenacity wait: the wrapped strategy's delay plus 0-``fraction`` of it, capped.
-
-    tenacity's ``wait_exponential_jitter`` adds a fixed absolute jitter, which would triple a
-    0.5 s first delay at its default of 1 s yet be noise against 30 s; the official clients
-    jitter by a fraction of the delay, and so does this.
-    """
-
-    def __init__(self, base: wait_base, fraction: float, cap: float) -> None:
-        self.base = base
-        self.fraction = fraction
-        self.cap = cap
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        delay = self.base(retry_state)
-        return min(delay * (1.0 + random.uniform(0.0, self.fraction)), self.cap)  # noqa: S311
-
-
-@functools.lru_cache(maxsize=64)
-def _wait_strategy(initial: float, cap: float, jitter: bool) -> wait_base:
-    """The tenacity wait strategy for these settings (kept out of the value's fields so a
-    policy stays a plain, comparable, picklable record)."""
-    base = tenacity.wait_exponential(multiplier=initial, max=cap)
-    return _ProportionalJitter(base, JITTER_FRACTION, cap) if jitter else base
-
-
-# Never used to retry anything: it only gives RetryCallState the manager it requires.
-_NO_RETRYING = tenacity.Retrying(stop=tenacity.stop_after_attempt(1), sleep=lambda _s: None)
-
-
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_number(attribute.name, value, minimum=0.0, strict=True)
 
@@ -309,14 +276,19 @@ class RetryPolicy:
 
         ``next_delay(1)`` is ``initial_backoff``; each later one doubles, never above
         ``max_backoff``; with ``jitter`` each is raised by up to 10 % (still capped). The
-        value comes from a tenacity wait strategy evaluated on a fresh ``RetryCallState``.
+        jitter is a fraction of the delay, as in the official clients, not a fixed amount of
+        seconds that would triple a 0.5 s delay yet be noise against 30 s.
         """
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise ValueError(f"attempt must be a positive integer, got {shown(attempt)}")
-        state = tenacity.RetryCallState(_NO_RETRYING, fn=None, args=(), kwargs={})
-        state.attempt_number = attempt
-        wait = _wait_strategy(self.initial_backoff, self.max_backoff, self.jitter)
-        return float(wait(state))
+        cap = float(self.max_backoff)
+        try:
+            delay = min(math.ldexp(self.initial_backoff, attempt - 1), cap)  # initial * 2**(n-1)
+        except OverflowError:  # far past the cap (attempt 10**9 must not build a huge int)
+            delay = cap
+        if self.jitter:
+            delay = min(delay * (1.0 + random.uniform(0.0, JITTER_FRACTION)), cap)  # noqa: S311
+        return delay
 
     def should_give_up(
         self, attempts: int, backoff_elapsed: float, rate_limited_elapsed: float
