@@ -1,6 +1,6 @@
 """selligent-segment: email callbacks to Segment Email track events."""
 
-from selligent_segment._emitter import BulkResult, Emitter
+from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
@@ -13,9 +13,9 @@ from selligent_segment._errors import (
 from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment._record import CallbackRecord, EventKind
+from selligent_segment._results import BulkResult, DeliveryFailure, FailureReason
 from selligent_segment._version import __version__
 from selligent_segment.delivery._batch_policy import BatchPolicy
-from selligent_segment.delivery._dispatcher import DeliveryFailure
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._stats import Stats, TenantStats
 from selligent_segment.spool._file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
@@ -34,6 +34,7 @@ __all__ = [
     "EncodedMessage",
     "EventKind",
     "EventNaming",
+    "FailureReason",
     "InvalidEvent",
     "OnFull",
     "RetryPolicy",

@@ -13,7 +13,6 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 
-import attrs
 import orjson
 
 from selligent_segment._errors import (
@@ -30,9 +29,10 @@ from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment._process_life import install_sigterm_handler, register, unregister
 from selligent_segment._record import CallbackRecord, EventKind, normalize, revive
+from selligent_segment._results import BulkResult, DeliveryFailure
 from selligent_segment._validate import check_number
 from selligent_segment.delivery._batch_policy import BatchPolicy
-from selligent_segment.delivery._dispatcher import DeliveryFailure, Dispatcher
+from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._keys import KeyResolver, WriteKeys
 from selligent_segment.delivery._retry import RetryPolicy
@@ -66,15 +66,6 @@ DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_2
 #: time, None). With a spool file: one journal write, (its frames, the (tenant, kind) of
 #: each, the mark after it); the encoder moves the records into the file as they are.
 _Entry = tuple[Any, Any, Any, "Mark | None"]
-
-
-@attrs.frozen
-class BulkResult:
-    """What :meth:`Emitter.emit_many` did: how many records it accepted, and the refused
-    ones as ``(index, error)`` pairs. A refused record never costs another one."""
-
-    accepted: int
-    refused: tuple[tuple[int, SelligentSegmentError], ...] = ()
 
 
 class Emitter:
@@ -422,7 +413,7 @@ class Emitter:
         self._counters.refuse("spool_full", n)
         self._log_full(n)
         if self._on_full is OnFull.DROP_NEWEST:
-            self._on_failure(DeliveryFailure(tenant, "spool_full", "spool full", None, (), ()))
+            self._on_failure(DeliveryFailure.spool_full(tenant))
             return False
         raise SpoolFull(f"{self._max_pending} events are waiting; the event was not accepted")
 
@@ -615,7 +606,7 @@ class Emitter:
         """Count and report an event whose message is over 32 KB."""
         self._counters.add_reason("rejected", tenant, "too_large")
         log.error("selligent-segment: tenant %s: event refused: %s", shown(tenant), exc)
-        self._on_failure(DeliveryFailure(tenant, "too_large", str(exc), None, (), ()))
+        self._on_failure(DeliveryFailure.too_large(tenant, str(exc)))
 
     def _wait_for_spool_room(self, nbytes: int) -> None:
         """Hold the encoder (not ``emit``) while the spool is at its size cap."""
@@ -753,16 +744,7 @@ class Emitter:
                 shown(tenant),
                 len(messages),
             )
-            self._on_failure(
-                DeliveryFailure(
-                    tenant,
-                    "unsent_at_close",
-                    "closed before delivery",
-                    None,
-                    tuple(m.message_id for m in messages),
-                    tuple(m.body for m in messages),
-                )
-            )
+            self._on_failure(DeliveryFailure.unsent_at_close(tenant, messages))
 
     def set_write_key(self, tenant: str, key: str) -> None:
         """Replace a tenant's write key (or the single key) and resume it if paused."""

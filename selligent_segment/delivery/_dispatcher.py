@@ -27,6 +27,7 @@ import attrs
 
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
+from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._retry import Outcome, RetryPolicy, server_wait
@@ -34,26 +35,9 @@ from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
 from selligent_segment.spool._protocol import Lease, Spool
 
-__all__ = ["DeliveryFailure", "Dispatcher"]
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger("selligent_segment")
-
-
-@attrs.frozen
-class DeliveryFailure:
-    """Messages settled without delivery, handed to ``on_failure``.
-
-    ``reason`` is a short code (``rejected``, ``retries_exhausted``, ``too_large``,
-    ``spool_full``, ``unsent_at_close``); ``detail`` says more (never a write key);
-    ``status`` is the HTTP status when there was one.
-    """
-
-    tenant: str
-    reason: str
-    detail: str
-    status: int | None
-    message_ids: tuple[str, ...]
-    bodies: tuple[bytes, ...] = attrs.field(repr=False)
 
 
 @attrs.define
@@ -634,14 +618,7 @@ class Dispatcher:
             reason,
             detail,
         )
-        failure = DeliveryFailure(
-            lease.tenant,
-            reason,
-            detail,
-            status,
-            tuple(m.message_id for m in messages),
-            tuple(m.body for m in messages),
-        )
+        failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
         self._call(self.on_failure, failure)
         self._notify_settled()
 
