@@ -1,5 +1,6 @@
 """selligent-segment: email callbacks to Segment Email track events."""
 
+from selligent_segment._config import EmitterConfig
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
     ConfigurationError,
@@ -31,6 +32,7 @@ __all__ = [
     "DeliveryFailure",
     "Emitter",
     "EmitterClosed",
+    "EmitterConfig",
     "EncodedMessage",
     "EventKind",
     "EventNaming",

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from selligent_segment._clock import SYSTEM_CLOCK, Clock
+from selligent_segment._config import DEFAULTS, EmitterConfig
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
@@ -30,14 +32,13 @@ from selligent_segment._naming import EventNaming
 from selligent_segment._process_life import install_sigterm_handler, register, unregister
 from selligent_segment._record import CallbackRecord, EventKind, normalize, revive
 from selligent_segment._results import BulkResult, DeliveryFailure
-from selligent_segment._validate import check_number
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._keys import KeyResolver, WriteKeys
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._stats import Counters, Stats
-from selligent_segment.delivery._transport import Transport
+from selligent_segment.delivery._transport import HttpTransport, Transport
 from selligent_segment.spool._journal import Mark, frame, unframe
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.spool._protocol import OnFull
@@ -58,9 +59,6 @@ _CHECK_SIZE_ABOVE = 8 * 1024
 _LOG_EVERY = 10.0
 _MAINTAIN_EVERY = 1.0
 
-#: With a durable spool a batch is retried through outages of up to 12 hours (then it
-#: becomes a dead letter, kept and requeueable); in memory the default policy applies.
-DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)
 
 #: What the encoder takes from the inbox. In memory: one record, (fields, tenant, emit
 #: time, None). With a spool file: one journal write, (its frames, the (tenant, kind) of
@@ -78,45 +76,9 @@ class Emitter:
     :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
     every tenant; one tenant's outage, 429s or revoked key never delays another's events.
 
-    Options (defaults written here once, validated on construction):
-
-    * ``write_key``: one key for every record; or ``write_keys``: a mapping
-      ``tenant -> key`` or a callable ``tenant -> key | None`` (asked at send time).
-    * ``endpoint``: a custom base URL; otherwise ``region`` ``"us"`` or ``"eu"``.
-      Plain ``http://`` is refused except to loopback unless ``allow_insecure_http``.
-    * ``spool``: ``"memory"`` (the default; lost with the process), or a file path or
-      ``sqlite:///`` URL: the durable spool. Then ``emit`` returns only once the event is
-      journaled on disk, so it survives ``kill -9`` at any instant; processes may share
-      one file; what a dead process left is delivered by the others or the next start.
-      Either is bounded by ``max_spool_bytes`` (256 MiB; for a file, its used pages).
-    * ``fsync``: durable spool only: also survive power loss, at the cost of an
-      ``fdatasync`` per ``emit`` (False).
-    * ``max_pending``: records accepted but not yet moved into the spool by the
-      background encoder (100,000; with a spool file they are journaled already, at
-      about 0.25 KB of memory each, and this only bounds memory); when it is reached
-      ``on_full`` applies: ``"raise"`` SpoolFull (default), ``"block"`` up to
-      ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``. With a spool file,
-      ``emit_many`` instead waits for the encoder unless the file is at
-      ``max_spool_bytes``.
-    * ``naming``: an :class:`EventNaming` (profile and overrides). Processes sharing
-      a spool file must use the same naming: a dead process's journal is replayed with
-      the naming of the process that finds it.
-    * ``batch``: a :class:`BatchPolicy`; ``retry``: a :class:`RetryPolicy` (default
-      ``RetryPolicy()`` in memory, :data:`DURABLE_RETRY` with a spool file).
-    * ``threads``: sender threads shared by all tenants (2).
-    * ``max_requests_per_second``: request-rate cap per write key (50; 0 = none).
-    * ``timeout``: HTTP read timeout in seconds (15).
-    * ``request_deadline``: every request, from connecting to the last byte of the
-      answer, ends within this many seconds, however slowly the endpoint sends (None:
-      30, or 5 + ``timeout`` when longer); an overdue request is retried.
-    * ``on_failure(DeliveryFailure)``: events permanently not delivered.
-    * ``on_pause(tenant, reason)``: a tenant's key was refused or is missing; its events
-      are kept until :meth:`set_write_key` (or the resolver) gives a new key.
-    * ``exit_timeout``: how long the interpreter-exit hook flushes (5 s).
-    * ``handle_sigterm``: turn SIGTERM into a clean exit (``SystemExit(143)`` in the main
-      thread), so the exit hook flushes and reports as on a normal exit (True). Only
-      installed from the main thread and only when SIGTERM has no handler yet; an
-      application that owns its signals passes False and calls :meth:`close` itself.
+    Its keyword arguments are the settings of :class:`EmitterConfig`, which documents
+    each one and its default (written there once) and validates them all when the
+    Emitter is made (:class:`ConfigurationError` names the setting).
     """
 
     def __init__(
@@ -124,65 +86,103 @@ class Emitter:
         write_key: str | None = None,
         *,
         write_keys: Mapping[str, str] | KeyResolver | None = None,
-        endpoint: str | None = None,
-        region: str = "us",
-        allow_insecure_http: bool = False,
-        spool: str | os.PathLike[str] = "memory",
-        fsync: bool = False,
-        max_spool_bytes: int = 256 * 1024 * 1024,
-        max_pending: int = 100_000,
-        on_full: str | OnFull = OnFull.RAISE,
-        block_timeout: float = 1.0,
+        endpoint: str | None = DEFAULTS.endpoint,
+        region: str = DEFAULTS.region,
+        allow_insecure_http: bool = DEFAULTS.allow_insecure_http,
+        spool: str | os.PathLike[str] = DEFAULTS.spool,
+        fsync: bool = DEFAULTS.fsync,
+        max_spool_bytes: int = DEFAULTS.max_spool_bytes,
+        max_pending: int = DEFAULTS.max_pending,
+        on_full: str | OnFull = DEFAULTS.on_full,
+        block_timeout: float = DEFAULTS.block_timeout,
         naming: EventNaming | None = None,
         batch: BatchPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        threads: int = 2,
-        max_requests_per_second: float = 50.0,
-        timeout: float = 15.0,
-        request_deadline: float | None = None,
-        on_failure: Callable[[DeliveryFailure], None] | None = None,
-        on_pause: Callable[[str, str], None] | None = None,
-        exit_timeout: float = 5.0,
-        handle_sigterm: bool = True,
+        retry: RetryPolicy | None = DEFAULTS.retry,
+        threads: int = DEFAULTS.threads,
+        max_requests_per_second: float = DEFAULTS.max_requests_per_second,
+        timeout: float = DEFAULTS.timeout,
+        request_deadline: float | None = DEFAULTS.request_deadline,
+        on_failure: Callable[[DeliveryFailure], None] | None = DEFAULTS.on_failure,
+        on_pause: Callable[[str, str], None] | None = DEFAULTS.on_pause,
+        exit_timeout: float = DEFAULTS.exit_timeout,
+        handle_sigterm: bool = DEFAULTS.handle_sigterm,
+        transport: Transport | None = DEFAULTS.transport,
+        clock: Clock | None = DEFAULTS.clock,
     ) -> None:
-        self._keys = WriteKeys(write_key, write_keys)
-        self._endpoint = resolve_endpoint(endpoint, region, allow_insecure_http)
-        self._spool_path: Path | None = None if spool == "memory" else spool_path(spool)
-        if not isinstance(fsync, bool):
-            raise ConfigurationError("fsync", "must be True or False")
-        self._fsync = fsync
-        if not isinstance(handle_sigterm, bool):
-            raise ConfigurationError("handle_sigterm", "must be True or False")
-        check_number("max_pending", max_pending, minimum=1, integer=True)
-        check_number("block_timeout", block_timeout, minimum=0)
-        check_number("threads", threads, minimum=1, integer=True)
-        check_number("max_requests_per_second", max_requests_per_second, minimum=0)
-        check_number("timeout", timeout, minimum=0.001)
-        if request_deadline is not None:
-            check_number("request_deadline", request_deadline, minimum=0.001)
-        check_number("exit_timeout", exit_timeout, minimum=0)
-        try:
-            self._on_full = OnFull(on_full)
-        except ValueError:
-            known = ", ".join(p.value for p in OnFull)
-            raise ConfigurationError("on_full", f"expected one of {known}") from None
-        self._max_spool_bytes = max_spool_bytes
-        self._max_pending = max_pending
-        self._block_timeout = block_timeout
-        self._naming = naming or EventNaming()
-        self._batch = batch or BatchPolicy()
-        self._retry = retry or (RetryPolicy() if self._spool_path is None else DURABLE_RETRY)
-        self._threads = threads
-        self._rate = max_requests_per_second
-        self._timeout = timeout
-        self._request_deadline = request_deadline
-        self._user_on_failure = on_failure
-        self._user_on_pause = on_pause
-        self._exit_timeout = exit_timeout
+        policies: dict[str, Any] = {}
+        if naming is not None:
+            policies["naming"] = naming
+        if batch is not None:
+            policies["batch"] = batch
+        self._init(
+            EmitterConfig(
+                write_key=write_key,
+                write_keys=write_keys,
+                endpoint=endpoint,
+                region=region,
+                allow_insecure_http=allow_insecure_http,
+                spool=spool,
+                fsync=fsync,
+                max_spool_bytes=max_spool_bytes,
+                max_pending=max_pending,
+                on_full=on_full,
+                block_timeout=block_timeout,
+                retry=retry,
+                threads=threads,
+                max_requests_per_second=max_requests_per_second,
+                timeout=timeout,
+                request_deadline=request_deadline,
+                on_failure=on_failure,
+                on_pause=on_pause,
+                exit_timeout=exit_timeout,
+                handle_sigterm=handle_sigterm,
+                transport=transport,
+                clock=clock,
+                **policies,
+            )
+        )
+
+    @classmethod
+    def from_config(cls, config: EmitterConfig) -> Emitter:
+        """An Emitter with the settings of ``config`` (the same as passing each one)."""
+        if not isinstance(config, EmitterConfig):
+            raise ConfigurationError("config", "expected an EmitterConfig")
+        emitter = cls.__new__(cls)
+        emitter._init(config)
+        return emitter
+
+    @property
+    def config(self) -> EmitterConfig:
+        """The settings this Emitter was made with."""
+        return self._config
+
+    def _init(self, config: EmitterConfig) -> None:
+        self._config = config
+        self._keys = WriteKeys(config.write_key, config.write_keys)
+        self._endpoint = resolve_endpoint(
+            config.endpoint, config.region, config.allow_insecure_http
+        )
+        self._spool_path: Path | None = spool_path(config.spool) if config.durable else None
+        self._fsync = config.fsync
+        self._on_full = config.on_full
+        self._max_spool_bytes = config.max_spool_bytes
+        self._max_pending = config.max_pending
+        self._block_timeout = config.block_timeout
+        self._naming = config.naming
+        self._batch = config.batch
+        self._retry = config.retry_policy
+        self._threads = config.threads
+        self._rate = config.max_requests_per_second
+        self._timeout = config.timeout
+        self._request_deadline = config.request_deadline
+        self._user_on_failure = config.on_failure
+        self._user_on_pause = config.on_pause
+        self._exit_timeout = config.exit_timeout
+        self._clock = config.clock or SYSTEM_CLOCK
         self._default_tenant = self._keys.default_tenant()
         self._setup()
         register(self)
-        if handle_sigterm:
+        if config.handle_sigterm:
             install_sigterm_handler()
         if self._spool_path is not None:
             self._start()  # deliver what earlier runs or dead processes left in the file
@@ -221,7 +221,7 @@ class Emitter:
         self._next_maintain = 0.0
         self._closed_result: bool | None = None
         self._at_cap = False
-        self._transport = Transport(
+        self._transport: Transport = self._config.transport or HttpTransport(
             max_connections=self._threads,
             read_timeout=self._timeout,
             deadline=self._request_deadline,

@@ -16,7 +16,7 @@ from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPol
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import Transport
+from selligent_segment.delivery._transport import HttpTransport
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
 
@@ -273,7 +273,7 @@ def _dispatcher(backlog: int, full_at: int = 10) -> tuple[Dispatcher, Any]:
         spool=spool,
         keys=WriteKeys("key", None),
         endpoint="http://127.0.0.1:9",
-        transport=Transport(),
+        transport=HttpTransport(),
         batch=BatchPolicy(),
         retry=FAST_RETRY,
         threads=2,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -517,3 +518,41 @@ def test_a_resolver_that_raises_pauses_the_tenant_and_keeps_its_events(
     assert len(server.events("key-acme")) == 1
     assert "RuntimeError" in caplog.text
     assert "secret-key-material" not in caplog.text
+
+
+def test_an_emitter_from_a_config_has_its_settings(server: LocalSegment) -> None:
+    from selligent_segment import EmitterConfig
+
+    config = EmitterConfig(write_key="k", endpoint=server.url, threads=3)
+    em = Emitter.from_config(config)
+    try:
+        assert em.config is config
+        assert em.config.threads == 3
+        assert em.emit(record(1, "default"))
+        assert em.flush(10)
+    finally:
+        em.close()
+    assert server.accepted_count == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("transport", object()), ("clock", object()), ("naming", "segment-spec")],
+)
+def test_seams_and_policies_of_the_wrong_kind_are_refused_naming_the_setting(
+    setting: str, value: object
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Emitter("k", **{setting: value})
+    assert info.value.setting == setting
+
+
+@pytest.mark.parametrize("url", ["postgresql://db/events", "postgres://u@h/x", "redis://h"])
+def test_a_spool_url_with_a_scheme_not_served_is_refused_and_creates_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="spool is not served") as info:
+        Emitter("k", spool=url)
+    assert info.value.setting == "spool"
+    assert list(tmp_path.iterdir()) == []

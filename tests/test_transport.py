@@ -36,8 +36,8 @@ from selligent_segment.delivery._transport import (
     MAX_MESSAGE_BYTES,
     USER_AGENT,
     BatchTooLarge,
+    HttpTransport,
     Response,
-    Transport,
     batch_size,
     build_body,
     envelope_overhead,
@@ -183,8 +183,8 @@ def segment() -> Iterator[Segment]:
 
 
 @pytest.fixture
-def transport() -> Iterator[Transport]:
-    t = Transport(max_connections=2, connect_timeout=2.0, read_timeout=2.0)
+def transport() -> Iterator[HttpTransport]:
+    t = HttpTransport(max_connections=2, connect_timeout=2.0, read_timeout=2.0)
     try:
         yield t
     finally:
@@ -293,7 +293,7 @@ def test_limits() -> None:
 # -- what goes over the wire ----------------------------------------------------------------
 
 
-def test_post_sends_the_body_and_headers(segment: Segment, transport: Transport) -> None:
+def test_post_sends_the_body_and_headers(segment: Segment, transport: HttpTransport) -> None:
     bodies = [message(i) for i in range(3)]
     before = datetime.now(timezone.utc).replace(microsecond=0)
     response = transport.post(segment.url, KEY, bodies)
@@ -318,7 +318,7 @@ def test_post_sends_the_body_and_headers(segment: Segment, transport: Transport)
     assert "content-encoding" not in headers
 
 
-def test_retry_count_header(segment: Segment, transport: Transport) -> None:
+def test_retry_count_header(segment: Segment, transport: HttpTransport) -> None:
     transport.post(segment.url, KEY, [message(1)], retry_count=0)
     transport.post(segment.url, KEY, [message(1)], retry_count=1)
     transport.post(segment.url, KEY, [message(1)], retry_count=7)
@@ -332,7 +332,7 @@ def test_retry_count_header(segment: Segment, transport: Transport) -> None:
 
 def test_gzip_round_trip(segment: Segment) -> None:
     bodies = [message(i, pad=200) for i in range(50)]
-    with_gzip = Transport(gzip=True)
+    with_gzip = HttpTransport(gzip=True)
     try:
         assert with_gzip.post(segment.url, KEY, bodies).outcome is Outcome.DELIVERED
     finally:
@@ -350,7 +350,7 @@ def test_gzip_round_trip(segment: Segment) -> None:
     assert 1 <= GZIP_LEVEL <= 5
 
 
-def test_keep_alive_reuses_one_connection(segment: Segment, transport: Transport) -> None:
+def test_keep_alive_reuses_one_connection(segment: Segment, transport: HttpTransport) -> None:
     segment.script(
         Reply(200),
         Reply(400, body=b'{"code":"invalid","message":"bad"}'),
@@ -364,7 +364,7 @@ def test_keep_alive_reuses_one_connection(segment: Segment, transport: Transport
     assert segment.connections == 1
 
 
-def test_a_huge_error_body_is_not_drained(segment: Segment, transport: Transport) -> None:
+def test_a_huge_error_body_is_not_drained(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(502, body=b"<html>" + b"x" * 200_000 + b"</html>"))
     response = transport.post(segment.url, KEY, [message(1)])
     assert response.outcome is Outcome.RETRY
@@ -404,7 +404,7 @@ STATUSES = [
 
 @pytest.mark.parametrize(("status", "outcome"), STATUSES)
 def test_every_status_class(
-    segment: Segment, transport: Transport, status: int, outcome: Outcome
+    segment: Segment, transport: HttpTransport, status: int, outcome: Outcome
 ) -> None:
     body = b"" if status == 204 else b'{"code":"c","message":"m"}'
     segment.script(Reply(status, {"Location": "https://elsewhere.example/"}, body))
@@ -415,7 +415,7 @@ def test_every_status_class(
     assert len(segment.requests) == 1  # never retried nor redirected by urllib3
 
 
-def test_redirect_is_reported_not_followed(segment: Segment, transport: Transport) -> None:
+def test_redirect_is_reported_not_followed(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(301, {"Location": f"{segment.url}/elsewhere"}, b""))
     response = transport.post(segment.url, KEY, [message(1)])
     assert response.outcome is Outcome.REJECTED
@@ -425,7 +425,7 @@ def test_redirect_is_reported_not_followed(segment: Segment, transport: Transpor
     assert [r.path for r in segment.requests] == ["/v1/batch"]
 
 
-def test_segment_error_body_is_summarised(segment: Segment, transport: Transport) -> None:
+def test_segment_error_body_is_summarised(segment: Segment, transport: HttpTransport) -> None:
     segment.script(
         Reply(400, body=b'{"code":"invalid_request","message":"Invalid JSON"}'),
         Reply(422, body=b"plain text\n  explanation"),
@@ -445,14 +445,14 @@ def test_segment_error_body_is_summarised(segment: Segment, transport: Transport
 # -- Retry-After ----------------------------------------------------------------------------
 
 
-def test_retry_after_seconds(segment: Segment, transport: Transport) -> None:
+def test_retry_after_seconds(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(429, {"Retry-After": "7"}, b""))
     response = transport.post(segment.url, KEY, [message(1)])
     assert (response.status, response.retry_after) == (429, 7.0)
     assert response.outcome is Outcome.RATE_LIMITED
 
 
-def test_retry_after_http_date(segment: Segment, transport: Transport) -> None:
+def test_retry_after_http_date(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(503, {"Retry-After": formatdate(time.time() + 120, usegmt=True)}, b""))
     response = transport.post(segment.url, KEY, [message(1)])
     assert response.retry_after is not None
@@ -460,12 +460,12 @@ def test_retry_after_http_date(segment: Segment, transport: Transport) -> None:
     assert response.outcome is Outcome.RETRY
 
 
-def test_retry_after_is_capped(segment: Segment, transport: Transport) -> None:
+def test_retry_after_is_capped(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(429, {"Retry-After": "86400"}, b""))
     assert transport.post(segment.url, KEY, [message(1)]).retry_after == 300.0
 
 
-def test_no_or_bad_retry_after(segment: Segment, transport: Transport) -> None:
+def test_no_or_bad_retry_after(segment: Segment, transport: HttpTransport) -> None:
     segment.script(
         Reply(429), Reply(429, {"Retry-After": "soon"}), Reply(429, {"Retry-After": "0"})
     )
@@ -480,7 +480,7 @@ def test_no_or_bad_retry_after(segment: Segment, transport: Transport) -> None:
 
 
 def test_rate_limit_reset_seconds_and_points_in_time(
-    segment: Segment, transport: Transport
+    segment: Segment, transport: HttpTransport
 ) -> None:
     segment.script(
         Reply(429, {"X-RateLimit-Reset": "4"}),  # Segment: seconds, like Retry-After
@@ -499,7 +499,7 @@ def test_rate_limit_reset_seconds_and_points_in_time(
     assert all(r.retry_after is None for r in responses[:4])
 
 
-def test_no_or_bad_rate_limit_reset(segment: Segment, transport: Transport) -> None:
+def test_no_or_bad_rate_limit_reset(segment: Segment, transport: HttpTransport) -> None:
     segment.script(
         Reply(429),
         Reply(429, {"X-RateLimit-Reset": "later"}),
@@ -510,7 +510,7 @@ def test_no_or_bad_rate_limit_reset(segment: Segment, transport: Transport) -> N
     assert resets == [None, None, None, None]
 
 
-def test_rate_limit_reset_is_ignored_on_success(segment: Segment, transport: Transport) -> None:
+def test_rate_limit_reset_is_ignored_on_success(segment: Segment, transport: HttpTransport) -> None:
     # Servers that send it on every answer mean a quota window there, not a wait.
     segment.script(Reply(200, {"X-RateLimit-Reset": "30"}))
     assert transport.post(segment.url, KEY, [message(1)]) == Response(status=200)
@@ -519,7 +519,7 @@ def test_rate_limit_reset_is_ignored_on_success(segment: Segment, transport: Tra
 # -- network failures never raise -----------------------------------------------------------
 
 
-def test_dropped_connection(segment: Segment, transport: Transport) -> None:
+def test_dropped_connection(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(action="drop"))
     response = transport.post(segment.url, KEY, [message(1)])
     assert response.status is None
@@ -532,7 +532,7 @@ def test_dropped_connection(segment: Segment, transport: Transport) -> None:
     assert segment.connections == 2
 
 
-def test_reset_connection(segment: Segment, transport: Transport) -> None:
+def test_reset_connection(segment: Segment, transport: HttpTransport) -> None:
     segment.script(Reply(action="reset"))
     response = transport.post(segment.url, KEY, [message(1)])
     assert (response.status, response.outcome) == (None, Outcome.RETRY)
@@ -540,7 +540,7 @@ def test_reset_connection(segment: Segment, transport: Transport) -> None:
 
 
 def test_read_timeout(segment: Segment) -> None:
-    impatient = Transport(read_timeout=0.2)
+    impatient = HttpTransport(read_timeout=0.2)
     segment.script(Reply(action="hang"))
     try:
         response = impatient.post(segment.url, KEY, [message(1)])
@@ -552,7 +552,7 @@ def test_read_timeout(segment: Segment) -> None:
     assert "timed out" in response.error.lower()
 
 
-def test_connection_refused(transport: Transport) -> None:
+def test_connection_refused(transport: HttpTransport) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -562,7 +562,7 @@ def test_connection_refused(transport: Transport) -> None:
     assert "NewConnectionError" in response.error
 
 
-def test_malformed_url_is_a_bug_not_a_network_error(transport: Transport) -> None:
+def test_malformed_url_is_a_bug_not_a_network_error(transport: HttpTransport) -> None:
     with pytest.raises(ValueError, match="host"):
         transport.post("http://", KEY, [message(1)])
 
@@ -620,8 +620,8 @@ def test_tls_certificates_are_verified(tmp_path: Path) -> None:
     cert_path, key_path = _self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
-    default = Transport(connect_timeout=2.0, read_timeout=2.0)
-    trusting = Transport(connect_timeout=2.0, read_timeout=2.0, ca_certs=str(cert_path))
+    default = HttpTransport(connect_timeout=2.0, read_timeout=2.0)
+    trusting = HttpTransport(connect_timeout=2.0, read_timeout=2.0, ca_certs=str(cert_path))
     with running(context) as segment:
         try:
             refused = default.post(segment.url, KEY, [message(1)])
@@ -644,7 +644,7 @@ def test_key_never_in_repr_error_or_logs(
     segment: Segment, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    transport = Transport(gzip=True)
+    transport = HttpTransport(gzip=True)
     echo = json.dumps(
         {"code": f"bad key {KEY}", "message": f"Authorization: Basic {BASIC} writeKey={KEY}"}
     ).encode()
@@ -659,7 +659,7 @@ def test_key_never_in_repr_error_or_logs(
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    other = Transport()
+    other = HttpTransport()
     responses.append(other.post(f"http://127.0.0.1:{port}", KEY, [message(9)]))
     other.close()
     texts = [repr(transport), caplog.text] + [repr(r) for r in responses]
@@ -702,19 +702,19 @@ def test_response_is_a_frozen_value() -> None:
 
 def test_transport_validates_its_settings() -> None:
     with pytest.raises(ValueError, match="max_connections"):
-        Transport(max_connections=0)
+        HttpTransport(max_connections=0)
     with pytest.raises(TypeError, match="max_connections"):
-        Transport(max_connections=True)
+        HttpTransport(max_connections=True)
     with pytest.raises(ValueError, match="read_timeout"):
-        Transport(read_timeout=0)
+        HttpTransport(read_timeout=0)
     with pytest.raises(ValueError, match="connect_timeout"):
-        Transport(connect_timeout=float("inf"))
+        HttpTransport(connect_timeout=float("inf"))
     with pytest.raises(ValueError, match="write key"):
-        Transport().post("http://127.0.0.1:1", "", [message(1)])
+        HttpTransport().post("http://127.0.0.1:1", "", [message(1)])
 
 
 def test_close_is_idempotent_and_posting_after_reopens(segment: Segment) -> None:
-    transport = Transport()
+    transport = HttpTransport()
     assert transport.post(segment.url, KEY, [message(1)]).outcome is Outcome.DELIVERED
     transport.close()
     transport.close()
@@ -724,7 +724,7 @@ def test_close_is_idempotent_and_posting_after_reopens(segment: Segment) -> None
 
 
 def test_concurrent_posts_share_the_pool(segment: Segment) -> None:
-    transport = Transport(max_connections=4)
+    transport = HttpTransport(max_connections=4)
     results: list[Outcome] = []
     lock = threading.Lock()
 
@@ -746,7 +746,9 @@ def test_concurrent_posts_share_the_pool(segment: Segment) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_opens_its_own_connections(segment: Segment, transport: Transport) -> None:
+def test_a_forked_child_opens_its_own_connections(
+    segment: Segment, transport: HttpTransport
+) -> None:
     assert transport.post(segment.url, KEY, [message(1)]).outcome is Outcome.DELIVERED
     pid = os.fork()
     if pid == 0:  # the child: must not write on the parent's socket

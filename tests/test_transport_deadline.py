@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from selligent_segment.delivery._retry import Outcome
-from selligent_segment.delivery._transport import DEFAULT_DEADLINE, Transport
+from selligent_segment.delivery._transport import DEFAULT_DEADLINE, HttpTransport
 
 KEY = "wk_Secret123"
 DEADLINE = 1.0
@@ -152,15 +152,15 @@ def serving(*handlers: Handler) -> Iterator[RawServer]:
 
 
 @contextlib.contextmanager
-def impatient(deadline: float = DEADLINE, connect_timeout: float = 2.0) -> Iterator[Transport]:
-    transport = Transport(connect_timeout=connect_timeout, read_timeout=2.0, deadline=deadline)
+def impatient(deadline: float = DEADLINE, connect_timeout: float = 2.0) -> Iterator[HttpTransport]:
+    transport = HttpTransport(connect_timeout=connect_timeout, read_timeout=2.0, deadline=deadline)
     try:
         yield transport
     finally:
         transport.close()
 
 
-def timed_post(transport: Transport, url: str, i: int = 1) -> tuple[float, Outcome, str]:
+def timed_post(transport: HttpTransport, url: str, i: int = 1) -> tuple[float, Outcome, str]:
     started = time.monotonic()
     response = transport.post(url, KEY, [message(i)])
     elapsed = time.monotonic() - started
@@ -315,14 +315,14 @@ def test_a_forked_child_gets_its_own_watchdog() -> None:
 def test_the_deadline_is_validated_and_shown() -> None:
     for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="deadline must be a positive"):
-            Transport(deadline=bad)
+            HttpTransport(deadline=bad)
     with pytest.raises(TypeError, match="deadline must be a number"):
-        Transport(deadline=True)
+        HttpTransport(deadline=True)
     with pytest.raises(TypeError, match="deadline must be a number"):
-        Transport(deadline="30")  # type: ignore[arg-type]
-    assert "deadline=2.5," in repr(Transport(deadline=2.5))
+        HttpTransport(deadline="30")  # type: ignore[arg-type]
+    assert "deadline=2.5," in repr(HttpTransport(deadline=2.5))
 
 
 def test_the_default_deadline_never_cuts_the_timeouts_short() -> None:
-    assert f"deadline={DEFAULT_DEADLINE}," in repr(Transport())
-    assert "deadline=65.0," in repr(Transport(connect_timeout=5.0, read_timeout=60.0))
+    assert f"deadline={DEFAULT_DEADLINE}," in repr(HttpTransport())
+    assert "deadline=65.0," in repr(HttpTransport(connect_timeout=5.0, read_timeout=60.0))

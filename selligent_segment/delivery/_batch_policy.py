@@ -6,6 +6,7 @@ from typing import Any
 
 import attrs
 
+from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._limits import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
 from selligent_segment._validate import check_number
 
@@ -22,6 +23,11 @@ def _between(low: float, high: float, *, integer: bool = False) -> Any:
         check_number(attribute.name, value, minimum=low, maximum=high, integer=integer)
 
     return check
+
+
+def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(attribute.name, f"must be True or False, got {shown(value)}")
 
 
 @attrs.frozen
@@ -42,4 +48,4 @@ class BatchPolicy:
         default=DEFAULT_MAX_BYTES, validator=_between(33 * 1024, MAX_BATCH_BYTES, integer=True)
     )
     linger: float = attrs.field(default=0.1, validator=_between(0.0, 60.0))
-    gzip: bool = attrs.field(default=False)
+    gzip: bool = attrs.field(default=False, validator=_flag)

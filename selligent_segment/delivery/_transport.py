@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 import attrs
@@ -85,6 +85,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "USER_AGENT",
     "BatchTooLarge",
+    "HttpTransport",
     "Response",
     "Transport",
     "batch_size",
@@ -103,7 +104,7 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for each read of the response.
 DEFAULT_READ_TIMEOUT = 15.0
 #: Seconds one whole request may take (connect, send, status line, headers, body), unless
-#: ``connect_timeout + read_timeout`` is longer (see :class:`Transport`).
+#: ``connect_timeout + read_timeout`` is longer (see :class:`HttpTransport`).
 DEFAULT_DEADLINE = 30.0
 
 _log = logging.getLogger("selligent_segment.transport")
@@ -442,7 +443,24 @@ class _DeadlineHTTPSPool(_DeadlineHTTPPool, urllib3.HTTPSConnectionPool):
     ConnectionCls = _DeadlineHTTPSConnection
 
 
-class Transport:
+class Transport(Protocol):
+    """What the senders need of a transport: the seam a test (or another HTTP stack)
+    plugs into with ``Emitter(transport=...)``. :class:`HttpTransport` (urllib3) is the
+    default; :class:`selligent_segment.testing.MockTransport` answers from a function."""
+
+    def post(
+        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
+    ) -> Response:
+        """Send ``bodies`` as one batch; never raise for a network failure (report it as
+        a :class:`Response` with ``status=None`` and :attr:`Outcome.RETRY`)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; the transport is not used afterwards."""
+        ...
+
+
+class HttpTransport:
     """Posts batches over one thread-safe, keep-alive ``urllib3.PoolManager``.
 
     Safe to share between threads: ``max_connections`` connections are kept alive per host,
@@ -497,7 +515,7 @@ class Transport:
 
     def __repr__(self) -> str:
         return (
-            f"Transport(max_connections={self._max_connections}, "
+            f"HttpTransport(max_connections={self._max_connections}, "
             f"connect_timeout={self._timeout.connect_timeout}, "
             f"read_timeout={self._timeout.read_timeout}, deadline={self._deadline}, "
             f"gzip={self._gzip})"

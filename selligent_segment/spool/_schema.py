@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 import urllib.parse
@@ -19,7 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from selligent_segment._errors import ConfigurationError, SpoolError
+from selligent_segment._errors import ConfigurationError, SpoolError, shown
 
 __all__ = [
     "APPLICATION_ID",
@@ -104,12 +105,23 @@ def default_spool_path() -> Path:
     return Path(state) / "selligent-segment" / "spool.db"
 
 
+#: A URL scheme (``postgresql://``...): two letters at least, so ``C:/x`` stays a path.
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
 def spool_path(spool: str | os.PathLike[str]) -> Path:
     """The file a ``spool=`` setting names: a path, or a ``sqlite:///`` URL.
 
     ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` as in SQLAlchemy.
     """
     text = os.fspath(spool)
+    scheme = _SCHEME.match(text)
+    if scheme is not None and scheme.group(1).lower() != "sqlite":
+        raise ConfigurationError(
+            "spool",
+            f"a {shown(scheme.group(1), quote=False)}:// spool is not served by this version; "
+            "give a file path or a sqlite:/// URL",
+        )
     if text.startswith("sqlite:"):
         if not text.startswith("sqlite:///") or len(text) == len("sqlite:///"):
             raise ConfigurationError(

@@ -1,0 +1,215 @@
+"""Every setting of an :class:`~selligent_segment.Emitter`, in one frozen value.
+
+Each default is written once, here, beside the sentence that documents it; each check
+runs when the value is made and raises :class:`ConfigurationError` naming the setting.
+``Emitter(...)`` takes the same names as keyword arguments (its signature reads its
+defaults from here), and ``Emitter.from_config(config)`` takes the value itself.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from selligent_segment._clock import Clock
+from selligent_segment._errors import ConfigurationError, shown
+from selligent_segment._naming import EventNaming
+from selligent_segment._results import DeliveryFailure
+from selligent_segment._validate import check_number
+from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._endpoint import resolve_endpoint
+from selligent_segment.delivery._keys import KeyResolver, WriteKeys
+from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.delivery._transport import Transport
+from selligent_segment.spool._protocol import OnFull
+from selligent_segment.spool._schema import spool_path
+
+__all__ = ["DEFAULTS", "DURABLE_RETRY", "EmitterConfig", "default"]
+
+#: With a durable spool a batch is retried through outages of up to 12 hours (then it
+#: becomes a dead letter, kept and requeueable); in memory the default policy applies.
+DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)
+
+
+def _number(minimum: float, *, integer: bool = False, strict: bool = False) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check_number(attribute.name, value, minimum=minimum, integer=integer, strict=strict)
+
+    return check
+
+
+def _optional_number(minimum: float) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            check_number(attribute.name, value, minimum=minimum, strict=True)
+
+    return check
+
+
+def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(attribute.name, f"must be True or False, got {shown(value)}")
+
+
+def _instance(kind: type, *, optional: bool = False) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, kind):
+            got = shown(type(value).__name__, quote=False)
+            raise ConfigurationError(attribute.name, f"expected a {kind.__name__}, got {got}")
+
+    return check
+
+
+def _callback(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        got = shown(type(value).__name__, quote=False)
+        raise ConfigurationError(attribute.name, f"expected a function or None, got {got}")
+
+
+def _having(*methods: str) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None:
+            return
+        missing = [m for m in methods if not callable(getattr(value, m, None))]
+        if missing:
+            got = shown(type(value).__name__, quote=False)
+            raise ConfigurationError(
+                attribute.name, f"a {got} has no {', '.join(missing)}() method"
+            )
+
+    return check
+
+
+def _on_full(value: object) -> OnFull:
+    try:
+        return OnFull(value)
+    except ValueError:
+        known = ", ".join(p.value for p in OnFull)
+        raise ConfigurationError("on_full", f"expected one of {known}") from None
+
+
+def _spool(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, (str, os.PathLike)):
+        got = shown(type(value).__name__, quote=False)
+        raise ConfigurationError("spool", f"expected 'memory', a path or a URL, got {got}")
+    if value != "memory":
+        spool_path(value)
+
+
+@attrs.frozen(kw_only=True)
+class EmitterConfig:
+    """The settings of an Emitter, validated when made (:class:`ConfigurationError`
+    names the setting and the reason). Immutable: ``attrs.evolve(config, threads=4)``
+    makes a changed copy."""
+
+    write_key: str | None = attrs.field(default=None, repr=False)
+    """One write key for every record (records name no tenant, or any tenant)."""
+    write_keys: Mapping[str, str] | KeyResolver | None = attrs.field(default=None, repr=False)
+    """Per tenant: a mapping ``tenant -> key``, or a function ``tenant -> key | None``
+    asked at send time (a new answer resumes a paused tenant). Exactly one of
+    ``write_key`` and ``write_keys`` is given."""
+    endpoint: str | None = None
+    """A custom base URL (``/v1/batch`` is appended); None: the ``region``'s."""
+    region: str = "us"
+    """``"us"`` (api.segment.io) or ``"eu"`` (events.eu1.segmentapis.com), when no
+    ``endpoint`` is given."""
+    allow_insecure_http: bool = attrs.field(default=False, validator=_flag)
+    """Allow a plain ``http://`` endpoint off loopback (loopback is always allowed)."""
+    spool: str | os.PathLike[str] = attrs.field(default="memory", validator=_spool)
+    """``"memory"`` (lost with the process), or a file path or ``sqlite:///`` URL: the
+    durable spool, where ``emit`` returns once the event is journaled on disk (it then
+    survives ``kill -9``); processes may share one file."""
+    fsync: bool = attrs.field(default=False, validator=_flag)
+    """Durable spool only: also survive power loss, at the cost of an ``fdatasync`` per
+    ``emit``."""
+    max_spool_bytes: int = attrs.field(
+        default=256 * 1024 * 1024, validator=_number(64 * 1024, integer=True)
+    )
+    """Cap on what the spool holds: encoded messages in memory, used pages of a file
+    (256 MiB; at least 64 KiB)."""
+    max_pending: int = attrs.field(default=100_000, validator=_number(1, integer=True))
+    """Records accepted but not yet moved into the spool by the encoder; when reached,
+    ``on_full`` applies (with a spool file they are journaled already, about 0.25 KB of
+    memory each, and ``emit_many`` waits for the encoder instead)."""
+    on_full: OnFull = attrs.field(default=OnFull.RAISE, converter=_on_full)
+    """What ``emit`` does when ``max_pending`` records wait: ``"raise"`` SpoolFull,
+    ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``
+    (counted and reported through ``on_failure``)."""
+    block_timeout: float = attrs.field(default=1.0, validator=_number(0))
+    """Seconds ``on_full="block"`` waits for room."""
+    naming: EventNaming = attrs.field(factory=EventNaming, validator=_instance(EventNaming))
+    """Event names: profile and per-tenant overrides. Processes sharing a spool file must
+    use the same naming."""
+    batch: BatchPolicy = attrs.field(factory=BatchPolicy, validator=_instance(BatchPolicy))
+    """Batch size, bytes, linger and gzip."""
+    retry: RetryPolicy | None = attrs.field(
+        default=None, validator=_instance(RetryPolicy, optional=True)
+    )
+    """The retry policy; None: ``RetryPolicy()`` in memory, :data:`DURABLE_RETRY` (12
+    hours of outage) with a spool file."""
+    threads: int = attrs.field(default=2, validator=_number(1, integer=True))
+    """Sender threads shared by every tenant."""
+    max_requests_per_second: float = attrs.field(default=50.0, validator=_number(0))
+    """Request-rate cap per write key (tenants sharing a key share it); 0: no cap."""
+    timeout: float = attrs.field(default=15.0, validator=_number(0, strict=True))
+    """HTTP read timeout in seconds: each read of the answer."""
+    request_deadline: float | None = attrs.field(default=None, validator=_optional_number(0))
+    """Every request, from connecting to the last byte of the answer, ends within this
+    many seconds however slowly the endpoint sends; None: 30, or 5 + ``timeout`` when
+    longer. An overdue request is retried."""
+    on_failure: Callable[[DeliveryFailure], None] | None = attrs.field(
+        default=None, validator=_callback
+    )
+    """Called with a :class:`DeliveryFailure` for events permanently not delivered."""
+    on_pause: Callable[[str, str], None] | None = attrs.field(default=None, validator=_callback)
+    """Called with ``(tenant, reason)`` when a tenant's key is refused or missing; its
+    events are kept until a new key comes."""
+    exit_timeout: float = attrs.field(default=5.0, validator=_number(0))
+    """Seconds the interpreter-exit hook (and SIGTERM) flushes before giving up."""
+    handle_sigterm: bool = attrs.field(default=True, validator=_flag)
+    """Turn SIGTERM into a clean exit (``SystemExit(143)`` in the main thread) so the
+    exit hook flushes and reports; only installed from the main thread when SIGTERM has
+    no handler yet."""
+    transport: Transport | None = attrs.field(default=None, validator=_having("post", "close"))
+    """How requests are sent; None: an :class:`HttpTransport` (urllib3, TLS verified)
+    built from ``threads``, ``timeout``, ``request_deadline`` and ``batch.gzip``. A test
+    may pass :class:`selligent_segment.testing.MockTransport`."""
+    clock: Clock | None = attrs.field(default=None, validator=_having("monotonic", "wait"))
+    """The scheduler's clock; None: the system's. A test may pass a fake one."""
+
+    def __attrs_post_init__(self) -> None:
+        WriteKeys(self.write_key, self.write_keys)  # raises ConfigurationError
+        resolve_endpoint(self.endpoint, self.region, self.allow_insecure_http)
+
+    @property
+    def durable(self) -> bool:
+        """True with a spool file."""
+        return self.spool != "memory"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """``retry``, or the default for this spool."""
+        if self.retry is not None:
+            return self.retry
+        return DURABLE_RETRY if self.durable else RetryPolicy()
+
+
+_FIELDS = attrs.fields_dict(EmitterConfig)
+
+
+def default(setting: str) -> Any:
+    """The default of ``setting``, as written in :class:`EmitterConfig` (None where the
+    default is built per Emitter)."""
+    field = _FIELDS[setting]
+    return None if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
+
+
+#: Every setting's default by name (``DEFAULTS.threads``), read by ``Emitter``'s
+#: signature so that the defaults are written only in :class:`EmitterConfig`.
+DEFAULTS: Any = types.SimpleNamespace(**{name: default(name) for name in _FIELDS})
