@@ -241,6 +241,7 @@ class Emitter:
             counters=self._counters,
             on_failure=self._on_failure,
             on_pause=self._on_pause,
+            clock=self._clock,
         )
 
     def __repr__(self) -> str:

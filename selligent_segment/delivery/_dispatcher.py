@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
+from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._results import DeliveryFailure, FailureReason
@@ -116,6 +117,7 @@ class Dispatcher:
         on_pause: Callable[[str, str], None],
         paused_recheck: float = PAUSED_RECHECK,
         max_in_flight: int = MAX_IN_FLIGHT,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.spool = spool
         self.keys = keys
@@ -134,6 +136,7 @@ class Dispatcher:
         self.on_pause = on_pause
         self.paused_recheck = paused_recheck
         self.max_in_flight = max_in_flight
+        self.clock = clock
         self.cv = threading.Condition(threading.Lock())
         self.settled = threading.Condition(threading.Lock())
         self._tenants: dict[str, _Tenant] = {}
