@@ -143,7 +143,7 @@ def spool_size_mb(path: Path) -> float:
 def ingested(emitter: Any) -> bool:
     """True when every accepted record is in the SQLite file: the inbox is empty and the
     encoder has gone idle (it sets the flag only after its last group commit)."""
-    return not emitter._inbox and emitter._encoder_idle
+    return not emitter._intake.pending() and emitter._encoder.idle
 
 
 def wait_ingested(emitter: Any, deadline: float, poll: float = 0.002) -> bool:
@@ -156,7 +156,7 @@ def wait_ingested(emitter: Any, deadline: float, poll: float = 0.002) -> bool:
 
 def make_durable(url: str, path: Path, **options: Any) -> Any:
     emitter = base.make_ours(url, write_key="bench-key", spool=str(path), **options)
-    if emitter._durable is None:  # pragma: no cover - a guard against measuring the wrong thing
+    if not emitter._intake.durable:  # pragma: no cover - a guard against measuring the wrong thing
         raise RuntimeError("the emitter did not open a durable spool")
     return emitter
 
@@ -226,7 +226,7 @@ def child_per_call(cfg: dict[str, Any]) -> dict[str, Any]:
             r.update(
                 timed_pass(emitter.emit, [base.record(first + i) for i in range(total)], warm, n)
             )
-            r["inbox_after_calls"] = emitter._pending()
+            r["inbox_after_calls"] = emitter._intake.pending()
             r["delivered_in_time"] = bool(emitter.flush(timeout=60.0))
             r["lib_stats"] = base.ours_stats(emitter)
             r.update(base.ours_close(emitter))
@@ -285,7 +285,7 @@ def durable_bulk_rate(cfg: dict[str, Any], first: int, n: int, warm: int) -> dic
         t1 = time.perf_counter()
         out["caller_cpu_s"] = round(time.thread_time() - thread0, 4)
         out["process_cpu_s_call"] = round(time.process_time() - cpu0, 4)
-        out["inbox_at_return"] = emitter._pending()
+        out["inbox_at_return"] = emitter._intake.pending()
         out["all_ingested"] = wait_ingested(emitter, time.monotonic() + 120.0)
         t2 = time.perf_counter()
         out["process_cpu_s_ingest"] = round(time.process_time() - cpu0, 4)
@@ -385,9 +385,9 @@ def child_backlog(cfg: dict[str, Any]) -> dict[str, Any]:
         for start in range(0, n, chunk):
             result = emitter.emit_many(records(start, min(n, start + chunk)))
             refused += len(result.refused)
-            inbox_peak = max(inbox_peak, emitter._pending())
+            inbox_peak = max(inbox_peak, emitter._intake.pending())
             if paced:
-                while emitter._inbox:
+                while emitter._intake.pending():
                     time.sleep(0.001)
             if not (start // chunk) % 10:
                 samples.append((start + chunk, proc_status()["VmRSS"]))

@@ -491,8 +491,8 @@ def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> N
     em = emitter(server, on_failure=failures.append)
     em.close(1)
     # Simulate an emit() that passed the closed check just before close() finished.
-    em._inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None, None))
-    em._drop_leftovers(em._spool)  # type: ignore[arg-type]
+    em._intake.inbox.append((CallbackRecord.from_dict(record(1)).fields(), "acme", None))  # type: ignore[attr-defined]
+    em._intake.close(em._dispatcher)
     assert em.stats().dropped == {"unsent_at_close": 1}
     assert [len(f.message_ids) for f in failures] == [1]
 

@@ -1,0 +1,128 @@
+"""Back-pressure: ``max_pending`` and ``on_full`` at ``emit``, and the encoder's wait
+while the spool is at ``max_spool_bytes``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from selligent_segment._errors import SpoolFull
+from selligent_segment._results import DeliveryFailure
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.spool._protocol import OnFull, Spool
+
+__all__ = ["Backpressure"]
+
+log = logging.getLogger("selligent_segment")
+
+#: Seconds between two ERROR lines about a full spool (or a spool that cannot be written).
+LOG_EVERY = 10.0
+
+
+class Backpressure:
+    """What ``emit`` does when ``max_pending`` records wait, and the encoder's wait while
+    the spool is at its size cap.
+
+    Guarantees: ``emit`` never waits here but with ``on_full="block"`` (up to
+    ``block_timeout``) or, for ``emit_many`` with a spool file, while the encoder moves
+    records into the file; a refused or dropped event is counted and reported; the log
+    says so at most once every :data:`LOG_EVERY` seconds, with the number of events.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        on_full: OnFull,
+        block_timeout: float,
+        max_spool_bytes: int,
+        counters: Counters,
+        report: Callable[[DeliveryFailure], None],
+    ) -> None:
+        self.max_pending = max_pending
+        self.on_full = on_full
+        self.block_timeout = block_timeout
+        self.max_spool_bytes = max_spool_bytes
+        self.counters = counters
+        self.report = report
+        #: Notified whenever records leave the inbox (room for ``emit``).
+        self.room = threading.Condition(threading.Lock())
+        #: True while the spool is at its size cap (the encoder holds its records).
+        self.at_cap = False
+        self._last_log = float("-inf")
+        self._full_since_log = 0
+
+    def notify(self) -> None:
+        """Records left the inbox: wake ``emit`` calls waiting for room."""
+        with self.room:
+            self.room.notify_all()
+
+    def wait_for_room(self, pending: Callable[[], int], tenant: str, n: int = 1) -> bool:
+        """``max_pending`` records wait: apply ``on_full`` to ``n`` events of ``tenant``.
+        True when there is room now (``block``); False when they are dropped
+        (``drop_newest``, counted and reported); raises SpoolFull otherwise."""
+        if self.on_full is OnFull.BLOCK:
+            with self.room:
+                if self.room.wait_for(lambda: pending() < self.max_pending, self.block_timeout):
+                    return True
+        self.counters.refuse("spool_full", n)
+        self._log_full(n)
+        if self.on_full is OnFull.DROP_NEWEST:
+            self.report(DeliveryFailure.spool_full(tenant))
+            return False
+        raise SpoolFull(f"{self.max_pending} events are waiting; the event was not accepted")
+
+    def wait_for_ingest(self, pending: Callable[[], int], closed: Callable[[], bool]) -> bool:
+        """With a spool file: wait while the encoder moves records into the file (a bulk
+        hand-over goes at the spool's pace); False when the spool is at its cap or the
+        emitter closed: then ``on_full`` decides."""
+        with self.room:
+            while pending() >= self.max_pending:
+                if self.at_cap or closed():
+                    return False
+                self.room.wait(0.5)
+        return True
+
+    def wait_for_spool_room(
+        self,
+        spool: Spool,
+        nbytes: int,
+        stopping: Callable[[], bool],
+        settled: threading.Condition,
+    ) -> None:
+        """Hold the encoder (never ``emit``) while the spool is at its size cap; wakes
+        when a request settles."""
+        while not spool.has_room(nbytes) and not stopping():
+            self.at_cap = True
+            self.notify()
+            self.log_rarely(
+                "selligent-segment: the spool is at its size cap (max_spool_bytes=%d); "
+                "accepted events wait in memory, up to max_pending=%d, then on_full=%s applies",
+                self.max_spool_bytes,
+                self.max_pending,
+                self.on_full.value,
+            )
+            with settled:
+                settled.wait(0.1)
+        self.at_cap = False
+
+    def log_rarely(self, message: str, *args: object) -> bool:
+        """Log ``message`` at ERROR unless such a line went out in the last
+        :data:`LOG_EVERY` seconds; True when it was logged."""
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY:
+            return False
+        log.error(message, *args)
+        self._last_log = now
+        return True
+
+    def _log_full(self, n: int) -> None:
+        self._full_since_log += n
+        if self.log_rarely(
+            "selligent-segment: spool full: %d events refused since the last report (policy %s)",
+            self._full_since_log,
+            self.on_full.value,
+        ):
+            self._full_since_log = 0

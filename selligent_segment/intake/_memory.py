@@ -1,0 +1,118 @@
+"""The memory intake: accepted records wait in a deque until the encoder maps them into
+the memory spool; what is left at close is reported ``unsent_at_close``."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._naming import EventNaming
+from selligent_segment._results import DeliveryFailure
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.intake._protocol import Accepted, Downstream
+from selligent_segment.spool._memory import MemorySpool
+
+__all__ = ["ENCODE_CHUNK", "MemoryIntake"]
+
+log = logging.getLogger("selligent_segment")
+
+#: Records the encoder maps in one step (and ``emit_many`` hands over at once).
+ENCODE_CHUNK = 512
+
+
+class MemoryIntake:
+    """Records in memory, then messages in a :class:`MemorySpool`; all lost with the
+    process, all reported at close. ``accept`` is a deque append."""
+
+    durable = False
+
+    def __init__(
+        self, *, max_spool_bytes: int, naming: EventNaming, downstream: Downstream
+    ) -> None:
+        self.spool = MemorySpool(max_spool_bytes)
+        self.inbox: deque[Accepted] = deque()
+        self.naming = naming
+        self.downstream = downstream
+
+    def pending(self) -> int:
+        return len(self.inbox)
+
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+        self.inbox.append((fields, tenant, now))
+
+    def accept_many(self, records: Sequence[Accepted]) -> None:
+        self.inbox.extend(records)
+
+    def step(self, stopping: Callable[[], bool]) -> None:
+        """Map and serialise up to a chunk of records into the spool."""
+        inbox = self.inbox
+        down = self.downstream
+        messages: list[EncodedMessage] = []
+        nbytes = 0
+        tenants: list[str] = []
+        naming = self.naming
+        while inbox and len(tenants) < ENCODE_CHUNK:
+            fields, tenant, now = inbox.popleft()
+            tenants.append(tenant)
+            try:
+                message = encode_fields(fields, tenant, naming, now)
+            except InvalidEvent as exc:
+                down.too_large(tenant, exc)
+                continue
+            messages.append(message)
+            nbytes += len(message.body)
+        down.counters.add_many("accepted", Counter(tenants))  # counted in C, not per event
+        down.backpressure.notify()
+        dispatcher = down.senders()
+        down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
+        self.spool.put_many(messages)
+        if messages:
+            touched = list({m.tenant: None for m in messages})
+            dispatcher.notify_put(touched, nbytes / len(messages))
+
+    def maintain(self) -> list[str]:
+        return []
+
+    def queued(self) -> dict[str, int]:
+        queued = dict(self.spool.stats().per_tenant)
+        for _, tenant, _ in list(self.inbox):
+            queued[tenant] = queued.get(tenant, 0) + 1
+        return queued
+
+    def mark_paused(self, tenant: str, reason: str | None) -> None:
+        """Nothing outside this process would see it."""
+
+    def close(self, dispatcher: Dispatcher) -> None:
+        """Report everything still held as ``unsent_at_close``: queued messages, batches
+        of requests still out (their late results then settle nothing), and records an
+        ``emit`` racing close() appended after the encoder stopped."""
+        left: dict[str, list[EncodedMessage]] = {}
+
+        def collect() -> None:
+            left.update(self.spool.take_all())
+
+        dispatcher.abandon(collect)
+        down = self.downstream
+        while self.inbox:
+            fields, tenant, now = self.inbox.popleft()
+            down.counters.add("accepted", tenant)
+            try:
+                message = encode_fields(fields, tenant, self.naming, now)
+            except InvalidEvent:
+                message = EncodedMessage(tenant, "", fields["type"], b"")
+            left.setdefault(tenant, []).append(message)
+        for tenant, messages in left.items():
+            down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
+            log.error(
+                "selligent-segment: tenant %s: %d events unsent at close (memory spool)",
+                shown(tenant),
+                len(messages),
+            )
+            down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+
+    def abandon(self) -> None:
+        """The parent keeps its records; the child's intake is a new one."""

@@ -1,0 +1,109 @@
+"""The :class:`Intake` protocol: where ``emit`` puts an accepted record, and how the
+encoder moves it into the spool. Two engines: memory (``_memory``) and the durable
+journal + SQLite file (``_journal``); a third (PostgreSQL) takes the same shape."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._results import DeliveryFailure
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.intake._backpressure import Backpressure
+from selligent_segment.spool._protocol import Spool
+
+__all__ = ["Accepted", "Downstream", "Intake"]
+
+log = logging.getLogger("selligent_segment")
+
+#: One accepted record: its normalised fields, its tenant, and the emit time (epoch
+#: seconds) when the record carries no timestamp of its own.
+Accepted = tuple[dict[str, Any], str, "float | None"]
+
+
+@attrs.define(eq=False)
+class Downstream:
+    """What an intake hands its work to: the counters, back-pressure, the senders (set
+    once they exist) and the ``on_failure`` report."""
+
+    counters: Counters
+    backpressure: Backpressure
+    report: Callable[[DeliveryFailure], None]
+    dispatcher: Dispatcher | None = None
+
+    def senders(self) -> Dispatcher:
+        assert self.dispatcher is not None, "the dispatcher is attached before any work"
+        return self.dispatcher
+
+    def too_large(self, tenant: str, exc: InvalidEvent) -> None:
+        """Count and report an event whose message would be over 32 KB."""
+        self.counters.add_reason("rejected", tenant, "too_large")
+        log.error("selligent-segment: tenant %s: event refused: %s", shown(tenant), exc)
+        self.report(DeliveryFailure.too_large(tenant, str(exc)))
+
+
+class Intake(Protocol):
+    """Accepted records on their way into the spool. ``accept``/``accept_many`` run in the
+    caller's thread and never wait on the network or on a lock held across I/O; ``step``
+    and ``maintain`` run in the encoder thread."""
+
+    @property
+    def spool(self) -> Spool:
+        """The spool the senders lease from."""
+        ...
+
+    @property
+    def durable(self) -> bool:
+        """True when a record is durable once accepted (then ``emit_many`` waits for the
+        encoder instead of applying ``on_full``, and the encoder yields to bulk calls)."""
+        ...
+
+    def pending(self) -> int:
+        """Accepted records not moved into the spool yet."""
+        ...
+
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+        """Take one validated record."""
+        ...
+
+    def accept_many(self, records: Sequence[Accepted]) -> None:
+        """Take validated records, in order (one journal write with a spool file)."""
+        ...
+
+    def step(self, stopping: Callable[[], bool]) -> None:
+        """Encoder thread: move up to a chunk of records into the spool."""
+        ...
+
+    def maintain(self) -> list[str]:
+        """Encoder thread, about once a second: upkeep of the spool; the tenants that got
+        messages from it (e.g. what a dead process left)."""
+        ...
+
+    def queued(self) -> dict[str, int]:
+        """Records waiting per tenant: in the intake and in the spool."""
+        ...
+
+    def mark_paused(self, tenant: str, reason: str | None) -> None:
+        """Record (or clear, with None) that ``tenant`` is paused, where others can see it."""
+        ...
+
+    def close(self, dispatcher: Dispatcher) -> None:
+        """The senders stopped: settle what is left (report it, or keep it for the next
+        start) and release the spool."""
+        ...
+
+    def abandon(self) -> None:
+        """In a forked child: drop what belongs to the parent without touching it."""
+        ...
+
+
+def notify_settled(condition: threading.Condition) -> None:
+    """Wake whoever waits for the pipeline to settle (``flush``)."""
+    with condition:
+        condition.notify_all()
