@@ -93,6 +93,7 @@ def test_flush_delivers_what_a_spool_holds_and_empties_it(
     assert "key-acme" not in done.stderr + done.stdout
 
 
+@pytest.mark.slow
 def test_flush_names_a_tenant_whose_key_is_refused_and_keeps_its_events(
     tmp_path: Path, server: LocalSegment, keys_file: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_spool_status_of_a_foreign_file_exits_2_and_leaves_it(tmp_path: Path) ->
     assert foreign.read_text() == "not a database\n"
 
 
+@pytest.mark.slow
 def test_dead_letters_list_requeue_purge(
     tmp_path: Path, server: LocalSegment, keys_file: Path
 ) -> None:
@@ -256,6 +258,7 @@ def test_help_documents_exit_codes() -> None:
         assert "exit status" in shown.stdout
 
 
+@pytest.mark.slow
 def test_demo_verifies_every_event_and_exits_0() -> None:
     done = cli("demo")
     assert done.returncode == 0, done.stderr

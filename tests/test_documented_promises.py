@@ -115,6 +115,7 @@ def test_a_record_without_tenant_is_an_invalid_event_with_any_write_keys(keys: A
     assert info.value.field == "tenant"
 
 
+@pytest.mark.slow
 def test_emit_returns_while_a_request_hangs_on_the_network() -> None:
     """delivery.md: `emit` "never waits on the network"."""
     with LocalSegment(faults=FaultPlan(script=[Fault.latency(4.0)])) as server:
@@ -654,6 +655,7 @@ def test_threads_start_at_the_first_emit_or_with_a_spool_file_at_construction(
 # -- Counters ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_at_a_quiet_moment_accepted_is_delivered_rejected_dropped_and_queued(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -694,6 +696,7 @@ def test_at_a_quiet_moment_accepted_is_delivered_rejected_dropped_and_queued(
 # -- Secrets and personal data ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_log_lines_at_info_and_above_show_no_email_address_and_no_key(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -819,6 +822,7 @@ def test_with_a_spool_file_a_batch_past_its_retry_budget_becomes_a_requeueable_d
     assert server.message_ids() == {encode(record(1)).message_id}
 
 
+@pytest.mark.slow
 def test_close_with_a_request_out_leaves_its_batch_in_the_file_for_the_next_start(
     tmp_path: Path,
 ) -> None:
@@ -914,6 +918,7 @@ def keys_file(tmp_path: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_the_console_script_and_python_m_are_the_same_command() -> None:
     """operations.md: "`python -m selligent_segment` is the same command" as
     `selligent-segment`."""
@@ -1019,6 +1024,7 @@ def test_a_record_without_event_id_and_timestamp_keeps_its_id_when_sent_again(
     assert before - 0.001 <= epoch(event["timestamp"]) <= after
 
 
+@pytest.mark.slow
 def test_flush_stops_when_only_paused_tenants_are_left(tmp_path: Path, keys_file: str) -> None:
     """operations.md, `flush`: "It stops when nothing deliverable is left, when only paused
     tenants (key refused or missing) are left, or after `--timeout` seconds" (here long
@@ -1173,6 +1179,7 @@ def test_dead_letters_reason_matches_the_start_of_the_reason(tmp_path: Path) -> 
         assert len(json.loads(listed.stdout)) == count, reason
 
 
+@pytest.mark.slow
 def test_running_emitters_pick_up_requeued_dead_letters_within_seconds(
     tmp_path: Path, server: LocalSegment
 ) -> None:

@@ -305,6 +305,7 @@ def _kill_at_random_moment(rng: random.Random, worker: Worker) -> str:
 # -- one process, killed again and again ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_sigkill_at_random_moments_loses_no_accepted_event(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
@@ -334,6 +335,7 @@ def test_sigkill_at_random_moments_loses_no_accepted_event(
 # -- several processes, one file ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_survivor_delivers_what_killed_workers_sharing_its_spool_accepted(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
@@ -380,6 +382,7 @@ def test_survivor_delivers_what_killed_workers_sharing_its_spool_accepted(
     assert_spool_drained(spool)
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_next_start_delivers_what_all_killed_workers_accepted(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
@@ -410,6 +413,7 @@ def test_next_start_delivers_what_all_killed_workers_accepted(
     assert_spool_drained(spool)
 
 
+@pytest.mark.slow
 def test_a_new_process_replays_a_journal_nobody_ingested(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
 ) -> None:
@@ -449,6 +453,7 @@ def test_a_new_process_replays_a_journal_nobody_ingested(
 # -- a long outage --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_outage_backlog_stays_on_disk_and_drains_fairly_when_segment_returns(
     tmp_path: Path, spawn: Callable[[dict[str, Any]], Worker]
 ) -> None:

@@ -274,6 +274,7 @@ def test_the_pytest_example_passes() -> None:
     assert "5 passed" in result.stdout
 
 
+@pytest.mark.slow
 def test_the_top_level_test_run_does_not_collect_the_examples() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],

@@ -80,6 +80,7 @@ def _term_at_random_moment(rng: random.Random, worker: Worker) -> str:
     return moment
 
 
+@pytest.mark.slow
 def test_random_sigkill_and_sigterm_of_processes_sharing_a_spool_lose_nothing(
     tmp_path: Path,
     spawn: Callable[[dict[str, Any]], Worker],  # noqa: F811 - the fixture imported above
@@ -128,6 +129,7 @@ def _memory_app_id(i: int) -> str:
     return message_id({**rec, "event_id": str(i)})
 
 
+@pytest.mark.slow
 def test_sigterm_during_delivery_with_the_memory_spool_reports_what_it_did_not_send(
     tmp_path: Path,
 ) -> None:

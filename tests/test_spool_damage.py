@@ -203,6 +203,7 @@ def _damaged_spool(tmp_path: Path, name: str = "messages") -> tuple[Path, bytes]
 # -- item: a damaged page in the spool file --------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_a_damaged_page_is_a_spool_error_naming_the_file_not_a_raw_sqlite_error(
     tmp_path: Path,
@@ -226,6 +227,7 @@ def test_a_damaged_page_is_a_spool_error_naming_the_file_not_a_raw_sqlite_error(
         em.close(0)
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_senders_on_a_damaged_file_say_so_once_without_tracebacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -405,6 +407,7 @@ _EMITTER_IN_A_CHILD = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("read_only", ["directory", "file"])
 def test_a_healthy_spool_this_user_may_not_write_is_called_not_writable_and_can_be_read(
     tmp_path: Path, read_only: str
