@@ -176,9 +176,11 @@ def test_a_record_without_timestamp_gets_the_time_of_the_emit_call(tmp_path: Pat
 
 
 def test_the_options_table_gives_the_defaults_of_the_code() -> None:
-    """delivery.md, Options: the defaults column (region "us", spool "memory", 256 MiB,
-    100,000, "raise", 1.0 s, 2 threads, 50 requests/s, 15 s, 5 s, True; the batch policy's
-    2500 messages, 500_000 bytes, 0.1 s linger, no gzip)."""
+    """Pins the defaults of ``EmitterConfig`` (which ``Emitter``'s signature reads, and
+    which docs/reference.md renders from the code for delivery.md's Options): region "us",
+    spool "memory", 256 MiB, 100,000, "raise", 1.0 s, 2 threads, 50 requests/s, 15 s, 5 s,
+    True; the batch policy's 2500 messages, 500_000 bytes, 0.1 s linger, no gzip. A change
+    of default fails here first, so it is made on purpose."""
     defaults = {
         name: p.default
         for name, p in inspect.signature(Emitter).parameters.items()
