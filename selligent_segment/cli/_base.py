@@ -1,5 +1,6 @@
-"""What every ``selligent-segment`` command shares: the Command record, exit codes,
-usage errors, and the delivery and spool options with the Emitter they describe."""
+"""What every ``selligent-segment`` command shares: the Command record, exit statuses,
+usage errors, the delivery and spool options with the Emitter and the spool file they
+describe, and printing JSON for scripts."""
 
 from __future__ import annotations
 
@@ -139,6 +140,19 @@ def check_spool(spool: str) -> None:
             file.check()
     except (ConfigurationError, SpoolError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def open_spool(args: argparse.Namespace) -> SpoolFile:
+    """The spool file ``--spool`` names, which must exist; UsageError when it cannot be used."""
+    try:
+        return SpoolFile(args.spool)
+    except SpoolError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def print_json(obj: object) -> None:
+    """Print ``obj`` on stdout as indented JSON (the ``--json`` output of the commands)."""
+    sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def add_spool_option(parser: argparse.ArgumentParser) -> None:

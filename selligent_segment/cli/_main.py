@@ -48,9 +48,12 @@ from selligent_segment.cli._base import (
     emitter_from_args,
     err,
 )
+from selligent_segment.cli._dead_letters import DEAD_LETTERS
+from selligent_segment.cli._demo import DEMO
+from selligent_segment.cli._flush import FLUSH
 from selligent_segment.cli._progress import Progress, human_bytes
 from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
-from selligent_segment.cli._spool import DEAD_LETTERS, DEMO, FLUSH, SPOOL
+from selligent_segment.cli._status import SPOOL
 from selligent_segment.delivery._stats import Stats, TenantStats
 
 _TOP_EPILOG = """exit status (see each command's --help for details):

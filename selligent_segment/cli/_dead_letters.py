@@ -1,0 +1,118 @@
+"""``selligent-segment dead-letters list|requeue|purge``: the dead letters of a spool
+file, listed, sent again or deleted."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from selligent_segment._errors import SelligentSegmentError
+from selligent_segment.cli._base import (
+    EXIT_OK,
+    EXIT_USAGE,
+    Command,
+    UsageError,
+    add_spool_option,
+    err,
+    open_spool,
+    print_json,
+)
+from selligent_segment.spool._file import DeadLetter
+
+__all__ = ["DEAD_LETTERS"]
+
+
+_DEAD_EPILOG = """\
+Dead letters are messages Segment refused for good (400/413/422: reason 'rejected'),
+batches given up after the retry budget ('retries_exhausted'), records too large to
+send ('too_large'), and what could not be read back from a journal ('unreadable ...':
+a damaged record, or damaged journal bytes kept raw). They stay in the spool file until
+requeued or purged. --reason matches the start of the reason, e.g. --reason rejected.
+`list` works on a file this user may read but not write; requeue and purge say why not.
+
+  list     print them (oldest first), with --json the whole message bodies too
+  requeue  put them back in their tenants' queues, same messageId; running emitters pick
+           them up within seconds, or run `selligent-segment flush`
+  purge    delete them for good; without a filter, --all is required
+
+exit status:
+  0  done (also when nothing matched)
+  2  usage error, or the spool file is missing or unusable
+"""
+
+
+def _configure_dead_letters(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "print dead letters"),
+        ("requeue", "send dead letters again"),
+        ("purge", "delete dead letters"),
+    ):
+        child = sub.add_parser(action, help=text)
+        add_spool_option(child)
+        child.add_argument("--tenant", help="only this tenant's")
+        child.add_argument("--reason", help="only those whose reason starts with this")
+        child.add_argument("--json", action="store_true", help="print JSON for scripts")
+        if action == "list":
+            child.add_argument("--limit", type=int, help="at most this many")
+        else:
+            child.add_argument(
+                "--id", type=int, action="append", dest="ids", help="only this id (repeatable)"
+            )
+        if action == "purge":
+            child.add_argument("--all", action="store_true", help="purge with no filter")
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _print_letters(letters: Sequence[DeadLetter]) -> None:
+    for d in letters:
+        status = d.status if d.status is not None else "-"
+        print(f"{d.id}\t{d.tenant}\t{d.kind}\t{_when(d.failed_at)}\t{status}\t{d.reason}")
+    print(f"{len(letters)} dead letters", file=sys.stderr)
+
+
+def _run_dead_letters(args: argparse.Namespace) -> int:
+    try:
+        with open_spool(args) as spool:
+            if args.action == "list":
+                letters = spool.dead_letters(
+                    tenant=args.tenant, reason=args.reason, limit=args.limit
+                )
+                if args.json:
+                    print_json([d.to_dict() for d in letters])
+                else:
+                    _print_letters(letters)
+                return EXIT_OK
+            filters = {"tenant": args.tenant, "reason": args.reason, "ids": args.ids}
+            if (
+                args.action == "purge"
+                and not args.all
+                and not any(v is not None for v in filters.values())
+            ):
+                raise UsageError("purge without --tenant, --reason or --id needs --all")
+            act = spool.requeue if args.action == "requeue" else spool.purge
+            count = act(**filters)
+    except (UsageError, SelligentSegmentError) as exc:
+        err(f"selligent-segment dead-letters {args.action}: {exc}")
+        return EXIT_USAGE
+    verb = "requeued" if args.action == "requeue" else "purged"
+    if args.json:
+        print_json({verb: count})
+    else:
+        print(f"{count} dead letters {verb}")
+    return EXIT_OK
+
+
+DEAD_LETTERS = Command(
+    name="dead-letters",
+    help="list, requeue or purge dead letters",
+    description="List, requeue or purge the dead letters of a spool file.",
+    epilog=_DEAD_EPILOG,
+    configure=_configure_dead_letters,
+    run=_run_dead_letters,
+)
