@@ -8,6 +8,12 @@ Ready tenants wait in one round-robin queue, so a tenant with a million queued e
 sends one batch and then goes to the back of the line: it cannot starve the others. No
 lock is held across a request.
 
+Time is read, and timed waits are made, through ``self.clock`` (a
+:class:`~selligent_segment._clock.Clock`): the system's by default, a
+:class:`~selligent_segment.testing.FakeClock` in tests, which then decide when timers,
+linger, backoff, server pacing and the rate buckets come due. Only :meth:`Dispatcher.stop`
+bounds its thread joins on the wall clock.
+
 A batch refused as a whole (400, 413, 422) is bisected through the same scheduler: each
 half is a turn of its own, so the rate cap and the round-robin apply to bisection
 requests too, and the outcome is logged once per refused batch, not once per message.
@@ -210,7 +216,7 @@ class Dispatcher:
 
     def notify_put(self, tenants: Sequence[str], mean_size: float = 0.0) -> None:
         """Tell the senders that ``tenants`` have new messages (of ``mean_size`` bytes)."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if mean_size:
             by_bytes = int(self.batch.max_bytes // (mean_size + 1))
             self.full_at = max(1, min(self.batch.max_messages, by_bytes))
@@ -229,7 +235,7 @@ class Dispatcher:
 
     def start_flush(self) -> None:
         """Send lingering batches now, until :meth:`end_flush`."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.cv:
             self.flushing += 1
             for state in self._tenants.values():
@@ -242,7 +248,7 @@ class Dispatcher:
 
     def resume(self, tenant: str) -> None:
         """Unpause ``tenant`` (its key was replaced) and send its backlog now."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.cv:
             state = self._state(tenant)
             state.resumes += 1
@@ -267,7 +273,7 @@ class Dispatcher:
     def _next_tenant(self) -> _Tenant | None:
         with self.cv:
             while True:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 while self._timers and self._timers[0][0] <= now:
                     _, _, name, gen = heapq.heappop(self._timers)
                     if self._tenants[name].gen == gen:
@@ -284,7 +290,7 @@ class Dispatcher:
                 if self._stopping:
                     return None
                 timeout = self._timers[0][0] - now if self._timers else None
-                self.cv.wait(timeout)
+                self.clock.wait(self.cv, timeout)
 
     # -- threads -----------------------------------------------------------------------
 
@@ -307,6 +313,8 @@ class Dispatcher:
             self._stopping = True
             self.cv.notify_all()
             threads, self._threads = self._threads, []
+        # Joining threads is a wait on the wall clock, whatever clock schedules the turns:
+        # on a fake clock that never moves, each join would get the whole timeout.
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in threads:
             if thread is not threading.current_thread():
@@ -329,7 +337,7 @@ class Dispatcher:
     def _log_spool_error(self, exc: SpoolError) -> None:
         """One ERROR line per distinct spool error, then at most one every
         :data:`SPOOL_ERROR_EVERY` seconds while it lasts."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         text = str(exc)
         with self.cv:
             if text == self._spool_error and now - self._spool_error_at < SPOOL_ERROR_EVERY:
@@ -366,7 +374,7 @@ class Dispatcher:
                 self._finish(state)
                 return
             lease, messages = leased, leased.messages
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.cv:
             seen, retries, resumes = state.failures, state.retries, state.resumes
             if self.max_in_flight > 1:
@@ -456,7 +464,7 @@ class Dispatcher:
         (nothing taken) when that bucket is empty."""
         if not self.rate:
             return True
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.cv:
             bucket = self._buckets.get(tag)
             if bucket is None:
@@ -631,7 +639,7 @@ class Dispatcher:
 
     def _finish(self, state: _Tenant, delay: float = 0.0) -> None:
         """End one turn of ``state``; with ``delay``, its next turn waits that long."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.cv:
             state.in_flight = max(0, state.in_flight - 1)
             if delay:
