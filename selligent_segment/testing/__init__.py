@@ -26,6 +26,10 @@ Faults (:class:`Fault`, :class:`FaultPlan`) inject status codes (with ``Retry-Af
 globally or per write key; :meth:`LocalSegment.outage` fails every request until
 :meth:`LocalSegment.end_outage`.
 
+Without sockets: :class:`MockTransport` answers every batch from a function
+(``Emitter(transport=MockTransport(handler))``) and :class:`FakeClock` makes the senders'
+time a test's to move (``Emitter(clock=FakeClock())``); see ``docs/testing.md``.
+
 Use in pytest: add ``from selligent_segment.testing import local_segment  # noqa: F401`` to a
 ``conftest.py``, or ``pytest_plugins = ["selligent_segment.testing"]`` in the root
 ``conftest.py``; then request the ``local_segment`` fixture (a started :class:`LocalSegment`
@@ -75,6 +79,13 @@ from selligent_segment._limits import (
     MAX_MESSAGE_BYTES,
 )
 from selligent_segment._limits import MAX_MESSAGE_ID_CHARS as LIMIT_MESSAGE_ID_CHARS
+from selligent_segment.testing._fake_clock import FakeClock
+from selligent_segment.testing._mock_transport import (
+    Handler,
+    MockRequest,
+    MockResponse,
+    MockTransport,
+)
 
 if __name__ != "__main__":
     try:
@@ -90,10 +101,15 @@ __all__ = [
     "MAX_MESSAGE_ID_CHARS",
     "MAX_REQUEST_BYTES",
     "DroppedEvent",
+    "FakeClock",
     "Fault",
     "FaultLike",
     "FaultPlan",
+    "Handler",
     "LocalSegment",
+    "MockRequest",
+    "MockResponse",
+    "MockTransport",
     "RecordedRequest",
     "main",
 ]
