@@ -1,0 +1,74 @@
+"""The ``--rejects`` file of ``send``: the invalid records exactly as they were read (a CSV
+header first), and beside it ``FILE.reasons``, one ``FILE:LINE: field: reason`` a record."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import BinaryIO, TextIO
+
+from selligent_segment.cli._base import UsageError
+from selligent_segment.cli._reader import Input, Line
+
+__all__ = ["Rejects"]
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class Rejects:
+    """The ``--rejects`` file (invalid records, untouched) and its ``.reasons`` file."""
+
+    def __init__(self, path: str, inputs: Sequence[Input]) -> None:
+        formats = {i.format for i in inputs}
+        if len(formats) > 1:
+            raise UsageError(
+                "--rejects: the inputs mix JSON Lines and CSV; send them in separate runs"
+            )
+        headers = {i.columns for i in inputs if i.columns is not None}
+        if len(headers) > 1:
+            raise UsageError(
+                "--rejects: the CSV inputs have different headers; send them in separate runs"
+            )
+        self.path = path
+        self.reasons_path = path + ".reasons"
+        for i in inputs:
+            if i.path != "-" and (
+                _same_file(i.path, path) or _same_file(i.path, self.reasons_path)
+            ):
+                raise UsageError(f"--rejects {path}: is also an input; choose another file")
+        self._header = next((i.header for i in inputs if i.header is not None), None)
+        try:
+            self._data: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise UsageError(f"--rejects {path}: cannot write: {exc.strerror or exc}") from None
+        try:
+            self._reasons: TextIO = open(  # noqa: SIM115 - closed in close()
+                self.reasons_path, "w", encoding="utf-8"
+            )
+        except OSError as exc:
+            self._data.close()
+            raise UsageError(
+                f"--rejects {self.reasons_path}: cannot write: {exc.strerror or exc}"
+            ) from None
+        self.count = 0
+        self._line = 1
+
+    def add(self, line: Line, error: Exception) -> None:
+        if self.count == 0 and self._header is not None:
+            header = self._header if self._header.endswith(b"\n") else self._header + b"\n"
+            self._data.write(header)
+            self._line += header.count(b"\n")
+        raw = line.raw if line.raw.endswith(b"\n") else line.raw + b"\n"
+        self._data.write(raw)
+        self._reasons.write(f"{self.path}:{self._line}: {error} (from {line.where})\n")
+        self._line += raw.count(b"\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._data.close()
+        self._reasons.close()

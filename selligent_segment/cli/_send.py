@@ -1,0 +1,433 @@
+"""``selligent-segment send``: read callback records from JSON Lines or CSV inputs, refuse
+the invalid ones with FILE:LINE (and set them aside with ``--rejects``), print the valid
+ones (``--dry-run``) or deliver them, then say what happened and exit with its status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from selligent_segment._emitter import Emitter
+from selligent_segment._errors import (
+    EmitterClosed,
+    InvalidEvent,
+    SpoolError,
+    SpoolFull,
+    UnknownTenant,
+    shown,
+)
+from selligent_segment._mapping import encode
+from selligent_segment._naming import EventNaming
+from selligent_segment.cli._base import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+    PROG,
+    Command,
+    UsageError,
+    add_delivery_options,
+    add_spool_option,
+    emitter_from_args,
+    err,
+)
+from selligent_segment.cli._progress import Progress, human_bytes
+from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
+from selligent_segment.cli._rejects import Rejects
+from selligent_segment.delivery._stats import Stats, TenantStats
+
+__all__ = ["SEND"]
+
+
+_SEND_DESCRIPTION = """\
+Read callback records and send each as one Segment track message (or print the messages
+with --dry-run). Made for backfills: invalid records are reported and skipped (and, with
+--rejects, set aside for fixing), the rest go through.
+
+FILE may be '-' for standard input. Formats, chosen per FILE by its name (or for every
+FILE by --format):
+  JSON Lines  one record object per line: .jsonl, .ndjson, .json, '-' and any other name
+  CSV         .csv: a header row naming record fields (type, tenant, email, ...); every cell
+              is text, a blank cell means "absent", the 'properties' cell holds a JSON object
+"""
+
+_SEND_EPILOG = """\
+rejects:
+  --rejects FILE writes every invalid record there exactly as it was read (JSON Lines: the
+  raw lines; CSV: the header, then the raw rows), and FILE.reasons gets one line per
+  record, FILE:LINE: field: reason (from INPUT:LINE). Fix FILE and send it again.
+
+re-running is safe:
+  each record's messageId is derived from its tenant, kind and event_id (or its content),
+  so sending the same file again gives the same ids and Segment drops the copies it
+  already received (it deduplicates on messageId within about a day). After an
+  interruption or exit status 3, run the same command again to resume.
+
+progress and summary:
+  a progress bar is drawn on stderr when stderr is a terminal (with --dry-run, only when
+  stdout is redirected); a closing summary (records read, valid, invalid; accepted and
+  delivered per tenant when sending) ends on stderr. --quiet keeps only the errors.
+
+exit status:
+  0  every record was valid (and, when sending, delivered)
+  1  some records were invalid: reported on stderr as FILE:LINE: field: reason
+  2  usage error, an input (or its CSV header) could not be read, or the spool file is
+     unusable: foreign, newer, corrupt or not writable (one line names it and the reason)
+  3  some valid records were not delivered (the tenants are named, never their keys);
+     takes precedence over 1
+  130  interrupted (Ctrl-C): the summary says what was delivered; re-run to resume
+  143  terminated (SIGTERM): the same as 130, for a deploy or a supervisor
+"""
+
+
+def _configure_send(send: argparse.ArgumentParser) -> None:
+    send.add_argument("files", nargs="+", metavar="FILE")
+    send.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print one track message per valid record as a JSON line on stdout; send nothing",
+    )
+    send.add_argument(
+        "--format",
+        choices=[f.value for f in Format],
+        help="read every FILE in this format (default: by file name; '-' is jsonl)",
+    )
+    send.add_argument(
+        "--rejects",
+        metavar="FILE",
+        help="write the invalid records there, untouched, and their reasons to FILE.reasons",
+    )
+    send.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no summary; only errors"
+    )
+    add_spool_option(send)
+    add_delivery_options(send)
+
+
+def _open_inputs(paths: Sequence[str], fmt: Format | None) -> list[Input]:
+    """Open every input up front (CSV headers checked), so nothing is sent when one of
+    them cannot be read. Raises OSError or HeaderError."""
+    return [Input(path, format_for(path, fmt)).open() for path in paths]
+
+
+# A record whose input text is under this many bytes cannot make a message over Segment's
+# 32 KB: a message is at most its fields' text escaped (at most 6 bytes per input byte),
+# the email twice, field names and a constant envelope. Longer records are encoded once
+# in the command, so that an oversized one is refused with its FILE:LINE.
+_SURELY_SMALL = 3072
+
+
+class _Sink:
+    """Where valid records go: printed (dry run) or emitted."""
+
+    def take(self, line: Line) -> None:
+        """Raises InvalidEvent or UnknownTenant for a record that cannot be taken."""
+        raise NotImplementedError
+
+    def detail(self) -> str:
+        return ""
+
+
+class _Printer(_Sink):
+    def __init__(self, naming: EventNaming) -> None:
+        self._naming = naming
+        self._out = sys.stdout.buffer
+
+    def take(self, line: Line) -> None:
+        assert line.record is not None
+        self._out.write(encode(line.record, naming=self._naming).body + b"\n")
+
+    def close(self) -> None:
+        self._out.flush()
+
+
+class _Deliverer(_Sink):
+    def __init__(self, emitter: Emitter, naming: EventNaming) -> None:
+        self.emitter = emitter
+        self._naming = naming
+        self.emitted = 0
+        self.not_accepted: dict[str, int] = {}
+
+    def take(self, line: Line) -> None:
+        record = line.record
+        assert record is not None
+        if len(line.raw) >= _SURELY_SMALL:
+            encode(record, naming=self._naming)  # raises InvalidEvent when over 32 KB
+        try:
+            accepted = self.emitter.emit(record)
+        except (SpoolFull, EmitterClosed):
+            accepted = False
+        if accepted:
+            self.emitted += 1
+        else:
+            tenant = record.tenant or "default"
+            self.not_accepted[tenant] = self.not_accepted.get(tenant, 0) + 1
+
+    def detail(self) -> str:
+        return f"  {self.emitter.stats().delivered:,} delivered"
+
+
+class _Send:
+    """One run of ``send``: reading, reporting, and the closing summary."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.naming = EventNaming(profile=args.profile)
+        self.read = 0
+        self.invalid = 0
+        self.rejects: Rejects | None = None
+        self.inputs: list[Input] = []
+        enabled = False
+        if not args.quiet and _isatty(sys.stderr):
+            enabled = not (args.dry_run and _isatty(sys.stdout))
+        self.progress = Progress(sys.stderr, enabled=enabled)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def refuse(self, line: Line, error: Exception) -> None:
+        self.invalid += 1
+        self.progress.message(f"{line.where}: {error}")
+        if self.rejects is not None:
+            self.rejects.add(line, error)
+
+    def read_all(self, sink: _Sink) -> None:
+        """Every record of every input into ``sink``; invalid ones refused.
+
+        Raises OSError or HeaderError when an input fails while it is read.
+        """
+        total = _total_size(self.inputs)
+        done_before = 0
+        for source in self.inputs:
+            for line in source:
+                self.read += 1
+                if line.error is not None:
+                    self.refuse(line, line.error)
+                else:
+                    try:
+                        sink.take(line)
+                    except InvalidEvent as exc:
+                        self.refuse(line, exc)
+                    except UnknownTenant as exc:
+                        reason = f"no write key configured for {shown(exc.tenant)}"
+                        self.refuse(line, InvalidEvent("tenant", reason))
+                if self.progress.due():
+                    self._show_reading(done_before + source.bytes_read, total, sink)
+            done_before += source.bytes_read
+
+    def _show_reading(self, done: int, total: int | None, sink: _Sink) -> None:
+        size = human_bytes(done) + (f"/{human_bytes(total)}" if total else "")
+        detail = f"{size}  {self.read:,} records  {self.invalid:,} invalid{sink.detail()}"
+        self.progress.show("reading", done, total, detail)
+
+    @property
+    def valid(self) -> int:
+        return self.read - self.invalid
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        args = self.args
+        try:
+            emitter = None
+            failed: set[str] = set()
+            if not args.dry_run:
+                emitter = emitter_from_args(args, self.naming, failed)
+            try:
+                self.inputs = _open_inputs(args.files, Format(args.format) if args.format else None)
+                if args.rejects:
+                    self.rejects = Rejects(args.rejects, self.inputs)
+            except BaseException:
+                if emitter is not None:
+                    emitter.close(0)
+                raise
+        except UsageError as exc:
+            err(f"{PROG}: send: {exc}")
+            return EXIT_USAGE
+        except HeaderError as exc:
+            err(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:
+            err(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            err(f"{PROG}: interrupted before anything was sent")
+            return EXIT_INTERRUPTED
+        try:
+            if emitter is None:
+                return self._dry_run()
+            return self._deliver(emitter, failed)
+        finally:
+            self.progress.close()
+            if self.rejects is not None:
+                self.rejects.close()
+
+    def _read_reporting_failures(self, sink: _Sink) -> int | None:
+        """Read everything; an exit status when reading stopped early, else None."""
+        try:
+            self.read_all(sink)
+        except HeaderError as exc:
+            self.progress.message(str(exc))
+            return EXIT_USAGE
+        except OSError as exc:
+            self.progress.message(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            self.progress.message(f"{PROG}: interrupted while reading")
+            return EXIT_INTERRUPTED
+        except SpoolError as exc:  # the spool file became unusable: stop, say why
+            self.progress.message(f"{PROG}: send: {exc}")
+            return EXIT_USAGE
+        return None
+
+    def _dry_run(self) -> int:
+        printer = _Printer(self.naming)
+        try:
+            stopped = self._read_reporting_failures(printer)
+        finally:
+            printer.close()
+        self.progress.close()
+        self._summary_of_reading()
+        if stopped is not None:
+            return stopped
+        return EXIT_INVALID if self.invalid else EXIT_OK
+
+    def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
+        sink = _Deliverer(emitter, self.naming)
+        try:
+            stopped = self._read_reporting_failures(sink)
+            if stopped is None or stopped == EXIT_USAGE:
+                try:
+                    self._wait(sink)
+                except KeyboardInterrupt:
+                    self.progress.message(f"{PROG}: interrupted while delivering")
+                    stopped = EXIT_INTERRUPTED
+                except SpoolError as exc:
+                    self.progress.message(f"{PROG}: send: {exc}")
+                    stopped = EXIT_USAGE
+        finally:
+            emitter.close(0)
+        self.progress.close()
+        self._summary_of_reading()
+        stats = emitter.stats()
+        undelivered = self._summary_of_delivery(sink, stats, failed)
+        if stopped == EXIT_INTERRUPTED:
+            err(
+                f"{PROG}: re-run the same command to resume: events already delivered "
+                "keep their messageId and are dropped by Segment as duplicates"
+            )
+            return stopped
+        if stopped is not None:
+            return stopped
+        if undelivered:
+            return EXIT_UNDELIVERED
+        return EXIT_INVALID if self.invalid else EXIT_OK
+
+    def _wait(self, sink: _Deliverer) -> None:
+        """Wait for delivery, but not for tenants that are paused (refused key): their
+        events cannot go until the key changes."""
+        emitter = sink.emitter
+        deadline = time.monotonic() + self.args.timeout
+        while not emitter.flush(0.2) and time.monotonic() < deadline:
+            stats = emitter.stats()
+            if self.progress.due():
+                detail = f"{stats.delivered:,}/{sink.emitted:,} delivered"
+                self.progress.show("sending", stats.delivered, sink.emitted, detail)
+            waiting = [t for t, n in _queued(stats).items() if n]
+            if waiting and all(stats.tenants[t].paused for t in waiting):
+                break
+
+    # -- summary ---------------------------------------------------------------------
+
+    def _summary_of_reading(self) -> None:
+        if self.args.quiet:
+            return
+        files = len(self.inputs)
+        err(
+            f"{PROG}: read {self.read:,} records from {files} input{'s' if files != 1 else ''}"
+            f": {self.valid:,} valid, {self.invalid:,} invalid"
+        )
+        if self.rejects is not None and self.rejects.count:
+            err(
+                f"{PROG}: {self.rejects.count:,} invalid records written to "
+                f"{self.rejects.path}, their reasons to {self.rejects.reasons_path}"
+            )
+
+    def _summary_of_delivery(self, sink: _Deliverer, stats: Stats, failed: set[str]) -> int:
+        """Print what was delivered; returns the number of events not delivered."""
+        refused = sum(sink.not_accepted.values())
+        undelivered = stats.accepted - stats.delivered + refused
+        if not self.args.quiet:
+            err(
+                f"{PROG}: {sink.emitted:,} events accepted, {stats.delivered:,} delivered, "
+                f"{undelivered:,} not delivered"
+            )
+            tenants = sorted(set(stats.tenants) | set(sink.not_accepted))
+            if tenants:
+                err(_tenant_table(tenants, stats, sink.not_accepted))
+        if undelivered:
+            queued = {t for t, n in _queued(stats).items() if n}
+            for tenant in sorted(failed | queued | set(sink.not_accepted)):
+                detail = stats.tenants.get(tenant)
+                why = _why(detail, sink.not_accepted.get(tenant, 0))
+                err(f"{PROG}: tenant {shown(tenant)}: {why}")
+        return undelivered
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def _total_size(inputs: Sequence[Input]) -> int | None:
+    sizes = [i.size for i in inputs]
+    return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
+
+
+def _tenant_table(tenants: Sequence[str], stats: Stats, not_accepted: dict[str, int]) -> str:
+    rows = [("tenant", "accepted", "delivered", "not delivered")]
+    for tenant in tenants:
+        detail = stats.tenants.get(tenant, TenantStats())
+        missing = detail.accepted - detail.delivered + not_accepted.get(tenant, 0)
+        rows.append((tenant, f"{detail.accepted:,}", f"{detail.delivered:,}", f"{missing:,}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _queued(stats: Stats) -> dict[str, int]:
+    return {t: s.queued for t, s in stats.tenants.items()}
+
+
+def _why(detail: TenantStats | None, not_accepted: int) -> str:
+    parts = []
+    if detail is not None:
+        parts = [f"{n} {reason}" for reason, n in {**detail.rejected, **detail.dropped}.items()]
+        if detail.paused:
+            parts.append(f"paused: {detail.paused}")
+    if not_accepted:
+        parts.append(f"{not_accepted} not accepted (spool full)")
+    return "; ".join(parts) or "not delivered"
+
+
+def _run_send(args: argparse.Namespace) -> int:
+    return _Send(args).run()
+
+
+SEND = Command(
+    name="send",
+    help="send callback records from JSON Lines or CSV files (or print them with --dry-run)",
+    description=_SEND_DESCRIPTION,
+    epilog=_SEND_EPILOG,
+    configure=_configure_send,
+    run=_run_send,
+)
