@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -92,6 +93,11 @@ class _Tenant:
 
 
 PAUSED_RECHECK = 30.0
+#: A request token short by less than this is whole: the refill ``elapsed * rate`` is
+#: rounded (0.05 s at 20/s gives 0.9999999999999964 tokens), and a wait for the missing
+#: 4e-15 token would round to no wait at all, a turn that finds the bucket short again, on
+#: a clock that has not moved (a fake one never does by itself): a busy loop.
+TOKEN_SLACK = 1e-6
 #: Seconds between two log lines of the same spool error (a damaged or unwritable file).
 SPOOL_ERROR_EVERY = 10.0
 #: Requests of one tenant in flight at once while its order allows (see _may_overlap).
@@ -185,8 +191,8 @@ class Dispatcher:
         at = state.not_before
         if self.rate and state.bucket is not None:
             tokens = self._tokens(state.bucket, now)
-            if tokens < 1.0:
-                at = max(at, now + (1.0 - tokens) / self.rate)
+            if tokens < 1.0 - TOKEN_SLACK:  # later, and never "now" by rounding
+                at = max(at, now + (1.0 - tokens) / self.rate, math.nextafter(now, math.inf))
         if state.paused is not None:
             return max(at, now + self.paused_recheck)
         if lingering and not self.flushing:
@@ -471,7 +477,7 @@ class Dispatcher:
                 bucket = self._buckets[tag] = _Bucket()
             state.bucket = bucket
             tokens = self._tokens(bucket, now)
-            if tokens < 1.0:
+            if tokens < 1.0 - TOKEN_SLACK:
                 return False
             bucket.tokens = tokens - 1.0
             bucket.refilled = now
