@@ -1,31 +1,80 @@
-"""The dispatcher over real loopback HTTP: rate cap per write key, server pacing, paused
-tenants, two requests in flight; and the batch policy it works with."""
+"""The dispatcher: rate cap per write key, server pacing, paused tenants, two requests in
+flight, fairness, bisection; and the batch policy it works with.
+
+Scheduling is asserted exactly, on a FakeClock with a MockTransport (no socket, no
+wall-clock wait): "the third request leaves at t=0.4". A few tests run over real loopback
+HTTP to a LocalSegment, end to end.
+"""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
-from _delivery import FAST_RETRY, emitter, record
+from _delivery import FAST_RETRY, QUICK, emitter, record
 
 from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
-from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment._clock import SYSTEM_CLOCK, Clock
+from selligent_segment.delivery._dispatcher import PAUSED_RECHECK, Dispatcher
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import HttpTransport
+from selligent_segment.delivery._transport import HttpTransport, Response, Transport
 from selligent_segment.spool._memory import MemorySpool
-from selligent_segment.testing import Fault, FaultPlan, LocalSegment
+from selligent_segment.testing import (
+    FakeClock,
+    Fault,
+    FaultPlan,
+    Handler,
+    LocalSegment,
+    MockRequest,
+    MockResponse,
+    MockTransport,
+)
 
 ONE_PER_REQUEST = BatchPolicy(max_messages=1, linger=0.0)
+SENDERS = 2  # the Emitter's default number of sender threads
 
 
-def arrival_times(server: LocalSegment) -> list[float]:
-    """When the server received each request, in order (its own monotonic clock)."""
-    return sorted(r.received_at for r in server.requests)
+def fake_emitter(
+    handler: Handler | None = None, *, clock: FakeClock | None = None, **options: Any
+) -> tuple[Emitter, MockTransport, FakeClock]:
+    """An Emitter for tenants acme and globex (keys key-acme, key-globex), fast retries, no
+    linger, on a FakeClock, answered by ``handler`` through a MockTransport stamping each
+    request with the fake time; ``options`` override."""
+    clock = clock or FakeClock()
+    transport = MockTransport(handler, clock=clock)
+    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("batch", QUICK)
+    return Emitter(transport=transport, clock=clock, **options), transport, clock
+
+
+class Timed:
+    """A transport that notes the time of ``clock`` at each post and sends it with
+    ``inner``: real HTTP, fake scheduling."""
+
+    def __init__(self, inner: Transport, clock: Clock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.at: list[float] = []
+
+    def post(
+        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
+    ) -> Response:
+        self.at.append(self.clock.monotonic())
+        return self.inner.post(endpoint, write_key, bodies, retry_count=retry_count)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def times_of(requests: Iterable[MockRequest], key: str | None = None) -> list[float]:
+    """The fake times of ``requests`` (those sent with ``key``, when given)."""
+    return [r.at for r in requests if key is None or r.write_key == key]
 
 
 # -- the request-rate cap is per write key ----------------------------------------------------
@@ -34,41 +83,35 @@ RATE = 5.0  # requests/s; the bucket then holds max(1, RATE / 10) = 1 token
 PER_TENANT = 5
 
 
-def _send_two_tenants(server: LocalSegment, keys: dict[str, str]) -> None:
-    with emitter(
-        server, write_keys=keys, batch=ONE_PER_REQUEST, max_requests_per_second=RATE
-    ) as em:
-        for i in range(PER_TENANT):
-            em.emit(record(i, "acme"))
-            em.emit(record(i, "globex"))
-        assert em.flush(30)
-    assert server.accepted_count == 2 * PER_TENANT
+def _send_two_tenants(keys: dict[str, str]) -> MockTransport:
+    em, transport, clock = fake_emitter(
+        write_keys=keys, batch=ONE_PER_REQUEST, max_requests_per_second=RATE
+    )
+    try:
+        em.emit_many([record(i, t) for i in range(PER_TENANT) for t in ("acme", "globex")])
+        assert clock.run_until(lambda: em.stats().delivered == 2 * PER_TENANT, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert sorted(m for r in transport.requests for m in r.message_ids) == sorted(
+        encode(record(i, t)).message_id for i in range(PER_TENANT) for t in ("acme", "globex")
+    )
+    return transport
 
 
-def test_tenants_sharing_a_write_key_share_its_rate_cap(server: LocalSegment) -> None:
-    _send_two_tenants(server, {"acme": "key-shared", "globex": "key-shared"})
-    times = arrival_times(server)
-    assert len(times) == 2 * PER_TENANT
-    # One bucket of one token: request i leaves no earlier than i / RATE after the first.
-    # Lower bounds only (a slow machine can only add time); 0.25 s absorbs the first
-    # request reaching the server late.
-    assert times[-1] - times[0] >= (len(times) - 1) / RATE - 0.25
-    for i in range(2, len(times)):
-        assert times[i] - times[0] >= (i - 1) / RATE - 0.25, i
+def test_tenants_sharing_a_write_key_share_its_rate_cap() -> None:
+    transport = _send_two_tenants({"acme": "key-shared", "globex": "key-shared"})
+    # One bucket of one token for both tenants: one request every 1 / RATE s, exactly.
+    assert times_of(transport.requests) == pytest.approx([i / RATE for i in range(2 * PER_TENANT)])
 
 
-def test_tenants_with_their_own_keys_each_get_the_whole_rate(server: LocalSegment) -> None:
-    _send_two_tenants(server, {"acme": "key-acme", "globex": "key-globex"})
+def test_tenants_with_their_own_keys_each_get_the_whole_rate() -> None:
+    transport = _send_two_tenants({"acme": "key-acme", "globex": "key-globex"})
     for key in ("key-acme", "key-globex"):  # each key keeps to its own cap ...
-        own = sorted(r.received_at for r in server.requests if r.write_key == key)
-        assert len(own) == PER_TENANT
-        assert own[-1] - own[0] >= (PER_TENANT - 1) / RATE - 0.25
-    # ... and together they run well ahead of what one shared bucket would allow (the
-    # last request about 1.0 s ahead of it): noise could only shrink that lead by
-    # delaying later requests more than earlier ones, by 0.6 s.
-    times = arrival_times(server)
-    lead = max(i / RATE - (t - times[0]) for i, t in enumerate(times))
-    assert lead >= 0.4, times
+        assert times_of(transport.requests, key) == pytest.approx(
+            [i / RATE for i in range(PER_TENANT)]
+        )
+    # ... and together they finish at 0.8 s, a whole second ahead of one shared bucket (1.8 s).
+    assert max(times_of(transport.requests)) == pytest.approx((PER_TENANT - 1) / RATE)
 
 
 def test_rate_buckets_are_kept_by_key_fingerprint_never_by_key(server: LocalSegment) -> None:
@@ -88,19 +131,24 @@ def test_rate_buckets_are_kept_by_key_fingerprint_never_by_key(server: LocalSegm
 def test_x_ratelimit_reset_on_a_429_is_obeyed_outside_the_retry_budget(
     server: LocalSegment,
 ) -> None:
-    # Two 429s with X-RateLimit-Reset: 1 and no Retry-After. Counted as backoff, they
-    # would exhaust max_attempts=2; as server pacing they are waited out and delivered.
+    """End to end over real HTTP, scheduled on a FakeClock: two 429s with
+    X-RateLimit-Reset: 1 and no Retry-After. Counted as backoff, they would exhaust
+    max_attempts=2; as server pacing they are waited out, exactly 1 s each, and delivered."""
     server.set_faults(FaultPlan(script=[Fault.http(429, x_ratelimit_reset=1)] * 2))
     retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2)
-    with emitter(server, retry=retry) as em:
+    clock = FakeClock()
+    transport = Timed(HttpTransport(), clock)
+    em = emitter(server, retry=retry, clock=clock, transport=transport)
+    try:
         em.emit(record(1))
-        assert em.flush(15)
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
         stats = em.stats()
+    finally:
+        em.close(0)
     assert (stats.delivered, stats.dropped, stats.retried) == (1, {}, 2)
-    times = [r.received_at for r in server.requests]
-    assert len(times) == 3
-    assert all(b - a >= 0.95 for a, b in itertools.pairwise(times))
+    assert transport.at == [0.0, 1.0, 2.0]
     assert [r.retry_count for r in server.requests] == [0, 1, 2]
+    assert [r.status for r in server.requests] == [429, 429, 200]
 
 
 def test_a_429_without_either_header_takes_a_counted_backoff(server: LocalSegment) -> None:
@@ -117,71 +165,83 @@ def test_a_429_without_either_header_takes_a_counted_backoff(server: LocalSegmen
 
 
 class Resolver:
-    """A key resolver that records when the senders ask it, for tests to wait on."""
+    """A key resolver that records when (on ``clock``) the senders ask it."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str], clock: Clock = SYSTEM_CLOCK) -> None:
         self.keys = keys
+        self.clock = clock
         self.asked: list[float] = []
-        self.cv = threading.Condition()
+        self.lock = threading.Lock()
 
     def __call__(self, tenant: str) -> str | None:
+        key = self.keys.get(tenant)  # read first: what is recorded is what was answered
         if threading.current_thread().name.startswith("selligent-segment-sender"):
-            with self.cv:
-                self.asked.append(time.monotonic())
-                self.cv.notify_all()
-        return self.keys.get(tenant)
+            with self.lock:
+                self.asked.append(self.clock.monotonic())
+        return key
 
-    def wait_asked(self, times: int, timeout: float = 10.0) -> bool:
-        with self.cv:
-            return self.cv.wait_for(lambda: len(self.asked) >= times, timeout)
+
+def _accepts_only(key: str) -> Handler:
+    """A handler that answers 200 to ``key`` and 401 to any other key."""
+
+    def handler(request: MockRequest) -> MockResponse:
+        return MockResponse.ok() if request.write_key == key else MockResponse.error(401)
+
+    return handler
 
 
 def test_a_paused_tenant_is_rechecked_and_resumes_when_its_resolver_gives_a_new_key() -> None:
     paused: list[tuple[str, str]] = []
-    resolver = Resolver({"acme": "key-old"})
-    with LocalSegment(write_keys=["key-new"]) as server:
-        em = emitter(server, write_keys=resolver, on_pause=lambda t, r: paused.append((t, r)))
-        em._dispatcher.paused_recheck = 0.2
-        try:
-            for i in range(3):
-                em.emit(record(i))
-            # The first turn sends with key-old and is refused (401); each re-check asks
-            # the resolver again, gets the same refused key and sends nothing.
-            assert resolver.wait_asked(3)
-            assert server.request_count == 1
-            assert server.requests[0].status == 401
-            assert em.stats().tenants["acme"].paused == "write key refused (401)"
-            resolver.keys["acme"] = "key-new"
-            assert server.wait_for(3, timeout=10)
-            assert em.flush(10)
-            stats = em.stats()
-        finally:
-            em.close()
-        assert len(server.events("key-new")) == 3
+    clock = FakeClock()
+    resolver = Resolver({"acme": "key-old"}, clock)
+    em, transport, _ = fake_emitter(
+        _accepts_only("key-new"),
+        clock=clock,
+        write_keys=resolver,
+        on_pause=lambda t, r: paused.append((t, r)),
+    )
+    try:
+        em.emit_many([record(i) for i in range(3)])
+        # The first turn sends with key-old and is refused (401); each re-check, every
+        # PAUSED_RECHECK seconds exactly, asks the resolver again, gets the same refused
+        # key and sends nothing.
+        assert clock.run_until(lambda: len(resolver.asked) >= 3, waiters=SENDERS)
+        assert clock.wait_for_waiters(SENDERS)  # that third turn is over
+        assert resolver.asked == [0.0, PAUSED_RECHECK, 2 * PAUSED_RECHECK]
+        assert [(r.at, r.write_key) for r in transport.requests] == [(0.0, "key-old")]
+        assert transport.responses[0].status == 401
+        assert em.stats().tenants["acme"].paused == "write key refused (401)"
+        resolver.keys["acme"] = "key-new"
+        assert clock.run_until(lambda: em.stats().delivered == 3, waiters=SENDERS)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    # The next re-check finds the new key and sends the tenant's three events at once.
+    assert [(r.at, r.write_key, len(r.items)) for r in transport.requests[1:]] == [
+        (3 * PAUSED_RECHECK, "key-new", 3)
+    ]
+    assert resolver.asked[3] == 3 * PAUSED_RECHECK
     assert stats.tenants["acme"].paused is None
     assert (stats.delivered, stats.dropped, stats.queued) == (3, {}, 0)
     assert paused == [("acme", "write key refused (401)")]
-    first, second, third = resolver.asked[:3]
-    assert second - first >= 0.19  # re-checked after paused_recheck, not sooner
-    assert third - second >= 0.19
 
 
 def test_a_tenant_without_a_key_is_paused_and_resumes_when_one_appears() -> None:
-    resolver = Resolver({})
-    with LocalSegment() as server:
-        em = emitter(server, write_keys=resolver)
-        em._dispatcher.paused_recheck = 0.2
-        try:
-            em.emit(record(1))
-            assert resolver.wait_asked(2)
-            assert server.request_count == 0
-            assert em.stats().tenants["acme"].paused == "no write key configured"
-            resolver.keys["acme"] = "key-acme"
-            assert server.wait_for(1, timeout=10)
-            assert em.flush(10)
-        finally:
-            em.close()
-        assert len(server.events("key-acme")) == 1
+    clock = FakeClock()
+    resolver = Resolver({}, clock)
+    em, transport, _ = fake_emitter(clock=clock, write_keys=resolver)
+    try:
+        em.emit(record(1))
+        assert clock.run_until(lambda: len(resolver.asked) >= 2, waiters=SENDERS)
+        assert clock.wait_for_waiters(SENDERS)
+        assert resolver.asked == [0.0, PAUSED_RECHECK]
+        assert transport.requests == []
+        assert em.stats().tenants["acme"].paused == "no write key configured"
+        resolver.keys["acme"] = "key-acme"
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert [(r.at, r.write_key) for r in transport.requests] == [(2 * PAUSED_RECHECK, "key-acme")]
 
 
 # -- two requests in flight per tenant ----------------------------------------------------------
@@ -212,11 +272,50 @@ class Gate:
         return None
 
 
+class ClockGate:
+    """A MockTransport handler that holds the first batch until a second batch arrives or
+    ``timeout`` seconds of ``clock`` pass: it proves whether two requests were out at once.
+    Request i is answered ``answers[i]`` (then 200)."""
+
+    def __init__(self, clock: Clock, timeout: float, answers: Sequence[int] = ()) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.answers = list(answers)
+        self.batches: list[str] = []
+        self.overlapped: bool | None = None
+        self.cv = threading.Condition()
+        self.count = 0
+
+    def __call__(self, request: MockRequest) -> MockResponse:
+        batch = request.items[0]["properties"]["email_id"]
+        with self.cv:
+            answer = self.answers[self.count] if self.count < len(self.answers) else 200
+            self.count += 1
+            if batch not in self.batches:
+                self.batches.append(batch)
+                self.cv.notify_all()
+            if self.overlapped is None and self.batches.index(batch) == 0:
+                end = self.clock.monotonic() + self.timeout
+                while len(self.batches) < 2 and self.clock.monotonic() < end:
+                    self.clock.wait(self.cv, end - self.clock.monotonic())
+                self.overlapped = len(self.batches) >= 2
+        return MockResponse(answer)
+
+
 def emit_batches(em: Emitter, n_batches: int, per_batch: int) -> None:
-    """Emit ``n_batches`` full batches, each event tagged with its batch's number."""
-    for b in range(n_batches):
-        for i in range(per_batch):
-            em.emit(record(b * per_batch + i, email_id=f"batch-{b}"))
+    """Emit ``n_batches`` full batches in one call (one hand-over to the senders), each
+    event tagged with its batch's number."""
+    em.emit_many(
+        [
+            record(b * per_batch + i, email_id=f"batch-{b}")
+            for b in range(n_batches)
+            for i in range(per_batch)
+        ]
+    )
+
+
+def batch_of(request: MockRequest) -> str:
+    return str(request.items[0]["properties"]["email_id"])
 
 
 def test_a_healthy_tenant_with_a_backlog_has_two_requests_in_flight() -> None:
@@ -231,38 +330,50 @@ def test_a_healthy_tenant_with_a_backlog_has_two_requests_in_flight() -> None:
 
 
 def test_a_single_request_in_flight_when_overlap_is_off() -> None:
-    gate = Gate(timeout=1.0)
-    with LocalSegment(refuse=gate) as server:
-        batch = BatchPolicy(max_messages=10, linger=5.0)
-        em = emitter(server, batch=batch, max_requests_per_second=0)
-        em._dispatcher.max_in_flight = 1
-        try:
-            emit_batches(em, 2, 10)
-            assert em.flush(20)
-        finally:
-            em.close()
-        # In order, one at a time: the first batch waited its 1 s for a second that
-        # could not come while it was in flight.
-        assert [e["properties"]["email_id"] for e in server.accepted][::10] == [
-            "batch-0",
-            "batch-1",
-        ]
+    clock = FakeClock()
+    gate = ClockGate(clock, timeout=1.0)
+    batch = BatchPolicy(max_messages=10, linger=5.0)
+    em, transport, _ = fake_emitter(gate, clock=clock, batch=batch, max_requests_per_second=0)
+    em._dispatcher.max_in_flight = 1
+    try:
+        emit_batches(em, 2, 10)
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+    finally:
+        em.close(0)
+    # In order, one at a time: the first batch waited its 1 s for a second that could not
+    # come while it was in flight; the second left the moment the first was answered.
     assert gate.overlapped is False
+    assert [(r.at, batch_of(r), len(r.items)) for r in transport.requests] == [
+        (0.0, "batch-0", 10),
+        (1.0, "batch-1", 10),
+    ]
 
 
 def test_two_failures_in_flight_together_count_as_one_attempt() -> None:
-    # Both batches are in the server at once (the first is held 2 s) and both get a 500.
-    # Counted twice, max_attempts=2 would drop a batch; counted once, both are delivered.
-    plan = FaultPlan(script=[Fault.http(500, delay=2.0), Fault.http(500, delay=2.0)])
-    with LocalSegment(faults=plan) as server:
-        batch = BatchPolicy(max_messages=10, linger=5.0)
-        retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2)
-        with emitter(server, batch=batch, retry=retry, max_requests_per_second=0) as em:
-            emit_batches(em, 2, 10)
-            assert em.flush(20)
-            stats = em.stats()
-        first, second = sorted(r.received_at for r in server.requests)[:2]
-        assert second - first < 2.0  # the second was sent while the first was held
+    # Both batches are out at once (the first is held until the second arrives) and both
+    # get a 500. Counted twice, max_attempts=2 would drop a batch; counted once, both are
+    # delivered, after one backoff.
+    clock = FakeClock()
+    gate = ClockGate(clock, timeout=2.0, answers=[500, 500])
+    batch = BatchPolicy(max_messages=10, linger=5.0)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2, jitter=False)
+    em, transport, _ = fake_emitter(
+        gate, clock=clock, batch=batch, retry=retry, max_requests_per_second=0
+    )
+    try:
+        emit_batches(em, 2, 10)
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    assert gate.overlapped is True  # the second was sent while the first was held
+    assert [(r.at, r.retry_count) for r in transport.requests] == [
+        (0.0, 0),
+        (0.0, 0),
+        (0.01, 1),  # one backoff for both, then one batch at a time
+        (0.01, 0),
+    ]
+    assert [r.status for r in transport.responses] == [500, 500, 200, 200]
     assert (stats.delivered, stats.dropped) == (20, {})
 
 
@@ -313,6 +424,67 @@ def test_overlap_only_while_the_tenant_is_healthy_and_a_full_batch_waits() -> No
     assert not dispatcher._may_overlap(state, now)
 
 
+def test_a_token_short_only_by_rounding_is_whole_and_a_short_bucket_waits_on_the_clock() -> None:
+    """At 20 requests/s a token takes 0.05 s, which floating point makes 0.9999999999999964
+    of a token: that counts as a token (on a fake clock, waiting for the rest would be a
+    busy loop at one instant); a bucket really short waits for its refill."""
+    clock = FakeClock(start=5.0)
+    dispatcher, state = _dispatcher(backlog=10)
+    dispatcher.clock = clock
+    dispatcher.rate, dispatcher.burst = 20.0, 2.0
+    state.in_flight = 0
+    assert dispatcher._take_token(state, "tag")
+    assert dispatcher._take_token(state, "tag")
+    assert not dispatcher._take_token(state, "tag")  # the burst of two is spent
+    assert dispatcher._ready_at(state, clock.monotonic(), lingering=False) == 5.05
+    clock.advance_to(5.05)
+    assert dispatcher._ready_at(state, clock.monotonic(), lingering=False) <= 5.05  # now
+    assert dispatcher._take_token(state, "tag")
+    clock.advance_to(5.06)
+    assert dispatcher._ready_at(state, 5.06, lingering=False) == pytest.approx(5.1)
+
+
+# -- fairness -----------------------------------------------------------------------------------
+
+
+def test_a_huge_tenant_sends_one_batch_then_goes_to_the_back_of_the_line() -> None:
+    """One sender, a tenant with 2,000 queued events and five with one each: the big one
+    sends one batch, then each small one its event, then the big one the rest; no time
+    passes for any of it."""
+    small = [f"small{i}" for i in range(5)]
+    spool = MemorySpool(1 << 24)
+    spool.put_many(
+        [encode(record(i, "big"), tenant="big") for i in range(2000)]
+        + [encode(record(i, t), tenant=t) for i, t in enumerate(small)]
+    )
+    clock = FakeClock()
+    transport = MockTransport(clock=clock)
+    dispatcher = Dispatcher(
+        spool=spool,
+        keys=WriteKeys(None, {"big": "key-big", **{t: f"key-{t}" for t in small}}),
+        endpoint="https://api.segment.io",
+        transport=transport,
+        batch=BatchPolicy(max_messages=10, linger=0.0),
+        retry=FAST_RETRY,
+        threads=1,
+        max_requests_per_second=0,
+        counters=Counters(),
+        on_failure=lambda failure: None,
+        on_pause=lambda tenant, reason: None,
+        clock=clock,
+    )
+    dispatcher.notify_put(["big", *small])
+    dispatcher.start()
+    try:
+        assert transport.wait_for_requests(200 + len(small))
+    finally:
+        dispatcher.stop(10)
+    order = [r.write_key for r in transport.requests]
+    assert order[:7] == ["key-big", *[f"key-{t}" for t in small], "key-big"]
+    assert set(order[7:]) == {"key-big"}
+    assert set(times_of(transport.requests)) == {0.0}
+
+
 # -- the batch policy ---------------------------------------------------------------------------
 
 
@@ -354,24 +526,24 @@ def test_bisection_requests_obey_the_rate_cap_and_are_logged_once(
     paced by the key's rate cap like any other request, and the whole refused batch is
     one ERROR line, not one per message."""
     rate, n = 20.0, 16
-    burst = max(1.0, rate / 10)
     failures: list[Any] = []
     caplog.set_level(logging.DEBUG, logger="selligent_segment")
-    with LocalSegment(strict=True, refuse=lambda item: "refused") as server:
-        with emitter(
-            server,
-            batch=BatchPolicy(linger=5.0),
-            max_requests_per_second=rate,
-            on_failure=failures.append,
-        ) as em:
-            em.emit_many([record(i) for i in range(n)])
-            assert em.flush(30)
-            assert em.stats().rejected == {"rejected": n}
-        times = arrival_times(server)
+    em, transport, clock = fake_emitter(
+        lambda request: MockResponse.error(400, "refused"),
+        batch=BatchPolicy(linger=5.0),
+        max_requests_per_second=rate,
+        on_failure=failures.append,
+    )
+    try:
+        em.emit_many([record(i) for i in range(n)])
+        assert clock.run_until(lambda: em.stats().rejected == {"rejected": n}, waiters=SENDERS)
+    finally:
+        em.close(0)
+    times = times_of(transport.requests)
     assert len(times) == 2 * n - 1
-    # Not faster than the bucket allows: request i needs i - burst refills after the first.
-    for i, t in enumerate(times):
-        assert t - times[0] >= (i - burst) / rate - 0.02, (i, t - times[0])
+    # The batch leaves when its linger (5 s) is over; the bucket's burst of two tokens
+    # takes it and the first half at once, then one request every 1 / rate s, exactly.
+    assert times == pytest.approx([5.0] + [5.0 + i / rate for i in range(2 * n - 2)])
     assert sorted(m for f in failures for m in f.message_ids) == sorted(
         encode(record(i)).message_id for i in range(n)
     )
