@@ -1,5 +1,6 @@
 """selligent-segment: email callbacks to Segment Email track events."""
 
+from selligent_segment._clock import Clock
 from selligent_segment._config import EmitterConfig
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
@@ -17,8 +18,10 @@ from selligent_segment._record import CallbackRecord, EventKind
 from selligent_segment._results import BulkResult, DeliveryFailure, FailureReason
 from selligent_segment._version import __version__
 from selligent_segment.delivery._batch_policy import BatchPolicy
-from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.delivery._keys import KeyResolver
+from selligent_segment.delivery._retry import Outcome, RetryPolicy
 from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.delivery._transport import HttpTransport, Response, Transport
 from selligent_segment.spool._file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
 from selligent_segment.spool._protocol import OnFull
 
@@ -27,6 +30,7 @@ __all__ = [
     "BatchPolicy",
     "BulkResult",
     "CallbackRecord",
+    "Clock",
     "ConfigurationError",
     "DeadLetter",
     "DeliveryFailure",
@@ -37,8 +41,12 @@ __all__ = [
     "EventKind",
     "EventNaming",
     "FailureReason",
+    "HttpTransport",
     "InvalidEvent",
+    "KeyResolver",
     "OnFull",
+    "Outcome",
+    "Response",
     "RetryPolicy",
     "SelligentSegmentError",
     "SpoolError",
@@ -48,6 +56,7 @@ __all__ = [
     "Stats",
     "TenantBacklog",
     "TenantStats",
+    "Transport",
     "UnknownTenant",
     "__version__",
     "encode",

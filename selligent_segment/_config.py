@@ -109,7 +109,8 @@ class EmitterConfig:
     makes a changed copy."""
 
     write_key: str | None = attrs.field(default=None, repr=False)
-    """One write key for every record (records name no tenant, or any tenant)."""
+    """One write key for every record; records that name no tenant count as tenant
+    ``"default"``."""
     write_keys: Mapping[str, str] | KeyResolver | None = attrs.field(default=None, repr=False)
     """Per tenant: a mapping ``tenant -> key``, or a function ``tenant -> key | None``
     asked at send time (a new answer resumes a paused tenant). Exactly one of
@@ -151,8 +152,9 @@ class EmitterConfig:
     retry: RetryPolicy | None = attrs.field(
         default=None, validator=_instance(RetryPolicy, optional=True)
     )
-    """The retry policy; None: ``RetryPolicy()`` in memory, :data:`DURABLE_RETRY` (12
-    hours of outage) with a spool file."""
+    """The retry policy; None: ``RetryPolicy()`` in memory, and with a spool file
+    ``RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)``: batches
+    are retried through 12 hours of outage, then become dead letters (kept, requeueable)."""
     threads: int = attrs.field(default=2, validator=_number(1, integer=True))
     """Sender threads shared by every tenant."""
     max_requests_per_second: float = attrs.field(default=50.0, validator=_number(0))

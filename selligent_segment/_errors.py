@@ -48,7 +48,8 @@ class SelligentSegmentError(Exception):
 
 
 class ConfigurationError(SelligentSegmentError, ValueError):
-    """A setting is invalid; raised when the configuration object is constructed."""
+    """A setting is invalid; raised when the configuration object is constructed.
+    ``setting`` names the setting, ``reason`` says why (never with a write key in it)."""
 
     def __init__(self, setting: str, reason: str) -> None:
         self.setting = setting
@@ -88,7 +89,8 @@ class SpoolError(SelligentSegmentError):
 
 
 class UnknownTenant(SelligentSegmentError, LookupError):
-    """No write key is configured for a tenant (the key itself is never shown)."""
+    """No write key is configured for a tenant; ``tenant`` is its name (the text shows it
+    escaped and cut short; a key is never shown)."""
 
     def __init__(self, tenant: str) -> None:
         self.tenant = tenant

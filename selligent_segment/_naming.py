@@ -32,6 +32,9 @@ PROFILES: Mapping[str, Mapping[EventKind, str]] = MappingProxyType(
         "segment-spec": MappingProxyType({**_SELLIGENT, EventKind.UNSUBSCRIBED: "Unsubscribed"}),
     }
 )
+"""The event-name profiles, read-only: ``"selligent"`` (the Selligent source's names,
+``Email Unsubscribed`` among them; the default) and ``"segment-spec"`` (the Email spec's
+``Unsubscribed``). Each maps every :class:`EventKind` to its event name."""
 
 
 def _kind_map(setting: str, value: Any) -> Mapping[EventKind, str]:
@@ -78,10 +81,13 @@ class EventNaming:
     """
 
     profile: str = attrs.field(default="selligent", validator=_check_profile)
+    """A key of :data:`PROFILES`: ``"selligent"`` or ``"segment-spec"``."""
     overrides: Mapping[EventKind, str] = attrs.field(factory=dict, converter=_overrides, hash=False)
+    """Names that replace the profile's for every tenant, by kind (a kind or its value)."""
     tenant_overrides: Mapping[str, Mapping[EventKind, str]] = attrs.field(
         factory=dict, converter=_tenant_maps, hash=False
     )
+    """Names for one tenant, by kind; they win over ``overrides``."""
     #: kind -> name before per-tenant overrides, resolved once (name() is on the hot path).
     _names: Mapping[EventKind, str] = attrs.field(init=False, repr=False, eq=False, hash=False)
 

@@ -27,16 +27,16 @@ class BulkResult:
 class FailureReason(str, enum.Enum):
     """Why events were settled without delivery (a ``str``: compares equal to its code)."""
 
-    #: Segment refused them for good (400, 413, 422, or another never-retried status).
     REJECTED = "rejected"
-    #: The retry budget ran out before Segment took them.
+    """Segment refused them for good (400, 413, 422, or another never-retried status)."""
     RETRIES_EXHAUSTED = "retries_exhausted"
-    #: The message would be over Segment's 32 KB limit.
+    """The retry budget ran out before Segment took them."""
     TOO_LARGE = "too_large"
-    #: Dropped at ``emit`` by ``on_full="drop_newest"``.
+    """The message would be over Segment's 32 KB limit."""
     SPOOL_FULL = "spool_full"
-    #: Still queued (or in flight) when ``close()`` gave up (memory spool).
+    """Dropped at ``emit`` by ``on_full="drop_newest"``."""
     UNSENT_AT_CLOSE = "unsent_at_close"
+    """Still queued (or in flight) when ``close()`` gave up (memory spool)."""
 
     def __str__(self) -> str:
         return self.value
@@ -84,6 +84,13 @@ class DeliveryFailure:
     ) -> DeliveryFailure:
         """Segment refused ``messages`` for good with ``status``."""
         return cls.of(tenant, FailureReason.REJECTED, detail, messages, status)
+
+    @classmethod
+    def retries_exhausted(
+        cls, tenant: str, messages: Sequence[EncodedMessage], detail: str
+    ) -> DeliveryFailure:
+        """The retry budget ran out for ``messages``."""
+        return cls.of(tenant, FailureReason.RETRIES_EXHAUSTED, detail, messages)
 
     @classmethod
     def too_large(cls, tenant: str, detail: str) -> DeliveryFailure:

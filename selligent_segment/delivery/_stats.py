@@ -16,12 +16,19 @@ class TenantStats:
     """Counters of one tenant. ``rejected`` and ``dropped`` are keyed by reason."""
 
     accepted: int = 0
+    """Events ``emit`` accepted (counted when the encoder takes them)."""
     delivered: int = 0
+    """Events Segment took (a 2xx for their batch)."""
     retried: int = 0
+    """Events sent again after a transient failure (one count per event per retry)."""
     queued: int = 0
+    """Events waiting now: in memory, or in the spool file."""
     rejected: Mapping[str, int] = attrs.field(factory=dict)
+    """Events refused for good, by reason (``rejected``, ``too_large``)."""
     dropped: Mapping[str, int] = attrs.field(factory=dict)
+    """Events given up, by reason (``retries_exhausted``, ``unsent_at_close``)."""
     paused: str | None = None
+    """Why the tenant is paused (its key was refused or is missing), or None."""
 
 
 @attrs.frozen
@@ -33,14 +40,23 @@ class Stats:
     """
 
     accepted: int
+    """Events ``emit`` accepted, all tenants."""
     delivered: int
+    """Events Segment took."""
     retried: int
+    """Events sent again after a transient failure (one count per event per retry)."""
     queued: int
+    """Events waiting now."""
     rejected: Mapping[str, int]
+    """Events refused for good, by reason."""
     dropped: Mapping[str, int]
+    """Events accepted then given up, by reason."""
     refused: Mapping[str, int]
+    """Events ``emit`` did not accept, by reason (``spool_full``)."""
     requests: int
+    """HTTP requests sent, bisection parts included."""
     tenants: Mapping[str, TenantStats]
+    """The same counters per tenant."""
 
 
 class Counters:
