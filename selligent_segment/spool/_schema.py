@@ -26,6 +26,7 @@ __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
     "default_spool_path",
+    "disk_full",
     "journal_dir",
     "open_db",
     "spool_error",
@@ -176,10 +177,24 @@ def unwritable(path: Path) -> str | None:
     return None
 
 
+def _code(exc: BaseException) -> int:
+    """The primary result code of an SQLite error (0 for anything else)."""
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or an exception it was raised while handling) is SQLITE_FULL."""
+    while exc is not None:
+        if _code(exc) == _SQLITE_FULL:
+            return True
+        exc = exc.__context__
+    return False
+
+
 def spool_error(path: Path, exc: sqlite3.Error) -> SpoolError:
     """A SpoolError naming ``path`` that says what ``exc`` means: a corrupt file, a file
     this process may not write (and why), a full disk, or another error."""
-    code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    code = _code(exc)
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return SpoolError(f"{path}: the spool file is corrupt ({exc}); it was left untouched")
     if code == _SQLITE_FULL:
@@ -307,8 +322,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.Error as exc:
         db.close()
-        code = int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-        if code not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+        if _code(exc) not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
             raise spool_error(path, exc) from None
         wal, _ = _wal_files(path)
         if wal.exists() and wal.stat().st_size:

@@ -48,6 +48,7 @@ from selligent_segment.spool._schema import (
     BUSY_TIMEOUT,
     BUSY_TIMEOUT_WHILE_FAILING,
     ForkSafe,
+    disk_full,
     journal_dir,
     open_db,
     spool_error,
@@ -205,16 +206,6 @@ def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[De
 _Refusal = tuple[float, str, "int | None", list[tuple[int, str, str, str, bytes]]]
 #: How often the ERROR line about a spool file that cannot be written may repeat.
 _UNWRITTEN_LOG_EVERY = 60.0
-_SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, which typeshed lacks
-
-
-def _disk_full(exc: BaseException | None) -> bool:
-    """True when ``exc`` (or an exception it was raised while handling) is SQLITE_FULL."""
-    while exc is not None:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
-            return True
-        exc = exc.__context__
-    return False
 
 
 @contextlib.contextmanager
@@ -731,7 +722,7 @@ class SqliteSpool(ForkSafe):
             "be written (if it stops first, the next process sends those events again, "
             "same messageId)",
             self.path,
-            "the disk is full" if _disk_full(exc) else f"cannot write ({exc})",
+            "the disk is full" if disk_full(exc) else f"cannot write ({exc})",
         )
 
     def _busy_timeout(self, seconds: float) -> None:
