@@ -1,21 +1,23 @@
-"""Delivery through the Emitter, over real loopback HTTP to LocalSegment."""
+"""Delivery through the Emitter, over real loopback HTTP to LocalSegment; the tests of
+scheduling (Retry-After, rate cap, backoff, paused re-checks) run on a FakeClock and assert
+exact times, most of them through a MockTransport."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _delivery import emitter, record
+from _delivery import FAST_RETRY, QUICK, emitter, record
 
 from selligent_segment import (
     BatchPolicy,
@@ -30,7 +32,54 @@ from selligent_segment import (
     UnknownTenant,
     encode,
 )
-from selligent_segment.testing import Fault, FaultPlan, LocalSegment
+from selligent_segment._clock import Clock
+from selligent_segment.delivery._dispatcher import PAUSED_RECHECK
+from selligent_segment.delivery._transport import HttpTransport, Response, Transport
+from selligent_segment.testing import (
+    FakeClock,
+    Fault,
+    FaultPlan,
+    Handler,
+    LocalSegment,
+    MockRequest,
+    MockResponse,
+    MockTransport,
+)
+
+SENDERS = 2  # the Emitter's default number of sender threads
+
+
+def fake_emitter(
+    handler: Handler | None = None, **options: Any
+) -> tuple[Emitter, MockTransport, FakeClock]:
+    """``emitter()``'s settings on a FakeClock, answered by ``handler`` through a
+    MockTransport that stamps each request with the fake time; ``options`` override."""
+    clock = FakeClock()
+    transport = MockTransport(handler, clock=clock)
+    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("batch", QUICK)
+    return Emitter(transport=transport, clock=clock, **options), transport, clock
+
+
+class Timed:
+    """A transport that notes the time of ``clock`` at each post and sends it with
+    ``inner``: real HTTP, fake scheduling."""
+
+    def __init__(self, inner: Transport, clock: Clock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.at: list[float] = []
+
+    def post(
+        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
+    ) -> Response:
+        self.at.append(self.clock.monotonic())
+        return self.inner.post(endpoint, write_key, bodies, retry_count=retry_count)
+
+    def close(self) -> None:
+        self.inner.close()
+
 
 # -- the basics -----------------------------------------------------------------------------
 
@@ -191,14 +240,20 @@ def test_never_retried_statuses_are_reported_not_retried(server: LocalSegment, s
 
 
 def test_retry_after_is_obeyed_and_does_not_use_the_retry_budget(server: LocalSegment) -> None:
+    """End to end over real HTTP, scheduled on a FakeClock: three 429s with Retry-After: 1
+    are each waited out, exactly 1 s, without using up max_attempts=2."""
     server.set_faults(FaultPlan(script=[Fault.http(429, retry_after=1)] * 3))
     retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2)
-    with emitter(server, retry=retry) as em:
+    clock = FakeClock()
+    transport = Timed(HttpTransport(), clock)
+    em = emitter(server, retry=retry, clock=clock, transport=transport)
+    try:
         em.emit(record(1))
-        assert em.flush(15)
-    times = [r.received_at for r in server.requests]
-    assert len(times) == 4
-    assert all(b - a >= 0.95 for a, b in itertools.pairwise(times))
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert transport.at == [0.0, 1.0, 2.0, 3.0]
+    assert [r.status for r in server.requests] == [429, 429, 429, 200]
     assert server.accepted_count == 1
 
 
@@ -265,34 +320,56 @@ def test_401_pauses_the_tenant_keeps_its_events_and_a_new_key_resumes_it() -> No
 def test_a_key_replaced_while_a_request_with_the_old_one_is_out_is_used_at_once() -> None:
     # The 401 for the old key arrives after set_write_key: no pause, no 30 s re-check wait.
     paused: list[tuple[str, str]] = []
-    with LocalSegment(write_keys=["key-globex", "key-acme-2"]) as server:
-        server.set_faults(FaultPlan(per_key={"key-acme": [Fault.http(401, delay=1.0)]}))
-        em = emitter(server, on_pause=lambda t, r: paused.append((t, r)))
-        assert em._dispatcher.paused_recheck >= 30
-        try:
-            em.emit(record(1, "acme"))
-            assert server.wait_for_arrivals(1)
-            em.set_write_key("acme", "key-acme-2")
-            assert em.flush(10)
-        finally:
-            em.close()
-        assert len(server.events("key-acme-2")) == 1
-        assert [r.status for r in server.requests] == [401, 200]
+    replaced = threading.Event()
+
+    def handler(request: MockRequest) -> MockResponse:
+        if request.write_key != "key-acme-2":
+            assert replaced.wait(10)  # the old key's request is out until the key changes
+            return MockResponse.error(401)
+        return MockResponse.ok()
+
+    em, transport, clock = fake_emitter(handler, on_pause=lambda t, r: paused.append((t, r)))
+    assert em._dispatcher.paused_recheck == PAUSED_RECHECK >= 30
+    try:
+        em.emit(record(1, "acme"))
+        assert transport.wait_for_requests(1)
+        em.set_write_key("acme", "key-acme-2")
+        replaced.set()
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert [(r.at, r.write_key) for r in transport.requests] == [
+        (0.0, "key-acme"),
+        (0.0, "key-acme-2"),  # at once, not after a re-check
+    ]
+    assert [r.status for r in transport.responses] == [401, 200]
     assert paused == []
 
 
 # -- tenants on one pool ------------------------------------------------------------------------
 
 
-def test_one_tenants_outage_does_not_delay_another(server: LocalSegment) -> None:
-    server.set_faults(FaultPlan(per_key={"key-acme": [503] * 1000}))
-    with emitter(server, retry=RetryPolicy(initial_backoff=5.0, max_backoff=5.0)) as em:
-        em.emit(record(1, "acme"))
-        em.emit(record(2, "globex"))
-        assert server.wait_for(1, timeout=3)
-        assert server.events("key-globex")
-        assert not server.events("key-acme")
-        em.close(0.1)
+def test_one_tenants_outage_does_not_delay_another() -> None:
+    def handler(request: MockRequest) -> MockResponse:
+        return MockResponse(503) if request.write_key == "key-acme" else MockResponse.ok()
+
+    em, transport, clock = fake_emitter(
+        handler, retry=RetryPolicy(initial_backoff=5.0, max_backoff=5.0)
+    )
+    try:
+        em.emit_many([record(1, "acme"), record(2, "globex")])
+        assert clock.run_until(lambda: len(transport.requests) == 3, waiters=SENDERS)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    # globex goes at once while acme backs off; acme tries again exactly 5 s later.
+    assert sorted((r.at, r.write_key) for r in transport.requests) == [
+        (0.0, "key-acme"),
+        (0.0, "key-globex"),
+        (5.0, "key-acme"),
+    ]
+    assert stats.tenants["globex"].delivered == 1
+    assert stats.tenants["acme"].delivered == 0
 
 
 def test_a_huge_tenant_does_not_starve_small_ones(server: LocalSegment) -> None:
@@ -309,17 +386,19 @@ def test_a_huge_tenant_does_not_starve_small_ones(server: LocalSegment) -> None:
     assert last_small < 20, order[:30]
 
 
-def test_request_rate_is_capped_per_tenant(server: LocalSegment) -> None:
+def test_request_rate_is_capped_per_tenant() -> None:
     # 20 requests/s: a token bucket with bursts of max(1, 20/10) = 2 requests.
     batch = BatchPolicy(max_messages=1, linger=0.0)
-    with emitter(server, batch=batch, max_requests_per_second=20) as em:
-        for i in range(8):
-            em.emit(record(i))
-        assert em.flush(10)
-    times = [r.received_at for r in server.requests]
-    assert len(times) == 8
-    for i in range(2, 8):  # after the burst of 2, one request per 50 ms at most
-        assert times[i] - times[0] >= (i - 1) / 20 - 0.01, (i, times[i] - times[0])
+    em, transport, clock = fake_emitter(batch=batch, max_requests_per_second=20)
+    try:
+        em.emit_many([record(i) for i in range(8)])
+        assert clock.run_until(lambda: em.stats().delivered == 8, waiters=SENDERS)
+    finally:
+        em.close(0)
+    # The burst of 2 at once, then one request every 50 ms, exactly.
+    assert [r.at for r in transport.requests] == pytest.approx(
+        [0.0, 0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30]
+    )
 
 
 def test_thousands_of_tenants_share_a_fixed_pool(server: LocalSegment) -> None:
@@ -498,7 +577,7 @@ def test_records_left_unencoded_at_close_are_reported(server: LocalSegment) -> N
 
 
 def test_a_resolver_that_raises_pauses_the_tenant_and_keeps_its_events(
-    server: LocalSegment, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[str] = []
 
@@ -509,13 +588,17 @@ def test_a_resolver_that_raises_pauses_the_tenant_and_keeps_its_events(
         return "key-acme"
 
     paused: list[tuple[str, str]] = []
-    em = emitter(server, write_keys=resolver, on_pause=lambda t, r: paused.append((t, r)))
-    em._dispatcher.paused_recheck = 0.2
-    with em:
+    em, transport, clock = fake_emitter(
+        write_keys=resolver, on_pause=lambda t, r: paused.append((t, r))
+    )
+    try:
         em.emit(record(1, "acme"))
-        assert em.flush(10)
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
     assert paused == [("acme", "no write key configured")]
-    assert len(server.events("key-acme")) == 1
+    # Re-checked after PAUSED_RECHECK (30 s) exactly: the resolver answers, the event goes.
+    assert [(r.at, r.write_key) for r in transport.requests] == [(PAUSED_RECHECK, "key-acme")]
     assert "RuntimeError" in caplog.text
     assert "secret-key-material" not in caplog.text
 
