@@ -14,13 +14,12 @@ import contextlib
 import functools
 import heapq
 import itertools
-import json
 import logging
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -54,6 +53,20 @@ from selligent_segment.spool._schema import (
     spool_error,
     transaction,
 )
+from selligent_segment.spool._statements import (
+    DeadMessage,
+    JournalRecord,
+    bury,
+    execute_in_parts,
+    head,
+    ids,
+    insert_dead,
+    insert_messages,
+    insert_records_sql,
+    kind_of,
+    reject_sql,
+    snapshot,
+)
 
 __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
@@ -66,117 +79,8 @@ _MIN_BYTES = 64 * 1024
 _REPORT_EVERY = 10.0
 
 
-@attrs.frozen
-class DeadMessage:
-    """An accepted record that can never be sent, to keep as a dead letter."""
-
-    tenant: str
-    message_id: str
-    kind: str
-    body: bytes
-    reason: str
-
-
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
-#: A journal record as it goes into the file: (tenant, kind, payload).
-JournalRecord = tuple[str, str, "bytes | memoryview"]
-
-
-def _kind(kind: object) -> str:
-    return str(getattr(kind, "value", kind))
-
-
-# Records go in with one INSERT of many rows, not executemany: the sqlite3 module lets go
-# of the GIL for every step, and with another thread busy in Python each step then waits
-# up to sys.getswitchinterval() (5 ms) to get it back. Measured with a busy thread beside
-# it, executemany moved ~200 rows/s; one statement per 1,024 rows moves ~40,000.
-_ROWS_PER_INSERT = 1024
-
-
-@functools.lru_cache(maxsize=8)
-def _insert_records_sql(rows: int) -> str:
-    """``INSERT`` of ``rows`` journal records; parameter 1 is the time, then 3 per row."""
-    values = ", ".join(f"(?{3 * i + 2}, '', ?{3 * i + 3}, ?{3 * i + 4}, ?1)" for i in range(rows))
-    sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
-    return sql + values
-
-
-def _reject_sql(rows: int) -> str:
-    """Dead letters of ``rows`` leased messages, in their order, each with its row's
-    acceptance time; parameters 1-3 are the time, reason and status, then 5 per message
-    (row id, tenant, message id, kind, body as leased)."""
-    values = ", ".join(
-        f"({i}, ?{5 * i + 4}, ?{5 * i + 5}, ?{5 * i + 6}, ?{5 * i + 7}, ?{5 * i + 8})"
-        for i in range(rows)
-    )
-    head = "WITH v(seq, id, tenant, message_id, kind, body) AS (VALUES "
-    tail = (
-        ") INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, failed_at, "
-        "reason, status) SELECT v.tenant, v.message_id, v.kind, v.body, "
-        "coalesce(m.accepted_at, ?1), ?1, ?2, ?3 "
-        "FROM v LEFT JOIN messages AS m ON m.id = v.id ORDER BY v.seq"
-    )
-    return head + values + tail
-
-
-def _execute_in_parts(
-    db: sqlite3.Connection,
-    sql: Callable[[int], str],
-    shared: Sequence[object],
-    rows: Sequence[Sequence[object]],
-) -> None:
-    """Run ``sql(n)`` once per part of up to ``_ROWS_PER_INSERT`` rows; its parameters are
-    ``shared``, then each row's values in turn."""
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        part = rows[start : start + _ROWS_PER_INSERT]
-        db.execute(sql(len(part)), [*shared, *itertools.chain.from_iterable(part)])
-
-
-_HEAD = (
-    "SELECT json_group_array(id), json_group_array(message_id), json_group_array(kind), "
-    "json_group_array(length(body)), CAST(group_concat(body, '') AS BLOB) FROM "
-    "(SELECT id, message_id, kind, body FROM messages "
-    "WHERE tenant = ? AND owner IS NULL ORDER BY id LIMIT ?)"
-)
-_HEAD_SKIPPING = (
-    "SELECT json_group_array(id), json_group_array(message_id), json_group_array(kind), "
-    "json_group_array(length(body)), CAST(group_concat(body, '') AS BLOB) FROM "
-    "(SELECT id, message_id, kind, body FROM messages WHERE tenant = ? AND owner IS NULL "
-    "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?)"
-)
-
-
-def _head(
-    db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
-) -> list[tuple[int, str, str, bytes]]:
-    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``: (id,
-    message_id, kind, body).
-
-    One aggregate row instead of a row per message: fetching steps once per row, and every
-    step lets go of the GIL (see _ROWS_PER_INSERT), so a busy thread slows each one down.
-    """
-    if skip:
-        head = db.execute(_HEAD_SKIPPING, (tenant, _ids(skip), limit))
-    else:
-        head = db.execute(_HEAD, (tenant, limit))
-    ids, message_ids, kinds, sizes, bodies = head.fetchone()
-    rows: list[tuple[int, str, str, bytes]] = []
-    pos = 0
-    for rowid, message_id, kind, size in zip(
-        orjson.loads(ids),
-        orjson.loads(message_ids),
-        orjson.loads(kinds),
-        orjson.loads(sizes),
-        strict=True,
-    ):
-        rows.append((rowid, message_id, kind, bodies[pos : pos + size]))
-        pos += size
-    return rows
-
-
-def _ids(rowids: Iterable[int]) -> str:
-    return json.dumps(list(rowids))
 
 
 def _damaged_letter(journal: Path, damaged: Damaged) -> DeadMessage:
@@ -202,20 +106,10 @@ def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[De
     return records, dead
 
 
-#: A refusal to keep as dead letters: (failed at, reason, status, rows for _reject_sql).
+#: A refusal to keep as dead letters: (failed at, reason, status, rows for reject_sql).
 _Refusal = tuple[float, str, "int | None", list[tuple[int, str, str, str, bytes]]]
 #: How often the ERROR line about a spool file that cannot be written may repeat.
 _UNWRITTEN_LOG_EVERY = 60.0
-
-
-@contextlib.contextmanager
-def _snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: what is read inside is one consistent state of the file."""
-    db.execute("BEGIN")
-    try:
-        yield db
-    finally:
-        db.execute("COMMIT")
 
 
 def _drop(rows_of: dict[str, set[int]], tenant: str, rowids: Iterable[int]) -> None:
@@ -413,9 +307,9 @@ class SqliteSpool(ForkSafe):
         with self._lock:
             with transaction(self._db) as db:
                 if messages:
-                    self._insert(db, messages, now)
-                _execute_in_parts(db, _insert_records_sql, (now,), records)
-                self._insert_dead(db, dead, now)
+                    insert_messages(db, messages, now)
+                execute_in_parts(db, insert_records_sql, (now,), records)
+                insert_dead(db, dead, now)
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "
                     "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset",
@@ -429,22 +323,6 @@ class SqliteSpool(ForkSafe):
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
         for name in finished:
             self._journal.delete(name)
-
-    @staticmethod
-    def _insert(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
-        db.executemany(
-            "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(m.tenant, m.message_id, _kind(m.kind), m.body, now) for m in messages],
-        )
-
-    @staticmethod
-    def _insert_dead(db: sqlite3.Connection, dead: Sequence[DeadMessage], now: float) -> None:
-        db.executemany(
-            "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, failed_at, "
-            "reason, status) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
-            [(d.tenant, d.message_id, d.kind, d.body, now, now, d.reason) for d in dead],
-        )
 
     def _measure(self) -> int:
         (used,) = self._db.execute(
@@ -471,12 +349,12 @@ class SqliteSpool(ForkSafe):
                     self._write_failed(exc)
                     pick = None
             if pick is None:  # nothing can be written now: lease in memory
-                with _snapshot(self._db) as db:  # the rows and their stamps
+                with snapshot(self._db) as db:  # the rows and their stamps
                     pick = self._pick(db, tenant, max_messages, max_bytes)
                     stamps = db.execute(
                         "SELECT id, accepted_at FROM messages "
                         "WHERE id IN (SELECT value FROM json_each(?))",
-                        (_ids([*pick.fresh, *pick.dead]),),
+                        (ids([*pick.fresh, *pick.dead]),),
                     ).fetchall()
                 self._hold(tenant, pick, dict(stamps))
             for d in pick.dead.values():
@@ -502,12 +380,12 @@ class SqliteSpool(ForkSafe):
         order: the file's free rows but those this process holds or settled, merged with
         the rows it released while the file could not be written. Changes nothing."""
         unwritten = self._unwritten
-        rows = _head(db, tenant, max_messages, unwritten.hidden(tenant))
+        rows = head(db, tenant, max_messages, unwritten.hidden(tenant))
         pick = _Pick(len(rows))
         freed = unwritten.freed.get(tenant)
         entries: Iterable[tuple[int, str, str, bytes]] = rows
         if freed:
-            back = sorted((r, m.message_id, _kind(m.kind), m.body) for r, m in freed.items())
+            back = sorted((r, m.message_id, kind_of(m.kind), m.body) for r, m in freed.items())
             entries = heapq.merge(back, rows)
         size = 0
         for rowid, message_id, kind, body in entries:
@@ -538,10 +416,10 @@ class SqliteSpool(ForkSafe):
         if pick.fresh:
             db.execute(
                 "UPDATE messages SET owner = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (self.owner, _ids(pick.fresh)),
+                (self.owner, ids(pick.fresh)),
             )
         if pick.dead:
-            self._bury(db, pick.dead)
+            bury(db, pick.dead, self._unwritten.stamps)
 
     def _hold(self, tenant: str, pick: _Pick, stamps: dict[int, float]) -> None:
         """Keep ``pick`` in memory only: its rows held, its dead records to bury later;
@@ -559,21 +437,6 @@ class SqliteSpool(ForkSafe):
         if pick.dead:
             unwritten.buried.update(pick.dead)
             unwritten.gone.setdefault(tenant, set()).update(pick.dead)
-
-    def _bury(self, db: sqlite3.Connection, dead: dict[int, DeadMessage]) -> None:
-        """Move journal records that cannot become messages to ``dead_letters``."""
-        stamps = self._unwritten.stamps
-        rows = [(rowid, stamps.get(rowid), time.time(), d.reason) for rowid, d in dead.items()]
-        db.executemany(
-            "INSERT INTO dead_letters (tenant, message_id, kind, body, accepted_at, "
-            "failed_at, reason, status) SELECT tenant, '', kind, body, accepted_at, ?3, ?4, "
-            "NULL FROM messages WHERE id = ?1 AND (?2 IS NULL OR accepted_at = ?2)",
-            rows,
-        )
-        db.executemany(
-            "DELETE FROM messages WHERE id = ?1 AND (?2 IS NULL OR accepted_at = ?2)",
-            [row[:2] for row in rows],
-        )
 
     def _take(self, lease: Lease, messages: Sequence[EncodedMessage]) -> list[int]:
         """Row ids of ``messages`` of ``lease``, which are settled by this call."""
@@ -633,7 +496,7 @@ class SqliteSpool(ForkSafe):
             # The messages as leased (a row may still hold the journal record); the
             # acceptance time of their rows is read when written.
             rows = [
-                (r, m.tenant, m.message_id, _kind(m.kind), m.body)
+                (r, m.tenant, m.message_id, kind_of(m.kind), m.body)
                 for m, r in zip(messages, rowids, strict=True)
             ]
             self._unwritten.refused.append((time.time(), reason, status, rows))
@@ -655,24 +518,24 @@ class SqliteSpool(ForkSafe):
         try:
             with transaction(self._db) as db:
                 if unwritten.buried:
-                    self._bury(db, unwritten.buried)
+                    bury(db, unwritten.buried, unwritten.stamps)
                 # One statement per 1,024 messages, before their rows go (acceptance time).
                 for failed_at, reason, status, rows in unwritten.refused:
-                    _execute_in_parts(db, _reject_sql, (failed_at, reason, status), rows)
+                    execute_in_parts(db, reject_sql, (failed_at, reason, status), rows)
                 if unwritten.gone:
                     plain, checked = unwritten.split(
                         itertools.chain.from_iterable(unwritten.gone.values())
                     )
                     db.execute(
                         "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                        (_ids(plain),),
+                        (ids(plain),),
                     )
                     db.executemany("DELETE FROM messages WHERE id = ? AND accepted_at = ?", checked)
                 if unwritten.freed:
                     db.execute(
                         "UPDATE messages SET owner = NULL "
                         "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
-                        (self.owner, _ids(itertools.chain.from_iterable(unwritten.freed.values()))),
+                        (self.owner, ids(itertools.chain.from_iterable(unwritten.freed.values()))),
                     )
                 for tenant, mark in unwritten.paused.items():
                     if mark is None:
@@ -771,11 +634,11 @@ class SqliteSpool(ForkSafe):
             if not gone:
                 return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
             _, checked = self._unwritten.split(itertools.chain.from_iterable(gone.values()))
-            with _snapshot(self._db) as db:
+            with snapshot(self._db) as db:
                 left = db.execute(
                     "SELECT 1 FROM messages "
                     "WHERE id NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
-                    (_ids(itertools.chain.from_iterable(gone.values())),),
+                    (ids(itertools.chain.from_iterable(gone.values())),),
                 ).fetchone()
                 if left is None and checked:  # the same ids, but still the same rows?
                     stamps = dict(checked)
@@ -785,7 +648,7 @@ class SqliteSpool(ForkSafe):
                             for rowid, accepted_at in db.execute(
                                 "SELECT id, accepted_at FROM messages "
                                 "WHERE id IN (SELECT value FROM json_each(?))",
-                                (_ids(stamps),),
+                                (ids(stamps),),
                             )
                             if stamps[rowid] != accepted_at
                         ),
@@ -808,7 +671,7 @@ class SqliteSpool(ForkSafe):
         for rowid, tenant, leased, accepted_at in self._db.execute(
             "SELECT id, tenant, owner IS NOT NULL, accepted_at FROM messages "
             "WHERE id IN (SELECT value FROM json_each(?))",
-            (_ids(gone | held | freed),),
+            (ids(gone | held | freed),),
         ):
             entry = rows.get(tenant)
             if entry is None or stamps.get(rowid, accepted_at) != accepted_at:
