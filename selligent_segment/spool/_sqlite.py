@@ -1,11 +1,17 @@
-"""The durable spool: an acceptance journal in front of an SQLite (WAL) queue.
+"""The durable spool's queue: an acceptance journal in front of an SQLite (WAL) file.
 
 ``accept`` appends to this process's journal (the commit point of ``emit``); the encoder
 thread moves accepted records into SQLite with :meth:`SqliteSpool.put_many`, in group
 commits that also record how far each journal was ingested. Senders lease batches by
-marking rows with this process's owner name, inside one short transaction; no lock of any
-kind is held across an HTTP request. :meth:`SqliteSpool.maintain` replays what dead
-processes left in their journals, frees their leases and notices work written by others.
+marking rows with this process's owner name, inside one short transaction, and settle
+them; no lock of any kind is held across an HTTP request. :meth:`SqliteSpool.maintain`
+retries what could not be written (:mod:`._unwritten`), replays what dead processes left
+in their journals, frees their leases and notices work written by others.
+
+Guarantee: a record is durable once ``accept`` returns; a message leaves the file only
+acknowledged or as a dead letter, and is in one live lease of this process at most; an
+``sqlite3`` error leaves :class:`SqliteSpool` as a :class:`~selligent_segment.SpoolError`
+naming the file (see the class for what happens while the file cannot be written).
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
-import itertools
 import logging
 import sqlite3
 import threading
@@ -44,10 +49,7 @@ from selligent_segment.spool._journal import (
 )
 from selligent_segment.spool._protocol import Lease, SpoolStats
 from selligent_segment.spool._schema import (
-    BUSY_TIMEOUT,
-    BUSY_TIMEOUT_WHILE_FAILING,
     ForkSafe,
-    disk_full,
     journal_dir,
     open_db,
     spool_error,
@@ -64,9 +66,9 @@ from selligent_segment.spool._statements import (
     insert_messages,
     insert_records_sql,
     kind_of,
-    reject_sql,
     snapshot,
 )
+from selligent_segment.spool._unwritten import Unwritten
 
 __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
@@ -77,7 +79,6 @@ _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
 #: How often the same ERROR line about an unusable file may repeat from upkeep.
 _REPORT_EVERY = 10.0
-
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
@@ -106,84 +107,6 @@ def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[De
     return records, dead
 
 
-#: A refusal to keep as dead letters: (failed at, reason, status, rows for reject_sql).
-_Refusal = tuple[float, str, "int | None", list[tuple[int, str, str, str, bytes]]]
-#: How often the ERROR line about a spool file that cannot be written may repeat.
-_UNWRITTEN_LOG_EVERY = 60.0
-
-
-def _drop(rows_of: dict[str, set[int]], tenant: str, rowids: Iterable[int]) -> None:
-    """Remove ``rowids`` from ``rows_of[tenant]`` (and the tenant once it has none)."""
-    rows = rows_of.get(tenant)
-    if rows is not None:
-        rows.difference_update(rowids)
-        if not rows:
-            del rows_of[tenant]
-
-
-@attrs.define
-class _Unwritten:
-    """What this process settled that the file does not show yet, because writing it
-    failed (the disk is full, or another connection held the file locked past the busy
-    timeout). For this process it is the truth (leasing, counting, ``empty``); every
-    later write of the spool (a settlement, a lease, upkeep) writes it first.
-    """
-
-    #: Rows acknowledged, rejected or buried, to delete (their dead letters go first).
-    gone: dict[str, set[int]] = attrs.Factory(dict)
-    refused: list[_Refusal] = attrs.Factory(list)
-    buried: dict[int, DeadMessage] = attrs.Factory(dict)
-    #: Released rows the file still shows leased by this process: leased again from here.
-    freed: dict[str, dict[int, EncodedMessage]] = attrs.Factory(dict)
-    #: ``paused`` marks to write: (reason, since), or None to clear the mark.
-    paused: dict[str, tuple[str, float] | None] = attrs.Factory(dict)
-    #: Rows leased in memory only (the lease could not be written): free in the file.
-    held: dict[str, set[int]] = attrs.Factory(dict)
-    #: The acceptance time of each row leased in memory, until its settlement is written.
-    #: Another process may take such a row, delete it, and SQLite may give its id to a
-    #: new row: a row is settled only if its id *and* acceptance time match.
-    stamps: dict[int, float] = attrs.Factory(dict)
-    failing: bool = False
-    logged: float = float("-inf")
-
-    def pending(self) -> bool:
-        """True when something waits to be written."""
-        return bool(self.gone or self.freed or self.paused or self.refused or self.buried)
-
-    def hidden(self, tenant: str) -> set[int]:
-        """Rows of ``tenant`` that a lease must not take from the file: this process
-        holds them (leased in memory) or settled them already."""
-        held, gone = self.held.get(tenant), self.gone.get(tenant)
-        if held and gone:
-            return held | gone
-        return held or gone or set()
-
-    def events(self) -> int:
-        """Settled or released events whose settlement waits to be written."""
-        return sum(map(len, self.gone.values())) + sum(map(len, self.freed.values()))
-
-    def written(self) -> None:
-        """Forget what was just written (rows leased in memory stay held)."""
-        if self.stamps:
-            for rowid in itertools.chain.from_iterable(self.gone.values()):
-                self.stamps.pop(rowid, None)
-        self.gone, self.refused, self.buried, self.freed, self.paused = {}, [], {}, {}, {}
-
-    def split(self, rowids: Iterable[int]) -> tuple[list[int], list[tuple[int, float]]]:
-        """``rowids`` as those to settle by id alone and (id, acceptance time) pairs."""
-        if not self.stamps:
-            return list(rowids), []
-        plain: list[int] = []
-        checked: list[tuple[int, float]] = []
-        for rowid in rowids:
-            stamp = self.stamps.get(rowid)
-            if stamp is None:
-                plain.append(rowid)
-            else:
-                checked.append((rowid, stamp))
-        return plain, checked
-
-
 @attrs.define
 class _Pick:
     """What a lease takes: messages with their row ids, rows read from the file and how
@@ -193,7 +116,7 @@ class _Pick:
     taken: list[EncodedMessage] = attrs.Factory(list)
     rowids: dict[int, int] = attrs.Factory(dict)  # id(message) -> row id
     fresh: list[int] = attrs.Factory(list)  # row ids taken from the file's free rows
-    back: list[int] = attrs.Factory(list)  # row ids taken back from _Unwritten.freed
+    back: list[int] = attrs.Factory(list)  # row ids taken back from Unwritten.freed
     seen: int = 0
     dead: dict[int, DeadMessage] = attrs.Factory(dict)
 
@@ -226,8 +149,8 @@ class SqliteSpool(ForkSafe):
     a message stays in the file until acknowledged, or is moved to ``dead_letters`` by
     :meth:`reject`; leases of a dead process are freed and sent again (same messageId).
     When the file cannot be written (disk full, locked), leases and settlements are kept
-    in memory and written later (see :class:`_Unwritten`); a batch leased in memory only
-    may then be sent by another process too (same messageId).
+    in memory and written later (see :class:`~selligent_segment.spool._unwritten.Unwritten`);
+    a batch leased in memory only may then be sent by another process too (same messageId).
     """
 
     durable = True
@@ -254,7 +177,7 @@ class SqliteSpool(ForkSafe):
         self._reported: dict[str, float] = {}  # ERROR lines of upkeep -> when last logged
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
-        self._unwritten = _Unwritten()  # settlements the file does not show yet
+        self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
         try:
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -264,7 +187,6 @@ class SqliteSpool(ForkSafe):
             self._db.close()
             raise spool_error(path, exc) from None
         self._data_version = -1
-        self._patience = BUSY_TIMEOUT  # the busy timeout while writes succeed
         self._last_refresh = float("-inf")
         self._closed = False
 
@@ -346,7 +268,7 @@ class SqliteSpool(ForkSafe):
                         pick = self._pick(db, tenant, max_messages, max_bytes)
                         self._mark_leased(db, pick)
                 except sqlite3.OperationalError as exc:
-                    self._write_failed(exc)
+                    self._unwritten.failed(exc)
                     pick = None
             if pick is None:  # nothing can be written now: lease in memory
                 with snapshot(self._db) as db:  # the rows and their stamps
@@ -356,7 +278,7 @@ class SqliteSpool(ForkSafe):
                         "WHERE id IN (SELECT value FROM json_each(?))",
                         (ids([*pick.fresh, *pick.dead]),),
                     ).fetchall()
-                self._hold(tenant, pick, dict(stamps))
+                self._unwritten.hold(tenant, pick.fresh, pick.back, pick.dead, dict(stamps))
             for d in pick.dead.values():
                 log.error(
                     "selligent-segment: tenant %s: event kept as a dead letter: %s",
@@ -421,23 +343,6 @@ class SqliteSpool(ForkSafe):
         if pick.dead:
             bury(db, pick.dead, self._unwritten.stamps)
 
-    def _hold(self, tenant: str, pick: _Pick, stamps: dict[int, float]) -> None:
-        """Keep ``pick`` in memory only: its rows held, its dead records to bury later;
-        ``stamps`` are the acceptance times of their rows."""
-        unwritten = self._unwritten
-        unwritten.stamps.update(stamps)
-        if pick.fresh:
-            unwritten.held.setdefault(tenant, set()).update(pick.fresh)
-        if pick.back:  # the file shows them leased by this process: they are again
-            freed = unwritten.freed[tenant]
-            for rowid in pick.back:
-                del freed[rowid]
-            if not freed:
-                del unwritten.freed[tenant]
-        if pick.dead:
-            unwritten.buried.update(pick.dead)
-            unwritten.gone.setdefault(tenant, set()).update(pick.dead)
-
     def _take(self, lease: Lease, messages: Sequence[EncodedMessage]) -> list[int]:
         """Row ids of ``messages`` of ``lease``, which are settled by this call."""
         held = self._leases.get(lease.id)
@@ -460,7 +365,7 @@ class SqliteSpool(ForkSafe):
         mark in the file, whoever set it: its key works again."""
         with self._lock:
             rowids = self._take(lease, messages)
-            self._settle_gone(lease.tenant, rowids)
+            self._unwritten.settled(lease.tenant, rowids)
             self._unwritten.paused[lease.tenant] = None
             self._write_unwritten()
 
@@ -470,20 +375,9 @@ class SqliteSpool(ForkSafe):
         with self._lock:
             rowids = self._take(lease, messages)
             tenant = lease.tenant
-            unwritten = self._unwritten
-            held = unwritten.held.get(tenant)
-            in_memory = held.intersection(rowids) if held else set()
+            in_memory = self._unwritten.release(tenant, messages, rowids)
             if in_memory:  # leased in memory only: the file shows them free already
-                _drop(unwritten.held, tenant, in_memory)
-                for rowid in in_memory:
-                    unwritten.stamps.pop(rowid, None)
-                self._backlog[tenant] = self._backlog.get(tenant, 0) + len(in_memory)
-            freed = unwritten.freed.setdefault(tenant, {})
-            for message, rowid in zip(messages, rowids, strict=True):
-                if rowid not in in_memory:
-                    freed[rowid] = message
-            if not freed:
-                del unwritten.freed[tenant]
+                self._backlog[tenant] = self._backlog.get(tenant, 0) + in_memory
             self._write_unwritten()
 
     @_named_errors
@@ -500,115 +394,13 @@ class SqliteSpool(ForkSafe):
                 for m, r in zip(messages, rowids, strict=True)
             ]
             self._unwritten.refused.append((time.time(), reason, status, rows))
-            self._settle_gone(lease.tenant, rowids)
+            self._unwritten.settled(lease.tenant, rowids)
             self._write_unwritten()
 
-    def _settle_gone(self, tenant: str, rowids: list[int]) -> None:
-        """Count ``rowids`` as gone from the queue (delivered or refused)."""
-        unwritten = self._unwritten
-        if unwritten.held:
-            _drop(unwritten.held, tenant, rowids)
-        unwritten.gone.setdefault(tenant, set()).update(rowids)
-
     def _write_unwritten(self) -> bool:
-        """Write everything ``_unwritten`` keeps, in one transaction (under ``_lock``).
-
-        True when written; on a failure it is all kept, and the log says so (rarely)."""
-        unwritten = self._unwritten
-        try:
-            with transaction(self._db) as db:
-                if unwritten.buried:
-                    bury(db, unwritten.buried, unwritten.stamps)
-                # One statement per 1,024 messages, before their rows go (acceptance time).
-                for failed_at, reason, status, rows in unwritten.refused:
-                    execute_in_parts(db, reject_sql, (failed_at, reason, status), rows)
-                if unwritten.gone:
-                    plain, checked = unwritten.split(
-                        itertools.chain.from_iterable(unwritten.gone.values())
-                    )
-                    db.execute(
-                        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                        (ids(plain),),
-                    )
-                    db.executemany("DELETE FROM messages WHERE id = ? AND accepted_at = ?", checked)
-                if unwritten.freed:
-                    db.execute(
-                        "UPDATE messages SET owner = NULL "
-                        "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
-                        (self.owner, ids(itertools.chain.from_iterable(unwritten.freed.values()))),
-                    )
-                for tenant, mark in unwritten.paused.items():
-                    if mark is None:
-                        db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
-                    else:
-                        db.execute(
-                            "INSERT INTO paused (tenant, reason, since) VALUES (?, ?, ?) "
-                            "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
-                            (tenant, *mark),
-                        )
-        except sqlite3.OperationalError as exc:
-            self._write_failed(exc)
-            return False
-        for tenant, freed in unwritten.freed.items():  # free in the file now
-            self._backlog[tenant] = self._backlog.get(tenant, 0) + len(freed)
-        unwritten.written()
-        if unwritten.failing:
-            unwritten.failing = False
-            self._busy_timeout(self._patience)
-            log.warning(
-                "selligent-segment: the spool file %s can be written again; what was kept "
-                "in memory is written",
-                self.path,
-            )
-        return True
-
-    def _write_failed(self, exc: sqlite3.OperationalError) -> None:
-        """After a write that failed: no transaction left open, and an ERROR line (no
-        traceback) at most every ``_UNWRITTEN_LOG_EVERY`` seconds."""
-        if self._db.in_transaction:  # a failed COMMIT may leave it open
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-        unwritten = self._unwritten
-        if not unwritten.failing:
-            with contextlib.suppress(sqlite3.Error):
-                (ms,) = self._db.execute("PRAGMA busy_timeout").fetchone()
-                self._patience = int(ms) / 1000
-            self._busy_timeout(min(self._patience, BUSY_TIMEOUT_WHILE_FAILING))
-        unwritten.failing = True
-        now = time.monotonic()
-        if now - unwritten.logged < _UNWRITTEN_LOG_EVERY:
-            return
-        unwritten.logged = now
-        log.error(
-            "selligent-segment: spool file %s: %s; delivery goes on: what this process "
-            "leases and settles meanwhile is kept in memory and written once the file can "
-            "be written (if it stops first, the next process sends those events again, "
-            "same messageId)",
-            self.path,
-            "the disk is full" if disk_full(exc) else f"cannot write ({exc})",
-        )
-
-    def _busy_timeout(self, seconds: float) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self._db.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
-
-    def _retry_unwritten(self) -> None:
-        """Upkeep: write what ``_unwritten`` keeps, if anything."""
-        with self._lock:
-            if self._unwritten.pending():
-                self._write_unwritten()
-
-    def _write_unwritten_at_close(self) -> None:
-        """At close: a last try; what still cannot be written is sent again later."""
-        with self._lock:
-            if self._unwritten.pending() and not self._write_unwritten():
-                log.warning(
-                    "selligent-segment: the outcome of %d events could not be written to "
-                    "the spool file %s; the next process to use it sends them again (same "
-                    "messageId)",
-                    self._unwritten.events(),
-                    self.path,
-                )
+        """Write what ``_unwritten`` keeps, in one transaction (under ``_lock``); True when
+        written."""
+        return self._unwritten.write(self._backlog)
 
     # -- looking -----------------------------------------------------------------------
 
@@ -630,60 +422,9 @@ class SqliteSpool(ForkSafe):
         """True when the file holds no message to send (dead letters aside), but those
         this process settled and could not delete yet."""
         with self._lock:
-            gone = self._unwritten.gone
-            if not gone:
+            if not self._unwritten.gone:
                 return self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
-            _, checked = self._unwritten.split(itertools.chain.from_iterable(gone.values()))
-            with snapshot(self._db) as db:
-                left = db.execute(
-                    "SELECT 1 FROM messages "
-                    "WHERE id NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
-                    (ids(itertools.chain.from_iterable(gone.values())),),
-                ).fetchone()
-                if left is None and checked:  # the same ids, but still the same rows?
-                    stamps = dict(checked)
-                    left = next(
-                        (
-                            rowid
-                            for rowid, accepted_at in db.execute(
-                                "SELECT id, accepted_at FROM messages "
-                                "WHERE id IN (SELECT value FROM json_each(?))",
-                                (ids(stamps),),
-                            )
-                            if stamps[rowid] != accepted_at
-                        ),
-                        None,
-                    )
-            return left is None
-
-    def _count_unwritten(self, counts: str) -> str | bytes:
-        """``stats``' counts (JSON ``{tenant: [messages, leased]}`` read from the file) as
-        this process knows them: without the rows it settled, with the rows it holds in
-        memory as leased and those it released as not. Under ``_lock``."""
-        unwritten = self._unwritten
-        if not (unwritten.gone or unwritten.held or unwritten.freed):
-            return counts
-        gone = set(itertools.chain.from_iterable(unwritten.gone.values()))
-        held = set(itertools.chain.from_iterable(unwritten.held.values()))
-        freed = set(itertools.chain.from_iterable(unwritten.freed.values()))
-        stamps = unwritten.stamps
-        rows: dict[str, list[int]] = orjson.loads(counts)
-        for rowid, tenant, leased, accepted_at in self._db.execute(
-            "SELECT id, tenant, owner IS NOT NULL, accepted_at FROM messages "
-            "WHERE id IN (SELECT value FROM json_each(?))",
-            (ids(gone | held | freed),),
-        ):
-            entry = rows.get(tenant)
-            if entry is None or stamps.get(rowid, accepted_at) != accepted_at:
-                continue  # not the row this process knows (another process changed it)
-            if rowid in gone:
-                entry[0] -= 1
-                entry[1] -= leased
-            elif rowid in held:
-                entry[1] += 1 - leased
-            else:
-                entry[1] -= leased
-        return orjson.dumps({tenant: entry for tenant, entry in rows.items() if entry[0]})
+            return self._unwritten.nothing_else()
 
     def stats(self) -> SpoolStats:
         """Counts and size of the file as this process knows them; SpoolError naming the
@@ -695,7 +436,7 @@ class SqliteSpool(ForkSafe):
                     "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
                     "GROUP BY tenant)"
                 ).fetchone()
-                counts = self._count_unwritten(counts)
+                counts = self._unwritten.counted(counts)
                 used = self._measure()
         except sqlite3.Error as exc:
             raise spool_error(self.path, exc) from None
@@ -745,7 +486,9 @@ class SqliteSpool(ForkSafe):
         log.error("selligent-segment: %s", text)
 
     def _upkeep(self, force: bool) -> list[str]:
-        self._retry_unwritten()
+        with self._lock:  # what the file could not take before
+            if self._unwritten.pending():
+                self._write_unwritten()
         recovered = self._recover()
         with self._lock:
             now = time.monotonic()
@@ -867,7 +610,8 @@ class SqliteSpool(ForkSafe):
             return
         self._closed = True
         try:
-            self._write_unwritten_at_close()
+            with self._lock:
+                self._unwritten.write_last(self._backlog)
             self._free_leases(self.owner)
             self._leases.clear()
         except sqlite3.Error as exc:  # pragma: no cover - the next start frees them
