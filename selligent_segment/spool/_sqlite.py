@@ -5,8 +5,8 @@ thread moves accepted records into SQLite with :meth:`SqliteSpool.put_many`, in 
 commits that also record how far each journal was ingested. Senders lease batches by
 marking rows with this process's owner name, inside one short transaction, and settle
 them; no lock of any kind is held across an HTTP request. :meth:`SqliteSpool.maintain`
-retries what could not be written (:mod:`._unwritten`), replays what dead processes left
-in their journals, frees their leases and notices work written by others.
+retries what could not be written (:mod:`._unwritten`), recovers dead processes
+(:mod:`._recovery`) and notices work written by others.
 
 Guarantee: a record is durable once ``accept`` returns; a message leaves the file only
 acknowledged or as a dead letter, and is in one live lease of this process at most; an
@@ -39,15 +39,9 @@ from selligent_segment._errors import (
 )
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
-from selligent_segment.spool._journal import (
-    Damaged,
-    Journal,
-    Mark,
-    claim_dead_owners,
-    journals_of,
-    read_frames,
-)
+from selligent_segment.spool._journal import Journal, Mark
 from selligent_segment.spool._protocol import Lease, SpoolStats
+from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
     ForkSafe,
     journal_dir,
@@ -74,7 +68,6 @@ __all__ = ["DeadMessage", "Decoder", "JournalRecord", "SqliteSpool"]
 
 log = logging.getLogger("selligent_segment")
 
-_REPLAY_CHUNK = 5_000
 _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
 #: How often the same ERROR line about an unusable file may repeat from upkeep.
@@ -82,29 +75,6 @@ _REPORT_EVERY = 10.0
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
-
-
-def _damaged_letter(journal: Path, damaged: Damaged) -> DeadMessage:
-    """The dead letter that reports (and keeps) bytes of a journal replay had to skip."""
-    reason = f"unreadable: damaged journal bytes at {damaged.start}..{damaged.end} in {journal}"
-    return DeadMessage("", "", "", damaged.data, reason)
-
-
-def _records_of(payloads: Sequence[bytes]) -> tuple[list[JournalRecord], list[DeadMessage]]:
-    """Replayed journal payloads as rows to insert; the unreadable ones as dead letters."""
-    records: list[JournalRecord] = []
-    dead: list[DeadMessage] = []
-    for payload in payloads:
-        try:
-            tenant, _, fields = orjson.loads(payload)
-            kind = fields["type"]
-            if not isinstance(tenant, str) or not isinstance(kind, str):
-                raise TypeError
-        except (ValueError, TypeError, KeyError):
-            dead.append(DeadMessage("", "", "", payload, "unreadable journal record"))
-            continue
-        records.append((tenant, kind, payload))
-    return records, dead
 
 
 @attrs.define
@@ -178,6 +148,7 @@ class SqliteSpool(ForkSafe):
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
         self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
+        self._recovery = Recovery(self._db, self._lock, self._dir, self.owner)
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
         try:
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -489,7 +460,7 @@ class SqliteSpool(ForkSafe):
         with self._lock:  # what the file could not take before
             if self._unwritten.pending():
                 self._write_unwritten()
-        recovered = self._recover()
+        recovered = self._recovery.recover(self.put_many, self._report)
         with self._lock:
             now = time.monotonic()
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -507,98 +478,6 @@ class SqliteSpool(ForkSafe):
             self._used = self._measure()
             return list(self._backlog)
 
-    def _recover(self) -> bool:
-        recovered = False
-        with claim_dead_owners(self._dir, skip=self.owner) as dead:
-            for owner in dead:
-                self._replay_owner(owner)
-                recovered = True
-        with self._lock:
-            owners = [
-                row[0]
-                for row in self._db.execute(
-                    "SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL"
-                )
-            ]
-        for owner in owners:
-            if owner != self.owner and not (self._dir / f"{owner}.owner").exists():
-                self._free_leases(owner)  # owner gone without its lock file
-                recovered = True
-        self._forget_gone_journals()
-        return recovered
-
-    def _forget_gone_journals(self) -> None:
-        """Drop the offsets of journals that are gone with their owner: a process killed
-        in ``close`` between deleting its files and their offsets leaves them behind. (An
-        owner's lock file comes before its first journal, its offsets after.)"""
-        with self._lock:
-            names = [row[0] for row in self._db.execute("SELECT name FROM journals")]
-        gone = [
-            (name,)
-            for name in names
-            if not name.startswith(self.owner + ".")
-            and not (self._dir / f"{name.split('.', 1)[0]}.owner").exists()
-            and not (self._dir / name).exists()
-        ]
-        if gone:
-            with self._lock, transaction(self._db) as db:
-                db.executemany("DELETE FROM journals WHERE name = ?", gone)
-
-    def _replay_owner(self, owner: str) -> None:
-        replayed = read = 0
-        for name in journals_of(self._dir, owner):
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT offset FROM journals WHERE name = ?", (name,)
-                ).fetchone()
-            offset = row[0] if row else 0
-            try:
-                frames = list(read_frames(self._dir / name, offset))
-            except FileNotFoundError:
-                continue
-            except SpoolError as exc:  # not a journal: left untouched, reported
-                self._report(exc)
-                continue
-            read += 1
-            for start in range(0, len(frames), _REPLAY_CHUNK):
-                chunk = frames[start : start + _REPLAY_CHUNK]
-                payloads = [p for _, p in chunk if not isinstance(p, Damaged)]
-                records, dead = _records_of(payloads)
-                damaged = [p for _, p in chunk if isinstance(p, Damaged)]
-                dead += [_damaged_letter(self._dir / name, d) for d in damaged]
-                self.put_many((), [(name, chunk[-1][0])], dead, records)
-                replayed += len(payloads)
-                for d in damaged:  # logged once kept (a crash before replays them again)
-                    log.error(
-                        "selligent-segment: damaged journal bytes at %d..%d in %s skipped: "
-                        "the events in those %d bytes cannot be sent; the bytes are kept as a "
-                        "dead letter (selligent-segment dead-letters list --reason unreadable)",
-                        d.start,
-                        d.end,
-                        self._dir / name,
-                        d.end - d.start,
-                    )
-            with self._lock, transaction(self._db) as db:
-                db.execute("DELETE FROM journals WHERE name = ?", (name,))
-            (self._dir / name).unlink(missing_ok=True)
-        freed = self._free_leases(owner)
-        with self._lock, transaction(self._db) as db:
-            db.execute("DELETE FROM journals WHERE name LIKE ?", (owner + ".%",))
-        if not (read or freed):  # only files that are not journals (reported above)
-            return
-        log.warning(
-            "selligent-segment: recovered after a stopped process (%s): %d events replayed "
-            "from its journal, %d leased events to send again",
-            owner,
-            replayed,
-            freed,
-        )
-
-    def _free_leases(self, owner: str) -> int:
-        with self._lock, transaction(self._db) as db:
-            freed = db.execute("UPDATE messages SET owner = NULL WHERE owner = ?", (owner,))
-            return freed.rowcount
-
     # -- life --------------------------------------------------------------------------
 
     def close(self, *, ingested: bool = True) -> None:
@@ -612,7 +491,7 @@ class SqliteSpool(ForkSafe):
         try:
             with self._lock:
                 self._unwritten.write_last(self._backlog)
-            self._free_leases(self.owner)
+            self._recovery.free_leases(self.owner)
             self._leases.clear()
         except sqlite3.Error as exc:  # pragma: no cover - the next start frees them
             log.error("selligent-segment: could not free leases at close: %s", exc)
