@@ -15,7 +15,7 @@ import orjson
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._naming import PROFILES, EventNaming
-from selligent_segment.spool._file import SpoolFile
+from selligent_segment.spool._file import SpoolFile, SpoolStatus
 from selligent_segment.spool._schema import default_spool_path, spool_path
 
 EXIT_OK = 0
@@ -43,9 +43,16 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def err(text: str) -> None:
-    """Print ``text`` on stderr (where every message of the commands goes)."""
-    print(text, file=sys.stderr)
+def err(*lines: str) -> None:
+    """Print each line on stderr (where every message of the commands goes)."""
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def out(*lines: str) -> None:
+    """Print each line on stdout (the output scripts read)."""
+    for line in lines:
+        print(line)
 
 
 class UsageError(Exception):
@@ -150,9 +157,23 @@ def open_spool(args: argparse.Namespace) -> SpoolFile:
         raise UsageError(str(exc)) from None
 
 
+def read_status(args: argparse.Namespace) -> SpoolStatus:
+    """The status of the spool file ``--spool`` names; UsageError when it cannot be read."""
+    try:
+        with open_spool(args) as spool:
+            return spool.status()
+    except SpoolError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def print_json(obj: object) -> None:
     """Print ``obj`` on stdout as indented JSON (the ``--json`` output of the commands)."""
     sys.stdout.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json``: print JSON for scripts instead of text."""
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def add_spool_option(parser: argparse.ArgumentParser) -> None:

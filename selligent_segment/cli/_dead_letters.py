@@ -4,22 +4,22 @@ file, listed, sent again or deleted."""
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
-from datetime import datetime, timezone
 
 from selligent_segment._errors import SelligentSegmentError
 from selligent_segment.cli._base import (
     EXIT_OK,
     EXIT_USAGE,
+    PROG,
     Command,
     UsageError,
+    add_json_option,
     add_spool_option,
     err,
     open_spool,
+    out,
     print_json,
 )
-from selligent_segment.spool._file import DeadLetter
+from selligent_segment.cli._summary import dead_letter_rows
 
 __all__ = ["DEAD_LETTERS"]
 
@@ -54,7 +54,7 @@ def _configure_dead_letters(parser: argparse.ArgumentParser) -> None:
         add_spool_option(child)
         child.add_argument("--tenant", help="only this tenant's")
         child.add_argument("--reason", help="only those whose reason starts with this")
-        child.add_argument("--json", action="store_true", help="print JSON for scripts")
+        add_json_option(child)
         if action == "list":
             child.add_argument("--limit", type=int, help="at most this many")
         else:
@@ -63,17 +63,6 @@ def _configure_dead_letters(parser: argparse.ArgumentParser) -> None:
             )
         if action == "purge":
             child.add_argument("--all", action="store_true", help="purge with no filter")
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _print_letters(letters: Sequence[DeadLetter]) -> None:
-    for d in letters:
-        status = d.status if d.status is not None else "-"
-        print(f"{d.id}\t{d.tenant}\t{d.kind}\t{_when(d.failed_at)}\t{status}\t{d.reason}")
-    print(f"{len(letters)} dead letters", file=sys.stderr)
 
 
 def _run_dead_letters(args: argparse.Namespace) -> int:
@@ -86,7 +75,8 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
                 if args.json:
                     print_json([d.to_dict() for d in letters])
                 else:
-                    _print_letters(letters)
+                    out(*dead_letter_rows(letters))
+                    err(f"{len(letters)} dead letters")
                 return EXIT_OK
             filters = {"tenant": args.tenant, "reason": args.reason, "ids": args.ids}
             if (
@@ -98,13 +88,13 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
             act = spool.requeue if args.action == "requeue" else spool.purge
             count = act(**filters)
     except (UsageError, SelligentSegmentError) as exc:
-        err(f"selligent-segment dead-letters {args.action}: {exc}")
+        err(f"{PROG} dead-letters {args.action}: {exc}")
         return EXIT_USAGE
     verb = "requeued" if args.action == "requeue" else "purged"
     if args.json:
         print_json({verb: count})
     else:
-        print(f"{count} dead letters {verb}")
+        out(f"{count} dead letters {verb}")
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import EventKind
 from selligent_segment.cli._progress import Progress
+from selligent_segment.cli._summary import demo_table
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
@@ -156,17 +157,9 @@ def _report(
     accepted: Counter[tuple[str, str]],
     elapsed: float,
 ) -> int:
-    width = max(len(e) for e in EVENT_NAMES)
-    print(f"{'tenant':<8}  {'event':<{width}}  {'emitted':>7}  {'accepted':>8}", file=out)
-    ok = True
-    for tenant in TENANTS:
-        for event in EVENT_NAMES:
-            sent, got = emitted[tenant, event], accepted[tenant, event]
-            mark = "" if sent == got else "  MISMATCH"
-            ok = ok and sent == got
-            print(f"{tenant:<8}  {event:<{width}}  {sent:>7}  {got:>8}{mark}", file=out)
-    total_sent, total_got = sum(emitted.values()), sum(accepted.values())
-    print(f"{'total':<8}  {'':<{width}}  {total_sent:>7}  {total_got:>8}", file=out)
+    table, ok = demo_table(tuple(TENANTS), EVENT_NAMES, emitted, accepted)
+    for line in table:
+        print(line, file=out)
     if ok:
         print(
             f"verified: every emitted event was accepted exactly once ({elapsed:.1f} s)",

@@ -7,12 +7,11 @@ import argparse
 import sqlite3
 import time
 
-from selligent_segment._errors import SpoolError, shown
+from selligent_segment._errors import SpoolError
 from selligent_segment._naming import EventNaming
 from selligent_segment.cli._base import (
-    EXIT_OK,
-    EXIT_UNDELIVERED,
     EXIT_USAGE,
+    PROG,
     Command,
     UsageError,
     add_delivery_options,
@@ -20,7 +19,9 @@ from selligent_segment.cli._base import (
     emitter_from_args,
     err,
     open_spool,
+    read_status,
 )
+from selligent_segment.cli._summary import flush_exit_status, flush_summary, only_paused_left
 from selligent_segment.spool._schema import spool_error, spool_path
 
 __all__ = ["FLUSH"]
@@ -61,7 +62,7 @@ def _run_flush(args: argparse.Namespace) -> int:
         open_spool(args).close()  # refuse a missing file: flush never creates one
         emitter = emitter_from_args(args, EventNaming(profile=args.profile), set())
     except UsageError as exc:
-        err(f"selligent-segment flush: {exc}")
+        err(f"{PROG} flush: {exc}")
         return EXIT_USAGE
     deadline = time.monotonic() + args.timeout
     done = False
@@ -69,36 +70,23 @@ def _run_flush(args: argparse.Namespace) -> int:
         try:
             while not done and time.monotonic() < deadline:
                 done = emitter.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-                stats = emitter.stats()
-                queued = {t for t, s in stats.tenants.items() if s.queued}
-                if queued and all(stats.tenants[t].paused for t in queued):
-                    break  # only paused tenants are left: waiting will not help
+                if only_paused_left(emitter.stats()):
+                    break  # waiting will not help
         except KeyboardInterrupt:
-            err("selligent-segment flush: interrupted; what is left stays in the spool")
+            err(f"{PROG} flush: interrupted; what is left stays in the spool")
         stats = emitter.stats()
     except (SpoolError, sqlite3.Error) as exc:  # the file became unusable meanwhile
         emitter.close(0)
-        err(f"selligent-segment flush: {_unusable(args, exc)}")
+        err(f"{PROG} flush: {_unusable(args, exc)}")
         return EXIT_USAGE
     emitter.close(1.0)
     try:
-        with open_spool(args) as spool:
-            status = spool.status()
-    except (UsageError, SpoolError) as exc:
-        err(f"selligent-segment flush: {exc}")
+        status = read_status(args)
+    except UsageError as exc:
+        err(f"{PROG} flush: {exc}")
         return EXIT_USAGE
-    # Dead letters are kept and listed, but not deliverable: only what is queued counts.
-    left = [t for t in status.tenants if t.queued]
-    err(f"delivered {stats.delivered} events; {status.queued} left in {status.path}")
-    for t in left:
-        why = f" ({t.paused})" if t.paused else ""
-        err(f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{why}")
-    if status.dead_letters:
-        err(
-            f"{status.dead_letters} dead letters kept; see: selligent-segment dead-letters "
-            f"list --spool {status.path}"
-        )
-    return EXIT_UNDELIVERED if left else EXIT_OK
+    err(*flush_summary(stats.delivered, status))
+    return flush_exit_status(status)
 
 
 FLUSH = Command(

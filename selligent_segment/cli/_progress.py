@@ -14,10 +14,19 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-__all__ = ["Progress", "human_bytes", "render"]
+__all__ = ["Progress", "human_bytes", "is_terminal", "render"]
 
 _CLEAR = "\r\x1b[K"
 _BAR_WIDTH = 24
+
+
+def is_terminal(stream: object) -> bool:
+    """True when ``stream`` is a terminal (False for a closed stream or one without a
+    file descriptor)."""
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
 
 
 def human_bytes(n: float) -> str:
@@ -57,12 +66,7 @@ class Progress:
         width: int | None = None,
     ) -> None:
         self._stream = stream
-        if enabled is None:
-            try:
-                enabled = stream.isatty()
-            except (AttributeError, ValueError):
-                enabled = False
-        self.enabled = enabled
+        self.enabled = is_terminal(stream) if enabled is None else enabled
         self._interval = interval
         self._clock = clock
         self._width = width

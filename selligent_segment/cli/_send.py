@@ -22,9 +22,6 @@ from selligent_segment._mapping import encode
 from selligent_segment._naming import EventNaming
 from selligent_segment.cli._base import (
     EXIT_INTERRUPTED,
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_UNDELIVERED,
     EXIT_USAGE,
     PROG,
     Command,
@@ -34,10 +31,19 @@ from selligent_segment.cli._base import (
     emitter_from_args,
     err,
 )
-from selligent_segment.cli._progress import Progress, human_bytes
+from selligent_segment.cli._progress import Progress, human_bytes, is_terminal
 from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
 from selligent_segment.cli._rejects import Rejects
-from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.cli._summary import (
+    RESUME_HINT,
+    delivery_summary,
+    only_paused_left,
+    reading_summary,
+    rejects_summary,
+    send_exit_status,
+    undelivered_count,
+    undelivered_tenants,
+)
 
 __all__ = ["SEND"]
 
@@ -181,8 +187,8 @@ class _Send:
         self.rejects: Rejects | None = None
         self.inputs: list[Input] = []
         enabled = False
-        if not args.quiet and _isatty(sys.stderr):
-            enabled = not (args.dry_run and _isatty(sys.stdout))
+        if not args.quiet and is_terminal(sys.stderr):
+            enabled = not (args.dry_run and is_terminal(sys.stdout))
         self.progress = Progress(sys.stderr, enabled=enabled)
 
     # -- reading ---------------------------------------------------------------------
@@ -222,10 +228,6 @@ class _Send:
         detail = f"{size}  {self.read:,} records  {self.invalid:,} invalid{sink.detail()}"
         self.progress.show("reading", done, total, detail)
 
-    @property
-    def valid(self) -> int:
-        return self.read - self.invalid
-
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -250,7 +252,7 @@ class _Send:
             err(str(exc))
             return EXIT_USAGE
         except OSError as exc:
-            err(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            err(_cannot_read(exc))
             return EXIT_USAGE
         except KeyboardInterrupt:
             err(f"{PROG}: interrupted before anything was sent")
@@ -272,7 +274,7 @@ class _Send:
             self.progress.message(str(exc))
             return EXIT_USAGE
         except OSError as exc:
-            self.progress.message(f"{exc.filename}: cannot read: {exc.strerror or exc}")
+            self.progress.message(_cannot_read(exc))
             return EXIT_USAGE
         except KeyboardInterrupt:
             self.progress.message(f"{PROG}: interrupted while reading")
@@ -290,9 +292,7 @@ class _Send:
             printer.close()
         self.progress.close()
         self._summary_of_reading()
-        if stopped is not None:
-            return stopped
-        return EXIT_INVALID if self.invalid else EXIT_OK
+        return send_exit_status(stopped, 0, self.invalid)
 
     def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
         sink = _Deliverer(emitter, self.naming)
@@ -312,18 +312,14 @@ class _Send:
         self.progress.close()
         self._summary_of_reading()
         stats = emitter.stats()
-        undelivered = self._summary_of_delivery(sink, stats, failed)
-        if stopped == EXIT_INTERRUPTED:
-            err(
-                f"{PROG}: re-run the same command to resume: events already delivered "
-                "keep their messageId and are dropped by Segment as duplicates"
-            )
-            return stopped
-        if stopped is not None:
-            return stopped
+        undelivered = undelivered_count(stats, sink.not_accepted)
+        if not self.args.quiet:
+            err(*delivery_summary(sink.emitted, stats, sink.not_accepted))
         if undelivered:
-            return EXIT_UNDELIVERED
-        return EXIT_INVALID if self.invalid else EXIT_OK
+            err(*undelivered_tenants(stats, sink.not_accepted, failed))
+        if stopped == EXIT_INTERRUPTED:
+            err(RESUME_HINT)
+        return send_exit_status(stopped, undelivered, self.invalid)
 
     def _wait(self, sink: _Deliverer) -> None:
         """Wait for delivery, but not for tenants that are paused (refused key): their
@@ -335,8 +331,7 @@ class _Send:
             if self.progress.due():
                 detail = f"{stats.delivered:,}/{sink.emitted:,} delivered"
                 self.progress.show("sending", stats.delivered, sink.emitted, detail)
-            waiting = [t for t, n in _queued(stats).items() if n]
-            if waiting and all(stats.tenants[t].paused for t in waiting):
+            if only_paused_left(stats):
                 break
 
     # -- summary ---------------------------------------------------------------------
@@ -344,79 +339,18 @@ class _Send:
     def _summary_of_reading(self) -> None:
         if self.args.quiet:
             return
-        files = len(self.inputs)
-        err(
-            f"{PROG}: read {self.read:,} records from {files} input{'s' if files != 1 else ''}"
-            f": {self.valid:,} valid, {self.invalid:,} invalid"
-        )
+        err(reading_summary(self.read, self.invalid, len(self.inputs)))
         if self.rejects is not None and self.rejects.count:
-            err(
-                f"{PROG}: {self.rejects.count:,} invalid records written to "
-                f"{self.rejects.path}, their reasons to {self.rejects.reasons_path}"
-            )
-
-    def _summary_of_delivery(self, sink: _Deliverer, stats: Stats, failed: set[str]) -> int:
-        """Print what was delivered; returns the number of events not delivered."""
-        refused = sum(sink.not_accepted.values())
-        undelivered = stats.accepted - stats.delivered + refused
-        if not self.args.quiet:
-            err(
-                f"{PROG}: {sink.emitted:,} events accepted, {stats.delivered:,} delivered, "
-                f"{undelivered:,} not delivered"
-            )
-            tenants = sorted(set(stats.tenants) | set(sink.not_accepted))
-            if tenants:
-                err(_tenant_table(tenants, stats, sink.not_accepted))
-        if undelivered:
-            queued = {t for t, n in _queued(stats).items() if n}
-            for tenant in sorted(failed | queued | set(sink.not_accepted)):
-                detail = stats.tenants.get(tenant)
-                why = _why(detail, sink.not_accepted.get(tenant, 0))
-                err(f"{PROG}: tenant {shown(tenant)}: {why}")
-        return undelivered
+            err(rejects_summary(self.rejects.count, self.rejects.path, self.rejects.reasons_path))
 
 
-def _isatty(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError):
-        return False
+def _cannot_read(exc: OSError) -> str:
+    return f"{exc.filename}: cannot read: {exc.strerror or exc}"
 
 
 def _total_size(inputs: Sequence[Input]) -> int | None:
     sizes = [i.size for i in inputs]
     return None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
-
-
-def _tenant_table(tenants: Sequence[str], stats: Stats, not_accepted: dict[str, int]) -> str:
-    rows = [("tenant", "accepted", "delivered", "not delivered")]
-    for tenant in tenants:
-        detail = stats.tenants.get(tenant, TenantStats())
-        missing = detail.accepted - detail.delivered + not_accepted.get(tenant, 0)
-        rows.append((tenant, f"{detail.accepted:,}", f"{detail.delivered:,}", f"{missing:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = []
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
-def _queued(stats: Stats) -> dict[str, int]:
-    return {t: s.queued for t, s in stats.tenants.items()}
-
-
-def _why(detail: TenantStats | None, not_accepted: int) -> str:
-    parts = []
-    if detail is not None:
-        parts = [f"{n} {reason}" for reason, n in {**detail.rejected, **detail.dropped}.items()]
-        if detail.paused:
-            parts.append(f"paused: {detail.paused}")
-    if not_accepted:
-        parts.append(f"{not_accepted} not accepted (spool full)")
-    return "; ".join(parts) or "not delivered"
 
 
 def _run_send(args: argparse.Namespace) -> int:
