@@ -5,7 +5,8 @@ the journal directory 0700), marked with an application id and a schema version
 (``PRAGMA application_id`` / ``user_version``). It never holds write keys. A file this
 library did not create, a corrupt file, or one written by a newer version raises
 :class:`~selligent_segment.SpoolError` and is left exactly as it was; so does a file this
-process may not write, saying so (not "corrupt"): see :func:`unwritable`.
+process may not write, saying so (not "corrupt"): see :func:`unwritable`. Statements
+that belong together run in a :func:`transaction` (writes) or a :func:`snapshot` (reads).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "disk_full",
     "journal_dir",
     "open_db",
+    "snapshot",
     "spool_error",
     "spool_path",
     "transaction",
@@ -234,6 +236,16 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A read transaction: what is read inside is one consistent state of the file."""
+    db.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        db.execute("COMMIT")
 
 
 def _check_header(path: Path) -> bool:

@@ -46,6 +46,7 @@ from selligent_segment.spool._schema import (
     ForkSafe,
     journal_dir,
     open_db,
+    snapshot,
     spool_error,
     transaction,
 )
@@ -60,7 +61,6 @@ from selligent_segment.spool._statements import (
     insert_messages,
     insert_records_sql,
     kind_of,
-    snapshot,
 )
 from selligent_segment.spool._unwritten import Unwritten
 

@@ -1,20 +1,19 @@
 """The statements that write and read many rows of the SQLite queue at once, and the rows
 they take (:class:`DeadMessage`, :data:`JournalRecord`).
 
-Guarantee: each function runs inside the caller's transaction (or :func:`snapshot`) and
+Guarantee: each function runs inside the caller's transaction (or read snapshot) and
 changes only what its docstring says. Rows go in and come out many to a statement, never
 one step per row (see ``_ROWS_PER_INSERT`` for why and what it buys).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
 import orjson
@@ -33,7 +32,6 @@ __all__ = [
     "insert_records_sql",
     "kind_of",
     "reject_sql",
-    "snapshot",
 ]
 
 
@@ -60,16 +58,6 @@ def kind_of(kind: object) -> str:
 def ids(rowids: Iterable[int]) -> str:
     """Row ids as the JSON array a ``json_each(?)`` parameter takes."""
     return json.dumps(list(rowids))
-
-
-@contextlib.contextmanager
-def snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: what is read inside is one consistent state of the file."""
-    db.execute("BEGIN")
-    try:
-        yield db
-    finally:
-        db.execute("COMMIT")
 
 
 # Records go in with one INSERT of many rows, not executemany: the sqlite3 module lets go

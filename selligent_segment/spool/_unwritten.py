@@ -28,6 +28,7 @@ from selligent_segment.spool._schema import (
     BUSY_TIMEOUT,
     BUSY_TIMEOUT_WHILE_FAILING,
     disk_full,
+    snapshot,
     transaction,
 )
 from selligent_segment.spool._statements import (
@@ -36,7 +37,6 @@ from selligent_segment.spool._statements import (
     execute_in_parts,
     ids,
     reject_sql,
-    snapshot,
 )
 
 __all__ = ["Refusal", "Unwritten"]
