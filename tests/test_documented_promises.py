@@ -3,8 +3,9 @@ module proves, one test each, named after the behaviour; each docstring quotes t
 
 Through the public API only (``selligent_segment``, ``selligent_segment.testing``), real
 loopback HTTP to a LocalSegment, real spool files in tmp_path, the command line run as a
-user runs it. A promise the code does not keep is an ``xfail(strict=True)`` test saying
-what is wrong.
+user runs it; promises about when a request goes out are proved on a FakeClock with a
+MockTransport, to the exact (fake) instant, with no wall-clock wait. A promise the code
+does not keep is an ``xfail(strict=True)`` test saying what is wrong.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ from selligent_segment import (
     SpoolFile,
     encode,
 )
-from selligent_segment.testing import Fault, FaultPlan, LocalSegment
+from selligent_segment.testing import (
+    FakeClock,
+    Fault,
+    FaultPlan,
+    LocalSegment,
+    MockResponse,
+    MockTransport,
+)
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
 SEND = [sys.executable, "-m", "selligent_segment", "send"]
@@ -90,6 +98,16 @@ def fill(spool: Path, records: list[dict[str, Any]]) -> None:
     em = Emitter(write_keys=KEYS, endpoint=unreachable_url(), spool=spool, retry=SLOW_RETRY)
     assert em.emit_many(records).accepted == len(records)
     em.close(0.2)
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> bool:
+    """Poll ``condition()`` until true; False after ``timeout`` wall-clock seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def epoch(timestamp: str) -> float:
@@ -163,12 +181,12 @@ def test_a_record_without_timestamp_gets_the_time_of_the_emit_call(tmp_path: Pat
     em.emit(record(1))
     after = time.time()
     em.close(0.2)
+    while time.time() < after + 0.1:  # encoding comes well after (timestamps hold ms)
+        time.sleep(0.01)
     with LocalSegment() as server:
-        encoded_from = time.time()
         with emitter(server, spool=path) as later:
             assert later.flush(10)
         (event,) = server.accepted
-    assert encoded_from - after >= 0.1  # close() waited 0.2 s: encoding came well after
     assert before - 0.001 <= epoch(event["timestamp"]) <= after
 
 
@@ -390,20 +408,36 @@ def test_gzip_compresses_request_bodies_at_level_3() -> None:
     assert gzip.compress(plain, compresslevel=6, mtime=0) != body  # the level shows
 
 
-def test_linger_holds_an_idle_tenants_first_event_until_a_full_batch_or_flush(
-    server: LocalSegment,
-) -> None:
+def test_linger_holds_an_idle_tenants_first_event_until_a_full_batch_or_flush() -> None:
     """delivery.md, Linger: "the first event of an idle tenant waits `linger` for company;
-    a full batch ... goes at once; `flush()` sends everything at once"."""
-    with emitter(server, batch=BatchPolicy(max_messages=10, linger=60.0)) as em:
-        em.emit(record(0))
-        assert not server.wait_for_requests(1, timeout=1.0)  # lingering
-        for i in range(1, 10):
-            em.emit(record(i))
-        assert server.wait_for(10, timeout=10)  # a full batch: at once, not after 60 s
-        em.emit(record(10))
+    a full batch ... goes at once; `flush()` sends everything at once" (on a FakeClock:
+    alone, an event leaves exactly `linger` after it came; with company or a flush, at
+    the instant the batch is full or the flush is asked)."""
+    clock = FakeClock()
+    transport = MockTransport(clock=clock)
+    batch = BatchPolicy(max_messages=10, linger=60.0)
+    em = Emitter(write_keys=KEYS, transport=transport, clock=clock, batch=batch)
+    try:
+        em.emit(record(0))  # alone: it waits the whole linger
+        assert clock.run_until(lambda: len(transport.requests) == 1, waiters=2)
+        em.emit(record(1))  # at t=60, alone again: its linger runs to t=120 ...
+        assert wait_until(lambda: clock.next_deadline() == 120.0)
+        assert clock.wait_for_waiters(2)
+        clock.advance_to(119.9)
+        assert clock.wait_for_waiters(2)
+        assert len(transport.requests) == 1  # ... lingering
+        em.emit_many([record(i) for i in range(2, 11)])  # company: a full batch
+        assert transport.wait_for_requests(2)  # at once, the clock standing still
+        em.emit(record(11))
         assert em.flush(10)  # the lingering one goes now
-    assert server.accepted_count == 11
+    finally:
+        em.close(0)
+    assert [(r.at, len(r.items)) for r in transport.requests] == [
+        (60.0, 1),
+        (119.9, 10),
+        (119.9, 1),
+    ]
+    assert sum(len(r.items) for r in transport.requests) == 12
 
 
 def test_a_request_past_its_deadline_is_retried_saying_so(
@@ -439,21 +473,37 @@ def test_a_tenant_in_backoff_holds_no_sender_thread(server: LocalSegment) -> Non
         em.close(0.1)
 
 
-def test_a_429_delays_only_its_own_tenant(server: LocalSegment) -> None:
+def test_a_429_delays_only_its_own_tenant() -> None:
     """guarantees.md, 429 rate limit: "that tenant waits for `Retry-After` /
-    `X-RateLimit-Reset` ...; other tenants are not delayed"."""
-    server.set_faults(FaultPlan(per_key={"key-acme": [Fault.http(429, retry_after=60)]}))
-    em = emitter(server, threads=1)
+    `X-RateLimit-Reset` ...; other tenants are not delayed" (on a FakeClock, one sender:
+    globex goes at once while acme waits exactly its 60 s)."""
+
+    def handler(request: Any) -> MockResponse:
+        if request.write_key == "key-acme" and request.retry_count == 0:
+            return MockResponse.rate_limited(retry_after=60)
+        return MockResponse.ok()
+
+    clock = FakeClock()
+    transport = MockTransport(handler, clock=clock)
+    em = Emitter(
+        write_keys=KEYS, transport=transport, clock=clock, threads=1, batch=BatchPolicy(linger=0)
+    )
     try:
         em.emit(record(1, "acme"))
-        assert server.wait_for_requests(1)  # acme's 429: it waits 60 s
+        assert transport.wait_for_requests(1)  # acme's 429: it waits 60 s
         em.emit(record(2, "globex"))
-        assert server.wait_for(1, timeout=10)
-        assert server.events("key-globex")
-        assert not server.events("key-acme")
-        assert em.stats().tenants["acme"].retried == 1
+        assert transport.wait_for_requests(2)  # globex at once, the clock standing still
+        assert clock.run_until(lambda: em.stats().delivered == 2, waiters=1)
+        stats = em.stats()
     finally:
-        em.close(0.1)
+        em.close(0)
+    assert [(r.at, r.write_key) for r in transport.requests] == [
+        (0.0, "key-acme"),
+        (0.0, "key-globex"),
+        (60.0, "key-acme"),
+    ]
+    assert [r.status for r in transport.responses] == [429, 200, 200]
+    assert stats.tenants["acme"].retried == 1
 
 
 @pytest.mark.parametrize("status", [404, 501, 505, 302])
@@ -847,21 +897,32 @@ def test_close_with_a_request_out_leaves_its_batch_in_the_file_for_the_next_star
     assert server.message_ids() == {encode(record(i)).message_id for i in range(5)}
 
 
-def test_a_retried_batch_is_sent_again_before_anything_newer(server: LocalSegment) -> None:
+def test_a_retried_batch_is_sent_again_before_anything_newer() -> None:
     """guarantees.md, Ordering: "A retried batch is sent again before anything newer from
-    that process"."""
-    server.set_faults(FaultPlan(script=[503]))
+    that process" (on a FakeClock: the newer events are queued while it backs off 0.5 s)."""
+    answers = iter([MockResponse(503)])
+    clock = FakeClock()
+    transport = MockTransport(lambda request: next(answers, MockResponse.ok()), clock=clock)
     retry = RetryPolicy(initial_backoff=0.5, max_backoff=0.5, jitter=False)
-    with emitter(server, retry=retry, batch=BatchPolicy(max_messages=10, linger=0.0)) as em:
+    batch = BatchPolicy(max_messages=10, linger=0.0)
+    em = Emitter(write_keys=KEYS, transport=transport, clock=clock, retry=retry, batch=batch)
+    try:
         em.emit_many([record(i) for i in range(10)])
-        assert server.wait_for_requests(1)  # the first batch failed: backing off 0.5 s
+        assert transport.wait_for_requests(1)  # the first batch fails: backing off 0.5 s
         em.emit_many([record(i) for i in range(10, 30)])
-        assert em.flush(20)
-    failed = server.requests[0]
-    assert failed.status == 503
-    first = [e["anonymousId"] for e in server.accepted[: failed.n_items]]
-    assert sorted(first) == sorted(f"user{i}@example.com" for i in range(failed.n_items))
-    assert server.accepted_count == 30
+        # Both in the queue, the failed batch back at its head, before the time moves.
+        assert wait_until(lambda: (s := em.stats()).accepted == s.queued == 30)
+        assert clock.run_until(lambda: em.stats().delivered == 30, waiters=2)
+    finally:
+        em.close(0)
+    failed, retried, *newer = transport.requests
+    assert transport.responses[0].status == 503
+    assert (failed.at, retried.at, retried.retry_count) == (0.0, 0.5, 1)
+    assert retried.message_ids == failed.message_ids  # the same batch, in the same order
+    assert [m["anonymousId"] for m in retried.items] == [f"user{i}@example.com" for i in range(10)]
+    assert sorted(m for r in newer for m in r.message_ids) == sorted(
+        encode(record(i)).message_id for i in range(10, 30)
+    )
 
 
 def test_a_full_spool_is_logged_once_per_ten_seconds(
