@@ -3,6 +3,11 @@
 :class:`SpoolFile` opens an existing spool file next to running emitters (SQLite's
 locking keeps them consistent); what it requeues is picked up by running emitters within
 about two seconds, or by the next start.
+
+Guarantee: :meth:`SpoolFile.requeue` and :meth:`SpoolFile.purge` each run in one
+transaction; a file this process may only read is opened read-only (status and dead
+letters can still be read); every SQLite error is a :class:`~selligent_segment.SpoolError`
+naming the file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The in-memory spool: bounded in bytes, lost when the process dies."""
+"""The in-memory spool: per-tenant queues in this process, lost when it dies.
+
+Guarantee: it never holds more than ``max_bytes`` of message bodies (leased ones count
+until settled), and per-tenant FIFO order is kept across releases.
+"""
 
 from __future__ import annotations
 
