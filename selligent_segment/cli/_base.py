@@ -1,6 +1,6 @@
 """What every ``selligent-segment`` command shares: the Command record, exit statuses,
-usage errors, the delivery and spool options with the Emitter and the spool file they
-describe, and printing JSON for scripts."""
+usage errors, the shared options (delivery, ``--spool``, ``--json``) with the Emitter and
+the spool file they describe, and printing (lines on stderr or stdout, JSON)."""
 
 from __future__ import annotations
 
