@@ -908,7 +908,8 @@ def test_a_retried_batch_is_sent_again_before_anything_newer() -> None:
     em = Emitter(write_keys=KEYS, transport=transport, clock=clock, retry=retry, batch=batch)
     try:
         em.emit_many([record(i) for i in range(10)])
-        assert transport.wait_for_requests(1)  # the first batch fails: backing off 0.5 s
+        # The first batch fails: it is back in the queue and its tenant backs off 0.5 s.
+        assert wait_until(lambda: em.stats().retried == 10)
         em.emit_many([record(i) for i in range(10, 30)])
         # Both in the queue, the failed batch back at its head, before the time moves.
         assert wait_until(lambda: (s := em.stats()).accepted == s.queued == 30)
