@@ -112,6 +112,7 @@ def test_a_refused_key_names_the_tenant_never_the_key(tmp_path: Path) -> None:
         assert server.events("key-globex")
 
 
+@pytest.mark.slow
 def test_usage_errors_exit_2(server: LocalSegment, tmp_path: Path, keys_file: str) -> None:
     data = write(tmp_path / "in.jsonl", rec(1, "acme"))
     no_key = run(data, "--endpoint", server.url)
@@ -202,6 +203,7 @@ def test_an_oversized_record_is_refused_with_its_line(
     assert server.accepted_count == 2
 
 
+@pytest.mark.slow
 def test_undelivered_at_the_timeout_exits_3(tmp_path: Path, keys_file: str) -> None:
     with LocalSegment() as server:
         server.outage(503)
@@ -223,6 +225,7 @@ def test_undelivered_at_the_timeout_exits_3(tmp_path: Path, keys_file: str) -> N
     assert "tenant 'globex': 1 unsent_at_close" in result.stderr
 
 
+@pytest.mark.slow
 def test_undelivered_events_stay_in_the_spool_and_flush_delivers_them(
     tmp_path: Path, keys_file: str
 ) -> None:
@@ -324,6 +327,7 @@ def test_sigterm_stops_send_like_ctrl_c_with_its_summary_and_exits_143(
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_while_sending(tmp_path: Path, keys_file: str) -> None:
     with LocalSegment() as server:
         server.outage(503)

@@ -74,6 +74,7 @@ def fill(spool: Path, records: list[dict[str, Any]]) -> None:
     em.close(0.5)
 
 
+@pytest.mark.slow
 def test_flush_delivers_what_a_spool_holds_and_empties_it(
     tmp_path: Path, server: LocalSegment, keys_file: Path
 ) -> None:
@@ -134,6 +135,7 @@ def test_flush_refuses_a_missing_spool_without_creating_it(tmp_path: Path) -> No
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_spool_status_text_and_json(tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
     fill(spool, [record(i, "acme") for i in range(7)] + [record(1, "globex")])
@@ -251,6 +253,7 @@ def test_a_spool_file_works_in_a_process_forked_while_a_thread_uses_it(tmp_path:
         sf.status()
 
 
+@pytest.mark.slow
 def test_help_documents_exit_codes() -> None:
     for command in (["flush"], ["spool"], ["dead-letters"], ["demo"]):
         shown = cli(*command, "--help")

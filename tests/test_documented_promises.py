@@ -440,6 +440,7 @@ def test_linger_holds_an_idle_tenants_first_event_until_a_full_batch_or_flush() 
     assert sum(len(r.items) for r in transport.requests) == 12
 
 
+@pytest.mark.slow
 def test_a_request_past_its_deadline_is_retried_saying_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -541,6 +542,7 @@ def test_a_413_or_422_is_bisected_like_a_400(server: LocalSegment, status: int) 
     assert [e["messageId"] for e in server.accepted] == [encode(record(1)).message_id]
 
 
+@pytest.mark.slow
 def test_a_403_pauses_the_tenant_with_one_error_line_and_a_new_key_resumes_it(
     server: LocalSegment, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -582,6 +584,7 @@ def test_leaving_a_with_block_closes_the_emitter(server: LocalSegment) -> None:
         em.emit(record(2))
 
 
+@pytest.mark.slow
 def test_the_exit_hook_flushes_for_at_most_exit_timeout_then_reports(
     server: LocalSegment,
 ) -> None:
@@ -996,6 +999,7 @@ def test_the_console_script_and_python_m_are_the_same_command() -> None:
         assert installed.stdout == module.stdout
 
 
+@pytest.mark.slow
 def test_send_keeps_events_in_the_documented_default_spool_file(
     tmp_path: Path, server: LocalSegment, keys_file: str
 ) -> None:
@@ -1194,6 +1198,7 @@ def test_spool_status_of_a_missing_file_exits_2_in_one_line(tmp_path: Path) -> N
     assert not missing.exists()
 
 
+@pytest.mark.slow
 def test_dead_letter_commands_exit_0_when_nothing_matches(tmp_path: Path) -> None:
     """operations.md, `dead-letters`: "Exit 0 (also when nothing matched), or 2"."""
     spool = tmp_path / "spool.db"
@@ -1229,6 +1234,7 @@ def test_dead_letters_list_prints_one_line_per_letter(tmp_path: Path) -> None:
     assert json.loads(full["body"])["messageId"] == encode(record(1)).message_id
 
 
+@pytest.mark.slow
 def test_dead_letters_reason_matches_the_start_of_the_reason(tmp_path: Path) -> None:
     """operations.md: "`--reason` matches the start of the reason (`--reason rejected`)"."""
     spool = tmp_path / "spool.db"

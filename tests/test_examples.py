@@ -261,6 +261,7 @@ def test_key_table_as_the_emitters_resolver(tmp_path: Path) -> None:
 # -- (c) the pytest example -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_pytest_example_passes() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples/pytest_example"],

@@ -168,6 +168,7 @@ def test_sigterm_during_delivery_with_the_memory_spool_reports_what_it_did_not_s
     assert b"unsent at close" in err
 
 
+@pytest.mark.slow
 def test_a_slow_drip_endpoint_holds_no_sender_past_the_request_deadline() -> None:
     """The endpoint answers its first two requests one byte every 0.2 s (a minute for the
     whole answer), then normally: each of those requests ends at the 0.5 s deadline and

@@ -59,6 +59,7 @@ def test_sigterm_flushes_what_was_accepted_and_exits_143(server: LocalSegment) -
     assert "failure" not in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_sigterm_reports_what_it_could_not_deliver(server: LocalSegment) -> None:
     server.outage(503)

@@ -273,6 +273,7 @@ def test_upkeep_on_a_damaged_file_logs_one_error_line_without_a_traceback(
     assert "corrupt" in errors[0].getMessage()
 
 
+@pytest.mark.slow
 def test_flush_and_send_on_a_damaged_spool_say_so_in_one_line_and_exit_2(
     tmp_path: Path,
 ) -> None:

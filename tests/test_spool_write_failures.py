@@ -169,6 +169,7 @@ def test_an_ack_that_cannot_be_written_still_lets_flush_finish(
     assert not tracebacks(caplog)
 
 
+@pytest.mark.slow
 def test_settlements_that_cannot_be_written_count_at_once_and_are_written_later(
     tmp_path: Path, locker: Lockers
 ) -> None:
@@ -431,6 +432,7 @@ def test_a_row_another_process_replaced_under_the_same_id_is_never_settled_here(
     spool.close()
 
 
+@pytest.mark.slow
 def test_while_writes_fail_a_locked_file_costs_a_short_wait_not_the_busy_timeout(
     tmp_path: Path, locker: Lockers
 ) -> None:

@@ -133,6 +133,7 @@ def _all_bytes(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
 
 
+@pytest.mark.slow
 def test_no_write_key_is_ever_written_to_the_spool(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     needles = [k.encode() for k in KEYS.values()]
@@ -749,6 +750,7 @@ def _wait_child(pid: int, timeout: float) -> int:
         time.sleep(0.01)  # polling a child's exit; waitpid has no timeout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_children_deliver_the_shared_file_and_never_resend(
     tmp_path: Path, server: LocalSegment

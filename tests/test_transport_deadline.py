@@ -171,6 +171,7 @@ def timed_post(transport: HttpTransport, url: str, i: int = 1) -> tuple[float, O
 # -- the deadline ends what the read timeout cannot -----------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_a_status_line_dripped_byte_by_byte_ends_at_the_deadline() -> None:
     answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 30 + b"\r\nContent-Length: 16\r\n\r\n"
@@ -184,6 +185,7 @@ def test_a_status_line_dripped_byte_by_byte_ends_at_the_deadline() -> None:
         assert server.connections == 2
 
 
+@pytest.mark.slow
 @pytest.mark.fault_injection
 def test_a_body_dripped_byte_by_byte_ends_at_the_deadline() -> None:
     head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 60\r\n\r\n"
@@ -197,6 +199,7 @@ def test_a_body_dripped_byte_by_byte_ends_at_the_deadline() -> None:
         assert server.connections == 2
 
 
+@pytest.mark.slow
 def test_a_success_status_with_a_dripped_body_is_delivered_and_its_connection_dropped() -> None:
     # As for any 2xx whose body could not be read: Segment has taken the batch.
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n"
@@ -208,6 +211,7 @@ def test_a_success_status_with_a_dripped_body_is_delivered_and_its_connection_dr
         assert server.connections == 2
 
 
+@pytest.mark.slow
 def test_a_tls_handshake_dripped_byte_by_byte_ends_at_the_deadline() -> None:
     # A TLS record header announcing 16 KB, then its bytes one at a time: the handshake
     # would go on until the (long) connect timeout.
@@ -221,6 +225,7 @@ def test_a_tls_handshake_dripped_byte_by_byte_ends_at_the_deadline() -> None:
         assert text.startswith("None deadline exceeded")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux drops a SYN to a full accept queue")
 def test_a_connection_that_is_never_accepted_ends_at_the_deadline() -> None:
     with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
@@ -238,6 +243,7 @@ def test_a_connection_that_is_never_accepted_ends_at_the_deadline() -> None:
     assert text.startswith("None deadline exceeded")
 
 
+@pytest.mark.slow
 def test_an_overdue_request_does_not_disturb_another_on_the_same_transport() -> None:
     answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 30 + b"\r\nContent-Length: 16\r\n\r\n"
     dripping = threading.Event()
@@ -260,6 +266,7 @@ def test_an_overdue_request_does_not_disturb_another_on_the_same_transport() -> 
 # -- healthy requests -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fast_requests_keep_their_connection_long_after_their_deadlines_passed() -> None:
     # Deadlines of requests that ended long ago fall due while the connection is pooled
     # or carries later requests: none of them may shut it down.
@@ -273,6 +280,7 @@ def test_fast_requests_keep_their_connection_long_after_their_deadlines_passed()
         assert server.connections == 1
 
 
+@pytest.mark.slow
 def test_many_transports_share_one_watchdog_thread() -> None:
     def others() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name != "raw-server"]
@@ -290,6 +298,7 @@ def test_many_transports_share_one_watchdog_thread() -> None:
     assert len(after) <= len(before) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_gets_its_own_watchdog() -> None:
     answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 30 + b"\r\nContent-Length: 16\r\n\r\n"
