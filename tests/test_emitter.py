@@ -376,11 +376,14 @@ def test_one_tenants_outage_does_not_delay_another() -> None:
 def test_a_huge_tenant_does_not_starve_small_ones() -> None:
     # The one sender's first request is held until every event is accepted, so the small
     # tenants are queued while the big one has 199 batches to go, however fast the
-    # encoder runs (the dispatcher's own test pins the exact order).
+    # encoder runs; each request then yields the CPU for 1 ms, as a real one does, or the
+    # sender could send dozens of batches before the encoder hands the last ones over
+    # (the dispatcher's own test pins the exact order).
     accepted = threading.Event()
 
     def handler(request: MockRequest) -> MockResponse:
         assert accepted.wait(10)
+        time.sleep(0.001)
         return MockResponse.ok()
 
     batch = BatchPolicy(max_messages=10, linger=0.0)
