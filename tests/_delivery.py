@@ -1,12 +1,17 @@
 """Helpers shared by the delivery tests (test_emitter, test_dispatch): quick policies, a
-record of the dict form, and an Emitter with two tenants pointed at a LocalSegment."""
+record of the dict form, an Emitter with two tenants pointed at a LocalSegment or, on a
+FakeClock, answered by a MockTransport, and a transport that notes the fake time of each
+real request."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from selligent_segment import BatchPolicy, Emitter, RetryPolicy
-from selligent_segment.testing import LocalSegment
+from selligent_segment._clock import Clock
+from selligent_segment.delivery._transport import Response, Transport
+from selligent_segment.testing import FakeClock, Handler, LocalSegment, MockTransport
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=50)
 QUICK = BatchPolicy(linger=0.0)
@@ -25,10 +30,46 @@ def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
     return base
 
 
-def emitter(server: LocalSegment, **options: Any) -> Emitter:
-    """An Emitter for tenants acme and globex (keys key-acme, key-globex), fast retries,
-    no linger; ``options`` override."""
+def _two_tenants(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the defaults of the helpers below: tenants acme and globex (keys
+    key-acme, key-globex), fast retries, no linger."""
     options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
     options.setdefault("retry", FAST_RETRY)
     options.setdefault("batch", QUICK)
-    return Emitter(endpoint=server.url, **options)
+    return options
+
+
+def emitter(server: LocalSegment, **options: Any) -> Emitter:
+    """An Emitter for tenants acme and globex (keys key-acme, key-globex), fast retries,
+    no linger; ``options`` override."""
+    return Emitter(endpoint=server.url, **_two_tenants(options))
+
+
+def fake_emitter(
+    handler: Handler | None = None, *, clock: FakeClock | None = None, **options: Any
+) -> tuple[Emitter, MockTransport, FakeClock]:
+    """``emitter()``'s settings on a FakeClock (``clock``, or a new one at 0), answered by
+    ``handler`` through a MockTransport that stamps each request with the fake time;
+    ``options`` override."""
+    clock = clock or FakeClock()
+    transport = MockTransport(handler, clock=clock)
+    return Emitter(transport=transport, clock=clock, **_two_tenants(options)), transport, clock
+
+
+class Timed:
+    """A transport that notes the time of ``clock`` at each post and sends it with
+    ``inner``: real HTTP, fake scheduling."""
+
+    def __init__(self, inner: Transport, clock: Clock) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.at: list[float] = []
+
+    def post(
+        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
+    ) -> Response:
+        self.at.append(self.clock.monotonic())
+        return self.inner.post(endpoint, write_key, bodies, retry_count=retry_count)
+
+    def close(self) -> None:
+        self.inner.close()

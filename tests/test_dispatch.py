@@ -15,14 +15,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
-from _delivery import FAST_RETRY, QUICK, emitter, record
+from _delivery import FAST_RETRY, Timed, emitter, fake_emitter, record
 
 from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment.delivery._dispatcher import PAUSED_RECHECK, Dispatcher
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import HttpTransport, Response, Transport
+from selligent_segment.delivery._transport import HttpTransport
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.testing import (
     FakeClock,
@@ -37,39 +37,6 @@ from selligent_segment.testing import (
 
 ONE_PER_REQUEST = BatchPolicy(max_messages=1, linger=0.0)
 SENDERS = 2  # the Emitter's default number of sender threads
-
-
-def fake_emitter(
-    handler: Handler | None = None, *, clock: FakeClock | None = None, **options: Any
-) -> tuple[Emitter, MockTransport, FakeClock]:
-    """An Emitter for tenants acme and globex (keys key-acme, key-globex), fast retries, no
-    linger, on a FakeClock, answered by ``handler`` through a MockTransport stamping each
-    request with the fake time; ``options`` override."""
-    clock = clock or FakeClock()
-    transport = MockTransport(handler, clock=clock)
-    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
-    options.setdefault("retry", FAST_RETRY)
-    options.setdefault("batch", QUICK)
-    return Emitter(transport=transport, clock=clock, **options), transport, clock
-
-
-class Timed:
-    """A transport that notes the time of ``clock`` at each post and sends it with
-    ``inner``: real HTTP, fake scheduling."""
-
-    def __init__(self, inner: Transport, clock: Clock) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.at: list[float] = []
-
-    def post(
-        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
-    ) -> Response:
-        self.at.append(self.clock.monotonic())
-        return self.inner.post(endpoint, write_key, bodies, retry_count=retry_count)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def times_of(requests: Iterable[MockRequest], key: str | None = None) -> list[float]:

@@ -13,12 +13,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _delivery import FAST_RETRY, QUICK, emitter, record
+from _delivery import Timed, emitter, fake_emitter, record
 
 from selligent_segment import (
     BatchPolicy,
@@ -33,53 +32,18 @@ from selligent_segment import (
     UnknownTenant,
     encode,
 )
-from selligent_segment._clock import Clock
 from selligent_segment.delivery._dispatcher import PAUSED_RECHECK
-from selligent_segment.delivery._transport import HttpTransport, Response, Transport
+from selligent_segment.delivery._transport import HttpTransport
 from selligent_segment.testing import (
     FakeClock,
     Fault,
     FaultPlan,
-    Handler,
     LocalSegment,
     MockRequest,
     MockResponse,
-    MockTransport,
 )
 
 SENDERS = 2  # the Emitter's default number of sender threads
-
-
-def fake_emitter(
-    handler: Handler | None = None, **options: Any
-) -> tuple[Emitter, MockTransport, FakeClock]:
-    """``emitter()``'s settings on a FakeClock, answered by ``handler`` through a
-    MockTransport that stamps each request with the fake time; ``options`` override."""
-    clock = FakeClock()
-    transport = MockTransport(handler, clock=clock)
-    options.setdefault("write_keys", {"acme": "key-acme", "globex": "key-globex"})
-    options.setdefault("retry", FAST_RETRY)
-    options.setdefault("batch", QUICK)
-    return Emitter(transport=transport, clock=clock, **options), transport, clock
-
-
-class Timed:
-    """A transport that notes the time of ``clock`` at each post and sends it with
-    ``inner``: real HTTP, fake scheduling."""
-
-    def __init__(self, inner: Transport, clock: Clock) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.at: list[float] = []
-
-    def post(
-        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
-    ) -> Response:
-        self.at.append(self.clock.monotonic())
-        return self.inner.post(endpoint, write_key, bodies, retry_count=retry_count)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # -- the basics -----------------------------------------------------------------------------
