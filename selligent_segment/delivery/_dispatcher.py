@@ -24,7 +24,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from selligent_segment._mapping import EncodedMessage
 from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
+from selligent_segment.delivery._rate import Bucket, RateLimits
 from selligent_segment.delivery._retry import Outcome, RetryPolicy, server_wait
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
@@ -46,14 +46,6 @@ from selligent_segment.spool._protocol import Lease, Spool
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("selligent_segment")
-
-
-@attrs.define
-class _Bucket:
-    """The request-rate token bucket of one write key."""
-
-    tokens: float = 0.0
-    refilled: float = float("-inf")
 
 
 #: A part of a leased batch still to be sent: the lease and the messages of the part.
@@ -78,7 +70,7 @@ class _Tenant:
     scheduled: bool = False
     in_flight: int = 0
     not_before: float = 0.0
-    bucket: _Bucket | None = None  # of the key it last sent with
+    bucket: Bucket | None = None  # of the key it last sent with
     attempts: int = 0
     retries: int = 0
     failures: int = 0  # retryable failures ever recorded: tells a request what it missed
@@ -93,11 +85,6 @@ class _Tenant:
 
 
 PAUSED_RECHECK = 30.0
-#: A request token short by less than this is whole: the refill ``elapsed * rate`` is
-#: rounded (0.05 s at 20/s gives 0.9999999999999964 tokens), and a wait for the missing
-#: 4e-15 token would round to no wait at all, a turn that finds the bucket short again, on
-#: a clock that has not moved (a fake one never does by itself): a busy loop.
-TOKEN_SLACK = 1e-6
 #: Seconds between two log lines of the same spool error (a damaged or unwritable file).
 SPOOL_ERROR_EVERY = 10.0
 #: Requests of one tenant in flight at once while its order allows (see _may_overlap).
@@ -140,8 +127,7 @@ class Dispatcher:
         self.n_threads = threads
         # The request-rate cap is a token bucket per write key: ``rate`` requests per second
         # on average, bursts of up to ``burst`` (a tenth of a second's worth) at once.
-        self.rate = max_requests_per_second
-        self.burst = max(1.0, max_requests_per_second / 10)
+        self.limits = RateLimits(max_requests_per_second)
         self.full_at = batch.max_messages  # messages that fill a batch; refined by sizes
         self.counters = counters
         self.on_failure = on_failure
@@ -152,7 +138,6 @@ class Dispatcher:
         self.cv = threading.Condition(threading.Lock())
         self.settled = threading.Condition(threading.Lock())
         self._tenants: dict[str, _Tenant] = {}
-        self._buckets: dict[str, _Bucket] = {}  # by key fingerprint, never by key
         self._ready: deque[str] = deque()
         self._timers: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
@@ -166,6 +151,29 @@ class Dispatcher:
         self._abandoned = False
         self._spool_error = ""
         self._spool_error_at = float("-inf")
+
+    @property
+    def rate(self) -> float:
+        """The request-rate cap per write key (requests per second; 0: none)."""
+        return self.limits.rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self.limits.rate = value
+
+    @property
+    def burst(self) -> float:
+        """The most requests one write key may send at once."""
+        return self.limits.burst
+
+    @burst.setter
+    def burst(self, value: float) -> None:
+        self.limits.burst = value
+
+    @property
+    def _buckets(self) -> dict[str, Bucket]:
+        """The token buckets by key fingerprint (for tests: none is keyed by a key)."""
+        return self.limits.buckets
 
     # -- scheduling (all under self.cv) ------------------------------------------------
 
@@ -184,15 +192,10 @@ class Dispatcher:
             heapq.heappush(self._timers, (at, next(self._seq), state.name, state.gen))
         self.cv.notify()
 
-    def _tokens(self, bucket: _Bucket, now: float) -> float:
-        return min(self.burst, bucket.tokens + (now - bucket.refilled) * self.rate)
-
     def _ready_at(self, state: _Tenant, now: float, lingering: bool) -> float:
         at = state.not_before
-        if self.rate and state.bucket is not None:
-            tokens = self._tokens(state.bucket, now)
-            if tokens < 1.0 - TOKEN_SLACK:  # later, and never "now" by rounding
-                at = max(at, now + (1.0 - tokens) / self.rate, math.nextafter(now, math.inf))
+        if self.limits.rate and state.bucket is not None:
+            at = max(at, self.limits.ready_at(state.bucket, now))
         if state.paused is not None:
             return max(at, now + self.paused_recheck)
         if lingering and not self.flushing:
@@ -468,26 +471,19 @@ class Dispatcher:
     def _take_token(self, state: _Tenant, tag: str) -> bool:
         """Take a request token from the bucket of the key fingerprinted ``tag``; False
         (nothing taken) when that bucket is empty."""
-        if not self.rate:
+        limits = self.limits
+        if not limits.rate:
             return True
         now = self.clock.monotonic()
         with self.cv:
-            bucket = self._buckets.get(tag)
-            if bucket is None:
-                bucket = self._buckets[tag] = _Bucket()
-            state.bucket = bucket
-            tokens = self._tokens(bucket, now)
-            if tokens < 1.0 - TOKEN_SLACK:
-                return False
-            bucket.tokens = tokens - 1.0
-            bucket.refilled = now
-            return True
+            bucket = state.bucket = limits.bucket(tag)
+            return limits.take(bucket, now)
 
     def _refund_token(self, state: _Tenant) -> None:
         """Give back the token of a turn that found nothing to send."""
-        if self.rate and state.bucket is not None:
+        if self.limits.rate and state.bucket is not None:
             with self.cv:
-                state.bucket.tokens = min(self.burst, state.bucket.tokens + 1.0)
+                self.limits.refund(state.bucket)
 
     def _reset_backoff(self, state: _Tenant, seen: int | None = None) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
