@@ -21,8 +21,6 @@ requests too, and the outcome is logged once per refused batch, not once per mes
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import threading
 import time
@@ -39,6 +37,7 @@ from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._rate import Bucket, RateLimits
 from selligent_segment.delivery._retry import Outcome, RetryPolicy, server_wait
+from selligent_segment.delivery._schedule import Schedule
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
 from selligent_segment.spool._protocol import Lease, Spool
@@ -66,8 +65,6 @@ class _Bisection:
 @attrs.define
 class _Tenant:
     name: str
-    gen: int = 0
-    scheduled: bool = False
     in_flight: int = 0
     not_before: float = 0.0
     bucket: Bucket | None = None  # of the key it last sent with
@@ -138,9 +135,7 @@ class Dispatcher:
         self.cv = threading.Condition(threading.Lock())
         self.settled = threading.Condition(threading.Lock())
         self._tenants: dict[str, _Tenant] = {}
-        self._ready: deque[str] = deque()
-        self._timers: list[tuple[float, int, str, int]] = []
-        self._seq = itertools.count()
+        self.turns = Schedule()
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.flushing = 0
@@ -171,6 +166,11 @@ class Dispatcher:
         self.limits.burst = value
 
     @property
+    def _ready(self) -> deque[str]:
+        """The ready queue of the schedule (for tests)."""
+        return self.turns.ready
+
+    @property
     def _buckets(self) -> dict[str, Bucket]:
         """The token buckets by key fingerprint (for tests: none is keyed by a key)."""
         return self.limits.buckets
@@ -184,12 +184,7 @@ class Dispatcher:
         return state
 
     def _schedule(self, state: _Tenant, at: float, now: float) -> None:
-        state.gen += 1
-        state.scheduled = True
-        if at <= now:
-            self._ready.append(state.name)
-        else:
-            heapq.heappush(self._timers, (at, next(self._seq), state.name, state.gen))
+        self.turns.put(state.name, at, now)
         self.cv.notify()
 
     def _ready_at(self, state: _Tenant, now: float, lingering: bool) -> float:
@@ -215,12 +210,12 @@ class Dispatcher:
             and not state.parts
             and state.not_before <= now
             and self.spool.backlog(state.name) >= self.full_at
-            and not any(name != state.name for name in self._ready)
+            and not self.turns.others_ready(state.name)
         )
 
     def _overlap(self, state: _Tenant, now: float) -> None:
         """Offer a second request slot of ``state`` to the other senders, if allowed."""
-        if not state.scheduled and self._may_overlap(state, now):
+        if not self.turns.scheduled(state.name) and self._may_overlap(state, now):
             self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
     def notify_put(self, tenants: Sequence[str], mean_size: float = 0.0) -> None:
@@ -238,7 +233,7 @@ class Dispatcher:
                     self._overlap(state, now)
                     continue
                 full = self.spool.backlog(tenant) >= self.full_at
-                if state.scheduled and not full:
+                if not full and self.turns.scheduled(tenant):
                     continue
                 self._schedule(state, self._ready_at(state, now, lingering=not full), now)
 
@@ -248,7 +243,11 @@ class Dispatcher:
         with self.cv:
             self.flushing += 1
             for state in self._tenants.values():
-                if state.scheduled and state.paused is None and not state.in_flight:
+                if (
+                    self.turns.scheduled(state.name)
+                    and state.paused is None
+                    and not state.in_flight
+                ):
                     self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
     def end_flush(self) -> None:
@@ -280,26 +279,19 @@ class Dispatcher:
             return {t: s.paused for t, s in self._tenants.items() if s.paused is not None}
 
     def _next_tenant(self) -> _Tenant | None:
+        turns = self.turns
         with self.cv:
             while True:
                 now = self.clock.monotonic()
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, name, gen = heapq.heappop(self._timers)
-                    if self._tenants[name].gen == gen:
-                        self._ready.append(name)
-                while self._ready:
-                    state = self._tenants[self._ready.popleft()]
-                    if not state.scheduled:
-                        continue
-                    state.scheduled = False
+                while (name := turns.take(now)) is not None:
+                    state = self._tenants[name]
                     if state.in_flight and not self._may_overlap(state, now):
                         continue  # its request in flight reschedules it when done
                     state.in_flight += 1
                     return state
                 if self._stopping:
                     return None
-                timeout = self._timers[0][0] - now if self._timers else None
-                self.clock.wait(self.cv, timeout)
+                self.clock.wait(self.cv, turns.timeout(now))
 
     # -- threads -----------------------------------------------------------------------
 
