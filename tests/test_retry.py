@@ -13,6 +13,8 @@ from selligent_segment import ConfigurationError
 from selligent_segment.delivery._retry import (
     JITTER_FRACTION,
     MAX_RETRY_AFTER,
+    Backoff,
+    GiveUp,
     Outcome,
     RetryPolicy,
     classify,
@@ -395,3 +397,96 @@ def test_a_full_default_schedule_gives_up_on_attempts_first() -> None:
     assert attempts == 10
     assert reason == "retry budget exhausted after 10 attempts"
     assert spent == pytest.approx(0.5 + 1 + 2 + 4 + 8 + 16 + 32 + 60 + 60 + 60)
+
+
+# -- Backoff: the retry state of one tenant's queue -----------------------------------------
+
+STEADY = RetryPolicy(initial_backoff=0.5, max_backoff=4.0, max_attempts=5, jitter=False)
+
+
+def test_backoff_counts_each_failure_and_doubles_the_wait() -> None:
+    backoff = Backoff(STEADY)
+    delays = [backoff.record_failure(Outcome.RETRY) for _ in range(4)]
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    assert (backoff.attempts, backoff.retries, backoff.failures) == (4, 4, 4)
+    assert backoff.backoff_spent == 7.5
+    assert backoff.rate_limited_spent == 0.0
+
+
+def test_backoff_gives_up_on_the_last_attempt_and_starts_afresh() -> None:
+    backoff = Backoff(STEADY)
+    for _ in range(4):
+        assert not isinstance(backoff.record_failure(Outcome.RETRY), GiveUp)
+    assert backoff.record_failure(Outcome.RETRY) == GiveUp(
+        "retry budget exhausted after 5 attempts"
+    )
+    # Reset for the next batch, but the failure is still on record for requests in flight.
+    assert (backoff.attempts, backoff.retries, backoff.backoff_spent) == (0, 0, 0.0)
+    assert backoff.failures == 5
+    assert backoff.record_failure(Outcome.RETRY) == 0.5
+
+
+def test_backoff_refuses_a_wait_that_would_overrun_its_budget_up_front() -> None:
+    backoff = Backoff(STEADY.evolve(max_attempts=100, max_backoff_duration=3.0))
+    assert backoff.record_failure(Outcome.RETRY) == 0.5
+    assert backoff.record_failure(Outcome.RETRY) == 1.0
+    assert backoff.record_failure(Outcome.RETRY) == GiveUp("backed off for more than 3 s")
+
+
+def test_backoff_server_paced_waits_are_not_attempts_and_have_their_own_budget() -> None:
+    backoff = Backoff(STEADY.evolve(max_rate_limit_duration=100.0))
+    assert backoff.record_failure(Outcome.RATE_LIMITED, 30.0) == 30.0
+    assert backoff.record_failure(Outcome.RETRY, 20.0) == 20.0  # a 503 with Retry-After
+    assert backoff.record_failure(Outcome.RATE_LIMITED, 10.0, 40.0) == 40.0  # the later wins
+    assert (backoff.attempts, backoff.retries, backoff.rate_limited_spent) == (0, 3, 90.0)
+    assert backoff.backoff_spent == 0.0
+    assert backoff.record_failure(Outcome.RATE_LIMITED, 20.0) == GiveUp(
+        "rate limited for more than 100 s"
+    )
+
+
+def test_backoff_a_429_without_a_wait_takes_a_counted_backoff() -> None:
+    backoff = Backoff(STEADY)
+    assert backoff.record_failure(Outcome.RATE_LIMITED) == 0.5
+    assert backoff.record_failure(Outcome.RETRY, None, 30.0) == 1.0  # a reset only on a 429
+    assert (backoff.attempts, backoff.rate_limited_spent) == (2, 0.0)
+
+
+def test_backoff_a_failure_beside_one_already_recorded_is_not_counted_again() -> None:
+    backoff = Backoff(STEADY)
+    first = second = backoff.failures  # both requests sent before either failed
+    assert backoff.record_failure(Outcome.RETRY, seen=first) == 0.5
+    assert backoff.record_failure(Outcome.RETRY, seen=second) == 0.0  # follows the first
+    assert (backoff.attempts, backoff.retries, backoff.failures) == (1, 1, 1)
+    assert backoff.record_failure(Outcome.RETRY, seen=backoff.failures) == 1.0
+
+
+def test_backoff_success_resets_unless_a_request_beside_it_failed_meanwhile() -> None:
+    backoff = Backoff(STEADY)
+    seen = backoff.failures  # a request sent ...
+    backoff.record_failure(Outcome.RETRY)  # ... while another one failed
+    backoff.record_success(seen)
+    assert (backoff.attempts, backoff.retries, backoff.backoff_spent) == (1, 1, 0.5)
+    backoff.record_success(backoff.failures)
+    assert (backoff.attempts, backoff.retries, backoff.backoff_spent) == (0, 0, 0.0)
+    backoff.record_failure(Outcome.RATE_LIMITED, 5.0)
+    backoff.record_success()  # no mark: always resets
+    assert (backoff.retries, backoff.rate_limited_spent, backoff.failures) == (0, 0.0, 2)
+
+
+def test_backoff_reset_keeps_the_failure_count() -> None:
+    backoff = Backoff(STEADY, attempts=3, retries=4, failures=7, backoff_spent=2.0)
+    backoff.rate_limited_spent = 9.0
+    backoff.reset()
+    assert backoff == Backoff(STEADY, failures=7)
+
+
+def test_backoff_with_jitter_stays_within_the_policys_bounds() -> None:
+    random.seed(11)
+    backoff = Backoff(RetryPolicy(initial_backoff=1.0, max_backoff=3.0, max_attempts=50))
+    delays = [backoff.record_failure(Outcome.RETRY) for _ in range(6)]
+    first, second, *capped = [d for d in delays if isinstance(d, float)]
+    assert 1.0 <= first <= 1.0 + JITTER_FRACTION
+    assert 2.0 <= second <= 2.0 * (1 + JITTER_FRACTION)
+    assert capped == [3.0] * 4  # 4 s and more, capped: jitter never passes the cap
+    assert backoff.backoff_spent == pytest.approx(first + second + 12.0)

@@ -36,7 +36,7 @@ from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._rate import Bucket, RateLimits
-from selligent_segment.delivery._retry import Outcome, RetryPolicy, server_wait
+from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy
 from selligent_segment.delivery._schedule import Schedule
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
@@ -65,20 +65,25 @@ class _Bisection:
 @attrs.define
 class _Tenant:
     name: str
+    backoff: Backoff
     in_flight: int = 0
     not_before: float = 0.0
     bucket: Bucket | None = None  # of the key it last sent with
-    attempts: int = 0
-    retries: int = 0
-    failures: int = 0  # retryable failures ever recorded: tells a request what it missed
-    backoff_spent: float = 0.0
-    rate_limited_spent: float = 0.0
     paused: str | None = None
     paused_key: str | None = None  # the refused key's fingerprint
     resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
     # Parts of a refused batch still to be sent (in queue order), one per turn.
     parts: deque[_Part] = attrs.field(factory=deque)
     bisection: _Bisection | None = None
+
+    @property
+    def retries(self) -> int:
+        """Failures since the last success: the retry count of its next request."""
+        return self.backoff.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self.backoff.retries = value
 
 
 PAUSED_RECHECK = 30.0
@@ -180,7 +185,7 @@ class Dispatcher:
     def _state(self, tenant: str) -> _Tenant:
         state = self._tenants.get(tenant)
         if state is None:
-            state = self._tenants[tenant] = _Tenant(tenant)
+            state = self._tenants[tenant] = _Tenant(tenant, Backoff(self.retry))
         return state
 
     def _schedule(self, state: _Tenant, at: float, now: float) -> None:
@@ -206,7 +211,7 @@ class Dispatcher:
         return (
             0 < state.in_flight < self.max_in_flight
             and state.paused is None
-            and state.retries == 0
+            and state.backoff.retries == 0
             and not state.parts
             and state.not_before <= now
             and self.spool.backlog(state.name) >= self.full_at
@@ -377,7 +382,7 @@ class Dispatcher:
             lease, messages = leased, leased.messages
         now = self.clock.monotonic()
         with self.cv:
-            seen, retries, resumes = state.failures, state.retries, state.resumes
+            seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
             if self.max_in_flight > 1:
                 self._overlap(state, now)
         response = self.transport.post(
@@ -477,22 +482,16 @@ class Dispatcher:
             with self.cv:
                 self.limits.refund(state.bucket)
 
-    def _reset_backoff(self, state: _Tenant, seen: int | None = None) -> None:
+    def _reset_backoff(self, state: _Tenant, seen: int) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
         failed meanwhile (``seen`` is the failure count when it was sent)."""
         with self.cv:
-            if seen is None or seen == state.failures:
-                self._clear_backoff(state)
-
-    @staticmethod
-    def _clear_backoff(state: _Tenant) -> None:
-        state.attempts = state.retries = 0
-        state.backoff_spent = state.rate_limited_spent = 0.0
+            state.backoff.record_success(seen)
 
     def _unpause(self, state: _Tenant) -> None:
         """Clear a pause and its backoff (under self.cv)."""
         state.paused = state.paused_key = None
-        self._clear_backoff(state)
+        state.backoff.reset()
 
     def _resume_with_new_key(self, state: _Tenant) -> None:
         with self.cv:
@@ -523,31 +522,13 @@ class Dispatcher:
     ) -> None:
         error = response.error
         with self.cv:
-            sibling_failed = state.failures != seen
-            if sibling_failed:
-                # A request sent beside this one failed first and set the tenant's backoff:
-                # this batch simply goes back to the head of the queue and follows it.
-                delay, give_up = 0.0, None
-            else:
-                state.failures += 1
-                paced = server_wait(
-                    response.outcome, response.retry_after, response.rate_limit_reset
-                )
-                if paced is not None:
-                    delay = paced
-                    state.rate_limited_spent += delay
-                else:
-                    state.attempts += 1
-                    delay = self.retry.next_delay(state.attempts)
-                    state.backoff_spent += delay
-                state.retries += 1
-                give_up = self.retry.should_give_up(
-                    state.attempts, state.backoff_spent, state.rate_limited_spent
-                )
-                if give_up is not None:
-                    self._clear_backoff(state)
-        if give_up is not None:
-            self._failed(lease, messages, "retries_exhausted", f"{give_up}: {error}", None)
+            # A request sent beside this one that failed first (``seen`` is behind) set the
+            # tenant's backoff: this batch then goes back to the head of the queue, no wait.
+            delay = state.backoff.record_failure(
+                response.outcome, response.retry_after, response.rate_limit_reset, seen=seen
+            )
+        if isinstance(delay, GiveUp):
+            self._failed(lease, messages, "retries_exhausted", f"{delay.reason}: {error}", None)
             self._finish(state)
             return
         if self._release(lease, messages, retried=True):

@@ -1,4 +1,5 @@
-"""The retry policy: how an HTTP answer is classified and how long a batch waits.
+"""Retrying: how an HTTP answer is classified, how long a batch waits, and the backoff
+state of one queue of batches.
 
 The rules are those the official Segment clients agree on (Python 2.4, Node 3.1, Java):
 
@@ -10,8 +11,10 @@ The rules are those the official Segment clients agree on (Python 2.4, Node 3.1,
   :func:`parse_rate_limit_reset`); when both are given the later one wins;
 * otherwise back off exponentially with jitter, 0.5 s doubling to a 60 s cap.
 
-Nothing here sleeps. A sender asks :meth:`RetryPolicy.next_delay` for the wait and schedules
-the batch for later, so one slow batch never holds a thread.
+:class:`RetryPolicy` is the immutable rule; :class:`Backoff` is the state of one tenant's
+queue under it (attempts, waits spent), which turns each failure into a delay or a
+:class:`GiveUp`. Nothing here sleeps: a sender asks for the wait and schedules the batch
+for later, so one slow batch never holds a thread.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from selligent_segment._validate import check_number
 __all__ = [
     "JITTER_FRACTION",
     "MAX_RETRY_AFTER",
+    "Backoff",
+    "GiveUp",
     "Outcome",
     "RetryPolicy",
     "classify",
@@ -310,3 +315,90 @@ class RetryPolicy:
         if rate_limited_elapsed > self.max_rate_limit_duration:
             return f"rate limited for more than {self.max_rate_limit_duration:g} s"
         return None
+
+
+@attrs.frozen
+class GiveUp:
+    """What :meth:`Backoff.record_failure` answers when the batch must be given up."""
+
+    #: Why, short, human-readable and key-free (from :meth:`RetryPolicy.should_give_up`).
+    reason: str
+
+
+@attrs.define
+class Backoff:
+    """The retry state of one queue of batches (a tenant's) under ``policy``: a value with
+    its own state, as urllib3's ``Retry`` is, updated in place by each settled request.
+
+    * ``attempts``: counted attempts since the last success (server-paced ones excluded).
+    * ``retries``: failures since the last success; a request reports it as its retry count.
+    * ``failures``: retryable failures ever recorded, never reset. A request notes it when
+      sent (its ``seen``), so that its result can tell whether a request sent beside it
+      failed meanwhile.
+    * ``backoff_spent``, ``rate_limited_spent``: seconds of counted backoff and of
+      server-paced waiting scheduled since the last success.
+
+    Guarantee: :meth:`record_failure` answers each failure with the wait before the next
+    attempt or, once a budget of ``policy`` would be passed, a :class:`GiveUp` (the state
+    is then reset for the next batch); two requests out at once that both fail count as
+    one failure. Not thread-safe: the caller holds its own lock.
+    """
+
+    policy: RetryPolicy
+    attempts: int = 0
+    retries: int = 0
+    failures: int = 0
+    backoff_spent: float = 0.0
+    rate_limited_spent: float = 0.0
+
+    def record_failure(
+        self,
+        outcome: Outcome,
+        retry_after: float | None = None,
+        rate_limit_reset: float | None = None,
+        *,
+        seen: int | None = None,
+    ) -> float | GiveUp:
+        """Record a retryable failure; the seconds to wait before the batch is sent again,
+        or :class:`GiveUp`.
+
+        ``retry_after`` and ``rate_limit_reset`` are the parsed headers of the answer (see
+        :func:`server_wait`): a server-paced wait is spent from ``max_rate_limit_duration``
+        and not counted as an attempt; otherwise the attempt is counted and the wait is
+        the policy's next backoff. ``seen`` is :attr:`failures` when the request was sent:
+        if a failure was recorded since (a request sent beside it failed first and set the
+        backoff), nothing is recorded and the wait is 0: the batch goes back to the head
+        of the queue and follows the other.
+        """
+        if seen is not None and seen != self.failures:
+            return 0.0
+        self.failures += 1
+        paced = server_wait(outcome, retry_after, rate_limit_reset)
+        if paced is not None:
+            delay = paced
+            self.rate_limited_spent += delay
+        else:
+            self.attempts += 1
+            delay = self.policy.next_delay(self.attempts)
+            self.backoff_spent += delay
+        self.retries += 1
+        reason = self.policy.should_give_up(
+            self.attempts, self.backoff_spent, self.rate_limited_spent
+        )
+        if reason is not None:
+            self.reset()
+            return GiveUp(reason)
+        return delay
+
+    def record_success(self, seen: int | None = None) -> None:
+        """Record a settled request (delivered, or refused for good): the backoff is
+        reset, unless a request sent beside it failed meanwhile (``seen`` is
+        :attr:`failures` when it was sent): that failure's backoff stands."""
+        if seen is None or seen == self.failures:
+            self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: no attempt counted, no retry pending, no wait spent
+        (:attr:`failures` is kept)."""
+        self.attempts = self.retries = 0
+        self.backoff_spent = self.rate_limited_spent = 0.0
