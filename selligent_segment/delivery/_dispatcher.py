@@ -25,19 +25,21 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
-from selligent_segment._results import DeliveryFailure, FailureReason
+from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._batch_policy import BatchPolicy
+from selligent_segment.delivery._bisection import Bisection
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._rate import Bucket, RateLimits
 from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy
 from selligent_segment.delivery._schedule import Schedule
+from selligent_segment.delivery._settle import Settler, call_back
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
 from selligent_segment.spool._protocol import Lease, Spool
@@ -45,21 +47,6 @@ from selligent_segment.spool._protocol import Lease, Spool
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger("selligent_segment")
-
-
-#: A part of a leased batch still to be sent: the lease and the messages of the part.
-_Part = tuple[Lease, tuple[EncodedMessage, ...]]
-
-
-@attrs.define
-class _Bisection:
-    """The tally of one refused batch being bisected, for its single log line."""
-
-    total: int
-    error: str
-    requests: int = 1
-    delivered: int = 0
-    rejected: int = 0
 
 
 @attrs.define
@@ -72,9 +59,7 @@ class _Tenant:
     paused: str | None = None
     paused_key: str | None = None  # the refused key's fingerprint
     resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
-    # Parts of a refused batch still to be sent (in queue order), one per turn.
-    parts: deque[_Part] = attrs.field(factory=deque)
-    bisection: _Bisection | None = None
+    bisection: Bisection = attrs.field(factory=Bisection)  # of a refused batch
 
     @property
     def retries(self) -> int:
@@ -101,6 +86,9 @@ class Dispatcher:
     only while :meth:`_may_overlap` allows it, otherwise one: a tenant in backoff or
     paused sends its batches one at a time.
     """
+
+    #: Calls a user callback, logging whatever it raises (the Emitter's wrappers use it).
+    _call = staticmethod(call_back)
 
     def __init__(
         self,
@@ -132,23 +120,18 @@ class Dispatcher:
         self.limits = RateLimits(max_requests_per_second)
         self.full_at = batch.max_messages  # messages that fill a batch; refined by sizes
         self.counters = counters
-        self.on_failure = on_failure
         self.on_pause = on_pause
         self.paused_recheck = paused_recheck
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.cv = threading.Condition(threading.Lock())
-        self.settled = threading.Condition(threading.Lock())
+        self.settler = Settler(spool, counters, on_failure)
+        self.settled = self.settler.settled
         self._tenants: dict[str, _Tenant] = {}
         self.turns = Schedule()
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.flushing = 0
-        # Settling (spool write + counters) happens under this lock; once abandoned (the
-        # emitter closed with requests still out), a late result settles nothing, so no
-        # event is both reported unsent at close and counted delivered.
-        self._settle_lock = threading.Lock()
-        self._abandoned = False
         self._spool_error = ""
         self._spool_error_at = float("-inf")
 
@@ -212,7 +195,7 @@ class Dispatcher:
             0 < state.in_flight < self.max_in_flight
             and state.paused is None
             and state.backoff.retries == 0
-            and not state.parts
+            and not state.bisection.parts
             and state.not_before <= now
             and self.spool.backlog(state.name) >= self.full_at
             and not self.turns.others_ready(state.name)
@@ -274,10 +257,7 @@ class Dispatcher:
         """Settle nothing more: results of requests still out are dropped (logged at
         INFO). ``collect`` runs under the settle lock, after which no settle can land, so
         it sees exactly what stays unsettled."""
-        with self._settle_lock:
-            self._abandoned = True
-            if collect is not None:
-                collect()
+        self.settler.abandon(collect)
 
     def paused(self) -> dict[str, str]:
         with self.cv:
@@ -367,8 +347,8 @@ class Dispatcher:
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
-        if state.parts:  # the next part of a refused batch being bisected
-            lease, messages = state.parts.popleft()
+        if state.bisection.parts:  # the next part of a refused batch being bisected
+            lease, messages = state.bisection.parts.popleft()
         else:
             leased = self.spool.lease(
                 state.name,
@@ -391,14 +371,13 @@ class Dispatcher:
         self.counters.request()
         outcome = response.outcome
         if outcome is Outcome.DELIVERED:
-            self._delivered(lease, messages)
-            if state.bisection is not None:
-                state.bisection.delivered += len(messages)
+            self.settler.delivered(lease, messages)
+            state.bisection.count_delivered(len(messages))
             self._reset_backoff(state, seen)
-            self._end_bisection(state)
+            state.bisection.end(state.name)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
-            self._release(lease, self._with_parts(state, messages))
+            self.settler.release(lease, state.bisection.gather(state.name, messages))
             if state.resumes != resumes:  # resumed while it was out: try the new key now
                 self._finish(state)
             else:
@@ -408,19 +387,8 @@ class Dispatcher:
             self._reset_backoff(state, seen)
             self._finish(state)
         else:
-            self._retry_later(state, lease, self._with_parts(state, messages), response, seen)
-
-    def _with_parts(
-        self, state: _Tenant, messages: tuple[EncodedMessage, ...]
-    ) -> tuple[EncodedMessage, ...]:
-        """``messages`` and every part still queued for bisection, in queue order (the
-        bisection is abandoned: they go back, or fail, together)."""
-        if not state.parts:
-            return messages
-        rest = [m for _, part in state.parts for m in part]
-        state.parts.clear()
-        self._end_bisection(state)
-        return messages + tuple(rest)
+            messages = state.bisection.gather(state.name, messages)
+            self._retry_later(state, lease, messages, response, seen)
 
     def _refused(
         self,
@@ -433,37 +401,13 @@ class Dispatcher:
         """A permanent refusal: isolate the messages it is about by bisection (each half
         a turn of its own, so the rate cap applies); deliver the rest."""
         bisection = state.bisection
-        if len(messages) > 1 and status in (400, 413, 422):
-            if bisection is None:
-                bisection = state.bisection = _Bisection(len(messages), error or f"HTTP {status}")
-            bisection.requests += 2
-            half = len(messages) // 2
-            state.parts.extendleft([(lease, messages[half:]), (lease, messages[:half])])
+        if bisection.split(lease, messages, status, error):
             return
-        if bisection is not None:
-            bisection.rejected += len(messages)
-        quiet = bisection is not None
-        self._failed(lease, messages, "rejected", error or f"HTTP {status}", status, quiet)
-        self._end_bisection(state)
-
-    def _end_bisection(self, state: _Tenant) -> None:
-        """Log the outcome of a bisection once its last part is settled."""
-        bisection = state.bisection
-        if bisection is None or state.parts:
-            return
-        state.bisection = None
-        level = logging.ERROR if bisection.rejected else logging.WARNING
-        log.log(
-            level,
-            "selligent-segment: tenant %s: a batch of %d events was refused (%s); "
-            "bisected in %d requests: %d delivered, %d rejected",
-            shown(state.name),
-            bisection.total,
-            bisection.error,
-            bisection.requests,
-            bisection.delivered,
-            bisection.rejected,
-        )
+        quiet = bisection.active
+        bisection.count_rejected(len(messages))
+        detail = error or f"HTTP {status}"
+        self.settler.failed(lease, messages, "rejected", detail, status, quiet)
+        bisection.end(state.name)
 
     def _take_token(self, state: _Tenant, tag: str) -> bool:
         """Take a request token from the bucket of the key fingerprinted ``tag``; False
@@ -509,7 +453,7 @@ class Dispatcher:
                 shown(state.name),
                 reason,
             )
-            self._call(self.on_pause, state.name, reason)
+            call_back(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
 
     def _retry_later(
@@ -528,10 +472,11 @@ class Dispatcher:
                 response.outcome, response.retry_after, response.rate_limit_reset, seen=seen
             )
         if isinstance(delay, GiveUp):
-            self._failed(lease, messages, "retries_exhausted", f"{delay.reason}: {error}", None)
+            detail = f"{delay.reason}: {error}"
+            self.settler.failed(lease, messages, "retries_exhausted", detail, None)
             self._finish(state)
             return
-        if self._release(lease, messages, retried=True):
+        if self.settler.release(lease, messages, retried=True):
             log.info(
                 "selligent-segment: tenant %s: %d events retried in %.2f s (%s)",
                 shown(state.name),
@@ -540,77 +485,6 @@ class Dispatcher:
                 error,
             )
         self._finish(state, delay=delay)
-
-    def _late(self, lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:
-        log.info(
-            "selligent-segment: tenant %s: a request still out at close ended (%s); its %d "
-            "events were already reported unsent at close, or stay in the spool file",
-            shown(lease.tenant),
-            outcome,
-            len(messages),
-        )
-
-    def _delivered(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
-        with self._settle_lock:
-            if self._abandoned:
-                self._late(lease, messages, "delivered")
-                return
-            self.spool.ack(lease, messages)
-            self.counters.add("delivered", lease.tenant, len(messages))
-        self._notify_settled()
-
-    def _release(
-        self, lease: Lease, messages: Iterable[EncodedMessage], *, retried: bool = False
-    ) -> bool:
-        """Put ``messages`` back at the head of their queue; False when abandoned."""
-        messages = tuple(messages)
-        with self._settle_lock:
-            if self._abandoned:
-                self._late(lease, messages, "not delivered")
-                return False
-            self.spool.release(lease, messages)
-            if retried:
-                self.counters.add("retried", lease.tenant, len(messages))
-        return True
-
-    def _failed(
-        self,
-        lease: Lease,
-        messages: Sequence[EncodedMessage],
-        reason: str,
-        detail: str,
-        status: int | None,
-        quiet: bool = False,
-    ) -> None:
-        """Settle ``messages`` as not delivered: dead letters (spool file), counted,
-        reported through ``on_failure``; logged at ERROR unless ``quiet`` (a part of a
-        bisection, whose outcome is logged once)."""
-        with self._settle_lock:
-            if self._abandoned:
-                self._late(lease, messages, reason)
-                return
-            self.spool.reject(lease, messages, f"{reason}: {detail}", status)
-            self.counters.add_reason(
-                "rejected" if reason == "rejected" else "dropped",
-                lease.tenant,
-                reason,
-                len(messages),
-            )
-        log.log(
-            logging.DEBUG if quiet else logging.ERROR,
-            "selligent-segment: tenant %s: %d events not delivered: %s (%s)",
-            shown(lease.tenant),
-            len(messages),
-            reason,
-            detail,
-        )
-        failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
-        self._call(self.on_failure, failure)
-        self._notify_settled()
-
-    def _notify_settled(self) -> None:
-        with self.settled:
-            self.settled.notify_all()
 
     def _finish(self, state: _Tenant, delay: float = 0.0) -> None:
         """End one turn of ``state``; with ``delay``, its next turn waits that long."""
@@ -621,12 +495,7 @@ class Dispatcher:
                 state.not_before = max(state.not_before, now + delay)
             if state.in_flight:  # the request still out reschedules it when done
                 self._overlap(state, now)
-            elif state.paused is not None or state.parts or self.spool.backlog(state.name):
+            elif (
+                state.paused is not None or state.bisection.parts or self.spool.backlog(state.name)
+            ):
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
-
-    @staticmethod
-    def _call(callback: Callable[..., None], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:  # a user callback must never break delivery
-            log.exception("selligent-segment: callback %r raised", callback)

@@ -1,0 +1,118 @@
+"""Bisection of a batch refused as a whole: its parts still to be sent, and its tally.
+
+A batch Segment refuses as a whole (400, 413, 422) may be refused for one or two bad
+messages among hundreds. It is split in halves, each sent as a turn of its own (so the
+rate cap and the round-robin apply to these requests too), and a refused half of more than
+one message is split again, until every message is delivered or refused alone.
+
+Guarantees: parts are sent in queue order, the first half before the second; the outcome
+is logged once per refused batch (at WARNING when every message was delivered in the end,
+ERROR when some were refused), not once per message. Nothing here sends, settles or locks:
+the caller holds the tenant's turn.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import attrs
+
+from selligent_segment._errors import shown
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment.spool._protocol import Lease
+
+__all__ = ["BISECTED_STATUSES", "Bisection", "Part"]
+
+log = logging.getLogger("selligent_segment")
+
+#: The statuses that refuse a batch for what is in it, so a part of it may pass.
+BISECTED_STATUSES = frozenset({400, 413, 422})
+
+#: A part of a leased batch still to be sent: the lease and the messages of the part.
+Part = tuple[Lease, tuple[EncodedMessage, ...]]
+
+
+@attrs.define
+class _Tally:
+    """The tally of one refused batch being bisected, for its single log line."""
+
+    total: int
+    error: str
+    requests: int = 1
+    delivered: int = 0
+    rejected: int = 0
+
+
+@attrs.define
+class Bisection:
+    """The bisection of one tenant's refused batch: ``parts`` still to be sent (in queue
+    order, one per turn; empty when none is under way) and the tally for the log line."""
+
+    parts: deque[Part] = attrs.field(factory=deque)
+    tally: _Tally | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while a refused batch is being bisected (its outcome not yet logged)."""
+        return self.tally is not None
+
+    def split(
+        self,
+        lease: Lease,
+        messages: tuple[EncodedMessage, ...],
+        status: int | None,
+        error: str | None,
+    ) -> bool:
+        """Queue the halves of ``messages`` (refused with ``status``) to be sent first, and
+        True; False when they are not to be bisected (one message, or another status)."""
+        if len(messages) > 1 and status in BISECTED_STATUSES:
+            if self.tally is None:
+                self.tally = _Tally(len(messages), error or f"HTTP {status}")
+            self.tally.requests += 2
+            half = len(messages) // 2
+            self.parts.extendleft([(lease, messages[half:]), (lease, messages[:half])])
+            return True
+        return False
+
+    def count_delivered(self, n: int) -> None:
+        """Count ``n`` messages of a part as delivered (nothing when none is under way)."""
+        if self.tally is not None:
+            self.tally.delivered += n
+
+    def count_rejected(self, n: int) -> None:
+        """Count ``n`` messages of a part as refused (nothing when none is under way)."""
+        if self.tally is not None:
+            self.tally.rejected += n
+
+    def gather(
+        self, tenant: str, messages: tuple[EncodedMessage, ...]
+    ) -> tuple[EncodedMessage, ...]:
+        """``messages`` and every part still queued, in queue order: the bisection is
+        abandoned (they go back, or fail, together) and its outcome so far logged."""
+        if not self.parts:
+            return messages
+        rest = [m for _, part in self.parts for m in part]
+        self.parts.clear()
+        self.end(tenant)
+        return messages + tuple(rest)
+
+    def end(self, tenant: str) -> None:
+        """Log the outcome of the bisection of ``tenant``'s batch once its last part is
+        settled (nothing while parts remain, or when none is under way)."""
+        tally = self.tally
+        if tally is None or self.parts:
+            return
+        self.tally = None
+        level = logging.ERROR if tally.rejected else logging.WARNING
+        log.log(
+            level,
+            "selligent-segment: tenant %s: a batch of %d events was refused (%s); "
+            "bisected in %d requests: %d delivered, %d rejected",
+            shown(tenant),
+            tally.total,
+            tally.error,
+            tally.requests,
+            tally.delivered,
+            tally.rejected,
+        )

@@ -1,0 +1,132 @@
+"""Settling: the result of a request written into the spool, the counters and the user's
+failure callback.
+
+Guarantees: every settle happens under one lock, which :meth:`Settler.abandon` closes:
+once the emitter closed with requests still out, a late result settles nothing (it is
+logged at INFO), so no event is both reported unsent at close and counted delivered.
+Waiters on :attr:`Settler.settled` are woken after each delivered or failed batch. A user
+callback that raises is logged and never breaks delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+from selligent_segment._errors import shown
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment._results import DeliveryFailure, FailureReason
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.spool._protocol import Lease, Spool
+
+__all__ = ["Settler", "call_back"]
+
+log = logging.getLogger("selligent_segment")
+
+
+def call_back(callback: Callable[..., None], *args: object) -> None:
+    """Call a user callback; whatever it raises is logged, never passed on."""
+    try:
+        callback(*args)
+    except Exception:  # a user callback must never break delivery
+        log.exception("selligent-segment: callback %r raised", callback)
+
+
+class Settler:
+    """Settles the leased messages of each request into ``spool`` and ``counters``,
+    reporting failures through ``on_failure``, until :meth:`abandon`."""
+
+    def __init__(
+        self, spool: Spool, counters: Counters, on_failure: Callable[[DeliveryFailure], None]
+    ) -> None:
+        self.spool = spool
+        self.counters = counters
+        self.on_failure = on_failure
+        #: Notified after each delivered or failed batch (waits for room or for a flush).
+        self.settled = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._abandoned = False
+
+    def abandon(self, collect: Callable[[], object] | None = None) -> None:
+        """Settle nothing more: results of requests still out are dropped (logged at
+        INFO). ``collect`` runs under the settle lock, after which no settle can land, so
+        it sees exactly what stays unsettled."""
+        with self._lock:
+            self._abandoned = True
+            if collect is not None:
+                collect()
+
+    def delivered(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        """Settle ``messages`` as delivered: acknowledged in the spool, counted."""
+        with self._lock:
+            if self._abandoned:
+                self._late(lease, messages, "delivered")
+                return
+            self.spool.ack(lease, messages)
+            self.counters.add("delivered", lease.tenant, len(messages))
+        self._notify()
+
+    def release(
+        self, lease: Lease, messages: Iterable[EncodedMessage], *, retried: bool = False
+    ) -> bool:
+        """Put ``messages`` back at the head of their queue (counted as retried when
+        ``retried``); False when abandoned."""
+        messages = tuple(messages)
+        with self._lock:
+            if self._abandoned:
+                self._late(lease, messages, "not delivered")
+                return False
+            self.spool.release(lease, messages)
+            if retried:
+                self.counters.add("retried", lease.tenant, len(messages))
+        return True
+
+    def failed(
+        self,
+        lease: Lease,
+        messages: Sequence[EncodedMessage],
+        reason: str,
+        detail: str,
+        status: int | None,
+        quiet: bool = False,
+    ) -> None:
+        """Settle ``messages`` as not delivered: dead letters (spool file), counted,
+        reported through ``on_failure``; logged at ERROR unless ``quiet`` (a part of a
+        bisection, whose outcome is logged once)."""
+        with self._lock:
+            if self._abandoned:
+                self._late(lease, messages, reason)
+                return
+            self.spool.reject(lease, messages, f"{reason}: {detail}", status)
+            self.counters.add_reason(
+                "rejected" if reason == "rejected" else "dropped",
+                lease.tenant,
+                reason,
+                len(messages),
+            )
+        log.log(
+            logging.DEBUG if quiet else logging.ERROR,
+            "selligent-segment: tenant %s: %d events not delivered: %s (%s)",
+            shown(lease.tenant),
+            len(messages),
+            reason,
+            detail,
+        )
+        failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
+        call_back(self.on_failure, failure)
+        self._notify()
+
+    @staticmethod
+    def _late(lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:
+        log.info(
+            "selligent-segment: tenant %s: a request still out at close ended (%s); its %d "
+            "events were already reported unsent at close, or stay in the spool file",
+            shown(lease.tenant),
+            outcome,
+            len(messages),
+        )
+
+    def _notify(self) -> None:
+        with self.settled:
+            self.settled.notify_all()

@@ -1,0 +1,121 @@
+"""The bisection of a refused batch on plain values: which part is sent next, and the one
+log line of its outcome (no sender, no spool, no thread)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from _delivery import record
+
+from selligent_segment import encode
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment.delivery._bisection import Bisection
+from selligent_segment.spool._protocol import Lease
+
+
+def batch(n: int) -> tuple[Lease, tuple[EncodedMessage, ...]]:
+    messages = tuple(encode(record(i), tenant="acme") for i in range(n))
+    return Lease("acme", messages), messages
+
+
+def sizes(bisection: Bisection) -> list[int]:
+    return [len(part) for _, part in bisection.parts]
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_batch_refused_as_a_whole_is_split_first_half_first(status: int) -> None:
+    lease, messages = batch(5)
+    bisection = Bisection()
+    assert not bisection.active
+    assert bisection.split(lease, messages, status, "bad batch")
+    assert bisection.active
+    assert [part for _, part in bisection.parts] == [messages[:2], messages[2:]]
+    assert all(part_lease is lease for part_lease, _ in bisection.parts)
+
+
+@pytest.mark.parametrize(("n", "status"), [(1, 400), (5, 404), (5, 500), (5, None), (5, 301)])
+def test_one_message_or_another_refusal_is_not_split(n: int, status: int | None) -> None:
+    lease, messages = batch(n)
+    bisection = Bisection()
+    assert not bisection.split(lease, messages, status, "no")
+    assert not bisection.parts
+    assert not bisection.active
+
+
+def test_a_refused_part_is_split_again_ahead_of_the_parts_after_it() -> None:
+    lease, messages = batch(8)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    _, first = bisection.parts.popleft()
+    assert bisection.split(lease, first, 400, None)
+    assert [part for _, part in bisection.parts] == [messages[:2], messages[2:4], messages[4:]]
+
+
+def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "selligent_segment")
+    lease, messages = batch(4)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    _, first = bisection.parts.popleft()
+    bisection.count_delivered(len(first))
+    bisection.end("acme")
+    assert caplog.records == []  # a part is still to be sent
+    _, second = bisection.parts.popleft()
+    bisection.split(lease, second, 400, None)  # refused again: two parts of one
+    for _, part in list(bisection.parts):
+        bisection.parts.popleft()
+        bisection.count_rejected(len(part))
+        bisection.end("acme")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "selligent-segment: tenant 'acme': a batch of 4 events was refused (HTTP 400); "
+            "bisected in 5 requests: 2 delivered, 2 rejected",
+        )
+    ]
+    assert not bisection.active
+    bisection.end("acme")
+    assert len(caplog.records) == 1
+
+
+def test_a_bisection_that_delivered_everything_is_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lease, messages = batch(2)
+    bisection = Bisection()
+    bisection.split(lease, messages, 413, "too big")
+    while bisection.parts:
+        _, part = bisection.parts.popleft()
+        bisection.count_delivered(len(part))
+        bisection.end("acme")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "selligent-segment: tenant 'acme': a batch of 2 events was refused (too big); "
+            "bisected in 3 requests: 2 delivered, 0 rejected",
+        )
+    ]
+
+
+def test_gather_abandons_the_bisection_keeping_queue_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lease, messages = batch(6)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    _, first = bisection.parts.popleft()
+    assert bisection.gather("acme", first) == messages
+    assert not bisection.parts
+    assert not bisection.active
+    assert len(caplog.records) == 1  # its outcome so far: 0 delivered, 0 rejected
+    assert bisection.gather("acme", first) == first  # nothing queued: as given
+
+
+def test_counts_outside_a_bisection_are_ignored() -> None:
+    bisection = Bisection()
+    bisection.count_delivered(3)
+    bisection.count_rejected(2)
+    assert bisection == Bisection()

@@ -1,0 +1,108 @@
+"""Settling on plain values: a MemorySpool and Counters, no sender and no thread. Each
+result lands once in the spool, the counters and on_failure; after abandon, none does."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from _delivery import record
+
+from selligent_segment import DeliveryFailure, encode
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment.delivery._settle import Settler
+from selligent_segment.delivery._stats import Counters
+from selligent_segment.spool._memory import MemorySpool
+from selligent_segment.spool._protocol import Lease
+
+
+class Setup:
+    def __init__(self, n: int = 4) -> None:
+        self.spool = MemorySpool(1 << 20)
+        self.messages = [encode(record(i), tenant="acme") for i in range(n)]
+        self.spool.put_many(self.messages)
+        self.counters = Counters()
+        self.failures: list[DeliveryFailure] = []
+        self.settler = Settler(self.spool, self.counters, self.failures.append)
+
+    def lease(self) -> tuple[Lease, tuple[EncodedMessage, ...]]:
+        lease = self.spool.lease("acme", 100, 1 << 20)
+        assert lease is not None
+        return lease, lease.messages
+
+    def stats(self) -> tuple[int, int, dict[str, int], dict[str, int]]:
+        s = self.counters.snapshot({}, {})
+        return s.delivered, s.retried, dict(s.rejected), dict(s.dropped)
+
+
+def test_delivered_messages_leave_the_spool_and_are_counted() -> None:
+    setup = Setup()
+    lease, messages = setup.lease()
+    setup.settler.delivered(lease, messages)
+    assert setup.spool.empty()
+    assert setup.stats() == (4, 0, {}, {})
+    assert setup.failures == []
+
+
+def test_released_messages_go_back_to_the_head_of_the_queue_in_order() -> None:
+    setup = Setup()
+    lease, messages = setup.lease()
+    assert setup.settler.release(lease, messages[2:])
+    assert setup.stats() == (0, 0, {}, {})  # not a retry: not counted
+    assert setup.settler.release(lease, messages[:2], retried=True)
+    assert setup.stats() == (0, 2, {}, {})
+    again = setup.spool.lease("acme", 100, 1 << 20)
+    assert again is not None
+    assert again.messages == tuple(setup.messages)
+
+
+def test_failed_messages_are_counted_by_reason_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    setup = Setup()
+    lease, messages = setup.lease()
+    setup.settler.failed(lease, messages[:1], "rejected", "HTTP 400", 400)
+    setup.settler.failed(lease, messages[1:], "retries_exhausted", "gave up", None, quiet=True)
+    assert setup.spool.empty()
+    assert setup.stats() == (0, 0, {"rejected": 1}, {"retries_exhausted": 3})
+    assert [(f.reason, f.status, len(f.message_ids)) for f in setup.failures] == [
+        ("rejected", 400, 1),
+        ("retries_exhausted", None, 3),
+    ]
+    assert setup.failures[0].message_ids == (messages[0].message_id,)
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]  # the quiet one: DEBUG
+
+
+def test_a_callback_that_raises_is_logged_and_settling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    setup = Setup()
+
+    def broken(failure: DeliveryFailure) -> None:
+        raise RuntimeError("user bug")
+
+    settler = Settler(setup.spool, setup.counters, broken)
+    lease, messages = setup.lease()
+    settler.failed(lease, messages, "rejected", "HTTP 422", 422)
+    assert setup.spool.empty()
+    assert setup.stats() == (0, 0, {"rejected": 4}, {})
+    assert "callback" in caplog.records[-1].getMessage()
+
+
+def test_after_abandon_nothing_settles_and_release_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "selligent_segment")
+    setup = Setup()
+    lease, messages = setup.lease()
+    seen: list[int] = []
+    setup.settler.abandon(lambda: seen.append(setup.spool.stats().leased))
+    assert seen == [4]
+    setup.settler.delivered(lease, messages[:1])
+    assert not setup.settler.release(lease, messages[1:2], retried=True)
+    setup.settler.failed(lease, messages[2:], "rejected", "HTTP 400", 400)
+    assert setup.spool.stats().leased == 4  # all still leased: nothing was settled
+    assert setup.stats() == (0, 0, {}, {})
+    assert setup.failures == []
+    assert [r.levelno for r in caplog.records] == [logging.INFO] * 3
+    assert "still out at close ended (delivered)" in caplog.records[0].getMessage()
