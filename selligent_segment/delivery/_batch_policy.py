@@ -1,4 +1,8 @@
-"""How messages are grouped into requests: an immutable, validated value."""
+"""How messages are grouped into requests: an immutable, validated value.
+
+Guarantee: every limit is checked on construction, so a batch built within a
+:class:`BatchPolicy` never exceeds Segment's (2,500 messages, 500 KB per request).
+"""
 
 from __future__ import annotations
 

@@ -1,22 +1,27 @@
-"""Sending: a fixed pool of sender threads shared by every tenant.
+"""The sender pool and one turn of a tenant: a fixed pool of sender threads shared by
+every tenant, each taking the next turn and seeing it through.
 
-Each tenant has a FIFO queue in the spool and a small state here: when it may send next
-(linger, backoff, Retry-After), how many requests of its are in flight, and whether it is
-paused (its key was refused or is missing). The request-rate cap is a token bucket per
-*write key* (known here by its fingerprint only), so tenants sharing a key share its cap.
-Ready tenants wait in one round-robin queue, so a tenant with a million queued events
-sends one batch and then goes to the back of the line: it cannot starve the others. No
-lock is held across a request.
+One turn: take a request token from the write key's bucket (:mod:`._rate`), lease a batch
+from the head of the tenant's spool queue (or the next part of a refused batch,
+:mod:`._bisection`), post it through the :class:`~._transport.Transport`, and settle the
+answer (:mod:`._settle`): delivered; refused (bisected); retried after the wait the
+tenant's :class:`~._retry.Backoff` gives; or, on 401/403 or a missing key, the tenant
+paused, its events kept, until its key is replaced. The dispatcher decides when each
+tenant deserves its next turn (linger, backoff, Retry-After, the rate bucket, a paused
+re-check, a second request beside one in flight); the :class:`~._schedule.Schedule` keeps
+the turns in order.
+
+Guarantees: no lock is held across a request; a tenant with a million queued events
+sends one batch and then goes to the back of the line, so it cannot starve the others;
+tenants sharing a write key share its rate cap; a batch refused as a whole (400, 413,
+422) is bisected through the same scheduler, each part a turn of its own, so the rate cap
+and the round-robin apply to those requests too.
 
 Time is read, and timed waits are made, through ``self.clock`` (a
 :class:`~selligent_segment._clock.Clock`): the system's by default, a
 :class:`~selligent_segment.testing.FakeClock` in tests, which then decide when timers,
 linger, backoff, server pacing and the rate buckets come due. Only :meth:`Dispatcher.stop`
 bounds its thread joins on the wall clock.
-
-A batch refused as a whole (400, 413, 422) is bisected through the same scheduler: each
-half is a turn of its own, so the rate cap and the round-robin apply to bisection
-requests too, and the outcome is logged once per refused batch, not once per message.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ log = logging.getLogger("selligent_segment")
 
 @attrs.define
 class _Tenant:
+    """What the dispatcher knows of one tenant besides its spool queue: its backoff, when
+    it may send next, its requests in flight, its key's bucket, a pause, a bisection."""
+
     name: str
     backoff: Backoff
     in_flight: int = 0

@@ -1,4 +1,9 @@
-"""Which base URL events are posted to, validated once when the configuration is built."""
+"""Which base URL events are posted to, validated once when the configuration is built.
+
+Guarantee: the URL returned is an absolute ``http(s)`` URL with a host and no credentials,
+query or fragment; plain ``http`` only to a loopback host unless allowed in so many words;
+an error never echoes anything that could be a credential.
+"""
 
 from __future__ import annotations
 

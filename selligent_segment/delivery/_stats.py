@@ -1,4 +1,9 @@
-"""Delivery counters, kept per tenant, and their public snapshot."""
+"""Delivery counters, kept per tenant, and their public snapshot.
+
+Guarantee: every count is changed, and a snapshot taken, under one lock, so a snapshot
+never shows half an update; with the queue lengths it is given, accepted = delivered +
+rejected + dropped-after-acceptance + queued, per tenant, at any quiet moment.
+"""
 
 from __future__ import annotations
 
