@@ -21,7 +21,6 @@ the response is handed to it as a ``urllib3`` response read from memory.
 from __future__ import annotations
 
 import gzip as _gzip
-import http
 import io
 import json
 import math
@@ -48,6 +47,7 @@ from selligent_segment.delivery._transport import (
     build_body,
     scrub,
 )
+from selligent_segment.testing._rules import OK, reason_phrase, status_code_slug
 
 __all__ = ["Handler", "MockRequest", "MockResponse", "MockTransport"]
 
@@ -122,7 +122,7 @@ class MockResponse:
     @classmethod
     def ok(cls, status: int = 200) -> MockResponse:
         """Segment's success: ``200 {"success": true}``."""
-        return cls(status, {"Content-Type": "application/json"}, b'{"success":true}')
+        return cls(status, {"Content-Type": "application/json"}, OK.body)
 
     @classmethod
     def error(
@@ -139,10 +139,7 @@ class MockResponse:
         defaults to the status phrase in snake case), with ``Retry-After`` and
         ``X-RateLimit-Reset`` headers when given."""
         if code is None:
-            try:
-                code = http.HTTPStatus(status).phrase.lower().replace(" ", "_")
-            except ValueError:
-                code = f"http_{status}"
+            code = status_code_slug(status)
         merged = {"Content-Type": "application/json", **(headers or {})}
         if retry_after is not None:
             merged["Retry-After"] = _header_number(retry_after)
@@ -316,15 +313,11 @@ def _classify(answer: MockResponse | int, write_key: str) -> Response:
     read through the transport's own response handling, from memory."""
     if not isinstance(answer, MockResponse):
         answer = MockResponse(answer)
-    try:
-        reason = http.HTTPStatus(answer.status).phrase
-    except ValueError:
-        reason = ""
     raw = urllib3.HTTPResponse(
         body=io.BytesIO(answer.body),
         headers=dict(answer.headers),
         status=answer.status,
-        reason=reason,
+        reason=reason_phrase(answer.status),
         preload_content=False,
     )
     return _read_response(raw, write_key, _NEVER, lambda: "deadline exceeded")
