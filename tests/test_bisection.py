@@ -19,8 +19,19 @@ def batch(n: int) -> tuple[Lease, tuple[EncodedMessage, ...]]:
     return Lease("acme", messages), messages
 
 
-def sizes(bisection: Bisection) -> list[int]:
-    return [len(part) for _, part in bisection.parts]
+def settle_parts(bisection: Bisection, *, delivered: bool) -> None:
+    """Send every part still queued, each delivered (or each refused), as turns would."""
+    while bisection.parts:
+        _, part = bisection.parts.popleft()
+        if delivered:
+            bisection.count_delivered(len(part))
+        else:
+            bisection.count_rejected(len(part))
+        bisection.end("acme")
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records]
 
 
 @pytest.mark.parametrize("status", [400, 413, 422])
@@ -65,11 +76,8 @@ def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
     assert caplog.records == []  # a part is still to be sent
     _, second = bisection.parts.popleft()
     bisection.split(lease, second, 400, None)  # refused again: two parts of one
-    for _, part in list(bisection.parts):
-        bisection.parts.popleft()
-        bisection.count_rejected(len(part))
-        bisection.end("acme")
-    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+    settle_parts(bisection, delivered=False)
+    assert logged(caplog) == [
         (
             logging.ERROR,
             "selligent-segment: tenant 'acme': a batch of 4 events was refused (HTTP 400); "
@@ -87,11 +95,8 @@ def test_a_bisection_that_delivered_everything_is_a_warning(
     lease, messages = batch(2)
     bisection = Bisection()
     bisection.split(lease, messages, 413, "too big")
-    while bisection.parts:
-        _, part = bisection.parts.popleft()
-        bisection.count_delivered(len(part))
-        bisection.end("acme")
-    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+    settle_parts(bisection, delivered=True)
+    assert logged(caplog) == [
         (
             logging.WARNING,
             "selligent-segment: tenant 'acme': a batch of 2 events was refused (too big); "

@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -79,6 +80,14 @@ class _Tenant:
         self.backoff.retries = value
 
 
+def _in_limits(name: str) -> Any:
+    """A Dispatcher property that reads and sets attribute ``name`` of its ``limits``."""
+    return property(
+        lambda self: getattr(self.limits, name),
+        lambda self, value: setattr(self.limits, name, value),
+    )
+
+
 PAUSED_RECHECK = 30.0
 #: Seconds between two log lines of the same spool error (a damaged or unwritable file).
 SPOOL_ERROR_EVERY = 10.0
@@ -97,6 +106,10 @@ class Dispatcher:
 
     #: Calls a user callback, logging whatever it raises (the Emitter's wrappers use it).
     _call = staticmethod(call_back)
+    #: The request-rate cap per write key (requests per second; 0: none), and the most
+    #: requests one key may send at once: kept in :attr:`limits`, read and set here too.
+    rate: float = _in_limits("rate")
+    burst: float = _in_limits("burst")
 
     def __init__(
         self,
@@ -142,24 +155,6 @@ class Dispatcher:
         self.flushing = 0
         self._spool_error = ""
         self._spool_error_at = float("-inf")
-
-    @property
-    def rate(self) -> float:
-        """The request-rate cap per write key (requests per second; 0: none)."""
-        return self.limits.rate
-
-    @rate.setter
-    def rate(self, value: float) -> None:
-        self.limits.rate = value
-
-    @property
-    def burst(self) -> float:
-        """The most requests one write key may send at once."""
-        return self.limits.burst
-
-    @burst.setter
-    def burst(self, value: float) -> None:
-        self.limits.burst = value
 
     @property
     def _ready(self) -> deque[str]:
