@@ -270,6 +270,12 @@ def test_undelivered_events_stay_in_the_spool_and_flush_delivers_them(
         assert server.accepted_count == 2
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, as from a terminal (a test run started as a
+    background job inherits SIGINT ignored, and Python then keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_run_exits_130_and_says_how_to_resume(
     server: LocalSegment, keys_file: str
 ) -> None:
@@ -281,6 +287,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(
         text=True,
         env=clean_env(),
         cwd=ROOT,
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdin is not None
