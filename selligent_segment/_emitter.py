@@ -34,6 +34,7 @@ from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._keys import KeyResolver, WriteKeys
 from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.delivery._settle import call_back
 from selligent_segment.delivery._stats import Counters, Stats
 from selligent_segment.delivery._transport import HttpTransport, Transport
 from selligent_segment.intake._backpressure import Backpressure
@@ -356,13 +357,13 @@ class Emitter:
     def _on_failure(self, failure: DeliveryFailure) -> None:
         callback = self._config.on_failure
         if callback is not None:
-            Dispatcher._call(callback, failure)
+            call_back(callback, failure)
 
     def _on_pause(self, tenant: str, reason: str) -> None:
         self._intake.mark_paused(tenant, reason)
         callback = self._config.on_pause
         if callback is not None:
-            Dispatcher._call(callback, tenant, reason)
+            call_back(callback, tenant, reason)
 
     # -- control ---------------------------------------------------------------------
 

@@ -104,8 +104,6 @@ class Dispatcher:
     paused sends its batches one at a time.
     """
 
-    #: Calls a user callback, logging whatever it raises (the Emitter's wrappers use it).
-    _call = staticmethod(call_back)
     #: The request-rate cap per write key (requests per second; 0: none), and the most
     #: requests one key may send at once: kept in :attr:`limits`, read and set here too.
     rate: float = _in_limits("rate")
