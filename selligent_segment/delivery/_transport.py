@@ -630,7 +630,7 @@ class HttpTransport:
 def _default_ca_bundle() -> str | None:
     try:
         import certifi
-    except ImportError:  # pragma: no cover - certifi comes with requests
+    except ImportError:  # pragma: no cover - certifi is a declared dependency
         return None
     return certifi.where()
 
