@@ -33,7 +33,8 @@ class OnFull(str, enum.Enum):
 
     ``raise``: raise :class:`~selligent_segment.SpoolFull` (the caller keeps the event).
     ``block``: wait up to ``block_timeout`` seconds for room, then raise SpoolFull.
-    ``drop_newest``: drop the new event, count it, report it through ``on_failure`` (reason ``spool_full``).
+    ``drop_newest``: drop the new event, count it, report it through ``on_failure``
+    (reason ``spool_full``).
     """
 
     RAISE = "raise"
