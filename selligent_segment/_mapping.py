@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -14,13 +13,14 @@ import orjson
 from selligent_segment._errors import InvalidEvent
 from selligent_segment._limits import DEFAULT_TENANT, MAX_MESSAGE_BYTES
 from selligent_segment._naming import EventNaming
-from selligent_segment._record import (
-    _PROPERTY_FIELDS,
-    CallbackRecord,
-    EventKind,
+from selligent_segment._record import _PROPERTY_FIELDS, CallbackRecord, EventKind, normalize
+from selligent_segment._shortcuts import (
+    exact_copy,
     format_epoch,
     format_timestamp,
-    normalize,
+    json_array_uuid5,
+    json_fragment,
+    slot_constructor,
 )
 from selligent_segment._version import __version__
 
@@ -31,15 +31,15 @@ __all__ = ["MAX_MESSAGE_BYTES", "EncodedMessage", "encode", "message_id", "track
 #: by an older version must keep deduplicating against what a newer one sends.
 MESSAGE_ID_NAMESPACE = uuid.UUID("5d0b8f52-6a53-5f0e-9a4c-3c8e2f1f7a11")
 
-_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+_event_id_uuid5 = json_array_uuid5(MESSAGE_ID_NAMESPACE, "event_id")
+_content_uuid5 = json_array_uuid5(MESSAGE_ID_NAMESPACE, "content", sort_keys=True)
 
 _LIBRARY = {"name": "selligent-segment", "version": __version__}
 _INTEGRATION = {"name": "selligent", "version": __version__}
-# The same two dicts as JSON, for the hot path: orjson copies a Fragment's bytes as they
-# are instead of walking the dict (track_message's deep copy turns them back into dicts).
-_LIBRARY_JSON = orjson.Fragment(orjson.dumps(_LIBRARY))
-_INTEGRATION_JSON = orjson.Fragment(orjson.dumps(_INTEGRATION))
+# The same two dicts serialised once, for encoding (track_message's deep copy turns them
+# back into dicts).
+_LIBRARY_JSON = json_fragment(_LIBRARY)
+_INTEGRATION_JSON = json_fragment(_INTEGRATION)
 _DEFAULT_NAMING = EventNaming()
 # Per kind, the spec property fields a normalised record of that kind can hold (the
 # others are refused when the record is validated), in canonical order.
@@ -65,42 +65,20 @@ def _tenant_of(fields: Mapping[str, Any], tenant: str | None) -> str:
     return named or DEFAULT_TENANT
 
 
-# (tenant, kind) -> the namespace and the compact JSON of ``[tenant, kind, "event_id",``:
-# an event id's name is this plus orjson.dumps(event_id) and "]", byte for byte what
-# orjson.dumps([tenant, kind, "event_id", event_id]) gives. Cleared when it grows large.
-_ID_PREFIXES: dict[tuple[str, str], bytes] = {}
-_MAX_ID_PREFIXES = 4096
-try:  # CPython's own SHA-1: a third cheaper per id than OpenSSL's, whose set-up dominates
-    from _sha1 import sha1 as _sha1  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - a Python built without it
-    _sha1 = hashlib.sha1
-
-
-def _new_event_id_prefix(tenant: str, kind: str) -> bytes:
-    """Make and remember the ``_ID_PREFIXES`` entry of (tenant, kind) (a cache miss)."""
-    if len(_ID_PREFIXES) >= _MAX_ID_PREFIXES:
-        _ID_PREFIXES.clear()
-    prefix = _NAMESPACE_BYTES + orjson.dumps([tenant, kind, "event_id"])[:-1] + b","
-    _ID_PREFIXES[(tenant, kind)] = prefix
-    return prefix
-
-
 def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
+    """The record's ``messageId``: the UUIDv5, in :data:`MESSAGE_ID_NAMESPACE`, of the
+    compact JSON of ``[tenant, kind, "event_id", event_id]``, or, without an event id, of
+    ``[tenant, kind, "content", the other fields]`` (keys sorted, the timestamp as sent)."""
     kind: str = fields["type"]._value_  # .value is a Python-level property: 4x slower
     event_id = fields.get("event_id")
     if event_id is not None:
-        prefix = _ID_PREFIXES.get((tenant, kind)) or _new_event_id_prefix(tenant, kind)
-        data = prefix + orjson.dumps(event_id) + b"]"
-    else:
-        content = {k: v for k, v in fields.items() if k not in ("tenant", "type")}
-        if "timestamp" in content:
-            content["timestamp"] = format_timestamp(content["timestamp"])
-        name = orjson.dumps([tenant, kind, "content", content], option=orjson.OPT_SORT_KEYS)
-        data = _NAMESPACE_BYTES + name
-    # A UUIDv5 (RFC 9562 §5.5) formatted by hand: uuid.UUID() costs 5 µs a call here.
-    # Version nibble 5; variant bits 10 (the high hex digit of byte 8 becomes 8, 9, a or b).
-    h = _sha1(data).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+        return _event_id_uuid5(tenant, kind, event_id)
+    content = dict(fields)  # (5,000 instructions fewer than a dict comprehension)
+    del content["type"]
+    content.pop("tenant", None)
+    if "timestamp" in content:
+        content["timestamp"] = format_timestamp(content["timestamp"])
+    return _content_uuid5(tenant, kind, content)
 
 
 def message_id(record: Record, tenant: str | None = None) -> str:
@@ -120,9 +98,10 @@ def _track(
     # The hot path: one pass over the fields that are set, dicts built as literals. The
     # context dicts are shared here because the message is serialised at once;
     # track_message() deep-copies.
+    kind: EventKind = fields["type"]
     extras = fields.get("properties")
     properties: dict[str, Any] = dict(extras) if extras else {}
-    for name in _PROPERTY_NAMES[fields["type"]]:  # canonical order, whatever the input's
+    for name in _PROPERTY_NAMES[kind]:  # canonical order, whatever the input's
         if name in fields:
             properties[name] = fields[name]
     email = fields.get("email")
@@ -145,7 +124,12 @@ def _track(
         timestamp = format_epoch(moment)
     else:
         timestamp = format_timestamp(moment or datetime.now(timezone.utc))
-    event = naming.name(fields["type"], tenant)
+    event = naming.name(kind, tenant)
+    event_id = fields.get("event_id")
+    if event_id is not None:  # _message_id(fields, tenant), one call fewer
+        message_uuid = _event_id_uuid5(tenant, kind._value_, event_id)
+    else:
+        message_uuid = _message_id(fields, tenant)
     user_id = fields.get("user_id")
     if user_id is not None:
         return {
@@ -155,7 +139,7 @@ def _track(
             "properties": properties,
             "context": context,
             "timestamp": timestamp,
-            "messageId": _message_id(fields, tenant),
+            "messageId": message_uuid,
         }
     return {
         "type": "track",
@@ -164,7 +148,7 @@ def _track(
         "properties": properties,
         "context": context,
         "timestamp": timestamp,
-        "messageId": _message_id(fields, tenant),
+        "messageId": message_uuid,
     }
 
 
@@ -203,23 +187,7 @@ class EncodedMessage:
     body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
 
 
-_new = object.__new__
-_slots = vars(EncodedMessage)  # the slot descriptors of its four fields
-_set_tenant = _slots["tenant"].__set__
-_set_message_id = _slots["message_id"].__set__
-_set_kind = _slots["kind"].__set__
-_set_body = _slots["body"].__set__
-
-
-def _new_message(tenant: str, message_id: str, kind: EventKind, body: bytes) -> EncodedMessage:
-    """``EncodedMessage(tenant, message_id, kind, body)`` in half the time: the slots are
-    filled directly instead of through the frozen class's guarded ``__setattr__``."""
-    message: EncodedMessage = _new(EncodedMessage)
-    _set_tenant(message, tenant)
-    _set_message_id(message, message_id)
-    _set_kind(message, kind)
-    _set_body(message, body)
-    return message
+_new_message = slot_constructor(EncodedMessage)
 
 
 def encode_fields(
@@ -242,9 +210,7 @@ def encode_fields(
         )
     # orjson's result keeps its 4 KiB initial buffer: copy it to its real size, or every
     # queued message costs ~4 KiB whatever its length (and max_spool_bytes under-counts).
-    # A JSON object ends in "}": slice and concatenate is the cheapest exact-size copy
-    # (a third of bytes(memoryview(body))).
-    return _new_message(tenant, message["messageId"], fields["type"], body[:-1] + b"}")
+    return _new_message(tenant, message["messageId"], fields["type"], exact_copy(body))
 
 
 def encode(

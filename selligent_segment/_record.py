@@ -23,6 +23,8 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._shortcuts import format_epoch as format_epoch  # (re-exported)
+from selligent_segment._shortcuts import format_timestamp
 
 __all__ = ["CallbackRecord", "EventKind"]
 
@@ -155,8 +157,7 @@ def _check_controls(field: str, text: str) -> None:
 def _text(field: str, value: object, *, allow_int: bool = False) -> str | None:
     """Validate an optional text field; blank means absent."""
     if value.__class__ is str and len(value) <= _MAX_TEXT and value.isascii():
-        # Fast path: ASCII text is valid UTF-8 and needs no surrogate check.
-        return value.strip() or None
+        return value.strip() or None  # short_ascii (_shortcuts), inlined
     if value is None:
         return None
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
@@ -342,50 +343,6 @@ def _properties(value: object) -> dict[str, Any]:
     return out
 
 
-_epoch_cache: tuple[int, str] = (-1, "")
-_modf = math.modf
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))  # the text after the seconds
-
-
-def format_epoch(seconds: float) -> str:
-    """:func:`format_timestamp` of a POSIX time, with the date part cached per second."""
-    global _epoch_cache
-    # Round to microseconds as datetime.fromtimestamp does, then truncate to milliseconds.
-    if seconds >= 0:
-        # seconds - whole is exact. Adding 0.5 rounds half up where fromtimestamp rounds
-        # half to even: they differ only when half up gives an odd microsecond, which is
-        # never a whole millisecond, so the text is the same (and a third cheaper).
-        whole = int(seconds)
-        micro = int((seconds - whole) * 1e6 + 0.5)
-    else:
-        frac, whole_f = _modf(seconds)
-        whole = int(whole_f)
-        micro = round(frac * 1e6)
-    if micro >= 1_000_000:
-        whole, micro = whole + 1, micro - 1_000_000
-    elif micro < 0:
-        whole, micro = whole - 1, micro + 1_000_000
-    cached, prefix = _epoch_cache
-    if whole != cached:
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-        _epoch_cache = (whole, prefix)  # one tuple: safe to share between threads
-    return prefix + _MILLIS[micro // 1000]
-
-
-def format_timestamp(moment: datetime) -> str:
-    """ISO-8601 in UTC with milliseconds and a ``Z``, as Segment documents."""
-    u = moment.astimezone(_UTC)
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 - measured fastest
-        u.year,
-        u.month,
-        u.day,
-        u.hour,
-        u.minute,
-        u.second,
-        u.microsecond // 1000,
-    )
-
-
 def _check_fields(fields: Mapping[str, Any]) -> None:
     if "email" not in fields and "user_id" not in fields:
         raise InvalidEvent("email", "a record needs an email or a user_id (neither was given)")
@@ -442,6 +399,9 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     if data.__class__ is not dict and not isinstance(data, Mapping):  # dict: no ABC check
         raise InvalidEvent("record", f"expected a JSON object, got {_type_name(data)}")
     out: dict[str, Any] = {}
+    # The fast paths below are _shortcuts.short_ascii, inlined (a call per field would cost
+    # 17%), and the kind looked up by its exact name; tests/test_shortcuts.py proves the
+    # result and the errors the same as the validators' in _VALIDATORS.
     for key, value in data.items():
         if (
             key in _PLAIN_TEXT
@@ -449,7 +409,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
             and value.isascii()
             and len(value) <= _MAX_TEXT
         ):
-            # Inlined fast path of _text for plain ASCII text (the common case).
+            # _text's fast path, for plain ASCII text (the common case).
             value = value.strip()
             if value:
                 out[key] = value
