@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from selligent_segment import CallbackRecord, EventNaming, encode
 from selligent_segment.cli._progress import Progress, human_bytes, render
@@ -234,6 +235,7 @@ def test_unreadable_inputs_exit_2(tmp_path: Path) -> None:
     assert directory.stderr.startswith(f"{tmp_path}: cannot read: ")
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     path = write(tmp_path, "ok.jsonl", jsonl(R1))
     results = run_all(
@@ -251,6 +253,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert "--write-key" in results[4].stderr  # sending needs a key
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_help_mentions_exit_statuses_and_version() -> None:
     from selligent_segment import __version__
 
@@ -378,6 +381,7 @@ def test_csv_header_problem_exits_2_before_any_output(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"{bad}:1: colour: unknown column (record fields: ")
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_format_option_and_stdin(tmp_path: Path) -> None:
     rows = csv_text(
         "type,tenant,user_id,event_id,timestamp", "open,acme,u1,e1,2026-11-20T10:00:00Z"
@@ -488,6 +492,7 @@ def test_rejects_csv_get_the_header_and_the_raw_rows(tmp_path: Path) -> None:
     assert [line.split(": ")[0] for line in errors_of(again)] == [f"{rejects}:2", f"{rejects}:4"]
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_rejects_usage_errors(tmp_path: Path) -> None:
     a = write(tmp_path, "a.csv", csv_text("type,user_id", "open,u1"))
     b = write(tmp_path, "b.csv", csv_text("type,email", "open,a@example.com"))
@@ -547,6 +552,7 @@ def run_on_a_terminal(
     return status, b"".join(chunks), out_path.read_bytes()
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_a_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     path = write(tmp_path, "in.jsonl", jsonl(*([R1, R2, R3] * 200), "{}"))
     status, terminal, stdout = run_on_a_terminal(["send", "--dry-run", path], tmp_path)

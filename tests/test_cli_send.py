@@ -98,6 +98,7 @@ def test_invalid_lines_are_reported_and_the_rest_delivered(
     assert server.accepted_count == 1
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_a_refused_key_names_the_tenant_never_the_key(tmp_path: Path) -> None:
     with LocalSegment(write_keys=["key-globex"]) as server:
         keys = tmp_path / "keys.json"
@@ -130,6 +131,7 @@ def test_usage_errors_exit_2(server: LocalSegment, tmp_path: Path, keys_file: st
     assert server.request_count == 0  # nothing is sent when an input cannot be read
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_csv_is_delivered_like_the_dry_run_says(
     server: LocalSegment, tmp_path: Path, keys_file: str
 ) -> None:

@@ -217,6 +217,7 @@ def test_dead_letters_list_requeue_purge(
         assert sf.dead_letters() == []
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_a_spool_file_works_in_a_process_forked_while_a_thread_uses_it(tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
     fill(spool, [record(i) for i in range(3)])

@@ -958,6 +958,7 @@ def test_a_full_spool_is_logged_once_per_ten_seconds(
         em.close(0.1)
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_with_a_shared_file_stats_count_what_this_process_did(tmp_path: Path) -> None:
     """guarantees.md, Counters with a shared file: "`accepted` the events it accepted,
     `delivered` the events it delivered (which may include events other processes
@@ -1031,6 +1032,7 @@ def test_send_keeps_events_in_the_documented_default_spool_file(
     assert server.accepted_count == 1  # the same record each time: one messageId
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_a_killed_send_loses_nothing_it_had_read(tmp_path: Path, keys_file: str) -> None:
     """operations.md: "An interrupted or killed `send` loses nothing it had read: run
     `selligent-segment flush` ... to deliver the rest"."""
@@ -1073,6 +1075,7 @@ def test_a_killed_send_loses_nothing_it_had_read(tmp_path: Path, keys_file: str)
         }
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_a_record_without_event_id_and_timestamp_keeps_its_id_when_sent_again(
     tmp_path: Path, server: LocalSegment, keys_file: str
 ) -> None:
@@ -1133,6 +1136,7 @@ def _spool_in_three_states(spool: Path) -> None:
         em.close(0)
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_spool_status_prints_each_tenants_backlog_and_state(tmp_path: Path) -> None:
     """operations.md, `spool status`: the size on disk, the journals, the live processes,
     then per tenant "events queued ..., leased ..., dead letters, the age of the oldest
@@ -1165,6 +1169,7 @@ def test_spool_status_prints_each_tenants_backlog_and_state(tmp_path: Path) -> N
     ]
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_spool_status_counts_only_the_live_processes(tmp_path: Path) -> None:
     """operations.md, `spool status`: "the live processes using the file" (none here: the
     one that used it was killed)."""
@@ -1211,6 +1216,7 @@ def test_dead_letter_commands_exit_0_when_nothing_matches(tmp_path: Path) -> Non
     assert (purged.returncode, purged.stdout) == (0, "0 dead letters purged\n")
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_dead_letters_list_prints_one_line_per_letter(tmp_path: Path) -> None:
     """operations.md: "`list` prints one line per letter: id, tenant, event kind, when it
     failed, status, reason; `--json` adds the message bodies"."""

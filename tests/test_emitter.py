@@ -259,6 +259,7 @@ def test_a_400_is_bisected_to_isolate_the_offenders() -> None:
     assert {f.status for f in failures} == {400}
 
 
+@pytest.mark.slow  # a second or more of real waiting
 def test_401_pauses_the_tenant_keeps_its_events_and_a_new_key_resumes_it() -> None:
     paused: list[tuple[str, str]] = []
     with LocalSegment(write_keys=["key-globex"]) as server:
@@ -388,6 +389,7 @@ def test_request_rate_is_capped_per_tenant() -> None:
     )
 
 
+@pytest.mark.slow  # a second or more of real waiting
 def test_thousands_of_tenants_share_a_fixed_pool(server: LocalSegment) -> None:
     keys = {f"t{i}": f"key-{i}" for i in range(2000)}
     with emitter(server, write_keys=keys, threads=2) as em:
@@ -478,6 +480,7 @@ def test_close_reports_what_could_not_be_delivered(server: LocalSegment) -> None
     assert sum(len(f.message_ids) for f in failures) == 3
 
 
+@pytest.mark.slow  # a second or more of real waiting
 def test_close_reports_a_batch_whose_request_is_still_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

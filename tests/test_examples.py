@@ -203,6 +203,7 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
 # -- (b) multi-tenant keys in a database table ----------------------------------------------
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_multi_tenant_demo_runs_and_rotates_keys() -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "multi_tenant_sqlite.py")],

@@ -156,6 +156,7 @@ def _no_null_values(value: Any) -> bool:
     return True
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(data=record_dicts(), tenant=text, profile=st.sampled_from(sorted(PROFILES)))
 def test_any_valid_record_encodes_to_an_acceptable_message(
@@ -198,6 +199,7 @@ def test_any_valid_record_encodes_to_an_acceptable_message(
     assert message_id(record, tenant + "x") != encoded.message_id
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(data=record_dicts(ms_only=True))
 def test_to_dict_from_dict_round_trip(data: dict[str, Any]) -> None:

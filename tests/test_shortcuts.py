@@ -320,6 +320,7 @@ def test_text_fast_path_equals_plain_text(value: Any, allow_int: bool) -> None:
     assert got == expected
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(st.one_of(records(), valid_records()))
 def test_normalize_equals_plain_validation(data: dict[str, Any]) -> None:
@@ -506,6 +507,7 @@ names = st.one_of(
     st.sampled_from(["event_id", "content", 'ta"g']),
     st.booleans(),
 )
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_json_array_uuid5_equals_uuid5(
     first: str, second: str, last: Any, tag: str, sort_keys: bool
 ) -> None:
@@ -577,6 +579,7 @@ def test_message_ids_at_the_limits_equal_uuid5(data: dict[str, Any], tenant: str
 # == serialising and building the message ====================================================
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(json_values, json_values)
 def test_json_fragment_serialises_as_the_value(value: Any, other: Any) -> None:
@@ -596,6 +599,7 @@ def _swap(doc: Any, value: Any, fragment: orjson.Fragment) -> Any:
     return doc
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(valid_records(), st.sampled_from([None, "acme"]))
 def test_encoded_body_equals_the_plain_message_serialised(
@@ -667,6 +671,7 @@ class Four:
     d: bytes = b""
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(st.text(), st.integers(), json_values, st.binary(max_size=50))
 def test_slot_constructor_equals_the_class(a: str, b: int, c: Any, d: bytes) -> None:

@@ -852,6 +852,7 @@ def test_an_event_over_32_kb_is_a_too_large_dead_letter_and_costs_no_other(
         assert orjson.loads(body)[2]["properties"] == big["properties"]  # the record, kept
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_emit_many_waits_for_the_encoder_instead_of_refusing(
     tmp_path: Path, server: LocalSegment
 ) -> None:
@@ -865,6 +866,7 @@ def test_emit_many_waits_for_the_encoder_instead_of_refusing(
     assert server.message_ids() == ids(*records)
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_emit_many_at_the_spool_size_cap_applies_on_full(tmp_path: Path) -> None:
     down = LocalSegment().start()
     url = down.url

@@ -663,6 +663,7 @@ def _http(
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_subprocess_mode_serves_and_stops_on_sigterm() -> None:
     proc, url = _spawn("--write-key", "bench-key")
     try:
@@ -698,6 +699,7 @@ def test_subprocess_mode_serves_and_stops_on_sigterm() -> None:
         proc.stdin.close()
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 def test_subprocess_mode_fault_mix_and_stdin_close() -> None:
     proc, url = _spawn("--fault-mix", '{"seed": 1, "rates": {"500": 1.0}}')
     try:
