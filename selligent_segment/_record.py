@@ -460,25 +460,45 @@ class CallbackRecord:
     """
 
     kind: EventKind = attrs.field(converter=_kind)
+    """The event kind (an :class:`EventKind`, its value, or an alias such as ``bounce``)."""
     tenant: str | None = attrs.field(default=None, kw_only=True)
+    """Which customer account (Segment source) the event belongs to."""
     email: str | None = attrs.field(default=None, kw_only=True)
+    """The recipient's address; it must look like one."""
     user_id: str | None = attrs.field(default=None, kw_only=True)
+    """The recipient's user id on the platform, when it has one (sent as ``userId``)."""
     event_id: str | None = attrs.field(default=None, kw_only=True)
+    """The platform's own id of this event; it makes the ``messageId`` stable."""
     timestamp: datetime | None = attrs.field(default=None, kw_only=True)
+    """When the event happened (timezone-aware); absent: when it is mapped."""
     email_id: str | None = attrs.field(default=None, kw_only=True)
+    """The id of the email (the send)."""
     email_subject: str | None = attrs.field(default=None, kw_only=True)
+    """The subject line."""
     campaign_id: str | None = attrs.field(default=None, kw_only=True)
+    """The campaign's id."""
     campaign_name: str | None = attrs.field(default=None, kw_only=True)
+    """The campaign's name."""
     link_url: str | None = attrs.field(default=None, kw_only=True)
+    """Link clicked: the URL."""
     link_id: str | None = attrs.field(default=None, kw_only=True)
+    """Link clicked: the link's id."""
     list_id: str | None = attrs.field(default=None, kw_only=True)
+    """Unsubscribed: the list."""
     list_name: str | None = attrs.field(default=None, kw_only=True)
+    """Unsubscribed: the list's name."""
     bounce_type: str | None = attrs.field(default=None, kw_only=True)
+    """Bounced: ``hard`` or ``soft`` (stored lower-case)."""
     bounce_reason: str | None = attrs.field(default=None, kw_only=True)
+    """Bounced: the diagnostic text (``550 5.1.1 user unknown``)."""
     smtp_status: str | None = attrs.field(default=None, kw_only=True)
+    """Bounced: the SMTP status (``5.1.1``, ``550``)."""
     ip: str | None = attrs.field(default=None, kw_only=True)
+    """The recipient's IPv4 or IPv6 address (opens, clicks...)."""
     user_agent: str | None = attrs.field(default=None, kw_only=True)
+    """The recipient's user agent."""
     properties: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, hash=False)
+    """Extra properties, sent next to the spec's (snake_case names)."""
     _fields: dict[str, Any] = attrs.field(init=False, repr=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
