@@ -370,7 +370,7 @@ class Emitter:
     def _idle(self) -> bool:
         if self._closed_result is not None:
             return self._closed_result
-        return not self._intake.pending() and self._encoder.idle and self._intake.spool.empty()
+        return not self._intake.has_work() and self._encoder.idle and self._intake.spool.empty()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Send everything now (with a spool file, also what dead processes left in it);
@@ -382,7 +382,7 @@ class Emitter:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._started and not self._encoder.stopping:
             self._encoder.maintain()  # also what processes that died since the last upkeep left
-        if self._intake.pending():
+        if self._intake.has_work():
             self._encoder.wake()
         dispatcher = self._dispatcher
         dispatcher.start_flush()

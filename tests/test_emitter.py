@@ -629,3 +629,68 @@ def test_a_spool_url_with_a_scheme_not_served_is_refused_and_creates_nothing(
         Emitter("k", spool=url)
     assert info.value.setting == "spool"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_encoder_step_that_fails_keeps_its_records_and_delivers_them_later(
+    tmp_path: Path, server: LocalSegment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step of the encoder that fails (here the spool's size check raises once) puts its
+    journal records back: they are delivered by the next step, counted once, and flush()
+    finishes; the encoder does not spin on the failure."""
+    from selligent_segment import SpoolError
+
+    em = emitter(server, spool=tmp_path / "spool.db")
+    spool = em._intake.spool
+    real_has_room = spool.has_room
+    calls = 0
+
+    def has_room_once_broken(nbytes: int) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise SpoolError("simulated: the size check failed once")
+        return real_has_room(nbytes)
+
+    spool.has_room = has_room_once_broken  # type: ignore[method-assign]
+    try:
+        em.emit_many([record(i) for i in range(3)])
+        assert em.flush(10)
+        stats = em.stats()
+        assert (stats.accepted, stats.delivered, stats.queued) == (3, 3, 0)
+    finally:
+        em.close()
+    assert server.accepted_count == 3
+    assert calls < 10  # one failure, then a step or two: no hot loop
+    assert "encoder error" in caplog.text
+
+
+def test_emit_many_with_a_spool_file_that_cannot_be_written_applies_on_full_not_a_hang(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    """While the encoder cannot write the spool file, emit_many stops waiting for it
+    once max_pending records wait: on_full ("raise") applies; what was accepted is
+    delivered once the file can be written again."""
+    from selligent_segment import SpoolError, SpoolFull
+
+    em = emitter(server, spool=tmp_path / "spool.db", max_pending=600)
+    spool = em._intake.spool
+    real_put_many = spool.put_many
+    broken = True
+
+    def put_many(*args: Any, **kwargs: Any) -> None:
+        if broken:
+            raise SpoolError("simulated: the file cannot be written")
+        real_put_many(*args, **kwargs)
+
+    spool.put_many = put_many  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SpoolFull) as info:
+            em.emit_many([record(i) for i in range(3000)])
+        accepted = info.value.accepted
+        assert 600 <= accepted < 3000
+        broken = False
+        assert em.flush(30)
+        assert em.stats().delivered == accepted
+    finally:
+        em.close()
+    assert server.accepted_count == accepted

@@ -51,6 +51,8 @@ class Backpressure:
         self.room = threading.Condition(threading.Lock())
         #: True while the spool is at its size cap (the encoder holds its records).
         self.at_cap = False
+        #: True while the encoder cannot write the spool file (it keeps retrying).
+        self.ingest_failing = False
         self._last_log = float("-inf")
         self._full_since_log = 0
 
@@ -76,11 +78,11 @@ class Backpressure:
 
     def wait_for_ingest(self, pending: Callable[[], int], closed: Callable[[], bool]) -> bool:
         """With a spool file: wait while the encoder moves records into the file (a bulk
-        hand-over goes at the spool's pace); False when the spool is at its cap or the
-        emitter closed: then ``on_full`` decides."""
+        hand-over goes at the spool's pace); False when the spool is at its cap, the file
+        cannot be written, or the emitter closed: then ``on_full`` decides."""
         with self.room:
             while pending() >= self.max_pending:
-                if self.at_cap or closed():
+                if self.at_cap or self.ingest_failing or closed():
                     return False
                 self.room.wait(0.5)
         return True

@@ -87,11 +87,14 @@ class Encoder:
     def _loop(self) -> None:
         intake = self.intake
         while True:
+            if self.stopping:  # close() moves or reports what is left itself
+                notify_settled(self.dispatcher.settled)
+                return
             if time.monotonic() >= self._next_maintain:
                 self.maintain()
-            if not intake.pending():
+            if not intake.has_work():
                 self.idle = True
-                if not intake.pending():
+                if not intake.has_work():
                     notify_settled(self.dispatcher.settled)
                     if self.stopping:
                         return
@@ -104,8 +107,10 @@ class Encoder:
                 continue
             try:
                 intake.step(self._is_stopping)
-            except Exception:  # a bug must not stop acceptance
+            except Exception:  # a bug must not stop acceptance; the records stay queued
                 log.exception("selligent-segment: encoder error")
+                self._wake.wait(0.5)  # not a hot loop of the same failure
+                self._wake.clear()
 
     def _gather(self) -> None:
         """Woken by the first record after a quiet spell: let a burst gather for up to

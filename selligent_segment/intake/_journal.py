@@ -70,6 +70,9 @@ class JournalIntake:
     def pending(self) -> int:
         return self.journaled - self.ingested
 
+    def has_work(self) -> bool:
+        return bool(self.inbox)
+
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
         data = frame(orjson.dumps((tenant, now, fields)))
         meta = ((tenant, fields["type"]._value_),)
@@ -101,13 +104,17 @@ class JournalIntake:
         :data:`INGEST_CHUNK`; they are encoded when leased."""
         inbox = self.inbox
         down = self.downstream
+        taken: list[_Write] = []
         records: list[JournalRecord] = []
         dead: list[DeadMessage] = []
+        too_large: list[tuple[str, InvalidEvent]] = []
         marks: dict[str, int] = {}
         accepted: Counter[str] = Counter()
         nbytes = 0
         while inbox and len(records) < INGEST_CHUNK:
-            data, meta, mark = inbox.popleft()
+            write = inbox.popleft()
+            taken.append(write)
+            data, meta, mark = write
             marks[mark[0]] = mark[1]
             nbytes += len(data)
             for (tenant, kind), payload in zip(meta, unframe(data), strict=True):
@@ -116,17 +123,26 @@ class JournalIntake:
                     try:
                         self.decode(payload)
                     except InvalidEvent as exc:
-                        down.too_large(tenant, exc)
+                        too_large.append((tenant, exc))
                         dead.append(
                             DeadMessage(tenant, "", kind, bytes(payload), f"too_large: {exc}")
                         )
                         continue
                 records.append((tenant, kind, payload))
         n = sum(accepted.values())
-        down.counters.add_many("accepted", accepted)
         dispatcher = down.senders()
-        down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
-        self._ingest(records, list(marks.items()), dead, stopping, dispatcher)
+        try:
+            down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
+            self._ingest(records, list(marks.items()), dead, stopping, dispatcher)
+        except BaseException:
+            # Not in the file: back to the head of the inbox, in order, so that a later
+            # step (or close, which keeps the journal when it cannot) still has them.
+            inbox.extendleft(reversed(taken))
+            raise
+        # Counted and reported only once they are in the file: a failed step repeats.
+        down.counters.add_many("accepted", accepted)
+        for tenant, refusal in too_large:
+            down.too_large(tenant, refusal)
         self.ingested += n
         down.backpressure.notify()
         if records:
@@ -145,13 +161,17 @@ class JournalIntake:
         """Move journaled records into the file; on a database error (disk full...) keep
         trying: meanwhile ``emit`` fills ``max_pending`` and then ``on_full`` applies."""
         while True:
+            pressure = self.downstream.backpressure
             try:
                 self.spool.put_many((), marks, dead, records)
+                pressure.ingest_failing = False
                 return
             except SpoolError as exc:
                 if stopping():
                     raise  # close(): the journal stays, the next start replays it
-                self.downstream.backpressure.log_rarely(
+                pressure.ingest_failing = True  # emit_many stops waiting: on_full applies
+                pressure.notify()
+                pressure.log_rarely(
                     "selligent-segment: cannot write the spool file (%s); retrying", exc
                 )
                 with dispatcher.settled:

@@ -41,6 +41,9 @@ class MemoryIntake:
     def pending(self) -> int:
         return len(self.inbox)
 
+    def has_work(self) -> bool:
+        return bool(self.inbox)
+
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
         self.inbox.append((fields, tenant, now))
 

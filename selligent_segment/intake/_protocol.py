@@ -68,6 +68,11 @@ class Intake(Protocol):
         """Accepted records not moved into the spool yet."""
         ...
 
+    def has_work(self) -> bool:
+        """True while records wait for the encoder (exact, unlike :meth:`pending`, which
+        back-pressure reads without a lock)."""
+        ...
+
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
         """Take one validated record."""
         ...

@@ -209,13 +209,16 @@ class SqliteSpool(ForkSafe):
                     going,
                 )
                 db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
-            self._used = self._measure()
+            # Committed: nothing below may raise, or the caller would insert them again.
+            with contextlib.suppress(sqlite3.Error):
+                self._used = self._measure()
             counts = Counter(m.tenant for m in messages)
             counts.update(r[0] for r in records)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
         for name in finished:
-            self._journal.delete(name)
+            with contextlib.suppress(OSError):  # upkeep deletes a finished journal later
+                self._journal.delete(name)
 
     def _measure(self) -> int:
         (used,) = self._db.execute(
