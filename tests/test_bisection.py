@@ -22,11 +22,11 @@ def batch(n: int) -> tuple[Lease, tuple[EncodedMessage, ...]]:
 def settle_parts(bisection: Bisection, *, delivered: bool) -> None:
     """Send every part still queued, each delivered (or each refused), as turns would."""
     while bisection.parts:
-        _, part = bisection.parts.popleft()
+        lease, part = bisection.parts.popleft()
         if delivered:
-            bisection.count_delivered(len(part))
+            bisection.count_delivered(lease, len(part))
         else:
-            bisection.count_rejected(len(part))
+            bisection.count_rejected(lease, len(part))
         bisection.end("acme")
 
 
@@ -71,7 +71,7 @@ def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
     bisection = Bisection()
     bisection.split(lease, messages, 400, None)
     _, first = bisection.parts.popleft()
-    bisection.count_delivered(len(first))
+    bisection.count_delivered(lease, len(first))
     bisection.end("acme")
     assert caplog.records == []  # a part is still to be sent
     _, second = bisection.parts.popleft()
@@ -112,15 +112,32 @@ def test_gather_abandons_the_bisection_keeping_queue_order(
     bisection = Bisection()
     bisection.split(lease, messages, 400, None)
     _, first = bisection.parts.popleft()
-    assert bisection.gather("acme", first) == messages
+    assert bisection.gather("acme", lease, first) == messages
     assert not bisection.parts
     assert not bisection.active
     assert len(caplog.records) == 1  # its outcome so far: 0 delivered, 0 rejected
-    assert bisection.gather("acme", first) == first  # nothing queued: as given
+    assert bisection.gather("acme", lease, first) == first  # nothing queued: as given
 
 
 def test_counts_outside_a_bisection_are_ignored() -> None:
     bisection = Bisection()
-    bisection.count_delivered(3)
-    bisection.count_rejected(2)
+    lease, _ = batch(3)
+    bisection.count_delivered(lease, 3)
+    bisection.count_rejected(lease, 2)
     assert bisection == Bisection()
+
+
+def test_another_lease_failing_during_a_bisection_comes_back_alone() -> None:
+    """A request of the tenant that was already out when the refusal came (its own lease)
+    fails during the bisection: its messages are released alone, under their own lease;
+    the bisected batch's parts stay queued and its tally does not count the other."""
+    lease, messages = batch(4)
+    other, others = batch(2)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    assert bisection.gather("acme", other, others) == others
+    assert [part for _, part in bisection.parts] == [messages[:2], messages[2:]]
+    assert bisection.active
+    bisection.count_delivered(other, 2)
+    assert bisection.tally is not None
+    assert bisection.tally.delivered == 0

@@ -694,3 +694,28 @@ def test_emit_many_with_a_spool_file_that_cannot_be_written_applies_on_full_not_
     finally:
         em.close()
     assert server.accepted_count == accepted
+
+
+def test_a_transport_that_raises_gets_its_batch_back_and_it_is_sent_again() -> None:
+    """A transport (here a MockTransport handler) that raises instead of answering: the
+    batch goes back to its queue, the error is logged, and the next turn delivers it."""
+    from selligent_segment.testing import MockTransport
+
+    calls = 0
+
+    def handler(request: Any) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("simulated: a transport bug")
+        return 200
+
+    transport = MockTransport(handler)
+    em = Emitter(write_key="k", transport=transport, batch=BatchPolicy(linger=0.0))
+    try:
+        em.emit_many([record(i, "default") for i in range(3)])
+        assert em.flush(10)
+        assert em.stats().delivered == 3
+    finally:
+        em.close(0)
+    assert calls == 2

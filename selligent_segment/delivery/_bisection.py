@@ -37,6 +37,7 @@ Part = tuple[Lease, tuple[EncodedMessage, ...]]
 class _Tally:
     """The tally of one refused batch being bisected, for its single log line."""
 
+    lease_id: int
     total: int
     error: str
     requests: int = 1
@@ -68,32 +69,39 @@ class Bisection:
         True; False when they are not to be bisected (one message, or another status)."""
         if len(messages) > 1 and status in BISECTED_STATUSES:
             if self.tally is None:
-                self.tally = _Tally(len(messages), error or f"HTTP {status}")
+                self.tally = _Tally(lease.id, len(messages), error or f"HTTP {status}")
             self.tally.requests += 2
             half = len(messages) // 2
             self.parts.extendleft([(lease, messages[half:]), (lease, messages[:half])])
             return True
         return False
 
-    def count_delivered(self, n: int) -> None:
-        """Count ``n`` messages of a part as delivered (nothing when none is under way)."""
-        if self.tally is not None:
+    def owns(self, lease: Lease) -> bool:
+        """True when ``lease`` is the batch being bisected (not another request of the
+        tenant that was already out when its refusal came)."""
+        return self.tally is not None and self.tally.lease_id == lease.id
+
+    def count_delivered(self, lease: Lease, n: int) -> None:
+        """Count ``n`` messages of a part of the bisected batch as delivered."""
+        if self.tally is not None and self.owns(lease):
             self.tally.delivered += n
 
-    def count_rejected(self, n: int) -> None:
-        """Count ``n`` messages of a part as refused (nothing when none is under way)."""
-        if self.tally is not None:
+    def count_rejected(self, lease: Lease, n: int) -> None:
+        """Count ``n`` messages of a part of the bisected batch as refused."""
+        if self.tally is not None and self.owns(lease):
             self.tally.rejected += n
 
     def gather(
-        self, tenant: str, messages: tuple[EncodedMessage, ...]
+        self, tenant: str, lease: Lease, messages: tuple[EncodedMessage, ...]
     ) -> tuple[EncodedMessage, ...]:
-        """``messages`` and every part still queued, in queue order: the bisection is
-        abandoned (they go back, or fail, together) and its outcome so far logged."""
-        if not self.parts:
+        """``messages`` of ``lease`` and, when that is the bisected batch, every part of it
+        still queued, in queue order: the bisection is abandoned (they go back, or fail,
+        together, under their own lease) and its outcome so far logged. Messages of
+        another lease come back alone."""
+        if not self.parts or not self.owns(lease):
             return messages
-        rest = [m for _, part in self.parts for m in part]
-        self.parts.clear()
+        rest = [m for part_lease, part in self.parts if part_lease.id == lease.id for m in part]
+        self.parts = deque(p for p in self.parts if p[0].id != lease.id)
         self.end(tenant)
         return messages + tuple(rest)
 

@@ -366,19 +366,23 @@ class Dispatcher:
             seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
             if self.max_in_flight > 1:
                 self._overlap(state, now)
-        response = self.transport.post(
-            self.endpoint, key, [m.body for m in messages], retry_count=retries
-        )
+        try:
+            response = self.transport.post(
+                self.endpoint, key, [m.body for m in messages], retry_count=retries
+            )
+        except Exception:  # a transport that raised: its batch goes back, then _run logs
+            self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
+            raise
         self.counters.request()
         outcome = response.outcome
         if outcome is Outcome.DELIVERED:
             self.settler.delivered(lease, messages)
-            state.bisection.count_delivered(len(messages))
+            state.bisection.count_delivered(lease, len(messages))
             self._reset_backoff(state, seen)
             state.bisection.end(state.name)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
-            self.settler.release(lease, state.bisection.gather(state.name, messages))
+            self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
             if state.resumes != resumes:  # resumed while it was out: try the new key now
                 self._finish(state)
             else:
@@ -388,7 +392,7 @@ class Dispatcher:
             self._reset_backoff(state, seen)
             self._finish(state)
         else:
-            messages = state.bisection.gather(state.name, messages)
+            messages = state.bisection.gather(state.name, lease, messages)
             self._retry_later(state, lease, messages, response, seen)
 
     def _refused(
@@ -404,8 +408,8 @@ class Dispatcher:
         bisection = state.bisection
         if bisection.split(lease, messages, status, error):
             return
-        quiet = bisection.active
-        bisection.count_rejected(len(messages))
+        quiet = bisection.owns(lease)
+        bisection.count_rejected(lease, len(messages))
         detail = error or f"HTTP {status}"
         self.settler.failed(lease, messages, "rejected", detail, status, quiet)
         bisection.end(state.name)
