@@ -236,6 +236,8 @@ class Emitter:
             intake.pending, tenant
         ):
             return False
+        if self._closed:  # closed while it waited for room (on_full="block")
+            raise EmitterClosed("the emitter closed while emit() waited; not accepted")
         intake.accept(fields, tenant, None if "timestamp" in fields else time.time())
         if self._encoder.idle:
             self._encoder.wake()
@@ -304,6 +306,8 @@ class Emitter:
                 dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
                 refused.extend((index, dropped) for index, _, _ in chunk)
                 return 0
+        if self._closed:  # closed while it waited for room
+            raise EmitterClosed("the emitter closed while emit_many() waited; not accepted")
         now = time.time()
         entries: list[Accepted] = [(f, t, None if "timestamp" in f else now) for _, f, t in chunk]
         intake.accept_many(entries)
@@ -415,7 +419,8 @@ class Emitter:
             self._encoder.wake()
             self._dispatcher.stop(1.0)
             self._encoder.stop(1.0)
-            self._intake.close(self._dispatcher)
+            if self._intake.close(self._dispatcher):
+                done = False  # events were reported unsent (maybe by a close cut short)
             self._transport.close()
             self._closed_result = done
         unregister(self)

@@ -143,3 +143,28 @@ def test_a_close_cut_short_by_sigterm_is_run_again_whole_by_the_exit_hook(
     assert em.stats().dropped == {"unsent_at_close": 1}
     assert [f.reason for f in failures] == ["unsent_at_close"]
     assert em.close(0.1) is False  # idempotent: the same result again
+
+
+def test_a_close_cut_short_while_reporting_is_finished_by_the_next_close(
+    server: LocalSegment,
+) -> None:
+    """SIGTERM lands inside an on_failure callback of close(): the tenants not reported
+    yet are reported by the exit hook's close, and it returns False."""
+    from _delivery import emitter, record
+
+    reported: list[str] = []
+
+    def on_failure(failure: object) -> None:
+        reported.append(failure.tenant)  # type: ignore[attr-defined]
+        if len(reported) == 1:
+            raise SystemExit(143)
+
+    server.outage(503)
+    em = emitter(server, on_failure=on_failure)
+    em.emit(record(1, "acme"))
+    em.emit(record(2, "globex"))
+    with pytest.raises(SystemExit):  # (a callback's Exception is logged; SystemExit is not)
+        em.close(0.1)
+    assert not em.close(0.1)
+    assert sorted(reported) == ["acme", "globex"]
+    assert em.stats().dropped == {"unsent_at_close": 2}

@@ -195,7 +195,7 @@ class JournalIntake:
         if not self.closed:
             self.spool.mark_paused(tenant, reason)
 
-    def close(self, dispatcher: Dispatcher) -> None:
+    def close(self, dispatcher: Dispatcher) -> bool:
         """Move accepted records still in memory (journaled already) into the file so the
         journal can go; a request still out stays leased in the file, and the next start
         sends it again. If the move fails, the journal stays for the next start."""
@@ -219,6 +219,7 @@ class JournalIntake:
             )
         self.closed = True
         self.spool.close(ingested=ingested and not self.inbox)
+        return False  # what is left stays in the file: nothing is given up
 
     def abandon(self) -> None:
         """In a forked child: the parent keeps its journal, its lock and its records."""

@@ -37,6 +37,10 @@ class MemoryIntake:
         self.inbox: deque[Accepted] = deque()
         self.naming = naming
         self.downstream = downstream
+        # What close() has still to report, per tenant, and whether it ever had any: a
+        # close cut short (SIGTERM during a callback) is finished by the next one.
+        self._unreported: dict[str, list[EncodedMessage]] = {}
+        self._left_any = False
 
     def pending(self) -> int:
         return len(self.inbox)
@@ -89,14 +93,16 @@ class MemoryIntake:
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         """Nothing outside this process would see it."""
 
-    def close(self, dispatcher: Dispatcher) -> None:
+    def close(self, dispatcher: Dispatcher) -> bool:
         """Report everything still held as ``unsent_at_close``: queued messages, batches
         of requests still out (their late results then settle nothing), and records an
-        ``emit`` racing close() appended after the encoder stopped."""
-        left: dict[str, list[EncodedMessage]] = {}
+        ``emit`` racing close() appended after the encoder stopped. True when anything
+        was left (now or by a close that was cut short): then not all was delivered."""
+        left = self._unreported
 
         def collect() -> None:
-            left.update(self.spool.take_all())
+            for tenant, messages in self.spool.take_all().items():
+                left.setdefault(tenant, []).extend(messages)
 
         dispatcher.abandon(collect)
         down = self.downstream
@@ -108,7 +114,10 @@ class MemoryIntake:
             except InvalidEvent:
                 message = EncodedMessage(tenant, "", fields["type"], b"")
             left.setdefault(tenant, []).append(message)
-        for tenant, messages in left.items():
+        self._left_any = self._left_any or bool(left)
+        while left:
+            tenant = next(iter(left))
+            messages = left.pop(tenant)  # counted, logged and handed over once
             down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(
                 "selligent-segment: tenant %s: %d events unsent at close (memory spool)",
@@ -116,6 +125,7 @@ class MemoryIntake:
                 len(messages),
             )
             down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+        return self._left_any
 
     def abandon(self) -> None:
         """The parent keeps its records; the child's intake is a new one."""

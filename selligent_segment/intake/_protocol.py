@@ -98,9 +98,10 @@ class Intake(Protocol):
         """Record (or clear, with None) that ``tenant`` is paused, where others can see it."""
         ...
 
-    def close(self, dispatcher: Dispatcher) -> None:
+    def close(self, dispatcher: Dispatcher) -> bool:
         """The senders stopped: settle what is left (report it, or keep it for the next
-        start) and release the spool."""
+        start) and release the spool; True when events were given up. Run again after
+        being cut short, it finishes the work."""
         ...
 
     def abandon(self) -> None:
