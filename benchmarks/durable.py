@@ -24,7 +24,7 @@ Scenarios (sizes of the full run; ``--quick`` shrinks them):
    CPU time per timed call, of the calling thread and of the process (less load-sensitive).
 2. ``emit_many``: one ``emit_many`` of 100,000 prebuilt dicts into a fresh spool with default
    settings; events/s from the call until it returns (all journaled), and until every event
-   is in the SQLite file (the emitter's private ``_inbox`` is empty and ``_encoder_idle`` set;
+   is in the SQLite file (the emitter's private intake has no work and its encoder is idle;
    the row count is then checked through a separate read-only connection). Three
    repetitions, the median is shown. Against a loop of ``track()`` over the same events.
    The server answers 503 with ``Retry-After: 30`` after one warm-up request, so no delivery

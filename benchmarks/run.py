@@ -615,7 +615,7 @@ def child_queued(cfg: dict[str, Any]) -> dict[str, Any]:
         emitter = make_ours(url, write_key="bench-key")
         emit_all(emitter, ((i, None) for i in range(n)), probe, refusals)
         # wait for the encoder to move everything from the inbox into the spool
-        while getattr(emitter, "_inbox", None) and time.monotonic() < deadline:
+        while emitter._intake.has_work() and time.monotonic() < deadline:
             time.sleep(POLL)
         time.sleep(0.5)
         out["held"] = ours_stats(emitter).get("queued")

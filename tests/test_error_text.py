@@ -154,3 +154,12 @@ def test_an_unknown_tenant_is_shown_escaped_and_short() -> None:
     assert "\x1b" not in text
     assert "\\x1b" in text
     assert len(text) < 200
+
+
+def test_dead_records_and_damaged_journal_bytes_never_show_their_bytes_in_a_repr() -> None:
+    from selligent_segment.spool._journal import Damaged
+    from selligent_segment.spool._statements import DeadMessage
+
+    body = b'{"email": "ada@example.com"}'
+    assert "ada@example.com" not in repr(DeadMessage("t", "m", "opened", body, "too_large"))
+    assert "ada@example.com" not in repr(Damaged(5, 40, body))

@@ -311,6 +311,9 @@ class Damaged(NamedTuple):
     end: int
     data: bytes
 
+    def __repr__(self) -> str:  # the bytes may hold email addresses: never in a repr
+        return f"Damaged(start={self.start}, end={self.end}, data=<{len(self.data)} bytes>)"
+
 
 def _valid_at(data: bytes, pos: int) -> int:
     """The end of the frame starting at ``pos`` when it is whole and its crc32 matches,

@@ -42,7 +42,7 @@ class DeadMessage:
     tenant: str
     message_id: str
     kind: str
-    body: bytes
+    body: bytes = attrs.field(repr=False)  # email addresses: never in a repr
     reason: str
 
 
