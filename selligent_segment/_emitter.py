@@ -52,8 +52,9 @@ class Emitter:
     """Accepts email callbacks and delivers them to each tenant's Segment workspace.
 
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
-    queue: it never waits on the network or on a lock held across I/O (with
-    ``on_full="block"`` it may wait up to ``block_timeout`` for room). Every accepted
+    queue (with a spool file, after one ``write(2)`` to this process's journal, in journal
+    order with other threads' writes): it never waits on the network, another process or
+    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room). Every accepted
     event ends delivered, or reported through ``on_failure`` and counted in
     :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
     every tenant; one tenant's outage, 429s or revoked key never delays another's events.
