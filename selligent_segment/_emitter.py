@@ -54,9 +54,9 @@ class Emitter:
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
     queue (with a spool file, after one ``write(2)`` to this process's journal, in journal
     order with other threads' writes): it never waits on the network, another process or
-    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room). Every accepted
-    event ends delivered, or reported through ``on_failure`` and counted in
-    :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
+    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room).
+    Every accepted event ends delivered, or reported through ``on_failure`` and counted
+    in :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
     every tenant; one tenant's outage, 429s or revoked key never delays another's events.
 
     Its keyword arguments are the settings of :class:`EmitterConfig`, which documents
