@@ -87,7 +87,7 @@ def test_rate_buckets_are_kept_by_key_fingerprint_never_by_key(server: LocalSegm
         for tenant in keys:
             em.emit(record(1, tenant))
         assert em.flush(10)
-        buckets = em._dispatcher._buckets
+        buckets = em._dispatcher.limits.buckets
         assert set(buckets) == {fingerprint("sekrit-shared"), fingerprint("sekrit-own")}
         assert "sekrit" not in repr(buckets) + repr(em._dispatcher._tenants)
 
@@ -371,20 +371,24 @@ def test_overlap_only_while_the_tenant_is_healthy_and_a_full_batch_waits() -> No
     dispatcher, state = _dispatcher(backlog=10)
     assert dispatcher._may_overlap(state, now)
     for change in (
-        {"retries": 1},  # a retry is pending: its batch must go first, alone
+        {"backoff.retries": 1},  # a retry is pending: its batch must go first, alone
         {"paused": "write key refused (401)"},
         {"not_before": now + 1.0},  # waiting out a backoff or Retry-After
         {"in_flight": 2},  # both slots taken
         {"in_flight": 0},  # nothing in flight: an ordinary turn, not an overlap
     ):
         dispatcher, state = _dispatcher(backlog=10)
-        for name, value in change.items():
-            setattr(state, name, value)
+        for path, value in change.items():
+            *owners, name = path.split(".")
+            target: Any = state
+            for owner in owners:
+                target = getattr(target, owner)
+            setattr(target, name, value)
         assert not dispatcher._may_overlap(state, now), change
     dispatcher, state = _dispatcher(backlog=9)  # less than a full batch behind
     assert not dispatcher._may_overlap(state, now)
     dispatcher, state = _dispatcher(backlog=10)
-    dispatcher._ready.append("globex")  # another tenant waits for a sender: it goes first
+    dispatcher.turns.ready.append("globex")  # another tenant waits for a sender: it goes first
     assert not dispatcher._may_overlap(state, now)
     dispatcher, state = _dispatcher(backlog=10)
     dispatcher.max_in_flight = 1
@@ -398,7 +402,7 @@ def test_a_token_short_only_by_rounding_is_whole_and_a_short_bucket_waits_on_the
     clock = FakeClock(start=5.0)
     dispatcher, state = _dispatcher(backlog=10)
     dispatcher.clock = clock
-    dispatcher.rate, dispatcher.burst = 20.0, 2.0
+    dispatcher.limits.rate, dispatcher.limits.burst = 20.0, 2.0
     state.in_flight = 0
     assert dispatcher._take_token(state, "tag")
     assert dispatcher._take_token(state, "tag")

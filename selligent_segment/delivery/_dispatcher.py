@@ -29,9 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import attrs
 
@@ -70,23 +68,6 @@ class _Tenant:
     resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
     bisection: Bisection = attrs.field(factory=Bisection)  # of a refused batch
 
-    @property
-    def retries(self) -> int:
-        """Failures since the last success: the retry count of its next request."""
-        return self.backoff.retries
-
-    @retries.setter
-    def retries(self, value: int) -> None:
-        self.backoff.retries = value
-
-
-def _in_limits(name: str) -> Any:
-    """A Dispatcher property that reads and sets attribute ``name`` of its ``limits``."""
-    return property(
-        lambda self: getattr(self.limits, name),
-        lambda self, value: setattr(self.limits, name, value),
-    )
-
 
 PAUSED_RECHECK = 30.0
 #: Seconds between two log lines of the same spool error (a damaged or unwritable file).
@@ -103,11 +84,6 @@ class Dispatcher:
     only while :meth:`_may_overlap` allows it, otherwise one: a tenant in backoff or
     paused sends its batches one at a time.
     """
-
-    #: The request-rate cap per write key (requests per second; 0: none), and the most
-    #: requests one key may send at once: kept in :attr:`limits`, read and set here too.
-    rate: float = _in_limits("rate")
-    burst: float = _in_limits("burst")
 
     def __init__(
         self,
@@ -153,16 +129,6 @@ class Dispatcher:
         self.flushing = 0
         self._spool_error = ""
         self._spool_error_at = float("-inf")
-
-    @property
-    def _ready(self) -> deque[str]:
-        """The ready queue of the schedule (for tests)."""
-        return self.turns.ready
-
-    @property
-    def _buckets(self) -> dict[str, Bucket]:
-        """The token buckets by key fingerprint (for tests: none is keyed by a key)."""
-        return self.limits.buckets
 
     # -- scheduling (all under self.cv) ------------------------------------------------
 
