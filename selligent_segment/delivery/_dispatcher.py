@@ -37,6 +37,7 @@ from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._results import DeliveryFailure
+from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._bisection import Bisection
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
@@ -127,8 +128,7 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.flushing = 0
-        self._spool_error = ""
-        self._spool_error_at = float("-inf")
+        self._spool_errors = Throttle(SPOOL_ERROR_EVERY)  # by error text, under self.cv
 
     # -- scheduling (all under self.cv) ------------------------------------------------
 
@@ -290,12 +290,10 @@ class Dispatcher:
     def _log_spool_error(self, exc: SpoolError) -> None:
         """One ERROR line per distinct spool error, then at most one every
         :data:`SPOOL_ERROR_EVERY` seconds while it lasts."""
-        now = self.clock.monotonic()
         text = str(exc)
         with self.cv:
-            if text == self._spool_error and now - self._spool_error_at < SPOOL_ERROR_EVERY:
+            if not self._spool_errors.allows(self.clock.monotonic(), text):
                 return
-            self._spool_error, self._spool_error_at = text, now
         log.error("selligent-segment: delivery waits: %s", text)
 
     # -- one turn of one tenant ----------------------------------------------------------

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from selligent_segment._errors import SpoolFull
 from selligent_segment._results import DeliveryFailure
+from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.spool._protocol import OnFull, Spool
 
@@ -53,7 +54,7 @@ class Backpressure:
         self.at_cap = False
         #: True while the encoder cannot write the spool file (it keeps retrying).
         self.ingest_failing = False
-        self._last_log = float("-inf")
+        self._throttle = Throttle(LOG_EVERY)
         self._full_since_log = 0
 
     def notify(self) -> None:
@@ -113,11 +114,9 @@ class Backpressure:
     def log_rarely(self, message: str, *args: object) -> bool:
         """Log ``message`` at ERROR unless such a line went out in the last
         :data:`LOG_EVERY` seconds; True when it was logged."""
-        now = time.monotonic()
-        if now - self._last_log < LOG_EVERY:
+        if not self._throttle.allows(time.monotonic()):
             return False
         log.error(message, *args)
-        self._last_log = now
         return True
 
     def _log_full(self, n: int) -> None:

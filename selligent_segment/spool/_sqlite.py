@@ -39,6 +39,7 @@ from selligent_segment._errors import (
 )
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
+from selligent_segment._throttle import Throttle
 from selligent_segment.spool._journal import Journal, Mark
 from selligent_segment.spool._protocol import Lease, SpoolStats
 from selligent_segment.spool._recovery import Recovery
@@ -144,7 +145,7 @@ class SqliteSpool(ForkSafe):
             raise SpoolError(
                 f"{path}: cannot create this process's journal in {self._dir}: {exc.strerror}"
             ) from None
-        self._reported: dict[str, float] = {}  # ERROR lines of upkeep -> when last logged
+        self._reports = Throttle(_REPORT_EVERY)  # the ERROR lines of upkeep, by text
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
         self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
@@ -452,11 +453,9 @@ class SqliteSpool(ForkSafe):
     def _report(self, error: SpoolError) -> None:
         """Log ``error`` at ERROR without a traceback, the same text at most every
         ``_REPORT_EVERY`` seconds (upkeep runs every second or so)."""
-        now = time.monotonic()
         text = str(error)
-        if now - self._reported.get(text, float("-inf")) < _REPORT_EVERY:
+        if not self._reports.allows(time.monotonic(), text):
             return
-        self._reported[text] = now
         log.error("selligent-segment: %s", text)
 
     def _upkeep(self, force: bool) -> list[str]:

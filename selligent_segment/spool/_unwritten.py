@@ -24,6 +24,7 @@ import attrs
 import orjson
 
 from selligent_segment._mapping import EncodedMessage
+from selligent_segment._throttle import Throttle
 from selligent_segment.spool._schema import (
     BUSY_TIMEOUT,
     BUSY_TIMEOUT_WHILE_FAILING,
@@ -83,7 +84,7 @@ class Unwritten:
     #: new row: a row is settled only if its id *and* acceptance time match.
     stamps: dict[int, float] = attrs.Factory(dict)
     failing: bool = False
-    logged: float = float("-inf")
+    throttle: Throttle = attrs.Factory(lambda: Throttle(_LOG_EVERY))  # its ERROR line
     #: The busy timeout while writes succeed.
     patience: float = BUSY_TIMEOUT
 
@@ -304,10 +305,8 @@ class Unwritten:
                 self.patience = int(ms) / 1000
             self._busy_timeout(min(self.patience, BUSY_TIMEOUT_WHILE_FAILING))
         self.failing = True
-        now = time.monotonic()
-        if now - self.logged < _LOG_EVERY:
+        if not self.throttle.allows(time.monotonic()):
             return
-        self.logged = now
         log.error(
             "selligent-segment: spool file %s: %s; delivery goes on: what this process "
             "leases and settles meanwhile is kept in memory and written once the file can "
