@@ -350,7 +350,7 @@ class Dispatcher:
             if state.resumes != resumes:  # resumed while it was out: try the new key now
                 self._finish(state)
             else:
-                self._pause(state, f"write key refused ({response.status})", tag)
+                self._pause(state, f"write key refused ({response.status})", tag, response.status)
         elif outcome is Outcome.REJECTED:
             self._refused(state, lease, messages, response.status, response.error)
             self._reset_backoff(state, seen)
@@ -411,7 +411,10 @@ class Dispatcher:
             self._unpause(state)
         log.warning("selligent-segment: tenant %s resumed with a new write key", shown(state.name))
 
-    def _pause(self, state: _Tenant, reason: str, tag: str | None) -> None:
+    def _pause(
+        self, state: _Tenant, reason: str, tag: str | None, status: int | None = None
+    ) -> None:
+        self.counters.error(state.name, reason, status)
         with self.cv:
             first = state.paused is None
             state.paused = reason
@@ -440,6 +443,7 @@ class Dispatcher:
             delay = state.backoff.record_failure(
                 response.outcome, response.retry_after, response.rate_limit_reset, seen=seen
             )
+        self.counters.error(state.name, error or f"HTTP {response.status}", response.status)
         if isinstance(delay, GiveUp):
             detail = f"{delay.reason}: {error}"
             self.settler.failed(lease, messages, "retries_exhausted", detail, None)

@@ -105,6 +105,7 @@ class Settler:
                 reason,
                 len(messages),
             )
+            self.counters.error(lease.tenant, f"{reason}: {detail}", status)
         log.log(
             logging.DEBUG if quiet else logging.ERROR,
             "selligent-segment: tenant %s: %d events not delivered: %s (%s)",

@@ -2,18 +2,45 @@
 
 Guarantee: every count is changed, and a snapshot taken, under one lock, so a snapshot
 never shows half an update; with the queue lengths it is given, accepted = delivered +
-rejected + dropped-after-acceptance + queued, per tenant, at any quiet moment.
+rejected + dropped-after-acceptance + queued, per tenant, at any quiet moment. The last
+delivery error of a tenant is kept as text the transport already scrubbed of write keys,
+cut to :data:`ERROR_TEXT_MAX` characters.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
-__all__ = ["Counters", "Stats", "TenantStats"]
+__all__ = ["ERROR_TEXT_MAX", "Counters", "LastError", "Stats", "TenantStats"]
+
+#: The longest error text kept (longer ones are cut and end with an ellipsis).
+ERROR_TEXT_MAX = 300
+
+
+@attrs.frozen
+class LastError:
+    """The last delivery error of a tenant: what went wrong, when, and the HTTP status.
+
+    Guarantee: ``text`` never holds a write key (it is built from the transport's
+    scrubbed error text, a status, or a pause reason) and is at most
+    :data:`ERROR_TEXT_MAX` characters.
+    """
+
+    text: str
+    """What went wrong: ``HTTP 503``, ``connection refused``, ``write key refused (401)``."""
+    at: float
+    """When, as a Unix time (seconds)."""
+    status: int | None = None
+    """The HTTP status of the answer, or None (no answer: a network error, a missing key)."""
+
+    def to_dict(self) -> dict[str, object]:
+        """``{"text": ..., "at": ..., "status": ...}``, for JSON output."""
+        return {"text": self.text, "at": self.at, "status": self.status}
 
 
 @attrs.frozen
@@ -34,6 +61,9 @@ class TenantStats:
     """Events given up, by reason (``retries_exhausted``, ``unsent_at_close``)."""
     paused: str | None = None
     """Why the tenant is paused (its key was refused or is missing), or None."""
+    last_error: LastError | None = None
+    """The last delivery error (a retried or refused request, a pause), or None when
+    there was none. Kept after a later success: compare ``last_error.at`` with the time."""
 
 
 @attrs.frozen
@@ -65,10 +95,13 @@ class Stats:
 
 
 class Counters:
-    """Thread-safe mutable counters behind :class:`Stats`."""
+    """Thread-safe mutable counters behind :class:`Stats`; ``now`` gives the Unix time
+    of a recorded error (the clock seam: a test hands in a fixed one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
+        self._now = now
+        self.last_error: dict[str, LastError] = {}
         self.accepted: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
         self.retried: Counter[str] = Counter()
@@ -96,6 +129,16 @@ class Counters:
         with self._lock:
             self.refused[reason] += n
 
+    def error(self, tenant: str, text: str, status: int | None = None) -> LastError:
+        """Record ``text`` (already free of write keys) as ``tenant``'s last delivery
+        error, cut to :data:`ERROR_TEXT_MAX` characters; returns what was recorded."""
+        if len(text) > ERROR_TEXT_MAX:
+            text = text[: ERROR_TEXT_MAX - 1] + "\u2026"
+        error = LastError(text, self._now(), status)
+        with self._lock:
+            self.last_error[tenant] = error
+        return error
+
     def request(self) -> None:
         with self._lock:
             self.requests += 1
@@ -103,6 +146,7 @@ class Counters:
     def snapshot(self, queued: Mapping[str, int], paused: Mapping[str, str]) -> Stats:
         with self._lock:
             names = set(self.accepted) | set(queued) | set(self.rejected) | set(self.dropped)
+            names |= set(self.last_error)
             tenants = {
                 t: TenantStats(
                     accepted=self.accepted[t],
@@ -112,6 +156,7 @@ class Counters:
                     rejected=dict(self.rejected.get(t, {})),
                     dropped=dict(self.dropped.get(t, {})),
                     paused=paused.get(t),
+                    last_error=self.last_error.get(t),
                 )
                 for t in sorted(names)
             }
