@@ -12,6 +12,7 @@ from selligent_segment._errors import (
     SpoolFull,
     UnknownTenant,
 )
+from selligent_segment._keys_file import load_write_keys
 from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment._record import CallbackRecord, EventKind
@@ -60,6 +61,7 @@ __all__ = [
     "UnknownTenant",
     "__version__",
     "encode",
+    "load_write_keys",
     "message_id",
     "track_message",
 ]

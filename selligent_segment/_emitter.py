@@ -17,6 +17,7 @@ from typing import Any
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._config import DEFAULTS, EmitterConfig
+from selligent_segment._environment import settings_from_env
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
@@ -133,6 +134,29 @@ class Emitter:
         emitter = cls.__new__(cls)
         emitter._init(config)
         return emitter
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Emitter:
+        """An Emitter configured by environment variables, for production start-up code.
+
+        Reads ``os.environ`` (or ``environ``, a mapping, e.g. in tests): the write key
+        (``SEGMENT_WRITE_KEY``) or the keys file (``SELLIGENT_SEGMENT_WRITE_KEYS``), and
+        ``SELLIGENT_SEGMENT_ENDPOINT``, ``_REGION``, ``_SPOOL``, ``_THREADS``, ``_TIMEOUT``
+        and ``_PROFILE`` (the table: ``docs/hooks.md``). An unset or empty variable keeps
+        the default. ``overrides`` are any of the constructor's keyword arguments and win
+        over their variable (``write_key=`` or ``write_keys=`` over both key variables).
+
+        Raises :class:`ConfigurationError` naming the variable and the reason (never
+        showing a key) for a value it cannot use, or when no key is given at all.
+        """
+        settings, sources = settings_from_env(os.environ if environ is None else environ, overrides)
+        try:
+            return cls(**settings)
+        except ConfigurationError as exc:
+            variable = sources.get(exc.setting)
+            if variable is None:
+                raise
+            raise ConfigurationError(variable, exc.reason) from None
 
     @property
     def config(self) -> EmitterConfig:

@@ -14,6 +14,7 @@ import orjson
 
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SpoolError
+from selligent_segment._keys_file import WriteKeysFileError, load_write_keys
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
 from selligent_segment.spool._schema import default_spool_path, spool_path
@@ -89,17 +90,9 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
 
 def _load_write_keys(path: str) -> dict[str, str]:
     try:
-        with open(path, "rb") as stream:
-            data = orjson.loads(stream.read())
-    except OSError as exc:
-        raise UsageError(f"--write-keys {path}: cannot read: {exc.strerror or exc}") from None
-    except orjson.JSONDecodeError as exc:
-        raise UsageError(f"--write-keys {path}: invalid JSON ({exc})") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise UsageError(f'--write-keys {path}: expected a JSON object {{"tenant": "key"}}')
-    return data
+        return load_write_keys(path)
+    except WriteKeysFileError as exc:
+        raise UsageError(f"--write-keys {exc}") from None
 
 
 def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set[str]) -> Emitter:
