@@ -1,0 +1,177 @@
+"""The framework integrations of ``examples/integrations`` (``docs/integrations.md``), each
+run for real: Flask and Django through their test clients, FastAPI through its lifespan and
+under uvicorn, a Celery worker over a broker in a directory, gunicorn with two prefork
+workers. Events are asserted where they arrive: at a ``LocalSegment`` on loopback.
+
+The frameworks are in the ``test`` extra: a missing one fails these tests, it does not skip
+them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from selligent_segment import Emitter, RetryPolicy
+from selligent_segment.testing import LocalSegment
+
+ROOT = Path(__file__).resolve().parent.parent
+INTEGRATIONS = ROOT / "examples" / "integrations"
+if str(INTEGRATIONS) not in sys.path:
+    sys.path.insert(0, str(INTEGRATIONS))
+
+KEYS = {"acme": "key-acme", "globex": "key-globex"}
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter=False)
+# Variables of this process that would change what make_emitter builds in a child.
+OURS = ("SEGMENT_WRITE_KEY", "SELLIGENT_SEGMENT_")
+
+BOUNCE = {
+    "account": "acme",
+    "recipient": "Ada@Example.com",
+    "id": "mta-8812:ada",
+    "at": "2026-11-30T10:01:00Z",
+    "dsn": "5.1.1",
+    "diagnostic": "550 5.1.1 user unknown",
+}
+UNSUBSCRIBE = {
+    "account": "globex",
+    "recipient": "linus@example.net",
+    "id": "unsub-77",
+    "at": "2026-11-30T10:02:00Z",
+    "list": "weekly",
+}
+
+
+def bounce(n: int) -> dict[str, Any]:
+    return {**BOUNCE, "id": f"mta-{n}:ada"}
+
+
+def fresh(name: str) -> ModuleType:
+    """Import an example module anew (it reads the environment when imported)."""
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
+
+
+def assert_both_arrived(segment: LocalSegment) -> None:
+    (bounced,) = segment.events("key-acme")
+    assert bounced["event"] == "Email Bounced"
+    assert bounced["anonymousId"] == "ada@example.com"
+    assert bounced["timestamp"].startswith("2026-11-30T10:01:00")
+    assert bounced["properties"]["bounce_type"] == "hard"
+    assert bounced["properties"]["smtp_status"] == "5.1.1"
+    (unsubscribed,) = segment.events("key-globex")
+    assert unsubscribed["event"] == "Email Unsubscribed"
+    assert unsubscribed["properties"]["list_id"] == "weekly"
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> Path:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps(KEYS))
+    return path
+
+
+@pytest.fixture
+def environment(
+    monkeypatch: pytest.MonkeyPatch, keys_file: Path, local_segment: LocalSegment
+) -> dict[str, str]:
+    """What ``make_emitter`` reads, pointed at ``local_segment``, set in this process and
+    returned as a whole environment for a child process."""
+    for name in list(os.environ):
+        if name.startswith(OURS):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SELLIGENT_SEGMENT_WRITE_KEYS", str(keys_file))
+    monkeypatch.setenv("SELLIGENT_SEGMENT_ENDPOINT", local_segment.url)
+    return {**os.environ, "PYTHONPATH": str(INTEGRATIONS), "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def emitter(local_segment: LocalSegment) -> Iterator[Emitter]:
+    """An emitter a test injects into an app, delivering to ``local_segment``."""
+    with Emitter(write_keys=KEYS, endpoint=local_segment.url, retry=FAST) as emitter:
+        yield emitter
+
+
+def listening_socket() -> socket.socket:
+    """A socket bound to a free loopback port and listening, for a server child to inherit:
+    requests sent before the server accepts wait in the backlog (no readiness polling)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def post(port: int, path: str, payload: object) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        body = json.dumps(payload).encode()
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def assert_nothing_secret_logged(text: str) -> None:
+    assert "key-acme" not in text
+    assert "key-globex" not in text
+    assert "example.com" not in text.lower()
+    assert "example.net" not in text
+
+
+# -- Flask -----------------------------------------------------------------------------------
+
+
+def test_flask_webhook_with_an_injected_emitter_reaches_segment(
+    emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    import flask_app
+
+    app = flask_app.create_app(emitter)
+    assert flask_app.emitter_of(app) is emitter
+    client = app.test_client()
+
+    accepted = client.post("/hooks/bounce", json=BOUNCE)
+    assert (accepted.status_code, accepted.get_json()) == (202, {"accepted": True})
+    assert client.post("/hooks/unsubscribe", json=UNSUBSCRIBE).status_code == 202
+
+    invalid = client.post("/hooks/bounce", json={**BOUNCE, "recipient": "nope"})
+    assert invalid.status_code == 400
+    assert invalid.get_json()["error"]["field"] == "email"
+    missing = client.post("/hooks/bounce", json={"account": "acme", "dsn": "5.1.1"})
+    assert (missing.status_code, missing.get_json()["error"]["field"]) == (400, "recipient")
+    assert client.post("/hooks/bounce", data="not json").status_code == 400
+    assert client.post("/hooks/open", json=BOUNCE).status_code == 404
+    unknown = client.post("/hooks/bounce", json={**BOUNCE, "account": "initech"})
+    assert (unknown.status_code, unknown.headers["Retry-After"]) == (503, "60")
+
+    assert flask_app.close_emitter(app)
+    assert_both_arrived(local_segment)
+    stopping = client.post("/hooks/bounce", json=bounce(2))  # closed: the platform retries
+    assert (stopping.status_code, stopping.headers["Retry-After"]) == (503, "5")
+
+
+def test_flask_app_builds_its_emitter_from_the_environment(
+    environment: dict[str, str], local_segment: LocalSegment
+) -> None:
+    import flask_app
+
+    app = flask_app.create_app()
+    try:
+        client = app.test_client()
+        assert client.post("/hooks/bounce", json=BOUNCE).status_code == 202
+        assert client.post("/hooks/unsubscribe", json=UNSUBSCRIBE).status_code == 202
+    finally:
+        assert flask_app.close_emitter(app)
+    assert_both_arrived(local_segment)
