@@ -23,6 +23,7 @@ from selligent_segment._validate import check_number
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._keys import KeyResolver, WriteKeys
+from selligent_segment.delivery._proxy import check_ca_bundle, routes
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._transport import Transport
 from selligent_segment.spool._protocol import OnFull
@@ -102,6 +103,16 @@ def _spool(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
         spool_path(value)
 
 
+def _proxy(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        routes(value)  # type: ignore[arg-type]  # raises ConfigurationError("proxy", ...)
+
+
+def _ca_bundle(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        check_ca_bundle(value, attribute.name)
+
+
 @attrs.frozen(kw_only=True)
 class EmitterConfig:
     """The settings of an Emitter, validated when made (:class:`ConfigurationError`
@@ -165,6 +176,16 @@ class EmitterConfig:
     """Every request, from connecting to the last byte of the answer, ends within this
     many seconds however slowly the endpoint sends; None: 30, or 5 + ``timeout`` when
     longer. An overdue request is retried."""
+    proxy: str | bool | None = attrs.field(default=None, validator=_proxy, repr=False)
+    """The HTTP proxy requests go through. None: the environment's, as ``requests`` reads
+    it (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, lower-case first, and ``NO_PROXY``);
+    a URL ``http://[user:password@]host:port``: that proxy for every request, whatever the
+    environment says; False: none. ``https://`` endpoints are reached through a
+    ``CONNECT`` tunnel; credentials go as ``Proxy-Authorization``, never in a repr or log."""
+    ca_bundle: str | os.PathLike[str] | None = attrs.field(default=None, validator=_ca_bundle)
+    """A PEM file of the CA certificates TLS is verified with (a TLS-inspecting proxy's
+    CA, a private collector's). None: ``$SSL_CERT_FILE``, else ``$REQUESTS_CA_BUNDLE``,
+    else certifi's bundle. Verification is always on."""
     on_failure: Callable[[DeliveryFailure], None] | None = attrs.field(
         default=None, validator=_callback
     )
@@ -180,7 +201,8 @@ class EmitterConfig:
     no handler yet."""
     transport: Transport | None = attrs.field(default=None, validator=_having("post", "close"))
     """How requests are sent; None: an :class:`HttpTransport` (urllib3, TLS verified)
-    built from ``threads``, ``timeout``, ``request_deadline`` and ``batch.gzip``. A test
+    built from ``threads``, ``timeout``, ``request_deadline``, ``batch.gzip``, ``proxy``
+    and ``ca_bundle``. A test
     may pass :class:`selligent_segment.testing.MockTransport`."""
     clock: Clock | None = attrs.field(default=None, validator=_having("monotonic", "wait"))
     """The scheduler's clock; None: the system's. A test may pass a fake one."""

@@ -86,6 +86,8 @@ class Emitter:
         max_requests_per_second: float = DEFAULTS.max_requests_per_second,
         timeout: float = DEFAULTS.timeout,
         request_deadline: float | None = DEFAULTS.request_deadline,
+        proxy: str | bool | None = DEFAULTS.proxy,
+        ca_bundle: str | os.PathLike[str] | None = DEFAULTS.ca_bundle,
         on_failure: Callable[[DeliveryFailure], None] | None = DEFAULTS.on_failure,
         on_pause: Callable[[str, str], None] | None = DEFAULTS.on_pause,
         exit_timeout: float = DEFAULTS.exit_timeout,
@@ -116,6 +118,8 @@ class Emitter:
                 max_requests_per_second=max_requests_per_second,
                 timeout=timeout,
                 request_deadline=request_deadline,
+                proxy=proxy,
+                ca_bundle=ca_bundle,
                 on_failure=on_failure,
                 on_pause=on_pause,
                 exit_timeout=exit_timeout,
@@ -218,6 +222,8 @@ class Emitter:
             read_timeout=config.timeout,
             deadline=config.request_deadline,
             gzip=config.batch.gzip,
+            proxy=config.proxy,
+            ca_certs=config.ca_bundle,
         )
         self._dispatcher = downstream.dispatcher = Dispatcher(
             spool=self._intake.spool,

@@ -75,6 +75,18 @@ def add_delivery_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", metavar="URL", help="a custom endpoint (e.g. a proxy)")
     parser.add_argument("--region", choices=["us", "eu"], default="us", help="(default: us)")
     parser.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="an HTTP proxy for every request, http://[user:password@]host:port, or 'direct' "
+        "for none (default: $HTTPS_PROXY/$HTTP_PROXY unless $NO_PROXY names the host)",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="a PEM file of the CA certificates to verify TLS with "
+        "(default: $SSL_CERT_FILE, else certifi's bundle)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=300.0,
@@ -113,6 +125,8 @@ def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set
             write_keys=keys,
             endpoint=args.endpoint,
             region=args.region,
+            proxy=_proxy_option(getattr(args, "proxy", None)),
+            ca_bundle=getattr(args, "ca_bundle", None),
             spool=args.spool,
             naming=naming,
             on_full="block",
@@ -122,6 +136,13 @@ def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set
         )
     except (ConfigurationError, SpoolError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _proxy_option(value: str | None) -> str | bool | None:
+    """``--proxy``: None (the environment's), ``direct`` (False: none), or a URL."""
+    if value is not None and value.strip().lower() == "direct":
+        return False
+    return value
 
 
 def check_spool(spool: str) -> None:

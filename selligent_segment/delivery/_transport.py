@@ -64,6 +64,7 @@ from selligent_segment._limits import (
     MAX_MESSAGE_BYTES,
 )
 from selligent_segment._version import __version__
+from selligent_segment.delivery._proxy import Proxy, ca_bundle, routes
 from selligent_segment.delivery._retry import (
     Outcome,
     classify,
@@ -473,8 +474,18 @@ class HttpTransport:
     is shut down and closed, never pooled, and ``post`` reports ``status=None``,
     :attr:`Outcome.RETRY` (or, when the status line had arrived, what that status means)
     with an error text saying the deadline was exceeded. TLS certificates are always verified
-    (``ca_certs``, else certifi's bundle, else the system store). urllib3's own retries and
+    (``ca_certs``, else ``$SSL_CERT_FILE``, else ``$REQUESTS_CA_BUNDLE``, else certifi's
+    bundle); there is no way to turn verification off. urllib3's own retries and
     redirects are off: the library's :class:`RetryPolicy` decides.
+
+    ``proxy``: None (the default) takes the proxy from the environment as ``requests``
+    does (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``, lower-case first, and ``NO_PROXY``),
+    a URL sends every request through that proxy whatever the environment says, ``False``
+    connects directly. An ``https://`` endpoint is reached through a ``CONNECT`` tunnel, so
+    the proxy sees neither the write key nor the events. Credentials in the proxy URL go
+    as ``Proxy-Authorization`` and appear in no repr, error or log line. A proxy's own
+    ``407 Proxy Authentication Required`` is retried, never taken as Segment refusing the
+    batch. Both the environment and the CA bundle are read once, here.
     Holds no write key; after a ``fork`` the child opens its own connections instead of
     sharing the parent's.
     """
@@ -486,8 +497,9 @@ class HttpTransport:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         gzip: bool = False,
-        ca_certs: str | None = None,
+        ca_certs: str | os.PathLike[str] | None = None,
         deadline: float | None = None,
+        proxy: str | bool | None = None,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int):
             raise TypeError("max_connections must be an int")
@@ -508,40 +520,77 @@ class HttpTransport:
         self._deadline = float(deadline)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._gzip = bool(gzip)
-        self._ca_certs = ca_certs if ca_certs is not None else _default_ca_bundle()
+        self._ca_certs = ca_bundle(ca_certs, setting="ca_certs") or _default_ca_bundle()
+        self._routes = routes(proxy)
+        self._secrets = tuple(
+            secret
+            for route in (self._routes.http, self._routes.https)
+            if route is not None
+            for secret in route.credentials
+        )
+        # The proxy each endpoint goes through (endpoints are few: cached once each).
+        self._chosen: dict[str, Proxy | None] = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._pool = self._new_pool()
+        # One PoolManager per way out: None for direct, else the proxy's URL.
+        self._pools: dict[str | None, urllib3.PoolManager] = {}
 
     def __repr__(self) -> str:
         return (
             f"HttpTransport(max_connections={self._max_connections}, "
             f"connect_timeout={self._timeout.connect_timeout}, "
             f"read_timeout={self._timeout.read_timeout}, deadline={self._deadline}, "
-            f"gzip={self._gzip})"
+            f"gzip={self._gzip}, proxy={self._routes.describe()!r})"
         )
 
-    def _new_pool(self) -> urllib3.PoolManager:
-        pool = urllib3.PoolManager(
-            num_pools=10,
-            maxsize=self._max_connections,
-            block=False,
-            retries=False,
-            timeout=self._timeout,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=self._ca_certs,
-        )
+    def _new_pool(self, proxy: Proxy | None) -> urllib3.PoolManager:
+        settings: dict[str, object] = {
+            "num_pools": 10,
+            "maxsize": self._max_connections,
+            "block": False,
+            "retries": False,
+            "timeout": self._timeout,
+            "cert_reqs": "CERT_REQUIRED",
+            "ca_certs": self._ca_certs,
+        }
+        pool: urllib3.PoolManager
+        if proxy is None:
+            pool = urllib3.PoolManager(**settings)  # type: ignore[arg-type]
+        else:
+            # https endpoints through a CONNECT tunnel (use_forwarding_for_https=False).
+            pool = urllib3.ProxyManager(
+                proxy.url,
+                proxy_headers=dict(proxy.headers),
+                **settings,  # type: ignore[arg-type]
+            )
         pool.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
         return pool
 
-    def _current_pool(self) -> urllib3.PoolManager:
+    def _current_pool(self, endpoint: str) -> urllib3.PoolManager:
         if os.getpid() != self._pid:
             with self._lock:
                 if os.getpid() != self._pid:
                     # The inherited sockets belong to the parent: abandon them unclosed.
-                    self._pool = self._new_pool()
+                    self._pools = {}
                     self._pid = os.getpid()
-        return self._pool
+        try:
+            proxy = self._chosen[endpoint]
+        except KeyError:
+            proxy = self._chosen[endpoint] = self._routes.for_url(endpoint)
+        way = None if proxy is None else proxy.url
+        pool = self._pools.get(way)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(way)
+                if pool is None:
+                    pool = self._pools[way] = self._new_pool(proxy)
+        return pool
+
+    def _scrub(self, text: str, write_key: str) -> str:
+        """:func:`scrub`, and the proxy's credentials too."""
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return scrub(text, write_key)
 
     def headers(self, write_key: str, retry_count: int = 0) -> dict[str, str]:
         """The request headers for one POST (without ``Content-Encoding``)."""
@@ -576,7 +625,7 @@ class HttpTransport:
             payload = _gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
         url = endpoint + BATCH_PATH
-        pool = self._current_pool()
+        pool = self._current_pool(endpoint)
         started = time.perf_counter()
         deadline = _posting.entry = _WATCHDOG.start(self._deadline)
         try:
@@ -594,7 +643,7 @@ class HttpTransport:
                 raise
             except _NETWORK_ERRORS as exc:
                 error = self._overdue() if deadline.passed() else _describe(exc)
-                response = Response(status=None, error=scrub(error, write_key))
+                response = Response(status=None, error=self._scrub(error, write_key))
                 _log.debug(
                     "POST %s failed after %.1f ms: %s",
                     url,
@@ -603,6 +652,14 @@ class HttpTransport:
                 )
                 return response
             response = _read_response(raw, write_key, deadline, self._overdue)
+            if self._secrets and response.error is not None:
+                response = attrs.evolve(response, error=self._scrub(response.error, write_key))
+            if response.status == 407:  # the proxy's answer, not Segment's: retry
+                response = attrs.evolve(
+                    response,
+                    error=f"the proxy refused its credentials: {response.error}",
+                    outcome=Outcome.RETRY,
+                )
         finally:
             _posting.entry = None
             _WATCHDOG.finish(deadline)
@@ -624,7 +681,8 @@ class HttpTransport:
     def close(self) -> None:
         """Close every pooled connection. Idempotent; a later ``post`` opens new ones."""
         with self._lock:
-            self._pool.clear()
+            for pool in self._pools.values():
+                pool.clear()
 
 
 def _default_ca_bundle() -> str | None:

@@ -10,6 +10,9 @@
 - In pytest the ``local_segment`` fixture (a started :class:`LocalSegment`, stopped after the
   test) comes with the package: a ``pytest11`` plugin, no ``conftest.py`` needed. pytest is
   not needed to import this module.
+- :class:`ForwardProxy` is a forwarding proxy on loopback (``CONNECT`` tunnels and
+  absolute-URI requests, optional ``Proxy-Authorization``) that records what went
+  through, for tests of proxy settings.
 - :func:`main` runs a :class:`LocalSegment` as a process:
   ``python -m selligent_segment.testing --port 0``.
 
@@ -26,6 +29,7 @@ from selligent_segment.testing._faults import Fault, FaultLike, FaultPlan
 from selligent_segment.testing._faults import FaultKind as FaultKind  # the signatures' aliases,
 from selligent_segment.testing._faults import RateKey as RateKey  # importable here as before
 from selligent_segment.testing._faults import RatesLike as RatesLike  # (not in __all__)
+from selligent_segment.testing._forward_proxy import ForwardProxy, ProxiedRequest
 from selligent_segment.testing._local_segment import DroppedEvent, LocalSegment, RecordedRequest
 from selligent_segment.testing._mock_transport import (
     Handler,
@@ -51,11 +55,13 @@ __all__ = [
     "Fault",
     "FaultLike",
     "FaultPlan",
+    "ForwardProxy",
     "Handler",
     "LocalSegment",
     "MockRequest",
     "MockResponse",
     "MockTransport",
+    "ProxiedRequest",
     "RecordedRequest",
     "main",
 ]
