@@ -68,7 +68,8 @@ def _tenant_of(fields: Mapping[str, Any], tenant: str | None) -> str:
 def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
     """The record's ``messageId``: the UUIDv5, in :data:`MESSAGE_ID_NAMESPACE`, of the
     compact JSON of ``[tenant, kind, "event_id", event_id]``, or, without an event id, of
-    ``[tenant, kind, "content", the other fields]`` (keys sorted, the timestamp as sent)."""
+    ``[tenant, kind, "content", the other fields]`` (keys sorted, the timestamp as sent;
+    ``integrations`` and ``context`` left out)."""
     kind: str = fields["type"]._value_  # .value is a Python-level property: 4x slower
     event_id = fields.get("event_id")
     if event_id is not None:
@@ -76,6 +77,8 @@ def _message_id(fields: Mapping[str, Any], tenant: str) -> str:
     content = dict(fields)  # (5,000 instructions fewer than a dict comprehension)
     del content["type"]
     content.pop("tenant", None)
+    content.pop("integrations", None)  # routing and annotations, not the event: a replay
+    content.pop("context", None)  # that changes them keeps its id
     if "timestamp" in content:
         content["timestamp"] = format_timestamp(content["timestamp"])
     return _content_uuid5(tenant, kind, content)
@@ -119,6 +122,8 @@ def _track(
         context["ip"] = fields["ip"]
     if "user_agent" in fields:
         context["userAgent"] = fields["user_agent"]
+    if "context" in fields:
+        context = _with_context(context, fields["context"])
     moment = fields.get("timestamp") or now
     if isinstance(moment, float):  # a POSIX time captured by Emitter.emit
         timestamp = format_epoch(moment)
@@ -132,7 +137,7 @@ def _track(
         message_uuid = _message_id(fields, tenant)
     user_id = fields.get("user_id")
     if user_id is not None:
-        return {
+        message = {
             "type": "track",
             "event": event,
             "userId": user_id,
@@ -141,15 +146,32 @@ def _track(
             "timestamp": timestamp,
             "messageId": message_uuid,
         }
-    return {
-        "type": "track",
-        "event": event,
-        "anonymousId": email,
-        "properties": properties,
-        "context": context,
-        "timestamp": timestamp,
-        "messageId": message_uuid,
-    }
+    else:
+        message = {
+            "type": "track",
+            "event": event,
+            "anonymousId": email,
+            "properties": properties,
+            "context": context,
+            "timestamp": timestamp,
+            "messageId": message_uuid,
+        }
+    if "integrations" in fields:
+        message["integrations"] = fields["integrations"]
+    return message
+
+
+def _with_context(own: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The message's ``context``: the library's fields (``own``), then the record's extra
+    ones; ``traits`` from both merged (the record may not set ``traits.email``, nor any key
+    of ``own`` but ``traits``: normalize refuses them)."""
+    merged = dict(own)
+    for key, value in extra.items():
+        if key == "traits" and "traits" in own:
+            merged["traits"] = {**value, **own["traits"]}
+        else:
+            merged[key] = value
+    return merged
 
 
 def track_message(
@@ -164,8 +186,9 @@ def track_message(
     ``record`` is a :class:`CallbackRecord` or its dict form (validated here).
     ``userId`` is the user id when known, otherwise the normalised (trimmed, lower-cased)
     email is the ``anonymousId``; ``context.traits.email`` carries the email whenever known.
-    Properties are set only when present; extras sit under the spec's. ``now`` stands in
-    for a missing timestamp (default: the current time).
+    Properties are set only when present; extras sit under the spec's. The record's
+    ``context`` fields are added to the library's, its ``integrations`` sent as they are.
+    ``now`` stands in for a missing timestamp (default: the current time).
     """
     fields = _fields_of(record)
     message = _track(fields, _tenant_of(fields, tenant), naming, now)

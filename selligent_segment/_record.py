@@ -343,6 +343,78 @@ def _properties(value: object) -> dict[str, Any]:
     return out
 
 
+#: At most this many entries in a record's ``integrations`` or ``context`` object.
+MAX_OBJECT_ENTRIES = 100
+_CONTEXT_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+#: Context keys a record may not set, and why: the library sets them itself.
+RESERVED_CONTEXT = {
+    "library": "is set by the library (its name and version); it cannot be overridden",
+    "integration": "is set by the library (the source's name and version); it cannot be overridden",
+    "ip": "is set from the record's ip field; set that field",
+    "userAgent": "is set from the record's user_agent field; set that field",
+}
+
+
+def _object_of(field: str, value: object) -> Mapping[Any, Any]:
+    """``value`` as a mapping of at most MAX_OBJECT_ENTRIES entries, or InvalidEvent."""
+    if not isinstance(value, Mapping):
+        raise InvalidEvent(field, f"expected an object, got {_type_name(value)}")
+    if len(value) > MAX_OBJECT_ENTRIES:
+        raise InvalidEvent(field, f"more than {MAX_OBJECT_ENTRIES} entries ({len(value)})")
+    return value
+
+
+def _nested(path: str, value: Any) -> Any:
+    """:func:`_json_value` of ``value``, its error's field (free text) shown safely."""
+    try:
+        return _json_value(path, value)
+    except InvalidEvent as exc:
+        raise InvalidEvent(shown(exc.field, quote=False), exc.reason) from None
+
+
+def _integrations(value: object) -> dict[str, Any]:
+    """Segment's ``integrations`` object: destination name -> true, false or an object of
+    that destination's options (``{"All": false, "Mixpanel": true}``)."""
+    out: dict[str, Any] = {}
+    for key, item in _object_of("integrations", value).items():
+        if not isinstance(key, str) or not key.strip() or not key.isprintable():
+            reason = f"destination name {shown(key)} is not non-blank printable text"
+            raise InvalidEvent("integrations", reason)
+        path = f"integrations.{key}"
+        if isinstance(item, bool):
+            out[key] = item
+        elif isinstance(item, Mapping):
+            out[key] = _nested(path, item)
+        else:
+            got = _type_name(item)
+            raise InvalidEvent(
+                shown(path, quote=False), f"expected true, false or an object, got {got}"
+            )
+    return out
+
+
+def _context(value: object) -> dict[str, Any]:
+    """Extra fields of the message's ``context``, merged with what the library sets."""
+    out: dict[str, Any] = {}
+    for key, item in _object_of("context", value).items():
+        if not isinstance(key, str) or not _CONTEXT_KEY_RE.match(key):
+            reason = f"key {shown(key)} is not a name (a letter, then letters, digits or _)"
+            raise InvalidEvent("context", reason)
+        reserved = RESERVED_CONTEXT.get(key)
+        if reserved is not None:
+            raise InvalidEvent(f"context.{key}", reserved)
+        if key == "traits":
+            if item is not None and not isinstance(item, Mapping):
+                raise InvalidEvent("context.traits", f"expected an object, got {_type_name(item)}")
+            if item is not None and "email" in item:
+                raise InvalidEvent(
+                    "context.traits.email", "is set from the record's email field; set that field"
+                )
+        if item is not None:  # like properties: an absent field is simply not sent
+            out[key] = _nested(f"context.{key}", item)
+    return out
+
+
 def _check_fields(fields: Mapping[str, Any]) -> None:
     if "email" not in fields and "user_id" not in fields:
         raise InvalidEvent("email", "a record needs an email or a user_id (neither was given)")
@@ -383,7 +455,11 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "ip": _ip,
     "user_agent": _text_of("user_agent"),
     "properties": _properties,
+    "integrations": _integrations,
+    "context": _context,
 }
+#: The object fields: an empty object is the same as none.
+_OBJECT_FIELDS = frozenset({"properties", "integrations", "context"})
 _PLAIN_TEXT = frozenset(name for name, check in _VALIDATORS.items() if check.__name__ == "convert")
 #: The record fields of the documented dict/JSON form.
 FIELD_NAMES = frozenset(_VALIDATORS)
@@ -393,7 +469,8 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a record in its dict form and return its normalised fields.
 
     The result holds only the fields that are set: ``type`` as an :class:`EventKind`,
-    ``timestamp`` as an aware datetime, text trimmed, ``properties`` as plain JSON data.
+    ``timestamp`` as an aware datetime, text trimmed, ``properties``, ``integrations`` and
+    ``context`` as plain JSON data (each absent when empty).
     Raises :class:`InvalidEvent` naming the first offending field.
     """
     if data.__class__ is not dict and not isinstance(data, Mapping):  # dict: no ABC check
@@ -439,7 +516,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidEvent(shown(key, quote=False), "unknown field")
         if value is not None:
             value = validate(value)
-            if value is not None and (value or key != "properties"):
+            if value is not None and (value or key not in _OBJECT_FIELDS):
                 out[key] = value
     if "type" not in out:
         raise InvalidEvent("type", "missing")
@@ -499,6 +576,13 @@ class CallbackRecord:
     """The recipient's user agent."""
     properties: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, hash=False)
     """Extra properties, sent next to the spec's (snake_case names)."""
+    integrations: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, hash=False)
+    """Segment's ``integrations`` object, sent as it is: which destinations receive the
+    event (``{"All": False, "Mixpanel": True}``). Not part of the ``messageId``."""
+    context: Mapping[str, Any] = attrs.field(factory=dict, kw_only=True, hash=False)
+    """Extra ``context`` fields (``{"locale": "fr-FR"}``), merged with the library's; it
+    may not set ``library``, ``integration``, ``ip``, ``userAgent`` or ``traits.email``.
+    Not part of the ``messageId``."""
     _fields: dict[str, Any] = attrs.field(init=False, repr=False, eq=False, hash=False)
 
     def __attrs_post_init__(self) -> None:
@@ -510,7 +594,7 @@ class CallbackRecord:
         fields = normalize(given)
         for name in _ATTR_NAMES:
             value = fields.get(name)
-            if name == "properties":
+            if name in _OBJECT_FIELDS:
                 value = MappingProxyType(value or {})
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_fields", fields)

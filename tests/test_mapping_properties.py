@@ -117,6 +117,16 @@ top_values = (
     json_leaves | st.lists(json_values, max_size=4) | st.dictionaries(text, json_values, max_size=4)
 )
 properties = st.dictionaries(snake_keys, top_values, max_size=5)
+integrations = st.dictionaries(
+    st.sampled_from(["All", "Mixpanel", "Google Analytics", "Amplitude"]),
+    st.booleans() | st.dictionaries(text, json_values, max_size=3),
+    max_size=4,
+)
+contexts = st.dictionaries(
+    st.sampled_from(["locale", "timezone", "campaign", "groupId", "traits"]), top_values, max_size=4
+).map(
+    lambda c: {**c, "traits": {"name": "Ada"}} if "traits" in c else c  # traits: an object
+)
 
 
 @st.composite
@@ -130,6 +140,7 @@ def record_dicts(draw: st.DrawFn, ms_only: bool = False) -> dict[str, Any]:
         data["user_id"] = draw(st.one_of(non_blank, st.integers(min_value=0)))
     optional = ["tenant", "event_id", "timestamp", "email_id", "email_subject", "campaign_id"]
     optional += ["campaign_name", "ip", "user_agent", "properties", *KIND_FIELDS.get(kind, ())]
+    optional += ["integrations", "context"]
     for field in draw(st.lists(st.sampled_from(optional), unique=True)):
         if field == "timestamp":
             data[field] = draw(timestamps(ms_only))
@@ -139,6 +150,10 @@ def record_dicts(draw: st.DrawFn, ms_only: bool = False) -> dict[str, Any]:
             data[field] = draw(st.sampled_from(["hard", "soft", "HARD", " Soft ", ""]))
         elif field == "properties":
             data[field] = draw(properties)
+        elif field == "integrations":
+            data[field] = draw(integrations)
+        elif field == "context":
+            data[field] = draw(contexts)
         elif field in ID_FIELDS:
             data[field] = draw(ids)
         elif field == "tenant":
@@ -183,11 +198,22 @@ def test_any_valid_record_encodes_to_an_acceptable_message(
     assert TS_RE.match(message["timestamp"])
     assert isinstance(message["properties"], dict)
     assert all(value is not None for value in message["properties"].values())
-    assert _no_null_values(message["context"])
+    own = {k: v for k, v in message["context"].items() if k not in record.context}
+    assert _no_null_values(own)  # what the library sets (the record's may hold nested nulls)
     assert message["context"]["library"]["name"] == "selligent-segment"
     assert message["context"]["integration"]["name"] == "selligent"
+    extra_traits = record.context.get("traits", {})
     if record.email is not None:
-        assert message["context"]["traits"] == {"email": record.email.lower()}
+        assert message["context"]["traits"] == {**extra_traits, "email": record.email.lower()}
+    elif extra_traits:
+        assert message["context"]["traits"] == extra_traits
+    for key, value in record.context.items():  # the record's context fields, merged
+        if key != "traits":
+            assert message["context"][key] == value
+    assert message.get("integrations") == (dict(record.integrations) or None)
+    # integrations and context are not part of the id: a replay that changes them keeps it.
+    bare = {k: v for k, v in data.items() if k not in ("integrations", "context")}
+    assert message_id(bare, tenant) == encoded.message_id
     if record.user_id is None:
         assert message["anonymousId"] == record.email.lower()  # type: ignore[union-attr]
     else:

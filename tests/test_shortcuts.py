@@ -118,7 +118,7 @@ def plain_normalize(data: Any) -> dict[str, Any]:
                 raise InvalidEvent(shown(key, quote=False), "unknown field")
             if value is not None:
                 value = validate(value)
-                if value is not None and (value or key != "properties"):
+                if value is not None and (value or key not in OBJECT_FIELDS):
                     out[key] = value
     if "type" not in out:
         raise InvalidEvent("type", "missing")
@@ -130,6 +130,10 @@ def plain_normalize(data: Any) -> dict[str, Any]:
             allowed = " or ".join(sorted(k.value for k in kinds))
             raise InvalidEvent(name, f"applies only to {allowed} events, not {kind.value}")
     return out
+
+
+#: The record's object fields, where an empty object means absent (as documented).
+OBJECT_FIELDS = ("properties", "integrations", "context")
 
 
 class Text(str):
@@ -219,6 +223,27 @@ properties = st.one_of(
     st.dictionaries(st.sampled_from(["plan", "Bad", "email_id", "n"]), st.integers(), max_size=2),
     st.sampled_from([{}, [], "x"]),
 )
+integrations = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(["All", "Mixpanel", "Google Analytics", "", " "]),
+        st.one_of(st.booleans(), st.dictionaries(st.sampled_from(["a", "b"]), st.integers())),
+        max_size=3,
+    ),
+    st.sampled_from([{}, {"All": 1}, {1: True}, [], "x"]),
+)
+contexts = st.one_of(
+    st.none(),
+    st.dictionaries(
+        st.sampled_from(["locale", "campaign", "traits", "library", "ip", "userAgent", "a-b"]),
+        st.one_of(
+            st.text(max_size=5),
+            st.dictionaries(st.sampled_from(["email", "name"]), st.text(max_size=5)),
+        ),
+        max_size=3,
+    ),
+    st.sampled_from([{}, {"traits": 1}, [], "x"]),
+)
 _FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "type": kinds,
     "email": emails,
@@ -227,6 +252,8 @@ _FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "ip": st.sampled_from(["10.0.0.1", " 2001:DB8::1 ", "999.0.0.1", "x"]),
     "bounce_type": st.sampled_from(["hard", " SOFT ", "medium", ""]),
     "properties": properties,
+    "integrations": integrations,
+    "context": contexts,
 }
 
 
@@ -295,6 +322,23 @@ def valid_records(draw: st.DrawFn) -> dict[str, Any]:
         data["properties"] = draw(
             st.dictionaries(st.sampled_from(["plan", "n", "deep"]), json_values)
         )
+    if draw(st.integers(0, 3)) == 0:
+        data["integrations"] = draw(
+            st.dictionaries(
+                st.sampled_from(["All", "Mixpanel", "Google Analytics"]),
+                st.one_of(st.booleans(), st.dictionaries(st.text(max_size=8), json_values)),
+            )
+        )
+    if draw(st.integers(0, 3)) == 0:
+        data["context"] = draw(
+            st.dictionaries(
+                st.sampled_from(["locale", "campaign", "groupId"]), json_values, max_size=3
+            )
+        )
+        if draw(st.booleans()):
+            data["context"]["traits"] = draw(
+                st.dictionaries(st.sampled_from(["name", "plan"]), json_values, max_size=2)
+            )
     return data
 
 
@@ -487,7 +531,9 @@ def plain_message_id(fields: Mapping[str, Any], tenant: str) -> str:
     event_id = fields.get("event_id")
     if event_id is not None:
         return plain_uuid5(MESSAGE_ID_NAMESPACE, "event_id", False, tenant, kind, event_id)
-    content = {k: v for k, v in fields.items() if k not in ("tenant", "type")}
+    content = {
+        k: v for k, v in fields.items() if k not in ("tenant", "type", "integrations", "context")
+    }
     if "timestamp" in content:
         content["timestamp"] = plain_format_timestamp(content["timestamp"])
     return plain_uuid5(MESSAGE_ID_NAMESPACE, "content", True, tenant, kind, content)

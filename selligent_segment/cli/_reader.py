@@ -5,7 +5,8 @@ JSON Lines: one record object per line, blank lines skipped (but counted).
 CSV: RFC 4180 (comma-separated, ``"`` quoting, quoted cells may span lines), UTF-8 with an
 optional byte-order mark. The first non-blank row is the header; its column names are
 record fields (``type``, ``email``, ...). Every cell is text; a blank cell means the field
-is absent; the ``properties`` cell, when not blank, holds a JSON object. A header that
+is absent; the ``properties``, ``integrations`` and ``context`` cells, when not blank,
+hold a JSON object. A header that
 cannot describe a valid record (unknown, duplicate or unnamed column, no ``type`` column,
 neither an ``email`` nor a ``user_id`` column) makes the whole file unusable:
 :class:`HeaderError`, raised when the input is opened.
@@ -148,11 +149,14 @@ def _key_count(value: Any, depth: int = 0) -> int:
 
 
 def _keys_of(data: Any) -> int:
-    """:func:`_key_count` of a record, cheap for a flat one (only ``properties`` nests)."""
+    """:func:`_key_count` of a record, cheap for a flat one (only the object fields nest)."""
     if data.__class__ is not dict:
         return _key_count(data)
     extra = data.get("properties")
-    return len(data) + _key_count(extra) if extra.__class__ in (dict, list) else len(data)
+    count = len(data) + _key_count(extra) if extra.__class__ in (dict, list) else len(data)
+    if "integrations" in data or "context" in data:  # the other objects (_key_count: any)
+        count += _key_count(data.get("integrations")) + _key_count(data.get("context"))
+    return count
 
 
 def _duplicate(value: Any, path: str, depth: int = 0) -> str | None:
@@ -303,6 +307,10 @@ def _blank(row: list[str]) -> bool:
     return all(not cell.strip() for cell in row)
 
 
+#: The CSV columns whose cells hold JSON objects.
+_JSON_CELLS = frozenset({"properties", "integrations", "context"})
+
+
 def _csv_record(columns: tuple[str, ...], row: list[str]) -> CallbackRecord:
     if len(row) != len(columns):
         raise InvalidEvent("record", f"{len(row)} cells, but the header has {len(columns)} columns")
@@ -310,8 +318,8 @@ def _csv_record(columns: tuple[str, ...], row: list[str]) -> CallbackRecord:
     for name, cell in zip(columns, row, strict=True):
         if not cell.strip():
             continue
-        if name == "properties":
-            data[name] = load_json(cell.encode("utf-8", "surrogateescape"), "properties")
+        if name in _JSON_CELLS:
+            data[name] = load_json(cell.encode("utf-8", "surrogateescape"), name)
         else:
             data[name] = cell
     return CallbackRecord.from_dict(data)
