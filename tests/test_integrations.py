@@ -9,12 +9,16 @@ them.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -22,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from selligent_segment import Emitter, RetryPolicy
+from selligent_segment import Emitter, EmitterClosed, RetryPolicy
 from selligent_segment.testing import LocalSegment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,3 +179,154 @@ def test_flask_app_builds_its_emitter_from_the_environment(
     finally:
         assert flask_app.close_emitter(app)
     assert_both_arrived(local_segment)
+
+
+# -- Django ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # importing and setting up Django: about half a second
+def test_django_builds_its_emitter_in_ready_and_the_view_reaches_segment(
+    environment: dict[str, str], local_segment: LocalSegment
+) -> None:
+    # Django is set up once per process: this is the one test that does it.
+    import django_app
+    from django.test import Client
+
+    application = django_app.create_app()
+    emitter = django_app.emitter()
+    try:
+        assert application is not None
+        client = Client()
+        accepted = client.post("/hooks/bounce", BOUNCE, content_type="application/json")
+        assert (accepted.status_code, accepted.json()) == (202, {"accepted": True})
+        unsubscribe = json.dumps(UNSUBSCRIBE)
+        assert client.post("/hooks/unsubscribe", unsubscribe, "application/json").status_code == 202
+        invalid = client.post("/hooks/bounce", {**BOUNCE, "recipient": "nope"}, "application/json")
+        assert (invalid.status_code, invalid.json()["error"]["field"]) == (400, "email")
+        assert client.post("/hooks/bounce", "{", "application/json").status_code == 400
+        assert client.get("/hooks/bounce").status_code == 405
+        with pytest.raises(RuntimeError, match="once per process"):
+            django_app.create_app()
+    finally:
+        assert emitter.close(10)
+    assert_both_arrived(local_segment)
+
+
+# -- FastAPI ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_with_lifespan(app: Any) -> Iterator[int]:
+    """Serve the ASGI ``app`` under uvicorn in a thread, lifespan on, on a free loopback port;
+    at exit uvicorn stops as on SIGTERM (the lifespan's shutdown runs) and is joined."""
+    import uvicorn
+
+    sock = listening_socket()
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+    assert not thread.is_alive()
+
+
+def test_fastapi_lifespan_owns_the_injected_emitter(
+    emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    import fastapi_app
+
+    with serve_with_lifespan(fastapi_app.create_app(emitter)) as port:
+        assert post(port, "/hooks/bounce", BOUNCE) == (202, {"accepted": True})
+        assert post(port, "/hooks/unsubscribe", UNSUBSCRIBE) == (202, {"accepted": True})
+        status, body = post(port, "/hooks/unsubscribe", {**UNSUBSCRIBE, "recipient": "x"})
+        assert (status, body["error"]["field"]) == (400, "email")
+        assert post(port, "/hooks/bounce", [BOUNCE])[0] == 400
+    # The lifespan's shutdown closed the emitter, after delivering what it had accepted.
+    assert_both_arrived(local_segment)
+    with pytest.raises(EmitterClosed):
+        emitter.bounced(tenant="acme", email="ada@example.com", event_id="late")
+
+
+def test_fastapi_dependency_override_replaces_the_emitter(
+    emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    import fastapi_app
+
+    with Emitter(write_keys=KEYS, endpoint=local_segment.url) as unused:
+        app = fastapi_app.create_app(unused)
+        app.dependency_overrides[fastapi_app.get_emitter] = lambda: emitter
+        with serve_with_lifespan(app) as port:
+            assert post(port, "/hooks/bounce", BOUNCE)[0] == 202
+        assert unused.stats().accepted == 0
+    assert emitter.flush(10)
+    assert emitter.stats().accepted == 1
+    assert [e["event"] for e in local_segment.events("key-acme")] == ["Email Bounced"]
+
+
+def run_server(cmd: list[str], environment: dict[str, str], sock: socket.socket) -> Server:
+    """Start a server child that serves on ``sock`` (inherited), from the examples folder."""
+    proc = subprocess.Popen(
+        cmd,
+        cwd=INTEGRATIONS,
+        env=environment,
+        pass_fds=(sock.fileno(),),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Server(proc, sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+        self.proc, self.port = proc, port
+
+    def post(self, path: str, payload: object) -> tuple[int, Any]:
+        return post(self.port, path, payload)
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then the exit status and everything it printed."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait()
+
+    def wait(self) -> tuple[int, str]:
+        output, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, output
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_fastapi_under_uvicorn_builds_from_the_environment_and_flushes_on_sigterm(
+    environment: dict[str, str], local_segment: LocalSegment
+) -> None:
+    sock = listening_socket()
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "fastapi_app:create_app"]
+    cmd += ["--fd", str(sock.fileno())]
+    server = run_server(cmd, environment, sock)
+    try:
+        local_segment.outage(503)  # nothing can be delivered before the shutdown
+        assert server.post("/hooks/bounce", BOUNCE) == (202, {"accepted": True})
+        assert server.post("/hooks/unsubscribe", UNSUBSCRIBE) == (202, {"accepted": True})
+        assert local_segment.wait_for_requests(1, timeout=30)  # tried, refused
+        assert local_segment.accepted_count == 0
+        server.proc.send_signal(signal.SIGTERM)
+        local_segment.end_outage()
+        status, output = server.wait()
+    finally:
+        server.kill()
+        sock.close()
+    # uvicorn ran the lifespan's shutdown: the emitter delivered before the process ended.
+    # (After its graceful stop, uvicorn re-raises the SIGTERM it caught: status -15.)
+    assert status in (0, -signal.SIGTERM), output
+    assert "Application shutdown complete" in output
+    assert_both_arrived(local_segment)
+    assert_nothing_secret_logged(output)
