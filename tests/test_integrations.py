@@ -330,3 +330,69 @@ def test_fastapi_under_uvicorn_builds_from_the_environment_and_flushes_on_sigter
     assert "Application shutdown complete" in output
     assert_both_arrived(local_segment)
     assert_nothing_secret_logged(output)
+
+
+# -- gunicorn --------------------------------------------------------------------------------
+
+
+def start_gunicorn(environment: dict[str, str], sock: socket.socket) -> Server:
+    env = {**environment, "GUNICORN_BIND": f"fd://{sock.fileno()}", "WEB_CONCURRENCY": "2"}
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+    return run_server(cmd, env, sock)
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_deliver_everything_they_accepted_on_sigterm(
+    environment: dict[str, str], local_segment: LocalSegment
+) -> None:
+    sock = listening_socket()
+    server = start_gunicorn(environment, sock)
+    try:
+        local_segment.outage(503)  # nothing can be delivered before the shutdown
+        for n in range(20):
+            assert server.post("/hooks/bounce", bounce(n)) == (202, {"accepted": True})
+        assert server.post("/hooks/unsubscribe", UNSUBSCRIBE) == (202, {"accepted": True})
+        assert local_segment.accepted_count == 0
+        server.proc.send_signal(signal.SIGTERM)
+        local_segment.end_outage()
+        status, output = server.wait()
+    finally:
+        server.kill()
+        sock.close()
+    assert status == 0, output
+    # Two workers, each with its own emitter: both booted, and every event accepted by either
+    # was delivered by its worker_exit, once.
+    assert output.count("Booting worker with pid") == 2, output
+    ids = [e["messageId"] for e in local_segment.events("key-acme")]
+    assert len(ids) == len(set(ids)) == 20
+    assert [e["event"] for e in local_segment.events("key-globex")] == ["Email Unsubscribed"]
+    assert local_segment.duplicates == 0
+    assert_nothing_secret_logged(output)
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_leave_what_they_could_not_deliver_in_the_shared_spool(
+    environment: dict[str, str], local_segment: LocalSegment, tmp_path: Path
+) -> None:
+    spool = tmp_path / "segment.db"
+    environment = {**environment, "SELLIGENT_SEGMENT_SPOOL": str(spool)}
+    environment["EMITTER_CLOSE_TIMEOUT"] = "0.5"
+    sock = listening_socket()
+    server = start_gunicorn(environment, sock)
+    try:
+        local_segment.outage(503)  # for the workers' whole life
+        for n in range(10):
+            assert server.post("/hooks/bounce", bounce(n)) == (202, {"accepted": True})
+        status, output = server.stop()
+    finally:
+        server.kill()
+        sock.close()
+    assert status == 0, output
+    assert local_segment.accepted_count == 0
+
+    # The next process on the same file (a new worker, or selligent-segment flush) sends them.
+    local_segment.end_outage()
+    with Emitter.from_env(environment) as emitter:
+        assert emitter.flush(30)
+    ids = [e["messageId"] for e in local_segment.events("key-acme")]
+    assert len(ids) == len(set(ids)) == 10

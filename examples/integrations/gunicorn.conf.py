@@ -1,0 +1,52 @@
+"""gunicorn: the Flask app of ``flask_app.py`` in prefork workers, one emitter per worker.
+
+``gunicorn -c gunicorn.conf.py`` (from this folder) with the environment ``make_emitter``
+reads. The app is imported once, in the master (``preload_app``), but its emitter is built
+in each worker, in ``post_fork``, never before the fork:
+
+- a fork copies only the thread that calls it: an emitter's encoder and sender threads
+  would not exist in the worker, and the library would have to rebuild it there anyway;
+- with a spool file (``SELLIGENT_SEGMENT_SPOOL``) an emitter opens its process's journal
+  and takes its ``flock`` when it is made: a worker inheriting the master's descriptor
+  would share the master's lock instead of holding its own, so a dead worker's journal
+  could not be told from a live one's. Each worker builds its own, and the workers share
+  the one spool file safely.
+
+Shutdown: on SIGTERM the master asks each worker to stop; a worker finishes its requests,
+then ``worker_exit`` flushes and closes its emitter (within ``graceful_timeout``). With the
+memory spool what is still undelivered after ``EMITTER_CLOSE_TIMEOUT`` is reported
+``unsent_at_close``; with a spool file it stays in the file, and the next worker (or
+``selligent-segment flush``) delivers it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import flask_app
+from mail_hooks import make_emitter
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+
+wsgi_app = "flask_app:build_app()"
+preload_app = True
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+bind = [os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")]
+graceful_timeout = 30
+# Under graceful_timeout: the master kills a worker still running after it.
+EMITTER_CLOSE_TIMEOUT = float(os.environ.get("EMITTER_CLOSE_TIMEOUT", "20"))
+
+
+def post_fork(server: Arbiter, worker: Worker) -> None:
+    """In the new worker, before it serves: its own emitter, on the app the master loaded."""
+    flask_app.attach_emitter(server.app.wsgi(), make_emitter())
+
+
+def worker_exit(server: Arbiter, worker: Worker) -> None:
+    """In the worker, once it has stopped serving: deliver what it accepted, then close."""
+    app = getattr(worker, "wsgi", None)  # None when the worker failed before loading it
+    if app is not None:
+        flask_app.close_emitter(app, EMITTER_CLOSE_TIMEOUT)
