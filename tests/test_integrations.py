@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from selligent_segment import Emitter, EmitterClosed, RetryPolicy
-from selligent_segment.testing import LocalSegment
+from selligent_segment import Emitter, EmitterClosed, InvalidEvent, RetryPolicy
+from selligent_segment.testing import FaultPlan, LocalSegment
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEGRATIONS = ROOT / "examples" / "integrations"
@@ -396,3 +396,80 @@ def test_gunicorn_workers_leave_what_they_could_not_deliver_in_the_shared_spool(
         assert emitter.flush(30)
     ids = [e["messageId"] for e in local_segment.events("key-acme")]
     assert len(ids) == len(set(ids)) == 10
+
+
+# -- Celery ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def celery_app(
+    environment: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[ModuleType]:
+    """``celery_app`` imported with its broker in a fresh folder of this test."""
+    monkeypatch.setenv("CELERY_QUEUE_DIR", str(tmp_path / "queue"))
+    environment["CELERY_QUEUE_DIR"] = str(tmp_path / "queue")
+    module = fresh("celery_app")
+    yield module
+    module.use_emitter(None)
+
+
+@pytest.mark.slow
+def test_celery_worker_processes_build_their_emitter_and_flush_it_at_shutdown(
+    celery_app: ModuleType, environment: dict[str, str], local_segment: LocalSegment
+) -> None:
+    environment["EMITTER_CLOSE_TIMEOUT"] = "3"
+    local_segment.outage(503)  # nothing can be delivered before the shutdown
+    celery_app.bounce.delay(BOUNCE)  # the web tier enqueues; the worker runs the hook
+    celery_app.unsubscribe.delay(UNSUBSCRIBE)
+    cmd = [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork"]
+    cmd += ["--concurrency", "1", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    worker = subprocess.Popen(
+        [*cmd, "--loglevel", "INFO"],
+        cwd=INTEGRATIONS,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        # Both tasks ran once both tenants' batches were tried (and refused) by the pool
+        # process's emitter.
+        seen = 0
+        while {r.write_key for r in local_segment.requests} != set(KEYS.values()):
+            seen += 1
+            assert local_segment.wait_for_requests(seen, timeout=60), "the tasks did not run"
+        assert local_segment.accepted_count == 0
+        worker.send_signal(signal.SIGTERM)  # warm shutdown
+        # Segment is back for acme; globex's key keeps failing through the shutdown.
+        local_segment.set_faults(FaultPlan(per_key={"key-globex": [503] * 1000}))
+        local_segment.end_outage()
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=60)
+    # The pool process ends with os._exit, skipping exit hooks: worker_process_shutdown's
+    # close delivered acme's event, and reported globex's as unsent (the memory spool).
+    assert worker.returncode == 0, output
+    (bounced,) = local_segment.events("key-acme")
+    assert bounced["event"] == "Email Bounced"
+    assert local_segment.events("key-globex") == []
+    assert "tenant 'globex': 1 events unsent at close (memory spool)" in output
+    assert_nothing_secret_logged(output)
+
+
+def test_celery_tasks_run_eagerly_with_an_injected_emitter(
+    celery_app: ModuleType, emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    celery_app.use_emitter(emitter)
+    celery_app.app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    try:
+        celery_app.bounce.delay(BOUNCE)
+        celery_app.unsubscribe.delay(UNSUBSCRIBE)
+        with pytest.raises(InvalidEvent):  # fails the task, never retried
+            celery_app.bounce.delay({**BOUNCE, "recipient": "nope"})
+    finally:
+        celery_app.app.conf.update(task_always_eager=False, task_eager_propagates=False)
+    assert emitter.flush(10)
+    assert_both_arrived(local_segment)
