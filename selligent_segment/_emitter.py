@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
@@ -30,6 +31,7 @@ from selligent_segment._naming import EventNaming
 from selligent_segment._process_life import install_sigterm_handler, register, unregister
 from selligent_segment._record import CallbackRecord, EventKind, normalize
 from selligent_segment._results import BulkResult, DeliveryFailure
+from selligent_segment._shortcuts import emits_keywords
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._endpoint import resolve_endpoint
@@ -166,6 +168,11 @@ class Emitter:
     def config(self) -> EmitterConfig:
         """The settings this Emitter was made with."""
         return self._config
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has begun (``emit`` then raises EmitterClosed)."""
+        return self._closed
 
     def _init(self, config: EmitterConfig) -> None:
         self._config = config
@@ -351,33 +358,208 @@ class Emitter:
     def _is_closed(self) -> bool:
         return self._closed
 
-    def _emit_kind(self, kind: EventKind, fields: dict[str, Any]) -> bool:
+    def _emit_kind(self, kind: EventKind, given: dict[str, Any]) -> bool:
+        # The plain body of the per-kind methods; @emits_keywords (_shortcuts) runs a twin.
+        fields = {k: v for k, v in given.items() if v is not None and k != "self"}
         fields["type"] = kind
         return self.emit(fields)
 
-    def delivered(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Delivered`` record given as keyword fields."""
-        return self._emit_kind(EventKind.DELIVERED, fields)
+    # The per-kind methods take the record's fields as keywords: those of every kind, then
+    # the kind's own (_record._PROPERTY_FIELDS), then ip, user_agent and the three objects.
+    # A keyword set to None counts as absent. tests/test_emitter_methods.py checks these
+    # signatures against the record's fields.
 
-    def opened(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Opened`` record given as keyword fields."""
-        return self._emit_kind(EventKind.OPENED, fields)
+    @emits_keywords(EventKind.DELIVERED)
+    def delivered(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Delivered`` record, given as keywords: the MTA accepted the message.
 
-    def link_clicked(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Link Clicked`` record given as keyword fields."""
-        return self._emit_kind(EventKind.LINK_CLICKED, fields)
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Takes the common keywords only.
+        """
+        return self._emit_kind(EventKind.DELIVERED, locals())
 
-    def unsubscribed(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Unsubscribed`` record given as keyword fields."""
-        return self._emit_kind(EventKind.UNSUBSCRIBED, fields)
+    @emits_keywords(EventKind.OPENED)
+    def opened(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Opened`` record, given as keywords: the tracking pixel was loaded.
 
-    def bounced(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Bounced`` record given as keyword fields."""
-        return self._emit_kind(EventKind.BOUNCED, fields)
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Takes the common keywords only (``ip`` and ``user_agent``
+        when known).
+        """
+        return self._emit_kind(EventKind.OPENED, locals())
 
-    def marked_as_spam(self, **fields: Any) -> bool:
-        """``emit`` an ``Email Marked as Spam`` record given as keyword fields."""
-        return self._emit_kind(EventKind.MARKED_AS_SPAM, fields)
+    @emits_keywords(EventKind.LINK_CLICKED)
+    def link_clicked(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        link_url: str | None = None,
+        link_id: str | int | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Link Clicked`` record, given as keywords: a link was followed.
+
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Also ``link_url`` (the URL clicked) and ``link_id`` (the
+        link's id).
+        """
+        return self._emit_kind(EventKind.LINK_CLICKED, locals())
+
+    @emits_keywords(EventKind.UNSUBSCRIBED)
+    def unsubscribed(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        list_id: str | int | None = None,
+        list_name: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Unsubscribed`` record, given as keywords: the recipient unsubscribed.
+
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Also ``list_id`` (the list unsubscribed from) and
+        ``list_name`` (its name).
+        """
+        return self._emit_kind(EventKind.UNSUBSCRIBED, locals())
+
+    @emits_keywords(EventKind.BOUNCED)
+    def bounced(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        bounce_type: str | None = None,
+        bounce_reason: str | None = None,
+        smtp_status: str | int | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Bounced`` record, given as keywords: the message bounced.
+
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Also ``bounce_type`` (``"hard"`` or ``"soft"``, any
+        case), ``bounce_reason`` (the diagnostic text, ``"550 5.1.1 user unknown"``) and
+        ``smtp_status`` (``"5.1.1"``).
+        """
+        return self._emit_kind(EventKind.BOUNCED, locals())
+
+    @emits_keywords(EventKind.MARKED_AS_SPAM)
+    def marked_as_spam(
+        self,
+        *,
+        tenant: str | None = None,
+        email: str | None = None,
+        user_id: str | int | None = None,
+        event_id: str | int | None = None,
+        timestamp: str | datetime | None = None,
+        email_id: str | int | None = None,
+        email_subject: str | None = None,
+        campaign_id: str | int | None = None,
+        campaign_name: str | None = None,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        integrations: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """``emit`` an ``Email Marked as Spam`` record, given as keywords: a spam complaint.
+
+        Returns and raises what :meth:`emit` does. The keywords common to every kind:
+        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
+        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
+        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+        (``docs/records.md``). Takes the common keywords only.
+        """
+        return self._emit_kind(EventKind.MARKED_AS_SPAM, locals())
 
     # -- background work -------------------------------------------------------------
 

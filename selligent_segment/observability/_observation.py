@@ -1,0 +1,209 @@
+"""One reading of everything the metrics and the health check report, taken at once.
+
+:class:`Source` reads an :class:`~selligent_segment.Emitter`'s counters (this process's)
+and, with a spool file, the file's backlog (every process's: processes sharing the file
+see the same backlog). :class:`Observation` is that reading, frozen; the Prometheus
+collector, the OpenTelemetry instruments and :func:`~selligent_segment.observability.health`
+only turn it into their own form.
+
+Guarantee: reading never raises for a spool file that cannot be read (the error text is
+kept in :attr:`Observation.spool_error` and reported as such), holds no write key and no
+email address, and costs one ``Emitter.stats()`` and one ``SpoolFile.status()`` (one
+grouped scan of the spool's rows).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from selligent_segment._emitter import Emitter
+from selligent_segment._errors import ConfigurationError, SelligentSegmentError
+from selligent_segment.delivery._stats import LastError, Stats
+from selligent_segment.spool._file import SpoolFile, SpoolStatus
+from selligent_segment.spool._schema import spool_path
+
+__all__ = ["OTHER_TENANTS", "Observation", "Source", "TenantView", "top_tenants"]
+
+#: The ``tenant`` label value that sums every tenant beyond the cap.
+OTHER_TENANTS = "other"
+
+
+@attrs.frozen
+class TenantView:
+    """One tenant as observed: its backlog (from the spool file when there is one, else
+    this process's queue) and this process's counters."""
+
+    tenant: str
+    backlog: int = 0
+    """Events waiting (leased ones included)."""
+    leased: int = 0
+    """Events being sent right now (spool file only)."""
+    oldest_age: float | None = None
+    """Seconds the oldest waiting event has waited (spool file only; None: empty)."""
+    dead_letters: int = 0
+    """Dead letters kept in the spool file."""
+    paused: str | None = None
+    """Why the tenant is paused, or None."""
+    accepted: int = 0
+    delivered: int = 0
+    retried: int = 0
+    rejected: Mapping[str, int] = attrs.field(factory=dict)
+    dropped: Mapping[str, int] = attrs.field(factory=dict)
+    last_error: LastError | None = None
+
+
+@attrs.frozen
+class Observation:
+    """What a :class:`Source` read at ``at`` (Unix time).
+
+    ``stats`` is None without an Emitter; ``spool`` is None without a spool file or when
+    it could not be read (``spool_error`` then says why); ``max_spool_bytes`` is the
+    Emitter's cap (None without one). ``tenants`` merges both, sorted by name.
+    """
+
+    at: float
+    stats: Stats | None
+    spool: SpoolStatus | None
+    spool_error: str | None
+    max_spool_bytes: int | None
+    tenants: tuple[TenantView, ...]
+    closed: bool = False
+
+    @property
+    def backlog(self) -> int:
+        """Events waiting, every tenant."""
+        return sum(t.backlog for t in self.tenants)
+
+    @property
+    def oldest_age(self) -> float | None:
+        """Seconds the oldest waiting event has waited (None: unknown or empty)."""
+        ages = [t.oldest_age for t in self.tenants if t.oldest_age is not None]
+        return max(ages) if ages else None
+
+    @property
+    def paused(self) -> dict[str, str]:
+        """Paused tenants and why."""
+        return {t.tenant: t.paused for t in self.tenants if t.paused is not None}
+
+    @property
+    def spool_fill(self) -> float | None:
+        """The spool file's bytes as a share of ``max_spool_bytes`` (None: unknown)."""
+        if self.spool is None or not self.max_spool_bytes:
+            return None
+        return self.spool.file_bytes / self.max_spool_bytes
+
+
+def top_tenants(
+    tenants: tuple[TenantView, ...], limit: int, key: Callable[[TenantView], float]
+) -> tuple[list[TenantView], list[TenantView]]:
+    """``(kept, rest)``: the ``limit`` tenants with the largest ``key`` (ties by name),
+    and the others, which a caller sums into :data:`OTHER_TENANTS`."""
+    ranked = sorted(tenants, key=lambda t: (-key(t), t.tenant))
+    return ranked[:limit], ranked[limit:]
+
+
+class Source:
+    """Where observations come from: an Emitter, a spool file, or both.
+
+    ``Source(emitter)`` reads the Emitter's counters and, when it has a spool file, that
+    file; ``Source(spool=PATH)`` reads a spool file alone (an exporter process beside
+    prefork workers); ``Source(emitter, spool=PATH)`` names the file explicitly. The
+    file is opened on first use and kept (it is fork-safe). ``clock`` (``time.time``)
+    is the seam for a test. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        emitter: Emitter | None = None,
+        *,
+        spool: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if emitter is not None and not isinstance(emitter, Emitter):
+            raise ConfigurationError("emitter", "expected an Emitter or None")
+        if spool is None and emitter is not None and emitter.config.durable:
+            spool = emitter.config.spool
+        if emitter is None and spool is None:
+            raise ConfigurationError("spool", "give an Emitter, a spool file, or both")
+        self._emitter = emitter
+        self._path: Path | None = None if spool is None else spool_path(spool)
+        self._file: SpoolFile | None = None
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    @property
+    def emitter(self) -> Emitter | None:
+        """The Emitter read, if any."""
+        return self._emitter
+
+    def __repr__(self) -> str:
+        return f"<Source emitter={self._emitter is not None} spool={str(self._path)!r}>"
+
+    def _status(self) -> tuple[SpoolStatus | None, str | None]:
+        if self._path is None:
+            return None, None
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = SpoolFile(self._path)
+                return self._file.status(), None
+            except SelligentSegmentError as exc:
+                return None, str(exc)
+
+    def observe(self) -> Observation:
+        """Read now. Never raises for an unreadable spool file (see ``spool_error``)."""
+        stats = self._emitter.stats() if self._emitter is not None else None
+        spool, error = self._status()
+        views: dict[str, dict[str, object]] = {}
+        if stats is not None:
+            for name, t in stats.tenants.items():
+                views[name] = {
+                    "backlog": t.queued,
+                    "paused": t.paused,
+                    "accepted": t.accepted,
+                    "delivered": t.delivered,
+                    "retried": t.retried,
+                    "rejected": t.rejected,
+                    "dropped": t.dropped,
+                    "last_error": t.last_error,
+                }
+        if spool is not None:
+            for row in spool.tenants:
+                view = views.setdefault(row.tenant, {})
+                view.update(
+                    backlog=row.queued,
+                    leased=row.leased,
+                    oldest_age=row.oldest_age,
+                    dead_letters=row.dead_letters,
+                )
+                if row.paused is not None or "paused" not in view:
+                    view["paused"] = row.paused
+            for name in set(views) - {row.tenant for row in spool.tenants}:
+                views[name]["backlog"] = 0  # the file, shared, is the truth about backlog
+        tenants = tuple(
+            TenantView(tenant=name, **view)  # type: ignore[arg-type]
+            for name, view in sorted(views.items())
+        )
+        emitter = self._emitter
+        return Observation(
+            at=self._clock(),
+            stats=stats,
+            spool=spool,
+            spool_error=error,
+            max_spool_bytes=emitter.config.max_spool_bytes if emitter is not None else None,
+            tenants=tenants,
+            closed=emitter is not None and emitter.closed,
+        )
+
+    def close(self) -> None:
+        """Close the spool file, if opened (idempotent)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
