@@ -32,7 +32,15 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from selligent_segment import EventKind, EventNaming, InvalidEvent, _mapping, _record, _shortcuts
+from selligent_segment import (
+    Emitter,
+    EventKind,
+    EventNaming,
+    InvalidEvent,
+    _mapping,
+    _record,
+    _shortcuts,
+)
 from selligent_segment._errors import shown
 from selligent_segment._mapping import (
     MESSAGE_ID_NAMESPACE,
@@ -53,6 +61,7 @@ from selligent_segment._record import (
     normalize,
 )
 from selligent_segment._shortcuts import (
+    emits_keywords,
     exact_copy,
     format_epoch,
     format_timestamp,
@@ -797,3 +806,79 @@ def _refused_classes() -> Iterator[type[Any]]:
 def test_slot_constructor_refuses_classes_it_cannot_build_the_same(cls: type[Any]) -> None:
     with pytest.raises(TypeError, match="is not a frozen slotted class of four plain fields"):
         slot_constructor(cls)
+
+
+# == the per-kind methods of the Emitter =======================================================
+
+
+class _Recorder:
+    """Stands in for an Emitter: ``emit`` records what it is given and returns a value."""
+
+    _emit_kind = Emitter._emit_kind
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.emitted: list[dict[str, Any]] = []
+        self.refuse = refuse
+
+    def emit(self, fields: dict[str, Any]) -> Any:
+        if self.refuse:
+            raise InvalidEvent("email", "refused")
+        self.emitted.append(fields)
+        return len(self.emitted)
+
+
+keyword_values = st.one_of(st.none(), st.text(max_size=3), st.integers(), st.just({"a": 1}))
+
+
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
+@SETTINGS
+@given(st.sampled_from(list(EventKind)), st.data())
+def test_each_per_kind_method_equals_its_plain_body(kind: EventKind, data: st.DataObject) -> None:
+    method = getattr(Emitter, kind.value)
+    plain = method.__wrapped__
+    names = list(inspect.signature(plain).parameters)[1:]
+    given_ = data.draw(st.dictionaries(st.sampled_from(names), keyword_values))
+    twin_self, plain_self = _Recorder(), _Recorder()
+    assert method(twin_self, **given_) == plain(plain_self, **given_) == 1
+    assert [list(d.items()) for d in twin_self.emitted] == [
+        list(d.items()) for d in plain_self.emitted
+    ]
+    assert twin_self.emitted[0]["type"] is kind
+    assert list(twin_self.emitted[0])[-1] == "type"  # the dict's order too
+    with pytest.raises(InvalidEvent):  # what emit raises, both raise
+        method(_Recorder(refuse=True), **given_)
+    with pytest.raises(InvalidEvent):
+        plain(_Recorder(refuse=True), **given_)
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=lambda k: k.value)
+def test_a_per_kind_methods_twin_refuses_unknown_and_positional_arguments_alike(
+    kind: EventKind,
+) -> None:
+    method = getattr(Emitter, kind.value)
+    for call in (
+        lambda f: f(_Recorder(), tenant_typo="x"),
+        lambda f: f(_Recorder(), "x"),
+        lambda f: f(_Recorder(), tenant="a", **{"tenant": "b"}),
+    ):
+        outcomes = []
+        for function in (method, method.__wrapped__):
+            with pytest.raises(TypeError) as refused:
+                call(function)
+            outcomes.append(str(refused.value).split("()", 1)[1])
+        assert outcomes[0] == outcomes[1]
+    assert inspect.signature(method) == inspect.signature(method.__wrapped__)
+    assert method.__doc__ == method.__wrapped__.__doc__
+    assert method.__name__ == kind.value
+
+
+def _bad_positional(self: Any, a: Any = None) -> None: ...
+def _bad_default(self: Any, *, a: Any = 1) -> None: ...
+def _bad_keyword(self: Any, *, kind: Any = None) -> None: ...
+def _no_self(*, a: Any = None) -> None: ...
+
+
+@pytest.mark.parametrize("plain", [_bad_positional, _bad_default, _bad_keyword, _no_self])
+def test_emits_keywords_refuses_methods_it_cannot_build_the_same(plain: Any) -> None:
+    with pytest.raises(TypeError, match="is not a method"):
+        emits_keywords(EventKind.OPENED)(plain)

@@ -1,0 +1,114 @@
+"""The six per-kind methods: typed keyword-only parameters, exactly the record fields their
+kind accepts; a typo is a TypeError at call time and an error under mypy."""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selligent_segment import Emitter, EventKind, InvalidEvent, track_message
+from selligent_segment._record import _NOT_FOR, FIELD_NAMES
+from selligent_segment.testing import LocalSegment
+
+METHODS = {kind: getattr(Emitter, kind.value) for kind in EventKind}
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=lambda k: k.value)
+def test_each_method_takes_exactly_the_fields_of_its_kind_as_keywords(kind: EventKind) -> None:
+    parameters = list(inspect.signature(METHODS[kind]).parameters.values())
+    assert parameters[0].name == "self"
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is None for p in parameters[1:])
+    assert {p.name for p in parameters[1:]} == FIELD_NAMES - {"type"} - _NOT_FOR[kind]
+    assert all(p.annotation is not inspect.Parameter.empty for p in parameters[1:])
+    assert METHODS[kind].__doc__
+
+
+@pytest.fixture
+def emitter(local_segment: LocalSegment) -> Any:
+    with Emitter("key-acme", endpoint=local_segment.url) as emitter:
+        yield emitter
+
+
+def test_a_misspelt_keyword_is_a_type_error_naming_it_and_nothing_is_sent(
+    emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bounce_typ'"):
+        emitter.bounced(email="ada@example.com", bounce_typ="hard")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'link_url'"):
+        emitter.opened(email="ada@example.com", link_url="https://x.test")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):
+        emitter.delivered("ada@example.com")  # type: ignore[misc]
+    assert emitter.flush(timeout=10)
+    assert local_segment.request_count == 0
+    assert emitter.stats().accepted == 0
+
+
+def test_a_method_sends_the_message_of_the_same_record_as_a_dict(
+    emitter: Emitter, local_segment: LocalSegment
+) -> None:
+    emitter.bounced(
+        email="Ada@Example.com",
+        user_id=None,  # None is absent
+        event_id=8812,
+        timestamp="2026-11-20T10:01:00Z",
+        bounce_type="HARD",
+        smtp_status=550,
+        context={"locale": "fr"},
+        integrations={"All": False},
+    )
+    record = {
+        "type": "bounced",
+        "email": "Ada@Example.com",
+        "event_id": 8812,
+        "timestamp": "2026-11-20T10:01:00Z",
+        "bounce_type": "HARD",
+        "smtp_status": 550,
+        "context": {"locale": "fr"},
+        "integrations": {"All": False},
+    }
+    assert emitter.flush(timeout=10)
+    (event,) = local_segment.events()
+    assert event == track_message(record)
+
+
+def test_invalid_values_are_still_invalid_events(emitter: Emitter) -> None:
+    with pytest.raises(InvalidEvent) as refused:
+        emitter.bounced(email="ada@example.com", bounce_type="medium")
+    assert refused.value.field == "bounce_type"
+
+
+MYPY_SNIPPET = """
+from selligent_segment import Emitter
+
+def hook(emitter: Emitter) -> None:
+    emitter.bounced(tenant="acme", email="a@b.co", event_id=1, bounce_type="hard",
+                    smtp_status="5.1.1", context={"locale": "fr"})
+    emitter.link_clicked(email="a@b.co", link_url="https://x.test", link_id=3)
+    emitter.unsubscribed(user_id="u-1", list_id="weekly")
+    emitter.bounced(tenant="acme", email="a@b.co", bounce_typ="hard")
+    emitter.opened(email="a@b.co", list_id="weekly")
+    emitter.delivered(email=42)
+"""
+
+
+@pytest.mark.slow  # a mypy run: seconds
+def test_mypy_flags_a_misspelt_or_foreign_keyword_and_accepts_correct_calls(
+    tmp_path: Path,
+) -> None:
+    from mypy import api
+
+    snippet = tmp_path / "hooks.py"
+    snippet.write_text(textwrap.dedent(MYPY_SNIPPET))
+    out, err, status = api.run(
+        ["--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"), str(snippet)]
+    )
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert status == 1, out + err
+    assert [line.split(":")[1] for line in errors] == ["9", "10", "11"], out
+    assert 'Unexpected keyword argument "bounce_typ"' in errors[0]
+    assert 'Unexpected keyword argument "list_id"' in errors[1]
+    assert 'incompatible type "int"' in errors[2]
