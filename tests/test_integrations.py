@@ -14,6 +14,7 @@ import http.client
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,6 +235,7 @@ def serve_with_lifespan(app: Any) -> Iterator[int]:
     assert not thread.is_alive()
 
 
+@pytest.mark.slow  # about half a second: uvicorn's start and graceful stop
 def test_fastapi_lifespan_owns_the_injected_emitter(
     emitter: Emitter, local_segment: LocalSegment
 ) -> None:
@@ -473,3 +475,10 @@ def test_celery_tasks_run_eagerly_with_an_injected_emitter(
         celery_app.app.conf.update(task_always_eager=False, task_eager_propagates=False)
     assert emitter.flush(10)
     assert_both_arrived(local_segment)
+
+
+def test_the_integrations_page_includes_every_example_file() -> None:
+    page = (ROOT / "docs" / "integrations.md").read_text()
+    included = set(re.findall(r'--8<-- "examples/integrations/([^"]+)"', page))
+    assert included == {path.name for path in INTEGRATIONS.glob("*.py")}
+    assert "integrations.md" in (ROOT / "mkdocs.yml").read_text()

@@ -4,13 +4,15 @@
 reads. The app is imported once, in the master (``preload_app``), but its emitter is built
 in each worker, in ``post_fork``, never before the fork:
 
-- a fork copies only the thread that calls it: an emitter's encoder and sender threads
-  would not exist in the worker, and the library would have to rebuild it there anyway;
-- with a spool file (``SELLIGENT_SEGMENT_SPOOL``) an emitter opens its process's journal
-  and takes its ``flock`` when it is made: a worker inheriting the master's descriptor
-  would share the master's lock instead of holding its own, so a dead worker's journal
-  could not be told from a live one's. Each worker builds its own, and the workers share
-  the one spool file safely.
+- a fork copies only the thread that calls it: an emitter made in the master would have
+  no encoder or sender threads in the worker, and the library would have to rebuild it
+  there (it does, starting empty, so nothing is sent twice);
+- with a spool file (``SELLIGENT_SEGMENT_SPOOL``) an emitter opens its process's journal,
+  takes the journal's ``flock`` and starts its threads when it is made: made in the
+  master, the master would hold a journal, a lock and threads it never uses, and every
+  worker would first have to let go of what it inherited. Made in the worker, each one
+  owns its journal and its lock from the start, and the workers share the one spool file
+  safely (a dead worker's journal is found by its free lock and replayed).
 
 Shutdown: on SIGTERM the master asks each worker to stop; a worker finishes its requests,
 then ``worker_exit`` flushes and closes its emitter (within ``graceful_timeout``). With the
