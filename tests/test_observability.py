@@ -96,7 +96,7 @@ def test_spool_gauges_come_from_the_file_and_agree_across_readers(
         theirs = scrape(PrometheusCollector(exporter, tenant_labels=5))
         exporter.close()
     finally:
-        emitter.close(0.2)
+        emitter.close(0.05)
     for got in (mine, theirs):
         assert got[("selligent_segment_backlog_events", (("tenant", "initech"),))] == 5
         assert got[("selligent_segment_oldest_event_age_seconds", (("tenant", "initech"),))] >= 0
@@ -276,7 +276,7 @@ def test_a_paused_tenant_degrades_a_real_emitter(segment: LocalSegment, tmp_path
         assert paused.wait(10)
         verdict = health(emitter)
     finally:
-        emitter.close(0.2)
+        emitter.close(0.05)
     assert verdict.status is HealthStatus.DEGRADED
     assert any(r.startswith("tenant 'initech' is paused") for r in verdict.reasons)
     text = repr(verdict) + verdict.http()[1].decode()

@@ -149,9 +149,12 @@ def _grouped(
     tenants: tuple[TenantView, ...], cap: int, key: Callable[[TenantView], float]
 ) -> list[tuple[dict[str, str], list[TenantView]]]:
     """``[(labels, tenants)]``: one group of all tenants without tenant labels, else one
-    per kept tenant and ``other`` for the rest (only when there is a rest)."""
+    per kept tenant and ``other`` for the rest (only when there is a rest, or no tenant
+    at all)."""
     if cap == 0:
         return [({}, list(tenants))]
+    if not tenants:  # still one series, so that an empty spool reads 0, not "no data"
+        return [({"tenant": OTHER_TENANTS}, [])]
     kept, rest = top_tenants(tenants, cap, key)
     groups = [({"tenant": t.tenant}, [t]) for t in sorted(kept, key=lambda t: t.tenant)]
     if rest:
