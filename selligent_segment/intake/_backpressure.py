@@ -29,7 +29,10 @@ class Backpressure:
     Guarantees: ``emit`` never waits here but with ``on_full="block"`` (up to
     ``block_timeout``) or, for ``emit_many`` with a spool file, while the encoder moves
     records into the file; a refused or dropped event is counted and reported; the log
-    says so at most once every :data:`LOG_EVERY` seconds, with the number of events.
+    says so at most once every :data:`LOG_EVERY` seconds per kind of line, and every
+    refused event is counted in exactly one such line: the next one allowed, or the one
+    :meth:`report_refused` logs (the encoder's upkeep, about once a second, and close).
+    ``now`` is the monotonic clock the throttle reads (a seam for tests).
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class Backpressure:
         max_spool_bytes: int,
         counters: Counters,
         report: Callable[[DeliveryFailure], None],
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_pending = max_pending
         self.on_full = on_full
@@ -54,8 +58,10 @@ class Backpressure:
         self.at_cap = False
         #: True while the encoder cannot write the spool file (it keeps retrying).
         self.ingest_failing = False
+        self._now = now
         self._throttle = Throttle(LOG_EVERY)
-        self._full_since_log = 0
+        self._log_lock = threading.Lock()
+        self._refused_unlogged = 0  # refused events no line has counted yet
 
     def notify(self) -> None:
         """Records left the inbox: wake ``emit`` calls waiting for room."""
@@ -101,29 +107,44 @@ class Backpressure:
             self.at_cap = True
             self.notify()
             self.log_rarely(
-                "selligent-segment: the spool is at its size cap (max_spool_bytes=%d); "
-                "accepted events wait in memory, up to max_pending=%d, then on_full=%s applies",
+                "the spool is at its size cap (max_spool_bytes=%d); accepted events wait "
+                "in memory, up to max_pending=%d, then on_full=%s applies",
                 self.max_spool_bytes,
                 self.max_pending,
                 self.on_full.value,
+                kind="at_cap",
+                reason="spool_at_cap",
             )
             with settled:
                 settled.wait(0.1)
         self.at_cap = False
 
-    def log_rarely(self, message: str, *args: object) -> bool:
-        """Log ``message`` at ERROR unless such a line went out in the last
-        :data:`LOG_EVERY` seconds; True when it was logged."""
-        if not self._throttle.allows(time.monotonic()):
-            return False
-        log.error(message, *args)
+    def log_rarely(self, message: str, *args: object, kind: str = "", **extra: object) -> bool:
+        """Log ``message`` at ERROR unless a line of this ``kind`` went out in the last
+        :data:`LOG_EVERY` seconds; True when it was logged. ``extra`` becomes attributes
+        of the log record (``reason``, ``tenant``...)."""
+        with self._log_lock:
+            if not self._throttle.allows(self._now(), kind):
+                return False
+        log.error(message, *args, extra=extra)
         return True
 
     def _log_full(self, n: int) -> None:
-        self._full_since_log += n
-        if self.log_rarely(
-            "selligent-segment: spool full: %d events refused since the last report (policy %s)",
-            self._full_since_log,
+        with self._log_lock:
+            self._refused_unlogged += n
+        self.report_refused()
+
+    def report_refused(self, *, final: bool = False) -> None:
+        """Log the refused events no line has counted yet, unless such a line went out in
+        the last :data:`LOG_EVERY` seconds; ``final`` (at close) logs them regardless."""
+        with self._log_lock:
+            n = self._refused_unlogged
+            if not n or not (final or self._throttle.allows(self._now(), "refused")):
+                return
+            self._refused_unlogged = 0
+        log.error(
+            "spool full: %d events refused since the last report (on_full=%s)",
+            n,
             self.on_full.value,
-        ):
-            self._full_since_log = 0
+            extra={"reason": "spool_full", "count": n},
+        )

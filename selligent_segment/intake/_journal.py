@@ -172,16 +172,20 @@ class JournalIntake:
                 pressure.ingest_failing = True  # emit_many stops waiting: on_full applies
                 pressure.notify()
                 pressure.log_rarely(
-                    "selligent-segment: cannot write the spool file (%s); retrying", exc
+                    "cannot write the spool file (%s); retrying",
+                    exc,
+                    kind="ingest",
+                    reason="spool_unwritable",
                 )
                 with dispatcher.settled:
                     dispatcher.settled.wait(0.5)
 
     def maintain(self) -> list[str]:
+        self.downstream.backpressure.report_refused()
         try:
             return self.spool.maintain()
         except Exception:  # the next round tries again
-            log.exception("selligent-segment: spool upkeep failed")
+            log.exception("spool upkeep failed", extra={"reason": "spool_upkeep"})
             return []
 
     def queued(self) -> dict[str, int]:
@@ -200,20 +204,25 @@ class JournalIntake:
         journal can go; a request still out stays leased in the file, and the next start
         sends it again. If the move fails, the journal stays for the next start."""
         dispatcher.abandon()
+        self.downstream.backpressure.report_refused(final=True)
         ingested = True
         try:
             while self.inbox:
                 self.step(lambda: True)
             left = self.spool.stats().messages
         except SpoolError as exc:
-            log.error("selligent-segment: %s; accepted events stay in the journal", exc)
+            log.error(
+                "%s; accepted events stay in the journal", exc, extra={"reason": "spool_error"}
+            )
             ingested, left = False, -1
         except Exception:
-            log.exception("selligent-segment: could not move accepted events into the spool")
+            log.exception(
+                "could not move accepted events into the spool", extra={"reason": "spool_error"}
+            )
             ingested, left = False, -1
         if left:
             log.warning(
-                "selligent-segment: %s events stay in the spool %s for the next start",
+                "%s events stay in the spool %s for the next start",
                 "some" if left < 0 else left,
                 self.spool.path,
             )

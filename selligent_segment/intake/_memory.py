@@ -82,6 +82,7 @@ class MemoryIntake:
             dispatcher.notify_put(touched, nbytes / len(messages))
 
     def maintain(self) -> list[str]:
+        self.downstream.backpressure.report_refused()
         return []
 
     def queued(self) -> dict[str, int]:
@@ -106,6 +107,7 @@ class MemoryIntake:
 
         dispatcher.abandon(collect)
         down = self.downstream
+        down.backpressure.report_refused(final=True)
         while self.inbox:
             fields, tenant, now = self.inbox.popleft()
             down.counters.add("accepted", tenant)
@@ -120,9 +122,10 @@ class MemoryIntake:
             messages = left.pop(tenant)  # counted, logged and handed over once
             down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(
-                "selligent-segment: tenant %s: %d events unsent at close (memory spool)",
+                "tenant %s: %d events unsent at close (memory spool)",
                 shown(tenant),
                 len(messages),
+                extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
             )
             down.report(DeliveryFailure.unsent_at_close(tenant, messages))
         return self._left_any
