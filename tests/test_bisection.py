@@ -80,7 +80,7 @@ def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
     assert logged(caplog) == [
         (
             logging.ERROR,
-            "selligent-segment: tenant 'acme': a batch of 4 events was refused (HTTP 400); "
+            "tenant 'acme': a batch of 4 events was refused (HTTP 400); "
             "bisected in 5 requests: 2 delivered, 2 rejected",
         )
     ]
@@ -99,7 +99,7 @@ def test_a_bisection_that_delivered_everything_is_a_warning(
     assert logged(caplog) == [
         (
             logging.WARNING,
-            "selligent-segment: tenant 'acme': a batch of 2 events was refused (too big); "
+            "tenant 'acme': a batch of 2 events was refused (too big); "
             "bisected in 3 requests: 2 delivered, 0 rejected",
         )
     ]

@@ -115,7 +115,7 @@ class Bisection:
         level = logging.ERROR if tally.rejected else logging.WARNING
         log.log(
             level,
-            "selligent-segment: tenant %s: a batch of %d events was refused (%s); "
+            "tenant %s: a batch of %d events was refused (%s); "
             "bisected in %d requests: %d delivered, %d rejected",
             shown(tenant),
             tally.total,
@@ -123,4 +123,5 @@ class Bisection:
             tally.requests,
             tally.delivered,
             tally.rejected,
+            extra={"tenant": tenant, "reason": "rejected", "count": tally.rejected},
         )

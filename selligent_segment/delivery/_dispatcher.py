@@ -284,7 +284,11 @@ class Dispatcher:
                 self._log_spool_error(exc)
                 self._finish(state, delay=1.0)
             except Exception:  # a bug must not kill the sender; the lease is released
-                log.exception("selligent-segment: sender error for tenant %s", shown(state.name))
+                log.exception(
+                    "sender error for tenant %s",
+                    shown(state.name),
+                    extra={"tenant": state.name, "reason": "sender_error"},
+                )
                 self._finish(state, delay=1.0)
 
     def _log_spool_error(self, exc: SpoolError) -> None:
@@ -294,7 +298,7 @@ class Dispatcher:
         with self.cv:
             if not self._spool_errors.allows(self.clock.monotonic(), text):
                 return
-        log.error("selligent-segment: delivery waits: %s", text)
+        log.error("delivery waits: %s", text, extra={"reason": "spool_error"})
 
     # -- one turn of one tenant ----------------------------------------------------------
 
@@ -409,7 +413,11 @@ class Dispatcher:
     def _resume_with_new_key(self, state: _Tenant) -> None:
         with self.cv:
             self._unpause(state)
-        log.warning("selligent-segment: tenant %s resumed with a new write key", shown(state.name))
+        log.warning(
+            "tenant %s resumed with a new write key",
+            shown(state.name),
+            extra={"tenant": state.name, "reason": "resumed"},
+        )
 
     def _pause(
         self, state: _Tenant, reason: str, tag: str | None, status: int | None = None
@@ -421,9 +429,10 @@ class Dispatcher:
             state.paused_key = tag
         if first:
             log.error(
-                "selligent-segment: tenant %s paused: %s; its events are kept",
+                "tenant %s paused: %s; its events are kept",
                 shown(state.name),
                 reason,
+                extra={"tenant": state.name, "reason": "paused", "status": status},
             )
             call_back(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
@@ -451,11 +460,17 @@ class Dispatcher:
             return
         if self.settler.release(lease, messages, retried=True):
             log.info(
-                "selligent-segment: tenant %s: %d events retried in %.2f s (%s)",
+                "tenant %s: %d events retried in %.2f s (%s)",
                 shown(state.name),
                 len(messages),
                 delay,
                 error,
+                extra={
+                    "tenant": state.name,
+                    "reason": "retry",
+                    "status": response.status,
+                    "count": len(messages),
+                },
             )
         self._finish(state, delay=delay)
 

@@ -95,9 +95,10 @@ class WriteKeys:
             key = self._resolver(tenant)
         except Exception as exc:  # the tenant pauses and is asked again later
             log.error(
-                "selligent-segment: the write-key resolver raised %s for tenant %s",
+                "the write-key resolver raised %s for tenant %s",
                 type(exc).__name__,
                 shown(tenant),
+                extra={"tenant": tenant, "reason": "resolver_error"},
             )
             return None
         return key if isinstance(key, str) and key.strip() else None

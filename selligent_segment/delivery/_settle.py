@@ -30,7 +30,7 @@ def call_back(callback: Callable[..., None], *args: object) -> None:
     try:
         callback(*args)
     except Exception:  # a user callback must never break delivery
-        log.exception("selligent-segment: callback %r raised", callback)
+        log.exception("callback %r raised", callback, extra={"reason": "callback_error"})
 
 
 class Settler:
@@ -108,11 +108,17 @@ class Settler:
             self.counters.error(lease.tenant, f"{reason}: {detail}", status)
         log.log(
             logging.DEBUG if quiet else logging.ERROR,
-            "selligent-segment: tenant %s: %d events not delivered: %s (%s)",
+            "tenant %s: %d events not delivered: %s (%s)",
             shown(lease.tenant),
             len(messages),
             reason,
             detail,
+            extra={
+                "tenant": lease.tenant,
+                "reason": reason,
+                "status": status,
+                "count": len(messages),
+            },
         )
         failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
         call_back(self.on_failure, failure)
@@ -121,11 +127,12 @@ class Settler:
     @staticmethod
     def _late(lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:
         log.info(
-            "selligent-segment: tenant %s: a request still out at close ended (%s); its %d "
+            "tenant %s: a request still out at close ended (%s); its %d "
             "events were already reported unsent at close, or stay in the spool file",
             shown(lease.tenant),
             outcome,
             len(messages),
+            extra={"tenant": lease.tenant, "reason": "late_result", "count": len(messages)},
         )
 
     def _notify(self) -> None:

@@ -108,7 +108,7 @@ class Encoder:
             try:
                 intake.step(self._is_stopping)
             except Exception:  # a bug must not stop acceptance; the records stay queued
-                log.exception("selligent-segment: encoder error")
+                log.exception("encoder error", extra={"reason": "encoder_error"})
                 self._wake.wait(0.5)  # not a hot loop of the same failure
                 self._wake.clear()
 

@@ -44,7 +44,12 @@ class Downstream:
     def too_large(self, tenant: str, exc: InvalidEvent) -> None:
         """Count and report an event whose message would be over 32 KB."""
         self.counters.add_reason("rejected", tenant, "too_large")
-        log.error("selligent-segment: tenant %s: event refused: %s", shown(tenant), exc)
+        log.error(
+            "tenant %s: event refused: %s",
+            shown(tenant),
+            exc,
+            extra={"tenant": tenant, "reason": "too_large"},
+        )
         self.report(DeliveryFailure.too_large(tenant, str(exc)))
 
 

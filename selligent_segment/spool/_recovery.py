@@ -157,13 +157,14 @@ class Recovery:
                 replayed += len(payloads)
                 for d in damaged:  # logged once kept (a crash before replays them again)
                     log.error(
-                        "selligent-segment: damaged journal bytes at %d..%d in %s skipped: "
+                        "damaged journal bytes at %d..%d in %s skipped: "
                         "the events in those %d bytes cannot be sent; the bytes are kept as a "
                         "dead letter (selligent-segment dead-letters list --reason unreadable)",
                         d.start,
                         d.end,
                         self.directory / name,
                         d.end - d.start,
+                        extra={"reason": "unreadable"},
                     )
             with self.lock, transaction(self.db) as db:
                 db.execute("DELETE FROM journals WHERE name = ?", (name,))
@@ -174,9 +175,10 @@ class Recovery:
         if not (read or freed):  # only files that are not journals (reported above)
             return
         log.warning(
-            "selligent-segment: recovered after a stopped process (%s): %d events replayed "
+            "recovered after a stopped process (%s): %d events replayed "
             "from its journal, %d leased events to send again",
             owner,
             replayed,
             freed,
+            extra={"reason": "recovered", "count": replayed + freed},
         )

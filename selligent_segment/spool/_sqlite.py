@@ -256,9 +256,10 @@ class SqliteSpool(ForkSafe):
                 self._unwritten.hold(tenant, pick.fresh, pick.back, pick.dead, dict(stamps))
             for d in pick.dead.values():
                 log.error(
-                    "selligent-segment: tenant %s: event kept as a dead letter: %s",
+                    "tenant %s: event kept as a dead letter: %s",
                     shown(d.tenant),
                     d.reason,
+                    extra={"tenant": d.tenant, "reason": d.reason.partition(":")[0]},
                 )
             if not pick.taken or (pick.read < max_messages and pick.seen == pick.read):
                 self._backlog.pop(tenant, None)  # drained, as far as we can see
@@ -456,7 +457,7 @@ class SqliteSpool(ForkSafe):
         text = str(error)
         if not self._reports.allows(time.monotonic(), text):
             return
-        log.error("selligent-segment: %s", text)
+        log.error("%s", text, extra={"reason": "spool_error"})
 
     def _upkeep(self, force: bool) -> list[str]:
         with self._lock:  # what the file could not take before
@@ -496,7 +497,7 @@ class SqliteSpool(ForkSafe):
             self._recovery.free_leases(self.owner)
             self._leases.clear()
         except sqlite3.Error as exc:  # pragma: no cover - the next start frees them
-            log.error("selligent-segment: could not free leases at close: %s", exc)
+            log.error("could not free leases at close: %s", exc, extra={"reason": "spool_error"})
         self._journal.close(delete_current=ingested)
         with self._lock:
             if ingested:  # the journals are gone: so are their offsets

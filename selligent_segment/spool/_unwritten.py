@@ -276,9 +276,9 @@ class Unwritten:
             self.failing = False
             self._busy_timeout(self.patience)
             log.warning(
-                "selligent-segment: the spool file %s can be written again; what was kept "
-                "in memory is written",
+                "the spool file %s can be written again; what was kept in memory is written",
                 self.path,
+                extra={"reason": "spool_writable"},
             )
         return True
 
@@ -286,11 +286,12 @@ class Unwritten:
         """At close: a last try; what still cannot be written is sent again later."""
         if self.pending() and not self.write(backlog):
             log.warning(
-                "selligent-segment: the outcome of %d events could not be written to "
+                "the outcome of %d events could not be written to "
                 "the spool file %s; the next process to use it sends them again (same "
                 "messageId)",
                 self.events(),
                 self.path,
+                extra={"reason": "spool_unwritable", "count": self.events()},
             )
 
     def failed(self, exc: sqlite3.OperationalError) -> None:
@@ -308,12 +309,13 @@ class Unwritten:
         if not self.throttle.allows(time.monotonic()):
             return
         log.error(
-            "selligent-segment: spool file %s: %s; delivery goes on: what this process "
+            "spool file %s: %s; delivery goes on: what this process "
             "leases and settles meanwhile is kept in memory and written once the file can "
             "be written (if it stops first, the next process sends those events again, "
             "same messageId)",
             self.path,
             "the disk is full" if disk_full(exc) else f"cannot write ({exc})",
+            extra={"reason": "disk_full" if disk_full(exc) else "spool_unwritable"},
         )
 
     def _busy_timeout(self, seconds: float) -> None:
