@@ -247,6 +247,27 @@ def test_the_deadline_holds_through_a_tunnel(
     assert after.outcome is Outcome.DELIVERED  # the cut tunnel was not pooled
 
 
+@pytest.mark.slow
+def test_the_deadline_holds_when_the_proxy_never_answers_connect() -> None:
+    mute = socket.socket()  # accepts TCP connections (the backlog), never answers
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    try:
+        transport = HttpTransport(
+            proxy=f"http://127.0.0.1:{mute.getsockname()[1]}",
+            connect_timeout=10.0,
+            read_timeout=10.0,
+            deadline=0.5,
+        )
+        response = transport.post("https://127.0.0.1:9", KEY, [message(1)])
+        transport.close()
+    finally:
+        mute.close()
+    assert (response.status, response.outcome) == (None, Outcome.RETRY)
+    assert response.error is not None
+    assert "deadline exceeded" in response.error
+
+
 def test_the_test_proxy_reaches_loopback_only(proxy: ForwardProxy) -> None:
     transport = HttpTransport(proxy=proxy.url, connect_timeout=2.0)
     response = transport.post("https://segment.invalid", KEY, [message(1)])
