@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from selligent_segment import Emitter
 from selligent_segment.testing import LocalSegment
@@ -112,6 +113,18 @@ class KeyTable:
             return [row[0] for row in db.execute("SELECT tenant FROM tenant_keys ORDER BY 1")]
 
 
+def alert_paused(tenant: str, reason: str) -> None:
+    """A tenant's key was refused or missing: its events are kept until it has one."""
+    log.error("Segment paused tenant %s: %s", tenant, reason)
+
+
+def make_emitter(table: KeyTable, **overrides: Any) -> Emitter:
+    """The one factory: the keys come from ``table``, everything else from the environment
+    (``Emitter.from_env``: endpoint, spool...); ``overrides`` win over both."""
+    overrides.setdefault("on_pause", alert_paused)
+    return Emitter.from_env(write_keys=table, **overrides)
+
+
 def rotate_key(table: KeyTable, emitter: Emitter, tenant: str, new_key: str) -> None:
     """Store the tenant's new key and send its held-back events now (if it was paused)."""
     table.set_key(tenant, new_key)
@@ -125,10 +138,8 @@ def demo(database: Path) -> int:
         table = KeyTable(database)
         table.set_key("acme", "acme-key-1")
         table.set_key("globex", "globex-key-1")
-        emitter = Emitter(
-            write_keys=table,
-            endpoint=segment.url,
-            on_pause=lambda tenant, reason: paused.set(),
+        emitter = make_emitter(
+            table, endpoint=segment.url, on_pause=lambda tenant, reason: paused.set()
         )
         with emitter:
             for i in range(3):

@@ -3,10 +3,14 @@
 The platform's hooks (delivery, bounce, open, click, unsubscribe, spam complaint) POST
 each event here as JSON; the service validates it, hands it to one shared
 ``selligent_segment.Emitter`` and answers at once. Delivery to Segment happens in the
-background, batched and retried. Standard library only (``http.server``)::
+background, batched and retried. Standard library only (``http.server``).
+
+It has the shape of every example: :func:`make_emitter` is the one factory, configured by
+the environment (``Emitter.from_env()``, the variables in docs/hooks.md), and
+:func:`create_server` takes an emitter (a test's) or builds one with it::
 
     SEGMENT_WRITE_KEY=... python examples/webhook_service.py --port 8080
-    python examples/webhook_service.py --write-keys keys.json --port 8080   # per tenant
+    SELLIGENT_SEGMENT_WRITE_KEYS=keys.json python examples/webhook_service.py --port 8080
 
 Routes:
 
@@ -37,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -46,6 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from selligent_segment import (
+    ConfigurationError,
     Emitter,
     EmitterClosed,
     InvalidEvent,
@@ -152,30 +156,31 @@ def error(field: str, reason: str) -> dict[str, Any]:
     return {"error": {"field": field, "reason": reason}}
 
 
-def build_emitter(args: argparse.Namespace) -> Emitter:
-    options: dict[str, Any] = {"endpoint": args.endpoint, "region": args.region}
-    if args.write_keys:
-        with open(args.write_keys, encoding="utf-8") as stream:
-            return Emitter(write_keys=json.load(stream), **options)
-    key = os.environ.get("SEGMENT_WRITE_KEY")
-    if not key:
-        raise SystemExit("webhook_service: set SEGMENT_WRITE_KEY or give --write-keys FILE.json")
-    return Emitter(key, **options)
+def make_emitter() -> Emitter:
+    """The one factory: production reads the environment (a ConfigurationError names the
+    variable that is missing or wrong)."""
+    return Emitter.from_env()
+
+
+def create_server(address: tuple[str, int], emitter: Emitter | None = None) -> CallbackServer:
+    """The service on ``address``, emitting to ``emitter`` (a test's) or to the one
+    :func:`make_emitter` builds."""
+    return CallbackServer(address, emitter or make_emitter())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0: any free port")
-    parser.add_argument("--write-keys", metavar="FILE.json", help='{"tenant": "key"}')
-    parser.add_argument("--endpoint", help="a custom Segment endpoint (default: Segment's)")
-    parser.add_argument("--region", choices=["us", "eu"], default="us")
     parser.add_argument("--drain", type=float, default=10.0, help="seconds to flush at exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    emitter = build_emitter(args)
-    server = CallbackServer((args.host, args.port), emitter)
+    try:
+        server = create_server((args.host, args.port))
+    except ConfigurationError as exc:
+        raise SystemExit(f"webhook_service: {exc}") from None
+    emitter = server.emitter
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:

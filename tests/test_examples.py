@@ -29,7 +29,12 @@ SERVICE = [sys.executable, str(EXAMPLES / "webhook_service.py")]
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"}
+    """This process's environment without any variable Emitter.from_env reads."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k != "SEGMENT_WRITE_KEY" and not k.startswith("SELLIGENT_SEGMENT_")
+    }
 
 
 def load(name: str) -> ModuleType:
@@ -78,13 +83,18 @@ def segment() -> Iterator[LocalSegment]:
 def service(segment: LocalSegment, tmp_path: Path) -> Iterator[Service]:
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"acme": "key-acme", "globex": "key-globex"}))
+    env = {
+        **clean_env(),
+        "SELLIGENT_SEGMENT_WRITE_KEYS": str(keys),
+        "SELLIGENT_SEGMENT_ENDPOINT": segment.url,
+    }
     proc = subprocess.Popen(
-        [*SERVICE, "--port", "0", "--write-keys", str(keys), "--endpoint", segment.url],
+        [*SERVICE, "--port", "0"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env=env,
         cwd=ROOT,
     )
     try:
@@ -200,6 +210,23 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
     assert segment.accepted_count == 1
 
 
+def test_web_service_with_a_bad_variable_stops_in_one_line_naming_it() -> None:
+    result = subprocess.run(
+        [*SERVICE, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean_env(), "SELLIGENT_SEGMENT_THREADS": "many"},
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "webhook_service: SELLIGENT_SEGMENT_THREADS: must be an integer, got 'many'\n"
+    )
+
+
 # -- (b) multi-tenant keys in a database table ----------------------------------------------
 
 
@@ -273,7 +300,7 @@ def test_the_pytest_example_passes() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 @pytest.mark.slow

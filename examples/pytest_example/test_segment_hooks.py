@@ -6,7 +6,7 @@ Run: python -m pytest examples/pytest_example -q
 from __future__ import annotations
 
 import pytest
-from platform_hooks import on_bounce, on_click, on_delivery, on_unsubscribe
+from segment_hooks import on_bounce, on_click, on_delivery, on_unsubscribe
 
 from selligent_segment import Emitter, InvalidEvent
 from selligent_segment.testing import FaultPlan, LocalSegment
@@ -80,3 +80,10 @@ def test_a_replayed_hook_is_deduplicated_by_its_message_id(
     assert emitter.flush(timeout=10)
     assert local_segment.accepted_count == 1
     assert local_segment.duplicates == 1
+
+
+def test_a_test_may_also_hand_the_hooks_its_own_emitter(local_segment: LocalSegment) -> None:
+    with Emitter(write_keys={"acme": "key-acme"}, endpoint=local_segment.url) as emitter:
+        on_bounce(emitter, BOUNCE)
+        assert emitter.flush(timeout=10)
+    assert [e["event"] for e in local_segment.events("key-acme")] == ["Email Bounced"]
