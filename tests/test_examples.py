@@ -210,6 +210,7 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
     assert segment.accepted_count == 1
 
 
+@pytest.mark.slow  # a child process: half a second or more
 def test_web_service_with_a_bad_variable_stops_in_one_line_naming_it() -> None:
     result = subprocess.run(
         [*SERVICE, "--port", "0"],
