@@ -223,6 +223,8 @@ def test_the_options_table_gives_the_defaults_of_the_code() -> None:
         "max_requests_per_second": 50,
         "timeout": 15,
         "request_deadline": None,
+        "proxy": None,
+        "ca_bundle": None,
         "on_failure": None,
         "on_pause": None,
         "exit_timeout": 5,
