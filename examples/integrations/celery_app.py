@@ -32,8 +32,16 @@ CLOSE_TIMEOUT = float(os.environ.get("EMITTER_CLOSE_TIMEOUT", "10"))
 def _broker_options() -> dict[str, Any]:
     queue = os.environ.get("CELERY_QUEUE_DIR", "/tmp/celery-queue")
     os.makedirs(queue, exist_ok=True)
-    # One folder both ways: the producers write the messages there, the workers take them.
-    return {"data_folder_in": queue, "data_folder_out": queue, "polling_interval": 0.2}
+    # One folder both ways: the producers write the messages there, the workers take them;
+    # the exchange tables beside them (kombu's default is ./control, in the working directory).
+    control = os.path.join(queue, "control")
+    os.makedirs(control, exist_ok=True)
+    return {
+        "data_folder_in": queue,
+        "data_folder_out": queue,
+        "control_folder": control,
+        "polling_interval": 0.2,
+    }
 
 
 app = Celery("mail_hooks")
