@@ -422,7 +422,7 @@ class Dispatcher:
     def _pause(
         self, state: _Tenant, reason: str, tag: str | None, status: int | None = None
     ) -> None:
-        self.counters.error(state.name, reason, status)
+        self.settler.note_error(state.name, reason, status)
         with self.cv:
             first = state.paused is None
             state.paused = reason
@@ -452,7 +452,7 @@ class Dispatcher:
             delay = state.backoff.record_failure(
                 response.outcome, response.retry_after, response.rate_limit_reset, seen=seen
             )
-        self.counters.error(state.name, error or f"HTTP {response.status}", response.status)
+        self.settler.note_error(state.name, error or f"HTTP {response.status}", response.status)
         if isinstance(delay, GiveUp):
             detail = f"{delay.reason}: {error}"
             self.settler.failed(lease, messages, "retries_exhausted", detail, None)

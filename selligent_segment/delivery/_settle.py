@@ -99,13 +99,14 @@ class Settler:
                 self._late(lease, messages, reason)
                 return
             self.spool.reject(lease, messages, f"{reason}: {detail}", status)
+            # The error first: whoever sees the count sees its reason.
+            self.note_error(lease.tenant, f"{reason}: {detail}", status)
             self.counters.add_reason(
                 "rejected" if reason == "rejected" else "dropped",
                 lease.tenant,
                 reason,
                 len(messages),
             )
-            self.counters.error(lease.tenant, f"{reason}: {detail}", status)
         log.log(
             logging.DEBUG if quiet else logging.ERROR,
             "tenant %s: %d events not delivered: %s (%s)",
@@ -123,6 +124,12 @@ class Settler:
         failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
         call_back(self.on_failure, failure)
         self._notify()
+
+    def note_error(self, tenant: str, text: str, status: int | None) -> None:
+        """Record ``text`` (key-free) as ``tenant``'s last delivery error: in the counters
+        (``stats()``) and in the spool (a spool file shows it to ``spool status``)."""
+        error = self.counters.error(tenant, text, status)
+        self.spool.note_error(tenant, error.text, error.at, error.status)
 
     @staticmethod
     def _late(lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:

@@ -25,9 +25,11 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import SpoolError
+from selligent_segment.delivery._stats import LastError
 from selligent_segment.spool._journal import live_owners
 from selligent_segment.spool._schema import (
     ForkSafe,
+    has_table,
     journal_dir,
     open_db,
     spool_error,
@@ -82,7 +84,9 @@ class DeadLetter:
 
 @attrs.frozen
 class TenantBacklog:
-    """One tenant's share of a spool file. ``oldest_age`` is in seconds (None: empty)."""
+    """One tenant's share of a spool file. ``oldest_age`` is in seconds (None: empty);
+    ``last_error`` is the last delivery error any process using the file recorded for the
+    tenant (never a write key), kept after later successes: its ``at`` says when."""
 
     tenant: str
     queued: int
@@ -90,6 +94,7 @@ class TenantBacklog:
     dead_letters: int
     oldest_age: float | None
     paused: str | None
+    last_error: LastError | None = None
 
 
 @attrs.frozen
@@ -218,7 +223,14 @@ class SpoolFile(ForkSafe):
         def entry(tenant: str) -> dict[str, Any]:
             return tenants.setdefault(
                 tenant,
-                {"queued": 0, "leased": 0, "dead_letters": 0, "oldest": None, "paused": None},
+                {
+                    "queued": 0,
+                    "leased": 0,
+                    "dead_letters": 0,
+                    "oldest": None,
+                    "paused": None,
+                    "error": None,
+                },
             )
 
         with self._connection() as db:
@@ -234,6 +246,11 @@ class SpoolFile(ForkSafe):
                 entry(tenant)["dead_letters"] = dead
             for tenant, reason in db.execute("SELECT tenant, reason FROM paused"):
                 entry(tenant)["paused"] = reason
+            if has_table(db, "last_errors"):  # a file an older version made may lack it
+                for tenant, text, at, status in db.execute(
+                    "SELECT tenant, text, at, status FROM last_errors"
+                ):
+                    entry(tenant)["error"] = LastError(text, at, status)
         rows = tuple(
             TenantBacklog(
                 tenant,
@@ -242,6 +259,7 @@ class SpoolFile(ForkSafe):
                 e["dead_letters"],
                 None if e["oldest"] is None else max(0.0, now - e["oldest"]),
                 e["paused"],
+                e["error"],
             )
             for tenant, e in sorted(tenants.items())
         )

@@ -117,6 +117,9 @@ class MemorySpool:
         with self._lock:
             return list(self._queues)
 
+    def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
+        """Nothing outside this process would see it (``stats()`` holds the last error)."""
+
     def stats(self) -> SpoolStats:
         with self._lock:
             leased = sum(len(lease.messages) for lease in self._leased.values())

@@ -88,6 +88,10 @@ class Spool(Protocol):
     ) -> None:
         """Settle ``messages`` of ``lease`` as permanently refused, with the reason."""
 
+    def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
+        """Record ``tenant``'s last delivery error where other processes can see it (a
+        spool file); ``text`` holds no write key. Never raises for a write that fails."""
+
     def empty(self) -> bool:
         """True when nothing is queued or leased."""
 

@@ -28,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "default_spool_path",
     "disk_full",
+    "has_table",
     "journal_dir",
     "open_db",
     "snapshot",
@@ -86,7 +87,21 @@ CREATE TABLE paused (
     reason TEXT NOT NULL,
     since REAL NOT NULL
 );
+CREATE TABLE last_errors (
+    tenant TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    at REAL NOT NULL,
+    status INTEGER
+);
 """
+
+# Tables added without a version bump: an older version of the library ignores them (it
+# never reads them), so processes of the previous and the next release can share a file
+# during a rolling upgrade. Created where missing whenever the file is opened to write.
+_ADDITIONS = {
+    "last_errors": "CREATE TABLE last_errors "
+    "(tenant TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL, status INTEGER)",
+}
 
 
 def _to_v2(db: sqlite3.Connection) -> None:
@@ -365,6 +380,7 @@ def _check_read_only(path: Path) -> None:
 def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:
     app_id, version = _identity(db)
     if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
+        _add_missing_tables(db)
         return
     _refuse_foreign(db, path, app_id, version)
     with transaction(db):
@@ -381,6 +397,23 @@ def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:
             MIGRATIONS[version](db)
             version += 1
             db.execute(f"PRAGMA user_version = {version}")
+    _add_missing_tables(db)
+
+
+def has_table(db: sqlite3.Connection, name: str) -> bool:
+    """True when the file has the table ``name`` (an addition may be missing from a file
+    an older version made, when it is opened read-only)."""
+    row = db.execute("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _add_missing_tables(db: sqlite3.Connection) -> None:
+    missing = [sql for name, sql in _ADDITIONS.items() if not has_table(db, name)]
+    if missing:
+        with transaction(db):
+            for sql in missing:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process did it
+                    db.execute(sql)
 
 
 def _identity(db: sqlite3.Connection) -> tuple[int, int]:

@@ -430,6 +430,14 @@ class SqliteSpool(ForkSafe):
             self._unwritten.paused[tenant] = None if reason is None else (reason, time.time())
             self._write_unwritten()
 
+    @_named_errors
+    def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
+        """Record ``tenant``'s last delivery error (key-free text, Unix time, HTTP status)
+        for ``spool status``; written later when the file cannot be written now."""
+        with self._lock:
+            self._unwritten.errors[tenant] = (text, at, status)
+            self._write_unwritten()
+
     # -- upkeep --------------------------------------------------------------------------
 
     def maintain(self, force: bool = False) -> list[str]:

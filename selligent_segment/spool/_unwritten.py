@@ -77,6 +77,8 @@ class Unwritten:
     freed: dict[str, dict[int, EncodedMessage]] = attrs.Factory(dict)
     #: ``paused`` marks to write: (reason, since), or None to clear the mark.
     paused: dict[str, tuple[str, float] | None] = attrs.Factory(dict)
+    #: Each tenant's last delivery error to write: (text, at, status).
+    errors: dict[str, tuple[str, float, int | None]] = attrs.Factory(dict)
     #: Rows leased in memory only (the lease could not be written): free in the file.
     held: dict[str, set[int]] = attrs.Factory(dict)
     #: The acceptance time of each row leased in memory, until its settlement is written.
@@ -90,7 +92,9 @@ class Unwritten:
 
     def pending(self) -> bool:
         """True when something waits to be written."""
-        return bool(self.gone or self.freed or self.paused or self.refused or self.buried)
+        return bool(
+            self.gone or self.freed or self.paused or self.refused or self.buried or self.errors
+        )
 
     def hidden(self, tenant: str) -> set[int]:
         """Rows of ``tenant`` that a lease must not take from the file: this process
@@ -110,6 +114,7 @@ class Unwritten:
             for rowid in itertools.chain.from_iterable(self.gone.values()):
                 self.stamps.pop(rowid, None)
         self.gone, self.refused, self.buried, self.freed, self.paused = {}, [], {}, {}, {}
+        self.errors = {}
 
     def split(self, rowids: Iterable[int]) -> tuple[list[int], list[tuple[int, float]]]:
         """``rowids`` as those to settle by id alone and (id, acceptance time) pairs."""
@@ -266,6 +271,13 @@ class Unwritten:
                             "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
                             (tenant, *mark),
                         )
+                if self.errors:
+                    db.executemany(
+                        "INSERT INTO last_errors (tenant, text, at, status) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (tenant) DO UPDATE SET text = excluded.text, "
+                        "at = excluded.at, status = excluded.status",
+                        [(tenant, *error) for tenant, error in self.errors.items()],
+                    )
         except sqlite3.OperationalError as exc:
             self.failed(exc)
             return False

@@ -1,0 +1,48 @@
+"""A tenant's last delivery error is kept in the spool file, so ``spool status`` in
+another process shows it; a file made before the ``last_errors`` table gets it when it is
+opened, and never holds a write key."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from _delivery import fake_emitter, record
+
+from selligent_segment.spool._file import SpoolFile
+
+SENDERS = 2
+
+
+def test_the_last_error_of_a_tenant_is_in_the_spool_file(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.db"
+    em, _, clock = fake_emitter(lambda request: 503, spool=str(spool))
+    try:
+        em.emit(record(1))
+        assert clock.run_until(
+            lambda: em.stats().tenants["acme"].last_error is not None, waiters=SENDERS
+        )
+        expected = em.stats().tenants["acme"].last_error
+    finally:
+        em.close(0)
+    with SpoolFile(spool) as file:
+        (acme,) = file.status().tenants
+    assert acme.last_error == expected
+    assert acme.last_error is not None
+    assert acme.last_error.status == 503
+    for part in tmp_path.iterdir():
+        if part.is_file():
+            assert b"key-acme" not in part.read_bytes(), part
+
+
+def test_a_file_without_the_table_gets_it_when_opened(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.db"
+    em, _, _ = fake_emitter(spool=str(spool))
+    em.close(0)
+    with sqlite3.connect(spool) as db:
+        db.execute("DROP TABLE last_errors")
+    with SpoolFile(spool) as file:
+        assert [t.last_error for t in file.status().tenants] == []
+    with sqlite3.connect(spool) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
+    assert "last_errors" in tables
