@@ -69,7 +69,7 @@ def test_empty_or_null_objects_are_absent() -> None:
         ({"context": {"library": {"name": "me"}}}, "context.library", "is set by the library"),
         ({"context": {"integration": {}}}, "context.integration", "is set by the library"),
         ({"context": {"ip": "10.0.0.1"}}, "context.ip", "is set from the record's ip field"),
-        ({"context": {"userAgent": "x"}}, "context.userAgent", "is set from the record's user_agent"),
+        ({"context": {"userAgent": "x"}}, "context.userAgent", "is set from the record's user_a"),
         ({"context": {"traits": "x"}}, "context.traits", "expected an object, got str"),
         (
             {"context": {"traits": {"email": "eve@example.com"}}},
