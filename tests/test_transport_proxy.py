@@ -230,6 +230,25 @@ def test_verification_fails_through_the_tunnel_without_the_ca(
     assert requests == []  # nothing was sent over the unverified tunnel
 
 
+def test_an_https_proxy_is_reached_over_verified_tls(
+    server: LocalSegment, tls: tuple[ssl.SSLContext, Path]
+) -> None:
+    context, cert = tls
+    with ForwardProxy(tls=context) as proxy:
+        assert proxy.url.startswith("https://")
+        trusting = HttpTransport(proxy=proxy.url, ca_certs=str(cert))
+        assert _post(trusting, server.url) == [Outcome.DELIVERED]
+        assert [r.method for r in proxy.requests] == ["POST"]
+        distrusting = HttpTransport(proxy=proxy.url, connect_timeout=2.0)
+        refused = distrusting.post(server.url, KEY, [message(2)])
+        distrusting.close()
+        assert len(proxy.requests) == 1  # nothing reached the unverified proxy
+    assert refused.outcome is Outcome.RETRY
+    assert refused.error is not None
+    assert "certificate" in refused.error.lower()
+    assert server.accepted_count == 1
+
+
 @pytest.mark.slow
 def test_the_deadline_holds_through_a_tunnel(
     proxy: ForwardProxy, tls: tuple[ssl.SSLContext, Path]

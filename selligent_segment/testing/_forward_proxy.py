@@ -19,6 +19,7 @@ import contextlib
 import http.client
 import select
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -68,10 +69,15 @@ class ForwardProxy:
     ``HTTPS_PROXY``; ``requests`` lists what went through, in arrival order, and
     ``connections`` counts the client connections it accepted. With
     ``credentials=(user, password)`` a request without the matching
-    ``Proxy-Authorization`` is answered ``407 Proxy Authentication Required``.
+    ``Proxy-Authorization`` is answered ``407 Proxy Authentication Required``; with
+    ``tls`` (a server-side ``ssl.SSLContext``) clients reach the proxy itself over TLS
+    (an ``https://`` proxy URL).
     """
 
-    def __init__(self, *, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, *, credentials: tuple[str, str] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self._tls = tls
         self._expected: str | None = None
         if credentials is not None:
             token = base64.b64encode(":".join(credentials).encode("utf-8")).decode("ascii")
@@ -90,6 +96,8 @@ class ForwardProxy:
         """Bind a free loopback port and serve in a daemon thread."""
         if self._server is None:
             self._server = _ProxyServer(self)
+            if self._tls is not None:
+                self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 args=(0.05,),
@@ -127,8 +135,9 @@ class ForwardProxy:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https://`` when served over TLS)."""
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def requests(self) -> list[ProxiedRequest]:
