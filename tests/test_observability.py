@@ -322,3 +322,43 @@ def test_otel_instruments_report_the_same_values(segment: LocalSegment, tmp_path
     assert points["selligent_segment.backlog_events"][0].value == 0
     assert points["selligent_segment.spool_up"][0].value == 1
     assert points["selligent_segment.oldest_event_age_seconds"][0].value == 0
+
+
+def test_wrong_arguments_are_named(segment: LocalSegment) -> None:
+    with pytest.raises(ConfigurationError) as emitter:
+        Source("not an emitter")  # type: ignore[arg-type]
+    assert emitter.value.setting == "emitter"
+    with pytest.raises(ConfigurationError) as target:
+        health("nothing")  # type: ignore[arg-type]
+    assert target.value.setting == "target"
+    with pytest.raises(ConfigurationError) as limits:
+        health(_seen(), "strict")  # type: ignore[arg-type]
+    assert limits.value.setting == "thresholds"
+    with pytest.raises(ConfigurationError) as cache:
+        register_otel_metrics(object(), Source(spool="x.db"), cache_seconds=-1)  # type: ignore[arg-type]
+    assert cache.value.setting == "cache_seconds"
+    with pytest.raises(ConfigurationError) as reasons:
+        HealthThresholds(max_reasons=0)
+    assert reasons.value.setting == "max_reasons"
+    with pytest.raises(ConfigurationError) as flag:
+        HealthThresholds(paused_degrades="yes")  # type: ignore[arg-type]
+    assert flag.value.setting == "paused_degrades"
+
+
+def test_a_memory_emitter_reports_its_own_queue(segment: LocalSegment) -> None:
+    emitter = _emitter(segment)
+    try:
+        source = Source(emitter)
+        assert "spool=None" in repr(source)
+        segment.outage(503)
+        emitter.emit(record("acme", 1))
+        assert emitter.flush(0.05) is False  # sent now, refused: in the spool for a retry
+        assert segment.wait_for_requests(1)
+        seen = source.observe()
+        names = {s.name for s in samples(seen)}
+    finally:
+        emitter.close(0.05)  # reported unsent_at_close: nothing to wait for
+    assert seen.stats is not None
+    assert seen.backlog == 1
+    assert "selligent_segment_oldest_event_age_seconds" not in names  # no file: no age
+    assert "selligent_segment_spool_up" not in names

@@ -143,7 +143,8 @@ class Source:
         return self._emitter
 
     def __repr__(self) -> str:
-        return f"<Source emitter={self._emitter is not None} spool={str(self._path)!r}>"
+        spool = None if self._path is None else str(self._path)
+        return f"<Source emitter={self._emitter is not None} spool={spool!r}>"
 
     def _status(self) -> tuple[SpoolStatus | None, str | None]:
         if self._path is None:
