@@ -41,6 +41,7 @@ def test_load_write_keys_returns_the_tenants_and_their_keys(tmp_path: Path) -> N
     ("content", "reason"),
     [
         ("{not json", "invalid JSON ("),
+        (f'{{"acme": {SECRET}}}', "invalid JSON (unexpected character"),  # an unquoted key
         ('["acme"]', 'expected a JSON object {"tenant": "key"}'),
         ('{"acme": 1}', 'expected a JSON object {"tenant": "key"}'),
         ("{}", "names no tenant (the object is empty)"),
