@@ -367,3 +367,111 @@ def test_progress_on_a_terminal_while_sending(tmp_path: Path, keys_file: str) ->
     assert b"sending [" in terminal
     assert b"0/1 delivered" in terminal
     assert b"1 events accepted, 0 delivered, 1 not delivered" in terminal
+
+
+# -- what a run counts, says and prints (issue 15) -------------------------------------------
+
+
+def closed_port() -> str:
+    """A loopback URL nothing listens on (the port was just free)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_resumed_run_counts_its_own_events_and_exits_0(
+    server: LocalSegment, tmp_path: Path
+) -> None:
+    """The documented resume: a run that could not deliver exits 3 and leaves its events
+    in the spool; the next run (new records) delivers those too, says so on a line of its
+    own, and its summary and exit status are about its own events. It said "6 events
+    accepted, 12 delivered, -6 not delivered" and exited 3."""
+    spool = str(tmp_path / "spool.db")
+    first = write(tmp_path / "first.jsonl", *(rec(i, "acme") for i in range(6)))
+    second = write(tmp_path / "second.jsonl", *(rec(i, "acme") for i in range(6, 12)))
+    failed = run(
+        first,
+        "--endpoint",
+        closed_port(),
+        "--timeout",
+        "0",
+        "--spool",
+        spool,
+        env={"SEGMENT_WRITE_KEY": "key-acme"},
+    )
+    assert failed.returncode == 3, failed.stderr
+    resumed = run(
+        second, "--endpoint", server.url, "--spool", spool, env={"SEGMENT_WRITE_KEY": "key-acme"}
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(server.events("key-acme")) == 12
+    assert "6 events accepted, 6 delivered, 0 not delivered" in resumed.stderr
+    assert "also delivered 6 events earlier runs left in the spool" in resumed.stderr
+    assert "-6" not in resumed.stderr
+
+
+@pytest.mark.slow
+def test_an_unreachable_endpoint_is_named_while_it_waits_and_in_the_summary(
+    tmp_path: Path,
+) -> None:
+    """It was silent for minutes, then "6 not delivered" with no reason."""
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    result = run(
+        data,
+        "--endpoint",
+        closed_port(),
+        "--timeout",
+        "1",
+        "--spool",
+        "memory",
+        env={"SEGMENT_WRITE_KEY": "key-acme"},
+    )
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    waiting = [line for line in lines if "not delivered yet, retrying" in line]
+    assert len(waiting) == 1, result.stderr  # said once, not every retry
+    assert waiting[0].startswith("selligent-segment: warning: tenant 'acme': ")
+    assert "Connection refused" in waiting[0]
+    summary = [line for line in lines if line.startswith("selligent-segment: tenant 'acme': ")]
+    assert len(summary) == 1
+    assert "last error: " in summary[0]
+    assert "Connection refused" in summary[0]
+    assert "key-acme" not in result.stderr
+
+
+def test_send_json_is_one_object_on_stdout(server: LocalSegment, tmp_path: Path) -> None:
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"), rec(2, "acme"), "{not json")
+    result = run(
+        data,
+        "--endpoint",
+        server.url,
+        "--spool",
+        "memory",
+        "--json",
+        env={"SEGMENT_WRITE_KEY": "key-acme"},
+    )
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: summary[k] for k in ("read", "valid", "invalid", "inputs")} == {
+        "read": 3,
+        "valid": 2,
+        "invalid": 1,
+        "inputs": 1,
+    }
+    assert (summary["accepted"], summary["delivered"], summary["not_delivered"]) == (2, 2, 0)
+    assert summary["earlier"] == {"delivered": 0, "left": 0}
+    assert summary["tenants"]["acme"]["delivered"] == 2
+    assert summary["exit_status"] == 1
+    assert summary["interrupted"] is False
+    assert "events accepted" not in result.stderr  # the text summary is not printed too
+    assert "in.jsonl:3: " in result.stderr  # the invalid record still is
+
+
+def test_send_json_with_dry_run_is_a_usage_error(tmp_path: Path) -> None:
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    result = run(data, "--dry-run", "--json")
+    assert result.returncode == 2
+    assert "--json" in result.stderr
+    assert result.stdout == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import attrs
 import pytest
 
 from selligent_segment.cli._base import (
@@ -14,25 +15,28 @@ from selligent_segment.cli._base import (
     EXIT_USAGE,
 )
 from selligent_segment.cli._summary import (
+    TenantRun,
     age,
     dead_letter_rows,
     delivery_summary,
     demo_table,
+    error_note,
     flush_exit_status,
     flush_summary,
     only_paused_left,
     queued_tenants,
     reading_summary,
     rejects_summary,
+    retry_summary,
     send_exit_status,
+    send_run,
     spool_status_table,
     tenant_table,
-    undelivered_count,
     undelivered_tenants,
     when,
     why,
 )
-from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.delivery._stats import LastError, Stats, TenantStats
 from selligent_segment.spool._file import DeadLetter, SpoolStatus, TenantBacklog
 
 
@@ -136,10 +140,61 @@ def test_rejects_summary_names_both_files() -> None:
 # -- delivery --------------------------------------------------------------------------------
 
 
-def test_undelivered_counts_what_was_not_accepted_too() -> None:
-    snapshot = stats(acme=TenantStats(accepted=10, delivered=7, queued=3))
-    assert undelivered_count(snapshot, {}) == 3
-    assert undelivered_count(snapshot, {"acme": 2, "globex": 1}) == 6
+def test_a_run_counts_its_own_events_and_those_it_did_not_accept() -> None:
+    run = send_run(stats(acme=TenantStats(accepted=10, delivered=7, queued=3)), {})
+    assert (run.total("accepted"), run.total("delivered"), run.not_delivered) == (10, 7, 3)
+    run = send_run(
+        stats(acme=TenantStats(accepted=10, delivered=7, queued=3)), {"acme": 2, "globex": 1}
+    )
+    assert run.not_delivered == 6
+
+
+def test_a_resumed_run_tells_its_events_from_those_earlier_runs_left() -> None:
+    """The issue's report: 6 events accepted, 12 delivered (6 left by a failed run) said
+    "-6 not delivered" and exited 3. This run delivered its 6; the other 6 were earlier."""
+    resumed = stats(acme=TenantStats(accepted=6, delivered=12))
+    run = send_run(resumed, {}, left={})
+    (acme,) = run.tenants
+    assert (acme.accepted, acme.delivered, acme.not_delivered) == (6, 6, 0)
+    assert (acme.earlier_delivered, acme.earlier_left) == (6, 0)
+    assert send_exit_status(None, run.not_delivered, 0) == EXIT_OK
+    assert delivery_summary(run) == [
+        "selligent-segment: 6 events accepted, 6 delivered, 0 not delivered",
+        "  tenant  accepted  delivered  not delivered",
+        "  acme           6          6              0",
+        "selligent-segment: also delivered 6 events earlier runs left in the spool",
+    ]
+    assert undelivered_tenants(run) == []
+
+
+def test_earlier_events_still_left_are_reported_but_do_not_count_against_this_run() -> None:
+    # 6 earlier events and 4 new ones for acme; 8 delivered (the 6 earlier first), 2 left.
+    # globex was not in this run at all: its 5 leftovers are still in the file.
+    run = send_run(
+        stats(acme=TenantStats(accepted=4, delivered=8)), {}, left={"acme": 2, "globex": 5}
+    )
+    acme, globex = run.tenants
+    assert (acme.delivered, acme.not_delivered, acme.earlier_delivered) == (2, 2, 6)
+    assert (globex.accepted, globex.not_delivered, globex.earlier_left) == (0, 0, 5)
+    assert run.not_delivered == 2
+    assert delivery_summary(run)[-1] == (
+        "selligent-segment: also delivered 6 events earlier runs left in the spool; 5 of "
+        "those are still not delivered (not counted in the exit status; see: "
+        "selligent-segment spool status)"
+    )
+    assert undelivered_tenants(run) == [
+        "selligent-segment: tenant 'acme': 2 not delivered; 2 stay queued in the spool",
+        "selligent-segment: tenant 'globex': 5 left by earlier runs; 5 stay queued in the spool",
+    ]
+
+
+def test_an_earlier_event_that_failed_counts_against_this_run_never_the_reverse() -> None:
+    # 1 earlier event and 2 new: 2 delivered, 1 rejected. Which one was rejected cannot
+    # be told from counts: the summary assumes the earlier one was delivered, so it never
+    # says this run's events all arrived when one may not have.
+    run = send_run(stats(acme=TenantStats(accepted=2, delivered=2, rejected={"rejected": 1})), {})
+    (acme,) = run.tenants
+    assert (acme.delivered, acme.not_delivered, acme.earlier_delivered) == (1, 1, 1)
 
 
 def test_delivery_summary_is_a_line_of_totals_then_the_tenant_table() -> None:
@@ -147,7 +202,7 @@ def test_delivery_summary_is_a_line_of_totals_then_the_tenant_table() -> None:
         acme=TenantStats(accepted=1200, delivered=1200),
         globex=TenantStats(accepted=5, delivered=2, queued=3),
     )
-    assert delivery_summary(1205, snapshot, {"initech": 4}) == [
+    assert delivery_summary(send_run(snapshot, {"initech": 4})) == [
         "selligent-segment: 1,205 events accepted, 1,202 delivered, 7 not delivered",
         "  tenant   accepted  delivered  not delivered",
         "  acme        1,200      1,200              0",
@@ -157,14 +212,14 @@ def test_delivery_summary_is_a_line_of_totals_then_the_tenant_table() -> None:
 
 
 def test_delivery_summary_without_tenants_has_no_table() -> None:
-    assert delivery_summary(0, stats(), {}) == [
+    assert delivery_summary(send_run(stats(), {})) == [
         "selligent-segment: 0 events accepted, 0 delivered, 0 not delivered"
     ]
 
 
 def test_tenant_table_aligns_to_the_widest_cell() -> None:
     snapshot = stats(**{"a-very-long-tenant": TenantStats(accepted=12_345_678, delivered=1)})
-    assert tenant_table(["a-very-long-tenant"], snapshot, {}) == [
+    assert tenant_table(send_run(snapshot, {}).tenants) == [
         "  tenant                accepted  delivered  not delivered",
         "  a-very-long-tenant  12,345,678          1     12,345,677",
     ]
@@ -173,33 +228,85 @@ def test_tenant_table_aligns_to_the_widest_cell() -> None:
 def test_undelivered_tenants_one_line_each_in_name_order_with_why() -> None:
     snapshot = stats(
         acme=TenantStats(accepted=3, delivered=3),
-        globex=TenantStats(accepted=4, delivered=1, rejected={"rejected": 2}, dropped={}),
+        globex=TenantStats(accepted=4, delivered=2, rejected={"rejected": 2}, dropped={}),
         initech=TenantStats(accepted=2, queued=2, paused="write key refused (401)"),
     )
-    assert undelivered_tenants(snapshot, {"umbrella": 5}, {"globex"}) == [
-        "selligent-segment: tenant 'globex': 2 rejected",
-        "selligent-segment: tenant 'initech': paused: write key refused (401)",
-        "selligent-segment: tenant 'umbrella': 5 not accepted (spool full)",
+    run = send_run(snapshot, {"umbrella": 5})
+    assert undelivered_tenants(run, {"globex"}) == [
+        "selligent-segment: tenant 'globex': 2 not delivered; 2 rejected",
+        "selligent-segment: tenant 'initech': 2 not delivered; paused: write key refused (401); "
+        "2 stay queued in the spool",
+        "selligent-segment: tenant 'umbrella': 5 not delivered; 5 not accepted (spool full)",
     ]
 
 
 def test_undelivered_tenants_escape_what_a_terminal_would_obey() -> None:
-    assert undelivered_tenants(stats(), {}, {"evil\x1b[2J"}) == [
-        "selligent-segment: tenant 'evil\\x1b[2J': not delivered"
+    run = send_run(stats(), {"evil\x1b[2J": 1})
+    assert undelivered_tenants(run) == [
+        "selligent-segment: tenant 'evil\\x1b[2J': 1 not delivered; 1 not accepted (spool full)"
     ]
 
 
-def test_why_joins_every_reason() -> None:
+def test_why_joins_every_reason_and_ends_with_the_last_error() -> None:
     detail = TenantStats(
+        accepted=3,
         rejected={"rejected": 2},
         dropped={"retries_exhausted": 1},
         paused="no write key",
+        last_error=LastError("retries_exhausted: HTTP 503", 1.0, None),
     )
-    assert why(detail, 3) == (
-        "2 rejected; 1 retries_exhausted; paused: no write key; 3 not accepted (spool full)"
+    (tenant,) = send_run(stats(acme=detail), {"acme": 3}).tenants
+    assert why(tenant) == (
+        "6 not delivered; 2 rejected; 1 retries_exhausted; paused: no write key; "
+        "3 not accepted (spool full); last error: retries_exhausted: HTTP 503"
     )
-    assert why(None, 0) == "not delivered"
-    assert why(TenantStats(), 0) == "not delivered"
+    assert why(TenantRun("acme")) == "not delivered"
+
+
+def test_the_last_error_shows_its_status_once_and_its_age() -> None:
+    assert error_note(LastError("connection refused", 100.0)) == "connection refused"
+    assert error_note(LastError("Service Unavailable", 100.0, 503), now=142.0) == (
+        "Service Unavailable (HTTP 503), 42s ago"
+    )
+    assert error_note(LastError("HTTP 503", 100.0, 503)) == "HTTP 503"
+    assert error_note(LastError("bad\x1b[2J", 0.0)) == "'bad\\x1b[2J'"
+
+
+def test_the_json_of_a_run_has_totals_earlier_events_and_tenants() -> None:
+    error = LastError("HTTP 503", 5.0, 503)
+    run = send_run(stats(acme=TenantStats(accepted=6, delivered=12, last_error=error)), {}, {})
+    assert run.to_dict() == {
+        "accepted": 6,
+        "delivered": 6,
+        "not_delivered": 0,
+        "not_accepted": 0,
+        "earlier": {"delivered": 6, "left": 0},
+        "tenants": {
+            "acme": {
+                "accepted": 6,
+                "delivered": 6,
+                "not_delivered": 0,
+                "not_accepted": 0,
+                "earlier_delivered": 6,
+                "earlier_left": 0,
+                "queued": 0,
+                "rejected": {},
+                "dropped": {},
+                "paused": None,
+                "last_error": {"text": "HTTP 503", "at": 5.0, "status": 503},
+            }
+        },
+    }
+
+
+def test_retries_are_labelled_as_re_sends_not_events() -> None:
+    """The demo said "6981 events retried" for 1,923 events: the count is of re-sends."""
+    snapshot = attrs.evolve(stats(), retried=6981, requests=400)
+    line = retry_summary(snapshot)
+    assert (
+        line == "400 requests; 6,981 event re-sends (each retry of a batch counts all its events)"
+    )
+    assert "events retried" not in line
 
 
 def test_only_paused_left_when_every_queued_tenant_is_paused() -> None:

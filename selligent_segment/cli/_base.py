@@ -1,10 +1,12 @@
 """What every ``selligent-segment`` command shares: the Command record, exit statuses,
-usage errors, the shared options (delivery, ``--spool``, ``--json``) with the Emitter and
-the spool file they describe, and printing (lines on stderr or stdout, JSON)."""
+usage errors, the shared options (delivery, ``--spool``, ``--json``, and the output
+options ``-v``/``--log-level``/``-q`` with the log handler they set up) with the Emitter
+and the spool file they describe, and printing (lines on stderr or stdout, JSON)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -24,6 +26,7 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_UNDELIVERED = 3
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell shows for a tool a closed pipe ended
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 PROG = "selligent-segment"
@@ -58,6 +61,82 @@ def out(*lines: str) -> None:
 
 class UsageError(Exception):
     """A usage problem found after parsing (a missing key, an unreadable option file)."""
+
+
+# -- output options and the log handler ---------------------------------------------------
+
+#: The level of the library's log lines a command shows on stderr without options.
+DEFAULT_LOG_LEVEL = logging.WARNING
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose`` (repeatable), ``--log-level LEVEL`` and ``-q``/``--quiet``,
+    mutually exclusive, on every command."""
+    group = parser.add_argument_group("output")
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log lines on stderr: -v adds each retry (INFO), -vv debugging (DEBUG)",
+    )
+    choice.add_argument(
+        "--log-level",
+        choices=_LEVELS,
+        type=str.lower,
+        metavar="LEVEL",
+        help=f"the least level of log lines shown on stderr: {', '.join(_LEVELS)} "
+        "(default: warning)",
+    )
+    choice.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only errors: no progress bar, no summary, no warnings",
+    )
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The level the output options ask for: ``--log-level``, else ERROR with ``-q``,
+    INFO with ``-v``, DEBUG with ``-vv``, else :data:`DEFAULT_LOG_LEVEL`."""
+    if getattr(args, "log_level", None):
+        return int(logging.getLevelName(args.log_level.upper()))
+    if getattr(args, "quiet", False):
+        return logging.ERROR
+    verbose = int(getattr(args, "verbose", 0) or 0)
+    if verbose >= 2:
+        return logging.DEBUG
+    return logging.INFO if verbose == 1 else DEFAULT_LOG_LEVEL
+
+
+class _LineFormatter(logging.Formatter):
+    """``selligent-segment: error: tenant 'acme' paused: ...``: the program once, the
+    level in lower case, the message (whose text never repeats the program's name)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(args: argparse.Namespace) -> logging.Handler:
+    """Show the library's log lines on stderr from the level the output options ask for;
+    returns the handler (installed once on the ``selligent_segment`` logger, which then
+    does not pass its records on to the root logger, so no line is printed twice)."""
+    logger = logging.getLogger("selligent_segment")
+    for old in [h for h in logger.handlers if isinstance(h.formatter, _LineFormatter)]:
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter())
+    level = log_level(args)
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
 
 
 def add_delivery_options(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +257,20 @@ def read_status(args: argparse.Namespace) -> SpoolStatus:
             return spool.status()
     except SpoolError as exc:
         raise UsageError(str(exc)) from None
+
+
+def pipe_closed() -> int:
+    """The reader of stdout went away (``... | head -1``): point stdout at /dev/null, so
+    that the interpreter's last flush cannot fail again, and return
+    :data:`EXIT_PIPE_CLOSED` (141, as a shell shows for a tool SIGPIPE ended); nothing is
+    printed."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - no stdout descriptor at all
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 def print_json(obj: object) -> None:

@@ -21,7 +21,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import EventKind
 from selligent_segment.cli._progress import Progress
-from selligent_segment.cli._summary import demo_table
+from selligent_segment.cli._summary import demo_table, retry_summary
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.testing import Fault, FaultPlan, LocalSegment
@@ -105,8 +105,8 @@ def run_demo(out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         progress.close()
         stats = emitter.stats()
         print(
-            f"{stats.requests} requests; {stats.retried} events retried through the outage "
-            f"and the rate limit; {server.duplicates} duplicates dropped by the endpoint",
+            f"{retry_summary(stats)} through the outage and the rate limit; "
+            f"{server.duplicates} duplicates dropped by the endpoint",
             file=err,
         )
         accepted = _accepted(server, keys)

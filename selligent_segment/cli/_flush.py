@@ -15,13 +15,21 @@ from selligent_segment.cli._base import (
     Command,
     UsageError,
     add_delivery_options,
+    add_json_option,
     add_spool_option,
     emitter_from_args,
     err,
     open_spool,
+    print_json,
     read_status,
 )
-from selligent_segment.cli._summary import flush_exit_status, flush_summary, only_paused_left
+from selligent_segment.cli._summary import (
+    flush_exit_status,
+    flush_json,
+    flush_summary,
+    only_paused_left,
+)
+from selligent_segment.cli._watch import FailureWatch
 from selligent_segment.spool._schema import spool_error, spool_path
 
 __all__ = ["FLUSH"]
@@ -42,6 +50,11 @@ refused (401/403) or missing are named; their events stay in the file.
 Before anything is sent, SQLite reads every page of the file (`PRAGMA quick_check`):
 a damaged file stops the command with one line, before any event is sent.
 
+While delivery fails, a warning per tenant says why (again every 30 s while it lasts);
+the summary names each tenant with events left and its last delivery error. --json
+prints the summary as one JSON object on stdout: {"delivered": N, "spool": {... as
+`spool status --json`}, "exit_status": N}.
+
 exit status:
   0  the spool holds no deliverable event any more (dead letters are reported, not
      counted: see `dead-letters list`)
@@ -53,6 +66,7 @@ exit status:
 
 
 def _configure_flush(parser: argparse.ArgumentParser) -> None:
+    add_json_option(parser)
     add_spool_option(parser)
     add_delivery_options(parser)
 
@@ -66,11 +80,15 @@ def _run_flush(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     deadline = time.monotonic() + args.timeout
     done = False
+    watch = FailureWatch()
     try:
         try:
             while not done and time.monotonic() < deadline:
                 done = emitter.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-                if only_paused_left(emitter.stats()):
+                stats = emitter.stats()
+                if not args.quiet:
+                    err(*watch.lines(stats, time.monotonic()))
+                if only_paused_left(stats):
                     break  # waiting will not help
         except KeyboardInterrupt:
             err(f"{PROG} flush: interrupted; what is left stays in the spool")
@@ -85,8 +103,12 @@ def _run_flush(args: argparse.Namespace) -> int:
     except UsageError as exc:
         err(f"{PROG} flush: {exc}")
         return EXIT_USAGE
-    err(*flush_summary(stats.delivered, status))
-    return flush_exit_status(status)
+    exit_status = flush_exit_status(status)
+    if args.json:
+        print_json(flush_json(stats.delivered, status, exit_status))
+    elif not args.quiet or exit_status:
+        err(*flush_summary(stats.delivered, status, time.time()))
+    return exit_status
 
 
 FLUSH = Command(

@@ -18,7 +18,15 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 
 from selligent_segment._version import __version__
-from selligent_segment.cli._base import EXIT_TERMINATED, PROG, Command, err
+from selligent_segment.cli._base import (
+    EXIT_TERMINATED,
+    PROG,
+    Command,
+    add_output_options,
+    err,
+    pipe_closed,
+    setup_logging,
+)
 from selligent_segment.cli._dead_letters import DEAD_LETTERS
 from selligent_segment.cli._demo import DEMO
 from selligent_segment.cli._flush import FLUSH
@@ -30,6 +38,9 @@ _TOP_EPILOG = """exit status (see each command's --help for details):
   1  some records were invalid (reported on stderr as FILE:LINE: field: reason)
   2  usage error, or an input could not be read
   3  some valid records were not delivered (the tenants are named, never their keys)
+  141  the reader of standard output closed it (`... | head`): stopped, silently
+
+every command takes -v/--verbose, --log-level LEVEL or -q/--quiet (after its name)
 
 documentation: docs/index.md (build it with: mkdocs build)
 """
@@ -53,6 +64,7 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.configure(child)
+        add_output_options(child)
         child.set_defaults(run=command.run)
     return parser
 
@@ -66,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status. SIGTERM stops a command the way
     Ctrl-C does, with its summary, and the status is then 143."""
     args = _parser(COMMANDS).parse_args(argv)
+    setup_logging(args)
     run: Callable[[argparse.Namespace], int] = args.run
     terminated = False
 
@@ -82,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated:  # arrived outside the places that report an interruption
         err(f"{PROG}: terminated (SIGTERM)")
         status = EXIT_TERMINATED
+    except BrokenPipeError:  # the reader of stdout went away (`... | head -1`)
+        return pipe_closed()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

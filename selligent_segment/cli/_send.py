@@ -27,23 +27,28 @@ from selligent_segment.cli._base import (
     Command,
     UsageError,
     add_delivery_options,
+    add_json_option,
     add_spool_option,
     emitter_from_args,
     err,
+    print_json,
+    read_status,
 )
 from selligent_segment.cli._progress import Progress, human_bytes, is_terminal
 from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
 from selligent_segment.cli._rejects import Rejects
 from selligent_segment.cli._summary import (
     RESUME_HINT,
+    SendRun,
     delivery_summary,
     only_paused_left,
     reading_summary,
     rejects_summary,
     send_exit_status,
-    undelivered_count,
+    send_run,
     undelivered_tenants,
 )
+from selligent_segment.cli._watch import FailureWatch
 
 __all__ = ["SEND"]
 
@@ -70,21 +75,28 @@ re-running is safe:
   each record's messageId is derived from its tenant, kind and event_id (or its content),
   so sending the same file again gives the same ids and Segment drops the copies it
   already received (it deduplicates on messageId within about a day). After an
-  interruption or exit status 3, run the same command again to resume.
+  interruption or exit status 3, run the same command again to resume. The summary
+  counts this run's events; what it also delivered of events earlier runs left in the
+  spool is a line of its own ("also delivered N events earlier runs left in the spool").
 
 progress and summary:
   a progress bar is drawn on stderr when stderr is a terminal (with --dry-run, only when
-  stdout is redirected); a closing summary (records read, valid, invalid; accepted and
-  delivered per tenant when sending) ends on stderr. --quiet keeps only the errors.
+  stdout is redirected); while delivery fails, a warning per tenant says why (again every
+  30 s while it lasts); a closing summary (records read, valid, invalid; accepted and
+  delivered per tenant when sending; each tenant not delivered with its last error) ends
+  on stderr. --json prints that summary as one JSON object on stdout instead (not with
+  --dry-run). -v shows each retry, --log-level LEVEL picks the level, -q keeps only errors.
 
 exit status:
   0  every record was valid (and, when sending, delivered)
   1  some records were invalid: reported on stderr as FILE:LINE: field: reason
   2  usage error, an input (or its CSV header) could not be read, or the spool file is
      unusable: foreign, newer, corrupt or not writable (one line names it and the reason)
-  3  some valid records were not delivered (the tenants are named, never their keys);
-     takes precedence over 1
+  3  some valid records of this run were not delivered (the tenants are named, never
+     their keys); takes precedence over 1. Events earlier runs left in the spool that are
+     still not delivered are reported, not counted: `flush` exits 3 for those
   130  interrupted (Ctrl-C): the summary says what was delivered; re-run to resume
+  141  the reader of standard output went away (`--dry-run ... | head`): stopped, silently
   143  terminated (SIGTERM): the same as 130, for a deploy or a supervisor
 """
 
@@ -106,9 +118,7 @@ def _configure_send(send: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write the invalid records there, untouched, and their reasons to FILE.reasons",
     )
-    send.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar and no summary; only errors"
-    )
+    add_json_option(send)
     add_spool_option(send)
     add_delivery_options(send)
 
@@ -235,6 +245,8 @@ class _Send:
         try:
             emitter = None
             failed: set[str] = set()
+            if args.dry_run and args.json:
+                raise UsageError("--json is for a delivery summary: not with --dry-run")
             if not args.dry_run:
                 emitter = emitter_from_args(args, self.naming, failed)
             try:
@@ -273,6 +285,8 @@ class _Send:
         except HeaderError as exc:
             self.progress.message(str(exc))
             return EXIT_USAGE
+        except BrokenPipeError:  # stdout's reader went away: main() ends the run quietly
+            raise
         except OSError as exc:
             self.progress.message(_cannot_read(exc))
             return EXIT_USAGE
@@ -310,24 +324,53 @@ class _Send:
         finally:
             emitter.close(0)
         self.progress.close()
-        self._summary_of_reading()
-        stats = emitter.stats()
-        undelivered = undelivered_count(stats, sink.not_accepted)
-        if not self.args.quiet:
-            err(*delivery_summary(sink.emitted, stats, sink.not_accepted))
-        if undelivered:
-            err(*undelivered_tenants(stats, sink.not_accepted, failed))
+        run = send_run(emitter.stats(), sink.not_accepted, self._left_in_spool())
+        status = send_exit_status(stopped, run.not_delivered, self.invalid)
+        if self.args.json:
+            print_json(self._json(run, stopped, status))
+        else:
+            self._summary_of_reading()
+            if not self.args.quiet:
+                err(*delivery_summary(run))
+        lines = undelivered_tenants(run, failed)
+        if lines and not self.args.json:
+            err(*lines)
         if stopped == EXIT_INTERRUPTED:
             err(RESUME_HINT)
-        return send_exit_status(stopped, undelivered, self.invalid)
+        return status
+
+    def _left_in_spool(self) -> dict[str, int] | None:
+        """What each tenant has queued in the spool file now (None: a memory spool, or
+        a file that cannot be read: the emitter's counts then stand alone)."""
+        if self.args.spool == "memory":
+            return None
+        try:
+            return {t.tenant: t.queued for t in read_status(self.args).tenants}
+        except UsageError:
+            return None
+
+    def _json(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
+        return {
+            "read": self.read,
+            "valid": self.read - self.invalid,
+            "invalid": self.invalid,
+            "inputs": len(self.inputs),
+            **run.to_dict(),
+            "interrupted": stopped == EXIT_INTERRUPTED,
+            "exit_status": status,
+        }
 
     def _wait(self, sink: _Deliverer) -> None:
         """Wait for delivery, but not for tenants that are paused (refused key): their
         events cannot go until the key changes."""
         emitter = sink.emitter
+        watch = FailureWatch()
         deadline = time.monotonic() + self.args.timeout
         while not emitter.flush(0.2) and time.monotonic() < deadline:
             stats = emitter.stats()
+            if not self.args.quiet:
+                for line in watch.lines(stats, time.monotonic()):
+                    self.progress.message(line)
             if self.progress.due():
                 detail = f"{stats.delivered:,}/{sink.emitted:,} delivered"
                 self.progress.show("sending", stats.delivered, sink.emitted, detail)
@@ -337,7 +380,7 @@ class _Send:
     # -- summary ---------------------------------------------------------------------
 
     def _summary_of_reading(self) -> None:
-        if self.args.quiet:
+        if self.args.quiet or getattr(self.args, "json", False):
             return
         err(reading_summary(self.read, self.invalid, len(self.inputs)))
         if self.rejects is not None and self.rejects.count:

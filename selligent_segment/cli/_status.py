@@ -4,6 +4,7 @@ sizes, as a table or as JSON."""
 from __future__ import annotations
 
 import argparse
+import time
 
 from selligent_segment.cli._base import (
     EXIT_OK,
@@ -26,7 +27,10 @@ __all__ = ["SPOOL"]
 _SPOOL_EPILOG = """\
 status shows, per tenant: events queued (leased ones included), leased (being sent),
 dead letters, the age of the oldest queued event, and the state (waiting / paused and
-why); then the file size, the journals not yet ingested and the live processes using it.
+why); then the file size, the journals not yet ingested and the live processes using it
+(those holding their owner lock: a process killed with kill -9 does not count); then,
+for each tenant that had one, the last delivery error any process using the file met,
+and how long ago (--json: "last_error": {"text", "at" (Unix time), "status"} or null).
 
 A file this user may read but not write (a read-only directory or file) is shown too.
 
@@ -53,7 +57,7 @@ def _run_spool(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status.to_dict())
     else:
-        out(*spool_status_table(status))
+        out(*spool_status_table(status, time.time()))
     return EXIT_OK
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
+from typing import Any
+
+import attrs
 
 from selligent_segment._errors import shown
 from selligent_segment.cli._base import (
@@ -15,25 +18,31 @@ from selligent_segment.cli._base import (
     EXIT_UNDELIVERED,
     PROG,
 )
-from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.delivery._stats import LastError, Stats, TenantStats
 from selligent_segment.spool._file import DeadLetter, SpoolStatus
 
 __all__ = [
     "RESUME_HINT",
+    "SendRun",
+    "TenantRun",
     "age",
     "dead_letter_rows",
     "delivery_summary",
     "demo_table",
+    "earlier_summary",
+    "error_note",
     "flush_exit_status",
+    "flush_json",
     "flush_summary",
     "only_paused_left",
     "queued_tenants",
     "reading_summary",
     "rejects_summary",
+    "retry_summary",
     "send_exit_status",
+    "send_run",
     "spool_status_table",
     "tenant_table",
-    "undelivered_count",
     "undelivered_tenants",
     "when",
     "why",
@@ -73,33 +82,152 @@ def rejects_summary(count: int, path: str, reasons_path: str) -> str:
     return f"{PROG}: {count:,} invalid records written to {path}, their reasons to {reasons_path}"
 
 
-def undelivered_count(stats: Stats, not_accepted: Mapping[str, int]) -> int:
-    """Events accepted but not delivered, plus those the emitter did not accept."""
-    return stats.accepted - stats.delivered + sum(not_accepted.values())
+@attrs.frozen
+class TenantRun:
+    """What one run of ``send`` did for one tenant, apart from what it also delivered of
+    events earlier runs left in the spool file.
+
+    ``accepted``, ``delivered`` and ``not_delivered`` count this run's events only
+    (``not_delivered`` includes ``not_accepted``, the events the spool had no room for).
+    ``earlier_delivered`` and ``earlier_left`` count events found in the spool: delivered
+    by this run, and still not delivered (queued, or failed) at its end. ``queued`` is
+    what the tenant has queued after the run, whichever run accepted it.
+    """
+
+    tenant: str
+    accepted: int = 0
+    delivered: int = 0
+    not_delivered: int = 0
+    not_accepted: int = 0
+    earlier_delivered: int = 0
+    earlier_left: int = 0
+    queued: int = 0
+    detail: TenantStats = attrs.field(factory=TenantStats, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (see docs/operations.md, ``send --json``)."""
+        error = self.detail.last_error
+        return {
+            "accepted": self.accepted,
+            "delivered": self.delivered,
+            "not_delivered": self.not_delivered,
+            "not_accepted": self.not_accepted,
+            "earlier_delivered": self.earlier_delivered,
+            "earlier_left": self.earlier_left,
+            "queued": self.queued,
+            "rejected": dict(self.detail.rejected),
+            "dropped": dict(self.detail.dropped),
+            "paused": self.detail.paused,
+            "last_error": None if error is None else error.to_dict(),
+        }
 
 
-def delivery_summary(emitted: int, stats: Stats, not_accepted: Mapping[str, int]) -> list[str]:
-    """The line of totals, then the table per tenant (when there is a tenant)."""
+@attrs.frozen
+class SendRun:
+    """The counts of one run of ``send``, per tenant (in name order) and in total."""
+
+    tenants: tuple[TenantRun, ...]
+
+    def total(self, field: str) -> int:
+        """The sum of one of :class:`TenantRun`'s counts over the tenants."""
+        return sum(int(getattr(t, field)) for t in self.tenants)
+
+    @property
+    def not_delivered(self) -> int:
+        """This run's events not delivered (the exit status depends on these only)."""
+        return self.total("not_delivered")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: totals, then ``tenants`` by name."""
+        fields = ("accepted", "delivered", "not_delivered", "not_accepted")
+        return {
+            **{f: self.total(f) for f in fields},
+            "earlier": {
+                "delivered": self.total("earlier_delivered"),
+                "left": self.total("earlier_left"),
+            },
+            "tenants": {t.tenant: t.to_dict() for t in self.tenants},
+        }
+
+
+def send_run(
+    stats: Stats, not_accepted: Mapping[str, int], left: Mapping[str, int] | None = None
+) -> SendRun:
+    """What this run did, told apart from what earlier runs left in the spool file.
+
+    ``stats`` are the emitter's (its ``accepted`` counts this run's events only; its
+    ``delivered`` and failures count whatever it sent); ``left`` is what each tenant has
+    queued in the spool file after the run (None: take ``stats``' queue lengths). Per
+    tenant, the events in play are delivered + failed + left; those beyond this run's
+    accepted ones came from earlier runs. A tenant's queue is first in, first out, so
+    those earlier events are counted as the first delivered. Where an earlier event
+    failed instead, this over-counts this run's undelivered ones: never the other way
+    round, so the exit status never claims a delivery that did not happen.
+    """
+    names = set(stats.tenants) | set(not_accepted)
+    if left is not None:
+        names |= {t for t, n in left.items() if n}
+    rows = []
+    for tenant in sorted(names):
+        d = stats.tenants.get(tenant, TenantStats())
+        queued = d.queued if left is None else left.get(tenant, 0)
+        failed = sum(d.rejected.values()) + sum(d.dropped.values())
+        earlier = max(0, d.delivered + failed + queued - d.accepted)
+        earlier_delivered = min(d.delivered, earlier)
+        delivered = d.delivered - earlier_delivered
+        refused = not_accepted.get(tenant, 0)
+        rows.append(
+            TenantRun(
+                tenant,
+                accepted=d.accepted,
+                delivered=delivered,
+                not_delivered=d.accepted - delivered + refused,
+                not_accepted=refused,
+                earlier_delivered=earlier_delivered,
+                earlier_left=earlier - earlier_delivered,
+                queued=queued,
+                detail=d,
+            )
+        )
+    return SendRun(tuple(rows))
+
+
+def delivery_summary(run: SendRun) -> list[str]:
+    """The line of this run's totals, then the table per tenant of this run (when it had
+    a tenant), then what it delivered of earlier runs' events (when any)."""
+    accepted = run.total("accepted")
     lines = [
-        f"{PROG}: {emitted:,} events accepted, {stats.delivered:,} delivered, "
-        f"{undelivered_count(stats, not_accepted):,} not delivered"
+        f"{PROG}: {accepted:,} events accepted, {run.total('delivered'):,} delivered, "
+        f"{run.not_delivered:,} not delivered"
     ]
-    tenants = sorted(set(stats.tenants) | set(not_accepted))
-    if tenants:
-        lines.extend(tenant_table(tenants, stats, not_accepted))
+    ours = [t for t in run.tenants if t.accepted or t.not_accepted]
+    if ours:
+        lines.extend(tenant_table(ours))
+    lines.extend(earlier_summary(run))
     return lines
 
 
-def tenant_table(
-    tenants: Sequence[str], stats: Stats, not_accepted: Mapping[str, int]
-) -> list[str]:
-    """A header and one row a tenant: accepted, delivered, not delivered; the tenants left
-    aligned, the numbers right aligned, every line indented by two spaces."""
+def earlier_summary(run: SendRun) -> list[str]:
+    """What the run delivered of events earlier runs left in the spool file, and how
+    many of those are still not delivered (not counted in the exit status)."""
+    delivered, left = run.total("earlier_delivered"), run.total("earlier_left")
+    if not (delivered or left):
+        return []
+    line = f"{PROG}: also delivered {delivered:,} events earlier runs left in the spool"
+    if left:
+        line += (
+            f"; {left:,} of those are still not delivered (not counted in the exit status; "
+            f"see: {PROG} spool status)"
+        )
+    return [line]
+
+
+def tenant_table(tenants: Sequence[TenantRun]) -> list[str]:
+    """A header and one row a tenant: accepted, delivered, not delivered (this run's); the
+    tenants left aligned, the numbers right aligned, every line indented by two spaces."""
     rows = [("tenant", "accepted", "delivered", "not delivered")]
-    for tenant in tenants:
-        detail = stats.tenants.get(tenant, TenantStats())
-        missing = detail.accepted - detail.delivered + not_accepted.get(tenant, 0)
-        rows.append((tenant, f"{detail.accepted:,}", f"{detail.delivered:,}", f"{missing:,}"))
+    for t in tenants:
+        rows.append((t.tenant, f"{t.accepted:,}", f"{t.delivered:,}", f"{t.not_delivered:,}"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
@@ -110,30 +238,55 @@ def tenant_table(
     return lines
 
 
-def undelivered_tenants(
-    stats: Stats, not_accepted: Mapping[str, int], failed: Collection[str]
-) -> list[str]:
-    """One line a tenant with events not delivered (failed, still queued or not accepted),
-    in name order, saying why; the tenant is shown escaped, its key never."""
-    names = set(failed) | queued_tenants(stats) | set(not_accepted)
-    return [
-        f"{PROG}: tenant {shown(tenant)}: "
-        f"{why(stats.tenants.get(tenant), not_accepted.get(tenant, 0))}"
-        for tenant in sorted(names)
-    ]
+def undelivered_tenants(run: SendRun, failed: Collection[str] = ()) -> list[str]:
+    """One line a tenant with events not delivered (this run's, or earlier ones still
+    left), in name order, saying why; the tenant is shown escaped, its key never.
+    ``failed`` adds tenants the emitter reported a failure or a pause for."""
+    lines = []
+    for t in run.tenants:
+        if t.not_delivered or t.earlier_left or t.tenant in failed:
+            lines.append(f"{PROG}: tenant {shown(t.tenant)}: {why(t)}")
+    return lines
 
 
-def why(detail: TenantStats | None, not_accepted: int) -> str:
-    """Why a tenant's events were not delivered: each rejection and drop reason with its
-    count, the pause, the events the spool had no room for; else ``not delivered``."""
+def why(t: TenantRun) -> str:
+    """Why a tenant's events were not delivered: how many of this run's, each rejection
+    and drop reason with its count, the pause, the events the spool had no room for,
+    those left by earlier runs, what stays queued, and the last error."""
+    d = t.detail
     parts = []
-    if detail is not None:
-        parts = [f"{n} {reason}" for reason, n in {**detail.rejected, **detail.dropped}.items()]
-        if detail.paused:
-            parts.append(f"paused: {detail.paused}")
-    if not_accepted:
-        parts.append(f"{not_accepted} not accepted (spool full)")
+    if t.not_delivered:
+        parts.append(f"{t.not_delivered:,} not delivered")
+    parts += [f"{n:,} {reason}" for reason, n in {**d.rejected, **d.dropped}.items()]
+    if d.paused:
+        parts.append(f"paused: {d.paused}")
+    if t.not_accepted:
+        parts.append(f"{t.not_accepted:,} not accepted (spool full)")
+    if t.earlier_left:
+        parts.append(f"{t.earlier_left:,} left by earlier runs")
+    if t.queued:
+        parts.append(f"{t.queued:,} stay queued in the spool")
+    if d.last_error is not None:
+        parts.append(f"last error: {error_note(d.last_error)}")
     return "; ".join(parts) or "not delivered"
+
+
+def error_note(error: LastError, now: float | None = None) -> str:
+    """``connection refused (HTTP 503)``; with ``now`` (Unix time), ``, 42s ago`` after
+    it. The text is escaped: it may echo what a server said."""
+    text = shown(error.text, quote=False, limit=len(error.text) + 1)
+    status = "" if error.status is None or str(error.status) in text else f" (HTTP {error.status})"
+    ago = "" if now is None else f", {age(max(0.0, now - error.at))} ago"
+    return f"{text}{status}{ago}"
+
+
+def retry_summary(stats: Stats) -> str:
+    """The requests sent and the retries, labelled as what they count: every retry of a
+    batch counts each of its events again, so re-sends can outnumber the events."""
+    return (
+        f"{stats.requests:,} requests; {stats.retried:,} event re-sends "
+        "(each retry of a batch counts all its events)"
+    )
 
 
 def queued_tenants(stats: Stats) -> set[str]:
@@ -151,19 +304,29 @@ def only_paused_left(stats: Stats) -> bool:
 # -- flush --------------------------------------------------------------------------------
 
 
-def flush_summary(delivered: int, status: SpoolStatus) -> list[str]:
-    """What ``flush`` delivered, what is left per tenant (and why), the dead letters kept."""
+def flush_summary(delivered: int, status: SpoolStatus, now: float | None = None) -> list[str]:
+    """What ``flush`` delivered, what is left per tenant (and why: the pause, the last
+    delivery error), the dead letters kept."""
     lines = [f"delivered {delivered} events; {status.queued} left in {status.path}"]
     for t in status.tenants:
         if t.queued:
             paused = f" ({t.paused})" if t.paused else ""
-            lines.append(f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{paused}")
+            error = "" if t.last_error is None else f"; last error: {error_note(t.last_error, now)}"
+            lines.append(
+                f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{paused}{error}"
+            )
     if status.dead_letters:
         lines.append(
             f"{status.dead_letters} dead letters kept; see: {PROG} dead-letters "
             f"list --spool {status.path}"
         )
     return lines
+
+
+def flush_json(delivered: int, status: SpoolStatus, exit_status: int) -> dict[str, Any]:
+    """``flush --json``: what it delivered, then the spool's status as ``spool status
+    --json`` shows it, and the exit status (see docs/operations.md)."""
+    return {"delivered": delivered, "spool": status.to_dict(), "exit_status": exit_status}
 
 
 def flush_exit_status(status: SpoolStatus) -> int:
@@ -175,9 +338,10 @@ def flush_exit_status(status: SpoolStatus) -> int:
 # -- spool status -------------------------------------------------------------------------
 
 
-def spool_status_table(status: SpoolStatus) -> list[str]:
+def spool_status_table(status: SpoolStatus, now: float | None = None) -> list[str]:
     """The spool file, its sizes, then a row a tenant: queued, leased, dead letters, the
-    age of the oldest event and the state (idle, waiting, paused and why)."""
+    age of the oldest event and the state (idle, waiting, paused and why); then, a line
+    each, the last delivery error of the tenants that have one (how long ago: ``now``)."""
     lines = [
         f"spool {status.path}",
         f"  {status.file_bytes} bytes on disk ({status.journal_bytes} in journals), "
@@ -196,6 +360,9 @@ def spool_status_table(status: SpoolStatus) -> list[str]:
             f"  {t.tenant:<{width}}  {t.queued:>8}  {t.leased:>7}  {t.dead_letters:>6}  "
             f"{age(t.oldest_age):>6}  {state}"
         )
+    for t in status.tenants:
+        if t.last_error is not None:
+            lines.append(f"  last error of {shown(t.tenant)}: {error_note(t.last_error, now)}")
     return lines
 
 

@@ -52,7 +52,9 @@ class TenantStats:
     delivered: int = 0
     """Events Segment took (a 2xx for their batch)."""
     retried: int = 0
-    """Events sent again after a transient failure (one count per event per retry)."""
+    """Event re-sends after a transient failure: each retry of a batch counts each of its
+    events again, so an event retried five times counts five (this can exceed the
+    events); not the number of distinct events retried."""
     queued: int = 0
     """Events waiting now: in memory, or in the spool file."""
     rejected: Mapping[str, int] = attrs.field(factory=dict)
@@ -79,7 +81,9 @@ class Stats:
     delivered: int
     """Events Segment took."""
     retried: int
-    """Events sent again after a transient failure (one count per event per retry)."""
+    """Event re-sends after a transient failure: each retry of a batch counts each of its
+    events again, so an event retried five times counts five (this can exceed the
+    events); not the number of distinct events retried."""
     queued: int
     """Events waiting now."""
     rejected: Mapping[str, int]
