@@ -275,3 +275,101 @@ def test_demo_verifies_every_event_and_exits_0() -> None:
     tenants = {line[0] for line in lines[:-1]}
     assert tenants == {"acme", "globex", "initech"}
     assert "MISMATCH" not in done.stdout
+
+
+# -- what spool status and flush say about failures (issue 15) -----------------------------
+
+
+def test_spool_status_shows_each_tenants_last_error_recorded_by_another_process(
+    tmp_path: Path,
+) -> None:
+    from _delivery import fake_emitter
+
+    from selligent_segment.testing import MockResponse
+
+    spool = tmp_path / "spool.db"
+    em, _, clock = fake_emitter(
+        lambda request: MockResponse.error(503, "try again later"), spool=str(spool)
+    )
+    try:
+        em.emit(record(1, "acme"))
+        assert clock.run_until(
+            lambda: getattr(em.stats().tenants.get("acme"), "last_error", None) is not None,
+            waiters=2,
+        )
+    finally:
+        em.close(0)
+    text = cli("spool", "status", "--spool", str(spool))
+    assert text.returncode == 0, text.stderr
+    (line,) = [x for x in text.stdout.splitlines() if "last error" in x]
+    assert line.startswith("  last error of 'acme': ")
+    assert "HTTP 503" in line
+    assert "try again later" in line
+    assert line.endswith(" ago")
+    data = json.loads(cli("spool", "status", "--spool", str(spool), "--json").stdout)
+    (acme,) = data["tenants"]
+    assert acme["last_error"]["status"] == 503
+    assert "try again later" in acme["last_error"]["text"]
+    assert acme["last_error"]["at"] > 0
+    assert "key-acme" not in text.stdout
+
+
+@pytest.mark.slow
+def test_flush_json_says_what_it_delivered_and_what_is_left(
+    tmp_path: Path, server: LocalSegment, keys_file: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(i, "acme") for i in range(3)])
+    done = cli(
+        "flush",
+        "--spool",
+        str(spool),
+        "--write-keys",
+        str(keys_file),
+        "--endpoint",
+        server.url,
+        "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["delivered"] == 3
+    assert data["exit_status"] == 0
+    assert data["spool"]["queued"] == 0
+    assert data["spool"]["path"] == str(spool)
+    assert "delivered 3 events" not in done.stderr  # JSON instead of the text summary
+
+
+_OWNER = """
+import sys, time
+from selligent_segment import Emitter
+em = Emitter("key-acme", endpoint="http://127.0.0.1:9", spool=sys.argv[1])
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_process_killed_with_sigkill_is_not_counted_live(tmp_path: Path) -> None:
+    """After kill -9, spool status must not report the dead process as live: an owner
+    file counts only while some process holds its lock."""
+    import signal
+
+    spool = tmp_path / "spool.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _OWNER, str(spool)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        alive = json.loads(cli("spool", "status", "--spool", str(spool), "--json").stdout)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+    owners = list((tmp_path / "spool.db.journals").glob("*.owner"))
+    assert len(owners) == 1  # the dead process's owner file is still there ...
+    dead = json.loads(cli("spool", "status", "--spool", str(spool), "--json").stdout)
+    assert alive["processes"] == 1
+    assert dead["processes"] == 0  # ... and does not count
+    text = cli("spool", "status", "--spool", str(spool)).stdout
+    assert "0 live processes" in text

@@ -98,6 +98,19 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_output_options_to_leaves(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_output_options` on ``parser``, or, when it has subcommands
+    (``spool status``, ``dead-letters list``), on each of them: the options then go after
+    the whole command's name, as ``send -v`` does."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        add_output_options(parser)
+        return
+    for action in subcommands:
+        for child in action.choices.values():
+            add_output_options_to_leaves(child)
+
+
 def log_level(args: argparse.Namespace) -> int:
     """The level the output options ask for: ``--log-level``, else ERROR with ``-q``,
     INFO with ``-v``, DEBUG with ``-vv``, else :data:`DEFAULT_LOG_LEVEL`."""

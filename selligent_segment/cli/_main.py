@@ -22,7 +22,7 @@ from selligent_segment.cli._base import (
     EXIT_TERMINATED,
     PROG,
     Command,
-    add_output_options,
+    add_output_options_to_leaves,
     err,
     pipe_closed,
     setup_logging,
@@ -64,7 +64,7 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.configure(child)
-        add_output_options(child)
+        add_output_options_to_leaves(child)
         child.set_defaults(run=command.run)
     return parser
 
