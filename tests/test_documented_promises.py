@@ -562,9 +562,7 @@ def test_a_403_pauses_the_tenant_with_one_error_line_and_a_new_key_resumes_it(
         assert (stats.queued, stats.paused, stats.dropped) == (3, "write key refused (403)", {})
         assert paused == [("acme", "write key refused (403)")]
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert errors == [
-            "tenant 'acme' paused: write key refused (403); its events are kept"
-        ]
+        assert errors == ["tenant 'acme' paused: write key refused (403); its events are kept"]
         em.set_write_key("acme", "key-acme-2")
         assert em.flush(10)
     finally:
