@@ -1,10 +1,10 @@
 """One reading of everything the metrics and the health check report, taken at once.
 
 :class:`Source` reads an :class:`~selligent_segment.Emitter`'s counters (this process's)
-and, with a spool file, the file's backlog (every process's: processes sharing the file
-see the same backlog). :class:`Observation` is that reading, frozen; the Prometheus
-collector, the OpenTelemetry instruments and :func:`~selligent_segment.observability.health`
-only turn it into their own form.
+and, with a spool file, the file's backlog, pauses and last errors (every process's:
+processes sharing the file see the same). :class:`Observation` is that reading, frozen;
+the Prometheus collector, the OpenTelemetry instruments and
+:func:`~selligent_segment.observability.health` only turn it into their own form.
 
 Guarantee: reading never raises for a spool file that cannot be read (the error text is
 kept in :attr:`Observation.spool_error` and reported as such), holds no write key and no
@@ -185,6 +185,11 @@ class Source:
                 )
                 if row.paused is not None or "paused" not in view:
                     view["paused"] = row.paused
+                mine = view.get("last_error")
+                if row.last_error is not None and (
+                    not isinstance(mine, LastError) or row.last_error.at > mine.at
+                ):
+                    view["last_error"] = row.last_error  # any process's, when newer
             for name in set(views) - {row.tenant for row in spool.tenants}:
                 views[name]["backlog"] = 0  # the file, shared, is the truth about backlog
         tenants = tuple(
