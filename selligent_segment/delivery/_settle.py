@@ -100,7 +100,7 @@ class Settler:
                 return
             self.spool.reject(lease, messages, f"{reason}: {detail}", status)
             # The error first: whoever sees the count sees its reason.
-            self.note_error(lease.tenant, f"{reason}: {detail}", status)
+            self._note_error(lease.tenant, f"{reason}: {detail}", status)
             self.counters.add_reason(
                 "rejected" if reason == "rejected" else "dropped",
                 lease.tenant,
@@ -127,9 +127,17 @@ class Settler:
 
     def note_error(self, tenant: str, text: str, status: int | None) -> None:
         """Record ``text`` (key-free) as ``tenant``'s last delivery error: in the counters
-        (``stats()``) and in the spool (a spool file shows it to ``spool status``)."""
-        error = self.counters.error(tenant, text, status)
+        (``stats()``) and in the spool (a spool file shows it to ``spool status``). The
+        spool first: once ``stats()`` shows it, the spool has it (or will write it).
+        After :meth:`abandon` (the spool may be closed) nothing is recorded."""
+        with self._lock:
+            if not self._abandoned:
+                self._note_error(tenant, text, status)
+
+    def _note_error(self, tenant: str, text: str, status: int | None) -> None:
+        error = self.counters.new_error(text, status)
         self.spool.note_error(tenant, error.text, error.at, error.status)
+        self.counters.set_error(tenant, error)
 
     @staticmethod
     def _late(lease: Lease, messages: Sequence[EncodedMessage], outcome: str) -> None:

@@ -133,14 +133,23 @@ class Counters:
         with self._lock:
             self.refused[reason] += n
 
-    def error(self, tenant: str, text: str, status: int | None = None) -> LastError:
-        """Record ``text`` (already free of write keys) as ``tenant``'s last delivery
-        error, cut to :data:`ERROR_TEXT_MAX` characters; returns what was recorded."""
+    def new_error(self, text: str, status: int | None = None) -> LastError:
+        """A :class:`LastError` of ``text`` (already free of write keys), cut to
+        :data:`ERROR_TEXT_MAX` characters, stamped now; not recorded yet."""
         if len(text) > ERROR_TEXT_MAX:
             text = text[: ERROR_TEXT_MAX - 1] + "\u2026"
-        error = LastError(text, self._now(), status)
+        return LastError(text, self._now(), status)
+
+    def set_error(self, tenant: str, error: LastError) -> None:
+        """Record ``error`` as ``tenant``'s last delivery error."""
         with self._lock:
             self.last_error[tenant] = error
+
+    def error(self, tenant: str, text: str, status: int | None = None) -> LastError:
+        """Record ``text`` as ``tenant``'s last delivery error (see :meth:`new_error`);
+        returns what was recorded."""
+        error = self.new_error(text, status)
+        self.set_error(tenant, error)
         return error
 
     def request(self) -> None:
