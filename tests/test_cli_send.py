@@ -223,8 +223,12 @@ def test_undelivered_at_the_timeout_exits_3(tmp_path: Path, keys_file: str) -> N
         )
     assert result.returncode == 3
     assert "2 events accepted, 0 delivered, 2 not delivered" in result.stderr
-    assert "tenant 'acme': 1 unsent_at_close" in result.stderr
-    assert "tenant 'globex': 1 unsent_at_close" in result.stderr
+    assert "tenant 'acme': 1 not delivered; 1 unsent_at_close; last error: HTTP 503" in (
+        result.stderr
+    )
+    assert "tenant 'globex': 1 not delivered; 1 unsent_at_close; last error: HTTP 503" in (
+        result.stderr
+    )
 
 
 @pytest.mark.slow

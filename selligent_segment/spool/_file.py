@@ -86,7 +86,8 @@ class DeadLetter:
 class TenantBacklog:
     """One tenant's share of a spool file. ``oldest_age`` is in seconds (None: empty);
     ``last_error`` is the last delivery error any process using the file recorded for the
-    tenant (never a write key), kept after later successes: its ``at`` says when."""
+    tenant (never a write key), kept after later successes: its ``at`` says when. A tenant
+    is listed for what it has queued, leased, dead or paused, never for an old error alone."""
 
     tenant: str
     queued: int
@@ -250,7 +251,8 @@ class SpoolFile(ForkSafe):
                 for tenant, text, at, status in db.execute(
                     "SELECT tenant, text, at, status FROM last_errors"
                 ):
-                    entry(tenant)["error"] = LastError(text, at, status)
+                    if tenant in tenants:  # only tenants with something to show
+                        tenants[tenant]["error"] = LastError(text, at, status)
         rows = tuple(
             TenantBacklog(
                 tenant,
