@@ -143,3 +143,16 @@ def test_no_warning_for_a_paused_tenant_nor_an_old_error_with_nothing_queued() -
     assert watch.lines(snapshot(acme=paused), now=0.0) == []  # logged at ERROR already
     assert len(watch.lines(snapshot(globex=failing("refused", 1.0)), now=0.0)) == 1
     assert watch.lines(snapshot(globex=failing("refused", 1.0, queued=0)), now=99.0) == []
+
+
+@pytest.mark.slow
+def test_quiet_drops_the_count_dead_letters_list_notes_on_stderr(tmp_path: Path) -> None:
+    from selligent_segment import Emitter
+
+    spool = tmp_path / "spool.db"
+    Emitter("key-acme", spool=spool).close(0)  # an empty spool file
+    base = [sys.executable, "-m", "selligent_segment", "dead-letters", "list"]
+    loud = subprocess.run([*base, "--spool", str(spool)], capture_output=True, text=True)
+    quiet = subprocess.run([*base, "--spool", str(spool), "-q"], capture_output=True, text=True)
+    assert (loud.returncode, loud.stderr) == (0, "0 dead letters\n")
+    assert (quiet.returncode, quiet.stderr, quiet.stdout) == (0, "", "")

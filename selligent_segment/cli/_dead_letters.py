@@ -76,7 +76,8 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
                     print_json([d.to_dict() for d in letters])
                 else:
                     out(*dead_letter_rows(letters))
-                    err(f"{len(letters)} dead letters")
+                    if not args.quiet:  # the count on stderr is a note, not the output
+                        err(f"{len(letters)} dead letters")
                 return EXIT_OK
             filters = {"tenant": args.tenant, "reason": args.reason, "ids": args.ids}
             if (
