@@ -70,6 +70,14 @@ def test_log_lines_say_the_program_and_the_level_once(
     ]
 
 
+def test_on_a_terminal_a_log_line_first_erases_the_progress_bar() -> None:
+    from selligent_segment.cli._base import _LineFormatter
+
+    record = logging.LogRecord("selligent_segment", logging.ERROR, "", 0, "boom", (), None)
+    assert _LineFormatter(terminal=True).format(record) == "\r\x1b[Kselligent-segment: error: boom"
+    assert _LineFormatter().format(record) == "selligent-segment: error: boom"
+
+
 # -- a closed pipe ---------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._keys_file import WriteKeysFileError, load_write_keys
 from selligent_segment._naming import PROFILES, EventNaming
+from selligent_segment.cli._progress import is_terminal
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
 from selligent_segment.spool._schema import default_spool_path, spool_path
 
@@ -126,10 +127,16 @@ def log_level(args: argparse.Namespace) -> int:
 
 class _LineFormatter(logging.Formatter):
     """``selligent-segment: error: tenant 'acme' paused: ...``: the program once, the
-    level in lower case, the message (whose text never repeats the program's name)."""
+    level in lower case, the message (whose text never repeats the program's name). On
+    a terminal the line first erases the progress bar it would otherwise follow (the bar
+    is drawn again at its next update)."""
+
+    def __init__(self, *, terminal: bool = False) -> None:
+        super().__init__()
+        self._erase = "\r\x1b[K" if terminal else ""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{PROG}: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"{self._erase}{PROG}: {record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -143,7 +150,7 @@ def setup_logging(args: argparse.Namespace) -> logging.Handler:
     for old in [h for h in logger.handlers if isinstance(h.formatter, _LineFormatter)]:
         logger.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LineFormatter())
+    handler.setFormatter(_LineFormatter(terminal=is_terminal(sys.stderr)))
     level = log_level(args)
     handler.setLevel(level)
     logger.addHandler(handler)
