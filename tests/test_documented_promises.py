@@ -1150,7 +1150,7 @@ def test_spool_status_prints_each_tenants_backlog_and_state(tmp_path: Path) -> N
     assert lines[1].endswith(" in journals), 0 live processes")
     assert lines[1].split()[1:4] == ["bytes", "on", "disk"]
     assert lines[2] == "  tenant     queued   leased    dead  oldest  state"
-    rows = [line.split(maxsplit=5) for line in lines[3:]]
+    rows = [line.split(maxsplit=5) for line in lines[3:6]]
     assert [row[:4] + row[5:] for row in rows] == [
         ["acme", "3", "0", "0", "waiting"],
         ["globex", "2", "0", "0", "paused: write key refused (401)"],
@@ -1158,6 +1158,15 @@ def test_spool_status_prints_each_tenants_backlog_and_state(tmp_path: Path) -> N
     ]
     assert [row[4][-1] for row in rows[:2]] == ["s", "s"]
     assert rows[2][4] == "-"
+    # then "for each tenant that had one, its last delivery error ... and how long ago"
+    assert [line.split(":", 1)[0] for line in lines[6:]] == [
+        "  last error of 'acme'",
+        "  last error of 'globex'",
+        "  last error of 'initech'",
+    ]
+    assert "HTTP 503" in lines[6]
+    assert lines[7].startswith("  last error of 'globex': write key refused (401), ")
+    assert all(line.endswith(" ago") for line in lines[6:])
     data = json.loads(cli("spool", "status", "--spool", str(spool), "--json").stdout)
     assert [
         (t["tenant"], t["queued"], t["leased"], t["dead_letters"], t["paused"])

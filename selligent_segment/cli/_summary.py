@@ -311,7 +311,9 @@ def flush_summary(delivered: int, status: SpoolStatus, now: float | None = None)
     for t in status.tenants:
         if t.queued:
             paused = f" ({t.paused})" if t.paused else ""
-            error = "" if t.last_error is None else f"; last error: {error_note(t.last_error, now)}"
+            error = ""
+            if t.last_error is not None and t.last_error.text != t.paused:  # not said twice
+                error = f"; last error: {error_note(t.last_error, now)}"
             lines.append(
                 f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{paused}{error}"
             )
