@@ -335,6 +335,30 @@ def test_flush_summary_names_what_is_left_and_the_dead_letters() -> None:
     assert flush_exit_status(status) == EXIT_UNDELIVERED
 
 
+def test_flush_summary_gives_the_last_error_unless_the_pause_says_it() -> None:
+    refused = LastError("write key refused (401)", 100.0, 401)
+    down = LastError("HTTP 503: service_unavailable", 40.0, 503)
+    status = spool_status(
+        attrs.evolve(backlog("acme", 2), last_error=down),
+        attrs.evolve(backlog("globex", 3, paused="write key refused (401)"), last_error=refused),
+    )
+    assert flush_summary(0, status, now=160.0)[1:] == [
+        "  tenant 'acme': 2 events not delivered; last error: HTTP 503: service_unavailable, "
+        "2m ago",
+        "  tenant 'globex': 3 events not delivered (write key refused (401))",
+    ]
+
+
+def test_spool_status_table_ends_with_the_last_errors() -> None:
+    status = spool_status(
+        attrs.evolve(backlog("acme", 2), last_error=LastError("connection refused", 100.0)),
+        backlog("globex", 1),
+    )
+    assert spool_status_table(status, now=142.0)[-1] == (
+        "  last error of 'acme': connection refused, 42s ago"
+    )
+
+
 def test_flush_dead_letters_alone_are_not_undelivered() -> None:
     status = spool_status(backlog("acme", dead=2))
     assert flush_summary(0, status) == [
