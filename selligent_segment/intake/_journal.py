@@ -225,6 +225,7 @@ class JournalIntake:
                 "%s events stay in the spool %s for the next start",
                 "some" if left < 0 else left,
                 self.spool.path,
+                extra={"reason": "left_in_spool", "count": max(left, 0)},
             )
         self.closed = True
         self.spool.close(ingested=ingested and not self.inbox)
