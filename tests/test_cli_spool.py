@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -275,6 +276,12 @@ def test_demo_verifies_every_event_and_exits_0() -> None:
     tenants = {line[0] for line in lines[:-1]}
     assert tenants == {"acme", "globex", "initech"}
     assert "MISMATCH" not in done.stdout
+    # It said "6981 events retried" for 1,923 events: re-sends counted as events.
+    retried = re.search(r"([\d,]+) events retried \(([\d,]+) re-sends", done.stderr)
+    assert retried is not None, done.stderr
+    events, resends = (int(n.replace(",", "")) for n in retried.groups())
+    assert 0 < events <= int(total[1])  # never more events retried than there are
+    assert events <= resends
 
 
 # -- what spool status and flush say about failures (issue 15) -----------------------------

@@ -106,3 +106,16 @@ def test_after_abandon_nothing_settles_and_release_says_so(
     assert setup.failures == []
     assert [r.levelno for r in caplog.records] == [logging.INFO] * 3
     assert "still out at close ended (delivered)" in caplog.records[0].getMessage()
+
+
+def test_an_event_retried_again_and_again_counts_once_in_retried_events() -> None:
+    setup = Setup()
+    for _ in range(3):  # the same batch fails three times
+        lease, messages = setup.lease()
+        assert setup.settler.release(lease, messages, retried=True)
+    lease, messages = setup.lease()
+    setup.settler.delivered(lease, messages)
+    snapshot = setup.counters.snapshot({}, {})
+    assert (snapshot.retried, snapshot.retried_events, snapshot.delivered) == (12, 4, 4)
+    assert setup.counters.retried_events["acme"] == 4
+    assert setup.settler._retrying == set()  # forgotten once settled

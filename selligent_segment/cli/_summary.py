@@ -284,8 +284,8 @@ def retry_summary(stats: Stats) -> str:
     """The requests sent and the retries, labelled as what they count: every retry of a
     batch counts each of its events again, so re-sends can outnumber the events."""
     return (
-        f"{stats.requests:,} requests; {stats.retried:,} event re-sends "
-        "(each retry of a batch counts all its events)"
+        f"{stats.requests:,} requests; {stats.retried_events:,} events retried "
+        f"({stats.retried:,} re-sends: each retry of a batch counts all its events)"
     )
 
 

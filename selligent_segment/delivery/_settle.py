@@ -47,6 +47,10 @@ class Settler:
         self.settled = threading.Condition(threading.Lock())
         self._lock = threading.Lock()
         self._abandoned = False
+        # Ids of the messages retried and not settled yet (a tenant in backoff retries
+        # its head batch only, so this stays about a batch per failing tenant): an event
+        # is counted in ``retried_events`` once, when it first goes back.
+        self._retrying: set[str] = set()
 
     def abandon(self, collect: Callable[[], object] | None = None) -> None:
         """Settle nothing more: results of requests still out are dropped (logged at
@@ -65,6 +69,7 @@ class Settler:
                 return
             self.spool.ack(lease, messages)
             self.counters.add("delivered", lease.tenant, len(messages))
+            self._settled(messages)
         self._notify()
 
     def release(
@@ -80,6 +85,10 @@ class Settler:
             self.spool.release(lease, messages)
             if retried:
                 self.counters.add("retried", lease.tenant, len(messages))
+                first = [m.message_id for m in messages if m.message_id not in self._retrying]
+                if first:
+                    self._retrying.update(first)
+                    self.counters.add("retried_events", lease.tenant, len(first))
         return True
 
     def failed(
@@ -107,6 +116,7 @@ class Settler:
                 reason,
                 len(messages),
             )
+            self._settled(messages)
         log.log(
             logging.DEBUG if quiet else logging.ERROR,
             "tenant %s: %d events not delivered: %s (%s)",
@@ -124,6 +134,11 @@ class Settler:
         failure = DeliveryFailure.of(lease.tenant, FailureReason(reason), detail, messages, status)
         call_back(self.on_failure, failure)
         self._notify()
+
+    def _settled(self, messages: Sequence[EncodedMessage]) -> None:
+        """``messages`` left the queue for good: forget they were retried (under the lock)."""
+        if self._retrying:
+            self._retrying.difference_update(m.message_id for m in messages)
 
     def note_error(self, tenant: str, text: str, status: int | None) -> None:
         """Record ``text`` (key-free) as ``tenant``'s last delivery error: in the counters

@@ -55,6 +55,9 @@ class TenantStats:
     """Event re-sends after a transient failure: each retry of a batch counts each of its
     events again, so an event retried five times counts five (this can exceed the
     events); not the number of distinct events retried."""
+    retried_events: int = 0
+    """Distinct events that needed at least one retry (each counted once, in the process
+    that retried it)."""
     queued: int = 0
     """Events waiting now: in memory, or in the spool file."""
     rejected: Mapping[str, int] = attrs.field(factory=dict)
@@ -83,7 +86,7 @@ class Stats:
     retried: int
     """Event re-sends after a transient failure: each retry of a batch counts each of its
     events again, so an event retried five times counts five (this can exceed the
-    events); not the number of distinct events retried."""
+    events); not the number of distinct events retried: see :attr:`retried_events`."""
     queued: int
     """Events waiting now."""
     rejected: Mapping[str, int]
@@ -96,6 +99,8 @@ class Stats:
     """HTTP requests sent, bisection parts included."""
     tenants: Mapping[str, TenantStats]
     """The same counters per tenant."""
+    retried_events: int = 0
+    """Distinct events that needed at least one retry."""
 
 
 class Counters:
@@ -109,6 +114,7 @@ class Counters:
         self.accepted: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()
         self.retried: Counter[str] = Counter()
+        self.retried_events: Counter[str] = Counter()
         self.rejected: dict[str, Counter[str]] = {}
         self.dropped: dict[str, Counter[str]] = {}
         self.refused: Counter[str] = Counter()
@@ -165,6 +171,7 @@ class Counters:
                     accepted=self.accepted[t],
                     delivered=self.delivered[t],
                     retried=self.retried[t],
+                    retried_events=self.retried_events[t],
                     queued=queued.get(t, 0),
                     rejected=dict(self.rejected.get(t, {})),
                     dropped=dict(self.dropped.get(t, {})),
@@ -189,4 +196,5 @@ class Counters:
                 refused=dict(self.refused),
                 requests=self.requests,
                 tenants=tenants,
+                retried_events=sum(self.retried_events.values()),
             )
