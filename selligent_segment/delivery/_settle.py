@@ -24,6 +24,10 @@ __all__ = ["Settler", "call_back"]
 
 log = logging.getLogger("selligent_segment")
 
+#: Ids of retried events remembered at most (with a shared spool file another process may
+#: settle them, and this one would never forget them): then the memory starts afresh.
+_RETRYING_MAX = 100_000
+
 
 def call_back(callback: Callable[..., None], *args: object) -> None:
     """Call a user callback; whatever it raises is logged, never passed on."""
@@ -87,6 +91,8 @@ class Settler:
                 self.counters.add("retried", lease.tenant, len(messages))
                 first = [m.message_id for m in messages if m.message_id not in self._retrying]
                 if first:
+                    if len(self._retrying) > _RETRYING_MAX:  # ids another process settled
+                        self._retrying.clear()  # at worst an event is counted twice
                     self._retrying.update(first)
                     self.counters.add("retried_events", lease.tenant, len(first))
         return True
