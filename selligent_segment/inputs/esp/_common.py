@@ -120,6 +120,12 @@ class Webhook(Protocol):
         :class:`InputError` for a body that is not the provider's format."""
         ...
 
+    def release(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Forget what :meth:`handle` remembered of this request (Mailgun's token) when
+        its records could not be accepted, so that the provider's retry is not taken
+        for a replay."""
+        ...
+
 
 def epoch(value: object) -> datetime | None:
     """A UNIX time (number or numeric text) as an aware UTC datetime; None when absent."""
