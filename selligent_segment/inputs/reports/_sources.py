@@ -10,10 +10,12 @@ from collections.abc import Iterator
 
 from selligent_segment.inputs._result import InputError, InputProblem
 
-__all__ = ["read_messages"]
+__all__ = ["check_path", "read_messages"]
 
 
-def _kind(path: str) -> str:
+def check_path(path: str) -> str:
+    """``eml``, ``mbox`` or ``maildir`` for ``path``; InputError naming it when it cannot
+    be read as any of them."""
     if os.path.isdir(path):
         if os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new")):
             return "maildir"
@@ -33,7 +35,7 @@ def read_messages(path: str) -> Iterator[tuple[str, bytes | InputProblem]]:
     Raises :class:`InputError` naming ``path`` when it cannot be read at all (missing,
     unreadable, a directory that is not a Maildir).
     """
-    kind = _kind(path)
+    kind = check_path(path)
     if kind == "eml":
         try:
             with open(path, "rb") as stream:
