@@ -12,8 +12,15 @@ from selligent_segment._errors import (
     SpoolFull,
     UnknownTenant,
 )
-from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
+from selligent_segment._mapping import (
+    EncodedMessage,
+    encode,
+    message_id,
+    profile_message,
+    track_message,
+)
 from selligent_segment._naming import PROFILES, EventNaming
+from selligent_segment._profile import ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind
 from selligent_segment._results import BulkResult, DeliveryFailure, FailureReason
 from selligent_segment._version import __version__
@@ -46,6 +53,7 @@ __all__ = [
     "KeyResolver",
     "OnFull",
     "Outcome",
+    "ProfileUpdates",
     "Response",
     "RetryPolicy",
     "SelligentSegmentError",
@@ -61,5 +69,6 @@ __all__ = [
     "__version__",
     "encode",
     "message_id",
+    "profile_message",
     "track_message",
 ]

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from selligent_segment.inputs.tracking._app import PIXEL, Accepts, TrackingApp
 from selligent_segment.inputs.tracking._links import ONE_CLICK, TrackingLinks
-from selligent_segment.inputs.tracking._scanners import ScannerRules
+from selligent_segment.inputs.tracking._scanners import DEFAULT_SCANNER_AGENTS, ScannerRules
 from selligent_segment.inputs.tracking._target import check_target
 from selligent_segment.inputs.tracking._token import Token, TokenRefused, TrackingKeys
 
 __all__ = [
+    "DEFAULT_SCANNER_AGENTS",
     "ONE_CLICK",
     "PIXEL",
     "Accepts",
