@@ -13,8 +13,15 @@ from selligent_segment._errors import (
     UnknownTenant,
 )
 from selligent_segment._keys_file import load_write_keys
-from selligent_segment._mapping import EncodedMessage, encode, message_id, track_message
+from selligent_segment._mapping import (
+    EncodedMessage,
+    encode,
+    message_id,
+    profile_message,
+    track_message,
+)
 from selligent_segment._naming import PROFILES, EventNaming
+from selligent_segment._profile import ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind
 from selligent_segment._results import BulkResult, DeliveryFailure, FailureReason
 from selligent_segment._version import __version__
@@ -47,6 +54,7 @@ __all__ = [
     "KeyResolver",
     "OnFull",
     "Outcome",
+    "ProfileUpdates",
     "Response",
     "RetryPolicy",
     "SelligentSegmentError",
@@ -63,5 +71,6 @@ __all__ = [
     "encode",
     "load_write_keys",
     "message_id",
+    "profile_message",
     "track_message",
 ]

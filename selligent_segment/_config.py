@@ -18,6 +18,7 @@ import attrs
 from selligent_segment._clock import Clock
 from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._naming import EventNaming
+from selligent_segment._profile import ProfileUpdates, profile_updates
 from selligent_segment._results import DeliveryFailure
 from selligent_segment._validate import check_number
 from selligent_segment.delivery._batch_policy import BatchPolicy
@@ -158,6 +159,12 @@ class EmitterConfig:
     naming: EventNaming = attrs.field(factory=EventNaming, validator=_instance(EventNaming))
     """Event names: profile and per-tenant overrides. Processes sharing a spool file must
     use the same naming."""
+    profile_updates: ProfileUpdates | None = attrs.field(default=None, converter=profile_updates)
+    """Off by default. True (or a :class:`ProfileUpdates` naming the traits): an
+    unsubscribe, a hard bounce or a spam complaint also sends an ``identify`` for the same
+    user, setting ``email_unsubscribed`` / ``email_bounced`` + ``email_bounce_type`` /
+    ``email_marked_as_spam`` and the time, through the same spool and delivery; it counts
+    as one more message in :meth:`Emitter.stats`."""
     batch: BatchPolicy = attrs.field(factory=BatchPolicy, validator=_instance(BatchPolicy))
     """Batch size, bytes, linger and gzip."""
     retry: RetryPolicy | None = attrs.field(

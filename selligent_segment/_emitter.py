@@ -29,6 +29,7 @@ from selligent_segment._errors import (
 )
 from selligent_segment._naming import EventNaming
 from selligent_segment._process_life import install_sigterm_handler, register, unregister
+from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind, normalize
 from selligent_segment._results import BulkResult, DeliveryFailure
 from selligent_segment._shortcuts import emits_keywords
@@ -49,6 +50,13 @@ from selligent_segment.spool._protocol import OnFull
 from selligent_segment.spool._schema import spool_path
 
 __all__ = ["Emitter"]
+
+
+def _with_update(fields: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """The fields of the identify that goes with a record (see ``_profile.py``)."""
+    marked = dict(fields)
+    marked[PROFILE_UPDATE] = update
+    return marked
 
 
 class Emitter:
@@ -82,6 +90,7 @@ class Emitter:
         on_full: str | OnFull = DEFAULTS.on_full,
         block_timeout: float = DEFAULTS.block_timeout,
         naming: EventNaming | None = None,
+        profile_updates: bool | ProfileUpdates | None = DEFAULTS.profile_updates,
         batch: BatchPolicy | None = None,
         retry: RetryPolicy | None = DEFAULTS.retry,
         threads: int = DEFAULTS.threads,
@@ -115,6 +124,7 @@ class Emitter:
                 max_pending=max_pending,
                 on_full=on_full,
                 block_timeout=block_timeout,
+                profile_updates=profile_updates,
                 retry=retry,
                 threads=threads,
                 max_requests_per_second=max_requests_per_second,
@@ -184,6 +194,7 @@ class Emitter:
         self._exit_timeout = config.exit_timeout
         self._clock: Clock = config.clock or SYSTEM_CLOCK
         self._default_tenant = self._keys.default_tenant()
+        self._profiles = config.profile_updates
         self._setup()
         register(self)
         if config.handle_sigterm:
@@ -276,7 +287,13 @@ class Emitter:
             return False
         if self._closed:  # closed while it waited for room (on_full="block")
             raise EmitterClosed("the emitter closed while emit() waited; not accepted")
-        intake.accept(fields, tenant, None if "timestamp" in fields else time.time())
+        now = None if "timestamp" in fields else time.time()
+        profiles = self._profiles
+        update = None if profiles is None else profiles.update_for(fields)
+        if update is None:
+            intake.accept(fields, tenant, now)
+        else:  # one journal write: the track and its identify are accepted together
+            intake.accept_many([(fields, tenant, now), (_with_update(fields, update), tenant, now)])
         if self._encoder.idle:
             self._encoder.wake()
         if not self._started:
@@ -306,6 +323,7 @@ class Emitter:
         refused: list[tuple[int, SelligentSegmentError]] = []
         chunk: list[tuple[int, dict[str, Any], str]] = []
         accepted = 0
+        profiles = self._profiles
         self._encoder.enter_bulk()
         try:
             for index, record in enumerate(records):
@@ -315,6 +333,10 @@ class Emitter:
                     refused.append((index, exc))
                     continue
                 chunk.append((index, fields, tenant))
+                if profiles is not None:
+                    update = profiles.update_for(fields)
+                    if update is not None:  # the same index: accepted or refused together
+                        chunk.append((index, _with_update(fields, update), tenant))
                 if len(chunk) >= ENCODE_CHUNK:
                     accepted += self._accept_chunk(chunk, refused, accepted)
                     chunk = []
@@ -342,7 +364,7 @@ class Emitter:
                 raise
             if not room:
                 dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
-                refused.extend((index, dropped) for index, _, _ in chunk)
+                refused.extend((i, dropped) for i, f, _ in chunk if PROFILE_UPDATE not in f)
                 return 0
         if self._closed:  # closed while it waited for room
             raise EmitterClosed("the emitter closed while emit_many() waited; not accepted")
@@ -353,7 +375,9 @@ class Emitter:
             self._encoder.wake()
         if not self._started:
             self._start()
-        return len(entries)
+        if self._profiles is None:
+            return len(entries)
+        return sum(1 for f, _, _ in entries if PROFILE_UPDATE not in f)  # records, not identifies
 
     def _is_closed(self) -> bool:
         return self._closed

@@ -13,6 +13,7 @@ import orjson
 from selligent_segment._errors import InvalidEvent
 from selligent_segment._limits import DEFAULT_TENANT, MAX_MESSAGE_BYTES
 from selligent_segment._naming import EventNaming
+from selligent_segment._profile import PROFILE_UPDATE
 from selligent_segment._record import _PROPERTY_FIELDS, CallbackRecord, EventKind, normalize
 from selligent_segment._shortcuts import (
     exact_copy,
@@ -24,7 +25,14 @@ from selligent_segment._shortcuts import (
 )
 from selligent_segment._version import __version__
 
-__all__ = ["MAX_MESSAGE_BYTES", "EncodedMessage", "encode", "message_id", "track_message"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "EncodedMessage",
+    "encode",
+    "message_id",
+    "profile_message",
+    "track_message",
+]
 
 
 #: Namespace of the deterministic message ids (UUIDv5). Never change it: replays made
@@ -33,6 +41,7 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("5d0b8f52-6a53-5f0e-9a4c-3c8e2f1f7a11")
 
 _event_id_uuid5 = json_array_uuid5(MESSAGE_ID_NAMESPACE, "event_id")
 _content_uuid5 = json_array_uuid5(MESSAGE_ID_NAMESPACE, "content", sort_keys=True)
+_profile_uuid5 = json_array_uuid5(MESSAGE_ID_NAMESPACE, "profile_update")
 
 _LIBRARY = {"name": "selligent-segment", "version": __version__}
 _INTEGRATION = {"name": "selligent", "version": __version__}
@@ -199,7 +208,8 @@ def track_message(
 
 @attrs.frozen(slots=True)
 class EncodedMessage:
-    """One track message serialised once to compact JSON, ready to spool and send.
+    """One message (a track, or the identify of a profile update) serialised once to
+    compact JSON, ready to spool and send; ``kind`` is its record's kind.
 
     Guarantee: ``body`` is valid JSON of at most :data:`MAX_MESSAGE_BYTES` bytes.
     """
@@ -213,6 +223,60 @@ class EncodedMessage:
 _new_message = slot_constructor(EncodedMessage)
 
 
+def _identify(
+    fields: Mapping[str, Any], update: Mapping[str, Any], tenant: str, now: datetime | float | None
+) -> dict[str, Any]:
+    """The ``identify`` of a record's profile update (see ``_profile.py``): the record's
+    identity, the update's traits (and the event's time under its ``at`` name), and a
+    ``messageId`` derived from the track's, so a replay deduplicates too."""
+    record = dict(fields)
+    del record[PROFILE_UPDATE]
+    kind: EventKind = record["type"]
+    track_id = _message_id(record, tenant)
+    moment = record.get("timestamp") or now
+    if isinstance(moment, float):
+        timestamp = format_epoch(moment)
+    else:
+        timestamp = format_timestamp(moment or datetime.now(timezone.utc))
+    traits: dict[str, Any] = {}
+    email = record.get("email")
+    if email is not None:
+        email = email.lower()
+        traits["email"] = email
+    traits.update(update["traits"])
+    if update.get("at"):
+        traits[update["at"]] = timestamp
+    message: dict[str, Any] = {"type": "identify"}
+    user_id = record.get("user_id")
+    if user_id is not None:
+        message["userId"] = user_id
+    else:
+        message["anonymousId"] = email
+    message["traits"] = traits
+    message["context"] = {"library": _LIBRARY_JSON, "integration": _INTEGRATION_JSON}
+    message["timestamp"] = timestamp
+    message["messageId"] = _profile_uuid5(tenant, kind._value_, track_id)
+    return message
+
+
+def profile_message(
+    record: Record,
+    update: Mapping[str, Any],
+    *,
+    tenant: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The ``identify`` the Emitter sends beside ``record``'s track when profile updates
+    are on; ``update`` is what :meth:`ProfileUpdates.update_for` returned for it. Its
+    ``messageId`` is the UUIDv5 of ``[tenant, kind, "profile_update", <the track's
+    messageId>]``: deterministic, and never equal to a track's."""
+    fields = dict(_fields_of(record))
+    fields[PROFILE_UPDATE] = update
+    message = _identify(fields, update, _tenant_of(fields, tenant), now)
+    result: dict[str, Any] = orjson.loads(orjson.dumps(message))
+    return result
+
+
 def encode_fields(
     fields: Mapping[str, Any],
     tenant: str,
@@ -221,14 +285,20 @@ def encode_fields(
 ) -> EncodedMessage:
     """Map and serialise already-normalised fields; over 32 KB raises InvalidEvent.
 
-    ``now`` (a datetime or a POSIX time) stands in for a missing timestamp.
+    ``now`` (a datetime or a POSIX time) stands in for a missing timestamp. Fields that
+    carry a profile update (the Emitter adds them, with profile updates on, beside the
+    record's own) become its ``identify`` instead of a track.
     """
-    message = _track(fields, tenant, naming, now)
+    update = fields.get(PROFILE_UPDATE)
+    if update is None:
+        message = _track(fields, tenant, naming, now)
+    else:
+        message = _identify(fields, update, tenant, now)
     body = orjson.dumps(message)
     if len(body) > MAX_MESSAGE_BYTES:
         raise InvalidEvent(
             "record",
-            f"the track message is {len(body)} bytes, over Segment's 32 KB limit "
+            f"the {message['type']} message is {len(body)} bytes, over Segment's 32 KB limit "
             f"({MAX_MESSAGE_BYTES} bytes)",
         )
     # orjson's result keeps its 4 KiB initial buffer: copy it to its real size, or every

@@ -217,6 +217,7 @@ def test_the_options_table_gives_the_defaults_of_the_code() -> None:
         "on_full": "raise",
         "block_timeout": 1.0,
         "naming": None,
+        "profile_updates": None,
         "batch": None,
         "retry": None,
         "threads": 2,

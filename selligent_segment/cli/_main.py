@@ -30,6 +30,7 @@ from selligent_segment.cli._base import (
 from selligent_segment.cli._dead_letters import DEAD_LETTERS
 from selligent_segment.cli._demo import DEMO
 from selligent_segment.cli._flush import FLUSH
+from selligent_segment.cli._ingest import INGEST
 from selligent_segment.cli._send import SEND
 from selligent_segment.cli._status import SPOOL
 
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: tuple[Command, ...] = (SEND, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
+COMMANDS: tuple[Command, ...] = (SEND, INGEST, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
 
 
 if __name__ == "__main__":  # pragma: no cover

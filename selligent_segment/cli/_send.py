@@ -20,6 +20,7 @@ from selligent_segment._errors import (
 )
 from selligent_segment._mapping import encode
 from selligent_segment._naming import EventNaming
+from selligent_segment._record import CallbackRecord
 from selligent_segment.cli._base import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -139,8 +140,9 @@ _SURELY_SMALL = 3072
 class _Sink:
     """Where valid records go: printed (dry run) or emitted."""
 
-    def take(self, line: Line) -> None:
-        """Raises InvalidEvent or UnknownTenant for a record that cannot be taken."""
+    def take(self, record: CallbackRecord, size: int) -> None:
+        """Take ``record`` (read from ``size`` bytes of input). Raises InvalidEvent or
+        UnknownTenant for a record that cannot be taken."""
         raise NotImplementedError
 
     def detail(self) -> str:
@@ -152,9 +154,8 @@ class _Printer(_Sink):
         self._naming = naming
         self._out = sys.stdout.buffer
 
-    def take(self, line: Line) -> None:
-        assert line.record is not None
-        self._out.write(encode(line.record, naming=self._naming).body + b"\n")
+    def take(self, record: CallbackRecord, size: int) -> None:
+        self._out.write(encode(record, naming=self._naming).body + b"\n")
 
     def close(self) -> None:
         self._out.flush()
@@ -167,10 +168,8 @@ class _Deliverer(_Sink):
         self.emitted = 0
         self.not_accepted: dict[str, int] = {}
 
-    def take(self, line: Line) -> None:
-        record = line.record
-        assert record is not None
-        if len(line.raw) >= _SURELY_SMALL:
+    def take(self, record: CallbackRecord, size: int) -> None:
+        if size >= _SURELY_SMALL:
             encode(record, naming=self._naming)  # raises InvalidEvent when over 32 KB
         try:
             accepted = self.emitter.emit(record)
@@ -187,7 +186,13 @@ class _Deliverer(_Sink):
 
 
 class _Send:
-    """One run of ``send``: reading, reporting, and the closing summary."""
+    """One run of ``send``: reading, reporting, and the closing summary.
+
+    ``ingest`` runs the same way: a subclass overrides :meth:`open_inputs`,
+    :meth:`read_all` and the reading lines of the summary (``name`` names the command in
+    its messages)."""
+
+    name = "send"
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -203,11 +208,32 @@ class _Send:
 
     # -- reading ---------------------------------------------------------------------
 
-    def refuse(self, line: Line, error: Exception) -> None:
+    def refuse(self, where: str, error: Exception, line: Line | None = None) -> None:
+        """Count and report an input that is not taken: ``WHERE: field: reason``."""
         self.invalid += 1
-        self.progress.message(f"{line.where}: {error}")
-        if self.rejects is not None:
+        self.progress.message(f"{where}: {error}")
+        if self.rejects is not None and line is not None:
             self.rejects.add(line, error)
+
+    def offer(
+        self, sink: _Sink, where: str, record: CallbackRecord, size: int, line: Line | None = None
+    ) -> None:
+        """Hand ``record`` to ``sink``; refused (with ``where``, and ``line`` for
+        ``--rejects``) when it cannot take it."""
+        try:
+            sink.take(record, size)
+        except InvalidEvent as exc:
+            self.refuse(where, exc, line)
+        except UnknownTenant as exc:
+            reason = f"no write key configured for {shown(exc.tenant)}"
+            self.refuse(where, InvalidEvent("tenant", reason), line)
+
+    def open_inputs(self) -> None:
+        """Open every input up front (raises OSError, HeaderError or UsageError)."""
+        args = self.args
+        self.inputs = _open_inputs(args.files, Format(args.format) if args.format else None)
+        if args.rejects:
+            self.rejects = Rejects(args.rejects, self.inputs)
 
     def read_all(self, sink: _Sink) -> None:
         """Every record of every input into ``sink``; invalid ones refused.
@@ -220,15 +246,10 @@ class _Send:
             for line in source:
                 self.read += 1
                 if line.error is not None:
-                    self.refuse(line, line.error)
+                    self.refuse(line.where, line.error, line)
                 else:
-                    try:
-                        sink.take(line)
-                    except InvalidEvent as exc:
-                        self.refuse(line, exc)
-                    except UnknownTenant as exc:
-                        reason = f"no write key configured for {shown(exc.tenant)}"
-                        self.refuse(line, InvalidEvent("tenant", reason))
+                    assert line.record is not None
+                    self.offer(sink, line.where, line.record, len(line.raw), line)
                 if self.progress.due():
                     self._show_reading(done_before + source.bytes_read, total, sink)
             done_before += source.bytes_read
@@ -250,15 +271,13 @@ class _Send:
             if not args.dry_run:
                 emitter = emitter_from_args(args, self.naming, failed)
             try:
-                self.inputs = _open_inputs(args.files, Format(args.format) if args.format else None)
-                if args.rejects:
-                    self.rejects = Rejects(args.rejects, self.inputs)
+                self.open_inputs()
             except BaseException:
                 if emitter is not None:
                     emitter.close(0)
                 raise
         except UsageError as exc:
-            err(f"{PROG}: send: {exc}")
+            err(f"{PROG}: {self.name}: {exc}")
             return EXIT_USAGE
         except HeaderError as exc:
             err(str(exc))
@@ -294,7 +313,7 @@ class _Send:
             self.progress.message(f"{PROG}: interrupted while reading")
             return EXIT_INTERRUPTED
         except SpoolError as exc:  # the spool file became unusable: stop, say why
-            self.progress.message(f"{PROG}: send: {exc}")
+            self.progress.message(f"{PROG}: {self.name}: {exc}")
             return EXIT_USAGE
         return None
 
@@ -319,7 +338,7 @@ class _Send:
                     self.progress.message(f"{PROG}: interrupted while delivering")
                     stopped = EXIT_INTERRUPTED
                 except SpoolError as exc:
-                    self.progress.message(f"{PROG}: send: {exc}")
+                    self.progress.message(f"{PROG}: {self.name}: {exc}")
                     stopped = EXIT_USAGE
         finally:
             emitter.close(0)

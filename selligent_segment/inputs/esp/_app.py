@@ -1,0 +1,181 @@
+"""The thin ASGI routes over the webhook objects: ``POST /{provider}`` and
+``POST /{provider}/{tenant}``.
+
+Guarantees: a ``2xx`` is answered only after :meth:`Emitter.emit_many` accepted the
+request's records (skipped events and unreadable ones are reported in the answer and
+logged, and never retried); a refused request gets its status (400, 401, 403) and one
+WARNING log line naming the provider, the tenant and the reason, never a secret or an
+address; when the records cannot be accepted now (spool full, emitter closed, a tenant
+without a write key) the answer is ``503`` so the provider retries (the records' ids are
+stable, so a retry does not duplicate what was accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from selligent_segment._asgi import (
+    ASGIApp,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    respond,
+    respond_json,
+)
+from selligent_segment._emitter import Emitter
+from selligent_segment._errors import EmitterClosed, SpoolFull, UnknownTenant, shown
+from selligent_segment.inputs._result import InputError, InputProblem
+from selligent_segment.inputs.esp._common import IdResolver, Webhook, WebhookRefused
+from selligent_segment.inputs.esp._mailgun import MailgunConfig, MailgunWebhook
+from selligent_segment.inputs.esp._postmark import PostmarkConfig, PostmarkWebhook
+from selligent_segment.inputs.esp._sendgrid import SendGridConfig, SendGridWebhook
+from selligent_segment.inputs.esp._ses import SesConfig, SesWebhook
+from selligent_segment.inputs.esp._sparkpost import SparkPostConfig, SparkPostWebhook
+
+__all__ = ["DEFAULT_MAX_BODY", "ProviderConfig", "webhook_for", "webhooks_app"]
+
+#: The largest request body read (SendGrid posts batches of up to a few MB).
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+ProviderConfig = SesConfig | SendGridConfig | MailgunConfig | PostmarkConfig | SparkPostConfig
+
+log = logging.getLogger("selligent_segment.inputs.esp")
+
+_WEBHOOKS: dict[type, Any] = {
+    SesConfig: SesWebhook,
+    SendGridConfig: SendGridWebhook,
+    MailgunConfig: MailgunWebhook,
+    PostmarkConfig: PostmarkWebhook,
+    SparkPostConfig: SparkPostWebhook,
+}
+
+
+def webhook_for(config: ProviderConfig | Webhook, resolver: IdResolver | None = None) -> Webhook:
+    """The webhook object of a provider's config (a webhook object is returned as is)."""
+    maker = _WEBHOOKS.get(type(config))
+    if maker is None:
+        if isinstance(config, Webhook):
+            return config
+        raise TypeError(f"not an ESP webhook config: {type(config).__name__}")
+    webhook: Webhook = maker(config, resolver)
+    return webhook
+
+
+def webhooks_app(
+    emitter: Emitter,
+    providers: Mapping[str, ProviderConfig | Webhook],
+    *,
+    resolver: IdResolver | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> ASGIApp:
+    """An ASGI application serving ``POST /{name}`` and ``POST /{name}/{tenant}`` for each
+    ``name -> config`` of ``providers`` (``{"sendgrid": SendGridConfig(...)}``; the name is
+    the path segment, so two SendGrid accounts may be ``sendgrid-eu`` and ``sendgrid-us``),
+    handing the records to ``emitter``. ``resolver`` is the platform-id hook of every
+    provider; ``max_body`` bytes the largest body read (413 beyond)."""
+    webhooks = {name: webhook_for(config, resolver) for name, config in providers.items()}
+
+    def process(
+        webhook: Webhook, body: bytes, headers: dict[str, str], tenant: str | None
+    ) -> tuple[int, bytes]:
+        try:
+            parsed = webhook.handle(body, headers, tenant)
+        except WebhookRefused as exc:
+            _refused(webhook.provider, tenant, exc.status, exc.reason)
+            return exc.status, _error(exc.reason)
+        except InputError as exc:
+            _refused(webhook.provider, tenant, 400, str(exc))
+            return 400, _error(str(exc))
+        try:
+            result = emitter.emit_many(parsed.records)
+        except (SpoolFull, EmitterClosed) as exc:
+            webhook.release(body, headers)
+            _refused(webhook.provider, tenant, 503, type(exc).__name__)
+            return 503, _error("not accepted now; retry")
+        problems = list(parsed.problems)
+        unknown = False
+        for index, error in result.refused:
+            unknown = unknown or isinstance(error, UnknownTenant)
+            problems.append(InputProblem(f"record-{index + 1}", "emit", str(error)))
+        if unknown:
+            webhook.release(body, headers)
+            _refused(webhook.provider, tenant, 503, "a tenant without a write key")
+            return 503, _error("a tenant without a write key; retry")
+        return 200, _answer(webhook.provider, tenant, result.accepted, problems)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        name, _, tenant = path.strip("/").partition("/")
+        webhook = webhooks.get(name)
+        if webhook is None or "/" in tenant:
+            await respond(send, 404, b"no such webhook\n")
+            return
+        if scope.get("method") != "POST":
+            await respond(send, 405, b"POST only\n", headers=[("Allow", "POST")])
+            return
+        try:
+            body = await read_body(receive, max_body)
+        except BodyTooLarge as exc:
+            _refused(webhook.provider, tenant or None, 413, str(exc))
+            await respond(send, 413, str(exc).encode() + b"\n")
+            return
+        except ClientGone:
+            return
+        headers = {
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+            for k, v in scope.get("headers", ())
+        }
+        status, answer = await asyncio.to_thread(process, webhook, body, headers, tenant or None)
+        extra = [("WWW-Authenticate", 'Basic realm="webhooks"')] if status == 401 else []
+        await respond_json(send, status, answer, headers=extra)
+
+    return app
+
+
+def _refused(provider: str, tenant: str | None, status: int, reason: str) -> None:
+    log.warning(
+        "esp webhook refused: provider=%s tenant=%s status=%d reason=%s",
+        provider,
+        shown(tenant) if tenant else "-",
+        status,
+        reason,
+    )
+
+
+def _error(reason: str) -> bytes:
+    return orjson.dumps({"error": reason})
+
+
+def _answer(
+    provider: str, tenant: str | None, accepted: int, problems: list[InputProblem]
+) -> bytes:
+    skipped = sum(p.reason.startswith("skipped: ") for p in problems)
+    bad = [p for p in problems if not p.reason.startswith("skipped: ")]
+    if bad:
+        log.warning(
+            "esp webhook: provider=%s tenant=%s: %d event(s) not read, first: %s",
+            provider,
+            shown(tenant) if tenant else "-",
+            len(bad),
+            bad[0],
+        )
+    return orjson.dumps(
+        {
+            "accepted": accepted,
+            "skipped": skipped,
+            "problems": [str(p) for p in bad[:20]],
+        }
+    )

@@ -1,0 +1,228 @@
+"""What every ESP adapter shares: the platform ids found in an event's custom data (and the
+resolver hook that may replace them), the refusal a signature check raises, and the
+collector that turns one provider event after another into records or problems.
+
+Guarantees: a bad or skipped event becomes one :class:`InputProblem` and never costs
+another; a refusal (:class:`WebhookRefused`) names the provider, the tenant and the reason,
+never a secret or an email address.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import orjson
+
+from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._record import CallbackRecord, EventKind
+from selligent_segment.inputs._result import InputError, InputProblem, Parsed
+
+__all__ = [
+    "ID_KEYS",
+    "IdResolver",
+    "PlatformIds",
+    "Secret",
+    "Webhook",
+    "WebhookRefused",
+    "ids_from",
+    "secret_for",
+]
+
+#: The keys the platform puts in an ESP's custom data (SendGrid custom args, Mailgun
+#: user-variables, Postmark Metadata, SparkPost rcpt_meta, SES message tags).
+ID_KEYS = ("tenant", "user_id", "email_id", "campaign_id", "campaign_name")
+
+#: A secret: one text for every tenant, or a lookup ``tenant -> secret`` (None: unknown
+#: tenant, refused) for platforms with one ESP account or key per tenant. The tenant given
+#: to a lookup is the one in the URL (None when the URL names none).
+Secret = str | Callable[[str | None], str | None]
+
+
+@attrs.frozen
+class PlatformIds:
+    """The platform's ids of one event, as found in the provider's custom data."""
+
+    tenant: str | None = None
+    user_id: str | None = None
+    email_id: str | None = None
+    campaign_id: str | None = None
+    campaign_name: str | None = None
+
+
+#: The resolver hook: ``(provider, raw provider event, ids found by the convention) ->
+#: ids to use``; for platforms that keep their ids elsewhere (a lookup by the ESP's
+#: message id, a tag naming scheme).
+IdResolver = Callable[[str, Mapping[str, Any], PlatformIds], PlatformIds]
+
+
+def ids_from(*sources: object) -> PlatformIds:
+    """The :data:`ID_KEYS` found in ``sources`` (mappings; the first holding a key wins).
+    A list value (SES tags) gives its first item; text and integers are kept, the rest
+    (objects, booleans, blanks) ignored."""
+    values: dict[str, str] = {}
+    for source in sources:
+        if not isinstance(source, Mapping):
+            continue
+        for key in ID_KEYS:
+            if key in values:
+                continue
+            value = source.get(key)
+            if isinstance(value, list) and value:
+                value = value[0]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                continue
+            text = str(value).strip()
+            if text:
+                values[key] = text
+    return PlatformIds(**values)
+
+
+def secret_for(secret: Secret, tenant: str | None) -> str | None:
+    """The secret for ``tenant`` (the URL's), or None when the lookup knows none."""
+    if isinstance(secret, str):
+        return secret
+    found = secret(tenant)
+    return found or None
+
+
+class WebhookRefused(InputError):
+    """A request refused as a whole: forged, stale, replayed, or not the provider's shape.
+    ``status`` is the HTTP answer (400 unreadable, 401 missing or wrong credentials, 403
+    a failed signature, a stale timestamp, a replay or a topic not allowed); ``provider``
+    and ``reason`` name it; nothing secret is ever in it."""
+
+    def __init__(self, provider: str, reason: str, *, status: int = 403) -> None:
+        super().__init__(provider, "request", reason)
+        self.provider = provider
+        self.status = status
+
+
+def load_json(body: bytes, where: str) -> Any:
+    """The JSON of a request body, or :class:`InputError` naming ``where``."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(where, "body", f"not JSON ({exc})") from None
+
+
+@runtime_checkable
+class Webhook(Protocol):
+    """One provider's webhook: check a request and read its events."""
+
+    provider: str
+
+    def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
+        """The records of one request (``headers`` with lower-case names; ``tenant`` the
+        URL's). Raises :class:`WebhookRefused` for a request refused as a whole and
+        :class:`InputError` for a body that is not the provider's format."""
+        ...
+
+    def release(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Forget what :meth:`handle` remembered of this request (Mailgun's token) when
+        its records could not be accepted, so that the provider's retry is not taken
+        for a replay."""
+        ...
+
+
+def epoch(value: object) -> datetime | None:
+    """A UNIX time (number or numeric text) as an aware UTC datetime; None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InvalidEvent("timestamp", "expected a UNIX time, got bool")
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+        return datetime.fromtimestamp(seconds, timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        raise InvalidEvent("timestamp", f"not a UNIX time: {shown(value)}") from None
+
+
+def text(value: object) -> str | None:
+    """``value`` when it is non-blank text (or an integer, as text); else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+class Collector:
+    """Builds the records of one request, event by event, keeping what went wrong as
+    problems. ``tenant`` is the URL's: when given it is the tenant of every record, and an
+    event whose custom data names another one is refused (a tenant's credentials never
+    feed another tenant's workspace)."""
+
+    def __init__(
+        self,
+        provider: str,
+        where: str,
+        tenant: str | None = None,
+        resolver: IdResolver | None = None,
+    ) -> None:
+        self.provider = provider
+        self.where = where
+        self.tenant = tenant
+        self.resolver = resolver
+        self.records: list[CallbackRecord] = []
+        self.problems: list[InputProblem] = []
+
+    def at(self, index: int) -> str:
+        """Where event ``index`` (0-based) is, for a problem: ``WHERE:event-N``."""
+        return f"{self.where}:event-{index + 1}"
+
+    def problem(self, index: int, field: str, reason: str) -> None:
+        """Note that event ``index`` could not be read."""
+        self.problems.append(InputProblem(self.at(index), field, reason))
+
+    def skip(self, index: int, field: str, name: object, why: str = "") -> None:
+        """Note that event ``index`` is not one of the six kinds (``skipped: ...``)."""
+        tail = f" ({why})" if why else ""
+        reason = f"skipped: {shown(name)} is not one of the six email events{tail}"
+        self.problems.append(InputProblem(self.at(index), field, reason))
+
+    def add(
+        self,
+        index: int,
+        kind: EventKind,
+        raw: Mapping[str, Any],
+        ids: PlatformIds,
+        properties: dict[str, Any],
+        **fields: Any,
+    ) -> None:
+        """Make the record of event ``index`` (or note why it cannot be made)."""
+        if self.resolver is not None:
+            try:
+                ids = self.resolver(self.provider, raw, ids)
+            except Exception as exc:  # the hook is the caller's code: one event, one problem
+                self.problem(index, "resolver", f"the id resolver failed: {type(exc).__name__}")
+                return
+        tenant = ids.tenant
+        if self.tenant is not None:
+            if tenant is not None and tenant != self.tenant:
+                self.problem(index, "tenant", "the event names another tenant than the URL")
+                return
+            tenant = self.tenant
+        try:
+            record = CallbackRecord(
+                kind,
+                tenant=tenant,
+                user_id=ids.user_id,
+                email_id=ids.email_id,
+                campaign_id=ids.campaign_id,
+                campaign_name=ids.campaign_name,
+                properties={"esp": self.provider, **properties},
+                **fields,
+            )
+        except InvalidEvent as exc:
+            self.problem(index, exc.field, exc.reason)
+            return
+        self.records.append(record)
+
+    def parsed(self) -> Parsed:
+        """What was collected."""
+        return Parsed(tuple(self.records), tuple(self.problems))

@@ -1,0 +1,208 @@
+"""Mailgun's webhooks: one JSON object per request, ``{"signature": {"timestamp",
+"token", "signature"}, "event-data": {...}}``, signed with HMAC-SHA256 over timestamp +
+token (the body is not signed: stale timestamps and reused tokens are refused).
+
+Mapping (``event-data.event`` -> kind): delivered -> delivered; opened -> opened; clicked
+-> link_clicked; unsubscribed -> unsubscribed; complained -> marked_as_spam; failed ->
+bounced (``severity`` permanent -> hard, temporary -> soft), except a failure whose
+``reason`` is ``suppress-*`` (Mailgun did not send it), skipped; accepted, rejected,
+stored and the rest -> skipped. The event id is ``event-data.id``; the platform's ids come
+from ``user-variables`` under :data:`ID_KEYS`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._record import EventKind
+from selligent_segment.inputs._result import InputError, Parsed
+from selligent_segment.inputs.esp._common import (
+    Collector,
+    IdResolver,
+    Secret,
+    WebhookRefused,
+    epoch,
+    ids_from,
+    load_json,
+    secret_for,
+    text,
+)
+from selligent_segment.inputs.esp._hmac import SeenTokens, hmac_ok
+from selligent_segment.inputs.esp._machine_open import machine_open
+
+__all__ = ["MailgunConfig", "MailgunWebhook", "parse"]
+
+PROVIDER = "mailgun"
+#: Seconds a signed timestamp stays acceptable (and a token is remembered for).
+DEFAULT_MAX_AGE = 300.0
+#: Tokens remembered; make it larger than the requests of ``max_age`` seconds.
+DEFAULT_TOKEN_CACHE = 65_536
+
+_KINDS = {
+    "delivered": EventKind.DELIVERED,
+    "opened": EventKind.OPENED,
+    "clicked": EventKind.LINK_CLICKED,
+    "unsubscribed": EventKind.UNSUBSCRIBED,
+    "complained": EventKind.MARKED_AS_SPAM,
+    "failed": EventKind.BOUNCED,
+}
+_SKIPPED = {
+    "accepted": "accepted by Mailgun, not yet delivered",
+    "rejected": "Mailgun refused to send it",
+    "stored": "an inbound message stored",
+}
+_SEVERITIES = {"permanent": "hard", "temporary": "soft"}
+
+
+@attrs.frozen
+class MailgunConfig:
+    """Mailgun's settings: the ``signing_key`` (Sending > Webhooks > HTTP webhook signing
+    key; or a lookup by tenant), ``max_age`` seconds a signed timestamp stays good
+    (default 300), ``token_cache`` tokens remembered against replays (default 65,536) and
+    ``now``, the wall clock (a seam for tests)."""
+
+    signing_key: Secret = attrs.field(repr=False)
+    max_age: float = DEFAULT_MAX_AGE
+    token_cache: int = DEFAULT_TOKEN_CACHE
+    now: Callable[[], float] = attrs.field(default=time.time, repr=False)
+
+
+def _envelope(body: bytes, where: str) -> dict[str, Any]:
+    payload = load_json(body, where)
+    if not isinstance(payload, dict):
+        raise InputError(where, "body", "expected a JSON object (Mailgun's webhook body)")
+    return payload
+
+
+def parse(
+    body: bytes,
+    where: str = "request",
+    *,
+    tenant: str | None = None,
+    resolver: IdResolver | None = None,
+) -> Parsed:
+    """The record of a Mailgun webhook body, without any signature check. Raises
+    :class:`InputError` only when the body is not a JSON object with ``event-data``."""
+    payload = _envelope(body, where)
+    event = payload.get("event-data")
+    if not isinstance(event, dict):
+        raise InputError(where, "event-data", "missing or not an object")
+    out = Collector(PROVIDER, where, tenant, resolver)
+    _one(out, 0, event)
+    return out.parsed()
+
+
+def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
+    name = event.get("event")
+    kind = _KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        if isinstance(name, str):
+            out.skip(index, "event", name, _SKIPPED.get(name, "unknown to this adapter"))
+        else:
+            out.problem(index, "event", f"missing or not text: {shown(name)}")
+        return
+    reason = text(event.get("reason"))
+    if kind is EventKind.BOUNCED and reason and reason.startswith("suppress-"):
+        out.skip(index, "reason", reason, "Mailgun did not send it: the address is suppressed")
+        return
+    message = event.get("message")
+    headers = message.get("headers") if isinstance(message, dict) else None
+    headers = headers if isinstance(headers, dict) else {}
+    properties: dict[str, Any] = {
+        "esp_event": name,
+        "esp_message_id": text(headers.get("message-id")),
+    }
+    fields: dict[str, Any] = {
+        "email": event.get("recipient"),
+        "event_id": text(event.get("id")),
+        "email_subject": text(headers.get("subject")),
+    }
+    try:
+        fields["timestamp"] = epoch(event.get("timestamp"))
+    except InvalidEvent as exc:
+        out.problem(index, exc.field, exc.reason)
+        return
+    client = event.get("client-info")
+    agent = client.get("user-agent") if isinstance(client, dict) else None
+    if kind in (EventKind.OPENED, EventKind.LINK_CLICKED):
+        fields["ip"] = text(event.get("ip"))
+        fields["user_agent"] = text(agent)
+    if kind is EventKind.OPENED:
+        properties.update(machine_open(event.get("ip"), agent))
+    elif kind is EventKind.LINK_CLICKED:
+        fields["link_url"] = text(event.get("url"))
+    elif kind is EventKind.BOUNCED:
+        severity = event.get("severity")
+        fields["bounce_type"] = _SEVERITIES.get(severity) if isinstance(severity, str) else None
+        status = event.get("delivery-status")
+        status = status if isinstance(status, dict) else {}
+        fields["smtp_status"] = text(status.get("code"))
+        fields["bounce_reason"] = text(status.get("message")) or text(status.get("description"))
+        properties["esp_bounce_classification"] = "/".join(
+            part for part in (text(severity), reason) if part
+        )
+    ids = ids_from(event.get("user-variables"))
+    out.add(index, kind, event, ids, properties, **fields)
+
+
+class MailgunWebhook:
+    """Mailgun's webhooks: :meth:`handle` checks the HMAC, the timestamp's age and that
+    the token is new, then parses. Thread-safe."""
+
+    provider = PROVIDER
+
+    def __init__(self, config: MailgunConfig, resolver: IdResolver | None = None) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.tokens = SeenTokens(config.token_cache)
+
+    def verify(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> None:
+        """Return when the request's signature is good, fresh and new; raise
+        :class:`WebhookRefused` otherwise (a good request's token is then remembered)."""
+        try:
+            payload = _envelope(body, PROVIDER)
+        except InputError as exc:
+            raise WebhookRefused(PROVIDER, exc.reason, status=400) from None
+        signed = payload.get("signature")
+        parts = (
+            [signed.get(k) for k in ("timestamp", "token", "signature")]
+            if isinstance(signed, dict)
+            else []
+        )
+        if len(parts) != 3 or not all(isinstance(p, str) and p for p in parts):
+            raise WebhookRefused(PROVIDER, "no signature (timestamp, token, signature)", status=401)
+        stamp, token, signature = (str(p) for p in parts)
+        key = secret_for(self.config.signing_key, tenant)
+        if key is None:
+            raise WebhookRefused(PROVIDER, "no signing key for this tenant")
+        if not hmac_ok(key, stamp, token, signature):
+            raise WebhookRefused(PROVIDER, "bad signature")
+        try:
+            age = self.config.now() - float(stamp)
+        except ValueError:
+            raise WebhookRefused(PROVIDER, "the timestamp is not a number", status=400) from None
+        if abs(age) > self.config.max_age:
+            raise WebhookRefused(
+                PROVIDER, f"stale timestamp ({age:+.0f} s old, over {self.config.max_age:g} s)"
+            )
+        if not self.tokens.first_time(token):
+            raise WebhookRefused(PROVIDER, "replayed: this token was already used")
+
+    def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
+        """:meth:`verify`, then :func:`parse`."""
+        self.verify(body, headers, tenant)
+        return parse(body, PROVIDER, tenant=tenant, resolver=self.resolver)
+
+    def release(self, body: bytes, headers: Mapping[str, str]) -> None:
+        """Forget the request's token: its records were not accepted, Mailgun will retry."""
+        try:
+            signed = _envelope(body, PROVIDER).get("signature")
+        except InputError:
+            return
+        if isinstance(signed, dict) and isinstance(signed.get("token"), str):
+            self.tokens.forget(signed["token"])

@@ -1,0 +1,229 @@
+"""What DSN, ARF and heuristic parsing share: reading a message from bytes without ever
+raising, header text, addresses, dates, the returned original message, the join key, the
+deterministic event id, and turning fields into a record or an :class:`InputProblem`."""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.parser
+import email.utils
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from email.message import Message
+from typing import Any
+
+from selligent_segment._errors import InvalidEvent
+from selligent_segment._record import CallbackRecord, parse_timestamp
+from selligent_segment.inputs._result import InputProblem, Parsed
+from selligent_segment.inputs.reports._join import Join, JoinKey
+
+__all__ = [
+    "Report",
+    "address_of",
+    "blocks",
+    "header_text",
+    "make_record",
+]
+
+#: The namespace of report event ids: uuid5(namespace, "kind\nreport\nrecipient").
+EVENT_ID_NAMESPACE = uuid.UUID("5d0b1a3e-7c55-4f0e-9a51-6c1b1f1e0d14")
+
+_SPACES = re.compile(r"\s+")
+_ANGLE = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
+_BARE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+#: Envelope headers of a bounce that may hold the VERP address it was returned to.
+_ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
+
+
+def header_text(value: object) -> str | None:
+    """A header value as plain, unfolded text (RFC 2047 words decoded, undecodable bytes
+    replaced), or None when blank."""
+    if value is None:
+        return None
+    try:
+        text = str(email.header.make_header(email.header.decode_header(str(value))))
+    except Exception:  # a broken encoded word: keep the raw text
+        text = str(value)
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = _SPACES.sub(" ", text).strip()
+    return text or None
+
+
+def address_of(value: str | None) -> str | None:
+    """The address in a header or a DSN address field (``rfc822; a@b.c``, ``<a@b.c>``,
+    ``Name <a@b.c>``), or None."""
+    if not value:
+        return None
+    if ";" in value:
+        kind, _, rest = value.partition(";")
+        if kind.strip().lower() not in ("rfc822", "utf-8", "x-unix"):  # x-local, ...
+            rest = value if "@" in kind else ""
+        value = rest
+    found = _ANGLE.search(value)
+    if found is None:
+        found = _BARE.search(value)
+        return found.group(0).strip(".") if found else None
+    return found.group(1)
+
+
+def typed_value(value: str | None) -> str | None:
+    """A DSN field's value without its type (``dns; mx.example.com`` -> ``mx.example.com``)."""
+    if not value:
+        return None
+    kind, sep, rest = value.partition(";")
+    text = rest.strip() if sep and " " not in kind.strip() else value.strip()
+    return text or None
+
+
+def date_of(value: str | None) -> datetime | None:
+    """An RFC 5322 date as an aware datetime within the accepted range, else None."""
+    if not value:
+        return None
+    try:
+        moment: datetime = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    try:
+        return parse_timestamp(moment)
+    except InvalidEvent:
+        return None
+
+
+def blocks(part: Message) -> list[Message]:
+    """The header blocks of a ``message/delivery-status`` or ``message/feedback-report``
+    part: what the parser made of them, else its decoded text split on blank lines."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
+        return [p for p in payload if isinstance(p, Message)]
+    raw = part.get_payload(decode=True)
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
+    text = text.replace("\r\n", "\n")
+    parser = email.parser.HeaderParser()
+    return [parser.parsestr(chunk.strip("\n") + "\n") for chunk in re.split(r"\n\s*\n", text)]
+
+
+def _parts(message: Message) -> Iterator[Message]:
+    try:
+        yield from message.walk()
+    except (TypeError, AttributeError):  # a payload that is neither list nor text
+        return
+
+
+class Report:
+    """One report message read from ``data`` (bytes): never raises on any input."""
+
+    def __init__(self, data: bytes, where: str) -> None:
+        self.where = where
+        self.data = data
+        self.message = email.message_from_bytes(data)
+        own = header_text(self.message.get("Message-ID"))
+        # The report's identity: its own Message-ID, else its bytes.
+        self.identity = own or "sha256:" + hashlib.sha256(data).hexdigest()
+        self._original: Message | bool | None = False
+
+    def parts(self) -> list[Message]:
+        """Every part, the message first."""
+        return list(_parts(self.message))
+
+    def report_part(self, content_type: str) -> Message | None:
+        """The first part of ``content_type`` (``message/delivery-status``, ...)."""
+        for part in self.parts():
+            if part.get_content_type() == content_type:
+                return part
+        return None
+
+    def report_type(self) -> str | None:
+        """``delivery-status``, ``feedback-report``, ... for a ``multipart/report``."""
+        if self.message.get_content_type() != "multipart/report":
+            return None
+        kind = self.message.get_param("report-type")
+        return kind.lower() if isinstance(kind, str) else None
+
+    def original(self) -> Message | None:
+        """The returned original message or its headers (``message/rfc822``,
+        ``text/rfc822-headers``, ``message/rfc822-headers``), or None."""
+        if self._original is not False:
+            return self._original  # type: ignore[return-value]
+        found: Message | None = None
+        for part in self.parts()[1:]:
+            kind = part.get_content_type()
+            if kind == "message/rfc822":
+                payload = part.get_payload()
+                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                    found = payload[0]
+                    break
+            elif kind in ("text/rfc822-headers", "message/rfc822-headers"):
+                raw = part.get_payload(decode=True)
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+                found = email.parser.HeaderParser().parsestr(text.lstrip())
+                break
+        self._original = found
+        return found
+
+    def original_header(self, name: str) -> str | None:
+        """A header of the original message, as text."""
+        original = self.original()
+        return header_text(original.get(name)) if original is not None else None
+
+    def join_key(
+        self, join: Join, recipient: str | None, kind: str, envelope: tuple[str, ...] = ()
+    ) -> JoinKey:
+        """The join key for one record: the original's Message-ID, the VERP token of the
+        first envelope address that holds one, the platform's header."""
+        message_id = self.original_header("Message-ID")
+        if message_id is not None:
+            message_id = message_id.strip().strip("<>").strip() or None
+        token = None
+        if join.verp is not None:
+            addresses = [*envelope, *(self._header(n) for n in _ENVELOPE_HEADERS)]
+            addresses.append(self.original_header("Return-Path"))
+            for address in addresses:
+                token = join.token_in(address)
+                if token is not None:
+                    break
+        header = None
+        for name in join.headers:
+            header = self.original_header(name)
+            if header is not None:
+                break
+        return JoinKey(message_id, token, header, recipient, kind)
+
+    def _header(self, name: str) -> str | None:
+        return header_text(self.message.get(name))
+
+    def event_id(self, kind: str, recipient: str) -> str:
+        """Deterministic: the same report and recipient give the same id, every time."""
+        return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{kind}\n{self.identity}\n{recipient}"))
+
+    def date(self) -> datetime | None:
+        """The report's own ``Date``, when it is a usable timestamp."""
+        return date_of(self._header("Date"))
+
+
+def make_record(
+    report: Report,
+    where: str,
+    fields: dict[str, Any],
+    join: Join,
+    key: JoinKey,
+) -> Parsed:
+    """The record of ``fields`` completed by the resolver, or the problem that stops it."""
+    extra, refused = join.resolve(key)
+    if refused is not None:
+        return Parsed(problems=(InputProblem(where, "join", refused),))
+    merged = dict(fields)
+    for name, value in extra.items():
+        if name == "properties" and isinstance(value, dict):
+            merged["properties"] = {**value, **fields.get("properties", {})}
+        elif value is not None:
+            merged[name] = value
+    try:
+        return Parsed(records=(CallbackRecord.from_dict(merged),))
+    except InvalidEvent as exc:
+        return Parsed(problems=(InputProblem(where, exc.field, exc.reason),))

@@ -1,0 +1,178 @@
+"""``selligent-segment ingest``: reports from an mbox, a Maildir and .eml files, and a
+saved ESP webhook body, printed (--dry-run) or delivered to a LocalSegment; run as a
+subprocess."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from selligent_segment.testing import LocalSegment
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(__file__).parent / "corpus" / "reports"
+VERP = r"bounces\+(?P<token>[^@]+)@mail\.platform\.example"
+JOIN = str(CORPUS / "join.json")
+
+
+@pytest.fixture
+def server() -> Iterator[LocalSegment]:
+    with LocalSegment(write_keys=["key-acme", "key-globex"]) as segment:
+        yield segment
+
+
+@pytest.fixture
+def keys_file(tmp_path: Path) -> str:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"acme": "key-acme", "globex": "key-globex"}))
+    return str(path)
+
+
+def ingest(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"}
+    return subprocess.run(
+        [sys.executable, "-m", "selligent_segment", "ingest", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def mbox_of(path: Path, *names: str) -> str:
+    box = mailbox.mbox(str(path))
+    for name in names:
+        box.add((CORPUS / f"{name}.eml").read_bytes())
+    box.close()
+    return str(path)
+
+
+def test_dry_run_of_an_mbox_prints_the_messages_and_names_each_problem(tmp_path: Path) -> None:
+    path = mbox_of(
+        tmp_path / "bounces.mbox",
+        "postfix-user-unknown",
+        "postfix-delayed",
+        "malformed-bad-fields",
+        "qmail-no-mailbox",
+    )
+    result = ingest("dsn", path, "--dry-run", "--join", JOIN, "--verp", VERP)
+    assert result.returncode == 1, result.stderr
+    messages = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [m["event"] for m in messages] == ["Email Bounced"] * 4
+    assert messages[0]["userId"] == "u-1001"
+    assert messages[0]["properties"]["email_id"] == "em-42"
+    assert messages[-1]["properties"]["bounce_confidence"] == "heuristic"
+    assert result.stderr.splitlines() == [
+        f"{path}:MESSAGE-3 recipient 1: Action: 'bounced': expected failed, delayed, "
+        "delivered, relayed or expanded",
+        f"{path}:MESSAGE-3 recipient 2: Final-Recipient: missing: no Final-Recipient or "
+        "Original-Recipient address",
+        "selligent-segment: read 4 messages from 1 input: 4 records, 2 problems",
+    ]
+
+
+@pytest.mark.slow  # half a second or more: a LocalSegment and a subprocess
+def test_reports_are_delivered_to_the_tenant_the_join_finds_and_again_deduplicated(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    box = mailbox.Maildir(str(tmp_path / "fbl"))
+    for name in ("arf-yahoo-abuse", "arf-redacted-aol", "arf-microsoft-jmrp", "arf-not-spam"):
+        box.add((CORPUS / f"{name}.eml").read_bytes())
+    box.close()
+    args = ["arf", str(tmp_path / "fbl"), "--join", JOIN, "--verp", VERP]
+    first = ingest(*args, "--write-keys", keys_file, "--endpoint", server.url)
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.splitlines()[:2] == [
+        "selligent-segment: read 4 messages from 1 input: 3 records, 0 problems",
+        "selligent-segment: 3 events accepted, 3 delivered, 0 not delivered",
+    ]
+    acme, globex = server.events("key-acme"), server.events("key-globex")
+    assert [e["userId"] for e in acme] == ["u-1012"]
+    assert sorted(e["userId"] for e in globex) == ["u-77", "u-78"]
+    assert {e["event"] for e in acme + globex} == {"Email Marked as Spam"}
+    again = ingest(*args, "--write-keys", keys_file, "--endpoint", server.url)
+    assert again.returncode == 0, again.stderr
+    assert server.accepted_count == 3
+    assert server.duplicates == 3
+
+
+@pytest.mark.slow
+def test_one_tenant_for_every_report_with_tenant(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    files = [str(CORPUS / f"{n}.eml") for n in ("exim-mailbox-full", "sendmail-host-unknown")]
+    result = ingest(
+        "dsn", *files, "--tenant", "acme", "--write-keys", keys_file, "--endpoint", server.url
+    )
+    assert result.returncode == 0, result.stderr
+    events = server.events("key-acme")
+    assert sorted(e["properties"]["smtp_status"] for e in events) == ["5.1.2", "5.2.2"]
+
+
+@pytest.mark.slow
+def test_a_saved_sendgrid_body_is_delivered_with_tenant(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    body = tmp_path / "sendgrid.json"
+    body.write_text(
+        json.dumps(
+            [
+                {
+                    "email": "ada@example.com",
+                    "event": "delivered",
+                    "sg_event_id": "sg-1",
+                    "timestamp": 1763600000,
+                },
+                {"event": "open", "sg_event_id": "sg-2", "timestamp": 1763600000},
+            ]
+        )
+    )
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("{")
+    result = ingest(
+        "sendgrid",
+        str(body),
+        str(not_json),
+        "--tenant",
+        "globex",
+        "--write-keys",
+        keys_file,
+        "--endpoint",
+        server.url,
+    )
+    assert result.returncode == 1, result.stderr
+    (event,) = server.events("key-globex")
+    assert event["event"] == "Email Delivered"
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"{body}:event-2: email: ")
+    assert lines[1].startswith(f"{not_json}: ")
+    assert lines[2] == (
+        "selligent-segment: read 2 webhook bodies from 2 inputs: 1 records, 2 problems"
+    )
+
+
+@pytest.mark.slow
+def test_usage_errors_exit_2_before_anything_is_sent(tmp_path: Path) -> None:
+    good = str(CORPUS / "postfix-user-unknown.eml")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bad.json").write_text("[1]")
+    cases = {
+        (good, str(tmp_path / "missing.mbox")): "missing.mbox: path: cannot read",
+        (good, str(tmp_path / "plain")): "not a Maildir (no cur/ and new/)",
+        (good, "--join", str(tmp_path / "bad.json")): "--join",
+        (good, "--verp", "bounces+("): "--verp: not a regular expression",
+    }
+    for args, expected in cases.items():
+        result = ingest("dsn", *args, "--dry-run")
+        assert result.returncode == 2, result.stderr
+        assert result.stdout == ""
+        assert expected in result.stderr
+        assert result.stderr.startswith("selligent-segment: ingest: ")

@@ -1,0 +1,211 @@
+"""The webhook routes over real loopback HTTP (serve_asgi) into an Emitter delivering to a
+LocalSegment: 2xx only once the records are accepted, refusals with their status and one
+WARNING line, replays deduplicated by the stable messageId."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.client
+import logging
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from selligent_segment import BatchPolicy, Emitter
+from selligent_segment.inputs.esp import (
+    MailgunConfig,
+    MailgunWebhook,
+    PostmarkConfig,
+    SendGridConfig,
+    webhooks_app,
+)
+from selligent_segment.testing import FakeClock, LocalSegment
+from selligent_segment.testing._asgi_server import serve_asgi
+
+NOW = 1_795_000_000.0
+KEY = ec.generate_private_key(ec.SECP256R1())
+PUBLIC = base64.b64encode(
+    KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+).decode()
+MAILGUN_KEY = "mailgun-signing-key"
+
+
+def post(
+    url: str, path: str, body: bytes, headers: dict[str, str] | None = None, method: str = "POST"
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        answer = conn.getresponse()
+        raw = answer.read()
+        return (
+            answer.status,
+            orjson.loads(raw) if raw.startswith(b"{") else {},
+            dict(answer.getheaders()),
+        )
+    finally:
+        conn.close()
+
+
+def sendgrid_request(events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+    body = orjson.dumps(events)
+    stamp = str(int(NOW))
+    signature = KEY.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return body, {
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
+        "Content-Type": "application/json",
+    }
+
+
+def sg_event(i: int, name: str = "delivered", **extra: Any) -> dict[str, Any]:
+    return {
+        "email": f"user{i}@example.com",
+        "timestamp": 1_794_999_000,
+        "event": name,
+        "sg_event_id": f"sg-{i}",
+        **extra,
+    }
+
+
+@pytest.fixture
+def emitter(server: LocalSegment) -> Iterator[Emitter]:
+    em = Emitter(
+        endpoint=server.url,
+        write_keys={"acme": "key-acme", "globex": "key-globex"},
+        batch=BatchPolicy(linger=0.0),
+    )
+    yield em
+    em.close(10)
+
+
+def providers(clock: FakeClock) -> dict[str, Any]:
+    return {
+        "sendgrid": SendGridConfig(PUBLIC, now=clock.monotonic),
+        "mailgun": MailgunWebhook(MailgunConfig(MAILGUN_KEY, now=clock.monotonic)),
+        "postmark": PostmarkConfig("hook", "pm-pass"),
+    }
+
+
+def test_signed_events_reach_the_tenants_workspace_and_replays_dedup(
+    server: LocalSegment, emitter: Emitter
+) -> None:
+    app = webhooks_app(emitter, providers(FakeClock(NOW)))
+    body, headers = sendgrid_request([sg_event(1), sg_event(2, "open"), sg_event(3, "processed")])
+    with serve_asgi(app) as url:
+        status, answer, _ = post(url, "/sendgrid/acme", body, headers)
+        assert (status, answer) == (200, {"accepted": 2, "skipped": 1, "problems": []})
+        assert emitter.flush(10)
+        first = server.message_ids
+        status, _, _ = post(url, "/sendgrid/acme", body, headers)  # SendGrid's retry
+        assert status == 200
+        assert emitter.flush(10)
+    assert len(server.events("key-acme")) == 2
+    assert server.message_ids == first
+    events = sorted(server.events("key-acme"), key=lambda e: e["event"])
+    assert [e["event"] for e in events] == ["Email Delivered", "Email Opened"]
+    assert events[0]["properties"]["esp"] == "sendgrid"
+
+
+def test_the_tenant_may_come_from_the_custom_args(server: LocalSegment, emitter: Emitter) -> None:
+    app = webhooks_app(emitter, providers(FakeClock(NOW)))
+    body, headers = sendgrid_request([sg_event(1, tenant="globex"), sg_event(2, tenant="acme")])
+    with serve_asgi(app) as url:
+        assert post(url, "/sendgrid", body, headers)[0] == 200
+        assert emitter.flush(10)
+        # with the tenant in the URL, an event naming another tenant is refused
+        status, answer, _ = post(url, "/sendgrid/acme", body, headers)
+    assert status == 200
+    assert answer["accepted"] == 1
+    assert answer["problems"] == [
+        "sendgrid:event-1: tenant: the event names another tenant than the URL"
+    ]
+    assert len(server.events("key-globex")) == 1
+
+
+def test_a_forged_request_is_refused_with_a_log_line(
+    server: LocalSegment, emitter: Emitter, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = webhooks_app(emitter, providers(FakeClock(NOW)))
+    body, headers = sendgrid_request([sg_event(1)])
+    with (
+        caplog.at_level(logging.WARNING, logger="selligent_segment.inputs.esp"),
+        serve_asgi(app) as url,
+    ):
+        status, answer, _ = post(url, "/sendgrid/acme", body.replace(b"user1", b"user9"), headers)
+        unauthorised = post(url, "/postmark/acme", b"{}", {"Authorization": "Basic bm86bm8="})
+    assert (status, answer) == (403, {"error": "bad signature"})
+    assert unauthorised[0] == 401
+    assert unauthorised[2]["www-authenticate"].startswith("Basic")
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        "esp webhook refused: provider=sendgrid tenant='acme' status=403 reason=bad signature"
+        in lines
+    )
+    assert not any("user" in line and "@" in line for line in lines)
+    assert not any("pm-pass" in line for line in lines)
+    assert server.accepted_count == 0
+
+
+def test_mailgun_replay_refused_but_a_retry_after_a_503_accepted(
+    server: LocalSegment, emitter: Emitter
+) -> None:
+    clock = FakeClock(NOW)
+    hook = MailgunWebhook(MailgunConfig(MAILGUN_KEY, now=clock.monotonic))
+    stamp, token = str(int(NOW)), "tok-1"
+    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    event = {
+        "id": "mg-1",
+        "event": "delivered",
+        "recipient": "ada@example.com",
+        "timestamp": 1_794_999_000,
+    }
+    body = orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": token, "signature": signature},
+            "event-data": event,
+        }
+    )
+    closed = Emitter(endpoint=server.url, write_keys={"acme": "key-acme"})
+    closed.close(1)
+    with serve_asgi(webhooks_app(closed, {"mailgun": hook})) as url:
+        assert post(url, "/mailgun/acme", body)[0] == 503
+    with serve_asgi(webhooks_app(emitter, {"mailgun": hook})) as url:
+        assert post(url, "/mailgun/acme", body)[0] == 200
+        assert post(url, "/mailgun/acme", body)[0] == 403
+        assert emitter.flush(10)
+    assert server.accepted_count == 1
+
+
+def test_an_unknown_tenant_is_a_503_so_the_provider_retries(emitter: Emitter) -> None:
+    body, headers = sendgrid_request([sg_event(1)])
+    with serve_asgi(webhooks_app(emitter, providers(FakeClock(NOW)))) as url:
+        assert post(url, "/sendgrid/initech", body, headers)[0] == 503
+
+
+def test_routes_methods_and_sizes(emitter: Emitter) -> None:
+    app = webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100)
+    with serve_asgi(app) as url:
+        assert post(url, "/nope/acme", b"")[0] == 404
+        assert post(url, "/sendgrid/acme/extra", b"")[0] == 404
+        assert post(url, "/sendgrid/acme", b"", method="GET")[0] == 405
+        assert post(url, "/sendgrid/acme", b"x" * 101)[0] == 413
+        assert (
+            post(
+                url,
+                "/postmark/acme",
+                b"[",
+                {"Authorization": "Basic " + base64.b64encode(b"hook:pm-pass").decode()},
+            )[0]
+            == 400
+        )

@@ -1,0 +1,348 @@
+"""Malformed input to the ESP adapters: each body that is not the provider's shape is an
+InputError or a 400, each malformed signature a refusal, each bad event one problem."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+from typing import Any
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+
+from selligent_segment import EventKind
+from selligent_segment.inputs import InputError
+from selligent_segment.inputs.esp import (
+    PARSERS,
+    MailgunConfig,
+    MailgunWebhook,
+    PlatformIds,
+    SendGridConfig,
+    SendGridWebhook,
+    SesConfig,
+    SesWebhook,
+    WebhookRefused,
+    ids_from,
+    webhook_for,
+)
+from selligent_segment.inputs.esp._ecdsa import EcdsaKeys
+from selligent_segment.inputs.esp._sendgrid import parse as parse_sendgrid
+from selligent_segment.inputs.esp._sns import canonical_string
+
+NOW = dt.datetime(2026, 11, 20, 9, 15, tzinfo=dt.timezone.utc)
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-events"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/cert.pem"
+
+
+@pytest.mark.parametrize("provider", ["ses", "sendgrid", "mailgun", "postmark", "sparkpost"])
+@pytest.mark.parametrize("body", [b"{nope", b"42", b'"text"'])
+def test_a_body_that_is_not_the_providers_shape_is_an_input_error(
+    provider: str, body: bytes
+) -> None:
+    with pytest.raises(InputError) as info:
+        PARSERS[provider](body, "saved.json")
+    assert info.value.where == "saved.json"
+
+
+def test_mailgun_needs_event_data() -> None:
+    with pytest.raises(InputError, match="event-data"):
+        PARSERS["mailgun"](b'{"signature": {}}', "f")
+
+
+@pytest.mark.parametrize(
+    ("provider", "body", "field"),
+    [
+        ("sendgrid", [{"email": "a@example.com"}], "event"),
+        (
+            "sendgrid",
+            [{"event": "delivered", "email": "a@example.com", "timestamp": "soon"}],
+            "timestamp",
+        ),
+        (
+            "sendgrid",
+            [{"event": "delivered", "email": "a@example.com", "timestamp": True}],
+            "timestamp",
+        ),
+        ("sparkpost", [{"msys": {"message_event": {"rcpt_to": "a@example.com"}}}], "type"),
+        ("sparkpost", [{"nothing": 1}], "msys"),
+        ("sparkpost", [{"msys": {"message_event": 3}}], "msys"),
+        (
+            "sparkpost",
+            [
+                {
+                    "msys": {
+                        "message_event": {
+                            "type": "delivery",
+                            "rcpt_to": "a@example.com",
+                            "timestamp": "x",
+                        }
+                    }
+                }
+            ],
+            "timestamp",
+        ),
+        ("mailgun", {"event-data": {"recipient": "a@example.com"}}, "event"),
+        (
+            "mailgun",
+            {"event-data": {"event": "delivered", "recipient": "a@example.com", "timestamp": "x"}},
+            "timestamp",
+        ),
+        ("postmark", [{"Recipient": "a@example.com"}, 5], "RecordType"),
+        ("ses", {"mail": {}}, "eventType"),
+        (
+            "ses",
+            {"eventType": "Bounce", "mail": {}, "bounce": {"bounceType": "Permanent"}},
+            "bounce.bouncedRecipients",
+        ),
+    ],
+)
+def test_a_malformed_event_is_one_problem(provider: str, body: Any, field: str) -> None:
+    parsed = PARSERS[provider](orjson.dumps(body), "f")
+    assert parsed.records == ()
+    assert parsed.problems[0].field == field
+    assert parsed.problems[0].where == "f:event-1"
+
+
+def test_single_objects_are_read_where_arrays_are_expected() -> None:
+    event = {"event": "delivered", "email": "a@example.com", "sg_event_id": "x"}
+    assert len(PARSERS["sendgrid"](orjson.dumps(event), "f").records) == 1
+    wrapper = {"msys": {"message_event": {"type": "delivery", "rcpt_to": "a@example.com"}}}
+    assert len(PARSERS["sparkpost"](orjson.dumps(wrapper), "f").records) == 1
+
+
+def test_ids_convention_and_the_resolver_hook() -> None:
+    assert ids_from(
+        None, {"tenant": ["acme"], "user_id": 7, "email_id": True, "campaign_id": " "}
+    ) == PlatformIds(tenant="acme", user_id="7")
+    assert ids_from({"tenant": "a"}, {"tenant": "b", "campaign_name": "Spring"}) == PlatformIds(
+        tenant="a", campaign_name="Spring"
+    )
+    calls: list[str] = []
+
+    def resolver(provider: str, raw: Any, found: PlatformIds) -> PlatformIds:
+        calls.append(provider)
+        if raw.get("sg_event_id") == "boom":
+            raise RuntimeError("lookup failed")
+        return PlatformIds(tenant="acme", user_id=f"u-{raw['sg_event_id']}")
+
+    events = [
+        {"event": "delivered", "email": "a@example.com", "sg_event_id": "1"},
+        {"event": "delivered", "email": "a@example.com", "sg_event_id": "boom"},
+    ]
+    parsed = parse_sendgrid(orjson.dumps(events), "f", resolver=resolver)
+    assert [(r.tenant, r.user_id) for r in parsed.records] == [("acme", "u-1")]
+    assert [(p.field, p.reason) for p in parsed.problems] == [
+        ("resolver", "the id resolver failed: RuntimeError")
+    ]
+    assert calls == ["sendgrid", "sendgrid"]
+
+
+def test_ecdsa_keys_pem_bad_keys_and_the_bounded_cache() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    signature = base64.b64encode(key.sign(b"payload", ec.ECDSA(hashes.SHA256()))).decode()
+    keys = EcdsaKeys(size=1)
+    assert keys.verify(pem, signature, b"payload")
+    assert not keys.verify(pem, "%%%", b"payload")
+    with pytest.raises(ValueError, match="not base64"):
+        keys.verify("%%%", signature, b"payload")
+    rsa_der = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ValueError, match="not an elliptic-curve"):
+        keys.verify(base64.b64encode(rsa_der).decode(), signature, b"payload")
+    hook = SendGridWebhook(SendGridConfig("%%%", now=lambda: 100.0))
+    with pytest.raises(WebhookRefused, match="unusable"):
+        hook.handle(
+            b"[]",
+            {
+                "x-twilio-email-event-webhook-signature": signature,
+                "x-twilio-email-event-webhook-timestamp": "100",
+            },
+        )
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(
+            b"[]",
+            {
+                "x-twilio-email-event-webhook-signature": signature,
+                "x-twilio-email-event-webhook-timestamp": "x",
+            },
+        )
+    assert info.value.status == 400
+
+
+def test_mailgun_refusals() -> None:
+    hook = MailgunWebhook(MailgunConfig({"acme": "k"}.get, now=lambda: 100.0))
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(b"[", {})
+    assert info.value.status == 400
+    signed = {
+        "timestamp": "x",
+        "token": "t",
+        "signature": hmac.new(b"k", b"xt", hashlib.sha256).hexdigest(),
+    }
+    body = orjson.dumps({"signature": signed, "event-data": {}})
+    with pytest.raises(WebhookRefused, match="no signing key"):
+        hook.handle(body, {}, "globex")
+    with pytest.raises(WebhookRefused, match="not a number"):
+        hook.handle(body, {}, "acme")
+    hook.release(b"[", {})  # nothing to forget, no error
+
+
+# -- SNS envelopes ---------------------------------------------------------------------------
+
+
+def _cert(key: Any) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns")])
+    signer = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=1))
+    )
+    return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _ses(pem: bytes = b"", **options: Any) -> SesWebhook:
+    return SesWebhook(
+        SesConfig(
+            [TOPIC], fetch=lambda url: pem or _cert(RSA_KEY), now=lambda: NOW.timestamp(), **options
+        )
+    )
+
+
+def _envelope(**changes: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "Type": "Notification",
+        "MessageId": "m",
+        "TopicArn": TOPIC,
+        "Message": orjson.dumps(
+            {
+                "notificationType": "Delivery",
+                "mail": {},
+                "delivery": {"recipients": ["a@example.com"]},
+            }
+        ).decode(),
+        "Timestamp": "2026-11-20T09:14:00Z",
+        "SignatureVersion": "2",
+        "SigningCertURL": CERT_URL,
+    }
+    env.update(changes)
+    env.setdefault(
+        "Signature",
+        base64.b64encode(
+            RSA_KEY.sign(canonical_string(env), padding.PKCS1v15(), hashes.SHA256())
+        ).decode(),
+    )
+    return {k: v for k, v in env.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "reason"),
+    [
+        ({"Type": "Other"}, 400, "not an SNS message"),
+        ({"MessageId": None}, 400, "MessageId is missing"),
+        ({"SignatureVersion": "3"}, 403, "SignatureVersion"),
+        ({"Signature": None}, 401, "no Signature"),
+        ({"Signature": "%%%"}, 403, "bad signature"),
+        ({"Timestamp": "yesterday"}, 400, "not a date"),
+    ],
+)
+def test_malformed_sns_envelopes_are_refused(
+    changes: dict[str, Any], status: int, reason: str
+) -> None:
+    with pytest.raises(WebhookRefused, match=reason) as info:
+        _ses().handle(orjson.dumps(_envelope(**changes)), {})
+    assert info.value.status == status
+
+
+def test_sns_bodies_that_are_not_envelopes_are_400() -> None:
+    for body in (b"[", b"[1]"):
+        with pytest.raises(WebhookRefused) as info:
+            _ses().handle(body, {})
+        assert info.value.status == 400
+
+
+def test_a_certificate_that_is_not_pem_or_not_rsa_is_refused() -> None:
+    with pytest.raises(WebhookRefused, match="not a PEM certificate"):
+        _ses(b"garbage").handle(orjson.dumps(_envelope()), {})
+    with pytest.raises(WebhookRefused, match="not RSA"):
+        _ses(_cert(ec.generate_private_key(ec.SECP256R1()))).handle(orjson.dumps(_envelope()), {})
+
+
+def test_an_unsubscribe_confirmation_and_an_unreadable_message() -> None:
+    env = _envelope(
+        Type="UnsubscribeConfirmation",
+        Token="t",
+        SubscribeURL="https://sns.eu-west-1.amazonaws.com/?x",
+    )
+    assert _ses().handle(orjson.dumps(env), {}).records == ()
+    parsed = _ses().handle(orjson.dumps(_envelope(Message="{not json")), {})
+    assert parsed.records == ()
+    assert parsed.problems[0].field == "body"
+    assert PARSERS["ses"](orjson.dumps(env), "f").records == ()
+    with pytest.raises(InputError, match="Message"):
+        PARSERS["ses"](orjson.dumps({"Type": "Notification"}), "f")
+    with pytest.raises(InputError, match="SES notification"):
+        PARSERS["ses"](orjson.dumps({"Type": "Notification", "Message": "[1]"}), "f")
+
+
+def test_a_subscription_confirmation_that_cannot_be_fetched_is_a_503() -> None:
+    env = _envelope(
+        Type="SubscriptionConfirmation",
+        Token="t",
+        SubscribeURL="https://sns.eu-west-1.amazonaws.com/?x",
+    )
+    pem = _cert(RSA_KEY)
+
+    def fetch(url: str) -> bytes:
+        if url.endswith(".pem"):
+            return pem
+        raise OSError("down")
+
+    hook = SesWebhook(SesConfig([TOPIC], fetch=fetch, confirm=True, now=lambda: NOW.timestamp()))
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(orjson.dumps(env), {})
+    assert info.value.status == 503
+
+
+def test_a_bare_notification_without_ids_has_no_event_id() -> None:
+    parsed = PARSERS["ses"](
+        orjson.dumps(
+            {
+                "notificationType": "Delivery",
+                "mail": {},
+                "delivery": {"recipients": ["a@example.com"]},
+            }
+        ),
+        "f",
+    )
+    (record,) = parsed.records
+    assert record.kind is EventKind.DELIVERED
+    assert record.event_id is None
+
+
+def test_webhook_for_takes_configs_and_webhooks_only() -> None:
+    hook = MailgunWebhook(MailgunConfig("k"))
+    assert webhook_for(hook) is hook
+    with pytest.raises(TypeError, match="not an ESP webhook config"):
+        webhook_for("sendgrid")  # type: ignore[arg-type]

@@ -1,0 +1,387 @@
+"""SES through SNS: real RSA signatures (versions 1 and 2) made here under our own
+self-signed certificate, handed to the verifier through the injected fetcher; the
+certificate host and topic allow-lists, the age window on a fake clock, subscription
+confirmation, and the SES notification -> kind table."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import orjson
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from selligent_segment import EventKind
+from selligent_segment.inputs.esp import PARSERS, SesConfig, SesWebhook, SnsMessage, WebhookRefused
+from selligent_segment.inputs.esp._sns import allowed_sns_url, canonical_string
+from selligent_segment.testing import FakeClock
+
+NOW = dt.datetime(2026, 11, 20, 9, 15, tzinfo=dt.timezone.utc)
+TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-events"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem"
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def certificate(key: rsa.RSAPrivateKey, days: int = 365) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+PEM = certificate(KEY)
+
+
+class Fetcher:
+    """The injected network: serves our certificate at CERT_URL, counts the fetches."""
+
+    def __init__(self, pem: bytes = PEM) -> None:
+        self.pem = pem
+        self.urls: list[str] = []
+
+    def __call__(self, url: str) -> bytes:
+        self.urls.append(url)
+        if url.endswith(".pem"):
+            return self.pem
+        return b"<ConfirmSubscriptionResponse/>"
+
+
+def envelope(
+    message: Any,
+    *,
+    kind: str = "Notification",
+    version: str = "1",
+    key: rsa.RSAPrivateKey = KEY,
+    **extra: Any,
+) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "Type": kind,
+        "MessageId": "sns-1",
+        "TopicArn": TOPIC,
+        "Message": message if isinstance(message, str) else orjson.dumps(message).decode(),
+        "Timestamp": "2026-11-20T09:14:00.000Z",
+        "SignatureVersion": version,
+        "SigningCertURL": CERT_URL,
+    }
+    if kind != "Notification":
+        env["Token"] = "tok"
+        env["SubscribeURL"] = (
+            "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=tok"
+        )
+    else:
+        env["Subject"] = "Amazon SES Email Event Notification"
+    env.update(extra)
+    digest = hashes.SHA1() if version == "1" else hashes.SHA256()
+    env["Signature"] = base64.b64encode(
+        key.sign(canonical_string(env), padding.PKCS1v15(), digest)
+    ).decode()
+    return env
+
+
+def mail(**extra: Any) -> dict[str, Any]:
+    base = {
+        "timestamp": "2026-11-20T09:10:00.000Z",
+        "messageId": "ses-msg-1",
+        "destination": ["ada@example.com"],
+        "commonHeaders": {"subject": "Hello"},
+        "tags": {"tenant": ["acme"], "email_id": ["e-9"], "ses:configuration-set": ["cs"]},
+    }
+    base.update(extra)
+    return base
+
+
+def bounce(bounce_type: str = "Permanent") -> dict[str, Any]:
+    return {
+        "eventType": "Bounce",
+        "mail": mail(),
+        "bounce": {
+            "bounceType": bounce_type,
+            "bounceSubType": "General",
+            "timestamp": "2026-11-20T09:11:00.000Z",
+            "feedbackId": "fb-1",
+            "bouncedRecipients": [
+                {
+                    "emailAddress": "ada@example.com",
+                    "status": "5.1.1",
+                    "diagnosticCode": "smtp; 550 5.1.1 unknown",
+                },
+                {"emailAddress": "bob@example.com", "status": "5.1.1"},
+            ],
+        },
+    }
+
+
+def webhook(
+    fetch: Fetcher | None = None, clock: FakeClock | None = None, **options: Any
+) -> SesWebhook:
+    clock = clock or FakeClock(NOW.timestamp())
+    return SesWebhook(SesConfig([TOPIC], fetch=fetch or Fetcher(), now=clock.monotonic, **options))
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_a_signed_notification_is_read(version: str) -> None:
+    fetch = Fetcher()
+    parsed = webhook(fetch).handle(orjson.dumps(envelope(bounce(), version=version)), {})
+    assert parsed.problems == ()
+    first, second = parsed.records
+    assert (first.kind, first.bounce_type, first.smtp_status) == (
+        EventKind.BOUNCED,
+        "hard",
+        "5.1.1",
+    )
+    assert first.bounce_reason == "smtp; 550 5.1.1 unknown"
+    assert (first.tenant, first.email_id, first.email_subject) == ("acme", "e-9", "Hello")
+    assert (first.event_id, second.event_id) == ("sns-1:0", "sns-1:1")
+    assert second.email == "bob@example.com"
+    assert first.properties["esp_bounce_classification"] == "Permanent/General"
+    assert fetch.urls == [CERT_URL]
+
+
+def test_the_certificate_is_fetched_once_per_url_and_the_cache_is_bounded() -> None:
+    fetch = Fetcher()
+    hook = webhook(fetch, cache_size=1)
+    body = orjson.dumps(envelope(bounce()))
+    hook.handle(body, {})
+    hook.handle(body, {})
+    assert fetch.urls == [CERT_URL]
+    other = CERT_URL.replace("abc", "def")
+    hook.handle(orjson.dumps(envelope(bounce(), SigningCertURL=other)), {})
+    assert hook.verifier.cached == 1
+    hook.handle(body, {})
+    assert fetch.urls == [CERT_URL, other, CERT_URL]
+
+
+def test_a_forged_message_is_refused() -> None:
+    env = envelope(bounce())
+    env["Message"] = env["Message"].replace("ada@", "eve@")
+    with pytest.raises(WebhookRefused) as info:
+        webhook().handle(orjson.dumps(env), {})
+    assert (info.value.status, info.value.reason) == (403, "bad signature")
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(WebhookRefused, match="bad signature"):
+        webhook().handle(orjson.dumps(envelope(bounce(), key=stranger)), {})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://sns.eu-west-1.amazonaws.com/x.pem",
+        "https://sns.eu-west-1.amazonaws.com.evil.example/x.pem",
+        "https://evil.example/sns.eu-west-1.amazonaws.com/x.pem",
+        "https://sns.eu-west-1.amazonaws.com@evil.example/x.pem",
+        "https://sns.eu-west-1.amazonaws.com:8443/x.pem",
+        "https://s3.amazonaws.com/x.pem",
+    ],
+)
+def test_a_certificate_url_off_the_sns_hosts_is_refused_without_a_fetch(url: str) -> None:
+    fetch = Fetcher()
+    with pytest.raises(WebhookRefused, match="SigningCertURL"):
+        webhook(fetch).handle(orjson.dumps(envelope(bounce(), SigningCertURL=url)), {})
+    assert fetch.urls == []
+
+
+def test_the_china_regions_are_sns_hosts() -> None:
+    assert allowed_sns_url("https://sns.cn-north-1.amazonaws.com.cn/x.pem")
+
+
+def test_a_topic_not_allowed_is_refused_before_any_fetch() -> None:
+    fetch = Fetcher()
+    body = orjson.dumps(envelope(bounce(), TopicArn=TOPIC + "-other"))
+    with pytest.raises(WebhookRefused, match="topic not allowed"):
+        webhook(fetch).handle(body, {})
+    assert fetch.urls == []
+
+
+def test_a_stale_message_and_an_expired_certificate_are_refused() -> None:
+    clock = FakeClock(NOW.timestamp())
+    hook = webhook(clock=clock, max_age=3600.0)
+    body = orjson.dumps(envelope(bounce()))
+    assert len(hook.handle(body, {}).records) == 2
+    clock.advance(3600.0)
+    with pytest.raises(WebhookRefused, match="stale message"):
+        hook.handle(body, {})
+    expired = webhook(Fetcher(certificate(KEY, days=-0)), FakeClock(NOW.timestamp() + 60))
+    with pytest.raises(WebhookRefused, match="validity period"):
+        expired.handle(body, {})
+
+
+def test_a_certificate_that_cannot_be_fetched_is_a_503() -> None:
+    def down(url: str) -> bytes:
+        raise OSError("no route")
+
+    hook = SesWebhook(SesConfig([TOPIC], fetch=down, now=lambda: NOW.timestamp()))
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(orjson.dumps(envelope(bounce())), {})
+    assert info.value.status == 503
+
+
+def test_a_subscription_is_confirmed_through_the_fetcher_only_when_asked() -> None:
+    body = orjson.dumps(envelope("You have chosen to subscribe", kind="SubscriptionConfirmation"))
+    fetch = Fetcher()
+    assert webhook(fetch).handle(body, {}).records == ()
+    assert fetch.urls == [CERT_URL]  # logged, not visited
+    fetch = Fetcher()
+    webhook(fetch, confirm=True).handle(body, {})
+    assert fetch.urls[-1].startswith(
+        "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription"
+    )
+    seen: list[SnsMessage] = []
+    webhook(on_subscription=seen.append).handle(body, {})
+    assert [m.topic_arn for m in seen] == [TOPIC]
+
+
+def test_a_signed_subscription_to_another_topic_is_never_confirmed() -> None:
+    body = orjson.dumps(envelope("x", kind="SubscriptionConfirmation", TopicArn=TOPIC + "-x"))
+    fetch = Fetcher()
+    with pytest.raises(WebhookRefused, match="topic not allowed"):
+        webhook(fetch, confirm=True).handle(body, {})
+    assert fetch.urls == []
+
+
+def test_a_confirmation_link_off_the_sns_hosts_is_not_visited() -> None:
+    env = envelope(
+        "x", kind="SubscriptionConfirmation", SubscribeURL="https://evil.example/confirm"
+    )
+    fetch = Fetcher()
+    with pytest.raises(WebhookRefused, match="SubscribeURL"):
+        webhook(fetch, confirm=True).handle(orjson.dumps(env), {})
+    assert fetch.urls == [CERT_URL]
+
+
+def test_the_topics_may_be_a_check_per_tenant() -> None:
+    hook = SesWebhook(
+        SesConfig(
+            lambda tenant, arn: tenant == "acme" and arn == TOPIC,
+            fetch=Fetcher(),
+            now=lambda: NOW.timestamp(),
+        )
+    )
+    body = orjson.dumps(envelope(bounce()))
+    assert {r.tenant for r in hook.handle(body, {}, "acme").records} == {"acme"}
+    with pytest.raises(WebhookRefused, match="topic not allowed"):
+        hook.handle(body, {}, "globex")
+
+
+def note(name: str, detail: dict[str, Any], **mail_extra: Any) -> dict[str, Any]:
+    key = name[0].lower() + name[1:]
+    return {
+        "eventType": name,
+        "mail": mail(**mail_extra),
+        key: {"timestamp": "2026-11-20T09:12:00Z", **detail},
+    }
+
+
+@pytest.mark.parametrize(
+    ("notification", "kind", "fields", "properties"),
+    [
+        (bounce("Permanent"), EventKind.BOUNCED, {"bounce_type": "hard"}, {}),
+        (bounce("Transient"), EventKind.BOUNCED, {"bounce_type": "soft"}, {}),
+        (bounce("Undetermined"), EventKind.BOUNCED, {"bounce_type": None}, {}),
+        (
+            note(
+                "Complaint",
+                {
+                    "complainedRecipients": [{"emailAddress": "ada@example.com"}],
+                    "complaintFeedbackType": "abuse",
+                },
+            ),
+            EventKind.MARKED_AS_SPAM,
+            {},
+            {"esp_complaint_type": "abuse"},
+        ),
+        (
+            note("Delivery", {"recipients": ["ada@example.com"], "smtpResponse": "250 ok"}),
+            EventKind.DELIVERED,
+            {},
+            {},
+        ),
+        (
+            note("Open", {"ipAddress": "17.58.1.2", "userAgent": "Mozilla/5.0"}),
+            EventKind.OPENED,
+            {"ip": "17.58.1.2"},
+            {"machine_open": True, "machine_open_reason": "apple_proxy_ip"},
+        ),
+        (
+            note(
+                "Open",
+                {
+                    "ipAddress": "203.0.113.5",
+                    "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)",
+                },
+            ),
+            EventKind.OPENED,
+            {},
+            {"machine_open": False},
+        ),
+        (
+            note("Click", {"ipAddress": "203.0.113.5", "link": "https://example.com/a"}),
+            EventKind.LINK_CLICKED,
+            {"link_url": "https://example.com/a"},
+            {},
+        ),
+        (
+            {
+                "notificationType": "Delivery",
+                "mail": mail(),
+                "delivery": {"recipients": ["ada@example.com"]},
+            },
+            EventKind.DELIVERED,
+            {},
+            {},
+        ),
+    ],
+)
+def test_each_notification_maps_to_its_kind(
+    notification: dict[str, Any],
+    kind: EventKind,
+    fields: dict[str, Any],
+    properties: dict[str, Any],
+) -> None:
+    parsed = PARSERS["ses"](orjson.dumps(envelope(notification)), "saved.json")
+    assert parsed.problems == ()
+    record = parsed.records[0]
+    assert record.kind is kind
+    assert record.email == "ada@example.com"
+    for name, value in fields.items():
+        assert getattr(record, name) == value
+    for name, value in properties.items():
+        assert record.properties[name] == value
+
+
+@pytest.mark.parametrize(
+    "name", ["Send", "Reject", "DeliveryDelay", "Rendering Failure", "Subscription"]
+)
+def test_the_other_event_types_are_skipped_and_reported(name: str) -> None:
+    parsed = PARSERS["ses"](orjson.dumps(envelope(note(name, {}))), "f")
+    assert parsed.records == ()
+    (problem,) = parsed.problems
+    assert problem.reason.startswith("skipped: ")
+
+
+def test_an_open_of_a_message_to_several_recipients_is_a_problem() -> None:
+    two = note("Open", {"ipAddress": "203.0.113.5"}, destination=["a@example.com", "b@example.com"])
+    parsed = PARSERS["ses"](orjson.dumps(envelope(two)), "f")
+    assert parsed.records == ()
+    assert parsed.problems[0].field == "mail.destination"
+
+
+def test_a_bare_notification_takes_its_ids_from_ses() -> None:
+    parsed = PARSERS["ses"](orjson.dumps(bounce()), "f")
+    assert [r.event_id for r in parsed.records] == ["fb-1:0", "fb-1:1"]
+    # a redelivery of the same SNS message gives the same ids (so the same messageIds)
+    again = PARSERS["ses"](orjson.dumps(envelope(bounce())), "f")
+    assert [r.event_id for r in again.records] == ["sns-1:0", "sns-1:1"]
+    assert PARSERS["ses"](orjson.dumps(envelope(bounce())), "f") == again

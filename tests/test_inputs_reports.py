@@ -1,0 +1,289 @@
+"""inputs/reports: the corpus of real-format DSN and ARF messages against their expected
+records, the bounce classification, the join (VERP, header, resolver), deterministic
+event ids, and the .eml / mbox / Maildir readers."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selligent_segment import ConfigurationError
+from selligent_segment.inputs import InputError, Parsed
+from selligent_segment.inputs.reports import (
+    Join,
+    JoinKey,
+    _heuristic,
+    bounce_type,
+    parse_arf,
+    parse_dsn,
+    parse_path,
+    parse_report,
+    read_messages,
+    table_resolver,
+)
+from selligent_segment.inputs.reports._message import EVENT_ID_NAMESPACE
+
+CORPUS = Path(__file__).parent / "corpus" / "reports"
+MESSAGES = sorted(CORPUS.glob("*.eml"))
+VERP = r"bounces\+(?P<token>[^@]+)@mail\.platform\.example"
+
+
+def corpus_join() -> Join:
+    """The platform of the corpus: VERP tokens, X-Platform-Recipient, a join table."""
+    table = json.loads((CORPUS / "join.json").read_text())
+    return Join(resolver=table_resolver(table), verp=VERP)
+
+
+def as_json(parsed: Parsed) -> dict[str, Any]:
+    return {
+        "records": [json.loads(json.dumps(r.to_dict())) for r in parsed.records],
+        "problems": [str(p) for p in parsed.problems],
+    }
+
+
+@pytest.mark.parametrize("path", MESSAGES, ids=[p.stem for p in MESSAGES])
+def test_corpus_message_gives_its_expected_records_and_problems(path: Path) -> None:
+    expected = json.loads(path.with_suffix(".expected.json").read_text())
+    assert as_json(parse_report(path.read_bytes(), path.name, corpus_join())) == expected
+
+
+def test_the_corpus_covers_every_kind_of_report() -> None:
+    names = {p.stem for p in MESSAGES}
+    for family in ("postfix", "exim", "sendmail", "office365", "gmail", "yahoo", "qmail"):
+        assert any(n.startswith(family) for n in names), family
+    for case in ("arf-", "arf-redacted", "delayed", "multi-recipient", "no-original"):
+        assert any(case in n for n in names), case
+    assert sum(n.startswith("malformed") for n in names) >= 4
+
+
+def _records(name: str, join: Join | None = None) -> Parsed:
+    data = (CORPUS / f"{name}.eml").read_bytes()
+    return parse_report(data, name, join or corpus_join())
+
+
+# -- classification ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ("5.1.1", "hard"),
+        ("5.1.10", "hard"),
+        ("5.2.1", "hard"),
+        ("5.4.4", "hard"),
+        ("550", "hard"),
+        ("5.2.2", "soft"),  # mailbox full: the documented exception
+        ("552", "soft"),
+        ("5.3.4", "soft"),
+        ("5.7.1", "soft"),  # a policy block refuses the sender, not the address
+        ("5.7.26", "soft"),
+        ("4.4.7", "soft"),
+        ("421", "soft"),
+        ("2.0.0", None),
+        (None, None),
+    ],
+)
+def test_bounce_type_follows_the_status_class_with_its_exceptions(
+    status: str | None, expected: str | None
+) -> None:
+    assert bounce_type(status) == expected
+
+
+def test_a_generic_status_takes_the_diagnostics_more_specific_code() -> None:
+    (record,) = _records("exim-mailbox-full").records  # Status: 5.0.0, 552 5.2.2 in the text
+    assert (record.smtp_status, record.bounce_type) == ("5.2.2", "soft")
+
+
+def test_delayed_delivered_and_relayed_recipients_are_not_bounces() -> None:
+    assert _records("postfix-delayed") == Parsed()
+    emails = [r.email for r in _records("multi-recipient-mixed").records]
+    assert emails == ["ann@example.net", "bob@example.org", "dee@example.info"]
+
+
+def test_not_spam_and_auth_failure_feedback_make_no_record() -> None:
+    assert _records("arf-not-spam") == Parsed()
+    data = (CORPUS / "arf-not-spam.eml").read_bytes().replace(b"not-spam", b"auth-failure")
+    assert parse_arf(data, "x.eml") == Parsed()
+
+
+# -- join ------------------------------------------------------------------------------
+
+
+def test_without_a_resolver_records_carry_what_the_report_says_and_the_default_tenant() -> None:
+    (record,) = _records("postfix-user-unknown", Join(tenant="acme")).records
+    assert (record.tenant, record.email, record.email_id) == ("acme", "nobody@example.net", None)
+    assert record.properties["original_message_id"] == "<20261120.em-42.r-1@mail.platform.example>"
+
+
+def test_the_resolver_sees_every_join_key_a_report_carries() -> None:
+    seen: list[JoinKey] = []
+
+    def resolver(key: JoinKey) -> Mapping[str, Any] | None:
+        seen.append(key)
+        return {"tenant": "t1", "email_id": "e1", "properties": {"source": "mta"}}
+
+    join = Join(resolver=resolver, verp=VERP, headers="X-Platform-Recipient")
+    (record,) = _records("postfix-user-unknown", join).records
+    assert seen == [
+        JoinKey(
+            message_id="20261120.em-42.r-1@mail.platform.example",
+            verp="t-acme.em-42.r-1",
+            header="r-1",
+            recipient="nobody@example.net",
+            kind="bounced",
+        )
+    ]
+    assert (record.tenant, record.email_id) == ("t1", "e1")
+    assert record.properties["source"] == "mta"
+    assert record.properties["bounce_confidence"] == "dsn"
+
+
+def test_a_verp_callable_is_given_each_envelope_address() -> None:
+    def token(address: str) -> str | None:
+        return address.split("+")[1].split("@")[0] if "+" in address else None
+
+    seen: list[JoinKey] = []
+    join = Join(resolver=lambda key: seen.append(key), verp=token)  # type: ignore[func-returns-value]
+    _records("exim-no-original", join)
+    assert seen[0].verp == "t-globex.em-50.r-9"
+    assert seen[0].message_id is None  # no original message in that report
+
+
+def test_a_resolver_that_refuses_or_fails_costs_only_its_record() -> None:
+    def refusing(key: JoinKey) -> Mapping[str, Any] | None:
+        if key.recipient == "bob@example.org":
+            raise KeyError("no send for bob")
+        if key.recipient == "dee@example.info":
+            raise RuntimeError("postgres://user:secret@db/platform is down")
+        return None
+
+    parsed = _records("multi-recipient-mixed", Join(resolver=refusing))
+    assert [r.email for r in parsed.records] == ["ann@example.net"]
+    assert [str(p) for p in parsed.problems] == [
+        "multi-recipient-mixed recipient 2: join: the resolver refused it: \"'no send for bob'\"",
+        "multi-recipient-mixed recipient 4: join: the resolver raised RuntimeError",
+    ]
+
+
+def test_a_resolver_may_not_rewrite_the_reports_facts() -> None:
+    join = Join(resolver=lambda key: {"bounce_type": "soft"})
+    parsed = _records("postfix-user-unknown", join)
+    assert parsed.records == ()
+    assert [p.reason for p in parsed.problems] == ["the resolver may not set bounce_type"]
+
+
+def test_a_redacted_complaint_without_a_join_is_a_problem_naming_why() -> None:
+    parsed = _records("arf-redacted-aol", Join())
+    assert parsed.records == ()
+    (problem,) = parsed.problems
+    assert problem.field == "Original-Rcpt-To"
+    assert "redacted" in problem.reason
+
+
+def test_a_bad_verp_setting_is_a_configuration_error_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="verp: not a regular expression"):
+        Join(verp="bounces+(")
+    with pytest.raises(ConfigurationError, match="verp: the pattern needs a group"):
+        Join(verp="bounces")
+
+
+# -- identity ---------------------------------------------------------------------------
+
+
+def test_event_ids_are_the_same_for_the_same_report_and_recipient() -> None:
+    data = (CORPUS / "multi-recipient-mixed.eml").read_bytes()
+    first = parse_report(data, "a", Join())
+    again = parse_report(data, "b", Join(tenant="other"))
+    ids = [r.event_id for r in first.records]
+    assert ids == [r.event_id for r in again.records]
+    assert len(set(ids)) == 3
+    report_id = "<20261121080005.4Zc0Pz1Qk2z7vNb@mail.platform.example>"
+    assert ids[0] == str(uuid.uuid5(EVENT_ID_NAMESPACE, f"bounced\n{report_id}\nann@example.net"))
+
+
+def test_a_report_without_message_id_is_identified_by_its_bytes() -> None:
+    data = (CORPUS / "postfix-user-unknown.eml").read_bytes().replace(b"Message-Id:", b"X-Old:")
+    (one,) = parse_report(data, "x", Join()).records
+    (same,) = parse_report(data, "y", Join()).records
+    (other,) = parse_report(data + b"\n", "z", Join()).records
+    assert one.event_id == same.event_id != other.event_id
+
+
+# -- which parser --------------------------------------------------------------------
+
+
+def test_parse_dsn_refuses_an_arf_report_and_parse_arf_a_bounce() -> None:
+    arf = (CORPUS / "arf-yahoo-abuse.eml").read_bytes()
+    dsn = (CORPUS / "postfix-user-unknown.eml").read_bytes()
+    assert [p.field for p in parse_dsn(arf, "a.eml").problems] == ["report"]
+    (problem,) = parse_arf(dsn, "d.eml").problems
+    assert problem.reason.startswith("not an ARF feedback report")
+    assert len(parse_dsn(dsn, "d.eml").records) == 1
+    assert len(parse_arf(arf, "a.eml").records) == 1
+
+
+def test_without_flufl_bounce_an_old_format_bounce_says_how_to_read_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_heuristic, "_detector", [None])
+    (problem,) = _records("qmail-no-mailbox").problems
+    assert "pip install 'selligent-segment[bounces]'" in problem.reason
+
+
+def test_a_failing_detector_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(message: object) -> Any:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")
+
+    monkeypatch.setattr(_heuristic, "_detector", [broken])
+    (problem,) = _records("qmail-no-mailbox").problems
+    assert problem.reason == "the bounce detectors failed on it (UnicodeDecodeError)"
+
+
+# -- readers ---------------------------------------------------------------------------
+
+
+def test_an_mbox_gives_each_message_with_its_number(tmp_path: Path) -> None:
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(str(path))
+    for name in ("postfix-user-unknown", "postfix-delayed", "malformed-out-of-office"):
+        box.add((CORPUS / f"{name}.eml").read_bytes())
+    box.close()
+    results = list(parse_path(str(path), parse_dsn, corpus_join()))
+    assert [where for where, _ in results] == [f"{path}:MESSAGE-{n}" for n in (1, 2, 3)]
+    assert [r.email for r in results[0][1].records] == ["nobody@example.net"]
+    assert results[1][1] == Parsed()
+    assert [p.where for p in results[2][1].problems] == [f"{path}:MESSAGE-3"]
+    # the same report through a single .eml gives the same event id
+    single = parse_dsn((CORPUS / "postfix-user-unknown.eml").read_bytes(), "x", Join())
+    assert results[0][1].records[0].event_id == single.records[0].event_id
+
+
+def test_a_maildir_gives_its_messages_in_name_order(tmp_path: Path) -> None:
+    box = mailbox.Maildir(str(tmp_path / "Maildir"))
+    for name in ("arf-yahoo-abuse", "arf-not-spam"):
+        box.add((CORPUS / f"{name}.eml").read_bytes())
+    box.close()
+    found = list(read_messages(str(tmp_path / "Maildir")))
+    assert [where for where, _ in found] == [f"{tmp_path / 'Maildir'}:MESSAGE-{n}" for n in (1, 2)]
+    assert all(isinstance(data, bytes) and b"feedback-report" in data for _, data in found)
+
+
+def test_a_single_message_file_is_located_by_its_name() -> None:
+    path = str(CORPUS / "exim-mailbox-full.eml")
+    ((where, parsed),) = list(parse_path(path, parse_dsn))
+    assert where == path
+    assert len(parsed.records) == 1
+
+
+def test_an_unreadable_path_is_an_input_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"missing\.mbox: path: cannot read"):
+        list(read_messages(str(tmp_path / "missing.mbox")))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="not a Maildir"):
+        list(read_messages(str(tmp_path / "plain")))

@@ -1,0 +1,195 @@
+"""Opt-in profile updates (_profile.py, the identify in _mapping.py, the Emitter's part):
+end to end over loopback into LocalSegment, in memory and through the spool file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _delivery import QUICK, emitter
+
+from selligent_segment import ConfigurationError, Emitter, EmitterConfig, message_id
+from selligent_segment._mapping import encode_fields, profile_message
+from selligent_segment._naming import EventNaming
+from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
+from selligent_segment._record import normalize
+from selligent_segment.testing import LocalSegment
+from selligent_segment.testing._rules import item_problem
+
+UNSUB = {
+    "type": "unsubscribed",
+    "tenant": "acme",
+    "email": "Ada@Example.com",
+    "user_id": "u-1",
+    "event_id": "ev-u",
+    "timestamp": "2026-11-20T10:00:00.250Z",
+}
+HARD = {
+    "type": "bounced",
+    "tenant": "acme",
+    "email": "nobody@example.net",
+    "event_id": "ev-b",
+    "bounce_type": "hard",
+    "timestamp": "2026-11-20T10:01:00Z",
+}
+SOFT = dict(HARD, event_id="ev-s", bounce_type="soft")
+SPAM = {
+    "type": "complaint",
+    "tenant": "globex",
+    "email": "ken@example.net",
+    "user_id": "u-77",
+    "event_id": "ev-c",
+    "timestamp": "2026-11-20T10:05:00Z",
+}
+OPEN = {"type": "open", "tenant": "acme", "email": "ada@example.com", "event_id": "ev-o"}
+
+
+def _update(record: dict[str, Any]) -> dict[str, Any]:
+    update = ProfileUpdates().update_for(normalize(record))
+    assert update is not None
+    return update
+
+
+def _identifies(server: LocalSegment) -> list[dict[str, Any]]:
+    return [e for e in server.accepted if e["type"] == "identify"]
+
+
+def test_profile_updates_are_off_by_default(local_segment: LocalSegment) -> None:
+    assert EmitterConfig(write_key="k").profile_updates is None
+    with emitter(local_segment) as em:
+        for record in (UNSUB, HARD, SPAM):
+            em.emit(record)
+        assert em.flush(10)
+    assert [e["type"] for e in local_segment.accepted] == ["track"] * 3
+
+
+def test_unsubscribe_hard_bounce_and_complaint_set_traits_on_the_same_user(
+    local_segment: LocalSegment,
+) -> None:
+    with emitter(local_segment, profile_updates=True) as em:
+        for record in (UNSUB, HARD, SOFT, SPAM, OPEN):
+            em.emit(record)
+        assert em.flush(10)
+    identifies = {e["messageId"]: e for e in _identifies(local_segment)}
+    assert len(identifies) == 3  # not the soft bounce, not the open
+    unsub = identifies[profile_message(UNSUB, _update(UNSUB))["messageId"]]
+    assert unsub["userId"] == "u-1"
+    assert "anonymousId" not in unsub
+    assert unsub["traits"] == {
+        "email": "ada@example.com",
+        "email_unsubscribed": True,
+        "email_unsubscribed_at": "2026-11-20T10:00:00.250Z",
+    }
+    assert unsub["timestamp"] == "2026-11-20T10:00:00.250Z"
+    by_trait = {next(k for k in e["traits"] if k.endswith("_at")): e for e in identifies.values()}
+    bounce = by_trait["email_bounced_at"]
+    assert bounce["anonymousId"] == "nobody@example.net"  # the track's identity
+    assert bounce["traits"]["email_bounced"] is True
+    assert bounce["traits"]["email_bounce_type"] == "hard"
+    spam = by_trait["email_marked_as_spam_at"]
+    assert spam["userId"] == "u-77"
+    assert spam["traits"]["email_marked_as_spam"] is True
+    # Each identify goes with the tenant's own write key, like its track.
+    assert [e["type"] for e in local_segment.events("key-globex")] == ["track", "identify"]
+    for event in identifies.values():
+        assert item_problem(event) is None
+        assert event["context"]["library"]["name"] == "selligent-segment"
+
+
+def test_the_identify_id_is_derived_from_the_tracks_and_replays_deduplicate(
+    local_segment: LocalSegment,
+) -> None:
+    update = _update(HARD)
+    first = profile_message(HARD, update)["messageId"]
+    assert profile_message(dict(HARD, bounce_reason="changed"), update)["messageId"] == first
+    assert profile_message(dict(HARD, tenant="globex"), update)["messageId"] != first
+    assert first != message_id(HARD)
+    with emitter(local_segment, profile_updates=True) as em:
+        em.emit(HARD)
+        em.emit(HARD)  # a replay
+        assert em.flush(10)
+    assert local_segment.duplicates == 2
+    assert {e["messageId"] for e in local_segment.accepted} == {message_id(HARD), first}
+
+
+def test_a_record_without_event_id_gives_the_same_identify_id_on_replay() -> None:
+    record = {k: v for k, v in UNSUB.items() if k != "event_id"}
+    update = _update(record)
+    ids = {profile_message(dict(record), update)["messageId"] for _ in range(2)}
+    assert len(ids) == 1
+    # The same fields with the update encode as the identify, whatever the naming.
+    marked = normalize(record)
+    marked[PROFILE_UPDATE] = update
+    encoded = encode_fields(marked, "acme", EventNaming(profile="segment-spec"))
+    assert encoded.message_id in ids
+    assert encoded.message_id != message_id(record)
+
+
+def test_custom_trait_names_and_kinds_turned_off(local_segment: LocalSegment) -> None:
+    policy = ProfileUpdates(
+        unsubscribed="unsubscribedFromEmail",
+        bounced=None,
+        marked_as_spam="spam",
+        time_suffix=None,
+    )
+    with emitter(local_segment, profile_updates=policy) as em:
+        for record in (UNSUB, HARD, SPAM):
+            em.emit(record)
+        assert em.flush(10)
+    traits = sorted((e["traits"] for e in _identifies(local_segment)), key=str)
+    assert traits == [
+        {"email": "ada@example.com", "unsubscribedFromEmail": True},
+        {"email": "ken@example.net", "spam": True},
+    ]
+
+
+def test_emit_many_counts_records_not_identifies(local_segment: LocalSegment) -> None:
+    with emitter(local_segment, profile_updates=True) as em:
+        result = em.emit_many([UNSUB, {"type": "open"}, HARD, SOFT])
+        assert result.accepted == 3
+        assert [i for i, _ in result.refused] == [1]
+        assert em.flush(10)
+        assert em.stats().delivered == 5  # three tracks, two identifies
+    assert len(_identifies(local_segment)) == 2
+
+
+def test_the_identify_goes_through_the_spool_file_and_survives_a_restart(
+    local_segment: LocalSegment, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    local_segment.outage(503)
+    first = emitter(local_segment, spool=spool, profile_updates=True)
+    first.emit(UNSUB)
+    first.close(timeout=0)
+    local_segment.end_outage()
+    # A process with profile updates off still sends the identify it finds in the file.
+    with emitter(local_segment, spool=spool, batch=QUICK) as second:
+        assert second.flush(10)
+    assert sorted(e["type"] for e in local_segment.accepted) == ["identify", "track"]
+
+
+@pytest.mark.parametrize(
+    ("options", "setting"),
+    [
+        ({"unsubscribed": "has space"}, "profile_updates.unsubscribed"),
+        ({"bounced": ""}, "profile_updates.bounced"),
+        ({"bounce_type": 3}, "profile_updates.bounce_type"),
+        ({"time_suffix": "-at"}, "profile_updates.time_suffix"),
+        ({"bounced": "email"}, "profile_updates"),
+        ({"bounced": "x", "marked_as_spam": "x"}, "profile_updates"),
+    ],
+)
+def test_invalid_trait_names_are_refused_naming_the_setting(
+    options: dict[str, Any], setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        ProfileUpdates(**options)
+    assert caught.value.setting == setting
+
+
+def test_profile_updates_setting_accepts_only_a_flag_or_a_policy() -> None:
+    assert EmitterConfig(write_key="k", profile_updates=True).profile_updates == ProfileUpdates()
+    assert EmitterConfig(write_key="k", profile_updates=False).profile_updates is None
+    with pytest.raises(ConfigurationError, match="profile_updates: expected True"):
+        Emitter("k", profile_updates="yes", handle_sigterm=False)  # type: ignore[arg-type]

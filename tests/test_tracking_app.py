@@ -1,0 +1,373 @@
+"""The tracking endpoints (inputs/tracking/_app.py) over real loopback HTTP, into an Emitter
+delivering to LocalSegment: the pixel, the click redirect, one-click unsubscribe, refusals."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+from _delivery import QUICK
+
+from selligent_segment import Emitter
+from selligent_segment.inputs.tracking import (
+    PIXEL,
+    Token,
+    TrackingApp,
+    TrackingKeys,
+    TrackingLinks,
+)
+from selligent_segment.inputs.tracking._token import seal
+from selligent_segment.testing import LocalSegment
+from selligent_segment.testing._asgi_server import serve_asgi
+
+KEYS = TrackingKeys({"k1": b"s" * 32}, "k1")
+NOW = float(int(time.time()))  # the app's clock: fixed for every test of this module
+SENT = int(NOW) - 3600  # an hour before: not a scanner by timing
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Safari/605.1.15"
+WHO: dict[str, Any] = {"tenant": "acme", "email": "Ada@Example.com", "sent_at": SENT}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+
+
+@attrs.frozen
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@attrs.define
+class Site:
+    url: str
+    links: TrackingLinks
+    emitter: Emitter
+    segment: LocalSegment
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:
+        """One request; ``target`` is a link (its path is used) or a path."""
+        parts = urlsplit(self.url)
+        path = urlsplit(target).path if "://" in target else target
+        query = urlsplit(target).query if "://" in target else ""
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            sent = {"User-Agent": BROWSER} if headers is None else headers
+            conn.request(method, path + (f"?{query}" if query else ""), body=body, headers=sent)
+            answer = conn.getresponse()
+            got = {k.lower(): v for k, v in answer.getheaders()}
+            return Answer(answer.status, got, answer.read())
+        finally:
+            conn.close()
+
+    def events(self) -> list[dict[str, Any]]:
+        assert self.emitter.flush(10)
+        return self.segment.accepted
+
+
+def _site(segment: LocalSegment, **options: Any) -> Iterator[Site]:
+    emitter_options = {k: options.pop(k) for k in ("spool", "profile_updates") if k in options}
+    emitter = Emitter(
+        write_keys={"acme": "key-acme"},
+        endpoint=segment.url,
+        batch=QUICK,
+        handle_sigterm=False,
+        **emitter_options,
+    )
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW, **options)
+    try:
+        with serve_asgi(app) as url:
+            yield Site(url, TrackingLinks(url + "/t", KEYS), emitter, segment)
+    finally:
+        emitter.close()
+
+
+@pytest.fixture
+def site(local_segment: LocalSegment) -> Iterator[Site]:
+    yield from _site(local_segment)
+
+
+# -- the open pixel ---------------------------------------------------------------------------
+
+
+def test_the_pixel_is_a_gif_never_cached_and_emits_an_open(site: Site) -> None:
+    answer = site.request("GET", site.links.open_pixel_url(email_id=42, **WHO))
+    assert answer.status == 200
+    assert answer.body == PIXEL
+    assert answer.body[:6] == b"GIF89a"
+    assert answer.body[6:10] == b"\x01\x00\x01\x00"  # 1 x 1
+    assert answer.headers["content-type"] == "image/gif"
+    assert "no-store" in answer.headers["cache-control"]
+    assert "set-cookie" not in answer.headers
+    (event,) = site.events()
+    assert event["event"] == "Email Opened"
+    assert event["anonymousId"] == "ada@example.com"
+    assert event["properties"] == {"machine_open": False, "email_id": "42"}
+    assert event["context"]["userAgent"] == BROWSER
+    assert event["context"]["ip"] == "127.0.0.1"
+    assert event["timestamp"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW)))
+
+
+@pytest.mark.parametrize(
+    ("method", "agent", "sent_at", "reason"),
+    [
+        ("HEAD", BROWSER, SENT, "head"),
+        ("GET", BROWSER, int(NOW) - 2, "soon_after_send"),
+        ("GET", "Mozilla/5.0", SENT, "apple_proxy_user_agent"),
+        ("GET", "Mimecast URL scanner", SENT, "scanner_user_agent"),
+    ],
+)
+def test_machine_opens_are_sent_flagged(
+    site: Site, method: str, agent: str, sent_at: int, reason: str
+) -> None:
+    link = site.links.open_pixel_url(**dict(WHO, sent_at=sent_at))
+    answer = site.request(method, link, headers={"User-Agent": agent})
+    assert answer.status == 200
+    assert answer.headers["content-length"] == str(len(PIXEL))
+    (event,) = site.events()
+    assert event["properties"] == {"machine_open": True, "machine_open_reason": reason}
+
+
+# -- the click redirect -----------------------------------------------------------------------
+
+
+def test_a_click_redirects_to_the_sealed_url_and_emits_it(site: Site) -> None:
+    target = "https://example.com/offer?a=1&b=2#top"
+    answer = site.request("GET", site.links.click_url(target, link_id="l-1", **WHO))
+    assert answer.status == 302
+    assert answer.headers["location"] == target
+    assert "no-store" in answer.headers["cache-control"]
+    (event,) = site.events()
+    assert event["event"] == "Email Link Clicked"
+    assert event["properties"] == {"scanner": False, "link_url": target, "link_id": "l-1"}
+
+
+def test_a_head_or_scanner_click_still_redirects_and_is_flagged(site: Site) -> None:
+    link = site.links.click_url("https://example.com/", **WHO)
+    assert site.request("HEAD", link).headers["location"] == "https://example.com/"
+    answer = site.request("GET", link, headers={"User-Agent": "Proofpoint URL Defense"})
+    assert answer.headers["location"] == "https://example.com/"
+    reasons = sorted(e["properties"]["scanner_reason"] for e in site.events())
+    assert reasons == ["head", "scanner_user_agent"]
+
+
+def test_no_parameter_or_path_trick_is_ever_followed(site: Site) -> None:
+    link = site.links.click_url("https://example.com/safe", **WHO)
+    token = urlsplit(link).path.rpartition("/")[2]
+    for trick in ("?url=https://evil.example", "?next=//evil.example", "?redirect=javascript:x"):
+        answer = site.request("GET", link + trick)
+        assert answer.status == 302
+        assert answer.headers["location"] == "https://example.com/safe"
+    for path in (
+        "/t/c//evil.example",
+        "/t/c/https:%2F%2Fevil.example",
+        "/t/c/\\\\evil.example",
+        f"/t/c/{token}/https://evil.example",
+        f"/t/c/{token}%2F%2Fevil.example",
+        "/t/c/javascript:alert(1)",
+    ):
+        answer = site.request("GET", path)
+        assert answer.status == 404, path
+        assert "location" not in answer.headers
+    events = site.events()  # the three real clicks only (same instant on this clock: one id)
+    assert len(events) + site.segment.duplicates == 3
+    assert {e["properties"]["link_url"] for e in events} == {"https://example.com/safe"}
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["javascript:alert(1)", "//evil.example/", "https:\\\\evil.example", "data:text/html,x"],
+)
+def test_a_signed_token_with_an_unsafe_target_is_refused_too(site: Site, target: str) -> None:
+    # Made without TrackingLinks (which refuses these): the app checks again itself.
+    token = Token(kind="click", sent_at=SENT, email="a@b.co", link_url=target)
+    answer = site.request("GET", f"/t/c/{seal(token, KEYS)}")
+    assert answer.status == 404
+    assert "location" not in answer.headers
+    assert site.events() == []
+
+
+# -- one-click unsubscribe --------------------------------------------------------------------
+
+
+def test_get_shows_a_confirmation_page_and_never_unsubscribes(site: Site) -> None:
+    link = site.links.unsubscribe_url(list_id="weekly", **WHO)
+    for method in ("GET", "HEAD", "GET"):
+        answer = site.request(method, link)
+        assert answer.status == 200
+        assert "set-cookie" not in answer.headers
+    page = site.request("GET", link).body
+    assert b'<form method="post">' in page
+    assert b'name="List-Unsubscribe" value="One-Click"' in page
+    assert site.events() == []
+
+
+def _multipart(boundary: str = "XyZ") -> tuple[bytes, dict[str, str]]:
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+        f"One-Click\r\n--{boundary}--\r\n"
+    ).encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_post_in_either_encoding_unsubscribes_once(site: Site) -> None:
+    link = site.links.unsubscribe_url(list_id="weekly", **WHO)
+    first = site.request("POST", link, ONE_CLICK, FORM)
+    assert first.status == 200
+    assert "location" not in first.headers
+    assert "set-cookie" not in first.headers
+    body, headers = _multipart()
+    assert site.request("POST", link, body, headers).status == 200
+    assert site.request("POST", link, ONE_CLICK, FORM).status == 200
+    (event,) = site.events()
+    assert event["event"] == "Email Unsubscribed"
+    assert event["properties"] == {"list_id": "weekly"}
+    assert site.segment.duplicates == 2  # the repeats carried the same messageId
+
+
+def test_two_links_are_two_unsubscribes(site: Site) -> None:
+    for list_id in ("weekly", "daily"):
+        link = site.links.unsubscribe_url(list_id=list_id, **WHO)
+        assert site.request("POST", link, ONE_CLICK, FORM).status == 200
+    assert sorted(e["properties"]["list_id"] for e in site.events()) == ["daily", "weekly"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "text"),
+    [
+        (b"List-Unsubscribe=Yes", FORM, 400, b"List-Unsubscribe: expected"),
+        (ONE_CLICK, {"Content-Type": "text/plain"}, 400, b"Content-Type: expected"),
+        (b"", FORM, 400, b"List-Unsubscribe: expected"),
+        (b"x" * 20_000, FORM, 413, b"body: request body over"),
+    ],
+)
+def test_a_post_that_is_not_one_click_is_refused_with_the_reason(
+    site: Site, body: bytes, headers: dict[str, str], status: int, text: bytes
+) -> None:
+    answer = site.request("POST", site.links.unsubscribe_url(**WHO), body, headers)
+    assert answer.status == status
+    assert answer.body.startswith(text)
+    assert site.events() == []
+
+
+def test_200_comes_only_once_the_unsubscribe_is_journaled(
+    local_segment: LocalSegment, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    local_segment.outage(503)
+    for site in _site(local_segment, spool=spool):
+        link = site.links.unsubscribe_url(**WHO)
+        assert site.request("POST", link, ONE_CLICK, FORM).status == 200
+        site.emitter.close(timeout=0)  # nothing delivered: the outage
+    local_segment.end_outage()
+    with Emitter(
+        write_keys={"acme": "key-acme"}, endpoint=local_segment.url, spool=spool, batch=QUICK
+    ) as later:
+        assert later.flush(10)
+    assert [e["event"] for e in local_segment.accepted] == ["Email Unsubscribed"]
+
+
+def test_an_unsubscribe_the_emitter_cannot_take_is_answered_503(site: Site) -> None:
+    site.emitter.close()
+    answer = site.request("POST", site.links.unsubscribe_url(**WHO), ONE_CLICK, FORM)
+    assert answer.status == 503
+    assert answer.headers["retry-after"] == "60"
+
+
+def test_an_unsubscribe_with_profile_updates_also_marks_the_profile(
+    local_segment: LocalSegment,
+) -> None:
+    for site in _site(local_segment, profile_updates=True):
+        link = site.links.unsubscribe_url(user_id="u-1", tenant="acme", sent_at=SENT)
+        assert site.request("POST", link, ONE_CLICK, FORM).status == 200
+        assert site.request("POST", link, ONE_CLICK, FORM).status == 200  # a repeat
+        events = site.events()
+    assert [e["type"] for e in events] == ["track", "identify"]
+    assert events[1]["userId"] == "u-1"
+    assert events[1]["traits"]["email_unsubscribed"] is True
+    assert local_segment.duplicates == 2
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+def _other_last(text: str) -> str:
+    """``text`` with its last character changed (to ``A``, or ``B`` when it was ``A``)."""
+    return text[:-1] + ("B" if text.endswith("A") else "A")
+
+
+def test_a_tampered_unknown_expired_or_misrouted_token_gets_one_404(
+    local_segment: LocalSegment,
+) -> None:
+    for site in _site(local_segment, max_age=86_400):
+        good = site.links.click_url("https://example.com/", **WHO)
+        token = urlsplit(good).path.rpartition("/")[2]
+        key_id, body, mac = token.split(".")
+        other = TrackingLinks(site.url + "/t", TrackingKeys({"k9": b"o" * 32}, "k9"))
+        bad_paths = [
+            f"/t/c/{key_id}.{_other_last(body)}.{mac}",
+            f"/t/c/{key_id}.{body}.{_other_last(mac)}",
+            urlsplit(other.click_url("https://example.com/", **WHO)).path,
+            urlsplit(
+                site.links.click_url("https://example.com/", **dict(WHO, sent_at=SENT - 90_000))
+            ).path,
+            f"/t/u/{token}",  # a click token on the unsubscribe route
+            f"/t/o/{token}",
+            "/t/c/",
+            "/t/x/" + token,
+        ]
+        answers = [site.request("GET", path) for path in bad_paths]
+        assert [a.status for a in answers] == [404] * len(bad_paths)
+        assert len({a.body for a in answers[:-2]}) == 1  # no oracle
+        post = site.request("POST", f"/t/u/{token}", ONE_CLICK, FORM)
+        assert post.status == 404
+        assert site.events() == []
+
+
+def test_other_methods_are_refused_with_allow(site: Site) -> None:
+    answer = site.request("POST", site.links.open_pixel_url(**WHO), ONE_CLICK, FORM)
+    assert answer.status == 405
+    assert answer.headers["allow"] == "GET, HEAD"
+    answer = site.request("DELETE", site.links.unsubscribe_url(**WHO))
+    assert answer.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_a_hit_the_emitter_refuses_is_still_answered_and_logged_without_the_email(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = dict(WHO, tenant="unknown-tenant")
+    with caplog.at_level(logging.INFO, logger="selligent_segment"):
+        assert site.request("GET", site.links.open_pixel_url(**other)).status == 200
+        answer = site.request("GET", site.links.click_url("https://example.com/", **other))
+        assert answer.headers["location"] == "https://example.com/"
+    assert "unknown-tenant" in caplog.text
+    assert "ada@example.com" not in caplog.text.lower()
+    assert "k1." not in caplog.text  # no token
+    assert site.events() == []
+
+
+def test_a_mac_spelt_in_another_base64_form_is_refused() -> None:
+    """The MAC's last character carries 4 bits and 2 unused ones: a token whose MAC differs
+    only there decodes to the same bytes, and was accepted (with another event id)."""
+    from selligent_segment.inputs.tracking._token import TokenRefused, unseal
+
+    keys = TrackingKeys({"k1": b"k" * 32}, "k1")
+    links = TrackingLinks("https://t.example/t", keys)
+    token = urlsplit(links.click_url("https://example.com/", **WHO)).path.rpartition("/")[2]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    twin = token[:-1] + alphabet[last ^ 1]  # the same 4 significant bits
+    assert unseal(token, keys, now=SENT + 60, max_age=None).sent_at == SENT
+    with pytest.raises(TokenRefused):
+        unseal(twin, keys, now=SENT + 60, max_age=None)
