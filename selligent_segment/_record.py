@@ -93,8 +93,9 @@ RESERVED_PROPERTIES = frozenset(_PROPERTY_FIELDS)
 # No ASCII control character anywhere (\s covers the rest of them); other unprintable
 # characters are refused by _email, for non-ASCII text only.
 _NO = r"@\s\x00-\x1f\x7f"
-_EMAIL_RE = re.compile(rf"^[^{_NO}]+@[^{_NO}.]+(\.[^{_NO}.]+)+$")
-_SNAKE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+# Used with fullmatch only: '$' with match would accept a trailing newline.
+_EMAIL_RE = re.compile(rf"[^{_NO}]+@[^{_NO}.]+(\.[^{_NO}.]+)+")
+_SNAKE_RE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 _MAX_TEXT = 8192
 _UTC = timezone.utc
 _MAX_DEPTH = 16
@@ -182,7 +183,7 @@ def _email(value: object) -> str | None:
     text = _text("email", value)
     if text is None:
         return None
-    if len(text) > 254 or not _EMAIL_RE.match(text):
+    if len(text) > 254 or not _EMAIL_RE.fullmatch(text):
         raise _bad_email(text)
     if not text.isprintable():
         _check_controls("email", text)
@@ -329,7 +330,7 @@ def _properties(value: object) -> dict[str, Any]:
         raise InvalidEvent("properties", f"expected an object, got {_type_name(value)}")
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not _SNAKE_RE.match(key):
+        if not isinstance(key, str) or not _SNAKE_RE.fullmatch(key):
             raise InvalidEvent("properties", f"property name {shown(key)} is not snake_case")
         if key in RESERVED_PROPERTIES:
             raise InvalidEvent(
@@ -345,7 +346,7 @@ def _properties(value: object) -> dict[str, Any]:
 
 #: At most this many entries in a record's ``integrations`` or ``context`` object.
 MAX_OBJECT_ENTRIES = 100
-_CONTEXT_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_CONTEXT_KEY_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 #: Context keys a record may not set, and why: the library sets them itself.
 RESERVED_CONTEXT = {
     "library": "is set by the library (its name and version); it cannot be overridden",
@@ -397,7 +398,7 @@ def _context(value: object) -> dict[str, Any]:
     """Extra fields of the message's ``context``, merged with what the library sets."""
     out: dict[str, Any] = {}
     for key, item in _object_of("context", value).items():
-        if not isinstance(key, str) or not _CONTEXT_KEY_RE.match(key):
+        if not isinstance(key, str) or not _CONTEXT_KEY_RE.fullmatch(key):
             reason = f"key {shown(key)} is not a name (a letter, then letters, digits or _)"
             raise InvalidEvent("context", reason)
         reserved = RESERVED_CONTEXT.get(key)
@@ -495,7 +496,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
             if key == "email" and len(value) <= _MAX_TEXT and value.isascii():
                 value = value.strip()
                 if value:
-                    if len(value) > 254 or not _EMAIL_RE.match(value):
+                    if len(value) > 254 or not _EMAIL_RE.fullmatch(value):
                         raise _bad_email(value)
                     out[key] = value
                 continue

@@ -457,7 +457,8 @@ def test_empty_properties_are_absent() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["FeedbackLoop", "feedback-loop", "_private", "1st", "a__b", "trailing_", "", "a b"]
+    "name",
+    ["FeedbackLoop", "feedback-loop", "_private", "1st", "a__b", "trailing_", "", "a b", "name\n"],
 )
 def test_non_snake_case_property_names_are_refused(name: str) -> None:
     err = refused({"type": "opened", "email": EMAIL, "properties": {name: 1}})

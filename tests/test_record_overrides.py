@@ -77,6 +77,13 @@ def test_empty_or_null_objects_are_absent() -> None:
             "is set from the record's email field",
         ),
         ({"context": {"page": {"at": {1, 2}}}}, "context.page.at", "a set cannot be sent"),
+        # '$' would accept a trailing newline: a reserved key must not slip through so.
+        ({"context": {"library\n": {"name": "me"}}}, "context", "key 'library\\n' is not a"),
+        (
+            {"context": {"traits\n": {"email": "eve@example.com"}}},
+            "context",
+            "key 'traits\\n' is not a name",
+        ),
     ],
 )
 def test_bad_integrations_or_context_are_refused_naming_the_field(

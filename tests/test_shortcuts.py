@@ -359,7 +359,7 @@ def test_short_ascii_text_reduces_to_strip(value: Any, field: str) -> None:
         assert plain_text(field, value) == (value.strip() or None)
         assert _record._text(field, value) == (value.strip() or None)
         # An ASCII email the pattern matches is printable: no control check is left to do.
-        assert value.strip().isprintable() or not _record._EMAIL_RE.match(value.strip())
+        assert value.strip().isprintable() or not _record._EMAIL_RE.fullmatch(value.strip())
     else:
         assert outcome(_record._text, field, value) == outcome(plain_text, field, value)
 
