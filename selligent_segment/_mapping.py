@@ -227,8 +227,11 @@ def _identify(
     fields: Mapping[str, Any], update: Mapping[str, Any], tenant: str, now: datetime | float | None
 ) -> dict[str, Any]:
     """The ``identify`` of a record's profile update (see ``_profile.py``): the record's
-    identity, the update's traits (and the event's time under its ``at`` name), and a
-    ``messageId`` derived from the track's, so a replay deduplicates too."""
+    identity, the update's traits (and the event's time under its ``at`` name), the
+    record's ``integrations`` (the caller's routing holds for the identify too), and a
+    ``messageId`` derived from the track's, so a replay deduplicates too. Its ``context``
+    is the library's only: the record's ``context``, ``ip`` and ``user_agent`` describe
+    the event and go with the track."""
     record = dict(fields)
     del record[PROFILE_UPDATE]
     kind: EventKind = record["type"]
@@ -256,6 +259,8 @@ def _identify(
     message["context"] = {"library": _LIBRARY_JSON, "integration": _INTEGRATION_JSON}
     message["timestamp"] = timestamp
     message["messageId"] = _profile_uuid5(tenant, kind._value_, track_id)
+    if "integrations" in record:
+        message["integrations"] = record["integrations"]
     return message
 
 
@@ -269,7 +274,8 @@ def profile_message(
     """The ``identify`` the Emitter sends beside ``record``'s track when profile updates
     are on; ``update`` is what :meth:`ProfileUpdates.update_for` returned for it. Its
     ``messageId`` is the UUIDv5 of ``[tenant, kind, "profile_update", <the track's
-    messageId>]``: deterministic, and never equal to a track's."""
+    messageId>]``: deterministic, and never equal to a track's. It carries the record's
+    ``integrations`` as the track does; its ``context`` is the library's only."""
     fields = dict(_fields_of(record))
     fields[PROFILE_UPDATE] = update
     message = _identify(fields, update, _tenant_of(fields, tenant), now)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from _delivery import QUICK, emitter
 
@@ -193,3 +194,26 @@ def test_profile_updates_setting_accepts_only_a_flag_or_a_policy() -> None:
     assert EmitterConfig(write_key="k", profile_updates=False).profile_updates is None
     with pytest.raises(ConfigurationError, match="profile_updates: expected True"):
         Emitter("k", profile_updates="yes", handle_sigterm=False)  # type: ignore[arg-type]
+
+
+def test_the_identify_keeps_the_records_integrations_but_not_its_context() -> None:
+    # The caller's routing applies to the identify too: excluded destinations must not get
+    # the email traits. The record's context annotates the event: it stays on the track.
+    record = dict(
+        UNSUB,
+        integrations={"All": False, "Mixpanel": True},
+        context={"locale": "fr-FR", "traits": {"plan": "pro"}},
+    )
+    update = _update(record)
+    identify = profile_message(record, update)
+    assert identify["integrations"] == {"All": False, "Mixpanel": True}
+    assert set(identify["context"]) == {"library", "integration"}
+    marked = normalize(record)
+    marked[PROFILE_UPDATE] = update
+    encoded = orjson.loads(encode_fields(marked, "acme", EventNaming()).body)
+    assert encoded["type"] == "identify"
+    assert encoded["integrations"] == {"All": False, "Mixpanel": True}
+    # Routing is not content: the identify id is the one without integrations.
+    assert identify["messageId"] == profile_message(UNSUB, update)["messageId"]
+    without = profile_message(UNSUB, update)
+    assert "integrations" not in without
