@@ -5,6 +5,7 @@ built by hand where only the arithmetic is under test."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -362,3 +363,87 @@ def test_a_memory_emitter_reports_its_own_queue(segment: LocalSegment) -> None:
     assert seen.backlog == 1
     assert "selligent_segment_oldest_event_age_seconds" not in names  # no file: no age
     assert "selligent_segment_spool_up" not in names
+
+
+# -- counters stay monotonic while the top tenants change -----------------------------------
+
+
+class _Replay(Source):
+    """A Source that serves the observations it is given, one per read."""
+
+    def __init__(self, *seen: Observation) -> None:
+        super().__init__(spool="never-opened.db")
+        self._seen = list(seen)
+
+    def observe(self) -> Observation:
+        return self._seen.pop(0)
+
+
+def _counting(name: str, accepted: int, rejected: int, *, new: int = 0) -> TenantView:
+    return TenantView(
+        name,
+        accepted=accepted,
+        delivered=accepted - rejected,
+        rejected={"rejected": rejected} if rejected else {},
+        dropped={"unsent_at_close": new} if new else {},
+    )
+
+
+def _order_changes() -> list[Observation]:
+    """Scrapes in which b overtakes a, then c appears and overtakes both."""
+    return [
+        _seen(_counting("a", 10, 1), _counting("b", 5, 2)),
+        _seen(_counting("a", 11, 1), _counting("b", 30, 2)),
+        _seen(_counting("a", 12, 1), _counting("b", 31, 3), _counting("c", 90, 4, new=1)),
+        _seen(_counting("a", 80, 1), _counting("b", 31, 3), _counting("c", 95, 4, new=2)),
+    ]
+
+
+def test_counters_never_decrease_while_the_top_tenants_change() -> None:
+    collector = PrometheusCollector(_Replay(*_order_changes()), tenant_labels=1)
+    scrapes = [scrape(collector) for _ in range(4)]
+    for before, after in itertools.pairwise(scrapes):
+        for key, value in before.items():
+            if key[0].endswith("_total"):
+                assert after.get(key, 0.0) >= value, (key, value, after.get(key))
+    last = scrapes[-1]
+    rejected = {
+        k[1]: v for k, v in last.items() if k[0] == "selligent_segment_events_rejected_total"
+    }
+    assert rejected == {  # a keeps its label; b and c, beyond the cap, are "other" for good
+        (("reason", "rejected"), ("tenant", "a")): 1,
+        (("reason", "rejected"), ("tenant", "other")): 7,
+    }
+
+
+def test_otel_counters_never_decrease_while_the_top_tenants_change() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    now = [0.0]
+    register_otel_metrics(
+        provider.get_meter("test"),
+        _Replay(*_order_changes()),
+        tenant_labels=1,
+        clock=lambda: now[0],
+    )
+    seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for _ in range(4):
+        now[0] += 1.0  # one observation per collection
+        data = reader.get_metrics_data()
+        assert data is not None
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name != "selligent_segment.events_rejected":
+                        continue
+                    for point in metric.data.data_points:
+                        key = (metric.name, tuple(sorted(point.attributes.items())))
+                        assert point.value >= seen.get(key, 0), key
+                        seen[key] = point.value
+    provider.shutdown()
+    assert (
+        seen[("selligent_segment.events_rejected", (("reason", "rejected"), ("tenant", "a")))] == 1
+    )

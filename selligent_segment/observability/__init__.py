@@ -28,7 +28,13 @@ from selligent_segment.observability._observation import (
 )
 from selligent_segment.observability._otel import register_otel_metrics
 from selligent_segment.observability._prometheus import PrometheusCollector
-from selligent_segment.observability._samples import METRICS, MetricSpec, Sample, samples
+from selligent_segment.observability._samples import (
+    METRICS,
+    MetricSpec,
+    Sample,
+    TenantLabels,
+    samples,
+)
 
 __all__ = [
     "METRICS",
@@ -41,6 +47,7 @@ __all__ = [
     "PrometheusCollector",
     "Sample",
     "Source",
+    "TenantLabels",
     "TenantView",
     "health",
     "register_otel_metrics",

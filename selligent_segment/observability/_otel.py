@@ -24,7 +24,7 @@ from selligent_segment.observability._samples import (
     METRICS,
     MetricSpec,
     Sample,
-    check_tenant_labels,
+    TenantLabels,
     samples,
 )
 
@@ -39,7 +39,11 @@ class _Cached:
     callbacks of one collection)."""
 
     def __init__(
-        self, source: Source, tenant_labels: int, ttl: float, clock: Callable[[], float]
+        self,
+        source: Source,
+        tenant_labels: TenantLabels,
+        ttl: float,
+        clock: Callable[[], float],
     ) -> None:
         self._source = source
         self._tenant_labels = tenant_labels
@@ -70,9 +74,10 @@ def register_otel_metrics(
     them. Counters become observable counters (cumulative, this process's), gauges
     observable gauges; names are ``selligent_segment.<name>`` (``events_delivered``,
     ``backlog_events``...), with the same ``reason`` and capped ``tenant`` attributes
-    as the Prometheus collector."""
+    as the Prometheus collector (the counters' tenants chosen once for good, so that no
+    counter decreases)."""
     require("opentelemetry.metrics", "otel")
-    cap = check_tenant_labels(tenant_labels)
+    cap = TenantLabels(tenant_labels)
     if isinstance(cache_seconds, bool) or not isinstance(cache_seconds, (int, float)):
         raise ConfigurationError("cache_seconds", "expected a number of seconds")
     if cache_seconds < 0:

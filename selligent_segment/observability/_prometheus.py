@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError
 from selligent_segment.observability._observation import Source
-from selligent_segment.observability._samples import METRICS, check_tenant_labels, samples
+from selligent_segment.observability._samples import METRICS, TenantLabels, samples
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -42,17 +42,20 @@ class PrometheusCollector:
     :class:`~selligent_segment.observability.Source` (``Source(spool=PATH)`` for an
     exporter that reads a spool file alone). ``tenant_labels`` (default 0: none) puts a
     ``tenant`` label on at most that many tenants per metric, the rest summed into
-    ``tenant="other"``. Counters are this process's; spool gauges are the file's, the
-    same in every process sharing it (see ``docs/observability.md`` for prefork servers).
+    ``tenant="other"``: the gauges label the tenants with the largest backlog at each
+    scrape, the counters the same tenants for the collector's life (the first ones to
+    count, up to the cap), so that no counter series ever decreases. Counters are this
+    process's; spool gauges are the file's, the same in every process sharing it (see
+    ``docs/observability.md`` for prefork servers).
     """
 
     def __init__(self, source: Emitter | Source, *, tenant_labels: int = 0) -> None:
         require("prometheus_client", "prometheus")
         self._source = source if isinstance(source, Source) else Source(source)
-        self._tenant_labels = check_tenant_labels(tenant_labels)
+        self._tenant_labels = TenantLabels(tenant_labels)
 
     def __repr__(self) -> str:
-        return f"<PrometheusCollector {self._source!r} tenant_labels={self._tenant_labels}>"
+        return f"<PrometheusCollector {self._source!r} tenant_labels={self._tenant_labels.cap}>"
 
     def describe(self) -> list[Metric]:
         """Nothing: the registry then does not scrape at registration time."""

@@ -6,16 +6,20 @@ The Prometheus collector and the OpenTelemetry instruments both read :data:`METR
 
 Tenant labels are off by default: a platform with thousands of tenants must not make
 thousands of series per metric. With ``tenant_labels=N`` the gauges carry a ``tenant``
-label for the N tenants with the largest backlog, and the counters for the N tenants that
-accepted the most events; every other tenant is summed into ``tenant="other"`` (for the
-oldest age, the maximum), so a metric has at most N + 1 series per other label value.
+label for the N tenants with the largest backlog at this reading, and the counters for N
+tenants chosen once for good (:class:`TenantLabels`); every other tenant is summed into
+``tenant="other"`` (for the oldest age, the maximum), so a metric has at most N + 1 series
+per other label value.
 
-Guarantee: pure (the same observation gives the same samples); no write key or email
-address in a name, label or value.
+Guarantee: no write key or email address in a name, label or value; the same
+observation and the same :class:`TenantLabels` give the same samples; with one
+:class:`TenantLabels` kept across readings (as the Prometheus collector and the
+OpenTelemetry instruments keep theirs), no counter series ever decreases.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
@@ -29,7 +33,7 @@ from selligent_segment.observability._observation import (
     top_tenants,
 )
 
-__all__ = ["METRICS", "MetricSpec", "Sample", "check_tenant_labels", "samples"]
+__all__ = ["METRICS", "MetricSpec", "Sample", "TenantLabels", "check_tenant_labels", "samples"]
 
 
 @attrs.frozen
@@ -108,18 +112,58 @@ def check_tenant_labels(value: object) -> int:
     return value
 
 
-def samples(seen: Observation, tenant_labels: int = 0) -> list[Sample]:
+class TenantLabels:
+    """Which tenants have a ``tenant`` label of their own on the counters, decided once
+    for the life of this object: at most ``cap`` tenants, never changed after.
+
+    A counter summed over a set of tenants only rises while the set stays the same, so a
+    tenant keeps the label it was given, and a tenant first seen while the cap is full is
+    summed into ``tenant="other"`` for good. While there is room, the tenants first seen
+    get a label, the ones that accepted the most first. Holds at most ``cap`` names.
+    Thread-safe.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = check_tenant_labels(cap)
+        self._kept: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<TenantLabels cap={self.cap} kept={len(self._kept)}>"
+
+    def kept(self, tenants: Iterable[TenantView]) -> frozenset[str]:
+        """The labelled tenants, after giving the free labels to tenants of ``tenants``
+        seen for the first time."""
+        with self._lock:
+            room = self.cap - len(self._kept)
+            if room > 0:
+                new = [t for t in tenants if t.tenant not in self._kept]
+                new.sort(key=lambda t: (-t.accepted, t.tenant))
+                self._kept.update(t.tenant for t in new[:room])
+            return frozenset(self._kept)
+
+
+def samples(seen: Observation, tenant_labels: int | TenantLabels = 0) -> list[Sample]:
     """Every sample ``seen`` gives, metric by metric in :data:`METRICS` order. Counters
-    need an Emitter (``seen.stats``); spool-file gauges need a readable spool file."""
+    need an Emitter (``seen.stats``); spool-file gauges need a readable spool file.
+
+    ``tenant_labels``: 0 for no ``tenant`` label; a cap N for the N tenants of this
+    observation alone (the counters' tenants then chosen by what they accepted so far:
+    a one-off reading); or a :class:`TenantLabels` kept across readings, so that the
+    counters' tenants never change and no counter series decreases."""
+    chosen = tenant_labels if isinstance(tenant_labels, TenantLabels) else None
+    cap = chosen.cap if chosen is not None else check_tenant_labels(tenant_labels)
     out: list[Sample] = []
     add = out.append
     if seen.stats is not None:
-        out += _counters(seen, tenant_labels)
+        if chosen is None:
+            chosen = TenantLabels(cap)
+        out += _counters(seen, chosen)
         for reason, n in sorted(seen.stats.refused.items()):
             add(Sample(_P + "events_refused", {"reason": reason}, n))
         add(Sample(_P + "requests", {}, seen.stats.requests))
     known = seen.stats is not None or seen.spool is not None  # else no figure is true
-    gauges = _grouped(seen.tenants, tenant_labels, lambda t: t.backlog)
+    gauges = _grouped(seen.tenants, cap, lambda t: t.backlog)
     for labels, group in gauges if known else ():
         add(Sample(_P + "backlog_events", labels, sum(t.backlog for t in group)))
     if seen.spool is not None:
@@ -162,8 +206,24 @@ def _grouped(
     return groups
 
 
-def _counters(seen: Observation, cap: int) -> Iterable[Sample]:
-    for labels, group in _grouped(seen.tenants, cap, lambda t: t.accepted):
+def _sticky(
+    tenants: tuple[TenantView, ...], chosen: TenantLabels
+) -> list[tuple[dict[str, str], list[TenantView]]]:
+    """Like :func:`_grouped`, but the labelled tenants are ``chosen``'s for good."""
+    if chosen.cap == 0:
+        return [({}, list(tenants))]
+    if not tenants:
+        return [({"tenant": OTHER_TENANTS}, [])]
+    kept = chosen.kept(tenants)
+    groups = [({"tenant": t.tenant}, [t]) for t in tenants if t.tenant in kept]
+    rest = [t for t in tenants if t.tenant not in kept]
+    if rest:
+        groups.append(({"tenant": OTHER_TENANTS}, rest))
+    return groups
+
+
+def _counters(seen: Observation, chosen: TenantLabels) -> Iterable[Sample]:
+    for labels, group in _sticky(seen.tenants, chosen):
         for field in ("accepted", "delivered", "retried"):
             total = sum(getattr(t, field) for t in group)
             yield Sample(f"{_P}events_{field}", labels, total)
