@@ -28,6 +28,7 @@ __all__ = ["PROFILE_UPDATE", "ProfileUpdates", "profile_updates"]
 PROFILE_UPDATE = "_profile_update"
 
 _TRAIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
+_SUFFIX = re.compile(r"[A-Za-z0-9_]{1,20}")
 
 
 def _trait(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -38,6 +39,14 @@ def _trait(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
             f"profile_updates.{attribute.name}",
             f"expected None or a trait name of letters, digits and _ (starting with a "
             f"letter, at most 100 characters), got {shown(value)}",
+        )
+
+
+def _suffix(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not _SUFFIX.fullmatch(value)):
+        raise ConfigurationError(
+            "profile_updates.time_suffix",
+            f"expected None or 1 to 20 letters, digits and _, got {shown(value)}",
         )
 
 
@@ -60,7 +69,7 @@ class ProfileUpdates:
     """Trait set to ``"hard"`` beside ``bounced`` (None: not sent)."""
     marked_as_spam: str | None = attrs.field(default="email_marked_as_spam", validator=_trait)
     """Trait set to ``true`` on a spam complaint."""
-    time_suffix: str | None = "_at"
+    time_suffix: str | None = attrs.field(default="_at", validator=_suffix)
     """Appended to each trait name above for the trait holding the event's time."""
     _updates: dict[str, dict[str, Any]] = attrs.field(
         init=False, repr=False, eq=False, factory=dict
@@ -68,13 +77,6 @@ class ProfileUpdates:
 
     def __attrs_post_init__(self) -> None:
         suffix = self.time_suffix
-        if suffix is not None and (
-            not isinstance(suffix, str) or not re.fullmatch(r"[A-Za-z0-9_]{1,20}", suffix)
-        ):
-            raise ConfigurationError(
-                "profile_updates.time_suffix",
-                f"expected None or 1 to 20 letters, digits and _, got {shown(suffix)}",
-            )
         names = [self.unsubscribed, self.bounced, self.bounce_type, self.marked_as_spam]
         if suffix:
             names += [f"{n}{suffix}" for n in (self.unsubscribed, self.bounced) if n]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from _delivery import QUICK, emitter
@@ -217,3 +218,14 @@ def test_the_identify_keeps_the_records_integrations_but_not_its_context() -> No
     assert identify["messageId"] == profile_message(UNSUB, update)["messageId"]
     without = profile_message(UNSUB, update)
     assert "integrations" not in without
+
+
+def test_every_setting_of_the_policy_is_checked_by_its_own_validator() -> None:
+    # attrs.validate() re-checks an instance: it sees only field validators.
+    fields = [f for f in attrs.fields(ProfileUpdates) if f.init]
+    assert [f.name for f in fields if f.validator is None] == []
+    policy = ProfileUpdates()
+    object.__setattr__(policy, "time_suffix", "-at")
+    with pytest.raises(ConfigurationError) as caught:
+        attrs.validate(policy)
+    assert caught.value.setting == "profile_updates.time_suffix"
