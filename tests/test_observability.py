@@ -447,3 +447,20 @@ def test_otel_counters_never_decrease_while_the_top_tenants_change() -> None:
     assert (
         seen[("selligent_segment.events_rejected", (("reason", "rejected"), ("tenant", "a")))] == 1
     )
+
+
+def test_a_process_counts_what_it_delivered_of_another_process_events(
+    segment: LocalSegment, tmp_path: Path
+) -> None:
+    segment.outage(503)
+    writer = _emitter(segment, tmp_path)
+    writer.emit_many([record("acme", i) for i in range(3)])
+    writer.close(0)  # nothing delivered: the events stay in the file
+    segment.end_outage()
+    with _emitter(segment, tmp_path) as sender:  # accepts nothing, delivers the 3
+        assert sender.flush(10)
+        assert segment.accepted_count == 3
+        flat = scrape(PrometheusCollector(sender))
+        labelled = scrape(PrometheusCollector(sender, tenant_labels=2))
+    assert flat[("selligent_segment_events_delivered_total", ())] == 3
+    assert labelled[("selligent_segment_events_delivered_total", (("tenant", "acme"),))] == 3

@@ -166,6 +166,9 @@ class Counters:
         with self._lock:
             names = set(self.accepted) | set(queued) | set(self.rejected) | set(self.dropped)
             names |= set(self.last_error)
+            # a tenant this process only delivered (or retried) events of, accepted by
+            # another process sharing the spool file, is counted too
+            names |= set(self.delivered) | set(self.retried) | set(self.retried_events)
             tenants = {
                 t: TenantStats(
                     accepted=self.accepted[t],
