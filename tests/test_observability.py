@@ -464,3 +464,21 @@ def test_a_process_counts_what_it_delivered_of_another_process_events(
         labelled = scrape(PrometheusCollector(sender, tenant_labels=2))
     assert flat[("selligent_segment_events_delivered_total", ())] == 3
     assert labelled[("selligent_segment_events_delivered_total", (("tenant", "acme"),))] == 3
+
+
+def test_events_retried_counts_distinct_events_not_resends(segment: LocalSegment) -> None:
+    from selligent_segment import BatchPolicy, RetryPolicy
+
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, max_attempts=50)
+    with _emitter(segment, retry=fast, batch=BatchPolicy(linger=0.0)) as emitter:
+        segment.outage(503)
+        emitter.emit_many([record("acme", i) for i in range(2)])
+        assert segment.wait_for_requests(4)  # the batch was sent at least 4 times
+        segment.end_outage()
+        assert emitter.flush(10)
+        stats = emitter.stats()
+        got = scrape(PrometheusCollector(emitter, tenant_labels=1))
+    assert stats.retried_events == 2 < stats.retried
+    assert got[("selligent_segment_events_retried_total", (("tenant", "acme"),))] == 2
+    (spec,) = [m for m in METRICS if m.name == "selligent_segment_events_retried"]
+    assert "distinct" in spec.help.lower()

@@ -53,6 +53,9 @@ class TenantView:
     accepted: int = 0
     delivered: int = 0
     retried: int = 0
+    """Re-sends after a transient failure (an event retried five times counts five)."""
+    retried_events: int = 0
+    """Distinct events that needed at least one retry."""
     rejected: Mapping[str, int] = attrs.field(factory=dict)
     dropped: Mapping[str, int] = attrs.field(factory=dict)
     last_error: LastError | None = None
@@ -170,6 +173,7 @@ class Source:
                     "accepted": t.accepted,
                     "delivered": t.delivered,
                     "retried": t.retried,
+                    "retried_events": t.retried_events,
                     "rejected": t.rejected,
                     "dropped": t.dropped,
                     "last_error": t.last_error,

@@ -62,7 +62,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(_P + "events_delivered", "counter", "1", "Events Segment took (this process).",
                per_tenant=True),
     MetricSpec(_P + "events_retried", "counter", "1",
-               "Events sent again after a transient failure (this process).", per_tenant=True),
+               "Distinct events that needed at least one retry after a transient failure "
+               "(this process; each counted once, however many times it was sent again).",
+               per_tenant=True),
     MetricSpec(_P + "events_rejected", "counter", "1",
                "Events refused for good, by reason (this process).", ("reason",), True),
     MetricSpec(_P + "events_dropped", "counter", "1",
@@ -224,9 +226,10 @@ def _sticky(
 
 def _counters(seen: Observation, chosen: TenantLabels) -> Iterable[Sample]:
     for labels, group in _sticky(seen.tenants, chosen):
-        for field in ("accepted", "delivered", "retried"):
+        for field in ("accepted", "delivered"):
             total = sum(getattr(t, field) for t in group)
             yield Sample(f"{_P}events_{field}", labels, total)
+        yield Sample(_P + "events_retried", labels, sum(t.retried_events for t in group))
         for field in ("rejected", "dropped"):
             by_reason: Counter[str] = Counter()
             for t in group:
