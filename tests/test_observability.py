@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from selligent_segment import ConfigurationError, Emitter
+from selligent_segment import ConfigurationError, Emitter, SelligentSegmentError
 from selligent_segment.delivery._stats import LastError, Stats
 from selligent_segment.observability import (
     METRICS,
@@ -482,3 +482,33 @@ def test_events_retried_counts_distinct_events_not_resends(segment: LocalSegment
     assert got[("selligent_segment_events_retried_total", (("tenant", "acme"),))] == 2
     (spec,) = [m for m in METRICS if m.name == "selligent_segment_events_retried"]
     assert "distinct" in spec.help.lower()
+
+
+def test_health_of_an_emitter_opens_its_spool_file_once(
+    segment: LocalSegment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selligent_segment.observability import _observation
+    from selligent_segment.spool._file import SpoolFile
+
+    opened: list[SpoolFile] = []
+
+    class Counted(SpoolFile):
+        def __init__(self, spool: Any) -> None:
+            super().__init__(spool)
+            opened.append(self)
+
+    monkeypatch.setattr(_observation, "SpoolFile", Counted)
+    emitter = _emitter(segment, tmp_path)
+    try:
+        emitter.emit(record("acme", 1))
+        assert emitter.flush(10)
+        for _ in range(5):  # a load balancer probing every second
+            assert health(emitter).healthy
+        assert len(opened) == 1
+        assert opened[0].status().queued == 0  # kept open between probes
+    finally:
+        emitter.close(0.05)
+    verdict = health(emitter)
+    assert verdict.reasons == ("the emitter is closed",)
+    with pytest.raises(SelligentSegmentError, match="closed"):
+        opened[0].status()  # the kept connection went with the emitter

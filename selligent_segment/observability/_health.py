@@ -21,7 +21,7 @@ import orjson
 
 from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, shown
-from selligent_segment.observability._observation import Observation, Source
+from selligent_segment.observability._observation import Observation, Source, emitter_source
 
 __all__ = ["Health", "HealthStatus", "HealthThresholds", "health"]
 
@@ -130,7 +130,11 @@ def health(
     thresholds: HealthThresholds | None = None,
 ) -> Health:
     """The health of ``target`` (an Emitter, a :class:`Source`, or an observation already
-    taken) against ``thresholds`` (default :class:`HealthThresholds`)."""
+    taken) against ``thresholds`` (default :class:`HealthThresholds`).
+
+    Cheap enough to probe every second: for an Emitter with a spool file, the file is
+    opened at the first check and kept open while the Emitter runs (closed with it), so
+    a check costs one ``stats()`` and one grouped scan of the file."""
     limits = thresholds if thresholds is not None else HealthThresholds()
     if not isinstance(limits, HealthThresholds):
         raise ConfigurationError("thresholds", "expected a HealthThresholds")
@@ -139,7 +143,7 @@ def health(
     elif isinstance(target, Source):
         seen = target.observe()
     elif isinstance(target, Emitter):
-        source = Source(target)
+        source = emitter_source(target)  # the spool file opened once, kept while it runs
         try:
             seen = source.observe()
         finally:

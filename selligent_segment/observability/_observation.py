@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from selligent_segment.delivery._stats import LastError, Stats
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
 from selligent_segment.spool._schema import spool_path
 
-__all__ = ["OTHER_TENANTS", "Observation", "Source", "TenantView", "top_tenants"]
+__all__ = ["OTHER_TENANTS", "Observation", "Source", "TenantView", "emitter_source", "top_tenants"]
 
 #: The ``tenant`` label value that sums every tenant beyond the cap.
 OTHER_TENANTS = "other"
@@ -136,9 +137,9 @@ class Source:
             raise ConfigurationError("spool", "give an Emitter, a spool file, or both")
         self._emitter = emitter
         self._path: Path | None = None if spool is None else spool_path(spool)
-        self._file: SpoolFile | None = None
+        self._reader = _Reader(self._path)
+        self._owns_reader = True
         self._clock = clock
-        self._lock = threading.Lock()
 
     @property
     def emitter(self) -> Emitter | None:
@@ -149,21 +150,10 @@ class Source:
         spool = None if self._path is None else str(self._path)
         return f"<Source emitter={self._emitter is not None} spool={spool!r}>"
 
-    def _status(self) -> tuple[SpoolStatus | None, str | None]:
-        if self._path is None:
-            return None, None
-        with self._lock:
-            try:
-                if self._file is None:
-                    self._file = SpoolFile(self._path)
-                return self._file.status(), None
-            except SelligentSegmentError as exc:
-                return None, str(exc)
-
     def observe(self) -> Observation:
         """Read now. Never raises for an unreadable spool file (see ``spool_error``)."""
         stats = self._emitter.stats() if self._emitter is not None else None
-        spool, error = self._status()
+        spool, error = self._reader.status()
         views: dict[str, dict[str, object]] = {}
         if stats is not None:
             for name, t in stats.tenants.items():
@@ -212,8 +202,61 @@ class Source:
         )
 
     def close(self) -> None:
-        """Close the spool file, if opened (idempotent)."""
+        """Close the spool file, if opened and this Source's own (idempotent)."""
+        if self._owns_reader:
+            self._reader.close()
+
+
+class _Reader:
+    """The spool file at ``path`` (None: none), opened on first use and kept."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: SpoolFile | None = None
+        self._lock = threading.Lock()
+
+    def status(self) -> tuple[SpoolStatus | None, str | None]:
+        """The file's status, or why it cannot be read (never raises)."""
+        if self.path is None:
+            return None, None
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = SpoolFile(self.path)
+                return self._file.status(), None
+            except SelligentSegmentError as exc:
+                return None, str(exc)
+
+    def close(self) -> None:
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+# One reader per Emitter, for the Sources :func:`emitter_source` makes. Keyed weakly, and
+# a reader holds no reference to its Emitter: it goes (and its connection is closed by
+# the garbage collector) when the Emitter goes.
+_readers: weakref.WeakKeyDictionary[Emitter, _Reader] = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def emitter_source(emitter: Emitter) -> Source:
+    """A :class:`Source` over ``emitter`` that reads its spool file through one connection
+    kept for the Emitter's life, shared by every Source this makes for it: a check made
+    every second opens the file once. Once the Emitter is closed, the kept connection is
+    closed and the Source returned reads through its own (close it after use)."""
+    source = Source(emitter)
+    if emitter.closed:
+        with _readers_lock:
+            kept = _readers.pop(emitter, None)
+        if kept is not None:
+            kept.close()
+        return source
+    with _readers_lock:
+        reader = _readers.get(emitter)
+        if reader is None or reader.path != source._reader.path:
+            reader = _readers[emitter] = source._reader
+    source._reader = reader
+    source._owns_reader = False
+    return source
