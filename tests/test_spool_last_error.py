@@ -9,6 +9,7 @@ from pathlib import Path
 
 from _delivery import fake_emitter, record
 
+from selligent_segment import BatchPolicy
 from selligent_segment.spool._file import SpoolFile
 
 SENDERS = 2
@@ -38,12 +39,30 @@ def test_the_last_error_of_a_tenant_is_in_the_spool_file(tmp_path: Path) -> None
 
 def test_a_file_without_the_table_gets_it_when_opened(tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
-    em, _, _ = fake_emitter(spool=str(spool))
+    # Nothing is sent while the fake clock stands still within the linger: the record is
+    # still queued when the emitter closes, so acme is listed.
+    em, transport, _ = fake_emitter(spool=str(spool), batch=BatchPolicy(linger=60.0))
+    em.emit(record(1))
     em.close(0)
+    assert transport.requests == []
     with sqlite3.connect(spool) as db:
         db.execute("DROP TABLE last_errors")
     with SpoolFile(spool) as file:
-        assert [t.last_error for t in file.status().tenants] == []
+        tenants = file.status().tenants
+    assert [(t.tenant, t.queued, t.last_error) for t in tenants] == [("acme", 1, None)]
     with sqlite3.connect(spool) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
     assert "last_errors" in tables
+    # The table made then holds the next error, as a new file's does.
+    em, _, clock = fake_emitter(lambda request: 503, spool=str(spool))
+    try:
+        assert clock.run_until(
+            lambda: getattr(em.stats().tenants.get("acme"), "last_error", None) is not None,
+            waiters=SENDERS,
+        )
+    finally:
+        em.close(0)
+    with SpoolFile(spool) as file:
+        (acme,) = file.status().tenants
+    assert acme.last_error is not None
+    assert acme.last_error.status == 503
