@@ -176,3 +176,25 @@ def test_usage_errors_exit_2_before_anything_is_sent(tmp_path: Path) -> None:
         assert result.stdout == ""
         assert expected in result.stderr
         assert result.stderr.startswith("selligent-segment: ingest: ")
+
+
+@pytest.mark.slow
+def test_json_summary_counts_messages_records_and_problems(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    path = mbox_of(tmp_path / "bounces.mbox", "postfix-user-unknown", "malformed-bad-fields")
+    result = ingest(
+        "dsn", path, str(CORPUS / "exim-mailbox-full.eml"), "--tenant", "acme",
+        "--json", "--write-keys", keys_file, "--endpoint", server.url,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert {k: summary[k] for k in ("messages", "records", "problems", "inputs")} == {
+        "messages": 3,
+        "records": 4,
+        "problems": 2,
+        "inputs": 2,
+    }
+    assert (summary["accepted"], summary["delivered"], summary["not_delivered"]) == (4, 4, 0)
+    assert summary["exit_status"] == 1
+    assert not {"read", "valid", "invalid"} & set(summary)  # send's counts, not ingest's

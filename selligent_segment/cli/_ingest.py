@@ -25,6 +25,7 @@ from selligent_segment.cli._base import (
     err,
 )
 from selligent_segment.cli._send import _SURELY_SMALL, _Send, _Sink
+from selligent_segment.cli._summary import SendRun
 from selligent_segment.inputs._result import InputError, InputProblem, Parsed
 from selligent_segment.inputs.reports import Join, parse_arf, parse_dsn, parse_path, table_resolver
 from selligent_segment.inputs.reports._sources import check_path
@@ -212,6 +213,21 @@ class _Ingest(_Send):
         if record.tenant is None and self.args.tenant and self.args.kind not in REPORT_KINDS:
             return attrs.evolve(record, tenant=self.args.tenant)
         return record
+
+    def _json(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
+        """``ingest --json``: ingest's reading counts (messages or webhook bodies read,
+        records made, problems reported, inputs), then the delivery as ``send --json``
+        has it (see docs/operations.md)."""
+        delivery = super()._json(run, stopped, status)
+        for key in ("read", "valid", "invalid", "inputs"):  # send's reading counts
+            del delivery[key]
+        return {
+            "messages": self.messages,
+            "records": self.records,
+            "problems": self.invalid,
+            "inputs": len(self.args.files),
+            **delivery,
+        }
 
     def _summary_of_reading(self) -> None:
         if self.args.quiet:
