@@ -209,3 +209,32 @@ def test_routes_methods_and_sizes(emitter: Emitter) -> None:
             )[0]
             == 400
         )
+
+
+class _Broken:
+    """A webhook object whose check fails with an unexpected exception."""
+
+    provider = "broken"
+
+    def handle(self, body: bytes, headers: Any, tenant: str | None = None) -> Any:
+        raise RuntimeError("sk_live_SECRET details of ada@example.com")
+
+    def release(self, body: bytes, headers: Any) -> None:
+        """Nothing to forget."""
+
+
+def test_an_unexpected_exception_is_a_400_logged_by_its_type_only(
+    emitter: Emitter, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="selligent_segment.inputs.esp"),
+        serve_asgi(webhooks_app(emitter, {"broken": _Broken()})) as url,
+    ):
+        status, answer, _ = post(url, "/broken/acme", b"{}")
+    assert (status, answer) == (400, {"error": "unreadable request (RuntimeError)"})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "esp webhook refused: provider=broken tenant='acme' status=400 "
+        "reason=unreadable request (RuntimeError)"
+    ]
+    assert not any(r.exc_info for r in caplog.records)

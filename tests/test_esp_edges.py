@@ -32,6 +32,7 @@ from selligent_segment.inputs.esp import (
     webhook_for,
 )
 from selligent_segment.inputs.esp._ecdsa import EcdsaKeys
+from selligent_segment.inputs.esp._hmac import hmac_ok
 from selligent_segment.inputs.esp._sendgrid import parse as parse_sendgrid
 from selligent_segment.inputs.esp._sns import canonical_string
 
@@ -201,6 +202,34 @@ def test_mailgun_refusals() -> None:
     hook.release(b"[", {})  # nothing to forget, no error
 
 
+def test_a_non_ascii_signature_is_a_bad_signature_not_a_crash() -> None:
+    assert not hmac_ok("k", "100", "t", "\u00e9" * 64)
+    hook = MailgunWebhook(MailgunConfig("k", now=lambda: 100.0))
+    signed = {"timestamp": "100", "token": "t", "signature": "\u00e9" * 64}
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(orjson.dumps({"signature": signed, "event-data": {}}), {})
+    assert (info.value.status, info.value.reason) == (403, "bad signature")
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = base64.b64encode(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    assert not EcdsaKeys().verify(public, "\u00e9t\u00e9==", b"payload")
+    sendgrid = SendGridWebhook(SendGridConfig(public, now=lambda: 100.0))
+    headers = {
+        "x-twilio-email-event-webhook-signature": "\u00e9t\u00e9==",  # as latin-1 decoded
+        "x-twilio-email-event-webhook-timestamp": "100",
+    }
+    with pytest.raises(WebhookRefused) as info:
+        sendgrid.handle(b"[]", headers)
+    assert (info.value.status, info.value.reason) == (403, "bad signature")
+    headers["x-twilio-email-event-webhook-timestamp"] = "\u0661\u0660\u0660"  # float() takes it
+    with pytest.raises(WebhookRefused) as info:
+        sendgrid.handle(b"[]", headers)
+    assert (info.value.status, info.value.reason) == (400, "the timestamp is not a number")
+
+
 # -- SNS envelopes ---------------------------------------------------------------------------
 
 
@@ -264,6 +293,7 @@ def _envelope(**changes: Any) -> dict[str, Any]:
         ({"SignatureVersion": "3"}, 403, "SignatureVersion"),
         ({"Signature": None}, 401, "no Signature"),
         ({"Signature": "%%%"}, 403, "bad signature"),
+        ({"Signature": "\u00e9t\u00e9=="}, 403, "bad signature"),
         ({"Timestamp": "yesterday"}, 400, "not a date"),
     ],
 )

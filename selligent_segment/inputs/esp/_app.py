@@ -5,9 +5,11 @@ Guarantees: a ``2xx`` is answered only after :meth:`Emitter.emit_many` accepted 
 request's records (skipped events and unreadable ones are reported in the answer and
 logged, and never retried); a refused request gets its status (400, 401, 403) and one
 WARNING log line naming the provider, the tenant and the reason, never a secret or an
-address; when the records cannot be accepted now (spool full, emitter closed, a tenant
-without a write key) the answer is ``503`` so the provider retries (the records' ids are
-stable, so a retry does not duplicate what was accepted).
+address; an unexpected exception while a request is checked and read is a ``400`` whose
+log line names the exception's type only (never a ``500``, whatever the caller sends);
+when the records cannot be accepted now (spool full, emitter closed, a tenant without a
+write key) the answer is ``503`` so the provider retries (the records' ids are stable, so
+a retry does not duplicate what was accepted).
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ def webhooks_app(
         except InputError as exc:
             _refused(webhook.provider, tenant, 400, str(exc))
             return 400, _error(str(exc))
+        except Exception as exc:  # whatever a caller sends, reading it never answers a 500
+            webhook.release(body, headers)
+            reason = f"unreadable request ({type(exc).__name__})"  # the type only: no input
+            _refused(webhook.provider, tenant, 400, reason)
+            return 400, _error(reason)
         try:
             result = emitter.emit_many(parsed.records)
         except (SpoolFull, EmitterClosed) as exc:

@@ -3,7 +3,8 @@ timestamp header's text followed by the raw body; the signature and the verifica
 are base64 (the key is DER SubjectPublicKeyInfo, as SendGrid's settings show it).
 
 Guarantee: :meth:`EcdsaKeys.verify` is True only for a signature made with the private key
-of the given public key over exactly ``payload``; a malformed key raises ``ValueError``.
+of the given public key over exactly ``payload``, and False (never an exception) for any
+malformed signature text; a malformed key raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class EcdsaKeys:
         else:
             try:
                 der = base64.b64decode(text, validate=True)
-            except binascii.Error:
+            except (binascii.Error, ValueError):
                 raise ValueError("the verification key is not base64") from None
             key = c.serialization.load_der_public_key(der)
         if not isinstance(key, c.ec.EllipticCurvePublicKey):
@@ -56,7 +57,7 @@ class EcdsaKeys:
         key = self._key(key_b64)
         try:
             signature = base64.b64decode(signature_b64.strip(), validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: text that is not ASCII
             return False
         c = crypto()
         try:

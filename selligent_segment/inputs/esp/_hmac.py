@@ -17,7 +17,10 @@ __all__ = ["SeenTokens", "hmac_ok"]
 
 
 def hmac_ok(key: str, timestamp: str, token: str, signature: str) -> bool:
-    """Whether ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` under ``key``."""
+    """Whether ``signature`` is the hex HMAC-SHA256 of ``timestamp + token`` under ``key``
+    (False, never an exception, for any text: a non-ASCII one cannot be a hex digest)."""
+    if not signature.isascii():
+        return False
     expected = hmac.new(
         key.encode("utf-8"), (timestamp + token).encode("utf-8"), hashlib.sha256
     ).hexdigest()

@@ -166,6 +166,8 @@ class SendGridWebhook:
         if key is None:
             raise WebhookRefused(PROVIDER, "no verification key for this tenant", status=403)
         try:
+            if not stamp.isascii():  # float() reads other scripts' digits; the signature won't
+                raise ValueError(stamp)
             moment = float(stamp)
         except ValueError:
             raise WebhookRefused(PROVIDER, "the timestamp is not a number", status=400) from None

@@ -196,7 +196,7 @@ class SnsVerifier:
             raise self._refuse("no Signature", 401)
         try:
             signature = base64.b64decode(signature_text, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: text that is not ASCII
             raise self._refuse("bad signature") from None
         cert = self._certificate(str(url))
         c = crypto()
