@@ -46,7 +46,7 @@ from selligent_segment import (
 from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import encode_fields
 from selligent_segment._record import normalize, revive
-from selligent_segment.spool._schema import APPLICATION_ID, SCHEMA_VERSION
+from selligent_segment.spool._schema import _ADDITIONS, APPLICATION_ID, SCHEMA_VERSION
 from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
 
@@ -493,6 +493,23 @@ def test_a_version_1_file_is_migrated_and_its_messages_are_sent(tmp_path: Path) 
         (m.message_id, m.body) for m in batch
     ]
     spool.close()
+
+
+def test_new_and_older_files_get_the_added_tables_from_one_definition(tmp_path: Path) -> None:
+    table_sql = "SELECT name, sql FROM sqlite_schema WHERE name IN ({})".format(
+        ", ".join("?" * len(_ADDITIONS))
+    )
+    new = tmp_path / "new.db"
+    open_spool(new).close()  # made now: the added tables are there from the first open
+    assert dict(query(new, table_sql, *_ADDITIONS)) == _ADDITIONS
+    old = tmp_path / "old.db"
+    open_spool(old).close()
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        for name in _ADDITIONS:
+            db.execute(f"DROP TABLE {name}")
+        db.execute("PRAGMA user_version = 1")  # a file of the oldest version
+    open_spool(old).close()
+    assert dict(query(old, table_sql, *_ADDITIONS)) == _ADDITIONS
 
 
 def test_max_bytes_below_the_minimum_is_refused(tmp_path: Path) -> None:

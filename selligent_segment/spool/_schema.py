@@ -87,17 +87,12 @@ CREATE TABLE paused (
     reason TEXT NOT NULL,
     since REAL NOT NULL
 );
-CREATE TABLE last_errors (
-    tenant TEXT PRIMARY KEY,
-    text TEXT NOT NULL,
-    at REAL NOT NULL,
-    status INTEGER
-);
 """
 
 # Tables added without a version bump: an older version of the library ignores them (it
 # never reads them), so processes of the previous and the next release can share a file
-# during a rolling upgrade. Created where missing whenever the file is opened to write.
+# during a rolling upgrade. Written here only: created with the schema in a new file, and
+# where missing whenever an older file is opened to write.
 _ADDITIONS = {
     "last_errors": "CREATE TABLE last_errors "
     "(tenant TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL, status INTEGER)",
@@ -390,6 +385,8 @@ def _check_and_migrate(db: sqlite3.Connection, path: Path) -> None:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for sql in _ADDITIONS.values():
+                db.execute(sql)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             return
