@@ -187,10 +187,43 @@ def test_mailgun_replay_refused_but_a_retry_after_a_503_accepted(
     assert server.accepted_count == 1
 
 
-def test_an_unknown_tenant_is_a_503_so_the_provider_retries(emitter: Emitter) -> None:
-    body, headers = sendgrid_request([sg_event(1)])
+def test_an_unknown_tenant_is_a_503_so_the_provider_retries(
+    server: LocalSegment, emitter: Emitter
+) -> None:
+    body, headers = sendgrid_request([sg_event(1), sg_event(2)])
     with serve_asgi(webhooks_app(emitter, providers(FakeClock(NOW)))) as url:
         assert post(url, "/sendgrid/initech", body, headers)[0] == 503
+        assert emitter.flush(10)
+    assert server.accepted_count == 0  # nothing accepted: the retry duplicates nothing
+
+
+def test_a_batch_with_an_unknown_tenant_is_never_both_accepted_and_retried(
+    server: LocalSegment, emitter: Emitter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the tenant in the URL, one batch may mix a known and an unknown tenant: the
+    # known one's record is accepted, so the answer is a 200 listing the other (a 503
+    # would make SendGrid re-post the batch for hours, re-accepting the good record).
+    events = [sg_event(1, tenant="acme"), sg_event(2, tenant="initech")]
+    body, headers = sendgrid_request(events)
+    with (
+        caplog.at_level(logging.WARNING, logger="selligent_segment.inputs.esp"),
+        serve_asgi(webhooks_app(emitter, providers(FakeClock(NOW)))) as url,
+    ):
+        status, answer, _ = post(url, "/sendgrid", body, headers)
+        assert emitter.flush(10)
+    assert (status, answer) == (
+        200,
+        {
+            "accepted": 1,
+            "skipped": 0,
+            "problems": ["record-2: emit: no write key configured for tenant 'initech'"],
+        },
+    )
+    assert len(server.events("key-acme")) == 1
+    assert (
+        "esp webhook: provider=sendgrid tenant=-: 1 record(s) of tenants without a write key "
+        "not accepted and not retried, first: 'initech'"
+    ) in [r.getMessage() for r in caplog.records]
 
 
 def test_routes_methods_and_sizes(emitter: Emitter) -> None:

@@ -7,9 +7,14 @@ logged, and never retried); a refused request gets its status (400, 401, 403) an
 WARNING log line naming the provider, the tenant and the reason, never a secret or an
 address; an unexpected exception while a request is checked and read is a ``400`` whose
 log line names the exception's type only (never a ``500``, whatever the caller sends);
-when the records cannot be accepted now (spool full, emitter closed, a tenant without a
-write key) the answer is ``503`` so the provider retries (the records' ids are stable, so
-a retry does not duplicate what was accepted).
+when the records cannot be accepted now (spool full, emitter closed) the answer is ``503``
+so the provider retries (the records' ids are stable, so a retry does not duplicate what
+was accepted). A request is never both accepted in part and asked to be retried: records
+of a tenant without a write key make it a ``503`` only when no record was accepted (the
+tenant in the URL has no key, or every event names such a tenant); when others were
+accepted it is a ``200`` listing them as problems, with one WARNING line (they are not
+retried: a batch mixing tenants posted to ``POST /{provider}`` would otherwise be
+re-posted, and re-accepted, for hours).
 """
 
 from __future__ import annotations
@@ -108,14 +113,24 @@ def webhooks_app(
             _refused(webhook.provider, tenant, 503, type(exc).__name__)
             return 503, _error("not accepted now; retry")
         problems = list(parsed.problems)
-        unknown = False
+        unknown: list[UnknownTenant] = []
         for index, error in result.refused:
-            unknown = unknown or isinstance(error, UnknownTenant)
+            if isinstance(error, UnknownTenant):
+                unknown.append(error)
             problems.append(InputProblem(f"record-{index + 1}", "emit", str(error)))
-        if unknown:
+        if unknown and result.accepted == 0:  # nothing accepted: a retry duplicates nothing
             webhook.release(body, headers)
             _refused(webhook.provider, tenant, 503, "a tenant without a write key")
             return 503, _error("a tenant without a write key; retry")
+        if unknown:  # others were accepted: a 503 would have the provider re-post them
+            log.warning(
+                "esp webhook: provider=%s tenant=%s: %d record(s) of tenants without a write "
+                "key not accepted and not retried, first: %s",
+                webhook.provider,
+                shown(tenant) if tenant else "-",
+                len(unknown),
+                shown(unknown[0].tenant),
+            )
         return 200, _answer(webhook.provider, tenant, result.accepted, problems)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
