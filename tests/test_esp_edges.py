@@ -38,7 +38,7 @@ from selligent_segment.inputs.esp._sns import canonical_string
 
 NOW = dt.datetime(2026, 11, 20, 9, 15, tzinfo=dt.timezone.utc)
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:ses-events"
-CERT_URL = "https://sns.eu-west-1.amazonaws.com/cert.pem"
+CERT_URL = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-ce47.pem"
 
 
 @pytest.mark.parametrize("provider", ["ses", "sendgrid", "mailgun", "postmark", "sparkpost"])

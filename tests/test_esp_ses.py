@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from selligent_segment import EventKind
 from selligent_segment.inputs.esp import PARSERS, SesConfig, SesWebhook, SnsMessage, WebhookRefused
-from selligent_segment.inputs.esp._sns import allowed_sns_url, canonical_string
+from selligent_segment.inputs.esp._sns import FAILURE_TTL, allowed_sns_url, canonical_string
 from selligent_segment.testing import FakeClock
 
 NOW = dt.datetime(2026, 11, 20, 9, 15, tzinfo=dt.timezone.utc)
@@ -184,6 +184,13 @@ def test_a_forged_message_is_refused() -> None:
         "https://sns.eu-west-1.amazonaws.com@evil.example/x.pem",
         "https://sns.eu-west-1.amazonaws.com:8443/x.pem",
         "https://s3.amazonaws.com/x.pem",
+        # an SNS host, but not the path SNS signs from
+        "https://sns.eu-west-1.amazonaws.com/x.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-xyz.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem/x",
+        "https://sns.eu-west-1.amazonaws.com/a/SimpleNotificationService-abc.pem",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem?x=1",
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc.pem#x",
     ],
 )
 def test_a_certificate_url_off_the_sns_hosts_is_refused_without_a_fetch(url: str) -> None:
@@ -226,6 +233,34 @@ def test_a_certificate_that_cannot_be_fetched_is_a_503() -> None:
     with pytest.raises(WebhookRefused) as info:
         hook.handle(orjson.dumps(envelope(bounce())), {})
     assert info.value.status == 503
+
+
+def test_a_failed_fetch_is_remembered_briefly_and_evicts_no_certificate() -> None:
+    clock = FakeClock(NOW.timestamp())
+    urls: list[str] = []
+    missing = CERT_URL.replace("abc", "f00")
+
+    def fetch(url: str) -> bytes:
+        urls.append(url)
+        if url == missing:
+            raise OSError("HTTP 404")
+        return PEM
+
+    hook = SesWebhook(SesConfig([TOPIC], fetch=fetch, now=clock.monotonic, cache_size=1))
+    good = orjson.dumps(envelope(bounce()))
+    forged = orjson.dumps(envelope(bounce(), SigningCertURL=missing))
+    hook.handle(good, {})
+    for _ in range(3):
+        with pytest.raises(WebhookRefused) as info:
+            hook.handle(forged, {})
+        assert info.value.status == 503
+    assert urls == [CERT_URL, missing]  # one fetch for the failing URL, not three
+    hook.handle(good, {})  # still cached: the failures took no room
+    assert urls == [CERT_URL, missing]
+    clock.advance(FAILURE_TTL)
+    with pytest.raises(WebhookRefused):
+        hook.handle(forged, {})
+    assert urls == [CERT_URL, missing, missing]  # asked again once the failure is old
 
 
 def test_a_subscription_is_confirmed_through_the_fetcher_only_when_asked() -> None:

@@ -4,9 +4,13 @@ and the RSA signature over it (``SignatureVersion`` 1: SHA1withRSA, 2: SHA256wit
 under the certificate at ``SigningCertURL``.
 
 Guarantees: a certificate is fetched only from an HTTPS ``sns.<region>.amazonaws.com``
-(or ``.amazonaws.com.cn``) host, through the injected fetcher, and kept in a bounded cache
-by URL; a certificate outside its validity period is refused; :meth:`SnsVerifier.verify`
-returns only a message whose signature checks against that certificate.
+(or ``.amazonaws.com.cn``) host and the path SNS signs from
+(``/SimpleNotificationService-<hex>.pem``, no query), through the injected fetcher, and
+kept in a bounded cache by URL; a URL whose fetch (or certificate) failed is not asked
+again for :data:`FAILURE_TTL` seconds, and its failure takes no room from the
+certificates; a certificate outside its validity period is refused;
+:meth:`SnsVerifier.verify` returns only a message whose signature checks against that
+certificate.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from selligent_segment.inputs.esp._crypto import crypto
 
 __all__ = [
     "CERT_HOST",
+    "CERT_PATH",
+    "FAILURE_TTL",
     "Fetch",
     "SnsMessage",
     "SnsVerifier",
+    "allowed_cert_url",
     "allowed_sns_url",
     "canonical_string",
     "default_fetch",
@@ -40,6 +47,11 @@ __all__ = [
 Fetch = Callable[[str], bytes]
 #: Hosts SNS signs from and sends confirmation links on.
 CERT_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+#: The path of SNS's signing certificates.
+CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
+#: Seconds a URL whose certificate could not be fetched (or read) is not asked again: a
+#: forged request costs at most one fetch per URL in that time.
+FAILURE_TTL = 60.0
 #: The largest certificate or confirmation answer read.
 MAX_FETCH_BYTES = 64 * 1024
 
@@ -100,6 +112,15 @@ def allowed_sns_url(url: object) -> bool:
     )
 
 
+def allowed_cert_url(url: object) -> bool:
+    """Whether ``url`` is an SNS signing certificate's URL: :func:`allowed_sns_url` with
+    the path ``/SimpleNotificationService-<hex>.pem`` and no query or fragment."""
+    if not allowed_sns_url(url):
+        return False
+    parts = urllib.parse.urlsplit(str(url))
+    return not parts.query and not parts.fragment and CERT_PATH.fullmatch(parts.path) is not None
+
+
 def default_fetch(url: str) -> bytes:
     """GET ``url`` over HTTPS (certifi's CA bundle, 10 s timeout, no redirects), at most
     :data:`MAX_FETCH_BYTES`; raises on any failure or a status other than 200."""
@@ -121,8 +142,8 @@ def default_fetch(url: str) -> bytes:
 
 class SnsVerifier:
     """Checks SNS signatures, fetching certificates through ``fetch`` and keeping the last
-    ``cache_size`` by URL. ``now`` is the wall clock (for certificate validity).
-    Thread-safe."""
+    ``cache_size`` by URL (and as many failed URLs, each for :data:`FAILURE_TTL` seconds).
+    ``now`` is the wall clock (for certificate validity and failures' age). Thread-safe."""
 
     def __init__(
         self,
@@ -137,6 +158,7 @@ class SnsVerifier:
         self._now = now
         self._provider = provider
         self._certs: OrderedDict[str, Any] = OrderedDict()
+        self._failed: OrderedDict[str, tuple[float, str, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -148,23 +170,38 @@ class SnsVerifier:
     def _refuse(self, reason: str, status: int = 403) -> WebhookRefused:
         return WebhookRefused(self._provider, reason, status=status)
 
+    def _failure(self, url: str, reason: str, status: int) -> WebhookRefused:
+        with self._lock:
+            self._failed[url] = (self._now() + FAILURE_TTL, reason, status)
+            self._failed.move_to_end(url)
+            while len(self._failed) > self._size:
+                self._failed.popitem(last=False)
+        return self._refuse(reason, status)
+
     def _certificate(self, url: str) -> Any:
         with self._lock:
             cert = self._certs.get(url)
             if cert is not None:
                 self._certs.move_to_end(url)
+            failed = self._failed.get(url) if cert is None else None
+        if failed is not None:
+            until, reason, status = failed
+            if self._now() < until:
+                raise self._refuse(reason, status)
         if cert is None:
             try:
                 pem = self._fetch(url)
             except Exception as exc:
                 reason = f"could not fetch the signing certificate ({type(exc).__name__})"
-                raise self._refuse(reason, 503) from None
+                raise self._failure(url, reason, 503) from None
             c = crypto()
             try:
                 cert = c.x509.load_pem_x509_certificate(pem)
             except ValueError:
-                raise self._refuse("the signing certificate is not a PEM certificate") from None
+                reason = "the signing certificate is not a PEM certificate"
+                raise self._failure(url, reason, 403) from None
             with self._lock:
+                self._failed.pop(url, None)
                 self._certs[url] = cert
                 while len(self._certs) > self._size:
                     self._certs.popitem(last=False)
@@ -189,8 +226,11 @@ class SnsVerifier:
         if version not in ("1", "2"):
             raise self._refuse("unknown SignatureVersion (expected 1 or 2)")
         url = envelope.get("SigningCertURL")
-        if not allowed_sns_url(url):
-            raise self._refuse("SigningCertURL is not an https://sns.<region>.amazonaws.com URL")
+        if not allowed_cert_url(url):
+            raise self._refuse(
+                "SigningCertURL is not an "
+                "https://sns.<region>.amazonaws.com/SimpleNotificationService-<hex>.pem URL"
+            )
         signature_text = envelope.get("Signature")
         if not isinstance(signature_text, str):
             raise self._refuse("no Signature", 401)
