@@ -9,6 +9,7 @@ import pytest
 from _delivery import record
 
 from selligent_segment import DeliveryFailure, encode
+from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment.delivery._settle import Settler
 from selligent_segment.delivery._stats import Counters
@@ -119,3 +120,34 @@ def test_an_event_retried_again_and_again_counts_once_in_retried_events() -> Non
     assert (snapshot.retried, snapshot.retried_events, snapshot.delivered) == (12, 4, 4)
     assert setup.counters.retried_events["acme"] == 4
     assert setup.settler._retrying == set()  # forgotten once settled
+
+
+class _NoteFails(MemorySpool):
+    """A spool whose last-error note fails (as a spool file's may: a damaged page)."""
+
+    def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
+        raise SpoolError("spool.db: the spool file cannot be used (constraint failed)")
+
+
+def test_a_failed_error_note_never_skips_the_failure_accounting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    setup = Setup()
+    spool = _NoteFails(1 << 20)
+    spool.put_many(setup.messages)
+    settler = Settler(spool, setup.counters, setup.failures.append)
+    lease = spool.lease("acme", 100, 1 << 20)
+    assert lease is not None
+    settler.failed(lease, lease.messages[:2], "rejected", "HTTP 400", 400)
+    settler.failed(lease, lease.messages[2:], "rejected", "HTTP 400", 400)
+    settler.note_error("acme", "HTTP 503", 503)  # a retry's note: no raise either
+    assert spool.empty()
+    assert setup.stats() == (0, 0, {"rejected": 4}, {})
+    assert [(f.reason, len(f.message_ids)) for f in setup.failures] == [("rejected", 2)] * 2
+    last = setup.counters.snapshot({}, {}).tenants["acme"].last_error
+    assert last is not None
+    assert (last.text, last.status) == ("HTTP 503", 503)
+    notes = [r for r in caplog.records if "last delivery error" in r.getMessage()]
+    assert len(notes) == 1  # the same failure is not logged again at once
+    assert notes[0].levelno == logging.ERROR
+    assert "constraint failed" in notes[0].getMessage()

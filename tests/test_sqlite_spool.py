@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import logging
 import os
 import signal
 import socket
@@ -510,6 +511,35 @@ def test_new_and_older_files_get_the_added_tables_from_one_definition(tmp_path: 
         db.execute("PRAGMA user_version = 1")  # a file of the oldest version
     open_spool(old).close()
     assert dict(query(old, table_sql, *_ADDITIONS)) == _ADDITIONS
+
+
+def test_a_last_error_the_file_refuses_is_logged_and_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    try:
+        spool.put_many(messages(2))
+        with contextlib.closing(sqlite3.connect(path)) as db:  # a non-operational error
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON last_errors "
+                "BEGIN SELECT RAISE(ABORT, 'no errors here'); END"
+            )
+        spool.note_error("acme", "HTTP 503", 1.0, 503)
+        spool.note_error("acme", "HTTP 503", 2.0, 503)
+        lines = [r for r in caplog.records if "no errors here" in r.getMessage()]
+        assert [r.levelno for r in lines] == [logging.ERROR]  # once: throttled
+        assert not any(r.exc_info for r in lines)
+        # The note is dropped, not kept to fail every later write of this process.
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        spool.reject(lease, lease.messages[:1], "rejected: HTTP 400", 400)
+        spool.ack(lease, lease.messages[1:])
+        assert spool.empty()
+    finally:
+        spool.close()
+    assert query(path, "SELECT count(*) FROM dead_letters") == [(1,)]
+    assert query(path, "SELECT count(*) FROM last_errors") == [(0,)]
 
 
 def test_max_bytes_below_the_minimum_is_refused(tmp_path: Path) -> None:

@@ -5,18 +5,21 @@ Guarantees: every settle happens under one lock, which :meth:`Settler.abandon` c
 once the emitter closed with requests still out, a late result settles nothing (it is
 logged at INFO), so no event is both reported unsent at close and counted delivered.
 Waiters on :attr:`Settler.settled` are woken after each delivered or failed batch. A user
-callback that raises is logged and never breaks delivery.
+callback that raises is logged and never breaks delivery; nor does a last-error note the
+spool cannot keep: a failed batch is counted and reported whatever the note does.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
-from selligent_segment._errors import shown
+from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._results import DeliveryFailure, FailureReason
+from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.spool._protocol import Lease, Spool
 
@@ -27,6 +30,8 @@ log = logging.getLogger("selligent_segment")
 #: Ids of retried events remembered at most (with a shared spool file another process may
 #: settle them, and this one would never forget them): then the memory starts afresh.
 _RETRYING_MAX = 100_000
+#: Seconds between two log lines of the same failed last-error note.
+NOTE_ERROR_EVERY = 10.0
 
 
 def call_back(callback: Callable[..., None], *args: object) -> None:
@@ -55,6 +60,7 @@ class Settler:
         # its head batch only, so this stays about a batch per failing tenant): an event
         # is counted in ``retried_events`` once, when it first goes back.
         self._retrying: set[str] = set()
+        self._failed_notes = Throttle(NOTE_ERROR_EVERY)  # by error text, under _lock
 
     def abandon(self, collect: Callable[[], object] | None = None) -> None:
         """Settle nothing more: results of requests still out are dropped (logged at
@@ -114,7 +120,8 @@ class Settler:
                 self._late(lease, messages, reason)
                 return
             self.spool.reject(lease, messages, f"{reason}: {detail}", status)
-            # The error first: whoever sees the count sees its reason.
+            # The error first: whoever sees the count sees its reason (the note never
+            # raises, so it cannot skip the count or the report below).
             self._note_error(lease.tenant, f"{reason}: {detail}", status)
             self.counters.add_reason(
                 "rejected" if reason == "rejected" else "dropped",
@@ -156,8 +163,20 @@ class Settler:
                 self._note_error(tenant, text, status)
 
     def _note_error(self, tenant: str, text: str, status: int | None) -> None:
+        """Best effort, never raises (under the lock): a spool that fails to keep the note
+        (against its protocol) costs an ERROR line, throttled by text; the counters keep
+        it all the same."""
         error = self.counters.new_error(text, status)
-        self.spool.note_error(tenant, error.text, error.at, error.status)
+        try:
+            self.spool.note_error(tenant, error.text, error.at, error.status)
+        except SpoolError as exc:
+            if self._failed_notes.allows(time.monotonic(), str(exc)):
+                log.error(
+                    "tenant %s: its last delivery error could not be kept in the spool: %s",
+                    shown(tenant),
+                    exc,
+                    extra={"tenant": tenant, "reason": "spool_error"},
+                )
         self.counters.set_error(tenant, error)
 
     @staticmethod

@@ -90,7 +90,8 @@ class Spool(Protocol):
 
     def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
         """Record ``tenant``'s last delivery error where other processes can see it (a
-        spool file); ``text`` holds no write key. Never raises for a write that fails."""
+        spool file); ``text`` holds no write key. Best effort: never raises (a note the
+        file cannot keep is logged, throttled, and dropped)."""
 
     def empty(self) -> bool:
         """True when nothing is queued or leased."""

@@ -430,13 +430,23 @@ class SqliteSpool(ForkSafe):
             self._unwritten.paused[tenant] = None if reason is None else (reason, time.time())
             self._write_unwritten()
 
-    @_named_errors
     def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
         """Record ``tenant``'s last delivery error (key-free text, Unix time, HTTP status)
-        for ``spool status``; written later when the file cannot be written now."""
+        for ``spool status``; written later when the file cannot be written now.
+
+        Best effort, never raises: an error the file refuses otherwise (a damaged page, a
+        constraint) is logged at ERROR (the same text at most every ``_REPORT_EVERY``
+        seconds) and dropped, so it cannot fail this process's later writes."""
         with self._lock:
             self._unwritten.errors[tenant] = (text, at, status)
-            self._write_unwritten()
+            try:
+                self._write_unwritten()
+            except sqlite3.Error as exc:
+                self._unwritten.errors.pop(tenant, None)
+                error = spool_error(self.path, exc)
+            else:
+                return
+        self._report(SpoolError(f"{error}; the last delivery error of a tenant was not kept"))
 
     # -- upkeep --------------------------------------------------------------------------
 
