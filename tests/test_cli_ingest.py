@@ -198,3 +198,52 @@ def test_json_summary_counts_messages_records_and_problems(
     assert (summary["accepted"], summary["delivered"], summary["not_delivered"]) == (4, 4, 0)
     assert summary["exit_status"] == 1
     assert not {"read", "valid", "invalid"} & set(summary)  # send's counts, not ingest's
+
+
+def _run_in_process(*argv: str) -> int:
+    """``ingest`` run in this process (no logging set-up, no signal handler)."""
+    from selligent_segment.cli._ingest import INGEST
+    from selligent_segment.cli._main import COMMANDS, _parser
+
+    args = _parser(COMMANDS).parse_args(["ingest", *argv])
+    return int(INGEST.run(args))
+
+
+def test_a_report_record_is_encoded_once_not_again_by_the_command(
+    server: LocalSegment,
+    tmp_path: Path,
+    keys_file: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from selligent_segment.cli import _send
+
+    calls = []
+    real = _send.encode
+    monkeypatch.setattr(_send, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    files = [str(CORPUS / f"{n}.eml") for n in ("exim-mailbox-full", "sendmail-host-unknown")]
+    status = _run_in_process(
+        "dsn", *files, "--tenant", "acme", "--write-keys", keys_file,
+        "--endpoint", server.url, "--spool", "memory",
+    )  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    assert server.accepted_count == 2
+    assert calls == []  # small records: only the emitter's encoder encodes them
+
+
+def test_an_oversized_webhook_record_is_refused_with_its_location(
+    server: LocalSegment, tmp_path: Path, keys_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "sendgrid.json"
+    event = {"email": "ada@example.com", "event": "delivered", "timestamp": 1763600000}
+    escaped = "\x01" * 8000  # 6 bytes each in the message: over Segment's 32 KB
+    big = {**event, "event": "bounce", "type": "bounce", "reason": escaped, "sg_event_id": "2"}
+    body.write_text(json.dumps([{**event, "sg_event_id": "sg-1"}, big]))
+    status = _run_in_process(
+        "sendgrid", str(body), "--tenant", "acme", "--write-keys", keys_file,
+        "--endpoint", server.url, "--spool", "memory",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert server.accepted_count == 1
+    assert f"{body}: record: the track message is " in err, err  # still refused, named
