@@ -12,7 +12,7 @@ from selligent_segment._errors import (
     SpoolFull,
     UnknownTenant,
 )
-from selligent_segment._keys_file import load_write_keys
+from selligent_segment._keys_file import WriteKeysFileError, load_write_keys
 from selligent_segment._mapping import (
     EncodedMessage,
     encode,
@@ -28,7 +28,7 @@ from selligent_segment._version import __version__
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import KeyResolver
 from selligent_segment.delivery._retry import Outcome, RetryPolicy
-from selligent_segment.delivery._stats import Stats, TenantStats
+from selligent_segment.delivery._stats import LastError, Stats, TenantStats
 from selligent_segment.delivery._transport import HttpTransport, Response, Transport
 from selligent_segment.spool._file import DeadLetter, SpoolFile, SpoolStatus, TenantBacklog
 from selligent_segment.spool._protocol import OnFull
@@ -52,6 +52,7 @@ __all__ = [
     "HttpTransport",
     "InvalidEvent",
     "KeyResolver",
+    "LastError",
     "OnFull",
     "Outcome",
     "ProfileUpdates",
@@ -67,6 +68,7 @@ __all__ = [
     "TenantStats",
     "Transport",
     "UnknownTenant",
+    "WriteKeysFileError",
     "__version__",
     "encode",
     "load_write_keys",

@@ -14,6 +14,7 @@ from selligent_segment import (
     Emitter,
     EventNaming,
     UnknownTenant,
+    WriteKeysFileError,
     load_write_keys,
 )
 from selligent_segment._environment import VARIABLES
@@ -55,10 +56,11 @@ def test_load_write_keys_refuses_a_bad_file_naming_it_and_never_a_key(
     tmp_path: Path, content: str, reason: str
 ) -> None:
     path = keys_file(tmp_path, content)
-    with pytest.raises(ConfigurationError) as refused:
+    with pytest.raises(WriteKeysFileError) as refused:  # exported: callers can catch it
         load_write_keys(path)
+    assert isinstance(refused.value, ConfigurationError)
     assert str(refused.value).startswith(f"{path}: {reason}")
-    assert refused.value.path == path  # type: ignore[attr-defined]
+    assert refused.value.path == path
     assert SECRET not in str(refused.value)
 
 

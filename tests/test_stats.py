@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from _delivery import fake_emitter, record
 
-from selligent_segment import RetryPolicy
-from selligent_segment.delivery._stats import ERROR_TEXT_MAX, Counters, LastError
+from selligent_segment import LastError, RetryPolicy
+from selligent_segment.delivery._stats import ERROR_TEXT_MAX, Counters
 from selligent_segment.testing import MockRequest, MockResponse
 
 SENDERS = 2
