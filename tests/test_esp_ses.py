@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 from typing import Any
 
 import orjson
@@ -276,6 +277,36 @@ def test_a_subscription_is_confirmed_through_the_fetcher_only_when_asked() -> No
     seen: list[SnsMessage] = []
     webhook(on_subscription=seen.append).handle(body, {})
     assert [m.topic_arn for m in seen] == [TOPIC]
+
+
+def test_a_failing_subscription_hook_is_a_503_naming_its_exception_type_only() -> None:
+    body = orjson.dumps(envelope("x", kind="SubscriptionConfirmation"))
+
+    def hook(message: SnsMessage) -> None:
+        raise RuntimeError(f"could not store {message.subscribe_url}")
+
+    with pytest.raises(WebhookRefused) as info:
+        webhook(on_subscription=hook).handle(body, {}, "acme")
+    assert (info.value.status, info.value.reason) == (
+        503,
+        "the on_subscription hook failed (RuntimeError)",
+    )
+    assert "Token" not in str(info.value)
+
+
+def test_the_confirmation_log_line_has_no_token_and_an_escaped_tenant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    subscribe = envelope("x", kind="SubscriptionConfirmation")
+    unsubscribe = envelope("x", kind="UnsubscribeConfirmation")
+    with caplog.at_level(logging.INFO, logger="selligent_segment.inputs.esp"):
+        for env in (subscribe, unsubscribe):
+            webhook().handle(orjson.dumps(env), {}, "acme\nFORGED line")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert all("'acme\\nFORGED line'" in line and "\n" not in line for line in lines)
+    assert not any("Token=" in line or "Action=" in line for line in lines)  # no query
+    assert "https://sns.eu-west-1.amazonaws.com/" in lines[0]
 
 
 def test_a_signed_subscription_to_another_topic_is_never_confirmed() -> None:

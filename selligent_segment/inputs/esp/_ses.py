@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
@@ -295,13 +296,19 @@ class SesWebhook:
 
     def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
         """:meth:`verify`, then the records of a Notification (none for a confirmation,
-        which is confirmed, handed to ``on_subscription`` or logged)."""
+        which is confirmed, handed to ``on_subscription`` or logged at INFO without its
+        token). An exception in ``on_subscription`` is a :class:`WebhookRefused` (503, so
+        that SNS retries) naming the exception's type only."""
         message = self.verify(body, tenant)
         if message.type == "SubscriptionConfirmation":
             self._subscription(message, tenant)
             return Parsed()
         if message.type == "UnsubscribeConfirmation":
-            log.info("ses: unsubscribed from topic %s (tenant %s)", message.topic_arn, tenant)
+            log.info(
+                "ses: unsubscribed from topic %s (tenant %s)",
+                shown(message.topic_arn),
+                shown(tenant) if tenant else "-",
+            )
             return Parsed()
         try:
             notification = load_json(message.message.encode("utf-8"), PROVIDER)
@@ -313,14 +320,21 @@ class SesWebhook:
 
     def _subscription(self, message: SnsMessage, tenant: str | None) -> None:
         if self.config.on_subscription is not None:
-            self.config.on_subscription(message)
+            try:
+                self.config.on_subscription(message)
+            except Exception as exc:  # the caller's code: SNS retries on a 503
+                reason = f"the on_subscription hook failed ({type(exc).__name__})"
+                raise WebhookRefused(PROVIDER, reason, status=503) from None
             return
         if not self.config.confirm:
+            parts = urllib.parse.urlsplit(str(message.subscribe_url))
             log.info(
-                "ses: subscription to topic %s (tenant %s) awaits confirmation: visit %s",
-                message.topic_arn,
-                tenant,
-                message.subscribe_url,
+                "ses: subscription to topic %s (tenant %s) awaits confirmation: its "
+                "SubscribeURL on %s holds a token, not logged: set confirm=True or "
+                "on_subscription, then request confirmation again in the SNS console",
+                shown(message.topic_arn),
+                shown(tenant) if tenant else "-",
+                shown(f"{parts.scheme}://{parts.netloc}{parts.path}"),
             )
             return
         if not allowed_sns_url(message.subscribe_url):
