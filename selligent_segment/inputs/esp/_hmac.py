@@ -1,6 +1,8 @@
 """Mailgun's signature scheme: hex HMAC-SHA256, keyed with the webhook signing key, over
 the ``timestamp`` text followed by the ``token``. The body itself is not signed, so a
-signature is accepted once only (:class:`SeenTokens`) and only while fresh.
+signature is accepted once only (:class:`SeenTokens`) and only while fresh. "Once" is per
+process: the tokens are remembered in memory, so another process (or this one after a
+restart) would accept the same signature again within its freshness window.
 
 Guarantees: :func:`hmac_ok` compares in constant time; :class:`SeenTokens` remembers at
 most ``size`` tokens (the oldest forgotten first) and is thread-safe.

@@ -1,6 +1,7 @@
 """Mailgun's webhooks: one JSON object per request, ``{"signature": {"timestamp",
 "token", "signature"}, "event-data": {...}}``, signed with HMAC-SHA256 over timestamp +
-token (the body is not signed: stale timestamps and reused tokens are refused).
+token (the body is not signed: stale timestamps and reused tokens are refused; a token is
+remembered by this process only, see docs/inputs.md for several workers).
 
 Mapping (``event-data.event`` -> kind): delivered -> delivered; opened -> opened; clicked
 -> link_clicked; unsubscribed -> unsubscribed; complained -> marked_as_spam; failed ->
