@@ -73,6 +73,15 @@ class Emitter:
     Its keyword arguments are the settings of :class:`EmitterConfig`, which documents
     each one and its default (written there once) and validates them all when the
     Emitter is made (:class:`ConfigurationError` names the setting).
+
+    The per-kind methods (:meth:`delivered`, :meth:`opened`, :meth:`link_clicked`,
+    :meth:`unsubscribed`, :meth:`bounced`, :meth:`marked_as_spam`) each :meth:`emit` one
+    record given as keywords; a keyword set to None counts as absent. The keywords common
+    to every kind: ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id``
+    (makes the ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an
+    aware datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
+    ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
+    (``docs/records.md``); each method names its kind's own.
     """
 
     def __init__(
@@ -414,12 +423,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Delivered`` record, given as keywords: the MTA accepted the message.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Takes the common keywords only.
+        Returns and raises what :meth:`emit` does. Takes the common keywords only (see
+        :class:`Emitter`).
         """
         return self._emit_kind(EventKind.DELIVERED, locals())
 
@@ -444,13 +449,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Opened`` record, given as keywords: the tracking pixel was loaded.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Takes the common keywords only (``ip`` and ``user_agent``
-        when known).
+        Returns and raises what :meth:`emit` does. Takes the common keywords only (see
+        :class:`Emitter`; ``ip`` and ``user_agent`` when known).
         """
         return self._emit_kind(EventKind.OPENED, locals())
 
@@ -477,12 +477,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Link Clicked`` record, given as keywords: a link was followed.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Also ``link_url`` (the URL clicked) and ``link_id`` (the
+        Returns and raises what :meth:`emit` does. Takes the common keywords (see
+        :class:`Emitter`), and ``link_url`` (the URL clicked) and ``link_id`` (the
         link's id).
         """
         return self._emit_kind(EventKind.LINK_CLICKED, locals())
@@ -510,12 +506,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Unsubscribed`` record, given as keywords: the recipient unsubscribed.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Also ``list_id`` (the list unsubscribed from) and
+        Returns and raises what :meth:`emit` does. Takes the common keywords (see
+        :class:`Emitter`), and ``list_id`` (the list unsubscribed from) and
         ``list_name`` (its name).
         """
         return self._emit_kind(EventKind.UNSUBSCRIBED, locals())
@@ -544,12 +536,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Bounced`` record, given as keywords: the message bounced.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Also ``bounce_type`` (``"hard"`` or ``"soft"``, any
+        Returns and raises what :meth:`emit` does. Takes the common keywords (see
+        :class:`Emitter`), and ``bounce_type`` (``"hard"`` or ``"soft"``, any
         case), ``bounce_reason`` (the diagnostic text, ``"550 5.1.1 user unknown"``) and
         ``smtp_status`` (``"5.1.1"``).
         """
@@ -576,12 +564,8 @@ class Emitter:
     ) -> bool:
         """``emit`` an ``Email Marked as Spam`` record, given as keywords: a spam complaint.
 
-        Returns and raises what :meth:`emit` does. The keywords common to every kind:
-        ``tenant``, ``email`` and/or ``user_id`` (at least one), ``event_id`` (makes the
-        ``messageId`` stable), ``timestamp`` (ISO-8601 text with an offset, or an aware
-        datetime), ``email_id``, ``email_subject``, ``campaign_id``, ``campaign_name``,
-        ``ip``, ``user_agent``, ``properties``, ``integrations`` and ``context``
-        (``docs/records.md``). Takes the common keywords only.
+        Returns and raises what :meth:`emit` does. Takes the common keywords only (see
+        :class:`Emitter`).
         """
         return self._emit_kind(EventKind.MARKED_AS_SPAM, locals())
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from selligent_segment import Emitter, EventKind, InvalidEvent, track_message
-from selligent_segment._record import _NOT_FOR, FIELD_NAMES
+from selligent_segment._record import _NOT_FOR, _PROPERTY_FIELDS, FIELD_NAMES
 from selligent_segment.testing import LocalSegment
 
 METHODS = {kind: getattr(Emitter, kind.value) for kind in EventKind}
@@ -112,3 +112,21 @@ def test_mypy_flags_a_misspelt_or_foreign_keyword_and_accepts_correct_calls(
     assert 'Unexpected keyword argument "bounce_typ"' in errors[0]
     assert 'Unexpected keyword argument "list_id"' in errors[1]
     assert 'incompatible type "int"' in errors[2]
+
+
+COMMON = "``tenant``, ``email`` and/or ``user_id``"
+
+
+@pytest.mark.parametrize("kind", list(EventKind), ids=lambda k: k.value)
+def test_the_common_keywords_are_documented_once_and_each_method_names_its_own(
+    kind: EventKind,
+) -> None:
+    assert Emitter.__doc__ is not None
+    assert COMMON in Emitter.__doc__
+    doc = METHODS[kind].__doc__
+    assert doc is not None
+    assert COMMON not in doc  # the shared paragraph lives on the class only
+    assert "Returns and raises what :meth:`emit` does" in doc  # its own guarantee
+    assert "common keywords" in doc
+    own = [name for name, kinds in _PROPERTY_FIELDS.items() if kinds and kind in kinds]
+    assert [name for name in own if f"``{name}``" not in doc] == []

@@ -15,8 +15,8 @@ SENDERS = 2
 def test_a_recorded_error_is_the_tenants_last_error_with_its_time_and_status() -> None:
     times = iter([100.0, 200.0])
     counters = Counters(now=lambda: next(times))
-    counters.error("acme", "HTTP 503", 503)
-    counters.error("acme", "connection refused")
+    counters.set_error("acme", counters.new_error("HTTP 503", 503))
+    counters.set_error("acme", counters.new_error("connection refused"))
     last = counters.snapshot({}, {}).tenants["acme"].last_error
     assert last == LastError("connection refused", 200.0, None)
     assert last.to_dict() == {
@@ -34,7 +34,7 @@ def test_a_tenant_without_an_error_has_none() -> None:
 
 def test_a_long_error_text_is_cut_to_the_limit() -> None:
     counters = Counters(now=lambda: 1.0)
-    recorded = counters.error("acme", "x" * 5000)
+    recorded = counters.new_error("x" * 5000)
     assert len(recorded.text) == ERROR_TEXT_MAX
     assert recorded.text.endswith("\u2026")
 

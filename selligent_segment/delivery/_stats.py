@@ -151,13 +151,6 @@ class Counters:
         with self._lock:
             self.last_error[tenant] = error
 
-    def error(self, tenant: str, text: str, status: int | None = None) -> LastError:
-        """Record ``text`` as ``tenant``'s last delivery error (see :meth:`new_error`);
-        returns what was recorded."""
-        error = self.new_error(text, status)
-        self.set_error(tenant, error)
-        return error
-
     def request(self) -> None:
         with self._lock:
             self.requests += 1
