@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from selligent_segment import EventKind
+from selligent_segment import ConfigurationError, Emitter, EventKind, SelligentSegmentError
 from selligent_segment.inputs import InputError
 from selligent_segment.inputs.esp import (
     PARSERS,
@@ -28,9 +28,12 @@ from selligent_segment.inputs.esp import (
     SesConfig,
     SesWebhook,
     WebhookRefused,
+    _common,
     ids_from,
     webhook_for,
+    webhooks_app,
 )
+from selligent_segment.inputs.esp._crypto import crypto
 from selligent_segment.inputs.esp._ecdsa import EcdsaKeys
 from selligent_segment.inputs.esp._hmac import hmac_ok
 from selligent_segment.inputs.esp._sendgrid import parse as parse_sendgrid
@@ -374,5 +377,19 @@ def test_a_bare_notification_without_ids_has_no_event_id() -> None:
 def test_webhook_for_takes_configs_and_webhooks_only() -> None:
     hook = MailgunWebhook(MailgunConfig("k"))
     assert webhook_for(hook) is hook
-    with pytest.raises(TypeError, match="not an ESP webhook config"):
+    with pytest.raises(ConfigurationError, match="not an ESP webhook config: str") as info:
         webhook_for("sendgrid")  # type: ignore[arg-type]
+    assert isinstance(info.value, SelligentSegmentError)
+    with (
+        Emitter(write_key="k", endpoint="http://127.0.0.1:9") as emitter,
+        pytest.raises(ConfigurationError, match="not an ESP webhook config: int"),
+    ):
+        webhooks_app(emitter, {"x": 1})  # type: ignore[dict-item]
+
+
+def test_the_shared_helpers_are_exported() -> None:
+    assert {"Collector", "epoch", "text", "load_json"} <= set(_common.__all__)
+
+
+def test_crypto_is_built_once() -> None:
+    assert crypto() is crypto()  # one namespace, not one per signature check

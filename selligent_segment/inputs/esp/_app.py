@@ -38,7 +38,13 @@ from selligent_segment._asgi import (
     respond_json,
 )
 from selligent_segment._emitter import Emitter
-from selligent_segment._errors import EmitterClosed, SpoolFull, UnknownTenant, shown
+from selligent_segment._errors import (
+    ConfigurationError,
+    EmitterClosed,
+    SpoolFull,
+    UnknownTenant,
+    shown,
+)
 from selligent_segment.inputs._result import InputError, InputProblem
 from selligent_segment.inputs.esp._common import IdResolver, Webhook, WebhookRefused
 from selligent_segment.inputs.esp._mailgun import MailgunConfig, MailgunWebhook
@@ -66,12 +72,14 @@ _WEBHOOKS: dict[type, Any] = {
 
 
 def webhook_for(config: ProviderConfig | Webhook, resolver: IdResolver | None = None) -> Webhook:
-    """The webhook object of a provider's config (a webhook object is returned as is)."""
+    """The webhook object of a provider's config (a webhook object is returned as is);
+    anything else raises :class:`ConfigurationError`."""
     maker = _WEBHOOKS.get(type(config))
     if maker is None:
         if isinstance(config, Webhook):
             return config
-        raise TypeError(f"not an ESP webhook config: {type(config).__name__}")
+        reason = f"not an ESP webhook config: {type(config).__name__}"
+        raise ConfigurationError("config", reason)
     webhook: Webhook = maker(config, resolver)
     return webhook
 

@@ -22,13 +22,17 @@ from selligent_segment.inputs._result import InputError, InputProblem, Parsed
 
 __all__ = [
     "ID_KEYS",
+    "Collector",
     "IdResolver",
     "PlatformIds",
     "Secret",
     "Webhook",
     "WebhookRefused",
+    "epoch",
     "ids_from",
+    "load_json",
     "secret_for",
+    "text",
 ]
 
 #: The keys the platform puts in an ESP's custom data (SendGrid custom args, Mailgun

@@ -4,15 +4,19 @@ install."""
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any
 
 __all__ = ["crypto"]
 
 
+@functools.cache
 def crypto() -> Any:
     """A namespace with ``serialization``, ``hashes``, ``ec``, ``padding``, ``x509`` and
-    ``InvalidSignature``; raises :class:`ImportError` naming the extra when it is missing."""
+    ``InvalidSignature``, built once (every call returns the same one); raises
+    :class:`ImportError` naming the extra when it is missing (and again at the next call:
+    a failure is not cached)."""
     try:
         from cryptography import exceptions, x509
         from cryptography.hazmat.primitives import hashes, serialization
