@@ -247,3 +247,25 @@ def test_an_oversized_webhook_record_is_refused_with_its_location(
     assert status == 1, err
     assert server.accepted_count == 1
     assert f"{body}: record: the track message is " in err, err  # still refused, named
+
+
+def _private_imports(source: str) -> list[str]:
+    """Names starting with '_' that ``source`` imports from another cli module."""
+    import ast
+
+    return [
+        alias.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("selligent_segment.cli.")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+
+
+def test_ingest_uses_only_what_send_makes_public() -> None:
+    from selligent_segment.cli import _send
+
+    source = (ROOT / "selligent_segment" / "cli" / "_ingest.py").read_text()
+    assert _private_imports(source) == []
+    assert {"SendRunner", "Sink", "SURELY_SMALL"} <= set(_send.__all__)

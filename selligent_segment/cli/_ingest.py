@@ -24,7 +24,7 @@ from selligent_segment.cli._base import (
     add_spool_option,
     err,
 )
-from selligent_segment.cli._send import _Send, _Sink
+from selligent_segment.cli._send import SendRunner, Sink
 from selligent_segment.cli._summary import SendRun
 from selligent_segment.inputs._result import InputError, InputProblem, Parsed
 from selligent_segment.inputs.reports import Join, parse_arf, parse_dsn, parse_path, table_resolver
@@ -140,7 +140,7 @@ def _esp_parser(kind: str) -> Callable[[bytes, str], Parsed]:
     return PARSERS[kind]
 
 
-class _Ingest(_Send):
+class _Ingest(SendRunner):
     """One run of ``ingest``: ``send``'s run reading reports or webhook bodies."""
 
     name = "ingest"
@@ -187,7 +187,7 @@ class _Ingest(_Send):
             except InputError as exc:
                 yield path, Parsed(problems=(_problem(exc),))
 
-    def read_all(self, sink: _Sink) -> None:
+    def read_all(self, sink: Sink) -> None:
         """Every record of every PATH into ``sink``; every problem reported."""
         try:
             for _where, parsed in self._parsed():
@@ -214,11 +214,11 @@ class _Ingest(_Send):
             return attrs.evolve(record, tenant=self.args.tenant)
         return record
 
-    def _json(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
+    def json_summary(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
         """``ingest --json``: ingest's reading counts (messages or webhook bodies read,
         records made, problems reported, inputs), then the delivery as ``send --json``
         has it (see docs/operations.md)."""
-        delivery = super()._json(run, stopped, status)
+        delivery = super().json_summary(run, stopped, status)
         for key in ("read", "valid", "invalid", "inputs"):  # send's reading counts
             del delivery[key]
         return {
@@ -229,7 +229,7 @@ class _Ingest(_Send):
             **delivery,
         }
 
-    def _summary_of_reading(self) -> None:
+    def summary_of_reading(self) -> None:
         if self.args.quiet:
             return
         inputs = len(self.args.files)
@@ -243,7 +243,7 @@ class _Ingest(_Send):
 
 def _record_size(record: CallbackRecord) -> int:
     """The bytes of ``record``'s JSON Lines form: the size of the line ``send`` would read
-    for it, which bounds its message as a line's size does (see ``_send._SURELY_SMALL``); far
+    for it, which bounds its message as a line's size does (see ``SURELY_SMALL`` in ``_send``); far
     cheaper than encoding it, which the emitter's encoder does anyway."""
     return len(orjson.dumps(record.to_dict()))
 

@@ -51,7 +51,7 @@ from selligent_segment.cli._summary import (
 )
 from selligent_segment.cli._watch import FailureWatch
 
-__all__ = ["SEND"]
+__all__ = ["SEND", "SURELY_SMALL", "SendRunner", "Sink"]
 
 
 _SEND_DESCRIPTION = """\
@@ -130,15 +130,16 @@ def _open_inputs(paths: Sequence[str], fmt: Format | None) -> list[Input]:
     return [Input(path, format_for(path, fmt)).open() for path in paths]
 
 
-# A record whose input text is under this many bytes cannot make a message over Segment's
-# 32 KB: a message is at most its fields' text escaped (at most 6 bytes per input byte),
-# the email twice, field names and a constant envelope. Longer records are encoded once
-# in the command, so that an oversized one is refused with its FILE:LINE.
-_SURELY_SMALL = 3072
+#: A record whose input text is under this many bytes cannot make a message over Segment's
+#: 32 KB: a message is at most its fields' text escaped (at most 6 bytes per input byte),
+#: the email twice, field names and a constant envelope. Longer records are encoded once
+#: in the command, so that an oversized one is refused with its FILE:LINE.
+SURELY_SMALL = 3072
 
 
-class _Sink:
-    """Where valid records go: printed (dry run) or emitted."""
+class Sink:
+    """Where valid records go: printed (dry run) or emitted. A record :meth:`take` refuses
+    is counted and reported by the runner, never sent."""
 
     def take(self, record: CallbackRecord, size: int) -> None:
         """Take ``record`` (read from ``size`` bytes of input). Raises InvalidEvent or
@@ -146,10 +147,11 @@ class _Sink:
         raise NotImplementedError
 
     def detail(self) -> str:
+        """What the progress line adds for this sink (``  N delivered``), or nothing."""
         return ""
 
 
-class _Printer(_Sink):
+class _Printer(Sink):
     def __init__(self, naming: EventNaming) -> None:
         self._naming = naming
         self._out = sys.stdout.buffer
@@ -161,7 +163,7 @@ class _Printer(_Sink):
         self._out.flush()
 
 
-class _Deliverer(_Sink):
+class _Deliverer(Sink):
     def __init__(self, emitter: Emitter, naming: EventNaming) -> None:
         self.emitter = emitter
         self._naming = naming
@@ -169,7 +171,7 @@ class _Deliverer(_Sink):
         self.not_accepted: dict[str, int] = {}
 
     def take(self, record: CallbackRecord, size: int) -> None:
-        if size >= _SURELY_SMALL:
+        if size >= SURELY_SMALL:
             encode(record, naming=self._naming)  # raises InvalidEvent when over 32 KB
         try:
             accepted = self.emitter.emit(record)
@@ -185,12 +187,12 @@ class _Deliverer(_Sink):
         return f"  {self.emitter.stats().delivered:,} delivered"
 
 
-class _Send:
+class SendRunner:
     """One run of ``send``: reading, reporting, and the closing summary.
 
     ``ingest`` runs the same way: a subclass overrides :meth:`open_inputs`,
-    :meth:`read_all` and the reading lines of the summary (``name`` names the command in
-    its messages)."""
+    :meth:`read_all`, the reading lines of the summary (:meth:`summary_of_reading`) and
+    of ``--json`` (:meth:`json_summary`); ``name`` names the command in its messages."""
 
     name = "send"
 
@@ -216,7 +218,7 @@ class _Send:
             self.rejects.add(line, error)
 
     def offer(
-        self, sink: _Sink, where: str, record: CallbackRecord, size: int, line: Line | None = None
+        self, sink: Sink, where: str, record: CallbackRecord, size: int, line: Line | None = None
     ) -> None:
         """Hand ``record`` to ``sink``; refused (with ``where``, and ``line`` for
         ``--rejects``) when it cannot take it."""
@@ -235,7 +237,7 @@ class _Send:
         if args.rejects:
             self.rejects = Rejects(args.rejects, self.inputs)
 
-    def read_all(self, sink: _Sink) -> None:
+    def read_all(self, sink: Sink) -> None:
         """Every record of every input into ``sink``; invalid ones refused.
 
         Raises OSError or HeaderError when an input fails while it is read.
@@ -254,7 +256,7 @@ class _Send:
                     self._show_reading(done_before + source.bytes_read, total, sink)
             done_before += source.bytes_read
 
-    def _show_reading(self, done: int, total: int | None, sink: _Sink) -> None:
+    def _show_reading(self, done: int, total: int | None, sink: Sink) -> None:
         size = human_bytes(done) + (f"/{human_bytes(total)}" if total else "")
         detail = f"{size}  {self.read:,} records  {self.invalid:,} invalid{sink.detail()}"
         self.progress.show("reading", done, total, detail)
@@ -297,7 +299,7 @@ class _Send:
             if self.rejects is not None:
                 self.rejects.close()
 
-    def _read_reporting_failures(self, sink: _Sink) -> int | None:
+    def _read_reporting_failures(self, sink: Sink) -> int | None:
         """Read everything; an exit status when reading stopped early, else None."""
         try:
             self.read_all(sink)
@@ -324,7 +326,7 @@ class _Send:
         finally:
             printer.close()
         self.progress.close()
-        self._summary_of_reading()
+        self.summary_of_reading()
         return send_exit_status(stopped, 0, self.invalid)
 
     def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
@@ -346,9 +348,9 @@ class _Send:
         run = send_run(emitter.stats(), sink.not_accepted, self._left_in_spool())
         status = send_exit_status(stopped, run.not_delivered, self.invalid)
         if self.args.json:
-            print_json(self._json(run, stopped, status))
+            print_json(self.json_summary(run, stopped, status))
         else:
-            self._summary_of_reading()
+            self.summary_of_reading()
             if not self.args.quiet:
                 err(*delivery_summary(run))
         lines = undelivered_tenants(run, failed)
@@ -368,7 +370,9 @@ class _Send:
         except UsageError:
             return None
 
-    def _json(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
+    def json_summary(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
+        """The ``--json`` summary: the reading counts, then ``run``'s (the shape is
+        documented in docs/operations.md: fields may be added, never renamed)."""
         return {
             "read": self.read,
             "valid": self.read - self.invalid,
@@ -398,7 +402,8 @@ class _Send:
 
     # -- summary ---------------------------------------------------------------------
 
-    def _summary_of_reading(self) -> None:
+    def summary_of_reading(self) -> None:
+        """Say on stderr what was read (not with ``-q`` or ``--json``)."""
         if self.args.quiet or getattr(self.args, "json", False):
             return
         err(reading_summary(self.read, self.invalid, len(self.inputs)))
@@ -416,7 +421,7 @@ def _total_size(inputs: Sequence[Input]) -> int | None:
 
 
 def _run_send(args: argparse.Namespace) -> int:
-    return _Send(args).run()
+    return SendRunner(args).run()
 
 
 SEND = Command(
