@@ -29,10 +29,15 @@ from selligent_segment.inputs.esp import (
     SesWebhook,
     WebhookRefused,
     _common,
+    _mailgun,
+    _postmark,
+    _sendgrid,
+    _sparkpost,
     ids_from,
     webhook_for,
     webhooks_app,
 )
+from selligent_segment.inputs.esp import _ses as ses_module
 from selligent_segment.inputs.esp._crypto import crypto
 from selligent_segment.inputs.esp._ecdsa import EcdsaKeys
 from selligent_segment.inputs.esp._hmac import hmac_ok
@@ -385,6 +390,18 @@ def test_webhook_for_takes_configs_and_webhooks_only() -> None:
         pytest.raises(ConfigurationError, match="not an ESP webhook config: int"),
     ):
         webhooks_app(emitter, {"x": 1})  # type: ignore[dict-item]
+
+
+def test_the_parsers_are_the_providers_parse_functions() -> None:
+    for name, module in [
+        ("ses", ses_module),
+        ("sendgrid", _sendgrid),
+        ("mailgun", _mailgun),
+        ("postmark", _postmark),
+        ("sparkpost", _sparkpost),
+    ]:
+        assert PARSERS[name] is module.parse
+    assert list(PARSERS) == ["ses", "sendgrid", "mailgun", "postmark", "sparkpost"]
 
 
 def test_the_shared_helpers_are_exported() -> None:

@@ -67,24 +67,17 @@ __all__ = [
 ]
 
 
-def _parser(parse: Callable[..., Parsed]) -> Callable[[bytes, str], Parsed]:
-    def parse_saved(body: bytes, where: str) -> Parsed:
-        return parse(body, where)
-
-    parse_saved.__doc__ = parse.__doc__
-    return parse_saved
-
-
 #: Provider name -> ``parse(body, where)``: a saved request body read without any
 #: signature check (see the module text for each provider's body). Raises only
 #: :class:`~selligent_segment.inputs.InputError` (a body that is not the provider's
-#: format); bad or skipped events are problems of the :class:`Parsed`.
+#: format); bad or skipped events are problems of the :class:`Parsed`. Its keys are the
+#: provider names everywhere else (the ``ingest`` command's kinds).
 PARSERS: Mapping[str, Callable[[bytes, str], Parsed]] = MappingProxyType(
     {
-        "ses": _parser(_ses.parse),
-        "sendgrid": _parser(_sendgrid.parse),
-        "mailgun": _parser(_mailgun.parse),
-        "postmark": _parser(_postmark.parse),
-        "sparkpost": _parser(_sparkpost.parse),
+        "ses": _ses.parse,
+        "sendgrid": _sendgrid.parse,
+        "mailgun": _mailgun.parse,
+        "postmark": _postmark.parse,
+        "sparkpost": _sparkpost.parse,
     }
 )
