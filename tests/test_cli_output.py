@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from _snapshots import stats
 
 from selligent_segment.cli._base import DEFAULT_LOG_LEVEL, log_level, setup_logging
 from selligent_segment.cli._main import COMMANDS, _parser
 from selligent_segment.cli._watch import FailureWatch
-from selligent_segment.delivery._stats import LastError, Stats, TenantStats
+from selligent_segment.delivery._stats import LastError, TenantStats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,20 +109,6 @@ def test_a_closed_stdout_ends_the_dry_run_silently_with_141(tmp_path: Path) -> N
 # -- the warnings while delivery waits --------------------------------------------------------
 
 
-def snapshot(**tenants: TenantStats) -> Stats:
-    return Stats(
-        accepted=0,
-        delivered=0,
-        retried=0,
-        queued=sum(t.queued for t in tenants.values()),
-        rejected={},
-        dropped={},
-        refused={},
-        requests=0,
-        tenants=tenants,
-    )
-
-
 def failing(text: str, at: float, *, queued: int = 1, paused: str | None = None) -> TenantStats:
     return TenantStats(queued=queued, paused=paused, last_error=LastError(text, at, None))
 
@@ -129,18 +116,18 @@ def failing(text: str, at: float, *, queued: int = 1, paused: str | None = None)
 def test_a_tenants_error_is_said_once_then_again_only_after_the_interval() -> None:
     watch = FailureWatch(every=30.0)
     line = "selligent-segment: warning: tenant 'acme': not delivered yet, retrying: refused"
-    assert watch.lines(snapshot(acme=failing("refused", 1.0)), now=0.0) == [line]
+    assert watch.lines(stats(acme=failing("refused", 1.0)), now=0.0) == [line]
     # every retry records the same error again: not repeated within the interval
-    assert watch.lines(snapshot(acme=failing("refused", 2.0)), now=10.0) == []
-    assert watch.lines(snapshot(acme=failing("refused", 3.0)), now=29.9) == []
-    assert watch.lines(snapshot(acme=failing("refused", 4.0)), now=30.0) == [line]
+    assert watch.lines(stats(acme=failing("refused", 2.0)), now=10.0) == []
+    assert watch.lines(stats(acme=failing("refused", 3.0)), now=29.9) == []
+    assert watch.lines(stats(acme=failing("refused", 4.0)), now=30.0) == [line]
 
 
 def test_a_new_error_text_is_said_at_once_and_each_tenant_on_its_own() -> None:
     watch = FailureWatch(every=30.0)
-    assert len(watch.lines(snapshot(acme=failing("refused", 1.0)), now=0.0)) == 1
+    assert len(watch.lines(stats(acme=failing("refused", 1.0)), now=0.0)) == 1
     lines = watch.lines(
-        snapshot(acme=failing("HTTP 503", 2.0), globex=failing("refused", 2.0)), now=1.0
+        stats(acme=failing("HTTP 503", 2.0), globex=failing("refused", 2.0)), now=1.0
     )
     assert [line.split(": ", 3)[2] for line in lines] == ["tenant 'acme'", "tenant 'globex'"]
 
@@ -148,9 +135,9 @@ def test_a_new_error_text_is_said_at_once_and_each_tenant_on_its_own() -> None:
 def test_no_warning_for_a_paused_tenant_nor_an_old_error_with_nothing_queued() -> None:
     watch = FailureWatch(every=30.0)
     paused = failing("write key refused (401)", 1.0, paused="write key refused (401)")
-    assert watch.lines(snapshot(acme=paused), now=0.0) == []  # logged at ERROR already
-    assert len(watch.lines(snapshot(globex=failing("refused", 1.0)), now=0.0)) == 1
-    assert watch.lines(snapshot(globex=failing("refused", 1.0, queued=0)), now=99.0) == []
+    assert watch.lines(stats(acme=paused), now=0.0) == []  # logged at ERROR already
+    assert len(watch.lines(stats(globex=failing("refused", 1.0)), now=0.0)) == 1
+    assert watch.lines(stats(globex=failing("refused", 1.0, queued=0)), now=99.0) == []
 
 
 @pytest.mark.slow

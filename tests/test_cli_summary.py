@@ -6,6 +6,7 @@ from collections import Counter
 
 import attrs
 import pytest
+from _snapshots import stats
 
 from selligent_segment.cli._base import (
     EXIT_INTERRUPTED,
@@ -36,23 +37,8 @@ from selligent_segment.cli._summary import (
     when,
     why,
 )
-from selligent_segment.delivery._stats import LastError, Stats, TenantStats
+from selligent_segment.delivery._stats import LastError, TenantStats
 from selligent_segment.spool._file import DeadLetter, SpoolStatus, TenantBacklog
-
-
-def stats(**tenants: TenantStats) -> Stats:
-    """A Stats snapshot whose totals are the sums of ``tenants``."""
-    return Stats(
-        accepted=sum(t.accepted for t in tenants.values()),
-        delivered=sum(t.delivered for t in tenants.values()),
-        retried=0,
-        queued=sum(t.queued for t in tenants.values()),
-        rejected={},
-        dropped={},
-        refused={},
-        requests=0,
-        tenants=tenants,
-    )
 
 
 def backlog(
