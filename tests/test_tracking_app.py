@@ -355,6 +355,8 @@ def test_a_hit_the_emitter_refuses_is_still_answered_and_logged_without_the_emai
     assert "ada@example.com" not in caplog.text.lower()
     assert "k1." not in caplog.text  # no token
     assert site.events() == []
+    for r in caplog.records:  # the CLI's formatter adds the prefix: the text never has it
+        assert not r.getMessage().startswith("selligent-segment:"), r.getMessage()
 
 
 def test_a_mac_spelt_in_another_base64_form_is_refused() -> None:

@@ -250,11 +250,11 @@ class TrackingApp:
         try:
             return await asyncio.to_thread(self._emitter.emit, record)
         except InvalidEvent as exc:
-            log.warning("selligent-segment: tracking: %s refused: %s is invalid", kind, exc.field)
+            log.warning("tracking: %s refused: %s is invalid", kind, exc.field)
         except SelligentSegmentError as exc:
-            log.warning("selligent-segment: tracking: %s not accepted: %s", kind, exc)
+            log.warning("tracking: %s not accepted: %s", kind, exc)
         except Exception:  # the platform's emitter: a hit must still be answered
-            log.exception("selligent-segment: tracking: %s not accepted", kind)
+            log.exception("tracking: %s not accepted", kind)
         return False
 
 
