@@ -3,6 +3,7 @@ InputError or a 400, each malformed signature a refusal, each bad event one prob
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime as dt
 import hashlib
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from selligent_segment import ConfigurationError, Emitter, EventKind, SelligentSegmentError
+from selligent_segment.cli._ingest import INGEST, REPORT_KINDS
 from selligent_segment.inputs import InputError
 from selligent_segment.inputs.esp import (
     PARSERS,
@@ -402,6 +404,13 @@ def test_the_parsers_are_the_providers_parse_functions() -> None:
     ]:
         assert PARSERS[name] is module.parse
     assert list(PARSERS) == ["ses", "sendgrid", "mailgun", "postmark", "sparkpost"]
+
+
+def test_the_ingest_commands_kinds_are_the_reports_and_the_parsers_keys() -> None:
+    parser = argparse.ArgumentParser()
+    INGEST.configure(parser)
+    (kind,) = [a for a in parser._actions if a.dest == "kind"]
+    assert list(kind.choices or ()) == [*REPORT_KINDS, *PARSERS]
 
 
 def test_the_shared_helpers_are_exported() -> None:

@@ -27,14 +27,14 @@ from selligent_segment.cli._base import (
 from selligent_segment.cli._send import SendRunner, Sink
 from selligent_segment.cli._summary import SendRun
 from selligent_segment.inputs._result import InputError, InputProblem, Parsed
+from selligent_segment.inputs.esp import PARSERS
 from selligent_segment.inputs.reports import Join, parse_arf, parse_dsn, parse_path, table_resolver
 from selligent_segment.inputs.reports._sources import check_path
 
 __all__ = ["INGEST", "REPORT_KINDS"]
 
-#: The report kinds and their parsers; the ESP kinds come from ``inputs.esp.PARSERS``.
+#: The report kinds and their parsers; the ESP kinds are the keys of ``inputs.esp.PARSERS``.
 REPORT_KINDS = {"dsn": parse_dsn, "arf": parse_arf}
-_ESP_KINDS = ("ses", "sendgrid", "mailgun", "postmark", "sparkpost")
 
 _DESCRIPTION = """\
 Read bounce and complaint reports, or saved ESP webhook bodies, and send their records as
@@ -77,7 +77,7 @@ exit status:
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=[*REPORT_KINDS, *_ESP_KINDS], metavar="KIND")
+    parser.add_argument("kind", choices=[*REPORT_KINDS, *PARSERS], metavar="KIND")
     parser.add_argument("files", nargs="+", metavar="PATH")
     parser.add_argument(
         "--dry-run",
@@ -135,8 +135,6 @@ def _join_from(args: argparse.Namespace) -> Join:
 
 
 def _esp_parser(kind: str) -> Callable[[bytes, str], Parsed]:
-    from selligent_segment.inputs.esp import PARSERS  # only the ESP kinds need it
-
     return PARSERS[kind]
 
 
