@@ -8,6 +8,7 @@ import gzip
 import http.client
 import json
 import select
+import socket
 import subprocess
 import sys
 import threading
@@ -182,6 +183,25 @@ def test_stop_closes_idle_keep_alive_connections() -> None:
     server.stop()  # idempotent
     with pytest.raises(RuntimeError):
         _ = server.url
+
+
+def test_the_loopback_servers_share_one_connection_tracker() -> None:
+    from selligent_segment.testing._forward_proxy import ForwardProxy, _ProxyServer
+    from selligent_segment.testing._server import ConnectionTracker, LoopbackServer
+
+    for server in (LoopbackServer, _ProxyServer):
+        assert issubclass(server, ConnectionTracker)
+        assert {"track", "untrack", "close_connections"}.isdisjoint(vars(server))
+    with ForwardProxy() as proxy:  # an idle client connection is shut when it stops
+        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        try:
+            client.sendall(b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(12).startswith(b"HTTP/1.")  # served: the connection is open
+            proxy.stop()
+            while client.recv(65536):  # the rest of the answer, then end of stream
+                pass
+        finally:
+            client.close()
 
 
 def test_chunked_body_is_accepted(seg: LocalSegment) -> None:

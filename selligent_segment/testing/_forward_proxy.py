@@ -15,7 +15,6 @@ is logged, and the ``Proxy-Authorization`` a request carried is out of every rep
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import select
 import socket
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from selligent_segment.delivery._endpoint import is_loopback_host
+from selligent_segment.testing._server import ConnectionTracker
 
 __all__ = ["ForwardProxy", "ProxiedRequest"]
 
@@ -113,7 +113,7 @@ class ForwardProxy:
         if server is None:
             return
         server.shutdown()
-        server.close_all()
+        server.close_connections()
         server.server_close()
         if self._thread is not None:
             self._thread.join(5)
@@ -163,30 +163,13 @@ class ForwardProxy:
         return self._expected is None or auth == self._expected
 
 
-class _ProxyServer(ThreadingHTTPServer):
+class _ProxyServer(ConnectionTracker, ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
     def __init__(self, owner: ForwardProxy) -> None:
         self.owner = owner
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-    def track(self, sock: socket.socket) -> None:
-        with self._open_lock:
-            self._open.add(sock)
-
-    def untrack(self, sock: socket.socket) -> None:
-        with self._open_lock:
-            self._open.discard(sock)
-
-    def close_all(self) -> None:
-        with self._open_lock:
-            socks, self._open = list(self._open), set()
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         self.track(request)

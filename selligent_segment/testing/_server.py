@@ -41,7 +41,7 @@ from selligent_segment.testing._rules import (
 if TYPE_CHECKING:
     from selligent_segment.testing._local_segment import LocalSegment
 
-__all__ = ["LoopbackServer", "RequestHandler", "serve"]
+__all__ = ["ConnectionTracker", "LoopbackServer", "RequestHandler", "serve"]
 
 _MAX_WIRE_BYTES = 16 * 1024 * 1024  # bodies above this are not even read; connection closed
 _UNREADABLE_BATCH = error_answer(400, "request_too_large", "request body unreadable")
@@ -57,7 +57,36 @@ def serve(host: str, port: int, segment: LocalSegment) -> LoopbackServer:
     return server
 
 
-class LoopbackServer(ThreadingHTTPServer):
+class ConnectionTracker:
+    """A mixin for a socket server (listed before it): keeps the sockets it has open, so
+    that stopping it can shut every one of them (an idle keep-alive connection, a
+    tunnel), which ``shutdown()`` alone leaves open. Thread-safe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def track(self, conn: socket.socket) -> None:
+        """Keep ``conn`` until :meth:`untrack`."""
+        with self._conns_lock:
+            self._conns.add(conn)
+
+    def untrack(self, conn: socket.socket) -> None:
+        """Forget ``conn`` (closed, or about to be)."""
+        with self._conns_lock:
+            self._conns.discard(conn)
+
+    def close_connections(self) -> None:
+        """Shut every socket kept (both ways), and forget them."""
+        with self._conns_lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class LoopbackServer(ConnectionTracker, ThreadingHTTPServer):
     """A threaded HTTP server for one :class:`LocalSegment`, one thread per connection."""
 
     daemon_threads = True
@@ -67,8 +96,6 @@ class LoopbackServer(ThreadingHTTPServer):
     def __init__(self, host: str, port: int, segment: LocalSegment) -> None:
         self.segment = segment
         self._host = host
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), RequestHandler)
 
@@ -103,21 +130,6 @@ class LoopbackServer(ThreadingHTTPServer):
         self.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def track(self, conn: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.add(conn)
-
-    def untrack(self, conn: socket.socket) -> None:
-        with self._conns_lock:
-            self._conns.discard(conn)
-
-    def close_connections(self) -> None:
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
