@@ -168,8 +168,11 @@ class Emitter:
         (``SEGMENT_WRITE_KEY``) or the keys file (``SELLIGENT_SEGMENT_WRITE_KEYS``), and
         ``SELLIGENT_SEGMENT_ENDPOINT``, ``_REGION``, ``_SPOOL``, ``_THREADS``, ``_TIMEOUT``
         and ``_PROFILE`` (the table: ``docs/hooks.md``). An unset or empty variable keeps
-        the default. ``overrides`` are any of the constructor's keyword arguments and win
-        over their variable (``write_key=`` or ``write_keys=`` over both key variables).
+        the default. The proxy and CA bundle variables (``HTTPS_PROXY``, ``NO_PROXY``,
+        ``SSL_CERT_FILE``...) are read from the same mapping, never from ``os.environ``
+        when ``environ`` is given. ``overrides`` are any of the constructor's keyword
+        arguments and win over their variable (``write_key=`` or ``write_keys=`` over both
+        key variables).
 
         Raises :class:`ConfigurationError` naming the variable and the reason (never
         showing a key) for a value it cannot use, or when no key is given at all.

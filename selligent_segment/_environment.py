@@ -4,18 +4,27 @@ reads, turned into Emitter settings: one table, one reader, errors naming the va
 A variable that is unset or empty (blank) counts as unset, and the setting keeps its
 default. A setting passed to ``from_env`` as a keyword wins over its variable, which is
 then not read at all. No error shows the value of ``SEGMENT_WRITE_KEY`` (a secret).
+
+The proxy and CA bundle variables (``HTTPS_PROXY``, ``NO_PROXY``, ``SSL_CERT_FILE``...,
+read as ``requests`` reads them) are those of the mapping read too: where they differ from
+the process's own, which the transport would read, the mapping's answer for the endpoint
+becomes the ``proxy`` and ``ca_bundle`` settings (unless given as keywords).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
+from selligent_segment._config import DEFAULTS
 from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._keys_file import WriteKeysFileError, load_write_keys
 from selligent_segment._naming import EventNaming
+from selligent_segment.delivery import _proxy
+from selligent_segment.delivery._endpoint import resolve_endpoint
 
 __all__ = ["VARIABLES", "EnvVariable", "settings_from_env"]
 
@@ -120,4 +129,48 @@ def settings_from_env(
             "file of tenants and keys), or pass write_key= or write_keys=",
         )
     settings.update(overrides)
+    _pin_egress(environ, settings, sources)
     return settings, sources
+
+
+def _pin_egress(
+    environ: Mapping[str, str], settings: dict[str, Any], sources: dict[str, str]
+) -> None:
+    """Make the proxy and the CA bundle those ``environ`` gives, as explicit settings, where
+    the process's environment (read by the transport for a setting left None) differs.
+    A bad proxy or CA variable raises ConfigurationError naming it."""
+    if settings.get("transport") is not None:
+        return
+    if settings.get("proxy") is None and _differ(environ, _proxy.PROXY_VARIABLES):
+        try:
+            endpoint = resolve_endpoint(
+                settings.get("endpoint", DEFAULTS.endpoint),
+                settings.get("region", DEFAULTS.region),
+                settings.get("allow_insecure_http", DEFAULTS.allow_insecure_http),
+            )
+        except ConfigurationError:
+            endpoint = None  # the Emitter refuses the setting, naming it
+        if endpoint is not None:
+            settings["proxy"], variable = _proxy.proxy_for(endpoint, environ)
+            if variable is not None:
+                sources["proxy"] = variable
+    if settings.get("ca_bundle") is None and _differ(environ, _proxy.CA_VARIABLES):
+        found = _proxy.ca_bundle_variable(environ)
+        if found is not None:
+            settings["ca_bundle"], sources["ca_bundle"] = found
+        else:
+            settings["ca_bundle"] = _certifi_bundle()
+
+
+def _differ(environ: Mapping[str, str], names: tuple[str, ...]) -> bool:
+    """True when ``environ`` and the process's environment differ on ``names``."""
+    return any(environ.get(name) != os.environ.get(name) for name in names)
+
+
+def _certifi_bundle() -> str | None:
+    """certifi's CA bundle: what the transport uses when no variable names one."""
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi is a declared dependency
+        return None
+    return str(certifi.where())

@@ -18,6 +18,7 @@ from selligent_segment import (
     load_write_keys,
 )
 from selligent_segment._environment import VARIABLES
+from selligent_segment.delivery._proxy import CA_VARIABLES, PROXY_VARIABLES
 from selligent_segment.testing import LocalSegment
 
 SECRET = "sk-very-secret-key"
@@ -125,7 +126,11 @@ def test_from_env_reads_os_environ_by_default(
         emitter.close(0)
 
 
-def test_unset_and_empty_variables_keep_the_defaults() -> None:
+def test_unset_and_empty_variables_keep_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The Emitter made directly reads this process's proxy and CA variables; from_env reads
+    # the mapping's (none): the same defaults only where the process sets none either.
+    for name in (*PROXY_VARIABLES, *CA_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
     env = {"SEGMENT_WRITE_KEY": "key-one", "SELLIGENT_SEGMENT_THREADS": "", "OTHER": "x"}
     emitter = Emitter.from_env(env, handle_sigterm=False)
     try:

@@ -337,6 +337,41 @@ def test_a_bad_environment_variable_is_named(monkeypatch: pytest.MonkeyPatch) ->
     assert no_file.value.setting == "SSL_CERT_FILE"
 
 
+def _from_env(environ: dict[str, str]) -> Emitter:
+    return Emitter.from_env({"SEGMENT_WRITE_KEY": KEY, **environ}, handle_sigterm=False)
+
+
+def test_from_env_reads_the_proxy_and_ca_variables_of_its_mapping_only(
+    monkeypatch: pytest.MonkeyPatch, proxy: ForwardProxy, server: LocalSegment
+) -> None:
+    # The process's own variables would break delivery: the mapping given wins.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_dead_port()}")
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    with _from_env({"SELLIGENT_SEGMENT_ENDPOINT": server.url}) as emitter:
+        emitter.delivered(email="a@example.com", event_id="e1")
+        assert emitter.flush(10)
+    with _from_env({"SELLIGENT_SEGMENT_ENDPOINT": server.url, "http_proxy": proxy.url}) as em:
+        em.delivered(email="a@example.com", event_id="e2")
+        assert em.flush(10)
+    assert [r.method for r in proxy.requests] == ["POST"]
+    bypass = {"http_proxy": proxy.url, "NO_PROXY": f"127.0.0.1:{server.port}"}
+    with _from_env({"SELLIGENT_SEGMENT_ENDPOINT": server.url, **bypass}) as em:
+        em.delivered(email="a@example.com", event_id="e3")
+        assert em.flush(10)
+    assert len(proxy.requests) == 1  # NO_PROXY of the mapping: direct
+    assert server.accepted_count == 3
+
+
+def test_from_env_names_a_bad_proxy_or_ca_variable_of_its_mapping() -> None:
+    with pytest.raises(ConfigurationError) as bad:
+        _from_env({"HTTPS_PROXY": f"ftp://{USER}:{PASSWORD}@proxy"})
+    assert bad.value.setting == "HTTPS_PROXY"
+    assert PASSWORD not in str(bad.value)
+    with pytest.raises(ConfigurationError) as no_file:
+        _from_env({"REQUESTS_CA_BUNDLE": "/nonexistent/ca.pem"})
+    assert no_file.value.setting == "REQUESTS_CA_BUNDLE"
+
+
 # -- the rules, as pure functions ---------------------------------------------------------
 
 

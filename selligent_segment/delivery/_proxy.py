@@ -29,13 +29,17 @@ import attrs
 from selligent_segment._errors import ConfigurationError, shown
 
 __all__ = [
+    "CA_VARIABLES",
     "DIRECT",
+    "PROXY_VARIABLES",
     "Proxy",
     "ProxyRoutes",
     "bypasses",
     "ca_bundle",
+    "ca_bundle_variable",
     "check_ca_bundle",
     "parse_proxy",
+    "proxy_for",
     "routes",
 ]
 
@@ -43,7 +47,15 @@ __all__ = [
 DIRECT = False
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+#: The environment variables that name the CA bundle, in order.
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+#: The environment variables the proxy routes are read from (``REQUEST_METHOD``: the
+#: httpoxy rule).
+PROXY_VARIABLES = (
+    *(f"{name}_proxy" for name in ("http", "https", "all", "no")),
+    *(f"{name}_PROXY" for name in ("HTTP", "HTTPS", "ALL", "NO")),
+    "REQUEST_METHOD",
+)
 
 
 @attrs.frozen
@@ -164,6 +176,17 @@ def routes(proxy: str | bool | None, environ: Mapping[str, str] | None = None) -
     return ProxyRoutes(http=chosen, https=chosen, explicit=True)
 
 
+def proxy_for(url: str, environ: Mapping[str, str]) -> tuple[str | bool, str | None]:
+    """The ``proxy`` setting that sends a request to ``url`` where ``proxy=None`` would
+    with ``environ`` as the environment: the value of the variable that applies (its
+    credentials included) and that variable's name, or ``(DIRECT, None)``. A bad proxy
+    variable raises :class:`ConfigurationError` naming it, as :func:`routes` does."""
+    chosen = _from_environment(environ).for_url(url)
+    if chosen is None:
+        return DIRECT, None
+    return environ[chosen.source].strip(), chosen.source
+
+
 def _variable(environ: Mapping[str, str], name: str, *, upper: bool = True) -> tuple[str, str]:
     """``(variable, value)``: the lower-case form when set (even empty), else upper-case."""
     lower = name.lower()
@@ -242,11 +265,18 @@ def ca_bundle(
     ``setting`` or the variable when the file is missing or unreadable."""
     if value is not None:
         return check_ca_bundle(value, setting)
-    env = os.environ if environ is None else environ
-    for name in _CA_VARIABLES:
-        given = env.get(name, "").strip()
+    found = ca_bundle_variable(os.environ if environ is None else environ)
+    return None if found is None else found[0]
+
+
+def ca_bundle_variable(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The CA bundle ``environ`` names (``SSL_CERT_FILE``, else ``REQUESTS_CA_BUNDLE``) and
+    that variable's name, or None. :class:`ConfigurationError` names the variable when
+    the file is missing or unreadable."""
+    for name in CA_VARIABLES:
+        given = environ.get(name, "").strip()
         if given:
-            return check_ca_bundle(given, name)
+            return check_ca_bundle(given, name), name
     return None
 
 
