@@ -40,6 +40,7 @@ from selligent_segment.inputs.esp import (
     webhooks_app,
 )
 from selligent_segment.inputs.esp import _ses as ses_module
+from selligent_segment.inputs.esp._common import Collector, load_json_events, load_json_object
 from selligent_segment.inputs.esp._crypto import crypto
 from selligent_segment.inputs.esp._ecdsa import EcdsaKeys
 from selligent_segment.inputs.esp._hmac import hmac_ok
@@ -411,6 +412,45 @@ def test_the_ingest_commands_kinds_are_the_reports_and_the_parsers_keys() -> Non
     INGEST.configure(parser)
     (kind,) = [a for a in parser._actions if a.dest == "kind"]
     assert list(kind.choices or ()) == [*REPORT_KINDS, *PARSERS]
+
+
+def test_the_collector_reads_kinds_and_timestamps_and_notes_the_rest() -> None:
+    out = Collector("p", "w")
+    kinds = {"delivered": EventKind.DELIVERED}
+    assert out.kind_of(0, "event", "delivered", kinds) is EventKind.DELIVERED
+    assert out.kind_of(1, "event", "processed", kinds, {"processed": "not yet"}) is None
+    assert out.kind_of(2, "event", "x", kinds) is None
+    assert out.kind_of(3, "event", 5, kinds) is None
+    assert out.kind_of(4, "type", "x", kinds, unknown="") is None
+    fields: dict[str, Any] = {}
+    assert out.timestamp(5, fields, 1_794_999_000)
+    assert fields == {"timestamp": dt.datetime(2026, 11, 18, 10, 50, tzinfo=dt.timezone.utc)}
+    assert out.timestamp(6, fields, None)
+    assert fields == {"timestamp": None}
+    assert not out.timestamp(7, fields, "soon")
+    assert [str(p) for p in out.problems] == [
+        "w:event-2: event: skipped: 'processed' is not one of the six email events (not yet)",
+        "w:event-3: event: skipped: 'x' is not one of the six email events "
+        "(unknown to this adapter)",
+        "w:event-4: event: missing or not text: 5",
+        "w:event-5: type: skipped: 'x' is not one of the six email events",
+        "w:event-8: timestamp: not a UNIX time: 'soon'",
+    ]
+
+
+def test_load_json_object_and_events_check_the_shape() -> None:
+    assert load_json_object(b'{"a": 1}', "f", "X") == {"a": 1}
+    assert load_json_events(b'{"a": 1}', "f", "X") == [{"a": 1}]
+    assert load_json_events(b"[1, {}]", "f", "X") == [1, {}]
+    for load, body, reason in [
+        (load_json_object, b"[]", "expected a JSON object (X)"),
+        (load_json_events, b"42", "expected a JSON array of X"),
+    ]:
+        with pytest.raises(InputError) as info:
+            load(body, "f", "X")
+        assert (info.value.where, info.value.field, info.value.reason) == ("f", "body", reason)
+    with pytest.raises(InputError, match="not JSON"):
+        load_json_object(b"{", "f", "X")
 
 
 def test_the_shared_helpers_are_exported() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import orjson
@@ -31,9 +31,13 @@ __all__ = [
     "epoch",
     "ids_from",
     "load_json",
+    "load_json_events",
+    "load_json_object",
     "secret_for",
     "text",
 ]
+
+_T = TypeVar("_T")
 
 #: The keys the platform puts in an ESP's custom data (SendGrid custom args, Mailgun
 #: user-variables, Postmark Metadata, SparkPost rcpt_meta, SES message tags).
@@ -112,6 +116,27 @@ def load_json(body: bytes, where: str) -> Any:
         raise InputError(where, "body", f"not JSON ({exc})") from None
 
 
+def load_json_object(body: bytes, where: str, what: str) -> dict[str, Any]:
+    """The JSON object of a request body, or :class:`InputError` naming ``where``: not
+    JSON, or ``expected a JSON object (WHAT)``."""
+    payload = load_json(body, where)
+    if not isinstance(payload, dict):
+        raise InputError(where, "body", f"expected a JSON object ({what})")
+    return payload
+
+
+def load_json_events(body: bytes, where: str, what: str) -> list[Any]:
+    """The items of a request body holding a JSON array of events (one JSON object is read
+    as an array of one), or :class:`InputError` naming ``where``: not JSON, or ``expected a
+    JSON array of WHAT``. The items are not checked: each is one event's business."""
+    payload = load_json(body, where)
+    if isinstance(payload, dict):
+        return [payload]
+    if not isinstance(payload, list):
+        raise InputError(where, "body", f"expected a JSON array of {what}")
+    return payload
+
+
 @runtime_checkable
 class Webhook(Protocol):
     """One provider's webhook: check a request and read its events."""
@@ -188,6 +213,36 @@ class Collector:
         tail = f" ({why})" if why else ""
         reason = f"skipped: {shown(name)} is not one of the six email events{tail}"
         self.problems.append(InputProblem(self.at(index), field, reason))
+
+    def kind_of(
+        self,
+        index: int,
+        field: str,
+        name: object,
+        kinds: Mapping[str, _T],
+        skipped: Mapping[str, str] | None = None,
+        unknown: str = "unknown to this adapter",
+    ) -> _T | None:
+        """What ``kinds`` maps event ``index``'s ``name`` (its ``field``) to; else None,
+        having noted why: a name ``kinds`` lacks is skipped (the reason ``skipped`` gives
+        for it, else ``unknown``), anything but text is a problem."""
+        found = kinds.get(name) if isinstance(name, str) else None
+        if found is None:
+            if isinstance(name, str):
+                self.skip(index, field, name, (skipped or {}).get(name, unknown))
+            else:
+                self.problem(index, field, f"missing or not text: {shown(name)}")
+        return found
+
+    def timestamp(self, index: int, fields: dict[str, Any], value: object) -> bool:
+        """Set ``fields["timestamp"]`` to the UNIX time ``value`` (:func:`epoch`) and return
+        True; or note event ``index``'s problem and return False."""
+        try:
+            fields["timestamp"] = epoch(value)
+        except InvalidEvent as exc:
+            self.problem(index, exc.field, exc.reason)
+            return False
+        return True
 
     def add(
         self,

@@ -19,7 +19,6 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import InvalidEvent, shown
 from selligent_segment._record import EventKind
 from selligent_segment.inputs._result import InputError, Parsed
 from selligent_segment.inputs.esp._common import (
@@ -27,9 +26,8 @@ from selligent_segment.inputs.esp._common import (
     IdResolver,
     Secret,
     WebhookRefused,
-    epoch,
     ids_from,
-    load_json,
+    load_json_object,
     secret_for,
     text,
 )
@@ -74,10 +72,7 @@ class MailgunConfig:
 
 
 def _envelope(body: bytes, where: str) -> dict[str, Any]:
-    payload = load_json(body, where)
-    if not isinstance(payload, dict):
-        raise InputError(where, "body", "expected a JSON object (Mailgun's webhook body)")
-    return payload
+    return load_json_object(body, where, "Mailgun's webhook body")
 
 
 def parse(
@@ -100,12 +95,8 @@ def parse(
 
 def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     name = event.get("event")
-    kind = _KINDS.get(name) if isinstance(name, str) else None
+    kind = out.kind_of(index, "event", name, _KINDS, _SKIPPED)
     if kind is None:
-        if isinstance(name, str):
-            out.skip(index, "event", name, _SKIPPED.get(name, "unknown to this adapter"))
-        else:
-            out.problem(index, "event", f"missing or not text: {shown(name)}")
         return
     reason = text(event.get("reason"))
     if kind is EventKind.BOUNCED and reason and reason.startswith("suppress-"):
@@ -123,10 +114,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         "event_id": text(event.get("id")),
         "email_subject": text(headers.get("subject")),
     }
-    try:
-        fields["timestamp"] = epoch(event.get("timestamp"))
-    except InvalidEvent as exc:
-        out.problem(index, exc.field, exc.reason)
+    if not out.timestamp(index, fields, event.get("timestamp")):
         return
     client = event.get("client-info")
     agent = client.get("user-agent") if isinstance(client, dict) else None

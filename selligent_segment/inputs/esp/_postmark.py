@@ -29,7 +29,7 @@ from selligent_segment.inputs.esp._common import (
     IdResolver,
     Secret,
     ids_from,
-    load_json,
+    load_json_events,
     text,
 )
 from selligent_segment.inputs.esp._machine_open import machine_open
@@ -60,10 +60,10 @@ def parse(
 ) -> Parsed:
     """The record of a Postmark webhook body (one JSON object; a JSON array of them is
     read too), without any credential check."""
-    payload = load_json(body, where)
-    events = payload if isinstance(payload, list) else [payload]
-    if not events or not isinstance(events[0], dict):
-        raise InputError(where, "body", "expected a JSON object (Postmark's webhook body)")
+    what = "a JSON object (Postmark's webhook body)"
+    events = load_json_events(body, where, what)
+    if not events or not isinstance(events[0], dict):  # an array's first must be an event
+        raise InputError(where, "body", f"expected {what}")
     out = Collector(PROVIDER, where, tenant, resolver)
     for index, event in enumerate(events):
         if isinstance(event, dict):

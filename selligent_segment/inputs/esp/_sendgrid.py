@@ -17,17 +17,15 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import InvalidEvent, shown
 from selligent_segment._record import EventKind
-from selligent_segment.inputs._result import InputError, Parsed
+from selligent_segment.inputs._result import Parsed
 from selligent_segment.inputs.esp._common import (
     Collector,
     IdResolver,
     Secret,
     WebhookRefused,
-    epoch,
     ids_from,
-    load_json,
+    load_json_events,
     secret_for,
     text,
 )
@@ -81,11 +79,7 @@ def parse(
 ) -> Parsed:
     """The records of a SendGrid event webhook body (a JSON array of events), without any
     signature check. Raises :class:`InputError` only when the body is not a JSON array."""
-    events = load_json(body, where)
-    if isinstance(events, dict):
-        events = [events]
-    if not isinstance(events, list):
-        raise InputError(where, "body", "expected a JSON array of SendGrid events")
+    events = load_json_events(body, where, "SendGrid events")
     out = Collector(PROVIDER, where, tenant, resolver)
     for index, event in enumerate(events):
         if not isinstance(event, dict):
@@ -97,14 +91,8 @@ def parse(
 
 def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     name = event.get("event")
-    kind = _KINDS.get(name) if isinstance(name, str) else None
+    kind = out.kind_of(index, "event", name, _KINDS, _SKIPPED)
     if kind is None:
-        if isinstance(name, str) and name in _SKIPPED:
-            out.skip(index, "event", name, _SKIPPED[name])
-        elif isinstance(name, str):
-            out.skip(index, "event", name, "unknown to this adapter")
-        else:
-            out.problem(index, "event", f"missing or not text: {shown(name)}")
         return
     properties: dict[str, Any] = {
         "esp_event": name,
@@ -114,10 +102,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         "email": event.get("email"),
         "event_id": text(event.get("sg_event_id")),
     }
-    try:
-        fields["timestamp"] = epoch(event.get("timestamp"))
-    except InvalidEvent as exc:
-        out.problem(index, exc.field, exc.reason)
+    if not out.timestamp(index, fields, event.get("timestamp")):
         return
     if kind is EventKind.OPENED:
         fields["ip"] = text(event.get("ip"))

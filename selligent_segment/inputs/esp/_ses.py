@@ -35,6 +35,7 @@ from selligent_segment.inputs.esp._common import (
     WebhookRefused,
     ids_from,
     load_json,
+    load_json_object,
     text,
 )
 from selligent_segment.inputs.esp._machine_open import machine_open
@@ -97,9 +98,7 @@ def parse(
 ) -> Parsed:
     """The records of a saved SES body, without any signature check: an SNS envelope
     (a Notification; confirmations give nothing) or a bare SES notification."""
-    payload = load_json(body, where)
-    if not isinstance(payload, dict):
-        raise InputError(where, "body", "expected a JSON object (an SNS message)")
+    payload = load_json_object(body, where, "an SNS message")
     if "Type" in payload:
         if payload.get("Type") != "Notification":
             return Parsed()
@@ -129,12 +128,10 @@ def parse_notification(
     name = notification.get("eventType") or notification.get("notificationType")
     mail = notification.get("mail")
     mail = mail if isinstance(mail, dict) else {}
-    if not isinstance(name, str):
-        out.problem(0, "eventType", f"missing or not text: {shown(name)}")
+    reader = out.kind_of(0, "eventType", name, _READERS, _SKIPPED)
+    if reader is None:
         return out.parsed()
-    if name in _SKIPPED or name not in _READERS:
-        out.skip(0, "eventType", name, _SKIPPED.get(name, "unknown to this adapter"))
-        return out.parsed()
+    name = str(name)  # text: kind_of found it
     detail = notification.get(name[0].lower() + name[1:])
     detail = detail if isinstance(detail, dict) else {}
     if event_id is None:
@@ -152,7 +149,7 @@ def parse_notification(
         fields={"email_subject": text(common.get("subject")), "timestamp": detail.get("timestamp")},
         destination=mail.get("destination"),
     )
-    _READERS[name](context)
+    reader(context)
     return out.parsed()
 
 
@@ -277,11 +274,9 @@ class SesWebhook:
     def verify(self, body: bytes, tenant: str | None = None) -> SnsMessage:
         """The verified SNS message of ``body``; raises :class:`WebhookRefused`."""
         try:
-            envelope = load_json(body, PROVIDER)
+            envelope = load_json_object(body, PROVIDER, "an SNS message")
         except InputError as exc:
             raise WebhookRefused(PROVIDER, exc.reason, status=400) from None
-        if not isinstance(envelope, dict):
-            raise WebhookRefused(PROVIDER, "not an SNS message (a JSON object)", status=400)
         if not self._topic_allowed(tenant, envelope.get("TopicArn")):
             raise WebhookRefused(PROVIDER, "topic not allowed")
         message = self.verifier.verify(envelope)

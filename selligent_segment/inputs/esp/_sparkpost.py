@@ -20,17 +20,15 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import InvalidEvent, shown
 from selligent_segment._record import EventKind
-from selligent_segment.inputs._result import InputError, Parsed
+from selligent_segment.inputs._result import Parsed
 from selligent_segment.inputs.esp._basic_auth import check_basic_auth
 from selligent_segment.inputs.esp._common import (
     Collector,
     IdResolver,
     Secret,
-    epoch,
     ids_from,
-    load_json,
+    load_json_events,
     text,
 )
 from selligent_segment.inputs.esp._machine_open import machine_open
@@ -76,11 +74,7 @@ def parse(
 ) -> Parsed:
     """The records of a SparkPost webhook body (a JSON array of ``msys`` wrappers),
     without any credential check."""
-    batch = load_json(body, where)
-    if isinstance(batch, dict):
-        batch = [batch]
-    if not isinstance(batch, list):
-        raise InputError(where, "body", "expected a JSON array of SparkPost events")
+    batch = load_json_events(body, where, "SparkPost events")
     out = Collector(PROVIDER, where, tenant, resolver)
     for index, wrapper in enumerate(batch):
         msys = wrapper.get("msys") if isinstance(wrapper, dict) else None
@@ -110,12 +104,8 @@ def _bounce_type(value: object) -> tuple[str | None, bool]:
 
 def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     name = event.get("type")
-    kind = _KINDS.get(name) if isinstance(name, str) else None
+    kind = out.kind_of(index, "type", name, _KINDS, unknown="")
     if kind is None:
-        if isinstance(name, str):
-            out.skip(index, "type", name)
-        else:
-            out.problem(index, "type", f"missing or not text: {shown(name)}")
         return
     properties: dict[str, Any] = {
         "esp_event": name,
@@ -126,10 +116,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         "event_id": text(event.get("event_id")),
         "email_subject": text(event.get("subject")),
     }
-    try:
-        fields["timestamp"] = epoch(event.get("timestamp"))
-    except InvalidEvent as exc:
-        out.problem(index, exc.field, exc.reason)
+    if not out.timestamp(index, fields, event.get("timestamp")):
         return
     if kind in (EventKind.OPENED, EventKind.LINK_CLICKED):
         fields["ip"] = text(event.get("ip_address"))
