@@ -15,7 +15,6 @@ click. The platform's ids come from ``Metadata`` under :data:`ID_KEYS`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -23,7 +22,7 @@ import attrs
 from selligent_segment._errors import shown
 from selligent_segment._record import EventKind
 from selligent_segment.inputs._result import InputError, Parsed
-from selligent_segment.inputs.esp._basic_auth import check_basic_auth
+from selligent_segment.inputs.esp._basic_auth import BasicAuthWebhook
 from selligent_segment.inputs.esp._common import (
     Collector,
     IdResolver,
@@ -143,20 +142,10 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     out.add(index, kind, event, ids_from(event.get("Metadata")), properties, **fields)
 
 
-class PostmarkWebhook:
+class PostmarkWebhook(BasicAuthWebhook):
     """Postmark's webhooks: :meth:`handle` checks the basic-auth credentials (401 when
     wrong), then parses. Thread-safe."""
 
     provider = PROVIDER
-
-    def __init__(self, config: PostmarkConfig, resolver: IdResolver | None = None) -> None:
-        self.config = config
-        self.resolver = resolver
-
-    def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
-        """Check the credentials, then :func:`parse`."""
-        check_basic_auth(PROVIDER, headers, self.config.username, self.config.password, tenant)
-        return parse(body, PROVIDER, tenant=tenant, resolver=self.resolver)
-
-    def release(self, body: bytes, headers: Mapping[str, str]) -> None:
-        """Nothing to forget."""
+    parse = staticmethod(parse)
+    config: PostmarkConfig

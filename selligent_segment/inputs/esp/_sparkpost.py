@@ -15,14 +15,13 @@ own field when the metadata has none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from selligent_segment._record import EventKind
 from selligent_segment.inputs._result import Parsed
-from selligent_segment.inputs.esp._basic_auth import check_basic_auth
+from selligent_segment.inputs.esp._basic_auth import BasicAuthWebhook
 from selligent_segment.inputs.esp._common import (
     Collector,
     IdResolver,
@@ -143,20 +142,10 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     out.add(index, kind, event, found, properties, **fields)
 
 
-class SparkPostWebhook:
+class SparkPostWebhook(BasicAuthWebhook):
     """SparkPost's webhooks: :meth:`handle` checks the basic-auth credentials (401 when
     wrong), then parses. Thread-safe."""
 
     provider = PROVIDER
-
-    def __init__(self, config: SparkPostConfig, resolver: IdResolver | None = None) -> None:
-        self.config = config
-        self.resolver = resolver
-
-    def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
-        """Check the credentials, then :func:`parse`."""
-        check_basic_auth(PROVIDER, headers, self.config.username, self.config.password, tenant)
-        return parse(body, PROVIDER, tenant=tenant, resolver=self.resolver)
-
-    def release(self, body: bytes, headers: Mapping[str, str]) -> None:
-        """Nothing to forget."""
+    parse = staticmethod(parse)
+    config: SparkPostConfig
