@@ -19,13 +19,9 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import ConfigurationError, shown
-from selligent_segment._record import EventKind
+from selligent_segment._record import PROFILE_UPDATE, EventKind
 
 __all__ = ["PROFILE_UPDATE", "ProfileUpdates", "profile_updates"]
-
-#: The key, in a record's normalised fields, of its profile update. It cannot clash with a
-#: record field (``normalize`` refuses unknown names, and no field starts with ``_``).
-PROFILE_UPDATE = "_profile_update"
 
 _TRAIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
 _SUFFIX = re.compile(r"[A-Za-z0-9_]{1,20}")

@@ -622,16 +622,46 @@ class CallbackRecord:
 _ATTR_NAMES = tuple(name for name in _VALIDATORS if name != "type")
 
 
+#: The key, in a record's normalised fields, of its profile update (see ``_profile.py``).
+#: It cannot clash with a record field (``normalize`` refuses unknown names, and no field
+#: starts with ``_``).
+PROFILE_UPDATE = "_profile_update"
+#: How the journal writes the ``type`` of fields carrying a profile update:
+#: ``identify:<kind>``. Releases before profile updates know only the kinds and refuse it
+#: (they keep such a row as a dead letter): they never send it as a second track.
+JOURNAL_IDENTIFY = "identify:"
+
+
+def journal_form(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as the journal writes them (JSON): themselves, but for fields carrying
+    a profile update, whose ``type`` is ``identify:<kind>`` (a copy; see
+    :data:`JOURNAL_IDENTIFY`). :func:`revive` reads both back."""
+    if PROFILE_UPDATE not in fields:
+        return fields
+    marked = dict(fields)
+    marked["type"] = JOURNAL_IDENTIFY + fields["type"]._value_
+    return marked
+
+
 def revive(raw: object) -> dict[str, Any]:
     """The fields :func:`normalize` returned, back from their JSON form (as journaled).
 
     Only the two typed fields are converted (``type`` and ``timestamp``): the rest was
-    validated before it was journaled. Raises InvalidEvent when ``raw`` is not such a form.
+    validated before it was journaled. An ``identify:<kind>`` type (see
+    :func:`journal_form`) is read as its kind, with the profile update it must carry.
+    Raises InvalidEvent when ``raw`` is not such a form.
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("record", "not a journaled record")
     name = raw.get("type")
     kind = _KIND_ALIASES.get(name) if isinstance(name, str) else None
+    if (
+        kind is None
+        and isinstance(name, str)
+        and name.startswith(JOURNAL_IDENTIFY)
+        and PROFILE_UPDATE in raw  # an identify carries its update
+    ):
+        kind = _KIND_ALIASES.get(name[len(JOURNAL_IDENTIFY) :])
     if kind is None:
         raise InvalidEvent("type", "not a journaled record's event type")
     raw["type"] = kind

@@ -3,19 +3,29 @@ end to end over loopback into LocalSegment, in memory and through the spool file
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 import pytest
-from _delivery import QUICK, emitter
+from _delivery import QUICK, emitter, fake_emitter
 
-from selligent_segment import ConfigurationError, Emitter, EmitterConfig, message_id
-from selligent_segment._mapping import encode_fields, profile_message
+from selligent_segment import (
+    ConfigurationError,
+    Emitter,
+    EmitterConfig,
+    InvalidEvent,
+    message_id,
+)
+from selligent_segment._mapping import EncodedMessage, encode_fields, profile_message
 from selligent_segment._naming import EventNaming
 from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
-from selligent_segment._record import normalize
+from selligent_segment._record import _KIND_ALIASES, journal_form, normalize, revive
+from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
 from selligent_segment.testing._rules import item_problem
 
@@ -229,3 +239,77 @@ def test_every_setting_of_the_policy_is_checked_by_its_own_validator() -> None:
     with pytest.raises(ConfigurationError) as caught:
         attrs.validate(policy)
     assert caught.value.setting == "profile_updates.time_suffix"
+
+
+def _previous_release_revive(raw: object) -> dict[str, Any]:
+    """``revive`` as the previous release has it (commit 601b90b, before profile updates),
+    verbatim: a journaled record's type must be a kind or one of its aliases."""
+    if not isinstance(raw, dict):
+        raise InvalidEvent("record", "not a journaled record")
+    name = raw.get("type")
+    kind = _KIND_ALIASES.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise InvalidEvent("type", "not a journaled record's event type")
+    raw["type"] = kind
+    moment = raw.get("timestamp")
+    if moment is not None:
+        try:
+            raw["timestamp"] = datetime.fromisoformat(moment)
+        except (TypeError, ValueError):
+            raise InvalidEvent("timestamp", "not a journaled record's timestamp") from None
+    return raw
+
+
+def _previous_release_decode(payload: bytes | memoryview) -> EncodedMessage:
+    """The previous release's journal decoder (its encoding has no identify: a record it
+    revives becomes a track)."""
+    try:
+        tenant, now, raw = orjson.loads(payload)
+        fields = _previous_release_revive(raw)
+        fields.pop(PROFILE_UPDATE, None)
+        return encode_fields(fields, tenant, EventNaming(), now)
+    except InvalidEvent:
+        raise
+    except Exception:
+        raise InvalidEvent("record", "unreadable journal record") from None
+
+
+def test_a_process_of_the_previous_release_never_sends_an_identify_row_as_a_track(
+    tmp_path: Path,
+) -> None:
+    # Rolling upgrade: the previous release shares the spool file and leases what this one
+    # accepted. The identify row is refused by it (a dead letter there), never a 2nd track.
+    path = tmp_path / "spool.db"
+    em, _, _ = fake_emitter(lambda request: 503, spool=str(path), profile_updates=True)
+    em.emit(UNSUB)
+    em.close(0)  # both rows stay in the file, whatever was tried meanwhile
+    old = SqliteSpool(path, max_bytes=1 << 24, decoder=_previous_release_decode)
+    try:
+        old.maintain(force=True)
+        lease = old.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        assert [orjson.loads(m.body)["event"] for m in lease.messages] == ["Email Unsubscribed"]
+        assert [m.message_id for m in lease.messages] == [message_id(UNSUB)]
+        old.release(lease, lease.messages)
+    finally:
+        old.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        dead = db.execute("SELECT reason FROM dead_letters").fetchall()
+    assert dead == [("type: not a journaled record's event type",)]
+
+
+def test_this_release_reads_back_the_journal_form_of_an_identify() -> None:
+    fields = normalize(UNSUB)
+    marked = dict(fields, **{PROFILE_UPDATE: _update(UNSUB)})
+    payload = orjson.dumps(journal_form(marked))
+    assert orjson.loads(payload)["type"] == "identify:unsubscribed"
+    assert journal_form(fields) is fields  # a track is written as it is
+    assert revive(orjson.loads(payload)) == marked
+    assert (
+        encode_fields(revive(orjson.loads(payload)), "acme", EventNaming()).message_id
+        == (profile_message(UNSUB, _update(UNSUB))["messageId"])
+    )
+    without_update = orjson.loads(payload)
+    del without_update[PROFILE_UPDATE]
+    with pytest.raises(InvalidEvent, match="not a journaled record's event type"):
+        revive(without_update)

@@ -17,7 +17,7 @@ import orjson
 from selligent_segment._errors import InvalidEvent, SpoolError
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
-from selligent_segment._record import revive
+from selligent_segment._record import PROFILE_UPDATE, journal_form, revive
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.intake._protocol import Accepted, Downstream
 from selligent_segment.spool._journal import Mark, frame, unframe
@@ -74,7 +74,8 @@ class JournalIntake:
         return bool(self.inbox)
 
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
-        data = frame(orjson.dumps((tenant, now, fields)))
+        written = journal_form(fields) if PROFILE_UPDATE in fields else fields  # as below
+        data = frame(orjson.dumps((tenant, now, written)))
         meta = ((tenant, fields["type"]._value_),)
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
@@ -82,7 +83,13 @@ class JournalIntake:
 
     def accept_many(self, records: Sequence[Accepted]) -> None:
         # Framed one by one: orjson's results keep a 4 KiB buffer each until freed.
-        data = b"".join([frame(orjson.dumps((t, n, f))) for f, t, n in records])
+        # An identify's fields in their journal form: the previous release refuses them.
+        data = b"".join(
+            [
+                frame(orjson.dumps((t, n, journal_form(f) if PROFILE_UPDATE in f else f)))
+                for f, t, n in records
+            ]
+        )
         meta = [(t, f["type"]._value_) for f, t, _ in records]
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))

@@ -92,7 +92,11 @@ CREATE TABLE paused (
 # Tables added without a version bump: an older version of the library ignores them (it
 # never reads them), so processes of the previous and the next release can share a file
 # during a rolling upgrade. Written here only: created with the schema in a new file, and
-# where missing whenever an older file is opened to write.
+# where missing whenever an older file is opened to write. (Rows are decoded by whichever
+# process leases them: the identify of a profile update is journaled with the type
+# ``identify:<kind>`` (_record.journal_form), which the previous release refuses, keeping
+# it as a dead letter, instead of sending it as a second track. Hence profile_updates is
+# turned on once every process sharing the file runs this release.)
 _ADDITIONS = {
     "last_errors": "CREATE TABLE last_errors "
     "(tenant TEXT PRIMARY KEY, text TEXT NOT NULL, at REAL NOT NULL, status INTEGER)",
