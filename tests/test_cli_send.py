@@ -479,3 +479,68 @@ def test_send_json_with_dry_run_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--json" in result.stderr
     assert result.stdout == ""
+
+
+class _Silent:
+    """A loopback HTTP endpoint that reads each request and never answers (until closed):
+    a request sent there stays in flight, its events leased."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.received = threading.Event()
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            if conn.recv(65536):
+                self.received.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+        self.thread.join(5)
+
+
+@pytest.mark.slow
+def test_another_process_events_in_flight_do_not_count_against_this_run(
+    server: LocalSegment, tmp_path: Path
+) -> None:
+    """A spool file shared with a live process: its 3 events, accepted before this run,
+    are leased and in flight (to an endpoint that does not answer) while this run
+    delivers its 10. This run exits 0; it said '3 not delivered' and exited 3."""
+    from selligent_segment import BatchPolicy, Emitter
+
+    spool = str(tmp_path / "spool.db")
+    silent = _Silent()
+    other = Emitter(
+        "key-acme", endpoint=silent.url, spool=spool, handle_sigterm=False,
+        batch=BatchPolicy(linger=0.0), timeout=60,
+    )  # fmt: skip
+    try:
+        other.emit_many([rec(i, "acme") for i in range(100, 103)])
+        assert silent.received.wait(10)  # the other process's 3 events are leased
+        data = write(tmp_path / "in.jsonl", *(rec(i, "acme") for i in range(10)))
+        result = run(
+            data, "--json", "--endpoint", server.url, "--spool", spool, "--timeout", "1",
+            env={"SEGMENT_WRITE_KEY": "key-acme"},  # it waits for the other's events too
+        )  # fmt: skip
+    finally:
+        other.close(0)
+        silent.close()
+    assert len(server.events("key-acme")) == 10
+    summary = json.loads(result.stdout)
+    assert result.returncode == 0, result.stderr
+    assert (summary["accepted"], summary["delivered"], summary["not_delivered"]) == (10, 10, 0)
+    assert summary["earlier"] == {"delivered": 0, "left": 3}

@@ -416,3 +416,28 @@ def test_demo_table_marks_a_mismatch() -> None:
     lines, ok = demo_table(["acme"], ["Email Delivered", "Email Opened"], emitted, emitted)
     assert ok
     assert not any("MISMATCH" in line for line in lines)
+
+
+def test_a_shared_spool_file_counts_only_what_is_left_of_this_runs_events() -> None:
+    """This run accepted and delivered 10; 3 older events of another process are in
+    flight (queued): not this run's. The first-in-first-out count alone took them for
+    earlier events it delivered, so '3 not delivered', exit 3."""
+    mine = stats(acme=TenantStats(accepted=10, delivered=10))
+    alone = send_run(mine, {}, left={"acme": 3})
+    assert alone.not_delivered == 3  # the count without knowing what is recent
+    run = send_run(mine, {}, left={"acme": 3}, recent={"acme": (0, 0, 0)})
+    assert (run.total("delivered"), run.not_delivered) == (10, 0)
+    assert (run.total("earlier_delivered"), run.total("earlier_left")) == (0, 3)
+    assert send_exit_status(None, run.not_delivered, 0) == EXIT_OK
+
+
+def test_recent_events_left_in_the_file_stay_undelivered() -> None:
+    # this process delivered 10 earlier events; its own 10 are all still queued
+    mine = stats(acme=TenantStats(accepted=10, delivered=10, queued=10))
+    run = send_run(mine, {}, left={"acme": 10}, recent={"acme": (10, 0, 0)})
+    assert (run.total("delivered"), run.not_delivered) == (0, 10)
+    assert (run.total("earlier_delivered"), run.total("earlier_left")) == (10, 0)
+    # 2 of this run's were refused for good (dead letters), 1 older one too
+    failed = TenantStats(accepted=5, delivered=3, rejected={"rejected": 3})
+    run = send_run(stats(acme=failed), {}, left={}, recent={"acme": (0, 2, 1)})
+    assert (run.total("delivered"), run.not_delivered, run.total("earlier_left")) == (3, 2, 1)

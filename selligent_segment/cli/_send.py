@@ -32,8 +32,8 @@ from selligent_segment.cli._base import (
     add_spool_option,
     emitter_from_args,
     err,
+    open_spool,
     print_json,
-    read_status,
 )
 from selligent_segment.cli._progress import Progress, human_bytes, is_terminal
 from selligent_segment.cli._reader import Format, HeaderError, Input, Line, format_for
@@ -331,6 +331,7 @@ class SendRunner:
 
     def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
         sink = _Deliverer(emitter, self.naming)
+        started = time.time()  # this run's events are put in the spool file from now on
         try:
             stopped = self._read_reporting_failures(sink)
             if stopped is None or stopped == EXIT_USAGE:
@@ -345,7 +346,8 @@ class SendRunner:
         finally:
             emitter.close(0)
         self.progress.close()
-        run = send_run(emitter.stats(), sink.not_accepted, self._left_in_spool())
+        left, recent = self._left_in_spool(started)
+        run = send_run(emitter.stats(), sink.not_accepted, left, recent)
         status = send_exit_status(stopped, run.not_delivered, self.invalid)
         if self.args.json:
             print_json(self.json_summary(run, stopped, status))
@@ -360,15 +362,20 @@ class SendRunner:
             err(RESUME_HINT)
         return status
 
-    def _left_in_spool(self) -> dict[str, int] | None:
-        """What each tenant has queued in the spool file now (None: a memory spool, or
-        a file that cannot be read: the emitter's counts then stand alone)."""
+    def _left_in_spool(
+        self, started: float
+    ) -> tuple[dict[str, int] | None, dict[str, tuple[int, int, int]] | None]:
+        """What each tenant has queued in the spool file now, and what is left of the
+        events put there since ``started`` (see ``send_run``); (None, None) for a memory
+        spool, or a file that cannot be read: the emitter's counts then stand alone."""
         if self.args.spool == "memory":
-            return None
+            return None, None
         try:
-            return {t.tenant: t.queued for t in read_status(self.args).tenants}
-        except UsageError:
-            return None
+            with open_spool(self.args) as spool:
+                status, recent = spool.status(), spool.since(started)
+        except (SpoolError, UsageError):
+            return None, None
+        return {t.tenant: t.queued for t in status.tenants}, recent
 
     def json_summary(self, run: SendRun, stopped: int | None, status: int) -> dict[str, object]:
         """The ``--json`` summary: the reading counts, then ``run``'s (the shape is

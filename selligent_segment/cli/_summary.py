@@ -151,7 +151,10 @@ class SendRun:
 
 
 def send_run(
-    stats: Stats, not_accepted: Mapping[str, int], left: Mapping[str, int] | None = None
+    stats: Stats,
+    not_accepted: Mapping[str, int],
+    left: Mapping[str, int] | None = None,
+    recent: Mapping[str, tuple[int, int, int]] | None = None,
 ) -> SendRun:
     """What this run did, told apart from what earlier runs left in the spool file.
 
@@ -163,6 +166,17 @@ def send_run(
     those earlier events are counted as the first delivered. Where an earlier event
     failed instead, this over-counts this run's undelivered ones: never the other way
     round, so the exit status never claims a delivery that did not happen.
+
+    A spool file shared with live processes breaks that count: what is left includes
+    their events (leased, or new), and this run's may be delivered by them. ``recent``
+    (``SpoolFile.since(t)``, ``t`` noted before the run emitted anything) says per tenant
+    what is still in the file of the events put there since (queued, dead letters),
+    and the dead letters older events became meanwhile. Each of this run's events not
+    delivered is among those recent ones, so their number bounds this run's undelivered
+    events too (the smaller bound is taken): exact unless another process accepted
+    events of the same tenant during the run and they are still in the file, where
+    nothing tells its events from this run's and they count as this run's. Events of
+    earlier runs still left are then those older than ``t`` still queued or failed.
     """
     names = set(stats.tenants) | set(not_accepted)
     if left is not None:
@@ -175,6 +189,12 @@ def send_run(
         earlier = max(0, d.delivered + failed + queued - d.accepted)
         earlier_delivered = min(d.delivered, earlier)
         delivered = d.delivered - earlier_delivered
+        earlier_left = earlier - earlier_delivered
+        if recent is not None:
+            new_queued, new_dead, old_dead = recent.get(tenant, (0, 0, 0))
+            delivered = d.accepted - min(d.accepted - delivered, new_queued + new_dead)
+            earlier_delivered = max(0, d.delivered - delivered)
+            earlier_left = max(0, queued - new_queued) + old_dead
         refused = not_accepted.get(tenant, 0)
         rows.append(
             TenantRun(
@@ -184,7 +204,7 @@ def send_run(
                 not_delivered=d.accepted - delivered + refused,
                 not_accepted=refused,
                 earlier_delivered=earlier_delivered,
-                earlier_left=earlier - earlier_delivered,
+                earlier_left=earlier_left,
                 queued=queued,
                 detail=d,
             )

@@ -271,6 +271,27 @@ class SpoolFile(ForkSafe):
         file_bytes = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal")) + journal_bytes
         return SpoolStatus(str(self.path), file_bytes, journal_bytes, processes, rows)
 
+    def since(self, at: float) -> dict[str, tuple[int, int, int]]:
+        """Per tenant with any: ``(queued, dead, dead_before)``: events queued (leased
+        ones included) and dead letters, both accepted (put in the file) at or after
+        ``at`` (Unix time), and dead letters accepted before ``at`` that failed at or
+        after it. A run that noted the time before emitting finds its own events
+        among the first two (with those other processes accepted since)."""
+        counts: dict[str, list[int]] = {}
+        with self._connection() as db:
+            for column, sql in enumerate(
+                (
+                    "SELECT tenant, count(*) FROM messages WHERE accepted_at >= ?1 GROUP BY tenant",
+                    "SELECT tenant, count(*) FROM dead_letters WHERE accepted_at >= ?1 "
+                    "GROUP BY tenant",
+                    "SELECT tenant, count(*) FROM dead_letters WHERE accepted_at < ?1 "
+                    "AND failed_at >= ?1 GROUP BY tenant",
+                )
+            ):
+                for tenant, n in db.execute(sql, (at,)):
+                    counts.setdefault(tenant, [0, 0, 0])[column] = n
+        return {tenant: (n[0], n[1], n[2]) for tenant, n in sorted(counts.items())}
+
     def check(self) -> None:
         """Read every page of the file (SQLite's ``quick_check``); SpoolError naming the
         file when it is damaged. Reads the whole file: seconds for a large backlog."""
