@@ -168,3 +168,17 @@ def test_other_events_are_skipped_and_reported(extra: dict[str, Any]) -> None:
     parsed = PARSERS["mailgun"](body(event(**extra)), "f")
     assert parsed.records == ()
     assert parsed.problems[0].reason.startswith("skipped: ")
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf"])
+def test_a_signed_timestamp_that_is_not_a_finite_number_is_refused(stamp: str) -> None:
+    """``abs(nan) > max_age`` is False: a signed "nan" passed the freshness check."""
+    signature = hmac.new(SIGNING_KEY.encode(), (stamp + "tok-9").encode(), hashlib.sha256)
+    payload = orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": "tok-9", "signature": signature.hexdigest()},
+            "event-data": event(),
+        }
+    )
+    with pytest.raises(WebhookRefused, match="stale timestamp"):
+        webhook().handle(payload, {})

@@ -182,3 +182,11 @@ def test_a_body_that_is_not_json_is_an_input_error() -> None:
     with pytest.raises(InputError) as info:
         PARSERS["sendgrid"](b"{nope", "f")
     assert info.value.where == "f"
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf"])
+def test_a_signed_timestamp_that_is_not_a_finite_number_is_refused(stamp: str) -> None:
+    """``abs(nan) > max_skew`` is False: a signed "nan" passed the freshness check."""
+    body = orjson.dumps([event("delivered")])
+    with pytest.raises(WebhookRefused):
+        webhook().handle(body, signed(body, stamp))

@@ -175,7 +175,7 @@ class MailgunWebhook:
             age = self.config.now() - float(stamp)
         except ValueError:
             raise WebhookRefused(PROVIDER, "the timestamp is not a number", status=400) from None
-        if abs(age) > self.config.max_age:
+        if not abs(age) <= self.config.max_age:  # nan (a signed "nan") is refused too
             raise WebhookRefused(
                 PROVIDER, f"stale timestamp ({age:+.0f} s old, over {self.config.max_age:g} s)"
             )

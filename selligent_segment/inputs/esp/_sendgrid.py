@@ -163,7 +163,7 @@ class SendGridWebhook:
         if not good:
             raise WebhookRefused(PROVIDER, "bad signature")
         skew = self.config.now() - moment
-        if abs(skew) > self.config.max_skew:
+        if not abs(skew) <= self.config.max_skew:  # nan (a signed "nan") is refused too
             raise WebhookRefused(
                 PROVIDER,
                 f"stale timestamp ({skew:+.0f} s from now, over {self.config.max_skew:g} s)",
