@@ -1,0 +1,49 @@
+"""Selligent's Segment destination: a customer's Segment ``identify`` and ``track`` calls
+become rows of that customer's Selligent lists, through a per-customer mapping.
+
+- :func:`load_config` reads the one TOML file describing every tenant (its Selligent
+  account, the environment variables holding its secrets, its mappings) and raises
+  :class:`DestinationConfigError` listing every problem, each naming tenant, table, column
+  and reason.
+- :func:`map_event` turns one event into a :class:`MappedRow` (strings, as Selligent's
+  ``data/load`` takes them), a :class:`Skipped` with its reason, or raises
+  :class:`RowError` (a dead letter naming the column and the missing source).
+
+See ``docs/destination.md``.
+"""
+
+from __future__ import annotations
+
+from selligent_segment.destination._config import (
+    ConfigProblem,
+    DestinationConfig,
+    DestinationConfigError,
+    Field,
+    TableMapping,
+    TenantConfig,
+    load_config,
+    parse_config,
+)
+from selligent_segment.destination._mapping import MappedRow, RowError, Skipped, map_event
+from selligent_segment.destination._seed import SEED_FIELDS, SEED_KEYS, SELLIGENT_EMAIL_EVENTS
+from selligent_segment.destination._source import Source, ValueProblem
+
+__all__ = [
+    "SEED_FIELDS",
+    "SEED_KEYS",
+    "SELLIGENT_EMAIL_EVENTS",
+    "ConfigProblem",
+    "DestinationConfig",
+    "DestinationConfigError",
+    "Field",
+    "MappedRow",
+    "RowError",
+    "Skipped",
+    "Source",
+    "TableMapping",
+    "TenantConfig",
+    "ValueProblem",
+    "load_config",
+    "map_event",
+    "parse_config",
+]
