@@ -10,8 +10,12 @@
 - In pytest the ``local_segment`` fixture (a started :class:`LocalSegment`, stopped after the
   test) comes with the package: a ``pytest11`` plugin, no ``conftest.py`` needed. pytest is
   not needed to import this module.
+- :class:`LocalSelligent` serves Selligent Marketing Cloud's ``data/load`` on loopback
+  (lists with declared :class:`SelligentColumn` s, upsert by key, per-row validation,
+  ``401`` for a wrong ``X-ApiKey``, the same injectable faults) and keeps the rows to read
+  back; the ``local_selligent`` fixture gives a started one.
 - :func:`main` runs a :class:`LocalSegment` as a process:
-  ``python -m selligent_segment.testing --port 0``.
+  ``python -m selligent_segment.testing --port 0`` (``--selligent``: a LocalSelligent).
 
 See ``docs/testing.md``. Write keys never appear in a repr, an exception text or a log line
 of this package.
@@ -27,6 +31,7 @@ from selligent_segment.testing._faults import FaultKind as FaultKind  # the sign
 from selligent_segment.testing._faults import RateKey as RateKey  # importable here as before
 from selligent_segment.testing._faults import RatesLike as RatesLike  # (not in __all__)
 from selligent_segment.testing._local_segment import DroppedEvent, LocalSegment, RecordedRequest
+from selligent_segment.testing._local_selligent import LocalSelligent, RecordedLoad
 from selligent_segment.testing._mock_transport import (
     Handler,
     MockRequest,
@@ -40,6 +45,7 @@ from selligent_segment.testing._rules import (
     MAX_MESSAGE_ID_CHARS,
     MAX_REQUEST_BYTES,
 )
+from selligent_segment.testing._selligent_rules import SelligentColumn, SelligentList
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -53,14 +59,18 @@ __all__ = [
     "FaultPlan",
     "Handler",
     "LocalSegment",
+    "LocalSelligent",
     "MockRequest",
     "MockResponse",
     "MockTransport",
+    "RecordedLoad",
     "RecordedRequest",
+    "SelligentColumn",
+    "SelligentList",
     "main",
 ]
 
 if find_spec("pytest") is not None:  # the fixture, for `from ... import local_segment`
-    from selligent_segment.testing._plugin import local_segment
+    from selligent_segment.testing._plugin import local_segment, local_selligent
 
-    __all__ += ["local_segment"]
+    __all__ += ["local_segment", "local_selligent"]
