@@ -21,6 +21,7 @@ from selligent_segment._version import __version__
 from selligent_segment.cli._base import EXIT_TERMINATED, PROG, Command, err
 from selligent_segment.cli._dead_letters import DEAD_LETTERS
 from selligent_segment.cli._demo import DEMO
+from selligent_segment.cli._destination import DESTINATION
 from selligent_segment.cli._flush import FLUSH
 from selligent_segment.cli._send import SEND
 from selligent_segment.cli._status import SPOOL
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: tuple[Command, ...] = (SEND, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
+COMMANDS: tuple[Command, ...] = (SEND, FLUSH, SPOOL, DEAD_LETTERS, DEMO, DESTINATION)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -170,7 +170,7 @@ class TenantConfig:
             return None
         value = self.environ.get(self.shared_secret_env)
         if not value:
-            raise ConfigurationError(self.shared_secret_env, f"not set (tenant {self.name})")
+            raise ConfigurationError(self.shared_secret_env, f"is not set (tenant {self.name})")
         return value.encode()
 
     def api_key(self) -> str:
@@ -206,7 +206,7 @@ class DestinationConfig:
 
 def _api_key_problem(value: str | None) -> str | None:
     if not value:
-        return "not set"
+        return "is not set"
     secret_key, sep, secret = value.partition(":")
     if not sep or not secret_key.strip() or not secret.strip():
         return "does not hold key:secret"
