@@ -8,12 +8,15 @@ become rows of that customer's Selligent lists, through a per-customer mapping.
 - :func:`map_event` turns one event into a :class:`MappedRow` (strings, as Selligent's
   ``data/load`` takes them), a :class:`Skipped` with its reason, or raises
   :class:`RowError` (a dead letter naming the column and the missing source).
+- :func:`check_samples` maps sample events (:data:`SAMPLE_EVENTS`, or a customer's own)
+  through every tenant, as ``selligent-segment destination check`` does.
 
 See ``docs/destination.md``.
 """
 
 from __future__ import annotations
 
+from selligent_segment.destination._check import SAMPLE_EVENTS, SampleOutcome, check_samples
 from selligent_segment.destination._config import (
     ConfigProblem,
     DestinationConfig,
@@ -29,6 +32,7 @@ from selligent_segment.destination._seed import SEED_FIELDS, SEED_KEYS, SELLIGEN
 from selligent_segment.destination._source import Source, ValueProblem
 
 __all__ = [
+    "SAMPLE_EVENTS",
     "SEED_FIELDS",
     "SEED_KEYS",
     "SELLIGENT_EMAIL_EVENTS",
@@ -38,11 +42,13 @@ __all__ = [
     "Field",
     "MappedRow",
     "RowError",
+    "SampleOutcome",
     "Skipped",
     "Source",
     "TableMapping",
     "TenantConfig",
     "ValueProblem",
+    "check_samples",
     "load_config",
     "map_event",
     "parse_config",
