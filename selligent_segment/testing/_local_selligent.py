@@ -351,20 +351,23 @@ class LocalSelligent:
             self._cond.notify_all()
 
     def _upsert(
-        self, list_name: str, request: LoadRequest, valid: Sequence[tuple[int, dict[str, str]]]
+        self, list_name: str, request: LoadRequest, valid: Sequence[list[str]]
     ) -> tuple[int, int, int]:
         """Upsert the valid rows; (inserted, updated, duplicates within the request)."""
-        key_fields = request.key_fields
-        chosen: dict[tuple[str, ...], dict[str, str]] = {}
+        fields, key_fields = request.fields, request.key_fields
+        positions = [fields.index(k) for k in key_fields]
+        chosen: dict[tuple[str, ...], list[str]] = {}
         duplicates = 0
-        for _, row in valid:
-            key = tuple(row[f] for f in key_fields)
+        first_match = request.first_match
+        for row in valid:
+            key = tuple([row[p] for p in positions])
             if key in chosen:
                 duplicates += 1
-                if request.first_match:
+                if first_match:
                     continue
             chosen[key] = row
         inserted = updated = 0
+        store = self._store_rows
         with self._cond:
             table = self._tables.get(list_name)
             if table is None:
@@ -374,13 +377,15 @@ class LocalSelligent:
                 existing = index.get(key)
                 if existing is None:
                     if request.option != "OnlyUpdate":
-                        if not self._store_rows:
-                            row = {f: row[f] for f in key_fields}
-                        table.insert(row)
+                        table.insert(
+                            dict(zip(fields, row, strict=True))
+                            if store
+                            else dict(zip(key_fields, key, strict=True))
+                        )
                         inserted += 1
                 elif request.option != "OnlyInsert":
-                    if self._store_rows:
-                        existing.update(row)
+                    if store:
+                        existing.update(zip(fields, row, strict=True))
                     updated += 1
             self._n_inserted += inserted
             self._n_updated += updated
