@@ -200,3 +200,59 @@ def test_a_key_naming_a_column_twice_is_a_problem() -> None:
         }
     )
     assert [p.reason for p in problems] == ["key names a column twice"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"selligent_url": None}, "selligent_url is required"),
+        ({"selligent_url": "https://x.slgnt.eu/?a=1"}, "no query, fragment or credentials"),
+        ({"selligent_url": "https://x.slgnt.eu:99999"}, "not a URL"),
+        ({"selligent_url": "acme.slgnt.eu"}, "must be an https:// URL"),
+        ({"organization": "a/b"}, "organization is required"),
+        ({"api_key_env": None}, "api_key_env is required"),
+        ({"shared_secret_env": 5}, "shared_secret_env must name an environment variable"),
+        ({"load_back_selligent_events": "yes"}, "load_back_selligent_events must be true"),
+        ({"identify": "CONTACTS"}, "must be a table"),
+        ({"identify": {"fields": {"customer_id": "$.userId"}}}, "list is required"),
+        ({"identify": {"list": "C", "fields": {}}}, "fields must be a table"),
+        ({"identify": {"list": "C", "key": []}}, "key must be a column name or a list"),
+        ({"track": {"list": "E", "events": ["ok", 3]}}, "events must be a non-empty list"),
+    ],
+)
+def test_each_tenant_setting_is_checked(overrides: dict[str, Any], reason: str) -> None:
+    problems = problems_of({"tenants": {"acme": tenant(**overrides)}})
+    assert any(reason in p.reason for p in problems), problems
+    assert all(p.tenant == "acme" for p in problems)
+
+
+def test_a_tenant_that_is_not_a_table_and_a_bad_name_are_problems() -> None:
+    problems = problems_of({"tenants": {"acme": "x", "-bad": tenant()}})
+    assert [(p.tenant, p.reason.split(":")[0]) for p in problems] == [
+        ("acme", "must be a table"),
+        ("-bad", "a tenant name is 1 to 64 letters, digits, '_', '.', '-', starting alphanumeric"),
+    ]
+
+
+def test_secret_accessors_name_the_variable_when_it_is_unset_or_broken() -> None:
+    env = {"KEY": "k:s\nX-Evil: 1", "SECRET": ""}
+    config = parse_config(
+        {"tenants": {"acme": tenant(shared_secret_env="SECRET")}}, env, require_secrets=False
+    )
+    acme = config.tenants["acme"]
+    with pytest.raises(ConfigurationError, match="SECRET: is not set"):
+        acme.shared_secret()
+    with pytest.raises(ConfigurationError, match="KEY: holds a line break") as info:
+        acme.api_key()
+    assert "Evil" not in str(info.value)
+    without = parse_config({"tenants": {"acme": tenant()}}, {"KEY": "k:s"})
+    assert without.tenants["acme"].shared_secret() is None
+    assert without.tenants["acme"].mapping("identify") is without.tenants["acme"].identify
+    assert without.tenants["acme"].mapping("page") is None
+
+
+def test_secrets_are_read_when_asked_not_copied_at_load() -> None:
+    env = {"KEY": "old:one"}
+    acme = parse_config({"tenants": {"acme": tenant()}}, env).tenants["acme"]
+    env["KEY"] = "new:two"
+    assert acme.api_key() == "new:two"

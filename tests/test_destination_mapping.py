@@ -281,3 +281,54 @@ def test_invalid_sources_say_why(spec: object, reason: str) -> None:
     problems = compile_source(spec)
     assert isinstance(problems, list)
     assert any(reason in p for p in problems), problems
+
+
+def test_paths_through_lists_and_non_objects_resolve_to_nothing() -> None:
+    event = {"a": {"b": {"c": "deep"}}, "l": [{"x": [1, 2]}], "s": "text"}
+    assert resolve("$.a.b.c", event) == "deep"
+    assert resolve("$.a.b.c.d", event) is None
+    assert resolve("$.a.x.c", event) is None
+    assert resolve("$.s.b.c", event) is None
+    assert resolve("$.a.b.c.d.e", {"a": {"b": {"c": {"d": {"e": 5}}}}}) == "5"
+    assert resolve("$.a.b.c.d.e", {"a": {"b": "x"}}) is None
+    assert resolve("$.a.b.c.d.e", {"a": {"b": {"c": {}}}}) is None
+    assert resolve("$.l[0].x[1]", event) == "2"
+    assert resolve("$.l[0].y[1]", event) is None
+    assert resolve("$.s[0]", event) is None
+    assert resolve("$.l[0].x[1].z", event) is None
+    assert resolve("$", {"k": 1}) == '{"k":1}'
+
+
+def test_formats_keep_booleans_and_reject_what_they_cannot_read() -> None:
+    assert resolve({"path": "$.b", "format": "boolean"}, {"b": False}) == "false"
+    assert resolve({"path": "$.b", "format": "boolean"}, {"b": 0}) == "false"
+    assert resolve({"path": "$.b", "format": "boolean"}, {"b": "NO"}) == "false"
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "1e3"}) == "1000"
+    assert resolve({"path": "$.d", "format": "date"}, {"d": "2026-11-30T10:00:00"}) == (
+        "2026-11-30"
+    )
+    assert resolve({"path": "$.d", "format": "date"}, {"d": None}) == ""
+    from selligent_segment.destination import ValueProblem
+
+    for value in ("inf", "nan", {"x": 1}):
+        with pytest.raises(ValueProblem, match="not a number"):
+            resolve({"path": "$.n", "format": "number"}, {"n": value})
+    with pytest.raises(ValueProblem, match="not an ISO-8601 date"):
+        resolve({"path": "$.d", "format": "date"}, {"d": "2026-13-45"})
+
+
+def test_more_invalid_sources() -> None:
+    for spec, reason in [
+        ({"template": 5}, "template must be a string"),
+        ({"template": "{{a b}}"}, "is not a path"),
+        ({"path": 5}, "path must be a path string"),
+        ({"path": "$.a", "format": "money"}, "format 'money' is not one of"),
+    ]:
+        problems = compile_source(spec)
+        assert isinstance(problems, list)
+        assert any(reason in p for p in problems), (spec, problems)
+    source = compile_source({"path": "$.a", "fallback": ["$.b", "$.c"]})
+    assert isinstance(source, Source)
+    assert source.paths == ("$.a", "$.b", "$.c")
+    assert source.resolve({"c": "third"}) == "third"
+    assert source.resolve({"a": None}) == ""  # a null found, nothing better after it

@@ -325,3 +325,142 @@ def test_the_process_mode_serves_loads_and_stops_when_stdin_closes() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("column_type", "good", "bad"),
+    [
+        ("Numeric", "-12", "1.5"),
+        ("Long", "9007199254740993", "x"),
+        ("Float", "1.5e3", "one"),
+        ("Boolean", "TRUE", "yes"),
+        ("Date", "2026-11-30", "30/11/2026"),
+        ("DateTime", "2026-11-30T10:00:00.000Z", "2026-11-30 25:00"),
+        ("Json", '{"a": [1]}', "{a}"),
+        ("LongText", "anything at all", None),
+    ],
+)
+def test_each_column_type_is_checked(
+    http: urllib3.PoolManager, column_type: Any, good: str, bad: str | None
+) -> None:
+    lists = [SelligentList("L", ("id", SelligentColumn("v", column_type)))]
+    with LocalSelligent(lists=lists) as server:
+        rows = [["1", good], ["2", ""]] + ([["3", bad]] if bad is not None else [])
+        answer = orjson.loads(
+            load(http, server, rows, list_name="L", query="keyFields=id&fields=id,v").data
+        )
+        failed = [(r["record_index"], r["validation_code"]) for r in answer["invalid_records"]]
+        assert failed == ([(2, "InvalidType")] if bad is not None else [])
+        assert [r["v"] for r in server.rows("L")] == [good, ""]
+
+
+def test_more_unreadable_requests_are_400_validation_failed(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    base = "keyFields=id&fields=id,v"
+    for rows, query in [
+        ([["1", "a"]], base + "&deduplication=Never"),
+        ([["1", "a"]], base + "&mode=Batch"),
+        ([[1, 2]], "keyFields=id"),  # no fields and no header row
+        ([["1", "a"]], "keyFields=id&fields=id,id"),
+    ]:
+        answer = load(http, local_selligent, rows, query=query)
+        assert answer.status == 400, query
+        assert orjson.loads(answer.data)["result_code"] == "ValidationFailed"
+
+
+def test_other_routes_and_paths_are_404_and_bad_control_bodies_400(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    url = local_selligent.url
+    assert http.request("GET", f"{url}/nowhere").status == 404
+    assert http.request("POST", f"{url}/nowhere", body=b"").status == 404
+    short = f"{url}/Portal/Api/organizations/acme/data/load"
+    assert http.request("POST", short, body=b"[]", headers={"X-ApiKey": "a:b"}).status == 404
+    assert http.request("POST", f"{url}/_faults", body=b'{"rates": 5}').status == 400
+    assert [r.status for r in local_selligent.requests] == [404]
+
+
+def test_status_faults_carry_retry_after_and_a_reset_outside_429(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    local_selligent.set_faults(
+        FaultPlan(
+            script=[
+                Fault.http(503, retry_after=3, x_ratelimit_reset=9),
+                Fault.http(500, delay=0.01),
+                Fault.latency(0.01),
+            ]
+        )
+    )
+    first = load(http, local_selligent, [])
+    assert (first.status, first.headers["Retry-After"], first.headers["X-RateLimit-Reset"]) == (
+        503,
+        "3",
+        "9",
+    )
+    second = load(http, local_selligent, [])
+    assert orjson.loads(second.data)["result_code"] == "InternalServerError"
+    assert load(http, local_selligent, []).status == 200
+
+
+def test_lifecycle_errors_and_the_latency_option(http: urllib3.PoolManager) -> None:
+    with pytest.raises(ValueError, match="latency"):
+        LocalSelligent(latency=-1)
+    server = LocalSelligent(latency=0.01, lists={"L": ["id"]})
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = server.port
+    assert repr(server) == "<LocalSelligent stopped>"
+    with server:
+        with pytest.raises(RuntimeError, match="already started"):
+            server.start()
+        assert load(
+            http, server, [["1"]], list_name="L", query="keyFields=id&fields=id"
+        ).status == (200)
+        assert server.wait_for_requests(1, timeout=5)
+        assert server.wait_for_arrivals(1, timeout=5)
+        assert server.wait_for_rows(1, timeout=5)
+        assert not server.wait_for_rows(2, "L", timeout=0)
+        assert server.row("OTHER", id="1") is None
+    server.stop()  # idempotent
+
+
+def test_a_list_upserted_on_two_different_keys_indexes_both(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    by_id = "keyFields=id&fields=id,email"
+    load(http, local_selligent, [["1", "a@example.com"]], list_name="L", query=by_id)
+    by_email = "keyFields=email&fields=email,name"
+    load(http, local_selligent, [["a@example.com", "Ann"]], list_name="L", query=by_email)
+    load(http, local_selligent, [["b@example.com", "Bob"]], list_name="L", query=by_email)
+    load(http, local_selligent, [["2", "c@example.com"]], list_name="L", query=by_id)
+    assert local_selligent.rows("L") == [
+        {"id": "1", "email": "a@example.com", "name": "Ann"},
+        {"email": "b@example.com", "name": "Bob"},
+        {"id": "2", "email": "c@example.com"},
+    ]
+    assert local_selligent.row("L", email="c@example.com") == {"id": "2", "email": "c@example.com"}
+
+
+def test_store_rows_false_keeps_keys_and_exact_counts(http: urllib3.PoolManager) -> None:
+    with LocalSelligent(store_rows=False, record_requests=False) as server:
+        query = "keyFields=id&fields=id,v"
+        load(http, server, [["1", "a"], ["2", "b"]], list_name="L", query=query)
+        answer = orjson.loads(load(http, server, [["1", "c"]], list_name="L", query=query).data)
+        assert answer["number_of_updated_records"] == 1
+        assert server.rows("L") == [{"id": "1"}, {"id": "2"}]
+        assert server.stats()["rows"] == 2
+        assert server.requests == []
+
+
+def test_lists_from_json_shapes() -> None:
+    assert SelligentList.from_json("L", ["a", "b"]).columns == (
+        SelligentColumn("a"),
+        SelligentColumn("b"),
+    )
+    with pytest.raises(ValueError, match="expected an object"):
+        SelligentList.from_json("L", 5)
+    with pytest.raises(ValueError, match="expected a type"):
+        SelligentList.from_json("L", {"a": 5})
+    with pytest.raises(ValueError, match="max_length"):
+        SelligentColumn("a", "Text", 0)
