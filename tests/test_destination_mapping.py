@@ -297,6 +297,11 @@ def test_paths_through_lists_and_non_objects_resolve_to_nothing() -> None:
     assert resolve("$.s[0]", event) is None
     assert resolve("$.l[0].x[1].z", event) is None
     assert resolve("$", {"k": 1}) == '{"k":1}'
+    assert resolve("$.s.b", event) is None
+    assert resolve("$.a.b", event) == '{"c":"deep"}'
+    assert resolve("$.a.q", event) is None
+    assert resolve("$.n", {"n": 7}) == "7"
+    assert resolve("$.n", {}) is None
 
 
 def test_formats_keep_booleans_and_reject_what_they_cannot_read() -> None:
@@ -332,3 +337,16 @@ def test_more_invalid_sources() -> None:
     assert source.paths == ("$.a", "$.b", "$.c")
     assert source.resolve({"c": "third"}) == "third"
     assert source.resolve({"a": None}) == ""  # a null found, nothing better after it
+
+
+def test_hostile_event_names_and_types_are_skipped_not_raised() -> None:
+    tenant = make_tenant(track={"list": "E", "events": ["Order Completed"]})
+    base = {"type": "track", "messageId": "m", "userId": "u"}
+    assert map_event(tenant, {**base, "event": ["a", "list"]}) == Skipped(
+        "event None is not in track.events"
+    )
+    unfiltered = map_event(make_tenant(), {**base, "event": {"an": "object"}})
+    assert isinstance(unfiltered, MappedRow)  # loaded as any event; its name as JSON
+    long_type = map_event(tenant, {"type": "x" * 500, "messageId": "m"})
+    assert isinstance(long_type, Skipped)
+    assert len(long_type.reason) < 120

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import SelligentSegmentError
+from selligent_segment._errors import SelligentSegmentError, shown
 from selligent_segment.destination._config import Field, Kind, TableMapping, TenantConfig
 from selligent_segment.destination._seed import SELLIGENT_EMAIL_EVENTS
 from selligent_segment.destination._source import ValueProblem
@@ -84,8 +84,10 @@ def map_event(tenant: TenantConfig, event: Mapping[str, Any]) -> MappedRow | Ski
         if mapping is None:
             return Skipped("type track is not loaded (no track table)")
         name = event.get("event")
+        if not isinstance(name, str):  # an unhashable name must not raise below
+            name = None
         if mapping.events is not None and name not in mapping.events:
-            return Skipped(f"event {name!r} is not in track.events")
+            return Skipped(f"event {shown(name)} is not in track.events")
         if (
             name in SELLIGENT_EMAIL_EVENTS
             and not tenant.load_back_selligent_events
@@ -97,7 +99,7 @@ def map_event(tenant: TenantConfig, event: Mapping[str, Any]) -> MappedRow | Ski
         if mapping is None:
             return Skipped("type identify is not loaded (no identify table)")
     elif isinstance(kind, str):
-        return Skipped(f"type {kind[:40]} is not loaded")
+        return Skipped(f"type {shown(kind, quote=False, limit=40)} is not loaded")
     else:
         return _NO_TYPE
     message_id = event.get("messageId")
