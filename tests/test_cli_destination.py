@@ -146,3 +146,15 @@ def test_the_group_requires_a_subcommand(capsys: pytest.CaptureFixture[str]) -> 
         main(["destination", "--help"])
     assert info.value.code == 0
     assert "validate a destination config file" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("secrets")
+def test_tenant_restricts_the_samples_to_the_named_tenants(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["destination", "check", "--config", EXAMPLE, "--tenant", "globex"]) == 0
+    out = capsys.readouterr().out
+    assert "tenant globex, sample built-in identify" in out
+    assert "tenant acme" not in out
+    assert main(["destination", "check", "--config", EXAMPLE, "--tenant", "initech"]) == 2
+    assert "no tenant initech" in capsys.readouterr().err

@@ -64,6 +64,13 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
         "--no-builtin-samples", action="store_true", help="map only the --events samples"
     )
     parser.add_argument(
+        "--tenant",
+        action="append",
+        dest="tenants",
+        metavar="NAME",
+        help="map the samples for this tenant only (repeatable; default: every tenant)",
+    )
+    parser.add_argument(
         "--skip-secrets",
         action="store_true",
         help="do not require the secrets' environment variables to be set",
@@ -101,7 +108,11 @@ def _read_events(path: str) -> Iterator[tuple[str, Mapping[str, Any] | str]]:
 
 def _run_check(args: argparse.Namespace) -> int:
     from selligent_segment.destination._check import SAMPLE_EVENTS, check_samples
-    from selligent_segment.destination._config import DestinationConfigError, load_config
+    from selligent_segment.destination._config import (
+        DestinationConfig,
+        DestinationConfigError,
+        load_config,
+    )
     from selligent_segment.destination._mapping import MappedRow, Skipped
 
     try:
@@ -113,6 +124,14 @@ def _run_check(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         err(f"{PROG}: {len(exc.problems)} problem(s) in {args.config}")
         return EXIT_INVALID
+
+    if args.tenants:
+        unknown = [name for name in args.tenants if name not in config.tenants]
+        if unknown:
+            err(f"{PROG}: --tenant: no tenant {', '.join(unknown)} in {args.config}")
+            return EXIT_USAGE
+        chosen = {name: config.tenants[name] for name in args.tenants}
+        config = DestinationConfig(chosen, config.source)
 
     samples: list[tuple[str, Mapping[str, Any]]] = []
     bad_lines: list[str] = []

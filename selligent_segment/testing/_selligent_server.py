@@ -52,6 +52,8 @@ class SelligentServer(LoopbackServer):
 
     def __init__(self, host: str, port: int, owner: LocalSelligent) -> None:
         self.owner = owner
+        # LoopbackServer keeps its owner as ``segment`` (typed LocalSegment); this server's
+        # handler reads ``owner`` instead, and the base class only stores it.
         super().__init__(host, port, cast(Any, owner))
         self.RequestHandlerClass = SelligentHandler
 
