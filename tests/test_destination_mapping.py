@@ -350,3 +350,10 @@ def test_hostile_event_names_and_types_are_skipped_not_raised() -> None:
     long_type = map_event(tenant, {"type": "x" * 500, "messageId": "m"})
     assert isinstance(long_type, Skipped)
     assert len(long_type.reason) < 120
+
+
+def test_values_orjson_refuses_still_become_json() -> None:
+    assert to_text([2**70, {"a": 1}]) == f'[{2**70},{{"a":1}}]'
+    fused = compile_source({"path": "$.v", "format": "json"})
+    assert isinstance(fused, Source)
+    assert fused.resolve({"v": {"big": -(2**80)}}) == f'{{"big":{-(2**80)}}}'

@@ -15,6 +15,7 @@ and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
@@ -167,7 +168,16 @@ def to_text(value: Any) -> str:
         if value.is_integer() and abs(value) < 1e16:
             return str(int(value))
         return repr(value)
-    return orjson.dumps(value).decode()
+    return _json(value)
+
+
+def _json(value: Any) -> str:
+    """Compact JSON; integers beyond 64 bits (which orjson refuses, and only a parser
+    other than orjson can produce) through the standard library."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _parse_moment(value: Any) -> datetime | date:
@@ -236,7 +246,7 @@ def _as_boolean(value: Any) -> str:
 
 
 def _as_json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return _json(value)
 
 
 _FORMATTERS: Mapping[str, Callable[[Any], str]] = {
