@@ -252,6 +252,8 @@ def test_literals_formats_lower_and_max_length() -> None:
         ({"path": "$.v", "format": "number"}, True, "not a number"),
         ({"path": "$.v", "format": "boolean"}, "maybe", "not a boolean"),
         ({"path": "$.v", "format": "date"}, 19900501, "not a date"),
+        ({"path": "$.v", "format": "date"}, "0001-01-01T00:00:00+01:00", "out of range"),
+        ({"path": "$.v", "format": "datetime"}, "9999-12-31T23:59:59-01:00", "out of range"),
     ],
 )
 def test_unreadable_values_raise_value_problem(spec: object, value: object, reason: str) -> None:

@@ -58,7 +58,19 @@ SCALARS = st.one_of(
     st.integers(-(10**20), 10**20),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=20),
-    st.sampled_from(["2026-11-30T10:00:00Z", "2026-11-30", "12", "true", ""]),
+    st.sampled_from(
+        [
+            "2026-11-30T10:00:00Z",
+            "2026-11-30",
+            "2026-11-30T10:00:00",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "12",
+            "1e400",
+            "true",
+            "",
+        ]
+    ),
 )
 JSON = st.recursive(
     SCALARS,
@@ -74,9 +86,10 @@ EVENTS = st.builds(
         optional={
             "messageId": st.one_of(st.text(min_size=1, max_size=10), JSON),
             "userId": st.one_of(st.text(max_size=10), JSON),
+            "timestamp": JSON,
             "event": st.one_of(st.sampled_from(["Order Completed", "Email Opened"]), JSON),
-            "traits": st.dictionaries(NAMES, JSON, max_size=5),
-            "properties": st.dictionaries(NAMES, JSON, max_size=5),
+            "traits": st.dictionaries(NAMES | st.just("birthday"), JSON, max_size=5),
+            "properties": st.dictionaries(NAMES | st.just("total"), JSON, max_size=5),
         },
     ),
 )

@@ -198,9 +198,16 @@ def _as_date(value: Any) -> str:
     moment = _parse_moment(value)
     if isinstance(moment, datetime):
         if moment.tzinfo is not None:
-            moment = moment.astimezone(_UTC)
+            moment = _in_utc(moment, value)
         return moment.date().isoformat()
     return moment.isoformat()
+
+
+def _in_utc(moment: datetime, value: Any) -> datetime:
+    try:
+        return moment.astimezone(_UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        raise ValueProblem(f"out of range once converted to UTC: {shown(value)}") from None
 
 
 def _as_datetime(value: Any) -> str:
@@ -209,7 +216,7 @@ def _as_datetime(value: Any) -> str:
         moment = datetime(moment.year, moment.month, moment.day, tzinfo=_UTC)
     elif moment.tzinfo is None:
         raise ValueProblem(f"a date-time without a UTC offset: {shown(value)}")
-    return format_timestamp(moment)
+    return format_timestamp(_in_utc(moment, value))
 
 
 def _as_number(value: Any) -> str:
