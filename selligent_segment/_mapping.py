@@ -179,11 +179,13 @@ class EncodedMessage:
     """One track message serialised once to compact JSON, ready to spool and send.
 
     Guarantee: ``body`` is valid JSON of at most :data:`MAX_MESSAGE_BYTES` bytes.
+    ``kind`` is an :class:`EventKind` here; another producer sharing the spool (the
+    destination's rows: ``identify``/``track``) may put its own kind as text.
     """
 
     tenant: str
     message_id: str
-    kind: EventKind
+    kind: EventKind | str
     body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
 
 

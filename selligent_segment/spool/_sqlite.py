@@ -74,6 +74,9 @@ _MIN_BYTES = 64 * 1024
 #: How often the same ERROR line about an unusable file may repeat from upkeep.
 _REPORT_EVERY = 10.0
 
+# A row's kind as an EventKind when it is one (another producer's kind stays text).
+_KINDS: dict[str, EventKind | str] = {k.value: k for k in EventKind}
+
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
 
@@ -287,7 +290,7 @@ class SqliteSpool(ForkSafe):
         size = 0
         for rowid, message_id, kind, body in entries:
             if message_id:
-                message = EncodedMessage(tenant, message_id, EventKind(kind), body)
+                message = EncodedMessage(tenant, message_id, _KINDS.get(kind, kind), body)
             else:  # a journal record: it becomes a message now
                 try:
                     message = self._decoder(body)
