@@ -8,6 +8,9 @@ become rows of that customer's Selligent lists, through a per-customer mapping.
 - :func:`map_event` turns one event into a :class:`MappedRow` (strings, as Selligent's
   ``data/load`` takes them), a :class:`Skipped` with its reason, or raises
   :class:`RowError` (a dead letter naming the column and the missing source).
+- :class:`Loader` journals mapped rows durably and loads them into each tenant's lists
+  (``data/load``) through the library's spool file and dispatcher, with
+  :class:`SelligentTransport`.
 - :func:`check_samples` maps sample events (:data:`SAMPLE_EVENTS`, or a customer's own)
   through every tenant, as ``selligent-segment destination check`` does.
 
@@ -27,9 +30,11 @@ from selligent_segment.destination._config import (
     load_config,
     parse_config,
 )
+from selligent_segment.destination._loader import DeadRow, Loader, LoaderSettings
 from selligent_segment.destination._mapping import MappedRow, RowError, Skipped, map_event
 from selligent_segment.destination._seed import SEED_FIELDS, SEED_KEYS, SELLIGENT_EMAIL_EVENTS
 from selligent_segment.destination._source import Source, ValueProblem
+from selligent_segment.destination._transport import SelligentTransport
 
 __all__ = [
     "SAMPLE_EVENTS",
@@ -37,12 +42,16 @@ __all__ = [
     "SEED_KEYS",
     "SELLIGENT_EMAIL_EVENTS",
     "ConfigProblem",
+    "DeadRow",
     "DestinationConfig",
     "DestinationConfigError",
     "Field",
+    "Loader",
+    "LoaderSettings",
     "MappedRow",
     "RowError",
     "SampleOutcome",
+    "SelligentTransport",
     "Skipped",
     "Source",
     "TableMapping",
