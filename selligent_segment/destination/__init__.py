@@ -11,6 +11,8 @@ become rows of that customer's Selligent lists, through a per-customer mapping.
 - :class:`Loader` journals mapped rows durably and loads them into each tenant's lists
   (``data/load``) through the library's spool file and dispatcher, with
   :class:`SelligentTransport`.
+- :class:`Receiver` is the ASGI application Segment's Webhooks destination posts to
+  (``POST /segment/{tenant}``): signatures checked, every event journaled before ``200``.
 - :func:`check_samples` maps sample events (:data:`SAMPLE_EVENTS`, or a customer's own)
   through every tenant, as ``selligent-segment destination check`` does.
 
@@ -32,6 +34,7 @@ from selligent_segment.destination._config import (
 )
 from selligent_segment.destination._loader import DeadRow, Loader, LoaderSettings
 from selligent_segment.destination._mapping import MappedRow, RowError, Skipped, map_event
+from selligent_segment.destination._receiver import Receiver
 from selligent_segment.destination._seed import SEED_FIELDS, SEED_KEYS, SELLIGENT_EMAIL_EVENTS
 from selligent_segment.destination._source import Source, ValueProblem
 from selligent_segment.destination._transport import SelligentTransport
@@ -49,6 +52,7 @@ __all__ = [
     "Loader",
     "LoaderSettings",
     "MappedRow",
+    "Receiver",
     "RowError",
     "SampleOutcome",
     "SelligentTransport",
