@@ -33,6 +33,9 @@ from selligent_segment.cli._base import (
     out,
     print_json,
 )
+from selligent_segment.cli._destination_config import load_or_report
+from selligent_segment.cli._destination_replay import REPLAY
+from selligent_segment.cli._destination_serve import SERVE
 
 __all__ = ["CHECK", "DESTINATION", "SUBCOMMANDS"]
 
@@ -108,22 +111,13 @@ def _read_events(path: str) -> Iterator[tuple[str, Mapping[str, Any] | str]]:
 
 def _run_check(args: argparse.Namespace) -> int:
     from selligent_segment.destination._check import SAMPLE_EVENTS, check_samples
-    from selligent_segment.destination._config import (
-        DestinationConfig,
-        DestinationConfigError,
-        load_config,
-    )
+    from selligent_segment.destination._config import DestinationConfig
     from selligent_segment.destination._mapping import MappedRow, Skipped
 
-    try:
-        config = load_config(args.config, require_secrets=not args.skip_secrets)
-    except DestinationConfigError as exc:
-        unreadable = len(exc.problems) == 1 and exc.problems[0].reason.startswith("cannot read")
-        err(str(exc))
-        if unreadable:
-            return EXIT_USAGE
-        err(f"{PROG}: {len(exc.problems)} problem(s) in {args.config}")
-        return EXIT_INVALID
+    loaded = load_or_report(args.config, require_secrets=not args.skip_secrets)
+    if isinstance(loaded, int):
+        return loaded
+    config = loaded
 
     if args.tenants:
         unknown = [name for name in args.tenants if name not in config.tenants]
@@ -204,7 +198,7 @@ CHECK = Command(
 )
 
 #: The group's subcommands, in the order ``--help`` lists them: add one here.
-SUBCOMMANDS: tuple[Command, ...] = (CHECK,)
+SUBCOMMANDS: tuple[Command, ...] = (CHECK, SERVE, REPLAY)
 
 
 def _configure_group(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +222,7 @@ def _run_group(args: argparse.Namespace) -> int:
 
 DESTINATION = Command(
     name="destination",
-    help="Selligent's Segment destination: check a config (more subcommands inside)",
+    help="Selligent's Segment destination: check a config, serve, replay, demo",
     description="Segment identify and track calls into each customer's Selligent lists.",
     epilog="Run `selligent-segment destination COMMAND --help` for each command.",
     configure=_configure_group,
