@@ -205,3 +205,17 @@ def test_replay_needs_a_tenant_when_there_are_several(
     args = ["destination", "replay", "--config", str(config_file), str(tmp_path / "x.jsonl")]
     assert main(args) == 2
     assert "--tenant is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_destination_demo_loads_both_customers_rows_through_an_outage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["destination", "demo"]) == 0
+    printed = capsys.readouterr().out
+    assert "Selligent is down (503)" in printed
+    assert "list CONTACTS (32 rows, upserted on customer_id)" in printed
+    assert "list GLOBEX_CONTACTS (30 rows, upserted on customer_id)" in printed
+    assert "list GLOBEX_EVENTS (60 rows, upserted on event_id)" in printed
+    assert "25 duplicates dropped" in printed
+    assert "demo-secret" not in printed

@@ -34,6 +34,7 @@ from selligent_segment.cli._base import (
     print_json,
 )
 from selligent_segment.cli._destination_config import load_or_report
+from selligent_segment.cli._destination_demo import DEMO
 from selligent_segment.cli._destination_replay import REPLAY
 from selligent_segment.cli._destination_serve import SERVE
 
@@ -198,7 +199,7 @@ CHECK = Command(
 )
 
 #: The group's subcommands, in the order ``--help`` lists them: add one here.
-SUBCOMMANDS: tuple[Command, ...] = (CHECK, SERVE, REPLAY)
+SUBCOMMANDS: tuple[Command, ...] = (CHECK, SERVE, REPLAY, DEMO)
 
 
 def _configure_group(parser: argparse.ArgumentParser) -> None:
