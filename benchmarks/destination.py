@@ -222,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    parser.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra option for destination serve (repeatable), e.g. --serve-option=--threads=2",
+    )
     args = parser.parse_args(argv)
     size = QUICK if args.quick else FULL
     env = {**os.environ, **ENV}

@@ -52,6 +52,7 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
     from selligent_segment.destination._loader import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_LINGER,
+        DEFAULT_REQUESTS_PER_MINUTE,
         DEFAULT_THREADS,
     )
 
@@ -72,6 +73,13 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
         help=f"seconds a first row waits for a fuller batch (default {DEFAULT_LINGER})",
     )
     parser.add_argument(
+        "--requests-per-minute",
+        type=float,
+        default=DEFAULT_REQUESTS_PER_MINUTE,
+        metavar="N",
+        help=f"data/load requests per minute per API key (default {DEFAULT_REQUESTS_PER_MINUTE:,})",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
@@ -84,7 +92,12 @@ def loader_settings(args: argparse.Namespace) -> Any:
     """The :class:`LoaderSettings` of the parsed options (ConfigurationError if bad)."""
     from selligent_segment.destination._loader import LoaderSettings
 
-    return LoaderSettings(batch_size=args.batch_size, linger=args.linger, threads=args.threads)
+    return LoaderSettings(
+        batch_size=args.batch_size,
+        linger=args.linger,
+        threads=args.threads,
+        requests_per_minute=args.requests_per_minute,
+    )
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
