@@ -230,6 +230,7 @@ def test_rows_left_at_close_are_loaded_by_the_next_loader(
     assert local_selligent.row("INTERACTIONS", event_id="tr-1") is not None
 
 
+@pytest.mark.slow
 def test_the_request_cap_counts_every_load_request(
     config: DestinationConfig, local_selligent: LocalSelligent, tmp_path: Path
 ) -> None:

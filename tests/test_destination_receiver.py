@@ -60,12 +60,32 @@ def loader(config: DestinationConfig, tmp_path: Path) -> Iterator[Loader]:
     loader.close(2.0)
 
 
+class Switch:
+    """One uvicorn server for the module, serving each test's own Receiver (starting and
+    stopping uvicorn per test costs about 0.3 s)."""
+
+    app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Switch, str]]:
+    switch = Switch()
+    with serve_asgi(switch) as url:
+        yield switch, url
+
+
 @pytest.fixture
-def client(config: DestinationConfig, loader: Loader) -> Iterator[Client]:
-    with serve_asgi(Receiver(config, loader, max_body_bytes=64 * 1024)) as url:
-        client = Client(url)
-        yield client
-        client.http.clear()
+def client(
+    config: DestinationConfig, loader: Loader, served: tuple[Switch, str]
+) -> Iterator[Client]:
+    switch, url = served
+    switch.app = Receiver(config, loader, max_body_bytes=64 * 1024)
+    client = Client(url)
+    yield client
+    client.http.clear()
 
 
 def test_a_signed_event_is_journaled_and_loaded(
@@ -140,18 +160,21 @@ def test_a_body_over_the_limit_is_413(client: Client) -> None:
     assert "65,536 bytes" in answer["error"]
 
 
-def test_a_full_spool_is_503_and_keeps_nothing(config: DestinationConfig, tmp_path: Path) -> None:
+def test_a_full_spool_is_503_and_keeps_nothing(
+    config: DestinationConfig, tmp_path: Path, served: tuple[Switch, str]
+) -> None:
     settings = LoaderSettings(linger=0.01, max_spool_bytes=64 * 1024)
     loader = Loader(config, tmp_path / "small.spool", settings).start()
+    switch, url = served
+    switch.app = Receiver(config, loader)
     try:
-        with serve_asgi(Receiver(config, loader)) as url:
-            batch = [identify(n, lastName="x" * 2000) for n in range(60)]
-            status, answer = Client(url).post("acme", batch, secret=ACME)
-            assert status == 503
-            assert "full" in answer["error"]
-            assert loader.pending() == 0
-            status, _ = Client(url).post("acme", batch[:1], secret=ACME)
-            assert status == 200
+        batch = [identify(n, lastName="x" * 2000) for n in range(60)]
+        status, answer = Client(url).post("acme", batch, secret=ACME)
+        assert status == 503
+        assert "full" in answer["error"]
+        assert loader.pending() == 0
+        status, _ = Client(url).post("acme", batch[:1], secret=ACME)
+        assert status == 200
     finally:
         loader.close(0.1)
 
