@@ -1,11 +1,13 @@
 """Property-based tests of the destination mapping: any JSON event maps, skips or is a
-RowError (never another exception), and the fused fast paths equal the plain code."""
+RowError (never another exception), and the fused fast paths equal the plain code; a
+spooled row read by its bytes (the loader's transport) equals the row parsed whole."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from selligent_segment.destination import (
     load_config,
     map_event,
 )
+from selligent_segment.destination._rows import decode, read_row, row_payload, split_row
 from selligent_segment.destination._source import (
     _MISSING,
     Source,
@@ -27,6 +30,7 @@ from selligent_segment.destination._source import (
     parse_path,
     to_text,
 )
+from selligent_segment.destination._transport import _groups, _groups_by_row
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +161,119 @@ def test_unrolled_getters_equal_a_plain_walk(event: dict[str, Any], path: str) -
             break
         value = value[name]
     assert _getter(segments)(event) is value
+
+
+# -- the spooled row: read by bytes, equal to the plain parse -------------------------------
+
+TEXT = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from([',"values":[', ',"group":', '"]}]', "\\", '\\",', "\n", "é☃𝄞", "]}]"]),
+)
+ROWS = st.builds(
+    lambda tenant, kind, list_name, key, pairs, message_id: MappedRow(
+        tenant,
+        kind,
+        list_name,
+        tuple(key),
+        tuple(c for c, _ in pairs),
+        tuple(v for _, v in pairs),
+        message_id,
+    ),
+    TEXT,
+    st.sampled_from(["identify", "track"]),
+    TEXT,
+    st.lists(TEXT, min_size=1, max_size=2),
+    st.lists(st.tuples(TEXT, TEXT), max_size=5),
+    st.text(min_size=1, max_size=12) | st.just(',"values":'),
+)
+
+
+def _plain_groups(bodies: list[bytes]) -> dict[bytes, tuple[list[int], bytes]]:
+    """The transport's grouping and request body done the plain way: each row parsed
+    whole (read_row), grouped by its fields, the body serialised again."""
+    groups: dict[tuple[object, ...], list[int]] = {}
+    rows = [read_row(body) for body in bodies]
+    for index, row in enumerate(rows):
+        groups.setdefault((row.kind, row.list, row.key, row.columns), []).append(index)
+    return {
+        orjson.dumps([kind, name, list(key), list(columns)]): (
+            indexes,
+            orjson.dumps([rows[i].values for i in indexes]),
+        )
+        for (kind, name, key, columns), indexes in groups.items()
+    }
+
+
+@SETTINGS
+@given(rows=st.lists(ROWS, min_size=1, max_size=6))
+def test_spooled_rows_read_by_bytes_equal_the_plain_parse(rows: list[MappedRow]) -> None:
+    bodies = [row_payload(row) for row in rows]
+    for row, body in zip(rows, bodies, strict=True):
+        group, values = split_row(body)
+        assert orjson.loads(values) == list(row.values)
+        plain = read_row(body)
+        assert (plain.kind, plain.list, plain.key, plain.columns, plain.values) == (
+            row.kind,
+            row.list,
+            row.key_fields,
+            row.columns,
+            list(row.values),
+        )
+        assert group == orjson.dumps([row.kind, row.list, row.key_fields, row.columns])
+        # the spool's decoder (a journal replay) keeps the payload as it is
+        message = decode(body)
+        assert (message.tenant, message.message_id, message.kind) == (
+            row.tenant,
+            row.message_id,
+            row.kind,
+        )
+        assert message.body == body
+    groups, bad = _groups(bodies)
+    assert not bad
+    fast = {g: (r.indexes, b"[" + b",".join(r.values) + b"]") for g, r in groups.items()}
+    assert fast == _plain_groups(bodies)
+    assert list(fast) == list(_plain_groups(bodies))  # first appearance order
+    by_row, bad = _groups_by_row(bodies)
+    assert not bad
+    assert [(g, r.indexes, r.values) for g, r in by_row.items()] == [
+        (g, r.indexes, r.values) for g, r in groups.items()
+    ]
+
+
+@SETTINGS
+@given(row=ROWS)
+def test_a_payload_of_the_older_form_decodes_to_the_same_row(row: MappedRow) -> None:
+    older = orjson.dumps(
+        [
+            row.tenant,
+            None,
+            {
+                "type": row.kind,
+                "list": row.list,
+                "key": row.key_fields,
+                "columns": row.columns,
+                "values": row.values,
+                "messageId": row.message_id,
+            },
+        ]
+    )
+    message = decode(older)
+    assert (message.tenant, message.message_id, message.kind) == (
+        row.tenant,
+        row.message_id,
+        row.kind,
+    )
+    assert message.body == row_payload(row)
+
+
+@SETTINGS
+@given(body=st.binary(max_size=60) | TEXT.map(str.encode))
+def test_a_body_split_row_cannot_read_is_refused_never_misread(body: bytes) -> None:
+    try:
+        group, values = split_row(body)
+    except ValueError:
+        assert _groups([body]) == ({}, {0: "not a spooled row"})
+        return
+    groups, bad = _groups([body])
+    assert not bad
+    assert [(g, r.values) for g, r in groups.items()] == [(group, [values])]

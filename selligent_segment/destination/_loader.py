@@ -31,6 +31,7 @@ import attrs
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull, shown
+from selligent_segment._mapping import EncodedMessage, _new_message
 from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -43,7 +44,7 @@ from selligent_segment.destination._mapping import MappedRow
 from selligent_segment.destination._rows import decode, row_payload
 from selligent_segment.destination._transport import SelligentTransport
 from selligent_segment.spool._journal import Mark, frame
-from selligent_segment.spool._sqlite import DeadMessage, JournalRecord, SqliteSpool
+from selligent_segment.spool._sqlite import DeadMessage, SqliteSpool
 from selligent_segment.spool._statements import kind_of
 
 __all__ = ["DeadRow", "Loader", "LoaderSettings"]
@@ -107,8 +108,9 @@ class DeadRow:
     reason: str
 
 
-#: One journal write waiting for the ingest thread: the records, the dead letters, the mark.
-_Write = tuple[list[JournalRecord], list[DeadMessage], Mark, int]
+#: One journal write waiting for the ingest thread: the rows as spooled messages (each
+#: body its journal payload), the dead letters, the mark, the bytes written.
+_Write = tuple[list[EncodedMessage], list[DeadMessage], Mark, int]
 
 
 class Loader:
@@ -213,8 +215,12 @@ class Loader:
         data = b"".join([frame(p) for p in payloads] + [frame(d.payload) for d in dead])
         if not self.has_room(len(data)):
             raise SpoolFull(f"the spool file {self.path} is full")
-        records: list[JournalRecord] = [
-            (r.tenant, r.kind, p) for r, p in zip(rows, payloads, strict=True)
+        # Spooled as messages (messageId and kind set, the payload as body): a lease then
+        # reads no row. A replay of the journal spools them as records, which ``decode``
+        # makes the same messages.
+        records = [
+            _new_message(r.tenant, r.message_id, r.kind, p)
+            for r, p in zip(rows, payloads, strict=True)
         ]
         letters = [DeadMessage(d.tenant, d.message_id, d.kind, d.payload, d.reason) for d in dead]
         with self._lock:
@@ -274,7 +280,7 @@ class Loader:
         for _, _, (name, offset), _ in taken:
             marks[name] = offset
         try:
-            self.spool.put_many((), list(marks.items()), dead, records)
+            self.spool.put_many(records, list(marks.items()), dead)
         except BaseException:
             with self._lock:
                 self._inbox[:0] = taken
@@ -289,8 +295,9 @@ class Loader:
                 letter.reason,
             )
         if records:
-            tenants = list(dict.fromkeys(r[0] for r in records))
-            self.dispatcher.notify_put(tenants, sum(len(r[2]) for r in records) / len(records))
+            tenants = list(dict.fromkeys([m.tenant for m in records]))
+            mean = sum(map(len, [m.body for m in records])) / len(records)
+            self.dispatcher.notify_put(tenants, mean)
 
     def pending(self) -> int:
         """Rows journaled and not yet in the file."""
@@ -306,7 +313,7 @@ class Loader:
         with self._lock:
             for records, _, _, _ in self._inbox:
                 for record in records:
-                    queued[record[0]] = queued.get(record[0], 0) + 1
+                    queued[record.tenant] = queued.get(record.tenant, 0) + 1
         return queued
 
     def paused(self) -> dict[str, str]:

@@ -22,13 +22,16 @@ from selligent_segment._mapping import EncodedMessage
 
 __all__ = [
     "DeadMessage",
+    "HeadColumns",
     "JournalRecord",
     "bury",
     "execute_in_parts",
     "head",
+    "head_columns",
     "ids",
     "insert_dead",
     "insert_messages",
+    "insert_messages_sql",
     "insert_records_sql",
     "kind_of",
     "reject_sql",
@@ -106,12 +109,24 @@ def execute_in_parts(
         db.execute(sql(len(part)), [*shared, *itertools.chain.from_iterable(part)])
 
 
-def insert_messages(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
-    """Queue ``messages`` (encoded), accepted at ``now``."""
-    db.executemany(
-        "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES (?, ?, ?, ?, ?)",
-        [(m.tenant, m.message_id, kind_of(m.kind), m.body, now) for m in messages],
+@functools.lru_cache(maxsize=8)
+def insert_messages_sql(rows: int) -> str:
+    """``INSERT`` of ``rows`` encoded messages; parameter 1 is the time, then 4 per row."""
+    values = ", ".join(
+        f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, ?{4 * i + 5}, ?1)" for i in range(rows)
     )
+    sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
+    return sql + values
+
+
+def insert_messages(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
+    """Queue ``messages`` (encoded), accepted at ``now``, in their order (many rows to a
+    statement, as journal records: see ``_ROWS_PER_INSERT``)."""
+    rows = [
+        (m.tenant, m.message_id, m.kind if type(m.kind) is str else kind_of(m.kind), m.body)
+        for m in messages
+    ]
+    execute_in_parts(db, insert_messages_sql, (now,), rows)
 
 
 def insert_dead(db: sqlite3.Connection, dead: Sequence[DeadMessage], now: float) -> None:
@@ -153,11 +168,16 @@ _HEAD_SKIPPING = (
 )
 
 
-def head(
+#: The head of a queue as :func:`head_columns` reads it: row ids, message ids, kinds, body
+#: sizes, and the bodies end to end.
+HeadColumns = tuple[list[int], list[str], list[str], list[int], bytes]
+
+
+def head_columns(
     db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
-) -> list[tuple[int, str, str, bytes]]:
-    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``: (id,
-    message_id, kind, body).
+) -> HeadColumns:
+    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``, column by
+    column: (ids, message_ids, kinds, body sizes, the bodies concatenated).
 
     One aggregate row instead of a row per message: fetching steps once per row, and every
     step lets go of the GIL (see _ROWS_PER_INSERT), so a busy thread slows each one down.
@@ -167,15 +187,23 @@ def head(
     else:
         found = db.execute(_HEAD, (tenant, limit))
     rowids, message_ids, kinds, sizes, bodies = found.fetchone()
-    rows: list[tuple[int, str, str, bytes]] = []
-    pos = 0
-    for rowid, message_id, kind, size in zip(
+    return (
         orjson.loads(rowids),
         orjson.loads(message_ids),
         orjson.loads(kinds),
         orjson.loads(sizes),
-        strict=True,
-    ):
+        bodies or b"",
+    )
+
+
+def head(
+    db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
+) -> list[tuple[int, str, str, bytes]]:
+    """The rows of :func:`head_columns` one by one: (id, message_id, kind, body)."""
+    rowids, message_ids, kinds, sizes, bodies = head_columns(db, tenant, limit, skip)
+    rows: list[tuple[int, str, str, bytes]] = []
+    pos = 0
+    for rowid, message_id, kind, size in zip(rowids, message_ids, kinds, sizes, strict=True):
         rows.append((rowid, message_id, kind, bodies[pos : pos + size]))
         pos += size
     return rows
