@@ -1,9 +1,11 @@
 """The spool's fast lease paths equal the plain ones they stand for: a lease of encoded
 messages taken column by column (``_pick_messages``) equals the row-by-row pick
 (``_pick_rows``), and settling a whole lease at once gives the row ids settling it message
-by message gives."""
+by message gives; inserts in parts of a few sizes equal one insert per row."""
 
 from __future__ import annotations
+
+import sqlite3
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +15,13 @@ from selligent_segment._errors import SelligentSegmentError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment.spool._sqlite import SqliteSpool, _Pick, _pick_messages, _pick_rows
+from selligent_segment.spool._statements import (
+    insert_in_parts,
+    insert_messages,
+    insert_records_sql,
+    kind_of,
+    parts,
+)
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = st.sampled_from([*(k.value for k in EventKind), "identify", "track"])
@@ -87,3 +96,50 @@ def test_settling_a_whole_lease_gives_the_row_ids_message_by_message_gives(
         assert expected == sorted(expected)  # acceptance order
     finally:
         spool.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 3000))
+def test_inserts_go_in_parts_of_a_few_sizes_that_add_up(n: int) -> None:
+    sizes = parts(n)
+    assert sum(sizes) == n
+    assert all(size > 0 for size in sizes)
+    last = sizes[-1:] if sizes and sizes[-1] < 64 else []
+    assert set(sizes) - set(last) <= {1024, 512, 256, 128, 64}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    messages=st.lists(
+        st.builds(
+            EncodedMessage,
+            st.sampled_from(["acme", "globex"]),
+            st.text(max_size=5),
+            st.sampled_from([EventKind.OPENED, "identify", "track"]),
+            st.binary(max_size=20),
+        ),
+        max_size=1200,
+    ),
+    records=st.lists(
+        st.tuples(st.sampled_from(["acme", "globex"]), st.text(max_size=5), st.binary()),
+        max_size=300,
+    ),
+)
+def test_inserts_in_parts_equal_one_insert_per_row(
+    messages: list[EncodedMessage], records: list[tuple[str, str, bytes]]
+) -> None:
+    fast, plain = (sqlite3.connect(":memory:") for _ in range(2))
+    for db in (fast, plain):
+        db.execute(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, tenant TEXT, message_id TEXT, "
+            "kind TEXT, body BLOB, accepted_at REAL, owner TEXT)"
+        )
+    insert_messages(fast, messages, 12.5)
+    insert_in_parts(fast, insert_records_sql, [(*r, 13.5) for r in records])
+    plain.executemany(
+        "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES (?, ?, ?, ?, ?)",
+        [(m.tenant, m.message_id, kind_of(m.kind), m.body, 12.5) for m in messages]
+        + [(t, "", k, b, 13.5) for t, k, b in records],
+    )
+    query = "SELECT * FROM messages ORDER BY id"
+    assert fast.execute(query).fetchall() == plain.execute(query).fetchall()

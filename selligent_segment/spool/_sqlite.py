@@ -59,10 +59,10 @@ from selligent_segment.spool._statements import (
     HeadColumns,
     JournalRecord,
     bury,
-    execute_in_parts,
     head_columns,
     ids,
     insert_dead,
+    insert_in_parts,
     insert_messages,
     insert_records_sql,
     kind_of,
@@ -272,7 +272,9 @@ class SqliteSpool(ForkSafe):
             with transaction(self._db) as db:
                 if messages:
                     insert_messages(db, messages, now)
-                execute_in_parts(db, insert_records_sql, (now,), records)
+                if records:
+                    rows = [(tenant, kind, body, now) for tenant, kind, body in records]
+                    insert_in_parts(db, insert_records_sql, rows)
                 insert_dead(db, dead, now)
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "

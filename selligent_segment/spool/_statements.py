@@ -30,10 +30,12 @@ __all__ = [
     "head_columns",
     "ids",
     "insert_dead",
+    "insert_in_parts",
     "insert_messages",
     "insert_messages_sql",
     "insert_records_sql",
     "kind_of",
+    "parts",
     "reject_sql",
 ]
 
@@ -70,12 +72,48 @@ def ids(rowids: Iterable[int]) -> str:
 _ROWS_PER_INSERT = 1024
 
 
-@functools.lru_cache(maxsize=8)
+#: Parts of an insert are statements of a few sizes only (1,024 rows, then halves down to
+#: 64, then the rest), so that their prepared statements are reused (the module's cache):
+#: preparing a 1,000-row INSERT costs as much again as running it.
+_SMALLEST_PART = 64
+
+
+def parts(n: int) -> list[int]:
+    """The sizes ``n`` rows are inserted in, in order: ``_ROWS_PER_INSERT`` rows while
+    they last, then powers of two down to ``_SMALLEST_PART``, then what is left."""
+    sizes = [_ROWS_PER_INSERT] * (n // _ROWS_PER_INSERT)
+    left = n % _ROWS_PER_INSERT
+    size = _ROWS_PER_INSERT // 2
+    while size >= _SMALLEST_PART:
+        if left >= size:
+            sizes.append(size)
+            left -= size
+        size //= 2
+    if left:
+        sizes.append(left)
+    return sizes
+
+
+def insert_in_parts(
+    db: sqlite3.Connection, sql: Callable[[int], str], rows: Sequence[Sequence[object]]
+) -> None:
+    """Run ``sql(n)`` once per part of :func:`parts`, in order; its parameters are each
+    row's values in turn. The statements take anonymous ``?`` parameters only: SQLite
+    looks up each numbered one (``?NNN``) in a list of them, as it prepares the statement
+    and as it binds, which made a 1,000-row INSERT with ``?1`` shared by its rows cost
+    about 20 times what it costs with ``?`` (measured: 57 against 2.4 ms)."""
+    start = 0
+    for size in parts(len(rows)):
+        db.execute(sql(size), list(itertools.chain.from_iterable(rows[start : start + size])))
+        start += size
+
+
+@functools.lru_cache(maxsize=16)
 def insert_records_sql(rows: int) -> str:
-    """``INSERT`` of ``rows`` journal records; parameter 1 is the time, then 3 per row."""
-    values = ", ".join(f"(?{3 * i + 2}, '', ?{3 * i + 3}, ?{3 * i + 4}, ?1)" for i in range(rows))
+    """``INSERT`` of ``rows`` journal records: per row, the tenant, kind, payload and
+    acceptance time."""
     sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
-    return sql + values
+    return sql + ", ".join(["(?, '', ?, ?, ?)"] * rows)
 
 
 def reject_sql(rows: int) -> str:
@@ -109,24 +147,22 @@ def execute_in_parts(
         db.execute(sql(len(part)), [*shared, *itertools.chain.from_iterable(part)])
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def insert_messages_sql(rows: int) -> str:
-    """``INSERT`` of ``rows`` encoded messages; parameter 1 is the time, then 4 per row."""
-    values = ", ".join(
-        f"(?{4 * i + 2}, ?{4 * i + 3}, ?{4 * i + 4}, ?{4 * i + 5}, ?1)" for i in range(rows)
-    )
+    """``INSERT`` of ``rows`` encoded messages: per row, the tenant, message id, kind,
+    body and acceptance time."""
     sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
-    return sql + values
+    return sql + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
 
 
 def insert_messages(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
     """Queue ``messages`` (encoded), accepted at ``now``, in their order (many rows to a
     statement, as journal records: see ``_ROWS_PER_INSERT``)."""
     rows = [
-        (m.tenant, m.message_id, m.kind if type(m.kind) is str else kind_of(m.kind), m.body)
+        (m.tenant, m.message_id, m.kind if type(m.kind) is str else kind_of(m.kind), m.body, now)
         for m in messages
     ]
-    execute_in_parts(db, insert_messages_sql, (now,), rows)
+    insert_in_parts(db, insert_messages_sql, rows)
 
 
 def insert_dead(db: sqlite3.Connection, dead: Sequence[DeadMessage], now: float) -> None:
