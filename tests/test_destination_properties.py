@@ -20,6 +20,7 @@ from selligent_segment.destination import (
     load_config,
     map_event,
 )
+from selligent_segment.destination._mapping import resolve_row, resolve_row_by_field
 from selligent_segment.destination._rows import decode, read_row, row_payload, split_row
 from selligent_segment.destination._source import (
     _MISSING,
@@ -277,3 +278,23 @@ def test_a_body_split_row_cannot_read_is_refused_never_misread(body: bytes) -> N
     groups, bad = _groups([body])
     assert not bad
     assert [(g, r.values) for g, r in groups.items()] == [(group, [values])]
+
+
+@SETTINGS
+@given(
+    event=EVENTS,
+    tenant=st.sampled_from(sorted(TENANTS)),
+    kind=st.sampled_from(["identify", "track"]),
+)
+def test_resolving_a_row_at_once_equals_field_by_field(
+    event: dict[str, Any], tenant: str, kind: str
+) -> None:
+    mapping = TENANTS[tenant].mapping(kind)
+    assert mapping is not None
+    outcomes = []
+    for resolve in (resolve_row, resolve_row_by_field):
+        try:
+            outcomes.append(resolve(mapping, event))
+        except RowError as exc:
+            outcomes.append((type(exc), str(exc), exc.column))  # type: ignore[arg-type]
+    assert outcomes[0] == outcomes[1]

@@ -129,11 +129,20 @@ class TableMapping:
         init=False, repr=False, eq=False
     )
     """Per field, its resolver and whether it is a key column (what :func:`map_event` runs)."""
+    resolvers: tuple[Callable[[Mapping[str, Any]], str | None], ...] = attrs.field(
+        init=False, repr=False, eq=False
+    )
+    """Every field's resolver, in order."""
+    key_positions: tuple[int, ...] = attrs.field(init=False, repr=False, eq=False)
+    """The positions of the key columns among the fields."""
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(field.column for field in self.fields))
         plan = tuple((field.source.resolve, field.column in self.key) for field in self.fields)
         object.__setattr__(self, "plan", plan)
+        object.__setattr__(self, "resolvers", tuple(resolve for resolve, _ in plan))
+        positions = tuple(i for i, (_, is_key) in enumerate(plan) if is_key)
+        object.__setattr__(self, "key_positions", positions)
 
 
 def _redacted(value: object) -> str:

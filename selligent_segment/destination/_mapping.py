@@ -17,6 +17,8 @@ row's ``columns`` is the mapping's own tuple. No value is ever in an error text.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 import attrs
@@ -115,7 +117,31 @@ def resolve_row(
     mapping: TableMapping, event: Mapping[str, Any]
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The columns that resolve for ``event`` and their texts; RowError as for
-    :func:`map_event`."""
+    :func:`map_event`.
+
+    Every resolver runs in one comprehension, the key columns are checked after, and the
+    columns left out are dropped with ``compress``; an event with a problem (a value its
+    format cannot read, a key without a value) is mapped again field by field
+    (:func:`resolve_row_by_field`, the plain code this stands for, equal to it: tested),
+    which raises the RowError of the first field in trouble."""
+    try:
+        values = [resolve(event) for resolve in mapping.resolvers]
+    except ValueProblem:
+        return resolve_row_by_field(mapping, event)
+    for position in mapping.key_positions:
+        key = values[position]
+        if key is None or key == "":
+            return resolve_row_by_field(mapping, event)
+    if None not in values:
+        return mapping.columns, tuple(values)  # type: ignore[arg-type]  # no None in it
+    present = list(map(is_not, values, repeat(None)))
+    return tuple(compress(mapping.columns, present)), tuple(compress(values, present))  # type: ignore[arg-type]
+
+
+def resolve_row_by_field(
+    mapping: TableMapping, event: Mapping[str, Any]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:func:`resolve_row` one field after the other."""
     values: list[str | None] = []  # index i is field i's; None for a column left out
     missing = False
     for resolve, is_key in mapping.plan:
