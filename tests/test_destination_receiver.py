@@ -247,6 +247,20 @@ def test_verify_never_accepts_a_wrong_signature() -> None:
     assert first_element(b"{}") is None
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"a":1.0,"b":"\xc3\xa9"},{"b":2}]', b'[ {"a": 1} ]', b'{"a":1}', b"[1]", b'["x"]'],
+)
+def test_verify_accepts_the_same_signatures_with_or_without_the_parsed_first(body: bytes) -> None:
+    data = orjson.loads(body)
+    first = data[0] if isinstance(data, list) else None
+    signed = [body, body[1:-1], b'{"a":1}', b'{"a":1,"b":"\xc3\xa9"}', b"1", b'"x"', b"{}"]
+    for candidate in signed:
+        signature = sign("s", candidate)
+        assert verify(b"s", body, signature, first) == verify(b"s", body, signature), candidate
+    assert verify(b"s", body, sign("s", body), first)
+
+
 def test_recent_ids_are_bounded_and_remember_a_window() -> None:
     recent = RecentIds(2)
     for message_id in ("a", "b", "c", "d", "e"):
