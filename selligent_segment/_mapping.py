@@ -212,11 +212,13 @@ class EncodedMessage:
     compact JSON, ready to spool and send; ``kind`` is its record's kind.
 
     Guarantee: ``body`` is valid JSON of at most :data:`MAX_MESSAGE_BYTES` bytes.
+    ``kind`` is an :class:`EventKind` here; another producer sharing the spool (the
+    destination's rows: ``identify``/``track``) may put its own kind as text.
     """
 
     tenant: str
     message_id: str
-    kind: EventKind
+    kind: EventKind | str
     body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
 
 

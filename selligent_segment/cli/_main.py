@@ -29,6 +29,7 @@ from selligent_segment.cli._base import (
 )
 from selligent_segment.cli._dead_letters import DEAD_LETTERS
 from selligent_segment.cli._demo import DEMO
+from selligent_segment.cli._destination import DESTINATION
 from selligent_segment.cli._flush import FLUSH
 from selligent_segment.cli._ingest import INGEST
 from selligent_segment.cli._send import SEND
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: tuple[Command, ...] = (SEND, INGEST, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
+COMMANDS: tuple[Command, ...] = (SEND, INGEST, FLUSH, SPOOL, DEAD_LETTERS, DEMO, DESTINATION)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,7 +91,7 @@ class Dispatcher:
         *,
         spool: Spool,
         keys: WriteKeys,
-        endpoint: str,
+        endpoint: str | Callable[[str], str],
         transport: Transport,
         batch: BatchPolicy,
         retry: RetryPolicy,
@@ -106,6 +106,8 @@ class Dispatcher:
     ) -> None:
         self.spool = spool
         self.keys = keys
+        # One base URL for every tenant, or a function of the tenant (its queue) giving its
+        # own: the destination's loader posts each customer's rows to its own instance.
         self.endpoint = endpoint
         self.transport = transport
         self.batch = batch
@@ -334,15 +336,24 @@ class Dispatcher:
             seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
             if self.max_in_flight > 1:
                 self._overlap(state, now)
+        endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
             response = self.transport.post(
-                self.endpoint, key, [m.body for m in messages], retry_count=retries
+                endpoint, key, [m.body for m in messages], retry_count=retries
             )
         except Exception:  # a transport that raised: its batch goes back, then _run logs
             self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
             raise
         self.counters.request()
+        if response.requests > 1:
+            self._charge_tokens(state, response.requests - 1)
         outcome = response.outcome
+        if response.items:
+            messages = self._settle_items(state, lease, messages, response)
+            if not messages:
+                self._reset_backoff(state, seen)
+                self._finish(state)
+                return
         if outcome is Outcome.DELIVERED:
             self.settler.delivered(lease, messages)
             state.bisection.count_delivered(lease, len(messages))
@@ -381,6 +392,42 @@ class Dispatcher:
         detail = error or f"HTTP {status}"
         self.settler.failed(lease, messages, "rejected", detail, status, quiet)
         bisection.end(state.name)
+
+    def _settle_items(
+        self,
+        state: _Tenant,
+        lease: Lease,
+        messages: tuple[EncodedMessage, ...],
+        response: Response,
+    ) -> tuple[EncodedMessage, ...]:
+        """Settle the messages a partial answer settled on their own (``response.items``):
+        delivered, or refused for good with their own reason (each a dead letter). The
+        others are returned, to follow the answer's outcome."""
+        items = response.items or {}
+        delivered: list[EncodedMessage] = []
+        refused: dict[str, list[EncodedMessage]] = {}
+        rest: list[EncodedMessage] = []
+        for index, message in enumerate(messages):
+            if index not in items:
+                rest.append(message)
+            elif (reason := items[index]) is None:
+                delivered.append(message)
+            else:
+                refused.setdefault(reason, []).append(message)
+        if delivered:
+            self.settler.delivered(lease, delivered)
+            state.bisection.count_delivered(lease, len(delivered))
+        for reason, group in refused.items():
+            state.bisection.count_rejected(lease, len(group))
+            self.settler.failed(lease, group, "rejected", reason, response.status)
+        return tuple(rest)
+
+    def _charge_tokens(self, state: _Tenant, n: int) -> None:
+        """Take ``n`` more tokens (a post that made several requests); the bucket may go
+        below zero, and the next turn then waits for it to refill."""
+        if self.limits.rate and state.bucket is not None:
+            with self.cv:
+                self.limits.charge(state.bucket, n)
 
     def _take_token(self, state: _Tenant, tag: str) -> bool:
         """Take a request token from the bucket of the key fingerprinted ``tag``; False

@@ -60,6 +60,11 @@ class RateLimits:
         bucket.refilled = now
         return True
 
+    def charge(self, bucket: Bucket, n: float) -> None:
+        """Take ``n`` tokens already spent (requests made beyond the one a turn took);
+        the bucket may go below zero, which delays its next whole token."""
+        bucket.tokens -= n
+
     def refund(self, bucket: Bucket) -> None:
         """Give back a token taken for a request that was not sent."""
         bucket.tokens = min(self.burst, bucket.tokens + 1.0)

@@ -48,7 +48,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
@@ -85,6 +85,7 @@ __all__ = [
     "MAX_BATCH_MESSAGES",
     "MAX_MESSAGE_BYTES",
     "USER_AGENT",
+    "Answer",
     "BatchTooLarge",
     "HttpTransport",
     "Response",
@@ -92,6 +93,7 @@ __all__ = [
     "batch_size",
     "build_body",
     "envelope_overhead",
+    "error_text",
     "format_sent_at",
     "scrub",
 ]
@@ -260,6 +262,11 @@ class Response:
     likewise. ``error`` is a short key-free description of a failure (Segment's
     ``code: message``, or the exception class and text), ``None`` on 2xx. ``outcome`` is
     ``classify(status)`` unless given.
+
+    ``items`` is for a transport whose answer settles some messages of the batch on their
+    own (a partial success): message index -> ``None`` (delivered) or the reason it was
+    refused for good; the messages it does not name follow ``outcome``. ``requests`` is
+    how many HTTP requests the post made (each one costs a token of the key's rate cap).
     """
 
     status: int | None
@@ -267,6 +274,8 @@ class Response:
     error: str | None = None
     outcome: Outcome = attrs.field(default=attrs.Factory(_outcome_default, takes_self=True))
     rate_limit_reset: float | None = attrs.field(default=None, kw_only=True)
+    items: Mapping[int, str | None] | None = attrs.field(default=None, kw_only=True)
+    requests: int = attrs.field(default=1, kw_only=True)
 
 
 # -- the overall deadline of a request ------------------------------------------------------
@@ -625,44 +634,8 @@ class HttpTransport:
             payload = _gzip.compress(payload, compresslevel=GZIP_LEVEL, mtime=0)
             headers["Content-Encoding"] = "gzip"
         url = endpoint + BATCH_PATH
-        pool = self._current_pool(endpoint)
         started = time.perf_counter()
-        deadline = _posting.entry = _WATCHDOG.start(self._deadline)
-        try:
-            try:
-                raw = pool.urlopen(
-                    "POST",
-                    url,
-                    body=payload,
-                    headers=headers,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                )
-            except urllib3.exceptions.LocationValueError:
-                raise
-            except _NETWORK_ERRORS as exc:
-                error = self._overdue() if deadline.passed() else _describe(exc)
-                response = Response(status=None, error=self._scrub(error, write_key))
-                _log.debug(
-                    "POST %s failed after %.1f ms: %s",
-                    url,
-                    (time.perf_counter() - started) * 1e3,
-                    response.error,
-                )
-                return response
-            response = _read_response(raw, write_key, deadline, self._overdue)
-            if self._secrets and response.error is not None:
-                response = attrs.evolve(response, error=self._scrub(response.error, write_key))
-            if response.status == 407:  # the proxy's answer, not Segment's: retry
-                response = attrs.evolve(
-                    response,
-                    error=f"the proxy refused its credentials: {response.error}",
-                    outcome=Outcome.RETRY,
-                )
-        finally:
-            _posting.entry = None
-            _WATCHDOG.finish(deadline)
+        response = self.exchange(url, payload, headers, secret=write_key)
         _log.debug(
             "POST %s (%d messages, %d bytes%s) -> %s %s in %.1f ms",
             url,
@@ -675,6 +648,72 @@ class HttpTransport:
         )
         return response
 
+    def exchange(
+        self,
+        url: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        *,
+        secret: str,
+        interpret: Callable[[Answer], Response] | None = None,
+        max_body: int = _MAX_RESPONSE_BODY,
+    ) -> Response:
+        """POST ``payload`` to ``url`` within the transport's deadline, and make the
+        answer a :class:`Response`: Segment's reading of it by default, else
+        ``interpret``'s, given the :class:`Answer` (its body read up to ``max_body``
+        bytes). The seam another API's transport builds on (the destination's loader).
+
+        Never raises for a network failure or an overdue request (``status=None``,
+        :attr:`Outcome.RETRY`); every error text is scrubbed of ``secret``.
+        """
+        pool = self._current_pool(_origin(url))
+        started = time.perf_counter()
+        deadline = _posting.entry = _WATCHDOG.start(self._deadline)
+        try:
+            try:
+                raw = pool.urlopen(
+                    "POST",
+                    url,
+                    body=payload,
+                    headers=dict(headers),
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                )
+            except urllib3.exceptions.LocationValueError:
+                raise
+            except _NETWORK_ERRORS as exc:
+                error = self._overdue() if deadline.passed() else _describe(exc)
+                response = Response(status=None, error=self._scrub(error, secret))
+                _log.debug(
+                    "POST %s failed after %.1f ms: %s",
+                    url,
+                    (time.perf_counter() - started) * 1e3,
+                    response.error,
+                )
+                return response
+            if interpret is None or raw.status == 407:
+                response = _read_response(raw, secret, deadline, self._overdue)
+                return self._proxy_checked(response, secret)
+            answer = _read_answer(raw, deadline, self._overdue, max_body)
+        finally:
+            _posting.entry = None
+            _WATCHDOG.finish(deadline)
+        return interpret(answer)
+
+    def _proxy_checked(self, response: Response, secret: str) -> Response:
+        """The proxy's credentials scrubbed from the error; a proxy's ``407`` (its answer,
+        not the API's) retried."""
+        if self._secrets and response.error is not None:
+            response = attrs.evolve(response, error=self._scrub(response.error, secret))
+        if response.status == 407:
+            response = attrs.evolve(
+                response,
+                error=f"the proxy refused its credentials: {response.error}",
+                outcome=Outcome.RETRY,
+            )
+        return response
+
     def _overdue(self) -> str:
         return f"deadline exceeded: the request took longer than {self._deadline:g} s"
 
@@ -683,6 +722,12 @@ class HttpTransport:
         with self._lock:
             for pool in self._pools.values():
                 pool.clear()
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``: the key of the proxy chosen for it."""
+    parts = urllib3.util.parse_url(url)
+    return f"{parts.scheme}://{parts.host}:{parts.port or ''}"
 
 
 def _default_ca_bundle() -> str | None:
@@ -735,7 +780,7 @@ def _read_response(
     elif read_failure is not None:
         error = f"HTTP {status} {raw.reason or ''}; body unreadable: {read_failure}"
     else:
-        error = _error_text(status, raw.reason, data)
+        error = error_text(status, raw.reason, data)
     reset = parse_rate_limit_reset(raw.headers.get("X-RateLimit-Reset"), now)
     return Response(
         status=status,
@@ -745,7 +790,44 @@ def _read_response(
     )
 
 
-def _error_text(status: int, reason: str | None, data: bytes) -> str:
+@attrs.frozen
+class Answer:
+    """An HTTP answer as :meth:`HttpTransport.exchange` read it: ``status``, ``reason``,
+    ``headers`` (any case), the ``body`` (cut at the ``max_body`` asked for) and, when the
+    body could not be read whole (a dropped connection, the deadline), why."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str] = attrs.field(repr=False)
+    body: bytes = attrs.field(repr=False)
+    read_failure: str | None = None
+
+
+def _read_answer(
+    raw: urllib3.BaseHTTPResponse,
+    deadline: _Deadline,
+    overdue: Callable[[], str],
+    max_body: int,
+) -> Answer:
+    """Read ``raw`` into an :class:`Answer`, returning the connection to the pool when the
+    body was read whole in time and closing it otherwise."""
+    data = b""
+    read_failure: str | None = None
+    try:
+        data = raw.read(max_body)
+        if not raw.closed:
+            raw.close()  # longer than we will read: do not reuse this connection
+    except _NETWORK_ERRORS as exc:
+        read_failure = _describe(exc)
+        raw.close()
+    finally:
+        raw.release_conn()
+    if deadline.expired:
+        read_failure = overdue()
+    return Answer(raw.status, raw.reason or "", raw.headers, data, read_failure)
+
+
+def error_text(status: int, reason: str | None, data: bytes) -> str:
     """Segment's ``code: message`` from a JSON error body, else the status and a snippet."""
     try:
         payload = json.loads(data)

@@ -16,10 +16,13 @@ naming the file (see the class for what happens while the file cannot be written
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import heapq
+import itertools
 import logging
+import operator
 import sqlite3
 import threading
 import time
@@ -37,7 +40,7 @@ from selligent_segment._errors import (
     SpoolError,
     shown,
 )
-from selligent_segment._mapping import EncodedMessage
+from selligent_segment._mapping import EncodedMessage, _new_message
 from selligent_segment._record import EventKind
 from selligent_segment._throttle import Throttle
 from selligent_segment.spool._journal import Journal, Mark
@@ -53,12 +56,13 @@ from selligent_segment.spool._schema import (
 )
 from selligent_segment.spool._statements import (
     DeadMessage,
+    HeadColumns,
     JournalRecord,
     bury,
-    execute_in_parts,
-    head,
+    head_columns,
     ids,
     insert_dead,
+    insert_in_parts,
     insert_messages,
     insert_records_sql,
     kind_of,
@@ -73,6 +77,9 @@ _REFRESH_EVERY = 2.0
 _MIN_BYTES = 64 * 1024
 #: How often the same ERROR line about an unusable file may repeat from upkeep.
 _REPORT_EVERY = 10.0
+
+# A row's kind as an EventKind when it is one (another producer's kind stays text).
+_KINDS: dict[str, EventKind | str] = {k.value: k for k in EventKind}
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
@@ -90,6 +97,69 @@ class _Pick:
     back: list[int] = attrs.Factory(list)  # row ids taken back from Unwritten.freed
     seen: int = 0
     dead: dict[int, DeadMessage] = attrs.Factory(dict)
+
+
+def _pick_rows(
+    tenant: str,
+    entries: Iterable[tuple[int, str, str, bytes]],
+    read: int,
+    max_messages: int,
+    max_bytes: int,
+    decoder: Decoder,
+    freed: dict[int, EncodedMessage] | None = None,
+) -> _Pick:
+    """What a lease takes of ``entries`` (row id, message id, kind, body; ``read`` of them
+    read from the file), row by row: journal records decoded (or buried), messages taken
+    while ``max_messages`` and ``max_bytes`` allow (one at least); the rows of ``freed``
+    taken back."""
+    pick = _Pick(read)
+    size = 0
+    for rowid, message_id, kind, body in entries:
+        if message_id:
+            message = EncodedMessage(tenant, message_id, _KINDS.get(kind, kind), body)
+        else:  # a journal record: it becomes a message now
+            try:
+                message = decoder(body)
+            except SelligentSegmentError as exc:
+                pick.dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
+                pick.seen += 1
+                continue
+        cost = len(message.body) + 1
+        if pick.taken and (size + cost > max_bytes or len(pick.taken) >= max_messages):
+            break
+        pick.taken.append(message)
+        pick.rowids[id(message)] = rowid
+        size += cost
+        if freed and rowid in freed:
+            pick.back.append(rowid)
+        else:
+            pick.fresh.append(rowid)
+            pick.seen += 1
+    return pick
+
+
+def _pick_messages(tenant: str, columns: HeadColumns, max_messages: int, max_bytes: int) -> _Pick:
+    """:func:`_pick_rows` for rows that all hold encoded messages (none freed), without a
+    Python step per row but building each message: how many fit is found from the sizes
+    at once. Equal to :func:`_pick_rows` on the same rows (tested)."""
+    rowids, message_ids, kinds, sizes, bodies = columns
+    read = len(rowids)
+    # Row i is taken when the bodies of rows 0..i, plus one byte each, fit (row 0 always).
+    costs = itertools.accumulate(map(operator.add, sizes, itertools.repeat(1)))
+    n = max(1, bisect.bisect_right(list(costs), max_bytes))
+    n = min(n, read, max_messages)
+    offsets = list(itertools.accumulate(sizes[:n], initial=0))
+    taken = list(
+        map(
+            _new_message,
+            itertools.repeat(tenant, n),
+            message_ids[:n],
+            map(_KINDS.get, kinds[:n], kinds[:n]),
+            [bodies[a:b] for a, b in itertools.pairwise(offsets)],
+        )
+    )
+    fresh = rowids[:n]
+    return _Pick(read, taken, dict(zip(map(id, taken), fresh, strict=True)), fresh, seen=n)
 
 
 _P = ParamSpec("_P")
@@ -202,7 +272,9 @@ class SqliteSpool(ForkSafe):
             with transaction(self._db) as db:
                 if messages:
                     insert_messages(db, messages, now)
-                execute_in_parts(db, insert_records_sql, (now,), records)
+                if records:
+                    rows = [(tenant, kind, body, now) for tenant, kind, body in records]
+                    insert_in_parts(db, insert_records_sql, rows)
                 insert_dead(db, dead, now)
                 db.executemany(
                     "INSERT INTO journals (name, offset) VALUES (?, ?) "
@@ -278,36 +350,21 @@ class SqliteSpool(ForkSafe):
         order: the file's free rows but those this process holds or settled, merged with
         the rows it released while the file could not be written. Changes nothing."""
         unwritten = self._unwritten
-        rows = head(db, tenant, max_messages, unwritten.hidden(tenant))
-        pick = _Pick(len(rows))
+        columns = head_columns(db, tenant, max_messages, unwritten.hidden(tenant))
         freed = unwritten.freed.get(tenant)
+        if not freed and "" not in columns[1]:  # encoded messages only: column by column
+            return _pick_messages(tenant, columns, max_messages, max_bytes)
+        rowids, message_ids, kinds, sizes, bodies = columns
+        rows: list[tuple[int, str, str, bytes]] = []
+        pos = 0
+        for rowid, message_id, kind, size in zip(rowids, message_ids, kinds, sizes, strict=True):
+            rows.append((rowid, message_id, kind, bodies[pos : pos + size]))
+            pos += size
         entries: Iterable[tuple[int, str, str, bytes]] = rows
         if freed:
             back = sorted((r, m.message_id, kind_of(m.kind), m.body) for r, m in freed.items())
             entries = heapq.merge(back, rows)
-        size = 0
-        for rowid, message_id, kind, body in entries:
-            if message_id:
-                message = EncodedMessage(tenant, message_id, EventKind(kind), body)
-            else:  # a journal record: it becomes a message now
-                try:
-                    message = self._decoder(body)
-                except SelligentSegmentError as exc:
-                    pick.dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
-                    pick.seen += 1
-                    continue
-            cost = len(message.body) + 1
-            if pick.taken and (size + cost > max_bytes or len(pick.taken) >= max_messages):
-                break
-            pick.taken.append(message)
-            pick.rowids[id(message)] = rowid
-            size += cost
-            if freed and rowid in freed:
-                pick.back.append(rowid)
-            else:
-                pick.fresh.append(rowid)
-                pick.seen += 1
-        return pick
+        return _pick_rows(tenant, entries, len(rows), max_messages, max_bytes, self._decoder, freed)
 
     def _mark_leased(self, db: sqlite3.Connection, pick: _Pick) -> None:
         """Write ``pick``: its rows leased by this process, its dead records buried."""
@@ -324,6 +381,11 @@ class SqliteSpool(ForkSafe):
         held = self._leases.get(lease.id)
         if held is None:
             raise ValueError(f"lease {lease.id} is not live")
+        if messages is lease.messages and len(held) == len(messages):
+            # The whole lease, nothing of it settled yet: its row ids in lease order, which
+            # is the order ``held`` was filled in (what the loop below gives, row by row).
+            del self._leases[lease.id]
+            return list(held.values())
         try:
             rowids = [held.pop(id(m)) for m in messages]
         except KeyError:

@@ -22,15 +22,20 @@ from selligent_segment._mapping import EncodedMessage
 
 __all__ = [
     "DeadMessage",
+    "HeadColumns",
     "JournalRecord",
     "bury",
     "execute_in_parts",
     "head",
+    "head_columns",
     "ids",
     "insert_dead",
+    "insert_in_parts",
     "insert_messages",
+    "insert_messages_sql",
     "insert_records_sql",
     "kind_of",
+    "parts",
     "reject_sql",
 ]
 
@@ -73,12 +78,39 @@ _ROWS_PER_INSERT = 1024
 _SIZES = 11  # 1,024 = 2**10
 
 
+def parts(n: int) -> list[int]:
+    """The sizes ``n`` rows are written in, in order: ``_ROWS_PER_INSERT`` rows while they
+    last, then decreasing powers of two: at most ``_SIZES`` sizes in all, so each
+    statement size is prepared once and then reused from the statement cache."""
+    sizes = [_ROWS_PER_INSERT] * (n // _ROWS_PER_INSERT)
+    left = n % _ROWS_PER_INSERT
+    while left:
+        size = 1 << (left.bit_length() - 1)
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+def insert_in_parts(
+    db: sqlite3.Connection, sql: Callable[[int], str], rows: Sequence[Sequence[object]]
+) -> None:
+    """Run ``sql(n)`` once per part of :func:`parts`, in order; its parameters are each
+    row's values in turn. The statements take anonymous ``?`` parameters only: SQLite
+    looks up each numbered one (``?NNN``) in a list of them, as it prepares the statement
+    and as it binds, which made a 1,000-row INSERT with ``?1`` shared by its rows cost
+    about 20 times what it costs with ``?`` (measured: 57 against 2.4 ms)."""
+    start = 0
+    for size in parts(len(rows)):
+        db.execute(sql(size), list(itertools.chain.from_iterable(rows[start : start + size])))
+        start += size
+
+
 @functools.lru_cache(maxsize=_SIZES)
 def insert_records_sql(rows: int) -> str:
-    """``INSERT`` of ``rows`` journal records; parameter 1 is the time, then 3 per row."""
-    values = ", ".join(f"(?{3 * i + 2}, '', ?{3 * i + 3}, ?{3 * i + 4}, ?1)" for i in range(rows))
+    """``INSERT`` of ``rows`` journal records: per row, the tenant, kind, payload and
+    acceptance time."""
     sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
-    return sql + values
+    return sql + ", ".join(["(?, '', ?, ?, ?)"] * rows)
 
 
 @functools.lru_cache(maxsize=_SIZES)
@@ -106,23 +138,30 @@ def execute_in_parts(
     shared: Sequence[object],
     rows: Sequence[Sequence[object]],
 ) -> None:
-    """Run ``sql(n)`` once per part of ``rows`` (``_ROWS_PER_INSERT`` rows, then the rest in
-    parts of decreasing powers of two); its parameters are ``shared``, then each row's
-    values in turn."""
-    start, total = 0, len(rows)
-    while start < total:
-        size = min(_ROWS_PER_INSERT, 1 << ((total - start).bit_length() - 1))
-        part = rows[start : start + size]
-        db.execute(sql(size), [*shared, *itertools.chain.from_iterable(part)])
+    """Run ``sql(n)`` once per part of :func:`parts`; its parameters are ``shared``, then
+    each row's values in turn."""
+    start = 0
+    for size in parts(len(rows)):
+        db.execute(sql(size), [*shared, *itertools.chain.from_iterable(rows[start : start + size])])
         start += size
 
 
+@functools.lru_cache(maxsize=_SIZES)
+def insert_messages_sql(rows: int) -> str:
+    """``INSERT`` of ``rows`` encoded messages: per row, the tenant, message id, kind,
+    body and acceptance time."""
+    sql = "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES "
+    return sql + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+
+
 def insert_messages(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
-    """Queue ``messages`` (encoded), accepted at ``now``."""
-    db.executemany(
-        "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) VALUES (?, ?, ?, ?, ?)",
-        [(m.tenant, m.message_id, kind_of(m.kind), m.body, now) for m in messages],
-    )
+    """Queue ``messages`` (encoded), accepted at ``now``, in their order (many rows to a
+    statement, as journal records: see ``_ROWS_PER_INSERT``)."""
+    rows = [
+        (m.tenant, m.message_id, m.kind if type(m.kind) is str else kind_of(m.kind), m.body, now)
+        for m in messages
+    ]
+    insert_in_parts(db, insert_messages_sql, rows)
 
 
 def insert_dead(db: sqlite3.Connection, dead: Sequence[DeadMessage], now: float) -> None:
@@ -164,11 +203,16 @@ _HEAD_SKIPPING = (
 )
 
 
-def head(
+#: The head of a queue as :func:`head_columns` reads it: row ids, message ids, kinds, body
+#: sizes, and the bodies end to end.
+HeadColumns = tuple[list[int], list[str], list[str], list[int], bytes]
+
+
+def head_columns(
     db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
-) -> list[tuple[int, str, str, bytes]]:
-    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``: (id,
-    message_id, kind, body).
+) -> HeadColumns:
+    """The first ``limit`` unleased rows of ``tenant`` but those in ``skip``, column by
+    column: (ids, message_ids, kinds, body sizes, the bodies concatenated).
 
     One aggregate row instead of a row per message: fetching steps once per row, and every
     step lets go of the GIL (see _ROWS_PER_INSERT), so a busy thread slows each one down.
@@ -178,15 +222,23 @@ def head(
     else:
         found = db.execute(_HEAD, (tenant, limit))
     rowids, message_ids, kinds, sizes, bodies = found.fetchone()
-    rows: list[tuple[int, str, str, bytes]] = []
-    pos = 0
-    for rowid, message_id, kind, size in zip(
+    return (
         orjson.loads(rowids),
         orjson.loads(message_ids),
         orjson.loads(kinds),
         orjson.loads(sizes),
-        strict=True,
-    ):
+        bodies or b"",
+    )
+
+
+def head(
+    db: sqlite3.Connection, tenant: str, limit: int, skip: Collection[int] = ()
+) -> list[tuple[int, str, str, bytes]]:
+    """The rows of :func:`head_columns` one by one: (id, message_id, kind, body)."""
+    rowids, message_ids, kinds, sizes, bodies = head_columns(db, tenant, limit, skip)
+    rows: list[tuple[int, str, str, bytes]] = []
+    pos = 0
+    for rowid, message_id, kind, size in zip(rowids, message_ids, kinds, sizes, strict=True):
         rows.append((rowid, message_id, kind, bodies[pos : pos + size]))
         pos += size
     return rows

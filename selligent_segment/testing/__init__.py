@@ -13,8 +13,12 @@
 - :class:`ForwardProxy` is a forwarding proxy on loopback (``CONNECT`` tunnels and
   absolute-URI requests, optional ``Proxy-Authorization``) that records what went
   through, for tests of proxy settings.
+- :class:`LocalSelligent` serves Selligent Marketing Cloud's ``data/load`` on loopback
+  (lists with declared :class:`SelligentColumn` s, upsert by key, per-row validation,
+  ``401`` for a wrong ``X-ApiKey``, the same injectable faults) and keeps the rows to read
+  back; the ``local_selligent`` fixture gives a started one.
 - :func:`main` runs a :class:`LocalSegment` as a process:
-  ``python -m selligent_segment.testing --port 0``.
+  ``python -m selligent_segment.testing --port 0`` (``--selligent``: a LocalSelligent).
 
 See ``docs/testing.md``. Write keys never appear in a repr, an exception text or a log line
 of this package.
@@ -31,6 +35,7 @@ from selligent_segment.testing._faults import RateKey as RateKey  # importable h
 from selligent_segment.testing._faults import RatesLike as RatesLike  # (not in __all__)
 from selligent_segment.testing._forward_proxy import ForwardProxy, ProxiedRequest
 from selligent_segment.testing._local_segment import DroppedEvent, LocalSegment, RecordedRequest
+from selligent_segment.testing._local_selligent import LocalSelligent, RecordedLoad
 from selligent_segment.testing._mock_transport import (
     Handler,
     MockRequest,
@@ -44,6 +49,7 @@ from selligent_segment.testing._rules import (
     MAX_MESSAGE_ID_CHARS,
     MAX_REQUEST_BYTES,
 )
+from selligent_segment.testing._selligent_rules import SelligentColumn, SelligentList
 
 __all__ = [
     "MAX_BATCH_ITEMS",
@@ -58,15 +64,19 @@ __all__ = [
     "ForwardProxy",
     "Handler",
     "LocalSegment",
+    "LocalSelligent",
     "MockRequest",
     "MockResponse",
     "MockTransport",
     "ProxiedRequest",
+    "RecordedLoad",
     "RecordedRequest",
+    "SelligentColumn",
+    "SelligentList",
     "main",
 ]
 
 if find_spec("pytest") is not None:  # the fixture, for `from ... import local_segment`
-    from selligent_segment.testing._plugin import local_segment
+    from selligent_segment.testing._plugin import local_segment, local_selligent
 
-    __all__ += ["local_segment"]
+    __all__ += ["local_segment", "local_selligent"]

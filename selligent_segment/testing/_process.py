@@ -20,8 +20,12 @@ import sys
 import threading
 from collections.abc import Sequence
 
+import orjson
+
 from selligent_segment.testing._faults import parse_fault_control
 from selligent_segment.testing._local_segment import LocalSegment
+from selligent_segment.testing._local_selligent import LocalSelligent
+from selligent_segment.testing._selligent_rules import SelligentList
 
 __all__ = ["main"]
 
@@ -39,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     0.05}, "retry_after": 1}``, optionally ``"outage": 503``; ``{}`` clears faults and ends
     any outage); ``--fault-mix`` takes the same JSON. The process keeps counters and the
     message-id set only (``record_events=False``).
+
+    With ``--selligent`` it serves a :class:`~selligent_segment.testing.LocalSelligent`
+    instead (``--api-key``, ``--organization``, ``--lists JSON``, ``--store-keys-only``),
+    with the same control routes plus ``GET /_rows?list=NAME``; it keeps no request records.
     """
     parser = argparse.ArgumentParser(
         prog="python -m selligent_segment.testing",
@@ -56,6 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="answer 400 to invalid items")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
     parser.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
+    parser.add_argument(
+        "--selligent",
+        action="store_true",
+        help="serve Selligent's data/load (a LocalSelligent) instead of Segment's /v1/batch",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        dest="api_keys",
+        help="with --selligent: accept only these key:secret (repeatable; default: any)",
+    )
+    parser.add_argument("--organization", help="with --selligent: the only organization")
+    parser.add_argument(
+        "--lists",
+        help='with --selligent: JSON {"LIST": {"column": "Text" or {"type", "max_length"}}}',
+    )
+    parser.add_argument(
+        "--store-keys-only",
+        action="store_true",
+        help="with --selligent: keep each row's key only (for benchmarks)",
+    )
     args = parser.parse_args(argv)
 
     control = None
@@ -64,14 +93,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             control = parse_fault_control(args.fault_mix)
         except (ValueError, TypeError) as exc:
             parser.error(f"--fault-mix: {exc}")
-    server = LocalSegment(
-        host=args.host,
-        port=args.port,
-        write_keys=args.write_keys,
-        latency=args.latency,
-        strict=args.strict,
-        record_events=False,
-    )
+    server: LocalSegment | LocalSelligent
+    if args.selligent:
+        lists = None
+        if args.lists:
+            try:
+                lists = [
+                    SelligentList.from_json(name, spec)
+                    for name, spec in orjson.loads(args.lists).items()
+                ]
+            except (ValueError, TypeError, AttributeError) as exc:
+                parser.error(f"--lists: {exc}")
+        server = LocalSelligent(
+            host=args.host,
+            port=args.port,
+            api_keys=args.api_keys,
+            organization=args.organization,
+            lists=lists,
+            latency=args.latency,
+            record_requests=False,
+            store_rows=not args.store_keys_only,
+        )
+    else:
+        server = LocalSegment(
+            host=args.host,
+            port=args.port,
+            write_keys=args.write_keys,
+            latency=args.latency,
+            strict=args.strict,
+            record_events=False,
+        )
     if control is not None:
         server._control_faults(*control)
     stop = threading.Event()

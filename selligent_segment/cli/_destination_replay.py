@@ -1,0 +1,219 @@
+"""``selligent-segment destination replay``: backfill exported Segment events.
+
+Reads JSON Lines files (one event, or an array of events, per line), maps each through
+one tenant's mapping and loads the rows through the same spool file and loader as
+``serve`` (so a replay interrupted by Ctrl-C, SIGTERM or a crash is finished by the next
+``serve`` or ``replay`` on the same spool). ``--dry-run`` prints the rows instead, as JSON
+lines, and loads nothing.
+
+Guarantees: a bad line or an event that cannot be mapped is reported as ``FILE:LINE:
+reason`` (``FILE:LINE[i]`` inside an array) on stderr and never stops the others; events
+are deduplicated on ``messageId`` within the run; the summary says how many rows were
+loaded, skipped, refused, and left in the spool; loads are upserts, so replaying twice
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+from selligent_segment.cli._base import (
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNDELIVERED,
+    EXIT_USAGE,
+    PROG,
+    Command,
+    err,
+)
+from selligent_segment.cli._destination_config import load_or_report
+from selligent_segment.cli._destination_serve import add_loader_options, loader_settings
+from selligent_segment.cli._progress import Progress
+
+__all__ = ["REPLAY"]
+
+_CHUNK = 1000
+
+_EPILOG = """\
+Exported events carry no tenant: name it with --tenant (needed when the config has more
+than one). Bad lines and unmappable events are reported as FILE:LINE: reason.
+
+exit status:
+  0  every event was loaded or deliberately skipped
+  1  some lines or events were refused (each reported on stderr)
+  2  usage error, or a file could not be read
+  3  some rows were not loaded (refused by Selligent, or left in the spool: see the summary)
+"""
+
+
+def _configure(parser: argparse.ArgumentParser) -> None:
+    add_loader_options(parser)
+    parser.add_argument("files", nargs="+", metavar="EVENTS.jsonl", help="exported events")
+    parser.add_argument("--tenant", metavar="NAME", help="the tenant the events belong to")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the rows (JSON lines) and load nothing"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds to wait for the loads after reading (default 300)",
+    )
+
+
+def _events(path: str) -> Iterator[tuple[str, Any]]:
+    """(FILE:LINE, event) per event, or (FILE:LINE, reason) as a str for a bad line."""
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below, read line by line
+    except OSError as exc:
+        raise OSError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                data = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield where, f"invalid JSON ({exc})"
+                continue
+            if isinstance(data, list):
+                for index, item in enumerate(data):
+                    yield f"{where}[{index}]", item if isinstance(item, dict) else _NOT_OBJECT
+            else:
+                yield where, data if isinstance(data, dict) else _NOT_OBJECT
+
+
+_NOT_OBJECT = "not a JSON object (an event)"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from selligent_segment._errors import ConfigurationError, SpoolError
+    from selligent_segment.destination._mapping import MappedRow, RowError, map_event
+
+    loaded = load_or_report(args.config, require_secrets=not args.dry_run)
+    if isinstance(loaded, int):
+        return loaded
+    if args.tenant is None and len(loaded.tenants) != 1:
+        err(f"{PROG}: --tenant is needed: {args.config} has {len(loaded.tenants)} tenants")
+        return EXIT_USAGE
+    name = args.tenant or next(iter(loaded.tenants))
+    tenant = loaded.tenants.get(name)
+    if tenant is None:
+        err(f"{PROG}: --tenant: no tenant {name} in {args.config}")
+        return EXIT_USAGE
+    loader: Any = None
+    if not args.dry_run:
+        from selligent_segment.destination._loader import Loader
+
+        try:
+            loader = Loader(loaded, args.spool, loader_settings(args)).start()
+        except (ConfigurationError, SpoolError) as exc:
+            err(f"{PROG}: {exc}")
+            return EXIT_USAGE
+    progress = Progress(sys.stderr)
+    seen: set[str] = set()
+    rows: list[MappedRow] = []
+    events = refused = skipped = duplicates = mapped = 0
+    interrupted = False
+    try:
+        for path in args.files:
+            for where, event in _events(path):
+                events += 1
+                if isinstance(event, str):
+                    refused += 1
+                    progress.message(f"{where}: {event}")
+                    continue
+                message_id = event.get("messageId")
+                if isinstance(message_id, str):
+                    if message_id in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(message_id)
+                try:
+                    result = map_event(tenant, event)
+                except RowError as exc:
+                    refused += 1
+                    progress.message(f"{where}: {exc}")
+                    continue
+                if not isinstance(result, MappedRow):
+                    skipped += 1
+                    continue
+                mapped += 1
+                if args.dry_run:
+                    print(_dry_line(where, result))
+                    continue
+                rows.append(result)
+                if len(rows) >= _CHUNK:
+                    loader.accept(rows)
+                    rows = []
+                if progress.due():
+                    progress.show("replay", events, None, f"{mapped} rows")
+        if loader is not None:
+            loader.accept(rows)
+            rows = []
+            progress.show("replay", events, None, f"{mapped} rows; loading")
+            loader.flush(args.timeout)
+    except OSError as exc:
+        progress.close()
+        err(f"{PROG}: {exc}")
+        if loader is not None:
+            loader.close(0.0)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    loaded_rows = rejected = left = 0
+    if loader is not None:
+        if rows and not interrupted:
+            loader.accept(rows)
+        loader.close(0.0 if interrupted else 1.0)
+        stats = loader.stats()
+        loaded_rows = stats.delivered
+        rejected = sum(stats.rejected.values())
+        left = mapped - loaded_rows - rejected
+    what = "would load" if args.dry_run else "loaded"
+    count = mapped if args.dry_run else loaded_rows
+    err(
+        f"{PROG}: {events} events from {len(args.files)} file(s): {count} rows {what}, "
+        f"{skipped} skipped, {duplicates} duplicates, {refused} refused"
+        + (
+            ""
+            if args.dry_run
+            else f", {rejected} refused by Selligent, {left} left in the spool {args.spool}"
+        )
+    )
+    if interrupted:
+        raise KeyboardInterrupt
+    if rejected or left > 0:
+        return EXIT_UNDELIVERED
+    return EXIT_INVALID if refused else EXIT_OK
+
+
+def _dry_line(where: str, row: Any) -> str:
+    return orjson.dumps(
+        {
+            "source": where,
+            "tenant": row.tenant,
+            "list": row.list,
+            "keyFields": list(row.key_fields),
+            "row": dict(zip(row.columns, row.values, strict=True)),
+        }
+    ).decode()
+
+
+REPLAY = Command(
+    name="replay",
+    help="backfill exported Segment events (JSON Lines) into Selligent",
+    description="Map exported Segment events through a tenant's mapping and load them.",
+    epilog=_EPILOG,
+    configure=_configure,
+    run=_run,
+)

@@ -1,0 +1,258 @@
+"""The receiver: Segment's Webhooks destination POSTs a customer's events here, and they
+are journaled as rows of that customer's Selligent lists before the answer.
+
+An ASGI application (:class:`Receiver`), mountable in Starlette/FastAPI or served alone
+(``selligent-segment destination serve``):
+
+- ``POST /segment/{tenant}``: one event (a JSON object) or a batch (an array). A tenant
+  with a shared secret requires ``X-Signature`` (see :mod:`._signature`): missing or wrong
+  is ``401``; an unknown tenant ``404``; neither answer says more.
+- ``GET /healthz``: ``200 ok`` while the loader runs, ``503`` once it is closing.
+
+Guarantees: ``200`` only once every event of the request is journaled (mapped rows to
+load, refused events as dead letters): a ``kill -9`` right after loses nothing. A body
+over ``max_body_bytes`` is ``413``, malformed JSON or a body that is neither object nor
+array ``400``, each with its reason; a full spool or an unwritable journal ``503`` (Segment
+retries), nothing of the request kept. Each event is judged alone: one that cannot be
+mapped (no key value, no messageId, not an object) is refused on its own, kept as a dead
+letter with its reason and reported in the answer (``refused``: index, messageId,
+reason); skipped ones (loop prevention, not in ``track.events``, a type not loaded) are
+counted; the rest are kept. Events are deduplicated per tenant on ``messageId`` over a
+bounded window of recent ids (Segment re-sends and re-batches), counted as
+``duplicates``; loads are upserts, so a duplicate past the window updates, never doubles.
+Event values and secrets are never in a log line or an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from selligent_segment._asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+    respond_json,
+)
+from selligent_segment._errors import SpoolError, SpoolFull, shown
+from selligent_segment.destination._config import DestinationConfig, TenantConfig
+from selligent_segment.destination._loader import DeadRow, Loader
+from selligent_segment.destination._mapping import MappedRow, RowError, map_event
+from selligent_segment.destination._rows import dead_payload
+from selligent_segment.destination._signature import verify
+
+__all__ = ["DEFAULT_DEDUP_WINDOW", "DEFAULT_MAX_BODY_BYTES", "Receiver", "RecentIds"]
+
+log = logging.getLogger("selligent_segment.destination")
+
+#: The largest request body accepted (bytes): 4,000 events of 2 KB, Segment's largest batch.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Recent messageIds remembered per tenant for deduplication (between this and twice it).
+DEFAULT_DEDUP_WINDOW = 200_000
+_PREFIX = "/segment/"
+
+
+class RecentIds:
+    """The recent messageIds of one tenant: two generations of sets, the older dropped
+    when the newer holds ``window`` ids, so memory stays bounded and an id is remembered
+    for at least ``window`` later ids."""
+
+    __slots__ = ("new", "old", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.new: set[str] = set()
+        self.old: set[str] = set()
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self.new or message_id in self.old
+
+    def add(self, message_id: str) -> None:
+        """Remember ``message_id``."""
+        if len(self.new) >= self.window:
+            self.old, self.new = self.new, set()
+        self.new.add(message_id)
+
+
+def _answer(status: int, reason: str) -> bytes:
+    return orjson.dumps({"error": reason}) if status >= 400 else b""
+
+
+class Receiver:
+    """The ASGI application of the destination's webhook; see the module. ``config``
+    names the tenants (secrets read once, here), ``loader`` journals what is accepted."""
+
+    def __init__(
+        self,
+        config: DestinationConfig,
+        loader: Loader,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        dedup_window: int = DEFAULT_DEDUP_WINDOW,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.max_body_bytes = max_body_bytes
+        self._secrets: dict[str, bytes | None] = {
+            name: tenant.shared_secret() for name, tenant in config.tenants.items()
+        }
+        self._recent = {name: RecentIds(dedup_window) for name in config.tenants}
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return f"<Receiver tenants={list(self.config.tenants)}>"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET")
+        if path == "/healthz":
+            if method not in ("GET", "HEAD"):
+                await respond(send, 405, b"method not allowed", headers=[("Allow", "GET")])
+            elif self.closing:
+                await respond(send, 503, b"closing")
+            else:
+                await respond(send, 200, b"ok")
+            return
+        if not path.startswith(_PREFIX) or "/" in path[len(_PREFIX) :]:
+            await respond_json(send, 404, _answer(404, "not found"))
+            return
+        if method != "POST":
+            await respond(send, 405, b"method not allowed", headers=[("Allow", "POST")])
+            return
+        name = unquote(path[len(_PREFIX) :])
+        tenant = self.config.tenants.get(name)
+        if tenant is None:
+            await respond_json(send, 404, _answer(404, "unknown tenant"))
+            return
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            await respond_json(send, 413, _answer(413, str(exc)))
+            return
+        except ClientGone:
+            return
+        status, answer = self.handle(tenant, body, header(scope, "x-signature"))
+        await respond_json(send, status, answer)
+
+    def handle(self, tenant: TenantConfig, body: bytes, signature: str | None) -> tuple[int, bytes]:
+        """Judge, journal and answer one request's ``body`` for ``tenant``: the status
+        and the JSON answer. Synchronous: from parsing to journaling nothing else runs in
+        between, so deduplication needs no lock."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            data = _BAD
+            reason = f"malformed JSON: {exc}"
+        secret = self._secrets.get(tenant.name)
+        if secret is not None:
+            first = data[0] if isinstance(data, list) and data else None
+            if not verify(secret, body, signature, first):
+                return 401, _answer(401, "signature refused")
+        if data is _BAD:
+            return 400, _answer(400, reason)
+        if isinstance(data, dict):
+            events: list[Any] = [data]
+        elif isinstance(data, list):
+            events = data
+        else:
+            return 400, _answer(400, "the body must be an event (object) or an array of events")
+        return self._accept(tenant, events)
+
+    def _accept(self, tenant: TenantConfig, events: list[Any]) -> tuple[int, bytes]:
+        recent = self._recent[tenant.name]
+        rows: list[MappedRow] = []
+        dead: list[DeadRow] = []
+        refused: list[dict[str, Any]] = []
+        ids: list[str] = []
+        in_request: set[str] = set()
+        duplicates = skipped = 0
+        for index, event in enumerate(events):
+            if not isinstance(event, dict):
+                reason = "not a JSON object"
+                refused.append({"index": index, "messageId": None, "reason": reason})
+                payload = dead_payload(tenant.name, None, None, reason, event)
+                dead.append(DeadRow(tenant.name, "unknown", "", payload, reason))
+                continue
+            message_id = event.get("messageId")
+            if isinstance(message_id, str) and message_id:
+                if message_id in recent or message_id in in_request:
+                    duplicates += 1
+                    continue
+                in_request.add(message_id)
+            try:
+                result = map_event(tenant, event)
+            except RowError as exc:
+                reason = str(exc)
+                kind = event.get("type")
+                mid = message_id if isinstance(message_id, str) else ""
+                refused.append({"index": index, "messageId": mid or None, "reason": reason})
+                payload = dead_payload(tenant.name, kind, mid, reason, event)
+                dead.append(DeadRow(tenant.name, _kind(kind), mid, payload, reason))
+                if mid:
+                    ids.append(mid)
+                continue
+            if isinstance(result, MappedRow):
+                rows.append(result)
+                ids.append(result.message_id)
+            else:
+                skipped += 1
+        try:
+            self.loader.accept(rows, dead)
+        except SpoolFull as exc:
+            log.error(
+                "selligent-segment: tenant %s: refused a request: %s", shown(tenant.name), exc
+            )
+            return 503, _answer(503, "the spool is full; try again later")
+        except SpoolError as exc:
+            log.error(
+                "selligent-segment: tenant %s: refused a request: %s", shown(tenant.name), exc
+            )
+            return 503, _answer(503, "the spool cannot be written; try again later")
+        for message_id in ids:
+            recent.add(message_id)
+        if refused:
+            log.warning(
+                "selligent-segment: tenant %s: %d of %d events refused (first: %s)",
+                shown(tenant.name),
+                len(refused),
+                len(events),
+                refused[0]["reason"],
+            )
+        answer: dict[str, Any] = {
+            "accepted": len(rows),
+            "duplicates": duplicates,
+            "skipped": skipped,
+            "refused": refused,
+        }
+        return 200, orjson.dumps(answer)
+
+
+_BAD: Any = object()
+
+
+def _kind(kind: object) -> str:
+    return kind if isinstance(kind, str) and len(kind) <= 40 else "unknown"
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message: Mapping[str, Any] = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,495 @@
+"""One column's source: where its value comes from in a Segment event and how it becomes text.
+
+One job: turn a source as written in the config (``"$.traits.email"``, or a table with
+``path`` / ``fallback`` / ``template`` / ``literal`` and the formatting directives
+``format``, ``lower``, ``max_length``) into a :class:`Source`, a compiled function from an
+event to the column's text, or into the list of reasons it is invalid.
+
+Guarantees: a :class:`Source` is immutable and resolves an event without raising, except
+:class:`ValueProblem` for a value its ``format`` cannot read; ``None`` means "resolves to
+nothing" (the column is left out of the row), while an explicit JSON ``null`` becomes ``""``
+(the column is cleared). Formatting, in this order: the value to text (strings as they are,
+booleans ``true``/``false``, integers in decimal, integral floats without ``.0``, objects
+and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`` (cut).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timezone
+from typing import Any, Final
+
+import attrs
+import orjson
+
+from selligent_segment._errors import SelligentSegmentError, shown
+from selligent_segment._shortcuts import format_timestamp
+
+__all__ = [
+    "FORMATS",
+    "SOURCE_KEYS",
+    "Source",
+    "ValueProblem",
+    "compile_source",
+    "to_text",
+]
+
+#: The values of ``format``.
+FORMATS: Final = ("date", "datetime", "number", "boolean", "json")
+#: The keys a source table may have.
+SOURCE_KEYS: Final = ("path", "fallback", "template", "literal", "format", "lower", "max_length")
+
+_SEGMENT = re.compile(r"\.([^.\[\]\s]+)|\[(\d+)\]")
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_UTC = timezone.utc
+
+Getter = Callable[[Mapping[str, Any]], Any]
+_MISSING: Any = object()
+
+
+class ValueProblem(SelligentSegmentError, ValueError):
+    """A value was found but its ``format`` cannot read it; ``reason`` says why (the value
+    shown escaped and cut short)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+@attrs.frozen
+class Source:
+    """A compiled source: :meth:`resolve` gives the column's text for an event, ``None``
+    when it resolves to nothing. ``text`` is the source as written (for messages);
+    ``paths`` every path it reads, in order (the primary first)."""
+
+    text: str
+    paths: tuple[str, ...]
+    resolve: Callable[[Mapping[str, Any]], str | None] = attrs.field(repr=False, eq=False)
+
+
+def parse_path(text: str) -> tuple[str | int, ...] | None:
+    """The segments of ``$.a.b[0]`` (``("a", "b", 0)``), or None when it is not a path."""
+    if not text.startswith("$"):
+        return None
+    rest = text[1:]
+    segments: list[str | int] = []
+    pos = 0
+    for match in _SEGMENT.finditer(rest):
+        if match.start() != pos:
+            return None
+        name, index = match.groups()
+        segments.append(name if name is not None else int(index))
+        pos = match.end()
+    if pos != len(rest):
+        return None
+    return tuple(segments)
+
+
+def _getter(segments: tuple[str | int, ...]) -> Getter:
+    """The value at ``segments`` in an event, or ``_MISSING``."""
+    if all(isinstance(s, str) for s in segments):
+        # the common case: dictionaries only, unrolled up to three levels (a loop costs
+        # about 0.2 µs more per path, measured)
+        names = [str(s) for s in segments]
+        if len(names) == 1:
+            (a,) = names
+
+            def get1(event: Mapping[str, Any]) -> Any:
+                return event.get(a, _MISSING)
+
+            return get1
+        if len(names) == 2:
+            a, b = names
+
+            def get2(event: Mapping[str, Any]) -> Any:
+                value = event.get(a)
+                return value.get(b, _MISSING) if type(value) is dict else _MISSING
+
+            return get2
+        if len(names) == 3:
+            a, b, c = names
+
+            def get3(event: Mapping[str, Any]) -> Any:
+                value = event.get(a)
+                if type(value) is not dict:
+                    return _MISSING
+                value = value.get(b)
+                return value.get(c, _MISSING) if type(value) is dict else _MISSING
+
+            return get3
+
+        def get_names(event: Mapping[str, Any]) -> Any:
+            value: Any = event
+            for segment in segments:
+                if not isinstance(value, dict):
+                    return _MISSING
+                value = value.get(segment, _MISSING)
+                if value is _MISSING:
+                    return _MISSING
+            return value
+
+        return get_names
+
+    def get_mixed(event: Mapping[str, Any]) -> Any:
+        value: Any = event
+        for segment in segments:
+            if isinstance(segment, int):
+                if not isinstance(value, list) or segment >= len(value):
+                    return _MISSING
+                value = value[segment]
+            else:
+                if not isinstance(value, dict):
+                    return _MISSING
+                value = value.get(segment, _MISSING)
+                if value is _MISSING:
+                    return _MISSING
+        return value
+
+    return get_mixed
+
+
+def to_text(value: Any) -> str:
+    """A JSON value as the text Selligent stores: strings as they are, ``null`` as ``""``,
+    booleans ``true``/``false``, numbers in decimal (integral floats without ``.0``),
+    objects and arrays as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    return _json(value)
+
+
+def _json(value: Any) -> str:
+    """Compact JSON; integers beyond 64 bits (which orjson refuses, and only a parser
+    other than orjson can produce) through the standard library."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _parse_moment(value: Any) -> datetime | date:
+    if not isinstance(value, str):
+        raise ValueProblem(f"not a date: {shown(value)}")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueProblem(f"not an ISO-8601 date: {shown(value)}") from None
+
+
+def _as_date(value: Any) -> str:
+    moment = _parse_moment(value)
+    if isinstance(moment, datetime):
+        if moment.tzinfo is not None:
+            moment = _in_utc(moment, value)
+        return moment.date().isoformat()
+    return moment.isoformat()
+
+
+def _in_utc(moment: datetime, value: Any) -> datetime:
+    try:
+        return moment.astimezone(_UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        raise ValueProblem(f"out of range once converted to UTC: {shown(value)}") from None
+
+
+def _as_datetime(value: Any) -> str:
+    moment = _parse_moment(value)
+    if not isinstance(moment, datetime):
+        moment = datetime(moment.year, moment.month, moment.day, tzinfo=_UTC)
+    elif moment.tzinfo is None:
+        raise ValueProblem(f"a date-time without a UTC offset: {shown(value)}")
+    return format_timestamp(_in_utc(moment, value))
+
+
+def _as_number(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueProblem(f"not a number: {shown(value)}")
+    if isinstance(value, (int, float)):
+        return to_text(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+        else:
+            if number == number and number not in (float("inf"), float("-inf")):
+                text = value.strip()
+                return text if re.fullmatch(r"-?\d+", text) else to_text(number)
+    raise ValueProblem(f"not a number: {shown(value)}")
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def _as_boolean(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return "true"
+        if text in _FALSE:
+            return "false"
+    raise ValueProblem(f"not a boolean: {shown(value)}")
+
+
+def _as_json(value: Any) -> str:
+    return _json(value)
+
+
+_FORMATTERS: Mapping[str, Callable[[Any], str]] = {
+    "date": _as_date,
+    "datetime": _as_datetime,
+    "number": _as_number,
+    "boolean": _as_boolean,
+    "json": _as_json,
+}
+
+
+def _template(text: str, problems: list[str]) -> tuple[Getter, tuple[str, ...]] | None:
+    """A template's getter (the rendered text, or ``_MISSING`` when every placeholder
+    resolves to nothing) and the paths it reads."""
+    pieces: list[str] = []
+    getters: list[Getter] = []
+    paths: list[str] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(text):
+        pieces.append(text[pos : match.start()])
+        inner = match.group(1)
+        path = inner if inner.startswith("$") else f"$.{inner}"
+        segments = parse_path(path)
+        if segments is None or not segments:
+            problems.append(
+                f"template placeholder {{{{{shown(inner, quote=False)}}}}} is not a path"
+            )
+            return None
+        getters.append(_getter(segments))
+        paths.append(path)
+        pos = match.end()
+    tail = text[pos:]
+    if "{{" in tail or "}}" in tail or any("{{" in p or "}}" in p for p in pieces):
+        problems.append("template has an unbalanced '{{' or '}}'")
+        return None
+    if not getters:
+        problems.append("template has no {{placeholder}} (use literal for fixed text)")
+        return None
+    fixed = (*pieces, tail)
+    parts = tuple(getters)
+
+    def render(event: Mapping[str, Any]) -> Any:
+        found = False
+        out = [fixed[0]]
+        for i, get in enumerate(parts):
+            value = get(event)
+            if value is _MISSING or value is None:
+                value = ""
+            else:
+                found = True
+            out.append(to_text(value))
+            out.append(fixed[i + 1])
+        if not found:
+            return _MISSING
+        return "".join(out).strip()
+
+    return render, tuple(paths)
+
+
+def _path_getter(text: Any, what: str, problems: list[str]) -> tuple[Getter, str] | None:
+    if not isinstance(text, str):
+        problems.append(f'{what} must be a path string like "$.traits.email", not {shown(text)}')
+        return None
+    segments = parse_path(text)
+    if segments is None:
+        problems.append(f'{what} {shown(text)} is not a path like "$.traits.email"')
+        return None
+    return _getter(segments), text
+
+
+def compile_source(spec: object) -> Source | list[str]:
+    """The compiled :class:`Source` of ``spec`` (a path string or a source table), or
+    every reason it is invalid (never empty then)."""
+    problems: list[str] = []
+    if isinstance(spec, str):
+        table: Mapping[str, Any] = {"path": spec}
+    elif isinstance(spec, Mapping):
+        table = spec
+    else:
+        return [f"a source is a path string or a table, not {shown(spec)}"]
+    unknown = [k for k in table if k not in SOURCE_KEYS]
+    problems.extend(
+        f"unknown directive {shown(k, quote=False)} (known: {', '.join(SOURCE_KEYS)})"
+        for k in unknown
+    )
+    primaries = [k for k in ("path", "template", "literal") if k in table]
+    if len(primaries) != 1:
+        problems.append("give exactly one of path, template, literal")
+        return problems
+
+    getters: list[Getter] = []
+    paths: list[str] = []
+    if "literal" in table:
+        literal = table["literal"]
+        if isinstance(literal, (dict, list, datetime, date)):
+            problems.append(f"literal must be a string, number or boolean, not {shown(literal)}")
+        getters.append(_constant(literal))
+        if "fallback" in table:
+            problems.append("fallback makes no sense with literal")
+    elif "template" in table:
+        template = table["template"]
+        if not isinstance(template, str):
+            problems.append(f"template must be a string, not {shown(template)}")
+        else:
+            compiled = _template(template, problems)
+            if compiled is not None:
+                getters.append(compiled[0])
+                paths.extend(compiled[1])
+    else:
+        got = _path_getter(table["path"], "path", problems)
+        if got is not None:
+            getters.append(got[0])
+            paths.append(got[1])
+    fallback = table.get("fallback")
+    if fallback is not None and "literal" not in table:
+        for item in fallback if isinstance(fallback, list) else [fallback]:
+            got = _path_getter(item, "fallback", problems)
+            if got is not None:
+                getters.append(got[0])
+                paths.append(got[1])
+
+    formatter: Callable[[Any], str] = to_text
+    fmt = table.get("format")
+    if fmt is not None:
+        if fmt not in FORMATS:
+            problems.append(f"format {shown(fmt)} is not one of {', '.join(FORMATS)}")
+        else:
+            formatter = _FORMATTERS[fmt]
+    lower = table.get("lower", False)
+    if not isinstance(lower, bool):
+        problems.append(f"lower must be true or false, not {shown(lower)}")
+    max_length = table.get("max_length")
+    if max_length is not None and (
+        isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+    ):
+        problems.append(f"max_length must be a positive integer, not {shown(max_length)}")
+    if problems:
+        return problems
+
+    text = spec if isinstance(spec, str) else _describe(table)
+    plain = formatter is to_text and not lower and max_length is None
+    if plain and len(paths) == 1 and "path" in table:
+        fused = _fused_resolver(paths[0])
+        if fused is not None:
+            return Source(text, tuple(paths), fused)
+    return Source(text, tuple(paths), _resolver(tuple(getters), formatter, lower, max_length))
+
+
+def _fused_resolver(path: str) -> Callable[[Mapping[str, Any]], str | None] | None:
+    """For a plain path of one or two names (most sources), the getter and the text
+    conversion in one function: one call per column instead of two (40 to 60 ns less per
+    column, measured)."""
+    segments = parse_path(path)
+    if segments is None or not all(isinstance(s, str) for s in segments):
+        return None
+    names = [str(s) for s in segments]
+    if len(names) == 1:
+        (a,) = names
+
+        def resolve1(event: Mapping[str, Any]) -> str | None:
+            value = event.get(a, _MISSING)
+            if type(value) is str:
+                return value
+            return None if value is _MISSING else to_text(value)
+
+        return resolve1
+    if len(names) == 2:
+        a, b = names
+
+        def resolve2(event: Mapping[str, Any]) -> str | None:
+            value = event.get(a)
+            if type(value) is not dict:
+                return None
+            value = value.get(b, _MISSING)
+            if type(value) is str:
+                return value
+            return None if value is _MISSING else to_text(value)
+
+        return resolve2
+    return None
+
+
+def _constant(value: Any) -> Getter:
+    def get(event: Mapping[str, Any]) -> Any:
+        return value
+
+    return get
+
+
+def _describe(table: Mapping[str, Any]) -> str:
+    parts = ", ".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in table.items())
+    return f"{{ {parts} }}"
+
+
+def _resolver(
+    getters: tuple[Getter, ...],
+    formatter: Callable[[Any], str],
+    lower: bool,
+    max_length: int | None,
+) -> Callable[[Mapping[str, Any]], str | None]:
+    """The per-event function: the first getter that finds a value that is not null or
+    empty (else null if one found null), formatted."""
+    plain = formatter is to_text and not lower and max_length is None
+
+    if len(getters) == 1 and plain:
+        (get,) = getters
+
+        def resolve_one(event: Mapping[str, Any]) -> str | None:
+            value = get(event)
+            if value is _MISSING:
+                return None
+            return value if type(value) is str else to_text(value)
+
+        return resolve_one
+
+    def resolve(event: Mapping[str, Any]) -> str | None:
+        found: Any = _MISSING
+        for get in getters:
+            value = get(event)
+            if value is _MISSING:
+                continue
+            if value is None or value == "":
+                if found is _MISSING:
+                    found = value
+                continue
+            found = value
+            break
+        if found is _MISSING:
+            return None
+        if found is None or found == "":
+            return ""
+        text = formatter(found)
+        if lower:
+            text = text.lower()
+        if max_length is not None and len(text) > max_length:
+            text = text[:max_length]
+        return text
+
+    return resolve

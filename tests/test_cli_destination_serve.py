@@ -1,0 +1,221 @@
+"""``destination serve`` and ``destination replay`` as real subprocesses: config errors at
+start (check's text), kill -9 after a 200 then a restart that loads every row, SIGTERM,
+the spool commands on the destination's spool, replay with FILE:LINE and --dry-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+import urllib3
+from _destination import ENV, example_data, identify, sign, toml_text, track
+
+from selligent_segment.cli import main
+from selligent_segment.testing import LocalSelligent
+
+ACME = ENV["ACME_SEGMENT_SHARED_SECRET"]
+
+
+@pytest.fixture
+def config_file(local_selligent: LocalSelligent, tmp_path: Path) -> Path:
+    path = tmp_path / "destination.toml"
+    path.write_text(toml_text(example_data(local_selligent.url)))
+    return path
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return {**os.environ, **ENV}
+
+
+class Served:
+    """A ``destination serve`` subprocess, its URL once it printed LISTENING."""
+
+    def __init__(self, config: Path, spool: Path, env: dict[str, str], *extra: str) -> None:
+        args = ["--config", str(config), "--spool", str(spool), "--port", "0", *extra]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "selligent_segment", "destination", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()  # blocks until it listens, or exits
+        if not line.startswith("LISTENING "):
+            self.proc.kill()
+            _, stderr = self.proc.communicate(timeout=30)
+            raise AssertionError(f"serve did not start: {line!r} {stderr.decode()}")
+        self.url = line.split()[1]
+        self.http = urllib3.PoolManager(retries=False, timeout=10.0)
+
+    def post(self, tenant: str, events: list[dict[str, object]], secret: str) -> int:
+        body = orjson.dumps(events)
+        headers = {"Content-Type": "application/json", "X-Signature": sign(secret, body)}
+        answer = self.http.request(
+            "POST", f"{self.url}/segment/{tenant}", body=body, headers=headers
+        )
+        return answer.status
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, stderr = self.proc.communicate(timeout=60)
+        return self.proc.returncode, stderr.decode()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "destination.spool"
+
+
+def test_serve_refuses_to_start_on_an_invalid_config_with_checks_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[tenants.acme]\nselligent_url = "ftp://x"\norganization = "o"\n'
+        'api_key_env = "ACME_SELLIGENT_API_KEY"\n[tenants.acme.identify]\nlist = "C"\n'
+        'key = "nope"\n'
+    )
+    assert main(["destination", "check", "--config", str(bad)]) == 1
+    check_text = capsys.readouterr().err
+    assert main(["destination", "serve", "--config", str(bad), "--port", "0"]) == 1
+    serve_text = capsys.readouterr().err
+    assert serve_text == check_text
+    assert "selligent_url" in serve_text
+    assert "column nope: a key column must be one of the fields" in serve_text
+
+
+def test_serve_refuses_a_mapping_its_samples_cannot_map(
+    local_selligent: LocalSelligent, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    data = example_data(local_selligent.url)
+    data["tenants"]["acme"]["identify"]["fields"] = {"customer_id": "$.traits.loyaltyId"}
+    data["tenants"]["acme"]["identify"]["key"] = "customer_id"
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(data))
+    assert main(["destination", "serve", "--config", str(path), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "tenant acme, table identify, column customer_id" in err
+    assert "$.traits.loyaltyId" in err
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_200_then_a_restart_loads_every_row(
+    config_file: Path, spool: Path, env: dict[str, str], local_selligent: LocalSelligent
+) -> None:
+    local_selligent.outage(503)  # nothing can be loaded before the kill
+    served = Served(config_file, spool, env, "--linger", "0.01")
+    events = [e for n in range(300) for e in (identify(n), track(n))]
+    for start in range(0, len(events), 100):
+        assert served.post("acme", events[start : start + 100], ACME) == 200
+    served.proc.kill()  # SIGKILL right after the last 200
+    served.proc.communicate(timeout=30)
+    assert local_selligent.rows("CONTACTS") == []
+    local_selligent.end_outage()
+    again = Served(config_file, spool, env, "--linger", "0.01")
+    try:
+        assert local_selligent.wait_for_rows(300, "CONTACTS", timeout=60)
+        assert local_selligent.wait_for_rows(300, "INTERACTIONS", timeout=60)
+    finally:
+        status, stderr = again.stop()
+    assert status == 0
+    assert "0 left in the spool" in stderr
+    ids = {r["customer_id"] for r in local_selligent.rows("CONTACTS")}
+    assert ids == {f"user-{n}" for n in range(300)}
+    assert len(local_selligent.rows("INTERACTIONS")) == 300
+
+
+@pytest.mark.slow
+def test_sigterm_stops_accepting_flushes_and_leaves_the_rest_in_the_spool(
+    config_file: Path, spool: Path, env: dict[str, str], local_selligent: LocalSelligent,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    served = Served(config_file, spool, env, "--flush-timeout", "0.5")
+    assert served.post("acme", [identify(1)], ACME) == 200
+    assert local_selligent.wait_for_rows(1, "CONTACTS", timeout=30)
+    local_selligent.outage(503)
+    assert served.post("acme", [identify(2), identify(3)], ACME) == 200
+    status, stderr = served.stop()
+    assert status == 0
+    assert "SIGTERM: no new requests" in stderr
+    assert "2 left in the spool" in stderr
+    for value in ENV.values():
+        assert value not in stderr
+    assert main(["spool", "status", "--spool", str(spool), "--json"]) == 0
+    status_json = orjson.loads(capsys.readouterr().out)
+    assert status_json["queued"] == 2
+    assert main(["dead-letters", "list", "--spool", str(spool)]) == 0
+
+
+@pytest.mark.slow
+def test_replay_loads_exported_events_and_names_bad_lines(
+    config_file: Path, spool: Path, env: dict[str, str], local_selligent: LocalSelligent,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    no_user = identify(3)
+    del no_user["userId"]
+    lines = [
+        orjson.dumps(identify(1)),
+        b"{not json",
+        orjson.dumps([track(1), identify(2), identify(2)]),
+        orjson.dumps(no_user),
+        b"",
+    ]
+    events.write_bytes(b"\n".join(lines))
+    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
+    dry = subprocess.run(
+        [sys.executable, "-m", "selligent_segment", *args, "--tenant", "acme", "--dry-run",
+         str(events)], env=env, capture_output=True, check=False,
+    )  # fmt: skip
+    assert dry.returncode == 1
+    printed = [orjson.loads(line) for line in dry.stdout.splitlines()]
+    assert [p["source"] for p in printed] == [f"{events}:1", f"{events}:3[0]", f"{events}:3[1]"]
+    assert printed[0]["row"]["customer_id"] == "user-1"
+    assert f"{events}:2: invalid JSON" in dry.stderr.decode()
+    assert f"{events}:4: column customer_id <- $.userId" in dry.stderr.decode()
+    assert local_selligent.requests == []
+    run = subprocess.run(
+        [sys.executable, "-m", "selligent_segment", *args, "--tenant", "acme", "--linger", "0",
+         str(events)], env=env, capture_output=True, check=False,
+    )  # fmt: skip
+    stderr = run.stderr.decode()
+    assert "3 rows loaded, 0 skipped, 1 duplicates, 2 refused" in stderr
+    assert run.returncode == 1
+    assert local_selligent.row("CONTACTS", customer_id="user-2") is not None
+    assert local_selligent.row("INTERACTIONS", event_id="tr-1") is not None
+
+
+def test_replay_needs_a_tenant_when_there_are_several(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    args = ["destination", "replay", "--config", str(config_file), str(tmp_path / "x.jsonl")]
+    assert main(args) == 2
+    assert "--tenant is needed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_destination_demo_loads_both_customers_rows_through_an_outage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["destination", "demo"]) == 0
+    printed = capsys.readouterr().out
+    assert "Selligent is down (503)" in printed
+    assert "list CONTACTS (32 rows, upserted on customer_id)" in printed
+    assert "list GLOBEX_CONTACTS (30 rows, upserted on customer_id)" in printed
+    assert "list GLOBEX_EVENTS (60 rows, upserted on event_id)" in printed
+    assert "25 duplicates dropped" in printed
+    assert "demo-secret" not in printed

@@ -1,0 +1,272 @@
+"""The destination's receiver over real loopback HTTP (uvicorn) into LocalSelligent:
+signatures (good, bad, missing, batch form), unknown tenants, malformed and oversized
+bodies, a full spool, deduplication on re-batched retries, loop prevention and
+allow-lists, one bad event refused alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import urllib3
+from _destination import ENV, example_config, identify, sign, track
+
+from selligent_segment import SpoolFile
+from selligent_segment.delivery._retry import RetryPolicy
+from selligent_segment.destination import DestinationConfig
+from selligent_segment.destination._loader import Loader, LoaderSettings
+from selligent_segment.destination._receiver import Receiver, RecentIds
+from selligent_segment.destination._signature import first_element, verify
+from selligent_segment.testing import LocalSelligent
+from selligent_segment.testing._asgi_server import serve_asgi
+
+SETTINGS = LoaderSettings(linger=0.01, retry=RetryPolicy(initial_backoff=0.01, jitter=False))
+ACME = ENV["ACME_SEGMENT_SHARED_SECRET"]
+GLOBEX = ENV["GLOBEX_SEGMENT_SHARED_SECRET"]
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = urllib3.PoolManager(retries=False, timeout=10.0)
+
+    def post(
+        self, tenant: str, body: Any, *, secret: str | None = None, signature: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        raw = body if isinstance(body, bytes) else orjson.dumps(body)
+        headers = {"Content-Type": "application/json", "User-Agent": "Segment.io/1.0"}
+        if secret is not None:
+            headers["X-Signature"] = sign(secret, raw)
+        if signature is not None:
+            headers["X-Signature"] = signature
+        answer = self.http.request(
+            "POST", f"{self.url}/segment/{tenant}", body=raw, headers=headers
+        )
+        return answer.status, orjson.loads(answer.data) if answer.data else {}
+
+
+@pytest.fixture
+def config(local_selligent: LocalSelligent) -> DestinationConfig:
+    return example_config(local_selligent.url)
+
+
+@pytest.fixture
+def loader(config: DestinationConfig, tmp_path: Path) -> Iterator[Loader]:
+    loader = Loader(config, tmp_path / "dest.spool", SETTINGS).start()
+    yield loader
+    loader.close(2.0)
+
+
+class Switch:
+    """One uvicorn server for the module, serving each test's own Receiver (starting and
+    stopping uvicorn per test costs about 0.3 s)."""
+
+    app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[tuple[Switch, str]]:
+    switch = Switch()
+    with serve_asgi(switch) as url:
+        yield switch, url
+
+
+@pytest.fixture
+def client(
+    config: DestinationConfig, loader: Loader, served: tuple[Switch, str]
+) -> Iterator[Client]:
+    switch, url = served
+    switch.app = Receiver(config, loader, max_body_bytes=64 * 1024)
+    client = Client(url)
+    yield client
+    client.http.clear()
+
+
+def test_a_signed_event_is_journaled_and_loaded(
+    client: Client, loader: Loader, local_selligent: LocalSelligent
+) -> None:
+    status, answer = client.post("acme", identify(1), secret=ACME)
+    assert status == 200
+    assert answer == {"accepted": 1, "duplicates": 0, "skipped": 0, "refused": []}
+    assert loader.flush(10.0)
+    row = local_selligent.row("CONTACTS", customer_id="user-1")
+    assert row is not None
+    assert row["email_address"] == "User1@Example.com"
+
+
+def test_a_batch_signed_on_its_first_element_is_accepted(
+    client: Client, loader: Loader, local_selligent: LocalSelligent
+) -> None:
+    batch = [identify(1), track(1, event="Subscription Started")]
+    first = orjson.dumps(batch[0])  # JSON.stringify of the first event
+    status, answer = client.post("acme", batch, signature=sign(ACME, first))
+    assert status == 200
+    assert answer["accepted"] == 2
+    # Spaced JSON as another serialiser might write it: the first element is signed as
+    # compact JSON, and integral floats as JavaScript writes them.
+    event = {"type": "identify", "messageId": "m-9", "userId": "u9", "traits": {"score": 3.0}}
+    spaced = (
+        b'[ {"type": "identify", "messageId": "m-9", "userId": "u9", "traits": {"score": 3.0}} ]'
+    )
+    compact = b'{"type":"identify","messageId":"m-9","userId":"u9","traits":{"score":3}}'
+    assert orjson.loads(spaced) == [event]
+    status, _ = client.post("acme", spaced, signature=sign(ACME, compact))
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("secret", "signature"),
+    [(None, None), ("wrong-secret", None), (None, "zz"), (None, "")],
+    ids=["missing", "wrong-secret", "garbage", "empty"],
+)
+def test_unsigned_or_badly_signed_requests_are_refused_with_401(
+    client: Client, loader: Loader, secret: str | None, signature: str | None
+) -> None:
+    status, answer = client.post("acme", [identify(1)], secret=secret, signature=signature)
+    assert status == 401
+    assert answer == {"error": "signature refused"}
+    assert loader.pending() == 0
+    assert loader.queued() == {}
+
+
+def test_a_signature_of_another_tenant_is_refused(client: Client) -> None:
+    assert client.post("acme", identify(1), secret=GLOBEX)[0] == 401
+
+
+def test_an_unknown_tenant_is_404_whatever_the_signature(client: Client) -> None:
+    assert client.post("initech", identify(1), secret=ACME) == (404, {"error": "unknown tenant"})
+    assert client.post("initech", identify(1)) == (404, {"error": "unknown tenant"})
+
+
+def test_malformed_json_is_400_with_the_reason(client: Client) -> None:
+    status, answer = client.post("acme", b'[{"type": ', secret=ACME)
+    assert status == 400
+    assert answer["error"].startswith("malformed JSON")
+    status, answer = client.post("acme", b'"text"', secret=ACME)
+    assert status == 400
+    assert "object" in answer["error"]
+
+
+def test_a_body_over_the_limit_is_413(client: Client) -> None:
+    body = orjson.dumps([identify(n) for n in range(1000)])
+    status, answer = client.post("acme", body, secret=ACME)
+    assert status == 413
+    assert "65,536 bytes" in answer["error"]
+
+
+def test_a_full_spool_is_503_and_keeps_nothing(
+    config: DestinationConfig, tmp_path: Path, served: tuple[Switch, str]
+) -> None:
+    settings = LoaderSettings(linger=0.01, max_spool_bytes=64 * 1024)
+    loader = Loader(config, tmp_path / "small.spool", settings).start()
+    switch, url = served
+    switch.app = Receiver(config, loader)
+    try:
+        batch = [identify(n, lastName="x" * 2000) for n in range(60)]
+        status, answer = Client(url).post("acme", batch, secret=ACME)
+        assert status == 503
+        assert "full" in answer["error"]
+        assert loader.pending() == 0
+        status, _ = Client(url).post("acme", batch[:1], secret=ACME)
+        assert status == 200
+    finally:
+        loader.close(0.1)
+
+
+def test_rebatched_retries_are_deduplicated_on_message_id(
+    client: Client, loader: Loader, local_selligent: LocalSelligent
+) -> None:
+    assert client.post("acme", [identify(1), identify(2)], secret=ACME)[1]["accepted"] == 2
+    status, answer = client.post("acme", [identify(2), identify(3), identify(3)], secret=ACME)
+    assert status == 200
+    assert (answer["accepted"], answer["duplicates"]) == (1, 2)
+    assert loader.flush(10.0)
+    assert sum(r.n_rows for r in local_selligent.requests) == 3
+    assert len(local_selligent.rows("CONTACTS")) == 3
+
+
+def test_loop_prevention_and_allow_lists_skip_events(
+    client: Client, loader: Loader, local_selligent: LocalSelligent
+) -> None:
+    own = track(1, event="Email Opened")
+    own["context"] = {"integration": {"name": "selligent", "version": "1.0.0"}}
+    others = track(2, event="Email Opened")  # another tool's Email Opened is loaded
+    status, answer = client.post("acme", [own, others], secret=ACME)
+    assert (status, answer["accepted"], answer["skipped"]) == (200, 1, 1)
+    status, answer = client.post("globex", [track(3, event="Page Viewed"), track(4)], secret=GLOBEX)
+    assert (status, answer["accepted"], answer["skipped"]) == (200, 1, 1)
+    assert loader.flush(10.0)
+    assert local_selligent.row("INTERACTIONS", event_id="tr-1") is None
+    assert local_selligent.row("INTERACTIONS", event_id="tr-2") is not None
+    assert [r["event_id"] for r in local_selligent.rows("GLOBEX_EVENTS")] == ["tr-4"]
+
+
+def test_one_bad_event_is_refused_alone_and_kept_as_a_dead_letter(
+    client: Client, loader: Loader, local_selligent: LocalSelligent, tmp_path: Path
+) -> None:
+    no_user = identify(2)
+    del no_user["userId"]
+    status, answer = client.post("acme", [identify(1), no_user, 7, identify(3)], secret=ACME)
+    assert status == 200
+    assert answer["accepted"] == 2
+    assert [(r["index"], r["messageId"]) for r in answer["refused"]] == [(1, "id-2"), (2, None)]
+    assert "$.userId" in answer["refused"][0]["reason"]
+    assert answer["refused"][1]["reason"] == "not a JSON object"
+    assert "User2@Example.com" not in str(answer)
+    assert loader.flush(10.0)
+    assert len(local_selligent.rows("CONTACTS")) == 2
+    loader.close(2.0)
+    with SpoolFile(tmp_path / "dest.spool") as spool:
+        letters = spool.dead_letters()
+    assert sorted(d.message_id for d in letters) == ["", "id-2"]
+    assert any("$.userId" in d.reason for d in letters)
+
+
+def test_healthz_answers_ok(client: Client) -> None:
+    answer = client.http.request("GET", f"{client.url}/healthz")
+    assert (answer.status, answer.data) == (200, b"ok")
+    assert client.http.request("GET", f"{client.url}/segment/acme").status == 405
+    assert client.http.request("GET", f"{client.url}/other").status == 404
+
+
+def test_verify_never_accepts_a_wrong_signature() -> None:
+    body = b'[{"a":1},{"b":2}]'
+    assert verify(b"s", body, sign("s", body))
+    assert verify(b"s", body, sign("s", b'{"a":1}').upper())
+    assert not verify(b"s", body, sign("t", body))
+    assert not verify(b"s", body, None)
+    assert not verify(b"s", b'{"a":1}', sign("s", b"{}"))
+    assert first_element(b'  [ {"x": [1, "]"]} , 2]') == b'{"x": [1, "]"]}'
+    assert first_element(b"[]") is None
+    assert first_element(b"{}") is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'[{"a":1.0,"b":"\xc3\xa9"},{"b":2}]', b'[ {"a": 1} ]', b'{"a":1}', b"[1]", b'["x"]'],
+)
+def test_verify_accepts_the_same_signatures_with_or_without_the_parsed_first(body: bytes) -> None:
+    data = orjson.loads(body)
+    first = data[0] if isinstance(data, list) else None
+    signed = [body, body[1:-1], b'{"a":1}', b'{"a":1,"b":"\xc3\xa9"}', b"1", b'"x"', b"{}"]
+    for candidate in signed:
+        signature = sign("s", candidate)
+        assert verify(b"s", body, signature, first) == verify(b"s", body, signature), candidate
+    assert verify(b"s", body, sign("s", body), first)
+
+
+def test_recent_ids_are_bounded_and_remember_a_window() -> None:
+    recent = RecentIds(2)
+    for message_id in ("a", "b", "c", "d", "e"):
+        recent.add(message_id)
+    assert "c" in recent  # at least the last 2 are remembered
+    assert "d" in recent
+    assert "e" in recent
+    assert "a" not in recent
+    assert len(recent.new) + len(recent.old) <= 4
