@@ -13,17 +13,16 @@ once, by any key; write keys are in no repr.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from email.message import Message
-from types import TracebackType
 from typing import Any
 
 import attrs
 
-from selligent_segment.testing._faults import FaultInjector, FaultKind, FaultPlan
+from selligent_segment.testing._faults import FaultKind, FaultPlan
 from selligent_segment.testing._rules import retry_count
 from selligent_segment.testing._server import LoopbackServer, serve
+from selligent_segment.testing._stand_in import StandIn
 
 __all__ = ["DroppedEvent", "LocalSegment", "RecordedRequest"]
 
@@ -58,7 +57,7 @@ class DroppedEvent:
     write_key: str | None = attrs.field(repr=False)
 
 
-class LocalSegment:
+class LocalSegment(StandIn):
     """A Segment ``/v1/batch`` server on a real loopback socket; thread-safe records.
 
     It serves ``POST /v1/batch`` on loopback (an ephemeral port by default) and applies
@@ -94,6 +93,8 @@ class LocalSegment:
     empty), for benchmarks. Write keys never appear in a repr or an exception text.
     """
 
+    _name = "LocalSegment"
+
     def __init__(
         self,
         *,
@@ -106,120 +107,31 @@ class LocalSegment:
         record_events: bool = True,
         refuse: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> None:
-        if latency < 0:
-            raise ValueError("latency must be >= 0")
-        self._host = host
-        self._port = port
-        self._latency = float(latency)
+        super().__init__(host=host, port=port, keys=write_keys, faults=faults, latency=latency)
         self._strict = bool(strict)
         self._record_events = bool(record_events)
         self._refuse = refuse
-        self._keys_lock = threading.Lock()
-        self._allowed: set[str] | None = None if write_keys is None else set(write_keys)
-        self._revoked: set[str] = set()
-        self._faults = FaultInjector(faults)
-        self._cond = threading.Condition(threading.Lock())
         self._accepted: list[dict[str, Any]] = []
         self._accepted_keys: list[str | None] = []
         self._requests: list[RecordedRequest] = []
         self._dropped: list[DroppedEvent] = []
         self._ids: set[str] = set()
         self._n_accepted = 0
-        self._n_requests = 0
-        self._n_arrived = 0
         self._n_dropped = 0
         self._n_duplicates = 0
-        self._server: LoopbackServer | None = None
 
-    def __repr__(self) -> str:
-        where = self.url if self._server is not None else "stopped"
-        return f"<LocalSegment {where}>"
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> LocalSegment:
-        """Bind and serve in a daemon thread; returns self. Raises if already started."""
-        if self._server is not None:
-            raise RuntimeError("LocalSegment is already started")
-        self._server = serve(self._host, self._port, self)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection; idempotent."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
-
-    def __enter__(self) -> LocalSegment:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound TCP port (raises RuntimeError when not started)."""
-        if self._server is None:
-            raise RuntimeError("LocalSegment is not started")
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (raises RuntimeError when not started)."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+    def _serve(self) -> LoopbackServer:
+        return serve(self._host, self._port, self)
 
     # -- keys -----------------------------------------------------------------------------
 
     def add_write_key(self, key: str) -> None:
         """Accept ``key`` from now on (also un-revokes it)."""
-        with self._keys_lock:
-            self._revoked.discard(key)
-            if self._allowed is not None:
-                self._allowed.add(key)
+        self._add_key(key)
 
     def revoke_write_key(self, key: str) -> None:
         """Answer 401 to ``key`` from now on (even when any key is accepted)."""
-        with self._keys_lock:
-            self._revoked.add(key)
-            if self._allowed is not None:
-                self._allowed.discard(key)
-
-    def _key_ok(self, key: str | None) -> bool:
-        if not key:
-            return False
-        with self._keys_lock:
-            if key in self._revoked:
-                return False
-            return self._allowed is None or key in self._allowed
-
-    # -- faults ---------------------------------------------------------------------------
-
-    def set_faults(self, plan: FaultPlan | None) -> None:
-        """Install ``plan`` (None = no faults) with fresh script positions and RNG."""
-        self._faults.install(plan)
-
-    def outage(self, status: int = 503, *, retry_after: int | str | None = None) -> None:
-        """Answer every ``/v1/batch`` request with ``status`` until :meth:`end_outage`."""
-        self._faults.start_outage(status, retry_after)
-
-    def end_outage(self) -> None:
-        """End an outage started by :meth:`outage`; no-op otherwise."""
-        self._faults.end_outage()
-
-    def _control_faults(self, plan: FaultPlan, outage: int | None) -> None:
-        """What ``POST /_faults`` (and ``--fault-mix``) asks: install ``plan``, then start an
-        ``outage`` (with the plan's ``retry_after``) or end any."""
-        self.set_faults(plan)
-        if outage is not None:
-            self.outage(outage, retry_after=plan.retry_after)
-        else:
-            self.end_outage()
+        self._revoke_key(key)
 
     # -- records --------------------------------------------------------------------------
 
@@ -303,24 +215,7 @@ class LocalSegment:
         with self._cond:
             return self._cond.wait_for(lambda: self._n_accepted >= count, timeout)
 
-    def wait_for_arrivals(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least ``count`` batch requests have arrived, answered or not (a
-        request held by an injected delay counts at once); False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n_arrived >= count, timeout)
-
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least ``count`` batch requests were handled; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n_requests >= count, timeout)
-
     # -- what the server records (_server.py) -------------------------------------------
-
-    def _note_arrival(self) -> None:
-        """A ``/v1/batch`` request arrived (its headers are read)."""
-        with self._cond:
-            self._n_arrived += 1
-            self._cond.notify_all()
 
     def _record(
         self,

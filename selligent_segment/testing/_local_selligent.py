@@ -13,16 +13,15 @@ is answered; accessors return copies taken under that lock; every wait is on tha
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import attrs
 
-from selligent_segment.testing._faults import FaultInjector, FaultKind, FaultPlan
+from selligent_segment.testing._faults import FaultKind, FaultPlan
 from selligent_segment.testing._selligent_rules import LoadRequest, SelligentColumn, SelligentList
 from selligent_segment.testing._selligent_server import SelligentServer, serve_selligent
+from selligent_segment.testing._stand_in import StandIn
 
 __all__ = ["LocalSelligent", "RecordedLoad"]
 
@@ -76,7 +75,7 @@ class _Table:
                 index.setdefault(tuple(row[f] for f in fields), row)
 
 
-class LocalSelligent:
+class LocalSelligent(StandIn):
     """Selligent Marketing Cloud's ``data/load`` on a real loopback socket; thread-safe records.
 
     It serves ``POST /Portal/Api/organizations/{org}/lists/{list}/data/load`` and applies
@@ -111,6 +110,8 @@ class LocalSelligent:
     rows). API keys never appear in a repr or an exception text.
     """
 
+    _name = "LocalSelligent"
+
     def __init__(
         self,
         *,
@@ -126,17 +127,10 @@ class LocalSelligent:
         record_requests: bool = True,
         store_rows: bool = True,
     ) -> None:
-        if latency < 0:
-            raise ValueError("latency must be >= 0")
-        self._host = host
-        self._port = port
-        self._latency = float(latency)
+        super().__init__(host=host, port=port, keys=api_keys, faults=faults, latency=latency)
         self._organization = organization
         self._record_requests = bool(record_requests)
         self._store_rows = bool(store_rows)
-        self._keys_lock = threading.Lock()
-        self._allowed: set[str] | None = None if api_keys is None else set(api_keys)
-        self._revoked: set[str] = set()
         self._lists: dict[str, SelligentList] | None = None
         if lists is not None:
             self._lists = {}
@@ -147,57 +141,16 @@ class LocalSelligent:
             )
             for spec in items:
                 self._lists[spec.name] = spec
-        self._faults = FaultInjector(faults)
-        self._cond = threading.Condition(threading.Lock())
         self._tables: dict[str, _Table] = {}
         self._requests: list[RecordedLoad] = []
-        self._n_requests = self._n_arrived = self._n_rows_received = 0
+        self._n_rows_received = 0
         self._n_inserted = self._n_updated = self._n_failed = self._n_duplicates = 0
         self._n_stored = 0
-        self._server: SelligentServer | None = None
 
-    def __repr__(self) -> str:
-        where = self.url if self._server is not None else "stopped"
-        return f"<LocalSelligent {where}>"
+    def _serve(self) -> SelligentServer:
+        return serve_selligent(self._host, self._port, self)
 
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> LocalSelligent:
-        """Bind and serve in a daemon thread; returns self. Raises if already started."""
-        if self._server is not None:
-            raise RuntimeError("LocalSelligent is already started")
-        self._server = serve_selligent(self._host, self._port, self)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection; idempotent."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
-
-    def __enter__(self) -> LocalSelligent:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        """The bound TCP port (raises RuntimeError when not started)."""
-        if self._server is None:
-            raise RuntimeError("LocalSelligent is not started")
-        return self._server.port
-
-    @property
-    def url(self) -> str:
-        """Base URL (a tenant's ``selligent_url``), e.g. ``http://127.0.0.1:54321``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+    # -- lifecycle (StandIn), URLs ---------------------------------------------------------
 
     def load_url(self, organization: str, list_name: str) -> str:
         """The full ``data/load`` URL of ``list_name`` (without the query)."""
@@ -207,28 +160,17 @@ class LocalSelligent:
 
     def add_api_key(self, key: str) -> None:
         """Accept ``key`` (``key:secret``) from now on (also un-revokes it)."""
-        with self._keys_lock:
-            self._revoked.discard(key)
-            if self._allowed is not None:
-                self._allowed.add(key)
+        self._add_key(key)
 
     def revoke_api_key(self, key: str) -> None:
         """Answer 401 to ``key`` from now on (even when any key is accepted)."""
-        with self._keys_lock:
-            self._revoked.add(key)
-            if self._allowed is not None:
-                self._allowed.discard(key)
+        self._revoke_key(key)
 
     def _key_ok(self, key: str | None) -> bool:
-        if not key:
-            return False
-        name, sep, secret = key.partition(":")
+        name, sep, secret = (key or "").partition(":")
         if not sep or not name or not secret:
             return False
-        with self._keys_lock:
-            if key in self._revoked:
-                return False
-            return self._allowed is None or key in self._allowed
+        return super()._key_ok(key)
 
     def _organization_ok(self, organization: str) -> bool:
         return self._organization is None or organization == self._organization
@@ -248,27 +190,6 @@ class LocalSelligent:
             if self._lists is None:
                 return True
             return self._lists.get(name, False)
-
-    # -- faults ---------------------------------------------------------------------------
-
-    def set_faults(self, plan: FaultPlan | None) -> None:
-        """Install ``plan`` (None = no faults; ``per_key`` is keyed by API key)."""
-        self._faults.install(plan)
-
-    def outage(self, status: int = 503, *, retry_after: int | str | None = None) -> None:
-        """Answer every load with ``status`` until :meth:`end_outage`."""
-        self._faults.start_outage(status, retry_after)
-
-    def end_outage(self) -> None:
-        """End an outage started by :meth:`outage`; no-op otherwise."""
-        self._faults.end_outage()
-
-    def _control_faults(self, plan: FaultPlan, outage: int | None) -> None:
-        self.set_faults(plan)
-        if outage is not None:
-            self.outage(outage, retry_after=plan.retry_after)
-        else:
-            self.end_outage()
 
     # -- reading back ---------------------------------------------------------------------
 
@@ -333,22 +254,7 @@ class LocalSelligent:
         with self._cond:
             return self._cond.wait_for(enough, timeout)
 
-    def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least ``count`` load requests were answered or dropped."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n_requests >= count, timeout)
-
-    def wait_for_arrivals(self, count: int, timeout: float = 10.0) -> bool:
-        """Block until at least ``count`` load requests arrived (a stalled one counts)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n_arrived >= count, timeout)
-
     # -- what the server records (_selligent_server.py) ---------------------------------
-
-    def _note_arrival(self) -> None:
-        with self._cond:
-            self._n_arrived += 1
-            self._cond.notify_all()
 
     def _upsert(
         self, list_name: str, request: LoadRequest, valid: Sequence[list[str]]
