@@ -1,8 +1,8 @@
 """The few ASGI pieces every HTTP-facing part of the library shares (the destination's
 receiver, the ESP webhook routes, the tracking endpoints): read a request body under a size
-limit, look up a header, write a whole answer. No framework: an ASGI application here is a
-plain ``async def app(scope, receive, send)``, mountable in Starlette/FastAPI or served by
-any ASGI server (``uvicorn``, the ``server`` extra).
+limit, look up a header, write a whole answer, acknowledge a lifespan scope. No framework:
+an ASGI application here is a plain ``async def app(scope, receive, send)``, mountable in
+Starlette/FastAPI or served by any ASGI server (``uvicorn``, the ``server`` extra).
 
 Guarantees: :func:`read_body` never holds more than ``limit`` bytes of a body in memory and
 says so with :class:`BodyTooLarge` (answer ``413``); :func:`respond` always sends exactly
@@ -21,6 +21,7 @@ __all__ = [
     "Scope",
     "Send",
     "header",
+    "lifespan",
     "read_body",
     "respond",
     "respond_json",
@@ -53,6 +54,18 @@ def header(scope: Scope, name: str) -> str | None:
         if key.lower() == wanted:
             return bytes(value).decode("latin-1")
     return None
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge an ASGI ``lifespan`` scope: answer startup and shutdown (nothing to
+    start or stop), and return after shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:

@@ -26,7 +26,6 @@ Event values and secrets are never in a log line or an answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -39,6 +38,7 @@ from selligent_segment._asgi import (
     Scope,
     Send,
     header,
+    lifespan,
     read_body,
     respond,
     respond_json,
@@ -113,7 +113,7 @@ class Receiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -246,13 +246,3 @@ _BAD: Any = object()
 
 def _kind(kind: object) -> str:
     return kind if isinstance(kind, str) and len(kind) <= 40 else "unknown"
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message: Mapping[str, Any] = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

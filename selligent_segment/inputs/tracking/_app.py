@@ -39,6 +39,7 @@ from selligent_segment._asgi import (
     Scope,
     Send,
     header,
+    lifespan,
     read_body,
     respond,
 )
@@ -157,7 +158,7 @@ class TrackingApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection (``http``; ``lifespan`` is acknowledged)."""
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -293,13 +294,3 @@ def _record(
         "ip": ip,
         "user_agent": agent,
     }
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
