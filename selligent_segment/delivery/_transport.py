@@ -758,19 +758,8 @@ def _read_response(
     status = raw.status
     now = time.time()
     retry_after = parse_retry_after(raw.headers.get("Retry-After"), now)
-    data = b""
-    read_failure: str | None = None
-    try:
-        data = raw.read(_MAX_RESPONSE_BODY)
-        if not raw.closed:
-            raw.close()  # longer than we will read: do not reuse this connection
-    except _NETWORK_ERRORS as exc:
-        read_failure = _describe(exc)
-        raw.close()
-    finally:
-        raw.release_conn()
-    if deadline.expired:  # a body cut short by the watchdog can look whole (no length)
-        read_failure = overdue()
+    answer = _read_answer(raw, deadline, overdue, _MAX_RESPONSE_BODY)
+    data, read_failure = answer.body, answer.read_failure
     if 200 <= status < 300:
         return Response(status=status, retry_after=retry_after)
     if 300 <= status < 400:
@@ -822,7 +811,7 @@ def _read_answer(
         raw.close()
     finally:
         raw.release_conn()
-    if deadline.expired:
+    if deadline.expired:  # a body cut short by the watchdog can look whole (no length)
         read_failure = overdue()
     return Answer(raw.status, raw.reason or "", raw.headers, data, read_failure)
 
