@@ -89,6 +89,30 @@ def spawn(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess
     return proc, line.split()[1].rstrip("/")
 
 
+def spawn_selligent() -> tuple[subprocess.Popen[bytes], str]:
+    """The Selligent stand-in in a process of its own, keeping only each row's key."""
+    return spawn(
+        [
+            sys.executable,
+            "-m",
+            "selligent_segment.testing",
+            "--selligent",
+            "--port",
+            "0",
+            "--store-keys-only",
+        ]
+    )
+
+
+def write_config(path: Path, selligent_url: str) -> Path:
+    """Write the example destination config, its ``selligent_url`` set, to ``path``."""
+    text = re.sub(
+        r'selligent_url = "[^"]*"', f'selligent_url = "{selligent_url}"', EXAMPLE.read_text()
+    )
+    path.write_text(text)
+    return path
+
+
 def events(tenant: str, start: int, n: int) -> list[dict[str, Any]]:
     """``n`` events of ``tenant``: identify and track alternately, realistic sizes."""
     out: list[dict[str, Any]] = []
@@ -233,23 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     size = QUICK if args.quick else FULL
     env = {**os.environ, **ENV}
     results: dict[str, Any] = {"size": size}
-    selligent, s_url = spawn(
-        [
-            sys.executable,
-            "-m",
-            "selligent_segment.testing",
-            "--selligent",
-            "--port",
-            "0",
-            "--store-keys-only",
-        ]
-    )
+    selligent, s_url = spawn_selligent()
     tmp = tempfile.TemporaryDirectory(prefix="destination-bench-")
     served = None
     try:
-        config = Path(tmp.name) / "destination.toml"
-        text = re.sub(r'selligent_url = "[^"]*"', f'selligent_url = "{s_url}"', EXAMPLE.read_text())
-        config.write_text(text)
+        config = write_config(Path(tmp.name) / "destination.toml", s_url)
         served, r_url = spawn(
             [
                 sys.executable,

@@ -21,13 +21,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.destination import BATCH, ENV, EXAMPLE, events, http_json, signed, spawn
+from benchmarks.destination import (
+    BATCH,
+    ENV,
+    events,
+    http_json,
+    signed,
+    spawn_selligent,
+    write_config,
+)
 from selligent_segment.destination import LoaderSettings, load_config
 from selligent_segment.destination._loader import Loader
 from selligent_segment.destination._receiver import Receiver
@@ -50,24 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     n_batches = max(2, args.rows // BATCH)
-    selligent, s_url = spawn(
-        [
-            sys.executable,
-            "-m",
-            "selligent_segment.testing",
-            "--selligent",
-            "--port",
-            "0",
-            "--store-keys-only",
-        ]
-    )
+    selligent, s_url = spawn_selligent()
     try:
         with tempfile.TemporaryDirectory(prefix="destination-cpu-") as tmp:
-            config_path = Path(tmp) / "destination.toml"
-            text = re.sub(
-                r'selligent_url = "[^"]*"', f'selligent_url = "{s_url}"', EXAMPLE.read_text()
-            )
-            config_path.write_text(text)
+            config_path = write_config(Path(tmp) / "destination.toml", s_url)
             config = load_config(config_path, {**os.environ, **ENV})
             batches = []
             for k in range(n_batches):
