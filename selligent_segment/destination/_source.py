@@ -119,18 +119,7 @@ def _getter(segments: tuple[str | int, ...]) -> Getter:
                 return value.get(c, _MISSING) if type(value) is dict else _MISSING
 
             return get3
-
-        def get_names(event: Mapping[str, Any]) -> Any:
-            value: Any = event
-            for segment in segments:
-                if not isinstance(value, dict):
-                    return _MISSING
-                value = value.get(segment, _MISSING)
-                if value is _MISSING:
-                    return _MISSING
-            return value
-
-        return get_names
+        # deeper paths take the general loop below
 
     def get_mixed(event: Mapping[str, Any]) -> Any:
         value: Any = event
