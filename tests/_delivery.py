@@ -1,20 +1,21 @@
 """Helpers shared by the delivery tests (test_emitter, test_dispatch): quick policies, a
 record of the dict form, an Emitter with two tenants pointed at a LocalSegment or, on a
-FakeClock, answered by a MockTransport, and a transport that notes the fake time of each
-real request."""
+FakeClock, answered by a MockTransport, acme's last error once a condition holds, and a
+transport that notes the fake time of each real request."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from selligent_segment import BatchPolicy, Emitter, RetryPolicy
+from selligent_segment import BatchPolicy, Emitter, LastError, RetryPolicy, Stats
 from selligent_segment._clock import Clock
 from selligent_segment.delivery._transport import Response, Transport
 from selligent_segment.testing import FakeClock, Handler, LocalSegment, MockTransport
 
 FAST_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=50)
 QUICK = BatchPolicy(linger=0.0)
+SENDERS = 2  # the Emitter's default number of sender threads
 
 
 def record(i: int, tenant: str = "acme", **extra: Any) -> dict[str, Any]:
@@ -54,6 +55,27 @@ def fake_emitter(
     clock = clock or FakeClock()
     transport = MockTransport(handler, clock=clock)
     return Emitter(transport=transport, clock=clock, **_two_tenants(options)), transport, clock
+
+
+def acme_last_error(
+    handler: Handler, until: Callable[[Stats], bool], *, emit: bool = True, **options: Any
+) -> LastError | None:
+    """Through ``fake_emitter(handler, **options)``: emit record 1 (unless ``emit`` is
+    false), run the fake clock until ``until(stats)`` holds (asserted), and return acme's
+    last error then; the emitter is closed."""
+    em, _, clock = fake_emitter(handler, **options)
+    try:
+        if emit:
+            em.emit(record(1))
+        assert clock.run_until(lambda: until(em.stats()), waiters=SENDERS)
+        return em.stats().tenants["acme"].last_error
+    finally:
+        em.close(0)
+
+
+def has_last_error(stats: Stats) -> bool:
+    """Whether acme has a last error in ``stats``."""
+    return getattr(stats.tenants.get("acme"), "last_error", None) is not None
 
 
 class Timed:

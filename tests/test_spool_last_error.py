@@ -7,25 +7,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from _delivery import fake_emitter, record
+from _delivery import acme_last_error, fake_emitter, has_last_error, record
 
 from selligent_segment.spool._file import SpoolFile
-
-SENDERS = 2
 
 
 def test_the_last_error_of_a_tenant_is_in_the_spool_file(tmp_path: Path) -> None:
     spool = tmp_path / "spool.db"
-    em, _, clock = fake_emitter(lambda request: 503, spool=str(spool))
-    try:
-        em.emit(record(1))
-        assert clock.run_until(
-            lambda: getattr(em.stats().tenants.get("acme"), "last_error", None) is not None,
-            waiters=SENDERS,
-        )
-        expected = em.stats().tenants["acme"].last_error
-    finally:
-        em.close(0)
+    expected = acme_last_error(lambda request: 503, has_last_error, spool=str(spool))
     with SpoolFile(spool) as file:
         (acme,) = file.status().tenants
     assert acme.last_error == expected
@@ -52,14 +41,7 @@ def test_a_file_without_the_table_gets_it_when_opened(tmp_path: Path) -> None:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
     assert "last_errors" in tables
     # The table made then holds the next error, as a new file's does.
-    em, _, clock = fake_emitter(lambda request: 503, spool=str(spool))
-    try:
-        assert clock.run_until(
-            lambda: getattr(em.stats().tenants.get("acme"), "last_error", None) is not None,
-            waiters=SENDERS,
-        )
-    finally:
-        em.close(0)
+    acme_last_error(lambda request: 503, has_last_error, emit=False, spool=str(spool))
     with SpoolFile(spool) as file:
         (acme,) = file.status().tenants
     assert acme.last_error is not None

@@ -3,13 +3,11 @@ where the dispatcher and the settler meet an error, cut to its limit, never a ke
 
 from __future__ import annotations
 
-from _delivery import fake_emitter, record
+from _delivery import acme_last_error
 
 from selligent_segment import LastError, RetryPolicy
 from selligent_segment.delivery._stats import ERROR_TEXT_MAX, Counters
 from selligent_segment.testing import MockRequest, MockResponse
-
-SENDERS = 2
 
 
 def test_a_recorded_error_is_the_tenants_last_error_with_its_time_and_status() -> None:
@@ -45,13 +43,7 @@ def test_a_retried_request_leaves_its_error_and_a_later_success_keeps_it() -> No
     def handler(request: MockRequest) -> MockResponse:
         return next(answers, MockResponse.ok())
 
-    em, _, clock = fake_emitter(handler)
-    try:
-        em.emit(record(1))
-        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
-        last = em.stats().tenants["acme"].last_error
-    finally:
-        em.close(0)
+    last = acme_last_error(handler, lambda stats: stats.delivered == 1)
     assert last is not None
     assert last.status == 503
     assert "down for maintenance" in last.text
@@ -59,29 +51,17 @@ def test_a_retried_request_leaves_its_error_and_a_later_success_keeps_it() -> No
 
 
 def test_a_refused_key_is_the_last_error_of_its_paused_tenant() -> None:
-    em, _, clock = fake_emitter(lambda request: MockResponse.error(401, "bad key"))
-    try:
-        em.emit(record(1))
-        assert clock.run_until(
-            lambda: getattr(em.stats().tenants.get("acme"), "paused", None) is not None,
-            waiters=SENDERS,
-        )
-        last = em.stats().tenants["acme"].last_error
-    finally:
-        em.close(0)
+    last = acme_last_error(
+        lambda request: MockResponse.error(401, "bad key"),
+        lambda stats: getattr(stats.tenants.get("acme"), "paused", None) is not None,
+    )
     assert last is not None
     assert (last.text, last.status) == ("write key refused (401)", 401)
 
 
 def test_events_given_up_leave_the_reason_as_the_last_error() -> None:
     retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=2)
-    em, _, clock = fake_emitter(lambda request: 500, retry=retry)
-    try:
-        em.emit(record(1))
-        assert clock.run_until(lambda: bool(em.stats().dropped), waiters=SENDERS)
-        last = em.stats().tenants["acme"].last_error
-    finally:
-        em.close(0)
+    last = acme_last_error(lambda request: 500, lambda stats: bool(stats.dropped), retry=retry)
     assert last is not None
     assert last.text.startswith("retries_exhausted: ")
     assert last.status is None  # given up: no one answer stands for the batch
