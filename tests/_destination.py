@@ -1,5 +1,6 @@
 """Shared set-up of the destination's tests: the example config pointed at a LocalSelligent,
-secrets in a dict (never the process's environment), events and signatures."""
+a minimal tenant table, secrets in a dict (never the process's environment), events and
+signatures."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ ENV = {
     "GLOBEX_SELLIGENT_API_KEY": "globex-key:globex-secret",
     "GLOBEX_SEGMENT_SHARED_SECRET": "globex-shared",
 }
+
+
+def tenant_table(**overrides: Any) -> dict[str, Any]:
+    """A minimal tenant's table (acme's organization, its API key from ``KEY``, identify
+    into CONTACTS, track into EVENTS); ``overrides`` add or replace, a None removes."""
+    table: dict[str, Any] = {
+        "selligent_url": "https://acme.slgnt.eu",
+        "organization": "acme",
+        "api_key_env": "KEY",
+        "identify": {"list": "CONTACTS"},
+        "track": {"list": "EVENTS"},
+    }
+    table.update(overrides)
+    return {k: v for k, v in table.items() if v is not None}
 
 
 def example_data(url: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _destination import EXAMPLE
+from _destination import tenant_table as tenant
 
 from selligent_segment import ConfigurationError
 from selligent_segment.destination import (
@@ -17,26 +19,12 @@ from selligent_segment.destination import (
     parse_config,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "destination.toml"
 ENV = {
     "ACME_SELLIGENT_API_KEY": "acme-key:acme-secret-value",
     "ACME_SEGMENT_SHARED_SECRET": "acme-shared-secret-value",
     "GLOBEX_SELLIGENT_API_KEY": "globex-key:globex-secret-value",
     "GLOBEX_SEGMENT_SHARED_SECRET": "globex-shared-secret-value",
 }
-
-
-def tenant(**overrides: Any) -> dict[str, Any]:
-    table: dict[str, Any] = {
-        "selligent_url": "https://acme.slgnt.eu",
-        "organization": "acme",
-        "api_key_env": "KEY",
-        "identify": {"list": "CONTACTS"},
-        "track": {"list": "EVENTS"},
-    }
-    table.update(overrides)
-    return {k: v for k, v in table.items() if v is not None}
 
 
 def problems_of(data: dict[str, Any], env: dict[str, str] | None = None) -> list[ConfigProblem]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from _destination import tenant_table
 
 from selligent_segment import PROFILES
 from selligent_segment.destination import (
@@ -20,15 +21,7 @@ from selligent_segment.destination._source import Source, compile_source, to_tex
 
 
 def make_tenant(**tables: Any) -> TenantConfig:
-    table: dict[str, Any] = {
-        "selligent_url": "https://acme.slgnt.eu",
-        "organization": "acme",
-        "api_key_env": "KEY",
-        "identify": {"list": "CONTACTS"},
-        "track": {"list": "EVENTS"},
-    }
-    table.update(tables)
-    table = {k: v for k, v in table.items() if v is not None}
+    table = tenant_table(**tables)
     return parse_config({"tenants": {"acme": table}}, {"KEY": "k:s"}).tenants["acme"]
 
 
