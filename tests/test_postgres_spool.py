@@ -1,0 +1,184 @@
+"""The PostgreSQL spool (spool/_postgres.py) against a real server (testing/_local_postgres.py).
+
+The server is started once for the module; each test gets its own schema, so tests do not
+see each other's rows. A machine without the server binaries fails these tests (never skips).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from selligent_segment._errors import ConfigurationError, SpoolError
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment._record import EventKind
+from selligent_segment.spool._postgres import (
+    SCHEMA_VERSION,
+    PostgresSpool,
+    ensure_schema,
+    is_postgres_url,
+    redact,
+)
+from selligent_segment.testing._local_postgres import LocalPostgres
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[LocalPostgres]:
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"spool_test_{next(_schemas)}"
+
+
+def _messages(tenant: str, n: int, size: int = 10) -> list[EncodedMessage]:
+    return [
+        EncodedMessage(tenant, f"{tenant}-{i}", EventKind.BOUNCED, b"x" * size) for i in range(n)
+    ]
+
+
+def test_urls_are_recognised_and_passwords_never_shown() -> None:
+    assert is_postgres_url("postgresql://u@h/db")
+    assert is_postgres_url("postgres://u@h/db")
+    assert not is_postgres_url("/var/spool/x.db")
+    assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+
+
+def test_put_lease_ack_keeps_each_tenants_order_and_the_byte_limit(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", 5) + _messages("globex", 2))
+        assert spool.tenants() == ["acme", "globex"]
+        assert spool.backlog("acme") == 5
+        lease = spool.lease("acme", max_messages=10, max_bytes=33)  # 3 bodies of 10 + 1
+        assert lease is not None
+        assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
+        assert spool.backlog("acme") == 2  # the leased rows are not leasable
+        spool.ack(lease, lease.messages)
+        assert spool.stats().per_tenant == {"acme": 2, "globex": 2}
+        rest = spool.lease("acme", 10, 1 << 20)
+        assert rest is not None
+        assert [m.message_id for m in rest.messages] == ["acme-3", "acme-4"]
+        assert rest.messages[0].kind is EventKind.BOUNCED
+        assert rest.messages[0].body == b"x" * 10
+    finally:
+        spool.close()
+
+
+def test_release_gives_rows_back_at_their_place_and_reject_makes_dead_letters(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", 3))
+        lease = spool.lease("acme", 3, 1 << 20)
+        assert lease is not None
+        spool.reject(lease, lease.messages[:1], "invalid: no userId", 400)
+        spool.release(lease, lease.messages[1:])
+        again = spool.lease("acme", 3, 1 << 20)
+        assert again is not None
+        assert [m.message_id for m in again.messages] == ["acme-1", "acme-2"]
+        assert spool.dead_letters("acme") == [("acme", "acme-0", "invalid: no userId", 400)]
+        with pytest.raises(ValueError, match="is not live"):
+            spool.ack(lease, lease.messages[1:])
+    finally:
+        spool.close()
+
+
+def test_two_hosts_never_hold_the_same_rows_and_an_expired_lease_is_taken_over(
+    pg: LocalPostgres, schema: str
+) -> None:
+    one = PostgresSpool(pg.url, schema=schema, owner="host-1")
+    two = PostgresSpool(pg.url, schema=schema, owner="host-2")
+    try:
+        one.put_many(_messages("acme", 4))
+        first = one.lease("acme", 2, 1 << 20)
+        second = two.lease("acme", 10, 1 << 20)
+        assert first is not None
+        assert second is not None
+        ids_one = {m.message_id for m in first.messages}
+        ids_two = {m.message_id for m in second.messages}
+        assert ids_one == {"acme-0", "acme-1"}
+        assert ids_two == {"acme-2", "acme-3"}
+        assert two.lease("acme", 10, 1 << 20) is None
+        # host-1 dies holding its lease; once the lease has expired, host-2 takes it over
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(
+                f"UPDATE {schema}.messages SET lease_until = now() - interval '1 second' "
+                "WHERE owner = 'host-1'"
+            )
+        taken = two.lease("acme", 10, 1 << 20)
+        assert taken is not None
+        assert {m.message_id for m in taken.messages} == ids_one
+        # the dead host's late ack deletes nothing: the rows are host-2's now
+        one.ack(first, first.messages)
+        assert one.stats().messages == 4
+        two.ack(taken, taken.messages)
+        two.ack(second, second.messages)
+        assert two.empty()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_close_gives_live_leases_back(pg: LocalPostgres, schema: str) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    spool.put_many(_messages("acme", 2))
+    assert spool.lease("acme", 2, 1 << 20) is not None
+    spool.close()
+    other = PostgresSpool(pg.url, schema=schema)
+    try:
+        assert other.backlog("acme") == 2
+    finally:
+        other.close()
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(pg: LocalPostgres, schema: str) -> None:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        ensure_schema(conn, schema)
+        conn.execute(f"UPDATE {schema}.meta SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SpoolError, match=r"version 2 was written by a newer selligent-segment"):
+        PostgresSpool(pg.url, schema=schema)
+
+
+def test_bad_settings_are_refused_when_constructed(pg: LocalPostgres) -> None:
+    with pytest.raises(ConfigurationError, match="schema"):
+        PostgresSpool(pg.url, schema="Robert'); DROP TABLE x;--")
+    with pytest.raises(ConfigurationError, match="lease_seconds"):
+        PostgresSpool(pg.url, lease_seconds=0)
+
+
+def test_an_unreachable_database_is_a_spool_error_without_the_password() -> None:
+    url = "postgresql://app:s3cret@127.0.0.1:1/nothing"
+    with pytest.raises(SpoolError) as caught:
+        PostgresSpool(url, connect_timeout=1)
+    assert "s3cret" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_settlements_during_a_database_restart_are_kept_and_written_afterwards(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", 3))
+        lease = spool.lease("acme", 3, 1 << 20)
+        assert lease is not None
+        pg.restart("immediate")  # a crash: every pooled connection is cut
+        spool.ack(lease, lease.messages)  # never raises: kept in memory
+        assert spool._unwritten
+        spool.maintain()  # the database answers again: written
+        assert not spool._unwritten
+        assert spool.empty()
+    finally:
+        spool.close()
