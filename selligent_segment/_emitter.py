@@ -41,7 +41,9 @@ from selligent_segment.intake._backpressure import Backpressure
 from selligent_segment.intake._encoder import Encoder
 from selligent_segment.intake._journal import JournalIntake
 from selligent_segment.intake._memory import ENCODE_CHUNK, MemoryIntake
+from selligent_segment.intake._postgres import PostgresIntake
 from selligent_segment.intake._protocol import Accepted, Downstream, Intake
+from selligent_segment.spool._postgres import is_postgres_url
 from selligent_segment.spool._protocol import OnFull
 from selligent_segment.spool._schema import spool_path
 
@@ -175,7 +177,14 @@ class Emitter:
         )
         downstream = Downstream(self._counters, self._backpressure, self._on_failure)
         self._intake: Intake
-        if config.durable:
+        if is_postgres_url(config.spool):
+            self._intake = PostgresIntake(
+                url=str(config.spool),
+                max_spool_bytes=config.max_spool_bytes,
+                naming=config.naming,
+                downstream=downstream,
+            )
+        elif config.durable:
             self._intake = JournalIntake(
                 path=spool_path(config.spool),
                 max_spool_bytes=config.max_spool_bytes,
@@ -222,16 +231,24 @@ class Emitter:
 
     # -- accepting -------------------------------------------------------------------
 
-    def emit(self, record: CallbackRecord | Mapping[str, Any]) -> bool:
+    def emit(self, record: CallbackRecord | Mapping[str, Any], *, connection: Any = None) -> bool:
         """Accept one callback record (a :class:`CallbackRecord` or its dict form).
 
         Returns True when accepted, False when dropped by ``on_full="drop_newest"``.
         Raises InvalidEvent (naming the field), UnknownTenant, SpoolFull or EmitterClosed;
-        a refused record never affects another.
+        a refused record never affects another. With a ``postgresql://`` spool,
+        ``connection`` (the caller's psycopg connection) makes the event part of the
+        caller's open transaction: committed with it, never sent after a rollback (the
+        transactional outbox; see ``docs/scaling.md``).
         """
         if self._closed:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
+        if connection is not None:
+            self._outbox().accept_in(
+                connection, [(fields, tenant, None if "timestamp" in fields else time.time())]
+            )
+            return True
         intake = self._intake
         if intake.pending() >= self._max_pending and not self._backpressure.wait_for_room(
             intake.pending, tenant
@@ -255,7 +272,17 @@ class Emitter:
             raise UnknownTenant(tenant)
         return fields, tenant
 
-    def emit_many(self, records: Iterable[CallbackRecord | Mapping[str, Any]]) -> BulkResult:
+    def _outbox(self) -> PostgresIntake:
+        intake = self._intake
+        if not isinstance(intake, PostgresIntake):
+            raise ConfigurationError("connection", "an outbox insert needs a postgresql:// spool")
+        if not self._started:
+            self._start()
+        return intake
+
+    def emit_many(
+        self, records: Iterable[CallbackRecord | Mapping[str, Any]], *, connection: Any = None
+    ) -> BulkResult:
         """Accept many records; cheaper per record than :meth:`emit` (one journal write
         per chunk with a durable spool).
 
@@ -266,6 +293,8 @@ class Emitter:
         """
         if self._closed:
             raise EmitterClosed("emit_many() after close(); no event was accepted")
+        if connection is not None:
+            return self._emit_many_in(records, connection)
         refused: list[tuple[int, SelligentSegmentError]] = []
         chunk: list[tuple[int, dict[str, Any], str]] = []
         accepted = 0
@@ -286,6 +315,24 @@ class Emitter:
         finally:
             self._encoder.leave_bulk()
         return BulkResult(accepted, tuple(refused))
+
+    def _emit_many_in(
+        self, records: Iterable[CallbackRecord | Mapping[str, Any]], connection: Any
+    ) -> BulkResult:
+        """emit_many into the caller's open transaction: one COPY of the valid records."""
+        intake = self._outbox()
+        refused: list[tuple[int, SelligentSegmentError]] = []
+        entries: list[Accepted] = []
+        now = time.time()
+        for index, record in enumerate(records):
+            try:
+                fields, tenant = self._check(record)
+            except (InvalidEvent, UnknownTenant) as exc:
+                refused.append((index, exc))
+                continue
+            entries.append((fields, tenant, None if "timestamp" in fields else now))
+        intake.accept_in(connection, entries)
+        return BulkResult(len(entries), tuple(refused))
 
     def _accept_chunk(
         self,

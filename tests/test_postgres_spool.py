@@ -7,7 +7,6 @@ see each other's rows. A machine without the server binaries fails these tests (
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -27,10 +26,9 @@ from selligent_segment.testing._local_postgres import LocalPostgres
 _schemas = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[LocalPostgres]:
-    with LocalPostgres() as server:
-        yield server
+@pytest.fixture
+def pg(postgres: LocalPostgres) -> LocalPostgres:
+    return postgres
 
 
 @pytest.fixture
@@ -165,8 +163,7 @@ def test_an_unreachable_database_is_a_spool_error_without_the_password() -> None
     assert "127.0.0.1" in str(caught.value)
 
 
-@pytest.mark.slow
-def test_settlements_during_a_database_restart_are_kept_and_written_afterwards(
+def test_a_restart_costs_nothing_the_dead_pooled_connections_are_replaced(
     pg: LocalPostgres, schema: str
 ) -> None:
     spool = PostgresSpool(pg.url, schema=schema)
@@ -175,10 +172,32 @@ def test_settlements_during_a_database_restart_are_kept_and_written_afterwards(
         lease = spool.lease("acme", 3, 1 << 20)
         assert lease is not None
         pg.restart("immediate")  # a crash: every pooled connection is cut
-        spool.ack(lease, lease.messages)  # never raises: kept in memory
-        assert spool._unwritten
-        spool.maintain()  # the database answers again: written
+        spool.ack(lease, lease.messages)  # retried once on a new connection
         assert not spool._unwritten
         assert spool.empty()
     finally:
         spool.close()
+
+
+@pytest.mark.slow
+def test_settlements_while_the_database_is_down_are_kept_and_written_afterwards() -> None:
+    with LocalPostgres() as own:
+        spool = PostgresSpool(own.url, connect_timeout=1)
+        try:
+            spool.put_many(_messages("acme", 3))
+            lease = spool.lease("acme", 3, 1 << 20)
+            assert lease is not None
+            own.stop_server()
+            spool.ack(lease, lease.messages[:2])  # never raises: kept in memory
+            spool.release(lease, lease.messages[2:])
+            assert len(spool._unwritten) == 2
+            with pytest.raises(SpoolError):
+                spool.maintain()
+            own.start_server()
+            spool.maintain()  # the database answers again: written, in order
+            assert not spool._unwritten
+            again = spool.lease("acme", 3, 1 << 20)
+            assert again is not None
+            assert [m.message_id for m in again.messages] == ["acme-2"]
+        finally:
+            spool.close()

@@ -34,9 +34,10 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -56,6 +57,7 @@ __all__ = [
     "ensure_schema",
     "is_postgres_url",
     "redact",
+    "split_options",
 ]
 
 log = logging.getLogger("selligent_segment")
@@ -118,6 +120,31 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+#: The URL query parameters that are the spool's, not libpq's (taken out before connecting).
+URL_OPTIONS = ("spool_schema", "lease_seconds")
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the spool's own query parameters (:data:`URL_OPTIONS`), and those:
+    ``postgresql://db/app?lease_seconds=30&spool_schema=mail_events&sslmode=require``
+    keeps ``sslmode`` for libpq."""
+    parts = urllib.parse.urlsplit(url)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in pairs if k in URL_OPTIONS}
+    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in URL_OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigurationError(name, f"expected seconds, got {text[:20]!r}") from None
+    if not 0 < value < 86400:
+        raise ConfigurationError(name, "must be above 0 and under a day")
+    return value
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -155,6 +182,14 @@ def _owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
 
 
+class _Stale(SpoolError):
+    """A pooled connection turned out dead (the server restarted or cut it): the work may
+    be tried once more on a new connection (:meth:`PostgresSpool._retried`)."""
+
+
+_T = TypeVar("_T")
+
+
 @attrs.define
 class _Held:
     """A live lease's row ids, by the identity of its messages."""
@@ -185,6 +220,10 @@ class PostgresSpool:
     ) -> None:
         if not is_postgres_url(url):
             raise ConfigurationError("spool", "expected a postgresql:// URL")
+        url, options = split_options(url)
+        schema = options.get("spool_schema", schema)
+        if "lease_seconds" in options:
+            lease_seconds = _seconds("lease_seconds", options["lease_seconds"])
         if not lease_seconds > 0:
             raise ConfigurationError("lease_seconds", "must be above 0")
         self._psycopg = _psycopg()
@@ -200,8 +239,13 @@ class PostgresSpool:
         self._unwritten: list[tuple[str, tuple[int, ...], str | None, int | None]] = []
         self._nbytes = 0
         self._nbytes_at = 0.0
-        with self._connection() as conn:
-            ensure_schema(conn, schema)
+        # Leasable rows per tenant, as last counted (tenants(), once a second) and kept up
+        # to date with this process's own puts, leases and releases: backlog() is asked
+        # under the dispatcher's lock and must not wait on the database.
+        self._backlog: dict[str, int] = {}
+        self._last_stats = SpoolStats(0, 0, 0, {})
+        self._with(lambda conn: ensure_schema(conn, schema))
+        self.tenants()  # the first counts backlog() answers from
 
     def __repr__(self) -> str:
         return f"<PostgresSpool {redact(self._url)} schema={self.schema}>"
@@ -214,6 +258,7 @@ class PostgresSpool:
         error leaves as :class:`SpoolError` naming the server (never its password)."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+        reused = conn is not None
         psycopg = self._psycopg
         try:
             if conn is None or conn.closed:
@@ -224,13 +269,43 @@ class PostgresSpool:
         except psycopg.Error as exc:
             if conn is not None and not conn.closed and conn.info.transaction_status != 0:
                 conn.close()  # in a failed state: never pooled
-            raise SpoolError(
+            if isinstance(exc, psycopg.OperationalError):
+                # The server restarted or cut us off: the idle connections are as dead as
+                # this one; the next call connects afresh.
+                with self._lock:
+                    idle, self._idle = self._idle, []
+                for other in idle:
+                    other.close()
+            error = _Stale if reused and isinstance(exc, psycopg.OperationalError) else SpoolError
+            raise error(
                 f"PostgreSQL spool {redact(self._url)}: {type(exc).__name__}: "
                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}"
             ) from None
         else:
             with self._lock:
                 self._idle.append(conn)
+
+    def _with(
+        self, work: Callable[[psycopg.Connection[Any]], _T], *, transaction: bool = False
+    ) -> _T:
+        """``work(conn)`` on a pooled connection (in one transaction if asked), run once
+        more on a new connection when the pooled one turned out dead (every idle one is
+        dropped by then). Every caller's work is safe to repeat: settlements check the
+        owner, a lease that failed took nothing, a COPY that failed before its commit
+        wrote nothing (one whose commit landed but whose answer was lost is written twice:
+        the same ``messageId`` twice, which Segment dedups)."""
+
+        def once() -> _T:
+            with self._connection() as conn:
+                if not transaction:
+                    return work(conn)
+                with conn.transaction():
+                    return work(conn)
+
+        try:
+            return once()
+        except _Stale:
+            return once()
 
     # -- the Spool protocol ---------------------------------------------------------------
 
@@ -239,30 +314,43 @@ class PostgresSpool:
         most once a second)."""
         now = time.monotonic()
         if now - self._nbytes_at > 1.0:
-            with self._connection() as conn:
-                row = conn.execute(
-                    f"SELECT coalesce(sum(length(body)), 0) FROM {self.schema}.messages"
-                ).fetchone()
+            sql = f"SELECT coalesce(sum(length(body)), 0) FROM {self.schema}.messages"
+            row = self._with(lambda conn: conn.execute(sql).fetchone())
             self._nbytes = int(row[0]) if row else 0
             self._nbytes_at = now
         return self._nbytes + nbytes <= self.max_bytes
 
-    def put_many(self, messages: Sequence[EncodedMessage]) -> None:
-        """Append ``messages`` in one ``COPY`` (one transaction): all or none."""
+    def put_many(
+        self,
+        messages: Sequence[EncodedMessage],
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Append ``messages`` in one ``COPY``: in a transaction of its own (all or none),
+        or, given the caller's ``connection``, inside the caller's open transaction, left
+        for the caller to commit or roll back (the transactional outbox)."""
         if not messages:
             return
+        if connection is not None:
+            self._copy(connection, messages)
+            return
+        self._with(lambda conn: self._copy(conn, messages), transaction=True)
+        self._nbytes += sum(len(m.body) for m in messages)
+        self._count(messages, 1)
+
+    def _count(self, messages: Sequence[EncodedMessage], sign: int) -> None:
+        with self._lock:
+            backlog = self._backlog
+            for message in messages:
+                backlog[message.tenant] = max(0, backlog.get(message.tenant, 0) + sign)
+
+    def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]) -> None:
         copy_sql = f"COPY {self.schema}.messages (tenant, message_id, kind, body) FROM STDIN"
-        with (
-            self._connection() as conn,
-            conn.transaction(),
-            conn.cursor() as cursor,
-            cursor.copy(copy_sql) as copy,
-        ):
+        with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
             for message in messages:
                 copy.write_row(
                     (message.tenant, message.message_id, message.kind.value, message.body)
                 )
-        self._nbytes += sum(len(m.body) for m in messages)
 
     def lease(self, tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
         """Up to ``max_messages`` of ``tenant``'s oldest rows that nobody holds (or whose
@@ -285,7 +373,8 @@ class PostgresSpool:
             "owner": self.owner,
             "secs": self.lease_seconds,
         }
-        with self._connection() as conn, conn.transaction():
+
+        def pick(conn: psycopg.Connection[Any]) -> list[tuple[int, EncodedMessage]]:
             rows = sorted(conn.execute(sql, params).fetchall())
             taken: list[tuple[int, EncodedMessage]] = []
             size = 0
@@ -302,9 +391,15 @@ class PostgresSpool:
                     "WHERE id = ANY(%s)",
                     (back,),
                 )
+            return taken
+
+        taken = self._with(pick, transaction=True)
         if not taken:
+            with self._lock:
+                self._backlog[tenant] = 0
             return None
         lease = Lease(tenant, tuple(message for _, message in taken))
+        self._count(lease.messages, -1)
         with self._lock:
             self._held[lease.id] = _Held(
                 {id(m): rowid for (rowid, _), m in zip(taken, lease.messages, strict=True)}
@@ -328,28 +423,24 @@ class PostgresSpool:
         self, action: str, rowids: tuple[int, ...], reason: str | None, status: int | None
     ) -> None:
         s = self.schema
-        with self._connection() as conn, conn.transaction():
-            if action == "ack":
-                conn.execute(
-                    f"DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s",
-                    (list(rowids), self.owner),
-                )
-            elif action == "release":
-                conn.execute(
-                    f"UPDATE {s}.messages SET owner = NULL, lease_until = NULL "
-                    "WHERE id = ANY(%s) AND owner = %s",
-                    (list(rowids), self.owner),
-                )
-            else:
-                conn.execute(
-                    f"""WITH gone AS (
-                        DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s
-                        RETURNING tenant, message_id, kind, body, accepted_at)
-                    INSERT INTO {s}.dead_letters
-                        (tenant, message_id, kind, body, accepted_at, reason, status)
-                    SELECT tenant, message_id, kind, body, accepted_at, %s, %s FROM gone""",
-                    (list(rowids), self.owner, reason, status),
-                )
+        if action == "ack":
+            sql = f"DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s"
+            params: tuple[object, ...] = (list(rowids), self.owner)
+        elif action == "release":
+            sql = (
+                f"UPDATE {s}.messages SET owner = NULL, lease_until = NULL "
+                "WHERE id = ANY(%s) AND owner = %s"
+            )
+            params = (list(rowids), self.owner)
+        else:
+            sql = f"""WITH gone AS (
+                    DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s
+                    RETURNING tenant, message_id, kind, body, accepted_at)
+                INSERT INTO {s}.dead_letters
+                    (tenant, message_id, kind, body, accepted_at, reason, status)
+                SELECT tenant, message_id, kind, body, accepted_at, %s, %s FROM gone"""
+            params = (list(rowids), self.owner, reason, status)
+        self._with(lambda conn: conn.execute(sql, params), transaction=True)
 
     def _settle_or_keep(
         self,
@@ -385,6 +476,7 @@ class PostgresSpool:
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Give ``messages`` back to the queue, at their old place (ids keep the order)."""
         self._settle_or_keep("release", self._rowids(lease, messages))
+        self._count(messages, 1)
 
     def reject(
         self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
@@ -397,46 +489,53 @@ class PostgresSpool:
         self._write_unwritten()
 
     def empty(self) -> bool:
-        """True when no row is queued or leased, by anyone."""
-        with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.messages)"
-            ).fetchone()
+        """True when no row is queued or leased, by anyone; False while the database
+        cannot be asked (never raises)."""
+        try:
+            sql = f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.messages)"
+            row = self._with(lambda conn: conn.execute(sql).fetchone())
+        except SpoolError:
+            return False
         return bool(row and row[0]) and not self._held
 
     def backlog(self, tenant: str) -> int:
-        """Rows of ``tenant`` that a sender may lease now."""
-        with self._connection() as conn:
-            row = conn.execute(
-                f"SELECT count(*) FROM {self.schema}.messages "
-                "WHERE tenant = %s AND (owner IS NULL OR lease_until < now())",
-                (tenant,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+        """Rows of ``tenant`` a sender may lease, as last counted by :meth:`tenants` and
+        kept up to date with this process's own work (other hosts' rows show at the next
+        count). Never asks the database, never raises."""
+        return self._backlog.get(tenant, 0)
 
     def tenants(self) -> list[str]:
-        """Tenants with rows a sender may lease now."""
-        with self._connection() as conn:
-            rows = conn.execute(
-                f"SELECT DISTINCT tenant FROM {self.schema}.messages "
-                "WHERE owner IS NULL OR lease_until < now()"
-            ).fetchall()
-        return sorted(row[0] for row in rows)
+        """Tenants with rows a sender may lease now (one ``GROUP BY``; refreshes the
+        counts :meth:`backlog` answers from)."""
+        sql = (
+            f"SELECT tenant, count(*) FROM {self.schema}.messages "
+            "WHERE owner IS NULL OR lease_until < now() GROUP BY tenant"
+        )
+        rows = self._with(lambda conn: conn.execute(sql).fetchall())
+        counts = {row[0]: int(row[1]) for row in rows}
+        with self._lock:
+            self._backlog = counts
+        return sorted(counts)
 
     def stats(self) -> SpoolStats:
-        """One snapshot of the whole table (every host's rows)."""
-        with self._connection() as conn:
-            rows = conn.execute(
+        """One snapshot of the whole table (every host's rows); the last one taken while
+        the database cannot be asked (never raises)."""
+        try:
+            sql = (
                 f"SELECT tenant, count(*), coalesce(sum(length(body)), 0), "
                 f"count(*) FILTER (WHERE owner IS NOT NULL AND lease_until >= now()) "
                 f"FROM {self.schema}.messages GROUP BY tenant"
-            ).fetchall()
-        return SpoolStats(
+            )
+            rows = self._with(lambda conn: conn.execute(sql).fetchall())
+        except SpoolError:
+            return self._last_stats
+        self._last_stats = SpoolStats(
             messages=sum(r[1] for r in rows),
             nbytes=sum(int(r[2]) for r in rows),
             leased=sum(r[3] for r in rows),
             per_tenant={r[0]: r[1] for r in rows},
         )
+        return self._last_stats
 
     def dead_letters(self, tenant: str | None = None) -> list[tuple[str, str, str, int | None]]:
         """``(tenant, message_id, reason, status)`` of the dead letters, oldest first."""
@@ -448,6 +547,38 @@ class PostgresSpool:
                 (tenant,) if tenant is not None else (),
             ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def mark_paused(self, tenant: str, reason: str | None) -> None:
+        """Record (or clear, with None) that ``tenant`` is paused, for every host to see;
+        a database error is logged, never raised (the pause itself holds in memory)."""
+        s = self.schema
+        try:
+            with self._connection() as conn:
+                if reason is None:
+                    conn.execute(f"DELETE FROM {s}.paused WHERE tenant = %s", (tenant,))
+                else:
+                    conn.execute(
+                        f"INSERT INTO {s}.paused (tenant, reason) VALUES (%s, %s) "
+                        "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason, "
+                        "since = now()",
+                        (tenant, reason),
+                    )
+        except SpoolError as exc:
+            log.warning("selligent-segment: could not record a paused tenant: %s", exc)
+
+    def paused(self) -> dict[str, str]:
+        """Paused tenants and why, as recorded by any host."""
+        with self._connection() as conn:
+            rows = conn.execute(f"SELECT tenant, reason FROM {self.schema}.paused").fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's connections and leases without touching
+        them (closing a connection shared with the parent would end the parent's session)."""
+        with self._lock:
+            self._idle = []
+            self._held = {}
+            self._unwritten = []
 
     def close(self) -> None:
         """Give back this process's live leases (best effort) and close the connections."""

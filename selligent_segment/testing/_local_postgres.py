@@ -96,6 +96,7 @@ class LocalPostgres:
         self._bin: Path | None = None
         self._root: Path | None = None
         self._as_root = os.geteuid() == 0
+        self._options: list[str] = []
         self.user = _SERVER_USER if self._as_root else _current_user()
 
     def __repr__(self) -> str:
@@ -170,7 +171,7 @@ class LocalPostgres:
             "--no-sync",
             what="initdb",
         )
-        options = [
+        self._options = [
             f"-c listen_addresses={self.host}",
             f"-p {self._port}",
             f"-c unix_socket_directories={root}",
@@ -179,7 +180,7 @@ class LocalPostgres:
             "-c max_connections=200",
             *(f"-c {name}={value}" for name, value in self._settings),
         ]
-        self._pg_ctl("start", "-o", " ".join(options))
+        self.start_server()
         self._run(
             str(self._bin / "createdb"),
             "-h",
@@ -209,6 +210,14 @@ class LocalPostgres:
             *extra,
             what=f"pg_ctl {action}",
         )
+
+    def start_server(self) -> None:
+        """Start the server of the existing cluster; returns once it accepts connections."""
+        self._pg_ctl("start", "-o", " ".join(self._options))
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server, keeping the cluster (:meth:`start_server` starts it again)."""
+        self._pg_ctl("stop", "-m", mode)
 
     def restart(self, mode: str = "fast") -> None:
         """``pg_ctl restart -m MODE`` (``smart``, ``fast`` or ``immediate``); returns once

@@ -1,0 +1,135 @@
+"""The PostgreSQL intake: ``emit`` writes the event's row into the shared table before it
+returns (the commit point), or, with ``connection=``, inside the caller's own open
+transaction (the transactional outbox); the encoder thread only tells the senders what
+arrived and, about once a second, which tenants other processes and hosts wrote rows for.
+
+Which promise ``emit`` keeps when the database cannot be reached: it raises
+:class:`~selligent_segment.SpoolError` naming the server (never its password) before it
+returns, and the caller still holds the event. It never journals locally instead: a row
+that only this host holds is what the shared spool exists to avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from selligent_segment._errors import InvalidEvent, SpoolFull
+from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._naming import EventNaming
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.intake._protocol import Accepted, Downstream
+from selligent_segment.spool._postgres import PostgresSpool
+
+__all__ = ["PostgresIntake"]
+
+log = logging.getLogger("selligent_segment")
+
+
+class PostgresIntake:
+    """Rows written to a :class:`PostgresSpool` at ``accept``; nothing waits in memory.
+
+    Guarantee: when ``accept``/``accept_many`` return, the rows are committed (or, with
+    a caller's connection, part of the caller's transaction: committed with it, gone with
+    its rollback); any process on any host sharing the database may deliver them.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        max_spool_bytes: int,
+        naming: EventNaming,
+        downstream: Downstream,
+    ) -> None:
+        self.naming = naming
+        self.downstream = downstream
+        self.spool = PostgresSpool(url, max_bytes=max_spool_bytes)
+        self._lock = threading.Lock()
+        self._touched: Counter[str] = Counter()  # rows written since the last step
+        self._nbytes = 0
+
+    def pending(self) -> int:
+        return 0  # nothing waits in memory: a row is in the database once accepted
+
+    def has_work(self) -> bool:
+        return bool(self._touched)
+
+    def _encode(self, records: Sequence[Accepted]) -> list[EncodedMessage]:
+        messages = []
+        for fields, tenant, now in records:
+            try:
+                messages.append(encode_fields(fields, tenant, self.naming, now))
+            except InvalidEvent as exc:
+                self.downstream.too_large(tenant, exc)
+        nbytes = sum(len(m.body) for m in messages)
+        if not self.spool.has_room(nbytes):
+            raise SpoolFull(
+                f"the PostgreSQL spool holds max_spool_bytes={self.spool.max_bytes:,} already"
+            )
+        return messages
+
+    def _wrote(self, messages: Sequence[EncodedMessage]) -> None:
+        with self._lock:
+            self._touched.update(m.tenant for m in messages)
+            self._nbytes += sum(len(m.body) for m in messages)
+
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+        messages = self._encode(((fields, tenant, now),))
+        self.spool.put_many(messages)
+        self._wrote(messages)
+
+    def accept_many(self, records: Sequence[Accepted]) -> None:
+        messages = self._encode(records)
+        self.spool.put_many(messages)
+        self._wrote(messages)
+
+    def accept_in(self, connection: Any, records: Sequence[Accepted]) -> None:
+        """The outbox: insert inside ``connection``'s open transaction (never committed
+        here); the senders find the rows once the caller commits."""
+        messages = self._encode(records)
+        self.spool.put_many(messages, connection=connection)
+
+    def step(self, stopping: Callable[[], bool]) -> None:
+        """Count what was written and tell the senders."""
+        with self._lock:
+            touched, self._touched = self._touched, Counter()
+            nbytes, self._nbytes = self._nbytes, 0
+        if not touched:
+            return
+        down = self.downstream
+        down.counters.add_many("accepted", touched)
+        down.backpressure.notify()
+        down.senders().notify_put(list(touched), nbytes / max(1, sum(touched.values())))
+
+    def maintain(self) -> list[str]:
+        """Write settlements kept while the database was away; the tenants with rows to
+        lease (written by any process on any host): polling, once a second."""
+        try:
+            self.spool.maintain()
+            return self.spool.tenants()
+        except Exception as exc:  # the next round tries again
+            log.warning("selligent-segment: PostgreSQL spool upkeep failed: %s", exc)
+            return []
+
+    def queued(self) -> dict[str, int]:
+        return dict(self.spool.stats().per_tenant)
+
+    def mark_paused(self, tenant: str, reason: str | None) -> None:
+        self.spool.mark_paused(tenant, reason)
+
+    def close(self, dispatcher: Dispatcher) -> bool:
+        """Stop settling; this process's live leases go back to the queue (or expire)."""
+        dispatcher.abandon()
+        self.step(lambda: True)
+        self.spool.close()
+        return False  # what is left stays in the database: nothing is given up
+
+    def abandon(self) -> None:
+        """In a forked child: the parent's connections are left alone."""
+        self.spool.abandon()
