@@ -16,6 +16,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
+from selligent_segment.spool._postgres import is_postgres_url
 from selligent_segment.spool._schema import default_spool_path, spool_path
 
 EXIT_OK = 0
@@ -41,6 +42,9 @@ class Command:
     epilog: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    #: True for a long-running service (``relay``), which SIGTERM stops normally: its
+    #: exit status is then the command's own (0), not 143.
+    sigterm_is_stop: bool = False
 
 
 def err(*lines: str) -> None:
@@ -135,8 +139,8 @@ def check_spool(spool: str) -> None:
     """UsageError naming the file and the reason when the spool file ``spool`` exists and
     is foreign, newer, damaged (SQLite reads every page) or not writable; a command then
     stops before any thread starts, with one line. A missing file is fine (created)."""
-    if spool == "memory":
-        return
+    if spool == "memory" or is_postgres_url(spool):
+        return  # a database is checked when the Emitter connects
     try:
         path = spool_path(spool)
         if not path.exists():

@@ -22,6 +22,7 @@ from selligent_segment.cli._base import EXIT_TERMINATED, PROG, Command, err
 from selligent_segment.cli._dead_letters import DEAD_LETTERS
 from selligent_segment.cli._demo import DEMO
 from selligent_segment.cli._flush import FLUSH
+from selligent_segment.cli._relay import RELAY
 from selligent_segment.cli._send import SEND
 from selligent_segment.cli._status import SPOOL
 
@@ -53,7 +54,7 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         command.configure(child)
-        child.set_defaults(run=command.run)
+        child.set_defaults(run=command.run, sigterm_is_stop=command.sigterm_is_stop)
     return parser
 
 
@@ -85,11 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return EXIT_TERMINATED if terminated else status
+    return EXIT_TERMINATED if terminated and not args.sigterm_is_stop else status
 
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: tuple[Command, ...] = (SEND, FLUSH, SPOOL, DEAD_LETTERS, DEMO)
+COMMANDS: tuple[Command, ...] = (SEND, FLUSH, RELAY, SPOOL, DEAD_LETTERS, DEMO)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -303,6 +303,12 @@ class LocalSegment:
         with self._cond:
             return self._cond.wait_for(lambda: self._n_accepted >= count, timeout)
 
+    def wait_for_ids(self, message_ids: Iterable[str], timeout: float = 10.0) -> bool:
+        """Block until every one of ``message_ids`` was accepted; False on timeout."""
+        wanted = set(message_ids)
+        with self._cond:
+            return self._cond.wait_for(lambda: wanted <= self._ids, timeout)
+
     def wait_for_arrivals(self, count: int, timeout: float = 10.0) -> bool:
         """Block until at least ``count`` batch requests have arrived, answered or not (a
         request held by an injected delay counts at once); False on timeout."""
