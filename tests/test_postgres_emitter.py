@@ -116,6 +116,7 @@ def test_another_hosts_rows_are_delivered_by_a_relay(spool_url: str, server: Loc
     assert len(server.message_ids()) == 25
 
 
+@pytest.mark.slow
 def test_emit_raises_a_clear_error_while_the_database_is_down(
     spool_url: str, server: LocalSegment
 ) -> None:

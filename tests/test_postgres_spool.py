@@ -201,3 +201,84 @@ def test_settlements_while_the_database_is_down_are_kept_and_written_afterwards(
             assert [m.message_id for m in again.messages] == ["acme-2"]
         finally:
             spool.close()
+
+
+def _partitions(pg: LocalPostgres, schema: str) -> list[str]:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent "
+            "JOIN pg_namespace n ON n.oid = p.relnamespace "
+            "WHERE n.nspname = %s AND p.relname = 'messages' ORDER BY c.relname",
+            (schema,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_rotation_drops_drained_partitions_and_keeps_rows_still_queued(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", 3))
+        assert spool.rotate(force=True) == 0  # messages_1 still holds 3 rows
+        spool.put_many(_messages("globex", 2))  # into messages_2
+        assert _partitions(pg, schema) == ["messages_1", "messages_2"]
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
+        spool.ack(lease, lease.messages)
+        assert spool.rotate(force=True) == 1  # messages_1 drained: dropped whole
+        assert _partitions(pg, schema) == ["messages_2", "messages_3"]
+        assert spool.stats().per_tenant == {"globex": 2}
+        assert spool.rotate() == 0  # not due: rotate_seconds has not passed
+    finally:
+        spool.close()
+
+
+def test_a_partition_in_use_is_never_dropped_and_an_open_outbox_row_survives_rotation(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        with psycopg.connect(pg.url) as outbox:
+            spool.put_many(_messages("acme", 1), connection=outbox)  # open transaction
+            assert spool.rotate(force=True) == 0  # messages_1 is held by the open outbox
+            assert spool.rotate(force=True) == 0  # messages_2 is empty, but a drop locks
+            # the whole queue, which the open transaction holds: it waits for a later round
+            outbox.commit()
+        assert spool.tenants() == ["acme"]
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        assert [m.message_id for m in lease.messages] == ["acme-0"]
+        assert spool.rotate(force=True) == 2  # the empty messages_2 and _3 go
+        assert _partitions(pg, schema) == ["messages_1", "messages_4"]  # _1 holds the lease
+        spool.ack(lease, lease.messages)
+        assert spool.rotate(force=True) == 2  # now messages_1 (and _4) are drained
+        assert _partitions(pg, schema) == ["messages_5"]
+        assert spool.stats().messages == 0
+    finally:
+        spool.close()
+
+
+def test_a_long_reader_elsewhere_delays_only_the_drop_of_what_it_holds(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", 2))
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        spool.ack(lease, lease.messages)
+        with psycopg.connect(pg.url) as reader:
+            reader.execute(f"SELECT count(*) FROM {schema}.messages").fetchone()  # holds locks
+            assert spool.rotate(force=True) == 0  # messages_1 is empty but held: kept
+            spool.put_many(_messages("globex", 2))  # the queue goes on in messages_2
+            again = spool.lease("globex", 10, 1 << 20)
+            assert again is not None
+            spool.ack(again, again.messages)
+            reader.rollback()
+        assert spool.rotate(force=True) == 2  # both drained partitions go
+        assert _partitions(pg, schema) == ["messages_3"]
+    finally:
+        spool.close()

@@ -76,18 +76,27 @@ _KINDS = {kind.value: kind for kind in EventKind}
 _TABLES = """
 CREATE TABLE IF NOT EXISTS {s}.meta (
     singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    generation BIGINT NOT NULL DEFAULT 1,
+    rotated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+INSERT INTO {s}.meta (version) VALUES ({version}) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION {s}.generation() RETURNS BIGINT
+    LANGUAGE sql STABLE AS $$ SELECT generation FROM {s}.meta $$;
+CREATE SEQUENCE IF NOT EXISTS {s}.messages_id;
 CREATE TABLE IF NOT EXISTS {s}.messages (
-    id BIGSERIAL PRIMARY KEY,
+    generation BIGINT NOT NULL DEFAULT {s}.generation(),
+    id BIGINT NOT NULL DEFAULT nextval('{s}.messages_id'),
     tenant TEXT NOT NULL,
     message_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     body BYTEA NOT NULL,
     accepted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     owner TEXT,
-    lease_until TIMESTAMPTZ
-);
+    lease_until TIMESTAMPTZ,
+    PRIMARY KEY (generation, id)
+) PARTITION BY LIST (generation);
+CREATE TABLE IF NOT EXISTS {s}.messages_1 PARTITION OF {s}.messages FOR VALUES IN (1);
 CREATE INDEX IF NOT EXISTS messages_queue ON {s}.messages (tenant, id);
 CREATE INDEX IF NOT EXISTS messages_owner ON {s}.messages (owner) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {s}.dead_letters (
@@ -109,6 +118,9 @@ CREATE TABLE IF NOT EXISTS {s}.paused (
 );
 """
 
+#: Seconds between two rotations of the queue's partitions (see :meth:`PostgresSpool.rotate`).
+DEFAULT_ROTATE_SECONDS = 60.0
+
 
 def is_postgres_url(spool: object) -> bool:
     """True for a ``postgresql://`` or ``postgres://`` spool setting."""
@@ -121,7 +133,7 @@ def redact(url: str) -> str:
 
 
 #: The URL query parameters that are the spool's, not libpq's (taken out before connecting).
-URL_OPTIONS = ("spool_schema", "lease_seconds")
+URL_OPTIONS = ("spool_schema", "lease_seconds", "rotate_seconds")
 
 
 def split_options(url: str) -> tuple[str, dict[str, str]]:
@@ -164,22 +176,37 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
         raise ConfigurationError("schema", f"{schema!r} is not a plain lower-case SQL name")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+        exists = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = 'meta'",
+            (schema,),
+        ).fetchone()
+        if exists:
+            row = conn.execute(f"SELECT version FROM {schema}.meta").fetchone()
+            if row is not None and row[0] > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"PostgreSQL spool schema {schema}: version {row[0]} was written by a "
+                    f"newer selligent-segment (this one reads version {SCHEMA_VERSION}); "
+                    "upgrade it"
+                )
+            if row is not None and row[0] == SCHEMA_VERSION:
+                return
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        for statement in _TABLES.format(s=schema).split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        row = conn.execute(f"SELECT version FROM {schema}.meta").fetchone()
-        if row is None:
-            conn.execute(f"INSERT INTO {schema}.meta (version) VALUES (%s)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
-            raise SpoolError(
-                f"PostgreSQL spool schema {schema}: version {row[0]} was written by a newer "
-                f"selligent-segment (this one reads version {SCHEMA_VERSION}); upgrade it"
-            )
+        conn.execute(_TABLES.format(s=schema, version=SCHEMA_VERSION))
 
 
 def _owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+#: A row of the queue: (generation, id), its partition and its key.
+_RowId = tuple[int, int]
+#: Rows given as two arrays (see :func:`_row_params`).
+_ROWS_IN = "(generation, id) IN (SELECT * FROM unnest(%s::bigint[], %s::bigint[]))"
+
+
+def _row_params(rowids: Sequence[_RowId]) -> tuple[list[int], list[int]]:
+    return [g for g, _ in rowids], [i for _, i in rowids]
 
 
 class _Stale(SpoolError):
@@ -194,7 +221,7 @@ _T = TypeVar("_T")
 class _Held:
     """A live lease's row ids, by the identity of its messages."""
 
-    rowids: dict[int, int]
+    rowids: dict[int, _RowId]
 
 
 class PostgresSpool:
@@ -215,6 +242,7 @@ class PostgresSpool:
         schema: str = DEFAULT_SCHEMA,
         max_bytes: int = 1 << 30,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
         owner: str | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
@@ -224,6 +252,8 @@ class PostgresSpool:
         schema = options.get("spool_schema", schema)
         if "lease_seconds" in options:
             lease_seconds = _seconds("lease_seconds", options["lease_seconds"])
+        if "rotate_seconds" in options:
+            rotate_seconds = _seconds("rotate_seconds", options["rotate_seconds"])
         if not lease_seconds > 0:
             raise ConfigurationError("lease_seconds", "must be above 0")
         self._psycopg = _psycopg()
@@ -231,12 +261,14 @@ class PostgresSpool:
         self.schema = schema
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
+        self.rotate_seconds = rotate_seconds
+        self._next_rotate = 0.0
         self.owner = owner or _owner_name()
         self._connect_timeout = connect_timeout
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
-        self._unwritten: list[tuple[str, tuple[int, ...], str | None, int | None]] = []
+        self._unwritten: list[tuple[str, tuple[_RowId, ...], str | None, int | None]] = []
         self._nbytes = 0
         self._nbytes_at = 0.0
         # Leasable rows per tenant, as last counted (tenants(), once a second) and kept up
@@ -358,14 +390,14 @@ class PostgresSpool:
         self._write_unwritten()
         sql = f"""
             WITH picked AS (
-                SELECT id FROM {self.schema}.messages
+                SELECT generation, id FROM {self.schema}.messages
                 WHERE tenant = %(tenant)s AND (owner IS NULL OR lease_until < now())
                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
             )
             UPDATE {self.schema}.messages AS m
             SET owner = %(owner)s, lease_until = now() + make_interval(secs => %(secs)s)
-            FROM picked WHERE m.id = picked.id
-            RETURNING m.id, m.message_id, m.kind, m.body
+            FROM picked WHERE m.generation = picked.generation AND m.id = picked.id
+            RETURNING m.id, m.generation, m.message_id, m.kind, m.body
         """
         params = {
             "tenant": tenant,
@@ -374,22 +406,23 @@ class PostgresSpool:
             "secs": self.lease_seconds,
         }
 
-        def pick(conn: psycopg.Connection[Any]) -> list[tuple[int, EncodedMessage]]:
-            rows = sorted(conn.execute(sql, params).fetchall())
-            taken: list[tuple[int, EncodedMessage]] = []
+        def pick(conn: psycopg.Connection[Any]) -> list[tuple[_RowId, EncodedMessage]]:
+            rows = sorted(conn.execute(sql, params).fetchall())  # by id: the queue's order
+            taken: list[tuple[_RowId, EncodedMessage]] = []
             size = 0
-            for rowid, message_id, kind, body in rows:
+            for rowid, generation, message_id, kind, body in rows:
                 cost = len(body) + 1
                 if taken and size + cost > max_bytes:
                     break
-                taken.append((rowid, EncodedMessage(tenant, message_id, _KINDS[kind], bytes(body))))
+                message = EncodedMessage(tenant, message_id, _KINDS[kind], bytes(body))
+                taken.append(((generation, rowid), message))
                 size += cost
-            back = [rowid for rowid, *_ in rows[len(taken) :]]
+            back = [(row[1], row[0]) for row in rows[len(taken) :]]
             if back:
                 conn.execute(
                     f"UPDATE {self.schema}.messages SET owner = NULL, lease_until = NULL "
-                    "WHERE id = ANY(%s)",
-                    (back,),
+                    f"WHERE {_ROWS_IN}",
+                    _row_params(back),
                 )
             return taken
 
@@ -406,7 +439,7 @@ class PostgresSpool:
             )
         return lease
 
-    def _rowids(self, lease: Lease, messages: Sequence[EncodedMessage]) -> tuple[int, ...]:
+    def _rowids(self, lease: Lease, messages: Sequence[EncodedMessage]) -> tuple[_RowId, ...]:
         with self._lock:
             held = self._held.get(lease.id)
             if held is None:
@@ -420,32 +453,33 @@ class PostgresSpool:
             return rowids
 
     def _settle(
-        self, action: str, rowids: tuple[int, ...], reason: str | None, status: int | None
+        self, action: str, rowids: tuple[_RowId, ...], reason: str | None, status: int | None
     ) -> None:
         s = self.schema
+        rows: tuple[object, ...] = (*_row_params(rowids), self.owner)
         if action == "ack":
-            sql = f"DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s"
-            params: tuple[object, ...] = (list(rowids), self.owner)
+            sql = f"DELETE FROM {s}.messages WHERE {_ROWS_IN} AND owner = %s"
+            params: tuple[object, ...] = rows
         elif action == "release":
             sql = (
                 f"UPDATE {s}.messages SET owner = NULL, lease_until = NULL "
-                "WHERE id = ANY(%s) AND owner = %s"
+                f"WHERE {_ROWS_IN} AND owner = %s"
             )
-            params = (list(rowids), self.owner)
+            params = rows
         else:
             sql = f"""WITH gone AS (
-                    DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s
+                    DELETE FROM {s}.messages WHERE {_ROWS_IN} AND owner = %s
                     RETURNING tenant, message_id, kind, body, accepted_at)
                 INSERT INTO {s}.dead_letters
                     (tenant, message_id, kind, body, accepted_at, reason, status)
                 SELECT tenant, message_id, kind, body, accepted_at, %s, %s FROM gone"""
-            params = (list(rowids), self.owner, reason, status)
+            params = (*rows, reason, status)
         self._with(lambda conn: conn.execute(sql, params), transaction=True)
 
     def _settle_or_keep(
         self,
         action: str,
-        rowids: tuple[int, ...],
+        rowids: tuple[_RowId, ...],
         reason: str | None = None,
         status: int | None = None,
     ) -> None:
@@ -485,8 +519,88 @@ class PostgresSpool:
         self._settle_or_keep("reject", self._rowids(lease, messages), reason, status)
 
     def maintain(self) -> None:
-        """Write the settlements kept while the database could not be reached."""
+        """Write the settlements kept while the database could not be reached; rotate the
+        queue's partitions when due (:meth:`rotate`)."""
         self._write_unwritten()
+        now = time.monotonic()
+        if now >= self._next_rotate:
+            self._next_rotate = now + min(self.rotate_seconds, 10.0)
+            self.rotate()
+
+    def rotate(self, *, force: bool = False) -> int:
+        """Keep the queue table healthy without relying on vacuum: new rows go to a new
+        partition every ``rotate_seconds`` (or now, with ``force``), and every older
+        partition that is drained is dropped whole, its dead rows with it, so a
+        long-running transaction elsewhere (which stops vacuum from reclaiming deleted
+        rows) costs at most the partitions it holds open, never an ever-growing table.
+
+        One process rotates at a time (an advisory lock; the others skip). A partition is
+        dropped only once this process holds it exclusively and finds it empty, so a row
+        being inserted or leased there is never lost: if anyone holds the partition (a
+        lease, an open outbox transaction, a reader), the drop gives up after 50 ms and is
+        tried again at the next round. Returns how many partitions were dropped.
+        """
+        s = self.schema
+
+        def run(conn: psycopg.Connection[Any]) -> int:
+            key = f"{s}:rotate"
+            locked = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+            if not (locked and locked[0]):
+                return 0
+            try:
+                return self._rotate_locked(conn, force)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+
+        return self._with(run)
+
+    def _rotate_locked(self, conn: psycopg.Connection[Any], force: bool) -> int:
+        s = self.schema
+        row = conn.execute(
+            f"SELECT generation, extract(epoch FROM now() - rotated_at) FROM {s}.meta"
+        ).fetchone()
+        assert row is not None
+        generation, age = int(row[0]), float(row[1])
+        if force or age >= self.rotate_seconds:
+            # CREATE TABLE ... PARTITION OF would lock the whole queue (ACCESS EXCLUSIVE on
+            # the parent) behind any open transaction that touched it; ATTACH PARTITION
+            # takes SHARE UPDATE EXCLUSIVE, which inserts, leases and readers never wait on.
+            new = generation + 1
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '50ms'")
+                    conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {s}.messages_{new} "
+                        f"(LIKE {s}.messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                    )
+                    conn.execute(
+                        f"ALTER TABLE {s}.messages ATTACH PARTITION {s}.messages_{new} "
+                        f"FOR VALUES IN ({new})"
+                    )
+                    conn.execute(f"UPDATE {s}.meta SET generation = %s, rotated_at = now()", (new,))
+                generation = new
+            except self._psycopg.errors.LockNotAvailable:
+                pass  # someone holds the queue in a way ATTACH waits on: next round
+        older = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+            "WHERE n.nspname = %s AND p.relname = 'messages'",
+            (s,),
+        ).fetchall()
+        dropped = 0
+        for (name,) in older:
+            if int(name.rsplit("_", 1)[1]) >= generation:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '50ms'")
+                    conn.execute(f"LOCK TABLE {s}.{name} IN ACCESS EXCLUSIVE MODE")
+                    if conn.execute(f"SELECT 1 FROM {s}.{name} LIMIT 1").fetchone() is None:
+                        conn.execute(f"DROP TABLE {s}.{name}")
+                        dropped += 1
+            except self._psycopg.errors.LockNotAvailable:
+                continue  # someone holds it: the next round tries again
+        return dropped
 
     def empty(self) -> bool:
         """True when no row is queued or leased, by anyone; False while the database
