@@ -56,7 +56,10 @@ class Emitter:
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
     queue (with a spool file, after one ``write(2)`` to this process's journal, in journal
     order with other threads' writes): it never waits on the network, another process or
-    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room).
+    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room);
+    with a ``postgresql://`` spool it writes the row (one short transaction) before it
+    returns, or raises SpoolError, and ``on_full`` applies when the table holds
+    ``max_spool_bytes``.
     Every accepted event ends delivered, or reported through ``on_failure`` and counted
     in :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
     every tenant; one tenant's outage, 429s or revoked key never delays another's events.
@@ -245,10 +248,9 @@ class Emitter:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
         if connection is not None:
-            self._outbox().accept_in(
+            return self._outbox().accept_in(
                 connection, [(fields, tenant, None if "timestamp" in fields else time.time())]
             )
-            return True
         intake = self._intake
         if intake.pending() >= self._max_pending and not self._backpressure.wait_for_room(
             intake.pending, tenant
@@ -256,7 +258,8 @@ class Emitter:
             return False
         if self._closed:  # closed while it waited for room (on_full="block")
             raise EmitterClosed("the emitter closed while emit() waited; not accepted")
-        intake.accept(fields, tenant, None if "timestamp" in fields else time.time())
+        if not intake.accept(fields, tenant, None if "timestamp" in fields else time.time()):
+            return False  # a table at max_spool_bytes, on_full="drop_newest"
         if self._encoder.idle:
             self._encoder.wake()
         if not self._started:
@@ -323,6 +326,7 @@ class Emitter:
         intake = self._outbox()
         refused: list[tuple[int, SelligentSegmentError]] = []
         entries: list[Accepted] = []
+        kept: list[int] = []
         now = time.time()
         for index, record in enumerate(records):
             try:
@@ -331,7 +335,11 @@ class Emitter:
                 refused.append((index, exc))
                 continue
             entries.append((fields, tenant, None if "timestamp" in fields else now))
-        intake.accept_in(connection, entries)
+        if entries and not intake.accept_in(connection, entries):
+            dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
+            refused.extend((index, dropped) for index in kept)
+            refused.sort(key=lambda pair: pair[0])
+            return BulkResult(0, tuple(refused))
         return BulkResult(len(entries), tuple(refused))
 
     def _accept_chunk(
@@ -358,7 +366,15 @@ class Emitter:
             raise EmitterClosed("the emitter closed while emit_many() waited; not accepted")
         now = time.time()
         entries: list[Accepted] = [(f, t, None if "timestamp" in f else now) for _, f, t in chunk]
-        intake.accept_many(entries)
+        try:
+            taken = intake.accept_many(entries)
+        except SpoolFull as exc:  # a table at max_spool_bytes, on_full="raise"
+            exc.accepted = accepted_before
+            raise
+        if not taken:  # a table at max_spool_bytes, on_full="drop_newest"
+            dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
+            refused.extend((index, dropped) for index, _, _ in chunk)
+            return 0
         if self._encoder.idle:
             self._encoder.wake()
         if not self._started:

@@ -73,20 +73,22 @@ class JournalIntake:
     def has_work(self) -> bool:
         return bool(self.inbox)
 
-    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
         data = frame(orjson.dumps((tenant, now, fields)))
         meta = ((tenant, fields["type"]._value_),)
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += 1
+        return True
 
-    def accept_many(self, records: Sequence[Accepted]) -> None:
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
         # Framed one by one: orjson's results keep a 4 KiB buffer each until freed.
         data = b"".join([frame(orjson.dumps((t, n, f))) for f, t, n in records])
         meta = [(t, f["type"]._value_) for f, t, _ in records]
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += len(meta)
+        return True
 
     def decode(self, payload: bytes | memoryview) -> EncodedMessage:
         """A journal record (tenant, emit time, fields) as its message; InvalidEvent when

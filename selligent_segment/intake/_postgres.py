@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from selligent_segment._errors import InvalidEvent, SpoolFull
+from selligent_segment._errors import InvalidEvent
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -60,7 +60,10 @@ class PostgresIntake:
     def has_work(self) -> bool:
         return bool(self._touched)
 
-    def _encode(self, records: Sequence[Accepted]) -> list[EncodedMessage]:
+    def _encode(self, records: Sequence[Accepted]) -> list[EncodedMessage] | None:
+        """The records' messages (one over 32 KB is reported, not written); None when
+        the table is at ``max_spool_bytes`` and ``on_full`` dropped them (``raise``
+        raises SpoolFull, ``block`` waits for room up to ``block_timeout``)."""
         messages = []
         for fields, tenant, now in records:
             try:
@@ -68,10 +71,13 @@ class PostgresIntake:
             except InvalidEvent as exc:
                 self.downstream.too_large(tenant, exc)
         nbytes = sum(len(m.body) for m in messages)
-        if not self.spool.has_room(nbytes):
-            raise SpoolFull(
-                f"the PostgreSQL spool holds max_spool_bytes={self.spool.max_bytes:,} already"
+        spool = self.spool
+        if messages and not spool.has_room(nbytes):
+            room = self.downstream.backpressure.wait_for_table_room(
+                lambda: spool.has_room(nbytes, fresh=True), messages[0].tenant, len(messages)
             )
+            if not room:
+                return None
         return messages
 
     def _wrote(self, messages: Sequence[EncodedMessage]) -> None:
@@ -79,21 +85,30 @@ class PostgresIntake:
             self._touched.update(m.tenant for m in messages)
             self._nbytes += sum(len(m.body) for m in messages)
 
-    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
-        messages = self._encode(((fields, tenant, now),))
-        self.spool.put_many(messages)
-        self._wrote(messages)
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
+        """Write the record's row (committed when this returns); False when the table
+        is full and ``on_full="drop_newest"`` dropped it."""
+        return self.accept_many(((fields, tenant, now),))
 
-    def accept_many(self, records: Sequence[Accepted]) -> None:
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
+        """Write the records' rows in one COPY (committed when this returns); False when
+        the table is full and ``on_full="drop_newest"`` dropped them."""
         messages = self._encode(records)
+        if messages is None:
+            return False
         self.spool.put_many(messages)
         self._wrote(messages)
+        return True
 
-    def accept_in(self, connection: Any, records: Sequence[Accepted]) -> None:
+    def accept_in(self, connection: Any, records: Sequence[Accepted]) -> bool:
         """The outbox: insert inside ``connection``'s open transaction (never committed
-        here); the senders find the rows once the caller commits."""
+        here); the senders find the rows once the caller commits. ``on_full`` applies as
+        for :meth:`accept_many` (``block`` waits with the caller's transaction open)."""
         messages = self._encode(records)
+        if messages is None:
+            return False
         self.spool.put_many(messages, connection=connection)
+        return True
 
     def step(self, stopping: Callable[[], bool]) -> None:
         """Count what was written and tell the senders."""

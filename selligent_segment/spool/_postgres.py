@@ -341,11 +341,11 @@ class PostgresSpool:
 
     # -- the Spool protocol ---------------------------------------------------------------
 
-    def has_room(self, nbytes: int) -> bool:
+    def has_room(self, nbytes: int, *, fresh: bool = False) -> bool:
         """True when ``nbytes`` more fit under ``max_bytes`` (the table's size is read at
-        most once a second)."""
+        most once a second, or now when ``fresh``)."""
         now = time.monotonic()
-        if now - self._nbytes_at > 1.0:
+        if fresh or now - self._nbytes_at > 1.0:
             sql = f"SELECT coalesce(sum(length(body)), 0) FROM {self.schema}.messages"
             row = self._with(lambda conn: conn.execute(sql).fetchone())
             self._nbytes = int(row[0]) if row else 0
