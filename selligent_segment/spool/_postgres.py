@@ -50,13 +50,19 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "APPLICATION",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_SCHEMA",
     "SCHEMA_VERSION",
     "PostgresSpool",
+    "check_schema_name",
+    "connect",
+    "database_error",
     "ensure_schema",
     "is_postgres_url",
+    "newer_schema",
     "redact",
+    "schema_version",
     "split_options",
 ]
 
@@ -66,6 +72,8 @@ log = logging.getLogger("selligent_segment")
 DEFAULT_SCHEMA = "selligent_segment"
 #: The version of the tables this code reads and writes.
 SCHEMA_VERSION = 1
+#: The start of ``application_name`` on every connection this package opens.
+APPLICATION = "selligent-segment"
 #: Seconds a lease stays this process's before another may take the rows over.
 DEFAULT_LEASE_SECONDS = 60.0
 
@@ -168,31 +176,82 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> None:
+def check_schema_name(schema: str) -> str:
+    """``schema`` when it is a plain lower-case SQL name (it is written into statements);
+    ConfigurationError naming ``spool_schema`` otherwise."""
+    if not _NAME.match(schema):
+        raise ConfigurationError("spool_schema", f"{schema!r} is not a plain lower-case SQL name")
+    return schema
+
+
+def schema_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
+    """The version of the spool tables in ``schema``; None when there are none."""
+    exists = conn.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'meta'",
+        (schema,),
+    ).fetchone()
+    if not exists:
+        return None
+    row = conn.execute(f"SELECT version FROM {check_schema_name(schema)}.meta").fetchone()
+    return None if row is None else int(row[0])
+
+
+def newer_schema(schema: str, version: int) -> SpoolError:
+    """The error for tables written by a later release."""
+    return SpoolError(
+        f"PostgreSQL spool schema {schema}: version {version} was written by a newer "
+        f"selligent-segment (this one reads version {SCHEMA_VERSION}); upgrade it"
+    )
+
+
+def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> int | None:
     """Create the schema and its tables at :data:`SCHEMA_VERSION` if missing (under an
     advisory lock, so hosts starting together do it once); raise :class:`SpoolError` for a
-    newer version written by a later release."""
-    if not _NAME.match(schema):
-        raise ConfigurationError("schema", f"{schema!r} is not a plain lower-case SQL name")
+    newer version written by a later release. Returns the version found before (None:
+    created now)."""
+    check_schema_name(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
-        exists = conn.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-            "AND table_name = 'meta'",
-            (schema,),
-        ).fetchone()
-        if exists:
-            row = conn.execute(f"SELECT version FROM {schema}.meta").fetchone()
-            if row is not None and row[0] > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"PostgreSQL spool schema {schema}: version {row[0]} was written by a "
-                    f"newer selligent-segment (this one reads version {SCHEMA_VERSION}); "
-                    "upgrade it"
-                )
-            if row is not None and row[0] == SCHEMA_VERSION:
-                return
+        version = schema_version(conn, schema)
+        if version is not None and version > SCHEMA_VERSION:
+            raise newer_schema(schema, version)
+        if version == SCHEMA_VERSION:
+            return version
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         conn.execute(_TABLES.format(s=schema, version=SCHEMA_VERSION))
+        return version
+
+
+def database_error(url: str, exc: BaseException) -> SpoolError:
+    """A driver error as a SpoolError naming the server (never its password)."""
+    text = str(exc).strip()
+    return SpoolError(
+        f"PostgreSQL spool {redact(url)}: {type(exc).__name__}: "
+        f"{text.splitlines()[0] if text else 'no detail'}"
+    )
+
+
+def connect(
+    url: str, *, schema: str | None = None, connect_timeout: float = 5.0, role: str = ""
+) -> psycopg.Connection[Any]:
+    """A new autocommit connection to ``url`` (the spool's own options taken out), named
+    ``selligent-segment[-ROLE] SCHEMA HOST:PID`` in ``pg_stat_activity`` (``spool status``
+    counts the processes of a schema by it); a driver error leaves as
+    :func:`database_error`."""
+    psycopg = _psycopg()
+    libpq_url, options = split_options(url)
+    schema = schema or options.get("spool_schema", DEFAULT_SCHEMA)
+    app = f"{APPLICATION}-{role}" if role else APPLICATION
+    name = f"{app} {schema} {socket.gethostname()}:{os.getpid()}"
+    try:
+        return psycopg.connect(  # type: ignore[no-any-return]
+            libpq_url,
+            autocommit=True,
+            connect_timeout=max(1, int(connect_timeout)),
+            application_name=name[:63],
+        )
+    except psycopg.Error as exc:
+        raise database_error(url, exc) from None
 
 
 def _owner_name() -> str:
@@ -294,9 +353,7 @@ class PostgresSpool:
         psycopg = self._psycopg
         try:
             if conn is None or conn.closed:
-                conn = psycopg.connect(
-                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
-                )
+                conn = connect(self._url, schema=self.schema, connect_timeout=self._connect_timeout)
             yield conn
         except psycopg.Error as exc:
             if conn is not None and not conn.closed and conn.info.transaction_status != 0:
@@ -308,11 +365,10 @@ class PostgresSpool:
                     idle, self._idle = self._idle, []
                 for other in idle:
                     other.close()
-            error = _Stale if reused and isinstance(exc, psycopg.OperationalError) else SpoolError
-            raise error(
-                f"PostgreSQL spool {redact(self._url)}: {type(exc).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}"
-            ) from None
+            error = database_error(self._url, exc)
+            if reused and isinstance(exc, psycopg.OperationalError):
+                raise _Stale(str(error)) from None
+            raise error from None
         else:
             with self._lock:
                 self._idle.append(conn)
