@@ -81,7 +81,100 @@ _URL = re.compile(r"^postgres(?:ql)?://", re.IGNORECASE)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _KINDS = {kind.value: kind for kind in EventKind}
 
-_TABLES = """
+#: ``enqueue(tenant, message, kind)``: the one way for non-Python services (and SQL
+#: triggers) to queue an event, in their own transaction: it checks what the relays need
+#: (a Segment ``track`` call with an event, a messageId, an identity and a timestamp, at
+#: most 32 KB) and raises ``22023`` (invalid_parameter_value) naming the field otherwise.
+_ENQUEUE = """
+CREATE OR REPLACE FUNCTION {s}.enqueue(tenant text, message jsonb, kind text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+#variable_conflict use_variable
+DECLARE
+    k text := kind;
+    body bytea;
+    new_id bigint;
+    fail constant text := 'selligent_segment.enqueue: ';
+BEGIN
+    IF tenant IS NULL OR btrim(tenant) = '' THEN
+        RAISE EXCEPTION '%tenant: required (the tenant whose write key sends it)', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF message IS NULL OR jsonb_typeof(message) <> 'object' THEN
+        RAISE EXCEPTION '%message: expected a JSON object (a Segment track call)', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF message->>'type' IS DISTINCT FROM 'track' THEN
+        RAISE EXCEPTION '%message.type: expected "track", got %', fail,
+            coalesce(message->>'type', 'nothing') USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_typeof(message->'event') IS DISTINCT FROM 'string'
+            OR btrim(message->>'event') = '' THEN
+        RAISE EXCEPTION '%message.event: required, a non-empty string', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_typeof(message->'messageId') IS DISTINCT FROM 'string'
+            OR btrim(message->>'messageId') = '' OR length(message->>'messageId') > 100 THEN
+        RAISE EXCEPTION '%message.messageId: required, a string of 1 to 100 characters '
+            '(the same id for a resent event: Segment dedups by it)', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF NOT (coalesce(jsonb_typeof(message->'userId') = 'string'
+                     AND btrim(message->>'userId') <> '', false)
+            OR coalesce(jsonb_typeof(message->'anonymousId') = 'string'
+                        AND btrim(message->>'anonymousId') <> '', false)) THEN
+        RAISE EXCEPTION '%message: userId or anonymousId required (a non-empty string)', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF jsonb_typeof(message->'timestamp') IS DISTINCT FROM 'string' THEN
+        RAISE EXCEPTION '%message.timestamp: required, an ISO 8601 time with its offset', fail
+            USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        PERFORM (message->>'timestamp')::timestamptz;
+    EXCEPTION WHEN others THEN
+        RAISE EXCEPTION '%message.timestamp: not an ISO 8601 time: %', fail,
+            left(message->>'timestamp', 40) USING ERRCODE = '22023';
+    END;
+    IF message ? 'properties' AND jsonb_typeof(message->'properties') <> 'object' THEN
+        RAISE EXCEPTION '%message.properties: expected a JSON object', fail
+            USING ERRCODE = '22023';
+    END IF;
+    IF k IS NULL THEN
+        k := CASE message->>'event'
+            WHEN 'Email Delivered' THEN 'delivered'
+            WHEN 'Email Opened' THEN 'opened'
+            WHEN 'Email Link Clicked' THEN 'link_clicked'
+            WHEN 'Email Unsubscribed' THEN 'unsubscribed'
+            WHEN 'Unsubscribed' THEN 'unsubscribed'
+            WHEN 'Email Bounced' THEN 'bounced'
+            WHEN 'Email Marked as Spam' THEN 'marked_as_spam'
+        END;
+        IF k IS NULL THEN
+            RAISE EXCEPTION '%kind: required for the event name % (one of delivered, '
+                'opened, link_clicked, unsubscribed, bounced, marked_as_spam)', fail,
+                left(message->>'event', 60) USING ERRCODE = '22023';
+        END IF;
+    ELSIF k NOT IN ('delivered', 'opened', 'link_clicked', 'unsubscribed', 'bounced',
+                    'marked_as_spam') THEN
+        RAISE EXCEPTION '%kind: expected one of delivered, opened, link_clicked, '
+            'unsubscribed, bounced, marked_as_spam, got %', fail, left(k, 40)
+            USING ERRCODE = '22023';
+    END IF;
+    body := convert_to(message::text, 'UTF8');
+    IF octet_length(body) > 32768 THEN
+        RAISE EXCEPTION '%message: % bytes, over Segment''s limit of 32768 per message',
+            fail, octet_length(body) USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO {s}.messages (tenant, message_id, kind, body)
+        VALUES (tenant, message->>'messageId', k, body)
+        RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$fn$;
+"""
+
+_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS {s}.meta (
     singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
     version INTEGER NOT NULL,
@@ -125,6 +218,8 @@ CREATE TABLE IF NOT EXISTS {s}.paused (
     since TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """
+    + _ENQUEUE
+)
 
 #: Seconds between two rotations of the queue's partitions (see :meth:`PostgresSpool.rotate`).
 DEFAULT_ROTATE_SECONDS = 60.0
