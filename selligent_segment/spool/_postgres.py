@@ -20,10 +20,8 @@ reached: the outcome is kept in memory, counted at once, and written by :meth:`m
 (or the next settlement) once the database answers again; until then an expired lease may
 let another host send the same rows again (a documented resend).
 
-Status: groundwork of issue 13. The spool is complete and tested against a real server;
-the intake that puts ``emit`` into it (with a local journal while the database is away),
-the transactional outbox, the relay command and the CLI's ``--spool postgresql://`` are not
-built yet.
+Non-Python services queue events with the SQL function ``SCHEMA.enqueue(tenant, message,
+kind)`` created with the schema (it validates, then inserts; see ``docs/scaling.md``).
 """
 
 from __future__ import annotations
