@@ -15,6 +15,7 @@ from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment.spool._postgres import (
+    COUNT_CAP,
     SCHEMA_VERSION,
     PostgresSpool,
     ensure_schema,
@@ -280,5 +281,60 @@ def test_a_long_reader_elsewhere_delays_only_the_drop_of_what_it_holds(
             reader.rollback()
         assert spool.rotate(force=True) == 2  # both drained partitions go
         assert _partitions(pg, schema) == ["messages_3"]
+    finally:
+        spool.close()
+
+
+
+def test_tenants_lists_leasable_tenants_and_counts_each_up_to_the_cap(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema)
+    try:
+        spool.put_many(_messages("acme", COUNT_CAP + 7) + _messages("globex", 3))
+        spool.put_many(_messages("initech", 2))
+        assert spool.tenants() == ["acme", "globex", "initech"]
+        assert spool.backlog("acme") == COUNT_CAP  # at least that many: counted no further
+        assert spool.backlog("globex") == 3
+        held = spool.lease("initech", 10, 1 << 20)  # every row of initech is leased
+        assert held is not None
+        assert spool.tenants() == ["acme", "globex"]
+        lease = spool.lease("acme", 1000, 1 << 20)
+        assert lease is not None
+        assert spool.backlog("acme") == COUNT_CAP  # still "at least the cap" until counted
+        spool.ack(lease, lease.messages)
+        assert spool.tenants() == ["acme", "globex"]
+        assert spool.backlog("acme") == COUNT_CAP + 7 - 1000  # under the cap: exact
+        while (rest := spool.lease("acme", 2500, 1 << 30)) is not None:
+            spool.ack(rest, rest.messages)
+        assert spool.backlog("acme") == 0
+        assert spool.tenants() == ["globex"]
+    finally:
+        spool.close()
+
+
+def test_has_room_refuses_only_on_the_exact_sum_and_partitions_store_bodies_uncompressed(
+    pg: LocalPostgres, schema: str
+) -> None:
+    spool = PostgresSpool(pg.url, schema=schema, max_bytes=1 << 30)
+    try:
+        spool.put_many(_messages("acme", 40, size=100))  # 4,000 bytes of bodies
+        assert spool.has_room(1 << 20, fresh=True)  # far from the cap: the size on disk says
+        # so (a page or more per partition, never less than the bodies)
+        assert spool._size_bound() >= 4000
+        spool.max_bytes = 4050  # the size on disk is over it: the exact sum decides
+        assert spool.has_room(50, fresh=True)
+        assert not spool.has_room(51, fresh=True)
+        spool.rotate(force=True)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            storage = conn.execute(
+                "SELECT c.relname, a.attstorage FROM pg_attribute a "
+                "JOIN pg_class c ON c.oid = a.attrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname LIKE 'messages%%' AND a.attname = 'body' "
+                "ORDER BY c.relname",
+                (schema,),
+            ).fetchall()
+        assert storage == [("messages", "e"), ("messages_1", "e"), ("messages_2", "e")]
     finally:
         spool.close()

@@ -195,6 +195,9 @@ CREATE TABLE IF NOT EXISTS {s}.messages (
     lease_until TIMESTAMPTZ,
     PRIMARY KEY (generation, id)
 ) PARTITION BY LIST (generation);
+-- Bodies stored as they are (never compressed): the partitions' size on disk is then an
+-- upper bound of the bodies queued, which has_room reads without touching a row.
+ALTER TABLE {s}.messages ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS {s}.messages_1 PARTITION OF {s}.messages FOR VALUES IN (1);
 CREATE INDEX IF NOT EXISTS messages_queue ON {s}.messages (tenant, id);
 CREATE INDEX IF NOT EXISTS messages_owner ON {s}.messages (owner) WHERE owner IS NOT NULL;
@@ -218,6 +221,10 @@ CREATE TABLE IF NOT EXISTS {s}.paused (
 """
     + _ENQUEUE
 )
+
+#: The most leasable rows :meth:`PostgresSpool.tenants` counts per tenant (the senders only
+#: need to know whether a full batch waits: Segment's limit is 2,500 messages a request).
+COUNT_CAP = 2500
 
 #: Seconds between two rotations of the queue's partitions (see :meth:`PostgresSpool.rotate`).
 DEFAULT_ROTATE_SECONDS = 60.0
@@ -423,12 +430,17 @@ class PostgresSpool:
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
         self._unwritten: list[tuple[str, tuple[_RowId, ...], str | None, int | None]] = []
-        self._nbytes = 0
-        self._nbytes_at = 0.0
+        # has_room's readings: (bytes, when, self._put_bytes then) of the bound on disk
+        # and of the exact sum; what this process wrote since is added to either.
+        self._put_bytes = 0
+        self._bound: tuple[int, float, int] = (0, -2.0, 0)
+        self._exact: tuple[int, float, int] = (0, -2.0, 0)
+        self._exact_cost = 0.0
         # Leasable rows per tenant, as last counted (tenants(), once a second) and kept up
         # to date with this process's own puts, leases and releases: backlog() is asked
         # under the dispatcher's lock and must not wait on the database.
         self._backlog: dict[str, int] = {}
+        self._many: set[str] = set()  # tenants counted at COUNT_CAP (at least that many)
         self._last_stats = SpoolStats(0, 0, 0, {})
         self._with(lambda conn: ensure_schema(conn, schema))
         self.tenants()  # the first counts backlog() answers from
@@ -493,15 +505,43 @@ class PostgresSpool:
     # -- the Spool protocol ---------------------------------------------------------------
 
     def has_room(self, nbytes: int, *, fresh: bool = False) -> bool:
-        """True when ``nbytes`` more fit under ``max_bytes`` (the table's size is read at
-        most once a second, or now when ``fresh``)."""
+        """True when ``nbytes`` more fit under ``max_bytes`` (the bodies of the whole
+        table, every host's rows).
+
+        Without reading a row: the partitions' size on disk (heap and TOAST, read from the
+        catalogue at most once a second, or now when ``fresh``) bounds the bodies from
+        above, since they are stored uncompressed; while that bound plus what this process
+        wrote since leaves room, the answer is yes. Only when it does not is the exact sum
+        taken (a scan of the whole table: at most once a second, or now when ``fresh``, and
+        never more than a fifth of the time), so a refusal is always the exact sum's."""
         now = time.monotonic()
-        if fresh or now - self._nbytes_at > 1.0:
+        if fresh or now - self._bound[1] > 1.0:
+            self._bound = (self._size_bound(), now, self._put_bytes)
+        bound, _, put_then = self._bound
+        if bound + (self._put_bytes - put_then) + nbytes <= self.max_bytes:
+            return True
+        exact, exact_at, put_then = self._exact
+        if now >= exact_at + max(0.0 if fresh else 1.0, self._exact_cost):
+            start = time.monotonic()
             sql = f"SELECT coalesce(sum(length(body)), 0) FROM {self.schema}.messages"
             row = self._with(lambda conn: conn.execute(sql).fetchone())
-            self._nbytes = int(row[0]) if row else 0
-            self._nbytes_at = now
-        return self._nbytes + nbytes <= self.max_bytes
+            self._exact_cost = 4 * (time.monotonic() - start)
+            exact, put_then = (int(row[0]) if row else 0), self._put_bytes
+            self._exact = (exact, now, put_then)
+        return exact + (self._put_bytes - put_then) + nbytes <= self.max_bytes
+
+    def _size_bound(self) -> int:
+        """The queue's partitions' heap and TOAST sizes: at least the bodies they hold
+        (``STORAGE EXTERNAL``: never compressed). A file size per partition, no row read."""
+        sql = (
+            "SELECT coalesce(sum(pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid = 0 "
+            "THEN 0 ELSE pg_relation_size(c.reltoastrelid) END), 0) "
+            "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass"
+        )
+        name = f"{self.schema}.messages"
+        row = self._with(lambda conn: conn.execute(sql, (name,), prepare=True).fetchone())
+        return int(row[0]) if row else 0
 
     def put_many(
         self,
@@ -530,14 +570,18 @@ class PostgresSpool:
             self._with(lambda conn: conn.execute(sql, params, prepare=True))
         else:
             self._with(lambda conn: self._copy(conn, messages), transaction=True)
-        self._nbytes += sum(len(m.body) for m in messages)
+        with self._lock:
+            self._put_bytes += sum(len(m.body) for m in messages)
         self._count(messages, 1)
 
     def _count(self, messages: Sequence[EncodedMessage], sign: int) -> None:
         with self._lock:
-            backlog = self._backlog
+            backlog, many = self._backlog, self._many
             for message in messages:
-                backlog[message.tenant] = max(0, backlog.get(message.tenant, 0) + sign)
+                tenant = message.tenant
+                if sign < 0 and tenant in many:
+                    continue  # at least COUNT_CAP, as counted: a lease coming back empty says
+                backlog[tenant] = max(0, backlog.get(tenant, 0) + sign)
 
     def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]) -> None:
         # Binary COPY: the bodies go as they are (the text format sends bytea hex-escaped,
@@ -599,6 +643,7 @@ class PostgresSpool:
         if not taken:
             with self._lock:
                 self._backlog[tenant] = 0
+                self._many.discard(tenant)
             return None
         lease = Lease(tenant, tuple(message for _, message in taken))
         self._count(lease.messages, -1)
@@ -740,7 +785,8 @@ class PostgresSpool:
                     conn.execute("SET LOCAL lock_timeout = '50ms'")
                     conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {s}.messages_{new} "
-                        f"(LIKE {s}.messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                        f"(LIKE {s}.messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                        "INCLUDING STORAGE)"
                     )
                     conn.execute(
                         f"ALTER TABLE {s}.messages ATTACH PARTITION {s}.messages_{new} "
@@ -782,22 +828,39 @@ class PostgresSpool:
         return bool(row and row[0]) and not self._held
 
     def backlog(self, tenant: str) -> int:
-        """Rows of ``tenant`` a sender may lease, as last counted by :meth:`tenants` and
-        kept up to date with this process's own work (other hosts' rows show at the next
-        count). Never asks the database, never raises."""
+        """Rows of ``tenant`` a sender may lease, as last counted by :meth:`tenants` (up to
+        :data:`COUNT_CAP`: a tenant counted at the cap stays there until a lease of it
+        comes back empty) and kept up to date with this process's own work (other hosts'
+        rows show at the next count). Never asks the database, never raises."""
         return self._backlog.get(tenant, 0)
 
     def tenants(self) -> list[str]:
-        """Tenants with rows a sender may lease now (one ``GROUP BY``; refreshes the
-        counts :meth:`backlog` answers from)."""
-        sql = (
-            f"SELECT tenant, count(*) FROM {self.schema}.messages "
-            "WHERE owner IS NULL OR lease_until < now() GROUP BY tenant"
-        )
-        rows = self._with(lambda conn: conn.execute(sql).fetchall())
-        counts = {row[0]: int(row[1]) for row in rows}
+        """Tenants with rows a sender may lease now; refreshes the counts :meth:`backlog`
+        answers from. One statement that reads no more than it needs: the tenants by a
+        loose scan of the ``(tenant, id)`` index (one index descent per tenant, however
+        many rows each holds), and for each the leasable rows counted up to
+        :data:`COUNT_CAP` (enough to tell a full batch), never a scan of the table."""
+        s = self.schema
+        sql = f"""
+            WITH RECURSIVE queued(tenant) AS (
+                (SELECT tenant FROM {s}.messages ORDER BY tenant LIMIT 1)
+                UNION ALL
+                SELECT (SELECT m.tenant FROM {s}.messages m WHERE m.tenant > queued.tenant
+                        ORDER BY m.tenant LIMIT 1)
+                FROM queued WHERE queued.tenant IS NOT NULL
+            )
+            SELECT tenant, (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM {s}.messages m WHERE m.tenant = queued.tenant
+                    AND (m.owner IS NULL OR m.lease_until < now()) LIMIT %(cap)s) AS head
+            ) FROM queued WHERE tenant IS NOT NULL
+        """
+        params = {"cap": COUNT_CAP}
+        rows = self._with(lambda conn: conn.execute(sql, params, prepare=True).fetchall())
+        counts = {row[0]: int(row[1]) for row in rows if row[1]}
         with self._lock:
             self._backlog = counts
+            self._many = {t for t, n in counts.items() if n >= COUNT_CAP}
         return sorted(counts)
 
     def stats(self) -> SpoolStats:
