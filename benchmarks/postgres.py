@@ -27,7 +27,11 @@ Scenarios (``--quick`` shrinks every size):
    1, 2 and 4 relay processes deliver them: events/s until the last one arrived. For
    context, one process emitting and delivering the same events: the spool file and the
    anchor.
-5. ``backlog``: ``--backlog`` events (default 1,000,000) written with the endpoint down;
+5. ``latency``: one relay delivers while another process emits one event at a time (at
+   random gaps of 50-300 ms, delivering nothing itself): the time from ``emit`` returning
+   to the event's arrival, median and 90th percentile, with the wake-up (``NOTIFY``, the
+   default) and with ``notify=off`` (polling once a second only).
+6. ``backlog``: ``--backlog`` events (default 1,000,000) written with the endpoint down;
    the database's and the schema's size; then 4 relays drain it: events/s and each
    relay's peak RSS (``VmHWM``).
 
@@ -54,7 +58,7 @@ from benchmarks import run as base
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "PGBENCH_RESULT "
-SCENARIOS = ("per_call", "threads", "emit_many", "e2e", "backlog")
+SCENARIOS = ("per_call", "threads", "emit_many", "e2e", "latency", "backlog")
 OUTAGE = {"outage": 503, "retry_after": 30}
 KEY = "bench-key"
 CHUNK = 10_000
@@ -178,7 +182,38 @@ def child_single(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"eps": round(n / (t1 - t0), 1), "all_arrived": ok, "rss_mb": base.rss_mb()}
 
 
+def child_latency(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Emit ``n`` events one at a time, delivering none (a relay does): ms to arrival."""
+    import random
+
+    n, url = cfg["n"], cfg["url"]
+    emitter = _make("postgres", cfg)
+    emitter._dispatcher.stop(1.0)  # an emitting host that leaves delivery to the relays
+    rng = random.Random(7)
+    latencies = []
+    emitter.emit(base.record(0))  # the relay is up and has polled once
+    base.wait_arrived(url, 1, time.perf_counter() + 60, base.Probe())
+    time.sleep(2.0)  # its listener connected (at its first upkeep round)
+    for i in range(1, n + 1):
+        time.sleep(rng.uniform(0.05, 0.3))
+        emitter.emit(base.record(i))
+        t0 = time.perf_counter()
+        while base.server_stats(url).get("unique_message_ids", 0) < i + 1:
+            if time.perf_counter() - t0 > 10:
+                break
+            time.sleep(0.002)
+        latencies.append((time.perf_counter() - t0) * 1000)
+    emitter.close(timeout=0.5)
+    latencies.sort()
+    return {
+        "median_ms": round(statistics.median(latencies), 1),
+        "p90_ms": round(latencies[int(len(latencies) * 0.9) - 1], 1),
+        "n": n,
+    }
+
+
 CHILDREN = {
+    "latency": child_latency,
     "per_call": child_per_call,
     "threads": child_threads,
     "emit_many": child_emit_many,
@@ -304,6 +339,7 @@ class Bench:
 
     def child(self, scenario: str, lib: str, n: int, **extra: Any) -> dict[str, Any]:
         schema, url = self.schema()
+        url = extra.pop("pg_url_override", url)
         cfg = {
             "scenario": scenario,
             "lib": lib,
@@ -388,6 +424,23 @@ def parent_main(args: argparse.Namespace) -> int:
                     bench.add(label, _fmt(result, "eps", "events/s"), *singles)
                 else:
                     bench.add(label, _fmt(result, "eps", "events/s"), "-", "-")
+        if "latency" in wanted:
+            n = 20 if quick else 60
+            for notify in ("on", "off"):
+                server.reset()
+                url = bench.schema()[1] + f"&notify={notify}"
+                group = Relays(1, url, server.url)
+                try:
+                    result = bench.child("latency", "postgres", n, pg_url_override=url)
+                finally:
+                    group.stop()
+                what = "NOTIFY wake-up" if notify == "on" else "polling only (notify=off)"
+                bench.add(
+                    f"latency emit -> arrival, 1 relay, {n} events one at a time, {what}",
+                    f"median {result.get('median_ms', '?')} ms, p90 {result.get('p90_ms', '?')} ms",
+                    "-",
+                    "-",
+                )
         if "backlog" in wanted and backlog:
             server.reset(OUTAGE)
             filled = bench.child("fill", "postgres", backlog)

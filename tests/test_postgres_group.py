@@ -89,7 +89,7 @@ def _inserting_waits(postgres: LocalPostgres) -> bool:
     with psycopg.connect(postgres.url, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE 'INSERT INTO %%messages%%'"
+            "AND query LIKE '%%INSERT INTO %%messages%%'"
         ).fetchone()
     return bool(row and row[0])
 

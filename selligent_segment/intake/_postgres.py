@@ -1,7 +1,9 @@
 """The PostgreSQL intake: ``emit`` writes the event's row into the shared table before it
 returns (the commit point), or, with ``connection=``, inside the caller's own open
 transaction (the transactional outbox); the encoder thread only tells the senders what
-arrived and, about once a second, which tenants other processes and hosts wrote rows for.
+arrived and, about once a second, which tenants other processes and hosts wrote rows for;
+between two polls a listener thread wakes the senders when another process's batch
+commits (its one ``NOTIFY``).
 
 Which promise ``emit`` keeps when the database cannot be reached: it raises
 :class:`~selligent_segment.SpoolError` naming the server (never its password) before it
@@ -22,7 +24,7 @@ from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.intake._protocol import Accepted, Downstream
-from selligent_segment.spool._postgres import PostgresSpool
+from selligent_segment.spool._postgres import Listener, PostgresSpool
 
 __all__ = ["PostgresIntake"]
 
@@ -53,6 +55,7 @@ class PostgresIntake:
         self._lock = threading.Lock()
         self._touched: Counter[str] = Counter()  # rows written since the last step
         self._nbytes = 0
+        self.listener: Listener | None = None  # started by the first maintain()
 
     def pending(self) -> int:
         return 0  # nothing waits in memory: a row is in the database once accepted
@@ -124,13 +127,28 @@ class PostgresIntake:
 
     def maintain(self) -> list[str]:
         """Write settlements kept while the database was away; the tenants with rows to
-        lease (written by any process on any host): polling, once a second."""
+        lease (written by any process on any host): polling, once a second, whether or
+        not the listener (started here the first time, unless ``notify=off``) runs."""
+        if self.listener is None and self.spool.notify:
+            self.listener = Listener(self.spool, self._woken).start()
         try:
             self.spool.maintain()
             return self.spool.tenants()
         except Exception as exc:  # the next round tries again
             log.warning("selligent-segment: PostgreSQL spool upkeep failed: %s", exc)
             return []
+
+    def _woken(self, counts: dict[str, int] | None) -> None:
+        """Another process committed rows (its NOTIFY): wake the senders for the tenants
+        it names, now rather than at the next poll (None: ask the table which)."""
+        spool = self.spool
+        if counts is None:
+            tenants = spool.tenants()
+        else:
+            spool.add_backlog(counts)
+            tenants = list(counts)
+        if tenants:
+            self.downstream.senders().notify_put(tenants)
 
     def queued(self) -> dict[str, int]:
         return dict(self.spool.stats().per_tenant)
@@ -140,6 +158,8 @@ class PostgresIntake:
 
     def close(self, dispatcher: Dispatcher) -> bool:
         """Stop settling; this process's live leases go back to the queue (or expire)."""
+        if self.listener is not None:
+            self.listener.stop()
         dispatcher.abandon()
         self.step(lambda: True)
         self.spool.close()
@@ -147,4 +167,5 @@ class PostgresIntake:
 
     def abandon(self) -> None:
         """In a forked child: the parent's connections are left alone."""
+        self.listener = None  # the parent's thread: not in this process
         self.spool.abandon()

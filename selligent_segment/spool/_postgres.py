@@ -26,9 +26,11 @@ kind)`` created with the schema (it validates, then inserts; see ``docs/scaling.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -52,6 +54,7 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_SCHEMA",
     "SCHEMA_VERSION",
+    "Listener",
     "PostgresSpool",
     "check_schema_name",
     "connect",
@@ -222,6 +225,9 @@ CREATE TABLE IF NOT EXISTS {s}.paused (
     + _ENQUEUE
 )
 
+#: The largest NOTIFY payload sent (PostgreSQL's limit is 8,000 bytes).
+NOTIFY_MAX = 7900
+
 #: The most leasable rows :meth:`PostgresSpool.tenants` counts per tenant (the senders only
 #: need to know whether a full batch waits: Segment's limit is 2,500 messages a request).
 COUNT_CAP = 2500
@@ -241,7 +247,7 @@ def redact(url: str) -> str:
 
 
 #: The URL query parameters that are the spool's, not libpq's (taken out before connecting).
-URL_OPTIONS = ("spool_schema", "lease_seconds", "rotate_seconds")
+URL_OPTIONS = ("spool_schema", "lease_seconds", "rotate_seconds", "notify")
 
 
 def split_options(url: str) -> tuple[str, dict[str, str]]:
@@ -472,6 +478,100 @@ class _GroupCommit:
             raise group.error
 
 
+class Listener:
+    """A thread that ``LISTEN``s on a spool's channel (its schema's name) and calls
+    ``woken(counts)`` when other processes committed rows: ``counts`` is ``{tenant: rows}``
+    of the batches received together, or None for "look at the table" (a batch too large
+    to name, and right after each (re)connection: what was sent while not listening was
+    not received). This process's own notifications are skipped (it counted its rows).
+
+    Guarantee: it only ever wakes senders earlier; it is not needed for delivery. A lost
+    connection is logged, retried with a growing pause (1 to 30 s), and meanwhile the
+    senders' polling (once a second) finds every row. ``woken`` runs on this thread; an
+    exception from it is logged and listening goes on.
+    """
+
+    def __init__(self, spool: PostgresSpool, woken: Callable[[dict[str, int] | None], None]):
+        self.spool = spool
+        self.woken = woken
+        self.connected = threading.Event()  # set while LISTEN is in effect (for tests)
+        self.backend_pid: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="selligent-segment-listen", daemon=True
+        )
+
+    def start(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening (the thread notices within a second)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        spool, pause = self.spool, 1.0
+        while not self._stop.is_set():
+            try:
+                conn = connect(spool._url, schema=spool.schema, role="listen")
+            except SpoolError as exc:
+                log.warning("selligent-segment: cannot LISTEN (polling meanwhile): %s", exc)
+                self._stop.wait(pause)
+                pause = min(30.0, pause * 2)
+                continue
+            try:
+                with conn:
+                    conn.execute(f"LISTEN {spool.schema}")
+                    self.backend_pid = conn.info.backend_pid
+                    self.connected.set()
+                    pause = 1.0
+                    self._wake(None)
+                    while not self._stop.is_set():
+                        batch = list(conn.notifies(timeout=1.0, stop_after=1))
+                        if batch:
+                            batch.extend(conn.notifies(timeout=0))  # what came with it
+                            self._received([n.payload for n in batch])
+            except spool._psycopg.Error as exc:
+                if not self._stop.is_set():
+                    log.warning(
+                        "selligent-segment: LISTEN connection lost (polling meanwhile): %s",
+                        database_error(spool._url, exc),
+                    )
+                    self._stop.wait(pause)
+                    pause = min(30.0, pause * 2)
+            finally:
+                self.connected.clear()
+
+    def _received(self, payloads: Sequence[str]) -> None:
+        counts: dict[str, int] = {}
+        everything = False
+        for payload in payloads:
+            try:
+                token, named = json.loads(payload)
+            except (ValueError, TypeError):
+                everything = True  # not ours in shape: look at the table
+                continue
+            if token == self.spool.token:
+                continue
+            if not isinstance(named, dict):
+                everything = True
+                continue
+            for tenant, n in named.items():
+                counts[str(tenant)] = counts.get(str(tenant), 0) + (n if isinstance(n, int) else 0)
+        if everything:
+            self._wake(None)
+        elif counts:
+            self._wake(counts)
+
+    def _wake(self, counts: dict[str, int] | None) -> None:
+        try:
+            self.woken(counts)
+        except Exception:  # the senders' polling still finds the rows
+            log.exception("selligent-segment: error waking the senders")
+
+
 class PostgresSpool:
     """A :class:`~selligent_segment.spool._protocol.Spool` in a PostgreSQL database,
     shared by any number of processes on any number of hosts.
@@ -491,6 +591,7 @@ class PostgresSpool:
         max_bytes: int = 1 << 30,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         rotate_seconds: float = DEFAULT_ROTATE_SECONDS,
+        notify: bool = True,
         owner: str | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
@@ -502,6 +603,10 @@ class PostgresSpool:
             lease_seconds = _seconds("lease_seconds", options["lease_seconds"])
         if "rotate_seconds" in options:
             rotate_seconds = _seconds("rotate_seconds", options["rotate_seconds"])
+        if "notify" in options:
+            if options["notify"] not in ("on", "off"):
+                raise ConfigurationError("notify", "expected on or off")
+            notify = options["notify"] == "on"
         if not lease_seconds > 0:
             raise ConfigurationError("lease_seconds", "must be above 0")
         self._psycopg = _psycopg()
@@ -510,6 +615,10 @@ class PostgresSpool:
         self.max_bytes = max_bytes
         self.lease_seconds = lease_seconds
         self.rotate_seconds = rotate_seconds
+        #: Send a NOTIFY per committed batch (and, with an intake, listen): URL ``notify=off``
+        #: turns both off (a pooler in transaction mode, e.g., cannot LISTEN).
+        self.notify = notify
+        self.token = secrets.token_hex(6)  # this process's notifications, told from others'
         self._next_rotate = 0.0
         self.owner = owner or _owner_name()
         self._connect_timeout = connect_timeout
@@ -647,11 +756,17 @@ class PostgresSpool:
             return
         if connection is not None:
             self._copy(connection, messages)
+            self.notify_batch(connection, messages)  # sent if, and when, the caller commits
             return
         if len(messages) <= GROUP_MAX:
             self._group.put(messages)
         else:
-            self._with(lambda conn: self._copy(conn, messages), transaction=True)
+
+            def copy(conn: psycopg.Connection[Any]) -> None:
+                self._copy(conn, messages)
+                self.notify_batch(conn, messages)
+
+            self._with(copy, transaction=True)
         with self._lock:
             self._put_bytes += sum(len(m.body) for m in messages)
         self._count(messages, 1)
@@ -669,26 +784,54 @@ class PostgresSpool:
         """One group's rows in one statement, its own transaction in autocommit: one round
         trip (a single row: a prepared ``INSERT``, measured 380 -> 260 µs against
         ``BEGIN``, ``COPY``, ``COMMIT``; several: one ``INSERT ... SELECT FROM unnest``
-        of four arrays, in their order)."""
+        of four arrays, in their order), with the group's one ``NOTIFY`` (sent by the
+        server at the commit) in the same statement."""
         s = self.schema
+        insert = f"INSERT INTO {s}.messages (tenant, message_id, kind, body) "
         if len(messages) == 1:
             m = messages[0]
-            sql = (
-                f"INSERT INTO {s}.messages (tenant, message_id, kind, body) VALUES (%s, %s, %s, %b)"
-            )
+            insert += "VALUES (%s, %s, %s, %b)"
             params: tuple[object, ...] = (m.tenant, m.message_id, m.kind.value, m.body)
         else:
-            sql = (
-                f"INSERT INTO {s}.messages (tenant, message_id, kind, body) SELECT * FROM "
-                "unnest(%s::text[], %s::text[], %s::text[], %b::bytea[])"
-            )
+            insert += "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %b::bytea[])"
             params = (
                 [m.tenant for m in messages],
                 [m.message_id for m in messages],
                 [m.kind.value for m in messages],
                 [m.body for m in messages],
             )
+        if self.notify:
+            sql = f"WITH rows AS ({insert} RETURNING 1) SELECT pg_notify(%s, %s)"
+            params = (*params, s, self._payload(messages))
+        else:
+            sql = insert
         self._with(lambda conn: conn.execute(sql, params, prepare=True))
+
+    def _payload(self, messages: Sequence[EncodedMessage]) -> str:
+        """The NOTIFY payload of a committed batch: ``[token, {tenant: rows}]`` as JSON, or
+        ``[token, null]`` ("look at the table") when that would not fit in 8,000 bytes."""
+        counts: dict[str, int] = {}
+        for m in messages:
+            counts[m.tenant] = counts.get(m.tenant, 0) + 1
+        payload = json.dumps([self.token, counts], separators=(",", ":"))
+        if len(payload.encode()) > NOTIFY_MAX:
+            payload = json.dumps([self.token, None])
+        return payload
+
+    def notify_batch(
+        self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]
+    ) -> None:
+        """Queue the batch's one ``NOTIFY`` in ``conn``'s transaction (sent at its commit,
+        never on a rollback)."""
+        if self.notify and messages:
+            conn.execute("SELECT pg_notify(%s, %s)", (self.schema, self._payload(messages)))
+
+    def add_backlog(self, counts: dict[str, int]) -> None:
+        """Rows other processes told of (their NOTIFY): counted for :meth:`backlog` until
+        the next :meth:`tenants`."""
+        with self._lock:
+            for tenant, n in counts.items():
+                self._backlog[tenant] = self._backlog.get(tenant, 0) + max(0, int(n))
 
     def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]) -> None:
         # Binary COPY: the bodies go as they are (the text format sends bytea hex-escaped,
