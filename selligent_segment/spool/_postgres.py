@@ -761,12 +761,7 @@ class PostgresSpool:
         if len(messages) <= GROUP_MAX:
             self._group.put(messages)
         else:
-
-            def copy(conn: psycopg.Connection[Any]) -> None:
-                self._copy(conn, messages)
-                self.notify_batch(conn, messages)
-
-            self._with(copy, transaction=True)
+            self._with(lambda conn: self._copy(conn, messages), transaction=True)
         with self._lock:
             self._put_bytes += sum(len(m.body) for m in messages)
         self._count(messages, 1)
@@ -784,8 +779,7 @@ class PostgresSpool:
         """One group's rows in one statement, its own transaction in autocommit: one round
         trip (a single row: a prepared ``INSERT``, measured 380 -> 260 µs against
         ``BEGIN``, ``COPY``, ``COMMIT``; several: one ``INSERT ... SELECT FROM unnest``
-        of four arrays, in their order), with the group's one ``NOTIFY`` (sent by the
-        server at the commit) in the same statement."""
+        of four arrays, in their order)."""
         s = self.schema
         insert = f"INSERT INTO {s}.messages (tenant, message_id, kind, body) "
         if len(messages) == 1:
@@ -800,19 +794,11 @@ class PostgresSpool:
                 [m.kind.value for m in messages],
                 [m.body for m in messages],
             )
-        if self.notify:
-            sql = f"WITH rows AS ({insert} RETURNING 1) SELECT pg_notify(%s, %s)"
-            params = (*params, s, self._payload(messages))
-        else:
-            sql = insert
-        self._with(lambda conn: conn.execute(sql, params, prepare=True))
+        self._with(lambda conn: conn.execute(insert, params, prepare=True))
 
-    def _payload(self, messages: Sequence[EncodedMessage]) -> str:
-        """The NOTIFY payload of a committed batch: ``[token, {tenant: rows}]`` as JSON, or
-        ``[token, null]`` ("look at the table") when that would not fit in 8,000 bytes."""
-        counts: dict[str, int] = {}
-        for m in messages:
-            counts[m.tenant] = counts.get(m.tenant, 0) + 1
+    def _payload(self, counts: dict[str, int]) -> str:
+        """The NOTIFY payload: ``[token, {tenant: rows}]`` as JSON, or ``[token, null]``
+        ("look at the table") when that would not fit in 8,000 bytes."""
         payload = json.dumps([self.token, counts], separators=(",", ":"))
         if len(payload.encode()) > NOTIFY_MAX:
             payload = json.dumps([self.token, None])
@@ -824,7 +810,20 @@ class PostgresSpool:
         """Queue the batch's one ``NOTIFY`` in ``conn``'s transaction (sent at its commit,
         never on a rollback)."""
         if self.notify and messages:
-            conn.execute("SELECT pg_notify(%s, %s)", (self.schema, self._payload(messages)))
+            counts: dict[str, int] = {}
+            for m in messages:
+                counts[m.tenant] = counts.get(m.tenant, 0) + 1
+            conn.execute("SELECT pg_notify(%s, %s)", (self.schema, self._payload(counts)))
+
+    def notify_tenants(self, counts: dict[str, int]) -> None:
+        """One ``NOTIFY`` telling the listeners that ``counts`` rows were committed (by
+        this process, since the last one); nothing with ``notify=off``. Raises
+        SpoolError when the database cannot be reached."""
+        if self.notify and counts:
+            payload = self._payload(counts)
+            self._with(
+                lambda conn: conn.execute("SELECT pg_notify(%s, %s)", (self.schema, payload))
+            )
 
     def add_backlog(self, counts: dict[str, int]) -> None:
         """Rows other processes told of (their NOTIFY): counted for :meth:`backlog` until
