@@ -285,7 +285,6 @@ def test_a_long_reader_elsewhere_delays_only_the_drop_of_what_it_holds(
         spool.close()
 
 
-
 def test_tenants_lists_leasable_tenants_and_counts_each_up_to_the_cap(
     pg: LocalPostgres, schema: str
 ) -> None:

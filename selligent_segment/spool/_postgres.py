@@ -20,6 +20,12 @@ reached: the outcome is kept in memory, counted at once, and written by :meth:`m
 (or the next settlement) once the database answers again; until then an expired lease may
 let another host send the same rows again (a documented resend).
 
+Fast paths: concurrent ``put_many`` calls of a few rows (every ``emit``) share one
+statement and commit (:class:`_GroupCommit`), larger ones are one ``COPY``; the queue's
+bookkeeping (:meth:`PostgresSpool.has_room`, :meth:`PostgresSpool.tenants`) never reads the
+table whole; a :class:`Listener` wakes the senders on another process's ``NOTIFY``, polling
+staying the fallback.
+
 Non-Python services queue events with the SQL function ``SCHEMA.enqueue(tenant, message,
 kind)`` created with the schema (it validates, then inserts; see ``docs/scaling.md``).
 """
