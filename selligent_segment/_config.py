@@ -27,6 +27,7 @@ from selligent_segment.delivery._keys import KeyResolver, WriteKeys
 from selligent_segment.delivery._proxy import check_ca_bundle, routes
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._transport import Transport
+from selligent_segment.spool._postgres import is_postgres_url
 from selligent_segment.spool._protocol import OnFull
 from selligent_segment.spool._schema import spool_path
 
@@ -100,7 +101,7 @@ def _spool(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
     if not isinstance(value, (str, os.PathLike)):
         got = shown(type(value).__name__, quote=False)
         raise ConfigurationError("spool", f"expected 'memory', a path or a URL, got {got}")
-    if value != "memory":
+    if value != "memory" and not is_postgres_url(value):
         spool_path(value)
 
 
@@ -137,7 +138,9 @@ class EmitterConfig:
     spool: str | os.PathLike[str] = attrs.field(default="memory", validator=_spool)
     """``"memory"`` (lost with the process), or a file path or ``sqlite:///`` URL: the
     durable spool, where ``emit`` returns once the event is journaled on disk (it then
-    survives ``kill -9``); processes may share one file."""
+    survives ``kill -9``); processes may share one file. Or a ``postgresql://`` URL
+    (the ``postgres`` extra): one spool that processes on many hosts share, where ``emit``
+    returns once the row is committed (see ``docs/scaling.md``)."""
     fsync: bool = attrs.field(default=False, validator=_flag)
     """Durable spool only: also survive power loss, at the cost of an ``fdatasync`` per
     ``emit``."""

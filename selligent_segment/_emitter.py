@@ -45,7 +45,9 @@ from selligent_segment.intake._backpressure import Backpressure
 from selligent_segment.intake._encoder import Encoder
 from selligent_segment.intake._journal import JournalIntake
 from selligent_segment.intake._memory import ENCODE_CHUNK, MemoryIntake
+from selligent_segment.intake._postgres import PostgresIntake
 from selligent_segment.intake._protocol import Accepted, Downstream, Intake
+from selligent_segment.spool._postgres import is_postgres_url
 from selligent_segment.spool._protocol import OnFull
 from selligent_segment.spool._schema import spool_path
 
@@ -65,7 +67,10 @@ class Emitter:
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
     queue (with a spool file, after one ``write(2)`` to this process's journal, in journal
     order with other threads' writes): it never waits on the network, another process or
-    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room).
+    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room);
+    with a ``postgresql://`` spool it writes the row (one short transaction) before it
+    returns, or raises SpoolError, and ``on_full`` applies when the table holds
+    ``max_spool_bytes``.
     Every accepted event ends delivered, or reported through ``on_failure`` and counted
     in :meth:`stats`; none disappears silently. A fixed pool of ``threads`` senders serves
     every tenant; one tenant's outage, 429s or revoked key never delays another's events.
@@ -233,7 +238,14 @@ class Emitter:
         )
         downstream = Downstream(self._counters, self._backpressure, self._on_failure)
         self._intake: Intake
-        if config.durable:
+        if is_postgres_url(config.spool):
+            self._intake = PostgresIntake(
+                url=str(config.spool),
+                max_spool_bytes=config.max_spool_bytes,
+                naming=config.naming,
+                downstream=downstream,
+            )
+        elif config.durable:
             self._intake = JournalIntake(
                 path=spool_path(config.spool),
                 max_spool_bytes=config.max_spool_bytes,
@@ -282,16 +294,23 @@ class Emitter:
 
     # -- accepting -------------------------------------------------------------------
 
-    def emit(self, record: CallbackRecord | Mapping[str, Any]) -> bool:
+    def emit(self, record: CallbackRecord | Mapping[str, Any], *, connection: Any = None) -> bool:
         """Accept one callback record (a :class:`CallbackRecord` or its dict form).
 
         Returns True when accepted, False when dropped by ``on_full="drop_newest"``.
         Raises InvalidEvent (naming the field), UnknownTenant, SpoolFull or EmitterClosed;
-        a refused record never affects another.
+        a refused record never affects another. With a ``postgresql://`` spool,
+        ``connection`` (the caller's psycopg connection) makes the event part of the
+        caller's open transaction: committed with it, never sent after a rollback (the
+        transactional outbox; see ``docs/scaling.md``).
         """
         if self._closed:
             raise EmitterClosed("emit() after close(); the event was not accepted")
         fields, tenant = self._check(record)
+        if connection is not None:
+            return self._outbox().accept_in(
+                connection, [(fields, tenant, None if "timestamp" in fields else time.time())]
+            )
         intake = self._intake
         if intake.pending() >= self._max_pending and not self._backpressure.wait_for_room(
             intake.pending, tenant
@@ -303,9 +322,13 @@ class Emitter:
         profiles = self._profiles
         update = None if profiles is None else profiles.update_for(fields)
         if update is None:
-            intake.accept(fields, tenant, now)
+            accepted = intake.accept(fields, tenant, now)
         else:  # one journal write: the track and its identify are accepted together
-            intake.accept_many([(fields, tenant, now), (_with_update(fields, update), tenant, now)])
+            accepted = intake.accept_many(
+                [(fields, tenant, now), (_with_update(fields, update), tenant, now)]
+            )
+        if not accepted:
+            return False  # a table at max_spool_bytes, on_full="drop_newest"
         if self._encoder.idle:
             self._encoder.wake()
         if not self._started:
@@ -321,7 +344,17 @@ class Emitter:
             raise UnknownTenant(tenant)
         return fields, tenant
 
-    def emit_many(self, records: Iterable[CallbackRecord | Mapping[str, Any]]) -> BulkResult:
+    def _outbox(self) -> PostgresIntake:
+        intake = self._intake
+        if not isinstance(intake, PostgresIntake):
+            raise ConfigurationError("connection", "an outbox insert needs a postgresql:// spool")
+        if not self._started:
+            self._start()
+        return intake
+
+    def emit_many(
+        self, records: Iterable[CallbackRecord | Mapping[str, Any]], *, connection: Any = None
+    ) -> BulkResult:
         """Accept many records; cheaper per record than :meth:`emit` (one journal write
         per chunk with a durable spool).
 
@@ -332,6 +365,8 @@ class Emitter:
         """
         if self._closed:
             raise EmitterClosed("emit_many() after close(); no event was accepted")
+        if connection is not None:
+            return self._emit_many_in(records, connection)
         refused: list[tuple[int, SelligentSegmentError]] = []
         chunk: list[tuple[int, dict[str, Any], str]] = []
         accepted = 0
@@ -358,6 +393,29 @@ class Emitter:
             self._encoder.leave_bulk()
         return BulkResult(accepted, tuple(refused))
 
+    def _emit_many_in(
+        self, records: Iterable[CallbackRecord | Mapping[str, Any]], connection: Any
+    ) -> BulkResult:
+        """emit_many into the caller's open transaction: one COPY of the valid records."""
+        intake = self._outbox()
+        refused: list[tuple[int, SelligentSegmentError]] = []
+        entries: list[Accepted] = []
+        kept: list[int] = []
+        now = time.time()
+        for index, record in enumerate(records):
+            try:
+                fields, tenant = self._check(record)
+            except (InvalidEvent, UnknownTenant) as exc:
+                refused.append((index, exc))
+                continue
+            entries.append((fields, tenant, None if "timestamp" in fields else now))
+        if entries and not intake.accept_in(connection, entries):
+            dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
+            refused.extend((index, dropped) for index in kept)
+            refused.sort(key=lambda pair: pair[0])
+            return BulkResult(0, tuple(refused))
+        return BulkResult(len(entries), tuple(refused))
+
     def _accept_chunk(
         self,
         chunk: Sequence[tuple[int, dict[str, Any], str]],
@@ -382,7 +440,15 @@ class Emitter:
             raise EmitterClosed("the emitter closed while emit_many() waited; not accepted")
         now = time.time()
         entries: list[Accepted] = [(f, t, None if "timestamp" in f else now) for _, f, t in chunk]
-        intake.accept_many(entries)
+        try:
+            taken = intake.accept_many(entries)
+        except SpoolFull as exc:  # a table at max_spool_bytes, on_full="raise"
+            exc.accepted = accepted_before
+            raise
+        if not taken:  # a table at max_spool_bytes, on_full="drop_newest"
+            dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
+            refused.extend((index, dropped) for index, _, _ in chunk)
+            return 0
         if self._encoder.idle:
             self._encoder.wake()
         if not self._started:

@@ -69,10 +69,10 @@ def install_sigterm_handler() -> bool:
         if _installed:
             return True
         if threading.current_thread() is not threading.main_thread():
-            log.debug("selligent-segment: not in the main thread: SIGTERM left as it is")
+            log.debug("not in the main thread: SIGTERM left as it is")
             return False
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            log.debug("selligent-segment: SIGTERM has a handler already: left as it is")
+            log.debug("SIGTERM has a handler already: left as it is")
             return False
         signal.signal(signal.SIGTERM, _on_sigterm)
         _installed = True
@@ -87,7 +87,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # nothing to flush: the default action
         return
     log.warning(
-        "selligent-segment: SIGTERM: closing %d emitter(s), each for up to its exit_timeout",
+        "SIGTERM: closing %d emitter(s), each for up to its exit_timeout",
         len(_live),
     )
     raise SystemExit(EXIT_ON_SIGTERM)
@@ -98,7 +98,7 @@ def _close_all_at_exit() -> None:
         try:
             member.close(member._exit_timeout)
         except Exception:  # pragma: no cover - exit must go on
-            log.exception("selligent-segment: close at exit failed")
+            log.exception("close at exit failed")
 
 
 def _after_fork_in_child() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from selligent_segment.testing import LocalSegment
+from selligent_segment.testing._local_postgres import LocalPostgres
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +27,11 @@ def server() -> Iterator[LocalSegment]:
     """A LocalSegment on loopback that accepts any write key (a module may override it)."""
     with LocalSegment() as segment:
         yield segment
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the session (started on first use; a test that
+    needs it fails when it cannot start). Tests isolate themselves by schema."""
+    with LocalPostgres() as server:
+        yield server

@@ -620,7 +620,7 @@ def test_seams_and_policies_of_the_wrong_kind_are_refused_naming_the_setting(
     assert info.value.setting == setting
 
 
-@pytest.mark.parametrize("url", ["postgresql://db/events", "postgres://u@h/x", "redis://h"])
+@pytest.mark.parametrize("url", ["redis://h", "mysql://u@h/x", "s3://bucket/spool"])
 def test_a_spool_url_with_a_scheme_not_served_is_refused_and_creates_nothing(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -628,6 +628,24 @@ def test_a_spool_url_with_a_scheme_not_served_is_refused_and_creates_nothing(
     with pytest.raises(ConfigurationError, match="spool is not served") as info:
         Emitter("k", spool=url)
     assert info.value.setting == "spool"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://app:s3cret@127.0.0.1:1/events", "postgres://app:s3cret@127.0.0.1:1/x"]
+)
+def test_a_postgresql_spool_that_cannot_be_reached_is_a_clear_error_creating_nothing(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once taken for a file path (a directory named ``postgresql:`` appeared); now the
+    PostgreSQL spool, which names the server, never the password, and writes no file."""
+    from selligent_segment import SpoolError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SpoolError, match=r"PostgreSQL spool postgres(ql)?://app:\*\*\*@127\.0\.0\.1:1/"
+    ):
+        Emitter("k", spool=url)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -209,7 +209,7 @@ def test_keyword_overrides_win_over_the_environment(tmp_path: Path) -> None:
             "unknown profile 'fancy'",
         ),
         (
-            {"SEGMENT_WRITE_KEY": SECRET, "SELLIGENT_SEGMENT_SPOOL": "postgres://db/x"},
+            {"SEGMENT_WRITE_KEY": SECRET, "SELLIGENT_SEGMENT_SPOOL": "redis://db/x"},
             "SELLIGENT_SEGMENT_SPOOL",
             "",
         ),

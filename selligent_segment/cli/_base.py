@@ -20,7 +20,9 @@ from selligent_segment._keys_file import WriteKeysFileError, load_write_keys
 from selligent_segment._naming import PROFILES, EventNaming
 from selligent_segment.cli._progress import is_terminal
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
+from selligent_segment.spool._postgres import is_postgres_url, redact
 from selligent_segment.spool._schema import default_spool_path, spool_path
+from selligent_segment.spool._view import SpoolView, open_view
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -46,6 +48,9 @@ class Command:
     epilog: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    #: True for a long-running service (``relay``), which SIGTERM stops normally: its
+    #: exit status is then the command's own (0), not 143.
+    sigterm_is_stop: bool = False
 
 
 def err(*lines: str) -> None:
@@ -248,8 +253,8 @@ def check_spool(spool: str) -> None:
     """UsageError naming the file and the reason when the spool file ``spool`` exists and
     is foreign, newer, damaged (SQLite reads every page) or not writable; a command then
     stops before any thread starts, with one line. A missing file is fine (created)."""
-    if spool == "memory":
-        return
+    if spool == "memory" or is_postgres_url(spool):
+        return  # a database is checked when the Emitter connects
     try:
         path = spool_path(spool)
         if not path.exists():
@@ -262,16 +267,17 @@ def check_spool(spool: str) -> None:
         raise UsageError(str(exc)) from None
 
 
-def open_spool(args: argparse.Namespace) -> SpoolFile:
-    """The spool file ``--spool`` names, which must exist; UsageError when it cannot be used."""
+def open_spool(args: argparse.Namespace) -> SpoolView:
+    """The view of the existing spool ``--spool`` names (a spool file or a
+    ``postgresql://`` URL); UsageError when it is missing or cannot be used."""
     try:
-        return SpoolFile(args.spool)
-    except SpoolError as exc:
+        return open_view(args.spool)
+    except (ConfigurationError, SpoolError) as exc:
         raise UsageError(str(exc)) from None
 
 
 def read_status(args: argparse.Namespace) -> SpoolStatus:
-    """The status of the spool file ``--spool`` names; UsageError when it cannot be read."""
+    """The status of the spool ``--spool`` names; UsageError when it cannot be read."""
     try:
         with open_spool(args) as spool:
             return spool.status()
@@ -304,12 +310,15 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_spool_option(parser: argparse.ArgumentParser) -> None:
-    """``--spool PATH``: the durable spool file (default: $SELLIGENT_SEGMENT_SPOOL, else
-    ~/.local/state/selligent-segment/spool.db)."""
+    """``--spool PATH|URL``: the durable spool file or a PostgreSQL spool (default:
+    $SELLIGENT_SEGMENT_SPOOL, else ~/.local/state/selligent-segment/spool.db)."""
     default = os.environ.get("SELLIGENT_SEGMENT_SPOOL") or str(default_spool_path())
+    shown_default = redact(default) if is_postgres_url(default) else default
     parser.add_argument(
         "--spool",
-        metavar="PATH",
+        metavar="PATH|URL",
         default=default,
-        help=f"the spool file, or 'memory' where allowed (default: {default})",
+        help="the spool file, a PostgreSQL spool postgresql://user@host:port/db (password: "
+        "PGPASSWORD or ~/.pgpass; ?spool_schema=NAME), or 'memory' where allowed "
+        f"(default: {shown_default})",
     )

@@ -1,5 +1,5 @@
 """``selligent-segment dead-letters list|requeue|purge``: the dead letters of a spool
-file, listed, sent again or deleted."""
+(a file or PostgreSQL), listed, sent again or deleted."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ batches given up after the retry budget ('retries_exhausted'), records too large
 send ('too_large'), and what could not be read back from a journal ('unreadable ...':
 a damaged record, or damaged journal bytes kept raw). They stay in the spool file until
 requeued or purged. --reason matches the start of the reason, e.g. --reason rejected.
+--spool may be a PostgreSQL spool (postgresql://...): the dead letters of every host.
 `list` works on a file this user may read but not write; requeue and purge say why not.
 
   list     print them (oldest first), with --json the whole message bodies too
@@ -102,7 +103,7 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
 DEAD_LETTERS = Command(
     name="dead-letters",
     help="list, requeue or purge dead letters",
-    description="List, requeue or purge the dead letters of a spool file.",
+    description="List, requeue or purge the dead letters of a spool (a file or PostgreSQL).",
     epilog=_DEAD_EPILOG,
     configure=_configure_dead_letters,
     run=_run_dead_letters,

@@ -1,5 +1,6 @@
-"""``selligent-segment flush``: deliver every event a spool file holds, then say what is
-left (per tenant, and why) and how many dead letters are kept."""
+"""``selligent-segment flush``: deliver every event a spool holds (a file, or a PostgreSQL
+schema: every host's rows), then say what is left (per tenant, and why) and how many
+dead letters are kept."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from selligent_segment.cli._summary import (
     only_paused_left,
 )
 from selligent_segment.cli._watch import FailureWatch
+from selligent_segment.spool._postgres import is_postgres_url
 from selligent_segment.spool._schema import spool_error, spool_path
 
 __all__ = ["FLUSH"]
@@ -37,7 +39,7 @@ __all__ = ["FLUSH"]
 
 def _unusable(args: argparse.Namespace, exc: Exception) -> str:
     """What a SpoolError, or an SQLite error that escaped as one, says about the file."""
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error) and not is_postgres_url(args.spool):
         return str(spool_error(spool_path(args.spool), exc))
     return str(exc)
 
@@ -46,6 +48,10 @@ _FLUSH_EPILOG = """\
 Delivers whatever the spool file holds: events left by an earlier `send`, by a stopped
 process (replayed from its journal), or requeued dead letters. Tenants whose key is
 refused (401/403) or missing are named; their events stay in the file.
+
+--spool may be a PostgreSQL spool (postgresql://...): flush then delivers every host's
+rows until the table holds none it can deliver (relays may be delivering at the same
+time: rows are leased with SKIP LOCKED, never sent twice by two live processes).
 
 Before anything is sent, SQLite reads every page of the file (`PRAGMA quick_check`):
 a damaged file stops the command with one line, before any event is sent.
@@ -113,8 +119,8 @@ def _run_flush(args: argparse.Namespace) -> int:
 
 FLUSH = Command(
     name="flush",
-    help="deliver what a spool file holds",
-    description="Deliver every event a spool file holds, then stop.",
+    help="deliver what a spool holds",
+    description="Deliver every event a spool (a file or PostgreSQL) holds, then stop.",
     epilog=_FLUSH_EPILOG,
     configure=_configure_flush,
     run=_run_flush,

@@ -32,6 +32,7 @@ from selligent_segment.cli._demo import DEMO
 from selligent_segment.cli._destination import DESTINATION
 from selligent_segment.cli._flush import FLUSH
 from selligent_segment.cli._ingest import INGEST
+from selligent_segment.cli._relay import RELAY
 from selligent_segment.cli._send import SEND
 from selligent_segment.cli._status import SPOOL
 
@@ -67,7 +68,7 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
         )
         command.configure(child)
         add_output_options_to_leaves(child)
-        child.set_defaults(run=command.run)
+        child.set_defaults(run=command.run, sigterm_is_stop=command.sigterm_is_stop)
     return parser
 
 
@@ -102,11 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return EXIT_TERMINATED if terminated else status
+    return EXIT_TERMINATED if terminated and not args.sigterm_is_stop else status
 
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS: tuple[Command, ...] = (SEND, INGEST, FLUSH, SPOOL, DEAD_LETTERS, DEMO, DESTINATION)
+COMMANDS: tuple[Command, ...] = (
+    SEND,
+    INGEST,
+    FLUSH,
+    RELAY,
+    SPOOL,
+    DEAD_LETTERS,
+    DEMO,
+    DESTINATION,
+)
 
 
 if __name__ == "__main__":  # pragma: no cover

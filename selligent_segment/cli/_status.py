@@ -1,11 +1,12 @@
-"""``selligent-segment spool status``: the backlog of a spool file per tenant and its
-sizes, as a table or as JSON."""
+"""``selligent-segment spool status|init``: the backlog of a spool (a file or a PostgreSQL
+schema) per tenant and its sizes, as a table or as JSON; creating or migrating one."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment.cli._base import (
     EXIT_OK,
     EXIT_USAGE,
@@ -20,24 +21,32 @@ from selligent_segment.cli._base import (
     read_status,
 )
 from selligent_segment.cli._summary import spool_status_table
+from selligent_segment.spool._view import init_spool
 
 __all__ = ["SPOOL"]
 
 
 _SPOOL_EPILOG = """\
-status shows, per tenant: events queued (leased ones included), leased (being sent),
-dead letters, the age of the oldest queued event, and the state (waiting / paused and
-why); then the file size, the journals not yet ingested and the live processes using it
-(those holding their owner lock: a process killed with kill -9 does not count); then,
-for each tenant that had one, the last delivery error any process using the file met,
-and how long ago (--json: "last_error": {"text", "at" (Unix time), "status"} or null).
+--spool is a spool file or a PostgreSQL spool, postgresql://user@host:port/db (password
+from PGPASSWORD or ~/.pgpass, never shown; ?spool_schema=NAME for another schema).
 
-A file this user may read but not write (a read-only directory or file) is shown too.
+  status  per tenant: events queued (leased ones included), leased (being sent), dead
+          letters, the age of the oldest queued event, and the state (waiting / paused
+          and why); then the size (file and journals, or the schema's tables) and the
+          live processes using it (with PostgreSQL: emitters and relays on every host;
+          with a file: those holding their owner lock, so a process killed with kill -9
+          does not count); then, for each tenant that had one, the last delivery error
+          any process using the spool met, and how long ago (--json: "last_error":
+          {"text", "at" (Unix time), "status"} or null). A file this user may read but
+          not write is shown too.
+  init    create the spool (a PostgreSQL schema, its tables and its SQL function
+          enqueue(tenant, message), or a spool file), or migrate an older one to this
+          release's version; one written by a newer release is refused and left as is.
 
 exit status:
-  0  the status was shown
-  2  usage error, or the spool file is missing or unusable (one line names the file and
-     the reason: foreign, newer, corrupt, unreadable)
+  0  the status was shown, or the spool is ready
+  2  usage error, or the spool is missing or unusable (one line names it and the
+     reason: foreign, newer, corrupt, unreadable, the database refused)
 """
 
 
@@ -46,9 +55,23 @@ def _configure_spool(parser: argparse.ArgumentParser) -> None:
     status = sub.add_parser("status", help="backlog per tenant and state, sizes")
     add_spool_option(status)
     add_json_option(status)
+    init = sub.add_parser("init", help="create a spool, or migrate it to this version")
+    add_spool_option(init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    try:
+        done = init_spool(args.spool)
+    except (ConfigurationError, SpoolError) as exc:
+        err(f"{PROG} spool init: {exc}")
+        return EXIT_USAGE
+    out(done)
+    return EXIT_OK
 
 
 def _run_spool(args: argparse.Namespace) -> int:
+    if args.action == "init":
+        return _run_init(args)
     try:
         status = read_status(args)
     except UsageError as exc:
@@ -63,8 +86,9 @@ def _run_spool(args: argparse.Namespace) -> int:
 
 SPOOL = Command(
     name="spool",
-    help="look at a spool file (spool status)",
-    description="Look at a spool file: `spool status` shows the backlog per tenant.",
+    help="look at a spool, or create it (spool status|init)",
+    description="Look at a spool (a file or PostgreSQL): `spool status` shows the backlog "
+    "per tenant; `spool init` creates or migrates it.",
     epilog=_SPOOL_EPILOG,
     configure=_configure_spool,
     run=_run_spool,

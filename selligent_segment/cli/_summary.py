@@ -364,11 +364,12 @@ def spool_status_table(status: SpoolStatus, now: float | None = None) -> list[st
     """The spool file, its sizes, then a row a tenant: queued, leased, dead letters, the
     age of the oldest event and the state (idle, waiting, paused and why); then, a line
     each, the last delivery error of the tenants that have one (how long ago: ``now``)."""
-    lines = [
-        f"spool {status.path}",
-        f"  {status.file_bytes} bytes on disk ({status.journal_bytes} in journals), "
-        f"{status.processes} live processes",
-    ]
+    where = (
+        f"in the database's tables, {status.processes} live processes on any host"
+        if status.engine == "postgresql"
+        else f"on disk ({status.journal_bytes} in journals), {status.processes} live processes"
+    )
+    lines = [f"spool {status.path}", f"  {status.file_bytes} bytes {where}"]
     if not status.tenants:
         lines.append("  empty")
         return lines

@@ -182,7 +182,7 @@ class Loader:
         try:
             self.spool.mark_paused(tenant, reason)
         except SpoolError as exc:
-            log.error("selligent-segment: %s", exc)
+            log.error("%s", exc)
 
     # -- life ------------------------------------------------------------------------
 
@@ -247,11 +247,11 @@ class Loader:
             try:
                 self._ingest()
             except SpoolError as exc:  # the journal keeps them; tried again
-                log.error("selligent-segment: %s; rows stay in the journal", exc)
+                log.error("%s; rows stay in the journal", exc)
                 with self._wake:
                     self._wake.wait(0.5)
             except Exception:
-                log.exception("selligent-segment: destination ingest error")
+                log.exception("destination ingest error")
                 with self._wake:
                     self._wake.wait(0.5)
             if time.monotonic() >= next_maintain:
@@ -289,7 +289,7 @@ class Loader:
             self._pending_bytes -= sum(write[3] for write in taken)
         for letter in dead:
             log.warning(
-                "selligent-segment: tenant %s: %s event kept as a dead letter: %s",
+                "tenant %s: %s event kept as a dead letter: %s",
                 shown(letter.tenant),
                 kind_of(letter.kind),
                 letter.reason,
@@ -367,7 +367,7 @@ class Loader:
                 self._ingest()
             ingested = True
         except Exception as exc:  # the journal stays: the next start replays it
-            log.error("selligent-segment: rows stay in the journal: %s", exc)
+            log.error("rows stay in the journal: %s", exc)
             ingested = False
         self.spool.close(ingested=ingested)
         self.transport.close()

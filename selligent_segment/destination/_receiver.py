@@ -213,20 +213,16 @@ class Receiver:
         try:
             self.loader.accept(rows, dead)
         except SpoolFull as exc:
-            log.error(
-                "selligent-segment: tenant %s: refused a request: %s", shown(tenant.name), exc
-            )
+            log.error("tenant %s: refused a request: %s", shown(tenant.name), exc)
             return 503, _answer(503, "the spool is full; try again later")
         except SpoolError as exc:
-            log.error(
-                "selligent-segment: tenant %s: refused a request: %s", shown(tenant.name), exc
-            )
+            log.error("tenant %s: refused a request: %s", shown(tenant.name), exc)
             return 503, _answer(503, "the spool cannot be written; try again later")
         for message_id in ids:
             recent.add(message_id)
         if refused:
             log.warning(
-                "selligent-segment: tenant %s: %d of %d events refused (first: %s)",
+                "tenant %s: %d of %d events refused (first: %s)",
                 shown(tenant.name),
                 len(refused),
                 len(events),

@@ -20,6 +20,8 @@ log = logging.getLogger("selligent_segment")
 
 #: Seconds between two ERROR lines about a full spool (or a spool that cannot be written).
 LOG_EVERY = 10.0
+#: Seconds between two looks at a shared table's size while ``emit`` blocks for room.
+TABLE_POLL = 0.25
 
 
 class Backpressure:
@@ -82,6 +84,31 @@ class Backpressure:
             self.report(DeliveryFailure.spool_full(tenant))
             return False
         raise SpoolFull(f"{self.max_pending} events are waiting; the event was not accepted")
+
+    def wait_for_table_room(self, has_room: Callable[[], bool], tenant: str, n: int = 1) -> bool:
+        """For an intake that writes the spool at ``emit`` (PostgreSQL: nothing waits in
+        memory), the spool is at ``max_spool_bytes``: apply ``on_full`` to ``n`` events of
+        ``tenant``. True once there is room (``block``: ``has_room`` is asked again every
+        :data:`TABLE_POLL` seconds, up to ``block_timeout``); False when they are dropped
+        (``drop_newest``, counted and reported); raises SpoolFull otherwise."""
+        if self.on_full is OnFull.BLOCK:
+            deadline = time.monotonic() + self.block_timeout
+            with self.room:
+                while (left := deadline - time.monotonic()) > 0:
+                    # Room comes from other hosts' senders too: nothing here is told, so
+                    # the table is asked again (a notify from this process ends it early).
+                    self.room.wait(min(left, TABLE_POLL))
+                    if has_room():
+                        return True
+        self.counters.refuse("spool_full", n)
+        self._log_full(n)
+        if self.on_full is OnFull.DROP_NEWEST:
+            self.report(DeliveryFailure.spool_full(tenant))
+            return False
+        raise SpoolFull(
+            f"the spool holds max_spool_bytes={self.max_spool_bytes:,} already; "
+            "the event was not accepted"
+        )
 
     def wait_for_ingest(self, pending: Callable[[], int], closed: Callable[[], bool]) -> bool:
         """With a spool file: wait while the encoder moves records into the file (a bulk

@@ -73,15 +73,16 @@ class JournalIntake:
     def has_work(self) -> bool:
         return bool(self.inbox)
 
-    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
         written = journal_form(fields) if PROFILE_UPDATE in fields else fields  # as below
         data = frame(orjson.dumps((tenant, now, written)))
         meta = ((tenant, fields["type"]._value_),)
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += 1
+        return True
 
-    def accept_many(self, records: Sequence[Accepted]) -> None:
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
         # Framed one by one: orjson's results keep a 4 KiB buffer each until freed.
         # An identify's fields in their journal form: the previous release refuses them.
         data = b"".join(
@@ -94,6 +95,7 @@ class JournalIntake:
         with self._lock:
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += len(meta)
+        return True
 
     def decode(self, payload: bytes | memoryview) -> EncodedMessage:
         """A journal record (tenant, emit time, fields) as its message; InvalidEvent when

@@ -48,11 +48,13 @@ class MemoryIntake:
     def has_work(self) -> bool:
         return bool(self.inbox)
 
-    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
         self.inbox.append((fields, tenant, now))
+        return True
 
-    def accept_many(self, records: Sequence[Accepted]) -> None:
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
         self.inbox.extend(records)
+        return True
 
     def step(self, stopping: Callable[[], bool]) -> None:
         """Map and serialise up to a chunk of records into the spool."""

@@ -1,6 +1,6 @@
 """The :class:`Intake` protocol: where ``emit`` puts an accepted record, and how the
-encoder moves it into the spool. Two engines: memory (``_memory``) and the durable
-journal + SQLite file (``_journal``); a third (PostgreSQL) takes the same shape."""
+encoder moves it into the spool. Three engines: memory (``_memory``), the durable
+journal + SQLite file (``_journal``) and the shared PostgreSQL table (``_postgres``)."""
 
 from __future__ import annotations
 
@@ -78,12 +78,15 @@ class Intake(Protocol):
         back-pressure reads without a lock)."""
         ...
 
-    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> None:
-        """Take one validated record."""
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
+        """Take one validated record; False when ``on_full="drop_newest"`` dropped it
+        (an intake that writes the spool at once applies ``on_full`` itself, when the
+        spool is at ``max_spool_bytes``: it may also wait, or raise SpoolFull)."""
         ...
 
-    def accept_many(self, records: Sequence[Accepted]) -> None:
-        """Take validated records, in order (one journal write with a spool file)."""
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
+        """Take validated records, in order (one journal write with a spool file); False
+        when ``on_full="drop_newest"`` dropped them all (see :meth:`accept`)."""
         ...
 
     def step(self, stopping: Callable[[], bool]) -> None:

@@ -112,6 +112,10 @@ class SpoolStatus:
     journal_bytes: int
     processes: int
     tenants: tuple[TenantBacklog, ...]
+    #: ``file`` (a spool file) or ``postgresql`` (then ``path`` is the URL without its
+    #: password, ``file_bytes`` the schema's tables on disk, ``journal_bytes`` 0 and
+    #: ``processes`` the connected emitters and relays of every host).
+    engine: str = "file"
 
     @property
     def queued(self) -> int:
@@ -127,6 +131,7 @@ class SpoolStatus:
         """A JSON-ready dict."""
         return {
             "path": self.path,
+            "engine": self.engine,
             "file_bytes": self.file_bytes,
             "journal_bytes": self.journal_bytes,
             "processes": self.processes,

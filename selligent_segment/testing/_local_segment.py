@@ -215,6 +215,12 @@ class LocalSegment(StandIn):
         with self._cond:
             return self._cond.wait_for(lambda: self._n_accepted >= count, timeout)
 
+    def wait_for_ids(self, message_ids: Iterable[str], timeout: float = 10.0) -> bool:
+        """Block until every one of ``message_ids`` was accepted; False on timeout."""
+        wanted = set(message_ids)
+        with self._cond:
+            return self._cond.wait_for(lambda: wanted <= self._ids, timeout)
+
     # -- what the server records (_server.py) -------------------------------------------
 
     def _record(

@@ -1,0 +1,218 @@
+"""The PostgreSQL intake: ``emit`` writes the event's row into the shared table before it
+returns (the commit point), or, with ``connection=``, inside the caller's own open
+transaction (the transactional outbox); the encoder thread only tells the senders what
+arrived and, about once a second, which tenants other processes and hosts wrote rows for;
+between two polls a listener thread wakes the senders when another process committed rows
+(the encoder thread of that process sends one ``NOTIFY`` per round for what its emits
+committed; an outbox insert sends its own, in the caller's transaction).
+
+Which promise ``emit`` keeps when the database cannot be reached: it raises
+:class:`~selligent_segment.SpoolError` naming the server (never its password) before it
+returns, and the caller still holds the event. It never journals locally instead: a row
+that only this host holds is what the shared spool exists to avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from selligent_segment._errors import InvalidEvent, SpoolError
+from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._naming import EventNaming
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.intake._protocol import Accepted, Downstream
+from selligent_segment.spool._postgres import Listener, PostgresSpool
+
+__all__ = ["PostgresIntake"]
+
+log = logging.getLogger("selligent_segment")
+
+#: Seconds between two NOTIFYs of one process (what commits meanwhile goes in the next).
+#: Measured: one per encoder round cost a single-threaded ``emit`` about 25 % (its own
+#: listener woken, a round trip in the background each time); at most 20 a second do not.
+NOTIFY_EVERY = 0.05
+
+
+class PostgresIntake:
+    """Rows written to a :class:`PostgresSpool` at ``accept``; nothing waits in memory.
+
+    Guarantee: when ``accept``/``accept_many`` return, the rows are committed (or, with
+    a caller's connection, part of the caller's transaction: committed with it, gone with
+    its rollback); any process on any host sharing the database may deliver them.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        max_spool_bytes: int,
+        naming: EventNaming,
+        downstream: Downstream,
+    ) -> None:
+        self.naming = naming
+        self.downstream = downstream
+        self.spool = PostgresSpool(url, max_bytes=max_spool_bytes)
+        self._lock = threading.Lock()
+        self._touched: Counter[str] = Counter()  # rows written since the last step
+        self._nbytes = 0
+        self.listener: Listener | None = None  # started by the first maintain()
+        self._notify_lock = threading.Lock()
+        self._unsent: Counter[str] = Counter()  # rows committed, not yet in a NOTIFY
+        self._notified_at = 0.0
+        self._timer: threading.Timer | None = None
+
+    def pending(self) -> int:
+        return 0  # nothing waits in memory: a row is in the database once accepted
+
+    def has_work(self) -> bool:
+        return bool(self._touched)
+
+    def _encode(self, records: Sequence[Accepted]) -> list[EncodedMessage] | None:
+        """The records' messages (one over 32 KB is reported, not written); None when
+        the table is at ``max_spool_bytes`` and ``on_full`` dropped them (``raise``
+        raises SpoolFull, ``block`` waits for room up to ``block_timeout``)."""
+        messages = []
+        for fields, tenant, now in records:
+            try:
+                messages.append(encode_fields(fields, tenant, self.naming, now))
+            except InvalidEvent as exc:
+                self.downstream.too_large(tenant, exc)
+        nbytes = sum(len(m.body) for m in messages)
+        spool = self.spool
+        if messages and not spool.has_room(nbytes):
+            room = self.downstream.backpressure.wait_for_table_room(
+                lambda: spool.has_room(nbytes, fresh=True), messages[0].tenant, len(messages)
+            )
+            if not room:
+                return None
+        return messages
+
+    def _wrote(self, messages: Sequence[EncodedMessage]) -> None:
+        with self._lock:
+            self._touched.update(m.tenant for m in messages)
+            self._nbytes += sum(len(m.body) for m in messages)
+
+    def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
+        """Write the record's row (committed when this returns); False when the table
+        is full and ``on_full="drop_newest"`` dropped it."""
+        return self.accept_many(((fields, tenant, now),))
+
+    def accept_many(self, records: Sequence[Accepted]) -> bool:
+        """Write the records' rows in one COPY (committed when this returns); False when
+        the table is full and ``on_full="drop_newest"`` dropped them."""
+        messages = self._encode(records)
+        if messages is None:
+            return False
+        self.spool.put_many(messages)
+        self._wrote(messages)
+        return True
+
+    def accept_in(self, connection: Any, records: Sequence[Accepted]) -> bool:
+        """The outbox: insert inside ``connection``'s open transaction (never committed
+        here); the senders find the rows once the caller commits. ``on_full`` applies as
+        for :meth:`accept_many` (``block`` waits with the caller's transaction open)."""
+        messages = self._encode(records)
+        if messages is None:
+            return False
+        self.spool.put_many(messages, connection=connection)
+        return True
+
+    def step(self, stopping: Callable[[], bool]) -> None:
+        """Count what was written and tell the senders, and the other processes
+        (:meth:`_notify`)."""
+        with self._lock:
+            touched, self._touched = self._touched, Counter()
+            nbytes, self._nbytes = self._nbytes, 0
+        if not touched:
+            return
+        self._notify(touched)
+        down = self.downstream
+        down.counters.add_many("accepted", touched)
+        down.backpressure.notify()
+        down.senders().notify_put(list(touched), nbytes / max(1, sum(touched.values())))
+
+    def _notify(self, touched: Counter[str]) -> None:
+        """Tell the other processes' listeners what this one's emits committed: one
+        ``NOTIFY`` naming the tenants and their rows, at most every :data:`NOTIFY_EVERY`
+        seconds (what commits meanwhile goes in the next one, sent by a timer when no
+        later round comes), never on ``emit``'s own path. A NOTIFY that cannot be sent is
+        dropped: the other processes' polling finds the rows."""
+        with self._notify_lock:
+            self._unsent.update(touched)
+            wait = self._notified_at + NOTIFY_EVERY - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._send_unsent)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        with self._notify_lock:
+            counts, self._unsent = dict(self._unsent), Counter()
+            self._timer = None
+            self._notified_at = time.monotonic()
+        if counts:
+            try:
+                self.spool.notify_tenants(counts)
+            except SpoolError as exc:
+                log.debug("NOTIFY not sent: %s", exc)
+
+    def maintain(self) -> list[str]:
+        """Write settlements kept while the database was away; the tenants with rows to
+        lease (written by any process on any host): polling, once a second, whether or
+        not the listener (started here the first time, unless ``notify=off``) runs."""
+        if self.listener is None and self.spool.notify:
+            self.listener = Listener(self.spool, self._woken).start()
+        try:
+            self.spool.maintain()
+            return self.spool.tenants()
+        except Exception as exc:  # the next round tries again
+            log.warning("PostgreSQL spool upkeep failed: %s", exc)
+            return []
+
+    def _woken(self, counts: dict[str, int] | None) -> None:
+        """Another process committed rows (its NOTIFY): wake the senders for the tenants
+        it names, now rather than at the next poll (None: ask the table which)."""
+        spool = self.spool
+        if counts is None:
+            tenants = spool.tenants()
+        else:
+            spool.add_backlog(counts)
+            tenants = list(counts)
+        if tenants:
+            self.downstream.senders().notify_put(tenants)
+
+    def queued(self) -> dict[str, int]:
+        return dict(self.spool.stats().per_tenant)
+
+    def mark_paused(self, tenant: str, reason: str | None) -> None:
+        self.spool.mark_paused(tenant, reason)
+
+    def close(self, dispatcher: Dispatcher) -> bool:
+        """Stop settling; this process's live leases go back to the queue (or expire)."""
+        if self.listener is not None:
+            self.listener.stop()
+        dispatcher.abandon()
+        self.step(lambda: True)
+        with self._notify_lock:
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._send_unsent()
+        self.spool.close()
+        return False  # what is left stays in the database: nothing is given up
+
+    def abandon(self) -> None:
+        """In a forked child: the parent's connections are left alone."""
+        self.listener = None  # the parent's threads: not in this process
+        self._timer = None
+        self.spool.abandon()
