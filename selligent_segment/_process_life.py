@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
@@ -91,6 +92,26 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         len(_live),
     )
     raise SystemExit(EXIT_ON_SIGTERM)
+
+
+#: The signals a library thread never takes: the kernel gives a process's signal to any
+#: thread that does not block it, and Python runs the handler only in the main thread,
+#: when it next runs Python; a SIGTERM taken by a sender blocked in a socket call then
+#: waits for the main thread to wake, for ever if it sleeps in a lock (an application
+#: whose main thread waits on an Event never stopped).
+MAIN_THREAD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def in_library_thread(target: Callable[[], object]) -> Callable[[], None]:
+    """``target`` run with :data:`MAIN_THREAD_SIGNALS` blocked in its thread, for every
+    thread the library starts: SIGTERM and Ctrl-C then reach the main thread, where
+    Python's handlers run, whatever the library's threads are doing."""
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+        target()
+
+    return run
 
 
 def _close_all_at_exit() -> None:

@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+from pathlib import Path
 
 import pytest
 
+from selligent_segment import Emitter
 from selligent_segment.testing import LocalSegment
 
 # The child emits five events that would linger for 30 s, says so, then waits for ever
@@ -168,3 +171,36 @@ def test_a_close_cut_short_while_reporting_is_finished_by_the_next_close(
     assert not em.close(0.1)
     assert sorted(reported) == ["acme", "globex"]
     assert em.stats().dropped == {"unsent_at_close": 2}
+
+
+def _blocked_signals(native_id: int) -> set[int]:
+    """The signals thread ``native_id`` of this process blocks (``SigBlk`` in /proc)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
+def test_library_threads_leave_sigterm_and_ctrl_c_to_the_main_thread(
+    server: LocalSegment,
+) -> None:
+    """The kernel gives a process's SIGTERM to any thread not blocking it, and Python runs
+    the handler only in the main thread: one taken by a sender in a socket call waited for
+    the main thread to wake, for ever in an application whose main thread waits on an
+    Event (seen as a child that never shut down). Every library thread blocks both."""
+    emitter = Emitter("key", endpoint=server.url, handle_sigterm=False)
+    try:
+        emitter.emit({"type": "opened", "email": "a@example.com", "event_id": "1"})
+        assert emitter.flush(10)
+        ours = [t for t in threading.enumerate() if t.name.startswith("selligent-segment-")]
+        assert {t.name for t in ours} >= {"selligent-segment-encoder", "selligent-segment-sender-0"}
+        for thread in ours:
+            assert thread.native_id is not None
+            blocked = _blocked_signals(thread.native_id)
+            assert {signal.SIGTERM, signal.SIGINT} <= blocked, thread.name
+        main = threading.main_thread().native_id
+        assert main is not None
+        assert signal.SIGTERM not in _blocked_signals(main)
+    finally:
+        emitter.close(5)

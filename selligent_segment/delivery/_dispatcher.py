@@ -36,6 +36,7 @@ import attrs
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
+from selligent_segment._process_life import in_library_thread
 from selligent_segment._results import DeliveryFailure
 from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._batch_policy import BatchPolicy
@@ -257,7 +258,9 @@ class Dispatcher:
             self._stopping = False
             for i in range(self.n_threads):
                 thread = threading.Thread(
-                    target=self._run, name=f"selligent-segment-sender-{i}", daemon=True
+                    target=in_library_thread(self._run),
+                    name=f"selligent-segment-sender-{i}",
+                    daemon=True,
                 )
                 self._threads.append(thread)
                 thread.start()

@@ -63,6 +63,7 @@ from selligent_segment._limits import (
     MAX_BATCH_MESSAGES,
     MAX_MESSAGE_BYTES,
 )
+from selligent_segment._process_life import in_library_thread
 from selligent_segment._version import __version__
 from selligent_segment.delivery._proxy import Proxy, ca_bundle, routes
 from selligent_segment.delivery._retry import (
@@ -355,7 +356,9 @@ class _Watchdog:
                 self._wake_at = entry.at
                 if self._thread is None:
                     self._thread = threading.Thread(
-                        target=self._run, name="selligent-segment-deadline", daemon=True
+                        target=in_library_thread(self._run),
+                        name="selligent-segment-deadline",
+                        daemon=True,
                     )
                     self._thread.start()
                 else:

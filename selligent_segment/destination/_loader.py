@@ -32,6 +32,7 @@ import attrs
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull, shown
 from selligent_segment._mapping import EncodedMessage, _new_message
+from selligent_segment._process_life import in_library_thread
 from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -193,7 +194,9 @@ class Loader:
         self.dispatcher.start()
         self._maintain()
         self._thread = threading.Thread(
-            target=self._run, name="selligent-segment-destination-ingest", daemon=True
+            target=in_library_thread(self._run),
+            name="selligent-segment-destination-ingest",
+            daemon=True,
         )
         self._thread.start()
         return self

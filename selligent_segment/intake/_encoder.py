@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 
+from selligent_segment._process_life import in_library_thread
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.intake._memory import ENCODE_CHUNK
 from selligent_segment.intake._protocol import Intake, notify_settled
@@ -53,7 +54,7 @@ class Encoder:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._loop, name="selligent-segment-encoder", daemon=True
+            target=in_library_thread(self._loop), name="selligent-segment-encoder", daemon=True
         )
         self._thread.start()
 

@@ -49,6 +49,7 @@ import attrs
 
 from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._mapping import EncodedMessage
+from selligent_segment._process_life import in_library_thread
 from selligent_segment._record import EventKind
 from selligent_segment.spool._protocol import Lease, SpoolStats
 from selligent_segment.spool._statements import kind_of
@@ -511,7 +512,7 @@ class Listener:
         self.backend_pid: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="selligent-segment-listen", daemon=True
+            target=in_library_thread(self._run), name="selligent-segment-listen", daemon=True
         )
 
     def start(self) -> Listener:
