@@ -62,7 +62,7 @@ class _Emitting:
                 return
 
 
-def _relay(url: str, endpoint: str) -> subprocess.Popen[bytes]:
+def _relay(url: str, endpoint: str, keys: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -72,7 +72,7 @@ def _relay(url: str, endpoint: str) -> subprocess.Popen[bytes]:
             "--spool",
             url,
             "--write-keys",
-            _keys_file(),
+            str(keys),
             "--endpoint",
             endpoint,
             "--interval",
@@ -85,23 +85,15 @@ def _relay(url: str, endpoint: str) -> subprocess.Popen[bytes]:
     )
 
 
-_KEYS_FILE: list[str] = []
-
-
-def _keys_file() -> str:
-    return _KEYS_FILE[0]
-
-
 def test_every_accepted_event_arrives_through_kills_restarts_and_cut_backends(
     postgres: LocalPostgres, tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys.json"
     keys.write_text('{"t0": "key-t0", "t1": "key-t1", "t2": "key-t2"}')
-    _KEYS_FILE[:] = [str(keys)]
     rng = random.Random(13)
     url = f"{postgres.url}?spool_schema=crash_{next(_schemas)}&lease_seconds=2"
     with LocalSegment(record_events=False) as server:
-        relays = [_relay(url, server.url) for _ in range(2)]
+        relays = [_relay(url, server.url, keys) for _ in range(2)]
         emitters = [_Emitting(url, server.url, f"w{k}", 0, 600) for k in range(3)]
         try:
             # SIGKILL one emitting process and one relay at random moments
@@ -121,7 +113,7 @@ def test_every_accepted_event_arrives_through_kills_restarts_and_cut_backends(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE pid <> pg_backend_pid() AND datname = current_database()"
                 )
-            relays.append(_relay(url, server.url))
+            relays.append(_relay(url, server.url, keys))
             for worker in emitters[1:]:
                 worker.read_rest()
             expected = {

@@ -23,7 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -228,12 +228,11 @@ class LocalPostgres:
 
     def stop(self) -> None:
         """Stop the server (immediately) and remove the cluster; safe to call twice."""
-        root, self._root = self._root, None
+        root = self._root
         if root is None:
             return
-        self._root = root
         with contextlib.suppress(PostgresUnavailable):
-            self._pg_ctl("stop", "-m", "immediate")
+            self._pg_ctl("stop", "-m", "immediate")  # needs self._root
         self._root = None
         shutil.rmtree(root, ignore_errors=True)
 
@@ -253,10 +252,3 @@ def _current_user() -> str:
     import getpass
 
     return getpass.getuser()
-
-
-@contextlib.contextmanager
-def local_postgres() -> Iterator[LocalPostgres]:
-    """A started :class:`LocalPostgres`, stopped at the end of the block."""
-    with LocalPostgres() as server:
-        yield server
