@@ -492,6 +492,11 @@ class _GroupCommit:
             raise group.error
 
 
+#: Seconds a listener waits for a notification before it looks whether it should stop: an
+#: emitter's ``close`` waits for it (one second made every close take about a second).
+LISTEN_TICK = 0.1
+
+
 class Listener:
     """A thread that ``LISTEN``s on a spool's channel (its schema's name) and calls
     ``woken(counts)`` when other processes committed rows: ``counts`` is ``{tenant: rows}``
@@ -520,7 +525,7 @@ class Listener:
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop listening (the thread notices within a second)."""
+        """Stop listening (the thread notices within :data:`LISTEN_TICK` seconds)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -543,7 +548,7 @@ class Listener:
                     pause = 1.0
                     self._wake(None)
                     while not self._stop.is_set():
-                        batch = list(conn.notifies(timeout=1.0, stop_after=1))
+                        batch = list(conn.notifies(timeout=LISTEN_TICK, stop_after=1))
                         if batch:
                             batch.extend(conn.notifies(timeout=0))  # what came with it
                             self._received([n.payload for n in batch])

@@ -58,6 +58,8 @@ __all__ = ["DEFAULT_MAX_BODY", "ProviderConfig", "webhook_for", "webhooks_app"]
 #: The largest request body read (SendGrid posts batches of up to a few MB).
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
+#: One provider's settings: what :func:`webhook_for` turns into the :class:`Webhook` that
+#: checks and parses that provider's requests (every one verifies its signature or password).
 ProviderConfig = SesConfig | SendGridConfig | MailgunConfig | PostmarkConfig | SparkPostConfig
 
 log = logging.getLogger("selligent_segment.inputs.esp")
