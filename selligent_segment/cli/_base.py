@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import orjson
@@ -51,6 +52,19 @@ class Command:
     #: True for a long-running service (``relay``), which SIGTERM stops normally: its
     #: exit status is then the command's own (0), not 143.
     sigterm_is_stop: bool = False
+
+    def add_to(self, subparsers: Any) -> argparse.ArgumentParser:
+        """Add this subcommand to ``subparsers`` (what ``add_subparsers`` returned) with
+        its help texts and arguments; the new parser, for the caller's defaults."""
+        child: argparse.ArgumentParser = subparsers.add_parser(
+            self.name,
+            help=self.help,
+            description=self.description,
+            epilog=self.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        self.configure(child)
+        return child
 
 
 def err(*lines: str) -> None:

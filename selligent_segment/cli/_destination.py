@@ -205,15 +205,7 @@ SUBCOMMANDS: tuple[Command, ...] = (CHECK, SERVE, REPLAY, DEMO)
 def _configure_group(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="destination_command", required=True, metavar="COMMAND")
     for command in SUBCOMMANDS:
-        child = sub.add_parser(
-            command.name,
-            help=command.help,
-            description=command.description,
-            epilog=command.epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        command.configure(child)
-        child.set_defaults(destination_run=command.run)
+        command.add_to(sub).set_defaults(destination_run=command.run)
 
 
 def _run_group(args: argparse.Namespace) -> int:

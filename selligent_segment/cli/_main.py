@@ -59,14 +59,7 @@ def _parser(commands: Sequence[Command]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in commands:
-        child = sub.add_parser(
-            command.name,
-            help=command.help,
-            description=command.description,
-            epilog=command.epilog,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        command.configure(child)
+        child = command.add_to(sub)
         add_output_options_to_leaves(child)
         child.set_defaults(run=command.run, sigterm_is_stop=command.sigterm_is_stop)
     return parser
