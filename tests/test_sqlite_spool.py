@@ -542,6 +542,34 @@ def test_a_last_error_the_file_refuses_is_logged_and_never_raised(
     assert query(path, "SELECT count(*) FROM last_errors") == [(0,)]
 
 
+def test_a_rejection_the_file_refuses_is_kept_and_written_later_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    try:
+        spool.put_many(messages(2))
+        with contextlib.closing(sqlite3.connect(path)) as db:  # a non-operational error
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters "
+                "BEGIN SELECT RAISE(ABORT, 'no dead letters here'); END"
+            )
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        spool.reject(lease, lease.messages[:1], "rejected: HTTP 400", 400)  # no raise
+        assert [r.levelno for r in caplog.records if "no dead letters" in r.getMessage()] == [
+            logging.ERROR
+        ]
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("DROP TRIGGER refuse")
+            db.commit()
+        spool.ack(lease, lease.messages[1:])  # the next write carries the kept rejection
+        assert spool.empty()
+    finally:
+        spool.close()
+    assert query(path, "SELECT reason, status FROM dead_letters") == [("rejected: HTTP 400", 400)]
+
+
 def test_max_bytes_below_the_minimum_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="max_spool_bytes"):
         open_spool(tmp_path / "spool.db", max_bytes=1024)

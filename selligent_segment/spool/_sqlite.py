@@ -422,7 +422,9 @@ class SqliteSpool(ForkSafe):
     def reject(
         self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
     ) -> None:
-        """Move ``messages`` to ``dead_letters`` with the reason and status."""
+        """Move ``messages`` to ``dead_letters`` with the reason and status. A file that
+        refuses the write does not make this raise: the rejection is kept in memory, the
+        failure logged, and it is written with the next write that succeeds."""
         with self._lock:
             rowids = self._take(lease, messages)
             # The messages as leased (a row may still hold the journal record); the
@@ -433,7 +435,10 @@ class SqliteSpool(ForkSafe):
             ]
             self._unwritten.refused.append((time.time(), reason, status, rows))
             self._unwritten.settled(lease.tenant, rowids)
-            self._write_unwritten()
+            try:
+                self._write_unwritten()
+            except sqlite3.Error as exc:  # not operational (a trigger, damage): kept, and
+                self._unwritten.failed(exc)  # logged; never raised before it is counted
 
     def _write_unwritten(self) -> bool:
         """Write what ``_unwritten`` keeps, in one transaction (under ``_lock``); True when

@@ -306,7 +306,7 @@ class Unwritten:
                 extra={"reason": "spool_unwritable", "count": self.events()},
             )
 
-    def failed(self, exc: sqlite3.OperationalError) -> None:
+    def failed(self, exc: sqlite3.Error) -> None:
         """After a write that failed: no transaction left open, and an ERROR line (no
         traceback) at most every ``_LOG_EVERY`` seconds."""
         if self.db.in_transaction:  # a failed COMMIT may leave it open
