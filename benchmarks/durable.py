@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.durable [--quick] [--json FILE] [--only per_call,emit_many,backlog]
+    python -m benchmarks.durable [--quick] [--json FILE] [--only per_call,emit_many,backlog,e2e]
                                  [--check] [--tmpdir DIR]
 
 Conventions are those of ``benchmarks/run.py`` (whose helpers this module imports): one
@@ -37,6 +37,10 @@ Scenarios (sizes of the full run; ``--quick`` shrinks them):
    paced (after each chunk the producer waits for the inbox to empty). The anchor: default
    settings (``max_queue_size`` 10,000: the rest is dropped and counted), and with
    ``max_queue_size`` 1,000,000 (holds everything: memory per queued event).
+4. ``e2e``: ``benchmarks.run``'s end to end for one tenant (50,000 events emitted one by
+   one, then until every one arrived at the server), ours with a spool file (each event
+   journaled before ``emit`` returns, moved into the SQLite file, leased, sent and
+   acknowledged there), against the official client (its queue in memory) as there.
 
 Exit status: 0 when the run completed (missed targets show in the table), 2 when the server
 could not be started; with ``--check`` also 1 when a target is missed or a measurement failed.
@@ -75,6 +79,7 @@ FULL = {
     "reps": 3,
     "backlog": 1_000_000,
     "chunk": 10_000,
+    "e2e": 50_000,
 }
 QUICK = {
     "per_call": 2_000,
@@ -83,25 +88,29 @@ QUICK = {
     "reps": 1,
     "backlog": 50_000,
     "chunk": 5_000,
+    "e2e": 5_000,
 }
 OUTAGE = {"outage": 503, "retry_after": 30}
 FAULTS: dict[str, dict[str, Any] | None] = {
     "per_call": None,
     "emit_many": OUTAGE,
     "backlog": OUTAGE,
+    "e2e": None,
 }
-SCENARIOS = ("per_call", "emit_many", "backlog")
+SCENARIOS = ("per_call", "emit_many", "backlog", "e2e")
 LIBS = {
     "per_call": ("durable", "memory", "anchor"),
     "emit_many": ("durable", "anchor"),
     "backlog": ("durable_burst", "durable_paced", "anchor", "anchor_all"),
+    "e2e": ("durable", "anchor"),
 }
-CAP = {"per_call": 150.0, "emit_many": 200.0, "backlog": 420.0}
+CAP = {"per_call": 150.0, "emit_many": 200.0, "backlog": 420.0, "e2e": 150.0}
 BACKLOG_SPOOL_BYTES = 2 * 1024**3
 MB = 1024 * 1024
 
 TARGET_EMIT_MANY = 100_000  # events/s
 TARGET_RSS_MB = 80.0
+TARGET_E2E = 5.0  # issue 16: durable end to end >= 5x the official client (in memory)
 
 
 # -- child side -------------------------------------------------------------------------------
@@ -410,6 +419,21 @@ def child_backlog(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def child_e2e(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``e2e``: ``benchmarks.run``'s one-tenant end to end (n events emitted, then until
+    every one arrived), ours with a spool file (every event journaled before ``emit``
+    returns, leased from the SQLite file, acknowledged there), the anchor as there."""
+    if cfg["lib"] == "anchor":
+        return base.child_e2e(cfg)
+    path = spool_file(cfg, "e2e")
+    try:
+        out = base.child_e2e({**cfg, "lib": "ours", "ours_options": {"spool": str(path)}})
+        out["spool"] = "file"
+        return out
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def child_main(raw: str) -> None:
     cfg = json.loads(raw)
     scenario = cfg["scenario"]
@@ -421,6 +445,8 @@ def child_main(raw: str) -> None:
             result = child_emit_many(cfg)
         elif scenario == "backlog":
             result = child_backlog(cfg)
+        elif scenario == "e2e":
+            result = child_e2e(cfg)
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
         result["load_1min_start"] = round(started_load, 2)
@@ -580,6 +606,23 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
             rss_ratio,
             f"<= {TARGET_RSS_MB:.0f} MB",
             rss_met,
+        )
+
+    def arrival(r: dict[str, Any]) -> str:
+        arrived = "all arrived" if r["all_arrived"] else f"{r['arrived']:,} arrived"
+        return f"{r['events_per_s']:,.0f} ({r['elapsed_s']:.2f} s, {arrived})"
+
+    if "e2e/durable" in res or "e2e/anchor" in res:
+        add(
+            f"4. end-to-end events/s, 1 tenant (n={sizes['e2e']:,}): durable emit "
+            "(journal, SQLite, lease, send, ack) vs track() (memory only)",
+            res.get("e2e/durable"),
+            res.get("e2e/anchor"),
+            arrival,
+            arrival,
+            lambda o, a: f"{o['events_per_s'] / a['events_per_s']:.1f}x",
+            f">= {TARGET_E2E:.0f}x, all arrive",
+            lambda o, a: o["all_arrived"] and o["events_per_s"] >= TARGET_E2E * a["events_per_s"],
         )
     return rows
 

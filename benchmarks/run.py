@@ -493,7 +493,7 @@ def child_e2e(cfg: dict[str, Any]) -> dict[str, Any]:
         )
         anchor_wait([client], 10)
     else:
-        emitter = make_ours(url, write_key="bench-key")
+        emitter = make_ours(url, write_key="bench-key", **cfg.get("ours_options", {}))
         t0 = time.perf_counter()
         emit_all(emitter, ((i, None) for i in range(n)), probe, refusals)
         t_calls = time.perf_counter()
@@ -567,7 +567,7 @@ def child_delivery(cfg: dict[str, Any], *, defaults: bool) -> dict[str, Any]:
         t_done = time.perf_counter()
         probe.sample()
     else:
-        emitter = make_ours(url, write_key="bench-key")
+        emitter = make_ours(url, write_key="bench-key", **cfg.get("ours_options", {}))
         t0 = time.perf_counter()
         emit_all(emitter, ((i, None) for i in range(n)), probe, refusals)
         t_calls = time.perf_counter()
