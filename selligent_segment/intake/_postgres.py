@@ -1,5 +1,6 @@
-"""The PostgreSQL intake: ``emit`` writes the event's row into the shared table before it
-returns (the commit point), or, with ``connection=``, inside the caller's own open
+"""The PostgreSQL intake: ``emit`` writes the event's row (its compact record, which the
+process that leases it turns into the message) into the shared table before it returns
+(the commit point), or, with ``connection=``, inside the caller's own open
 transaction (the transactional outbox); the encoder thread only tells the senders what
 arrived and, about once a second, which tenants other processes and hosts wrote rows for;
 between two polls a listener thread wakes the senders when another process committed rows

@@ -20,8 +20,13 @@ reached: the outcome is kept in memory, counted at once, and written by :meth:`m
 (or the next settlement) once the database answers again; until then an expired lease may
 let another host send the same rows again (a documented resend).
 
-Fast paths: concurrent ``put_many`` calls of a few rows (every ``emit``) share one
-statement and commit (:class:`_GroupCommit`), larger ones are one ``COPY``; the queue's
+Rows hold either a Segment message or, written by an emitter, its compact record (an
+empty ``message_id``), which :meth:`PostgresSpool.lease` turns into the message
+(:mod:`._postgres_record`); a record that cannot be read becomes a dead letter.
+
+Fast paths: concurrent ``put_rows`` calls of a few rows (every ``emit``) share one
+statement and commit (:class:`_GroupCommit`), larger ones are one autocommit ``COPY`` into
+the current partition; the queue's
 bookkeeping (:meth:`PostgresSpool.has_room`, :meth:`PostgresSpool.tenants`) never reads the
 table whole; a :class:`Listener` wakes the senders on another process's ``NOTIFY``, polling
 staying the fallback.
