@@ -1,5 +1,6 @@
-"""The PostgreSQL intake: ``emit`` writes the event's row into the shared table before it
-returns (the commit point), or, with ``connection=``, inside the caller's own open
+"""The PostgreSQL intake: ``emit`` writes the event's row (its compact record, which the
+process that leases it turns into the message) into the shared table before it returns
+(the commit point), or, with ``connection=``, inside the caller's own open
 transaction (the transactional outbox); the encoder thread only tells the senders what
 arrived and, about once a second, which tenants other processes and hosts wrote rows for;
 between two polls a listener thread wakes the senders when another process committed rows
@@ -22,11 +23,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selligent_segment._errors import InvalidEvent, SpoolError
-from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.intake._protocol import Accepted, Downstream
 from selligent_segment.spool._postgres import Listener, PostgresSpool
+from selligent_segment.spool._postgres_record import QueueRow, record_row
 
 __all__ = ["PostgresIntake"]
 
@@ -74,30 +75,34 @@ class PostgresIntake:
     def has_work(self) -> bool:
         return bool(self._touched)
 
-    def _encode(self, records: Sequence[Accepted]) -> list[EncodedMessage] | None:
-        """The records' messages (one over 32 KB is reported, not written); None when
-        the table is at ``max_spool_bytes`` and ``on_full`` dropped them (``raise``
-        raises SpoolFull, ``block`` waits for room up to ``block_timeout``)."""
-        messages = []
+    def _rows(self, records: Sequence[Accepted]) -> list[QueueRow] | None:
+        """The records' rows: each its record, encoded into its message by the relay that
+        leases it (see :mod:`~selligent_segment.spool._postgres_record`), or, for a large
+        one, its message now (one over 32 KB is reported, not written); None when the
+        table is at ``max_spool_bytes`` and ``on_full`` dropped them (``raise`` raises
+        SpoolFull, ``block`` waits for room up to ``block_timeout``). The bound counts
+        the bodies as stored: a record row, its record."""
+        rows = []
+        naming = self.naming
         for fields, tenant, now in records:
             try:
-                messages.append(encode_fields(fields, tenant, self.naming, now))
+                rows.append(record_row(fields, tenant, now, naming))
             except InvalidEvent as exc:
                 self.downstream.too_large(tenant, exc)
-        nbytes = sum(len(m.body) for m in messages)
+        nbytes = sum([len(row[3]) for row in rows])
         spool = self.spool
-        if messages and not spool.has_room(nbytes):
+        if rows and not spool.has_room(nbytes):
             room = self.downstream.backpressure.wait_for_table_room(
-                lambda: spool.has_room(nbytes, fresh=True), messages[0].tenant, len(messages)
+                lambda: spool.has_room(nbytes, fresh=True), rows[0][0], len(rows)
             )
             if not room:
                 return None
-        return messages
+        return rows
 
-    def _wrote(self, messages: Sequence[EncodedMessage]) -> None:
+    def _wrote(self, rows: Sequence[QueueRow]) -> None:
         with self._lock:
-            self._touched.update(m.tenant for m in messages)
-            self._nbytes += sum(len(m.body) for m in messages)
+            self._touched.update([row[0] for row in rows])
+            self._nbytes += sum([len(row[3]) for row in rows])
 
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
         """Write the record's row (committed when this returns); False when the table
@@ -107,21 +112,21 @@ class PostgresIntake:
     def accept_many(self, records: Sequence[Accepted]) -> bool:
         """Write the records' rows in one COPY (committed when this returns); False when
         the table is full and ``on_full="drop_newest"`` dropped them."""
-        messages = self._encode(records)
-        if messages is None:
+        rows = self._rows(records)
+        if rows is None:
             return False
-        self.spool.put_many(messages)
-        self._wrote(messages)
+        self.spool.put_rows(rows)
+        self._wrote(rows)
         return True
 
     def accept_in(self, connection: Any, records: Sequence[Accepted]) -> bool:
         """The outbox: insert inside ``connection``'s open transaction (never committed
         here); the senders find the rows once the caller commits. ``on_full`` applies as
         for :meth:`accept_many` (``block`` waits with the caller's transaction open)."""
-        messages = self._encode(records)
-        if messages is None:
+        rows = self._rows(records)
+        if rows is None:
             return False
-        self.spool.put_many(messages, connection=connection)
+        self.spool.put_rows(rows, connection=connection)
         return True
 
     def step(self, stopping: Callable[[], bool]) -> None:
@@ -136,7 +141,8 @@ class PostgresIntake:
         down = self.downstream
         down.counters.add_many("accepted", touched)
         down.backpressure.notify()
-        down.senders().notify_put(list(touched), nbytes / max(1, sum(touched.values())))
+        # A message is about twice its record (the email goes in twice, plus context).
+        down.senders().notify_put(list(touched), 2 * nbytes / max(1, sum(touched.values())))
 
     def _notify(self, touched: Counter[str]) -> None:
         """Tell the other processes' listeners what this one's emits committed: one

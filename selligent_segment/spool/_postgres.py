@@ -20,8 +20,13 @@ reached: the outcome is kept in memory, counted at once, and written by :meth:`m
 (or the next settlement) once the database answers again; until then an expired lease may
 let another host send the same rows again (a documented resend).
 
-Fast paths: concurrent ``put_many`` calls of a few rows (every ``emit``) share one
-statement and commit (:class:`_GroupCommit`), larger ones are one ``COPY``; the queue's
+Rows hold either a Segment message or, written by an emitter, its compact record (an
+empty ``message_id``), which :meth:`PostgresSpool.lease` turns into the message
+(:mod:`._postgres_record`); a record that cannot be read becomes a dead letter.
+
+Fast paths: concurrent ``put_rows`` calls of a few rows (every ``emit``) share one
+statement and commit (:class:`_GroupCommit`), larger ones are one autocommit ``COPY`` into
+the current partition; the queue's
 bookkeeping (:meth:`PostgresSpool.has_room`, :meth:`PostgresSpool.tenants`) never reads the
 table whole; a :class:`Listener` wakes the senders on another process's ``NOTIFY``, polling
 staying the fallback.
@@ -47,10 +52,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from selligent_segment._errors import ConfigurationError, SpoolError
+from selligent_segment._errors import ConfigurationError, InvalidEvent, SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._record import EventKind
+from selligent_segment.spool._postgres_record import QueueRow, UnreadableRecord, decode
 from selligent_segment.spool._protocol import Lease, SpoolStats
 from selligent_segment.spool._statements import kind_of
 
@@ -64,6 +70,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Listener",
     "PostgresSpool",
+    "QueueRow",
     "check_schema_name",
     "connect",
     "database_error",
@@ -390,6 +397,23 @@ def _row_params(rowids: Sequence[_RowId]) -> tuple[list[int], list[int]]:
     return [g for g, _ in rowids], [i for _, i in rowids]
 
 
+#: A row to move into ``dead_letters``: its id, the message id and body to keep there,
+#: and why.
+_Dead = tuple[_RowId, str, bytes, str]
+#: What a lease took (row ids and messages) and the rows it buried (damaged records).
+_Picked = tuple[list[tuple[_RowId, EncodedMessage]], list[_Dead]]
+#: A settlement kept until the database answers: action, rows, reason, status, and the
+#: messages as leased (for a reject).
+_Settlement = tuple[str, tuple[_RowId, ...], str | None, int | None, tuple[EncodedMessage, ...]]
+
+
+def _dead_reason(exc: InvalidEvent) -> str:
+    """The dead letter's reason for a record a lease could not make a message of."""
+    if isinstance(exc, UnreadableRecord):
+        return f"unreadable_record: {exc.reason}"
+    return f"too_large: {exc}"
+
+
 class _Stale(SpoolError):
     """A pooled connection turned out dead (the server restarted or cut it): the work may
     be tried once more on a new connection (:meth:`PostgresSpool._retried`)."""
@@ -420,7 +444,7 @@ class _Group:
     callers wait on ``ready`` (sharing the group commit's lock)."""
 
     def __init__(self, lock: threading.Lock) -> None:
-        self.messages: list[EncodedMessage] = []
+        self.rows: list[QueueRow] = []
         self.callers = 0
         self.taken = False  # a caller is writing it (no longer open)
         self.done = False
@@ -445,7 +469,7 @@ class _GroupCommit:
     """
 
     def __init__(
-        self, write: Callable[[Sequence[EncodedMessage]], None], writers: int = GROUP_WRITERS
+        self, write: Callable[[Sequence[QueueRow]], None], writers: int = GROUP_WRITERS
     ) -> None:
         self._write = write
         self._lock = threading.Lock()
@@ -458,11 +482,11 @@ class _GroupCommit:
         with self._lock:
             return self._open.callers
 
-    def put(self, messages: Sequence[EncodedMessage]) -> None:
-        """Write ``messages`` in a group; returns once committed, or raises SpoolError."""
+    def put(self, rows: Sequence[QueueRow]) -> None:
+        """Write ``rows`` in a group; returns once committed, or raises SpoolError."""
         with self._lock:
             group = self._open
-            group.messages.extend(messages)
+            group.rows.extend(rows)
             group.callers += 1
             while not group.done:
                 if not group.taken and self._writers < self.max_writers:
@@ -476,7 +500,7 @@ class _GroupCommit:
                     raise SpoolError(str(group.error))
                 return
         try:
-            self._write(group.messages)
+            self._write(group.rows)
         except SpoolError as exc:
             group.error = exc
         except BaseException as exc:  # a bug: every caller of the group hears of it
@@ -644,7 +668,7 @@ class PostgresSpool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
-        self._unwritten: list[tuple[str, tuple[_RowId, ...], str | None, int | None]] = []
+        self._unwritten: list[_Settlement] = []
         # has_room's readings: (bytes, when, self._put_bytes then) of the bound on disk
         # and of the exact sum; what this process wrote since is added to either.
         self._put_bytes = 0
@@ -656,6 +680,10 @@ class PostgresSpool:
         # under the dispatcher's lock and must not wait on the database.
         self._backlog: dict[str, int] = {}
         self._many: set[str] = set()  # tenants counted at COUNT_CAP (at least that many)
+        # The queue's generation as last read (tenants(), once a second; rotate()): where
+        # large COPYs put their rows (see _copy_now). Stale is harmless: the rows go into
+        # an older partition, which is dropped once drained like any other.
+        self._generation: int | None = None
         self._last_stats = SpoolStats(0, 0, 0, {})
         self._group = _GroupCommit(self._insert)
         self._with(lambda conn: ensure_schema(conn, schema))
@@ -765,54 +793,58 @@ class PostgresSpool:
         *,
         connection: psycopg.Connection[Any] | None = None,
     ) -> None:
-        """Append ``messages``, all or none, committed when this returns: up to
+        """Append ``messages`` as :meth:`put_rows` does."""
+        rows = [(m.tenant, m.message_id, kind_of(m.kind), m.body) for m in messages]
+        self.put_rows(rows, connection=connection)
+
+    def put_rows(
+        self,
+        rows: Sequence[QueueRow],
+        *,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
+        """Append ``rows`` (messages, or records that become messages when leased, see
+        :mod:`._postgres_record`), all or none, committed when this returns: up to
         :data:`GROUP_MAX` of them through the group commit (concurrent callers' rows share
         one ``INSERT`` and one commit, see :class:`_GroupCommit`), more in a ``COPY`` of
         their own; or, given the caller's ``connection``, inside the caller's open
         transaction, left for the caller to commit or roll back (the transactional
         outbox)."""
-        if not messages:
+        if not rows:
             return
         if connection is not None:
-            self._copy(connection, messages)
-            self.notify_batch(connection, messages)  # sent if, and when, the caller commits
+            self._copy(connection, rows)
+            self.notify_batch(connection, rows)  # sent if, and when, the caller commits
             return
-        if len(messages) <= GROUP_MAX:
-            self._group.put(messages)
+        if len(rows) <= GROUP_MAX:
+            self._group.put(rows)
         else:
-            self._with(lambda conn: self._copy(conn, messages), transaction=True)
+            self._with(lambda conn: self._copy_now(conn, rows))
         with self._lock:
-            self._put_bytes += sum(len(m.body) for m in messages)
-        self._count(messages, 1)
+            self._put_bytes += sum(len(r[3]) for r in rows)
+        self._count([r[0] for r in rows], 1)
 
-    def _count(self, messages: Sequence[EncodedMessage], sign: int) -> None:
+    def _count(self, tenants: Sequence[str], sign: int) -> None:
         with self._lock:
             backlog, many = self._backlog, self._many
-            for message in messages:
-                tenant = message.tenant
+            for tenant in tenants:
                 if sign < 0 and tenant in many:
                     continue  # at least COUNT_CAP, as counted: a lease coming back empty says
                 backlog[tenant] = max(0, backlog.get(tenant, 0) + sign)
 
-    def _insert(self, messages: Sequence[EncodedMessage]) -> None:
+    def _insert(self, rows: Sequence[QueueRow]) -> None:
         """One group's rows in one statement, its own transaction in autocommit: one round
         trip (a single row: a prepared ``INSERT``, measured 380 -> 260 µs against
         ``BEGIN``, ``COPY``, ``COMMIT``; several: one ``INSERT ... SELECT FROM unnest``
         of four arrays, in their order)."""
         s = self.schema
         insert = f"INSERT INTO {s}.messages (tenant, message_id, kind, body) "
-        if len(messages) == 1:
-            m = messages[0]
+        if len(rows) == 1:
             insert += "VALUES (%s, %s, %s, %b)"
-            params: tuple[object, ...] = (m.tenant, m.message_id, kind_of(m.kind), m.body)
+            params: tuple[object, ...] = rows[0]
         else:
             insert += "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %b::bytea[])"
-            params = (
-                [m.tenant for m in messages],
-                [m.message_id for m in messages],
-                [kind_of(m.kind) for m in messages],
-                [m.body for m in messages],
-            )
+            params = tuple(map(list, zip(*rows, strict=True)))
         self._with(lambda conn: conn.execute(insert, params, prepare=True))
 
     def _payload(self, counts: dict[str, int]) -> str:
@@ -823,15 +855,13 @@ class PostgresSpool:
             payload = json.dumps([self.token, None])
         return payload
 
-    def notify_batch(
-        self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]
-    ) -> None:
+    def notify_batch(self, conn: psycopg.Connection[Any], rows: Sequence[QueueRow]) -> None:
         """Queue the batch's one ``NOTIFY`` in ``conn``'s transaction (sent at its commit,
         never on a rollback)."""
-        if self.notify and messages:
+        if self.notify and rows:
             counts: dict[str, int] = {}
-            for m in messages:
-                counts[m.tenant] = counts.get(m.tenant, 0) + 1
+            for row in rows:
+                counts[row[0]] = counts.get(row[0], 0) + 1
             conn.execute("SELECT pg_notify(%s, %s)", (self.schema, self._payload(counts)))
 
     def notify_tenants(self, counts: dict[str, int]) -> None:
@@ -851,19 +881,38 @@ class PostgresSpool:
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + max(0, int(n))
 
-    def _copy(self, conn: psycopg.Connection[Any], messages: Sequence[EncodedMessage]) -> None:
+    def _copy_now(self, conn: psycopg.Connection[Any], rows: Sequence[QueueRow]) -> None:
+        """``rows`` in one ``COPY`` committed on its own (autocommit: one statement, all
+        or none, two round trips fewer than ``BEGIN``/``COMMIT`` around it), into the
+        partition of the generation last read (:attr:`_generation`): the column's default,
+        a function call per row, cost the server about a fifth of its rows/s. When that
+        partition was dropped meanwhile (a rotation found it drained before this COPY
+        began; once it began, the drop waits for it), the COPY fails whole and is made
+        again with the default."""
+        generation = self._generation
+        if generation is not None:
+            try:
+                self._copy(conn, rows, generation)
+                return
+            except self._psycopg.errors.CheckViolation:  # no partition for it any more
+                self._generation = None
+        self._copy(conn, rows)
+
+    def _copy(
+        self, conn: psycopg.Connection[Any], rows: Sequence[QueueRow], generation: int | None = None
+    ) -> None:
         # Binary COPY: the bodies go as they are (the text format sends bytea hex-escaped,
         # twice their size); measured about 12 % more rows/s on loopback.
-        copy_sql = (
-            f"COPY {self.schema}.messages (tenant, message_id, kind, body) "
-            "FROM STDIN (FORMAT BINARY)"
-        )
+        columns = "tenant, message_id, kind, body"
+        written: Sequence[tuple[object, ...]] = rows
+        if generation is not None:
+            columns = "generation, " + columns
+            written = [(generation, *row) for row in rows]
+        copy_sql = f"COPY {self.schema}.messages ({columns}) FROM STDIN (FORMAT BINARY)"
         with conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
-            copy.set_types(_COPY_TYPES)
-            for message in messages:
-                copy.write_row(
-                    (message.tenant, message.message_id, kind_of(message.kind), message.body)
-                )
+            copy.set_types(_COPY_TYPES if generation is None else ("int8", *_COPY_TYPES))
+            for row in written:
+                copy.write_row(row)
 
     def lease(self, tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
         """Up to ``max_messages`` of ``tenant``'s oldest rows that nobody holds (or whose
@@ -887,34 +936,58 @@ class PostgresSpool:
             "secs": self.lease_seconds,
         }
 
-        def pick(conn: psycopg.Connection[Any]) -> list[tuple[_RowId, EncodedMessage]]:
+        def pick(conn: psycopg.Connection[Any]) -> _Picked:
             rows = sorted(conn.execute(sql, params).fetchall())  # by id: the queue's order
             taken: list[tuple[_RowId, EncodedMessage]] = []
+            dead: list[_Dead] = []
             size = 0
-            for rowid, generation, message_id, kind, body in rows:
-                cost = len(body) + 1
+            end = len(rows)
+            for index, (rowid, generation, message_id, kind, column) in enumerate(rows):
+                body = bytes(column)
+                if message_id:
+                    message = EncodedMessage(tenant, message_id, _KINDS.get(kind, kind), body)
+                else:  # a record (see _postgres_record): it becomes its message now
+                    try:
+                        message = decode(tenant, body)
+                    except InvalidEvent as exc:
+                        dead.append(((generation, rowid), "", body, _dead_reason(exc)))
+                        continue
+                cost = len(message.body) + 1
                 if taken and size + cost > max_bytes:
+                    end = index
                     break
-                message = EncodedMessage(tenant, message_id, _KINDS[kind], bytes(body))
                 taken.append(((generation, rowid), message))
                 size += cost
-            back = [(row[1], row[0]) for row in rows[len(taken) :]]
+            back = [(row[1], row[0]) for row in rows[end:]]
             if back:
                 conn.execute(
                     f"UPDATE {self.schema}.messages SET owner = NULL, lease_until = NULL "
                     f"WHERE {_ROWS_IN}",
                     _row_params(back),
                 )
-            return taken
+            if dead:
+                self._bury(conn, dead, None)
+            return taken, dead
 
-        taken = self._with(pick, transaction=True)
+        while True:  # rows that were all dead letters: the next ones may be messages
+            taken, dead = self._with(pick, transaction=True)
+            for _, _, _, reason in dead:
+                log.error(
+                    "tenant %s: event kept as a dead letter: %s",
+                    shown(tenant),
+                    reason,
+                    extra={"tenant": tenant, "reason": reason.partition(":")[0]},
+                )
+            self._count([tenant] * len(dead), -1)
+            if taken or not dead:
+                break
         if not taken:
             with self._lock:
                 self._backlog[tenant] = 0
                 self._many.discard(tenant)
             return None
         lease = Lease(tenant, tuple(message for _, message in taken))
-        self._count(lease.messages, -1)
+        self._count([tenant] * len(taken), -1)
         with self._lock:
             self._held[lease.id] = _Held(
                 {id(m): rowid for (rowid, _), m in zip(taken, lease.messages, strict=True)}
@@ -934,29 +1007,52 @@ class PostgresSpool:
                 del self._held[lease.id]
             return rowids
 
+    def _bury(
+        self, conn: psycopg.Connection[Any], dead: Sequence[_Dead], status: int | None
+    ) -> None:
+        """Move this process's leased rows ``dead`` into ``dead_letters``, each with the
+        message id, body and reason given (the message as leased, or a damaged record as
+        it is), in the queue's order."""
+        s = self.schema
+        sql = f"""WITH dead AS (
+                SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %b::bytea[],
+                    %s::text[]) AS d(generation, id, message_id, body, reason)),
+            gone AS (
+                DELETE FROM {s}.messages AS m USING dead AS d
+                WHERE m.generation = d.generation AND m.id = d.id AND m.owner = %s
+                RETURNING m.id, m.tenant, d.message_id, m.kind, d.body, m.accepted_at, d.reason)
+            INSERT INTO {s}.dead_letters
+                (tenant, message_id, kind, body, accepted_at, reason, status)
+            SELECT tenant, message_id, kind, body, accepted_at, reason, %s FROM gone ORDER BY id"""
+        generations, ids = _row_params([d[0] for d in dead])
+        columns = ([d[1] for d in dead], [d[2] for d in dead], [d[3] for d in dead])
+        conn.execute(sql, (generations, ids, *columns, self.owner, status))
+
     def _settle(
-        self, action: str, rowids: tuple[_RowId, ...], reason: str | None, status: int | None
+        self,
+        action: str,
+        rowids: tuple[_RowId, ...],
+        reason: str | None,
+        status: int | None,
+        leased: tuple[EncodedMessage, ...] = (),
     ) -> None:
         s = self.schema
         rows: tuple[object, ...] = (*_row_params(rowids), self.owner)
+        if action == "reject":  # the messages as leased: a row may still hold a record
+            dead = [
+                (rowid, m.message_id, m.body, reason or "")
+                for rowid, m in zip(rowids, leased, strict=True)
+            ]
+            self._with(lambda conn: self._bury(conn, dead, status), transaction=True)
+            return
         if action == "ack":
             sql = f"DELETE FROM {s}.messages WHERE {_ROWS_IN} AND owner = %s"
-            params: tuple[object, ...] = rows
-        elif action == "release":
+        else:
             sql = (
                 f"UPDATE {s}.messages SET owner = NULL, lease_until = NULL "
                 f"WHERE {_ROWS_IN} AND owner = %s"
             )
-            params = rows
-        else:
-            sql = f"""WITH gone AS (
-                    DELETE FROM {s}.messages WHERE {_ROWS_IN} AND owner = %s
-                    RETURNING tenant, message_id, kind, body, accepted_at)
-                INSERT INTO {s}.dead_letters
-                    (tenant, message_id, kind, body, accepted_at, reason, status)
-                SELECT tenant, message_id, kind, body, accepted_at, %s, %s FROM gone"""
-            params = (*rows, reason, status)
-        self._with(lambda conn: conn.execute(sql, params), transaction=True)
+        self._with(lambda conn: conn.execute(sql, rows), transaction=True)
 
     def _settle_or_keep(
         self,
@@ -964,20 +1060,21 @@ class PostgresSpool:
         rowids: tuple[_RowId, ...],
         reason: str | None = None,
         status: int | None = None,
+        leased: tuple[EncodedMessage, ...] = (),
     ) -> None:
         try:
-            self._settle(action, rowids, reason, status)
+            self._settle(action, rowids, reason, status, leased)
         except SpoolError as exc:
             with self._lock:
-                self._unwritten.append((action, rowids, reason, status))
+                self._unwritten.append((action, rowids, reason, status, leased))
             log.error("settlement kept in memory until the database answers: %s", exc)
 
     def _write_unwritten(self) -> None:
         with self._lock:
             pending, self._unwritten = self._unwritten, []
-        for index, (action, rowids, reason, status) in enumerate(pending):
+        for index, (action, rowids, reason, status, leased) in enumerate(pending):
             try:
-                self._settle(action, rowids, reason, status)
+                self._settle(action, rowids, reason, status, leased)
             except SpoolError:
                 with self._lock:
                     self._unwritten[:0] = pending[index:]
@@ -990,13 +1087,16 @@ class PostgresSpool:
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Give ``messages`` back to the queue, at their old place (ids keep the order)."""
         self._settle_or_keep("release", self._rowids(lease, messages))
-        self._count(messages, 1)
+        self._count([m.tenant for m in messages], 1)
 
     def reject(
         self, lease: Lease, messages: Sequence[EncodedMessage], reason: str, status: int | None
     ) -> None:
-        """Move ``messages`` to ``dead_letters`` with ``reason`` and ``status``."""
-        self._settle_or_keep("reject", self._rowids(lease, messages), reason, status)
+        """Move ``messages`` to ``dead_letters`` with ``reason`` and ``status``, as they
+        were leased (messageId and body: a row that held a record keeps its message, so
+        ``dead-letters list`` shows it and ``requeue`` sends it)."""
+        rowids = self._rowids(lease, messages)
+        self._settle_or_keep("reject", rowids, reason, status, tuple(messages))
 
     def maintain(self) -> None:
         """Write the settlements kept while the database could not be reached; rotate the
@@ -1059,7 +1159,7 @@ class PostgresSpool:
                         f"FOR VALUES IN ({new})"
                     )
                     conn.execute(f"UPDATE {s}.meta SET generation = %s, rotated_at = now()", (new,))
-                generation = new
+                generation = self._generation = new
             except self._psycopg.errors.LockNotAvailable:
                 pass  # someone holds the queue in a way ATTACH waits on: next round
         older = conn.execute(
@@ -1122,7 +1222,13 @@ class PostgresSpool:
             ) FROM queued WHERE tenant IS NOT NULL
         """
         params = {"cap": COUNT_CAP}
-        rows = self._with(lambda conn: conn.execute(sql, params, prepare=True).fetchall())
+
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            generation = conn.execute(f"SELECT generation FROM {s}.meta").fetchone()
+            self._generation = None if generation is None else int(generation[0])
+            return conn.execute(sql, params, prepare=True).fetchall()
+
+        rows = self._with(read)
         counts = {row[0]: int(row[1]) for row in rows if row[1]}
         with self._lock:
             self._backlog = counts
