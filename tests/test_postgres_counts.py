@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
@@ -164,8 +166,13 @@ def test_the_counts_follow_every_write_of_this_package(spool: PostgresSpool) -> 
     assert everything is not None
     spool.ack(everything, everything.messages)
     assert "globex" not in _assert_exact(spool)  # a drained tenant is no longer listed
-    spool.maintain()  # compacts
+    spool.maintain()  # compacts: one row per tenant left
     assert _assert_exact(spool)["initech"][0] == 70
+    with psycopg.connect(spool._url, autocommit=True) as conn:
+        rows = conn.execute(
+            f"SELECT tenant, count(*) FROM {spool.schema}.queue_counts GROUP BY tenant"
+        ).fetchall()
+    assert dict(rows) == {"acme": 1, "initech": 1}
 
 
 def test_dead_letters_requeued_and_rows_enqueued_from_sql_are_counted(
@@ -391,3 +398,64 @@ def test_neither_stats_nor_status_scans_the_queue(
     assert acme.oldest_age is not None
     assert acme.oldest_age >= 0
     spool.release(lease, lease.messages)
+
+
+#: One step of a writer or a sender: ("put", tenant, rows), ("lease", tenant, rows),
+#: ("ack" | "reject" | "release", share of the oldest live lease), ("requeue",), ("compact",).
+_STEPS = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from(["a", "b", "c"]), st.integers(1, 150)),
+    st.tuples(st.just("lease"), st.sampled_from(["a", "b", "c"]), st.integers(1, 40)),
+    st.tuples(st.sampled_from(["ack", "reject", "release"]), st.integers(0, 3)),
+    st.tuples(st.just("requeue")),
+    st.tuples(st.just("compact")),
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(steps=st.lists(_STEPS, min_size=1, max_size=12))
+def test_any_sequence_of_writes_and_settlements_keeps_the_counts_exact(
+    postgres: LocalPostgres, steps: list[tuple[Any, ...]]
+) -> None:
+    schema = f"counts_prop_{next(_schemas)}"
+    spool = PostgresSpool(postgres.url, schema=schema, notify=False)
+    leases = []
+    written = itertools.count()
+    try:
+        with PostgresView(f"{postgres.url}?spool_schema={schema}") as view:
+            for step in steps:
+                if step[0] == "put":
+                    spool.put_many(_messages(step[1], step[2], start=next(written) * 1000))
+                elif step[0] == "lease":
+                    lease = spool.lease(step[1], step[2], 1 << 20)
+                    if lease is not None:
+                        leases.append(lease)
+                elif step[0] in ("ack", "reject", "release") and leases:
+                    lease = leases.pop(0)
+                    part = lease.messages[: max(1, len(lease.messages) * step[1] // 3)]
+                    if step[0] == "ack":
+                        spool.ack(lease, part)
+                    elif step[0] == "reject":
+                        spool.reject(lease, part, "rejected: test", 400)
+                    else:
+                        spool.release(lease, part)
+                    if len(part) < len(lease.messages):
+                        spool.release(lease, lease.messages[len(part) :])
+                elif step[0] == "requeue":
+                    view.requeue()
+                elif step[0] == "compact":
+                    spool.maintain()
+                _assert_exact(spool)
+            held = sum(len(lease.messages) for lease in leases)
+            assert spool.stats().leased == held
+            queued = {t.tenant: (t.queued, t.leased) for t in view.status().tenants if t.queued}
+            truth = _truth(postgres.url, schema)
+            assert {t: q for t, (q, _) in queued.items()} == {t: n for t, (n, _) in truth.items()}
+            assert sum(leased for _, leased in queued.values()) == held
+    finally:
+        spool.close()
+        with psycopg.connect(postgres.url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -8,8 +8,10 @@ transaction is held open across an HTTP request: leasing and each settlement are
 transaction each.
 
 Schema: the tables live in their own schema (``selligent_segment`` by default), with a
-version row; :func:`ensure_schema` creates it on first use and refuses a newer version with
-a clear error. Credentials come from the URL, the environment (``PGPASSWORD``) or
+version row; :func:`ensure_schema` creates it on first use (or migrates an older version)
+and refuses a newer version with a clear error. The database keeps the queue's counts per
+tenant itself (``queue_counts``, version 2), so :meth:`PostgresSpool.stats` never reads
+the queue. Credentials come from the URL, the environment (``PGPASSWORD``) or
 ``~/.pgpass``, as libpq reads them; they never reach a log line, an exception text or a
 repr (:func:`redact`).
 
