@@ -145,7 +145,9 @@ def _assert_exact(spool: PostgresSpool) -> dict[str, tuple[int, int]]:
 
 def test_the_counts_follow_every_write_of_this_package(spool: PostgresSpool) -> None:
     assert _assert_exact(spool) == {}
+    assert spool.empty()
     spool.put_many(_messages("acme", 1))  # one prepared INSERT
+    assert not spool.empty()
     spool.put_many(_messages("acme", 5, start=1) + _messages("globex", 3))  # INSERT unnest
     spool.put_many(_messages("acme", 100, start=6) + _messages("initech", 70))  # COPY
     assert _assert_exact(spool) == {
@@ -241,6 +243,11 @@ def test_rotation_keeps_the_counts(spool: PostgresSpool, schema: str) -> None:
         ).fetchall()
     assert partitions == [("messages_2",), ("messages_3",)]  # messages_1 dropped
     assert _assert_exact(spool) == {"acme": (5, sum(10 + i % 7 for i in range(100, 105)))}
+    lease = spool.lease("acme", 5, 1 << 20)
+    assert lease is not None
+    assert not spool.empty()  # leased rows are still there
+    spool.ack(lease, lease.messages)
+    assert spool.empty()
 
 
 def test_compaction_folds_the_deltas_atomically_one_process_at_a_time(
@@ -383,6 +390,7 @@ def test_neither_stats_nor_status_scans_the_queue(
         scanned = _seq_scans(conn, schema)
         assert scanned > before
         for _ in range(3):
+            assert not spool.empty()
             stats = spool.stats()
             spool._with(lambda c: c.execute(flush))
             status = view.status()

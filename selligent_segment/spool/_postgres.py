@@ -1188,9 +1188,13 @@ class PostgresSpool:
 
     def empty(self) -> bool:
         """True when no row is queued or leased, by anyone; False while the database
-        cannot be asked (never raises)."""
+        cannot be asked (never raises). From the counts (``queue_counts``), not the queue:
+        a partition's first live row may lie behind every row deleted since its vacuum."""
         try:
-            sql = f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.messages)"
+            sql = (
+                f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.queue_counts "
+                "GROUP BY tenant HAVING sum(n) <> 0)"
+            )
             row = self._with(lambda conn: conn.execute(sql).fetchone())
         except SpoolError:
             return False
