@@ -74,7 +74,7 @@ def test_spool_init_creates_then_finds_nothing_to_do_and_refuses_a_newer_schema(
 ) -> None:
     status, out, err = _run(capsys, "spool", "init", "--spool", url)
     assert (status, err) == (0, "")
-    assert f"created schema {schema} at version 1" in out
+    assert f"created schema {schema} at version 2" in out
     assert ":***@" in out
     status, out, _ = _run(capsys, "spool", "init", "--spool", url)
     assert status == 0

@@ -145,7 +145,7 @@ def test_a_newer_schema_is_refused_with_a_clear_error(pg: LocalPostgres, schema:
     with psycopg.connect(pg.url, autocommit=True) as conn:
         ensure_schema(conn, schema)
         conn.execute(f"UPDATE {schema}.meta SET version = %s", (SCHEMA_VERSION + 1,))
-    with pytest.raises(SpoolError, match=r"version 2 was written by a newer selligent-segment"):
+    with pytest.raises(SpoolError, match=r"version 3 was written by a newer selligent-segment"):
         PostgresSpool(pg.url, schema=schema)
 
 

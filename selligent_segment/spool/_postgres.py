@@ -8,8 +8,10 @@ transaction is held open across an HTTP request: leasing and each settlement are
 transaction each.
 
 Schema: the tables live in their own schema (``selligent_segment`` by default), with a
-version row; :func:`ensure_schema` creates it on first use and refuses a newer version with
-a clear error. Credentials come from the URL, the environment (``PGPASSWORD``) or
+version row; :func:`ensure_schema` creates it on first use (or migrates an older version)
+and refuses a newer version with a clear error. The database keeps the queue's counts per
+tenant itself (``queue_counts``, version 2), so :meth:`PostgresSpool.stats` never reads
+the queue. Credentials come from the URL, the environment (``PGPASSWORD``) or
 ``~/.pgpass``, as libpq reads them; they never reach a log line, an exception text or a
 repr (:func:`redact`).
 
@@ -72,6 +74,7 @@ __all__ = [
     "PostgresSpool",
     "QueueRow",
     "check_schema_name",
+    "compact_counts",
     "connect",
     "database_error",
     "ensure_schema",
@@ -86,8 +89,9 @@ log = logging.getLogger("selligent_segment")
 
 #: The schema the tables live in unless told otherwise.
 DEFAULT_SCHEMA = "selligent_segment"
-#: The version of the tables this code reads and writes.
-SCHEMA_VERSION = 1
+#: The version of the tables this code reads and writes (2: ``queue_counts``, see
+#: :data:`_QUEUE_COUNTS`).
+SCHEMA_VERSION = 2
 #: The start of ``application_name`` on every connection this package opens.
 APPLICATION = "selligent-segment"
 #: Seconds a lease stays this process's before another may take the rows over.
@@ -246,6 +250,71 @@ CREATE TABLE IF NOT EXISTS {s}.last_errors (
     + _ENQUEUE
 )
 
+#: Version 2: the queue's counts per tenant, kept by the database itself, so that
+#: :meth:`PostgresSpool.stats` and ``spool status`` never read the queue. Two
+#: statement-level triggers on ``messages`` (the partitioned root: they see the rows routed
+#: to every partition, by ``INSERT``, ``COPY``, ``enqueue`` or anyone's SQL) append ONE
+#: delta row per statement and tenant (rows, body bytes) to ``queue_counts``; a delete
+#: appends the negative. Append-only: no writer ever waits on another's counter row (an
+#: outbox transaction holds only its own uncommitted deltas, which vanish with a
+#: rollback). :func:`compact_counts` folds the deltas into one row per tenant now and then.
+#: The trigger functions run as the schema's owner (``SECURITY DEFINER``), so a service
+#: allowed to insert into ``messages`` needs no grant on ``queue_counts``.
+_QUEUE_COUNTS = """
+CREATE TABLE IF NOT EXISTS {s}.queue_counts (
+    tenant TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    nbytes BIGINT NOT NULL
+);
+CREATE OR REPLACE FUNCTION {s}.count_added() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+        SELECT tenant, count(*), sum(length(body)) FROM added GROUP BY tenant;
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION {s}.count_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+        SELECT tenant, -count(*), -sum(length(body)) FROM removed GROUP BY tenant;
+    RETURN NULL;
+END
+$fn$;
+-- Counted from the rows as they are once the triggers exist: the lock keeps every writer
+-- out from here to the commit, so no row is counted twice or missed.
+LOCK TABLE {s}.messages IN SHARE ROW EXCLUSIVE MODE;
+DROP TRIGGER IF EXISTS count_added ON {s}.messages;
+DROP TRIGGER IF EXISTS count_removed ON {s}.messages;
+CREATE TRIGGER count_added AFTER INSERT ON {s}.messages
+    REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_added();
+CREATE TRIGGER count_removed AFTER DELETE ON {s}.messages
+    REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_removed();
+DELETE FROM {s}.queue_counts;
+INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+    SELECT tenant, count(*), sum(length(body)) FROM {s}.messages GROUP BY tenant;
+-- Per tenant with rows: queued (leased included), their bodies' bytes, live leases. The
+-- counts from queue_counts; the leases through the partial index messages_owner, which
+-- holds only leased rows. Seq scans off: without fresh statistics the planner would read
+-- the whole queue to find them; JIT off: that setting's cost estimates would start it.
+CREATE OR REPLACE FUNCTION {s}.queue_totals()
+RETURNS TABLE (tenant text, queued bigint, nbytes bigint, leased bigint)
+LANGUAGE sql STABLE SET enable_seqscan = off SET jit = off AS $fn$
+    SELECT c.tenant, c.queued, c.nbytes, coalesce(l.leased, 0)
+    FROM (SELECT q.tenant, sum(q.n)::bigint AS queued, sum(q.nbytes)::bigint AS nbytes
+          FROM {s}.queue_counts q GROUP BY q.tenant HAVING sum(q.n) <> 0) AS c
+    LEFT JOIN (SELECT m.tenant, count(*) AS leased FROM {s}.messages m
+               WHERE m.owner IS NOT NULL AND m.lease_until >= now()
+               GROUP BY m.tenant) AS l ON l.tenant = c.tenant
+$fn$;
+"""
+
+#: The steps from each version to the next: ``_MIGRATIONS[v]`` brings version ``v`` to
+#: ``v + 1`` (in :func:`ensure_schema`'s transaction, under its lock). Each is its own
+#: step, so that another change of the tables adds one more.
+_MIGRATIONS = {1: _QUEUE_COUNTS}
+
 #: The largest NOTIFY payload sent (PostgreSQL's limit is 8,000 bytes).
 NOTIFY_MAX = 7900
 
@@ -332,9 +401,10 @@ def newer_schema(schema: str, version: int) -> SpoolError:
 
 
 def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -> int | None:
-    """Create the schema and its tables at :data:`SCHEMA_VERSION` if missing (under an
-    advisory lock, so hosts starting together do it once); raise :class:`SpoolError` for a
-    newer version written by a later release. Returns the version found before (None:
+    """Create the schema and its tables at :data:`SCHEMA_VERSION` if missing, or bring an
+    older version up to it (:data:`_MIGRATIONS`, step by step), in one transaction under
+    an advisory lock, so hosts starting together do it once; raise :class:`SpoolError` for
+    a newer version written by a later release. Returns the version found before (None:
     created now)."""
     check_schema_name(schema)
     with conn.transaction():
@@ -344,9 +414,40 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
             raise newer_schema(schema, version)
         if version == SCHEMA_VERSION:
             return version
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        conn.execute(_TABLES.format(s=schema, version=SCHEMA_VERSION))
+        if version is None:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            conn.execute(_TABLES.format(s=schema, version=1))
+        step = version or 1
+        while step < SCHEMA_VERSION:
+            conn.execute(_MIGRATIONS[step].format(s=schema))
+            step += 1
+            conn.execute(f"UPDATE {schema}.meta SET version = %s", (step,))
         return version
+
+
+def compact_counts(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Fold ``queue_counts``'s deltas into one row per tenant (tenants at zero dropped), in
+    one transaction: readers see the deltas or their sums, never half. One process at a
+    time (``pg_try_advisory_xact_lock``: another one compacting means this one skips);
+    deltas not yet committed (an open outbox transaction's) are left for the next time.
+    Returns the rows removed (0: skipped, or nothing to fold)."""
+    s = check_schema_name(schema)
+    with conn.transaction():
+        key = f"{s}:counts"
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (key,)).fetchone()
+        if not (locked and locked[0]):
+            return 0
+        rows = conn.execute(f"SELECT count(*), count(DISTINCT tenant) FROM {s}.queue_counts")
+        total, tenants = rows.fetchone() or (0, 0)
+        if total <= tenants:
+            return 0  # one row per tenant already: rewriting it would only make dead rows
+        folded = conn.execute(
+            f"""WITH gone AS (DELETE FROM {s}.queue_counts RETURNING tenant, n, nbytes)
+            INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+            SELECT tenant, sum(n), sum(nbytes) FROM gone GROUP BY tenant
+            HAVING sum(n) <> 0 OR sum(nbytes) <> 0"""
+        )
+        return int(total) - max(0, folded.rowcount)
 
 
 def database_error(url: str, exc: BaseException) -> SpoolError:
@@ -1100,12 +1201,14 @@ class PostgresSpool:
 
     def maintain(self) -> None:
         """Write the settlements kept while the database could not be reached; rotate the
-        queue's partitions when due (:meth:`rotate`)."""
+        queue's partitions when due (:meth:`rotate`); fold the queue's count deltas
+        (:func:`compact_counts`: one process at a time, the others skip)."""
         self._write_unwritten()
         now = time.monotonic()
         if now >= self._next_rotate:
             self._next_rotate = now + min(self.rotate_seconds, 10.0)
             self.rotate()
+        self._with(lambda conn: compact_counts(conn, self.schema))
 
     def rotate(self, *, force: bool = False) -> int:
         """Keep the queue table healthy without relying on vacuum: new rows go to a new
@@ -1185,9 +1288,13 @@ class PostgresSpool:
 
     def empty(self) -> bool:
         """True when no row is queued or leased, by anyone; False while the database
-        cannot be asked (never raises)."""
+        cannot be asked (never raises). From the counts (``queue_counts``), not the queue:
+        a partition's first live row may lie behind every row deleted since its vacuum."""
         try:
-            sql = f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.messages)"
+            sql = (
+                f"SELECT NOT EXISTS (SELECT 1 FROM {self.schema}.queue_counts "
+                "GROUP BY tenant HAVING sum(n) <> 0)"
+            )
             row = self._with(lambda conn: conn.execute(sql).fetchone())
         except SpoolError:
             return False
@@ -1236,15 +1343,16 @@ class PostgresSpool:
         return sorted(counts)
 
     def stats(self) -> SpoolStats:
-        """One snapshot of the whole table (every host's rows); the last one taken while
-        the database cannot be asked (never raises)."""
+        """One snapshot of the whole queue (every host's committed rows); the last one
+        taken while the database cannot be asked (never raises).
+
+        Without reading the queue: the counts and bytes per tenant are the sums of
+        ``queue_counts`` (kept by the database's triggers, one row per tenant once
+        compacted), the live leases are counted through the index of leased rows; its
+        cost follows the tenants and the rows in flight, not the backlog."""
         try:
-            sql = (
-                f"SELECT tenant, count(*), coalesce(sum(length(body)), 0), "
-                f"count(*) FILTER (WHERE owner IS NOT NULL AND lease_until >= now()) "
-                f"FROM {self.schema}.messages GROUP BY tenant"
-            )
-            rows = self._with(lambda conn: conn.execute(sql).fetchall())
+            sql = f"SELECT tenant, queued, nbytes, leased FROM {self.schema}.queue_totals()"
+            rows = self._with(lambda conn: conn.execute(sql, prepare=True).fetchall())
         except SpoolError:
             return self._last_stats
         self._last_stats = SpoolStats(

@@ -94,6 +94,8 @@ class PostgresView:
         if version > SCHEMA_VERSION:
             self.close()
             raise newer_schema(self.schema, version)
+        #: The version of the tables found (an older one is read as it is, not migrated).
+        self.version: int = version
 
     def __repr__(self) -> str:
         return f"<PostgresView {self.path} schema={self.schema}>"
@@ -130,10 +132,31 @@ class PostgresView:
 
     def status(self) -> SpoolStatus:
         """Backlog per tenant over every host's rows: queued (leased included), leased
-        (a live lease), dead letters, oldest queued event's age (by the database's clock),
-        paused and why; the schema's size on disk; the live processes (connections named
-        ``selligent-segment SCHEMA HOST:PID``: emitters and relays, on any host)."""
+        (a live lease), dead letters, the age of the event at the head of its queue (the
+        next one sent, by the database's clock), paused and why; the schema's size on
+        disk; the live processes (connections named ``selligent-segment SCHEMA HOST:PID``:
+        emitters and relays, on any host).
+
+        Without reading the queue: the counts come from ``queue_counts`` and the index of
+        leased rows (``SCHEMA.queue_totals()``), each tenant's head from one descent of the
+        ``(tenant, id)`` index. A version 1 schema (not migrated yet: ``spool init``) is
+        counted with one scan of the queue, as before."""
         s = self.schema
+        if self.version >= 2:
+            backlog = (
+                "SELECT t.tenant, t.queued, t.leased, "
+                "greatest(0, extract(epoch FROM now() - h.accepted_at))::float8 "
+                f"FROM {s}.queue_totals() AS t LEFT JOIN LATERAL ("
+                f"SELECT m.accepted_at FROM {s}.messages m WHERE m.tenant = t.tenant "
+                "ORDER BY m.id LIMIT 1) AS h ON true"
+            )
+        else:
+            backlog = (
+                "SELECT tenant, count(*), "
+                "count(*) FILTER (WHERE owner IS NOT NULL AND lease_until >= now()), "
+                "greatest(0, extract(epoch FROM now() - min(accepted_at)))::float8 "
+                f"FROM {s}.messages GROUP BY tenant"
+            )
 
         def read(conn: psycopg.Connection[Any]) -> SpoolStatus:
             tenants: dict[str, dict[str, Any]] = {}
@@ -144,12 +167,7 @@ class PostgresView:
                     {"queued": 0, "leased": 0, "dead_letters": 0, "age": None, "paused": None},
                 )
 
-            for tenant, queued, leased, age in conn.execute(
-                "SELECT tenant, count(*), "
-                "count(*) FILTER (WHERE owner IS NOT NULL AND lease_until >= now()), "
-                f"greatest(0, extract(epoch FROM now() - min(accepted_at)))::float8 "
-                f"FROM {s}.messages GROUP BY tenant"
-            ):
+            for tenant, queued, leased, age in conn.execute(backlog):
                 entry(tenant).update(queued=queued, leased=leased, age=age)
             for tenant, dead in conn.execute(
                 f"SELECT tenant, count(*) FROM {s}.dead_letters GROUP BY tenant"
