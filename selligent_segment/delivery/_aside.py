@@ -31,8 +31,8 @@ __all__ = ["DEFAULT_MAX_ASIDE", "DEFAULT_MAX_ASIDE_BYTES", "Aside", "AsidePolicy
 
 #: Batches one tenant may hold aside at once (see :class:`AsidePolicy`).
 DEFAULT_MAX_ASIDE = 4
-#: Bytes of batches held aside, all tenants together: 64 batches of 500,000 bytes.
-DEFAULT_MAX_ASIDE_BYTES = 32_000_000
+#: Bytes of batches held aside, all tenants together: 32 batches of 500,000 bytes.
+DEFAULT_MAX_ASIDE_BYTES = 16_000_000
 
 
 def _count(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -50,7 +50,7 @@ class AsidePolicy:
       already holds that many, its next such failure makes it wait: an outage costs at
       most ``max_batches`` more requests per ``Retry-After`` period than waiting would.
     * ``max_bytes``: the batches held aside by all tenants together, in request bytes
-      (32,000,000): each is kept in memory as built, so this bounds the memory they take
+      (16,000,000): each is kept in memory as built, so this bounds the memory they take
       whatever the number of tenants. Past it, a failure makes its tenant wait.
     """
 
