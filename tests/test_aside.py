@@ -200,6 +200,17 @@ def test_a_retry_sends_the_bytes_built_for_the_first_attempt_without_encoding_ag
         batch=BATCHES,
         max_requests_per_second=0,
     )
+    spool = em._dispatcher.spool
+    lease = spool.lease
+    leased: list[int] = []
+
+    def counted_lease(*args: Any) -> Any:
+        got = lease(*args)
+        if got is not None:
+            leased.append(len(got.messages))
+        return got
+
+    monkeypatch.setattr(spool, "lease", counted_lease)
     try:
         emit_batches(em, 2)
         assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
@@ -210,6 +221,7 @@ def test_a_retry_sends_the_bytes_built_for_the_first_attempt_without_encoding_ag
     assert retry.headers["X-Retry-Count"] == "1"
     assert array_of(retry.content) == array_of(first.content)  # the same bytes; sentAt new
     assert encodes == {"acme": 20}  # each event encoded once
+    assert leased == [10, 10]  # and leased once: the retry took nothing from the spool
     assert joins == {10: 2}  # one join per batch: the retry joined nothing
 
 
@@ -289,6 +301,33 @@ def test_under_the_fault_mix_every_event_arrives_once_in_order_within_its_reques
     assert sorted(delivered) == sorted(position)  # each event delivered by one request
     for _, ids, _ in recording.sent:  # each request in the order its events were emitted
         assert [position[m] for m in ids] == sorted(position[m] for m in ids)
+
+
+def test_a_paused_tenant_holds_nothing_aside_and_sends_it_all_once_resumed() -> None:
+    # batch-0 is set aside (503, Retry-After: 5); batch-1's 401 pauses the tenant, which
+    # puts batch-0 back in its queue; the new key sends both.
+    answers = {"batch-0": [MockResponse.error(503, "busy", retry_after=5)], "batch-1": [401]}
+
+    def handler(request: MockRequest) -> MockResponse | int:
+        queue = answers.get(batch_of(request))
+        return queue.pop(0) if queue else MockResponse.ok()
+
+    em, transport, clock = fake_emitter(handler, batch=BATCHES, max_requests_per_second=0)
+    em._dispatcher.max_in_flight = 1
+    try:
+        emit_batches(em, 2)
+        assert clock.run_until(lambda: "acme" in em._dispatcher.paused(), waiters=SENDERS)
+        assert em._dispatcher._state("acme").aside == []
+        assert em._dispatcher.aside_bytes == 0
+        assert em.stats().queued == 20  # both batches wait in the queue
+        em.set_write_key("acme", "key-acme-2")
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert [(batch_of(r), r.write_key) for r in transport.requests][-2:] == [
+        ("batch-0", "key-acme-2"),
+        ("batch-1", "key-acme-2"),
+    ]
 
 
 # -- the limits ------------------------------------------------------------------------------
