@@ -330,14 +330,41 @@ def test_a_paused_tenant_holds_nothing_aside_and_sends_it_all_once_resumed() -> 
     ]
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "lease_seconds"),
+    [(11, None), (3, 5.0)],
+    ids=["over max_wait", "over half a lease that expires"],
+)
+def test_a_long_server_wait_makes_the_tenant_wait(
+    retry_after: int, lease_seconds: float | None
+) -> None:
+    answer = MockResponse.error(503, "busy", retry_after=retry_after)
+    em, transport, clock = fake_emitter(
+        FirstOf("batch-0", answer), batch=BATCHES, max_requests_per_second=0
+    )
+    em._dispatcher.max_in_flight = 1
+    if lease_seconds is not None:  # as the PostgreSQL spool's leases, which expire
+        em._dispatcher.spool.lease_seconds = lease_seconds  # type: ignore[attr-defined]
+    try:
+        emit_batches(em, 2)
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert [(r.at, batch_of(r), r.retry_count) for r in transport.requests] == [
+        (0.0, "batch-0", 0),
+        (retry_after, "batch-0", 1),
+        (retry_after, "batch-1", 0),
+    ]
+
+
 # -- the limits ------------------------------------------------------------------------------
 
 
 def test_in_an_outage_a_tenant_sets_aside_at_most_max_batches_then_waits() -> None:
     clock = FakeClock()
-    outage = MockResponse.error(503, "down", retry_after=30)
+    outage = MockResponse.error(503, "down", retry_after=5)
     em, transport, _ = fake_emitter(
-        lambda request: outage if request.at < 30 else MockResponse.ok(),
+        lambda request: outage if request.at < 5 else MockResponse.ok(),
         clock=clock,
         batch=BATCHES,
         max_requests_per_second=0,
@@ -345,8 +372,8 @@ def test_in_an_outage_a_tenant_sets_aside_at_most_max_batches_then_waits() -> No
     em._dispatcher.aside_policy = AsidePolicy(max_batches=2)
     try:
         emit_batches(em, 6)
-        assert clock.run_until(lambda: clock.monotonic() >= 30, waiters=SENDERS)
-        before = [r for r in transport.requests if r.at < 30]
+        assert clock.run_until(lambda: clock.monotonic() >= 5, waiters=SENDERS)
+        before = [r for r in transport.requests if r.at < 5]
         assert clock.run_until(lambda: em.stats().delivered == 60, waiters=SENDERS)
     finally:
         em.close(0)
@@ -372,6 +399,7 @@ def test_the_bytes_held_aside_by_all_tenants_stay_under_max_bytes() -> None:
     em, _, _ = fake_emitter(handler, clock=clock, batch=BATCHES, max_requests_per_second=0)
     one_batch = sum(len(encode(record(i, "acme", email_id="batch-0")).body) + 1 for i in range(10))
     em._dispatcher.aside_policy = AsidePolicy(max_batches=4, max_bytes=one_batch + 50)
+    em._dispatcher.max_in_flight = 1  # the tenant with a batch aside sends its next alone
     try:
         emit_batches(em, 3, tenant="acme")
         emit_batches(em, 3, tenant="globex")
@@ -384,7 +412,14 @@ def test_the_bytes_held_aside_by_all_tenants_stay_under_max_bytes() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_batches", -1), ("max_batches", 1.5), ("max_bytes", -1), ("max_bytes", True)],
+    [
+        ("max_batches", -1),
+        ("max_batches", 1.5),
+        ("max_bytes", -1),
+        ("max_bytes", True),
+        ("max_wait", -0.5),
+        ("max_wait", float("nan")),
+    ],
 )
 def test_aside_policy_validation_names_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=field):

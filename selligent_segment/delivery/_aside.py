@@ -27,16 +27,29 @@ from selligent_segment.delivery._retry import Backoff, Outcome, server_wait
 from selligent_segment.delivery._transport import BatchBodies, Response
 from selligent_segment.spool._protocol import Lease
 
-__all__ = ["DEFAULT_MAX_ASIDE", "DEFAULT_MAX_ASIDE_BYTES", "Aside", "AsidePolicy", "about_request"]
+__all__ = [
+    "DEFAULT_MAX_ASIDE",
+    "DEFAULT_MAX_ASIDE_BYTES",
+    "DEFAULT_MAX_ASIDE_WAIT",
+    "Aside",
+    "AsidePolicy",
+    "about_request",
+]
 
 #: Batches one tenant may hold aside at once (see :class:`AsidePolicy`).
 DEFAULT_MAX_ASIDE = 4
+#: The longest server wait a batch is set aside for, in seconds.
+DEFAULT_MAX_ASIDE_WAIT = 10.0
 #: Bytes of batches held aside, all tenants together: 32 batches of 500,000 bytes.
 DEFAULT_MAX_ASIDE_BYTES = 16_000_000
 
 
 def _count(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_number(attribute.name, value, minimum=0, integer=True)
+
+
+def _seconds(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_number(attribute.name, value, minimum=0.0)
 
 
 @attrs.frozen
@@ -52,10 +65,16 @@ class AsidePolicy:
     * ``max_bytes``: the batches held aside by all tenants together, in request bytes
       (16,000,000): each is kept in memory as built, so this bounds the memory they take
       whatever the number of tenants. Past it, a failure makes its tenant wait.
+    * ``max_wait``: the longest server wait a batch is set aside for (10 s): a longer
+      ``Retry-After`` is more like an outage than a hiccup of one request, and makes the
+      tenant wait. A batch aside keeps its lease, so with a spool whose leases expire (the
+      PostgreSQL spool's ``lease_seconds``) the dispatcher also keeps this under half a
+      lease, lest another host take the rows and send them again.
     """
 
     max_batches: int = attrs.field(default=DEFAULT_MAX_ASIDE, validator=_count)
     max_bytes: int = attrs.field(default=DEFAULT_MAX_ASIDE_BYTES, validator=_count)
+    max_wait: float = attrs.field(default=DEFAULT_MAX_ASIDE_WAIT, validator=_seconds)
 
 
 def about_request(response: Response) -> bool:

@@ -46,7 +46,7 @@ from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._bisection import Bisection
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._rate import Bucket, RateLimits
-from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy
+from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy, server_wait
 from selligent_segment.delivery._schedule import Schedule
 from selligent_segment.delivery._settle import Settler, call_back
 from selligent_segment.delivery._stats import Counters
@@ -207,17 +207,31 @@ class Dispatcher:
             self.aside_bytes -= aside.nbytes
             return aside
 
+    def _aside_wait(self) -> float:
+        """The longest wait a batch is set aside for: the policy's ``max_wait``, and under
+        half a lease when the spool's leases expire (``lease_seconds``, the PostgreSQL
+        spool's: another host may take the rows of a lease past it)."""
+        wait = self.aside_policy.max_wait
+        lease_seconds = getattr(self.spool, "lease_seconds", None)
+        if isinstance(lease_seconds, (int, float)):
+            wait = min(wait, lease_seconds / 2)
+        return wait
+
     def _may_set_aside(
         self, state: _Tenant, lease: Lease, response: Response, seen: int, nbytes: int
     ) -> bool:
         """True when the batch of ``lease``, failed with ``response``, may wait out its own
         wait aside while the tenant sends on (under self.cv): the failure is about that
-        request (:func:`._aside.about_request`), the tenant is healthy (not paused, no
-        backoff pending, no failure of another of its requests since this one left), the
-        batch is not part of a bisection, and the tenant's and everyone's aside limits of
+        request (:func:`._aside.about_request`) and its wait no longer than
+        :meth:`_aside_wait`, the tenant is healthy (not paused, no backoff pending, no
+        failure of another of its requests since this one left), the batch is not part of
+        a bisection, and the tenant's and everyone's aside limits of
         :class:`._aside.AsidePolicy` have room."""
+        wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
         return (
             about_request(response)
+            and wait is not None
+            and wait <= self._aside_wait()
             and state.paused is None
             and state.backoff.retries == 0
             and seen == state.backoff.failures
