@@ -21,8 +21,14 @@ from _delivery import SENDERS, Timed, emitter, fake_emitter, record
 from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
 from selligent_segment.delivery import _transport
 from selligent_segment.delivery._aside import AsidePolicy, about_request
+from selligent_segment.delivery._dispatcher import Dispatcher
+from selligent_segment.delivery._keys import WriteKeys
+from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import HttpTransport, Response, Transport
 from selligent_segment.intake import _memory
+from selligent_segment.spool._memory import MemorySpool
+from selligent_segment.spool._postgres import PostgresSpool
+from selligent_segment.spool._protocol import Spool
 from selligent_segment.testing import (
     FakeClock,
     Fault,
@@ -32,6 +38,7 @@ from selligent_segment.testing import (
     MockRequest,
     MockResponse,
 )
+from selligent_segment.testing._local_postgres import LocalPostgres
 
 BATCHES = BatchPolicy(max_messages=10, linger=5.0)  # full batches only, until a flush
 
@@ -455,3 +462,31 @@ def test_a_thousand_tenants_under_5xx_faults_use_no_more_threads() -> None:
     assert stats.retried > 0  # batches were set aside and sent again
     assert em.thread_count() == 1 + SENDERS
     assert len([n for n in library if n != "selligent-segment-deadline"]) <= 1 + SENDERS
+
+
+def dispatcher_on(spool: Spool) -> Dispatcher:
+    """A Dispatcher over ``spool`` (nothing started, nothing sent)."""
+    return Dispatcher(
+        spool=spool,
+        keys=WriteKeys("key", None),
+        endpoint="http://127.0.0.1:9",
+        transport=HttpTransport(),
+        batch=BATCHES,
+        retry=RetryPolicy(),
+        threads=1,
+        max_requests_per_second=0,
+        counters=Counters(),
+        on_failure=lambda failure: None,
+        on_pause=lambda tenant, reason: None,
+    )
+
+
+def test_with_the_postgresql_spool_a_batch_is_set_aside_for_under_half_a_lease(
+    postgres: LocalPostgres,
+) -> None:
+    spool = PostgresSpool(postgres.url, schema="aside_lease", lease_seconds=4.0)
+    try:
+        assert dispatcher_on(spool)._aside_wait() == 2.0  # not max_wait's 10 s
+    finally:
+        spool.close()
+    assert dispatcher_on(MemorySpool(1 << 20))._aside_wait() == AsidePolicy().max_wait == 10.0

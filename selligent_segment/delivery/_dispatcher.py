@@ -8,10 +8,10 @@ answer (:mod:`._settle`): delivered; refused (bisected); set aside to wait out i
 ``Retry-After`` while the tenant sends on, when the failure is about that request alone
 (:mod:`._aside`); else retried after the wait the tenant's :class:`~._retry.Backoff`
 gives; or, on 401/403 or a missing key, the tenant paused, its events kept, until its key
-is replaced. The dispatcher decides when each
-tenant deserves its next turn (linger, backoff, Retry-After, the rate bucket, a paused
-re-check, a second request beside one in flight); the :class:`~._schedule.Schedule` keeps
-the turns in order.
+is replaced. The dispatcher decides when each tenant deserves its next turn (linger,
+backoff, Retry-After, the rate bucket, a paused re-check, a second request beside one in
+flight, a batch set aside coming due); the :class:`~._schedule.Schedule` keeps the turns
+in order.
 
 Guarantees: no lock is held across a request; a tenant with a million queued events
 sends one batch and then goes to the back of the line, so it cannot starve the others;
