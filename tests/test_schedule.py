@@ -105,3 +105,15 @@ def test_others_ready_sees_only_other_tenants_waiting() -> None:
     schedule.put("initech", 9.0, 0.0)  # a timer is not waiting for a sender
     assert take_all(schedule, 0.0) == ["acme", "globex"]
     assert not schedule.others_ready("acme")
+
+
+def test_a_turn_in_line_put_off_by_a_later_one_is_not_taken_before_it() -> None:
+    # A sender offered acme a turn now (a second request beside one in flight); the
+    # request then failed and put acme's next turn off by its Retry-After. The place in
+    # line must not send acme before that: it did (the 429 of test_aside).
+    schedule = Schedule()
+    schedule.put("acme", 0.0, 0.0)
+    schedule.put("acme", 1.0, 0.0)
+    assert take_all(schedule, 0.5) == []
+    assert take_all(schedule, 1.0) == ["acme"]
+    assert take_all(schedule, 2.0) == []

@@ -4,12 +4,14 @@ every tenant, each taking the next turn and seeing it through.
 One turn: take a request token from the write key's bucket (:mod:`._rate`), lease a batch
 from the head of the tenant's spool queue (or the next part of a refused batch,
 :mod:`._bisection`), post it through the :class:`~._transport.Transport`, and settle the
-answer (:mod:`._settle`): delivered; refused (bisected); retried after the wait the
-tenant's :class:`~._retry.Backoff` gives; or, on 401/403 or a missing key, the tenant
-paused, its events kept, until its key is replaced. The dispatcher decides when each
-tenant deserves its next turn (linger, backoff, Retry-After, the rate bucket, a paused
-re-check, a second request beside one in flight); the :class:`~._schedule.Schedule` keeps
-the turns in order.
+answer (:mod:`._settle`): delivered; refused (bisected); set aside to wait out its own
+``Retry-After`` while the tenant sends on, when the failure is about that request alone
+(:mod:`._aside`); else retried after the wait the tenant's :class:`~._retry.Backoff`
+gives; or, on 401/403 or a missing key, the tenant paused, its events kept, until its key
+is replaced. The dispatcher decides when each tenant deserves its next turn (linger,
+backoff, Retry-After, the rate bucket, a paused re-check, a second request beside one in
+flight, a batch set aside coming due); the :class:`~._schedule.Schedule` keeps the turns
+in order.
 
 Guarantees: no lock is held across a request; a tenant with a million queued events
 sends one batch and then goes to the back of the line, so it cannot starve the others;
@@ -39,15 +41,21 @@ from selligent_segment._mapping import EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._results import DeliveryFailure
 from selligent_segment._throttle import Throttle
+from selligent_segment.delivery._aside import Aside, AsidePolicy, about_request
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._bisection import Bisection
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._rate import Bucket, RateLimits
-from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy
+from selligent_segment.delivery._retry import Backoff, GiveUp, Outcome, RetryPolicy, server_wait
 from selligent_segment.delivery._schedule import Schedule
 from selligent_segment.delivery._settle import Settler, call_back
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import Response, Transport, envelope_overhead
+from selligent_segment.delivery._transport import (
+    BatchBodies,
+    Response,
+    Transport,
+    envelope_overhead,
+)
 from selligent_segment.spool._protocol import Lease, Spool
 
 __all__ = ["Dispatcher"]
@@ -58,7 +66,8 @@ log = logging.getLogger("selligent_segment")
 @attrs.define
 class _Tenant:
     """What the dispatcher knows of one tenant besides its spool queue: its backoff, when
-    it may send next, its requests in flight, its key's bucket, a pause, a bisection."""
+    it may send next, its requests in flight, its key's bucket, a pause, a bisection, its
+    batches set aside."""
 
     name: str
     backoff: Backoff
@@ -69,6 +78,7 @@ class _Tenant:
     paused_key: str | None = None  # the refused key's fingerprint
     resumes: int = 0  # resume() calls ever: tells a refused request the key was replaced
     bisection: Bisection = attrs.field(factory=Bisection)  # of a refused batch
+    aside: list[Aside] = attrs.field(factory=list)  # failed batches waiting their own wait
 
 
 PAUSED_RECHECK = 30.0
@@ -84,7 +94,11 @@ class Dispatcher:
     Guarantees: at most ``max_requests_per_second`` requests per second on average per
     write key (bursts of a tenth of a second's worth); a tenant has two requests in flight
     only while :meth:`_may_overlap` allows it, otherwise one: a tenant in backoff or
-    paused sends its batches one at a time.
+    paused sends its batches one at a time. A batch set aside (``aside``, an
+    :class:`~._aside.AsidePolicy`) stays leased and is sent again, with its own
+    ``X-Retry-Count``, once its own wait is over and its tenant's turn comes; a tenant
+    holds at most ``aside.max_batches`` aside, and all tenants together at most
+    ``aside.max_bytes``; a paused tenant holds none (they go back to its queue).
     """
 
     def __init__(
@@ -103,6 +117,7 @@ class Dispatcher:
         on_pause: Callable[[str, str], None],
         paused_recheck: float = PAUSED_RECHECK,
         max_in_flight: int = MAX_IN_FLIGHT,
+        aside: AsidePolicy = AsidePolicy(),  # noqa: B008 - an immutable value
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.spool = spool
@@ -122,6 +137,8 @@ class Dispatcher:
         self.on_pause = on_pause
         self.paused_recheck = paused_recheck
         self.max_in_flight = max_in_flight
+        self.aside_policy = aside
+        self.aside_bytes = 0  # of every tenant's batches set aside, under self.cv
         self.clock = clock
         self.cv = threading.Condition(threading.Lock())
         self.settler = Settler(spool, counters, on_failure)
@@ -158,17 +175,69 @@ class Dispatcher:
     def _may_overlap(self, state: _Tenant, now: float) -> bool:
         """True when the tenant may start another request beside the one in flight: it is
         healthy (not paused, no retry pending, not waiting out a backoff), a full batch
-        waits behind the one in flight, and no other tenant waits for a sender. Only then
-        are two of its batches sent at once, and only then may they arrive in either
-        order; a failed one is sent again alone, before anything queued after it."""
+        waits behind the one in flight (or a batch set aside is due again), and no other
+        tenant waits for a sender. Only then are two of its batches sent at once, and only
+        then may they arrive in either order; a failed one is sent again alone, before
+        anything queued after it, unless it was set aside (:mod:`._aside`)."""
         return (
             0 < state.in_flight < self.max_in_flight
             and state.paused is None
             and state.backoff.retries == 0
             and not state.bisection.parts
             and state.not_before <= now
-            and self.spool.backlog(state.name) >= self.full_at
+            and (self._aside_due(state, now) or self.spool.backlog(state.name) >= self.full_at)
             and not self.turns.others_ready(state.name)
+        )
+
+    @staticmethod
+    def _aside_due(state: _Tenant, now: float) -> bool:
+        """True when a batch ``state`` set aside may be sent again (under self.cv)."""
+        return any(aside.due <= now for aside in state.aside)
+
+    def _take_aside(self, state: _Tenant) -> Aside | None:
+        """The first batch ``state`` set aside that is due again, taken out of the aside
+        list (and the bytes held aside), or None."""
+        now = self.clock.monotonic()
+        with self.cv:
+            due = [aside for aside in state.aside if aside.due <= now]
+            if not due:
+                return None
+            aside = min(due, key=lambda a: (a.due, a.lease.id))
+            state.aside.remove(aside)
+            self.aside_bytes -= aside.nbytes
+            return aside
+
+    def _aside_wait(self) -> float:
+        """The longest wait a batch is set aside for: the policy's ``max_wait``, and under
+        half a lease when the spool's leases expire (``lease_seconds``, the PostgreSQL
+        spool's: another host may take the rows of a lease past it)."""
+        wait = self.aside_policy.max_wait
+        lease_seconds = getattr(self.spool, "lease_seconds", None)
+        if isinstance(lease_seconds, (int, float)):
+            wait = min(wait, lease_seconds / 2)
+        return wait
+
+    def _may_set_aside(
+        self, state: _Tenant, lease: Lease, response: Response, seen: int, nbytes: int
+    ) -> bool:
+        """True when the batch of ``lease``, failed with ``response``, may wait out its own
+        wait aside while the tenant sends on (under self.cv): the failure is about that
+        request (:func:`._aside.about_request`) and its wait no longer than
+        :meth:`_aside_wait`, the tenant is healthy (not paused, no backoff pending, no
+        failure of another of its requests since this one left), the batch is not part of
+        a bisection, and the tenant's and everyone's aside limits of
+        :class:`._aside.AsidePolicy` have room."""
+        wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
+        return (
+            about_request(response)
+            and wait is not None
+            and wait <= self._aside_wait()
+            and state.paused is None
+            and state.backoff.retries == 0
+            and seen == state.backoff.failures
+            and not state.bisection.owns(lease)
+            and len(state.aside) < self.aside_policy.max_batches
+            and self.aside_bytes + nbytes <= self.aside_policy.max_bytes
         )
 
     def _overlap(self, state: _Tenant, now: float) -> None:
@@ -321,8 +390,12 @@ class Dispatcher:
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
-        if state.bisection.parts:  # the next part of a refused batch being bisected
+        aside = self._take_aside(state) if state.aside else None
+        if aside is not None:  # a batch set aside, due again: its own bodies and backoff
+            lease, messages, bodies = aside.lease, aside.messages, aside.bodies
+        elif state.bisection.parts:  # the next part of a refused batch being bisected
             lease, messages = state.bisection.parts.popleft()
+            bodies = BatchBodies(m.body for m in messages)
         else:
             leased = self.spool.lease(
                 state.name,
@@ -334,16 +407,17 @@ class Dispatcher:
                 self._finish(state)
                 return
             lease, messages = leased, leased.messages
+            bodies = BatchBodies(m.body for m in messages)
         now = self.clock.monotonic()
         with self.cv:
             seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
+            if aside is not None:
+                retries = aside.backoff.retries
             if self.max_in_flight > 1:
                 self._overlap(state, now)
         endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
-            response = self.transport.post(
-                endpoint, key, [m.body for m in messages], retry_count=retries
-            )
+            response = self.transport.post(endpoint, key, bodies, retry_count=retries)
         except Exception:  # a transport that raised: its batch goes back, then _run logs
             self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
             raise
@@ -374,6 +448,11 @@ class Dispatcher:
             self._reset_backoff(state, seen)
             self._finish(state)
         else:
+            if len(messages) != len(bodies):  # a partial answer settled some of them
+                bodies = BatchBodies(m.body for m in messages)
+            if self._set_aside(state, lease, messages, bodies, response, seen, aside):
+                self._finish(state)
+                return
             messages = state.bisection.gather(state.name, lease, messages)
             self._retry_later(state, lease, messages, response, seen)
 
@@ -477,6 +556,11 @@ class Dispatcher:
             first = state.paused is None
             state.paused = reason
             state.paused_key = tag
+            asides, state.aside = state.aside, []
+            self.aside_bytes -= sum(aside.nbytes for aside in asides)
+        # A paused tenant holds nothing aside: its batches wait in the queue, oldest first.
+        for aside in sorted(asides, key=lambda a: a.lease.id, reverse=True):
+            self.settler.release(aside.lease, aside.messages)
         if first:
             log.error(
                 "tenant %s paused: %s; its events are kept",
@@ -486,6 +570,55 @@ class Dispatcher:
             )
             call_back(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
+
+    def _set_aside(
+        self,
+        state: _Tenant,
+        lease: Lease,
+        messages: tuple[EncodedMessage, ...],
+        bodies: BatchBodies,
+        response: Response,
+        seen: int,
+        aside: Aside | None,
+    ) -> bool:
+        """Set the failed batch aside to wait its own wait while the tenant sends on, or
+        settle it when its own budget is spent; False (nothing done) when it may not be
+        set aside (:meth:`_may_set_aside`): the tenant then waits, as for any failure."""
+        if not about_request(response):
+            return False
+        nbytes = sum(map(len, bodies)) + len(bodies)  # as held: the bodies and commas
+        now = self.clock.monotonic()
+        with self.cv:
+            if not self._may_set_aside(state, lease, response, seen, nbytes):
+                return False
+            backoff = aside.backoff if aside is not None else Backoff(self.retry)
+            delay = backoff.record_failure(
+                response.outcome, response.retry_after, response.rate_limit_reset
+            )
+            if not isinstance(delay, GiveUp):
+                state.aside.append(Aside(lease, messages, bodies, backoff, now + delay, nbytes))
+                self.aside_bytes += nbytes
+        error = response.error or f"HTTP {response.status}"
+        self.settler.note_error(state.name, error, response.status)
+        if isinstance(delay, GiveUp):
+            detail = f"{delay.reason}: {response.error}"
+            self.settler.failed(lease, messages, "retries_exhausted", detail, None)
+            return True
+        if self.settler.set_aside(lease, messages):
+            log.info(
+                "tenant %s: %d events set aside, retried in %.2f s (%s)",
+                shown(state.name),
+                len(messages),
+                delay,
+                response.error,
+                extra={
+                    "tenant": state.name,
+                    "reason": "retry",
+                    "status": response.status,
+                    "count": len(messages),
+                },
+            )
+        return True
 
     def _retry_later(
         self,
@@ -537,3 +670,6 @@ class Dispatcher:
                 state.paused is not None or state.bisection.parts or self.spool.backlog(state.name)
             ):
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
+            elif state.aside:  # nothing queued: its next turn when a batch set aside is due
+                due = min(aside.due for aside in state.aside)
+                self._schedule(state, max(due, self._ready_at(state, now, lingering=False)), now)

@@ -2,7 +2,9 @@
 
 Tenants are known here by name. A tenant is given a turn at a time: now (it joins the back
 of one round-robin ready queue) or later (a timer, kept in a heap). Giving a tenant a new
-turn supersedes its pending timer; a turn taken is taken once.
+turn supersedes its pending one, a timer or a place in the ready queue (a turn due now,
+then put off by a wait that came up before it was taken, is not taken before that wait);
+a turn taken is taken once.
 
 Guarantees: turns due are taken in the order they came due (ready queue first in, first
 out; timers by time, then by the order they were set), so a tenant sends one batch and
@@ -32,12 +34,16 @@ class Schedule:
         self._seq = itertools.count()
         self._gen: dict[str, int] = {}
         self._scheduled: set[str] = set()
+        #: When each tenant's turn given last is due: its place in the ready queue, if
+        #: it has one, is not taken before then.
+        self._due: dict[str, float] = {}
 
     def put(self, name: str, at: float, now: float) -> None:
         """Give ``name`` a turn at ``at``: due now when ``at <= now``, else a timer.
         Supersedes the tenant's pending timer, if any."""
         gen = self._gen[name] = self._gen.get(name, 0) + 1
         self._scheduled.add(name)
+        self._due[name] = at
         if at <= now:
             self.ready.append(name)
         else:
@@ -55,10 +61,10 @@ class Schedule:
             _, _, name, gen = heapq.heappop(timers)
             if self._gen[name] == gen:
                 self.ready.append(name)
-        ready, scheduled = self.ready, self._scheduled
+        ready, scheduled, due = self.ready, self._scheduled, self._due
         while ready:
             name = ready.popleft()
-            if name in scheduled:
+            if name in scheduled and due.get(name, now) <= now:  # (else its timer is set)
                 scheduled.discard(name)
                 return name
         return None

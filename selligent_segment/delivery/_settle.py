@@ -94,14 +94,27 @@ class Settler:
                 return False
             self.spool.release(lease, messages)
             if retried:
-                self.counters.add("retried", lease.tenant, len(messages))
-                first = [m.message_id for m in messages if m.message_id not in self._retrying]
-                if first:
-                    if len(self._retrying) > _RETRYING_MAX:  # ids another process settled
-                        self._retrying.clear()  # at worst an event is counted twice
-                    self._retrying.update(first)
-                    self.counters.add("retried_events", lease.tenant, len(first))
+                self._count_retried(lease.tenant, messages)
         return True
+
+    def set_aside(self, lease: Lease, messages: Sequence[EncodedMessage]) -> bool:
+        """Count ``messages`` as retried while they stay leased (their batch waits aside
+        to be sent again); False, nothing counted, when abandoned."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._count_retried(lease.tenant, messages)
+        return True
+
+    def _count_retried(self, tenant: str, messages: Sequence[EncodedMessage]) -> None:
+        """Count ``messages`` going out again, and each event once (under the lock)."""
+        self.counters.add("retried", tenant, len(messages))
+        first = [m.message_id for m in messages if m.message_id not in self._retrying]
+        if first:
+            if len(self._retrying) > _RETRYING_MAX:  # ids another process settled
+                self._retrying.clear()  # at worst an event is counted twice
+            self._retrying.update(first)
+            self.counters.add("retried_events", tenant, len(first))
 
     def failed(
         self,

@@ -87,6 +87,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "USER_AGENT",
     "Answer",
+    "BatchBodies",
     "BatchTooLarge",
     "HttpTransport",
     "Response",
@@ -190,14 +191,10 @@ def format_sent_at(sent_at: datetime) -> str:
     return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
 
 
-def build_body(bodies: Sequence[bytes], write_key: str, sent_at: datetime) -> bytes:
-    """The exact request body for ``bodies`` (each one message's compact JSON), by joining
-    bytes: ``{"batch":[m1,m2,...],"sentAt":"<ISO ms Z>","writeKey":"<key>"}``.
-
-    Pure: the same arguments always give the same bytes. Raises :class:`BatchTooLarge`
-    when a limit is broken and ``ValueError`` for an empty batch or a naive ``sent_at``.
-    The messages themselves are not parsed or checked.
-    """
+def _joined(bodies: Sequence[bytes]) -> bytes:
+    """``bodies`` checked against Segment's per-batch limits and joined with commas (the
+    inside of the ``batch`` array). Raises :class:`BatchTooLarge` or ``ValueError`` (an
+    empty batch)."""
     count = len(bodies)
     if count == 0:
         raise ValueError("a batch needs at least one message")
@@ -207,10 +204,39 @@ def build_body(bodies: Sequence[bytes], write_key: str, sent_at: datetime) -> by
         for index, item in enumerate(bodies):
             if len(item) > MAX_MESSAGE_BYTES:
                 raise BatchTooLarge("message_bytes", len(item), MAX_MESSAGE_BYTES, index)
+    return b",".join(bodies)
+
+
+class BatchBodies(tuple[bytes, ...]):
+    """The message bodies of one batch (a tuple of bytes, usable wherever bodies are)
+    that keep their checked, comma-joined array once :func:`build_body` has built it:
+    the same batch sent again is not checked or joined again. The bytes are the same
+    as for a plain sequence of the same bodies (a test proves it)."""
+
+    _array: bytes | None = None
+
+    def array(self) -> bytes:
+        """The bodies checked and joined (see :func:`build_body`), built on first use."""
+        array = self._array
+        if array is None:
+            array = self._array = _joined(self)
+        return array
+
+
+def build_body(bodies: Sequence[bytes], write_key: str, sent_at: datetime) -> bytes:
+    """The exact request body for ``bodies`` (each one message's compact JSON), by joining
+    bytes: ``{"batch":[m1,m2,...],"sentAt":"<ISO ms Z>","writeKey":"<key>"}``.
+
+    Pure: the same arguments always give the same bytes. Raises :class:`BatchTooLarge`
+    when a limit is broken and ``ValueError`` for an empty batch or a naive ``sent_at``.
+    The messages themselves are not parsed or checked. :class:`BatchBodies` keep their
+    joined array, so a batch sent again reuses it; only ``sentAt`` is new.
+    """
+    array = bodies.array() if isinstance(bodies, BatchBodies) else _joined(bodies)
     body = b"".join(
         (
             _PREFIX,
-            b",".join(bodies),
+            array,
             _SENT_AT,
             format_sent_at(sent_at).encode("ascii"),
             _WRITE_KEY,
