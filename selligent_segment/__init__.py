@@ -25,6 +25,7 @@ from selligent_segment._profile import ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind
 from selligent_segment._results import BulkResult, DeliveryFailure, FailureReason
 from selligent_segment._version import __version__
+from selligent_segment.delivery._aside import AsidePolicy
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._keys import KeyResolver
 from selligent_segment.delivery._retry import Outcome, RetryPolicy
@@ -35,6 +36,7 @@ from selligent_segment.spool._protocol import OnFull
 
 __all__ = [
     "PROFILES",
+    "AsidePolicy",
     "BatchPolicy",
     "BulkResult",
     "CallbackRecord",

@@ -21,6 +21,7 @@ from selligent_segment._naming import EventNaming
 from selligent_segment._profile import ProfileUpdates, profile_updates
 from selligent_segment._results import DeliveryFailure
 from selligent_segment._validate import check_number
+from selligent_segment.delivery._aside import AsidePolicy
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._keys import KeyResolver, WriteKeys
@@ -176,6 +177,10 @@ class EmitterConfig:
     """The retry policy; None: ``RetryPolicy()`` in memory, and with a spool file
     ``RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)``: batches
     are retried through 12 hours of outage, then become dead letters (kept, requeueable)."""
+    aside: AsidePolicy = attrs.field(factory=AsidePolicy, validator=_instance(AsidePolicy))
+    """Batches refused with a 5xx naming its own ``Retry-After`` wait that out aside
+    while their tenant sends on (4 per tenant, 16,000,000 bytes in all, waits up to
+    10 s); ``AsidePolicy(max_batches=0)``: every failure makes the tenant wait."""
     threads: int = attrs.field(default=2, validator=_number(1, integer=True))
     """Sender threads shared by every tenant."""
     max_requests_per_second: float = attrs.field(default=50.0, validator=_number(0))

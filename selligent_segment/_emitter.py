@@ -33,6 +33,7 @@ from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind, normalize
 from selligent_segment._results import BulkResult, DeliveryFailure
 from selligent_segment._shortcuts import emits_keywords
+from selligent_segment.delivery._aside import AsidePolicy
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._endpoint import resolve_endpoint
@@ -107,6 +108,7 @@ class Emitter:
         profile_updates: bool | ProfileUpdates | None = DEFAULTS.profile_updates,
         batch: BatchPolicy | None = None,
         retry: RetryPolicy | None = DEFAULTS.retry,
+        aside: AsidePolicy | None = None,
         threads: int = DEFAULTS.threads,
         max_requests_per_second: float = DEFAULTS.max_requests_per_second,
         timeout: float = DEFAULTS.timeout,
@@ -125,6 +127,8 @@ class Emitter:
             policies["naming"] = naming
         if batch is not None:
             policies["batch"] = batch
+        if aside is not None:
+            policies["aside"] = aside
         self._init(
             EmitterConfig(
                 write_key=write_key,
@@ -274,6 +278,7 @@ class Emitter:
             transport=self._transport,
             batch=config.batch,
             retry=config.retry_policy,
+            aside=config.aside,
             threads=config.threads,
             max_requests_per_second=config.max_requests_per_second,
             counters=self._counters,

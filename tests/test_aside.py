@@ -375,8 +375,9 @@ def test_in_an_outage_a_tenant_sets_aside_at_most_max_batches_then_waits() -> No
         clock=clock,
         batch=BATCHES,
         max_requests_per_second=0,
+        aside=AsidePolicy(max_batches=2),  # through EmitterConfig
     )
-    em._dispatcher.aside_policy = AsidePolicy(max_batches=2)
+    assert em._dispatcher.aside_policy == AsidePolicy(max_batches=2)
     try:
         emit_batches(em, 6)
         assert clock.run_until(lambda: clock.monotonic() >= 5, waiters=SENDERS)

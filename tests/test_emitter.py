@@ -130,6 +130,8 @@ def test_configuration_is_validated_on_construction(server: LocalSegment) -> Non
         Emitter("k", endpoint="http://example.com")
     with pytest.raises(ConfigurationError, match="max_spool_bytes"):
         Emitter("k", endpoint=server.url, max_spool_bytes=1000)
+    with pytest.raises(ConfigurationError, match="aside"):
+        Emitter("k", endpoint=server.url, aside={"max_batches": 0})
 
 
 @pytest.mark.parametrize(
