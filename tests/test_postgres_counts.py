@@ -370,7 +370,7 @@ def _seq_scans(conn: psycopg.Connection[Any], schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def test_neither_stats_nor_status_scans_the_queue(
+def test_neither_stats_nor_status_nor_has_room_scans_the_queue(
     postgres: LocalPostgres, spool: PostgresSpool, schema: str
 ) -> None:
     spool.put_many(_messages("acme", 300) + _messages("globex", 200))
@@ -389,9 +389,15 @@ def test_neither_stats_nor_status_scans_the_queue(
         spool._with(lambda c: c.execute(flush))
         scanned = _seq_scans(conn, schema)
         assert scanned > before
+        total = 0
         for _ in range(3):
             assert not spool.empty()
             stats = spool.stats()
+            total = stats.nbytes
+            # The exact sum max_spool_bytes is checked against, the bound set to refuse:
+            spool.max_bytes = total + 10
+            assert spool.has_room(10, fresh=True)
+            assert not spool.has_room(11, fresh=True)
             spool._with(lambda c: c.execute(flush))
             status = view.status()
             view._run(lambda c: c.execute(flush))

@@ -857,8 +857,9 @@ class PostgresSpool:
         catalogue at most once a second, or now when ``fresh``) bounds the bodies from
         above, since they are stored uncompressed; while that bound plus what this process
         wrote since leaves room, the answer is yes. Only when it does not is the exact sum
-        taken (a scan of the whole table: at most once a second, or now when ``fresh``, and
-        never more than a fifth of the time), so a refusal is always the exact sum's."""
+        read (from the counts the database keeps, ``queue_counts``: no row of the queue
+        read; at most once a second, or now when ``fresh``), so a refusal is always the
+        exact sum's."""
         now = time.monotonic()
         if fresh or now - self._bound[1] > 1.0:
             self._bound = (self._size_bound(), now, self._put_bytes)
@@ -868,7 +869,7 @@ class PostgresSpool:
         exact, exact_at, put_then = self._exact
         if now >= exact_at + max(0.0 if fresh else 1.0, self._exact_cost):
             start = time.monotonic()
-            sql = f"SELECT coalesce(sum(length(body)), 0) FROM {self.schema}.messages"
+            sql = f"SELECT coalesce(sum(nbytes), 0) FROM {self.schema}.queue_counts"
             row = self._with(lambda conn: conn.execute(sql).fetchone())
             self._exact_cost = 4 * (time.monotonic() - start)
             exact, put_then = (int(row[0]) if row else 0), self._put_bytes
