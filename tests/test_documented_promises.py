@@ -34,6 +34,7 @@ import pytest
 from _delivery import emitter, record
 
 from selligent_segment import (
+    AsidePolicy,
     BatchPolicy,
     ConfigurationError,
     DeliveryFailure,
@@ -197,7 +198,8 @@ def test_the_options_table_gives_the_defaults_of_the_code() -> None:
     """Pins the defaults of ``EmitterConfig`` (which ``Emitter``'s signature reads, and
     which docs/reference.md renders from the code for delivery.md's Options): region "us",
     spool "memory", 256 MiB, 100,000, "raise", 1.0 s, 2 threads, 50 requests/s, 15 s, 5 s,
-    True; the batch policy's 2500 messages, 500_000 bytes, 0.1 s linger, no gzip. A change
+    True; the batch policy's 2500 messages, 500_000 bytes, 0.1 s linger, no gzip; the aside
+    policy's 4 batches, 16,000,000 bytes, 10 s. A change
     of default fails here first, so it is made on purpose."""
     defaults = {
         name: p.default
@@ -220,6 +222,7 @@ def test_the_options_table_gives_the_defaults_of_the_code() -> None:
         "profile_updates": None,
         "batch": None,
         "retry": None,
+        "aside": None,
         "threads": 2,
         "max_requests_per_second": 50,
         "timeout": 15,
@@ -238,6 +241,11 @@ def test_the_options_table_gives_the_defaults_of_the_code() -> None:
         "max_bytes": 500_000,
         "linger": 0.1,
         "gzip": False,
+    }
+    assert attrs.asdict(AsidePolicy()) == {
+        "max_batches": 4,
+        "max_bytes": 16_000_000,
+        "max_wait": 10.0,
     }
 
 
