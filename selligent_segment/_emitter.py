@@ -311,7 +311,13 @@ class Emitter:
         """
         if self._closed:
             raise EmitterClosed("emit() after close(); the event was not accepted")
-        fields, tenant = self._check(record)
+        # self._check(record), inlined: a method call is a tenth of this path's cost.
+        fields = record._fields if isinstance(record, CallbackRecord) else normalize(record)
+        tenant = fields.get("tenant") or self._default_tenant
+        if tenant is None:
+            raise InvalidEvent("tenant", "required when write_keys names several tenants")
+        if not self._keys.known(tenant):
+            raise UnknownTenant(tenant)
         if connection is not None:
             return self._outbox().accept_in(
                 connection, [(fields, tenant, None if "timestamp" in fields else time.time())]

@@ -235,3 +235,31 @@ def test_to_dict_from_dict_round_trip(data: dict[str, Any]) -> None:
     assert again.to_dict() == record.to_dict()
     # The round trip is JSON-safe: what a hook writes to JSON Lines reads back the same.
     assert CallbackRecord.from_dict(orjson.loads(orjson.dumps(record.to_dict()))) == record
+
+
+@SETTINGS
+@given(
+    st.sampled_from(sorted(PROFILES)),
+    st.dictionaries(st.sampled_from(list(EventKind)), non_blank, max_size=3),
+    st.dictionaries(
+        st.sampled_from(["acme", "globex", "default"]),
+        st.dictionaries(st.sampled_from(list(EventKind)), non_blank, max_size=3),
+        max_size=2,
+    ),
+    st.sampled_from(list(EventKind)),
+    st.sampled_from(["acme", "globex", "default", "initech"]),
+)
+def test_the_event_name_sent_is_the_namings_for_the_tenant(
+    profile: str,
+    overrides: dict[EventKind, str],
+    tenant_overrides: dict[str, dict[EventKind, str]],
+    kind: EventKind,
+    tenant: str,
+) -> None:
+    # encode_fields reads the names without calling name() when no tenant has its own.
+    naming = EventNaming(profile=profile, overrides=overrides, tenant_overrides=tenant_overrides)
+    record: dict[str, Any] = {"type": kind.value, "email": "a@example.com"}
+    if kind is EventKind.LINK_CLICKED:
+        record["link_url"] = "https://example.com/"
+    body = orjson.loads(encode(record, tenant=tenant, naming=naming, now=NOW).body)
+    assert body["event"] == naming.name(kind, tenant)

@@ -11,9 +11,12 @@ plain per-field validators.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
+import operator
+import pickle
 import sys
 import time
 import tracemalloc
@@ -524,6 +527,53 @@ def test_format_epoch_for_int_seconds_and_the_emitter_clock() -> None:
         assert format_epoch(seconds) == plain_format_epoch(seconds)
 
 
+def _walk(start: float, stop: float) -> Iterator[float]:
+    """Every float from ``start`` up to ``stop``, one unit in the last place at a time."""
+    value = start
+    while value <= stop:
+        yield value
+        value = math.nextafter(value, math.inf)
+
+
+@pytest.mark.parametrize(
+    "second",
+    [_EARLIEST, 1.7e9, 2.0**31 - 1, 2.0**32 + 7, 2.0**33 - 2, 2.0**33 + 3, 2.0**34 + 5],
+)
+def test_format_epoch_walking_every_float_across_millisecond_boundaries(second: float) -> None:
+    # Times in order, as the emitter's clock gives them: each from the millisecond cache
+    # when the previous one set it. Every float within 3 µs of each boundary (near 2**33
+    # the unit in the last place is 1.9 µs: the cache's margin is at its narrowest).
+    for millis in (0, 1, 499, 500, 998, 999, 1000):
+        boundary = second + millis / 1000
+        values = list(_walk(boundary - 3e-6, boundary + 3e-6))
+        assert len(values) >= 2
+        for seconds in values:
+            assert format_epoch(seconds) == plain_format_epoch(seconds), seconds
+        for seconds in reversed(values):  # backwards: below the cached interval, a miss
+            assert format_epoch(seconds) == plain_format_epoch(seconds), seconds
+
+
+@SETTINGS
+@given(
+    st.floats(min_value=_EARLIEST, max_value=2.0**34),
+    st.lists(
+        st.one_of(
+            st.integers(-2_000, 2_000).map(lambda micro: micro / 1e6),  # within 2 ms
+            st.sampled_from([0.0, 5e-7, -5e-7, 9.985e-4, 9.99e-4, 9.995e-4, 1e-3]),
+            st.floats(-1.0, 1.0),
+        ),
+        max_size=30,
+    ),
+)
+def test_format_epoch_on_runs_of_nearby_times_equals_fromtimestamp(
+    start: float, steps: list[float]
+) -> None:
+    seconds = start
+    for step in steps:  # each time next to the last: in its millisecond or just out of it
+        seconds += step
+        assert format_epoch(seconds) == plain_format_epoch(seconds), seconds
+
+
 # == message ids =============================================================================
 
 
@@ -752,6 +802,75 @@ def test_slot_constructor_builds_encoded_messages_like_the_class() -> None:
     assert (made, repr(made), hash(made)) == (plain, repr(plain), hash(plain))
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         made.body = b""  # type: ignore[misc]
+
+
+@attrs.frozen(slots=True)
+class PlainEncodedMessage:
+    """EncodedMessage as it was written before it became a tuple: the plain version."""
+
+    tenant: str
+    message_id: str
+    kind: EventKind | str
+    body: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+
+
+def _behaviour(make: Callable[..., Any], fields: tuple[Any, ...], other: Any) -> list[Any]:
+    """What can be observed of ``make(*fields)`` through its API, its class name aside."""
+    m, twin = make(*fields), make(*fields)
+    seen: list[Any] = [
+        [getattr(m, name) for name in ("tenant", "message_id", "kind", "body")],
+        repr(m).replace("Plain", "", 1),
+        m == twin,
+        m != twin,
+        hash(m) == hash(twin),
+        {m: 1}[twin],
+        m == other,
+        other == m,
+        m != other,
+        other != m,
+        m == fields,
+        fields == m,
+        m != fields,
+        fields != m,
+        m == make(*other) if isinstance(other, tuple) and len(other) == 4 else None,
+        copy.copy(m) == m,
+        pickle.loads(pickle.dumps(m)) == m,
+    ]
+    for change in (lambda: setattr(m, "body", b""), lambda: delattr(m, "tenant")):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            change()
+    for compare in (operator.lt, operator.le, operator.gt, operator.ge):
+        with pytest.raises(TypeError):
+            compare(m, twin)
+    return seen
+
+
+message_fields = st.tuples(
+    st.text(max_size=20),
+    st.text(max_size=40),
+    st.one_of(st.sampled_from(list(EventKind)), st.sampled_from(["track", "identify"])),
+    st.binary(max_size=60),
+)
+
+
+@SETTINGS
+@given(message_fields, st.one_of(message_fields, st.none(), st.integers(), st.text()))
+def test_encoded_message_behaves_as_the_attrs_class_it_was(
+    fields: tuple[Any, ...], other: Any
+) -> None:
+    plain = _behaviour(PlainEncodedMessage, fields, other)
+    assert _behaviour(EncodedMessage, fields, other) == plain
+    assert _behaviour(_mapping._new_message, fields, other) == plain
+    assert type(_mapping._new_message(*fields)) is EncodedMessage
+    assert _mapping._make_message(fields) == EncodedMessage(*fields)
+
+
+def test_encoded_messages_of_other_classes_are_not_equal() -> None:
+    fields = ("t", "id", EventKind.OPENED, b"{}")
+    message = EncodedMessage(*fields)
+    assert message != PlainEncodedMessage(*fields)
+    assert message != _mapping._EncodedFields(*fields)  # its base, a plain NamedTuple
+    assert _mapping._EncodedFields(*fields) != message
 
 
 def _refused_classes() -> Iterator[type[Any]]:
