@@ -18,7 +18,14 @@ import orjson
 import pytest
 from _delivery import SENDERS, Timed, emitter, fake_emitter, record
 
-from selligent_segment import BatchPolicy, ConfigurationError, Emitter, RetryPolicy, encode
+from selligent_segment import (
+    BatchPolicy,
+    ConfigurationError,
+    Emitter,
+    EncodedMessage,
+    RetryPolicy,
+    encode,
+)
 from selligent_segment.delivery import _transport
 from selligent_segment.delivery._aside import AsidePolicy, about_request
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -28,7 +35,7 @@ from selligent_segment.delivery._transport import HttpTransport, Response, Trans
 from selligent_segment.intake import _memory
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.spool._postgres import PostgresSpool
-from selligent_segment.spool._protocol import Spool
+from selligent_segment.spool._protocol import Lease, Spool
 from selligent_segment.testing import (
     FakeClock,
     Fault,
@@ -364,6 +371,44 @@ def test_a_long_server_wait_makes_the_tenant_wait(
     ]
 
 
+def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_queue() -> None:
+    """batch-0 is set aside for 1 s, but batch-1's 429 (8 s) keeps the tenant waiting past
+    half batch-0's 10 s lease: another host may have taken its rows by then, so it is not
+    sent from aside (X-Retry-Count 1) but released and leased again (X-Retry-Count 0)."""
+    answers = {
+        "batch-0": MockResponse.error(503, "busy", retry_after=1),
+        "batch-1": MockResponse.error(429, "slow down", retry_after=8),
+    }
+    lock = threading.Lock()
+
+    def handler(request: MockRequest) -> MockResponse:
+        with lock:
+            return answers.pop(batch_of(request), None) or MockResponse.ok()
+
+    em, transport, clock = fake_emitter(handler, batch=BATCHES, max_requests_per_second=0)
+    spool = em._dispatcher.spool
+    spool.lease_seconds = 10.0  # type: ignore[attr-defined]
+    released: list[tuple[float, str]] = []
+    release = spool.release
+
+    def spy(lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        released.append(
+            (clock.monotonic(), orjson.loads(messages[0].body)["properties"]["email_id"])
+        )
+        release(lease, messages)
+
+    spool.release = spy  # type: ignore[method-assign]
+    try:
+        emit_batches(em, 2)
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+    finally:
+        em.close(0)
+    # batch-0 went back to the queue at the tenant's turn (t=8), not sent from aside.
+    assert (8.0, "batch-0") in released
+    assert sorted(batch_of(r) for r in transport.requests if r.at >= 5) == ["batch-0", "batch-1"]
+    assert em._dispatcher.aside_bytes == 0
+
+
 # -- the limits ------------------------------------------------------------------------------
 
 
@@ -405,7 +450,10 @@ def test_the_bytes_held_aside_by_all_tenants_stay_under_max_bytes() -> None:
         return MockResponse.ok()
 
     em, _, _ = fake_emitter(handler, clock=clock, batch=BATCHES, max_requests_per_second=0)
-    one_batch = sum(len(encode(record(i, "acme", email_id="batch-0")).body) + 1 for i in range(10))
+    # As held: each body and comma twice (the messages' bodies and their joined array).
+    one_batch = 2 * sum(
+        len(encode(record(i, "acme", email_id="batch-0")).body) + 1 for i in range(10)
+    )
     em._dispatcher.aside_policy = AsidePolicy(max_batches=4, max_bytes=one_batch + 50)
     em._dispatcher.max_in_flight = 1  # the tenant with a batch aside sends its next alone
     try:

@@ -40,7 +40,8 @@ __all__ = [
 DEFAULT_MAX_ASIDE = 4
 #: The longest server wait a batch is set aside for, in seconds.
 DEFAULT_MAX_ASIDE_WAIT = 10.0
-#: Bytes of batches held aside, all tenants together: 32 batches of 500,000 bytes.
+#: Memory held by batches set aside, all tenants together: 16 batches of 500,000 bytes
+#: (each counts twice: its bodies and their joined array).
 DEFAULT_MAX_ASIDE_BYTES = 16_000_000
 
 
@@ -62,9 +63,10 @@ class AsidePolicy:
       aside off (every failure then makes the tenant wait, as a 429 does). When a tenant
       already holds that many, its next such failure makes it wait: an outage costs at
       most ``max_batches`` more requests per ``Retry-After`` period than waiting would.
-    * ``max_bytes``: the batches held aside by all tenants together, in request bytes
-      (16,000,000): each is kept in memory as built, so this bounds the memory they take
-      whatever the number of tenants. Past it, a failure makes its tenant wait.
+    * ``max_bytes``: the memory the batches held aside by all tenants together take
+      (16,000,000): each counts twice its request bytes, its messages' bodies and their
+      joined array, so this bounds that memory whatever the number of tenants. Past it,
+      a failure makes its tenant wait.
     * ``max_wait``: the longest server wait a batch is set aside for (10 s): a longer
       ``Retry-After`` is more like an outage than a hiccup of one request, and makes the
       tenant wait. A batch aside keeps its lease, so with a spool whose leases expire (the
@@ -93,7 +95,10 @@ class Aside:
     """One batch set aside: its lease and messages, its bodies as joined for the request
     that failed (sent again as they are), its own :class:`~._retry.Backoff` (its
     ``retries`` is the ``X-Retry-Count`` of its next attempt, its budgets this batch's),
-    when it may be sent again, and its size in request bytes."""
+    when it may be sent again, its size in request bytes, and when it may no longer be
+    sent (``stale_at``: half its lease after it was leased, with a spool whose leases
+    expire; past it, another host may have taken the rows, so the batch goes back to the
+    queue instead), and when it was leased (the clock's monotonic time)."""
 
     lease: Lease
     messages: tuple[EncodedMessage, ...]
@@ -101,3 +106,5 @@ class Aside:
     backoff: Backoff
     due: float
     nbytes: int
+    stale_at: float = float("inf")
+    leased_at: float = 0.0

@@ -196,16 +196,32 @@ class Dispatcher:
 
     def _take_aside(self, state: _Tenant) -> Aside | None:
         """The first batch ``state`` set aside that is due again, taken out of the aside
-        list (and the bytes held aside), or None."""
+        list (and the bytes held aside), or None. A batch held past its ``stale_at`` (its
+        tenant's turn came too late: a backoff, a 429, many tenants) is not sent: it goes
+        back to the queue, since its lease may have expired and another host may have sent
+        its rows."""
         now = self.clock.monotonic()
         with self.cv:
+            stale = [aside for aside in state.aside if aside.stale_at <= now]
+            for aside in stale:
+                state.aside.remove(aside)
+                self.aside_bytes -= aside.nbytes
             due = [aside for aside in state.aside if aside.due <= now]
-            if not due:
-                return None
-            aside = min(due, key=lambda a: (a.due, a.lease.id))
-            state.aside.remove(aside)
-            self.aside_bytes -= aside.nbytes
-            return aside
+            taken = min(due, key=lambda a: (a.due, a.lease.id)) if due else None
+            if taken is not None:
+                state.aside.remove(taken)
+                self.aside_bytes -= taken.nbytes
+        for aside in sorted(stale, key=lambda a: a.lease.id, reverse=True):
+            self.settler.release(aside.lease, aside.messages)
+        return taken
+
+    def _stale_at(self, leased_at: float) -> float:
+        """When a batch leased at ``leased_at`` may no longer be sent from aside: half a
+        lease later with a spool whose leases expire (``lease_seconds``), else never."""
+        lease_seconds = getattr(self.spool, "lease_seconds", None)
+        if isinstance(lease_seconds, (int, float)):
+            return leased_at + lease_seconds / 2
+        return float("inf")
 
     def _aside_wait(self) -> float:
         """The longest wait a batch is set aside for: the policy's ``max_wait``, and under
@@ -391,8 +407,10 @@ class Dispatcher:
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
         aside = self._take_aside(state) if state.aside else None
+        leased_at = self.clock.monotonic()
         if aside is not None:  # a batch set aside, due again: its own bodies and backoff
             lease, messages, bodies = aside.lease, aside.messages, aside.bodies
+            leased_at = aside.leased_at
         elif state.bisection.parts:  # the next part of a refused batch being bisected
             lease, messages = state.bisection.parts.popleft()
             bodies = BatchBodies(m.body for m in messages)
@@ -450,7 +468,7 @@ class Dispatcher:
         else:
             if len(messages) != len(bodies):  # a partial answer settled some of them
                 bodies = BatchBodies(m.body for m in messages)
-            if self._set_aside(state, lease, messages, bodies, response, seen, aside):
+            if self._set_aside(state, lease, messages, bodies, response, seen, aside, leased_at):
                 self._finish(state)
                 return
             messages = state.bisection.gather(state.name, lease, messages)
@@ -580,23 +598,33 @@ class Dispatcher:
         response: Response,
         seen: int,
         aside: Aside | None,
+        leased_at: float,
     ) -> bool:
         """Set the failed batch aside to wait its own wait while the tenant sends on, or
         settle it when its own budget is spent; False (nothing done) when it may not be
         set aside (:meth:`_may_set_aside`): the tenant then waits, as for any failure."""
         if not about_request(response):
             return False
-        nbytes = sum(map(len, bodies)) + len(bodies)  # as held: the bodies and commas
+        # As held in memory: the messages' bodies, and their joined array (the same again).
+        nbytes = 2 * (sum(map(len, bodies)) + len(bodies))
         now = self.clock.monotonic()
         with self.cv:
             if not self._may_set_aside(state, lease, response, seen, nbytes):
                 return False
+            stale_at = self._stale_at(leased_at)
+            wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
+            if wait is not None and now + wait >= stale_at:
+                return False  # its lease would be half spent before it could go again
             backoff = aside.backoff if aside is not None else Backoff(self.retry)
             delay = backoff.record_failure(
                 response.outcome, response.retry_after, response.rate_limit_reset
             )
             if not isinstance(delay, GiveUp):
-                state.aside.append(Aside(lease, messages, bodies, backoff, now + delay, nbytes))
+                state.aside.append(
+                    Aside(
+                        lease, messages, bodies, backoff, now + delay, nbytes, stale_at, leased_at
+                    )
+                )
                 self.aside_bytes += nbytes
         error = response.error or f"HTTP {response.status}"
         self.settler.note_error(state.name, error, response.status)
