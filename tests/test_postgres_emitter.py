@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from selligent_segment import ConfigurationError, Emitter, SpoolError
+from selligent_segment import ConfigurationError, Emitter, SpoolError, encode
+from selligent_segment.intake._postgres import PostgresIntake
 from selligent_segment.testing import LocalSegment
 from selligent_segment.testing._local_postgres import LocalPostgres
 
@@ -161,3 +162,23 @@ def test_delivery_resumes_after_the_database_goes_away(
     assert server.wait_for(80, timeout=60)
     assert emitter.flush(timeout=60)
     assert len(server.message_ids()) == 80
+
+
+def test_failed_upkeep_does_not_stop_the_poll(
+    spool_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round whose upkeep fails (a compaction or rotation the database refuses) still
+    finds the tenants with rows: delivery never depends on the upkeep."""
+    quiet = Emitter(write_keys=KEYS, endpoint="http://127.0.0.1:9/", spool=spool_url)
+    try:
+        intake = quiet._intake
+        assert isinstance(intake, PostgresIntake)
+        intake.spool.put_many([encode(_bounce(1))])
+
+        def refused() -> None:
+            raise SpoolError("upkeep refused by the test")
+
+        monkeypatch.setattr(intake.spool, "maintain", refused)
+        assert intake.maintain() == ["acme"]
+    finally:
+        quiet.close(timeout=0)

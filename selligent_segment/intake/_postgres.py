@@ -180,9 +180,12 @@ class PostgresIntake:
             self.listener = Listener(self.spool, self._woken).start()
         try:
             self.spool.maintain()
+        except Exception as exc:  # the next round tries again; the poll still runs
+            log.warning("PostgreSQL spool upkeep failed: %s", exc)
+        try:
             return self.spool.tenants()
         except Exception as exc:  # the next round tries again
-            log.warning("PostgreSQL spool upkeep failed: %s", exc)
+            log.warning("PostgreSQL spool poll failed: %s", exc)
             return []
 
     def _woken(self, counts: dict[str, int] | None) -> None:
