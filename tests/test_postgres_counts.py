@@ -22,8 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
+from selligent_segment.spool import _postgres as pg_module
 from selligent_segment.spool._postgres import (
     _ENQUEUE,
     SCHEMA_VERSION,
@@ -310,6 +312,27 @@ def test_concurrent_writers_and_compactions_lose_nothing(
     truth = _assert_exact(spool)
     assert truth["proc0"][0] == truth["proc1"][0] == 20 * 80 + 40
     assert truth["thread0"][0] == 10 * 90 + 30
+
+
+def test_an_upgrade_blocked_by_an_open_transaction_gives_up_and_changes_nothing(
+    postgres: LocalPostgres, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(_V1_TABLES.format(s=schema))
+    monkeypatch.setattr(pg_module, "MIGRATION_LOCK_TIMEOUT", 0.2)
+    url = f"{postgres.url}?spool_schema={schema}"
+    with psycopg.connect(postgres.url) as outbox:  # an open outbox transaction
+        outbox.execute(
+            f"INSERT INTO {schema}.messages (tenant, message_id, kind, body) "
+            "VALUES ('acme', 'm-1', 'opened', '\\x7b7d')"
+        )
+        with pytest.raises(SpoolError, match=r"held it for 0\.2 s: nothing was changed"):
+            init_postgres(url)
+        outbox.rollback()
+    with PostgresView(url) as view:
+        assert view.version == 1
+    assert init_postgres(url).endswith(f"migrated schema {schema} from version 1 to 2")
 
 
 def test_a_version_1_schema_is_migrated_with_its_counts_seeded(

@@ -310,6 +310,9 @@ LANGUAGE sql STABLE SET enable_seqscan = off SET jit = off AS $fn$
 $fn$;
 """
 
+#: Seconds an upgrade waits for the queue (the writers wait behind it meanwhile).
+MIGRATION_LOCK_TIMEOUT = 5.0
+
 #: The steps from each version to the next: ``_MIGRATIONS[v]`` brings version ``v`` to
 #: ``v + 1`` (in :func:`ensure_schema`'s transaction, under its lock). Each is its own
 #: step, so that another change of the tables adds one more.
@@ -418,10 +421,22 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             conn.execute(_TABLES.format(s=schema, version=1))
         step = version or 1
-        while step < SCHEMA_VERSION:
-            conn.execute(_MIGRATIONS[step].format(s=schema))
-            step += 1
-            conn.execute(f"UPDATE {schema}.meta SET version = %s", (step,))
+        if version is not None:  # the queue's writers wait while a step holds it: bounded
+            conn.execute(f"SET LOCAL lock_timeout = {int(MIGRATION_LOCK_TIMEOUT * 1000)}")
+        try:
+            while step < SCHEMA_VERSION:
+                conn.execute(_MIGRATIONS[step].format(s=schema))
+                step += 1
+                conn.execute(f"UPDATE {schema}.meta SET version = %s", (step,))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
+                raise
+            raise SpoolError(
+                f"schema {schema}: the upgrade from version {version} to {SCHEMA_VERSION} "
+                "needs the queue to itself for one scan, and another transaction (an "
+                f"open outbox transaction?) held it for {MIGRATION_LOCK_TIMEOUT:g} s: "
+                "nothing was changed; try again (selligent-segment spool init)"
+            ) from None
         return version
 
 
