@@ -9,6 +9,7 @@ and ``enqueue()`` rows still work. Real server, real loopback Segment."""
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from selligent_segment._mapping import EncodedMessage, _tenant_of, encode_fields
 from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
 from selligent_segment._record import normalize
 from selligent_segment._version import __version__
-from selligent_segment.spool._postgres import PostgresSpool
+from selligent_segment.spool._postgres import DEAD_ROUNDS, PostgresSpool
 from selligent_segment.spool._postgres_record import (
     CHECK_SIZE_ABOVE,
     UnreadableRecord,
@@ -286,6 +287,27 @@ def test_a_damaged_record_becomes_a_dead_letter_and_costs_no_other_event(
             ]
             assert all(d.reason.startswith("unreadable_record: not a record") for d in dead)
             assert view.requeue() == 0  # nothing to send in them: never requeued
+    finally:
+        spool.close()
+
+
+def test_a_long_run_of_damaged_rows_is_worked_through_in_bounded_rounds(
+    url: str, postgres: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = record_row(normalize(_events()[0]), "acme", NOW, NAMING)
+    spool = PostgresSpool(url)
+    try:
+        _insert(postgres, url, [b"not json"] * ((DEAD_ROUNDS + 1) * 2))
+        spool.put_rows([good])
+        with caplog.at_level(logging.ERROR, logger="selligent_segment"):
+            assert spool.lease("acme", 2, 1 << 20) is None  # DEAD_ROUNDS rounds, then later
+        lines = [r for r in caplog.records if "dead letters" in r.getMessage()]
+        assert len(lines) == DEAD_ROUNDS  # one line a round, not one a row
+        assert "2 events kept as dead letters" in lines[0].getMessage()
+        lease = spool.lease("acme", 2, 1 << 20)  # the next turn goes on past the rest
+        assert lease is not None
+        assert [m.message_id for m in lease.messages] == [decode("acme", good[3]).message_id]
+        spool.ack(lease, lease.messages)
     finally:
         spool.close()
 

@@ -523,6 +523,11 @@ _Picked = tuple[list[tuple[_RowId, EncodedMessage]], list[_Dead]]
 _Settlement = tuple[str, tuple[_RowId, ...], str | None, int | None, tuple[EncodedMessage, ...]]
 
 
+#: Leasing rounds one ``lease`` call goes through while every row it takes is a dead
+#: letter (a damaged record), before it returns empty-handed until the tenant's next turn.
+DEAD_ROUNDS = 4
+
+
 def _dead_reason(exc: InvalidEvent) -> str:
     """The dead letter's reason for a record a lease could not make a message of."""
     if isinstance(exc, UnreadableRecord):
@@ -1086,13 +1091,18 @@ class PostgresSpool:
                 self._bury(conn, dead, None)
             return taken, dead
 
-        while True:  # rows that were all dead letters: the next ones may be messages
+        # Rows that were all dead letters: the next ones may be messages; a few rounds at
+        # most (a long run of damaged rows is worked through over the next turns).
+        for _ in range(DEAD_ROUNDS):
             taken, dead = self._with(pick, transaction=True)
-            for _, _, _, reason in dead:
+            if dead:  # one line per round, however many rows
+                reason = dead[0][3]
                 log.error(
-                    "tenant %s: event kept as a dead letter: %s",
+                    "tenant %s: %d events kept as dead letters: %s%s",
                     shown(tenant),
+                    len(dead),
                     reason,
+                    f" (and {len(dead) - 1} more)" if len(dead) > 1 else "",
                     extra={"tenant": tenant, "reason": reason.partition(":")[0]},
                 )
             self._count([tenant] * len(dead), -1)
