@@ -10,6 +10,7 @@ LocalSegment on loopback (``Timed``: real requests, fake time).
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -407,6 +408,40 @@ def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_que
     assert (8.0, "batch-0") in released
     assert sorted(batch_of(r) for r in transport.requests if r.at >= 5) == ["batch-0", "batch-1"]
     assert em._dispatcher.aside_bytes == 0
+
+
+def test_a_key_refused_while_a_newer_batch_is_aside_puts_both_back_oldest_first() -> None:
+    """batch-1 is set aside (503) while the older batch-0 is still out; batch-0's answer
+    is then a 401: the tenant pauses and both go back to the memory queue, batch-0 first."""
+    aside_taken = threading.Event()
+
+    def handler(request: MockRequest) -> MockResponse:
+        if batch_of(request) == "batch-1":
+            return MockResponse.error(503, "busy", retry_after=5)
+        if batch_of(request) == "batch-0":
+            assert aside_taken.wait(30)  # answered once batch-1 is aside
+            return MockResponse.error(401, "bad key")
+        return MockResponse.ok()
+
+    em, _, _ = fake_emitter(handler, batch=BATCHES, max_requests_per_second=0)
+    dispatcher = em._dispatcher
+    try:
+        emit_batches(em, 3)
+        deadline = time.monotonic() + 30
+        while not any(t.aside for t in list(dispatcher._tenants.values())):  # the condition
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        aside_taken.set()
+        while not em.stats().tenants["acme"].paused:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        queued = [
+            orjson.loads(m.body)["properties"]["email_id"]
+            for m in dispatcher.spool._queues["acme"]  # type: ignore[attr-defined]
+        ]
+    finally:
+        em.close(0)
+    assert queued == ["batch-0"] * 10 + ["batch-1"] * 10  # batch-2 went meanwhile
 
 
 # -- the limits ------------------------------------------------------------------------------

@@ -456,7 +456,11 @@ class Dispatcher:
             state.bisection.end(state.name)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
-            self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
+            # Back to the queue with the batches set aside, oldest first (a memory queue
+            # takes each at its head: the newest goes back first).
+            self._release_with_asides(
+                state, lease, state.bisection.gather(state.name, lease, messages)
+            )
             if state.resumes != resumes:  # resumed while it was out: try the new key now
                 self._finish(state)
             else:
@@ -574,11 +578,8 @@ class Dispatcher:
             first = state.paused is None
             state.paused = reason
             state.paused_key = tag
-            asides, state.aside = state.aside, []
-            self.aside_bytes -= sum(aside.nbytes for aside in asides)
         # A paused tenant holds nothing aside: its batches wait in the queue, oldest first.
-        for aside in sorted(asides, key=lambda a: a.lease.id, reverse=True):
-            self.settler.release(aside.lease, aside.messages)
+        self._release_with_asides(state)
         if first:
             log.error(
                 "tenant %s paused: %s; its events are kept",
@@ -588,6 +589,26 @@ class Dispatcher:
             )
             call_back(self.on_pause, state.name, reason)
         self._finish(state, delay=self.paused_recheck)
+
+    def _release_with_asides(
+        self,
+        state: _Tenant,
+        lease: Lease | None = None,
+        messages: Sequence[EncodedMessage] = (),
+    ) -> None:
+        """Give ``state``'s batches set aside back to the queue, with ``lease``'s
+        ``messages`` when given, newest lease first: a memory queue takes each back at its
+        head, so they end up oldest first (the files and tables keep their rows' order)."""
+        with self.cv:
+            asides, state.aside = state.aside, []
+            self.aside_bytes -= sum(aside.nbytes for aside in asides)
+        batches: list[tuple[Lease, Sequence[EncodedMessage]]] = [
+            (aside.lease, aside.messages) for aside in asides
+        ]
+        if lease is not None:
+            batches.append((lease, messages))
+        for held, held_messages in sorted(batches, key=lambda b: b[0].id, reverse=True):
+            self.settler.release(held, held_messages)
 
     def _set_aside(
         self,
