@@ -31,6 +31,7 @@ __all__ = [
     "encode",
     "message_id",
     "profile_message",
+    "too_large",
     "track_message",
 ]
 
@@ -330,14 +331,19 @@ def encode_fields(
         message = _identify(fields, update, tenant, now)
     body = orjson.dumps(message)
     if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent(
-            "record",
-            f"the {message['type']} message is {len(body)} bytes, over Segment's 32 KB limit "
-            f"({MAX_MESSAGE_BYTES} bytes)",
-        )
+        raise too_large(message["type"], len(body))
     # orjson's result keeps its 4 KiB initial buffer: copy it to its real size, or every
     # queued message costs ~4 KiB whatever its length (and max_spool_bytes under-counts).
     return _make_message((tenant, message["messageId"], fields["type"], exact_copy(body)))
+
+
+def too_large(message_type: str, size: int) -> InvalidEvent:
+    """The error for a ``message_type`` message of ``size`` bytes, over Segment's 32 KB."""
+    return InvalidEvent(
+        "record",
+        f"the {message_type} message is {size} bytes, over Segment's 32 KB limit "
+        f"({MAX_MESSAGE_BYTES} bytes)",
+    )
 
 
 def encode(

@@ -27,7 +27,7 @@ import orjson
 
 from selligent_segment._errors import InvalidEvent
 from selligent_segment._limits import MAX_MESSAGE_BYTES
-from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._mapping import EncodedMessage, encode_fields, too_large
 from selligent_segment._naming import EventNaming
 from selligent_segment._profile import PROFILE_UPDATE
 from selligent_segment._record import EventKind, journal_form, revive
@@ -130,9 +130,5 @@ def _as_of(message: EncodedMessage, version: str) -> EncodedMessage:
     context["integration"]["version"] = version
     body = orjson.dumps(data)
     if len(body) > MAX_MESSAGE_BYTES:
-        raise InvalidEvent(
-            "record",
-            f"the {data['type']} message is {len(body)} bytes, over Segment's 32 KB limit "
-            f"({MAX_MESSAGE_BYTES} bytes)",
-        )
+        raise too_large(data["type"], len(body))
     return EncodedMessage(message.tenant, message.message_id, message.kind, body)
