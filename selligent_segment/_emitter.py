@@ -18,6 +18,7 @@ from typing import Any
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._config import DEFAULTS, EmitterConfig
+from selligent_segment._context import ClosedOnExit
 from selligent_segment._environment import settings_from_env
 from selligent_segment._errors import (
     ConfigurationError,
@@ -62,7 +63,7 @@ def _with_update(fields: dict[str, Any], update: dict[str, Any]) -> dict[str, An
     return marked
 
 
-class Emitter:
+class Emitter(ClosedOnExit):
     """Accepts email callbacks and delivers them to each tenant's Segment workspace.
 
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
@@ -754,12 +755,6 @@ class Emitter:
     async def aclose(self, timeout: float | None = 10.0) -> bool:
         """:meth:`close` for asyncio code, without blocking the event loop."""
         return await asyncio.to_thread(self.close, timeout)
-
-    def __enter__(self) -> Emitter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps and delivers its own events; the child starts empty, with new

@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
 
+from selligent_segment._context import ClosedOnExit
 from selligent_segment._errors import SpoolError
 from selligent_segment.delivery._stats import LastError
 from selligent_segment.spool._journal import live_owners
@@ -159,7 +159,7 @@ def _where(tenant: str | None, reason: str | None, ids: list[int] | None) -> tup
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class SpoolFile(ForkSafe):
+class SpoolFile(ForkSafe, ClosedOnExit):
     """An existing spool file, opened for inspection and dead-letter handling.
 
     Raises SpoolError when there is no spool at ``spool`` or it is not one (the file is
@@ -203,14 +203,6 @@ class SpoolFile(ForkSafe):
 
     def __repr__(self) -> str:
         return f"<SpoolFile {str(self.path)!r}>"
-
-    def __enter__(self) -> SpoolFile:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the file (idempotent)."""

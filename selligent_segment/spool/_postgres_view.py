@@ -13,9 +13,9 @@ clocks never skew them; the password never appears in a status, an error or a re
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from selligent_segment._context import ClosedOnExit
 from selligent_segment._errors import SpoolError
 from selligent_segment.spool._file import DeadLetter, SpoolStatus, TenantBacklog
 from selligent_segment.spool._postgres import (
@@ -65,7 +65,7 @@ def _where(tenant: str | None, reason: str | None, ids: list[int] | None) -> tup
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-class PostgresView:
+class PostgresView(ClosedOnExit):
     """An existing PostgreSQL spool (its schema: ``?spool_schema=``, default
     ``selligent_segment``), opened for inspection and dead-letter handling; one connection,
     used under a lock. Raises SpoolError when the database cannot be reached, holds no
@@ -99,14 +99,6 @@ class PostgresView:
 
     def __repr__(self) -> str:
         return f"<PostgresView {self.path} schema={self.schema}>"
-
-    def __enter__(self) -> PostgresView:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

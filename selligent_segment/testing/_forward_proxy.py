@@ -21,12 +21,12 @@ import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
+from selligent_segment._context import StartedOnEnter
 from selligent_segment.delivery._endpoint import is_loopback_host
 from selligent_segment.testing._server import ConnectionTracker
 
@@ -62,7 +62,7 @@ class ProxiedRequest:
     status: int
 
 
-class ForwardProxy:
+class ForwardProxy(StartedOnEnter):
     """A threaded forwarding proxy on ``127.0.0.1``; a context manager that starts it.
 
     ``url`` is ``http://127.0.0.1:PORT``, to give as a ``proxy`` setting or
@@ -117,14 +117,6 @@ class ForwardProxy:
         server.server_close()
         if self._thread is not None:
             self._thread.join(5)
-
-    def __enter__(self) -> ForwardProxy:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -25,8 +25,8 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
+from selligent_segment._context import StartedOnEnter
 from selligent_segment._errors import SelligentSegmentError
 
 __all__ = ["LocalPostgres", "PostgresUnavailable", "find_server_binaries"]
@@ -74,7 +74,7 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-class LocalPostgres:
+class LocalPostgres(StartedOnEnter):
     """A throw-away PostgreSQL cluster on loopback; a context manager.
 
     ``url`` is a ``postgresql://`` URL for the database ``database`` (created at start),
@@ -235,17 +235,6 @@ class LocalPostgres:
             self._pg_ctl("stop", "-m", "immediate")  # needs self._root
         self._root = None
         shutil.rmtree(root, ignore_errors=True)
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _current_user() -> str:

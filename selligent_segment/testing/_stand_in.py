@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
+from selligent_segment._context import StartedOnEnter
 from selligent_segment.testing._faults import FaultInjector, FaultPlan
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ __all__ = ["StandIn"]
 _S = TypeVar("_S", bound="StandIn")
 
 
-class StandIn:
+class StandIn(StartedOnEnter):
     """A stand-in served on a real loopback socket; subclasses give :meth:`_serve`."""
 
     _name: ClassVar[str]
@@ -77,17 +77,6 @@ class StandIn:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-
-    def __enter__(self: _S) -> _S:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
