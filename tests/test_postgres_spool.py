@@ -7,6 +7,7 @@ see each other's rows. A machine without the server binaries fails these tests (
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -37,6 +38,14 @@ def schema() -> str:
     return f"spool_test_{next(_schemas)}"
 
 
+@pytest.fixture
+def spool(pg: LocalPostgres, schema: str) -> Iterator[PostgresSpool]:
+    """A spool in the test's own schema, closed after the test."""
+    opened = PostgresSpool(pg.url, schema=schema)
+    yield opened
+    opened.close()
+
+
 def _messages(tenant: str, n: int, size: int = 10) -> list[EncodedMessage]:
     return [
         EncodedMessage(tenant, f"{tenant}-{i}", EventKind.BOUNCED, b"x" * size) for i in range(n)
@@ -50,47 +59,37 @@ def test_urls_are_recognised_and_passwords_never_shown() -> None:
     assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
 
 
-def test_put_lease_ack_keeps_each_tenants_order_and_the_byte_limit(
-    pg: LocalPostgres, schema: str
-) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", 5) + _messages("globex", 2))
-        assert spool.tenants() == ["acme", "globex"]
-        assert spool.backlog("acme") == 5
-        lease = spool.lease("acme", max_messages=10, max_bytes=33)  # 3 bodies of 10 + 1
-        assert lease is not None
-        assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
-        assert spool.backlog("acme") == 2  # the leased rows are not leasable
-        spool.ack(lease, lease.messages)
-        assert spool.stats().per_tenant == {"acme": 2, "globex": 2}
-        rest = spool.lease("acme", 10, 1 << 20)
-        assert rest is not None
-        assert [m.message_id for m in rest.messages] == ["acme-3", "acme-4"]
-        assert rest.messages[0].kind is EventKind.BOUNCED
-        assert rest.messages[0].body == b"x" * 10
-    finally:
-        spool.close()
+def test_put_lease_ack_keeps_each_tenants_order_and_the_byte_limit(spool: PostgresSpool) -> None:
+    spool.put_many(_messages("acme", 5) + _messages("globex", 2))
+    assert spool.tenants() == ["acme", "globex"]
+    assert spool.backlog("acme") == 5
+    lease = spool.lease("acme", max_messages=10, max_bytes=33)  # 3 bodies of 10 + 1
+    assert lease is not None
+    assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
+    assert spool.backlog("acme") == 2  # the leased rows are not leasable
+    spool.ack(lease, lease.messages)
+    assert spool.stats().per_tenant == {"acme": 2, "globex": 2}
+    rest = spool.lease("acme", 10, 1 << 20)
+    assert rest is not None
+    assert [m.message_id for m in rest.messages] == ["acme-3", "acme-4"]
+    assert rest.messages[0].kind is EventKind.BOUNCED
+    assert rest.messages[0].body == b"x" * 10
 
 
 def test_release_gives_rows_back_at_their_place_and_reject_makes_dead_letters(
-    pg: LocalPostgres, schema: str
+    spool: PostgresSpool,
 ) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", 3))
-        lease = spool.lease("acme", 3, 1 << 20)
-        assert lease is not None
-        spool.reject(lease, lease.messages[:1], "invalid: no userId", 400)
-        spool.release(lease, lease.messages[1:])
-        again = spool.lease("acme", 3, 1 << 20)
-        assert again is not None
-        assert [m.message_id for m in again.messages] == ["acme-1", "acme-2"]
-        assert spool.dead_letters("acme") == [("acme", "acme-0", "invalid: no userId", 400)]
-        with pytest.raises(ValueError, match="is not live"):
-            spool.ack(lease, lease.messages[1:])
-    finally:
-        spool.close()
+    spool.put_many(_messages("acme", 3))
+    lease = spool.lease("acme", 3, 1 << 20)
+    assert lease is not None
+    spool.reject(lease, lease.messages[:1], "invalid: no userId", 400)
+    spool.release(lease, lease.messages[1:])
+    again = spool.lease("acme", 3, 1 << 20)
+    assert again is not None
+    assert [m.message_id for m in again.messages] == ["acme-1", "acme-2"]
+    assert spool.dead_letters("acme") == [("acme", "acme-0", "invalid: no userId", 400)]
+    with pytest.raises(ValueError, match="is not live"):
+        spool.ack(lease, lease.messages[1:])
 
 
 def test_two_hosts_never_hold_the_same_rows_and_an_expired_lease_is_taken_over(
@@ -165,19 +164,15 @@ def test_an_unreachable_database_is_a_spool_error_without_the_password() -> None
 
 
 def test_a_restart_costs_nothing_the_dead_pooled_connections_are_replaced(
-    pg: LocalPostgres, schema: str
+    pg: LocalPostgres, spool: PostgresSpool
 ) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", 3))
-        lease = spool.lease("acme", 3, 1 << 20)
-        assert lease is not None
-        pg.restart("immediate")  # a crash: every pooled connection is cut
-        spool.ack(lease, lease.messages)  # retried once on a new connection
-        assert not spool._unwritten
-        assert spool.empty()
-    finally:
-        spool.close()
+    spool.put_many(_messages("acme", 3))
+    lease = spool.lease("acme", 3, 1 << 20)
+    assert lease is not None
+    pg.restart("immediate")  # a crash: every pooled connection is cut
+    spool.ack(lease, lease.messages)  # retried once on a new connection
+    assert not spool._unwritten
+    assert spool.empty()
 
 
 @pytest.mark.slow
@@ -217,99 +212,81 @@ def _partitions(pg: LocalPostgres, schema: str) -> list[str]:
 
 
 def test_rotation_drops_drained_partitions_and_keeps_rows_still_queued(
-    pg: LocalPostgres, schema: str
+    pg: LocalPostgres, schema: str, spool: PostgresSpool
 ) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", 3))
-        assert spool.rotate(force=True) == 0  # messages_1 still holds 3 rows
-        spool.put_many(_messages("globex", 2))  # into messages_2
-        assert _partitions(pg, schema) == ["messages_1", "messages_2"]
-        lease = spool.lease("acme", 10, 1 << 20)
-        assert lease is not None
-        assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
-        spool.ack(lease, lease.messages)
-        assert spool.rotate(force=True) == 1  # messages_1 drained: dropped whole
-        assert _partitions(pg, schema) == ["messages_2", "messages_3"]
-        assert spool.stats().per_tenant == {"globex": 2}
-        assert spool.rotate() == 0  # not due: rotate_seconds has not passed
-    finally:
-        spool.close()
+    spool.put_many(_messages("acme", 3))
+    assert spool.rotate(force=True) == 0  # messages_1 still holds 3 rows
+    spool.put_many(_messages("globex", 2))  # into messages_2
+    assert _partitions(pg, schema) == ["messages_1", "messages_2"]
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    assert [m.message_id for m in lease.messages] == ["acme-0", "acme-1", "acme-2"]
+    spool.ack(lease, lease.messages)
+    assert spool.rotate(force=True) == 1  # messages_1 drained: dropped whole
+    assert _partitions(pg, schema) == ["messages_2", "messages_3"]
+    assert spool.stats().per_tenant == {"globex": 2}
+    assert spool.rotate() == 0  # not due: rotate_seconds has not passed
 
 
 def test_a_partition_in_use_is_never_dropped_and_an_open_outbox_row_survives_rotation(
-    pg: LocalPostgres, schema: str
+    pg: LocalPostgres, schema: str, spool: PostgresSpool
 ) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        with psycopg.connect(pg.url) as outbox:
-            spool.put_many(_messages("acme", 1), connection=outbox)  # open transaction
-            assert spool.rotate(force=True) == 0  # messages_1 is held by the open outbox
-            assert spool.rotate(force=True) == 0  # messages_2 is empty, but a drop locks
-            # the whole queue, which the open transaction holds: it waits for a later round
-            outbox.commit()
-        assert spool.tenants() == ["acme"]
-        lease = spool.lease("acme", 10, 1 << 20)
-        assert lease is not None
-        assert [m.message_id for m in lease.messages] == ["acme-0"]
-        assert spool.rotate(force=True) == 2  # the empty messages_2 and _3 go
-        assert _partitions(pg, schema) == ["messages_1", "messages_4"]  # _1 holds the lease
-        spool.ack(lease, lease.messages)
-        assert spool.rotate(force=True) == 2  # now messages_1 (and _4) are drained
-        assert _partitions(pg, schema) == ["messages_5"]
-        assert spool.stats().messages == 0
-    finally:
-        spool.close()
+    with psycopg.connect(pg.url) as outbox:
+        spool.put_many(_messages("acme", 1), connection=outbox)  # open transaction
+        assert spool.rotate(force=True) == 0  # messages_1 is held by the open outbox
+        assert spool.rotate(force=True) == 0  # messages_2 is empty, but a drop locks
+        # the whole queue, which the open transaction holds: it waits for a later round
+        outbox.commit()
+    assert spool.tenants() == ["acme"]
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    assert [m.message_id for m in lease.messages] == ["acme-0"]
+    assert spool.rotate(force=True) == 2  # the empty messages_2 and _3 go
+    assert _partitions(pg, schema) == ["messages_1", "messages_4"]  # _1 holds the lease
+    spool.ack(lease, lease.messages)
+    assert spool.rotate(force=True) == 2  # now messages_1 (and _4) are drained
+    assert _partitions(pg, schema) == ["messages_5"]
+    assert spool.stats().messages == 0
 
 
 def test_a_long_reader_elsewhere_delays_only_the_drop_of_what_it_holds(
-    pg: LocalPostgres, schema: str
+    pg: LocalPostgres, schema: str, spool: PostgresSpool
 ) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", 2))
-        lease = spool.lease("acme", 10, 1 << 20)
-        assert lease is not None
-        spool.ack(lease, lease.messages)
-        with psycopg.connect(pg.url) as reader:
-            reader.execute(f"SELECT count(*) FROM {schema}.messages").fetchone()  # holds locks
-            assert spool.rotate(force=True) == 0  # messages_1 is empty but held: kept
-            spool.put_many(_messages("globex", 2))  # the queue goes on in messages_2
-            again = spool.lease("globex", 10, 1 << 20)
-            assert again is not None
-            spool.ack(again, again.messages)
-            reader.rollback()
-        assert spool.rotate(force=True) == 2  # both drained partitions go
-        assert _partitions(pg, schema) == ["messages_3"]
-    finally:
-        spool.close()
+    spool.put_many(_messages("acme", 2))
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    spool.ack(lease, lease.messages)
+    with psycopg.connect(pg.url) as reader:
+        reader.execute(f"SELECT count(*) FROM {schema}.messages").fetchone()  # holds locks
+        assert spool.rotate(force=True) == 0  # messages_1 is empty but held: kept
+        spool.put_many(_messages("globex", 2))  # the queue goes on in messages_2
+        again = spool.lease("globex", 10, 1 << 20)
+        assert again is not None
+        spool.ack(again, again.messages)
+        reader.rollback()
+    assert spool.rotate(force=True) == 2  # both drained partitions go
+    assert _partitions(pg, schema) == ["messages_3"]
 
 
-def test_tenants_lists_leasable_tenants_and_counts_each_up_to_the_cap(
-    pg: LocalPostgres, schema: str
-) -> None:
-    spool = PostgresSpool(pg.url, schema=schema)
-    try:
-        spool.put_many(_messages("acme", COUNT_CAP + 7) + _messages("globex", 3))
-        spool.put_many(_messages("initech", 2))
-        assert spool.tenants() == ["acme", "globex", "initech"]
-        assert spool.backlog("acme") == COUNT_CAP  # at least that many: counted no further
-        assert spool.backlog("globex") == 3
-        held = spool.lease("initech", 10, 1 << 20)  # every row of initech is leased
-        assert held is not None
-        assert spool.tenants() == ["acme", "globex"]
-        lease = spool.lease("acme", 1000, 1 << 20)
-        assert lease is not None
-        assert spool.backlog("acme") == COUNT_CAP  # still "at least the cap" until counted
-        spool.ack(lease, lease.messages)
-        assert spool.tenants() == ["acme", "globex"]
-        assert spool.backlog("acme") == COUNT_CAP + 7 - 1000  # under the cap: exact
-        while (rest := spool.lease("acme", 2500, 1 << 30)) is not None:
-            spool.ack(rest, rest.messages)
-        assert spool.backlog("acme") == 0
-        assert spool.tenants() == ["globex"]
-    finally:
-        spool.close()
+def test_tenants_lists_leasable_tenants_and_counts_each_up_to_the_cap(spool: PostgresSpool) -> None:
+    spool.put_many(_messages("acme", COUNT_CAP + 7) + _messages("globex", 3))
+    spool.put_many(_messages("initech", 2))
+    assert spool.tenants() == ["acme", "globex", "initech"]
+    assert spool.backlog("acme") == COUNT_CAP  # at least that many: counted no further
+    assert spool.backlog("globex") == 3
+    held = spool.lease("initech", 10, 1 << 20)  # every row of initech is leased
+    assert held is not None
+    assert spool.tenants() == ["acme", "globex"]
+    lease = spool.lease("acme", 1000, 1 << 20)
+    assert lease is not None
+    assert spool.backlog("acme") == COUNT_CAP  # still "at least the cap" until counted
+    spool.ack(lease, lease.messages)
+    assert spool.tenants() == ["acme", "globex"]
+    assert spool.backlog("acme") == COUNT_CAP + 7 - 1000  # under the cap: exact
+    while (rest := spool.lease("acme", 2500, 1 << 30)) is not None:
+        spool.ack(rest, rest.messages)
+    assert spool.backlog("acme") == 0
+    assert spool.tenants() == ["globex"]
 
 
 def test_has_room_refuses_only_on_the_exact_sum_and_partitions_store_bodies_uncompressed(
