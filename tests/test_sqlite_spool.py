@@ -513,6 +513,16 @@ def test_new_and_older_files_get_the_added_tables_from_one_definition(tmp_path: 
     assert dict(query(old, table_sql, *_ADDITIONS)) == _ADDITIONS
 
 
+def _refuse_inserts(path: Path, table: str, text: str) -> None:
+    """Make the file refuse rows of ``table`` with ``text``: a trigger, which SQLite
+    reports as a non-operational error (an IntegrityError), not a locked or full file."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{text}'); END"
+        )
+
+
 def test_a_last_error_the_file_refuses_is_logged_and_never_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -520,11 +530,7 @@ def test_a_last_error_the_file_refuses_is_logged_and_never_raised(
     spool = open_spool(path)
     try:
         spool.put_many(messages(2))
-        with contextlib.closing(sqlite3.connect(path)) as db:  # a non-operational error
-            db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON last_errors "
-                "BEGIN SELECT RAISE(ABORT, 'no errors here'); END"
-            )
+        _refuse_inserts(path, "last_errors", "no errors here")
         spool.note_error("acme", "HTTP 503", 1.0, 503)
         spool.note_error("acme", "HTTP 503", 2.0, 503)
         lines = [r for r in caplog.records if "no errors here" in r.getMessage()]
@@ -549,11 +555,7 @@ def test_a_rejection_the_file_refuses_is_kept_and_written_later_never_raised(
     spool = open_spool(path)
     try:
         spool.put_many(messages(2))
-        with contextlib.closing(sqlite3.connect(path)) as db:  # a non-operational error
-            db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON dead_letters "
-                "BEGIN SELECT RAISE(ABORT, 'no dead letters here'); END"
-            )
+        _refuse_inserts(path, "dead_letters", "no dead letters here")
         lease = spool.lease("acme", 10, 1 << 20)
         assert lease is not None
         spool.reject(lease, lease.messages[:1], "rejected: HTTP 400", 400)  # no raise
