@@ -78,12 +78,7 @@ class Backpressure:
             with self.room:
                 if self.room.wait_for(lambda: pending() < self.max_pending, self.block_timeout):
                     return True
-        self.counters.refuse("spool_full", n)
-        self._log_full(n)
-        if self.on_full is OnFull.DROP_NEWEST:
-            self.report(DeliveryFailure.spool_full(tenant))
-            return False
-        raise SpoolFull(f"{self.max_pending} events are waiting; the event was not accepted")
+        return self._refuse(tenant, n, f"{self.max_pending} events are waiting")
 
     def wait_for_table_room(self, has_room: Callable[[], bool], tenant: str, n: int = 1) -> bool:
         """For an intake that writes the spool at ``emit`` (PostgreSQL: nothing waits in
@@ -100,15 +95,19 @@ class Backpressure:
                     self.room.wait(min(left, TABLE_POLL))
                     if has_room():
                         return True
+        return self._refuse(
+            tenant, n, f"the spool holds max_spool_bytes={self.max_spool_bytes:,} already"
+        )
+
+    def _refuse(self, tenant: str, n: int, why: str) -> bool:
+        """No room for ``n`` events of ``tenant`` (``why``): counted and logged, then
+        False (``drop_newest``: reported) or SpoolFull raised."""
         self.counters.refuse("spool_full", n)
         self._log_full(n)
         if self.on_full is OnFull.DROP_NEWEST:
             self.report(DeliveryFailure.spool_full(tenant))
             return False
-        raise SpoolFull(
-            f"the spool holds max_spool_bytes={self.max_spool_bytes:,} already; "
-            "the event was not accepted"
-        )
+        raise SpoolFull(f"{why}; the event was not accepted")
 
     def wait_for_ingest(self, pending: Callable[[], int], closed: Callable[[], bool]) -> bool:
         """With a spool file: wait while the encoder moves records into the file (a bulk
