@@ -215,39 +215,42 @@ class Dispatcher:
             self.settler.release(aside.lease, aside.messages)
         return taken
 
-    def _stale_at(self, leased_at: float) -> float:
-        """When a batch leased at ``leased_at`` may no longer be sent from aside: half a
-        lease later with a spool whose leases expire (``lease_seconds``), else never."""
+    def _half_lease(self) -> float:
+        """Half a lease, with a spool whose leases expire (``lease_seconds``, the
+        PostgreSQL spool's: past a lease another host may take its rows), else infinity."""
         lease_seconds = getattr(self.spool, "lease_seconds", None)
         if isinstance(lease_seconds, (int, float)):
-            return leased_at + lease_seconds / 2
+            return lease_seconds / 2
         return float("inf")
 
     def _aside_wait(self) -> float:
         """The longest wait a batch is set aside for: the policy's ``max_wait``, and under
         half a lease when the spool's leases expire (``lease_seconds``, the PostgreSQL
         spool's: another host may take the rows of a lease past it)."""
-        wait = self.aside_policy.max_wait
-        lease_seconds = getattr(self.spool, "lease_seconds", None)
-        if isinstance(lease_seconds, (int, float)):
-            wait = min(wait, lease_seconds / 2)
-        return wait
+        return min(self.aside_policy.max_wait, self._half_lease())
 
     def _may_set_aside(
-        self, state: _Tenant, lease: Lease, response: Response, seen: int, nbytes: int
+        self,
+        state: _Tenant,
+        lease: Lease,
+        response: Response,
+        seen: int,
+        nbytes: int,
+        stale_at: float,
     ) -> bool:
         """True when the batch of ``lease``, failed with ``response``, may wait out its own
         wait aside while the tenant sends on (under self.cv): the failure is about that
         request (:func:`._aside.about_request`) and its wait no longer than
-        :meth:`_aside_wait`, the tenant is healthy (not paused, no backoff pending, no
-        failure of another of its requests since this one left), the batch is not part of
-        a bisection, and the tenant's and everyone's aside limits of
-        :class:`._aside.AsidePolicy` have room."""
+        :meth:`_aside_wait` and over before ``stale_at``, the tenant is healthy (not
+        paused, no backoff pending, no failure of another of its requests since this one
+        left), the batch is not part of a bisection, and the tenant's and everyone's aside
+        limits of :class:`._aside.AsidePolicy` have room."""
         wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
         return (
             about_request(response)
             and wait is not None
             and wait <= self._aside_wait()
+            and self.clock.monotonic() + wait < stale_at  # due before half its lease is gone
             and state.paused is None
             and state.backoff.retries == 0
             and seen == state.backoff.failures
@@ -630,12 +633,9 @@ class Dispatcher:
         nbytes = 2 * (sum(map(len, bodies)) + len(bodies))
         now = self.clock.monotonic()
         with self.cv:
-            if not self._may_set_aside(state, lease, response, seen, nbytes):
+            stale_at = leased_at + self._half_lease()  # past it, not sent from aside
+            if not self._may_set_aside(state, lease, response, seen, nbytes, stale_at):
                 return False
-            stale_at = self._stale_at(leased_at)
-            wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
-            if wait is not None and now + wait >= stale_at:
-                return False  # its lease would be half spent before it could go again
             backoff = aside.backoff if aside is not None else Backoff(self.retry)
             delay = backoff.record_failure(
                 response.outcome, response.retry_after, response.rate_limit_reset
