@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PostgreSQL could not start: {exc}")
         return 2
     results: list[dict[str, Any]] = []
-    if args.write_cost:
-        try:
+    try:
+        if args.write_cost:
             print("| round | triggers | COPY cpu | COPY wall | INSERT cpu | INSERT wall |", end="")
             print(" DELETE cpu |")
             print("|---|---|---|---|---|---|---|")
@@ -212,27 +212,22 @@ def main(argv: list[str] | None = None) -> int:
                         f"{r['insert_wall_us']} µs | {r['delete_cpu_us']} µs |",
                         flush=True,
                     )
-        finally:
-            pg.stop()
-        if args.json:
-            with open(args.json, "w") as out:
-                json.dump(results, out, indent=2)
-        return 0
-    try:
-        print(
-            "| rows | stats() | stats() before | status | status before | compaction | migration |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for rows in (int(r) for r in args.rows.split(",")):
-            r = measure(pg.url, rows, args.calls)
-            results.append(r)
+        else:
             print(
-                f"| {rows:,} | {r['stats_ms']} ms | {r['stats_before_ms']} ms | "
-                f"{r['status_ms']} ms | {r['status_before_ms']} ms | "
-                f"{r['compaction_ms']} ms ({r['compaction_rows']} rows) | "
-                f"{r['migration_ms']} ms |",
-                flush=True,
+                "| rows | stats() | stats() before | status | status before | compaction "
+                "| migration |"
             )
+            print("|---|---|---|---|---|---|---|")
+            for rows in (int(r) for r in args.rows.split(",")):
+                r = measure(pg.url, rows, args.calls)
+                results.append(r)
+                print(
+                    f"| {rows:,} | {r['stats_ms']} ms | {r['stats_before_ms']} ms | "
+                    f"{r['status_ms']} ms | {r['status_before_ms']} ms | "
+                    f"{r['compaction_ms']} ms ({r['compaction_rows']} rows) | "
+                    f"{r['migration_ms']} ms |",
+                    flush=True,
+                )
     finally:
         pg.stop()
     if args.json:
