@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -15,6 +16,7 @@ from selligent_segment._naming import EventNaming
 from selligent_segment._profile import PROFILE_UPDATE
 from selligent_segment._record import _PROPERTY_FIELDS, CallbackRecord, EventKind, normalize
 from selligent_segment._shortcuts import (
+    compiled_twins,
     exact_copy,
     format_epoch,
     format_timestamp,
@@ -312,13 +314,15 @@ def profile_message(
     return result
 
 
-def encode_fields(
+def plain_encode_fields(
     fields: Mapping[str, Any],
     tenant: str,
     naming: EventNaming,
     now: datetime | float | None = None,
 ) -> EncodedMessage:
     """Map and serialise already-normalised fields; over 32 KB raises InvalidEvent.
+
+    The plain path of :data:`encode_fields`, which is this function or its compiled twin.
 
     ``now`` (a datetime or a POSIX time) stands in for a missing timestamp. Fields that
     carry a profile update (the Emitter adds them, with profile updates on, beside the
@@ -356,3 +360,15 @@ def encode(
     """Map ``record`` and serialise it once; a message over 32 KB raises InvalidEvent."""
     fields = _fields_of(record)
     return encode_fields(fields, _tenant_of(fields, tenant), naming, now)
+
+
+#: What :data:`encode_fields` is: ``(fields, tenant, naming, now) -> EncodedMessage``.
+EncodeFields = Callable[
+    [Mapping[str, Any], str, EventNaming, datetime | float | None], EncodedMessage
+]
+_twins = compiled_twins()
+#: Map and serialise already-normalised fields (:func:`plain_encode_fields`, compiled where
+#: it was built: the same messages and errors, see ``_compiled.pyx``).
+encode_fields: EncodeFields = (
+    _twins.encode_twin(sys.modules[__name__]) if _twins is not None else plain_encode_fields
+)

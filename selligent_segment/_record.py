@@ -11,6 +11,7 @@ import enum
 import ipaddress
 import math
 import re
+import sys
 import time
 import unicodedata
 import uuid
@@ -23,8 +24,8 @@ from typing import Any
 import attrs
 
 from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._shortcuts import compiled_twins, format_timestamp
 from selligent_segment._shortcuts import format_epoch as format_epoch  # (re-exported)
-from selligent_segment._shortcuts import format_timestamp
 
 __all__ = ["CallbackRecord", "EventKind"]
 
@@ -466,8 +467,14 @@ _PLAIN_TEXT = frozenset(name for name, check in _VALIDATORS.items() if check.__n
 FIELD_NAMES = frozenset(_VALIDATORS)
 
 
-def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
+def _unknown_field(key: object) -> InvalidEvent:
+    return InvalidEvent(shown(key, quote=False), "unknown field")
+
+
+def plain_normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a record in its dict form and return its normalised fields.
+
+    The plain path of :data:`normalize`, which is this function or its compiled twin.
 
     The result holds only the fields that are set: ``type`` as an :class:`EventKind`,
     ``timestamp`` as an aware datetime, text trimmed, ``properties``, ``integrations`` and
@@ -514,7 +521,7 @@ def normalize(data: Mapping[str, Any]) -> dict[str, Any]:
                 continue
         validate = _VALIDATORS.get(key)
         if validate is None:
-            raise InvalidEvent(shown(key, quote=False), "unknown field")
+            raise _unknown_field(key)
         if value is not None:
             value = validate(value)
             if value is not None and (value or key not in _OBJECT_FIELDS):
@@ -675,3 +682,11 @@ def revive(raw: object) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise InvalidEvent("timestamp", "not a journaled record's timestamp") from None
     return raw
+
+
+_twins = compiled_twins()
+#: Validate a record in its dict form and return its normalised fields
+#: (:func:`plain_normalize`, compiled where it was built: the same fields and errors).
+normalize: Callable[[Mapping[str, Any]], dict[str, Any]] = (
+    _twins.normalize_twin(sys.modules[__name__]) if _twins is not None else plain_normalize
+)

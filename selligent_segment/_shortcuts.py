@@ -23,16 +23,20 @@ import hashlib
 import inspect
 import keyword
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
+from types import ModuleType
 from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 import attrs
 import orjson
 
 __all__ = [
+    "PURE_PYTHON_VARIABLE",
+    "compiled_twins",
     "emits_keywords",
     "exact_copy",
     "format_epoch",
@@ -46,6 +50,31 @@ __all__ = [
 ]
 
 _UTC = timezone.utc
+
+
+# -- the compiled twins --------------------------------------------------------------------
+
+#: The environment variable that turns the compiled twins off (read when ``_record`` and
+#: ``_mapping`` are imported): set to anything but ``""`` or ``"0"``.
+PURE_PYTHON_VARIABLE = "SELLIGENT_SEGMENT_PURE_PYTHON"
+
+
+def compiled_twins() -> ModuleType | None:
+    """The module of compiled twins (``_compiled.pyx``: ``normalize`` and ``encode_fields``
+    in C), or None where it was not built (no C compiler at install) or
+    :data:`PURE_PYTHON_VARIABLE` turns it off.
+
+    Guarantee: each twin returns and raises exactly what its plain path does
+    (``_record.plain_normalize``, ``_mapping.plain_encode_fields``);
+    ``tests/test_compiled.py`` proves it with property tests.
+    """
+    if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
+        return None
+    try:
+        from selligent_segment import _compiled
+    except ImportError:
+        return None
+    return _compiled
 
 
 # -- validation ----------------------------------------------------------------------------

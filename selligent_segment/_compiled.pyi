@@ -1,0 +1,16 @@
+# The compiled twins' interface (_compiled.pyx), for mypy.
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from types import ModuleType
+from typing import Any
+
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment._naming import EventNaming
+
+def encode_twin(mapping: ModuleType) -> Callable[..., EncodedMessage]: ...
+def encode_fields(
+    fields: Mapping[str, Any], tenant: str, naming: EventNaming, now: datetime | float | None = None
+) -> EncodedMessage: ...
+def uuid5_text(tenant: str, kind: str, tag: str, last: Any, sort_keys: bool = False) -> str: ...
+def normalize_twin(record: ModuleType) -> Callable[[Mapping[str, Any]], dict[str, Any]]: ...
+def normalize(data: Mapping[str, Any]) -> dict[str, Any]: ...

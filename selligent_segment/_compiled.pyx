@@ -1,0 +1,292 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""The compiled twin of ``_mapping.encode_fields``: the same message, in C.
+
+Guarantee: ``encode_fields(fields, tenant, naming, now)`` returns exactly what
+``_mapping.plain_encode_fields`` returns for the same arguments (an equal
+``EncodedMessage``, its ``body`` byte for byte) and raises what it raises;
+``tests/test_compiled.py`` proves it, with property tests over every kind of record. Fields
+that carry a profile update, and fields that are not a plain ``dict``, are handed to the
+plain path as they are.
+
+What it saves (callgrind, per message, CPython 3.11): the plain path runs about 36,000
+instructions, this one about 23,000. The bytecode of ``_track`` and ``encode_fields`` is
+gone, and the UUID text is written from the SHA-1 digest into a new ASCII string, where the
+plain path formats the hex digest with five slices and an f-string (6,700 instructions). What
+remains is CPython's and orjson's own work: the dicts of the message, ``orjson.dumps``,
+the SHA-1.
+
+Built by ``setup.py`` when a C compiler is there (``Extension(optional=True)``); without it,
+or with ``SELLIGENT_SEGMENT_PURE_PYTHON=1`` in the environment, ``_mapping`` uses the plain
+path. Imported by ``_mapping`` after everything it reads from there is defined.
+"""
+
+from cpython.unicode cimport PyUnicode_New
+
+from datetime import datetime, timezone
+
+import orjson
+
+from selligent_segment._limits import MAX_MESSAGE_BYTES
+from selligent_segment._shortcuts import MAX_CACHED_PREFIXES, format_epoch, format_timestamp
+
+try:  # the SHA-1 the plain path uses (_shortcuts.json_array_uuid5)
+    from _sha1 import sha1 as _sha1
+except ImportError:  # a Python built without it
+    from hashlib import sha1 as _sha1
+
+cdef extern from "Python.h":
+    void* PyUnicode_DATA(object)
+
+cdef object _dumps = orjson.dumps
+cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
+cdef object _UTC = timezone.utc
+# Set from _mapping by encode_twin (it imports this module, never the other way round).
+cdef bytes _NAMESPACE = b""
+cdef object _INTEGRATION_JSON = None
+cdef object _LIBRARY_JSON = None
+cdef dict _PROPERTY_NAMES = {}
+cdef object _make_message = None
+cdef object _with_context = None
+cdef object plain_encode_fields = None
+cdef object too_large = None
+cdef object PROFILE_UPDATE = None
+cdef const char* _HEX = b"0123456789abcdef"
+# (tenant, kind) -> the JSON of [tenant, kind, tag, without its "]": one cache per tag, as
+# the plain path keeps one per json_array_uuid5 function.
+cdef dict _event_prefixes = {}
+cdef dict _content_prefixes = {}
+
+
+cdef str _uuid_text(bytes digest):
+    """The text of the UUIDv5 whose SHA-1 is ``digest``: version nibble 5, variant 10."""
+    cdef const unsigned char* d = digest
+    cdef str out = PyUnicode_New(36, 127)
+    cdef unsigned char* o = <unsigned char*>PyUnicode_DATA(out)
+    cdef int i
+    cdef int j = 0
+    cdef unsigned char b
+    for i in range(16):
+        if i == 4 or i == 6 or i == 8 or i == 10:
+            o[j] = 45  # "-"
+            j += 1
+        b = d[i]
+        if i == 6:
+            b = (b & 0x0F) | 0x50
+        elif i == 8:
+            b = (b & 0x3F) | 0x80
+        o[j] = _HEX[b >> 4]
+        o[j + 1] = _HEX[b & 15]
+        j += 2
+    return out
+
+
+cdef bytes _prefix(dict prefixes, tenant, str kind, str tag):
+    key = (tenant, kind)
+    prefix = prefixes.get(key)
+    if prefix is None:
+        if len(prefixes) >= MAX_CACHED_PREFIXES:
+            prefixes.clear()
+        whole = _dumps([tenant, kind, tag])
+        prefix = _NAMESPACE + whole[: len(whole) - 1] + b","
+        prefixes[key] = prefix
+    return prefix
+
+
+def uuid5_text(tenant, str kind, str tag, last, bint sort_keys=False):
+    """``_shortcuts.json_array_uuid5(MESSAGE_ID_NAMESPACE, tag, sort_keys=...)(tenant, kind,
+    last)``, for the tags ``"event_id"`` and ``"content"`` (the tests compare them)."""
+    prefixes = _event_prefixes if tag == "event_id" else _content_prefixes
+    option = _SORT_KEYS if sort_keys else None
+    return _uuid_text(_sha1(_prefix(prefixes, tenant, kind, tag) + _dumps(last, None, option) + b"]").digest())
+
+
+cdef str _message_id(dict fields, tenant, str kind):
+    """``_mapping._message_id(fields, tenant)``."""
+    event_id = fields.get("event_id")
+    if event_id is not None:
+        return _uuid_text(
+            _sha1(_prefix(_event_prefixes, tenant, kind, "event_id") + _dumps(event_id) + b"]").digest()
+        )
+    cdef dict content = dict(fields)
+    del content["type"]
+    content.pop("tenant", None)
+    content.pop("integrations", None)
+    content.pop("context", None)
+    if "timestamp" in content:
+        content["timestamp"] = format_timestamp(content["timestamp"])
+    return _uuid_text(
+        _sha1(
+            _prefix(_content_prefixes, tenant, kind, "content") + _dumps(content, None, _SORT_KEYS) + b"]"
+        ).digest()
+    )
+
+
+def encode_twin(mapping):
+    """The compiled twin of ``mapping.plain_encode_fields``, reading the constants it needs
+    from ``mapping`` (the ``_mapping`` module, fully defined)."""
+    global _NAMESPACE, _INTEGRATION_JSON, _LIBRARY_JSON, _PROPERTY_NAMES, _make_message
+    global _with_context, plain_encode_fields, too_large, PROFILE_UPDATE
+    _NAMESPACE = mapping.MESSAGE_ID_NAMESPACE.bytes
+    _INTEGRATION_JSON = mapping._INTEGRATION_JSON
+    _LIBRARY_JSON = mapping._LIBRARY_JSON
+    _PROPERTY_NAMES = dict(mapping._PROPERTY_NAMES)
+    _make_message = mapping._make_message
+    _with_context = mapping._with_context
+    plain_encode_fields = mapping.plain_encode_fields
+    too_large = mapping.too_large
+    PROFILE_UPDATE = mapping.PROFILE_UPDATE
+    _event_prefixes.clear()
+    _content_prefixes.clear()
+    return encode_fields
+
+
+def encode_fields(fields, tenant, naming, now=None):
+    """``_mapping.plain_encode_fields(fields, tenant, naming, now)``, compiled."""
+    if type(fields) is not dict or PROFILE_UPDATE in fields:
+        return plain_encode_fields(fields, tenant, naming, now)
+    cdef dict f = <dict>fields
+    kind = f["type"]
+    extras = f.get("properties")
+    cdef dict properties = dict(extras) if extras else {}
+    for name in _PROPERTY_NAMES[kind]:
+        if name in f:
+            properties[name] = f[name]
+    email = f.get("email")
+    cdef dict context
+    if email is not None:
+        email = email.lower()
+        context = {
+            "library": _LIBRARY_JSON,
+            "integration": _INTEGRATION_JSON,
+            "traits": {"email": email},
+        }
+    else:
+        context = {"library": _LIBRARY_JSON, "integration": _INTEGRATION_JSON}
+    if "ip" in f:
+        context["ip"] = f["ip"]
+    if "user_agent" in f:
+        context["userAgent"] = f["user_agent"]
+    if "context" in f:
+        context = _with_context(context, f["context"])
+    moment = f.get("timestamp") or now
+    if isinstance(moment, float):
+        timestamp = format_epoch(moment)
+    else:
+        timestamp = format_timestamp(moment or datetime.now(_UTC))  # looked up: freezegun
+    event = naming.name(kind, tenant) if naming.tenant_overrides else naming._names[kind]
+    message_uuid = _message_id(f, tenant, kind._value_)
+    cdef dict message
+    user_id = f.get("user_id")
+    if user_id is not None:
+        message = {
+            "type": "track",
+            "event": event,
+            "userId": user_id,
+            "properties": properties,
+            "context": context,
+            "timestamp": timestamp,
+            "messageId": message_uuid,
+        }
+    else:
+        message = {
+            "type": "track",
+            "event": event,
+            "anonymousId": email,
+            "properties": properties,
+            "context": context,
+            "timestamp": timestamp,
+            "messageId": message_uuid,
+        }
+    if "integrations" in f:
+        message["integrations"] = f["integrations"]
+    body = _dumps(message)
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise too_large("track", len(body))
+    return _make_message((tenant, message_uuid, kind, b"%b" % body))
+
+
+# -- normalize ---------------------------------------------------------------------------
+# Set from _record by normalize_twin.
+cdef object plain_normalize = None
+cdef object _Mapping = None
+cdef frozenset _PLAIN_TEXT = frozenset()
+cdef frozenset _OBJECT_FIELDS = frozenset()
+cdef dict _KIND_ALIASES = {}
+cdef dict _VALIDATORS = {}
+cdef dict _NOT_FOR = {}
+cdef object _email_fullmatch = None
+cdef object _bad_email = None
+cdef object _check_controls = None
+cdef object _check_fields = None
+cdef object _unknown_field = None
+cdef Py_ssize_t _MAX_TEXT = 0
+
+
+def normalize_twin(record):
+    """The compiled twin of ``record.plain_normalize``, reading the tables it needs from
+    ``record`` (the ``_record`` module, fully defined)."""
+    global plain_normalize, _Mapping, _PLAIN_TEXT, _OBJECT_FIELDS, _KIND_ALIASES, _VALIDATORS
+    global _NOT_FOR, _email_fullmatch, _bad_email, _check_controls, _check_fields
+    global _unknown_field, _MAX_TEXT
+    plain_normalize = record.plain_normalize
+    _Mapping = record.Mapping
+    _PLAIN_TEXT = record._PLAIN_TEXT
+    _OBJECT_FIELDS = record._OBJECT_FIELDS
+    _KIND_ALIASES = dict(record._KIND_ALIASES)
+    _VALIDATORS = dict(record._VALIDATORS)
+    _NOT_FOR = dict(record._NOT_FOR)
+    _email_fullmatch = record._EMAIL_RE.fullmatch
+    _bad_email = record._bad_email
+    _check_controls = record._check_controls
+    _check_fields = record._check_fields
+    _unknown_field = record._unknown_field
+    _MAX_TEXT = record._MAX_TEXT
+    return normalize
+
+
+def normalize(data):
+    """``_record.plain_normalize(data)``, compiled: the same fields, the same errors."""
+    if type(data) is not dict:
+        return plain_normalize(data)  # the Mapping check and its error are the plain path's
+    cdef dict out = {}
+    cdef str text
+    for key, value in (<dict>data).items():
+        if type(value) is str:
+            text = <str>value
+            if key in _PLAIN_TEXT and text.isascii() and len(text) <= _MAX_TEXT:
+                text = text.strip()
+                if text:
+                    out[key] = text
+                continue
+            if key == "email" and len(text) <= _MAX_TEXT and text.isascii():
+                text = text.strip()
+                if text:
+                    if len(text) > 254 or _email_fullmatch(text) is None:
+                        raise _bad_email(text)
+                    out[key] = text
+                continue
+            if key == "type":
+                kind = _KIND_ALIASES.get(text)
+                if kind is not None:
+                    out[key] = kind
+                    continue
+            elif key == "tenant" and len(text) <= _MAX_TEXT and text.isascii():
+                text = text.strip()
+                if text:
+                    if not text.isprintable():
+                        _check_controls("tenant", text)
+                    out[key] = text
+                continue
+        validate = _VALIDATORS.get(key)
+        if validate is None:
+            raise _unknown_field(key)
+        if value is not None:
+            value = validate(value)
+            if value is not None and (value or key not in _OBJECT_FIELDS):
+                out[key] = value
+    kind = out.get("type")
+    if kind is None:
+        return plain_normalize(data)  # raises the plain path's "missing"
+    if ("email" not in out and "user_id" not in out) or not (<frozenset>_NOT_FOR[kind]).isdisjoint(out):
+        _check_fields(out)
+    return out

@@ -1,0 +1,23 @@
+"""The compiled twin of the encode path (selligent_segment/_compiled.pyx), built where it can be.
+
+Everything else is in pyproject.toml. The extension is optional: where no C compiler is
+found, or its build fails, the package installs without it and runs the plain Python path
+(the same messages and errors, about a third more instructions per message; see
+docs/performance.md).
+"""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=cythonize(
+        [
+            Extension(
+                "selligent_segment._compiled",
+                ["selligent_segment/_compiled.pyx"],
+                optional=True,
+            )
+        ],
+        quiet=True,
+    ),
+)

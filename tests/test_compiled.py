@@ -1,0 +1,259 @@
+"""The compiled twin of the encode path (``_compiled.pyx``) against the plain one.
+
+Every message the twin makes must be the plain path's, byte for byte, and every error the
+plain path's, type and text: property tests over every kind of record, tenant, naming and
+time, and the edges (a profile update, a message over 32 KB, a mapping that is not a dict).
+The suite runs against the twin wherever it was built (CI builds it: a C compiler is
+there), so the rest of the tests check it too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_mapping_properties import record_dicts, tenants
+
+from selligent_segment import (
+    EventKind,
+    EventNaming,
+    InvalidEvent,
+    ProfileUpdates,
+    _mapping,
+    _record,
+)
+from selligent_segment import _compiled as compiled  # not built: these tests fail here
+from selligent_segment._mapping import MESSAGE_ID_NAMESPACE
+from selligent_segment._record import FIELD_NAMES, PROFILE_UPDATE, normalize
+from selligent_segment._shortcuts import PURE_PYTHON_VARIABLE, json_array_uuid5
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PURE = os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0")
+
+plain = _mapping.plain_encode_fields
+twin = compiled.encode_fields
+
+namings = st.sampled_from(
+    [
+        EventNaming(),
+        EventNaming(profile="segment-spec"),
+        EventNaming(overrides={EventKind.OPENED: "Opened It"}),
+        EventNaming(tenant_overrides={"acme": {EventKind.DELIVERED: "Acme Delivered"}}),
+    ]
+)
+# None (the current time) in test_without_a_time_both_paths_read_the_same_clock.
+nows = st.one_of(
+    st.floats(min_value=946_684_800.0, max_value=4_000_000_000.0),
+    st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2090, 1, 1)).map(
+        lambda d: d.replace(tzinfo=timezone(timedelta(hours=3)))
+    ),
+)
+
+
+_int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)  # orjson refuses beyond
+
+
+def outcome(encode: Any, *args: Any) -> Any:
+    """What an encode returns, or the type and text of what it raises."""
+    try:
+        return encode(*args)
+    except Exception as error:  # compared: its type and text
+        return (type(error), str(error))
+
+
+def test_the_suite_runs_against_the_twin_where_it_is_built() -> None:
+    from selligent_segment import _emitter
+    from selligent_segment.intake import _journal, _memory
+    from selligent_segment.spool import _postgres_record
+
+    used = plain if PURE else twin
+    assert _mapping.encode_fields is used
+    for module in (_memory, _journal, _postgres_record):
+        assert module.encode_fields is used
+    assert _record.normalize is (_record.plain_normalize if PURE else compiled.normalize)
+    assert _emitter.normalize is _record.normalize
+
+
+@SETTINGS
+@given(
+    data=record_dicts(),
+    tenant=st.one_of(st.just("default"), st.just("acme"), tenants),
+    naming=namings,
+    now=nows,
+)
+def test_the_twin_makes_the_plain_paths_message_byte_for_byte(
+    data: dict[str, Any], tenant: str, naming: EventNaming, now: Any
+) -> None:
+    fields = normalize(data)
+    made = twin(fields, tenant, naming, now)
+    assert made == plain(fields, tenant, naming, now)
+    assert made.body == plain(fields, tenant, naming, now).body  # and not only equal tuples
+
+
+@SETTINGS
+@given(data=record_dicts(), now=nows)
+def test_a_record_with_a_profile_update_gives_the_plain_paths_identify(
+    data: dict[str, Any], now: Any
+) -> None:
+    fields = normalize(data)
+    update = ProfileUpdates().update_for(fields) or {"traits": {"x": True}, "at": "x_at"}
+    fields[PROFILE_UPDATE] = update
+    assert outcome(twin, fields, "t", EventNaming(), now) == outcome(
+        plain, fields, "t", EventNaming(), now
+    )
+
+
+def test_without_a_time_both_paths_read_the_same_clock() -> None:
+    fields = normalize({"type": "opened", "email": "a@example.com"})
+    with freeze_time("2031-02-03 04:05:06.789"):
+        made = twin(fields, "t", EventNaming(), None)
+        assert made == plain(fields, "t", EventNaming(), None)
+    assert b'"timestamp":"2031-02-03T04:05:06.789Z"' in made.body
+
+
+def test_a_message_over_32_kb_raises_the_plain_paths_error() -> None:
+    fields = normalize(
+        {"type": "opened", "email": "a@example.com", "properties": {"big": "x" * 33_000}}
+    )
+    expected = outcome(plain, fields, "t", EventNaming(), 1.7e9)
+    assert expected[0] is InvalidEvent
+    assert "32 KB" in expected[1]
+    assert outcome(twin, fields, "t", EventNaming(), 1.7e9) == expected
+
+
+def test_a_mapping_that_is_not_a_dict_is_encoded_as_the_plain_path_does() -> None:
+    fields = types.MappingProxyType(normalize({"type": "click", "user_id": 7, "link_url": "u"}))
+    assert twin(fields, "t", EventNaming(), 1.7e9) == plain(fields, "t", EventNaming(), 1.7e9)
+
+
+def test_errors_inside_the_message_are_the_plain_paths() -> None:
+    # Not what normalize makes, but what a damaged journal record could revive to: the
+    # same error from both paths, whatever step it comes from.
+    good = normalize({"type": "opened", "email": "a@example.com", "event_id": "e"})
+    cases: list[dict[str, Any]] = [
+        {**good, "type": "opened"},  # a kind that is not an EventKind
+        {**good, "event_id": {1: 2}},  # an event id orjson refuses
+        {**good, "email": 5},  # no .lower()
+        {k: v for k, v in good.items() if k != "type"},
+        {**good, "properties": {"x": object()}},
+    ]
+    for fields in cases:
+        expected = outcome(plain, fields, "t", EventNaming(), 1.7e9)
+        assert isinstance(expected, tuple), fields
+        assert outcome(twin, fields, "t", EventNaming(), 1.7e9) == expected
+
+
+@SETTINGS
+@given(
+    tenant=tenants,
+    kind=st.sampled_from([k.value for k in EventKind]),
+    last=st.one_of(
+        st.text(),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.dictionaries(st.text(max_size=5), _int64 | st.text(max_size=5), max_size=4),
+    ),
+    sort_keys=st.booleans(),
+)
+def test_uuid5_text_is_the_plain_uuid5(tenant: str, kind: str, last: Any, sort_keys: bool) -> None:
+    for tag in ("event_id", "content"):
+        expected = str(
+            uuid.uuid5(
+                MESSAGE_ID_NAMESPACE,
+                orjson.dumps(
+                    [tenant, kind, tag, last], option=orjson.OPT_SORT_KEYS if sort_keys else None
+                ).decode(),
+            )
+        )
+        assert compiled.uuid5_text(tenant, kind, tag, last, sort_keys) == expected
+        assert (
+            json_array_uuid5(MESSAGE_ID_NAMESPACE, tag, sort_keys=sort_keys)(tenant, kind, last)
+            == expected
+        )
+
+
+def test_uuid5_text_raises_what_orjson_raises() -> None:
+    with pytest.raises(orjson.JSONEncodeError):
+        compiled.uuid5_text("t", "opened", "event_id", 2**70)
+
+
+@pytest.mark.parametrize(("value", "compiled_used"), [("1", False), ("0", True), ("", True)])
+def test_the_environment_variable_turns_the_twin_off(value: str, compiled_used: bool) -> None:
+    env = dict(os.environ, **{PURE_PYTHON_VARIABLE: value})
+    code = (
+        "from selligent_segment import _mapping, _record\n"
+        "print(_mapping.encode_fields is not _mapping.plain_encode_fields"
+        " and _record.normalize is not _record.plain_normalize)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == str(compiled_used)
+
+
+# -- normalize ---------------------------------------------------------------------------
+
+_keys = st.one_of(st.sampled_from(sorted(FIELD_NAMES)), st.text(max_size=8), st.integers())
+_texts = st.one_of(
+    st.text(max_size=30),
+    st.text(st.characters(max_codepoint=127), max_size=30),  # ASCII, controls included
+    st.sampled_from(["", "  ", " a@b.co ", "a@b", "x" * 9000, "é" * 300, "a\x00b", "\u202e"]),
+    st.sampled_from(["opened", "Open", " click ", "spam", "nope", "hard", "SOFT", "10.0.0.1"]),
+)
+_values = st.one_of(
+    _texts,
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2040, 1, 1)),
+)
+any_dicts = st.dictionaries(_keys, _values, max_size=8)
+
+
+@SETTINGS
+@given(data=st.one_of(record_dicts(), any_dicts))
+def test_the_normalize_twin_returns_and_raises_what_the_plain_path_does(data: Any) -> None:
+    expected = outcome(_record.plain_normalize, data)
+    got = outcome(compiled.normalize, data)
+    assert got == expected
+    if isinstance(expected, dict):
+        assert list(got) == list(expected)  # the same order of fields, too
+
+
+@SETTINGS
+@given(data=record_dicts(), extra=st.dictionaries(_keys, _values, min_size=1, max_size=3))
+def test_one_bad_field_in_a_valid_record_gives_the_plain_paths_error(
+    data: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    data = {**data, **extra}
+    assert outcome(compiled.normalize, data) == outcome(_record.plain_normalize, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [("type", "opened")],
+        "opened",
+        types.MappingProxyType({"type": "opened", "email": "a@b.co"}),
+        types.MappingProxyType({"type": "opened"}),
+        {},
+        {"email": "a@b.co"},
+        {"type": "opened", "email": "  "},
+        {"type": "bounce", "email": "a@b.co", "link_url": "u"},
+    ],
+)
+def test_the_normalize_twin_on_the_edges(data: Any) -> None:
+    assert outcome(compiled.normalize, data) == outcome(_record.plain_normalize, data)
