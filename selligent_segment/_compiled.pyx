@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 import orjson
 
 from selligent_segment._limits import MAX_MESSAGE_BYTES
+from selligent_segment import _shortcuts
 from selligent_segment._shortcuts import MAX_CACHED_PREFIXES, format_epoch, format_timestamp
 
 try:  # the SHA-1 the plain path uses (_shortcuts.json_array_uuid5)
@@ -36,6 +37,8 @@ except ImportError:  # a Python built without it
 
 cdef extern from "Python.h":
     void* PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    bint PyUnicode_IS_ASCII(object)  # str.isascii(), without the method call
 
 cdef object _dumps = orjson.dumps
 cdef object _SORT_KEYS = orjson.OPT_SORT_KEYS
@@ -170,7 +173,9 @@ def encode_fields(fields, tenant, naming, now=None):
         context = _with_context(context, f["context"])
     moment = f.get("timestamp") or now
     if isinstance(moment, float):
-        timestamp = format_epoch(moment)
+        # format_epoch(moment), its cached millisecond read here: no call when it is hit.
+        lo, hi, cached = _shortcuts._millis_cache
+        timestamp = cached if lo <= moment < hi else format_epoch(moment)
     else:
         timestamp = format_timestamp(moment or datetime.now(_UTC))  # looked up: freezegun
     event = naming.name(kind, tenant) if naming.tenant_overrides else naming._names[kind]
@@ -214,7 +219,7 @@ cdef frozenset _OBJECT_FIELDS = frozenset()
 cdef dict _KIND_ALIASES = {}
 cdef dict _VALIDATORS = {}
 cdef dict _NOT_FOR = {}
-cdef object _email_fullmatch = None
+cdef frozenset _KIND_ONLY = frozenset()  # the fields some kinds may not carry
 cdef object _bad_email = None
 cdef object _check_controls = None
 cdef object _check_fields = None
@@ -222,12 +227,64 @@ cdef object _unknown_field = None
 cdef Py_ssize_t _MAX_TEXT = 0
 
 
+cdef inline bint _ascii_space(unsigned char c):
+    # str.isspace() of an ASCII character: \t \n \v \f \r, \x1c-\x1f and the space.
+    return c == 32 or 9 <= c <= 13 or 28 <= c <= 31
+
+
+cdef str _strip_ascii(str text):
+    """``text.strip()`` of an ASCII ``str``: the text itself when neither end is a space
+    (``strip`` returns it then too), without the method call."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef const unsigned char* p = <const unsigned char*>PyUnicode_DATA(text)
+    if n == 0 or (not _ascii_space(p[0]) and not _ascii_space(p[n - 1])):
+        return text
+    return text.strip()
+
+
+cdef inline bint _email_char(unsigned char c):
+    # [^@\s\x00-\x1f\x7f] for an ASCII character: printable, not a space, not "@".
+    return 33 <= c <= 126 and c != 64
+
+
+def plausible_ascii_email(str text):
+    """``_record._EMAIL_RE.fullmatch(text) is not None`` for an ASCII ``text`` (the tests
+    compare them)."""
+    return _plausible_ascii_email(text)
+
+
+cdef bint _plausible_ascii_email(str text):
+    # local@label(.label)+, each part one or more _email_char, the labels without ".".
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef const unsigned char* p = <const unsigned char*>PyUnicode_DATA(text)
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t labels = 0
+    cdef Py_ssize_t run = 0
+    while i < n and _email_char(p[i]):
+        i += 1
+    if i == 0 or i >= n or p[i] != 64:  # no local part, or no "@" after it
+        return False
+    i += 1
+    while i < n:
+        if p[i] == 46:  # "."
+            if run == 0:
+                return False
+            labels += 1
+            run = 0
+        elif _email_char(p[i]):
+            run += 1
+        else:
+            return False
+        i += 1
+    return run > 0 and labels >= 1
+
+
 def normalize_twin(record):
     """The compiled twin of ``record.plain_normalize``, reading the tables it needs from
     ``record`` (the ``_record`` module, fully defined)."""
     global plain_normalize, _Mapping, _PLAIN_TEXT, _OBJECT_FIELDS, _KIND_ALIASES, _VALIDATORS
-    global _NOT_FOR, _email_fullmatch, _bad_email, _check_controls, _check_fields
-    global _unknown_field, _MAX_TEXT
+    global _NOT_FOR, _bad_email, _check_controls, _check_fields
+    global _unknown_field, _MAX_TEXT, _KIND_ONLY
     plain_normalize = record.plain_normalize
     _Mapping = record.Mapping
     _PLAIN_TEXT = record._PLAIN_TEXT
@@ -235,7 +292,7 @@ def normalize_twin(record):
     _KIND_ALIASES = dict(record._KIND_ALIASES)
     _VALIDATORS = dict(record._VALIDATORS)
     _NOT_FOR = dict(record._NOT_FOR)
-    _email_fullmatch = record._EMAIL_RE.fullmatch
+    _KIND_ONLY = frozenset().union(*_NOT_FOR.values())
     _bad_email = record._bad_email
     _check_controls = record._check_controls
     _check_fields = record._check_fields
@@ -250,18 +307,21 @@ def normalize(data):
         return plain_normalize(data)  # the Mapping check and its error are the plain path's
     cdef dict out = {}
     cdef str text
+    cdef bint kind_only = False  # a field of _KIND_ONLY is set: _NOT_FOR's check to do
     for key, value in (<dict>data).items():
         if type(value) is str:
             text = <str>value
-            if key in _PLAIN_TEXT and text.isascii() and len(text) <= _MAX_TEXT:
-                text = text.strip()
+            if key in _PLAIN_TEXT and PyUnicode_IS_ASCII(text) and len(text) <= _MAX_TEXT:
+                text = _strip_ascii(text)
                 if text:
                     out[key] = text
+                    if key in _KIND_ONLY:
+                        kind_only = True
                 continue
-            if key == "email" and len(text) <= _MAX_TEXT and text.isascii():
-                text = text.strip()
+            if key == "email" and len(text) <= _MAX_TEXT and PyUnicode_IS_ASCII(text):
+                text = _strip_ascii(text)
                 if text:
-                    if len(text) > 254 or _email_fullmatch(text) is None:
+                    if len(text) > 254 or not _plausible_ascii_email(text):
                         raise _bad_email(text)
                     out[key] = text
                 continue
@@ -270,8 +330,8 @@ def normalize(data):
                 if kind is not None:
                     out[key] = kind
                     continue
-            elif key == "tenant" and len(text) <= _MAX_TEXT and text.isascii():
-                text = text.strip()
+            elif key == "tenant" and len(text) <= _MAX_TEXT and PyUnicode_IS_ASCII(text):
+                text = _strip_ascii(text)
                 if text:
                     if not text.isprintable():
                         _check_controls("tenant", text)
@@ -284,9 +344,13 @@ def normalize(data):
             value = validate(value)
             if value is not None and (value or key not in _OBJECT_FIELDS):
                 out[key] = value
+                if key in _KIND_ONLY:
+                    kind_only = True
     kind = out.get("type")
     if kind is None:
         return plain_normalize(data)  # raises the plain path's "missing"
-    if ("email" not in out and "user_id" not in out) or not (<frozenset>_NOT_FOR[kind]).isdisjoint(out):
+    if ("email" not in out and "user_id" not in out) or (
+        kind_only and not (<frozenset>_NOT_FOR[kind]).isdisjoint(out)
+    ):
         _check_fields(out)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import sys
 import uuid
 from collections.abc import Callable, Mapping
@@ -245,6 +246,11 @@ class EncodedMessage(_EncodedFields):
 
 
 _make_message = tuple_maker(EncodedMessage)
+#: A message's ``body`` and ``tenant`` as C functions: ``map(BODY_OF, messages)`` walks a
+#: batch in C, where a generator expression steps a Python frame per message (about 600
+#: instructions a message against 150).
+BODY_OF = operator.attrgetter("body")
+TENANT_OF = operator.attrgetter("tenant")
 
 
 def _new_message(

@@ -257,3 +257,41 @@ def test_one_bad_field_in_a_valid_record_gives_the_plain_paths_error(
 )
 def test_the_normalize_twin_on_the_edges(data: Any) -> None:
     assert outcome(compiled.normalize, data) == outcome(_record.plain_normalize, data)
+
+
+_ascii_emailish = st.text(
+    st.sampled_from([*"ab.@-_+", " ", "\t", "\x00", "\x1f", "\x7f", "\x1c", "Z", "9"]), max_size=12
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=st.one_of(_ascii_emailish, st.text(st.characters(max_codepoint=127), max_size=12)))
+def test_the_ascii_email_check_is_the_pattern(text: str) -> None:
+    assert compiled.plausible_ascii_email(text) is (_record._EMAIL_RE.fullmatch(text) is not None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a@b.c", "a.b@c.d.e", "a@b", "@b.c", "a@.b", "a@b.", "a@b..c", "a@@b.c", "a b@c.d", ".@a.b"],
+)
+def test_the_ascii_email_check_on_the_edges(text: str) -> None:
+    assert compiled.plausible_ascii_email(text) is (_record._EMAIL_RE.fullmatch(text) is not None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    text=st.text(st.sampled_from(["a", " ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f"])),
+    key=st.sampled_from(["email_subject", "tenant"]),
+)
+def test_ascii_text_is_stripped_as_str_strip_does(text: str, key: str) -> None:
+    data = {"type": "opened", "user_id": "u", key: text}
+    assert outcome(compiled.normalize, data) == outcome(_record.plain_normalize, data)
+
+
+def test_times_in_the_cached_millisecond_give_the_plain_paths_text() -> None:
+    fields = normalize({"type": "opened", "email": "a@example.com"})
+    naming = EventNaming()
+    for base in (1_700_000_000.0004, 1_700_000_000.9985, 1_800_000_123.5):
+        for step in range(4):  # the first misses the cache, the others hit it
+            now = base + step * 1e-7
+            assert twin(fields, "t", naming, now) == plain(fields, "t", naming, now)

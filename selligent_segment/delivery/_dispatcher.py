@@ -37,7 +37,7 @@ import attrs
 
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._errors import SpoolError, shown
-from selligent_segment._mapping import EncodedMessage
+from selligent_segment._mapping import BODY_OF, EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._results import DeliveryFailure
 from selligent_segment._throttle import Throttle
@@ -416,7 +416,7 @@ class Dispatcher:
             leased_at = aside.leased_at
         elif state.bisection.parts:  # the next part of a refused batch being bisected
             lease, messages = state.bisection.parts.popleft()
-            bodies = BatchBodies(m.body for m in messages)
+            bodies = BatchBodies(map(BODY_OF, messages))
         else:
             leased = self.spool.lease(
                 state.name,
@@ -428,7 +428,7 @@ class Dispatcher:
                 self._finish(state)
                 return
             lease, messages = leased, leased.messages
-            bodies = BatchBodies(m.body for m in messages)
+            bodies = BatchBodies(map(BODY_OF, messages))
         now = self.clock.monotonic()
         with self.cv:
             seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
@@ -474,7 +474,7 @@ class Dispatcher:
             self._finish(state)
         else:
             if len(messages) != len(bodies):  # a partial answer settled some of them
-                bodies = BatchBodies(m.body for m in messages)
+                bodies = BatchBodies(map(BODY_OF, messages))
             if self._set_aside(state, lease, messages, bodies, response, seen, aside, leased_at):
                 self._finish(state)
                 return

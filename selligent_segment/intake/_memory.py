@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selligent_segment._errors import InvalidEvent, shown
-from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._mapping import TENANT_OF, EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -80,7 +80,7 @@ class MemoryIntake:
         down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
         self.spool.put_many(messages)
         if messages:
-            touched = list({m.tenant: None for m in messages})
+            touched = list(dict.fromkeys(map(TENANT_OF, messages)))
             dispatcher.notify_put(touched, nbytes / len(messages))
 
     def maintain(self) -> list[str]:

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from selligent_segment._errors import ConfigurationError
-from selligent_segment._mapping import EncodedMessage
+from selligent_segment._mapping import BODY_OF, EncodedMessage
 from selligent_segment.spool._protocol import Lease, SpoolStats
 
 __all__ = ["MemorySpool"]
@@ -86,7 +86,7 @@ class MemorySpool:
     def _forget(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         with self._lock:
             self._settle(lease, messages)
-            self._nbytes -= sum(len(m.body) for m in messages)
+            self._nbytes -= sum(map(len, map(BODY_OF, messages)))
             self._count -= len(messages)
 
     def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:

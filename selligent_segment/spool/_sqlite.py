@@ -40,7 +40,7 @@ from selligent_segment._errors import (
     SpoolError,
     shown,
 )
-from selligent_segment._mapping import EncodedMessage, _new_message
+from selligent_segment._mapping import TENANT_OF, EncodedMessage, _new_message
 from selligent_segment._record import EventKind
 from selligent_segment._throttle import Throttle
 from selligent_segment.spool._journal import Journal, Mark
@@ -285,7 +285,7 @@ class SqliteSpool(ForkSafe):
             # Committed: nothing below may raise, or the caller would insert them again.
             with contextlib.suppress(sqlite3.Error):
                 self._used = self._measure()
-            counts = Counter(m.tenant for m in messages)
+            counts = Counter(map(TENANT_OF, messages))
             counts.update(r[0] for r in records)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
