@@ -9,15 +9,9 @@ docs/performance.md).
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-setup(
-    ext_modules=cythonize(
-        [
-            Extension(
-                "selligent_segment._compiled",
-                ["selligent_segment/_compiled.pyx"],
-                optional=True,
-            )
-        ],
-        quiet=True,
-    ),
+extensions = cythonize(
+    [Extension("selligent_segment._compiled", ["selligent_segment/_compiled.pyx"])], quiet=True
 )
+for extension in extensions:
+    extension.optional = True  # after cythonize, which does not carry it over
+setup(ext_modules=extensions)
