@@ -639,7 +639,11 @@ _WAITING_APP = """
         em.emit({{"type": "opened", "email": "a@example.com", "event_id": "1"}})
     {make}
     print("ready", flush=True)
-    threading.Event().wait()
+    # Timed waits: a SIGTERM that lands just before an untimed wait blocks would
+    # leave its handler pending until the wait ends (CPython runs handlers between
+    # bytecodes), which here is never.
+    while True:
+        threading.Event().wait(0.2)
 """
 
 

@@ -120,7 +120,11 @@ for i in range({count}):
               "event_id": str(i)}})
     print("A", i, flush=True)
 print("E", flush=True)
-threading.Event().wait()
+# Timed waits: a SIGTERM that lands just before an untimed wait blocks would
+# leave its handler pending until the wait ends (CPython runs handlers between
+# bytecodes), which here is never.
+while True:
+    threading.Event().wait(0.2)
 """
 
 

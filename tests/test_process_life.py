@@ -30,7 +30,11 @@ em = Emitter(
 for i in range(5):
     em.emit({{"type": "opened", "email": "a@example.com", "event_id": str(i)}})
 print("ready", flush=True)
-threading.Event().wait()
+# Timed waits: a SIGTERM that lands just before an untimed wait blocks would
+# leave its handler pending until the wait ends (CPython runs handlers between
+# bytecodes), which here is never.
+while True:
+    threading.Event().wait(0.2)
 """
 
 
