@@ -1,23 +1,28 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The compiled twin of ``_mapping.encode_fields``: the same message, in C.
+"""The compiled twins of validation and encoding: ``_record.plain_normalize`` and
+``_mapping.plain_encode_fields``, in C.
 
-Guarantee: ``encode_fields(fields, tenant, naming, now)`` returns exactly what
-``_mapping.plain_encode_fields`` returns for the same arguments (an equal
-``EncodedMessage``, its ``body`` byte for byte) and raises what it raises;
-``tests/test_compiled.py`` proves it, with property tests over every kind of record. Fields
-that carry a profile update, and fields that are not a plain ``dict``, are handed to the
-plain path as they are.
+Guarantee: ``normalize(data)`` returns exactly what ``plain_normalize(data)`` returns (the
+same fields, in the same order) and raises what it raises (the same field and reason);
+``encode_fields(fields, tenant, naming, now)`` returns an ``EncodedMessage`` equal to the
+plain path's, its ``body`` byte for byte, and raises what it raises.
+``tests/test_compiled.py`` proves both with property tests over every kind of record and
+over arbitrary dicts. Fields that carry a profile update, and fields or data that are not
+a plain ``dict``, are handed to the plain path as they are.
 
-What it saves (callgrind, per message, CPython 3.11): the plain path runs about 36,000
-instructions, this one about 23,000. The bytecode of ``_track`` and ``encode_fields`` is
-gone, and the UUID text is written from the SHA-1 digest into a new ASCII string, where the
-plain path formats the hex digest with five slices and an f-string (6,700 instructions). What
-remains is CPython's and orjson's own work: the dicts of the message, ``orjson.dumps``,
-the SHA-1.
+What it saves (callgrind, per event, CPython 3.11): ``normalize`` 18,800 instructions ->
+5,700, ``encode_fields`` 35,600 -> 24,000 (see docs/performance.md, "Compiled twins").
+The bytecode is gone; ASCII text is stripped and the email checked by scanning its bytes
+(the plain path calls ``str.strip`` and a regular expression); the UUID text is written
+from the SHA-1 digest into a new ASCII string (the plain path formats the hex digest with
+five slices and an f-string). What remains is CPython's and orjson's own work: the dicts,
+``orjson.dumps``, the SHA-1.
 
-Built by ``setup.py`` when a C compiler is there (``Extension(optional=True)``); without it,
-or with ``SELLIGENT_SEGMENT_PURE_PYTHON=1`` in the environment, ``_mapping`` uses the plain
-path. Imported by ``_mapping`` after everything it reads from there is defined.
+Built by ``setup.py`` where a C compiler is found (an optional extension);
+``_shortcuts.compiled_twins`` loads it unless ``SELLIGENT_SEGMENT_PURE_PYTHON`` is set.
+``_record`` and ``_mapping`` then set each twin up with their own tables
+(:func:`normalize_twin`, :func:`encode_twin`): this module imports none of theirs, and the
+tables are written once, there.
 """
 
 from cpython.unicode cimport PyUnicode_New
@@ -97,8 +102,14 @@ cdef bytes _prefix(dict prefixes, tenant, str kind, str tag):
 
 def uuid5_text(tenant, str kind, str tag, last, bint sort_keys=False):
     """``_shortcuts.json_array_uuid5(MESSAGE_ID_NAMESPACE, tag, sort_keys=...)(tenant, kind,
-    last)``, for the tags ``"event_id"`` and ``"content"`` (the tests compare them)."""
-    prefixes = _event_prefixes if tag == "event_id" else _content_prefixes
+    last)``, for the tags ``"event_id"`` and ``"content"`` (the tests compare them); another
+    tag raises ValueError (its prefixes would land in those tags' caches)."""
+    if tag == "event_id":
+        prefixes = _event_prefixes
+    elif tag == "content":
+        prefixes = _content_prefixes
+    else:
+        raise ValueError(f"no message-id cache for the tag {tag!r}")
     option = _SORT_KEYS if sort_keys else None
     return _uuid_text(_sha1(_prefix(prefixes, tenant, kind, tag) + _dumps(last, None, option) + b"]").digest())
 
@@ -207,13 +218,12 @@ def encode_fields(fields, tenant, naming, now=None):
     body = _dumps(message)
     if len(body) > MAX_MESSAGE_BYTES:
         raise too_large("track", len(body))
-    return _make_message((tenant, message_uuid, kind, b"%b" % body))
+    return _make_message((tenant, message_uuid, kind, b"%b" % body))  # exact_copy(body)
 
 
 # -- normalize ---------------------------------------------------------------------------
 # Set from _record by normalize_twin.
 cdef object plain_normalize = None
-cdef object _Mapping = None
 cdef frozenset _PLAIN_TEXT = frozenset()
 cdef frozenset _OBJECT_FIELDS = frozenset()
 cdef dict _KIND_ALIASES = {}
@@ -224,6 +234,7 @@ cdef object _bad_email = None
 cdef object _check_controls = None
 cdef object _check_fields = None
 cdef object _unknown_field = None
+cdef object _missing_type = None
 cdef Py_ssize_t _MAX_TEXT = 0
 
 
@@ -282,11 +293,10 @@ cdef bint _plausible_ascii_email(str text):
 def normalize_twin(record):
     """The compiled twin of ``record.plain_normalize``, reading the tables it needs from
     ``record`` (the ``_record`` module, fully defined)."""
-    global plain_normalize, _Mapping, _PLAIN_TEXT, _OBJECT_FIELDS, _KIND_ALIASES, _VALIDATORS
+    global plain_normalize, _PLAIN_TEXT, _OBJECT_FIELDS, _KIND_ALIASES, _VALIDATORS
     global _NOT_FOR, _bad_email, _check_controls, _check_fields
-    global _unknown_field, _MAX_TEXT, _KIND_ONLY
+    global _unknown_field, _missing_type, _MAX_TEXT, _KIND_ONLY
     plain_normalize = record.plain_normalize
-    _Mapping = record.Mapping
     _PLAIN_TEXT = record._PLAIN_TEXT
     _OBJECT_FIELDS = record._OBJECT_FIELDS
     _KIND_ALIASES = dict(record._KIND_ALIASES)
@@ -297,6 +307,7 @@ def normalize_twin(record):
     _check_controls = record._check_controls
     _check_fields = record._check_fields
     _unknown_field = record._unknown_field
+    _missing_type = record._missing_type
     _MAX_TEXT = record._MAX_TEXT
     return normalize
 
@@ -348,7 +359,7 @@ def normalize(data):
                     kind_only = True
     kind = out.get("type")
     if kind is None:
-        return plain_normalize(data)  # raises the plain path's "missing"
+        raise _missing_type()
     if ("email" not in out and "user_id" not in out) or (
         kind_only and not (<frozenset>_NOT_FOR[kind]).isdisjoint(out)
     ):

@@ -471,6 +471,10 @@ def _unknown_field(key: object) -> InvalidEvent:
     return InvalidEvent(shown(key, quote=False), "unknown field")
 
 
+def _missing_type() -> InvalidEvent:
+    return InvalidEvent("type", "missing")
+
+
 def plain_normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a record in its dict form and return its normalised fields.
 
@@ -528,7 +532,7 @@ def plain_normalize(data: Mapping[str, Any]) -> dict[str, Any]:
                 out[key] = value
     kind = out.get("type")
     if kind is None:
-        raise InvalidEvent("type", "missing")
+        raise _missing_type()
     # _check_fields(out), called only when it has something to refuse (one call fewer).
     if ("email" not in out and "user_id" not in out) or not _NOT_FOR[kind].isdisjoint(out):
         _check_fields(out)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import keyword
 import math
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from datetime import datetime, timezone
 from types import ModuleType
@@ -66,15 +68,34 @@ def compiled_twins() -> ModuleType | None:
 
     Guarantee: each twin returns and raises exactly what its plain path does
     (``_record.plain_normalize``, ``_mapping.plain_encode_fields``);
-    ``tests/test_compiled.py`` proves it with property tests.
+    ``tests/test_compiled.py`` proves it with property tests. A module that is there but
+    cannot be loaded (built for another Python, a missing symbol) is not used either, with
+    a ``RuntimeWarning`` that says why: the library works, more slowly.
     """
     if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
         return None
     try:
-        from selligent_segment import _compiled
-    except ImportError:
+        return importlib.import_module(_COMPILED)
+    except ModuleNotFoundError as exc:
+        if exc.name != _COMPILED:  # something it imports is missing: say so
+            _cannot_load(exc)
         return None
-    return _compiled
+    except ImportError as exc:
+        _cannot_load(exc)
+        return None
+
+
+_COMPILED = "selligent_segment._compiled"
+
+
+def _cannot_load(exc: ImportError) -> None:
+    warnings.warn(
+        f"{_COMPILED} is installed but cannot be loaded ({exc}); using the plain Python "
+        f"path (the same results, more instructions per event). Reinstall the package to "
+        f"rebuild it, or set {PURE_PYTHON_VARIABLE}=1 to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 # -- validation ----------------------------------------------------------------------------
