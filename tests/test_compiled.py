@@ -381,6 +381,7 @@ def test_a_twin_that_is_not_built_is_not_used_without_a_word(
     def absent(name: str) -> Any:
         raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
+    monkeypatch.delenv(PURE_PYTHON_VARIABLE, raising=False)
     monkeypatch.setattr(_shortcuts.importlib, "import_module", absent)
     assert _shortcuts.compiled_twins() is None
     assert not recwarn.list
@@ -399,6 +400,7 @@ def test_a_twin_that_cannot_be_loaded_is_not_used_and_says_why(
     def broken(name: str) -> Any:
         raise error
 
+    monkeypatch.delenv(PURE_PYTHON_VARIABLE, raising=False)
     monkeypatch.setattr(_shortcuts.importlib, "import_module", broken)
     with pytest.warns(RuntimeWarning, match="cannot be loaded") as caught:
         assert _shortcuts.compiled_twins() is None
