@@ -102,7 +102,7 @@ LIBS = {
     "per_call": ("durable", "memory", "anchor"),
     "emit_many": ("durable", "anchor"),
     "backlog": ("durable_burst", "durable_paced", "anchor", "anchor_all"),
-    "e2e": ("durable", "anchor"),
+    "e2e": ("durable", "durable_uncapped", "anchor"),
 }
 CAP = {"per_call": 150.0, "emit_many": 200.0, "backlog": 420.0, "e2e": 150.0}
 BACKLOG_SPOOL_BYTES = 2 * 1024**3
@@ -426,8 +426,9 @@ def child_e2e(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg["lib"] == "anchor":
         return base.child_e2e(cfg)
     path = spool_file(cfg, "e2e")
+    lib = "ours_uncapped" if cfg["lib"] == "durable_uncapped" else "ours"
     try:
-        out = base.child_e2e({**cfg, "lib": "ours", "ours_options": {"spool": str(path)}})
+        out = base.child_e2e({**cfg, "lib": lib, "ours_options": {"spool": str(path)}})
         out["spool"] = "file"
         return out
     finally:
@@ -623,6 +624,16 @@ def build_rows(res: dict[str, Any], sizes: dict[str, int]) -> list[dict[str, str
             lambda o, a: f"{o['events_per_s'] / a['events_per_s']:.1f}x",
             f">= {TARGET_E2E:.0f}x, all arrive",
             lambda o, a: o["all_arrived"] and o["events_per_s"] >= TARGET_E2E * a["events_per_s"],
+        )
+        add(
+            "4. the same, durable, with the request-rate cap off (max_requests_per_second=0)",
+            res.get("e2e/durable_uncapped"),
+            res.get("e2e/anchor"),
+            arrival,
+            arrival,
+            lambda o, a: f"{o['events_per_s'] / a['events_per_s']:.1f}x",
+            "(context)",
+            None,
         )
     return rows
 
