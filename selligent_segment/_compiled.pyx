@@ -143,7 +143,7 @@ def encode_twin(mapping):
     _NAMESPACE = mapping.MESSAGE_ID_NAMESPACE.bytes
     _INTEGRATION_JSON = mapping._INTEGRATION_JSON
     _LIBRARY_JSON = mapping._LIBRARY_JSON
-    _PROPERTY_NAMES = dict(mapping._PROPERTY_NAMES)
+    _PROPERTY_NAMES = mapping._PROPERTY_NAMES  # the same dict, not a copy
     _make_message = mapping._make_message
     _with_context = mapping._with_context
     plain_encode_fields = mapping.plain_encode_fields
@@ -299,9 +299,10 @@ def normalize_twin(record):
     plain_normalize = record.plain_normalize
     _PLAIN_TEXT = record._PLAIN_TEXT
     _OBJECT_FIELDS = record._OBJECT_FIELDS
-    _KIND_ALIASES = dict(record._KIND_ALIASES)
-    _VALIDATORS = dict(record._VALIDATORS)
-    _NOT_FOR = dict(record._NOT_FOR)
+    # The same dicts, not copies: the twin reads exactly the tables the plain path reads.
+    _KIND_ALIASES = record._KIND_ALIASES
+    _VALIDATORS = record._VALIDATORS
+    _NOT_FOR = record._NOT_FOR
     _KIND_ONLY = frozenset().union(*_NOT_FOR.values())
     _bad_email = record._bad_email
     _check_controls = record._check_controls
