@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """The compiled twins of validation and encoding: ``_record.plain_normalize`` and
-``_mapping.plain_encode_fields``, in C.
+``_mapping.plain_encode_fields``, in C; and the journal's write that keeps the GIL
+(:func:`write_holding_gil`, the twin of ``os.write``).
 
 Guarantee: ``normalize(data)`` returns exactly what ``plain_normalize(data)`` returns (the
 same fields, in the same order) and raises what it raises (the same field and reason);
@@ -25,11 +26,14 @@ Built by ``setup.py`` where a C compiler is found (an optional extension);
 tables are written once, there.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_New
+from libc.errno cimport EINTR, errno
 
 from datetime import datetime, timezone
 
 import orjson
+from os import strerror as os_strerror
 
 from selligent_segment._limits import MAX_MESSAGE_BYTES
 from selligent_segment import _shortcuts
@@ -40,7 +44,11 @@ try:  # the SHA-1 the plain path uses (_shortcuts.json_array_uuid5)
 except ImportError:  # a Python built without it
     from hashlib import sha1 as _sha1
 
+cdef extern from "<unistd.h>":
+    ssize_t _c_write "write" (int fd, const void* buf, size_t count)
+
 cdef extern from "Python.h":
+    int PyErr_CheckSignals() except -1
     void* PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     bint PyUnicode_IS_ASCII(object)  # str.isascii(), without the method call
@@ -366,3 +374,30 @@ def normalize(data):
     ):
         _check_fields(out)
     return out
+
+
+# -- the journal write ------------------------------------------------------------------------
+
+
+def write_holding_gil(int fd, bytes data):
+    """``os.write(fd, data)``, without letting go of the GIL: the number of bytes written
+    (possibly fewer than ``len(data)``), or the OSError ``os.write`` raises (a signal that
+    interrupts the call is handled and the call repeated, as ``os.write`` does).
+
+    For the journal's small writes into the page cache (about a microsecond), letting go
+    of the GIL costs more than the write: another thread takes it, and the caller waits
+    for it back, up to ``sys.getswitchinterval()``. ``_journal.Journal`` uses this only
+    while such writes stay fast (see ``_journal.SLOW_WRITE``).
+    """
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef ssize_t written
+    cdef int err
+    while True:
+        written = _c_write(fd, buf, <size_t>size)
+        if written >= 0:
+            return written
+        err = errno
+        if err != EINTR:
+            raise OSError(err, os_strerror(err))
+        PyErr_CheckSignals()

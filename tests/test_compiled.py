@@ -11,9 +11,13 @@ builds them: a C compiler is there), so the rest of the tests check them too.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import types
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -368,6 +372,101 @@ def test_the_built_twin_is_not_older_than_its_source() -> None:
     source = built.parent / "_compiled.pyx"
     if source.exists():
         assert built.stat().st_mtime >= source.stat().st_mtime, "rebuild: pip install -e ."
+
+
+# -- the journal's write that keeps the GIL (the twin of os.write) -----------------------------
+
+
+def _write_outcome(write: Any, fd: int, data: bytes) -> tuple[str, Any]:
+    """What ``write(fd, data)`` returns, or the type, errno and text of what it raises."""
+    try:
+        return ("returned", write(fd, data))
+    except OSError as exc:
+        return ("raised", (type(exc), exc.errno, exc.strerror))
+
+
+@given(st.binary(max_size=20_000))
+@SETTINGS
+def test_write_holding_gil_writes_and_returns_what_os_write_does(data: bytes) -> None:
+    files = []
+    for write in (os.write, compiled.write_holding_gil):
+        with tempfile.TemporaryFile() as f:
+            f.write(b"head")
+            f.flush()
+            got = _write_outcome(write, f.fileno(), data)
+            f.seek(0)
+            files.append((got, f.read()))
+    assert files[0] == files[1] == (("returned", len(data)), b"head" + data)
+
+
+def _small_pipe(*, blocking: bool) -> tuple[int, int]:
+    read, write = os.pipe()
+    fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write, blocking)
+    return read, write
+
+
+def test_write_holding_gil_writes_part_and_refuses_as_os_write_does() -> None:
+    for size in (100, 4096, 10_000):  # fits, fills, partly written
+        outcomes = []
+        for write in (os.write, compiled.write_holding_gil):
+            read, fd = _small_pipe(blocking=False)
+            try:
+                first = _write_outcome(write, fd, b"x" * size)
+                full = _write_outcome(write, fd, b"y" * 10)  # a full pipe: EAGAIN
+                outcomes.append((first, full if size >= 4096 else None, os.read(read, 20_000)))
+            finally:
+                os.close(read)
+                os.close(fd)
+        assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] == ("returned", 4096)
+    assert outcomes[0][1][1][0] is BlockingIOError
+    with open("/dev/full", "wb") as full_disk:  # ENOSPC, the journal's SpoolFull
+        results = {
+            _write_outcome(w, full_disk.fileno(), b"z")
+            for w in (os.write, compiled.write_holding_gil)
+        }
+    assert results == {("raised", (OSError, errno.ENOSPC, os.strerror(errno.ENOSPC)))}
+    closed, other = os.pipe()
+    os.close(closed)
+    os.close(other)
+    results = {_write_outcome(w, other, b"z") for w in (os.write, compiled.write_holding_gil)}
+    assert results == {("raised", (OSError, errno.EBADF, os.strerror(errno.EBADF)))}
+
+
+@pytest.mark.parametrize("handler_raises", [False, True])
+def test_write_holding_gil_runs_signal_handlers_and_carries_on_as_os_write_does(
+    handler_raises: bool,
+) -> None:
+    """A signal that interrupts the write runs its Python handler (which may raise); if it
+    does not raise, the write is made again (PEP 475), as ``os.write`` does."""
+    outcomes = []
+    for write in (os.write, compiled.write_holding_gil):
+        read, fd = _small_pipe(blocking=True)
+        os.write(fd, b"f" * 4096)  # full: the next write blocks until the handler reads
+
+        def drain(signum: int, frame: Any, read: int = read) -> None:
+            os.read(read, 8192)
+            if handler_raises:
+                raise KeyboardInterrupt("from the handler")
+
+        previous = signal.signal(signal.SIGALRM, drain)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        try:
+            try:
+                outcomes.append(("returned", write(fd, b"w" * 100), os.read(read, 8192)))
+            except KeyboardInterrupt as exc:
+                outcomes.append(("raised", str(exc), b""))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            os.close(read)
+            os.close(fd)
+    assert outcomes[0] == outcomes[1]
+    expected = (
+        ("raised", "from the handler", b"") if handler_raises else ("returned", 100, b"w" * 100)
+    )
+    assert outcomes[0] == expected
 
 
 def test_a_twin_that_is_not_built_is_not_used_without_a_word(

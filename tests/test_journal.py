@@ -214,6 +214,8 @@ def _disk_fills_mid_write(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "write", half_then_enospc)  # the one _journal calls
+    if _journal._write_holding_gil is not None:  # and its compiled twin, where built
+        monkeypatch.setattr(_journal, "_write_holding_gil", half_then_enospc)
 
 
 def test_disk_full_raises_spoolfull_and_later_frames_stay_readable(
@@ -376,4 +378,94 @@ def test_a_forked_child_does_not_release_the_parents_lock(jdir: Path) -> None:
     with claim_dead_owners(jdir, skip="me") as dead:
         assert journal.owner not in dead
     journal.append([b"still mine"])
+    journal.close(delete_current=True)
+
+
+# -- the write that keeps the GIL (the compiled twin of os.write) ------------------------------
+
+
+class _Writes:
+    """Stands in for the compiled ``write_holding_gil`` and the plain ``os.write``: records
+    which one wrote what, and moves the fake clock by ``took`` for a GIL-keeping write."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, short_by: int = 0) -> None:
+        self.now = 1000.0
+        self.took = 0.0
+        self.short_by = short_by  # the GIL-keeping write leaves this many bytes unwritten
+        self.paths: list[str] = []
+        real = os.write
+
+        def holding(fd: int, data: bytes) -> int:
+            assert type(data) is bytes
+            self.paths.append("held")
+            self.now += self.took
+            return real(fd, data[: len(data) - self.short_by])
+
+        def plain(fd: int, data: bytes | memoryview) -> int:
+            self.paths.append("plain")
+            return real(fd, data)
+
+        monkeypatch.setattr(_journal, "_write_holding_gil", holding)
+        monkeypatch.setattr(os, "write", plain)
+        monkeypatch.setattr(_journal, "_monotonic", lambda: self.now)
+
+
+def test_writes_keep_the_gil_until_one_is_slow_then_let_go_of_it_for_the_hold_off(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch)
+    journal = Journal(jdir)
+    writes.paths.clear()  # the new journal's header
+    journal.append([b"a"])
+    writes.took = _journal.SLOW_WRITE  # not over it: still fast
+    journal.append([b"b"])
+    assert writes.paths == ["held", "held"]
+    writes.took = _journal.SLOW_WRITE * 1.5  # a stalled disk: every thread waited
+    journal.append([b"c"])
+    writes.took = 0.0
+    journal.append([b"d"])
+    writes.now += _journal.HOLD_OFF - 1.0
+    journal.append([b"e"])
+    assert writes.paths == ["held", "held", "held", "plain", "plain"]
+    writes.now += 1.0 + _journal.SLOW_WRITE  # the hold-off is over
+    journal.append([b"f"])
+    assert writes.paths[-1] == "held"
+    name = journals_of(jdir, journal.owner)[0]
+    assert [p for _, p in read_frames(jdir / name, 0)] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    journal.close(delete_current=False)
+
+
+def test_the_rest_of_a_short_gil_keeping_write_is_written_plainly(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch, short_by=3)
+    journal = Journal(jdir)
+    writes.paths.clear()
+    first = payloads(4)
+    mark = journal.append(first)
+    assert writes.paths == ["held", "plain"]
+    assert [p for _, p in read_frames(jdir / mark[0], 0)] == first
+    assert mark[1] == os.path.getsize(jdir / mark[0])
+    journal.close(delete_current=False)
+
+
+def test_with_fsync_writes_let_go_of_the_gil(jdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fdatasync lets go of the GIL anyway: keeping it for the write saves nothing."""
+    writes = _Writes(monkeypatch)
+    journal = Journal(jdir, fsync=True)
+    writes.paths.clear()
+    journal.append([b"a"])
+    assert writes.paths == ["plain"]
+    journal.close(delete_current=True)
+
+
+def test_without_the_compiled_twin_writes_are_plain(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch)
+    monkeypatch.setattr(_journal, "_write_holding_gil", None)
+    journal = Journal(jdir)
+    writes.paths.clear()
+    journal.append([b"a"])
+    assert writes.paths == ["plain"]
     journal.close(delete_current=True)
