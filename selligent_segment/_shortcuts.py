@@ -63,11 +63,12 @@ PURE_PYTHON_VARIABLE = "SELLIGENT_SEGMENT_PURE_PYTHON"
 
 def compiled_twins() -> ModuleType | None:
     """The module of compiled twins (``_compiled.pyx``: ``normalize`` and ``encode_fields``
-    in C), or None where it was not built (no C compiler at install) or
-    :data:`PURE_PYTHON_VARIABLE` turns it off.
+    in C, and ``write_holding_gil``, the journal's ``os.write``), or None where it was not
+    built (no C compiler at install) or :data:`PURE_PYTHON_VARIABLE` turns it off.
 
     Guarantee: each twin returns and raises exactly what its plain path does
-    (``_record.plain_normalize``, ``_mapping.plain_encode_fields``);
+    (``_record.plain_normalize``, ``_mapping.plain_encode_fields``, ``os.write`` for
+    ``bytes``, the twin saying besides whether the thread slept in it);
     ``tests/test_compiled.py`` proves it with property tests. A module that is there but
     cannot be loaded (built for another Python, a missing symbol) is not used either, with
     a ``RuntimeWarning`` that says why: the library works, more slowly.

@@ -377,7 +377,13 @@ def test_the_built_twin_is_not_older_than_its_source() -> None:
 # -- the journal's write that keeps the GIL (the twin of os.write) -----------------------------
 
 
-def _write_outcome(write: Any, fd: int, data: bytes) -> tuple[str, Any]:
+def held(fd: int, data: bytes) -> int:
+    """``write_holding_gil`` as ``os.write``: the bytes written."""
+    written, _ = compiled.write_holding_gil(fd, data)
+    return written
+
+
+def _write_outcome(write: Any, fd: int, data: Any) -> tuple[str, Any]:
     """What ``write(fd, data)`` returns, or the type, errno and text of what it raises."""
     try:
         return ("returned", write(fd, data))
@@ -389,7 +395,7 @@ def _write_outcome(write: Any, fd: int, data: bytes) -> tuple[str, Any]:
 @SETTINGS
 def test_write_holding_gil_writes_and_returns_what_os_write_does(data: bytes) -> None:
     files = []
-    for write in (os.write, compiled.write_holding_gil):
+    for write in (os.write, held):
         with tempfile.TemporaryFile() as f:
             f.write(b"head")
             f.flush()
@@ -409,7 +415,7 @@ def _small_pipe(*, blocking: bool) -> tuple[int, int]:
 def test_write_holding_gil_writes_part_and_refuses_as_os_write_does() -> None:
     for size in (100, 4096, 10_000):  # fits, fills, partly written
         outcomes = []
-        for write in (os.write, compiled.write_holding_gil):
+        for write in (os.write, held):
             read, fd = _small_pipe(blocking=False)
             try:
                 first = _write_outcome(write, fd, b"x" * size)
@@ -422,51 +428,77 @@ def test_write_holding_gil_writes_part_and_refuses_as_os_write_does() -> None:
     assert outcomes[0][0] == ("returned", 4096)
     assert outcomes[0][1][1][0] is BlockingIOError
     with open("/dev/full", "wb") as full_disk:  # ENOSPC, the journal's SpoolFull
-        results = {
-            _write_outcome(w, full_disk.fileno(), b"z")
-            for w in (os.write, compiled.write_holding_gil)
-        }
+        results = {_write_outcome(w, full_disk.fileno(), b"z") for w in (os.write, held)}
     assert results == {("raised", (OSError, errno.ENOSPC, os.strerror(errno.ENOSPC)))}
     closed, other = os.pipe()
     os.close(closed)
     os.close(other)
-    results = {_write_outcome(w, other, b"z") for w in (os.write, compiled.write_holding_gil)}
+    results = {_write_outcome(w, other, b"z") for w in (os.write, held)}
     assert results == {("raised", (OSError, errno.EBADF, os.strerror(errno.EBADF)))}
+
+
+@pytest.mark.parametrize("data", [None, "text", bytearray(b"b"), memoryview(b"m")])
+def test_write_holding_gil_takes_bytes_only(data: Any) -> None:
+    """``bytes`` only (the journal hands it nothing else): never a pointer into an object
+    that is not one, as ``None`` would give."""
+    read, fd = os.pipe()
+    try:
+        with pytest.raises(TypeError):
+            compiled.write_holding_gil(fd, data)
+        os.set_blocking(read, False)
+        with pytest.raises(BlockingIOError):  # nothing was written
+            os.read(read, 10)
+    finally:
+        os.close(read)
+        os.close(fd)
+
+
+def test_write_holding_gil_says_a_write_that_did_not_wait_did_not_sleep() -> None:
+    read, fd = _small_pipe(blocking=True)
+    try:
+        assert compiled.write_holding_gil(fd, b"room") == (4, False)
+    finally:
+        os.close(read)
+        os.close(fd)
 
 
 @pytest.mark.parametrize("handler_raises", [False, True])
 def test_write_holding_gil_runs_signal_handlers_and_carries_on_as_os_write_does(
     handler_raises: bool,
 ) -> None:
-    """A signal that interrupts the write runs its Python handler (which may raise); if it
-    does not raise, the write is made again (PEP 475), as ``os.write`` does."""
+    """A signal that interrupts a write blocked on a full pipe runs its Python handler,
+    which empties the pipe (and may raise); if it does not raise, the write is made again
+    (PEP 475), as ``os.write`` does, and the twin says it slept."""
     outcomes = []
     for write in (os.write, compiled.write_holding_gil):
         read, fd = _small_pipe(blocking=True)
         os.write(fd, b"f" * 4096)  # full: the next write blocks until the handler reads
+        drained: list[bytes] = []
 
-        def drain(signum: int, frame: Any, read: int = read) -> None:
-            os.read(read, 8192)
+        def drain(
+            signum: int, frame: Any, read: int = read, drained: list[bytes] = drained
+        ) -> None:
+            drained.append(os.read(read, 8192))
             if handler_raises:
                 raise KeyboardInterrupt("from the handler")
 
         previous = signal.signal(signal.SIGALRM, drain)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        timer = signal.setitimer(signal.ITIMER_REAL, 0.05)  # pytest-timeout's, if any
         try:
             try:
                 outcomes.append(("returned", write(fd, b"w" * 100), os.read(read, 8192)))
             except KeyboardInterrupt as exc:
                 outcomes.append(("raised", str(exc), b""))
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_REAL, *timer)
             signal.signal(signal.SIGALRM, previous)
             os.close(read)
             os.close(fd)
-    assert outcomes[0] == outcomes[1]
-    expected = (
-        ("raised", "from the handler", b"") if handler_raises else ("returned", 100, b"w" * 100)
-    )
-    assert outcomes[0] == expected
+        assert drained == [b"f" * 4096]  # the write had not got in: it was waiting
+    if handler_raises:
+        assert outcomes == [("raised", "from the handler", b"")] * 2
+    else:
+        assert outcomes == [("returned", 100, b"w" * 100), ("returned", (100, True), b"w" * 100)]
 
 
 def test_a_twin_that_is_not_built_is_not_used_without_a_word(

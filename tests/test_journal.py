@@ -386,52 +386,119 @@ def test_a_forked_child_does_not_release_the_parents_lock(jdir: Path) -> None:
 
 class _Writes:
     """Stands in for the compiled ``write_holding_gil`` and the plain ``os.write``: records
-    which one wrote what, and moves the fake clock by ``took`` for a GIL-keeping write."""
+    which one wrote, moves the fake clock by ``took`` for a GIL-keeping write, which says
+    it ``slept`` when told, and may write only part, or part and then raise ``fail``."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, short_by: int = 0) -> None:
-        self.now = 1000.0
+        self.now = 1024.0  # with SLOW_WRITE a power of two below, the sums are exact
         self.took = 0.0
+        self.slept = False
+        self.fail: BaseException | None = None
         self.short_by = short_by  # the GIL-keeping write leaves this many bytes unwritten
         self.paths: list[str] = []
         real = os.write
 
-        def holding(fd: int, data: bytes) -> int:
+        def holding(fd: int, data: bytes) -> tuple[int, bool]:
             assert type(data) is bytes
             self.paths.append("held")
             self.now += self.took
-            return real(fd, data[: len(data) - self.short_by])
+            if self.fail is not None:
+                real(fd, data[: len(data) // 2])
+                raise self.fail
+            return real(fd, data[: len(data) - self.short_by]), self.slept
 
         def plain(fd: int, data: bytes | memoryview) -> int:
             self.paths.append("plain")
             return real(fd, data)
 
         monkeypatch.setattr(_journal, "_write_holding_gil", holding)
+        monkeypatch.setattr(_journal, "local_file_system", lambda directory: True)
+        monkeypatch.setattr(_journal, "SLOW_WRITE", 2.0**-7)
         monkeypatch.setattr(os, "write", plain)
         monkeypatch.setattr(_journal, "_monotonic", lambda: self.now)
 
+    def journal(self, jdir: Path, **options: bool) -> Journal:
+        journal = Journal(jdir, **options)
+        self.paths.clear()  # the new journal's header
+        return journal
+
+
+def _frames(jdir: Path, journal: Journal) -> list[bytes]:
+    return [p for n in journals_of(jdir, journal.owner) for _, p in read_frames(jdir / n, 0)]
+
 
 def test_writes_keep_the_gil_until_one_is_slow_then_let_go_of_it_for_the_hold_off(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
+    jdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     writes = _Writes(monkeypatch)
-    journal = Journal(jdir)
-    writes.paths.clear()  # the new journal's header
+    journal = writes.journal(jdir)
     journal.append([b"a"])
     writes.took = _journal.SLOW_WRITE  # not over it: still fast
     journal.append([b"b"])
     assert writes.paths == ["held", "held"]
-    writes.took = _journal.SLOW_WRITE * 1.5  # a stalled disk: every thread waited
-    journal.append([b"c"])
+    assert not caplog.records
+    writes.took = _journal.SLOW_WRITE * 2  # a stalled disk: every thread waited
+    with caplog.at_level("INFO", logger="selligent_segment"):
+        journal.append([b"c"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "a journal write took 15.6 ms; journal writes let go of the GIL for the next 60 s"
+    ]
     writes.took = 0.0
     journal.append([b"d"])
     writes.now += _journal.HOLD_OFF - 1.0
     journal.append([b"e"])
     assert writes.paths == ["held", "held", "held", "plain", "plain"]
-    writes.now += 1.0 + _journal.SLOW_WRITE  # the hold-off is over
+    writes.now += 1.0  # the hold-off is over
     journal.append([b"f"])
     assert writes.paths[-1] == "held"
-    name = journals_of(jdir, journal.owner)[0]
-    assert [p for _, p in read_frames(jdir / name, 0)] == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    assert _frames(jdir, journal) == [b"a", b"b", b"c", b"d", b"e", b"f"]
+    journal.close(delete_current=False)
+
+
+def test_a_write_that_slept_however_short_lets_go_of_the_gil_for_the_hold_off(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    writes = _Writes(monkeypatch)
+    journal = writes.journal(jdir)
+    writes.slept = True
+    with caplog.at_level("INFO", logger="selligent_segment"):
+        journal.append([b"a"])
+    assert "a journal write waited 0.0 ms" in caplog.text
+    writes.slept = False
+    journal.append([b"b"])
+    assert writes.paths == ["held", "plain"]
+    journal.close(delete_current=False)
+
+
+def test_a_slow_write_that_fails_lets_go_of_the_gil_too_and_leaves_no_torn_frame(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch)
+    journal = writes.journal(jdir)
+    journal.append([b"kept"])
+    writes.took, writes.fail = 5.0, OSError(errno.EIO, "I/O error")  # a dead NFS server
+    with pytest.raises(SpoolError, match="I/O error"):
+        journal.append([b"lost" * 10])
+    writes.took, writes.fail = 0.0, None
+    journal.append([b"after"])
+    assert writes.paths == ["held", "held", "plain"]
+    assert _frames(jdir, journal) == [b"kept", b"after"]
+    journal.close(delete_current=False)
+
+
+def test_an_exception_from_a_signal_handler_mid_write_leaves_no_torn_frame(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch)
+    journal = writes.journal(jdir)
+    name, end = journal.append([b"kept"])
+    writes.fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        journal.append([b"half" * 10])
+    assert os.path.getsize(jdir / name) == end  # the half frame is cut off
+    writes.fail = None
+    assert journal.append([b"after"])[0] == name
+    assert _frames(jdir, journal) == [b"kept", b"after"]
     journal.close(delete_current=False)
 
 
@@ -439,8 +506,7 @@ def test_the_rest_of_a_short_gil_keeping_write_is_written_plainly(
     jdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes = _Writes(monkeypatch, short_by=3)
-    journal = Journal(jdir)
-    writes.paths.clear()
+    journal = writes.journal(jdir)
     first = payloads(4)
     mark = journal.append(first)
     assert writes.paths == ["held", "plain"]
@@ -452,8 +518,18 @@ def test_the_rest_of_a_short_gil_keeping_write_is_written_plainly(
 def test_with_fsync_writes_let_go_of_the_gil(jdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """fdatasync lets go of the GIL anyway: keeping it for the write saves nothing."""
     writes = _Writes(monkeypatch)
-    journal = Journal(jdir, fsync=True)
-    writes.paths.clear()
+    journal = writes.journal(jdir, fsync=True)
+    journal.append([b"a"])
+    assert writes.paths == ["plain"]
+    journal.close(delete_current=True)
+
+
+def test_off_a_local_file_system_writes_let_go_of_the_gil(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = _Writes(monkeypatch)
+    monkeypatch.setattr(_journal, "local_file_system", lambda directory: False)
+    journal = writes.journal(jdir)
     journal.append([b"a"])
     assert writes.paths == ["plain"]
     journal.close(delete_current=True)
@@ -464,8 +540,46 @@ def test_without_the_compiled_twin_writes_are_plain(
 ) -> None:
     writes = _Writes(monkeypatch)
     monkeypatch.setattr(_journal, "_write_holding_gil", None)
-    journal = Journal(jdir)
-    writes.paths.clear()
+    journal = writes.journal(jdir)
     journal.append([b"a"])
     assert writes.paths == ["plain"]
     journal.close(delete_current=True)
+
+
+_MOUNTS = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:40 / /srv/nfs rw,relatime shared:9 - nfs4 server:/export rw,vers=4.2
+31 30 0:41 / /srv/nfs/local rw shared:10 - tmpfs tmpfs rw
+32 22 0:42 / /mnt/with\\040space rw shared:11 - fuse.sshfs host:/ rw
+33 22 0:43 / /data rw shared:12 - xfs /dev/sdb1 rw
+34 22 0:44 / /data rw shared:13 - cifs //host/share rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "local"),
+    [
+        ("/", True),
+        ("/var/spool", True),
+        ("/srv/nfs", False),
+        ("/srv/nfs/spool", False),
+        ("/srv/nfsother", True),  # a prefix of the name is not the mount
+        ("/srv/nfs/local/spool", True),  # the deepest mount holds it
+        ("/mnt/with space/spool", False),
+        ("/data/spool", False),  # mounted over: the last mount is the one seen
+    ],
+)
+def test_local_file_system_reads_the_mount_that_holds_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, local: bool
+) -> None:
+    mounts = tmp_path / "mountinfo"
+    mounts.write_text(_MOUNTS)
+    monkeypatch.setattr(_journal, "_MOUNTINFO", str(mounts))
+    assert _journal.local_file_system(Path(path)) is local
+
+
+def test_local_file_system_is_false_where_the_mounts_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_journal, "_MOUNTINFO", str(tmp_path / "absent"))
+    assert _journal.local_file_system(tmp_path) is False

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import secrets
 import struct
 import threading
@@ -41,7 +42,10 @@ from selligent_segment._shortcuts import compiled_twins
 
 __all__ = [
     "FRAME_OVERHEAD",
+    "HOLD_OFF",
+    "LOCAL_FILE_SYSTEMS",
     "ROTATE_BYTES",
+    "SLOW_WRITE",
     "STALE_TEMPORARY",
     "Damaged",
     "Journal",
@@ -50,6 +54,7 @@ __all__ = [
     "frame",
     "journals_of",
     "live_owners",
+    "local_file_system",
     "read_frames",
     "unframe",
 ]
@@ -156,14 +161,45 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-#: ``os.write`` that keeps the GIL (``_compiled.write_holding_gil``), or None where the
-#: compiled twins are not built or are turned off.
+#: ``os.write`` that keeps the GIL and says whether it slept
+#: (``_compiled.write_holding_gil``), or None where the compiled twins are not built or
+#: are turned off.
 _write_holding_gil = getattr(compiled_twins(), "write_holding_gil", None)
-#: A write that keeps the GIL and takes longer than this (seconds) stalls every thread of
-#: the process: the journal then lets go of the GIL for its writes for :data:`HOLD_OFF`.
+#: A write that keeps the GIL and sleeps, or takes longer than this (seconds), stalls every
+#: thread of the process: the journal then lets go of the GIL for its writes for
+#: :data:`HOLD_OFF` seconds.
 SLOW_WRITE = 0.01
 HOLD_OFF = 60.0
 _monotonic = time.monotonic  # the clock of SLOW_WRITE and HOLD_OFF (tests replace it)
+#: File systems on which a journal write may keep the GIL: local ones, whose page-cache
+#: writes do not wait on a network (NFS, SMB, FUSE and the rest are left out).
+LOCAL_FILE_SYSTEMS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs"}
+)
+_MOUNTINFO = "/proc/self/mountinfo"  # where local_file_system reads (tests replace it)
+
+
+def local_file_system(directory: Path) -> bool:
+    """Whether ``directory`` is on one of :data:`LOCAL_FILE_SYSTEMS`, by the mount that
+    holds it in ``/proc/self/mountinfo``; False when that cannot be read (not Linux)."""
+    try:
+        with open(_MOUNTINFO, encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return False
+    path = os.path.realpath(directory)
+    best, fs_type = -1, ""
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split()
+        if len(parts) < 5 or not rest:
+            continue
+        # Spaces and the like are written as octal escapes ("\040").
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # the last of equal mounts is the one on top
+            best, fs_type = len(point), rest.split()[0]
+    return fs_type in LOCAL_FILE_SYSTEMS
 
 
 class Journal:
@@ -181,9 +217,11 @@ class Journal:
         self._owner_fd = _create_locked(directory, f"{self.owner}.owner", b"")
         self._seq = 0
         self._torn = False  # the current journal ends with a partial frame
-        # Writes keep the GIL (see _write) unless fsync (which lets go of it anyway) or
-        # until a slow one: then not before this monotonic time.
-        self._hold_gil_from = 0.0 if _write_holding_gil is not None and not fsync else math.inf
+        # Writes keep the GIL (see _write) from this monotonic time on: never with fsync
+        # (fdatasync lets go of it anyway) or off a local file system; later after a slow one.
+        hold = _write_holding_gil is not None and not fsync and local_file_system(directory)
+        self._hold_gil_from = 0.0 if hold else math.inf
+        self._slow: str | None = None  # what a slow write did, to log outside the lock
         self.name = ""
         self._fd = -1
         self.size = 0
@@ -216,20 +254,34 @@ class Journal:
                 self._write(data)
                 if self.fsync:
                     os.fdatasync(self._fd)
-            except OSError as exc:
-                # A partial frame may be on disk, a torn tail no replay reads past: cut it
-                # off (that needs no space); failing that, the next frame must go to a new
-                # journal (on a full disk even its header may not fit yet).
-                try:
-                    os.ftruncate(self._fd, self.size)
-                    self._torn = False
-                except OSError:
-                    self._torn = True
+            except BaseException as exc:  # an OSError, or a signal handler's exception
+                self._cut_torn_tail()
+                if not isinstance(exc, OSError):
+                    raise
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise SpoolFull(f"the spool's disk is full ({exc.strerror})") from None
                 raise SpoolError(f"cannot write the spool journal: {exc.strerror}") from None
             self.size += len(data)
-            return (self.name, self.size)
+            mark = (self.name, self.size)
+            slow, self._slow = self._slow, None
+        if slow is not None:  # logged outside the lock: a handler may write to this spool
+            log.info(
+                "a journal write %s; journal writes let go of the GIL for the next %.0f s",
+                slow,
+                HOLD_OFF,
+                extra={"reason": "slow_journal_write"},
+            )
+        return mark
+
+    def _cut_torn_tail(self) -> None:
+        """A partial frame may be on disk, a torn tail no replay reads past: cut it off
+        (that needs no space); failing that, the next frame must go to a new journal (on a
+        full disk even its header may not fit yet)."""
+        try:
+            os.ftruncate(self._fd, self.size)
+            self._torn = False
+        except OSError:
+            self._torn = True
 
     def finished(self, name: str, offset: int) -> bool:
         """True when ``name`` is a retired journal ingested up to its end (deletable)."""
@@ -244,27 +296,28 @@ class Journal:
             os.unlink(self.directory / name)
 
     def _write(self, data: bytes) -> None:
-        """All of ``data`` into the current journal: :func:`_write_all`, but a write that
-        keeps the GIL where the compiled twin is built. ``emit`` makes one write of a few
-        hundred bytes into the page cache, about a microsecond; letting go of the GIL for
-        it hands the GIL to a busy background thread, and the caller waits to get it back
-        (measured: a durable ``emit`` 15 µs with, 6 µs without). A write that stalls
-        (:data:`SLOW_WRITE`: a throttled disk) would stall every thread of the process
-        while it keeps the GIL, so after one, writes let go of it for :data:`HOLD_OFF`."""
+        """All of ``data`` into the current journal: :func:`_write_all`, but with a write
+        that keeps the GIL where the compiled twin is built and the journal is on a local
+        file system (:func:`local_file_system`). ``emit`` makes one write of a few hundred
+        bytes into the page cache, about a microsecond; letting go of the GIL for it hands
+        the GIL to a busy background thread, and the caller waits to get it back (measured:
+        a durable ``emit`` 15 µs with, 6 µs without). While such a write waits (for the
+        disk, a lock, memory), every thread of the process waits too: after a write that
+        slept, or took over :data:`SLOW_WRITE`, writes let go of the GIL for
+        :data:`HOLD_OFF`. So a disk that stalls stops every thread at most once in that
+        time, and the caller alone otherwise, as with ``os.write``."""
         hold = _write_holding_gil
         if hold is not None and type(data) is bytes:
             start = _monotonic()
             if start >= self._hold_gil_from:
-                written = hold(self._fd, data)
-                took = _monotonic() - start
-                if took > SLOW_WRITE:
-                    self._hold_gil_from = start + took + HOLD_OFF
-                    log.debug(
-                        "a journal write took %.1f ms; writes let go of the GIL for %.0f s",
-                        took * 1000,
-                        HOLD_OFF,
-                        extra={"reason": "slow_journal_write"},
-                    )
+                slept = False
+                try:
+                    written, slept = hold(self._fd, data)
+                finally:  # a write that failed after a long wait counts too
+                    took = _monotonic() - start
+                    if slept or took > SLOW_WRITE:
+                        self._hold_gil_from = start + took + HOLD_OFF
+                        self._slow = f"{'waited' if slept else 'took'} {took * 1000:.1f} ms"
                 if written < len(data):
                     _write_all(self._fd, memoryview(data)[written:])
                 return
