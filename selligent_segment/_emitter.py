@@ -63,6 +63,14 @@ def _with_update(fields: dict[str, Any], update: dict[str, Any]) -> dict[str, An
     return marked
 
 
+def _refused_tenant(tenant: str | None) -> InvalidEvent | UnknownTenant:
+    """Why a record of ``tenant`` is refused: None is no tenant where ``write_keys`` names
+    several (no default), anything else a tenant without a write key."""
+    if tenant is None:
+        return InvalidEvent("tenant", "required when write_keys names several tenants")
+    return UnknownTenant(tenant)
+
+
 class Emitter(ClosedOnExit):
     """Accepts email callbacks and delivers them to each tenant's Segment workspace.
 
@@ -315,10 +323,8 @@ class Emitter(ClosedOnExit):
         # self._check(record), inlined: a method call is a tenth of this path's cost.
         fields = record._fields if isinstance(record, CallbackRecord) else normalize(record)
         tenant = fields.get("tenant") or self._default_tenant
-        if tenant is None:
-            raise InvalidEvent("tenant", "required when write_keys names several tenants")
-        if not self._keys.known(tenant):
-            raise UnknownTenant(tenant)
+        if tenant is None or not self._keys.known(tenant):
+            raise _refused_tenant(tenant)
         if connection is not None:
             return self._outbox().accept_in(
                 connection, [(fields, tenant, None if "timestamp" in fields else time.time())]
@@ -350,10 +356,8 @@ class Emitter(ClosedOnExit):
     def _check(self, record: CallbackRecord | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         fields = record._fields if isinstance(record, CallbackRecord) else normalize(record)
         tenant = fields.get("tenant") or self._default_tenant
-        if tenant is None:
-            raise InvalidEvent("tenant", "required when write_keys names several tenants")
-        if not self._keys.known(tenant):
-            raise UnknownTenant(tenant)
+        if tenant is None or not self._keys.known(tenant):
+            raise _refused_tenant(tenant)
         return fields, tenant
 
     def _outbox(self) -> PostgresIntake:
