@@ -246,7 +246,7 @@ def test_an_oversized_webhook_record_is_refused_with_its_location(
     err = capsys.readouterr().err
     assert status == 1, err
     assert server.accepted_count == 1
-    assert f"{body}: record: the track message is " in err, err  # still refused, named
+    assert f"{body}:event-2: record: the track message is " in err, err  # named by its item
 
 
 def _private_imports(source: str) -> list[str]:

@@ -216,7 +216,7 @@ def test_a_batch_with_an_unknown_tenant_is_never_both_accepted_and_retried(
         {
             "accepted": 1,
             "skipped": 0,
-            "problems": ["record-2: emit: no write key configured for tenant 'initech'"],
+            "problems": ["sendgrid:event-2: emit: no write key configured for tenant 'initech'"],
         },
     )
     assert len(server.events("key-acme")) == 1
@@ -224,6 +224,22 @@ def test_a_batch_with_an_unknown_tenant_is_never_both_accepted_and_retried(
         "esp webhook: provider=sendgrid tenant=-: 1 record(s) of tenants without a write key "
         "not accepted and not retried, first: 'initech'"
     ) in [r.getMessage() for r in caplog.records]
+
+
+def test_a_record_refused_at_emit_is_named_by_its_event_not_its_index_among_records(
+    server: LocalSegment, emitter: Emitter
+) -> None:
+    # The first event is skipped: the unknown tenant's record is the second record but
+    # the third event, and the answer names it as the problems of the reading do.
+    events = [sg_event(0, "processed"), sg_event(1, tenant="acme"), sg_event(2, tenant="initech")]
+    body, headers = sendgrid_request(events)
+    with serve_asgi(webhooks_app(emitter, providers(FakeClock(NOW)))) as url:
+        status, answer, _ = post(url, "/sendgrid", body, headers)
+        assert emitter.flush(10)
+    assert (status, answer["accepted"], answer["skipped"]) == (200, 1, 1)
+    assert answer["problems"] == [
+        "sendgrid:event-3: emit: no write key configured for tenant 'initech'"
+    ]
 
 
 def test_routes_methods_and_sizes(emitter: Emitter) -> None:

@@ -171,6 +171,15 @@ def test_a_resolver_that_refuses_or_fails_costs_only_its_record() -> None:
     ]
 
 
+def test_each_record_of_a_report_carries_its_place() -> None:
+    # Named where it is when refused later (too large, a tenant without a key).
+    parsed = _records("multi-recipient-mixed")
+    places = [parsed.place(i, "-") for i in range(len(parsed.records))]
+    assert places == [f"multi-recipient-mixed recipient {n}" for n in (1, 2, 4)], [
+        r.email for r in parsed.records
+    ]
+
+
 def test_a_resolver_may_not_rewrite_the_reports_facts() -> None:
     join = Join(resolver=lambda key: {"bounce_type": "soft"})
     parsed = _records("postfix-user-unknown", join)

@@ -188,14 +188,14 @@ class _Ingest(SendRunner):
     def read_all(self, sink: Sink) -> None:
         """Every record of every PATH into ``sink``; every problem reported."""
         try:
-            for _where, parsed in self._parsed():
+            for where, parsed in self._parsed():
                 self.messages += 1
                 for problem in parsed.problems:
                     self.refuse(problem.where, InvalidEvent(problem.field, problem.reason))
-                for record in parsed.records:
+                for index, record in enumerate(parsed.records):
                     self.records += 1
                     record = self._placed(record)
-                    self.offer(sink, _where, record, _record_size(record))
+                    self.offer(sink, parsed.place(index, where), record, _record_size(record))
                 if self.progress.due():
                     detail = (
                         f"{self.messages:,} messages  {self.records:,} records  "

@@ -127,7 +127,8 @@ def webhooks_app(
         for index, error in result.refused:
             if isinstance(error, UnknownTenant):
                 unknown.append(error)
-            problems.append(InputProblem(f"record-{index + 1}", "emit", str(error)))
+            where = parsed.place(index, f"record-{index + 1}")
+            problems.append(InputProblem(where, "emit", str(error)))
         if unknown and result.accepted == 0:  # nothing accepted: a retry duplicates nothing
             webhook.release(body, headers)
             _refused(webhook.provider, tenant, 503, "a tenant without a write key")

@@ -198,6 +198,7 @@ class Collector:
         self.tenant = tenant
         self.resolver = resolver
         self.records: list[CallbackRecord] = []
+        self.places: list[str] = []
         self.problems: list[InputProblem] = []
 
     def at(self, index: int) -> str:
@@ -281,7 +282,8 @@ class Collector:
             self.problem(index, exc.field, exc.reason)
             return
         self.records.append(record)
+        self.places.append(self.at(index))
 
     def parsed(self) -> Parsed:
-        """What was collected."""
-        return Parsed(tuple(self.records), tuple(self.problems))
+        """What was collected: each record with its place (``WHERE:event-N``)."""
+        return Parsed(tuple(self.records), tuple(self.problems), tuple(self.places))

@@ -224,6 +224,6 @@ def make_record(
         elif value is not None:
             merged[name] = value
     try:
-        return Parsed(records=(CallbackRecord.from_dict(merged),))
+        return Parsed(records=(CallbackRecord.from_dict(merged),), places=(where,))
     except InvalidEvent as exc:
         return Parsed(problems=(InputProblem(where, exc.field, exc.reason),))
