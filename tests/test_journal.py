@@ -515,32 +515,18 @@ def test_the_rest_of_a_short_gil_keeping_write_is_written_plainly(
     journal.close(delete_current=False)
 
 
-def test_with_fsync_writes_let_go_of_the_gil(jdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fdatasync lets go of the GIL anyway: keeping it for the write saves nothing."""
-    writes = _Writes(monkeypatch)
-    journal = writes.journal(jdir, fsync=True)
-    journal.append([b"a"])
-    assert writes.paths == ["plain"]
-    journal.close(delete_current=True)
-
-
-def test_off_a_local_file_system_writes_let_go_of_the_gil(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("why", ["fsync", "not a local file system", "no compiled twin"])
+def test_writes_let_go_of_the_gil_with_fsync_off_a_local_disk_or_without_the_twin(
+    jdir: Path, monkeypatch: pytest.MonkeyPatch, why: str
 ) -> None:
+    """fdatasync lets go of the GIL anyway; a network file system may make a write wait
+    on the network; without the twin there is only ``os.write``."""
     writes = _Writes(monkeypatch)
-    monkeypatch.setattr(_journal, "local_file_system", lambda directory: False)
-    journal = writes.journal(jdir)
-    journal.append([b"a"])
-    assert writes.paths == ["plain"]
-    journal.close(delete_current=True)
-
-
-def test_without_the_compiled_twin_writes_are_plain(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes = _Writes(monkeypatch)
-    monkeypatch.setattr(_journal, "_write_holding_gil", None)
-    journal = writes.journal(jdir)
+    if why == "not a local file system":
+        monkeypatch.setattr(_journal, "local_file_system", lambda directory: False)
+    elif why == "no compiled twin":
+        monkeypatch.setattr(_journal, "_write_holding_gil", None)
+    journal = writes.journal(jdir, fsync=why == "fsync")
     journal.append([b"a"])
     assert writes.paths == ["plain"]
     journal.close(delete_current=True)
