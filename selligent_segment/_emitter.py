@@ -326,9 +326,7 @@ class Emitter(ClosedOnExit):
         if tenant is None or not self._keys.known(tenant):
             raise _refused_tenant(tenant)
         if connection is not None:
-            return self._outbox().accept_in(
-                connection, [(fields, tenant, None if "timestamp" in fields else time.time())]
-            )
+            return self._outbox().accept_in(connection, self._entries(fields, tenant))
         intake = self._intake
         if intake.pending() >= self._max_pending and not self._backpressure.wait_for_room(
             intake.pending, tenant
@@ -359,6 +357,18 @@ class Emitter(ClosedOnExit):
         if tenant is None or not self._keys.known(tenant):
             raise _refused_tenant(tenant)
         return fields, tenant
+
+    def _entries(self, fields: dict[str, Any], tenant: str, now: float = 0.0) -> list[Accepted]:
+        """What the intake takes for one record: the record, and the identify of its
+        profile update when there is one (accepted or refused together). ``now`` is the
+        emit time (0.0: read the clock); a record with its own timestamp gets None."""
+        at = None if "timestamp" in fields else (now or time.time())
+        entries: list[Accepted] = [(fields, tenant, at)]
+        profiles = self._profiles
+        update = None if profiles is None else profiles.update_for(fields)
+        if update is not None:
+            entries.append((_with_update(fields, update), tenant, at))
+        return entries
 
     def _outbox(self) -> PostgresIntake:
         intake = self._intake
@@ -424,13 +434,14 @@ class Emitter(ClosedOnExit):
             except (InvalidEvent, UnknownTenant) as exc:
                 refused.append((index, exc))
                 continue
-            entries.append((fields, tenant, None if "timestamp" in fields else now))
+            entries += self._entries(fields, tenant, now)
+            kept.append(index)
         if entries and not intake.accept_in(connection, entries):
             dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
             refused.extend((index, dropped) for index in kept)
             refused.sort(key=lambda pair: pair[0])
             return BulkResult(0, tuple(refused))
-        return BulkResult(len(entries), tuple(refused))
+        return BulkResult(len(kept), tuple(refused))
 
     def _accept_chunk(
         self,
@@ -463,7 +474,7 @@ class Emitter(ClosedOnExit):
             raise
         if not taken:  # a table at max_spool_bytes, on_full="drop_newest"
             dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
-            refused.extend((index, dropped) for index, _, _ in chunk)
+            refused.extend((i, dropped) for i, f, _ in chunk if PROFILE_UPDATE not in f)
             return 0
         if self._encoder.idle:
             self._encoder.wake()

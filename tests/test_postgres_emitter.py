@@ -76,6 +76,30 @@ def test_outbox_rollback_never_sends_and_commit_sends(
     ]
 
 
+def test_the_outbox_sends_the_identify_of_a_profile_update_as_emit_does(
+    spool_url: str, server: LocalSegment, postgres: LocalPostgres
+) -> None:
+    """With profile updates on, a hard bounce gets its identify whichever way it is
+    emitted: on its own, or in the caller's transaction (emit and emit_many)."""
+    with (
+        Emitter(write_keys=KEYS, endpoint=server.url, spool=spool_url, profile_updates=True) as em,
+        psycopg.connect(postgres.url) as conn,
+    ):
+        assert em.emit(_bounce(1))
+        assert em.emit(_bounce(2), connection=conn)
+        result = em.emit_many([_bounce(3), {"type": "bounced"}, _bounce(4)], connection=conn)
+        assert (result.accepted, [i for i, _ in result.refused]) == (2, [1])
+        conn.commit()
+        assert server.wait_for(8, timeout=30)
+        assert em.flush(timeout=30)
+    kinds: dict[str, list[str]] = {}
+    for event in server.events():
+        kinds.setdefault(event["anonymousId"], []).append(event["type"])
+    assert {who: sorted(types) for who, types in kinds.items()} == {
+        f"r{i}@example.com": ["identify", "track"] for i in (1, 2, 3, 4)
+    }
+
+
 def test_an_outbox_insert_needs_a_postgresql_spool(server: LocalSegment) -> None:
     with (
         Emitter(write_keys=KEYS, endpoint=server.url) as memory,

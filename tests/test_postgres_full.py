@@ -98,6 +98,50 @@ def test_drop_newest_returns_false_reports_and_writes_nothing(postgres: LocalPos
         emitter.close(timeout=0.1)
 
 
+def test_drop_newest_in_the_callers_transaction_names_every_dropped_record(
+    postgres: LocalPostgres,
+) -> None:
+    with Emitter(
+        write_keys=KEYS,
+        endpoint=DEAD,
+        spool=_url(postgres),
+        max_spool_bytes=65536,
+        on_full="drop_newest",
+    ) as emitter:
+        _fill(emitter)
+        with psycopg.connect(postgres.url) as conn:
+            result = emitter.emit_many([_big(1), {"type": "opened"}, _big(2)], connection=conn)
+        assert result.accepted == 0
+        assert [(i, type(e).__name__) for i, e in result.refused] == [
+            (0, "SpoolFull"),
+            (1, "InvalidEvent"),
+            (2, "SpoolFull"),
+        ]
+        emitter.close(timeout=0.1)
+
+
+def test_drop_newest_names_a_record_with_a_profile_update_once(postgres: LocalPostgres) -> None:
+    """The record and its identify are dropped together: the record's index is refused
+    once, not once for each."""
+    with Emitter(
+        write_keys=KEYS,
+        endpoint=DEAD,
+        spool=_url(postgres),
+        max_spool_bytes=65536,
+        on_full="drop_newest",
+        profile_updates=True,
+    ) as emitter:
+        _fill(emitter)
+        unsubscribe = {**_big(1), "type": "unsubscribed"}  # gets an identify
+        result = emitter.emit_many([unsubscribe, _big(2)])
+        assert result.accepted == 0
+        assert [(i, type(e).__name__) for i, e in result.refused] == [
+            (0, "SpoolFull"),
+            (1, "SpoolFull"),
+        ]
+        emitter.close(timeout=0.1)
+
+
 @pytest.mark.slow
 def test_block_waits_until_senders_free_room_or_block_timeout(postgres: LocalPostgres) -> None:
     with LocalSegment() as server:

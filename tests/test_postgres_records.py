@@ -203,14 +203,14 @@ def test_rows_hold_records_and_a_lease_makes_the_message_path_s_bytes(
         assert emitter.emit_many(events[1:4]).accepted == 3
         assert emitter.emit(events[4])
         with psycopg.connect(str(postgres.url)) as conn:
-            assert emitter.emit(events[5], connection=conn)  # the outbox: no identify
+            assert emitter.emit(events[5], connection=conn)  # the outbox: with its identify
             conn.commit()
         rows = _rows(url, postgres)
-        assert [m for m, _ in rows] == [""] * 8  # records only: nothing encoded at emit
+        assert [m for m, _ in rows] == [""] * 9  # records only: nothing encoded at emit
         emitter.close(timeout=0.1)
-    # Rows per event: the unsubscribe and the hard bounce bring their identify, the
-    # outbox's complaint does not (the outbox takes no profile update).
-    counts = [1, 1, 1, 2, 2, 1]
+    # Rows per event: the unsubscribe, the hard bounce and the outbox's complaint bring
+    # their identify (the outbox takes the profile update as emit does).
+    counts = [1, 1, 1, 2, 2, 2]
     expected: list[EncodedMessage] = []
     for data, start, count in zip(
         events, itertools.accumulate([0, *counts[:-1]]), counts, strict=True
