@@ -6,12 +6,12 @@
 Guarantee: ``normalize(data)`` returns exactly what ``plain_normalize(data)`` returns (the
 same fields, in the same order) and raises what it raises (the same field and reason);
 ``encode_fields(fields, tenant, naming, now)`` returns an ``EncodedMessage`` equal to the
-plain path's, its ``body`` byte for byte, and raises what it raises;
-``write_holding_gil(fd, data)`` writes, returns and raises what ``os.write(fd, data)``
-does, for ``bytes``, and says whether the thread slept in it.
-``tests/test_compiled.py`` proves the first two with property tests over every kind of
-record and over arbitrary dicts, and the third on files, pipes, errors and signals. Fields that carry a profile update, and fields or data that are not
-a plain ``dict``, are handed to the plain path as they are.
+plain path's, its ``body`` byte for byte, and raises what it raises; ``write_holding_gil(fd,
+data)`` writes, returns and raises what ``os.write(fd, data)`` does, for ``bytes``, and says
+whether the thread slept in it. ``tests/test_compiled.py`` proves the first two with
+property tests over every kind of record and over arbitrary dicts, and the third on files,
+pipes, errors and signals. Fields that carry a profile update, and fields or data that are
+not a plain ``dict``, are handed to the plain path as they are.
 
 What it saves (callgrind, per event, CPython 3.11): ``normalize`` 18,800 instructions ->
 5,700, ``encode_fields`` 35,600 -> 24,000 (see docs/performance.md, "Compiled twins").

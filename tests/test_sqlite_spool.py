@@ -987,3 +987,22 @@ def test_close_with_segment_down_keeps_the_events_for_the_next_emitter(
         *(record(i) for i in range(10)), *(record(i, "globex") for i in range(10))
     )
     assert query(path, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_upkeep_says_once_that_journal_writes_let_go_of_the_gil_after_a_slow_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Logged by maintain(), on the upkeep thread: never where emit holds a lock.
+    spool = open_spool(tmp_path / "spool.db")
+    try:
+        spool._journal._slow = "took 12.5 ms"  # as Journal._write leaves it
+        with caplog.at_level(logging.INFO, logger="selligent_segment"):
+            spool.maintain()
+            spool.maintain()
+        reasons = [(getattr(r, "reason", None), r.getMessage()) for r in caplog.records]
+        lines = [text for reason, text in reasons if reason == "slow_journal_write"]
+        assert lines == [
+            "a journal write took 12.5 ms; journal writes let go of the GIL for the next 60 s"
+        ]
+    finally:
+        spool.close()

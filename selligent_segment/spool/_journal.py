@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import logging
 import math
 import os
 import re
@@ -42,6 +41,7 @@ from selligent_segment._shortcuts import compiled_twins
 
 __all__ = [
     "FRAME_OVERHEAD",
+    "HOLD_GIL_MAX_BYTES",
     "HOLD_OFF",
     "LOCAL_FILE_SYSTEMS",
     "ROTATE_BYTES",
@@ -58,8 +58,6 @@ __all__ = [
     "read_frames",
     "unframe",
 ]
-
-log = logging.getLogger("selligent_segment")
 
 MAGIC = b"SSJ1\n"
 _HEADER = struct.Struct("<II")
@@ -170,6 +168,9 @@ _write_holding_gil = getattr(compiled_twins(), "write_holding_gil", None)
 #: :data:`HOLD_OFF` seconds.
 SLOW_WRITE = 0.01
 HOLD_OFF = 60.0
+#: The largest write that keeps the GIL (bytes): an ``emit`` writes a few hundred, an
+#: ``emit_many`` chunk up to megabytes, whose copy alone would hold every thread.
+HOLD_GIL_MAX_BYTES = 64 * 1024
 _monotonic = time.monotonic  # the clock of SLOW_WRITE and HOLD_OFF (tests replace it)
 #: File systems on which a journal write may keep the GIL: local ones, whose page-cache
 #: writes do not wait on a network (NFS, SMB, FUSE and the rest are left out).
@@ -221,7 +222,7 @@ class Journal:
         # (fdatasync lets go of it anyway) or off a local file system; later after a slow one.
         hold = _write_holding_gil is not None and not fsync and local_file_system(directory)
         self._hold_gil_from = 0.0 if hold else math.inf
-        self._slow: str | None = None  # what a slow write did, to log outside the lock
+        self._slow: str | None = None  # what a slow write did (see take_note)
         self.name = ""
         self._fd = -1
         self.size = 0
@@ -244,7 +245,10 @@ class Journal:
         return self.append_frames(b"".join(frame(p) for p in payloads))
 
     def append_frames(self, data: bytes) -> Mark:
-        """Write ``data``, made of whole :func:`frame` results; return the mark after it."""
+        """Write ``data``, made of whole :func:`frame` results; return the mark after it.
+
+        On any exception none of ``data`` stays readable: a partial frame is cut off, or,
+        when it cannot be, the next frame goes to a new journal."""
         with self._lock:
             if self._fd < 0:
                 raise SpoolError("the spool is closed")
@@ -262,16 +266,15 @@ class Journal:
                     raise SpoolFull(f"the spool's disk is full ({exc.strerror})") from None
                 raise SpoolError(f"cannot write the spool journal: {exc.strerror}") from None
             self.size += len(data)
-            mark = (self.name, self.size)
-            slow, self._slow = self._slow, None
-        if slow is not None:  # logged outside the lock: a handler may write to this spool
-            log.info(
-                "a journal write %s; journal writes let go of the GIL for the next %.0f s",
-                slow,
-                HOLD_OFF,
-                extra={"reason": "slow_journal_write"},
-            )
-        return mark
+            return (self.name, self.size)
+
+    def take_note(self) -> str | None:
+        """What the last slow write did (see :meth:`_write`: ``"took 12.0 ms"``), once;
+        None when there was none since the last call. Logged by the spool's upkeep, where
+        no caller's lock is held (a log handler may write to this very spool)."""
+        with self._lock:
+            note, self._slow = self._slow, None
+        return note
 
     def _cut_torn_tail(self) -> None:
         """A partial frame may be on disk, a torn tail no replay reads past: cut it off
@@ -301,13 +304,15 @@ class Journal:
         file system (:func:`local_file_system`). ``emit`` makes one write of a few hundred
         bytes into the page cache, about a microsecond; letting go of the GIL for it hands
         the GIL to a busy background thread, and the caller waits to get it back (measured:
-        a durable ``emit`` 15 µs with, 6 µs without). While such a write waits (for the
-        disk, a lock, memory), every thread of the process waits too: after a write that
-        slept, or took over :data:`SLOW_WRITE`, writes let go of the GIL for
-        :data:`HOLD_OFF`. So a disk that stalls stops every thread at most once in that
-        time, and the caller alone otherwise, as with ``os.write``."""
+        a durable ``emit`` 15 µs with, 6 µs without). Only writes up to
+        :data:`HOLD_GIL_MAX_BYTES` keep it (copying more takes long enough by itself).
+        While such a write waits (for the disk, a lock, memory), every thread of the process
+        waits too: after a write that slept, or took over :data:`SLOW_WRITE` (also one that
+        then failed), writes let go of the GIL for :data:`HOLD_OFF`. So a disk that stalls
+        stops every thread at most once in that time, and the caller alone otherwise, as
+        with ``os.write``."""
         hold = _write_holding_gil
-        if hold is not None and type(data) is bytes:
+        if hold is not None and type(data) is bytes and len(data) <= HOLD_GIL_MAX_BYTES:
             start = _monotonic()
             if start >= self._hold_gil_from:
                 slept = False

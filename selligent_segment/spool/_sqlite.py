@@ -43,7 +43,7 @@ from selligent_segment._errors import (
 from selligent_segment._mapping import TENANT_OF, EncodedMessage, _new_message
 from selligent_segment._record import EventKind
 from selligent_segment._throttle import Throttle
-from selligent_segment.spool._journal import Journal, Mark
+from selligent_segment.spool._journal import HOLD_OFF, Journal, Mark
 from selligent_segment.spool._protocol import Lease, SpoolStats
 from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
@@ -525,6 +525,14 @@ class SqliteSpool(ForkSafe):
         one ERROR line naming the file and the reason (no traceback, the same line at most
         every ``_REPORT_EVERY`` seconds), and the next round tries again.
         """
+        note = self._journal.take_note()
+        if note is not None:
+            log.info(
+                "a journal write %s; journal writes let go of the GIL for the next %.0f s",
+                note,
+                HOLD_OFF,
+                extra={"reason": "slow_journal_write"},
+            )
         try:
             return self._upkeep(force)
         except sqlite3.Error as exc:
