@@ -347,9 +347,14 @@ def plain_encode_fields(
     return _make_message((tenant, message["messageId"], fields["type"], exact_copy(body)))
 
 
+class TooLarge(InvalidEvent):
+    """An :class:`InvalidEvent` for a message over Segment's 32 KB limit (the field is
+    ``record``): told apart from a record that cannot be read."""
+
+
 def too_large(message_type: str, size: int) -> InvalidEvent:
     """The error for a ``message_type`` message of ``size`` bytes, over Segment's 32 KB."""
-    return InvalidEvent(
+    return TooLarge(
         "record",
         f"the {message_type} message is {size} bytes, over Segment's 32 KB limit "
         f"({MAX_MESSAGE_BYTES} bytes)",

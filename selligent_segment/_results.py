@@ -37,6 +37,10 @@ class FailureReason(str, enum.Enum):
     """Dropped at ``emit`` by ``on_full="drop_newest"``."""
     UNSENT_AT_CLOSE = "unsent_at_close"
     """Still queued (or in flight) when ``close()`` gave up (memory spool)."""
+    UNREADABLE_RECORD = "unreadable_record"
+    """A spooled record that could not be read back into its message when it was leased
+    (damaged bytes, or written by a release that this one cannot read); kept as a dead
+    letter."""
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +100,12 @@ class DeliveryFailure:
     def too_large(cls, tenant: str, detail: str) -> DeliveryFailure:
         """An event whose message would pass 32 KB (it never became a message)."""
         return cls.of(tenant, FailureReason.TOO_LARGE, detail)
+
+    @classmethod
+    def unreadable(cls, tenant: str, detail: str) -> DeliveryFailure:
+        """A spooled record of ``tenant`` that could not become its message (see
+        :attr:`FailureReason.UNREADABLE_RECORD`)."""
+        return cls.of(tenant, FailureReason.UNREADABLE_RECORD, detail)
 
     @classmethod
     def spool_full(cls, tenant: str) -> DeliveryFailure:

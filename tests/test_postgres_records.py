@@ -263,7 +263,8 @@ def test_a_damaged_record_becomes_a_dead_letter_and_costs_no_other_event(
     url: str, postgres: LocalPostgres
 ) -> None:
     good = [record_row(normalize(e), "acme", NOW, NAMING) for e in _events()[:2]]
-    spool = PostgresSpool(url)
+    told: list[tuple[str, str]] = []
+    spool = PostgresSpool(url, on_buried=lambda tenant, error: told.append((tenant, str(error))))
     try:
         _insert(postgres, url, [b"[1.0, {", b"not json", b'{"type":"track"}'])  # a lease's worth
         spool.put_rows(good[:1])
@@ -287,8 +288,29 @@ def test_a_damaged_record_becomes_a_dead_letter_and_costs_no_other_event(
             ]
             assert all(d.reason.startswith("unreadable_record: not a record") for d in dead)
             assert view.requeue() == 0  # nothing to send in them: never requeued
+        # Each told once, after its lease: the emitter reports them through on_failure.
+        assert [t for t, _ in told] == ["acme"] * 4
+        assert all(text.startswith("record: not a record this release reads") for _, text in told)
     finally:
         spool.close()
+
+
+def test_an_emitter_reports_a_record_its_lease_buried_through_on_failure(
+    url: str, postgres: LocalPostgres, server: LocalSegment
+) -> None:
+    PostgresSpool(url).close()  # the schema
+    _insert(postgres, url, [b"not json"])
+    failures: list[DeliveryFailure] = []
+    with Emitter(
+        write_keys=KEYS, endpoint=server.url, spool=url, on_failure=failures.append
+    ) as emitter:
+        assert emitter.emit(_events()[0])
+        assert emitter.flush(timeout=30)
+        assert emitter.stats().dropped == {"unreadable_record": 1}
+    assert server.accepted_count == 1
+    assert [(f.tenant, f.reason, f.message_ids) for f in failures] == [
+        ("acme", "unreadable_record", ())
+    ]
 
 
 def test_a_long_run_of_damaged_rows_is_worked_through_in_bounded_rounds(

@@ -1006,3 +1006,33 @@ def test_upkeep_says_once_that_journal_writes_let_go_of_the_gil_after_a_slow_one
         ]
     finally:
         spool.close()
+
+
+def test_a_record_a_lease_cannot_read_is_reported_through_on_failure_and_counted(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    """A damaged record becomes a dead letter and costs no other event (as before), and
+    it is no longer silent: on_failure gets it (unreadable_record), and stats count it."""
+    path = tmp_path / "spool.db"
+    open_spool(path).close()  # the schema
+    query_write = contextlib.closing(sqlite3.connect(path, timeout=30))
+    with query_write as db, db:
+        db.execute(
+            "INSERT INTO messages (tenant, message_id, kind, body, accepted_at) "
+            "VALUES ('acme', '', 'opened', ?, 1.0)",
+            (b"not json",),
+        )
+    failures: list[DeliveryFailure] = []
+    with emitter(server, path, on_failure=failures.append) as em:
+        assert em.emit(record(1))
+        assert em.flush(timeout=30)
+        stats = em.stats()
+    assert server.accepted_count == 1  # the good event went
+    assert [(f.tenant, f.reason, f.message_ids) for f in failures] == [
+        ("acme", "unreadable_record", ())
+    ]
+    assert failures[0].detail == "record: unreadable journal record"
+    assert stats.dropped == {"unreadable_record": 1}
+    assert query(path, "SELECT reason FROM dead_letters") == [
+        ("record: unreadable journal record",)
+    ]

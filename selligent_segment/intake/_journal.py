@@ -59,7 +59,13 @@ class JournalIntake:
     ) -> None:
         self.naming = naming
         self.downstream = downstream
-        self.spool = SqliteSpool(path, max_bytes=max_spool_bytes, decoder=self.decode, fsync=fsync)
+        self.spool = SqliteSpool(
+            path,
+            max_bytes=max_spool_bytes,
+            decoder=self.decode,
+            fsync=fsync,
+            on_buried=downstream.buried,  # counted and reported through on_failure
+        )
         self.inbox: deque[_Write] = deque()
         # Records journaled (under _lock) and moved into the file (by the encoder).
         self.journaled = 0

@@ -59,7 +59,8 @@ class PostgresIntake:
     ) -> None:
         self.naming = naming
         self.downstream = downstream
-        self.spool = PostgresSpool(url, max_bytes=max_spool_bytes)
+        # A record a lease buries is counted and reported through on_failure.
+        self.spool = PostgresSpool(url, max_bytes=max_spool_bytes, on_buried=downstream.buried)
         self._lock = threading.Lock()
         self._touched: Counter[str] = Counter()  # rows written since the last step
         self._nbytes = 0

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from selligent_segment._errors import InvalidEvent, shown
+from selligent_segment._errors import InvalidEvent, SelligentSegmentError, shown
+from selligent_segment._mapping import TooLarge
 from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._stats import Counters
@@ -51,6 +52,16 @@ class Downstream:
             extra={"tenant": tenant, "reason": "too_large"},
         )
         self.report(DeliveryFailure.too_large(tenant, str(exc)))
+
+    def buried(self, tenant: str, error: SelligentSegmentError) -> None:
+        """Count and report a record that a lease made a dead letter (the spool logged it
+        and kept it): a message over 32 KB, or a record that cannot be read back."""
+        if isinstance(error, TooLarge):
+            self.counters.add_reason("rejected", tenant, "too_large")
+            self.report(DeliveryFailure.too_large(tenant, str(error)))
+        else:
+            self.counters.add_reason("dropped", tenant, "unreadable_record")
+            self.report(DeliveryFailure.unreadable(tenant, str(error)))
 
 
 class Intake(Protocol):

@@ -54,7 +54,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from selligent_segment._errors import ConfigurationError, InvalidEvent, SpoolError, shown
+from selligent_segment._errors import (
+    ConfigurationError,
+    InvalidEvent,
+    SelligentSegmentError,
+    SpoolError,
+    shown,
+)
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._record import EventKind
@@ -516,8 +522,8 @@ def _row_params(rowids: Sequence[_RowId]) -> tuple[list[int], list[int]]:
 #: A row to move into ``dead_letters``: its id, the message id and body to keep there,
 #: and why.
 _Dead = tuple[_RowId, str, bytes, str]
-#: What a lease took (row ids and messages) and the rows it buried (damaged records).
-_Picked = tuple[list[tuple[_RowId, EncodedMessage]], list[_Dead]]
+#: What a lease took (row ids and messages), the rows it buried (damaged records) and why.
+_Picked = tuple[list[tuple[_RowId, EncodedMessage]], list[_Dead], list[InvalidEvent]]
 #: A settlement kept until the database answers: action, rows, reason, status, and the
 #: messages as leased (for a reject).
 _Settlement = tuple[str, tuple[_RowId, ...], str | None, int | None, tuple[EncodedMessage, ...]]
@@ -758,6 +764,7 @@ class PostgresSpool:
         notify: bool = True,
         owner: str | None = None,
         connect_timeout: float = 5.0,
+        on_buried: Callable[[str, SelligentSegmentError], None] | None = None,
     ) -> None:
         if not is_postgres_url(url):
             raise ConfigurationError("spool", "expected a postgresql:// URL")
@@ -786,6 +793,8 @@ class PostgresSpool:
         self._next_rotate = 0.0
         self.owner = owner or _owner_name()
         self._connect_timeout = connect_timeout
+        #: Told of each record a lease buried (its tenant, why), after the transaction.
+        self._on_buried = on_buried
         self._idle: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._held: dict[int, _Held] = {}
@@ -1062,6 +1071,7 @@ class PostgresSpool:
             rows = sorted(conn.execute(sql, params).fetchall())  # by id: the queue's order
             taken: list[tuple[_RowId, EncodedMessage]] = []
             dead: list[_Dead] = []
+            errors: list[InvalidEvent] = []
             size = 0
             end = len(rows)
             for index, (rowid, generation, message_id, kind, column) in enumerate(rows):
@@ -1073,6 +1083,7 @@ class PostgresSpool:
                         message = decode(tenant, body)
                     except InvalidEvent as exc:
                         dead.append(((generation, rowid), "", body, _dead_reason(exc)))
+                        errors.append(exc)
                         continue
                 cost = len(message.body) + 1
                 if taken and size + cost > max_bytes:
@@ -1089,12 +1100,15 @@ class PostgresSpool:
                 )
             if dead:
                 self._bury(conn, dead, None)
-            return taken, dead
+            return taken, dead, errors
 
         # Rows that were all dead letters: the next ones may be messages; a few rounds at
         # most (a long run of damaged rows is worked through over the next turns).
         for _ in range(DEAD_ROUNDS):
-            taken, dead = self._with(pick, transaction=True)
+            taken, dead, errors = self._with(pick, transaction=True)
+            if self._on_buried is not None:
+                for error in errors:  # buried and committed: told once each
+                    self._on_buried(tenant, error)
             if dead:  # one line per round, however many rows
                 reason = dead[0][3]
                 log.error(

@@ -83,6 +83,8 @@ _KINDS: dict[str, EventKind | str] = {k.value: k for k in EventKind}
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
+#: Told of each record a lease buried: its tenant and why (the decoder's error).
+OnBuried = Callable[[str, SelligentSegmentError], None]
 
 
 @attrs.define
@@ -97,6 +99,7 @@ class _Pick:
     back: list[int] = attrs.Factory(list)  # row ids taken back from Unwritten.freed
     seen: int = 0
     dead: dict[int, DeadMessage] = attrs.Factory(dict)
+    errors: list[SelligentSegmentError] = attrs.Factory(list)  # why each was buried
 
 
 def _pick_rows(
@@ -122,6 +125,7 @@ def _pick_rows(
                 message = decoder(body)
             except SelligentSegmentError as exc:
                 pick.dead[rowid] = DeadMessage(tenant, "", kind, body, str(exc))
+                pick.errors.append(exc)
                 pick.seen += 1
                 continue
         cost = len(message.body) + 1
@@ -197,13 +201,20 @@ class SqliteSpool(ForkSafe):
     durable = True
 
     def __init__(
-        self, path: Path, *, max_bytes: int, decoder: Decoder, fsync: bool = False
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        decoder: Decoder,
+        fsync: bool = False,
+        on_buried: OnBuried | None = None,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < _MIN_BYTES:
             raise ConfigurationError("max_spool_bytes", f"must be an int of at least {_MIN_BYTES}")
         self.path = path
         self.max_bytes = max_bytes
         self._decoder = decoder
+        self._on_buried = on_buried
         self._db = open_db(path, fsync=fsync)
         self._lock = threading.Lock()
         self._guard_over_fork()
@@ -306,7 +317,20 @@ class SqliteSpool(ForkSafe):
         """Take a batch from the head of ``tenant``'s queue (see ``Spool.lease``).
 
         When the lease cannot be written (disk full, file locked past the busy timeout),
-        this process holds the batch in memory instead, and delivery goes on."""
+        this process holds the batch in memory instead, and delivery goes on. A record
+        that cannot become its message is buried (a dead letter, logged) and handed to
+        ``on_buried``, once, after the spool's lock is let go."""
+        buried: list[SelligentSegmentError] = []
+        try:
+            return self._lease(tenant, max_messages, max_bytes, buried)
+        finally:
+            if self._on_buried is not None:
+                for error in buried:
+                    self._on_buried(tenant, error)
+
+    def _lease(
+        self, tenant: str, max_messages: int, max_bytes: int, buried: list[SelligentSegmentError]
+    ) -> Lease | None:
         with self._lock:
             pick: _Pick | None = None
             if not self._unwritten.pending() or self._write_unwritten():
@@ -333,6 +357,7 @@ class SqliteSpool(ForkSafe):
                     d.reason,
                     extra={"tenant": d.tenant, "reason": d.reason.partition(":")[0]},
                 )
+            buried += pick.errors
             if not pick.taken or (pick.read < max_messages and pick.seen == pick.read):
                 self._backlog.pop(tenant, None)  # drained, as far as we can see
             else:
