@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -453,34 +454,33 @@ def test_writes_keep_the_gil_until_one_is_slow_then_let_go_of_it_for_the_hold_of
     journal.close(delete_current=False)
 
 
-def test_a_write_that_slept_however_short_lets_go_of_the_gil_for_the_hold_off(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writes = _Writes(monkeypatch)
-    journal = writes.journal(jdir)
-    writes.slept = True
-    journal.append([b"a"])
-    assert journal.take_note() == "waited 0.0 ms"
-    writes.slept = False
-    journal.append([b"b"])
-    assert writes.paths == ["held", "plain"]
-    journal.close(delete_current=False)
-
-
-def test_a_slow_write_that_fails_lets_go_of_the_gil_too_and_leaves_no_torn_frame(
-    jdir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("slept", "took", "fail", "note"),
+    [
+        (True, 0.0, None, "waited 0.0 ms"),  # however short: it waited, every thread too
+        (False, 5.0, OSError(errno.EIO, "I/O error"), "took 5000.0 ms"),  # a dead NFS server
+    ],
+)
+def test_a_write_that_slept_or_failed_slowly_lets_go_of_the_gil_for_the_hold_off(
+    jdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    slept: bool,
+    took: float,
+    fail: OSError | None,
+    note: str,
 ) -> None:
     writes = _Writes(monkeypatch)
     journal = writes.journal(jdir)
     journal.append([b"kept"])
-    writes.took, writes.fail = 5.0, OSError(errno.EIO, "I/O error")  # a dead NFS server
-    with pytest.raises(SpoolError, match="I/O error"):
-        journal.append([b"lost" * 10])
-    assert journal.take_note() == "took 5000.0 ms"
-    writes.took, writes.fail = 0.0, None
+    writes.slept, writes.took, writes.fail = slept, took, fail
+    with pytest.raises(SpoolError, match="I/O error") if fail else contextlib.nullcontext():
+        journal.append([b"slow" * 10])
+    assert journal.take_note() == note
+    writes.slept, writes.took, writes.fail = False, 0.0, None
     journal.append([b"after"])
     assert writes.paths == ["held", "held", "plain"]
-    assert _frames(jdir, journal) == [b"kept", b"after"]
+    expected = [b"kept", b"after"] if fail else [b"kept", b"slow" * 10, b"after"]
+    assert _frames(jdir, journal) == expected  # a failed write left no torn frame
     journal.close(delete_current=False)
 
 

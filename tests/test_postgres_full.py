@@ -98,16 +98,22 @@ def test_drop_newest_returns_false_reports_and_writes_nothing(postgres: LocalPos
         emitter.close(timeout=0.1)
 
 
-def test_drop_newest_in_the_callers_transaction_names_every_dropped_record(
-    postgres: LocalPostgres,
-) -> None:
-    with Emitter(
+def _dropping(postgres: LocalPostgres, **options: Any) -> Emitter:
+    """An emitter whose table holds 64 KiB at most, dropping the newest beyond."""
+    return Emitter(
         write_keys=KEYS,
         endpoint=DEAD,
         spool=_url(postgres),
         max_spool_bytes=65536,
         on_full="drop_newest",
-    ) as emitter:
+        **options,
+    )
+
+
+def test_drop_newest_in_the_callers_transaction_names_every_dropped_record(
+    postgres: LocalPostgres,
+) -> None:
+    with _dropping(postgres) as emitter:
         _fill(emitter)
         with psycopg.connect(postgres.url) as conn:
             result = emitter.emit_many([_big(1), {"type": "opened"}, _big(2)], connection=conn)
@@ -123,14 +129,7 @@ def test_drop_newest_in_the_callers_transaction_names_every_dropped_record(
 def test_drop_newest_names_a_record_with_a_profile_update_once(postgres: LocalPostgres) -> None:
     """The record and its identify are dropped together: the record's index is refused
     once, not once for each."""
-    with Emitter(
-        write_keys=KEYS,
-        endpoint=DEAD,
-        spool=_url(postgres),
-        max_spool_bytes=65536,
-        on_full="drop_newest",
-        profile_updates=True,
-    ) as emitter:
+    with _dropping(postgres, profile_updates=True) as emitter:
         _fill(emitter)
         unsubscribe = {**_big(1), "type": "unsubscribed"}  # gets an identify
         result = emitter.emit_many([unsubscribe, _big(2)])
