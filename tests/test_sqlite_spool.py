@@ -1036,3 +1036,24 @@ def test_a_record_a_lease_cannot_read_is_reported_through_on_failure_and_counted
     assert query(path, "SELECT reason FROM dead_letters") == [
         ("record: unreadable journal record",)
     ]
+
+
+def test_an_on_buried_that_raises_costs_a_log_line_never_the_lease(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(tenant: str, error: Exception) -> None:
+        raise RuntimeError("the caller's bug")
+
+    path = tmp_path / "spool.db"
+    spool = open_spool(path, on_buried=broken)
+    try:
+        good = orjson.dumps(("acme", 1.5e9, record(1)))
+        spool.put_many(records=[("acme", "opened", b"not json"), ("acme", "opened", good)])
+        with caplog.at_level(logging.ERROR, logger="selligent_segment"):
+            lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        assert [m.message_id for m in lease.messages] == [message_id(record(1))]
+        assert "reporting a buried record failed" in caplog.text
+        spool.ack(lease, lease.messages)
+    finally:
+        spool.close()

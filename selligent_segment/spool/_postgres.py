@@ -57,7 +57,6 @@ import attrs
 from selligent_segment._errors import (
     ConfigurationError,
     InvalidEvent,
-    SelligentSegmentError,
     SpoolError,
     shown,
 )
@@ -65,7 +64,7 @@ from selligent_segment._mapping import EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._record import EventKind
 from selligent_segment.spool._postgres_record import QueueRow, UnreadableRecord, decode
-from selligent_segment.spool._protocol import Lease, SpoolStats
+from selligent_segment.spool._protocol import Lease, OnBuried, SpoolStats, tell_buried
 from selligent_segment.spool._statements import kind_of
 
 if TYPE_CHECKING:
@@ -764,7 +763,7 @@ class PostgresSpool:
         notify: bool = True,
         owner: str | None = None,
         connect_timeout: float = 5.0,
-        on_buried: Callable[[str, SelligentSegmentError], None] | None = None,
+        on_buried: OnBuried | None = None,
     ) -> None:
         if not is_postgres_url(url):
             raise ConfigurationError("spool", "expected a postgresql:// URL")
@@ -1106,9 +1105,7 @@ class PostgresSpool:
         # most (a long run of damaged rows is worked through over the next turns).
         for _ in range(DEAD_ROUNDS):
             taken, dead, errors = self._with(pick, transaction=True)
-            if self._on_buried is not None:
-                for error in errors:  # buried and committed: told once each
-                    self._on_buried(tenant, error)
+            tell_buried(self._on_buried, tenant, errors)  # buried and committed: once each
             if dead:  # one line per round, however many rows
                 reason = dead[0][3]
                 log.error(

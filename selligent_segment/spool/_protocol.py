@@ -16,14 +16,37 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
 
+from selligent_segment._errors import SelligentSegmentError
 from selligent_segment._mapping import EncodedMessage
 
-__all__ = ["Lease", "OnFull", "Spool", "SpoolStats"]
+__all__ = ["Lease", "OnBuried", "OnFull", "Spool", "SpoolStats", "tell_buried"]
+
+log = logging.getLogger("selligent_segment")
+
+#: Told of each record a durable spool's lease buried (a dead letter): its tenant and why
+#: (the error that kept it from becoming a message).
+OnBuried = Callable[[str, SelligentSegmentError], None]
+
+
+def tell_buried(
+    on_buried: OnBuried | None, tenant: str, errors: Sequence[SelligentSegmentError]
+) -> None:
+    """Hand each of ``errors`` (why a lease buried a record of ``tenant``) to
+    ``on_buried``; one that raises costs a log line, never the lease or the others."""
+    if on_buried is None:
+        return
+    for error in errors:
+        try:
+            on_buried(tenant, error)
+        except Exception:
+            log.exception("reporting a buried record failed", extra={"tenant": tenant})
+
 
 _lease_ids = itertools.count(1)
 

@@ -44,7 +44,7 @@ from selligent_segment._mapping import TENANT_OF, EncodedMessage, _new_message
 from selligent_segment._record import EventKind
 from selligent_segment._throttle import Throttle
 from selligent_segment.spool._journal import HOLD_OFF, Journal, Mark
-from selligent_segment.spool._protocol import Lease, SpoolStats
+from selligent_segment.spool._protocol import Lease, OnBuried, SpoolStats, tell_buried
 from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
     ForkSafe,
@@ -83,8 +83,6 @@ _KINDS: dict[str, EventKind | str] = {k.value: k for k in EventKind}
 
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
-#: Told of each record a lease buried: its tenant and why (the decoder's error).
-OnBuried = Callable[[str, SelligentSegmentError], None]
 
 
 @attrs.define
@@ -324,9 +322,7 @@ class SqliteSpool(ForkSafe):
         try:
             return self._lease(tenant, max_messages, max_bytes, buried)
         finally:
-            if self._on_buried is not None:
-                for error in buried:
-                    self._on_buried(tenant, error)
+            tell_buried(self._on_buried, tenant, buried)
 
     def _lease(
         self, tenant: str, max_messages: int, max_bytes: int, buried: list[SelligentSegmentError]
