@@ -388,7 +388,7 @@ def test_overlap_only_while_the_tenant_is_healthy_and_a_full_batch_waits() -> No
     dispatcher, state = _dispatcher(backlog=9)  # less than a full batch behind
     assert not dispatcher._may_overlap(state, now)
     dispatcher, state = _dispatcher(backlog=10)
-    dispatcher.turns.ready.append("globex")  # another tenant waits for a sender: it goes first
+    dispatcher.turns.put("globex", now, now)  # another tenant waits for a sender: it goes first
     assert not dispatcher._may_overlap(state, now)
     dispatcher, state = _dispatcher(backlog=10)
     dispatcher.max_in_flight = 1

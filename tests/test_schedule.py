@@ -97,14 +97,32 @@ def test_a_turn_is_taken_once_though_its_name_stands_twice_in_line() -> None:
 
 def test_others_ready_sees_only_other_tenants_waiting() -> None:
     schedule = Schedule()
-    assert not schedule.others_ready("acme")
+    assert not schedule.others_ready("acme", 0.0)
     schedule.put("acme", 0.0, 0.0)
-    assert not schedule.others_ready("acme")
+    assert not schedule.others_ready("acme", 0.0)
     schedule.put("globex", 0.0, 0.0)
-    assert schedule.others_ready("acme")
+    assert schedule.others_ready("acme", 0.0)
     schedule.put("initech", 9.0, 0.0)  # a timer is not waiting for a sender
     assert take_all(schedule, 0.0) == ["acme", "globex"]
-    assert not schedule.others_ready("acme")
+    assert not schedule.others_ready("acme", 0.0)
+
+
+def test_others_ready_skips_a_place_in_line_whose_turn_was_put_off_or_taken() -> None:
+    # Such a place stays in the ready queue until take() skips it; until then it must
+    # not count as a tenant waiting (it refused acme's second request in flight).
+    schedule = Schedule()
+    schedule.put("globex", 0.0, 0.0)
+    schedule.put("globex", 5.0, 0.0)  # put off by a Retry-After: its place is stale
+    assert list(schedule.ready) == ["globex"]
+    assert not schedule.others_ready("acme", 1.0)
+    assert schedule.others_ready("acme", 5.0)  # at 5.0 its turn is due again
+
+    schedule = Schedule()
+    schedule.put("initech", 0.0, 0.0)
+    schedule.put("initech", 0.0, 0.0)  # in line twice, one turn
+    assert schedule.take(0.0) == "initech"
+    assert list(schedule.ready) == ["initech"]  # the second place, its turn taken
+    assert not schedule.others_ready("acme", 0.0)
 
 
 def test_a_turn_in_line_put_off_by_a_later_one_is_not_taken_before_it() -> None:

@@ -186,7 +186,7 @@ class Dispatcher:
             and not state.bisection.parts
             and state.not_before <= now
             and (self._aside_due(state, now) or self.spool.backlog(state.name) >= self.full_at)
-            and not self.turns.others_ready(state.name)
+            and not self.turns.others_ready(state.name, now)
         )
 
     @staticmethod

@@ -69,9 +69,15 @@ class Schedule:
                 return name
         return None
 
-    def others_ready(self, name: str) -> bool:
-        """True when a tenant other than ``name`` waits in the ready queue."""
-        return any(other != name for other in self.ready)
+    def others_ready(self, name: str, now: float) -> bool:
+        """True when a tenant other than ``name`` has a turn due at ``now`` in the ready
+        queue: not a place left behind by a turn already taken, or put off since by a
+        timer (:meth:`take` would skip those)."""
+        scheduled, due = self._scheduled, self._due
+        return any(
+            other != name and other in scheduled and due.get(other, now) <= now
+            for other in self.ready
+        )
 
     def timeout(self, now: float) -> float | None:
         """Seconds from ``now`` to the earliest timer (None: no timer set)."""
