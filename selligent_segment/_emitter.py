@@ -63,6 +63,16 @@ def _with_update(fields: dict[str, Any], update: dict[str, Any]) -> dict[str, An
     return marked
 
 
+def _accepted(
+    fields: dict[str, Any], identify: dict[str, Any] | None, tenant: str, at: float | None
+) -> list[Accepted]:
+    """A record as its intake takes it, with the fields of its identify when it has one
+    (see :meth:`Emitter._identify_of`): one write, accepted or refused together."""
+    if identify is None:
+        return [(fields, tenant, at)]
+    return [(fields, tenant, at), (identify, tenant, at)]
+
+
 def _refused_tenant(tenant: str | None) -> InvalidEvent | UnknownTenant:
     """Why a record of ``tenant`` is refused: None is no tenant where ``write_keys`` names
     several (no default), anything else a tenant without a write key."""
@@ -325,8 +335,11 @@ class Emitter(ClosedOnExit):
         tenant = fields.get("tenant") or self._default_tenant
         if tenant is None or not self._keys.known(tenant):
             raise _refused_tenant(tenant)
+        profiles = self._profiles
+        identify = None if profiles is None else self._identify_of(fields)
         if connection is not None:
-            return self._outbox().accept_in(connection, self._entries(fields, tenant))
+            at = None if "timestamp" in fields else time.time()
+            return self._outbox().accept_in(connection, _accepted(fields, identify, tenant, at))
         intake = self._intake
         if intake.pending() >= self._max_pending and not self._backpressure.wait_for_room(
             intake.pending, tenant
@@ -335,14 +348,10 @@ class Emitter(ClosedOnExit):
         if self._closed:  # closed while it waited for room (on_full="block")
             raise EmitterClosed("the emitter closed while emit() waited; not accepted")
         now = None if "timestamp" in fields else time.time()
-        profiles = self._profiles
-        update = None if profiles is None else profiles.update_for(fields)
-        if update is None:
+        if identify is None:
             accepted = intake.accept(fields, tenant, now)
         else:  # one journal write: the track and its identify are accepted together
-            accepted = intake.accept_many(
-                [(fields, tenant, now), (_with_update(fields, update), tenant, now)]
-            )
+            accepted = intake.accept_many(_accepted(fields, identify, tenant, now))
         if not accepted:
             return False  # a table at max_spool_bytes, on_full="drop_newest"
         if self._encoder.idle:
@@ -358,17 +367,12 @@ class Emitter(ClosedOnExit):
             raise _refused_tenant(tenant)
         return fields, tenant
 
-    def _entries(self, fields: dict[str, Any], tenant: str, now: float = 0.0) -> list[Accepted]:
-        """What the intake takes for one record: the record, and the identify of its
-        profile update when there is one (accepted or refused together). ``now`` is the
-        emit time (0.0: read the clock); a record with its own timestamp gets None."""
-        at = None if "timestamp" in fields else (now or time.time())
-        entries: list[Accepted] = [(fields, tenant, at)]
+    def _identify_of(self, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """The fields of the identify that goes with the record ``fields`` (its profile
+        update, ``_profile.py``); None with profile updates off or when it sets none."""
         profiles = self._profiles
         update = None if profiles is None else profiles.update_for(fields)
-        if update is not None:
-            entries.append((_with_update(fields, update), tenant, at))
-        return entries
+        return None if update is None else _with_update(fields, update)
 
     def _outbox(self) -> PostgresIntake:
         intake = self._intake
@@ -406,10 +410,8 @@ class Emitter(ClosedOnExit):
                     refused.append((index, exc))
                     continue
                 chunk.append((index, fields, tenant))
-                if profiles is not None:
-                    update = profiles.update_for(fields)
-                    if update is not None:  # the same index: accepted or refused together
-                        chunk.append((index, _with_update(fields, update), tenant))
+                if profiles is not None and (identify := self._identify_of(fields)) is not None:
+                    chunk.append((index, identify, tenant))  # the same index: together
                 if len(chunk) >= ENCODE_CHUNK:
                     accepted += self._accept_chunk(chunk, refused, accepted)
                     chunk = []
@@ -434,7 +436,8 @@ class Emitter(ClosedOnExit):
             except (InvalidEvent, UnknownTenant) as exc:
                 refused.append((index, exc))
                 continue
-            entries += self._entries(fields, tenant, now)
+            at = None if "timestamp" in fields else now
+            entries += _accepted(fields, self._identify_of(fields), tenant, at)
             kept.append(index)
         if entries and not intake.accept_in(connection, entries):
             dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")

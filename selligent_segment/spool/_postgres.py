@@ -54,12 +54,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from selligent_segment._errors import (
-    ConfigurationError,
-    InvalidEvent,
-    SpoolError,
-    shown,
-)
+from selligent_segment._errors import ConfigurationError, InvalidEvent, SpoolError, shown
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._record import EventKind
