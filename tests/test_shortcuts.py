@@ -12,7 +12,9 @@ plain per-field validators.
 from __future__ import annotations
 
 import copy
+import email.parser
 import functools
+import http.client
 import inspect
 import math
 import operator
@@ -68,6 +70,7 @@ from selligent_segment._shortcuts import (
     exact_copy,
     format_epoch,
     format_timestamp,
+    http_headers,
     json_array_uuid5,
     json_fragment,
     short_ascii,
@@ -1001,3 +1004,64 @@ def _no_self(*, a: Any = None) -> None: ...
 def test_emits_keywords_refuses_methods_it_cannot_build_the_same(plain: Any) -> None:
     with pytest.raises(TypeError, match="is not a method"):
         emits_keywords(EventKind.OPENED)(plain)
+
+
+# -- HTTP answer headers ---------------------------------------------------------------------
+
+
+def plain_http_headers(lines: list[bytes]) -> http.client.HTTPMessage:
+    """What ``http.client.parse_headers`` makes of a header block it has read."""
+    parser = email.parser.Parser(_class=http.client.HTTPMessage)
+    message: http.client.HTTPMessage = parser.parsestr(b"".join(lines).decode("iso-8859-1"))
+    return message
+
+
+_HEADER_NAMES = st.sampled_from(
+    [b"Content-Type", b"Content-Length", b"Retry-After", b"X-RateLimit-Reset", b"Connection"]
+) | st.binary(min_size=0, max_size=6)
+_HEADER_VALUES = st.sampled_from(
+    [b"application/json", b"17", b" 2 ", b"close", b"\tx\t", b"", b"a:b", b"x\ry", b"\x85"]
+) | st.binary(max_size=8)
+_LINE_ENDS = st.sampled_from([b"\r\n", b"\n", b"\r\n", b"\r\n", b"\r"])
+_FIRST = st.sampled_from([b"", b" ", b"\t", b"From "])
+
+
+@st.composite
+def header_blocks(draw: st.DrawFn) -> list[bytes]:
+    """Header blocks as ``http.client`` reads them: mostly plain ``Name: value`` lines,
+    with folded lines, odd bytes, names without a colon, bare CRs and early ends."""
+    lines = []
+    for _ in range(draw(st.integers(0, 5))):
+        name = draw(_HEADER_NAMES)
+        colon = draw(st.sampled_from([b":", b": ", b":  \t", b" :", b""]))
+        lines.append(draw(_FIRST) * draw(st.booleans()) + name + colon + draw(_HEADER_VALUES))
+    block = [line + draw(_LINE_ENDS) for line in lines]
+    block.append(draw(st.sampled_from([b"\r\n", b"\n", b""])))
+    return block
+
+
+@SETTINGS
+@given(header_blocks())
+@example([b"Content-Type: application/json\r\n", b"Content-Length: 17\r\n", b"\r\n"])
+@example([b"\r\n"])
+@example([b""])
+@example([b"X: a\r\n", b" folded\r\n", b"\r\n"])
+@example([b"X: a \t \r\n", b"\n"])
+@example([b":empty name\r\n", b"\r\n"])
+@example([b"X: a\r\n", b""])
+def test_http_headers_is_the_message_parse_headers_makes(lines: list[bytes]) -> None:
+    assert message_state(http_headers(lines)) == message_state(plain_http_headers(lines))
+
+
+def message_state(message: http.client.HTTPMessage) -> dict[str, Any]:
+    """Everything a message holds, its defects (exceptions) as their class and text."""
+    state = dict(vars(message))
+    state["defects"] = [(type(d), str(d)) for d in message.defects]
+    return state
+
+
+def test_http_headers_sets_plain_lines_without_the_email_parser() -> None:
+    lines = [b"Content-Type: application/json\r\n", b"Retry-After: 2\r\n", b"\r\n"]
+    with mock.patch.object(email.parser.Parser, "parsestr", side_effect=AssertionError):
+        message = http_headers(lines)
+    assert message.items() == [("Content-Type", "application/json"), ("Retry-After", "2")]

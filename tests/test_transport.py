@@ -21,15 +21,19 @@ from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import attrs
 import pytest
+import urllib3
 
 from selligent_segment import ConfigurationError
 from selligent_segment._version import __version__
+from selligent_segment.delivery import _transport as transport_module
 from selligent_segment.delivery._endpoint import resolve_endpoint
 from selligent_segment.delivery._retry import Outcome
 from selligent_segment.delivery._transport import (
+    BATCH_PATH,
     GZIP_LEVEL,
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -721,6 +725,50 @@ def test_close_is_idempotent_and_posting_after_reopens(segment: Segment) -> None
     assert transport.post(segment.url, KEY, [message(2)]).outcome is Outcome.DELIVERED
     transport.close()
     assert segment.connections == 2
+
+
+def test_a_url_is_worked_out_once_and_sent_to_its_pool(segment: Segment) -> None:
+    transport = HttpTransport(proxy=False)
+    with mock.patch.object(
+        urllib3.util, "parse_url", side_effect=urllib3.util.parse_url
+    ) as parse_url:
+        for i in range(3):
+            assert transport.post(segment.url, KEY, [message(i)]).outcome is Outcome.DELIVERED
+    assert parse_url.call_count == 2  # the origin and the path, on the first post only
+    assert len(segment.requests) == 3
+    assert segment.connections == 1  # one pool, one kept-alive connection
+    transport.close()
+
+
+def test_close_starts_the_targets_again_and_new_pools_are_used(segment: Segment) -> None:
+    transport = HttpTransport(proxy=False)
+    transport.post(segment.url, KEY, [message(1)])
+    first = transport._targets[segment.url + BATCH_PATH][0]
+    transport.close()
+    assert transport._targets == {}
+    assert transport.post(segment.url, KEY, [message(1)]).outcome is Outcome.DELIVERED
+    assert transport._targets[segment.url + BATCH_PATH][0] is not first
+
+
+def test_the_targets_start_again_past_their_size(
+    segment: Segment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport_module, "_MAX_TARGETS", 2)
+    transport = HttpTransport(proxy=False)
+    for path in ("", "/a", "/b"):
+        answer = transport.post(segment.url + path, KEY, [message(1)])
+        assert answer.status in (200, 404)
+    assert list(transport._targets) == [segment.url + "/b" + BATCH_PATH]
+    transport.close()
+
+
+def test_a_proxied_url_goes_through_the_proxy_manager() -> None:
+    transport = HttpTransport(proxy="http://127.0.0.1:9")
+    url = "http://segment.invalid/v1/batch"
+    way, target = transport._target(url)
+    assert isinstance(way, urllib3.ProxyManager)
+    assert target == url
+    assert transport._targets == {}
 
 
 def test_concurrent_posts_share_the_pool(segment: Segment) -> None:

@@ -40,6 +40,7 @@ import contextlib
 import encodings.idna
 import gzip as _gzip
 import http.client
+import io
 import json
 import logging
 import math
@@ -64,6 +65,7 @@ from selligent_segment._limits import (
     MAX_MESSAGE_BYTES,
 )
 from selligent_segment._process_life import in_library_thread
+from selligent_segment._shortcuts import format_timestamp, http_headers
 from selligent_segment._version import __version__
 from selligent_segment.delivery._proxy import Proxy, ca_bundle, routes
 from selligent_segment.delivery._retry import (
@@ -187,8 +189,7 @@ def format_sent_at(sent_at: datetime) -> str:
     """
     if sent_at.tzinfo is None or sent_at.utcoffset() is None:
         raise ValueError("sent_at must be timezone-aware")
-    utc = sent_at.astimezone(timezone.utc)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    return format_timestamp(sent_at)
 
 
 def _joined(bodies: Sequence[bytes]) -> bytes:
@@ -439,8 +440,83 @@ _WATCHDOG = _Watchdog()
 _posting = threading.local()
 
 
+#: URLs whose way out :meth:`HttpTransport._target` keeps before it starts again.
+_MAX_TARGETS = 256
+_MAX_HEADER_LINE = 65536  # http.client's _MAXLINE
+_MAX_HEADERS = 100  # http.client's _MAXHEADERS
+
+
+class _QuickHeadersResponse(http.client.HTTPResponse):
+    """``http.client``'s answer with its header block made by
+    :func:`~selligent_segment._shortcuts.http_headers` instead of the email parser.
+
+    :meth:`begin` is the standard library's (CPython 3.10 to 3.13), with that one call
+    changed; ``tests/test_transport_answers.py`` reads generated answers with both classes
+    and compares every attribute and the body read after.
+    """
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return  # already begun
+        while True:
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            _header_lines(self.fp)  # the header block of a 100 Continue, skipped
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = http_headers(_header_lines(self.fp))
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")
+        if self.chunked:
+            self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if (
+            status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
+            or 100 <= status < 200
+            or self._method == "HEAD"
+        ):
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
+def _header_lines(fp: io.BufferedIOBase) -> list[bytes]:
+    """The lines of a header block up to its blank line (or the end of the stream), with
+    ``http.client``'s limits and errors (``http.client._read_headers``)."""
+    lines: list[bytes] = []
+    while True:
+        line = fp.readline(_MAX_HEADER_LINE + 1)
+        if len(line) > _MAX_HEADER_LINE:
+            raise http.client.LineTooLong("header line")
+        lines.append(line)
+        if len(lines) > _MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
+        if line in (b"\r\n", b"\n", b""):
+            return lines
+
+
 class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
-    """An ``HTTPConnection`` whose TCP connect, then TLS handshake, get only the time left."""
+    """An ``HTTPConnection`` whose TCP connect, then TLS handshake, get only the time left,
+    and whose answers' headers are read by :class:`_QuickHeadersResponse`."""
+
+    response_class = _QuickHeadersResponse
 
     def _new_conn(self) -> socket.socket:
         entry: _Deadline | None = getattr(_posting, "entry", None)
@@ -572,6 +648,9 @@ class HttpTransport:
         self._pid = os.getpid()
         # One PoolManager per way out: None for direct, else the proxy's URL.
         self._pools: dict[str | None, urllib3.PoolManager] = {}
+        # URL -> where a request for it goes (see _target); the URLs are the endpoints and
+        # the destination's API addresses, few, and the cache starts again past _MAX_TARGETS.
+        self._targets: dict[str, tuple[urllib3.HTTPConnectionPool, str]] = {}
 
     def __repr__(self) -> str:
         return (
@@ -610,6 +689,7 @@ class HttpTransport:
                 if os.getpid() != self._pid:
                     # The inherited sockets belong to the parent: abandon them unclosed.
                     self._pools = {}
+                    self._targets = {}
                     self._pid = os.getpid()
         try:
             proxy = self._chosen[endpoint]
@@ -623,6 +703,27 @@ class HttpTransport:
                 if pool is None:
                     pool = self._pools[way] = self._new_pool(proxy)
         return pool
+
+    def _target(self, url: str) -> tuple[urllib3.PoolManager | urllib3.HTTPConnectionPool, str]:
+        """Where a request for ``url`` goes, and the URL it names there: on a direct way
+        out, the host's connection pool and the path, which ``PoolManager.urlopen`` works
+        out from the URL on every request (about a tenth of a request's client CPU), and
+        this once per URL; through a proxy, the ``ProxyManager`` and the URL itself."""
+        known = self._targets.get(url)
+        if known is not None and os.getpid() == self._pid:
+            pool, path = known
+            if pool.pool is not None:  # else closed
+                return pool, path
+        origin = _origin(url)
+        manager = self._current_pool(origin)
+        if self._chosen[origin] is not None:
+            return manager, url
+        pool = manager.connection_from_url(url)
+        path = urllib3.util.parse_url(url).request_uri
+        if len(self._targets) >= _MAX_TARGETS:
+            self._targets = {}
+        self._targets[url] = (pool, path)
+        return pool, path
 
     def _scrub(self, text: str, write_key: str) -> str:
         """:func:`scrub`, and the proxy's credentials too."""
@@ -695,19 +796,20 @@ class HttpTransport:
         Never raises for a network failure or an overdue request (``status=None``,
         :attr:`Outcome.RETRY`); every error text is scrubbed of ``secret``.
         """
-        pool = self._current_pool(_origin(url))
+        pool, target = self._target(url)
         started = time.perf_counter()
         deadline = _posting.entry = _WATCHDOG.start(self._deadline)
         try:
             try:
                 raw = pool.urlopen(
                     "POST",
-                    url,
+                    target,
                     body=payload,
                     headers=dict(headers),
                     redirect=False,
                     retries=False,
                     preload_content=False,
+                    assert_same_host=False,
                 )
             except urllib3.exceptions.LocationValueError:
                 raise
@@ -749,6 +851,7 @@ class HttpTransport:
     def close(self) -> None:
         """Close every pooled connection. Idempotent; a later ``post`` opens new ones."""
         with self._lock:
+            self._targets = {}
             for pool in self._pools.values():
                 pool.clear()
 
