@@ -18,7 +18,9 @@ Paths (``--only``):
   answers 200 at once (no socket), until ``flush`` returns;
 - ``durable_emit``: ``emit`` of a dict with a spool file, the journal write included, then
   the ingest into SQLite, the lease, the decode, the send and the ack, until ``flush``;
-- ``decode``: a journal record into its message (``JournalIntake.decode``, on lease).
+- ``decode``: a journal record into its message (``JournalIntake.decode``, on lease);
+- ``post``: one ``HttpTransport.post`` of a 20-message batch to a ``LocalSegment`` on
+  127.0.0.1 (another process, not counted), the answer read: per request, not per event.
 
 The threads' polling (the encoder's and senders' timed waits) adds a little to every
 count, the same with and without events; it cancels out in the difference only roughly,
@@ -28,17 +30,30 @@ so paths through the emitter are given to about 1 %.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from benchmarks.run import record
 
-PATHS = ("normalize", "encode", "emit_dict", "emit_record", "typed", "durable_emit", "decode")
+PATHS = (
+    "normalize",
+    "encode",
+    "emit_dict",
+    "emit_record",
+    "typed",
+    "durable_emit",
+    "decode",
+    "post",
+)
+#: The environment variable that gives the ``post`` path's child the server's URL.
+SERVER_VARIABLE = "SELLIGENT_SEGMENT_BENCH_SERVER"
+POST_BATCH = 20
 
 
 class NullTransport:
@@ -100,6 +115,9 @@ def run_path(path: str, n: int, process: bool) -> None:
         for f in fields if process else ():
             encode_fields(f, "default", naming, 1.7e9)
         return
+    if path == "post":
+        _post(n, process)
+        return
     if path == "decode":
         import orjson
 
@@ -139,6 +157,44 @@ def run_path(path: str, n: int, process: bool) -> None:
         emitter.close()
 
 
+def _post(n: int, process: bool) -> None:
+    """``n`` posts of ``POST_BATCH`` messages each (when ``process``), after 50 to warm."""
+    from selligent_segment.delivery._transport import HttpTransport
+
+    url = os.environ[SERVER_VARIABLE]
+    transport = HttpTransport(proxy=False)
+    messages = [
+        [
+            b'{"type":"track","event":"Email Opened","userId":"u%d","messageId":"m%d-%d"}'
+            % (i, i, k)
+            for k in range(POST_BATCH)
+        ]
+        for i in range(n + 50)
+    ]
+    for i in range(50):
+        assert transport.post(url, f"wk-{i}", messages[n + i]).status == 200
+    for i in range(n) if process else ():
+        assert transport.post(url, f"wk-{i % 1000}", messages[i]).status == 200
+    transport.close()
+
+
+@contextlib.contextmanager
+def _server() -> Iterator[str]:
+    """A ``LocalSegment`` in another process (not counted), for the ``post`` path."""
+    cmd = [sys.executable, "-m", "selligent_segment.testing", "--port", "0"]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as server:
+        assert server.stdout is not None
+        assert server.stdin is not None
+        line = server.stdout.readline().decode()
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"the server did not start: {line!r}")
+        try:
+            yield line.split(None, 1)[1].strip().rstrip("/")
+        finally:
+            server.stdin.close()  # the server stops when its input closes
+            server.wait(10)
+
+
 class _FakeJournal:
     def __init__(self) -> None:
         from selligent_segment._naming import EventNaming
@@ -146,7 +202,7 @@ class _FakeJournal:
         self.naming = EventNaming()
 
 
-def count(path: str, n: int, process: bool) -> int:
+def count(path: str, n: int, process: bool, server: str | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         cmd = [
@@ -163,6 +219,8 @@ def count(path: str, n: int, process: bool) -> int:
             *(["--process"] if process else []),
         ]
         env = dict(os.environ, PYTHONHASHSEED="0")
+        if server is not None:
+            env[SERVER_VARIABLE] = server
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{path} n={n} failed:\n{done.stderr[-3000:]}")
@@ -183,9 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         run_path(args.child, args.n, args.process)
         return 0
     for path in args.only.split(","):
-        base = count(path, args.n, False)
-        total = count(path, args.n, True)
-        print(f"{path:14s} {(total - base) / args.n:10,.0f} instructions/event", flush=True)
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(_server()) if path == "post" else None
+            base = count(path, args.n, False, server)
+            total = count(path, args.n, True, server)
+        unit = "request" if path == "post" else "event"
+        print(f"{path:14s} {(total - base) / args.n:10,.0f} instructions/{unit}", flush=True)
     return 0
 
 
