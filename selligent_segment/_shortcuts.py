@@ -300,6 +300,9 @@ def exact_copy(data: bytes) -> bytes:
 # line break, a name with a space, an empty name) goes through the email parser.
 _SIMPLE_HEADER = re.compile(rb"([!-9;-~]+):[ \t]*([ -~\t]*)\r?\n")
 _END_OF_HEADERS = frozenset((b"\r\n", b"\n"))
+# Content types whose (empty) body the email parser goes on to parse, with defects and
+# parts of its own: an answer that names one goes through the parser.
+_PARSED_TYPES = re.compile(rb"(?i)multipart|message")
 
 
 def http_headers(lines: list[bytes]) -> http.client.HTTPMessage:
@@ -309,8 +312,9 @@ def http_headers(lines: list[bytes]) -> http.client.HTTPMessage:
     Guarantee: the message's state (``vars``: its headers in order, payload, defects) is
     equal to that of ``email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
     b"".join(lines).decode("iso-8859-1"))``, which is what ``parse_headers`` returns.
-    When every line is a plain ``Name: value`` and the block ends with a blank line (any
-    answer of Segment's or a proxy's), the headers are set directly: 3.4 µs against 15 µs
+    When every line is a plain ``Name: value``, none names a ``multipart`` or ``message``
+    content type, and the block ends with a blank line (any answer of Segment's or a
+    proxy's), the headers are set directly: 3.4 µs against 15 µs
     for the email parser for a four-header answer, and about 26 µs less client CPU per
     request (of 275) measured through ``HttpTransport.post`` on loopback, where the parser
     also takes the GIL from other threads. Any other block is handed to the email parser.
@@ -324,6 +328,8 @@ def http_headers(lines: list[bytes]) -> http.client.HTTPMessage:
         if simple is None:
             return _parsed_headers(lines)
         name, value = simple.groups()
+        if len(name) == 12 and name.lower() == b"content-type" and _PARSED_TYPES.search(value):
+            return _parsed_headers(lines)
         message.set_raw(name.decode("ascii"), value.decode("ascii"))
     message.set_payload("")
     return message

@@ -34,6 +34,7 @@ from unittest import mock
 import attrs
 import orjson
 import pytest
+from _http_messages import message_state
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -1017,10 +1018,25 @@ def plain_http_headers(lines: list[bytes]) -> http.client.HTTPMessage:
 
 
 _HEADER_NAMES = st.sampled_from(
-    [b"Content-Type", b"Content-Length", b"Retry-After", b"X-RateLimit-Reset", b"Connection"]
+    [b"Content-Type", b"content-TYPE", b"Content-Length", b"Retry-After", b"Connection"]
 ) | st.binary(min_size=0, max_size=6)
 _HEADER_VALUES = st.sampled_from(
-    [b"application/json", b"17", b" 2 ", b"close", b"\tx\t", b"", b"a:b", b"x\ry", b"\x85"]
+    [
+        b"application/json",
+        b"text/html; charset=utf-8",
+        b"multipart/mixed",
+        b"Multipart/Mixed; boundary=x",
+        b"message/rfc822",
+        b"MESSAGE/delivery-status",
+        b"17",
+        b" 2 ",
+        b"close",
+        b"\tx\t",
+        b"",
+        b"a:b",
+        b"x\ry",
+        b"\x85",
+    ]
 ) | st.binary(max_size=8)
 _LINE_ENDS = st.sampled_from([b"\r\n", b"\n", b"\r\n", b"\r\n", b"\r"])
 _FIRST = st.sampled_from([b"", b" ", b"\t", b"From "])
@@ -1048,16 +1064,12 @@ def header_blocks(draw: st.DrawFn) -> list[bytes]:
 @example([b"X: a\r\n", b" folded\r\n", b"\r\n"])
 @example([b"X: a \t \r\n", b"\n"])
 @example([b":empty name\r\n", b"\r\n"])
+@example([b"Content-Type: multipart/mixed\r\n", b"\r\n"])
+@example([b"Content-Type: multipart/mixed; boundary=x\r\n", b"\r\n"])
+@example([b"Content-Type: message/rfc822\r\n", b"\r\n"])
 @example([b"X: a\r\n", b""])
 def test_http_headers_is_the_message_parse_headers_makes(lines: list[bytes]) -> None:
     assert message_state(http_headers(lines)) == message_state(plain_http_headers(lines))
-
-
-def message_state(message: http.client.HTTPMessage) -> dict[str, Any]:
-    """Everything a message holds, its defects (exceptions) as their class and text."""
-    state = dict(vars(message))
-    state["defects"] = [(type(d), str(d)) for d in message.defects]
-    return state
 
 
 def test_http_headers_sets_plain_lines_without_the_email_parser() -> None:

@@ -762,6 +762,24 @@ def test_the_targets_start_again_past_their_size(
     transport.close()
 
 
+def test_every_pool_kept_is_one_the_pool_manager_still_holds() -> None:
+    # The manager keeps 10 hosts' pools and drops the least recently looked up without
+    # closing it: a pool kept past that would be a second pool (and connections) per host.
+    transport = HttpTransport(proxy=False)
+    order = [*range(13), 0, 5, 13, 1, 2, *range(20, 31), 0, 3, 3, 9]
+    for host in order:
+        url = f"http://h{host}.invalid:8080/v1/batch"
+        pool, path = transport._target(url)
+        assert (pool, path) == transport._targets[url]
+        assert path == "/v1/batch"
+        manager = transport._pools[None]
+        assert transport._targets
+        for kept, (kept_pool, _) in transport._targets.items():
+            assert manager.connection_from_url(kept) is kept_pool
+    assert len(transport._target_hosts) <= transport_module._POOLS_PER_MANAGER
+    transport.close()
+
+
 def test_a_proxied_url_goes_through_the_proxy_manager() -> None:
     transport = HttpTransport(proxy="http://127.0.0.1:9")
     url = "http://segment.invalid/v1/batch"

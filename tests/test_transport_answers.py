@@ -11,6 +11,7 @@ import http.client
 import io
 from typing import Any
 
+from _http_messages import message_state
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -43,10 +44,7 @@ def read(cls: type[http.client.HTTPResponse], data: bytes, method: str) -> dict[
         for name in ("status", "code", "reason", "version", "chunked", "chunk_left", "length")
     }
     state["will_close"] = response.will_close
-    message = response.msg
-    state["headers"] = message.items()
-    state["payload"] = message.get_payload()
-    state["defects"] = [(type(d), str(d)) for d in message.defects]
+    state["message"] = message_state(response.msg)
     try:
         state["body"] = response.read()
     except (http.client.HTTPException, ValueError) as exc:
@@ -74,6 +72,9 @@ _STATUS_LINES = st.sampled_from(
 _HEADERS = st.sampled_from(
     [
         b"Content-Type: application/json\r\n",
+        b"Content-Type: multipart/mixed\r\n",
+        b"content-type: Multipart/Mixed; boundary=x\r\n",
+        b"Content-Type: message/rfc822\r\n",
         b"Content-Length: 17\r\n",
         b"Content-Length: 3\r\n",
         b"Content-Length: -1\r\n",
