@@ -1,4 +1,5 @@
-"""How HttpTransport reads an answer (delivery/_transport.py).
+"""How HttpTransport reads an answer, and writes a request on a kept connection
+(delivery/_transport.py).
 
 ``_QuickHeadersResponse`` is ``http.client.HTTPResponse`` with its header block made by
 ``_shortcuts.http_headers``: proven here to come to the very same response (every
@@ -7,16 +8,30 @@ attribute, the headers, the body read after, the error raised) on generated answ
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
+import pytest
+import urllib3
 from _http_messages import message_state
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from selligent_segment.delivery import _transport
-from selligent_segment.delivery._transport import _QuickHeadersResponse
+from selligent_segment.delivery._transport import (
+    Answer,
+    HttpTransport,
+    Response,
+    _QuickHeadersResponse,
+)
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -121,3 +136,240 @@ def test_the_quick_response_reads_what_http_client_reads(data: bytes, method: st
 def test_the_transport_reads_answers_with_the_quick_response() -> None:
     assert _transport._DeadlineHTTPConnection.response_class is _QuickHeadersResponse
     assert _transport._DeadlineHTTPSConnection.response_class is _QuickHeadersResponse
+
+
+# -- the request on a kept connection -------------------------------------------------------
+#
+# HttpTransport.exchange sends on a connection it already holds open by writing the request
+# itself and reading the answer with http.client (_on_kept_connection); a new connection
+# goes through urllib3. Proven here against urllib3 on a raw loopback server that answers
+# with scripted bytes: the request bytes, and what every answer comes to, are the same.
+
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n"
+    b'{"success":true}'
+)
+
+
+class _RawServer:
+    """A loopback server that records each request's bytes and answers each with the
+    next scripted bytes (then closes the connection when the script says so)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.script: list[tuple[bytes, bool, float]] = []  # answer, then close?, delay
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def answer(self, data: bytes, *, close: bool = False, delay: float = 0.0) -> None:
+        with self.lock:
+            self.script.append((data, close, delay))
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                with self.lock:
+                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
+                    data, close, delay = self.script.pop(0) if self.script else (OK, False, 0.0)
+                buffer = rest[length:]
+                if delay:
+                    time.sleep(delay)  # a slow server: what the read timeout is for
+                conn.sendall(data)
+                if close:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[_RawServer]:
+    server = _RawServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _exchange(
+    transport: HttpTransport, url: str, *, interpret: bool = False, headers: Any = None
+) -> tuple[Response, Answer | None]:
+    answers: list[Answer] = []
+
+    def keep(answer: Answer) -> Response:
+        answers.append(answer)
+        return Response(answer.status)
+
+    response = transport.exchange(
+        url,
+        b'{"batch":[]}',
+        headers or {"Content-Type": "application/json", "User-Agent": "t", "X-Key": "k"},
+        secret="k",
+        interpret=keep if interpret else None,
+        max_body=64,
+    )
+    return response, (answers[0] if answers else None)
+
+
+def _answer_state(answer: Answer | None) -> Any:
+    if answer is None:
+        return None
+    headers = sorted((k.lower(), v) for k, v in answer.headers.items())
+    return (answer.status, answer.reason, headers, answer.body, answer.read_failure)
+
+
+def _with_length(status_line: bytes, body: bytes) -> bytes:
+    return b"%b\r\nContent-Length: %d\r\n\r\n%b" % (status_line, len(body), body)
+
+
+ANSWERS = {
+    "ok": (OK, False),
+    "rate limited": (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nX-RateLimit-Reset: 9\r\n"
+        b"Content-Length: 2\r\n\r\n{}",
+        False,
+    ),
+    "error body": (
+        _with_length(b"HTTP/1.1 400 Bad Request", b'{"code":"invalid","message":"k"}'),
+        False,
+    ),
+    "chunked": (
+        b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        False,
+    ),
+    "long body": (b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\n" + b"x" * 100, False),
+    "closes": (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", True),
+    "says close": (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", False),
+    "no length": (b"HTTP/1.1 502 Bad Gateway\r\n\r\nproxy says no", True),
+    "short body": (b"HTTP/1.1 500 Oops\r\nContent-Length: 50\r\n\r\nonly this", True),
+    "short chunk": (b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc", True),
+    "redirect": (
+        b"HTTP/1.1 301 Moved\r\nLocation: https://x.test/\r\nContent-Length: 0\r\n\r\n",
+        False,
+    ),
+    "not http": (b"SMTP ready\r\n\r\n", True),
+    "nothing": (b"", True),
+    "no content": (b"HTTP/1.1 204 No Content\r\n\r\n", False),
+}
+
+
+@pytest.mark.parametrize("interpret", [False, True], ids=["segment", "interpret"])
+@pytest.mark.parametrize("name", list(ANSWERS))
+def test_an_answer_on_a_kept_connection_comes_to_what_urllib3_makes_of_it(
+    raw_server: _RawServer, name: str, interpret: bool
+) -> None:
+    data, close = ANSWERS[name]
+    url = raw_server.url + "/v1/batch"
+    fresh = HttpTransport(proxy=False)  # its one request opens a connection: urllib3's
+    raw_server.answer(data, close=close)
+    first = _exchange(fresh, url, interpret=interpret)
+    kept = HttpTransport(proxy=False)
+    _exchange(kept, url)  # opens the connection, kept alive
+    raw_server.answer(data, close=close)
+    with mock.patch.object(urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError):
+        second = _exchange(kept, url, interpret=interpret)
+    assert second[0] == first[0]
+    assert _answer_state(second[1]) == _answer_state(first[1])
+    # Kept again only when the answer was read whole and leaves the connection open.
+    before = raw_server.connections
+    assert _exchange(kept, url)[0].status == 200
+    reused = raw_server.connections == before
+    whole = ("ok", "rate limited", "error body", "chunked", "redirect", "no content")
+    assert reused == (name in whole or (name == "long body" and not interpret))
+    fresh.close()
+    kept.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"read_timeout": 0.2}, "Read timed out. (read timeout=0.2)"),
+        ({"read_timeout": 5.0, "deadline": 0.3}, "deadline exceeded"),
+    ],
+    ids=["read timeout", "deadline"],
+)
+def test_a_slow_answer_fails_as_it_does_through_urllib3(
+    raw_server: _RawServer, settings: dict[str, float], said: str
+) -> None:
+    url = raw_server.url + "/v1/batch"
+    fresh = HttpTransport(proxy=False, **settings)
+    raw_server.answer(OK, delay=0.8)
+    first = _exchange(fresh, url)[0]
+    kept = HttpTransport(proxy=False, **settings)
+    _exchange(kept, url)
+    before = raw_server.connections
+    raw_server.answer(OK, delay=0.8)
+    second = _exchange(kept, url)[0]
+    assert first.status is second.status is None
+    assert first.error == second.error
+    assert said in (second.error or "")
+    assert _exchange(kept, url)[0].status == 200
+    assert raw_server.connections == before + 1  # the late connection was not kept
+
+
+def test_the_request_on_a_kept_connection_is_byte_for_byte_urllib3s(
+    raw_server: _RawServer,
+) -> None:
+    transport = HttpTransport(proxy=False)
+    for url in (raw_server.url + "/v1/batch", raw_server.url + "/p/v1/batch?x=1&y=%20"):
+        for headers in (
+            {
+                "Content-Type": "application/json",
+                "User-Agent": "t",
+                "Authorization": "Basic a2V5Og==",
+            },
+            {"User-Agent": "t", "X-Retry-Count": "2", "Content-Encoding": "gzip", "X-ApiKey": "k"},
+        ):
+            transport.close()
+            _exchange(transport, url, headers=headers)  # a new connection: urllib3 writes it
+            _exchange(transport, url, headers=headers)  # the kept one: written here
+            by_urllib3, by_hand = raw_server.requests[-2:]
+            assert by_hand == by_urllib3
+    assert raw_server.requests[-1].startswith(b"POST /p/v1/batch?x=1&y=%20 HTTP/1.1\r\nHost: ")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"User-Agent": "t", "X-Name": "caf\xe9"}, {"User-Agent": "t", "X Bad": "v"}],
+    ids=["latin-1 value", "name with a space"],
+)
+def test_a_header_http_client_must_encode_or_check_goes_through_urllib3(
+    raw_server: _RawServer, headers: dict[str, str]
+) -> None:
+    transport = HttpTransport(proxy=False)
+    url = raw_server.url + "/v1/batch"
+    _exchange(transport, url)
+    with (
+        mock.patch.object(
+            urllib3.HTTPConnectionPool, "urlopen", wraps=transport._target(url)[0].urlopen
+        ) as urlopen,
+        contextlib.suppress(ValueError),
+    ):  # http.client refuses the name, as before
+        _exchange(transport, url, headers=headers)
+    assert urlopen.call_count == 1
+    transport.close()

@@ -16,16 +16,20 @@ against a keep-alive ``http.server`` on 127.0.0.1 in another process (3,000 POST
     60 KB     1        wall 0.63-0.71 ms, CPU 0.42-0.56 ms   wall 1.35-1.46 ms, CPU 1.11-1.23 ms
     60 KB     4        wall 0.66-0.82 ms, CPU 0.45-0.55 ms   wall 1.43-1.71 ms, CPU 1.18-1.37 ms
 
-(CPU is the client process only.) Two of urllib3's costs per request are taken off, for
-the same connections: ``http.client`` reads every answer's headers with the email parser,
-and ``PoolManager.urlopen`` parses the URL and looks its pool up for every request. Here
-an answer's plain header lines are set directly (:class:`_QuickHeadersResponse`,
-``_shortcuts.http_headers``, proven equal to the parser by property tests), and a direct
-URL's pool and path are worked out once (:meth:`HttpTransport._target`): a post of 20
-messages to a loopback server, 975,885 -> 673,116 instructions of client CPU
-(``python -m benchmarks.instructions --only post``). Aside: a test server that writes headers and body in two
-``send`` calls without ``TCP_NODELAY`` costs 40 ms per request (Nagle against delayed ACK);
-urllib3 sets ``TCP_NODELAY`` on its side by default.
+(CPU is the client process only.) urllib3 opens and pools the connections (TCP, TLS and
+its verification, proxies and their tunnels). On a connection it already holds open, kept
+alive from an earlier request, the request is written here, the very bytes urllib3 writes,
+and the answer read with ``http.client``'s own parser (:meth:`HttpTransport.
+_on_kept_connection`), its plain header lines without the email parser
+(:class:`_QuickHeadersResponse`, ``_shortcuts.http_headers``); a direct URL's pool and path
+are worked out once (:meth:`HttpTransport._target`). Every answer, failure and timeout comes
+to the same :class:`Response` as through urllib3 (``tests/test_transport_answers.py``). A
+post of 20 messages to a loopback server, in instructions of client CPU (``python -m
+benchmarks.instructions --only post``): 975,885 through urllib3's ``PoolManager``, 673,116
+with the pool looked up once and the quick header parse, 315,900 written here.
+Aside: a test server that writes
+headers and body in two ``send`` calls without ``TCP_NODELAY`` costs 40 ms per request
+(Nagle against delayed ACK); urllib3 sets ``TCP_NODELAY`` on its side by default.
 
 Gzip level: :data:`GZIP_LEVEL` (3), measured on realistic email track messages (uuid ids,
 addresses, URLs); compressed size as a share of the original, and time per batch::
@@ -45,6 +49,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import encodings.idna
+import errno
 import gzip as _gzip
 import http.client
 import io
@@ -452,6 +457,14 @@ _posting = threading.local()
 _POOLS_PER_MANAGER = 10
 #: URLs whose way out :meth:`HttpTransport._target` keeps before it starts again.
 _MAX_TARGETS = 256
+# A request body up to this size goes out with its headers in one send (copied once).
+_JOIN_BELOW = 64 * 1024
+# Errors of a send after which urllib3 still reads the answer (with BrokenPipeError).
+_ANSWER_MAY_FOLLOW = frozenset((errno.EPROTOTYPE, errno.ECONNRESET))
+# What _request_head writes itself; anything else goes through urllib3 (http.client).
+_PLAIN_HOST = re.compile(r"[0-9A-Za-z.:_-]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PLAIN_VALUE = re.compile(r"[\t -~]*")
 _MAX_HEADER_LINE = 65536  # http.client's _MAXLINE
 _MAX_HEADERS = 100  # http.client's _MAXHEADERS
 
@@ -586,7 +599,8 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """Posts batches over one thread-safe, keep-alive ``urllib3.PoolManager``.
+    """Posts batches over keep-alive connections opened and pooled by one thread-safe
+    ``urllib3.PoolManager`` (see the module's docstring for what is done without it).
 
     Safe to share between threads: ``max_connections`` connections are kept alive per host,
     so set it to the number of threads that post concurrently (more threads still work, the
@@ -643,6 +657,7 @@ class HttpTransport:
         self._max_connections = max_connections
         self._deadline = float(deadline)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self._connect_timeout, self._read_timeout = float(connect_timeout), float(read_timeout)
         self._gzip = bool(gzip)
         self._ca_certs = ca_bundle(ca_certs, setting="ca_certs") or _default_ca_bundle()
         self._routes = routes(proxy)
@@ -823,20 +838,26 @@ class HttpTransport:
         :attr:`Outcome.RETRY`); every error text is scrubbed of ``secret``.
         """
         pool, target = self._target(url)
+        limit = _MAX_RESPONSE_BODY if interpret is None else max_body
         started = time.perf_counter()
         deadline = _posting.entry = _WATCHDOG.start(self._deadline)
         try:
             try:
-                raw = pool.urlopen(
-                    "POST",
-                    target,
-                    body=payload,
-                    headers=dict(headers),
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    assert_same_host=False,
-                )
+                answer = None
+                if isinstance(pool, _DeadlineHTTPPool):  # a direct way out
+                    answer = self._on_kept_connection(pool, target, payload, headers, limit)
+                if answer is None:
+                    raw = pool.urlopen(
+                        "POST",
+                        target,
+                        body=payload,
+                        headers=dict(headers),
+                        redirect=False,
+                        retries=False,
+                        preload_content=False,
+                        assert_same_host=False,
+                    )
+                    answer = _read_answer(raw, limit)
             except urllib3.exceptions.LocationValueError:
                 raise
             except _NETWORK_ERRORS as exc:
@@ -849,14 +870,80 @@ class HttpTransport:
                     response.error,
                 )
                 return response
-            if interpret is None or raw.status == 407:
-                response = _read_response(raw, secret, deadline, self._overdue)
-                return self._proxy_checked(response, secret)
-            answer = _read_answer(raw, deadline, self._overdue, max_body)
+            if deadline.expired:  # a body cut short by the watchdog can look whole (no length)
+                answer = attrs.evolve(answer, read_failure=self._overdue())
         finally:
             _posting.entry = None
             _WATCHDOG.finish(deadline)
+        if interpret is None or answer.status == 407:
+            response = _segment_response(answer, secret)
+            return self._proxy_checked(response, secret)
         return interpret(answer)
+
+    def _on_kept_connection(
+        self,
+        pool: _DeadlineHTTPPool,
+        target: str,
+        payload: bytes,
+        headers: Mapping[str, str],
+        limit: int,
+    ) -> Answer | None:
+        """The POST made on a connection already open to the host (kept alive from an
+        earlier request), by writing the request's bytes and reading the answer with
+        ``http.client``'s parser, without urllib3's request and response objects: about
+        half of a request's client CPU. ``None`` (nothing sent) when the pool has no open
+        connection or a header is one ``http.client`` would have to check or encode: then
+        urllib3 makes the request, and opens the connection (TCP, TLS, errors).
+
+        Raises what urllib3 raises for the same failures (``ReadTimeoutError`` for a
+        status line that does not come in time, ``ProtocolError`` for a connection that
+        drops or an answer that is not HTTP); a body that cannot be read whole is the
+        answer's ``read_failure``, in urllib3's words. The connection goes back to the
+        pool only when the answer was read whole and does not close it.
+        """
+        conn = pool._get_conn()
+        sock: socket.socket | None = getattr(conn, "sock", None)
+        head = None if sock is None else _request_head(conn, target, len(payload), headers)
+        if sock is None or head is None:
+            pool._put_conn(conn)
+            return None
+        reusable = False
+        try:
+            sock.settimeout(self._connect_timeout)  # as urllib3 sends: with connect's
+            try:
+                if len(payload) <= _JOIN_BELOW:
+                    sock.sendall(head + payload)
+                else:
+                    sock.sendall(head)
+                    sock.sendall(payload)
+            except OSError as exc:
+                # As urllib3: a server may answer (413, 401) and close before reading it all.
+                if not isinstance(exc, BrokenPipeError) and exc.errno not in _ANSWER_MAY_FOLLOW:
+                    raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
+            sock.settimeout(self._read_timeout)
+            answer = _QuickHeadersResponse(sock, method="POST")
+            try:
+                answer.begin()
+            except TimeoutError as exc:
+                raise urllib3.exceptions.ReadTimeoutError(
+                    pool, target, f"Read timed out. (read timeout={self._read_timeout})"
+                ) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
+            body, read_failure = _read_body(answer, pool, limit)
+            reusable = read_failure is None and answer.isclosed() and not answer.will_close
+            answer.close()
+            return Answer(
+                answer.status,
+                answer.reason or "",
+                urllib3.HTTPHeaderDict(answer.msg.items()),
+                body,
+                read_failure,
+            )
+        finally:
+            if not reusable:
+                conn.close()
+            pool._put_conn(conn)
 
     def _proxy_checked(self, response: Response, secret: str) -> Response:
         """The proxy's credentials scrubbed from the error; a proxy's ``407`` (its answer,
@@ -889,6 +976,49 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.host}:{parts.port or ''}"
 
 
+def _request_head(
+    conn: BaseHTTPConnection, target: str, length: int, headers: Mapping[str, str]
+) -> bytes | None:
+    """The request line and headers urllib3 writes for a POST of ``length`` bytes with
+    ``headers`` (a ``User-Agent`` among them), byte for byte (a test compares them), or
+    ``None`` when a header is not plain text (urllib3 then checks and encodes it)."""
+    host = conn.host
+    if not _PLAIN_HOST.fullmatch(host):
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if conn.port != conn.default_port:
+        host = f"{host}:{conn.port}"
+    lines = [
+        f"POST {target} HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: identity\r\n"
+        f"Content-Length: {length}\r\n"
+    ]
+    for name, value in headers.items():
+        if not (_HEADER_NAME.fullmatch(name) and _PLAIN_VALUE.fullmatch(value)):
+            return None
+        lines.append(f"{name}: {value}\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("ascii")
+
+
+def _read_body(
+    answer: http.client.HTTPResponse, pool: urllib3.HTTPConnectionPool, limit: int
+) -> tuple[bytes, str | None]:
+    """The body of ``answer`` up to ``limit`` bytes, and why it could not be read whole
+    (``None`` when it was), in urllib3's words."""
+    try:
+        if answer.chunked or answer.length is None or answer.length > limit:
+            return answer.read(limit), None
+        return answer.read(), None  # http.client raises IncompleteRead if it is short
+    except TimeoutError as exc:
+        failure: Exception = urllib3.exceptions.ReadTimeoutError(pool, None, "Read timed out.")
+        failure.__cause__ = exc
+    except (OSError, http.client.HTTPException) as exc:
+        failure = urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc)
+        failure.__cause__ = exc
+    return b"", _describe(failure)
+
+
 def _default_ca_bundle() -> str | None:
     try:
         import certifi
@@ -906,30 +1036,22 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _read_response(
-    raw: urllib3.BaseHTTPResponse,
-    write_key: str,
-    deadline: _Deadline,
-    overdue: Callable[[], str],
-) -> Response:
-    """Turn an urllib3 response into a :class:`Response`, returning the connection to the
-    pool when the body was read whole in time and closing it otherwise."""
-    status = raw.status
+def _segment_response(answer: Answer, write_key: str) -> Response:
+    """What ``answer`` means as Segment's (or a proxy's) answer to a batch."""
+    status, headers = answer.status, answer.headers
     now = time.time()
-    retry_after = parse_retry_after(raw.headers.get("Retry-After"), now)
-    answer = _read_answer(raw, deadline, overdue, _MAX_RESPONSE_BODY)
-    data, read_failure = answer.body, answer.read_failure
+    retry_after = parse_retry_after(headers.get("Retry-After"), now)
     if 200 <= status < 300:
         return Response(status=status, retry_after=retry_after)
     if 300 <= status < 400:
-        location = raw.headers.get("Location")
+        location = headers.get("Location")
         target = f" to {location}" if location else ""
         error = f"HTTP {status} redirect{target} not followed; check the endpoint setting"
-    elif read_failure is not None:
-        error = f"HTTP {status} {raw.reason or ''}; body unreadable: {read_failure}"
+    elif answer.read_failure is not None:
+        error = f"HTTP {status} {answer.reason}; body unreadable: {answer.read_failure}"
     else:
-        error = error_text(status, raw.reason, data)
-    reset = parse_rate_limit_reset(raw.headers.get("X-RateLimit-Reset"), now)
+        error = error_text(status, answer.reason, answer.body[:_MAX_RESPONSE_BODY])
+    reset = parse_rate_limit_reset(headers.get("X-RateLimit-Reset"), now)
     return Response(
         status=status,
         retry_after=retry_after,
@@ -951,18 +1073,14 @@ class Answer:
     read_failure: str | None = None
 
 
-def _read_answer(
-    raw: urllib3.BaseHTTPResponse,
-    deadline: _Deadline,
-    overdue: Callable[[], str],
-    max_body: int,
-) -> Answer:
-    """Read ``raw`` into an :class:`Answer`, returning the connection to the pool when the
-    body was read whole in time and closing it otherwise."""
+def _read_answer(raw: urllib3.BaseHTTPResponse, limit: int) -> Answer:
+    """Read urllib3's ``raw`` into an :class:`Answer` (the body up to ``limit`` bytes),
+    returning the connection to the pool when the body was read whole and closing it
+    otherwise."""
     data = b""
     read_failure: str | None = None
     try:
-        data = raw.read(max_body)
+        data = raw.read(limit)
         if not raw.closed:
             raw.close()  # longer than we will read: do not reuse this connection
     except _NETWORK_ERRORS as exc:
@@ -970,8 +1088,6 @@ def _read_answer(
         raw.close()
     finally:
         raw.release_conn()
-    if deadline.expired:  # a body cut short by the watchdog can look whole (no length)
-        read_failure = overdue()
     return Answer(raw.status, raw.reason or "", raw.headers, data, read_failure)
 
 

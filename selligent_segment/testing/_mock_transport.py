@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip as _gzip
 import io
 import json
-import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -37,13 +36,14 @@ import urllib3
 from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment._limits import BATCH_PATH
 from selligent_segment.delivery._transport import (
+    _MAX_RESPONSE_BODY,
     _NETWORK_ERRORS,
     GZIP_LEVEL,
     HttpTransport,
     Response,
-    _Deadline,
     _describe,
-    _read_response,
+    _read_answer,
+    _segment_response,
     build_body,
     scrub,
 )
@@ -53,7 +53,6 @@ __all__ = ["Handler", "MockRequest", "MockResponse", "MockTransport"]
 
 _REDACTED = "[redacted]"
 _SECRET_HEADERS = frozenset({"authorization"})
-_NEVER = _Deadline(math.inf)  # a mock answer is never overdue
 
 
 def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -320,4 +319,4 @@ def _classify(answer: MockResponse | int, write_key: str) -> Response:
         reason=reason_phrase(answer.status),
         preload_content=False,
     )
-    return _read_response(raw, write_key, _NEVER, lambda: "deadline exceeded")
+    return _segment_response(_read_answer(raw, _MAX_RESPONSE_BODY), write_key)
