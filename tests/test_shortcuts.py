@@ -1056,6 +1056,7 @@ def header_blocks(draw: st.DrawFn) -> list[bytes]:
     return block
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @SETTINGS
 @given(header_blocks())
 @example([b"Content-Type: application/json\r\n", b"Content-Length: 17\r\n", b"\r\n"])

@@ -80,7 +80,8 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b'{"success":true}'
-    action: str = "respond"  # or "drop" (close, no answer), "reset" (RST), "hang"
+    # or "drop" (close, no answer), "reset" (RST), "hang", "plaintext" (body, not in TLS)
+    action: str = "respond"
 
 
 class _Server(ThreadingHTTPServer):
@@ -130,6 +131,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if reply.action == "hang":
             self.server.release.wait(10)
+            self.close_connection = True
+            return
+        if reply.action == "plaintext":  # bytes outside TLS records: a TLS error to read
+            os.write(self.connection.fileno(), reply.body)
             self.close_connection = True
             return
         self.send_response(reply.status)
@@ -639,6 +644,52 @@ def test_tls_certificates_are_verified(tmp_path: Path) -> None:
     assert "certificate" in refused.error.lower()
     assert accepted.outcome is Outcome.DELIVERED
     assert len(requests) == 1  # nothing was sent over the unverified connection
+
+
+def test_a_kept_tls_connection_carries_the_next_request(tmp_path: Path) -> None:
+    cert_path, key_path = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    transport = HttpTransport(connect_timeout=2.0, read_timeout=2.0, ca_certs=str(cert_path))
+    with running(context) as segment:
+        try:
+            first = transport.post(segment.url, KEY, [message(1)])
+            with mock.patch.object(
+                urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError
+            ):
+                second = transport.post(segment.url, KEY, [message(2)])
+        finally:
+            transport.close()
+        requests = segment.requests
+    assert first.outcome is second.outcome is Outcome.DELIVERED
+    assert [r.connection for r in requests] == [1, 1]
+    assert requests[0].headers == requests[1].headers | {
+        "Content-Length": requests[0].headers["Content-Length"]
+    }
+
+
+def test_a_tls_error_on_a_kept_connection_reads_as_through_urllib3(tmp_path: Path) -> None:
+    cert_path, key_path = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    garbage = Reply(body=b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", action="plaintext")
+    settings: dict[str, Any] = {"read_timeout": 2.0, "ca_certs": str(cert_path)}
+    fresh, kept = HttpTransport(**settings), HttpTransport(**settings)
+    with running(context) as segment:
+        try:
+            segment.script(garbage)
+            by_urllib3 = fresh.post(segment.url, KEY, [message(1)])
+            assert kept.post(segment.url, KEY, [message(2)]).outcome is Outcome.DELIVERED
+            segment.script(garbage)
+            with mock.patch.object(
+                urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError
+            ):
+                by_hand = kept.post(segment.url, KEY, [message(3)])
+        finally:
+            fresh.close()
+            kept.close()
+    assert by_hand == by_urllib3
+    assert (by_hand.error or "").startswith("SSLError")
 
 
 # -- the key stays secret -------------------------------------------------------------------

@@ -9,6 +9,7 @@ attribute, the headers, the body read after, the error raised) on generated answ
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import io
 import re
@@ -120,6 +121,7 @@ def answers(draw: st.DrawFn) -> bytes:
     return head + end + draw(_BODIES)
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @settings(SETTINGS)
 @given(answers(), st.sampled_from(["POST", "HEAD"]))
 @example(
@@ -264,6 +266,18 @@ ANSWERS = {
     ),
     "long body": (b"HTTP/1.1 503 Busy\r\nContent-Length: 100\r\n\r\n" + b"x" * 100, False),
     "closes": (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", True),
+    "cut short, over the limit": (
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\nonly this",
+        True,
+    ),
+    "gzip": (
+        _with_length(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Encoding: gzip",
+            gzip.compress(b'{"code":"invalid","message":"bad batch"}'),
+        ),
+        False,
+    ),
+    "not gzip": (_with_length(b"HTTP/1.1 400 Bad\r\nContent-Encoding: gzip", b"plain"), False),
     "says close": (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", False),
     "no length": (b"HTTP/1.1 502 Bad Gateway\r\n\r\nproxy says no", True),
     "short body": (b"HTTP/1.1 500 Oops\r\nContent-Length: 50\r\n\r\nonly this", True),
@@ -305,26 +319,29 @@ def test_an_answer_on_a_kept_connection_comes_to_what_urllib3_makes_of_it(
     kept.close()
 
 
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
 @pytest.mark.parametrize(
     ("settings", "said"),
     [
         ({"read_timeout": 0.2}, "Read timed out. (read timeout=0.2)"),
+        ({"read_timeout": 1}, "Read timed out. (read timeout=1)"),
         ({"read_timeout": 5.0, "deadline": 0.3}, "deadline exceeded"),
     ],
-    ids=["read timeout", "deadline"],
+    ids=["read timeout", "whole seconds", "deadline"],
 )
 def test_a_slow_answer_fails_as_it_does_through_urllib3(
-    raw_server: _RawServer, settings: dict[str, float], said: str
+    raw_server: _RawServer, settings: dict[str, Any], said: str
 ) -> None:
     url = raw_server.url + "/v1/batch"
     fresh = HttpTransport(proxy=False, **settings)
-    raw_server.answer(OK, delay=0.8)
+    raw_server.answer(OK, delay=1.3)
     first = _exchange(fresh, url)[0]
     kept = HttpTransport(proxy=False, **settings)
     _exchange(kept, url)
     before = raw_server.connections
-    raw_server.answer(OK, delay=0.8)
-    second = _exchange(kept, url)[0]
+    raw_server.answer(OK, delay=1.3)
+    with mock.patch.object(urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError):
+        second = _exchange(kept, url)[0]
     assert first.status is second.status is None
     assert first.error == second.error
     assert said in (second.error or "")
@@ -347,7 +364,10 @@ def test_the_request_on_a_kept_connection_is_byte_for_byte_urllib3s(
         ):
             transport.close()
             _exchange(transport, url, headers=headers)  # a new connection: urllib3 writes it
-            _exchange(transport, url, headers=headers)  # the kept one: written here
+            with mock.patch.object(
+                urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError
+            ):
+                _exchange(transport, url, headers=headers)  # the kept one: written here
             by_urllib3, by_hand = raw_server.requests[-2:]
             assert by_hand == by_urllib3
     assert raw_server.requests[-1].startswith(b"POST /p/v1/batch?x=1&y=%20 HTTP/1.1\r\nHost: ")
@@ -355,11 +375,29 @@ def test_the_request_on_a_kept_connection_is_byte_for_byte_urllib3s(
 
 @pytest.mark.parametrize(
     "headers",
-    [{"User-Agent": "t", "X-Name": "caf\xe9"}, {"User-Agent": "t", "X Bad": "v"}],
-    ids=["latin-1 value", "name with a space"],
+    [
+        {"User-Agent": "t", "X-Name": "caf\xe9"},
+        {"User-Agent": "t", "X Bad": "v"},
+        {"User-Agent": "t", "X-Retry-Count": 2},
+        {"X-Key": "k"},
+        {"User-Agent": "t", "Host": "example.test"},
+        {"User-Agent": "t", "content-length": "12"},
+        {"User-Agent": "t", "Accept-Encoding": "gzip"},
+        {"User-Agent": urllib3.util.SKIP_HEADER},
+    ],
+    ids=[
+        "latin-1 value",
+        "name with a space",
+        "not text",
+        "no user agent",
+        "host",
+        "content length",
+        "accept encoding",
+        "skipped",
+    ],
 )
-def test_a_header_http_client_must_encode_or_check_goes_through_urllib3(
-    raw_server: _RawServer, headers: dict[str, str]
+def test_headers_urllib3_must_check_encode_or_add_to_go_through_urllib3(
+    raw_server: _RawServer, headers: dict[str, Any]
 ) -> None:
     transport = HttpTransport(proxy=False)
     url = raw_server.url + "/v1/batch"
@@ -372,4 +410,5 @@ def test_a_header_http_client_must_encode_or_check_goes_through_urllib3(
     ):  # http.client refuses the name, as before
         _exchange(transport, url, headers=headers)
     assert urlopen.call_count == 1
+    assert _exchange(transport, url)[0].status == 200  # no connection lost on the way
     transport.close()

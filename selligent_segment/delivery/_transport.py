@@ -59,6 +59,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -465,6 +466,8 @@ _ANSWER_MAY_FOLLOW = frozenset((errno.EPROTOTYPE, errno.ECONNRESET))
 _PLAIN_HOST = re.compile(r"[0-9A-Za-z.:_-]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _PLAIN_VALUE = re.compile(r"[\t -~]*")
+# Headers urllib3 writes itself unless given (then not), or frames the body by.
+_URLLIB3_WRITES = frozenset(("host", "content-length", "accept-encoding", "transfer-encoding"))
 _MAX_HEADER_LINE = 65536  # http.client's _MAXLINE
 _MAX_HEADERS = 100  # http.client's _MAXHEADERS
 
@@ -902,13 +905,13 @@ class HttpTransport:
         pool only when the answer was read whole and does not close it.
         """
         conn = pool._get_conn()
-        sock: socket.socket | None = getattr(conn, "sock", None)
-        head = None if sock is None else _request_head(conn, target, len(payload), headers)
-        if sock is None or head is None:
-            pool._put_conn(conn)
-            return None
         reusable = False
         try:
+            sock: socket.socket | None = getattr(conn, "sock", None)
+            head = None if sock is None else _request_head(conn, target, len(payload), headers)
+            if sock is None or head is None:
+                reusable = True  # untouched: back to the pool as it came
+                return None
             sock.settimeout(self._connect_timeout)  # as urllib3 sends: with connect's
             try:
                 if len(payload) <= _JOIN_BELOW:
@@ -916,6 +919,8 @@ class HttpTransport:
                 else:
                     sock.sendall(head)
                     sock.sendall(payload)
+            except ssl.SSLError as exc:
+                raise urllib3.exceptions.SSLError(exc) from exc
             except OSError as exc:
                 # As urllib3: a server may answer (413, 401) and close before reading it all.
                 if not isinstance(exc, BrokenPipeError) and exc.errno not in _ANSWER_MAY_FOLLOW:
@@ -924,14 +929,28 @@ class HttpTransport:
             answer = _QuickHeadersResponse(sock, method="POST")
             try:
                 answer.begin()
-            except TimeoutError as exc:
-                raise urllib3.exceptions.ReadTimeoutError(
-                    pool, target, f"Read timed out. (read timeout={self._read_timeout})"
-                ) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
+            except (TimeoutError, ssl.SSLError, OSError, http.client.HTTPException) as exc:
+                raise self._as_urllib3_raises(exc, pool, target) from exc
+            if "Content-Encoding" in answer.msg:
+                # A compressed answer (though identity was asked for): urllib3 decodes it.
+                raw = urllib3.HTTPResponse(
+                    body=answer,
+                    headers=urllib3.HTTPHeaderDict(answer.msg.items()),
+                    status=answer.status,
+                    version=answer.version,
+                    reason=answer.reason,
+                    preload_content=False,
+                    original_response=answer,
+                    request_method="POST",
+                )
+                return _read_answer(raw, limit)
             body, read_failure = _read_body(answer, pool, limit)
-            reusable = read_failure is None and answer.isclosed() and not answer.will_close
+            reusable = (
+                read_failure is None
+                and answer.isclosed()
+                and not answer.will_close
+                and answer.status >= 200  # else an interim answer: the final one is unread
+            )
             answer.close()
             return Answer(
                 answer.status,
@@ -944,6 +963,21 @@ class HttpTransport:
             if not reusable:
                 conn.close()
             pool._put_conn(conn)
+
+    def _as_urllib3_raises(
+        self, exc: BaseException, pool: _DeadlineHTTPPool, target: str
+    ) -> Exception:
+        """What urllib3 raises when reading the status line and headers fails with
+        ``exc``: a read timeout, a TLS error, or the connection aborted."""
+        if isinstance(exc, TimeoutError) or (
+            isinstance(exc, ssl.SSLError) and "timed out" in str(exc)
+        ):
+            return urllib3.exceptions.ReadTimeoutError(
+                pool, target, f"Read timed out. (read timeout={self._timeout.read_timeout})"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return urllib3.exceptions.SSLError(exc)
+        return urllib3.exceptions.ProtocolError("Connection aborted.", exc)
 
     def _proxy_checked(self, response: Response, secret: str) -> Response:
         """The proxy's credentials scrubbed from the error; a proxy's ``407`` (its answer,
@@ -980,8 +1014,10 @@ def _request_head(
     conn: BaseHTTPConnection, target: str, length: int, headers: Mapping[str, str]
 ) -> bytes | None:
     """The request line and headers urllib3 writes for a POST of ``length`` bytes with
-    ``headers`` (a ``User-Agent`` among them), byte for byte (a test compares them), or
-    ``None`` when a header is not plain text (urllib3 then checks and encodes it)."""
+    ``headers``, byte for byte (a test compares them), or ``None`` when urllib3 would do
+    more than write them: a header that is not plain text (checked and encoded), one it
+    writes itself or leaves out when given (``Host``, ``Content-Length``, ``Accept-Encoding``,
+    ``Transfer-Encoding``), or no ``User-Agent`` (its own added)."""
     host = conn.host
     if not _PLAIN_HOST.fullmatch(host):
         return None
@@ -993,10 +1029,23 @@ def _request_head(
         f"POST {target} HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: identity\r\n"
         f"Content-Length: {length}\r\n"
     ]
+    agent = False
     for name, value in headers.items():
-        if not (_HEADER_NAME.fullmatch(name) and _PLAIN_VALUE.fullmatch(value)):
+        if not (
+            isinstance(name, str)
+            and isinstance(value, str)
+            and _HEADER_NAME.fullmatch(name)
+            and _PLAIN_VALUE.fullmatch(value)
+            and value != urllib3.util.SKIP_HEADER
+        ):
             return None
+        lower = name.lower()
+        if lower in _URLLIB3_WRITES:
+            return None
+        agent = agent or lower == "user-agent"
         lines.append(f"{name}: {value}\r\n")
+    if not agent:
+        return None
     lines.append("\r\n")
     return "".join(lines).encode("ascii")
 
@@ -1005,13 +1054,21 @@ def _read_body(
     answer: http.client.HTTPResponse, pool: urllib3.HTTPConnectionPool, limit: int
 ) -> tuple[bytes, str | None]:
     """The body of ``answer`` up to ``limit`` bytes, and why it could not be read whole
-    (``None`` when it was), in urllib3's words."""
+    (``None`` when it was), in urllib3's words (``HTTPResponse.read`` and its
+    ``_error_catcher``)."""
     try:
         if answer.chunked or answer.length is None or answer.length > limit:
-            return answer.read(limit), None
+            data = answer.read(limit)
+            left = answer.length
+            if not answer.chunked and left and len(data) < limit:  # the connection ended
+                raise http.client.IncompleteRead(data, left)
+            return data, None
         return answer.read(), None  # http.client raises IncompleteRead if it is short
-    except TimeoutError as exc:
-        failure: Exception = urllib3.exceptions.ReadTimeoutError(pool, None, "Read timed out.")
+    except (TimeoutError, ssl.SSLError) as exc:
+        if isinstance(exc, ssl.SSLError) and "read operation timed out" not in str(exc):
+            failure: Exception = urllib3.exceptions.SSLError(exc)
+        else:
+            failure = urllib3.exceptions.ReadTimeoutError(pool, None, "Read timed out.")
         failure.__cause__ = exc
     except (OSError, http.client.HTTPException) as exc:
         failure = urllib3.exceptions.ProtocolError(f"Connection broken: {exc!r}", exc)
