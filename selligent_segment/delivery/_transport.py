@@ -893,16 +893,17 @@ class HttpTransport:
     ) -> Answer | None:
         """The POST made on a connection already open to the host (kept alive from an
         earlier request), by writing the request's bytes and reading the answer with
-        ``http.client``'s parser, without urllib3's request and response objects: about
-        half of a request's client CPU. ``None`` (nothing sent) when the pool has no open
-        connection or a header is one ``http.client`` would have to check or encode: then
-        urllib3 makes the request, and opens the connection (TCP, TLS, errors).
+        ``http.client``'s parser, without urllib3's request and response objects: less
+        than half the client CPU. ``None`` (nothing sent, the connection back in the pool)
+        when the pool has no open connection or urllib3 would do more than write the
+        headers (see :func:`_request_head`): then urllib3 makes the request, and opens the
+        connection (TCP, TLS, their errors). A compressed answer is read by urllib3.
 
         Raises what urllib3 raises for the same failures (``ReadTimeoutError`` for a
-        status line that does not come in time, ``ProtocolError`` for a connection that
-        drops or an answer that is not HTTP); a body that cannot be read whole is the
-        answer's ``read_failure``, in urllib3's words. The connection goes back to the
-        pool only when the answer was read whole and does not close it.
+        status line that does not come in time, ``SSLError``, ``ProtocolError`` for a
+        connection that drops or an answer that is not HTTP); a body that cannot be read
+        whole is the answer's ``read_failure``, in urllib3's words. The connection goes
+        back to the pool only when a final answer was read whole and does not close it.
         """
         conn = pool._get_conn()
         reusable = False
