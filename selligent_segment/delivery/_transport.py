@@ -27,9 +27,10 @@ to the same :class:`Response` as through urllib3 (``tests/test_transport_answers
 post of 20 messages to a loopback server, in instructions of client CPU (``python -m
 benchmarks.instructions --only post``): 975,885 through urllib3's ``PoolManager``, 673,116
 with the pool looked up once and the quick header parse, 325,727 written here.
-Aside: a test server that writes
-headers and body in two ``send`` calls without ``TCP_NODELAY`` costs 40 ms per request
-(Nagle against delayed ACK); urllib3 sets ``TCP_NODELAY`` on its side by default.
+
+Aside: a test server that writes headers and body in two ``send`` calls without
+``TCP_NODELAY`` costs 40 ms per request (Nagle against delayed ACK); urllib3 sets
+``TCP_NODELAY`` on its side by default.
 
 Gzip level: :data:`GZIP_LEVEL` (3), measured on realistic email track messages (uuid ids,
 addresses, URLs); compressed size as a share of the original, and time per batch::
