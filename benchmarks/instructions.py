@@ -20,7 +20,11 @@ Paths (``--only``):
   the ingest into SQLite, the lease, the decode, the send and the ack, until ``flush``;
 - ``decode``: a journal record into its message (``JournalIntake.decode``, on lease);
 - ``post``: one ``HttpTransport.post`` of a 20-message batch to a ``LocalSegment`` on
-  127.0.0.1 (another process, not counted), the answer read: per request, not per event.
+  127.0.0.1 (another process, not counted), the answer read: per request, not per event;
+- ``tenants``: the 1,000-tenant scenario's shape, ``n`` events over ``n / 20`` tenants
+  (each its own write key, so a request of 20 events each), ``emit`` of a dict through
+  the real ``HttpTransport`` to that ``LocalSegment``, until ``flush`` returns: per event,
+  HTTP included.
 
 The threads' polling (the encoder's and senders' timed waits) adds a little to every
 count, the same with and without events; it cancels out in the difference only roughly,
@@ -50,7 +54,10 @@ PATHS = (
     "durable_emit",
     "decode",
     "post",
+    "tenants",
 )
+#: The paths that post to a LocalSegment started for them.
+SERVED = ("post", "tenants")
 #: The environment variable that gives the ``post`` path's child the server's URL.
 SERVER_VARIABLE = "SELLIGENT_SEGMENT_BENCH_SERVER"
 POST_BATCH = 20
@@ -118,6 +125,9 @@ def run_path(path: str, n: int, process: bool) -> None:
     if path == "post":
         _post(n, process)
         return
+    if path == "tenants":
+        _tenants(records, warm, process)
+        return
     if path == "decode":
         import orjson
 
@@ -176,6 +186,32 @@ def _post(n: int, process: bool) -> None:
     for i in range(n) if process else ():
         assert transport.post(url, f"wk-{i % 1000}", messages[i]).status == 200
     transport.close()
+
+
+def _tenants(records: list[dict[str, Any]], warm: list[dict[str, Any]], process: bool) -> None:
+    """``records`` over ``len(records) / POST_BATCH`` tenants, interleaved as the
+    1,000-tenant benchmark sends them, through the real transport (after ``warm``)."""
+    from selligent_segment import Emitter
+
+    count = max(1, len(records) // POST_BATCH)
+    keys = {f"t{j}": f"wk-{j}" for j in range(count)}
+    emitter = Emitter(
+        write_keys=keys,
+        endpoint=os.environ[SERVER_VARIABLE],
+        allow_insecure_http=True,
+        handle_sigterm=False,
+    )
+    for i, r in enumerate(warm):
+        emitter.emit(r | {"tenant": f"t{i % count}"})
+    assert emitter.flush(60)
+    plan = [(i * count + j, j) for i in range(POST_BATCH) for j in range(count)]
+    items = [records[index] | {"tenant": f"t{j}"} for index, j in plan]  # built either way
+    for item in items if process else ():
+        emitter.emit(item)
+    assert emitter.flush(600)
+    expected = (len(items) if process else 0) + len(warm)
+    assert emitter.stats().delivered == expected, emitter.stats()
+    emitter.close()
 
 
 @contextlib.contextmanager
@@ -242,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for path in args.only.split(","):
         with contextlib.ExitStack() as stack:
-            server = stack.enter_context(_server()) if path == "post" else None
+            server = stack.enter_context(_server()) if path in SERVED else None
             base = count(path, args.n, False, server)
             total = count(path, args.n, True, server)
         unit = "request" if path == "post" else "event"
