@@ -381,12 +381,30 @@ def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_que
         "batch-1": MockResponse.error(429, "slow down", retry_after=8),
     }
     lock = threading.Lock()
+    batch_0_aside = threading.Event()
 
     def handler(request: MockRequest) -> MockResponse:
+        name = batch_of(request)
         with lock:
-            return answers.pop(batch_of(request), None) or MockResponse.ok()
+            first = name in answers
+        if name == "batch-1" and first:
+            # The two are in flight together: batch-1's 429 settles after batch-0 is set
+            # aside, whichever sender the scheduler runs first (else batch-0 goes back to
+            # the queue at once, right too, but not what this test is about).
+            assert batch_0_aside.wait(30)
+        with lock:
+            return answers.pop(name, None) or MockResponse.ok()
 
     em, transport, clock = fake_emitter(handler, batch=BATCHES, max_requests_per_second=0)
+    set_aside = em._dispatcher.settler.set_aside
+
+    def spy_aside(lease: Lease, messages: Sequence[EncodedMessage]) -> bool:
+        kept = set_aside(lease, messages)
+        if orjson.loads(messages[0].body)["properties"]["email_id"] == "batch-0":
+            batch_0_aside.set()
+        return kept
+
+    em._dispatcher.settler.set_aside = spy_aside  # type: ignore[method-assign]
     spool = em._dispatcher.spool
     spool.lease_seconds = 10.0  # type: ignore[attr-defined]
     released: list[tuple[float, str]] = []
