@@ -661,7 +661,8 @@ class HttpTransport:
         self._max_connections = max_connections
         self._deadline = float(deadline)
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._connect_timeout, self._read_timeout = float(connect_timeout), float(read_timeout)
+        # As given (a read timeout of 1 is written "1" in urllib3's error text, as here).
+        self._connect_timeout, self._read_timeout = connect_timeout, read_timeout
         self._gzip = bool(gzip)
         self._ca_certs = ca_bundle(ca_certs, setting="ca_certs") or _default_ca_bundle()
         self._routes = routes(proxy)
@@ -685,8 +686,8 @@ class HttpTransport:
     def __repr__(self) -> str:
         return (
             f"HttpTransport(max_connections={self._max_connections}, "
-            f"connect_timeout={self._timeout.connect_timeout}, "
-            f"read_timeout={self._timeout.read_timeout}, deadline={self._deadline}, "
+            f"connect_timeout={self._connect_timeout}, "
+            f"read_timeout={self._read_timeout}, deadline={self._deadline}, "
             f"gzip={self._gzip}, proxy={self._routes.describe()!r})"
         )
 
@@ -933,11 +934,12 @@ class HttpTransport:
                 answer.begin()
             except (TimeoutError, ssl.SSLError, OSError, http.client.HTTPException) as exc:
                 raise self._as_urllib3_raises(exc, pool, target) from exc
-            if "Content-Encoding" in answer.msg:
+            headers = urllib3.HTTPHeaderDict(answer.msg.items())
+            if "Content-Encoding" in headers:
                 # A compressed answer (though identity was asked for): urllib3 decodes it.
                 raw = urllib3.HTTPResponse(
                     body=answer,
-                    headers=urllib3.HTTPHeaderDict(answer.msg.items()),
+                    headers=headers,
                     status=answer.status,
                     version=answer.version,
                     reason=answer.reason,
@@ -957,7 +959,7 @@ class HttpTransport:
             return Answer(
                 answer.status,
                 answer.reason or "",
-                urllib3.HTTPHeaderDict(answer.msg.items()),
+                headers,
                 body,
                 read_failure,
             )
@@ -975,7 +977,7 @@ class HttpTransport:
             isinstance(exc, ssl.SSLError) and "timed out" in str(exc)
         ):
             return urllib3.exceptions.ReadTimeoutError(
-                pool, target, f"Read timed out. (read timeout={self._timeout.read_timeout})"
+                pool, target, f"Read timed out. (read timeout={self._read_timeout})"
             )
         if isinstance(exc, ssl.SSLError):
             return urllib3.exceptions.SSLError(exc)
