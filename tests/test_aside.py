@@ -145,6 +145,54 @@ def test_a_429_stops_the_tenants_requests_until_its_retry_after() -> None:
     assert (1.0, "batch-0", 1) in times
 
 
+def test_a_batch_leased_before_a_429_settles_leaves_as_leased_before_it() -> None:
+    """batch-2's turn has leased it when batch-0's 429 settles: it goes out as it would
+    have a moment earlier (X-Retry-Count 0), and its success does not clear the backoff
+    the 429 set, so batch-0 goes again after the Retry-After with X-Retry-Count 1. (Its
+    retry count used to be read after the lease: batch-2 carried the 429's count, and its
+    success reset the backoff, so batch-0's retry carried 0.)"""
+    batch_2_leased = threading.Event()
+    rate_limited = threading.Event()
+    handler = FirstOf("batch-0", MockResponse.rate_limited(retry_after=1))
+
+    def answer(request: MockRequest) -> MockResponse:
+        if batch_of(request) == "batch-0" and request.retry_count == 0:
+            assert batch_2_leased.wait(30)
+        return handler(request)
+
+    em, transport, clock = fake_emitter(answer, batch=BATCHES, max_requests_per_second=0)
+    dispatcher = em._dispatcher
+    dispatcher.max_in_flight = 2
+    lease, retry_later = dispatcher.spool.lease, dispatcher._retry_later
+
+    def spy_lease(tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
+        leased = lease(tenant, max_messages, max_bytes)
+        if leased and orjson.loads(leased.messages[0].body)["properties"]["email_id"] == (
+            "batch-2"
+        ):
+            batch_2_leased.set()
+            assert rate_limited.wait(30)  # batch-0's 429 settles before batch-2 is sent
+        return leased
+
+    def spy_retry_later(*args: Any) -> None:
+        retry_later(*args)
+        rate_limited.set()
+
+    dispatcher.spool.lease = spy_lease  # type: ignore[method-assign]
+    dispatcher._retry_later = spy_retry_later  # type: ignore[method-assign]
+    try:
+        emit_batches(em, 3)
+        assert clock.run_until(lambda: em.stats().delivered == 30, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert sorted((r.at, batch_of(r), r.retry_count) for r in transport.requests) == [
+        (0.0, "batch-0", 0),
+        (0.0, "batch-1", 0),
+        (0.0, "batch-2", 0),
+        (1.0, "batch-0", 1),
+    ]
+
+
 class FailFirst(FirstOf):
     """As :class:`FirstOf`, but the first request of the batch raises ``error`` (a
     network failure, as the transport reports it: no status)."""

@@ -409,6 +409,12 @@ class Dispatcher:
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
+        # What the tenant's state is when its turn starts is what the request carries: a
+        # failure settled while this turn leases (a 429 beside it) is one the batch left
+        # before, as it would have a moment earlier. Read later, the batch would carry
+        # that failure's retry count, and its success would clear that failure's backoff.
+        with self.cv:
+            seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
         aside = self._take_aside(state) if state.aside else None
         leased_at = self.clock.monotonic()
         if aside is not None:  # a batch set aside, due again: its own bodies and backoff
@@ -430,11 +436,10 @@ class Dispatcher:
             lease, messages = leased, leased.messages
             bodies = BatchBodies(map(BODY_OF, messages))
         now = self.clock.monotonic()
-        with self.cv:
-            seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
-            if aside is not None:
-                retries = aside.backoff.retries
-            if self.max_in_flight > 1:
+        if aside is not None:
+            retries = aside.backoff.retries
+        if self.max_in_flight > 1:
+            with self.cv:
                 self._overlap(state, now)
         endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
@@ -555,7 +560,7 @@ class Dispatcher:
 
     def _reset_backoff(self, state: _Tenant, seen: int) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
-        failed meanwhile (``seen`` is the failure count when it was sent)."""
+        failed meanwhile (``seen`` is the failure count when its turn began)."""
         with self.cv:
             state.backoff.record_success(seen)
 
