@@ -135,6 +135,24 @@ def test_the_quick_response_reads_what_http_client_reads(data: bytes, method: st
     assert read(_QuickHeadersResponse, data, method) == read(http.client.HTTPResponse, data, method)
 
 
+EARLY_HINTS = (
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    b"HTTP/1.1 102 Processing\r\n\r\n"
+)
+
+
+def test_the_quick_response_skips_every_interim_answer() -> None:
+    """RFC 9110 (15.2): a client reads past any number of 1xx answers but 101 to the final
+    one. The standard library skips a 100 only, and takes a 103 for the answer."""
+    final = read(_QuickHeadersResponse, EARLY_HINTS + OK, "POST")
+    assert (final["status"], final["body"]) == (200, b'{"success":true}')
+    assert final["message"] == read(http.client.HTTPResponse, OK, "POST")["message"]
+    assert final["will_close"] is False
+    assert read(http.client.HTTPResponse, EARLY_HINTS + OK, "POST")["status"] == 103
+    switching = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"
+    assert read(_QuickHeadersResponse, switching, "POST")["status"] == 101
+
+
 def test_the_transport_reads_answers_with_the_quick_response() -> None:
     assert _transport._DeadlineHTTPConnection.response_class is _QuickHeadersResponse
     assert _transport._DeadlineHTTPSConnection.response_class is _QuickHeadersResponse
@@ -289,6 +307,7 @@ ANSWERS = {
     "not http": (b"SMTP ready\r\n\r\n", True),
     "nothing": (b"", True),
     "no content": (b"HTTP/1.1 204 No Content\r\n\r\n", False),
+    "early hints": (EARLY_HINTS + OK, False),
 }
 
 
@@ -314,6 +333,7 @@ def test_an_answer_on_a_kept_connection_comes_to_what_urllib3_makes_of_it(
     assert _exchange(kept, url)[0].status == 200
     reused = raw_server.connections == before
     whole = ("ok", "rate limited", "error body", "chunked", "redirect", "no content")
+    whole += ("early hints",)
     assert reused == (name in whole or (name == "long body" and not interpret))
     fresh.close()
     kept.close()

@@ -479,7 +479,11 @@ class _QuickHeadersResponse(http.client.HTTPResponse):
 
     :meth:`begin` is the standard library's (CPython 3.10 to 3.13), with that one call
     changed; ``tests/test_transport_answers.py`` reads generated answers with both classes
-    and compares every attribute and the body read after.
+    and compares every attribute and the body read after. And one fix: every interim
+    answer (``1xx`` but ``101``, such as ``103 Early Hints``) is skipped, as RFC 9110
+    (15.2) asks of a client, where the standard library skips ``100 Continue`` only and
+    would take a ``103`` for the answer (a batch sent again for nothing, then dropped
+    once its retries ran out).
     """
 
     def begin(self) -> None:
@@ -487,9 +491,9 @@ class _QuickHeadersResponse(http.client.HTTPResponse):
             return  # already begun
         while True:
             version, status, reason = self._read_status()
-            if status != http.client.CONTINUE:
+            if not 100 <= status < 200 or status == http.client.SWITCHING_PROTOCOLS:
                 break
-            _header_lines(self.fp)  # the header block of a 100 Continue, skipped
+            _header_lines(self.fp)  # the header block of an interim answer, skipped
         self.code = self.status = status
         self.reason = reason.strip()
         if version in ("HTTP/1.0", "HTTP/0.9"):
