@@ -9,6 +9,7 @@ attribute, the headers, the body read after, the error raised) on generated answ
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import http.client
 import io
@@ -218,9 +219,13 @@ class _RawServer:
                 buffer = rest[length:]
                 if delay:
                     time.sleep(delay)  # a slow server: what the read timeout is for
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                except OSError:  # the client has gone (it gave up on the request)
+                    return
                 if close:
-                    conn.shutdown(socket.SHUT_RDWR)
+                    with contextlib.suppress(OSError):  # the client may have closed first
+                        conn.shutdown(socket.SHUT_RDWR)
                     return
 
     def close(self) -> None:
@@ -336,6 +341,65 @@ def test_an_answer_on_a_kept_connection_comes_to_what_urllib3_makes_of_it(
     whole += ("early hints",)
     assert reused == (name in whole or (name == "long body" and not interpret))
     fresh.close()
+    kept.close()
+
+
+class _FailingSend:
+    """A kept connection's socket whose next ``sendall`` sends its bytes and then fails
+    with ``error``, as a server that answered and closed before reading all of a request
+    makes it fail; everything else is the socket's."""
+
+    def __init__(self, sock: socket.socket, error: OSError) -> None:
+        self.sock = sock
+        self.error: OSError | None = error
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize(
+    ("error", "read"),
+    [
+        (BrokenPipeError(errno.EPIPE, "Broken pipe"), True),
+        (ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), True),
+        (OSError(errno.EPROTOTYPE, "Protocol wrong type for socket"), True),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), False),
+    ],
+    ids=["broken pipe", "reset", "EPROTOTYPE", "other"],
+)
+def test_a_send_that_fails_on_a_kept_connection_reads_the_answer_as_urllib3_does(
+    raw_server: _RawServer, error: OSError, read: bool
+) -> None:
+    """urllib3 reads the answer after a send that failed with a broken pipe, a reset or
+    EPROTOTYPE (a server may answer, 413 or 401, and close before reading it all), and
+    reports any other failure as the connection aborted: so does a kept connection."""
+    url = raw_server.url + "/v1/batch"
+    kept = HttpTransport(proxy=False)
+    _exchange(kept, url)  # opens the connection, kept alive
+    pool, _ = kept._target(url)
+    assert isinstance(pool, urllib3.HTTPConnectionPool)
+    assert pool.pool is not None
+    conn = pool.pool.queue[-1]  # the connection the next request takes (LIFO)
+    assert conn is not None
+    assert conn.sock is not None
+    conn.sock = _FailingSend(conn.sock, error)
+    raw_server.answer(_with_length(b"HTTP/1.1 413 Too Large", b'{"message":"big"}'), close=True)
+    with mock.patch.object(urllib3.HTTPConnectionPool, "urlopen", side_effect=AssertionError):
+        response, _ = _exchange(kept, url)
+    if read:
+        assert (response.status, response.error) == (413, "HTTP 413: big")
+    else:
+        assert response.status is None
+        assert response.error is not None
+        assert "Connection aborted" in response.error
+        assert "No route to host" in response.error
+    assert raw_server.requests[-1].endswith(b'{"batch":[]}')  # the request was all sent
     kept.close()
 
 

@@ -957,7 +957,7 @@ class HttpTransport:
                 read_failure is None
                 and answer.isclosed()
                 and not answer.will_close
-                and answer.status >= 200  # else an interim answer: the final one is unread
+                and answer.status >= 200  # else a 101: what follows is not HTTP
             )
             answer.close()
             return Answer(
