@@ -66,6 +66,18 @@ def emit_batches(em: Emitter, n_batches: int, per_batch: int = 10, tenant: str =
     )
 
 
+def deliver_batches(em: Emitter, clock: FakeClock, n_batches: int) -> None:
+    """``n_batches`` full batches of acme emitted, then the fake clock run until every event
+    is delivered (asserted)."""
+    emit_batches(em, n_batches)
+    assert clock.run_until(lambda: em.stats().delivered == 10 * n_batches, waiters=SENDERS)
+
+
+def email_id_of(messages: Sequence[EncodedMessage]) -> str:
+    """The batch a batch of messages is (its first message's ``email_id``)."""
+    return str(orjson.loads(messages[0].body)["properties"]["email_id"])
+
+
 def array_of(content: bytes) -> bytes:
     """The request body up to ``sentAt``: the batch array as joined."""
     head, sep, _ = content.partition(b'],"sentAt":')
@@ -101,8 +113,7 @@ def run_three_batches(
     )
     em._dispatcher.max_in_flight = in_flight
     try:
-        emit_batches(em, 3)
-        assert clock.run_until(lambda: em.stats().delivered == 30, waiters=SENDERS)
+        deliver_batches(em, clock, 3)
         stats = em.stats()
     finally:
         em.close(0)
@@ -167,9 +178,7 @@ def test_a_batch_leased_before_a_429_settles_leaves_as_leased_before_it() -> Non
 
     def spy_lease(tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
         leased = lease(tenant, max_messages, max_bytes)
-        if leased and orjson.loads(leased.messages[0].body)["properties"]["email_id"] == (
-            "batch-2"
-        ):
+        if leased and email_id_of(leased.messages) == "batch-2":
             batch_2_leased.set()
             assert rate_limited.wait(30)  # batch-0's 429 settles before batch-2 is sent
         return leased
@@ -181,8 +190,7 @@ def test_a_batch_leased_before_a_429_settles_leaves_as_leased_before_it() -> Non
     dispatcher.spool.lease = spy_lease  # type: ignore[method-assign]
     dispatcher._retry_later = spy_retry_later  # type: ignore[method-assign]
     try:
-        emit_batches(em, 3)
-        assert clock.run_until(lambda: em.stats().delivered == 30, waiters=SENDERS)
+        deliver_batches(em, clock, 3)
     finally:
         em.close(0)
     assert sorted((r.at, batch_of(r), r.retry_count) for r in transport.requests) == [
@@ -275,8 +283,7 @@ def test_a_retry_sends_the_bytes_built_for_the_first_attempt_without_encoding_ag
 
     monkeypatch.setattr(spool, "lease", counted_lease)
     try:
-        emit_batches(em, 2)
-        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+        deliver_batches(em, clock, 2)
     finally:
         em.close(0)
     first, retry = [r for r in transport.requests if batch_of(r) == "batch-0"]
@@ -298,8 +305,7 @@ def test_over_http_the_tenant_sends_on_while_a_503_batch_waits_its_retry_after()
         timed = Timed(HttpTransport(max_connections=SENDERS), clock)
         em = emitter(server, transport=timed, clock=clock, batch=BATCHES, max_requests_per_second=0)
         try:
-            emit_batches(em, 3)
-            assert clock.run_until(lambda: em.stats().delivered == 30, waiters=SENDERS)
+            deliver_batches(em, clock, 3)
         finally:
             em.close(0)
         requests = server.requests
@@ -409,8 +415,7 @@ def test_a_long_server_wait_makes_the_tenant_wait(
     if lease_seconds is not None:  # as the PostgreSQL spool's leases, which expire
         em._dispatcher.spool.lease_seconds = lease_seconds  # type: ignore[attr-defined]
     try:
-        emit_batches(em, 2)
-        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+        deliver_batches(em, clock, 2)
     finally:
         em.close(0)
     assert [(r.at, batch_of(r), r.retry_count) for r in transport.requests] == [
@@ -448,7 +453,7 @@ def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_que
 
     def spy_aside(lease: Lease, messages: Sequence[EncodedMessage]) -> bool:
         kept = set_aside(lease, messages)
-        if orjson.loads(messages[0].body)["properties"]["email_id"] == "batch-0":
+        if email_id_of(messages) == "batch-0":
             batch_0_aside.set()
         return kept
 
@@ -459,15 +464,12 @@ def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_que
     release = spool.release
 
     def spy(lease: Lease, messages: Sequence[EncodedMessage]) -> None:
-        released.append(
-            (clock.monotonic(), orjson.loads(messages[0].body)["properties"]["email_id"])
-        )
+        released.append((clock.monotonic(), email_id_of(messages)))
         release(lease, messages)
 
     spool.release = spy  # type: ignore[method-assign]
     try:
-        emit_batches(em, 2)
-        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS)
+        deliver_batches(em, clock, 2)
     finally:
         em.close(0)
     # batch-0 went back to the queue at the tenant's turn (t=8), not sent from aside.
