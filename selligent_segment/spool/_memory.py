@@ -1,7 +1,8 @@
 """The in-memory spool: per-tenant queues in this process, lost when it dies.
 
 Guarantee: it never holds more than ``max_bytes`` of message bodies (leased ones count
-until settled), and per-tenant FIFO order is kept across releases.
+until settled), and per-tenant FIFO order is kept across releases, in whatever order the
+leases come back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ class MemorySpool:
     """A :class:`~selligent_segment.spool._protocol.Spool` in memory, capped at ``max_bytes``.
 
     Guarantee: never holds more than ``max_bytes`` of message bodies (leased ones count
-    until settled); per-tenant FIFO order is kept across releases.
+    until settled); per-tenant FIFO order is kept across releases: a released batch goes
+    back to the place its messages had, ahead of what was queued after them, even when a
+    lease taken after it came back first (two requests of a tenant failing together).
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -33,6 +36,15 @@ class MemorySpool:
         self._nbytes = 0
         self._count = 0
         self._leased: dict[int, Lease] = {}
+        # Where released messages go back. A batch's place in its tenant's order is the id
+        # of the lease that first took its messages (leases take from the head, so their
+        # ids follow the queue's order) and the offset of its first message in that batch:
+        # kept here when a lease took messages released before (else it is (its own id,
+        # 0)). Released messages wait at the head of the queue, as runs of [id, offset,
+        # count] in queue order; a lease takes from one run only, so that its messages
+        # have one place.
+        self._places: dict[int, tuple[int, int]] = {}
+        self._returned: dict[str, list[list[int]]] = {}
 
     def has_room(self, nbytes: int) -> bool:
         return self._nbytes + nbytes <= self.max_bytes
@@ -52,6 +64,11 @@ class MemorySpool:
             queue = self._queues.get(tenant)
             if not queue:
                 return None
+            # Messages released before are taken a run at a time (one batch's place), never
+            # with what follows them: a lease then has one place, and goes back to it.
+            runs = self._returned.get(tenant)
+            if runs:
+                max_messages = min(max_messages, runs[0][2])
             taken: list[EncodedMessage] = []
             size = 0
             while queue and len(taken) < max_messages:
@@ -64,6 +81,15 @@ class MemorySpool:
                 del self._queues[tenant]
             lease = Lease(tenant, tuple(taken))
             self._leased[lease.id] = lease
+            if runs:  # it took messages released before: their place is its place
+                run = runs[0]
+                self._places[lease.id] = (run[0], run[1])
+                run[1] += len(taken)  # what is left of the run comes after them
+                run[2] -= len(taken)
+                if not run[2]:
+                    del runs[0]
+                    if not runs:
+                        del self._returned[tenant]
             return lease
 
     def _settle(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
@@ -73,6 +99,7 @@ class MemorySpool:
             raise ValueError(f"lease {lease.id} is not live")
         if messages is held.messages:
             del self._leased[lease.id]  # the common case: the whole lease at once
+            self._places.pop(lease.id, None)
             return
         done = {id(m) for m in messages}
         left = tuple(m for m in held.messages if id(m) not in done)
@@ -82,6 +109,7 @@ class MemorySpool:
             self._leased[lease.id] = Lease(held.tenant, left, id=held.id)
         else:
             del self._leased[lease.id]
+            self._places.pop(lease.id, None)
 
     def _forget(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         with self._lock:
@@ -100,11 +128,31 @@ class MemorySpool:
 
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         with self._lock:
+            batch_id, offset = self._places.get(lease.id, (lease.id, 0))
             self._settle(lease, messages)
+            if not messages:
+                return
+            if messages[0] is not lease.messages[0]:  # a later part of the lease
+                offset += lease.messages.index(messages[0])
             queue = self._queues.get(lease.tenant)
             if queue is None:
                 queue = self._queues[lease.tenant] = deque()
+            runs = self._returned.setdefault(lease.tenant, [])
+            ahead = index = 0  # the released messages that stay ahead: of earlier places
+            for run in runs:
+                if (run[0], run[1]) > (batch_id, offset):
+                    break
+                ahead += run[2]
+                index += 1
+            queue.rotate(-ahead)
             queue.extendleft(reversed(messages))
+            queue.rotate(ahead)
+            runs.insert(index, [batch_id, offset, len(messages)])
+            # Parts of one batch that meet again are one run (one lease takes them).
+            if index + 1 < len(runs) and _meet(runs[index], runs[index + 1]):
+                runs[index][2] += runs.pop(index + 1)[2]
+            if index and _meet(runs[index - 1], runs[index]):
+                runs[index - 1][2] += runs.pop(index)[2]
 
     def empty(self) -> bool:
         return self._count == 0
@@ -132,16 +180,40 @@ class MemorySpool:
         """Remove and return every message, leased or queued, per tenant in queue order
         (a tenant's leased messages are older than its queued ones)."""
         with self._lock:
-            out: dict[str, list[EncodedMessage]] = {}
-            for lease in sorted(self._leased.values(), key=lambda lease: lease.id):
-                out.setdefault(lease.tenant, []).extend(lease.messages)
+            # Per tenant: the leased batches and the released runs at its queue's head, in
+            # the order of their places, then the rest of its queue.
+            held: dict[str, list[tuple[tuple[int, int], Sequence[EncodedMessage]]]] = {}
+            for lease in self._leased.values():
+                place = self._places.get(lease.id, (lease.id, 0))
+                held.setdefault(lease.tenant, []).append((place, lease.messages))
+            rest: dict[str, list[EncodedMessage]] = {}
             for tenant, queue in self._queues.items():
-                out.setdefault(tenant, []).extend(queue)
+                messages = list(queue)
+                start = 0
+                for batch_id, offset, count in self._returned.get(tenant, ()):
+                    run = messages[start : start + count]
+                    held.setdefault(tenant, []).append(((batch_id, offset), run))
+                    start += count
+                rest[tenant] = messages[start:]
+            out: dict[str, list[EncodedMessage]] = {}
+            for tenant, batches in held.items():
+                batches.sort(key=lambda batch: batch[0])
+                out[tenant] = [message for _, batch in batches for message in batch]
+            for tenant, messages in rest.items():
+                out.setdefault(tenant, []).extend(messages)
             self._leased.clear()
             self._queues.clear()
+            self._places.clear()
+            self._returned.clear()
             self._nbytes = self._count = 0
             return out
 
     def close(self) -> None:
         with self._lock:
             self._queues.clear()
+            self._returned.clear()
+
+
+def _meet(run: list[int], after: list[int]) -> bool:
+    """True when ``after`` is the part of ``run``'s batch that follows ``run``."""
+    return run[0] == after[0] and run[1] + run[2] == after[1]
