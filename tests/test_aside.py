@@ -10,7 +10,6 @@ LocalSegment on loopback (``Timed``: real requests, fake time).
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -156,31 +155,41 @@ def test_a_429_stops_the_tenants_requests_until_its_retry_after() -> None:
     assert (1.0, "batch-0", 1) in times
 
 
-def test_a_batch_leased_before_a_429_settles_leaves_as_leased_before_it() -> None:
-    """batch-2's turn has leased it when batch-0's 429 settles: it goes out as it would
-    have a moment earlier (X-Retry-Count 0), and its success does not clear the backoff
-    the 429 set, so batch-0 goes again after the Retry-After with X-Retry-Count 1. (Its
-    retry count used to be read after the lease: batch-2 carried the 429's count, and its
-    success reset the backoff, so batch-0's retry carried 0.)"""
-    batch_2_leased = threading.Event()
+def run_with_a_429_settling_during_a_lease(lease_waits: str) -> list[tuple[float, str, int]]:
+    """Three batches of acme, two requests in flight; batch-0 is answered 429 (Retry-After
+    1 s), and that answer settles while the other request's turn is leasing: after the
+    lease when ``lease_waits`` is ``"after"`` (the turn has leased batch-2), before it when
+    ``"before"`` (the turn then finds batch-0, just given back, at the head of the queue).
+    Each request's (fake time, batch, X-Retry-Count), in the order sent."""
+    leasing = threading.Event()
     rate_limited = threading.Event()
     handler = FirstOf("batch-0", MockResponse.rate_limited(retry_after=1))
 
     def answer(request: MockRequest) -> MockResponse:
         if batch_of(request) == "batch-0" and request.retry_count == 0:
-            assert batch_2_leased.wait(30)
+            assert leasing.wait(30)
         return handler(request)
 
     em, transport, clock = fake_emitter(answer, batch=BATCHES, max_requests_per_second=0)
     dispatcher = em._dispatcher
     dispatcher.max_in_flight = 2
     lease, retry_later = dispatcher.spool.lease, dispatcher._retry_later
+    leases = 0
+    lock = threading.Lock()
 
     def spy_lease(tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
+        nonlocal leases
+        with lock:
+            leases += 1
+            # The turn beside batch-0's request: batch-1's lease is the second.
+            second = leases == 2 + (lease_waits == "after")
+        if second and lease_waits == "before":
+            leasing.set()
+            assert rate_limited.wait(30)
         leased = lease(tenant, max_messages, max_bytes)
-        if leased and email_id_of(leased.messages) == "batch-2":
-            batch_2_leased.set()
-            assert rate_limited.wait(30)  # batch-0's 429 settles before batch-2 is sent
+        if second and lease_waits == "after":
+            leasing.set()
+            assert rate_limited.wait(30)
         return leased
 
     def spy_retry_later(*args: Any) -> None:
@@ -193,11 +202,29 @@ def test_a_batch_leased_before_a_429_settles_leaves_as_leased_before_it() -> Non
         deliver_batches(em, clock, 3)
     finally:
         em.close(0)
-    assert sorted((r.at, batch_of(r), r.retry_count) for r in transport.requests) == [
+    return [(r.at, batch_of(r), r.retry_count) for r in transport.requests]
+
+
+def test_a_batch_leased_while_a_429_settles_beside_it_waits_out_the_retry_after() -> None:
+    """batch-2's turn has leased it when batch-0's 429 settles: it is not sent, but goes
+    back behind batch-0, which goes again after the Retry-After with X-Retry-Count 1, then
+    batch-2. (Its retry count used to be read after the lease: batch-2 went out at once
+    with the 429's count, and its success cleared the backoff, so batch-0's retry carried
+    X-Retry-Count 0.)"""
+    sent = run_with_a_429_settling_during_a_lease("after")
+    assert sorted(sent[:2]) == [(0.0, "batch-0", 0), (0.0, "batch-1", 0)]
+    assert sent[2:] == [(1.0, "batch-0", 1), (1.0, "batch-2", 0)]
+
+
+def test_the_batch_a_429_gave_back_is_not_sent_again_beside_it() -> None:
+    """The other request's turn leases only after batch-0's 429 settled, so it finds
+    batch-0 back at the head of the queue: that is not sent at once (twice at t=0, its
+    Retry-After ignored), but after the Retry-After, with X-Retry-Count 1, then the rest."""
+    assert run_with_a_429_settling_during_a_lease("before") == [
         (0.0, "batch-0", 0),
-        (0.0, "batch-1", 0),
-        (0.0, "batch-2", 0),
         (1.0, "batch-0", 1),
+        (1.0, "batch-1", 0),
+        (1.0, "batch-2", 0),
     ]
 
 
@@ -311,8 +338,11 @@ def test_over_http_the_tenant_sends_on_while_a_503_batch_waits_its_retry_after()
         requests = server.requests
         assert server.accepted_count == 30
         assert server.duplicates == 0
-    # The 503 first (at t=0), the two other batches at t=0 too, the retry at t=1.
-    assert [(r.status, r.retry_count) for r in requests] == [(503, 0), (200, 0), (200, 0), (200, 1)]
+    # The 503 and the two other batches at t=0 (recorded by the server in whichever order
+    # its threads get there), the retry at t=1.
+    answered = [(r.status, r.retry_count) for r in requests]
+    assert sorted(answered[:3]) == [(200, 0), (200, 0), (503, 0)]
+    assert answered[3:] == [(200, 1)]
     assert timed.at == [0.0, 0.0, 0.0, 1.0]
 
 
@@ -479,37 +509,42 @@ def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_que
 
 
 def test_a_key_refused_while_a_newer_batch_is_aside_puts_both_back_oldest_first() -> None:
-    """batch-1 is set aside (503) while the older batch-0 is still out; batch-0's answer
-    is then a 401: the tenant pauses and both go back to the memory queue, batch-0 first."""
-    aside_taken = threading.Event()
+    """batch-1 is set aside (503) while the older batch-0 is still out, and batch-2 goes
+    beside it; batch-0's answer is then a 401: the tenant pauses and both go back to the
+    memory queue, batch-0 first."""
+    batch_2_delivered = threading.Event()
+    paused = threading.Event()
 
     def handler(request: MockRequest) -> MockResponse:
         if batch_of(request) == "batch-1":
             return MockResponse.error(503, "busy", retry_after=5)
         if batch_of(request) == "batch-0":
-            assert aside_taken.wait(30)  # answered once batch-1 is aside
+            assert batch_2_delivered.wait(30)  # answered once batch-1 is aside, batch-2 gone
             return MockResponse.error(401, "bad key")
         return MockResponse.ok()
 
-    em, _, _ = fake_emitter(handler, batch=BATCHES, max_requests_per_second=0)
+    em, _, _ = fake_emitter(
+        handler, batch=BATCHES, max_requests_per_second=0, on_pause=lambda *_: paused.set()
+    )
     dispatcher = em._dispatcher
+    delivered = dispatcher.settler.delivered
+
+    def spy_delivered(lease: Lease, messages: Sequence[EncodedMessage]) -> None:
+        delivered(lease, messages)
+        if email_id_of(messages) == "batch-2":
+            batch_2_delivered.set()
+
+    dispatcher.settler.delivered = spy_delivered  # type: ignore[method-assign]
     try:
         emit_batches(em, 3)
-        deadline = time.monotonic() + 30
-        while not any(t.aside for t in list(dispatcher._tenants.values())):  # the condition
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-        aside_taken.set()
-        while not em.stats().tenants["acme"].paused:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        assert paused.wait(30)  # called once the batches are back in the queue
         queued = [
             orjson.loads(m.body)["properties"]["email_id"]
             for m in dispatcher.spool._queues["acme"]  # type: ignore[attr-defined]
         ]
     finally:
         em.close(0)
-    assert queued == ["batch-0"] * 10 + ["batch-1"] * 10  # batch-2 went meanwhile
+    assert queued == ["batch-0"] * 10 + ["batch-1"] * 10
 
 
 # -- the limits ------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def settle_parts(bisection: Bisection, *, delivered: bool) -> None:
             bisection.count_delivered(lease, len(part))
         else:
             bisection.count_rejected(lease, len(part))
-        bisection.end("acme")
+        bisection.end("acme", lease)
 
 
 def logged(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
@@ -72,7 +72,7 @@ def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
     bisection.split(lease, messages, 400, None)
     _, first = bisection.parts.popleft()
     bisection.count_delivered(lease, len(first))
-    bisection.end("acme")
+    bisection.end("acme", lease)
     assert caplog.records == []  # a part is still to be sent
     _, second = bisection.parts.popleft()
     bisection.split(lease, second, 400, None)  # refused again: two parts of one
@@ -85,8 +85,33 @@ def test_the_outcome_is_logged_once_when_the_last_part_is_settled(
         )
     ]
     assert not bisection.active
-    bisection.end("acme")
+    bisection.end("acme", lease)
     assert len(caplog.records) == 1
+
+
+def test_another_batch_of_the_tenant_does_not_end_the_bisection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A batch that was out beside the bisected one, settled after the last part left but
+    before it is answered, leaves the tally alone: one line, with every part counted."""
+    lease, messages = batch(2)
+    other, _ = batch(3)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    first, second = bisection.parts.popleft(), bisection.parts.popleft()
+    bisection.count_delivered(first[0], len(first[1]))
+    bisection.end("acme", other)  # the other batch delivered: the last part still out
+    assert bisection.active
+    assert caplog.records == []
+    bisection.count_rejected(second[0], len(second[1]))
+    bisection.end("acme", lease)
+    assert logged(caplog) == [
+        (
+            logging.ERROR,
+            "tenant 'acme': a batch of 2 events was refused (HTTP 400); "
+            "bisected in 3 requests: 1 delivered, 1 rejected",
+        )
+    ]
 
 
 def test_a_bisection_that_delivered_everything_is_a_warning(

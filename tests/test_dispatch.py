@@ -24,6 +24,7 @@ from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.delivery._transport import HttpTransport
 from selligent_segment.spool._memory import MemorySpool
+from selligent_segment.spool._protocol import Lease
 from selligent_segment.testing import (
     FakeClock,
     Fault,
@@ -392,6 +393,14 @@ def test_overlap_only_while_the_tenant_is_healthy_and_a_full_batch_waits() -> No
     assert not dispatcher._may_overlap(state, now)
     dispatcher, state = _dispatcher(backlog=10)
     dispatcher.max_in_flight = 1
+    assert not dispatcher._may_overlap(state, now)
+    # A refused batch being bisected, its last part out (no part left to send): a new
+    # batch beside it would settle first and end the bisection's tally early.
+    dispatcher, state = _dispatcher(backlog=10)
+    messages = tuple(encode(record(i), tenant="acme") for i in range(4))
+    state.bisection.split(Lease("acme", messages), messages, 400, "bad")
+    state.bisection.parts.clear()
+    assert state.bisection.active
     assert not dispatcher._may_overlap(state, now)
 
 

@@ -314,6 +314,37 @@ def test_a_key_replaced_while_a_request_with_the_old_one_is_out_is_used_at_once(
     assert paused == []
 
 
+def test_a_key_replaced_just_after_a_turn_looked_the_old_one_up_is_used_at_once() -> None:
+    """The key is replaced between the turn's lookup of the old key and its request: the
+    request goes with the old key, and its 401 makes no pause either."""
+    paused: list[tuple[str, str]] = []
+
+    def handler(request: MockRequest) -> MockResponse:
+        return MockResponse.ok() if request.write_key == "key-acme-2" else MockResponse.error(401)
+
+    em, transport, clock = fake_emitter(handler, on_pause=lambda t, r: paused.append((t, r)))
+    keys = em._dispatcher.keys
+    resolve = keys.resolve
+
+    def resolve_then_replace(tenant: str) -> str | None:
+        key = resolve(tenant)
+        if key == "key-acme":
+            em.set_write_key("acme", "key-acme-2")
+        return key
+
+    keys.resolve = resolve_then_replace  # type: ignore[method-assign]
+    try:
+        em.emit(record(1, "acme"))
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert [(r.at, r.write_key) for r in transport.requests] == [
+        (0.0, "key-acme"),
+        (0.0, "key-acme-2"),  # at once, not after a re-check
+    ]
+    assert paused == []
+
+
 # -- tenants on one pool ------------------------------------------------------------------------
 
 

@@ -102,14 +102,16 @@ class Bisection:
             return messages
         rest = [m for part_lease, part in self.parts if part_lease.id == lease.id for m in part]
         self.parts = deque(p for p in self.parts if p[0].id != lease.id)
-        self.end(tenant)
+        self.end(tenant, lease)
         return messages + tuple(rest)
 
-    def end(self, tenant: str) -> None:
+    def end(self, tenant: str, lease: Lease) -> None:
         """Log the outcome of the bisection of ``tenant``'s batch once its last part is
-        settled (nothing while parts remain, or when none is under way)."""
+        settled (``lease`` is the batch a part was of): nothing while parts remain, when
+        none is under way, or for another batch of the tenant (one already out when the
+        refusal came)."""
         tally = self.tally
-        if tally is None or self.parts:
+        if tally is None or self.parts or tally.lease_id != lease.id:
             return
         self.tally = None
         level = logging.ERROR if tally.rejected else logging.WARNING

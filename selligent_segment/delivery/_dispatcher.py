@@ -174,7 +174,8 @@ class Dispatcher:
 
     def _may_overlap(self, state: _Tenant, now: float) -> bool:
         """True when the tenant may start another request beside the one in flight: it is
-        healthy (not paused, no retry pending, not waiting out a backoff), a full batch
+        healthy (not paused, no retry pending, not waiting out a backoff, no refused
+        batch being bisected: its parts go one at a time, to the last), a full batch
         waits behind the one in flight (or a batch set aside is due again), and no other
         tenant waits for a sender. Only then are two of its batches sent at once, and only
         then may they arrive in either order; a failed one is sent again alone, before
@@ -183,7 +184,7 @@ class Dispatcher:
             0 < state.in_flight < self.max_in_flight
             and state.paused is None
             and state.backoff.retries == 0
-            and not state.bisection.parts
+            and not state.bisection.active
             and state.not_before <= now
             and (self._aside_due(state, now) or self.spool.backlog(state.name) >= self.full_at)
             and not self.turns.others_ready(state.name, now)
@@ -396,6 +397,8 @@ class Dispatcher:
     # -- one turn of one tenant ----------------------------------------------------------
 
     def _serve(self, state: _Tenant) -> None:
+        with self.cv:  # before the key is looked up: a resume() after it is seen at a 401
+            resumes = state.resumes
         key = self.keys.resolve(state.name)
         if key is None:
             self._pause(state, "no write key configured", None)
@@ -409,12 +412,10 @@ class Dispatcher:
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
-        # What the tenant's state is when its turn starts is what the request carries: a
-        # failure settled while this turn leases (a 429 beside it) is one the batch left
-        # before, as it would have a moment earlier. Read later, the batch would carry
-        # that failure's retry count, and its success would clear that failure's backoff.
+        # The tenant's state as this turn begins is what the request carries, and what
+        # tells (below) whether a request beside it failed while it leased.
         with self.cv:
-            seen, retries, resumes = state.backoff.failures, state.backoff.retries, state.resumes
+            seen, retries = state.backoff.failures, state.backoff.retries
         aside = self._take_aside(state) if state.aside else None
         leased_at = self.clock.monotonic()
         if aside is not None:  # a batch set aside, due again: its own bodies and backoff
@@ -436,11 +437,22 @@ class Dispatcher:
             lease, messages = leased, leased.messages
             bodies = BatchBodies(map(BODY_OF, messages))
         now = self.clock.monotonic()
+        with self.cv:
+            # A request beside this one failed (a 429, a 5xx, a dropped connection) or had
+            # its key refused while this turn leased: the batch is not sent now, but goes
+            # back to its place in the queue and waits with the tenant. (Else it could be
+            # the very batch that request just gave back, sent again at once, its
+            # Retry-After or the refused key ignored.)
+            held_back = state.backoff.failures != seen or state.paused is not None
+            if not held_back and self.max_in_flight > 1:
+                self._overlap(state, now)
+        if held_back:
+            self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
+            self._refund_token(state)
+            self._finish(state)
+            return
         if aside is not None:
             retries = aside.backoff.retries
-        if self.max_in_flight > 1:
-            with self.cv:
-                self._overlap(state, now)
         endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
             response = self.transport.post(endpoint, key, bodies, retry_count=retries)
@@ -461,7 +473,7 @@ class Dispatcher:
             self.settler.delivered(lease, messages)
             state.bisection.count_delivered(lease, len(messages))
             self._reset_backoff(state, seen)
-            state.bisection.end(state.name)
+            state.bisection.end(state.name, lease)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
             # Back to the queue with the batches set aside, oldest first (a memory queue
@@ -469,10 +481,8 @@ class Dispatcher:
             self._release_with_asides(
                 state, lease, state.bisection.gather(state.name, lease, messages)
             )
-            if state.resumes != resumes:  # resumed while it was out: try the new key now
-                self._finish(state)
-            else:
-                self._pause(state, f"write key refused ({response.status})", tag, response.status)
+            reason = f"write key refused ({response.status})"
+            self._pause(state, reason, tag, response.status, resumes=resumes)
         elif outcome is Outcome.REJECTED:
             self._refused(state, lease, messages, response.status, response.error)
             self._reset_backoff(state, seen)
@@ -503,7 +513,7 @@ class Dispatcher:
         bisection.count_rejected(lease, len(messages))
         detail = error or f"HTTP {status}"
         self.settler.failed(lease, messages, "rejected", detail, status, quiet)
-        bisection.end(state.name)
+        bisection.end(state.name, lease)
 
     def _settle_items(
         self,
@@ -579,13 +589,27 @@ class Dispatcher:
         )
 
     def _pause(
-        self, state: _Tenant, reason: str, tag: str | None, status: int | None = None
+        self,
+        state: _Tenant,
+        reason: str,
+        tag: str | None,
+        status: int | None = None,
+        *,
+        resumes: int | None = None,
     ) -> None:
-        self.settler.note_error(state.name, reason, status)
+        """Pause ``state`` for ``reason`` (its key, fingerprinted ``tag``, was refused or is
+        missing); not when :meth:`resume` was called since ``resumes`` was read (the turn
+        began): the next turn then tries the new key at once."""
         with self.cv:
+            resumed = resumes is not None and state.resumes != resumes
             first = state.paused is None
-            state.paused = reason
-            state.paused_key = tag
+            if not resumed:
+                state.paused = reason
+                state.paused_key = tag
+        if resumed:
+            self._finish(state)
+            return
+        self.settler.note_error(state.name, reason, status)
         # A paused tenant holds nothing aside: its batches wait in the queue, oldest first.
         self._release_with_asides(state)
         if first:
