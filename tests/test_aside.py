@@ -155,47 +155,58 @@ def test_a_429_stops_the_tenants_requests_until_its_retry_after() -> None:
     assert (1.0, "batch-0", 1) in times
 
 
-def run_with_a_429_settling_during_a_lease(lease_waits: str) -> list[tuple[float, str, int]]:
+def run_with_a_429_settling_during_a_turn(moment: str) -> list[tuple[float, str, int]]:
     """Three batches of acme, two requests in flight; batch-0 is answered 429 (Retry-After
-    1 s), and that answer settles while the other request's turn is leasing: after the
-    lease when ``lease_waits`` is ``"after"`` (the turn has leased batch-2), before it when
-    ``"before"`` (the turn then finds batch-0, just given back, at the head of the queue).
-    Each request's (fake time, batch, X-Retry-Count), in the order sent."""
-    leasing = threading.Event()
+    1 s), and that answer settles while the other request's turn, granted beside it, is
+    at ``moment``: looking its key up (``"lookup"``) or leasing, before the lease
+    (``"lease"``: the turn then finds batch-0, just given back, at the head of the queue)
+    or after it (``"leased"``: the turn has batch-2). Each request's (fake time, batch,
+    X-Retry-Count), in the order sent."""
+    waiting = threading.Event()
     rate_limited = threading.Event()
     handler = FirstOf("batch-0", MockResponse.rate_limited(retry_after=1))
 
     def answer(request: MockRequest) -> MockResponse:
         if batch_of(request) == "batch-0" and request.retry_count == 0:
-            assert leasing.wait(30)
+            assert waiting.wait(30)
         return handler(request)
 
     em, transport, clock = fake_emitter(answer, batch=BATCHES, max_requests_per_second=0)
     dispatcher = em._dispatcher
     dispatcher.max_in_flight = 2
-    lease, retry_later = dispatcher.spool.lease, dispatcher._retry_later
-    leases = 0
+    resolve, lease = dispatcher.keys.resolve, dispatcher.spool.lease
+    retry_later = dispatcher._retry_later
+    calls: Counter[str] = Counter()
     lock = threading.Lock()
 
-    def spy_lease(tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
-        nonlocal leases
+    def at(name: str, nth: int) -> None:
+        """At the ``nth`` call of ``name`` (the turn beside batch-0's request), wait until
+        batch-0's 429 has settled."""
         with lock:
-            leases += 1
-            # The turn beside batch-0's request: batch-1's lease is the second.
-            second = leases == 2 + (lease_waits == "after")
-        if second and lease_waits == "before":
-            leasing.set()
+            calls[name] += 1
+            now = calls[name] == nth
+        if now:
+            waiting.set()
             assert rate_limited.wait(30)
+
+    def spy_resolve(tenant: str) -> str | None:
+        if moment == "lookup":
+            at("resolve", 2)
+        return resolve(tenant)
+
+    def spy_lease(tenant: str, max_messages: int, max_bytes: int) -> Lease | None:
+        if moment == "lease":
+            at("lease", 2)
         leased = lease(tenant, max_messages, max_bytes)
-        if second and lease_waits == "after":
-            leasing.set()
-            assert rate_limited.wait(30)
+        if moment == "leased":
+            at("leased", 3)  # batch-1 went beside batch-0 first: batch-2's lease is third
         return leased
 
     def spy_retry_later(*args: Any) -> None:
         retry_later(*args)
         rate_limited.set()
 
+    dispatcher.keys.resolve = spy_resolve  # type: ignore[method-assign]
     dispatcher.spool.lease = spy_lease  # type: ignore[method-assign]
     dispatcher._retry_later = spy_retry_later  # type: ignore[method-assign]
     try:
@@ -211,21 +222,20 @@ def test_a_batch_leased_while_a_429_settles_beside_it_waits_out_the_retry_after(
     batch-2. (Its retry count used to be read after the lease: batch-2 went out at once
     with the 429's count, and its success cleared the backoff, so batch-0's retry carried
     X-Retry-Count 0.)"""
-    sent = run_with_a_429_settling_during_a_lease("after")
+    sent = run_with_a_429_settling_during_a_turn("leased")
     assert sorted(sent[:2]) == [(0.0, "batch-0", 0), (0.0, "batch-1", 0)]
     assert sent[2:] == [(1.0, "batch-0", 1), (1.0, "batch-2", 0)]
 
 
-def test_the_batch_a_429_gave_back_is_not_sent_again_beside_it() -> None:
-    """The other request's turn leases only after batch-0's 429 settled, so it finds
-    batch-0 back at the head of the queue: that is not sent at once (twice at t=0, its
-    Retry-After ignored), but after the Retry-After, with X-Retry-Count 1, then the rest."""
-    assert run_with_a_429_settling_during_a_lease("before") == [
-        (0.0, "batch-0", 0),
-        (1.0, "batch-0", 1),
-        (1.0, "batch-1", 0),
-        (1.0, "batch-2", 0),
-    ]
+@pytest.mark.parametrize("moment", ["lookup", "lease"])
+def test_the_batch_a_429_gave_back_is_not_sent_again_beside_it(moment: str) -> None:
+    """The turn granted beside batch-0's request leases only after batch-0's 429 settled,
+    so it finds batch-0 back at the head of the queue: that is not sent at once (twice at
+    t=0, inside its Retry-After), but after the Retry-After with X-Retry-Count 1; then the
+    other two, maybe together."""
+    sent = run_with_a_429_settling_during_a_turn(moment)
+    assert sent[:2] == [(0.0, "batch-0", 0), (1.0, "batch-0", 1)]
+    assert sorted(sent[2:]) == [(1.0, "batch-1", 0), (1.0, "batch-2", 0)]
 
 
 class FailFirst(FirstOf):

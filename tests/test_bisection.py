@@ -114,6 +114,31 @@ def test_another_batch_of_the_tenant_does_not_end_the_bisection(
     ]
 
 
+def test_a_bisection_whose_last_part_fails_is_over(caplog: pytest.LogCaptureFixture) -> None:
+    """The last part fails (a 5xx, a dropped connection) and goes back to the queue: the
+    bisection is over, its outcome so far logged, and the next refusal starts its own."""
+    lease, messages = batch(2)
+    bisection = Bisection()
+    bisection.split(lease, messages, 400, None)
+    first = bisection.parts.popleft()
+    bisection.count_delivered(first[0], len(first[1]))
+    bisection.end("acme", first[0])  # the last part still to go
+    last = bisection.parts.popleft()
+    assert bisection.active
+    assert bisection.gather("acme", *last) == last[1]  # it failed: back to the queue
+    assert not bisection.active
+    assert logged(caplog) == [
+        (
+            logging.WARNING,
+            "tenant 'acme': a batch of 2 events was refused (HTTP 400); "
+            "bisected in 3 requests: 1 delivered, 0 rejected",
+        )
+    ]
+    again, again_messages = batch(2)
+    assert bisection.split(again, again_messages, 400, None)
+    assert bisection.owns(again)
+
+
 def test_a_bisection_that_delivered_everything_is_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -96,9 +96,9 @@ class Bisection:
     ) -> tuple[EncodedMessage, ...]:
         """``messages`` of ``lease`` and, when that is the bisected batch, every part of it
         still queued, in queue order: the bisection is abandoned (they go back, or fail,
-        together, under their own lease) and its outcome so far logged. Messages of
-        another lease come back alone."""
-        if not self.parts or not self.owns(lease):
+        together, under their own lease) and its outcome so far logged, also when the
+        part that failed was its last. Messages of another lease come back alone."""
+        if not self.owns(lease):
             return messages
         rest = [m for part_lease, part in self.parts if part_lease.id == lease.id for m in part]
         self.parts = deque(p for p in self.parts if p[0].id != lease.id)

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import attrs
 
@@ -86,6 +87,18 @@ PAUSED_RECHECK = 30.0
 SPOOL_ERROR_EVERY = 10.0
 #: Requests of one tenant in flight at once while its order allows (see _may_overlap).
 MAX_IN_FLIGHT = 2
+
+
+class _Turn(NamedTuple):
+    """A turn granted to a tenant, with what its request carries and is checked against:
+    the tenant's state as the turn was granted (under the lock that granted it). A failure
+    settled since (a request beside it) holds its batch back; a resume() since makes a
+    401 for the key it looked up no reason to pause."""
+
+    state: _Tenant
+    seen: int  # state.backoff.failures
+    retries: int  # state.backoff.retries: the request's X-Retry-Count
+    resumes: int  # state.resumes
 
 
 class Dispatcher:
@@ -322,7 +335,8 @@ class Dispatcher:
         with self.cv:
             return {t: s.paused for t, s in self._tenants.items() if s.paused is not None}
 
-    def _next_tenant(self) -> _Tenant | None:
+    def _next_tenant(self) -> _Turn | None:
+        """The next tenant's turn, with its state as the turn is granted (see _Turn)."""
         turns = self.turns
         with self.cv:
             while True:
@@ -332,7 +346,8 @@ class Dispatcher:
                     if state.in_flight and not self._may_overlap(state, now):
                         continue  # its request in flight reschedules it when done
                     state.in_flight += 1
-                    return state
+                    backoff = state.backoff
+                    return _Turn(state, backoff.failures, backoff.retries, state.resumes)
                 if self._stopping:
                     return None
                 self.clock.wait(self.cv, turns.timeout(now))
@@ -369,11 +384,12 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            state = self._next_tenant()
-            if state is None:
+            turn = self._next_tenant()
+            if turn is None:
                 return
+            state = turn.state
             try:
-                self._serve(state)
+                self._serve(turn)
             except SpoolError as exc:  # a damaged or unwritable file: said, not a traceback
                 self._log_spool_error(exc)
                 self._finish(state, delay=1.0)
@@ -396,9 +412,8 @@ class Dispatcher:
 
     # -- one turn of one tenant ----------------------------------------------------------
 
-    def _serve(self, state: _Tenant) -> None:
-        with self.cv:  # before the key is looked up: a resume() after it is seen at a 401
-            resumes = state.resumes
+    def _serve(self, turn: _Turn) -> None:
+        state, seen, retries, resumes = turn
         key = self.keys.resolve(state.name)
         if key is None:
             self._pause(state, "no write key configured", None)
@@ -409,13 +424,10 @@ class Dispatcher:
                 self._finish(state, delay=self.paused_recheck)
                 return
             self._resume_with_new_key(state)
+            retries = 0  # its backoff starts afresh (failures seen stay as they are)
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
-        # The tenant's state as this turn begins is what the request carries, and what
-        # tells (below) whether a request beside it failed while it leased.
-        with self.cv:
-            seen, retries = state.backoff.failures, state.backoff.retries
         aside = self._take_aside(state) if state.aside else None
         leased_at = self.clock.monotonic()
         if aside is not None:  # a batch set aside, due again: its own bodies and backoff
@@ -439,10 +451,10 @@ class Dispatcher:
         now = self.clock.monotonic()
         with self.cv:
             # A request beside this one failed (a 429, a 5xx, a dropped connection) or had
-            # its key refused while this turn leased: the batch is not sent now, but goes
-            # back to its place in the queue and waits with the tenant. (Else it could be
-            # the very batch that request just gave back, sent again at once, its
-            # Retry-After or the refused key ignored.)
+            # its key refused since this turn was granted: the batch is not sent now, but
+            # goes back to its place in the queue and waits with the tenant. (Else it
+            # could be the very batch that request just gave back, sent again at once,
+            # its Retry-After or the refused key ignored.)
             held_back = state.backoff.failures != seen or state.paused is not None
             if not held_back and self.max_in_flight > 1:
                 self._overlap(state, now)

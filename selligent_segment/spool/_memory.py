@@ -44,6 +44,7 @@ class MemorySpool:
         # count] in queue order; a lease takes from one run only, so that its messages
         # have one place.
         self._places: dict[int, tuple[int, int]] = {}
+        self._originals: dict[int, tuple[EncodedMessage, ...]] = {}  # leases settled in part
         self._returned: dict[str, list[list[int]]] = {}
 
     def has_room(self, nbytes: int) -> bool:
@@ -100,6 +101,8 @@ class MemorySpool:
         if messages is held.messages:
             del self._leased[lease.id]  # the common case: the whole lease at once
             self._places.pop(lease.id, None)
+            if self._originals:
+                self._originals.pop(lease.id, None)
             return
         done = {id(m) for m in messages}
         left = tuple(m for m in held.messages if id(m) not in done)
@@ -107,9 +110,11 @@ class MemorySpool:
             raise ValueError(f"lease {lease.id}: message settled twice or not leased")
         if left:
             self._leased[lease.id] = Lease(held.tenant, left, id=held.id)
+            self._originals.setdefault(lease.id, held.messages)  # for take_all's order
         else:
             del self._leased[lease.id]
             self._places.pop(lease.id, None)
+            self._originals.pop(lease.id, None)
 
     def _forget(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         with self._lock:
@@ -133,7 +138,7 @@ class MemorySpool:
             if not messages:
                 return
             if messages[0] is not lease.messages[0]:  # a later part of the lease
-                offset += lease.messages.index(messages[0])
+                offset += _position(lease.messages, messages[0])
             queue = self._queues.get(lease.tenant)
             if queue is None:
                 queue = self._queues[lease.tenant] = deque()
@@ -184,7 +189,11 @@ class MemorySpool:
             # the order of their places, then the rest of its queue.
             held: dict[str, list[tuple[tuple[int, int], Sequence[EncodedMessage]]]] = {}
             for lease in self._leased.values():
-                place = self._places.get(lease.id, (lease.id, 0))
+                batch_id, offset = self._places.get(lease.id, (lease.id, 0))
+                original = self._originals.get(lease.id)
+                if original is not None:  # settled in part: where its first one left is
+                    offset += _position(original, lease.messages[0])
+                place = (batch_id, offset)
                 held.setdefault(lease.tenant, []).append((place, lease.messages))
             rest: dict[str, list[EncodedMessage]] = {}
             for tenant, queue in self._queues.items():
@@ -204,6 +213,7 @@ class MemorySpool:
             self._leased.clear()
             self._queues.clear()
             self._places.clear()
+            self._originals.clear()
             self._returned.clear()
             self._nbytes = self._count = 0
             return out
@@ -217,3 +227,8 @@ class MemorySpool:
 def _meet(run: list[int], after: list[int]) -> bool:
     """True when ``after`` is the part of ``run``'s batch that follows ``run``."""
     return run[0] == after[0] and run[1] + run[2] == after[1]
+
+
+def _position(messages: Sequence[EncodedMessage], message: EncodedMessage) -> int:
+    """Where ``message`` itself (not an equal one) is in ``messages``."""
+    return next(i for i, m in enumerate(messages) if m is message)
