@@ -468,7 +468,8 @@ def test_a_long_server_wait_makes_the_tenant_wait(
 def test_a_batch_aside_whose_turn_comes_past_half_its_lease_goes_back_to_the_queue() -> None:
     """batch-0 is set aside for 1 s, but batch-1's 429 (8 s) keeps the tenant waiting past
     half batch-0's 10 s lease: another host may have taken its rows by then, so it is not
-    sent from aside (X-Retry-Count 1) but released and leased again (X-Retry-Count 0)."""
+    sent from aside (with its own X-Retry-Count) but released and leased again (with the
+    tenant's)."""
     answers = {
         "batch-0": MockResponse.error(503, "busy", retry_after=1),
         "batch-1": MockResponse.error(429, "slow down", retry_after=8),

@@ -22,7 +22,7 @@ from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment.delivery._dispatcher import PAUSED_RECHECK, Dispatcher
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import HttpTransport
+from selligent_segment.delivery._transport import HttpTransport, Response
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.spool._protocol import Lease
 from selligent_segment.testing import (
@@ -532,6 +532,45 @@ def test_bisection_requests_obey_the_rate_cap_and_are_logged_once(
     message = errors[0].getMessage()
     assert f"a batch of {n} events was refused" in message
     assert f"bisected in {2 * n - 1} requests: 0 delivered, {n} rejected" in message
+
+
+class _SettledByItems:
+    """A transport refusing its first batch as a whole (400), then answering every part
+    with a partial answer that settles each message on its own (as the destination's
+    does)."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.lock = threading.Lock()
+
+    def post(
+        self, endpoint: str, write_key: str, bodies: Sequence[bytes], *, retry_count: int = 0
+    ) -> Response:
+        with self.lock:
+            self.posts += 1
+            first = self.posts == 1
+        if first:
+            return Response(400, error="bad batch")
+        return Response(200, items=dict.fromkeys(range(len(bodies))))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_bisection_whose_last_part_is_settled_item_by_item_is_over() -> None:
+    """Each part of a refused batch settled by a partial answer, the last one too: the
+    bisection is over (else the tenant would never get a second request again)."""
+    em, _, clock = fake_emitter(max_requests_per_second=0)
+    transport = _SettledByItems()
+    em._dispatcher.transport = transport
+    try:
+        em.emit_many([record(1, "acme"), record(2, "acme")])
+        em._dispatcher.start_flush()
+        assert clock.run_until(lambda: em.stats().delivered == 2, waiters=SENDERS)
+        assert not em._dispatcher._tenants["acme"].bisection.active
+    finally:
+        em.close(0)
+    assert transport.posts == 3  # the batch, then its two halves
 
 
 def test_a_transient_failure_mid_bisection_sends_the_rest_again_in_order() -> None:

@@ -416,7 +416,7 @@ class Dispatcher:
         state, seen, retries, resumes = turn
         key = self.keys.resolve(state.name)
         if key is None:
-            self._pause(state, "no write key configured", None)
+            self._pause(state, "no write key configured", None, resumes=resumes)
             return
         tag = fingerprint(key)
         if state.paused is not None:
@@ -479,6 +479,7 @@ class Dispatcher:
             messages = self._settle_items(state, lease, messages, response)
             if not messages:
                 self._reset_backoff(state, seen)
+                state.bisection.end(state.name, lease)
                 self._finish(state)
                 return
         if outcome is Outcome.DELIVERED:
