@@ -573,6 +573,64 @@ def test_a_bisection_whose_last_part_is_settled_item_by_item_is_over() -> None:
     assert transport.posts == 3  # the batch, then its two halves
 
 
+def test_a_batch_refused_beside_one_being_bisected_waits_and_is_bisected_on_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two batches out at once, each with one poisoned message; the second's 400 comes once
+    the first's bisection is under way. It goes back whole and is bisected after the
+    first, on its own: two log lines, each with its own batch's counts."""
+    caplog.set_level(logging.WARNING, "selligent_segment")
+    poisoned = {"user3@example.com", "user13@example.com"}
+    second_out = threading.Event()
+    first_split = threading.Event()
+
+    def handler(request: MockRequest) -> MockResponse:
+        head, whole = request.items[0]["anonymousId"], len(request.items) == 10
+        if whole and head == "user0@example.com":
+            assert second_out.wait(30)  # both batches out at once
+        elif whole and head == "user10@example.com" and not second_out.is_set():
+            second_out.set()
+            assert first_split.wait(30)  # refused once the first one is being bisected
+        if any(item["anonymousId"] in poisoned for item in request.items):
+            return MockResponse.error(400, "poison")
+        return MockResponse.ok()
+
+    em, transport, clock = fake_emitter(
+        handler, batch=BatchPolicy(max_messages=10, linger=5.0), max_requests_per_second=0
+    )
+    dispatcher = em._dispatcher
+    refused = dispatcher._refused
+
+    def spy_refused(state: Any, lease: Lease, messages: Any, *args: Any) -> None:
+        refused(state, lease, messages, *args)
+        if messages[0].body.find(b"user0@example.com") >= 0 and len(messages) == 10:
+            first_split.set()
+
+    dispatcher._refused = spy_refused  # type: ignore[method-assign]
+    try:
+        em.emit_many([record(i) for i in range(20)])
+        assert clock.run_until(lambda: em.stats().delivered == 18, waiters=SENDERS)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    assert stats.rejected == {"rejected": 2}
+    lines = [r.getMessage() for r in caplog.records if "bisected" in r.getMessage()]
+    assert (
+        lines
+        == [
+            "tenant 'acme': a batch of 10 events was refused (HTTP 400: bad_request: poison); "
+            "bisected in 9 requests: 9 delivered, 1 rejected"
+        ]
+        * 2
+    )
+    whole = [r for r in transport.requests if len(r.items) == 10]
+    assert [r.items[0]["anonymousId"] for r in whole] == [
+        "user0@example.com",
+        "user10@example.com",
+        "user10@example.com",  # again, once the first batch's bisection was done
+    ]
+
+
 def test_a_transient_failure_mid_bisection_sends_the_rest_again_in_order() -> None:
     """A 503 while a refused batch is bisected puts that part and every part still to go
     back at the head of the queue, in order; the poison message still ends rejected and

@@ -76,6 +76,20 @@ class Bisection:
             return True
         return False
 
+    def must_wait(
+        self, lease: Lease, messages: tuple[EncodedMessage, ...], status: int | None
+    ) -> bool:
+        """True when ``messages`` of ``lease``, refused with ``status``, are to be bisected
+        but another batch of the tenant is being bisected (one sent beside it before its
+        refusal came): they go back whole, to be sent again once that one is done, so that
+        each refused batch has its own parts, in order, and its own log line."""
+        return (
+            len(messages) > 1
+            and status in BISECTED_STATUSES
+            and self.tally is not None
+            and self.tally.lease_id != lease.id
+        )
+
     def owns(self, lease: Lease) -> bool:
         """True when ``lease`` is the batch being bisected (not another request of the
         tenant that was already out when its refusal came)."""

@@ -520,6 +520,9 @@ class Dispatcher:
         """A permanent refusal: isolate the messages it is about by bisection (each half
         a turn of its own, so the rate cap applies); deliver the rest."""
         bisection = state.bisection
+        if bisection.must_wait(lease, messages, status):
+            self.settler.release(lease, messages)
+            return
         if bisection.split(lease, messages, status, error):
             return
         quiet = bisection.owns(lease)
