@@ -28,6 +28,13 @@ def queued(spool: MemorySpool, tenant: str = "acme") -> list[int]:
     return order(spool._queues.get(tenant, ()))
 
 
+def filled(n: int) -> MemorySpool:
+    """A spool holding acme's messages 0 to ``n - 1``, put in that order."""
+    spool = MemorySpool(1 << 20)
+    spool.put_many([message(i) for i in range(n)])
+    return spool
+
+
 def lease(spool: MemorySpool, n: int) -> Lease:
     leased = spool.lease("acme", n, 1 << 20)
     assert leased is not None
@@ -35,8 +42,7 @@ def lease(spool: MemorySpool, n: int) -> Lease:
 
 
 def test_leases_released_in_reverse_order_go_back_in_queue_order() -> None:
-    spool = MemorySpool(1 << 20)
-    spool.put_many([message(i) for i in range(40)])
+    spool = filled(40)
     first, second, third = lease(spool, 10), lease(spool, 10), lease(spool, 10)
     spool.release(third, third.messages)
     spool.release(first, first.messages)
@@ -45,8 +51,7 @@ def test_leases_released_in_reverse_order_go_back_in_queue_order() -> None:
 
 
 def test_a_lease_of_released_messages_takes_one_batch_and_goes_back_to_its_place() -> None:
-    spool = MemorySpool(1 << 20)
-    spool.put_many([message(i) for i in range(30)])
+    spool = filled(30)
     first, second = lease(spool, 10), lease(spool, 10)
     spool.release(first, first.messages)
     again = lease(spool, 25)  # only batch 0-9: not with what follows it
@@ -58,8 +63,7 @@ def test_a_lease_of_released_messages_takes_one_batch_and_goes_back_to_its_place
 
 
 def test_a_released_batch_taken_in_parts_keeps_its_parts_in_order() -> None:
-    spool = MemorySpool(1 << 20)
-    spool.put_many([message(i) for i in range(20)])
+    spool = filled(20)
     first, second = lease(spool, 10), lease(spool, 10)
     spool.release(second, second.messages)
     spool.release(first, first.messages)
@@ -71,8 +75,7 @@ def test_a_released_batch_taken_in_parts_keeps_its_parts_in_order() -> None:
 
 
 def test_take_all_gives_leased_and_released_messages_in_queue_order() -> None:
-    spool = MemorySpool(1 << 20)
-    spool.put_many([message(i) for i in range(30)])
+    spool = filled(30)
     lease(spool, 10)  # batch 0-9, still out
     second = lease(spool, 10)
     spool.release(second, second.messages)
