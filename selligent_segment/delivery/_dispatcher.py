@@ -586,7 +586,7 @@ class Dispatcher:
 
     def _reset_backoff(self, state: _Tenant, seen: int) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
-        failed meanwhile (``seen`` is the failure count when its turn began)."""
+        failed meanwhile (``seen`` is the failure count as its turn was granted)."""
         with self.cv:
             state.backoff.record_success(seen)
 
@@ -614,8 +614,8 @@ class Dispatcher:
         resumes: int | None = None,
     ) -> None:
         """Pause ``state`` for ``reason`` (its key, fingerprinted ``tag``, was refused or is
-        missing); not when :meth:`resume` was called since ``resumes`` was read (the turn
-        began): the next turn then tries the new key at once."""
+        missing); not when :meth:`resume` was called since ``resumes`` was read (as the
+        turn was granted): the next turn then tries the new key at once."""
         with self.cv:
             resumed = resumes is not None and state.resumes != resumes
             first = state.paused is None

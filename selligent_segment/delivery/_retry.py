@@ -332,9 +332,9 @@ class Backoff:
 
     * ``attempts``: counted attempts since the last success (server-paced ones excluded).
     * ``retries``: failures since the last success; a request reports it as its retry count.
-    * ``failures``: retryable failures ever recorded, never reset. A request notes it when
-      its turn begins, before its batch is taken (its ``seen``), so that its result can
-      tell whether a request sent beside it failed meanwhile.
+    * ``failures``: retryable failures ever recorded, never reset. A request notes it as
+      its turn is granted, before its batch is taken (its ``seen``), so that its result
+      can tell whether a request sent beside it failed meanwhile.
     * ``backoff_spent``, ``rate_limited_spent``: seconds of counted backoff and of
       server-paced waiting scheduled since the last success.
 
@@ -366,7 +366,7 @@ class Backoff:
         :func:`server_wait`): a server-paced wait is spent from ``max_rate_limit_duration``
         and not counted as an attempt; otherwise the attempt is counted and the wait is
         the policy's next backoff. ``seen`` is :attr:`failures` when the request's turn
-        began: if a failure was recorded since (a request sent beside it failed first and
+        was granted: if a failure was recorded since (a request sent beside it failed first and
         set the backoff), nothing is recorded and the wait is 0: the batch goes back to
         the head of the queue and follows the other.
         """
@@ -393,7 +393,7 @@ class Backoff:
     def record_success(self, seen: int | None = None) -> None:
         """Record a settled request (delivered, or refused for good): the backoff is
         reset, unless a request sent beside it failed meanwhile (``seen`` is
-        :attr:`failures` when its turn began): that failure's backoff stands."""
+        :attr:`failures` when its turn was granted): that failure's backoff stands."""
         if seen is None or seen == self.failures:
             self.reset()
 
