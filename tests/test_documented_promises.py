@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 import pytest
 from _delivery import emitter, record
+from _http_messages import read_request
 
 from selligent_segment import (
     AsidePolicy,
@@ -375,24 +376,13 @@ def raw_endpoint() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
                 continue
             with conn:
                 data = b""
-                while True:
-                    while b"\r\n\r\n" not in data:
-                        chunk = conn.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                    if b"\r\n\r\n" not in data:
-                        break
-                    head, data = data.split(b"\r\n\r\n", 1)
+                while (request := read_request(conn, data)) is not None:
+                    head, body, data = request
                     lines = head.decode("latin-1").split("\r\n")[1:]
                     headers = {
                         k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines)
                     }
-                    length = int(headers["content-length"])
-                    while len(data) < length:
-                        data += conn.recv(65536)
-                    received.append((headers, data[:length]))
-                    data = data[length:]
+                    received.append((headers, body))
                     conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"success":true}')
 
     thread = threading.Thread(target=serve, daemon=True)

@@ -13,7 +13,6 @@ import errno
 import gzip
 import http.client
 import io
-import re
 import socket
 import threading
 import time
@@ -23,7 +22,7 @@ from unittest import mock
 
 import pytest
 import urllib3
-from _http_messages import message_state
+from _http_messages import message_state, read_request
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -203,20 +202,11 @@ class _RawServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = int(re.search(rb"(?i)content-length: (\d+)", head)[1])  # type: ignore[index]
-                while len(rest) < length:
-                    rest += conn.recv(65536)
+            while (request := read_request(conn, buffer)) is not None:
+                head, body, buffer = request
                 with self.lock:
-                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
+                    self.requests.append(head + b"\r\n\r\n" + body)
                     data, close, delay = self.script.pop(0) if self.script else (OK, False, 0.0)
-                buffer = rest[length:]
                 if delay:
                     time.sleep(delay)  # a slow server: what the read timeout is for
                 try:

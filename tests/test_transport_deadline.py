@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from _http_messages import read_request
 
 from selligent_segment.delivery._retry import Outcome
 from selligent_segment.delivery._transport import DEFAULT_DEADLINE, HttpTransport
@@ -35,31 +36,9 @@ def message(i: int) -> bytes:
     return json.dumps({"type": "track", "event": "Email Opened", "messageId": f"m{i}"}).encode()
 
 
-def read_request(conn: socket.socket) -> bool:
-    """Read one whole request (headers and Content-Length body); False at end of stream."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(body) < length:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return False
-        body += chunk
-    return True
-
-
 def fast(conn: socket.socket, stop: threading.Event) -> None:
     """Answer every request on the connection at once with a keep-alive 200."""
-    while not stop.is_set() and read_request(conn):
+    while not stop.is_set() and read_request(conn, b"") is not None:
         conn.sendall(FAST_ANSWER)
 
 
@@ -76,7 +55,7 @@ def drip(
     def handler(conn: socket.socket, stop: threading.Event) -> None:
         if handshake:
             conn.recv(65536)
-        elif not read_request(conn):
+        elif read_request(conn, b"") is None:
             return
         if started is not None:
             started.set()
