@@ -938,12 +938,12 @@ class HttpTransport:
                 answer.begin()
             except (TimeoutError, ssl.SSLError, OSError, http.client.HTTPException) as exc:
                 raise self._as_urllib3_raises(exc, pool, target) from exc
-            headers = urllib3.HTTPHeaderDict(answer.msg.items())
-            if "Content-Encoding" in headers:
+            answer_headers = urllib3.HTTPHeaderDict(answer.msg.items())
+            if "Content-Encoding" in answer_headers:
                 # A compressed answer (though identity was asked for): urllib3 decodes it.
                 raw = urllib3.HTTPResponse(
                     body=answer,
-                    headers=headers,
+                    headers=answer_headers,
                     status=answer.status,
                     version=answer.version,
                     reason=answer.reason,
@@ -963,7 +963,7 @@ class HttpTransport:
             return Answer(
                 answer.status,
                 answer.reason or "",
-                headers,
+                answer_headers,
                 body,
                 read_failure,
             )
