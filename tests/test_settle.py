@@ -119,7 +119,37 @@ def test_an_event_retried_again_and_again_counts_once_in_retried_events() -> Non
     snapshot = setup.counters.snapshot({}, {})
     assert (snapshot.retried, snapshot.retried_events, snapshot.delivered) == (12, 4, 4)
     assert setup.counters.retried_events["acme"] == 4
-    assert setup.settler._retrying == set()  # forgotten once settled
+    assert setup.settler._retrying == {}  # forgotten once settled
+
+
+def test_a_batch_s_retry_count_is_its_own_messages_retries() -> None:
+    setup = Setup()
+    assert setup.settler.retry_count(setup.messages) == 0  # never retried
+    for times in (1, 2):
+        lease, messages = setup.lease()
+        assert setup.settler.retry_count(messages) == times - 1
+        assert setup.settler.release(lease, messages[:2], retried=True)  # 0 and 1 failed
+        assert setup.settler.release(lease, messages[2:])  # held back: not a retry
+        assert setup.settler.retry_count(messages[:2]) == times
+        assert setup.settler.retry_count(messages[2:]) == 0
+    lease, messages = setup.lease()
+    # A batch is as retried as its most retried message, whatever came with it.
+    assert setup.settler.retry_count(messages) == 2
+    assert setup.settler.retry_count(messages[1:]) == 2
+    setup.settler.delivered(lease, messages[:1])
+    assert setup.settler.retry_count(messages) == 2  # message 1's own retries still count
+    setup.settler.failed(lease, messages[1:], "rejected", "HTTP 400", 400)
+    assert setup.settler.retry_count(messages) == 0  # all settled: forgotten
+
+
+def test_set_aside_messages_count_a_retry_each_time() -> None:
+    setup = Setup()
+    lease, messages = setup.lease()
+    for times in (1, 2, 3):
+        assert setup.settler.set_aside(lease, messages)
+        assert setup.settler.retry_count(messages) == times
+    setup.settler.delivered(lease, messages)
+    assert setup.settler.retry_count(messages) == 0
 
 
 class _NoteFails(MemorySpool):

@@ -94,7 +94,7 @@ def about_request(response: Response) -> bool:
 class Aside:
     """One batch set aside: its lease and messages, its bodies as joined for the request
     that failed (sent again as they are), its own :class:`~._retry.Backoff` (its
-    ``retries`` is the ``X-Retry-Count`` of its next attempt, its budgets this batch's),
+    budgets this batch's; its ``X-Retry-Count``, as any batch's, its messages' retries),
     when it may be sent again, its size in request bytes, and when it may no longer be
     sent (``stale_at``: half its lease after it was leased, with a spool whose leases
     expire; past it, another host may have taken the rows, so the batch goes back to the

@@ -90,14 +90,13 @@ MAX_IN_FLIGHT = 2
 
 
 class _Turn(NamedTuple):
-    """A turn granted to a tenant, with what its request carries and is checked against:
-    the tenant's state as the turn was granted (under the lock that granted it). A failure
+    """A turn granted to a tenant, with what its request is checked against: the
+    tenant's state as the turn was granted (under the lock that granted it). A failure
     settled since (a request beside it) holds its batch back; a resume() since makes a
     401 for the key it looked up no reason to pause."""
 
     state: _Tenant
     seen: int  # state.backoff.failures
-    retries: int  # state.backoff.retries: the request's X-Retry-Count
     resumes: int  # state.resumes
 
 
@@ -346,8 +345,7 @@ class Dispatcher:
                     if state.in_flight and not self._may_overlap(state, now):
                         continue  # its request in flight reschedules it when done
                     state.in_flight += 1
-                    backoff = state.backoff
-                    return _Turn(state, backoff.failures, backoff.retries, state.resumes)
+                    return _Turn(state, state.backoff.failures, state.resumes)
                 if self._stopping:
                     return None
                 self.clock.wait(self.cv, turns.timeout(now))
@@ -413,7 +411,7 @@ class Dispatcher:
     # -- one turn of one tenant ----------------------------------------------------------
 
     def _serve(self, turn: _Turn) -> None:
-        state, seen, retries, resumes = turn
+        state, seen, resumes = turn
         key = self.keys.resolve(state.name)
         if key is None:
             self._pause(state, "no write key configured", None, resumes=resumes)
@@ -423,8 +421,7 @@ class Dispatcher:
             if tag == state.paused_key:
                 self._finish(state, delay=self.paused_recheck)
                 return
-            self._resume_with_new_key(state)
-            retries = 0  # its backoff starts afresh (failures seen stay as they are)
+            self._resume_with_new_key(state)  # its backoff starts afresh
         if not self._take_token(state, tag):
             self._finish(state)  # another tenant with this key took it: wait for the next
             return
@@ -463,8 +460,9 @@ class Dispatcher:
             self._refund_token(state)
             self._finish(state)
             return
-        if aside is not None:
-            retries = aside.backoff.retries
+        # The batch's own retries (each message's, kept by the settler), whatever else of
+        # the tenant failed or was delivered meanwhile.
+        retries = self.settler.retry_count(messages)
         endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
             response = self.transport.post(endpoint, key, bodies, retry_count=retries)

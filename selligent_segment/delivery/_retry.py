@@ -331,7 +331,8 @@ class Backoff:
     its own state, as urllib3's ``Retry`` is, updated in place by each settled request.
 
     * ``attempts``: counted attempts since the last success (server-paced ones excluded).
-    * ``retries``: failures since the last success; a request reports it as its retry count.
+    * ``retries``: failures since the last success (a request's ``X-Retry-Count`` is its
+      batch's own, kept by the settler).
     * ``failures``: retryable failures ever recorded, never reset. A request notes it as
       its turn is granted, before its batch is taken (its ``seen``), so that its result
       can tell whether a request sent beside it failed meanwhile.

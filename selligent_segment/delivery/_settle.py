@@ -11,7 +11,9 @@ spool cannot keep: a failed batch is counted and reported whatever the note does
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,10 +30,14 @@ __all__ = ["Settler", "call_back"]
 log = logging.getLogger("selligent_segment")
 
 #: Ids of retried events remembered at most (with a shared spool file another process may
-#: settle them, and this one would never forget them): then the memory starts afresh.
+#: settle them, and this one would never forget them): then the memory starts afresh, and
+#: a retry may then carry a lower ``X-Retry-Count`` than its batch's attempts.
 _RETRYING_MAX = 100_000
 #: Seconds between two log lines of the same failed last-error note.
 NOTE_ERROR_EVERY = 10.0
+
+_MESSAGE_ID_OF = operator.attrgetter("message_id")
+_ZEROS = itertools.repeat(0)  # the default of each id in retry_count()
 
 
 def call_back(callback: Callable[..., None], *args: object) -> None:
@@ -56,10 +62,12 @@ class Settler:
         self.settled = threading.Condition(threading.Lock())
         self._lock = threading.Lock()
         self._abandoned = False
-        # Ids of the messages retried and not settled yet (a tenant in backoff retries
-        # its head batch only, so this stays about a batch per failing tenant): an event
-        # is counted in ``retried_events`` once, when it first goes back.
-        self._retrying: set[str] = set()
+        # The messages retried and not settled yet, by id, with the number of times each
+        # went back after a retryable failure (a tenant in backoff retries its head batch
+        # only, so this stays about a batch per failing tenant): an event is counted in
+        # ``retried_events`` once, when it first goes back, and a request's
+        # ``X-Retry-Count`` is the most any of its messages went back (retry_count()).
+        self._retrying: dict[str, int] = {}
         self._failed_notes = Throttle(NOTE_ERROR_EVERY)  # by error text, under _lock
 
     def abandon(self, collect: Callable[[], object] | None = None) -> None:
@@ -106,15 +114,31 @@ class Settler:
             self._count_retried(lease.tenant, messages)
         return True
 
+    def retry_count(self, messages: Sequence[EncodedMessage]) -> int:
+        """The ``X-Retry-Count`` of a request of ``messages``: the most times any of them
+        went back after a retryable failure (and was not settled since); 0 for a batch
+        never retried. Per batch, as the official clients count it, whatever else of the
+        tenant failed or was delivered meanwhile."""
+        retrying = self._retrying
+        if not retrying:  # nothing failing anywhere: no lock, no walk over the batch
+            return 0
+        with self._lock:
+            return max(map(retrying.get, map(_MESSAGE_ID_OF, messages), _ZEROS), default=0)
+
     def _count_retried(self, tenant: str, messages: Sequence[EncodedMessage]) -> None:
-        """Count ``messages`` going out again, and each event once (under the lock)."""
+        """Count ``messages`` going out again, each event once in ``retried_events``,
+        and one more retry for each (under the lock)."""
         self.counters.add("retried", tenant, len(messages))
-        first = [m.message_id for m in messages if m.message_id not in self._retrying]
+        retrying = self._retrying
+        if len(retrying) > _RETRYING_MAX:  # ids another process settled
+            retrying.clear()  # at worst an event is counted twice
+        first = 0
+        for message_id in map(_MESSAGE_ID_OF, messages):
+            times = retrying.get(message_id, 0)
+            first += not times
+            retrying[message_id] = times + 1
         if first:
-            if len(self._retrying) > _RETRYING_MAX:  # ids another process settled
-                self._retrying.clear()  # at worst an event is counted twice
-            self._retrying.update(first)
-            self.counters.add("retried_events", tenant, len(first))
+            self.counters.add("retried_events", tenant, first)
 
     def failed(
         self,
@@ -163,8 +187,10 @@ class Settler:
 
     def _settled(self, messages: Sequence[EncodedMessage]) -> None:
         """``messages`` left the queue for good: forget they were retried (under the lock)."""
-        if self._retrying:
-            self._retrying.difference_update(m.message_id for m in messages)
+        retrying = self._retrying
+        if retrying:
+            for message_id in map(_MESSAGE_ID_OF, messages):
+                retrying.pop(message_id, None)
 
     def note_error(self, tenant: str, text: str, status: int | None) -> None:
         """Record ``text`` (key-free) as ``tenant``'s last delivery error: in the counters
