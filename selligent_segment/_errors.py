@@ -6,8 +6,24 @@ record that carried them is being reported back to its own caller.
 
 from __future__ import annotations
 
+import re
+
 #: How many characters of an echoed name or value an error message shows at most.
 SHOWN_LIMIT = 100
+
+
+# Control characters but the whitespace ones, DEL, and lone surrogates (a JSON "\ud800"
+# parses to one): what a PostgreSQL text column (a NUL), a UTF-8 encoder (a surrogate: the
+# sqlite3 module, psycopg, a log file) or a terminal cannot take as it is.
+_UNWRITABLE = re.compile("[\x00-\x08\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def writable(text: str) -> str:
+    """``text`` with every character that a spool, an encoder or a terminal cannot take
+    (control characters other than whitespace, DEL, lone surrogates) replaced by U+FFFD:
+    an outside text (an endpoint's error message) as a spool stores it. The text itself
+    when it holds none."""
+    return _UNWRITABLE.sub("\ufffd", text)
 
 
 def shown(value: object, *, quote: bool = True, limit: int = SHOWN_LIMIT) -> str:

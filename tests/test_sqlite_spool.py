@@ -368,6 +368,30 @@ def test_rejected_messages_become_dead_letters_with_reason_and_status(tmp_path: 
     ]
 
 
+def test_a_reason_no_encoder_can_write_is_stored_replaced_and_blocks_nothing(
+    tmp_path: Path,
+) -> None:
+    # An outside text (an endpoint's error message) with a lone surrogate and a NUL: the
+    # sqlite3 module cannot encode the surrogate, and a settlement it cannot write was
+    # kept and replayed before every later write, so nothing was ever leased again.
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    batch = messages(3)
+    spool.put_many(batch)
+    lease = spool.lease("acme", 1, 1 << 20)
+    assert lease is not None
+    spool.reject(lease, lease.messages, "rejected: bad \ud800 and \x00 here", 400)
+    spool.note_error("acme", "HTTP 400: \udfff", 1.0, 400)
+    again = spool.lease("acme", 2, 1 << 20)
+    assert again is not None and again.messages == tuple(batch[1:])
+    spool.ack(again, again.messages)
+    spool.close()
+    assert query(path, "SELECT reason FROM dead_letters") == [
+        ("rejected: bad \ufffd and \ufffd here",)
+    ]
+    assert query(path, "SELECT count(*) FROM messages") == [(0,)]
+
+
 def test_a_large_rejection_keeps_order_and_acceptance_times(tmp_path: Path) -> None:
     # Over one statement's worth (1,024) of messages, each with its own row's accepted_at.
     path = tmp_path / "spool.db"

@@ -742,6 +742,13 @@ def test_scrub() -> None:
     assert cleaned.count("[redacted]") >= 5
     assert len(scrub("x " * 1000, key)) == 300
     assert scrub("line\n\n  two\tthree", key) == "line two three"
+    # Nothing a spool or a log cannot write: no NUL (PostgreSQL text refuses it), no other
+    # control character, no lone surrogate (a JSON "\ud800" parses to one).
+    assert (
+        scrub("bad\x00byte \x1b[31m \ud800 \udfff\x7f", key)
+        == "bad\ufffdbyte \ufffd[31m \ufffd \ufffd\ufffd"
+    )
+    assert scrub("bad\x00byte \ud800", key).encode("utf-8")  # encodes, never raises
 
 
 def test_response_is_a_frozen_value() -> None:

@@ -486,3 +486,39 @@ def test_headers_urllib3_must_check_encode_or_add_to_go_through_urllib3(
     assert urlopen.call_count == 1
     assert _exchange(transport, url)[0].status == 200  # no connection lost on the way
     transport.close()
+
+
+@pytest.mark.parametrize("message", ["a NUL \\u0000 here", "a lone \\ud800 surrogate"])
+def test_a_refusal_whose_text_no_spool_can_write_still_dead_letters_its_batch(
+    raw_server: _RawServer, tmp_path: Any, message: str
+) -> None:
+    # Segment (or a proxy) refuses the batch with a message holding a NUL or a lone
+    # surrogate: the batch is still a dead letter with a readable reason, and the next
+    # event is still delivered (the reason once failed to be written: a spool's text
+    # column refuses a NUL, and no UTF-8 encoder writes a lone surrogate).
+    from selligent_segment import BatchPolicy, Emitter, RetryPolicy, SpoolFile
+
+    body = b'{"code":"invalid","message":"%b"}' % message.encode()
+    raw_server.answer(_with_length(b"HTTP/1.1 400 Bad Request", body))
+    emitter = Emitter(
+        write_key="wk_1",
+        endpoint=raw_server.url,
+        allow_insecure_http=True,
+        spool=tmp_path / "spool.db",
+        batch=BatchPolicy(linger=0.0),
+        retry=RetryPolicy(max_attempts=1),
+        max_requests_per_second=0,
+    )
+    try:
+        emitter.emit({"type": "delivered", "email": "a@example.com", "event_id": "one"})
+        assert emitter.flush(timeout=10)
+        emitter.emit({"type": "delivered", "email": "b@example.com", "event_id": "two"})
+        assert emitter.flush(timeout=10)
+        stats = emitter.stats()
+    finally:
+        emitter.close(timeout=5)
+    assert (stats.delivered, sum(stats.rejected.values())) == (1, 1)
+    with SpoolFile(tmp_path / "spool.db") as spool:
+        (letter,) = spool.dead_letters()
+    assert letter.reason.startswith("rejected: HTTP 400: invalid: a ")
+    assert "\ufffd" in letter.reason  # what could not be written, shown as replaced

@@ -71,7 +71,7 @@ from urllib.parse import quote
 import attrs
 import urllib3
 
-from selligent_segment._errors import SelligentSegmentError
+from selligent_segment._errors import SelligentSegmentError, writable
 from selligent_segment._limits import (
     BATCH_PATH,
     MAX_BATCH_BYTES,
@@ -271,7 +271,8 @@ def _basic_token(write_key: str) -> str:
 def scrub(text: str, write_key: str) -> str:
     """``text`` made safe to log: every form of the write key (raw, JSON-escaped,
     URL-quoted, as a Basic token) and any ``Basic``/``Bearer`` credential replaced by
-    ``[redacted]``, whitespace collapsed, cut to 300 characters."""
+    ``[redacted]``, whitespace collapsed, control characters and lone surrogates
+    replaced by U+FFFD (so every spool and log can write it), cut to 300 characters."""
     if write_key:
         forms = {
             write_key,
@@ -284,7 +285,7 @@ def scrub(text: str, write_key: str) -> str:
             if form:
                 text = text.replace(form, _REDACTED)
     text = _AUTH_TOKEN.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
-    text = _SPACES.sub(" ", text).strip()
+    text = writable(_SPACES.sub(" ", text).strip())
     if len(text) > _MAX_ERROR_CHARS:
         text = text[: _MAX_ERROR_CHARS - 3] + "..."
     return text

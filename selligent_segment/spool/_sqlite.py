@@ -39,6 +39,7 @@ from selligent_segment._errors import (
     SelligentSegmentError,
     SpoolError,
     shown,
+    writable,
 )
 from selligent_segment._mapping import TENANT_OF, EncodedMessage, _new_message
 from selligent_segment._record import EventKind
@@ -454,7 +455,8 @@ class SqliteSpool(ForkSafe):
                 (r, m.tenant, m.message_id, kind_of(m.kind), m.body)
                 for m, r in zip(messages, rowids, strict=True)
             ]
-            self._unwritten.refused.append((time.time(), reason, status, rows))
+            # An outside text: nothing in it may make the write fail (and be kept for ever).
+            self._unwritten.refused.append((time.time(), writable(reason), status, rows))
             self._unwritten.settled(lease.tenant, rowids)
             try:
                 self._write_unwritten()
@@ -526,7 +528,7 @@ class SqliteSpool(ForkSafe):
         constraint) is logged at ERROR (the same text at most every ``_REPORT_EVERY``
         seconds) and dropped, so it cannot fail this process's later writes."""
         with self._lock:
-            self._unwritten.errors[tenant] = (text, at, status)
+            self._unwritten.errors[tenant] = (writable(text), at, status)
             try:
                 self._write_unwritten()
             except sqlite3.Error as exc:
