@@ -2,7 +2,9 @@
 ``data/load`` requests, and what came of each row.
 
 One job: group the leased rows of one tenant by (list, ``keyFields``, columns), identify
-rows first (a new contact exists before its interactions), post each group as one
+rows first (a new contact exists before its interactions; rows of one list and key whose
+columns differ still load in the order they came, see :func:`_in_key_order`), post each
+group as one
 ``POST {base}/Portal/Api/organizations/{org}/lists/{list}/data/load`` with ``keyFields``,
 ``fields`` (so every body row is a data row and ``record_index`` is unambiguous) and
 ``data_import_option=InsertAndUpdate`` (a replayed row updates, never duplicates), and
@@ -10,9 +12,11 @@ report one :class:`~selligent_segment.delivery._transport.Response` for the whol
 
 Guarantees (what the dispatcher then does with them):
 
-- a row listed in a 200's ``invalid_records`` (``PartiallySucceeded`` / ``Failed``) is
-  refused on its own with Selligent's reason (``field: message (code)``); the others of
-  its request are delivered;
+- a row listed in a 200's ``invalid_records`` is refused on its own with Selligent's
+  reason (``field: message (code)``); the others of its request are delivered after a
+  ``Succeeded`` or ``PartiallySucceeded``, and go again (a retry, as after a 503) after a
+  ``Failed``, ``ValidationFailed`` or ``NotFound``, which did not write them (an upsert:
+  a row written after all is only updated);
 - a group refused as a whole for what it is (400, 404, 405, 413, 422, a 3xx) refuses its
   rows with Selligent's ``errors`` text, and the next group is still sent;
 - the first 401/403, 429 or retryable failure (5xx, 408, a timeout, a dropped connection,
@@ -57,6 +61,8 @@ _USER_AGENT = f"selligent-segment/{__version__}"
 _KIND_ORDER = {"identify": 0, "track": 1}
 #: Retried although 4xx: Selligent's request timeout.
 _RETRY_4XX = frozenset({408})
+#: The ``result_code`` of a load that did not write its rows (whatever it names).
+_NOTHING_LOADED = frozenset({"Failed", "ValidationFailed", "NotFound"})
 
 _Group = tuple[str, str, tuple[str, ...], tuple[str, ...]]  # kind, list, key, columns
 # What split_row looks for (see there why it is sound).
@@ -115,6 +121,43 @@ def _groups(bodies: Sequence[bytes]) -> tuple[dict[bytes, _Rows], dict[int, str]
         rows.indexes = list(compress(range(n), mask))
         rows.values = list(compress(values, mask))
     return groups, {}
+
+
+def _in_key_order(groups: Mapping[bytes, _Rows]) -> list[dict[bytes, _Rows]]:
+    """``groups`` cut into parts sent one after the other, so that no row is loaded
+    before an earlier row with the same list and key values (in another group: other
+    columns): a part ends before a row whose key was last seen in another group of it.
+    Within a part, every key is in one group only, so its groups may go in any order
+    (identify first). Arrival order is kept within each group of each part."""
+    rows_in_order: list[tuple[int, bytes, bytes]] = sorted(
+        (index, group, values)
+        for group, rows in groups.items()
+        for index, values in zip(rows.indexes, rows.values, strict=True)
+    )
+    places: dict[bytes, tuple[str, list[int]]] = {}
+    for group in groups:
+        _, list_name, key_fields, columns = _read_group(group)
+        places[group] = (list_name, [columns.index(k) for k in key_fields if k in columns])
+    parts: list[dict[bytes, _Rows]] = [{}]
+    last: dict[tuple[str, tuple[object, ...]], bytes] = {}  # (list, key values) -> group
+    for index, group, values in rows_in_order:
+        list_name, positions = places[group]
+        try:
+            row = orjson.loads(values)
+            key = (list_name, tuple(row[p] for p in positions))
+        except Exception:  # unreadable values: the request refuses it; no order to keep
+            key = (list_name, (index,))
+        if last.get(key, group) != group:
+            parts.append({})
+            last = {}
+        last[key] = group
+        rows = parts[-1].get(group)
+        if rows is None:
+            rows = parts[-1][group] = _Rows()
+            rows.order = groups[group].order
+        rows.indexes.append(index)
+        rows.values.append(values)
+    return parts
 
 
 def _groups_by_row(bodies: Sequence[bytes]) -> tuple[dict[bytes, _Rows], dict[int, str]]:
@@ -178,17 +221,26 @@ class SelligentTransport:
         """Load ``bodies`` (rows of one tenant) under ``endpoint``; see the module."""
         groups, bad = _groups(bodies)
         items: dict[int, str | None] = dict(bad)  # index -> None (loaded) or why refused
-        requests_of: list[tuple[str, str, _Rows]] = []  # url, list, rows
+        readable: dict[bytes, _Rows] = {}
+        lists: dict[str, int] = {}  # list -> how many of the groups load into it
         for group, rows in groups.items():
             try:
-                url, kind, list_name = self._request(endpoint, group)
+                _, kind, list_name = self._request(endpoint, group)
             except ValueError as exc:
                 items.update(dict.fromkeys(rows.indexes, str(exc)))
                 continue
-            requests_of.append((url, list_name, rows))
-            if kind in _KIND_ORDER:
-                rows.order = _KIND_ORDER[kind]
-        requests_of.sort(key=lambda request: request[2].order)  # identify first; stable
+            readable[group] = rows
+            lists[list_name] = lists.get(list_name, 0) + 1
+            rows.order = _KIND_ORDER.get(kind, rows.order)
+        parts = [readable]
+        if any(n > 1 for n in lists.values()):  # rows of one list with other columns
+            parts = _in_key_order(readable)
+        requests_of: list[tuple[str, str, _Rows]] = []  # url, list, rows
+        for part in parts:
+            ordered = sorted(part.items(), key=lambda group: group[1].order)  # identify first
+            for group, rows in ordered:
+                url, _, list_name = self._request(endpoint, group)
+                requests_of.append((url, list_name, rows))
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -231,6 +283,8 @@ class SelligentTransport:
             elif answer.outcome is Outcome.REJECTED:  # this group, for what it is
                 items.update(dict.fromkeys(indexes, answer.error or f"HTTP {answer.status}"))
             else:  # unauthorized, rate limited, retry: the turn ends here
+                for position, reason in (answer.items or {}).items():
+                    items[indexes[position]] = reason  # rows refused on their own
                 return Response(
                     answer.status,
                     answer.retry_after,
@@ -314,8 +368,14 @@ def _interpret(answer: Answer, key: str) -> Response:
                 if code_text:
                     reason += f" ({code_text})"
                 items[record["record_index"]] = scrub(reason, key)
-        if code in ("Failed", "ValidationFailed", "NotFound") and not items:
-            return Response(status, error=scrub(_errors_text(payload), key), outcome=_REJECT)
+        if code in _NOTHING_LOADED:
+            if not items:
+                return Response(status, error=scrub(_errors_text(payload), key), outcome=_REJECT)
+            # Rows refused on their own, and a load that says it failed: the rows it does
+            # not name may not have been written. They go again (an upsert: a row written
+            # after all is only updated), never counted as loaded.
+            error = f"HTTP {status}: {_errors_text(payload)}; the rows not named go again"
+            return Response(status, error=scrub(error, key), outcome=Outcome.RETRY, items=items)
         return Response(status, items=items or None)
     outcome = classify(status)
     if status in _RETRY_4XX:
