@@ -194,7 +194,9 @@ def test_a_key_naming_a_column_twice_is_a_problem() -> None:
     ("overrides", "reason"),
     [
         ({"selligent_url": None}, "selligent_url is required"),
-        ({"selligent_url": "https://x.slgnt.eu/?a=1"}, "no query, fragment or credentials"),
+        ({"selligent_url": "https://x.slgnt.eu/?a=1"}, "must have no query or fragment"),
+        ({"selligent_url": "https://x.slgnt.eu#f"}, "must have no query or fragment"),
+        ({"selligent_url": "https://u@x.slgnt.eu"}, "must have no credentials"),
         ({"selligent_url": "https://x.slgnt.eu:99999"}, "not a URL"),
         ({"selligent_url": "acme.slgnt.eu"}, "must be an https:// URL"),
         ({"organization": "a/b"}, "organization is required"),
@@ -212,6 +214,82 @@ def test_each_tenant_setting_is_checked(overrides: dict[str, Any], reason: str) 
     problems = problems_of({"tenants": {"acme": tenant(**overrides)}})
     assert any(reason in p.reason for p in problems), problems
     assert all(p.tenant == "acme" for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "reason"),
+    [
+        (
+            "https://svc:Sup3rS3cret@acme.slgnt.eu/x?token=Sup3rS3cret#Sup3rS3cret",
+            "'https://acme.slgnt.eu'",
+            "must have no credentials (user:password@; the API key goes in api_key_env)",
+        ),
+        ("https://acme.slgnt.eu/?token=Sup3rS3cret", "'https://acme.slgnt.eu'", "query"),
+        ("https://svc:Sup3rS3cret/", "'https://svc'", "its port is not a number"),
+        ("https://svc:Sup3rS3cret@[::1", None, "its host part cannot be read"),
+        ("svc:Sup3rS3cret@acme.slgnt.eu", None, "must be an https:// URL"),
+        ("https:///svc:Sup3rS3cret@acme.slgnt.eu", None, "must be an https:// URL"),
+    ],
+)
+def test_a_url_with_credentials_is_refused_without_echoing_them(
+    url: str, shown: str | None, reason: str
+) -> None:
+    with pytest.raises(DestinationConfigError) as info:
+        parse_config({"tenants": {"acme": tenant(selligent_url=url)}}, {"KEY": "k:s"})
+    text = str(info.value)
+    assert "Sup3rS3cret" not in text
+    assert "svc:" not in text
+    assert text.startswith("<config>: tenant acme: selligent_url ")
+    assert reason in text
+    if shown is None:
+        assert text.startswith("<config>: tenant acme: selligent_url must be") or (
+            text.startswith("<config>: tenant acme: selligent_url is not a URL")
+        )
+    else:
+        assert text.startswith(f"<config>: tenant acme: selligent_url {shown}: ")
+
+
+def test_a_literal_its_format_cannot_read_is_a_problem_of_the_file() -> None:
+    fields = {
+        "customer_id": "$.userId",
+        "opt_in": {"literal": "maybe", "format": "boolean"},
+        "score": {"literal": True, "format": "number"},
+        "since": {"literal": "2026-01-01T00:00:00", "format": "datetime"},
+        "ok_flag": {"literal": "Yes", "format": "boolean", "max_length": 3},
+        "ok_day": {"literal": "2026-11-30T23:30:00-02:00", "format": "date"},
+        "cleared": {"literal": "", "format": "number"},
+    }
+    problems = problems_of({"tenants": {"acme": tenant(identify={"list": "C", "fields": fields})}})
+    assert [(p.tenant, p.table, p.column, p.reason) for p in problems] == [
+        (
+            "acme",
+            "identify",
+            "opt_in",
+            "format 'boolean' cannot read the literal 'maybe' "
+            "(not a boolean: a string of 5 characters)",
+        ),
+        (
+            "acme",
+            "identify",
+            "score",
+            "format 'number' cannot read the literal True (not a number: a boolean)",
+        ),
+        (
+            "acme",
+            "identify",
+            "since",
+            "format 'datetime' cannot read the literal '2026-01-01T00:00:00' "
+            "(a date-time without a UTC offset: a string of 19 characters)",
+        ),
+    ]
+    for column in ("opt_in", "score", "since"):
+        del fields[column]
+    config = parse_config(
+        {"tenants": {"acme": tenant(identify={"list": "C", "fields": fields})}}, {"KEY": "k:s"}
+    )
+    identify = config.tenants["acme"].identify
+    assert identify is not None
+    assert [f.source.resolve({}) for f in identify.fields[1:]] == ["tru", "2026-12-01", ""]
 
 
 def test_a_tenant_that_is_not_a_table_and_a_bad_name_are_problems() -> None:

@@ -186,7 +186,11 @@ def test_a_value_the_format_cannot_read_is_an_error_naming_the_column() -> None:
     with pytest.raises(RowError) as info:
         map_event(tenant, event)
     assert info.value.column == "born"
-    assert info.value.reason == "not an ISO-8601 date: 'soon'"
+    assert info.value.reason == "not an ISO-8601 date: a string of 4 characters"
+    assert str(info.value) == (
+        'column born <- { path = "$.traits.b", format = "date" }: '
+        "not an ISO-8601 date: a string of 4 characters"
+    )
 
 
 # -- sources --------------------------------------------------------------------------------
@@ -240,20 +244,37 @@ def test_literals_formats_lower_and_max_length() -> None:
 @pytest.mark.parametrize(
     ("spec", "value", "reason"),
     [
-        ({"path": "$.v", "format": "datetime"}, "2026-11-30T10:00:00", "without a UTC offset"),
-        ({"path": "$.v", "format": "number"}, "12a", "not a number"),
-        ({"path": "$.v", "format": "number"}, True, "not a number"),
-        ({"path": "$.v", "format": "boolean"}, "maybe", "not a boolean"),
-        ({"path": "$.v", "format": "date"}, 19900501, "not a date"),
-        ({"path": "$.v", "format": "date"}, "0001-01-01T00:00:00+01:00", "out of range"),
-        ({"path": "$.v", "format": "datetime"}, "9999-12-31T23:59:59-01:00", "out of range"),
+        (
+            {"path": "$.v", "format": "datetime"},
+            "2026-11-30T10:00:00",
+            "a date-time without a UTC offset: a string of 19 characters",
+        ),
+        ({"path": "$.v", "format": "number"}, "12a", "not a number: a string of 3 characters"),
+        ({"path": "$.v", "format": "number"}, True, "not a number: a boolean"),
+        ({"path": "$.v", "format": "number"}, [7, 8], "not a number: an array of 2 items"),
+        ({"path": "$.v", "format": "boolean"}, "maybe", "not a boolean: a string of 5 characters"),
+        ({"path": "$.v", "format": "boolean"}, 2.5, "not a boolean: a number"),
+        ({"path": "$.v", "format": "date"}, 19900501, "not a date: a number"),
+        ({"path": "$.v", "format": "date"}, {"y": 1990}, "not a date: an object of 1 key"),
+        (
+            {"path": "$.v", "format": "date"},
+            "0001-01-01T00:00:00+01:00",
+            "out of range once converted to UTC: a string of 25 characters",
+        ),
+        (
+            {"path": "$.v", "format": "datetime"},
+            "9999-12-31T23:59:59-01:00",
+            "out of range once converted to UTC: a string of 25 characters",
+        ),
     ],
 )
 def test_unreadable_values_raise_value_problem(spec: object, value: object, reason: str) -> None:
     from selligent_segment.destination import ValueProblem
 
-    with pytest.raises(ValueProblem, match=reason):
+    with pytest.raises(ValueProblem) as info:
         resolve(spec, {"v": value})
+    assert info.value.reason == reason  # what the value is, never the value
+    assert str(info.value) == reason
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ allow-lists, one bad event refused alone."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,14 @@ from typing import Any
 import orjson
 import pytest
 import urllib3
-from _destination import ENV, example_config, identify, sign, track
+from _destination import ENV, example_config, identify, sign, tenant_table, track
 
 from selligent_segment import SpoolFile
 from selligent_segment.delivery._retry import RetryPolicy
-from selligent_segment.destination import DestinationConfig
+from selligent_segment.destination import DestinationConfig, check_samples, parse_config
 from selligent_segment.destination._loader import Loader, LoaderSettings
-from selligent_segment.destination._receiver import Receiver, RecentIds
+from selligent_segment.destination._receiver import Receiver, RecentIds, parse_lenient
+from selligent_segment.destination._rows import UNSTORABLE_EVENT, RefusedRow, dead_payload, decode
 from selligent_segment.destination._signature import first_element, verify
 from selligent_segment.testing import LocalSelligent
 from selligent_segment.testing._asgi_server import serve_asgi
@@ -226,6 +228,181 @@ def test_one_bad_event_is_refused_alone_and_kept_as_a_dead_letter(
         letters = spool.dead_letters()
     assert sorted(d.message_id for d in letters) == ["", "id-2"]
     assert any("$.userId" in d.reason for d in letters)
+
+
+def nested(depth: int) -> bytes:
+    """A JSON object ``depth`` levels deep (orjson parses up to 1024, writes up to 254)."""
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def test_a_deeply_nested_event_is_refused_alone_and_kept_as_a_dead_letter(
+    config: DestinationConfig, loader: Loader, tmp_path: Path
+) -> None:
+    receiver = Receiver(config, loader)
+    deep = b'{"type":"identify","userId":"u2","traits":' + nested(300) + b"}"  # no messageId
+    body = b"[" + orjson.dumps(identify(1)) + b"," + deep + b"]"
+    status, answer = receiver.handle(config.tenants["acme"], body, sign(ACME, body))
+    assert status == 200
+    assert orjson.loads(answer) == {
+        "accepted": 1,
+        "duplicates": 0,
+        "skipped": 0,
+        "refused": [
+            {"index": 1, "messageId": None, "reason": "$.messageId: the event has no messageId"}
+        ],
+    }
+    assert loader.flush(10.0)
+    loader.close(2.0)
+    with SpoolFile(tmp_path / "dest.spool") as spool:
+        (letter,) = spool.dead_letters()
+    assert letter.reason == "$.messageId: the event has no messageId"
+    assert json.loads(letter.body)[2]["event"] == json.loads(deep)  # kept whole
+    with pytest.raises(RefusedRow, match="no messageId"):
+        decode(letter.body)
+
+
+def test_a_value_too_deep_to_write_refuses_its_event_alone(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    # globex writes $.properties as JSON; 1000 levels is past what any JSON writer here
+    # writes (orjson 254, the standard library about the recursion limit)
+    receiver = Receiver(config, loader)
+    deep = orjson.dumps(track(2))[:-1] + b',"context":{"d":' + nested(1000) + b"}}"
+    deep = deep.replace(b'"properties":{', b'"properties":{"d":' + nested(1000) + b",")
+    body = b"[" + orjson.dumps(track(1)) + b"," + deep + b"]"
+    status, answer = receiver.handle(config.tenants["globex"], body, sign(GLOBEX, body))
+    assert status == 200
+    refused = orjson.loads(answer)["refused"]
+    assert orjson.loads(answer)["accepted"] == 1
+    assert [(r["index"], r["messageId"]) for r in refused] == [(1, "tr-2")]
+    assert refused[0]["reason"].startswith("column details <- ")
+    assert refused[0]["reason"].endswith(
+        ": nested too deeply to be written as JSON: an object of 3 keys"
+    )
+
+
+@pytest.mark.parametrize(
+    ("signed", "status"),
+    [(b"", 401), (b"other", 401), (b"first", 200)],
+    ids=["garbage", "wrong", "first-element"],
+)
+def test_a_deeply_nested_first_element_is_judged_on_its_signature(
+    config: DestinationConfig, loader: Loader, signed: bytes, status: int
+) -> None:
+    deep = b'{"type":"identify","userId":"u2","traits":' + nested(300) + b"}"
+    body = b"[" + deep + b"," + orjson.dumps(identify(1)) + b"]"
+    signature = {b"": "00", b"other": sign(GLOBEX, body), b"first": sign(ACME, deep)}[signed]
+    got, answer = Receiver(config, loader).handle(config.tenants["acme"], body, signature)
+    assert got == status
+    if status == 200:
+        assert orjson.loads(answer)["accepted"] == 1
+    for depth in (300, 1000):  # orjson cannot write either; nor Python recurse the second
+        raw = b'{"v":' + nested(depth) + b"}"
+        first = orjson.loads(raw)
+        body = b"[" + raw + b"]"
+        assert not verify(b"s", body, "00", first)
+        assert verify(b"s", body, sign("s", body), first)
+    assert verify(b"s", b"[" + deep + b"]", sign("s", deep), orjson.loads(deep))
+
+
+def test_a_dead_letter_holds_a_placeholder_for_an_event_json_cannot_write() -> None:
+    for event in ({"a": "\ud83d"}, [orjson.loads(nested(1000))]):  # a lone surrogate; deep
+        payload = dead_payload("acme", "identify", "m-1", "the reason", event)
+        tenant, _, fields = orjson.loads(payload)
+        assert (tenant, fields["messageId"], fields["error"]) == ("acme", "m-1", "the reason")
+        assert fields["event"] in (UNSTORABLE_EVENT, event)
+        with pytest.raises(RefusedRow, match=r"^the reason$"):
+            decode(payload)
+    payload = dead_payload("acme", None, None, "why", {"a": "\ud83d"})
+    assert orjson.loads(payload)[2] == {
+        "type": "unknown",
+        "messageId": "",
+        "error": "why",
+        "event": UNSTORABLE_EVENT,
+    }
+
+
+def stringified(event: dict[str, Any]) -> bytes:
+    """``event`` as ``JSON.stringify`` writes it when it holds a lone surrogate: escaped."""
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def test_a_lone_surrogate_escape_is_read_as_a_replacement_character(
+    config: DestinationConfig, loader: Loader, local_selligent: LocalSelligent, tmp_path: Path
+) -> None:
+    receiver = Receiver(config, loader)
+    first = stringified(identify(1, firstName="Ann\ud83d", **{"\udc00": "k"}))
+    no_id = identify(2, lastName="Lee\udc00")
+    del no_id["messageId"]
+    body = b"[" + first + b"," + orjson.dumps(identify(3)) + b"," + stringified(no_id) + b"]"
+    assert b"\\ud83d" in first
+    assert b"\\udc00" in body
+    acme = config.tenants["acme"]
+    assert receiver.handle(acme, body, sign(GLOBEX, first))[0] == 401
+    status, answer = receiver.handle(acme, body, sign(ACME, first))  # Segment's batch form
+    assert status == 200
+    assert orjson.loads(answer)["accepted"] == 2
+    assert [r["index"] for r in orjson.loads(answer)["refused"]] == [2]
+    assert loader.flush(10.0)
+    row = local_selligent.row("CONTACTS", customer_id="user-1")
+    assert row is not None
+    assert row["first_name"] == "Ann\ufffd"
+    assert local_selligent.row("CONTACTS", customer_id="user-3") is not None
+    loader.close(2.0)
+    with SpoolFile(tmp_path / "dest.spool") as spool:
+        (letter,) = spool.dead_letters()
+    assert orjson.loads(letter.body)[2]["event"]["traits"]["lastName"] == "Lee\ufffd"
+
+
+def test_the_lenient_parse_replaces_only_lone_surrogates(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    assert parse_lenient(b'"\\ud83d\\ude00"') == "\U0001f600"  # a pair is one character
+    assert parse_lenient(b'["\\ude00\\ud83d", {"\\ud800": ["x\\udfff"]}, 1.5]') == [
+        "\ufffd\ufffd",
+        {"\ufffd": ["x\ufffd"]},
+        1.5,
+    ]
+    receiver = Receiver(config, loader)
+    for bad in (b"[NaN]", b"[1e400]", b'["\xed\xa0\xbd"]', b'[{"a":"\\ud83d"}', b'"\\ud83d" 1'):
+        status, answer = receiver.handle(config.tenants["acme"], bad, sign(ACME, bad))
+        assert status == 400
+        assert orjson.loads(answer)["error"].startswith("malformed JSON: ")
+    assert loader.pending() == 0
+
+
+def test_a_value_its_format_cannot_read_is_never_in_a_log_an_answer_or_a_reason(
+    local_selligent: LocalSelligent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fields = {"customer_id": {"path": "$.userId", "format": "number"}, "email": "$.traits.email"}
+    table = tenant_table(
+        selligent_url=local_selligent.url, identify={"list": "C", "fields": fields}
+    )
+    config = parse_config({"tenants": {"acme": table}}, {"KEY": "k:s"})
+    event = {"type": "identify", "messageId": "m-1", "userId": "jane.doe@example.com"}
+    expected = (
+        'column customer_id <- { path = "$.userId", format = "number" }: '
+        "not a number: a string of 20 characters"
+    )
+    caplog.set_level("DEBUG", logger="selligent_segment")
+    loader = Loader(config, tmp_path / "pii.spool", SETTINGS).start()
+    try:
+        status, answer = Receiver(config, loader).handle(
+            config.tenants["acme"], orjson.dumps(event), None
+        )
+        assert loader.flush(10.0)
+    finally:
+        loader.close(2.0)
+    assert status == 200
+    assert orjson.loads(answer)["refused"] == [{"index": 0, "messageId": "m-1", "reason": expected}]
+    with SpoolFile(tmp_path / "pii.spool") as spool:
+        assert [d.reason for d in spool.dead_letters()] == [expected]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # the receiver's, the loader's dead letter
+    assert all(expected in w for w in warnings)
+    problems, _ = check_samples(config, [("mine", event)])
+    assert [p.reason for p in problems] == [f"sample mine: {expected.split(' <- ', 1)[1]}"]
+    assert "jane" not in caplog.text + str(problems)
 
 
 def test_healthz_answers_ok(client: Client) -> None:

@@ -299,7 +299,8 @@ def _tenant(
     else:
         reason = _url_problem(url)
         if reason is not None:
-            problem(f"selligent_url {shown(url)}: {reason}")
+            safe = _url_shown(url)
+            problem(f"selligent_url {shown(safe)}: {reason}" if safe else f"selligent_url {reason}")
         url = url.rstrip("/")
     organization = table.get("organization")
     if not isinstance(organization, str) or not _API_NAME.fullmatch(organization):
@@ -344,18 +345,44 @@ def _tenant(
 
 
 def _url_problem(url: str) -> str | None:
+    """What is wrong with ``url``, or None; never a piece of the URL (urlsplit's own
+    texts can quote its credentials)."""
     try:
         parts = urlsplit(url)
+    except ValueError:
+        return "is not a URL (its host part cannot be read)"
+    try:
         parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        return f"not a URL ({exc})"
+    except ValueError:
+        return "is not a URL (its port is not a number from 0 to 65535)"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return "must be an https:// URL"
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK:
         return "must be https:// (http:// only for a loopback host)"
-    if parts.query or parts.fragment or parts.username or parts.password:
-        return "must have no query, fragment or credentials"
+    if parts.username is not None or parts.password is not None:
+        return "must have no credentials (user:password@; the API key goes in api_key_env)"
+    if parts.query or parts.fragment:
+        return "must have no query or fragment"
     return None
+
+
+def _url_shown(url: str) -> str:
+    """``url`` safe to echo in an error: ``scheme://host[:port]`` only (never credentials,
+    path, query or fragment); ``""`` when it is not an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    host = parts.hostname
+    try:
+        port = parts.port
+    except ValueError:  # not a number: left out, it may be a password
+        port = None
+    if parts.scheme not in ("https", "http") or not host:
+        return ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + ("" if port is None else f":{port}")
 
 
 def _env_name(table: Mapping[str, Any], key: str, required: bool, problem: Any) -> str | None:

@@ -12,20 +12,25 @@ An ASGI application (:class:`Receiver`), mountable in Starlette/FastAPI or serve
 Guarantees: ``200`` only once every event of the request is journaled (mapped rows to
 load, refused events as dead letters): a ``kill -9`` right after loses nothing. A body
 over ``max_body_bytes`` is ``413``, malformed JSON or a body that is neither object nor
-array ``400``, each with its reason; a full spool or an unwritable journal ``503`` (Segment
-retries), nothing of the request kept. Each event is judged alone: one that cannot be
-mapped (no key value, no messageId, not an object) is refused on its own, kept as a dead
-letter with its reason and reported in the answer (``refused``: index, messageId,
-reason); skipped ones (loop prevention, not in ``track.events``, a type not loaded) are
-counted; the rest are kept. Events are deduplicated per tenant on ``messageId`` over a
-bounded window of recent ids (Segment re-sends and re-batches), counted as
-``duplicates``; loads are upserts, so a duplicate past the window updates, never doubles.
+array ``400``, each with its reason (a lone UTF-16 surrogate escape, which
+``JSON.stringify`` writes, is not malformed: it is read as U+FFFD); a full spool or an
+unwritable journal ``503`` (Segment retries), nothing of the request kept. Each event is
+judged alone: one that cannot be mapped (no key value, no messageId, not an object) is
+refused on its own, kept as a dead letter with its reason and reported in the answer
+(``refused``: index, messageId, reason); skipped ones (loop prevention, not in
+``track.events``, a type not loaded) are counted; the rest are kept. Events are
+deduplicated per tenant on ``messageId`` over a bounded window of recent ids (Segment
+re-sends and re-batches), counted as ``duplicates``; loads are upserts, so a duplicate
+past the window updates, never doubles.
 Event values and secrets are never in a log line or an answer.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -50,7 +55,13 @@ from selligent_segment.destination._mapping import MappedRow, RowError, map_even
 from selligent_segment.destination._rows import dead_payload
 from selligent_segment.destination._signature import verify
 
-__all__ = ["DEFAULT_DEDUP_WINDOW", "DEFAULT_MAX_BODY_BYTES", "Receiver", "RecentIds"]
+__all__ = [
+    "DEFAULT_DEDUP_WINDOW",
+    "DEFAULT_MAX_BODY_BYTES",
+    "Receiver",
+    "RecentIds",
+    "parse_lenient",
+]
 
 log = logging.getLogger("selligent_segment.destination")
 
@@ -155,7 +166,7 @@ class Receiver:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            data = _BAD
+            data = parse_lenient(body)  # a lone surrogate escape, as JSON.stringify writes
             reason = f"malformed JSON: {exc}"
         secret = self._secrets.get(tenant.name)
         if secret is not None:
@@ -238,6 +249,61 @@ class Receiver:
 
 
 _BAD: Any = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (math.inf, -math.inf):
+        raise ValueError("a number out of range")
+    return number
+
+
+def parse_lenient(body: bytes) -> Any:
+    """``body`` (strict UTF-8 JSON) read by the standard library, for a body orjson
+    refuses: in practice one with a lone UTF-16 surrogate escape (``"\\ud83d"``, which
+    ``JSON.stringify`` writes), each lone surrogate, in keys and values, replaced by
+    U+FFFD as a UTF-8 encoder does, so everything downstream can write the result.
+    ``_BAD`` for a body that is not JSON this way either (NaN, infinities and invalid
+    UTF-8 included)."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return _BAD
+    return _without_surrogates(data)
+
+
+def _replaced(value: Any) -> Any:
+    return _SURROGATE.sub("\ufffd", value) if isinstance(value, str) else value
+
+
+def _without_surrogates(data: Any) -> Any:
+    """``data`` with every surrogate code point in its strings replaced by U+FFFD (a
+    surrogate pair is already one code point here); containers rewritten in place,
+    iteratively (any depth)."""
+    if not isinstance(data, (dict, list)):
+        return _replaced(data)
+    stack: list[dict[str, Any] | list[Any]] = [data]
+    while stack:
+        container = stack.pop()
+        if isinstance(container, dict):
+            items = list(container.items())
+            container.clear()
+            for key, value in items:
+                container[_replaced(key)] = _replaced(value)
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+        else:
+            for index, value in enumerate(container):
+                if isinstance(value, (dict, list)):
+                    stack.append(value)
+                else:
+                    container[index] = _replaced(value)
+    return data
 
 
 def _kind(kind: object) -> str:

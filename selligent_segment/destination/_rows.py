@@ -15,7 +15,8 @@ replayed from a journal (this form, or the older ``list``/``key``/``columns`` on
 the message a sender posts.
 
 Guarantees: a payload is compact JSON, written once; an event refused at the door is
-journaled as a payload carrying ``error`` (its reason) and the event, and
+journaled as a payload carrying ``error`` (its reason) and the event (or, for one no
+JSON writer can write, a placeholder saying so), and
 :func:`decode` raises :class:`RefusedRow` for it, so even when replayed from a dead
 process's journal it ends as a dead letter with its reason, never as a load. No value is
 ever in an exception text.
@@ -23,6 +24,7 @@ ever in an exception text.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -32,6 +34,7 @@ from selligent_segment._mapping import EncodedMessage
 from selligent_segment.destination._mapping import MappedRow
 
 __all__ = [
+    "UNSTORABLE_EVENT",
     "RefusedRow",
     "Row",
     "dead_payload",
@@ -89,21 +92,45 @@ def row_message(row: MappedRow, payload: bytes) -> EncodedMessage:
     return EncodedMessage(row.tenant, row.message_id, row.kind, payload)
 
 
+#: What a dead letter holds instead of an event that cannot be written as JSON (nested
+#: deeper than the JSON writers allow).
+UNSTORABLE_EVENT = "<not stored: the event cannot be written as JSON (nested too deeply)>"
+
+
 def dead_payload(tenant: str, kind: object, message_id: object, reason: str, event: Any) -> bytes:
-    """The journal payload of an event refused at the door (kept as a dead letter)."""
-    return orjson.dumps(
-        [
-            tenant,
-            None,
-            {
-                "type": kind if isinstance(kind, str) else "unknown",
-                "messageId": message_id if isinstance(message_id, str) else "",
-                "error": reason,
-                "event": event,
-            },
-        ],
-        default=str,
-    )
+    """The journal payload of an event refused at the door (kept as a dead letter).
+
+    Never raises for any event a JSON parser produced, and :func:`decode` always reads
+    it back: an event orjson cannot write (nested deeper than its 254 levels, an integer
+    beyond 64 bits) is written by the standard library instead, and one that neither can
+    write so that it reads back is replaced by :data:`UNSTORABLE_EVENT` (the reason kept).
+    """
+    fields = {
+        "type": kind if isinstance(kind, str) else "unknown",
+        "messageId": message_id if isinstance(message_id, str) else "",
+        "error": reason,
+        "event": event,
+    }
+    payload = _readable_json([tenant, None, fields])
+    if payload is None:
+        fields["event"] = UNSTORABLE_EVENT
+        payload = orjson.dumps([tenant, None, fields])
+    return payload
+
+
+def _readable_json(value: Any) -> bytes | None:
+    """Compact JSON of ``value`` that orjson reads back, or None when there is none."""
+    try:
+        return orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        payload = text.encode("utf-8")
+        orjson.loads(payload)  # deeper than orjson reads (1024 levels): not readable
+    except (ValueError, TypeError, RecursionError):  # orjson.JSONDecodeError is a ValueError
+        return None
+    return payload
 
 
 def decode(payload: bytes | memoryview) -> EncodedMessage:

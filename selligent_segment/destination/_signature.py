@@ -63,8 +63,13 @@ def _js_numbers(value: Any) -> Any:
 
 
 def _signs(given: bytes, secret: bytes, first: Any) -> bool:
-    """True when ``given`` signs ``first`` re-serialised compactly."""
-    compact = orjson.dumps(_js_numbers(first))
+    """True when ``given`` signs ``first`` re-serialised compactly; False, never an
+    exception, when it cannot be (nested deeper than orjson writes, an integer beyond
+    64 bits): the other forms are tried on the body's own bytes."""
+    try:
+        compact = orjson.dumps(_js_numbers(first))
+    except (orjson.JSONEncodeError, RecursionError):
+        return False
     return hmac.compare_digest(given, sign(secret, compact).encode())
 
 

@@ -6,9 +6,10 @@ One job: turn a source as written in the config (``"$.traits.email"``, or a tabl
 event to the column's text, or into the list of reasons it is invalid.
 
 Guarantees: a :class:`Source` is immutable and resolves an event without raising, except
-:class:`ValueProblem` for a value its ``format`` cannot read; ``None`` means "resolves to
-nothing" (the column is left out of the row), while an explicit JSON ``null`` becomes ``""``
-(the column is cleared). Formatting, in this order: the value to text (strings as they are,
+:class:`ValueProblem` for a value its ``format`` cannot read (or an object nested too
+deeply to be written as JSON), whose text never holds the value; ``None`` means "resolves
+to nothing" (the column is left out of the row), while an explicit JSON ``null`` becomes
+``""`` (the column is cleared). Formatting, in this order: the value to text (strings as they are,
 booleans ``true``/``false``, integers in decimal, integral floats without ``.0``, objects
 and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`` (cut).
 """
@@ -33,6 +34,7 @@ __all__ = [
     "Source",
     "ValueProblem",
     "compile_source",
+    "kind_of",
     "to_text",
 ]
 
@@ -50,8 +52,9 @@ _MISSING: Any = object()
 
 
 class ValueProblem(SelligentSegmentError, ValueError):
-    """A value was found but its ``format`` cannot read it; ``reason`` says why (the value
-    shown escaped and cut short)."""
+    """A value was found but its ``format`` cannot read it; ``reason`` says why and what
+    the value is (its JSON type and size, from :func:`kind_of`), never the value itself:
+    it may be personal data, and the reason goes to logs and answers."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -161,17 +164,39 @@ def to_text(value: Any) -> str:
 
 
 def _json(value: Any) -> str:
-    """Compact JSON; integers beyond 64 bits (which orjson refuses, and only a parser
-    other than orjson can produce) through the standard library."""
+    """Compact JSON; what orjson refuses (integers beyond 64 bits, nesting deeper than
+    254 levels) through the standard library; ValueProblem when neither can write it."""
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:
+        pass
+    try:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    except (RecursionError, ValueError):
+        raise ValueProblem(f"nested too deeply to be written as JSON: {kind_of(value)}") from None
+
+
+def kind_of(value: Any) -> str:
+    """What a JSON value is, without the value: its type and size (``a string of 20
+    characters``, ``a number``, ``an object of 2 keys``), for error texts."""
+    if isinstance(value, str):
+        return f"a string of {len(value):,} character{'' if len(value) == 1 else 's'}"
+    if value is True or value is False:
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return f"an object of {len(value):,} key{'' if len(value) == 1 else 's'}"
+    if isinstance(value, list):
+        return f"an array of {len(value):,} item{'' if len(value) == 1 else 's'}"
+    return f"a {type(value).__name__}"
 
 
 def _parse_moment(value: Any) -> datetime | date:
     if not isinstance(value, str):
-        raise ValueProblem(f"not a date: {shown(value)}")
+        raise ValueProblem(f"not a date: {kind_of(value)}")
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -180,7 +205,7 @@ def _parse_moment(value: Any) -> datetime | date:
             return date.fromisoformat(text)
         return datetime.fromisoformat(text)
     except ValueError:
-        raise ValueProblem(f"not an ISO-8601 date: {shown(value)}") from None
+        raise ValueProblem(f"not an ISO-8601 date: {kind_of(value)}") from None
 
 
 def _as_date(value: Any) -> str:
@@ -196,7 +221,7 @@ def _in_utc(moment: datetime, value: Any) -> datetime:
     try:
         return moment.astimezone(_UTC)
     except OverflowError:  # year 1 or 9999 with an offset
-        raise ValueProblem(f"out of range once converted to UTC: {shown(value)}") from None
+        raise ValueProblem(f"out of range once converted to UTC: {kind_of(value)}") from None
 
 
 def _as_datetime(value: Any) -> str:
@@ -204,13 +229,13 @@ def _as_datetime(value: Any) -> str:
     if not isinstance(moment, datetime):
         moment = datetime(moment.year, moment.month, moment.day, tzinfo=_UTC)
     elif moment.tzinfo is None:
-        raise ValueProblem(f"a date-time without a UTC offset: {shown(value)}")
+        raise ValueProblem(f"a date-time without a UTC offset: {kind_of(value)}")
     return format_timestamp(_in_utc(moment, value))
 
 
 def _as_number(value: Any) -> str:
     if isinstance(value, bool):
-        raise ValueProblem(f"not a number: {shown(value)}")
+        raise ValueProblem(f"not a number: {kind_of(value)}")
     if isinstance(value, (int, float)):
         return to_text(value)
     if isinstance(value, str):
@@ -222,7 +247,7 @@ def _as_number(value: Any) -> str:
             if number == number and number not in (float("inf"), float("-inf")):
                 text = value.strip()
                 return text if re.fullmatch(r"-?\d+", text) else to_text(number)
-    raise ValueProblem(f"not a number: {shown(value)}")
+    raise ValueProblem(f"not a number: {kind_of(value)}")
 
 
 _TRUE = frozenset({"true", "1", "yes"})
@@ -238,7 +263,7 @@ def _as_boolean(value: Any) -> str:
             return "true"
         if text in _FALSE:
             return "false"
-    raise ValueProblem(f"not a boolean: {shown(value)}")
+    raise ValueProblem(f"not a boolean: {kind_of(value)}")
 
 
 def _as_json(value: Any) -> str:
@@ -315,7 +340,8 @@ def _path_getter(text: Any, what: str, problems: list[str]) -> tuple[Getter, str
 
 def compile_source(spec: object) -> Source | list[str]:
     """The compiled :class:`Source` of ``spec`` (a path string or a source table), or
-    every reason it is invalid (never empty then)."""
+    every reason it is invalid (never empty then); a literal its ``format`` cannot read
+    is invalid here, never a problem of each event."""
     problems: list[str] = []
     if isinstance(spec, str):
         table: Mapping[str, Any] = {"path": spec}
@@ -388,7 +414,14 @@ def compile_source(spec: object) -> Source | list[str]:
         fused = _fused_resolver(paths[0])
         if fused is not None:
             return Source(text, tuple(paths), fused)
-    return Source(text, tuple(paths), _resolver(tuple(getters), formatter, lower, max_length))
+    resolve = _resolver(tuple(getters), formatter, lower, max_length)
+    if "literal" in table:  # the same for every event: a problem of the config, not of events
+        try:
+            resolve({})
+        except ValueProblem as exc:
+            literal = shown(table["literal"])
+            return [f"format {shown(fmt)} cannot read the literal {literal} ({exc})"]
+    return Source(text, tuple(paths), resolve)
 
 
 def _fused_resolver(path: str) -> Callable[[Mapping[str, Any]], str | None] | None:
