@@ -269,3 +269,22 @@ def test_ingest_uses_only_what_send_makes_public() -> None:
     source = (ROOT / "selligent_segment" / "cli" / "_ingest.py").read_text()
     assert _private_imports(source) == []
     assert {"SendRunner", "Sink", "SURELY_SMALL"} <= set(_send.__all__)
+
+
+def test_a_webhook_event_holding_a_list_is_one_problem_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = tmp_path / "postmark.json"
+    delivery = {
+        "RecordType": "Delivery",
+        "MessageID": "pm-1",
+        "Recipient": "ada@example.com",
+        "DeliveredAt": "2026-11-20T09:15:00Z",
+    }
+    bounce = {**delivery, "RecordType": "Bounce", "Email": "bob@example.com", "Type": ["x"]}
+    body.write_text(json.dumps([delivery, bounce]))
+    status = _run_in_process("postmark", str(body), "--dry-run", "--tenant", "acme")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["Email Delivered"]
+    assert f"{body}:event-2: Type: not text: ['x']" in err.splitlines()

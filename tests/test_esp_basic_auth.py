@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from selligent_segment import EventKind
+from selligent_segment import EventKind, message_id
 from selligent_segment.inputs.esp import (
     PARSERS,
     PostmarkConfig,
@@ -57,7 +57,11 @@ def test_postmark_wants_its_credentials() -> None:
     hook = PostmarkWebhook(PostmarkConfig("hook", "s3cret"))
     request = orjson.dumps(postmark("Delivery", DeliveredAt="2026-11-20T09:15:00.1234567Z"))
     (record,) = hook.handle(request, auth("hook", "s3cret")).records
-    assert (record.tenant, record.email_id, record.event_id) == ("acme", "e-1", "Delivery:pm-1")
+    assert (record.tenant, record.email_id, record.event_id) == (
+        "acme",
+        "e-1",
+        "Delivery:pm-1:ada@example.com",
+    )
     with pytest.raises(WebhookRefused) as info:
         hook.handle(request, auth("hook", "guess"))
     assert info.value.status == 401
@@ -153,6 +157,79 @@ def test_postmark_other_records_are_skipped(event: dict[str, Any]) -> None:
     parsed = PARSERS["postmark"](orjson.dumps(event), "f")
     assert parsed.records == ()
     assert parsed.problems[0].reason.startswith("skipped: ")
+
+
+def test_postmark_deliveries_of_one_message_to_two_recipients_have_different_ids() -> None:
+    at = "2026-11-20T09:15:00Z"
+    batch = [
+        postmark("Delivery", Recipient="ada@example.com", DeliveredAt=at),
+        postmark("Delivery", Recipient="bob@example.com", DeliveredAt=at),
+    ]
+    parsed = PARSERS["postmark"](orjson.dumps(batch), "f")
+    assert [r.event_id for r in parsed.records] == [
+        "Delivery:pm-1:ada@example.com",
+        "Delivery:pm-1:bob@example.com",
+    ]
+    assert len({message_id(r) for r in parsed.records}) == 2  # Segment keeps both
+
+
+#: A JSON value nested deeper than repr() can go (str() of it raises RecursionError).
+DEEP = b"[" * 1000 + b"]" * 1000
+
+
+def with_deep(events: list[dict[str, Any]]) -> bytes:
+    """``events`` as JSON, every ``"DEEP"`` text replaced by :data:`DEEP`."""
+    return orjson.dumps(events).replace(b'"DEEP"', DEEP)
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        (postmark("Bounce", Type=["HardBounce"], Email="bob@example.com", ID=7), "Type"),
+        (postmark("Bounce", Type={"name": "HardBounce"}, Email="bob@example.com"), "Type"),
+        (postmark("Bounce", Type="HardBounce", Email="bob@example.com", ID="DEEP"), "ID"),
+        (postmark("Open", ReceivedAt="DEEP"), "ReceivedAt"),
+        (postmark("Click", ReceivedAt="2026-11-20T09:15:00Z", OriginalLink="DEEP"), "OriginalLink"),
+        (postmark("Click", OriginalLink={"href": "https://example.com/"}), "OriginalLink"),
+        (
+            postmark(
+                "SubscriptionChange",
+                SuppressSending=True,
+                SuppressionReason="ManualSuppression",
+                ChangedAt="DEEP",
+            ),
+            "ChangedAt",
+        ),
+    ],
+)
+def test_a_postmark_field_holding_a_list_or_object_is_that_events_problem(
+    event: dict[str, Any], field: str
+) -> None:
+    delivery = postmark("Delivery", DeliveredAt="2026-11-20T09:15:00Z")
+    parsed = PARSERS["postmark"](with_deep([delivery, event, delivery]), "f")
+    assert [r.kind for r in parsed.records] == [EventKind.DELIVERED] * 2
+    (problem,) = parsed.problems
+    assert (problem.where, problem.field) == ("f:event-2", field)
+    assert "got " in problem.reason or problem.reason.startswith("not text: ")
+
+
+@pytest.mark.parametrize("bounce_class", ["DEEP", [10], {"class": 10}])
+def test_a_sparkpost_bounce_class_holding_a_list_or_object_is_that_events_problem(
+    bounce_class: object,
+) -> None:
+    batch = [
+        {"msys": {"message_event": sparkpost("delivery")}},
+        {"msys": {"message_event": sparkpost("bounce", bounce_class=bounce_class)}},
+        {"msys": {"message_event": sparkpost("bounce", bounce_class=10)}},
+    ]
+    parsed = PARSERS["sparkpost"](with_deep(batch), "f")
+    assert [(r.kind, r.bounce_type) for r in parsed.records] == [
+        (EventKind.DELIVERED, None),
+        (EventKind.BOUNCED, "hard"),
+    ]
+    (problem,) = parsed.problems
+    assert (problem.where, problem.field) == ("f:event-2", "bounce_class")
+    assert problem.reason.startswith("expected a number, got ")
 
 
 def sparkpost(kind: str, **extra: Any) -> dict[str, Any]:

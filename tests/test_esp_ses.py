@@ -451,3 +451,46 @@ def test_a_bare_notification_takes_its_ids_from_ses() -> None:
     again = PARSERS["ses"](orjson.dumps(envelope(bounce())), "f")
     assert [r.event_id for r in again.records] == ["sns-1:0", "sns-1:1"]
     assert PARSERS["ses"](orjson.dumps(envelope(bounce())), "f") == again
+
+
+def bare_ids(*notifications: dict[str, Any]) -> list[str | None]:
+    """The event ids of the records of bare notifications (no SNS envelope)."""
+    return [
+        record.event_id
+        for notification in notifications
+        for record in PARSERS["ses"](orjson.dumps(notification), "f").records
+    ]
+
+
+def test_bare_opens_and_clicks_of_one_message_have_different_ids() -> None:
+    opens = [note("Open", {"timestamp": t}) for t in ("2026-11-20T11:00Z", "2026-11-21T09:30Z")]
+    clicks = [
+        note("Click", {"timestamp": "2026-11-20T11:01Z", "link": "https://example.com/a"}),
+        note("Click", {"timestamp": "2026-11-20T11:01Z", "link": "https://example.com/b"}),
+        note("Click", {"timestamp": "2026-11-20T11:05Z", "link": "https://example.com/a"}),
+    ]
+    ids = bare_ids(*opens, *clicks)
+    assert None not in ids
+    assert len(set(ids)) == 5
+    assert ids[0] == "ses-msg-1:Open:2026-11-20T11:00Z:0:ada@example.com"
+    assert bare_ids(*opens, *clicks) == ids  # a redelivery keeps its id
+
+
+def test_bare_deliveries_of_one_message_to_two_recipients_have_different_ids() -> None:
+    at = {"timestamp": "2026-11-20T09:12:00.000Z"}
+    ids = bare_ids(
+        note("Delivery", {**at, "recipients": ["ada@example.com"]}),
+        note("Delivery", {**at, "recipients": ["Bob@example.com"]}),
+    )
+    assert ids == [
+        "ses-msg-1:Delivery:2026-11-20T09:12:00.000Z:0:ada@example.com",
+        "ses-msg-1:Delivery:2026-11-20T09:12:00.000Z:0:bob@example.com",
+    ]
+
+
+def test_the_ids_of_an_sns_message_do_not_change() -> None:
+    opens = [note("Open", {"timestamp": t}) for t in ("2026-11-20T11:00Z", "2026-11-21T09:30Z")]
+    for notification in opens:
+        (record,) = PARSERS["ses"](orjson.dumps(envelope(notification)), "f").records
+        assert record.event_id == "sns-1:0"
+    assert bare_ids(bounce()) == ["fb-1:0", "fb-1:1"]  # a feedbackId is kept as it was

@@ -112,6 +112,63 @@ def test_not_spam_and_auth_failure_feedback_make_no_record() -> None:
     assert parse_arf(data, "x.eml") == Parsed()
 
 
+MIXED = CORPUS / "multi-recipient-mixed.eml"
+MIXED_BLOCKS = b"""Reporting-MTA: dns; mail.platform.example
+X-Postfix-Queue-ID: 4Zc0Pz1Qk2z7vNb
+X-Postfix-Sender: rfc822; campaigns@mail.platform.example
+Arrival-Date: Fri, 20 Nov 2026 08:00:00 +0000 (UTC)
+
+Final-Recipient: rfc822; ann@example.net"""
+
+
+def _mixed_with(old: bytes, new: bytes, *, crlf: bool = False) -> bytes:
+    """multi-recipient-mixed.eml with ``old`` replaced by ``new`` (once at least)."""
+    data = MIXED.read_bytes()
+    assert old in data
+    data = data.replace(old, new)
+    return data.replace(b"\n", b"\r\n") if crlf else data
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("line", [b" ", b"\t", b"  \t "])
+def test_a_whitespace_only_line_between_recipient_blocks_ends_a_block(
+    line: bytes, crlf: bool
+) -> None:
+    data = _mixed_with(
+        b"\n\nFinal-Recipient: rfc822; ", b"\n" + line + b"\nFinal-Recipient: rfc822; "
+    )
+    parsed = parse_dsn(data, "x.eml", corpus_join())
+    assert parsed.problems == ()
+    assert [(r.email, r.smtp_status) for r in parsed.records] == [
+        ("ann@example.net", "5.1.1"),
+        ("bob@example.org", "4.4.7"),
+        ("dee@example.info", "5.7.1"),
+    ]
+    assert parsed == parse_dsn(MIXED.read_bytes(), "x.eml", corpus_join())
+
+
+@pytest.mark.parametrize("lead", [b"\n", b"\n\n", b" \n"])
+def test_a_blank_line_before_the_first_block_shifts_no_block(lead: bytes) -> None:
+    data = _mixed_with(MIXED_BLOCKS, lead + MIXED_BLOCKS)
+    parsed = parse_dsn(data, "x.eml", corpus_join())
+    assert parsed.problems == ()
+    assert [r.email for r in parsed.records] == [
+        "ann@example.net",
+        "bob@example.org",
+        "dee@example.info",
+    ]
+    assert {r.properties["reporting_mta"] for r in parsed.records} == {"mail.platform.example"}
+
+
+@pytest.mark.parametrize("lead", [b"\n", b" \n"])
+def test_a_feedback_report_split_by_blank_lines_keeps_its_fields(lead: bytes) -> None:
+    data = (CORPUS / "arf-yahoo-abuse.eml").read_bytes()
+    data = data.replace(b"Feedback-Type: abuse\n", lead + b"Feedback-Type: abuse\n")
+    data = data.replace(b"Source-IP:", b" \nSource-IP:")
+    (record,) = parse_arf(data, "x.eml", corpus_join()).records
+    assert record == _records("arf-yahoo-abuse").records[0]
+
+
 # -- join ------------------------------------------------------------------------------
 
 
@@ -252,6 +309,22 @@ def test_a_failing_detector_is_a_problem_not_a_crash(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(_heuristic, "_detector", [broken])
     (problem,) = _records("qmail-no-mailbox").problems
     assert problem.reason == "the bounce detectors failed on it (UnicodeDecodeError)"
+
+
+def test_an_old_format_delay_warning_is_not_a_bounce() -> None:
+    assert _records("gmail-delay-warning") == Parsed()  # flufl.bounce: a temporary failure
+
+
+def test_only_the_permanent_failures_of_the_detector_are_bounces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def detect(message: object) -> Any:
+        return frozenset({b"slow@example.com"}), frozenset({b"ann@example.net"})
+
+    monkeypatch.setattr(_heuristic, "_detector", [detect])
+    parsed = _records("qmail-no-mailbox")
+    assert parsed.problems == ()
+    assert [(r.email, r.bounce_type) for r in parsed.records] == [("ann@example.net", "hard")]
 
 
 # -- readers ---------------------------------------------------------------------------

@@ -9,8 +9,9 @@ AutoResponder, AddressChange, ChallengeVerification, ManuallyDeactivated -> skip
 SubscriptionChange -> unsubscribed when ``SuppressSending`` is true and
 ``SuppressionReason`` is ManualSuppression (a bounce or complaint suppression was already
 reported by its own event; a reactivation is skipped). Postmark has no event id: it is
-``RecordType:MessageID`` plus the bounce ``ID``, or the time and link of an open or
-click. The platform's ids come from ``Metadata`` under :data:`ID_KEYS`.
+``RecordType:MessageID`` plus a delivery's ``Recipient``, the bounce ``ID``, the time (and
+link) of an open or click, or the time of a subscription change. The platform's ids come
+from ``Metadata`` under :data:`ID_KEYS`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from selligent_segment._errors import shown
+from selligent_segment._errors import InvalidEvent, shown
 from selligent_segment._record import EventKind
 from selligent_segment.inputs._result import InputError, Parsed
 from selligent_segment.inputs.esp._basic_auth import BasicAuthWebhook
@@ -82,18 +83,19 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         "esp_message_stream": text(event.get("MessageStream")),
     }
     fields: dict[str, Any] = {"email": event.get("Recipient")}
-    id_parts: list[object] = [record_type, message_id]
+    id_fields: list[str] = []  # the fields that tell this event apart, after RecordType:MessageID
     kind: EventKind
     if record_type == "Delivery":
         kind = EventKind.DELIVERED
         fields["timestamp"] = event.get("DeliveredAt")
+        id_fields.append("Recipient")  # one Delivery per recipient of the message
     elif record_type in ("Open", "Click"):
         geo = event.get("Geo")
         ip = geo.get("IP") if isinstance(geo, dict) else None
         fields["ip"] = text(ip)
         fields["user_agent"] = text(event.get("UserAgent"))
         fields["timestamp"] = event.get("ReceivedAt")
-        id_parts.append(event.get("ReceivedAt"))
+        id_fields.append("ReceivedAt")
         if record_type == "Open":
             kind = EventKind.OPENED
             properties.update(machine_open(ip, event.get("UserAgent")))
@@ -101,16 +103,19 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         else:
             kind = EventKind.LINK_CLICKED
             fields["link_url"] = text(event.get("OriginalLink"))
-            id_parts.append(event.get("OriginalLink"))
+            id_fields.append("OriginalLink")
     elif record_type in ("Bounce", "SpamComplaint"):
         bounce = event.get("Type")
         fields["email"] = event.get("Email")
         fields["timestamp"] = event.get("BouncedAt")
         fields["email_subject"] = text(event.get("Subject"))
-        id_parts.append(event.get("ID"))
+        id_fields.append("ID")
         properties["esp_bounce_classification"] = text(bounce)
         if record_type == "SpamComplaint" or bounce == "SpamComplaint":
             kind = EventKind.MARKED_AS_SPAM
+        elif bounce is not None and not isinstance(bounce, str):
+            out.problem(index, "Type", f"not text: {shown(bounce)}")
+            return
         elif bounce in _HARD or bounce in _SOFT or bounce == "Unknown":
             kind = EventKind.BOUNCED
             fields["bounce_type"] = (
@@ -130,7 +135,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
             return
         kind = EventKind.UNSUBSCRIBED
         fields["timestamp"] = event.get("ChangedAt")
-        id_parts.append(event.get("ChangedAt"))
+        id_fields.append("ChangedAt")
         properties["esp_origin"] = text(event.get("Origin"))
     elif isinstance(record_type, str):
         out.skip(index, "RecordType", record_type, "unknown to this adapter")
@@ -138,8 +143,30 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     else:
         out.problem(index, "RecordType", f"missing or not text: {shown(record_type)}")
         return
-    fields["event_id"] = ":".join(str(p) for p in id_parts if p is not None) if message_id else None
+    try:
+        fields["event_id"] = _event_id(record_type, message_id, event, id_fields)
+    except InvalidEvent as exc:
+        out.problem(index, exc.field, exc.reason)
+        return
     out.add(index, kind, event, ids_from(event.get("Metadata")), properties, **fields)
+
+
+def _event_id(
+    record_type: str, message_id: str | None, event: dict[str, Any], names: list[str]
+) -> str | None:
+    """``RecordType:MessageID`` then the values of the fields ``names`` present in
+    ``event`` (None without a MessageID). A field holding a list or an object is an
+    :class:`InvalidEvent` naming it: an id is never made of a nested value."""
+    if message_id is None:
+        return None
+    parts = [record_type, message_id]
+    for name in names:
+        value = event.get(name)
+        if isinstance(value, (list, dict)):
+            raise InvalidEvent(name, f"expected text or a number, got {type(value).__name__}")
+        if value is not None:
+            parts.append(str(value))
+    return ":".join(parts)
 
 
 class PostmarkWebhook(BasicAuthWebhook):

@@ -10,9 +10,12 @@ Undetermined -> no type; ``bounceType/bounceSubType`` kept); Complaint -> marked
 per ``complainedRecipients`` (``complaintFeedbackType`` kept); Open -> opened and Click ->
 link_clicked, for the message's one recipient (SES does not say which recipient opened a
 message sent to several: such an event is a problem); Send, Reject, DeliveryDelay,
-Rendering Failure, Subscription -> skipped. The event id is the SNS ``MessageId`` (the
-SES ``feedbackId`` or ``mail.messageId`` for a bare notification) and ``:N`` for the
-N-th recipient; the platform's ids come from the message tags under :data:`ID_KEYS`.
+Rendering Failure, Subscription -> skipped. The event id is the SNS ``MessageId`` and
+``:N`` for the N-th recipient. A bare notification (no SNS envelope) has the SES
+``feedbackId`` instead, else ``mail.messageId:TYPE:TIMESTAMP`` (and a click's link) with
+``:N:RECIPIENT``: SES sends one notification per open, click or delivery without a
+feedbackId, all with the message's id, and these tell them apart. The platform's ids come
+from the message tags under :data:`ID_KEYS`.
 """
 
 from __future__ import annotations
@@ -134,8 +137,12 @@ def parse_notification(
     name = str(name)  # text: kind_of found it
     detail = notification.get(name[0].lower() + name[1:])
     detail = detail if isinstance(detail, dict) else {}
+    recipient_in_id = False
     if event_id is None:
-        event_id = text(detail.get("feedbackId")) or _joined(text(mail.get("messageId")), name)
+        event_id = text(detail.get("feedbackId"))
+    if event_id is None:
+        event_id = _fallback_id(mail, name, detail)
+        recipient_in_id = True
     common = mail.get("commonHeaders")
     common = common if isinstance(common, dict) else {}
     context = _Context(
@@ -148,13 +155,23 @@ def parse_notification(
         properties={"esp_event": name, "esp_message_id": text(mail.get("messageId"))},
         fields={"email_subject": text(common.get("subject")), "timestamp": detail.get("timestamp")},
         destination=mail.get("destination"),
+        recipient_in_id=recipient_in_id,
     )
     reader(context)
     return out.parsed()
 
 
-def _joined(*parts: str | None) -> str | None:
-    return ":".join(p for p in parts if p) if all(parts) else None
+def _fallback_id(mail: dict[str, Any], name: str, detail: dict[str, Any]) -> str | None:
+    """The id of a notification with neither an SNS MessageId nor a ``feedbackId``:
+    ``mail.messageId:TYPE:TIMESTAMP`` and, for a click, ``:LINK`` (None without a
+    messageId). Two opens, clicks or deliveries of one message differ in these."""
+    message_id = text(mail.get("messageId"))
+    if message_id is None:
+        return None
+    parts = [message_id, name, text(detail.get("timestamp"))]
+    if name == "Click":
+        parts.append(text(detail.get("link")))
+    return ":".join(p for p in parts if p)
 
 
 @attrs.define
@@ -168,9 +185,15 @@ class _Context:
     properties: dict[str, Any]
     fields: dict[str, Any]
     destination: object
+    recipient_in_id: bool = False  # a fallback id: the recipient tells deliveries apart
 
     def add(self, index: int, kind: EventKind, properties: dict[str, Any], **fields: Any) -> None:
+        """Add the record of recipient ``index``: the event id is ``ID:INDEX``, and
+        ``:RECIPIENT`` (lower-cased) after it when ``recipient_in_id``."""
         event_id = f"{self.event_id}:{index}" if self.event_id else None
+        email = fields.get("email")
+        if event_id and self.recipient_in_id and isinstance(email, str):
+            event_id = f"{event_id}:{email.strip().lower()}"
         merged = {**self.fields, **fields, "event_id": event_id}
         self.out.add(index, kind, self.raw, self.ids, {**self.properties, **properties}, **merged)
 

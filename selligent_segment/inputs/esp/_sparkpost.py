@@ -89,10 +89,12 @@ def parse(
 
 
 def _bounce_type(value: object) -> tuple[str | None, bool]:
-    """(bounce_type, is a bounce) for a ``bounce_class``."""
+    """(bounce_type, is a bounce) for a ``bounce_class``: a class that is not a whole
+    number (text or JSON) is a bounce without a type. The caller refuses lists and
+    objects first."""
     try:
         number = int(str(value))
-    except ValueError:
+    except ValueError:  # a number too long for int() is a ValueError too
         return None, True
     if number in _HARD:
         return "hard", True
@@ -126,6 +128,10 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         fields["link_url"] = text(event.get("target_link_url"))
     elif kind is EventKind.BOUNCED:
         bounce_class = event.get("bounce_class")
+        if isinstance(bounce_class, (list, dict)):
+            reason = f"expected a number, got {type(bounce_class).__name__}"
+            out.problem(index, "bounce_class", reason)
+            return
         bounce_type, is_bounce = _bounce_type(bounce_class)
         if not is_bounce:
             out.skip(index, "bounce_class", bounce_class, "not a bounce of the recipient")

@@ -11,6 +11,7 @@ resolver (through the platform's header, the VERP token or the Message-ID) to gi
 from __future__ import annotations
 
 import re
+from email.message import Message
 from typing import Any
 
 from selligent_segment.inputs._result import InputProblem, Parsed
@@ -39,6 +40,17 @@ def _unredacted(address: str | None) -> str | None:
     return None if not local or _REDACTED.match(local) else address
 
 
+def _fields(part: Message) -> Message:
+    """The fields of a ``message/feedback-report`` part: one block, or the blocks a blank
+    or whitespace-only line split it into, joined (the first of a field wins on ``get``)."""
+    found = blocks(part)
+    fields = found[0] if found else Message()
+    for block in found[1:]:
+        for name, value in block.raw_items():
+            fields[name] = value
+    return fields
+
+
 def arf_records(report: Report, join: Join) -> Parsed | None:
     """The record of an ARF report (or none for a non-complaint), or None when
     ``report`` is not one."""
@@ -49,7 +61,7 @@ def arf_records(report: Report, join: Join) -> Parsed | None:
     if part is None:
         reason = "a feedback-report without its message/feedback-report part"
         return Parsed(problems=(InputProblem(where, "report", reason),))
-    fields_block = blocks(part)[0]
+    fields_block = _fields(part)
     feedback = (header_text(fields_block.get("Feedback-Type")) or "").lower()
     if not feedback:
         return Parsed(problems=(InputProblem(where, "Feedback-Type", "missing"),))

@@ -94,7 +94,7 @@ def dsn_records(report: Report, join: Join) -> Parsed | None:
         reason = "a delivery-status report without its message/delivery-status part"
         return Parsed(problems=(InputProblem(where, "report", reason),))
     found = blocks(part)
-    per_message, recipients = found[0], [b for b in found[1:] if len(b.keys())]
+    per_message, recipients = (found[0], found[1:]) if found else (Message(), [])
     if not recipients:
         reason = "no per-recipient block (Final-Recipient, Action, Status)"
         return Parsed(problems=(InputProblem(where, "message/delivery-status", reason),))

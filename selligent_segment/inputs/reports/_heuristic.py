@@ -1,8 +1,10 @@
 """Bounces in the formats that predate RFC 3464 (qmail, old Exim and Exchange, ...), read
 by ``flufl.bounce`` (Apache-2.0; the optional extra ``bounces``, imported only when such a
-message comes). It gives only the failed addresses, permanent or temporary: the records
-say ``bounce_confidence: heuristic`` and carry no ``smtp_status`` unless the text next to
-the address holds a code.
+message comes). It gives only the failed addresses: the records say
+``bounce_confidence: heuristic``, are ``hard`` unless a code next to the address says
+otherwise, and carry no ``smtp_status`` unless the text next to the address holds one.
+What it calls temporary failures are delays (a delay warning, a DSN's ``Action:
+delayed``): not bounces, they make no record and no problem, as in an RFC 3464 report.
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def heuristic_records(report: Report, join: Join) -> Parsed:
         reason = f"the bounce detectors failed on it ({type(exc).__name__})"
         return Parsed(problems=(InputProblem(report.where, "report", reason),))
     failures = [(a, "hard") for a in sorted(permanent)]
-    failures += [(a, "soft") for a in sorted(temporary - permanent)]
     if not failures:
+        if temporary:  # only delays: the message will still be delivered or bounce later
+            return Parsed()
         return Parsed(problems=(InputProblem(report.where, "report", _NONE_FOUND),))
     text = _text_of(report)
     original_id = report.original_header("Message-ID")

@@ -97,15 +97,26 @@ def date_of(value: str | None) -> datetime | None:
 
 def blocks(part: Message) -> list[Message]:
     """The header blocks of a ``message/delivery-status`` or ``message/feedback-report``
-    part: what the parser made of them, else its decoded text split on blank lines."""
+    part, in order, without empty ones (a leading blank line makes none). Blocks end at
+    every blank or whitespace-only line: the email parser reads a whitespace-only line as
+    a continuation and would join the blocks around it, so its blocks are split again."""
     payload = part.get_payload()
     if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
-        return [p for p in payload if isinstance(p, Message)]
-    raw = part.get_payload(decode=True)
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
-    text = text.replace("\r\n", "\n")
+        text = "\n\n".join(_block_text(p) for p in payload if isinstance(p, Message))
+    else:
+        raw = part.get_payload(decode=True)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
     parser = email.parser.HeaderParser()
-    return [parser.parsestr(chunk.strip("\n") + "\n") for chunk in re.split(r"\n\s*\n", text)]
+    chunks = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
+    return [parser.parsestr(chunk.strip() + "\n") for chunk in chunks if chunk.strip()]
+
+
+def _block_text(block: Message) -> str:
+    """A block the parser made, as the text it was read from (its raw header lines, folds
+    and whitespace-only lines kept, then any body)."""
+    lines = "".join(f"{name}: {value}\n" for name, value in block.raw_items())
+    body = block.get_payload()
+    return lines + (body if isinstance(body, str) else "")
 
 
 def _parts(message: Message) -> Iterator[Message]:
