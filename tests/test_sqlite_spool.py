@@ -383,7 +383,8 @@ def test_a_reason_no_encoder_can_write_is_stored_replaced_and_blocks_nothing(
     spool.reject(lease, lease.messages, "rejected: bad \ud800 and \x00 here", 400)
     spool.note_error("acme", "HTTP 400: \udfff", 1.0, 400)
     again = spool.lease("acme", 2, 1 << 20)
-    assert again is not None and again.messages == tuple(batch[1:])
+    assert again is not None
+    assert again.messages == tuple(batch[1:])
     spool.ack(again, again.messages)
     spool.close()
     assert query(path, "SELECT reason FROM dead_letters") == [
