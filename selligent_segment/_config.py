@@ -28,7 +28,7 @@ from selligent_segment.delivery._keys import KeyResolver, WriteKeys
 from selligent_segment.delivery._proxy import check_ca_bundle, routes
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._transport import Transport
-from selligent_segment.spool._postgres import is_postgres_url
+from selligent_segment.spool._postgres import is_postgres_url, redact
 from selligent_segment.spool._protocol import OnFull
 from selligent_segment.spool._schema import spool_path
 
@@ -106,6 +106,11 @@ def _spool(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
         spool_path(value)
 
 
+def _spool_repr(value: object) -> str:
+    """The spool setting as a repr shows it: a ``postgresql://`` URL without its password."""
+    return repr(redact(value)) if isinstance(value, str) and is_postgres_url(value) else repr(value)
+
+
 def _proxy(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         routes(value)  # type: ignore[arg-type]  # raises ConfigurationError("proxy", ...)
@@ -136,7 +141,9 @@ class EmitterConfig:
     ``endpoint`` is given."""
     allow_insecure_http: bool = attrs.field(default=False, validator=_flag)
     """Allow a plain ``http://`` endpoint off loopback (loopback is always allowed)."""
-    spool: str | os.PathLike[str] = attrs.field(default="memory", validator=_spool)
+    spool: str | os.PathLike[str] = attrs.field(
+        default="memory", validator=_spool, repr=_spool_repr
+    )
     """``"memory"`` (lost with the process), or a file path or ``sqlite:///`` URL: the
     durable spool, where ``emit`` returns once the event is journaled on disk (it then
     survives ``kill -9``); processes may share one file. Or a ``postgresql://`` URL

@@ -17,10 +17,14 @@ repr (:func:`redact`).
 
 Guarantees (as the :class:`~selligent_segment.spool._protocol.Spool` protocol states): a
 message leaves the table only acknowledged or as a dead letter; while this process's lease
-is live the rows are nobody else's; settling never raises because the database cannot be
-reached: the outcome is kept in memory, counted at once, and written by :meth:`maintain`
-(or the next settlement) once the database answers again; until then an expired lease may
-let another host send the same rows again (a documented resend).
+is live the rows are nobody else's; settling never raises: while the database cannot be
+reached (:class:`Unreachable`) the outcome is kept in memory, counted at once, and written
+by :meth:`maintain` (or the next lease) once the database answers again; until then an
+expired lease may let another host send the same rows again (a documented resend). A
+settlement the database refuses for its data is never kept (it would fail again, ahead of
+every later one): a reject is written with a plain reason instead, and what still fails
+is logged at ERROR, its rows left in the queue to be leased again once their lease
+expires. Every text from outside is written as ``text`` can hold it (:func:`pg_text`).
 
 Rows hold either a Segment message or, written by an emitter, its compact record (an
 empty ``message_id``), which :meth:`PostgresSpool.lease` turns into the message
@@ -73,6 +77,7 @@ __all__ = [
     "Listener",
     "PostgresSpool",
     "QueueRow",
+    "Unreachable",
     "check_schema_name",
     "compact_counts",
     "connect",
@@ -80,9 +85,11 @@ __all__ = [
     "ensure_schema",
     "is_postgres_url",
     "newer_schema",
+    "pg_text",
     "redact",
     "schema_version",
     "split_options",
+    "without_passwords",
 ]
 
 log = logging.getLogger("selligent_segment")
@@ -334,9 +341,52 @@ def is_postgres_url(spool: object) -> bool:
     return isinstance(spool, str) and _URL.match(spool) is not None
 
 
+#: What PostgreSQL ``text`` cannot hold: NUL, and a lone UTF-16 surrogate (no UTF-8 form).
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+
+def pg_text(text: str) -> str:
+    """``text`` as PostgreSQL ``text`` can hold it: NUL removed, each lone surrogate
+    replaced by U+FFFD; anything else kept as it is. Every text from outside that this
+    spool writes (a reject's reason, a last error, a pause's reason) goes through it."""
+    return _NOT_TEXT.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
+#: A URL's password: in its user part (``user:PASSWORD@``), or a secret query parameter
+#: of libpq's (``?password=``, ``?sslpassword=``; its name may be percent-encoded).
+_USER_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)@")
+_QUERY_PARAM = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+def _secret_param(match: re.Match[str]) -> bool:
+    return urllib.parse.unquote(match.group(2)).lower() in _SECRET_PARAMS
+
+
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and reprs)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``url`` with each password in it (user part, ``password=`` and ``sslpassword=``
+    query parameters) replaced by ``***``: for messages and reprs."""
+    url = _USER_PASSWORD.sub(r"\1***@", url)
+    return _QUERY_PARAM.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}=***" if _secret_param(m) else m.group(), url
+    )
+
+
+def _passwords(url: str) -> set[str]:
+    """The passwords in ``url`` (see :func:`redact`) as written and percent-decoded, and
+    ``PGPASSWORD``'s: what an error text must not show."""
+    found = [m.group(2) for m in _USER_PASSWORD.finditer(url)]
+    found += [m.group(3) for m in _QUERY_PARAM.finditer(url) if _secret_param(m)]
+    found.append(os.environ.get("PGPASSWORD", ""))
+    return {form for text in found for form in (text, urllib.parse.unquote(text)) if form}
+
+
+def without_passwords(url: str, text: str) -> str:
+    """``text`` with every password of ``url`` (:func:`_passwords`) replaced by ``***``,
+    longest first: for any text built from the driver's messages, which may quote one."""
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 #: The URL query parameters that are the spool's, not libpq's (taken out before connecting).
@@ -346,12 +396,19 @@ URL_OPTIONS = ("spool_schema", "lease_seconds", "rotate_seconds", "notify")
 def split_options(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without the spool's own query parameters (:data:`URL_OPTIONS`), and those:
     ``postgresql://db/app?lease_seconds=30&spool_schema=mail_events&sslmode=require``
-    keeps ``sslmode`` for libpq."""
+    keeps ``sslmode`` for libpq. libpq's parameters are kept exactly as written (libpq
+    decodes ``%20``, not ``+``: ``?options=-c%20statement_timeout%3D5000`` stays so)."""
     parts = urllib.parse.urlsplit(url)
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    ours = {k: v for k, v in pairs if k in URL_OPTIONS}
-    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in URL_OPTIONS])
-    return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
+    kept: list[str] = []
+    ours: dict[str, str] = {}
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        name = urllib.parse.unquote(key)
+        if name in URL_OPTIONS:
+            ours[name] = urllib.parse.unquote(value)
+        elif pair:
+            kept.append(pair)
+    return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), ours
 
 
 def _seconds(name: str, text: str) -> float:
@@ -465,10 +522,20 @@ def compact_counts(conn: psycopg.Connection[Any], schema: str) -> int:
         return int(total) - max(0, folded.rowcount)
 
 
+class Unreachable(SpoolError):
+    """The database cannot be reached or cannot serve now (the driver's
+    ``OperationalError``: a lost or refused connection, a shutdown, a timeout): what is
+    kept in memory to be written later. Any other database error is about the statement
+    or its data, and writing it again would fail again."""
+
+
 def database_error(url: str, exc: BaseException) -> SpoolError:
-    """A driver error as a SpoolError naming the server (never its password)."""
-    text = str(exc).strip()
-    return SpoolError(
+    """A driver error as a SpoolError naming the server (never a password: not from the
+    URL, nor quoted by the driver's message, see :func:`without_passwords`); an
+    :class:`Unreachable` for the driver's ``OperationalError``."""
+    text = without_passwords(url, str(exc).strip())
+    unreachable = isinstance(exc, _psycopg().OperationalError)
+    return (Unreachable if unreachable else SpoolError)(
         f"PostgreSQL spool {redact(url)}: {type(exc).__name__}: "
         f"{text.splitlines()[0] if text else 'no detail'}"
     )
@@ -479,7 +546,8 @@ def connect(
 ) -> psycopg.Connection[Any]:
     """A new autocommit connection to ``url`` (the spool's own options taken out), named
     ``selligent-segment[-ROLE] SCHEMA HOST:PID`` in ``pg_stat_activity`` (``spool status``
-    counts the processes of a schema by it); a driver error leaves as
+    counts the processes of a schema by it), at READ COMMITTED whatever the database's
+    ``default_transaction_isolation`` (:func:`_read_committed`); a driver error leaves as
     :func:`database_error`."""
     psycopg = _psycopg()
     libpq_url, options = split_options(url)
@@ -487,7 +555,7 @@ def connect(
     app = f"{APPLICATION}-{role}" if role else APPLICATION
     name = f"{app} {schema} {socket.gethostname()}:{os.getpid()}"
     try:
-        return psycopg.connect(  # type: ignore[no-any-return]
+        conn = psycopg.connect(
             libpq_url,
             autocommit=True,
             connect_timeout=max(1, int(connect_timeout)),
@@ -495,6 +563,23 @@ def connect(
         )
     except psycopg.Error as exc:
         raise database_error(url, exc) from None
+    try:
+        _read_committed(conn)
+    except psycopg.Error as exc:
+        conn.close()
+        raise database_error(url, exc) from None
+    return conn  # type: ignore[no-any-return]
+
+
+def _read_committed(conn: psycopg.Connection[Any]) -> None:
+    """Pin ``conn`` (one of the spool's own, never a caller's) to READ COMMITTED: leases
+    (``FOR UPDATE SKIP LOCKED``) and settlements are written for it; at REPEATABLE READ or
+    SERIALIZABLE, a row another host leased after this transaction's snapshot fails the
+    lease with a serialization failure. Each transaction block says so in its ``BEGIN``
+    (which holds behind a pooler in transaction mode too), the session for the single
+    statements run in autocommit."""
+    conn.isolation_level = _psycopg().IsolationLevel.READ_COMMITTED
+    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 
 def _owner_name() -> str:
@@ -528,6 +613,13 @@ _Settlement = tuple[str, tuple[_RowId, ...], str | None, int | None, tuple[Encod
 DEAD_ROUNDS = 4
 
 
+def _plain_reason(reason: str | None) -> str:
+    """A dead letter's reason when ``reason`` could not be written: its first word (what
+    ``dead-letters requeue --reason`` matches), in plain ASCII, and that."""
+    first = re.sub(r"[^A-Za-z0-9_ -]", "", (reason or "").partition(":")[0])[:40].strip()
+    return f"{first or 'rejected'}: (the reason could not be stored)"
+
+
 def _dead_reason(exc: InvalidEvent) -> str:
     """The dead letter's reason for a record a lease could not make a message of."""
     if isinstance(exc, UnreadableRecord):
@@ -535,7 +627,7 @@ def _dead_reason(exc: InvalidEvent) -> str:
     return f"too_large: {exc}"
 
 
-class _Stale(SpoolError):
+class _Stale(Unreachable):
     """A pooled connection turned out dead (the server restarted or cut it): the work may
     be tried once more on a new connection (:meth:`PostgresSpool._retried`)."""
 
@@ -841,7 +933,7 @@ class PostgresSpool:
                 for other in idle:
                     other.close()
             error = database_error(self._url, exc)
-            if reused and isinstance(exc, psycopg.OperationalError):
+            if reused and isinstance(error, Unreachable):
                 raise _Stale(str(error)) from None
             raise error from None
         else:
@@ -1145,7 +1237,7 @@ class PostgresSpool:
     ) -> None:
         """Move this process's leased rows ``dead`` into ``dead_letters``, each with the
         message id, body and reason given (the message as leased, or a damaged record as
-        it is), in the queue's order."""
+        it is), in the queue's order; each reason as ``text`` holds it (:func:`pg_text`)."""
         s = self.schema
         sql = f"""WITH dead AS (
                 SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %b::bytea[],
@@ -1158,7 +1250,7 @@ class PostgresSpool:
                 (tenant, message_id, kind, body, accepted_at, reason, status)
             SELECT tenant, message_id, kind, body, accepted_at, reason, %s FROM gone ORDER BY id"""
         generations, ids = _row_params([d[0] for d in dead])
-        columns = ([d[1] for d in dead], [d[2] for d in dead], [d[3] for d in dead])
+        columns = ([d[1] for d in dead], [d[2] for d in dead], [pg_text(d[3]) for d in dead])
         conn.execute(sql, (generations, ids, *columns, self.owner, status))
 
     def _settle(
@@ -1195,23 +1287,63 @@ class PostgresSpool:
         status: int | None = None,
         leased: tuple[EncodedMessage, ...] = (),
     ) -> None:
+        """Write a settlement now; while the database is unreachable, keep it in memory
+        for :meth:`_write_unwritten`. Never raises."""
+        if reason is not None:
+            reason = pg_text(reason)
+        settlement: _Settlement = (action, rowids, reason, status, leased)
+        unreachable = self._settled(settlement)
+        if unreachable is not None:
+            with self._lock:
+                self._unwritten.append(settlement)
+            log.error("settlement kept in memory until the database answers: %s", unreachable)
+
+    def _settled(self, settlement: _Settlement) -> Unreachable | None:
+        """Write ``settlement``: None once written or given up, the error while the
+        database is unreachable (the caller keeps it). Any other failure (the statement
+        or its data refused) would fail again, so it never holds back the settlements
+        after it: a reject is written once more with a plain reason
+        (:func:`_plain_reason`); failing that, it is logged at ERROR and given up, its
+        rows left in the queue under their lease, which expires: they are leased and sent
+        again then, never lost."""
+        action, rowids, reason, status, leased = settlement
         try:
             self._settle(action, rowids, reason, status, leased)
-        except SpoolError as exc:
-            with self._lock:
-                self._unwritten.append((action, rowids, reason, status, leased))
-            log.error("settlement kept in memory until the database answers: %s", exc)
+            return None
+        except Unreachable as exc:
+            return exc
+        except Exception as exc:
+            failure: Exception = exc
+        if action == "reject":
+            plain = _plain_reason(reason)
+            try:
+                self._settle(action, rowids, plain, status, leased)
+                log.error("dead letters written with the reason %r: %s", plain, failure)
+                return None
+            except Unreachable as exc:
+                return exc
+            except Exception as exc:
+                failure = exc
+        log.error(
+            "%s of %d rows not written, left in the queue until their lease expires "
+            "(then sent again): %s",
+            action,
+            len(rowids),
+            failure,
+        )
+        return None
 
     def _write_unwritten(self) -> None:
+        """Write the settlements kept while the database was unreachable, in order;
+        raises :class:`Unreachable` (the rest kept) while it still is."""
         with self._lock:
             pending, self._unwritten = self._unwritten, []
-        for index, (action, rowids, reason, status, leased) in enumerate(pending):
-            try:
-                self._settle(action, rowids, reason, status, leased)
-            except SpoolError:
+        for index, settlement in enumerate(pending):
+            unreachable = self._settled(settlement)
+            if unreachable is not None:
                 with self._lock:
                     self._unwritten[:0] = pending[index:]
-                raise
+                raise unreachable
 
     def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Delete ``messages``: Segment accepted them."""
@@ -1253,7 +1385,10 @@ class PostgresSpool:
         dropped only once this process holds it exclusively and finds it empty, so a row
         being inserted or leased there is never lost: if anyone holds the partition (a
         lease, an open outbox transaction, a reader), the drop gives up after 50 ms and is
-        tried again at the next round. Returns how many partitions were dropped.
+        tried again at the next round. Nor is one dropped while another session holds a
+        snapshot older than the last rotation (:meth:`_old_snapshots`): an outbox insert
+        in a REPEATABLE READ or SERIALIZABLE transaction reads the generation with that
+        snapshot, and finds its partition. Returns how many partitions were dropped.
         """
         s = self.schema
 
@@ -1303,10 +1438,11 @@ class PostgresSpool:
             "WHERE n.nspname = %s AND p.relname = 'messages'",
             (s,),
         ).fetchall()
+        retired = [name for (name,) in older if int(name.rsplit("_", 1)[1]) < generation]
+        if not retired or self._old_snapshots(conn):
+            return 0
         dropped = 0
-        for (name,) in older:
-            if int(name.rsplit("_", 1)[1]) >= generation:
-                continue
+        for name in retired:
             try:
                 with conn.transaction():
                     conn.execute("SET LOCAL lock_timeout = '50ms'")
@@ -1317,6 +1453,20 @@ class PostgresSpool:
             except self._psycopg.errors.LockNotAvailable:
                 continue  # someone holds it: the next round tries again
         return dropped
+
+    def _old_snapshots(self, conn: psycopg.Connection[Any]) -> bool:
+        """True while another session of this database holds a snapshot taken before the
+        last rotation committed (its ``backend_xmin`` is not after the ``meta`` row's
+        ``xmin``, the rotation's transaction): a REPEATABLE READ or SERIALIZABLE
+        transaction reads the generation with its snapshot, so an outbox insert there may
+        still name a retired partition, which must exist until it ends. Any session
+        counts (an unrelated long one only delays the drop of empty partitions)."""
+        row = conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM pg_stat_activity a, {self.schema}.meta m "
+            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+            "AND a.backend_xmin IS NOT NULL AND age(a.backend_xmin) >= age(m.xmin))"
+        ).fetchone()
+        return bool(row and row[0])
 
     def empty(self) -> bool:
         """True when no row is queued or leased, by anyone; False while the database
@@ -1419,7 +1569,7 @@ class PostgresSpool:
                         f"INSERT INTO {s}.paused (tenant, reason) VALUES (%s, %s) "
                         "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason, "
                         "since = now()",
-                        (tenant, reason),
+                        (tenant, pg_text(reason)),
                     )
         except SpoolError as exc:
             log.warning("could not record a paused tenant: %s", exc)
@@ -1435,7 +1585,7 @@ class PostgresSpool:
                     f"INSERT INTO {s}.last_errors (tenant, text, at, status) "
                     "VALUES (%s, %s, %s, %s) ON CONFLICT (tenant) DO UPDATE SET "
                     "text = excluded.text, at = excluded.at, status = excluded.status",
-                    (tenant, text, at, status),
+                    (tenant, pg_text(text), at, status),
                 )
         except SpoolError as exc:
             log.warning("could not record a tenant's last delivery error: %s", exc)

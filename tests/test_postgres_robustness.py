@@ -1,0 +1,331 @@
+"""The PostgreSQL spool against what it is given from outside and what the database says:
+texts PostgreSQL cannot hold, settlements it refuses, passwords, isolation levels, libpq
+options, outbox transactions across a rotation.
+
+Against the session's real server (conftest's ``postgres``); each test has its own schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from selligent_segment._errors import SpoolError
+from selligent_segment._mapping import EncodedMessage
+from selligent_segment._record import EventKind
+from selligent_segment.spool import _postgres
+from selligent_segment.spool._postgres import PostgresSpool, pg_text
+from selligent_segment.testing._local_postgres import LocalPostgres
+
+_schemas = itertools.count(1)
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"robust_{next(_schemas)}"
+
+
+@pytest.fixture
+def spool(postgres: LocalPostgres, schema: str) -> Iterator[PostgresSpool]:
+    opened = PostgresSpool(postgres.url, schema=schema, lease_seconds=1)
+    yield opened
+    opened.close()
+
+
+def _messages(tenant: str, n: int) -> list[EncodedMessage]:
+    return [EncodedMessage(tenant, f"{tenant}-{i}", EventKind.BOUNCED, b"{}") for i in range(n)]
+
+
+def _leased(spool: PostgresSpool, tenant: str) -> list[str]:
+    lease = spool.lease(tenant, 10, 1 << 20)
+    return [] if lease is None else [m.message_id for m in lease.messages]
+
+
+# -- 1. a settlement the database refuses never stops delivery ---------------------------
+
+
+def test_pg_text_removes_nul_and_replaces_lone_surrogates() -> None:
+    assert pg_text("a\x00b\ud800c\udfffd") == "ab\ufffdc\ufffdd"
+    assert pg_text("plain é 😀 text") == "plain é 😀 text"
+
+
+def test_a_reject_reason_with_nul_and_a_lone_surrogate_is_stored_cleaned(
+    spool: PostgresSpool,
+) -> None:
+    spool.put_many(_messages("acme", 1) + _messages("globex", 1))
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    spool.reject(lease, lease.messages, "rejected: HTTP 400: bad a\x00b \ud800", 400)
+    assert not spool._unwritten  # written, not kept in memory to be replayed
+    assert spool.dead_letters() == [("acme", "acme-0", "rejected: HTTP 400: bad ab \ufffd", 400)]
+    assert _leased(spool, "globex") == ["globex-0"]  # later leases are not held back
+    spool.maintain()
+
+
+def test_a_paused_reason_and_a_last_error_with_nul_are_recorded_cleaned(
+    postgres: LocalPostgres, schema: str, spool: PostgresSpool
+) -> None:
+    spool.mark_paused("acme", "paused: key \x00 refused \ud800")
+    spool.note_error("acme", "HTTP 400: a\x00b", 1.0, 400)
+    assert spool.paused() == {"acme": "paused: key  refused \ufffd"}
+    import psycopg
+
+    with psycopg.connect(postgres.url) as conn:
+        row = conn.execute(f"SELECT text FROM {schema}.last_errors").fetchone()
+    assert row == ("HTTP 400: ab",)
+
+
+def test_a_reject_the_database_refuses_is_written_with_a_plain_reason_never_kept(
+    spool: PostgresSpool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_postgres, "pg_text", lambda text: text)  # the text reaches the server
+    spool.put_many(_messages("acme", 2) + _messages("globex", 1))
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    with caplog.at_level(logging.ERROR, logger="selligent_segment"):
+        spool.reject(lease, lease.messages[:1], "rejected: HTTP 400: a\x00b", 400)  # DataError
+        spool.reject(lease, lease.messages[1:], "rejected: HTTP 400: \ud800", 400)  # encoding
+    assert not spool._unwritten
+    plain = "rejected: (the reason could not be stored)"
+    assert spool.dead_letters() == [("acme", "acme-0", plain, 400), ("acme", "acme-1", plain, 400)]
+    assert sum("could not be stored" in r.getMessage() for r in caplog.records) == 2
+    assert _leased(spool, "globex") == ["globex-0"]
+    spool.maintain()
+
+
+def test_a_settlement_refused_for_good_is_logged_and_its_rows_are_leased_again_later(
+    spool: PostgresSpool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool.put_many(_messages("acme", 1) + _messages("globex", 1))
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+
+    def refused(*args: object) -> None:
+        raise SpoolError("PostgreSQL spool: DataError: refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spool, "_settle", refused)
+        with caplog.at_level(logging.ERROR, logger="selligent_segment"):
+            spool.reject(lease, lease.messages, "rejected: HTTP 400: bad", 400)
+    assert not spool._unwritten  # not replayed ahead of every later lease
+    assert any("left in the queue" in r.getMessage() for r in caplog.records)
+    assert _leased(spool, "globex") == ["globex-0"]
+    assert _leased(spool, "acme") == []  # still under its lease
+    time.sleep(1.2)
+    assert _leased(spool, "acme") == ["acme-0"]  # never lost: sent again once it expired
+    assert spool.dead_letters() == []
+
+
+def test_only_an_unreachable_database_keeps_a_settlement_for_later(
+    spool: PostgresSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool.put_many(_messages("acme", 1))
+    lease = spool.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    with monkeypatch.context() as patch:
+
+        def away(*args: object) -> None:
+            raise _postgres.Unreachable("PostgreSQL spool: OperationalError: gone")
+
+        patch.setattr(spool, "_settle", away)
+        spool.ack(lease, lease.messages)
+        assert len(spool._unwritten) == 1
+        with pytest.raises(_postgres.Unreachable):
+            spool.lease("acme", 10, 1 << 20)
+        assert len(spool._unwritten) == 1
+    spool.maintain()  # answers again: written
+    assert not spool._unwritten
+    assert spool.empty()
+
+
+# -- 2. a password never shows --------------------------------------------------------
+
+
+def test_redact_hides_the_password_in_the_user_part_and_in_libpqs_query_parameters() -> None:
+    assert _postgres.redact("postgresql://app:S3cret@db/mail") == "postgresql://app:***@db/mail"
+    assert (
+        _postgres.redact("postgresql://db/mail?sslmode=require&password=S3cret&sslpassword=K3y")
+        == "postgresql://db/mail?sslmode=require&password=***&sslpassword=***"
+    )
+    assert (
+        _postgres.redact("postgresql://db/m?pass%77ord=S3cret")
+        == "postgresql://db/m?pass%77ord=***"
+    )
+    kept = "postgresql://app@db/mail?passfile=/etc/pgpass&options=-c%20a%3Db"
+    assert _postgres.redact(kept) == kept  # a path and the options are no secrets
+
+
+def test_the_emitter_configs_repr_shows_the_spool_url_without_its_password() -> None:
+    from selligent_segment._config import EmitterConfig
+
+    shown = repr(EmitterConfig(write_key="wk", spool="postgresql://app:S3cretPw@db/mail"))
+    assert "S3cretPw" not in shown
+    assert "spool='postgresql://app:***@db/mail'" in shown
+    query = repr(EmitterConfig(write_key="wk", spool="postgresql://app@db/mail?password=S3cretPw"))
+    assert "S3cretPw" not in query
+    assert "spool='/var/spool/mail.db'" in repr(
+        EmitterConfig(write_key="wk", spool="/var/spool/mail.db")
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://app@127.0.0.1:1/mail?password=S3cretPw", "S3cretPw"),
+        ("postgresql://app:50%off-S3cret@127.0.0.1:1/mail", "off-S3cret"),  # libpq quotes it
+        ("postgresql://app@127.0.0.1:1/mail?sslpassword=50%off-K3y", "off-K3y"),
+    ],
+)
+def test_a_database_error_never_shows_a_password_even_one_libpq_quotes(
+    url: str, secret: str
+) -> None:
+    with pytest.raises(SpoolError) as caught:
+        _postgres.connect(url, connect_timeout=1)
+    assert secret not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+
+
+def test_without_passwords_removes_the_written_and_the_percent_decoded_form() -> None:
+    url = "postgresql://app:p%40ss-S3cret@db/mail?password=Q%21uery"
+    text = "bad p%40ss-S3cret, p@ss-S3cret, Q%21uery and Q!uery"
+    assert _postgres.without_passwords(url, text) == "bad ***, ***, *** and ***"
+
+
+def test_spool_and_view_reprs_and_status_never_show_a_query_password(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    from selligent_segment.spool._postgres_view import PostgresView
+
+    url = f"{postgres.url}?password=S3cretPw&spool_schema={schema}"
+    spool = PostgresSpool(url)
+    try:
+        assert "S3cretPw" not in repr(spool)
+        with PostgresView(url) as view:
+            assert "S3cretPw" not in repr(view)
+            assert "S3cretPw" not in view.status().path
+    finally:
+        spool.close()
+
+
+# -- 3. the spool's own connections are READ COMMITTED ------------------------------------
+
+
+@pytest.fixture
+def repeatable_read_db(postgres: LocalPostgres) -> Iterator[str]:
+    """The URL of a database of its own whose default isolation is REPEATABLE READ."""
+    import psycopg
+
+    name = f"rr_{next(_schemas)}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        admin.execute(
+            f"ALTER DATABASE {name} SET default_transaction_isolation = 'repeatable read'"
+        )
+    yield postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def test_the_spool_runs_at_read_committed_whatever_the_databases_default(
+    repeatable_read_db: str,
+) -> None:
+    import psycopg
+
+    spool = PostgresSpool(repeatable_read_db)
+    try:
+        show = "SHOW transaction_isolation"
+        in_block = spool._with(lambda conn: conn.execute(show).fetchone(), transaction=True)
+        alone = spool._with(lambda conn: conn.execute(show).fetchone())
+        assert in_block == alone == ("read committed",)
+        with psycopg.connect(repeatable_read_db) as app:  # the caller's: left as it is
+            spool.put_many(_messages("acme", 1), connection=app)
+            assert app.execute(show).fetchone() == ("repeatable read",)
+            app.commit()
+        assert _leased(spool, "acme") == ["acme-0"]
+    finally:
+        spool.close()
+
+
+def test_hosts_leasing_together_at_a_repeatable_read_default_never_fail(
+    repeatable_read_db: str,
+) -> None:
+    import threading
+
+    spools = [PostgresSpool(repeatable_read_db, lease_seconds=60) for _ in range(4)]
+    spools[0].put_many(_messages("acme", 1200))
+    errors: list[str] = []
+    acked = [0]
+
+    def work(spool: PostgresSpool) -> None:
+        while True:
+            try:
+                lease = spool.lease("acme", 5, 1 << 20)
+            except SpoolError as exc:
+                errors.append(str(exc))
+                continue
+            if lease is None:
+                return
+            spool.ack(lease, lease.messages)
+            acked[0] += len(lease.messages)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in spools]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        assert acked[0] == 1200
+        assert not any(s._unwritten for s in spools)
+    finally:
+        for spool in spools:
+            spool.close()
+
+
+# -- 4. libpq's options reach libpq as written ---------------------------------------------
+
+
+def test_split_options_keeps_libpqs_parameters_as_written() -> None:
+    url = "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&lease_seconds=30&x=a+b"
+    assert _postgres.split_options(url) == (
+        "postgresql://u@h/db?options=-c%20statement_timeout%3D5000&x=a+b",
+        {"lease_seconds": "30"},
+    )
+
+
+def test_a_libpq_options_parameter_with_an_encoded_space_takes_effect(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    url = f"{postgres.url}?options=-c%20statement_timeout%3D5000&spool_schema={schema}"
+    spool = PostgresSpool(url)
+    try:
+        timeout = spool._with(lambda conn: conn.execute("SHOW statement_timeout").fetchone())
+        assert timeout == ("5s",)
+        assert spool.schema == schema
+    finally:
+        spool.close()
+
+
+# -- 5. an outbox transaction at REPEATABLE READ or SERIALIZABLE across a rotation -------
+
+
+@pytest.mark.parametrize("level", ["REPEATABLE_READ", "SERIALIZABLE"])
+def test_an_outbox_insert_with_a_snapshot_older_than_a_rotation_still_finds_its_partition(
+    postgres: LocalPostgres, schema: str, spool: PostgresSpool, level: str
+) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres.url) as app:
+        app.isolation_level = psycopg.IsolationLevel[level]
+        app.execute("SELECT 1").fetchone()  # the business transaction's snapshot
+        assert spool.rotate(force=True) == 0  # messages_1 is empty, but app may still name it
+        assert spool.rotate() == 0
+        spool.put_many(_messages("acme", 1), connection=app)  # generation 1, as app reads it
+        app.commit()
+    assert _leased(spool, "acme") == ["acme-0"]
+    assert spool.rotate(force=True) == 1  # messages_2 (empty): the snapshot is gone
+    assert spool.stats().per_tenant == {"acme": 1}
