@@ -169,6 +169,21 @@ def test_this_librarys_own_email_events_are_not_loaded_back(name: str) -> None:
     assert isinstance(map_event(asking, event), MappedRow)
 
 
+def test_own_email_events_renamed_by_the_source_are_not_loaded_back() -> None:
+    # The source's EventNaming lets a tenant rename the six events ("Mail Delivered"):
+    # they carry the integration all the same, and were once loaded back into Selligent.
+    event = {
+        "type": "track",
+        "messageId": "m",
+        "userId": "u",
+        "event": "Mail Delivered",
+        "context": {"integration": {"name": "selligent", "version": "1"}},
+    }
+    assert map_event(make_tenant(), event) == Skipped("a Selligent Email event (loop)")
+    asking = make_tenant(load_back_selligent_events=True)
+    assert isinstance(map_event(asking, event), MappedRow)
+
+
 def test_the_loop_guard_knows_every_profiles_event_names() -> None:
     names = {name for profile in PROFILES.values() for name in profile.values()}
     assert names <= SELLIGENT_EMAIL_EVENTS

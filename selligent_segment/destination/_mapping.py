@@ -25,7 +25,6 @@ import attrs
 
 from selligent_segment._errors import SelligentSegmentError, shown
 from selligent_segment.destination._config import Field, Kind, TableMapping, TenantConfig
-from selligent_segment.destination._seed import SELLIGENT_EMAIL_EVENTS
 from selligent_segment.destination._source import ValueProblem
 
 __all__ = ["MappedRow", "RowError", "Skipped", "map_event"]
@@ -90,11 +89,9 @@ def map_event(tenant: TenantConfig, event: Mapping[str, Any]) -> MappedRow | Ski
             name = None
         if mapping.events is not None and name not in mapping.events:
             return Skipped(f"event {shown(name)} is not in track.events")
-        if (
-            name in SELLIGENT_EMAIL_EVENTS
-            and not tenant.load_back_selligent_events
-            and _is_own_email_event(event)
-        ):
+        # This library's own Email events, by the integration they carry, whatever
+        # their name: a source tenant may rename them (EventNaming's overrides).
+        if not tenant.load_back_selligent_events and _is_own_email_event(event):
             return _LOOP
     elif kind == "identify":
         mapping = tenant.identify

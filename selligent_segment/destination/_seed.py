@@ -55,8 +55,9 @@ SEED_KEYS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 )
 
 #: The Email events this library sends to Segment, under every naming profile (the six of
-#: the ``selligent`` profile and ``segment-spec``'s ``Unsubscribed``): not loaded back when
-#: they carry ``context.integration.name == "selligent"`` (unless a tenant asks).
+#: the ``selligent`` profile and ``segment-spec``'s ``Unsubscribed``). What is not loaded
+#: back is any track carrying ``context.integration.name == "selligent"`` (unless a tenant
+#: asks), these names or a tenant's own.
 SELLIGENT_EMAIL_EVENTS: Final = frozenset(
     name for profile in PROFILES.values() for name in profile.values()
 )
