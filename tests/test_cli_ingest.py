@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -288,3 +289,34 @@ def test_a_webhook_event_holding_a_list_is_one_problem_not_a_crash(
     assert status == 1, err
     assert [json.loads(line)["event"] for line in out.splitlines()] == ["Email Delivered"]
     assert f"{body}:event-2: Type: not text: ['x']" in err.splitlines()
+
+
+def test_a_body_no_rule_foresaw_is_that_files_problem_and_the_next_files_are_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An adapter that raises something else than its input error on one body (a shape no
+    # rule foresaw) once ended ingest with a traceback, the files after it never read.
+    from selligent_segment.cli import _ingest
+
+    real = _ingest.PARSERS["postmark"]
+
+    def parse(body: bytes, where: str) -> Any:
+        if b"boom" in body:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(body, where)
+
+    monkeypatch.setattr(_ingest, "_esp_parser", lambda kind: parse)
+    delivery = {
+        "RecordType": "Delivery",
+        "MessageID": "pm-1",
+        "Recipient": "ada@example.com",
+        "DeliveredAt": "2026-11-20T09:15:00Z",
+    }
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps({**delivery, "Tag": "boom"}))
+    good.write_text(json.dumps(delivery))
+    status = _run_in_process("postmark", str(bad), str(good), "--dry-run", "--tenant", "acme")
+    out, err = capsys.readouterr()
+    assert status == 1, err
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["Email Delivered"]
+    assert f"{bad}: body: cannot be read (RecursionError)" in err.splitlines()

@@ -459,3 +459,26 @@ def test_the_shared_helpers_are_exported() -> None:
 
 def test_crypto_is_built_once() -> None:
     assert crypto() is crypto()  # one namespace, not one per signature check
+
+
+def test_an_event_an_adapter_cannot_read_is_its_problem_and_costs_no_other() -> None:
+    # Whatever an adapter's reading of one event raises besides its own problems (a shape
+    # no rule foresaw): that event's problem, its half-made records taken back; the
+    # events around it are read as usual.
+    out = Collector("sendgrid", "request")
+
+    def one(collector: Collector, index: int, event: dict[str, Any]) -> None:
+        collector.add(index, EventKind.DELIVERED, event, PlatformIds(), {}, email=event["to"])
+        if event.get("then") == "raise":
+            raise RecursionError("maximum recursion depth exceeded")
+
+    events = [{"to": "a@example.com"}, {"to": "b@example.com", "then": "raise"}]
+    events.append({"to": "c@example.com"})
+    for index, event in enumerate(events):
+        out.read(index, one, event)
+    parsed = out.parsed()
+    assert [r.email for r in parsed.records] == ["a@example.com", "c@example.com"]
+    assert parsed.places == ("request:event-1", "request:event-3")
+    assert [(p.where, p.field, p.reason) for p in parsed.problems] == [
+        ("request:event-2", "event", "cannot be read (RecursionError)")
+    ]

@@ -181,9 +181,13 @@ class _Ingest(SendRunner):
             except OSError as exc:
                 raise InputError(path, "path", f"cannot read: {exc.strerror or exc}") from None
             try:
-                yield path, parse(body, path)
+                parsed = parse(body, path)
             except InputError as exc:
-                yield path, Parsed(problems=(_problem(exc),))
+                parsed = Parsed(problems=(_problem(exc),))
+            except Exception as exc:  # a body no rule foresaw: that file's problem only
+                reason = f"cannot be read ({type(exc).__name__})"
+                parsed = Parsed(problems=(InputProblem(path, "body", reason),))
+            yield path, parsed
 
     def read_all(self, sink: Sink) -> None:
         """Every record of every PATH into ``sink``; every problem reported."""

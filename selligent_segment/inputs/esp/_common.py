@@ -209,6 +209,23 @@ class Collector:
         """Note that event ``index`` could not be read."""
         self.problems.append(InputProblem(self.at(index), field, reason))
 
+    def read(
+        self,
+        index: int,
+        one: Callable[[Collector, int, dict[str, Any]], None],
+        event: dict[str, Any],
+    ) -> None:
+        """``one(self, index, event)``, an adapter's reading of one event. Whatever else it
+        raises (a shape no rule of the adapter foresaw) is that event's problem, naming
+        the exception's type only, never the request's: no event costs another. The
+        records it made of that event before raising are taken back."""
+        made = len(self.records)
+        try:
+            one(self, index, event)
+        except Exception as exc:
+            del self.records[made:], self.places[made:]
+            self.problem(index, "event", f"cannot be read ({type(exc).__name__})")
+
     def skip(self, index: int, field: str, name: object, why: str = "") -> None:
         """Note that event ``index`` is not one of the six kinds (``skipped: ...``)."""
         tail = f" ({why})" if why else ""

@@ -89,7 +89,7 @@ def parse(
     if not isinstance(event, dict):
         raise InputError(where, "event-data", "missing or not an object")
     out = Collector(PROVIDER, where, tenant, resolver)
-    _one(out, 0, event)
+    out.read(0, _one, event)
     return out.parsed()
 
 

@@ -67,7 +67,7 @@ def parse(
     out = Collector(PROVIDER, where, tenant, resolver)
     for index, event in enumerate(events):
         if isinstance(event, dict):
-            _one(out, index, event)
+            out.read(index, _one, event)
         else:
             out.problem(index, "event", "not a JSON object")
     return out.parsed()

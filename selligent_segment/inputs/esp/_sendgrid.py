@@ -85,7 +85,7 @@ def parse(
         if not isinstance(event, dict):
             out.problem(index, "event", "not a JSON object")
             continue
-        _one(out, index, event)
+        out.read(index, _one, event)
     return out.parsed()
 
 

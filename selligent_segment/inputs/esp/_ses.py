@@ -157,7 +157,7 @@ def parse_notification(
         destination=mail.get("destination"),
         recipient_in_id=recipient_in_id,
     )
-    reader(context)
+    out.read(0, lambda _out, _index, _event: reader(context), notification)
     return out.parsed()
 
 

@@ -82,7 +82,7 @@ def parse(
             continue
         for event in msys.values():  # one "<class>_event" per wrapper; {} is a ping
             if isinstance(event, dict):
-                _one(out, index, event)
+                out.read(index, _one, event)
             else:
                 out.problem(index, "msys", "an event that is not an object")
     return out.parsed()
