@@ -4,8 +4,10 @@ event ids, and the .eml / mbox / Maildir readers."""
 
 from __future__ import annotations
 
+import base64
 import json
 import mailbox
+import quopri
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,6 +160,31 @@ def test_a_blank_line_before_the_first_block_shifts_no_block(lead: bytes) -> Non
         "dee@example.info",
     ]
     assert {r.properties["reporting_mta"] for r in parsed.records} == {"mail.platform.example"}
+
+
+@pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
+def test_a_delivery_status_part_with_a_transfer_encoding_is_decoded(encoding: str) -> None:
+    # The email parser reads an encoded message/delivery-status part's text as if it were
+    # its header blocks: the report was lost ("no per-recipient block").
+    data = MIXED.read_bytes()
+    head, rest = data.split(b"Content-Type: message/delivery-status\n\n", 1)
+    status, tail = rest.split(b"\n--4Zc0Pz1Qk2z7vNb", 1)
+    if encoding == "base64":
+        encoded = base64.encodebytes(status + b"\n")
+    else:
+        encoded = quopri.encodestring(status + b"\n", quotetabs=True)  # every space =20
+    data = (
+        head
+        + b"Content-Type: message/delivery-status\nContent-Transfer-Encoding: "
+        + encoding.encode()
+        + b"\n\n"
+        + encoded
+        + b"\n--4Zc0Pz1Qk2z7vNb"
+        + tail
+    )
+    parsed = parse_dsn(data, "x.eml", corpus_join())
+    assert parsed.problems == ()
+    assert parsed == parse_dsn(MIXED.read_bytes(), "x.eml", corpus_join())
 
 
 @pytest.mark.parametrize("lead", [b"\n", b" \n"])

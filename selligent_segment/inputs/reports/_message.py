@@ -4,11 +4,13 @@ deterministic event id, and turning fields into a record or an :class:`InputProb
 
 from __future__ import annotations
 
+import base64
 import email
 import email.header
 import email.parser
 import email.utils
 import hashlib
+import quopri
 import re
 import uuid
 from collections.abc import Iterator
@@ -103,12 +105,29 @@ def blocks(part: Message) -> list[Message]:
     payload = part.get_payload()
     if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
         text = "\n\n".join(_block_text(p) for p in payload if isinstance(p, Message))
+        text = _decoded(text, part.get("Content-Transfer-Encoding"))
     else:
         raw = part.get_payload(decode=True)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
     parser = email.parser.HeaderParser()
     chunks = re.split(r"\n\s*\n", text.replace("\r\n", "\n"))
     return [parser.parsestr(chunk.strip() + "\n") for chunk in chunks if chunk.strip()]
+
+
+def _decoded(text: str, encoding: object) -> str:
+    """``text`` decoded from the part's ``Content-Transfer-Encoding`` when it is base64 or
+    quoted-printable (the email parser reads a ``message/*`` part's encoded text as if it
+    were its header blocks, so it is decoded here); as it is otherwise, or when it does
+    not decode."""
+    name = str(encoding or "").strip().lower()
+    try:
+        if name == "base64":
+            return base64.b64decode(text.encode("ascii"), validate=False).decode("utf-8", "replace")
+        if name == "quoted-printable":
+            return quopri.decodestring(text.encode("ascii")).decode("utf-8", "replace")
+    except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+        return text
+    return text
 
 
 def _block_text(block: Message) -> str:
