@@ -347,6 +347,12 @@ def plain_encode_fields(
     return _make_message((tenant, message["messageId"], fields["type"], exact_copy(body)))
 
 
+def unencodable(exc: Exception) -> InvalidEvent:
+    """The error for a record whose message could not be written as JSON for a reason no
+    check foresaw (``exc``, named by its type only: its text could hold a value)."""
+    return InvalidEvent("record", f"cannot be written as JSON ({type(exc).__name__})")
+
+
 class TooLarge(InvalidEvent):
     """An :class:`InvalidEvent` for a message over Segment's 32 KB limit (the field is
     ``record``): told apart from a record that cannot be read."""

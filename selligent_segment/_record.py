@@ -264,7 +264,24 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
     if utc > latest:
         moment = format_timestamp(utc)
         raise InvalidEvent(field, f"{moment} is more than a day in the future")
+    if type(value) is not datetime:  # a subclass (pandas' Timestamp): orjson refuses it
+        value = _plain_datetime(value)
     return value
+
+
+def _plain_datetime(value: datetime) -> datetime:
+    """``value``, a datetime subclass's instance, as a plain ``datetime`` (microseconds)."""
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        value.tzinfo,
+        fold=value.fold,
+    )
 
 
 def _new_latest(now: float) -> datetime:
@@ -280,21 +297,23 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
     """Return ``value`` as plain JSON data, or raise naming ``path``.
 
     datetime -> ISO-8601 (UTC with milliseconds when aware), date -> ISO date, Decimal ->
-    number, UUID -> string, Enum -> its value; NaN and infinities are refused.
+    number, UUID -> string, Enum -> its value; NaN and infinities are refused. A
+    subclass of str, int or float (numpy's float64, a str-based enum) becomes the plain
+    value, as every JSON writer of the library takes it.
     """
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         _check_encodable(path, value)
-        return value
+        return value if type(value) is str else str.__str__(value)
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise InvalidEvent(path, "integer out of JSON's 64-bit range")
-        return value
+        return value if type(value) is int else int.__index__(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidEvent(path, f"{value} cannot be sent as JSON")
-        return value
+        return value if type(value) is float else float.__float__(value)
     if depth >= _MAX_DEPTH:
         raise InvalidEvent(path, f"nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, Mapping):
@@ -303,6 +322,7 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
             if not isinstance(key, str):
                 raise InvalidEvent(path, f"key {shown(key)} is not a string")
             _check_encodable(path, key)
+            key = str.__str__(key)  # a str subclass's key: orjson takes plain str keys only
             out[key] = _json_value(f"{path}.{key}", item, depth + 1)
         return out
     if isinstance(value, (list, tuple)):

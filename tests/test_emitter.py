@@ -772,3 +772,67 @@ def test_a_transport_that_raises_gets_its_batch_back_and_it_is_sent_again() -> N
     finally:
         em.close(0)
     assert calls == 2
+
+
+@pytest.mark.parametrize("spool", ["memory", "file"])
+def test_a_value_of_a_subclass_is_sent_as_its_plain_value(spool: str, tmp_path: Any) -> None:
+    # A numpy-style float subclass in properties: the durable emit raised TypeError, and
+    # the memory encoder dropped its whole chunk of records without a word.
+    from selligent_segment.testing import MockTransport
+
+    class Score(float):
+        pass
+
+    sent: list[Any] = []
+    transport = MockTransport(lambda request: sent.extend(request.items) or 200)
+    em = Emitter(
+        write_key="k",
+        transport=transport,
+        batch=BatchPolicy(linger=0.0),
+        spool="memory" if spool == "memory" else str(tmp_path / "spool.db"),
+    )
+    try:
+        records = [record(i, "default") for i in range(3)]
+        records[1] = {**records[1], "properties": {"score": Score(1.5)}}
+        em.emit_many(records)
+        assert em.flush(10)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    assert (stats.delivered, stats.dropped) == (3, {})
+    assert [m["properties"].get("score") for m in sent] == [None, 1.5, None]
+
+
+def test_a_record_the_memory_encoder_cannot_write_is_reported_and_costs_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever encoding one record raises besides InvalidEvent (a value no check foresaw):
+    # that record is counted and reported, the others of its chunk still go. It was
+    # the whole chunk (up to 512 records), silently.
+    from selligent_segment.intake import _memory
+    from selligent_segment.testing import MockTransport
+
+    real = _memory.encode_fields
+
+    def encode(fields: Any, tenant: str, naming: Any, now: Any) -> Any:
+        if fields.get("event_id") == "ev-1":
+            raise TypeError("Type is not JSON serializable: Score")
+        return real(fields, tenant, naming, now)
+
+    monkeypatch.setattr(_memory, "encode_fields", encode)
+    failures: list[DeliveryFailure] = []
+    em = Emitter(
+        write_key="k",
+        transport=MockTransport(),
+        batch=BatchPolicy(linger=0.0),
+        on_failure=failures.append,
+    )
+    try:
+        em.emit_many([{**record(i, "default"), "event_id": f"ev-{i}"} for i in range(3)])
+        assert em.flush(10)
+        stats = em.stats()
+    finally:
+        em.close(0)
+    assert (stats.delivered, stats.dropped) == (2, {"unreadable_record": 1})
+    assert [(f.tenant, f.reason.value) for f in failures] == [("default", "unreadable_record")]
+    assert "cannot be written as JSON (TypeError)" in failures[0].detail

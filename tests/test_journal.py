@@ -580,3 +580,25 @@ def test_local_file_system_is_false_where_the_mounts_cannot_be_read(
 ) -> None:
     monkeypatch.setattr(_journal, "_MOUNTINFO", str(tmp_path / "absent"))
     assert _journal.local_file_system(tmp_path) is False
+
+
+def test_a_journal_retired_after_its_last_write_was_moved_in_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A steady trickle: each write is moved into the file before the next one comes, and
+    # that next one retires the journal. Its final mark went in as an ordinary offset and
+    # no other came, so every retired journal stayed on disk while the process lived.
+    from selligent_segment import Emitter
+    from selligent_segment.testing import MockTransport
+
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 1)  # every write in a journal of its own
+    em = Emitter(write_key="k", spool=str(tmp_path / "spool.db"), transport=MockTransport())
+    try:
+        for i in range(5):
+            em.emit({"type": "delivered", "email": f"u{i}@example.com", "event_id": str(i)})
+            assert em.flush(10)  # moved in and delivered before the next write
+        on_disk = sorted(p.name for p in (tmp_path / "spool.db.journals").glob("*.journal"))
+        assert em.stats().delivered == 5
+    finally:
+        em.close(5)
+    assert len(on_disk) <= 2  # the current journal, and the one it replaced at most

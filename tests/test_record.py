@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from freezegun import freeze_time
 from hypothesis import given
@@ -974,3 +975,38 @@ def test_the_timestamp_window_follows_the_clock_both_ways() -> None:
         assert refused(data).reason.endswith("is more than a day in the future")
         clock.move_to("2030-05-31 00:00:01")
         assert CallbackRecord.from_dict(data).timestamp is not None
+
+
+class _Score(float):
+    """A float subclass, as numpy's float64 is."""
+
+
+class _Stamp(datetime):
+    """A datetime subclass, as pandas' Timestamp is."""
+
+
+class _Key(str):
+    """A str subclass."""
+
+
+def test_subclasses_of_plain_values_become_the_plain_values() -> None:
+    # orjson refuses float and datetime subclasses and str-subclass keys: accepted as
+    # they were, such values made the durable emit raise TypeError and the memory
+    # encoder lose its chunk.
+    moment = _Stamp(2026, 11, 20, 9, 15, 0, 123456, tzinfo=UTC)
+    fields = normalize(
+        {
+            "type": "opened",
+            "email": EMAIL,
+            "timestamp": moment,
+            "properties": {"score": _Score(1.5), "nested": {_Key("k"): [_Score(2.5)]}},
+        }
+    )
+    assert type(fields["timestamp"]) is datetime
+    assert fields["timestamp"] == datetime(2026, 11, 20, 9, 15, 0, 123456, tzinfo=UTC)
+    properties = fields["properties"]
+    assert type(properties["score"]) is float
+    assert [type(k) for k in properties["nested"]] == [str]
+    assert type(properties["nested"]["k"][0]) is float
+    assert fields == normalize({**fields, "timestamp": moment})  # the same as plain values
+    assert isinstance(orjson.dumps(fields), bytes)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from selligent_segment._errors import InvalidEvent, shown
-from selligent_segment._mapping import TENANT_OF, EncodedMessage, encode_fields
+from selligent_segment._mapping import TENANT_OF, EncodedMessage, encode_fields, unencodable
 from selligent_segment._naming import EventNaming
 from selligent_segment._results import DeliveryFailure
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -71,6 +71,16 @@ class MemoryIntake:
                 message = encode_fields(fields, tenant, naming, now)
             except InvalidEvent as exc:
                 down.too_large(tenant, exc)
+                continue
+            except Exception as exc:  # a value no check foresaw: reported, never lost silently
+                error = unencodable(exc)
+                log.error(
+                    "tenant %s: event dropped: %s",
+                    shown(tenant),
+                    error,
+                    extra={"tenant": tenant, "reason": "unreadable_record"},
+                )
+                down.buried(tenant, error)  # counted and reported as an unreadable record
                 continue
             messages.append(message)
             nbytes += len(message.body)

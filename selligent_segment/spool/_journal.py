@@ -291,6 +291,11 @@ class Journal:
         with self._lock:
             return self.retired.get(name) == offset
 
+    def retired_sizes(self) -> dict[str, int]:
+        """The retired journals and their final sizes, as now."""
+        with self._lock:
+            return dict(self.retired)
+
     def delete(self, name: str) -> None:
         """Delete a retired journal (everything in it is in the database)."""
         with self._lock:

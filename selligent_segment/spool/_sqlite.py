@@ -226,6 +226,8 @@ class SqliteSpool(ForkSafe):
                 f"{path}: cannot create this process's journal in {self._dir}: {exc.strerror}"
             ) from None
         self._reports = Throttle(_REPORT_EVERY)  # the ERROR lines of upkeep, by text
+        # How far each of this process's journals is in the file (its offset row).
+        self._ingested: dict[str, int] = {}
         self.owner = self._journal.owner
         self._backlog: dict[str, int] = {}
         self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
@@ -277,6 +279,13 @@ class SqliteSpool(ForkSafe):
         now = time.time()
         # A retired journal ingested to its end needs no offset any more: it goes.
         finished = [name for name, off in marks if self._journal.finished(name, off)]
+        # A journal retired after its last write was moved in (by an append that came
+        # later) has its final mark in the file already and gets no other: finished too.
+        finished += [
+            name
+            for name, size in self._journal.retired_sizes().items()
+            if name not in finished and self._ingested.get(name) == size
+        ]
         going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
             with transaction(self._db) as db:
@@ -293,6 +302,9 @@ class SqliteSpool(ForkSafe):
                 )
                 db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
             # Committed: nothing below may raise, or the caller would insert them again.
+            self._ingested.update(going)
+            for name in finished:
+                self._ingested.pop(name, None)
             with contextlib.suppress(sqlite3.Error):
                 self._used = self._measure()
             counts = Counter(map(TENANT_OF, messages))
