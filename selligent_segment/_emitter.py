@@ -352,6 +352,8 @@ class Emitter(ClosedOnExit):
             accepted = intake.accept(fields, tenant, now)
         else:  # one journal write: the track and its identify are accepted together
             accepted = intake.accept_many(_accepted(fields, identify, tenant, now))
+        if self._closed:  # close() began meanwhile: it may have looked already
+            intake.late()
         if not accepted:
             return False  # a table at max_spool_bytes, on_full="drop_newest"
         if self._encoder.idle:
@@ -475,6 +477,8 @@ class Emitter(ClosedOnExit):
         except SpoolFull as exc:  # a table at max_spool_bytes, on_full="raise"
             exc.accepted = accepted_before
             raise
+        if self._closed:  # close() began meanwhile: it may have looked already
+            intake.late()
         if not taken:  # a table at max_spool_bytes, on_full="drop_newest"
             dropped = SpoolFull("spool full: dropped (on_full=drop_newest)")
             refused.extend((i, dropped) for i, f, _ in chunk if PROFILE_UPDATE not in f)
@@ -777,7 +781,8 @@ class Emitter(ClosedOnExit):
     def _after_fork_in_child(self) -> None:
         # The parent keeps and delivers its own events; the child starts empty, with new
         # locks, threads and connections, so nothing is sent twice.
-        if self._closed:
+        if self._closed:  # the parent's to finish; its close lock may be held in the copy
+            unregister(self)
             return
         self._intake.abandon()
         self._setup()

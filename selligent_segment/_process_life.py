@@ -4,7 +4,10 @@
 - **Exit**: an ``atexit`` hook closes every live Emitter, each bounded by its
   ``exit_timeout``; what a memory spool could not deliver is reported ``unsent_at_close``.
 - **Fork**: the child rebuilds each live Emitter's locks, threads and connections and
-  starts empty, so nothing is sent twice.
+  starts empty, so nothing is sent twice. A child of multiprocessing or billiard (Celery's
+  prefork pool), which leaves through ``os._exit`` and so skips ``atexit``, closes them
+  in its own exit function; an Emitter closed (or closing) at the fork is the parent's
+  alone: the child forgets it.
 - **SIGTERM** (what deploys, systemd and Kubernetes send): unless the application set its
   own handler first, or asked not to (``Emitter(handle_sigterm=False)``), the first
   Emitter made in the main thread installs one that turns SIGTERM into a clean exit:
@@ -20,10 +23,11 @@ import atexit
 import logging
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Protocol
 
 __all__ = ["EXIT_ON_SIGTERM", "install_sigterm_handler", "register", "unregister"]
@@ -127,5 +131,34 @@ def _after_fork_in_child() -> None:
         member._after_fork_in_child()
 
 
+class _ChildExit:
+    """What multiprocessing's (and billiard's, Celery's) after-fork registry holds: their
+    children leave through ``os._exit``, which skips ``atexit``, after running their own
+    exit function, which runs ``Finalize`` callbacks. The registry is run in the child
+    after it cleared the parent's finalizers: there it registers the close at exit."""
+
+    def __init__(self, util: ModuleType) -> None:
+        self.util = util
+
+    def __call__(self, _: object) -> None:
+        self.util.Finalize(None, _close_all_at_exit, exitpriority=10)
+
+
+# The hooks registered, by module name; each holds its registry's entry alive (it is weak).
+_child_exits: dict[str, _ChildExit] = {}
+
+
+def _before_fork() -> None:
+    """Before a fork: hook the process pools' children (see :class:`_ChildExit`) once
+    their module is imported, which is before they fork."""
+    if not _live:
+        return
+    for name in ("multiprocessing.util", "billiard.util"):
+        util = sys.modules.get(name)
+        if util is not None and name not in _child_exits:
+            hook = _child_exits[name] = _ChildExit(util)
+            util.register_after_fork(hook, hook)
+
+
 atexit.register(_close_all_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

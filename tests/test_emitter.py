@@ -836,3 +836,47 @@ def test_a_record_the_memory_encoder_cannot_write_is_reported_and_costs_no_other
     assert (stats.delivered, stats.dropped) == (2, {"unreadable_record": 1})
     assert [(f.tenant, f.reason.value) for f in failures] == [("default", "unreadable_record")]
     assert "cannot be written as JSON (TypeError)" in failures[0].detail
+
+
+@pytest.mark.parametrize("spool", ["memory", "file"])
+def test_an_emit_that_close_overtakes_is_reported_or_refused_never_lost(
+    spool: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() runs whole between emit()'s last look at _closed and its accept (here: from
+    # inside the time.time() call between them). With the memory spool the record then
+    # sat in an inbox nobody read again (emit said True, nothing reported); with a spool
+    # file emit raised SpoolError. Now: reported unsent_at_close, or EmitterClosed.
+    import types
+
+    from selligent_segment import _emitter
+    from selligent_segment.testing import MockTransport
+
+    failures: list[DeliveryFailure] = []
+    em = Emitter(
+        write_key="k",
+        transport=MockTransport(),
+        batch=BatchPolicy(linger=0.0),
+        on_failure=failures.append,
+        spool="memory" if spool == "memory" else str(tmp_path / "spool.db"),
+    )
+    em.emit(record(0, "default"))
+    assert em.flush(10)
+    real_time = _emitter.time.time
+
+    def time_with_a_close() -> float:
+        patched.time = real_time  # once
+        assert em.close(5)
+        return real_time()
+
+    patched = types.SimpleNamespace(**vars(_emitter.time))
+    patched.time = time_with_a_close
+    monkeypatch.setattr(_emitter, "time", patched)
+    if spool == "memory":
+        assert em.emit(record(1, "default")) is True  # accepted, then reported:
+        assert [(f.reason.value, len(f.message_ids)) for f in failures] == [("unsent_at_close", 1)]
+        assert em.stats().dropped == {"unsent_at_close": 1}
+    else:
+        with pytest.raises(EmitterClosed):
+            em.emit(record(1, "default"))
+        assert failures == []
+    assert em.stats().delivered == 1

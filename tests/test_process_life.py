@@ -208,3 +208,48 @@ def test_library_threads_leave_sigterm_and_ctrl_c_to_the_main_thread(
         assert signal.SIGTERM not in _blocked_signals(main)
     finally:
         emitter.close(5)
+
+
+# An emitter made in the parent, used in multiprocessing's forked children: each child
+# emits events that would wait 30 s for a batch, then returns (its process leaves through
+# os._exit, which skips atexit). The last child is forked while another thread of the
+# parent is inside close() of a second emitter.
+_POOL = """
+import multiprocessing, sys, threading
+from selligent_segment import BatchPolicy, Emitter
+em = Emitter("key", endpoint={url!r}, batch=BatchPolicy(linger=30.0), exit_timeout=5.0)
+
+def work(i):
+    em.delivered(email=f"w{{i}}@example.com", event_id=f"mp-{{i}}")
+
+ctx = multiprocessing.get_context("fork")
+for i in range(3):
+    child = ctx.Process(target=work, args=(i,))
+    child.start()
+    child.join(30)
+    print("child", i, child.exitcode, flush=True)
+other = Emitter("key", endpoint="http://127.0.0.1:9", allow_insecure_http=True)
+other.emit({{"type": "opened", "email": "a@example.com", "event_id": "x"}})
+closing = threading.Thread(target=other.close, args=(3.0,))
+with other._close_lock:  # as if close() were under way in another thread at the fork
+    closing.start()
+    child = ctx.Process(target=work, args=(3,))
+    child.start()
+child.join(30)
+print("child", 3, child.exitcode, flush=True)
+closing.join()
+"""
+
+
+def test_multiprocessing_children_deliver_what_they_accepted_before_exit(
+    server: LocalSegment,
+) -> None:
+    script = textwrap.dedent(_POOL).format(url=server.url)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    # Each child delivered its event on its way out; the fourth exited too (it hung on
+    # the copy of the close lock held at the fork).
+    assert done.stdout.splitlines() == [f"child {i} 0" for i in range(4)]
+    assert server.wait_for(4, timeout=10)

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from selligent_segment._errors import InvalidEvent, SpoolError
+from selligent_segment._errors import EmitterClosed, InvalidEvent, SpoolError
 from selligent_segment._mapping import EncodedMessage, encode_fields
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import PROFILE_UPDATE, journal_form, revive
@@ -84,6 +84,8 @@ class JournalIntake:
         data = frame(orjson.dumps((tenant, now, written)))
         meta = ((tenant, fields["type"]._value_),)
         with self._lock:
+            if self.closed:  # close() has the journal: nothing may go in after it
+                raise EmitterClosed("emit() after close(); the event was not accepted")
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += 1
         return True
@@ -99,6 +101,8 @@ class JournalIntake:
         )
         meta = [(t, f["type"]._value_) for f, t, _ in records]
         with self._lock:
+            if self.closed:  # close() has the journal: nothing may go in after it
+                raise EmitterClosed("emit_many() after close(); no event was accepted")
             self.inbox.append((data, meta, self.spool.accept_frames(data)))
             self.journaled += len(meta)
         return True
@@ -242,9 +246,14 @@ class JournalIntake:
                 self.spool.path,
                 extra={"reason": "left_in_spool", "count": max(left, 0)},
             )
-        self.closed = True
-        self.spool.close(ingested=ingested and not self.inbox)
+        with self._lock:  # no emit() journals between the last look at the inbox and
+            self.closed = True  # the journal's close (it would be deleted with it)
+            self.spool.close(ingested=ingested and not self.inbox)
         return False  # what is left stays in the file: nothing is given up
+
+    def late(self) -> None:
+        """Nothing to do: a record journaled while close() ran stays in the journal (kept
+        for the next start when it was not moved in), and none is accepted after it."""
 
     def abandon(self) -> None:
         """In a forked child: the parent keeps its journal, its lock and its records."""

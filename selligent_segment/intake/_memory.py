@@ -4,6 +4,7 @@ the memory spool; what is left at close is reported ``unsent_at_close``."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +42,8 @@ class MemoryIntake:
         # close cut short (SIGTERM during a callback) is finished by the next one.
         self._unreported: dict[str, list[EncodedMessage]] = {}
         self._left_any = False
+        self.closing = False  # close() began to drain: a record appended since is late
+        self._report_lock = threading.Lock()  # close() and a late emit() report in turn
 
     def pending(self) -> int:
         return len(self.inbox)
@@ -111,6 +114,7 @@ class MemoryIntake:
         of requests still out (their late results then settle nothing), and records an
         ``emit`` racing close() appended after the encoder stopped. True when anything
         was left (now or by a close that was cut short): then not all was delivered."""
+        self.closing = True  # before the inbox is drained: see late()
         left = self._unreported
 
         def collect() -> None:
@@ -118,20 +122,42 @@ class MemoryIntake:
                 left.setdefault(tenant, []).extend(messages)
 
         dispatcher.abandon(collect)
+        self.downstream.backpressure.report_refused(final=True)
+        return self._report_left()
+
+    def late(self) -> None:
+        """An ``emit`` accepted records after close() began: report them (and anything
+        else still in the inbox) as ``unsent_at_close``, which close() may no longer see
+        (it drained the inbox before they came). Safe beside a close() draining too."""
+        if self.closing:
+            self._report_left()
+
+    def _report_left(self) -> bool:
+        """Report the inbox's records and what close() collected as ``unsent_at_close``,
+        each once; True when anything was ever left."""
+        with self._report_lock:
+            return self._report_left_locked()
+
+    def _report_left_locked(self) -> bool:
+        left = self._unreported
         down = self.downstream
-        down.backpressure.report_refused(final=True)
-        while self.inbox:
-            fields, tenant, now = self.inbox.popleft()
+        while True:
+            try:
+                fields, tenant, now = self.inbox.popleft()
+            except IndexError:  # drained (perhaps by another thread)
+                break
             down.counters.add("accepted", tenant)
             try:
                 message = encode_fields(fields, tenant, self.naming, now)
-            except InvalidEvent:
+            except Exception:  # over 32 KB, or a value no check foresaw: reported bare
                 message = EncodedMessage(tenant, "", fields["type"], b"")
             left.setdefault(tenant, []).append(message)
         self._left_any = self._left_any or bool(left)
-        while left:
-            tenant = next(iter(left))
-            messages = left.pop(tenant)  # counted, logged and handed over once
+        while True:
+            try:
+                tenant, messages = left.popitem()  # counted, logged and handed over once
+            except KeyError:
+                break
             down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(
                 "tenant %s: %d events unsent at close (memory spool)",

@@ -221,6 +221,9 @@ class PostgresIntake:
         self.spool.close()
         return False  # what is left stays in the database: nothing is given up
 
+    def late(self) -> None:
+        """Nothing to do: a row written while close() ran is committed in the table."""
+
     def abandon(self) -> None:
         """In a forked child: the parent's connections are left alone."""
         self.listener = None  # the parent's threads: not in this process

@@ -123,6 +123,11 @@ class Intake(Protocol):
         being cut short, it finishes the work."""
         ...
 
+    def late(self) -> None:
+        """``emit`` accepted records while close() ran: make sure they are settled (kept
+        for the next start, or reported ``unsent_at_close``), never left unseen."""
+        ...
+
     def abandon(self) -> None:
         """In a forked child: drop what belongs to the parent without touching it."""
         ...
