@@ -34,6 +34,10 @@ class SystemClock:
     monotonic = staticmethod(time.monotonic)
 
     def wait(self, condition: threading.Condition, timeout: float | None) -> bool:
+        # A wait past what the platform takes (OverflowError) ends early instead: the
+        # caller re-checks and waits again.
+        if timeout is not None and timeout > threading.TIMEOUT_MAX:
+            timeout = threading.TIMEOUT_MAX
         return condition.wait(timeout)
 
     def __repr__(self) -> str:

@@ -39,19 +39,38 @@ __all__ = ["DEFAULTS", "DURABLE_RETRY", "EmitterConfig", "default"]
 DURABLE_RETRY = RetryPolicy(max_attempts=1_000_000, max_rate_limit_duration=43_200.0)
 
 
-def _number(minimum: float, *, integer: bool = False, strict: bool = False) -> Any:
+#: The longest duration a setting may give, in seconds (a week): every wait and socket
+#: timeout of the library stays within what the platform's clocks take.
+MAX_SECONDS = 7 * 86_400.0
+#: The smallest request-rate cap (one request in about 17 minutes), 0 aside (no cap).
+MIN_RATE = 0.001
+
+
+def _number(
+    minimum: float, *, integer: bool = False, strict: bool = False, maximum: float | None = None
+) -> Any:
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        check_number(attribute.name, value, minimum=minimum, integer=integer, strict=strict)
+        check_number(
+            attribute.name, value, minimum=minimum, integer=integer, strict=strict, maximum=maximum
+        )
 
     return check
 
 
-def _optional_number(minimum: float) -> Any:
+def _optional_number(minimum: float, *, maximum: float | None = None) -> Any:
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is not None:
-            check_number(attribute.name, value, minimum=minimum, strict=True)
+            check_number(attribute.name, value, minimum=minimum, strict=True, maximum=maximum)
 
     return check
+
+
+def _rate(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_number(attribute.name, value, minimum=0)
+    if 0 < value < MIN_RATE:  # type: ignore[operator]  # a number: checked just above
+        raise ConfigurationError(
+            attribute.name, f"must be 0 (no cap) or at least {MIN_RATE:g}, got {shown(value)}"
+        )
 
 
 def _flag(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -165,8 +184,8 @@ class EmitterConfig:
     """What ``emit`` does when ``max_pending`` records wait: ``"raise"`` SpoolFull,
     ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``
     (counted and reported through ``on_failure``)."""
-    block_timeout: float = attrs.field(default=1.0, validator=_number(0))
-    """Seconds ``on_full="block"`` waits for room."""
+    block_timeout: float = attrs.field(default=1.0, validator=_number(0, maximum=MAX_SECONDS))
+    """Seconds ``on_full="block"`` waits for room (at most a week)."""
     naming: EventNaming = attrs.field(factory=EventNaming, validator=_instance(EventNaming))
     """Event names: profile and per-tenant overrides. Processes sharing a spool file must
     use the same naming."""
@@ -190,11 +209,16 @@ class EmitterConfig:
     10 s); ``AsidePolicy(max_batches=0)``: every failure makes the tenant wait."""
     threads: int = attrs.field(default=2, validator=_number(1, integer=True))
     """Sender threads shared by every tenant."""
-    max_requests_per_second: float = attrs.field(default=50.0, validator=_number(0))
-    """Request-rate cap per write key (tenants sharing a key share it); 0: no cap."""
-    timeout: float = attrs.field(default=15.0, validator=_number(0, strict=True))
-    """HTTP read timeout in seconds: each read of the answer."""
-    request_deadline: float | None = attrs.field(default=None, validator=_optional_number(0))
+    max_requests_per_second: float = attrs.field(default=50.0, validator=_rate)
+    """Request-rate cap per write key (tenants sharing a key share it); 0: no cap, else
+    at least 0.001."""
+    timeout: float = attrs.field(
+        default=15.0, validator=_number(0, strict=True, maximum=MAX_SECONDS)
+    )
+    """HTTP read timeout in seconds: each read of the answer (at most a week)."""
+    request_deadline: float | None = attrs.field(
+        default=None, validator=_optional_number(0, maximum=MAX_SECONDS)
+    )
     """Every request, from connecting to the last byte of the answer, ends within this
     many seconds however slowly the endpoint sends; None: 30, or 5 + ``timeout`` when
     longer. An overdue request is retried."""
@@ -215,8 +239,9 @@ class EmitterConfig:
     on_pause: Callable[[str, str], None] | None = attrs.field(default=None, validator=_callback)
     """Called with ``(tenant, reason)`` when a tenant's key is refused or missing; its
     events are kept until a new key comes."""
-    exit_timeout: float = attrs.field(default=5.0, validator=_number(0))
-    """Seconds the interpreter-exit hook (and SIGTERM) flushes before giving up."""
+    exit_timeout: float = attrs.field(default=5.0, validator=_number(0, maximum=MAX_SECONDS))
+    """Seconds the interpreter-exit hook (and SIGTERM) flushes before giving up (at most
+    a week)."""
     handle_sigterm: bool = attrs.field(default=True, validator=_flag)
     """Turn SIGTERM into a clean exit (``SystemExit(143)`` in the main thread) so the
     exit hook flushes and reports; only installed from the main thread when SIGTERM has

@@ -36,8 +36,9 @@ def test_a_spool_file_or_a_bad_interval_is_a_usage_error(
     assert main(["relay", "--spool", str(tmp_path / "s.db"), "--write-key", "k"]) == 2
     assert "--spool: expected a postgresql:// URL" in capsys.readouterr().err
     url = "postgresql://u@127.0.0.1:1/x"
-    assert main(["relay", "--spool", url, "--write-key", "k", "--interval", "0"]) == 2
-    assert "--interval: must be above 0" in capsys.readouterr().err
+    for interval in ("0", "nan", "inf", "1e10"):  # inf and 1e10 once crashed the wait
+        assert main(["relay", "--spool", url, "--write-key", "k", "--interval", interval]) == 2
+        assert "--interval: must be above 0 and at most" in capsys.readouterr().err
 
 
 def test_an_unreachable_database_is_a_usage_error_without_the_password(

@@ -380,3 +380,31 @@ def test_a_process_killed_with_sigkill_is_not_counted_live(tmp_path: Path) -> No
     assert dead["processes"] == 0  # ... and does not count
     text = cli("spool", "status", "--spool", str(spool)).stdout
     assert "0 live processes" in text
+
+
+def _no_records(payload: Any) -> Any:
+    raise AssertionError("no journal record is leased here")
+
+
+@pytest.mark.parametrize("option", ["--reason", "--tenant"])
+def test_an_empty_filter_purges_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    # `--reason "$REASON"` with the variable unset: "" matched every dead letter, and
+    # purge deleted them all without --all.
+    from selligent_segment._mapping import encode
+    from selligent_segment.cli import main
+    from selligent_segment.spool._sqlite import SqliteSpool
+
+    spool = tmp_path / "spool.db"
+    db = SqliteSpool(spool, max_bytes=1 << 24, decoder=_no_records)
+    db.put_many([encode(record(i), tenant="acme") for i in range(2)])
+    lease = db.lease("acme", 10, 1 << 20)
+    assert lease is not None
+    db.reject(lease, lease.messages, "too_large: over 32 KB", None)
+    db.close()
+    for action in ("purge", "requeue"):
+        assert main(["dead-letters", action, "--spool", str(spool), option, " "]) == 2
+        assert f"{option} is empty" in capsys.readouterr().err
+    with SpoolFile(spool) as sf:
+        assert len(sf.dead_letters()) == 2

@@ -145,6 +145,12 @@ def test_configuration_is_validated_on_construction(server: LocalSegment) -> Non
         ("max_pending", True),
         ("request_deadline", 0.0),
         ("request_deadline", float("inf")),
+        # Past what a wait or a socket timeout takes: a thread died of OverflowError later.
+        ("timeout", 1e10),
+        ("request_deadline", 1e10),
+        ("block_timeout", 1e10),
+        ("exit_timeout", 1e10),
+        ("max_requests_per_second", 1e-12),
     ],
 )
 def test_numeric_options_refuse_nan_infinity_and_wrong_types(

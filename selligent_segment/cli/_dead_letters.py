@@ -81,6 +81,9 @@ def _run_dead_letters(args: argparse.Namespace) -> int:
                         err(f"{len(letters)} dead letters")
                 return EXIT_OK
             filters = {"tenant": args.tenant, "reason": args.reason, "ids": args.ids}
+            for name in ("tenant", "reason"):  # "" would match every dead letter
+                if filters[name] is not None and not str(filters[name]).strip():
+                    raise UsageError(f"--{name} is empty (an unset variable?); give one, or --all")
             if (
                 args.action == "purge"
                 and not args.all

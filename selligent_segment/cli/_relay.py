@@ -78,8 +78,8 @@ def _run(args: argparse.Namespace) -> int:
     if not is_postgres_url(args.spool):
         err(f"{PROG} relay: --spool: expected a postgresql:// URL (a spool file has `flush`)")
         return EXIT_USAGE
-    if not args.interval > 0:
-        err(f"{PROG} relay: --interval: must be above 0")
+    if not 0 < args.interval <= threading.TIMEOUT_MAX:  # NaN fails both
+        err(f"{PROG} relay: --interval: must be above 0 and at most {threading.TIMEOUT_MAX:g}")
         return EXIT_USAGE
     try:
         emitter = emitter_from_args(args, EventNaming(profile=args.profile), set())
