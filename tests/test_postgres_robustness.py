@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -240,7 +241,10 @@ def test_the_spool_runs_at_read_committed_whatever_the_databases_default(
         show = "SHOW transaction_isolation"
         in_block = spool._with(lambda conn: conn.execute(show).fetchone(), transaction=True)
         alone = spool._with(lambda conn: conn.execute(show).fetchone())
-        assert in_block == alone == ("read committed",)
+        assert in_block == ("read committed",)  # each transaction says so in its BEGIN
+        # Never the session: behind a pooler in transaction mode a session setting stays
+        # on a server connection other clients then use.
+        assert alone == ("repeatable read",)
         with psycopg.connect(repeatable_read_db) as app:  # the caller's: left as it is
             spool.put_many(_messages("acme", 1), connection=app)
             assert app.execute(show).fetchone() == ("repeatable read",)
@@ -329,3 +333,45 @@ def test_an_outbox_insert_with_a_snapshot_older_than_a_rotation_still_finds_its_
     assert _leased(spool, "acme") == ["acme-0"]
     assert spool.rotate(force=True) == 1  # messages_2 (empty): the snapshot is gone
     assert spool.stats().per_tenant == {"acme": 1}
+
+
+def test_an_old_snapshot_holds_back_only_the_partitions_it_may_name(
+    postgres: LocalPostgres, schema: str, spool: PostgresSpool
+) -> None:
+    # Each drained partition is judged against the rotation that retired it: a snapshot
+    # taken after that rotation cannot name it. (Compared with the last rotation only,
+    # any snapshot older than it held back every drop.)
+    import psycopg
+
+    def partitions() -> list[str]:
+        return sorted(
+            spool._with(
+                lambda conn: [
+                    name
+                    for (name,) in conn.execute(
+                        "SELECT c.relname FROM pg_inherits i "
+                        "JOIN pg_class c ON c.oid = i.inhrelid "
+                        "JOIN pg_class p ON p.oid = i.inhparent "
+                        "JOIN pg_namespace n ON n.oid = p.relnamespace "
+                        "WHERE n.nspname = %s AND p.relname = 'messages'",
+                        (schema,),
+                    ).fetchall()
+                ]
+            )
+        )
+
+    def snapshot() -> psycopg.Connection[Any]:
+        conn = psycopg.connect(postgres.url)
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.execute("SELECT count(*) FROM pg_class").fetchone()
+        return conn
+
+    first = snapshot()
+    assert [spool.rotate(force=True) for _ in range(2)] == [0, 0]  # first may name 1 or 2
+    second = snapshot()  # after messages_1 and messages_2 were retired
+    first.close()
+    assert spool.rotate(force=True) == 2  # 1 and 2; not 3, which second may name
+    assert partitions() == ["messages_3", "messages_4"]
+    second.close()
+    assert spool.rotate(force=True) == 2
+    assert partitions() == ["messages_5"]

@@ -576,10 +576,9 @@ def _read_committed(conn: psycopg.Connection[Any]) -> None:
     (``FOR UPDATE SKIP LOCKED``) and settlements are written for it; at REPEATABLE READ or
     SERIALIZABLE, a row another host leased after this transaction's snapshot fails the
     lease with a serialization failure. Each transaction block says so in its ``BEGIN``
-    (which holds behind a pooler in transaction mode too), the session for the single
-    statements run in autocommit."""
+    (the lease is one), never the session: behind a pooler in transaction mode a session
+    setting would stay on a server connection that other clients then use."""
     conn.isolation_level = _psycopg().IsolationLevel.READ_COMMITTED
-    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 
 def _owner_name() -> str:
@@ -1154,7 +1153,8 @@ class PostgresSpool:
         }
 
         def pick(conn: psycopg.Connection[Any]) -> _Picked:
-            rows = sorted(conn.execute(sql, params).fetchall())  # by id: the queue's order
+            with conn.transaction():  # BEGIN ISOLATION LEVEL READ COMMITTED (_read_committed)
+                rows = sorted(conn.execute(sql, params).fetchall())  # the queue's order: by id
             taken: list[tuple[_RowId, EncodedMessage]] = []
             dead: list[_Dead] = []
             errors: list[InvalidEvent] = []
@@ -1386,7 +1386,7 @@ class PostgresSpool:
         being inserted or leased there is never lost: if anyone holds the partition (a
         lease, an open outbox transaction, a reader), the drop gives up after 50 ms and is
         tried again at the next round. Nor is one dropped while another session holds a
-        snapshot older than the last rotation (:meth:`_old_snapshots`): an outbox insert
+        snapshot older than the rotation that retired it (:meth:`_may_be_named`): an outbox insert
         in a REPEATABLE READ or SERIALIZABLE transaction reads the generation with that
         snapshot, and finds its partition. Returns how many partitions were dropped.
         """
@@ -1438,9 +1438,11 @@ class PostgresSpool:
             "WHERE n.nspname = %s AND p.relname = 'messages'",
             (s,),
         ).fetchall()
-        retired = [name for (name,) in older if int(name.rsplit("_", 1)[1]) < generation]
-        if not retired or self._old_snapshots(conn):
-            return 0
+        retired = [
+            name
+            for (name,) in older
+            if int(name.rsplit("_", 1)[1]) < generation and not self._may_be_named(conn, name)
+        ]
         dropped = 0
         for name in retired:
             try:
@@ -1454,17 +1456,25 @@ class PostgresSpool:
                 continue  # someone holds it: the next round tries again
         return dropped
 
-    def _old_snapshots(self, conn: psycopg.Connection[Any]) -> bool:
-        """True while another session of this database holds a snapshot taken before the
-        last rotation committed (its ``backend_xmin`` is not after the ``meta`` row's
-        ``xmin``, the rotation's transaction): a REPEATABLE READ or SERIALIZABLE
+    def _may_be_named(self, conn: psycopg.Connection[Any], name: str) -> bool:
+        """True while another session of this database may hold a snapshot taken before
+        the rotation that retired partition ``name`` (generation g) committed: its
+        ``backend_xmin`` is not after that rotation's transaction, which created the
+        partition of g + 1 (its ``pg_class`` row's ``xmin``; the ``meta`` row's, the last
+        rotation's, when that partition is not found). A REPEATABLE READ or SERIALIZABLE
         transaction reads the generation with its snapshot, so an outbox insert there may
-        still name a retired partition, which must exist until it ends. Any session
-        counts (an unrelated long one only delays the drop of empty partitions)."""
+        still name g, whose partition must exist until it ends. A session older than a
+        later rotation only holds back the partitions it may name."""
+        s = self.schema
+        successor = f"messages_{int(name.rsplit('_', 1)[1]) + 1}"
         row = conn.execute(
-            f"SELECT EXISTS (SELECT 1 FROM pg_stat_activity a, {self.schema}.meta m "
-            "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
-            "AND a.backend_xmin IS NOT NULL AND age(a.backend_xmin) >= age(m.xmin))"
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = "
+            "current_database() AND a.pid <> pg_backend_pid() AND a.backend_xmin IS NOT NULL "
+            "AND age(a.backend_xmin) >= age(coalesce("
+            "(SELECT c.xmin FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s), "
+            f"(SELECT m.xmin FROM {s}.meta m))))",
+            (s, successor),
         ).fetchone()
         return bool(row and row[0])
 
