@@ -147,3 +147,42 @@ def test_a_partly_successful_load_delivers_the_rows_it_does_not_name() -> None:
     assert response.outcome is Outcome.DELIVERED
     assert response.items == {0: None, 1: REFUSED, 2: None}
     assert sorted(http.tables["CONTACTS"]) == [("u0",), ("u2",)]
+
+
+def track(n: int, user: str) -> bytes:
+    return body({"type": "track", "messageId": f"t{n}", "userId": user, "event": "Order"})
+
+
+def test_identify_requests_still_go_before_every_track_when_a_batch_is_cut() -> None:
+    # Cut for key order (A's identifies in two column sets), the batch once sent B's
+    # track in the first part, before B's identify in the second: an interaction
+    # loaded before its contact existed.
+    http = FakeHttp()
+    bodies = [
+        identify(1, "uA", email="a@example.com", firstName="A"),
+        track(2, "uB"),
+        identify(3, "uA", email="a2@example.com"),
+        identify(4, "uB", email="b@example.com"),
+    ]
+    response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert (response.outcome, response.requests) == (Outcome.DELIVERED, 3)
+    assert [[r.get("event_id") or r["customer_id"] for r in rows] for rows in http.requests] == [
+        ["uA"],  # identifies first, A's in the order they came
+        ["uA", "uB"],
+        ["t2"],  # then the track
+    ]
+    assert http.tables["CONTACTS"][("uA",)]["email_address"] == "a2@example.com"
+
+
+def test_a_failed_load_naming_rows_it_did_not_have_refuses_none_of_them() -> None:
+    # record_index equal to the number of rows raised IndexError (the tenant's queue
+    # then stuck, retried every second); -1 refused the last row, which it did not name.
+    def answer(rows: list[dict[str, str]]) -> dict[str, Any]:
+        invalid = [{"record_index": i, "field_name": "f", "message": "m"} for i in (len(rows), -1)]
+        return {"result_code": "Failed", "invalid_records": invalid}
+
+    http = FakeHttp(answer)
+    bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(2)]
+    response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert response.outcome is Outcome.RETRY
+    assert not response.items

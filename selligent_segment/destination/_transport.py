@@ -221,26 +221,29 @@ class SelligentTransport:
         """Load ``bodies`` (rows of one tenant) under ``endpoint``; see the module."""
         groups, bad = _groups(bodies)
         items: dict[int, str | None] = dict(bad)  # index -> None (loaded) or why refused
-        readable: dict[bytes, _Rows] = {}
-        lists: dict[str, int] = {}  # list -> how many of the groups load into it
+        # The readable groups by kind (identify 0, track 1, others 2), in order of
+        # appearance within each; with how many groups load into each list.
+        by_kind: dict[int, dict[bytes, _Rows]] = {}
+        lists: dict[tuple[int, str], int] = {}
         for group, rows in groups.items():
             try:
                 _, kind, list_name = self._request(endpoint, group)
             except ValueError as exc:
                 items.update(dict.fromkeys(rows.indexes, str(exc)))
                 continue
-            readable[group] = rows
-            lists[list_name] = lists.get(list_name, 0) + 1
             rows.order = _KIND_ORDER.get(kind, rows.order)
-        parts = [readable]
-        if any(n > 1 for n in lists.values()):  # rows of one list with other columns
-            parts = _in_key_order(readable)
+            by_kind.setdefault(rows.order, {})[group] = rows
+            lists[(rows.order, list_name)] = lists.get((rows.order, list_name), 0) + 1
         requests_of: list[tuple[str, str, _Rows]] = []  # url, list, rows
-        for part in parts:
-            ordered = sorted(part.items(), key=lambda group: group[1].order)  # identify first
-            for group, rows in ordered:
-                url, _, list_name = self._request(endpoint, group)
-                requests_of.append((url, list_name, rows))
+        for order in sorted(by_kind):  # every identify request before any track request
+            kind_groups = by_kind[order]
+            parts = [kind_groups]
+            if any(n > 1 for (o, _), n in lists.items() if o == order):  # other columns
+                parts = _in_key_order(kind_groups)
+            for part in parts:
+                for group, rows in part.items():
+                    url, _, list_name = self._request(endpoint, group)
+                    requests_of.append((url, list_name, rows))
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -284,7 +287,8 @@ class SelligentTransport:
                 items.update(dict.fromkeys(indexes, answer.error or f"HTTP {answer.status}"))
             else:  # unauthorized, rate limited, retry: the turn ends here
                 for position, reason in (answer.items or {}).items():
-                    items[indexes[position]] = reason  # rows refused on their own
+                    if 0 <= position < len(indexes):  # a position the request had
+                        items[indexes[position]] = reason  # rows refused on their own
                 return Response(
                     answer.status,
                     answer.retry_after,
