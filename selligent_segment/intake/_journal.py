@@ -246,9 +246,10 @@ class JournalIntake:
                 self.spool.path,
                 extra={"reason": "left_in_spool", "count": max(left, 0)},
             )
-        with self._lock:  # no emit() journals between the last look at the inbox and
-            self.closed = True  # the journal's close (it would be deleted with it)
-            self.spool.close(ingested=ingested and not self.inbox)
+        with self._lock:  # no emit() journals after the last look at the inbox: a record
+            self.closed = True  # written then would be deleted with the journal
+            empty = not self.inbox
+        self.spool.close(ingested=ingested and empty)  # outside the lock: SQL may wait
         return False  # what is left stays in the file: nothing is given up
 
     def late(self) -> None:

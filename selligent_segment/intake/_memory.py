@@ -118,8 +118,10 @@ class MemoryIntake:
         left = self._unreported
 
         def collect() -> None:
-            for tenant, messages in self.spool.take_all().items():
-                left.setdefault(tenant, []).extend(messages)
+            taken = self.spool.take_all()
+            with self._report_lock:  # a late emit() may be reporting meanwhile
+                for tenant, messages in taken.items():
+                    left.setdefault(tenant, []).extend(messages)
 
         dispatcher.abandon(collect)
         self.downstream.backpressure.report_refused(final=True)
