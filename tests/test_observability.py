@@ -235,6 +235,7 @@ def test_degraded_reasons() -> None:
         TenantView("stale", backlog=1, last_error=old_error),  # outside the window
         TenantView("locked", backlog=2, paused="write key refused (401)", last_error=error),
         spool=SpoolStatus("s.db", 9_000, 0, 1, ()),
+        spool_used=9_000,
     )
     verdict = health(seen)
     assert verdict.status is HealthStatus.DEGRADED

@@ -67,8 +67,9 @@ class HealthThresholds:
     with the default batching an event normally waits well under a second; a Segment
     outage, a 429 storm or a stuck sender shows here first)."""
     max_spool_fill: float = attrs.field(default=0.8, validator=_share)
-    """Degraded when the spool file uses more than this share of ``max_spool_bytes``
-    (at 100 % ``emit`` refuses events)."""
+    """Degraded when the spool uses more than this share of ``max_spool_bytes``, by the
+    measure ``emit`` enforces (a file's pages in use, not its size on disk; PostgreSQL's
+    queued bodies): at 100 % ``emit`` refuses events."""
     paused_degrades: bool = attrs.field(default=True, validator=_flag)
     """Degraded while a tenant is paused (its write key refused or missing: its events
     are kept, not sent)."""

@@ -1,15 +1,17 @@
 """One reading of everything the metrics and the health check report, taken at once.
 
 :class:`Source` reads an :class:`~selligent_segment.Emitter`'s counters (this process's)
-and, with a spool file, the file's backlog, pauses and last errors (every process's:
-processes sharing the file see the same). :class:`Observation` is that reading, frozen;
+and, with a spool file or a PostgreSQL spool, its backlog, pauses and last errors (every
+process's: processes sharing the spool see the same). :class:`Observation` is that reading, frozen;
 the Prometheus collector, the OpenTelemetry instruments and
 :func:`~selligent_segment.observability.health` only turn it into their own form.
 
-Guarantee: reading never raises for a spool file that cannot be read (the error text is
-kept in :attr:`Observation.spool_error` and reported as such), holds no write key and no
-email address, and costs one ``Emitter.stats()`` and one ``SpoolFile.status()`` (one
-grouped scan of the spool's rows).
+Guarantee: reading never raises for a spool that cannot be read, nor for an Emitter whose
+``stats()`` cannot read its spool (the error text is kept in
+:attr:`Observation.spool_error` and reported as such), holds no write key, no email
+address and no database password, and costs one ``Emitter.stats()``, one status of the
+spool (one grouped scan of a file's rows; PostgreSQL's kept counts) and one read of its
+used size.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._errors import ConfigurationError, SelligentSegmentError
 from selligent_segment.delivery._stats import LastError, Stats
 from selligent_segment.spool._file import SpoolFile, SpoolStatus
+from selligent_segment.spool._postgres import (
+    DEFAULT_SCHEMA,
+    check_schema_name,
+    is_postgres_url,
+    redact,
+    split_options,
+)
+from selligent_segment.spool._postgres_view import PostgresView
 from selligent_segment.spool._schema import spool_path
 
 __all__ = ["OTHER_TENANTS", "Observation", "Source", "TenantView", "emitter_source", "top_tenants"]
@@ -66,9 +76,11 @@ class TenantView:
 class Observation:
     """What a :class:`Source` read at ``at`` (Unix time).
 
-    ``stats`` is None without an Emitter; ``spool`` is None without a spool file or when
-    it could not be read (``spool_error`` then says why); ``max_spool_bytes`` is the
-    Emitter's cap (None without one). ``tenants`` merges both, sorted by name.
+    ``stats`` is None without an Emitter or when its ``stats()`` could not read its spool;
+    ``spool`` is None without a spool or when it could not be read (``spool_error`` then
+    says why); ``max_spool_bytes`` is the Emitter's cap (None without one);
+    ``spool_used`` the bytes that cap counts (a file's pages in use, PostgreSQL's queued
+    bodies; None: unknown). ``tenants`` merges both, sorted by name.
     """
 
     at: float
@@ -78,6 +90,7 @@ class Observation:
     max_spool_bytes: int | None
     tenants: tuple[TenantView, ...]
     closed: bool = False
+    spool_used: int | None = None
 
     @property
     def backlog(self) -> int:
@@ -97,10 +110,12 @@ class Observation:
 
     @property
     def spool_fill(self) -> float | None:
-        """The spool file's bytes as a share of ``max_spool_bytes`` (None: unknown)."""
-        if self.spool is None or not self.max_spool_bytes:
+        """``spool_used`` as a share of ``max_spool_bytes``, the measure ``emit`` enforces
+        (at 1.0 it refuses events); not the file's size, which free pages, the WAL and
+        the journals add to (None: unknown)."""
+        if self.spool_used is None or not self.max_spool_bytes:
             return None
-        return self.spool.file_bytes / self.max_spool_bytes
+        return self.spool_used / self.max_spool_bytes
 
 
 def top_tenants(
@@ -113,13 +128,15 @@ def top_tenants(
 
 
 class Source:
-    """Where observations come from: an Emitter, a spool file, or both.
+    """Where observations come from: an Emitter, a spool, or both.
 
-    ``Source(emitter)`` reads the Emitter's counters and, when it has a spool file, that
-    file; ``Source(spool=PATH)`` reads a spool file alone (an exporter process beside
-    prefork workers); ``Source(emitter, spool=PATH)`` names the file explicitly. The
-    file is opened on first use and kept (it is fork-safe). ``clock`` (``time.time``)
-    is the seam for a test. Thread-safe.
+    ``Source(emitter)`` reads the Emitter's counters and, when it has a spool file or a
+    PostgreSQL spool, that spool; ``Source(spool=PATH)`` reads a spool file alone (an
+    exporter process beside prefork workers), ``Source(spool="postgresql://...")`` a
+    PostgreSQL spool alone (as ``spool status`` does: password from the URL, PGPASSWORD
+    or ~/.pgpass, never shown); ``Source(emitter, spool=...)`` names the spool
+    explicitly. The spool is opened on first use and kept (reopened after an error, and
+    in a forked child). ``clock`` (``time.time``) is the seam for a test. Thread-safe.
     """
 
     def __init__(
@@ -136,7 +153,7 @@ class Source:
         if emitter is None and spool is None:
             raise ConfigurationError("spool", "give an Emitter, a spool file, or both")
         self._emitter = emitter
-        self._path: Path | None = None if spool is None else spool_path(spool)
+        self._path: Path | str | None = None if spool is None else _target(spool)
         self._reader = _Reader(self._path)
         self._owns_reader = True
         self._clock = clock
@@ -147,13 +164,15 @@ class Source:
         return self._emitter
 
     def __repr__(self) -> str:
-        spool = None if self._path is None else str(self._path)
+        spool = None if self._path is None else redact(str(self._path))
         return f"<Source emitter={self._emitter is not None} spool={spool!r}>"
 
     def observe(self) -> Observation:
-        """Read now. Never raises for an unreadable spool file (see ``spool_error``)."""
-        stats = self._emitter.stats() if self._emitter is not None else None
-        spool, error = self._reader.status()
+        """Read now. Never raises for an unreadable spool (see ``spool_error``)."""
+        stats, stats_error = self._stats()
+        spool, used, error = self._reader.status()
+        if stats_error is not None and error is None:  # the spool failed the Emitter
+            spool, used, error = None, None, stats_error
         views: dict[str, dict[str, object]] = {}
         if stats is not None:
             for name, t in stats.tenants.items():
@@ -199,7 +218,18 @@ class Source:
             max_spool_bytes=emitter.config.max_spool_bytes if emitter is not None else None,
             tenants=tenants,
             closed=emitter is not None and emitter.closed,
+            spool_used=used,
         )
+
+    def _stats(self) -> tuple[Stats | None, str | None]:
+        """The Emitter's counters (None without one), or None and why not: ``stats()``
+        reads the backlog from the spool, which may be damaged or out of reach."""
+        if self._emitter is None:
+            return None, None
+        try:
+            return self._emitter.stats(), None
+        except SelligentSegmentError as exc:
+            return None, str(exc)
 
     def close(self) -> None:
         """Close the spool file, if opened and this Source's own (idempotent)."""
@@ -207,31 +237,66 @@ class Source:
             self._reader.close()
 
 
-class _Reader:
-    """The spool file at ``path`` (None: none), opened on first use and kept."""
+def _target(spool: str | os.PathLike[str]) -> Path | str:
+    """A spool file's path, or a PostgreSQL URL as given (its ``spool_schema`` checked);
+    ConfigurationError for a setting that is neither."""
+    if is_postgres_url(spool):
+        url = str(spool)
+        check_schema_name(split_options(url)[1].get("spool_schema", DEFAULT_SCHEMA))
+        return url
+    return spool_path(spool)
 
-    def __init__(self, path: Path | None) -> None:
+
+#: Views a forked child inherited: kept, never closed (closing a PostgreSQL connection
+#: shared with the parent would end the parent's session).
+_inherited: list[SpoolFile | PostgresView] = []
+
+
+class _Reader:
+    """The spool at ``path`` (a file's path, a PostgreSQL URL; None: none), opened on
+    first use and kept; reopened after an error (a restarted database) and in a forked
+    child."""
+
+    def __init__(self, path: Path | str | None) -> None:
         self.path = path
-        self._file: SpoolFile | None = None
+        self._view: SpoolFile | PostgresView | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
-    def status(self) -> tuple[SpoolStatus | None, str | None]:
-        """The file's status, or why it cannot be read (never raises)."""
+    def status(self) -> tuple[SpoolStatus | None, int | None, str | None]:
+        """``(status, used_bytes, None)``, or ``(None, None, why)`` when the spool cannot
+        be read (never raises; the reason holds no password)."""
         if self.path is None:
-            return None, None
+            return None, None, None
         with self._lock:
             try:
-                if self._file is None:
-                    self._file = SpoolFile(self.path)
-                return self._file.status(), None
+                view = self._open()
+                return view.status(), view.used_bytes(), None
             except SelligentSegmentError as exc:
-                return None, str(exc)
+                self._drop()
+                return None, None, str(exc)
+
+    def _open(self) -> SpoolFile | PostgresView:
+        if self._view is not None and self._pid != os.getpid():
+            _inherited.append(self._view)  # the parent's: never closed here
+            self._view = None
+        if self._view is None:
+            path = self.path
+            assert path is not None
+            self._view = SpoolFile(path) if isinstance(path, Path) else PostgresView(path)
+            self._pid = os.getpid()
+        return self._view
+
+    def _drop(self) -> None:
+        view, self._view = self._view, None
+        if view is not None and self._pid == os.getpid():
+            view.close()
+        elif view is not None:
+            _inherited.append(view)
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._drop()
 
 
 # One reader per Emitter, for the Sources :func:`emitter_source` makes. Keyed weakly, and

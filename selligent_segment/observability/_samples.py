@@ -85,7 +85,11 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(_P + "paused_tenants", "gauge", "1",
                "Tenants paused because their write key was refused or is missing."),
     MetricSpec(_P + "spool_bytes", "gauge", "By",
-               "Bytes of the spool file, its WAL and journals."),
+               "Bytes of the spool file, its WAL and journals (PostgreSQL: its tables on "
+               "disk)."),
+    MetricSpec(_P + "spool_used_bytes", "gauge", "By",
+               "Bytes max_spool_bytes caps: the spool file's pages in use (PostgreSQL: the "
+               "queued bodies); compare with spool_max_bytes."),
     MetricSpec(_P + "spool_journal_bytes", "gauge", "By",
                "Bytes of the acceptance journals (until rotation)."),
     MetricSpec(_P + "spool_max_bytes", "gauge", "By", "The emitter's max_spool_bytes."),
@@ -180,6 +184,8 @@ def samples(seen: Observation, tenant_labels: int | TenantLabels = 0) -> list[Sa
     if seen.spool is not None:
         add(Sample(_P + "spool_bytes", {}, seen.spool.file_bytes))
         add(Sample(_P + "spool_journal_bytes", {}, seen.spool.journal_bytes))
+    if seen.spool_used is not None:
+        add(Sample(_P + "spool_used_bytes", {}, seen.spool_used))
     if seen.max_spool_bytes is not None:
         add(Sample(_P + "spool_max_bytes", {}, seen.max_spool_bytes))
     if seen.spool is not None:

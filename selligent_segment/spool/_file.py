@@ -268,6 +268,16 @@ class SpoolFile(ForkSafe, ClosedOnExit):
         file_bytes = sum(_size(Path(f"{self.path}{s}")) for s in ("", "-wal")) + journal_bytes
         return SpoolStatus(str(self.path), file_bytes, journal_bytes, processes, rows)
 
+    def used_bytes(self) -> int:
+        """Bytes of the database's pages in use (free pages, the WAL and the journals
+        aside): the measure an Emitter's ``max_spool_bytes`` caps. Reads nothing else."""
+        with self._connection() as db:
+            (used,) = db.execute(
+                "SELECT (page_count - freelist_count) * page_size "
+                "FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()"
+            ).fetchone()
+        return int(used)
+
     def since(self, at: float) -> dict[str, tuple[int, int, int]]:
         """Per tenant with any: ``(queued, dead, dead_before)``: events queued (leased
         ones included) and dead letters, both accepted (put in the file) at or after

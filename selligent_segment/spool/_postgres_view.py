@@ -196,6 +196,19 @@ class PostgresView(ClosedOnExit):
         status: SpoolStatus = self._run(read)
         return status
 
+    def used_bytes(self) -> int:
+        """Bytes of the bodies queued, every host's rows: the measure an Emitter's
+        ``max_spool_bytes`` caps (from ``queue_counts``, no row of the queue read; a
+        version 1 schema, not migrated yet, with one scan of the queue)."""
+        s = self.schema
+        sql = (
+            f"SELECT coalesce(sum(nbytes), 0) FROM {s}.queue_counts"
+            if self.version >= 2
+            else f"SELECT coalesce(sum(length(body)), 0) FROM {s}.messages"
+        )
+        row = self._run(lambda conn: conn.execute(sql).fetchone())
+        return int(row[0]) if row else 0
+
     def since(self, at: float) -> dict[str, tuple[int, int, int]]:
         """Per tenant with any: ``(queued, dead, dead_before)`` (see
         :meth:`SpoolView.since <selligent_segment.spool._view.SpoolView.since>`), over
