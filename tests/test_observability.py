@@ -208,6 +208,26 @@ def test_tenant_labels_are_capped_with_an_other_bucket() -> None:
     assert {s.name for s in samples(seen)} <= {spec.name for spec in METRICS}
 
 
+def test_a_tenant_named_other_is_counted_in_the_other_series_never_beside_it() -> None:
+    # Labelled on its own, a tenant named "other" gave a series with the very labels of
+    # the sum of the unlabelled ones, and Prometheus dropped one of the two samples.
+    seen = _seen(
+        TenantView("other", backlog=5, accepted=50),
+        TenantView("acme", backlog=1, accepted=10),
+        TenantView("globex", backlog=2, accepted=1),
+    )
+    for cap in (1, 2, 5):
+        backlog = [
+            (tuple(sorted(s.labels.items())), s.value)
+            for s in samples(seen, cap)
+            if s.name == "selligent_segment_backlog_events"
+        ]
+        labels = [labels for labels, _ in backlog]
+        assert len(labels) == len(set(labels)), labels  # no two series alike
+        assert sum(value for _, value in backlog) == 8
+        assert (("tenant", "other"),) in labels
+
+
 def test_no_other_bucket_when_every_tenant_fits() -> None:
     seen = _seen(TenantView("a", backlog=1), TenantView("b"))
     labels = {s.labels["tenant"] for s in samples(seen, 5) if "tenant" in s.labels}

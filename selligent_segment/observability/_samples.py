@@ -143,7 +143,7 @@ class TenantLabels:
         with self._lock:
             room = self.cap - len(self._kept)
             if room > 0:
-                new = [t for t in tenants if t.tenant not in self._kept]
+                new = [t for t in tenants if t.tenant not in self._kept | {OTHER_TENANTS}]
                 new.sort(key=lambda t: (-t.accepted, t.tenant))
                 self._kept.update(t.tenant for t in new[:room])
             return frozenset(self._kept)
@@ -202,12 +202,15 @@ def _grouped(
 ) -> list[tuple[dict[str, str], list[TenantView]]]:
     """``[(labels, tenants)]``: one group of all tenants without tenant labels, else one
     per kept tenant and ``other`` for the rest (only when there is a rest, or no tenant
-    at all)."""
+    at all). A tenant named ``other`` is always in that sum: labelled on its own, its
+    series would have the very labels of the sum, and Prometheus would drop one."""
     if cap == 0:
         return [({}, list(tenants))]
     if not tenants:  # still one series, so that an empty spool reads 0, not "no data"
         return [({"tenant": OTHER_TENANTS}, [])]
     kept, rest = top_tenants(tenants, cap, key)
+    rest = [*rest, *(t for t in kept if t.tenant == OTHER_TENANTS)]  # see _labelled
+    kept = [t for t in kept if t.tenant != OTHER_TENANTS]
     groups = [({"tenant": t.tenant}, [t]) for t in sorted(kept, key=lambda t: t.tenant)]
     if rest:
         groups.append(({"tenant": OTHER_TENANTS}, rest))
@@ -222,7 +225,7 @@ def _sticky(
         return [({}, list(tenants))]
     if not tenants:
         return [({"tenant": OTHER_TENANTS}, [])]
-    kept = chosen.kept(tenants)
+    kept = chosen.kept(tenants) - {OTHER_TENANTS}  # a tenant named so: in the sum (see _grouped)
     groups = [({"tenant": t.tenant}, [t]) for t in tenants if t.tenant in kept]
     rest = [t for t in tenants if t.tenant not in kept]
     if rest:
