@@ -375,3 +375,33 @@ def test_an_old_snapshot_holds_back_only_the_partitions_it_may_name(
     second.close()
     assert spool.rotate(force=True) == 2
     assert partitions() == ["messages_5"]
+
+
+def test_a_view_used_in_a_forked_child_leaves_the_parents_connection_alone(
+    postgres: LocalPostgres, schema: str, spool: PostgresSpool
+) -> None:
+    # As a SpoolFile does: the child gets its own connection, and closing the view there
+    # never closes the one it inherited (that would end the parent's session).
+    import os
+
+    from selligent_segment.spool._postgres_view import PostgresView
+
+    spool.put_many(_messages("acme", 2))
+    view = PostgresView(f"{postgres.url}?spool_schema={schema}")
+    try:
+        parents = view._conn
+        pid = os.fork()
+        if pid == 0:  # the child: read, close, and leave at once
+            code = 1
+            try:
+                if view.status().tenants[0].queued == 2 and view._conn is not parents:
+                    view.close()
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert view._conn is parents
+        assert view.status().tenants[0].queued == 2  # the parent's session still works
+    finally:
+        view.close()

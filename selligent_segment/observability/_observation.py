@@ -247,20 +247,14 @@ def _target(spool: str | os.PathLike[str]) -> Path | str:
     return spool_path(spool)
 
 
-#: Views a forked child inherited: kept, never closed (closing a PostgreSQL connection
-#: shared with the parent would end the parent's session).
-_inherited: list[SpoolFile | PostgresView] = []
-
-
 class _Reader:
     """The spool at ``path`` (a file's path, a PostgreSQL URL; None: none), opened on
-    first use and kept; reopened after an error (a restarted database) and in a forked
-    child."""
+    first use and kept; reopened after an error (a restarted database). Both views get
+    their own connection in a forked child themselves."""
 
     def __init__(self, path: Path | str | None) -> None:
         self.path = path
         self._view: SpoolFile | PostgresView | None = None
-        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def status(self) -> tuple[SpoolStatus | None, int | None, str | None]:
@@ -277,22 +271,16 @@ class _Reader:
                 return None, None, str(exc)
 
     def _open(self) -> SpoolFile | PostgresView:
-        if self._view is not None and self._pid != os.getpid():
-            _inherited.append(self._view)  # the parent's: never closed here
-            self._view = None
         if self._view is None:
             path = self.path
             assert path is not None
             self._view = SpoolFile(path) if isinstance(path, Path) else PostgresView(path)
-            self._pid = os.getpid()
         return self._view
 
     def _drop(self) -> None:
         view, self._view = self._view, None
-        if view is not None and self._pid == os.getpid():
+        if view is not None:
             view.close()
-        elif view is not None:
-            _inherited.append(view)
 
     def close(self) -> None:
         with self._lock:

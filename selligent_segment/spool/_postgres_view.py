@@ -12,6 +12,7 @@ clocks never skew them; the password never appears in a status, an error or a re
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -65,10 +66,15 @@ def _where(tenant: str | None, reason: str | None, ids: list[int] | None) -> tup
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
+#: Connections a forked child inherited: kept referenced, never closed there.
+_inherited: list[psycopg.Connection[Any]] = []
+
+
 class PostgresView(ClosedOnExit):
     """An existing PostgreSQL spool (its schema: ``?spool_schema=``, default
     ``selligent_segment``), opened for inspection and dead-letter handling; one connection,
-    used under a lock. Raises SpoolError when the database cannot be reached, holds no
+    used under a lock; a process forked after it was opened gets its own connection.
+    Raises SpoolError when the database cannot be reached, holds no
     spool in that schema, or holds one written by a newer release."""
 
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
@@ -77,9 +83,9 @@ class PostgresView(ClosedOnExit):
         #: The URL without its password: what statuses and errors show.
         self.path = redact(url)
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = connect(
-            url, connect_timeout=connect_timeout, role="cli"
-        )
+        self._connect_timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = self._connect()
+        self._pid = os.getpid()
         try:
             version = self._run(lambda conn: schema_version(conn, self.schema))
         except SpoolError:
@@ -100,11 +106,18 @@ class PostgresView(ClosedOnExit):
     def __repr__(self) -> str:
         return f"<PostgresView {self.path} schema={self.schema}>"
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return connect(self.url, connect_timeout=self._connect_timeout, role="cli")
+
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent); in a process forked after it was opened,
+        leave the inherited one to the parent (closing it would end the parent's session)."""
         with self._lock:
             conn, self._conn = self._conn, None
-        if conn is not None:
+            inherited = self._pid != os.getpid()
+        if conn is not None and inherited:
+            _inherited.append(conn)
+        elif conn is not None:
             conn.close()
 
     def _run(self, work: Any, *, transaction: bool = False) -> Any:
@@ -114,6 +127,10 @@ class PostgresView(ClosedOnExit):
             conn = self._conn
             if conn is None:
                 raise SpoolError(f"{self.path}: this view is closed")
+            if self._pid != os.getpid():  # a forked child: its own connection, as SpoolFile
+                _inherited.append(conn)
+                conn = self._conn = self._connect()
+                self._pid = os.getpid()
             try:
                 if not transaction:
                     return work(conn)
