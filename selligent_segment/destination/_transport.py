@@ -222,28 +222,28 @@ class SelligentTransport:
         groups, bad = _groups(bodies)
         items: dict[int, str | None] = dict(bad)  # index -> None (loaded) or why refused
         # The readable groups by kind (identify 0, track 1, others 2), in order of
-        # appearance within each; with how many groups load into each list.
+        # appearance within each, each with its URL and list.
         by_kind: dict[int, dict[bytes, _Rows]] = {}
-        lists: dict[tuple[int, str], int] = {}
+        targets: dict[bytes, tuple[str, str]] = {}
         for group, rows in groups.items():
             try:
-                _, kind, list_name = self._request(endpoint, group)
+                url, kind, list_name = self._request(endpoint, group)
             except ValueError as exc:
                 items.update(dict.fromkeys(rows.indexes, str(exc)))
                 continue
             rows.order = _KIND_ORDER.get(kind, rows.order)
             by_kind.setdefault(rows.order, {})[group] = rows
-            lists[(rows.order, list_name)] = lists.get((rows.order, list_name), 0) + 1
+            targets[group] = (url, list_name)
         requests_of: list[tuple[str, str, _Rows]] = []  # url, list, rows
         for order in sorted(by_kind):  # every identify request before any track request
             kind_groups = by_kind[order]
+            lists = [targets[group][1] for group in kind_groups]
             parts = [kind_groups]
-            if any(n > 1 for (o, _), n in lists.items() if o == order):  # other columns
+            if len(set(lists)) < len(lists):  # rows of one list with other columns
                 parts = _in_key_order(kind_groups)
             for part in parts:
                 for group, rows in part.items():
-                    url, _, list_name = self._request(endpoint, group)
-                    requests_of.append((url, list_name, rows))
+                    requests_of.append((*targets[group], rows))
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
