@@ -136,39 +136,34 @@ class MemoryIntake:
 
     def _report_left(self) -> bool:
         """Report the inbox's records and what close() collected as ``unsent_at_close``,
-        each once; True when anything was ever left."""
+        each once (close() and a late emit() report in turn, under the report lock);
+        True when anything was ever left."""
         with self._report_lock:
-            return self._report_left_locked()
-
-    def _report_left_locked(self) -> bool:
-        left = self._unreported
-        down = self.downstream
-        while True:
-            try:
-                fields, tenant, now = self.inbox.popleft()
-            except IndexError:  # drained (perhaps by another thread)
-                break
-            down.counters.add("accepted", tenant)
-            try:
-                message = encode_fields(fields, tenant, self.naming, now)
-            except Exception:  # over 32 KB, or a value no check foresaw: reported bare
-                message = EncodedMessage(tenant, "", fields["type"], b"")
-            left.setdefault(tenant, []).append(message)
-        self._left_any = self._left_any or bool(left)
-        while True:
-            try:
+            left = self._unreported
+            down = self.downstream
+            while True:
+                try:
+                    fields, tenant, now = self.inbox.popleft()
+                except IndexError:  # drained (an encoder that outlived its stop pops too)
+                    break
+                down.counters.add("accepted", tenant)
+                try:
+                    message = encode_fields(fields, tenant, self.naming, now)
+                except Exception:  # over 32 KB, or a value no check foresaw: reported bare
+                    message = EncodedMessage(tenant, "", fields["type"], b"")
+                left.setdefault(tenant, []).append(message)
+            self._left_any = self._left_any or bool(left)
+            while left:
                 tenant, messages = left.popitem()  # counted, logged and handed over once
-            except KeyError:
-                break
-            down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
-            log.error(
-                "tenant %s: %d events unsent at close (memory spool)",
-                shown(tenant),
-                len(messages),
-                extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
-            )
-            down.report(DeliveryFailure.unsent_at_close(tenant, messages))
-        return self._left_any
+                down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
+                log.error(
+                    "tenant %s: %d events unsent at close (memory spool)",
+                    shown(tenant),
+                    len(messages),
+                    extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
+                )
+                down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+            return self._left_any
 
     def abandon(self) -> None:
         """The parent keeps its records; the child's intake is a new one."""
