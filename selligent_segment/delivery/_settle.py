@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
 from selligent_segment._errors import SpoolError, shown
-from selligent_segment._mapping import EncodedMessage
+from selligent_segment._mapping import MESSAGE_ID_OF, EncodedMessage
 from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._stats import Counters
@@ -36,7 +35,6 @@ _RETRYING_MAX = 100_000
 #: Seconds between two log lines of the same failed last-error note.
 NOTE_ERROR_EVERY = 10.0
 
-_MESSAGE_ID_OF = operator.attrgetter("message_id")
 _ZEROS = itertools.repeat(0)  # the default of each id in retry_count()
 
 
@@ -123,7 +121,7 @@ class Settler:
         if not retrying:  # nothing failing anywhere: no lock, no walk over the batch
             return 0
         with self._lock:
-            return max(map(retrying.get, map(_MESSAGE_ID_OF, messages), _ZEROS), default=0)
+            return max(map(retrying.get, map(MESSAGE_ID_OF, messages), _ZEROS), default=0)
 
     def _count_retried(self, tenant: str, messages: Sequence[EncodedMessage]) -> None:
         """Count ``messages`` going out again, each event once in ``retried_events``,
@@ -133,7 +131,7 @@ class Settler:
         if len(retrying) > _RETRYING_MAX:  # ids another process settled
             retrying.clear()  # at worst an event is counted twice
         first = 0
-        for message_id in map(_MESSAGE_ID_OF, messages):
+        for message_id in map(MESSAGE_ID_OF, messages):
             times = retrying.get(message_id, 0)
             first += not times
             retrying[message_id] = times + 1
@@ -189,7 +187,7 @@ class Settler:
         """``messages`` left the queue for good: forget they were retried (under the lock)."""
         retrying = self._retrying
         if retrying:
-            for message_id in map(_MESSAGE_ID_OF, messages):
+            for message_id in map(MESSAGE_ID_OF, messages):
                 retrying.pop(message_id, None)
 
     def note_error(self, tenant: str, text: str, status: int | None) -> None:
