@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from selligent_segment._errors import SelligentSegmentError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
-from selligent_segment.spool._sqlite import SqliteSpool, _Pick, _pick_messages, _pick_rows
+from selligent_segment.spool._sqlite import (
+    SqliteSpool,
+    _Pick,
+    _pick_kept,
+    _pick_messages,
+    _pick_rows,
+)
 from selligent_segment.spool._statements import (
     insert_in_parts,
     insert_messages,
@@ -43,6 +49,7 @@ def _shape(pick: _Pick) -> tuple[object, ...]:
         list(pick.rowids.values()),
         pick.fresh,
         pick.back,
+        pick.kept,
         pick.seen,
         pick.dead,
     )
@@ -71,6 +78,31 @@ def test_a_lease_of_messages_taken_by_columns_equals_the_row_by_row_pick(
     plain = _pick_rows("acme", entries, len(entries), max_messages, max_bytes, _never)
     assert _shape(fast) == _shape(plain)
     assert [type(m.kind) for m in fast.taken] == [type(m.kind) for m in plain.taken]
+
+
+@SETTINGS
+@given(
+    rows=ROWS.filter(bool),
+    first_id=st.integers(1, 1000),
+    max_messages=st.integers(1, 40),
+    max_bytes=st.integers(0, 600),
+)
+def test_a_lease_of_kept_rows_equals_the_row_by_row_pick(
+    rows: list[tuple[str, str, bytes]], first_id: int, max_messages: int, max_bytes: int
+) -> None:
+    # Rows kept at put_many: messages already (the same objects go out), leased to this
+    # process in the file already (none fresh, none counted as read from the file).
+    kinds = {k.value: k for k in EventKind}
+    kept = [
+        (first_id + 2 * i, EncodedMessage("acme", mid, kinds.get(kind, kind), body))
+        for i, (mid, kind, body) in enumerate(rows)
+    ]
+    entries = [(r, m.message_id, kind_of(m.kind), m.body) for r, m in kept]
+    mine = dict.fromkeys(r for r, _ in kept)
+    fast = _pick_kept(kept, max_messages, max_bytes)
+    plain = _pick_rows("acme", entries, 0, max_messages, max_bytes, _never, None, mine)
+    assert _shape(fast) == _shape(plain)
+    assert fast.taken == [m for _, m in kept[: len(fast.taken)]]
 
 
 @settings(max_examples=25, deadline=None)

@@ -1,21 +1,33 @@
 """The journal intake: ``emit`` appends the record to this process's journal with one
-``write(2)`` (the commit point: it survives ``kill -9``), and the encoder moves journal
-records, as they are, into the SQLite spool file in group commits. A record becomes a
-Segment message only when a sender leases it (see :meth:`JournalIntake.decode`)."""
+``write(2)`` (the commit point: it survives ``kill -9``), and the encoder moves what was
+accepted into the SQLite spool file in group commits. While this process's senders keep
+up, it maps the records (still in memory) into their messages, and the spool keeps the
+first of them in memory for those senders too (``SqliteSpool.put_many(keep=True)``);
+when a backlog builds up, records go into the file as they are and become messages when
+leased (see :meth:`JournalIntake.decode`), as do journal records replayed after a crash."""
 
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import attrs
 import orjson
 
-from selligent_segment._errors import EmitterClosed, InvalidEvent, SpoolError
-from selligent_segment._mapping import EncodedMessage, encode_fields
+from selligent_segment._errors import EmitterClosed, InvalidEvent, SpoolError, shown
+from selligent_segment._mapping import (
+    BODY_OF,
+    TENANT_OF,
+    EncodedMessage,
+    TooLarge,
+    encode_fields,
+    unencodable,
+)
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import PROFILE_UPDATE, journal_form, revive
 from selligent_segment.delivery._dispatcher import Dispatcher
@@ -23,19 +35,60 @@ from selligent_segment.intake._protocol import Accepted, Downstream
 from selligent_segment.spool._journal import Mark, frame, unframe
 from selligent_segment.spool._sqlite import DeadMessage, JournalRecord, SqliteSpool
 
+#: The tenant of a record's (tenant, kind).
+TENANT_OF_META = operator.itemgetter(0)
+
 __all__ = ["JournalIntake"]
 
 log = logging.getLogger("selligent_segment")
 
 #: Journal records moved into the file in one transaction.
 INGEST_CHUNK = 4096
+
 # A record this small always maps to a message under 32 KB (a message holds the record's
 # fields, the email twice, up to 1.5x longer once lower-cased, and under 4 KB of more).
 _CHECK_SIZE_ABOVE = 8 * 1024
 
-#: One journal write waiting for the encoder: its frames, the (tenant, kind) of each
-#: record, and the journal mark just past it.
-_Write = tuple[bytes, Sequence[tuple[str, str]], Mark]
+#: Accepted records whose fields the inbox holds beyond their journal frames (so that the
+#: encoder maps them without reading the frames back): about a chunk's worth. A burst
+#: beyond it waits as frames only (a few hundred bytes each), which the encoder decodes.
+FIELDS_HELD = INGEST_CHUNK
+
+
+class _Write(NamedTuple):
+    """One journal write waiting for the encoder."""
+
+    data: bytes  # its frames
+    meta: Sequence[tuple[str, str]]  # the tenant and kind of each record
+    mark: Mark  # the journal mark just past it
+    accepted: Sequence[Accepted] | None  # the records as accepted, when held
+    identifies: bool  # whether a record of it carries a profile update
+
+
+@attrs.define
+class _Chunk:
+    """What one step moves into the file: messages, journal records, dead letters (and
+    why each was refused: over 32 KB, or not), how many bytes, and about how large their
+    messages are."""
+
+    messages: list[EncodedMessage] = attrs.Factory(list)
+    records: list[JournalRecord] = attrs.Factory(list)
+    dead: list[DeadMessage] = attrs.Factory(list)
+    refused: list[tuple[str, InvalidEvent, bool]] = attrs.Factory(list)  # too large?
+    nbytes: int = 0  # what goes into the file
+    message_size: float = 0.0  # a message's size, on average (about)
+
+    def refuse(self, tenant: str, kind: str, payload: bytes, error: InvalidEvent) -> None:
+        """Keep the record ``payload`` as a dead letter: it cannot become its message."""
+        too_large = isinstance(error, TooLarge)
+        reason = f"too_large: {error}" if too_large else str(error)
+        self.dead.append(DeadMessage(tenant, "", kind, payload, reason))
+        self.refused.append((tenant, error, too_large))
+
+
+def _identifies(taken: Sequence[_Write]) -> bool:
+    """True when a record of ``taken`` carries a profile update (becomes an identify)."""
+    return any(write.identifies for write in taken)
 
 
 class JournalIntake:
@@ -65,6 +118,7 @@ class JournalIntake:
             decoder=self.decode,
             fsync=fsync,
             on_buried=downstream.buried,  # counted and reported through on_failure
+            defer_acks=self.has_work,  # the encoder's next step writes them
         )
         self.inbox: deque[_Write] = deque()
         # Records journaled (under _lock) and moved into the file (by the encoder).
@@ -80,13 +134,16 @@ class JournalIntake:
         return bool(self.inbox)
 
     def accept(self, fields: dict[str, Any], tenant: str, now: float | None) -> bool:
-        written = journal_form(fields) if PROFILE_UPDATE in fields else fields  # as below
+        identifies = PROFILE_UPDATE in fields
+        written = journal_form(fields) if identifies else fields  # as below
         data = frame(orjson.dumps((tenant, now, written)))
         meta = ((tenant, fields["type"]._value_),)
+        held = ((fields, tenant, now),) if self.journaled - self.ingested < FIELDS_HELD else None
         with self._lock:
             if self.closed:  # close() has the journal: nothing may go in after it
                 raise EmitterClosed("emit() after close(); the event was not accepted")
-            self.inbox.append((data, meta, self.spool.accept_frames(data)))
+            mark = self.spool.accept_frames(data)
+            self.inbox.append(_Write(data, meta, mark, held, identifies))
             self.journaled += 1
         return True
 
@@ -100,10 +157,13 @@ class JournalIntake:
             ]
         )
         meta = [(t, f["type"]._value_) for f, t, _ in records]
+        identifies = any(PROFILE_UPDATE in f for f, _, _ in records)
+        held = records if self.journaled - self.ingested < FIELDS_HELD else None
         with self._lock:
             if self.closed:  # close() has the journal: nothing may go in after it
                 raise EmitterClosed("emit_many() after close(); no event was accepted")
-            self.inbox.append((data, meta, self.spool.accept_frames(data)))
+            mark = self.spool.accept_frames(data)
+            self.inbox.append(_Write(data, meta, mark, held, identifies))
             self.journaled += len(meta)
         return True
 
@@ -119,40 +179,36 @@ class JournalIntake:
             raise InvalidEvent("record", "unreadable journal record") from None
 
     def step(self, stopping: Callable[[], bool]) -> None:
-        """Move journal records, as they are, into the file in one transaction of up to
-        :data:`INGEST_CHUNK`; they are encoded when leased."""
+        """Move up to :data:`INGEST_CHUNK` accepted records into the file in one
+        transaction. While the senders keep up (the spool keeps what it is given for them,
+        ``SqliteSpool.keeping``), as their messages (a record that cannot become its
+        message goes in as a dead letter, reported); otherwise, and in a chunk that holds
+        a profile update, as the journal records they are, encoded when leased (see
+        ``_as_records``): a backlog (an outage) costs no encoding until it is sent, and
+        half the room in the file."""
         inbox = self.inbox
         down = self.downstream
         taken: list[_Write] = []
-        records: list[JournalRecord] = []
-        dead: list[DeadMessage] = []
-        too_large: list[tuple[str, InvalidEvent]] = []
         marks: dict[str, int] = {}
         accepted: Counter[str] = Counter()
-        nbytes = 0
-        while inbox and len(records) < INGEST_CHUNK:
+        n = 0
+        while inbox and n < INGEST_CHUNK:
             write = inbox.popleft()
             taken.append(write)
-            data, meta, mark = write
-            marks[mark[0]] = mark[1]
-            nbytes += len(data)
-            for (tenant, kind), payload in zip(meta, unframe(data), strict=True):
-                accepted[tenant] += 1
-                if len(payload) > _CHECK_SIZE_ABOVE:  # small records always fit in 32 KB
-                    try:
-                        self.decode(payload)
-                    except InvalidEvent as exc:
-                        too_large.append((tenant, exc))
-                        dead.append(
-                            DeadMessage(tenant, "", kind, bytes(payload), f"too_large: {exc}")
-                        )
-                        continue
-                records.append((tenant, kind, payload))
-        n = sum(accepted.values())
+            name, offset = write.mark
+            marks[name] = offset
+            n += len(write.meta)
+            accepted.update(map(TENANT_OF_META, write.meta))
+        if self.spool.keeping() and not _identifies(taken):
+            chunk = self._as_messages(taken, self.spool.unkept())
+        else:  # a backlog builds up (an outage, say): encoded once leased, not now
+            chunk = self._as_records(taken)
         dispatcher = down.senders()
         try:
-            down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
-            self._ingest(records, list(marks.items()), dead, stopping, dispatcher)
+            down.backpressure.wait_for_spool_room(
+                self.spool, chunk.nbytes, stopping, dispatcher.settled
+            )
+            self._ingest(chunk, list(marks.items()), stopping, dispatcher)
         except BaseException:
             # Not in the file: back to the head of the inbox, in order, so that a later
             # step (or close, which keeps the journal when it cannot) still has them.
@@ -160,29 +216,112 @@ class JournalIntake:
             raise
         # Counted and reported only once they are in the file: a failed step repeats.
         down.counters.add_many("accepted", accepted)
-        for tenant, refusal in too_large:
-            down.too_large(tenant, refusal)
+        for tenant, error, too_large in chunk.refused:
+            if too_large:
+                down.too_large(tenant, error)
+            else:
+                log.error(
+                    "tenant %s: event kept as a dead letter: %s",
+                    shown(tenant),
+                    error,
+                    extra={"tenant": tenant, "reason": "unreadable_record"},
+                )
+                down.buried(tenant, error)
         self.ingested += n
         down.backpressure.notify()
-        if records:
-            tenants = list({r[0]: None for r in records})
-            # A message is about twice its record: the email goes in twice, plus context.
-            dispatcher.notify_put(tenants, 2 * nbytes / n)
+        tenants = [*map(TENANT_OF, chunk.messages), *(r[0] for r in chunk.records)]
+        if tenants:
+            dispatcher.notify_put(list(dict.fromkeys(tenants)), chunk.message_size)
+
+    def _as_messages(self, taken: list[_Write], unkept: frozenset[str]) -> _Chunk:
+        """The records of ``taken`` as their messages (mapped from the fields held, or
+        read back from the frames), or dead letters (with the reason) when they cannot
+        be: over 32 KB, a damaged frame, or a value no check foresaw. Those of the
+        ``unkept`` tenants (paused, or retried: their backlog builds up) as the journal
+        records they are (see :meth:`_as_records`): a tenant's all go one way, in order."""
+        naming = self.naming
+        chunk = _Chunk()
+        messages = chunk.messages
+        for write in taken:
+            if unkept and any(tenant in unkept for tenant, _ in write.meta):
+                for (tenant, kind), payload in zip(write.meta, unframe(write.data), strict=True):
+                    if tenant in unkept:
+                        self._add_record(chunk, tenant, kind, payload)
+                        continue
+                    try:
+                        messages.append(self.decode(payload))
+                    except InvalidEvent as exc:
+                        chunk.refuse(tenant, kind, bytes(payload), exc)
+                continue
+            if write.accepted is None:  # frames only: read back
+                for (tenant, kind), payload in zip(write.meta, unframe(write.data), strict=True):
+                    try:
+                        messages.append(self.decode(payload))
+                    except InvalidEvent as exc:
+                        chunk.refuse(tenant, kind, bytes(payload), exc)
+                continue
+            for index, (fields, tenant, now) in enumerate(write.accepted):
+                try:
+                    messages.append(encode_fields(fields, tenant, naming, now))
+                except Exception as exc:
+                    error = exc if isinstance(exc, InvalidEvent) else unencodable(exc)
+                    record = bytes(list(unframe(write.data))[index])
+                    chunk.refuse(tenant, write.meta[index][1], record, error)
+        message_bytes = sum(map(len, map(BODY_OF, messages)))
+        record_bytes = sum(len(body) for _, _, body in chunk.records)
+        chunk.nbytes = message_bytes + record_bytes
+        # A message is about twice its record: the email goes in twice, plus context.
+        n = len(messages) + len(chunk.records)
+        chunk.message_size = (message_bytes + 2 * record_bytes) / n if n else 0.0
+        return chunk
+
+    def _as_records(self, taken: list[_Write]) -> _Chunk:
+        """The records of ``taken`` as the journal records they are, encoded when leased:
+        a process of the previous release sharing the file refuses the identify of a
+        profile update then (a dead letter there), where it would send a message as it
+        is. Records over 8 KB are checked now: over 32 KB as a message, a dead letter."""
+        chunk = _Chunk()
+        records = chunk.records
+        nbytes = 0
+        for data, meta, _, _, _ in taken:
+            nbytes += len(data)
+            for (tenant, kind), payload in zip(meta, unframe(data), strict=True):
+                self._add_record(chunk, tenant, kind, payload)
+        chunk.nbytes = nbytes
+        # A message is about twice its record: the email goes in twice, plus context.
+        chunk.message_size = 2 * nbytes / len(records) if records else 0.0
+        return chunk
+
+    def _add_record(
+        self, chunk: _Chunk, tenant: str, kind: str, payload: bytes | memoryview
+    ) -> None:
+        """The journal record ``payload`` into ``chunk`` as it is, but one over 8 KB whose
+        message would be over 32 KB: a dead letter, reported ``too_large`` (as before)."""
+        if len(payload) > _CHECK_SIZE_ABOVE:  # small records always fit in 32 KB
+            try:
+                self.decode(payload)
+            except InvalidEvent as exc:
+                chunk.refused.append((tenant, exc, True))
+                chunk.dead.append(
+                    DeadMessage(tenant, "", kind, bytes(payload), f"too_large: {exc}")
+                )
+                return
+        chunk.records.append((tenant, kind, payload))
 
     def _ingest(
         self,
-        records: list[JournalRecord],
+        chunk: _Chunk,
         marks: list[Mark],
-        dead: list[DeadMessage],
         stopping: Callable[[], bool],
         dispatcher: Dispatcher,
     ) -> None:
-        """Move journaled records into the file; on a database error (disk full...) keep
-        trying: meanwhile ``emit`` fills ``max_pending`` and then ``on_full`` applies."""
+        """Move the messages of journaled records into the file; on a database error (disk
+        full...) keep trying: meanwhile ``emit`` fills ``max_pending`` and then ``on_full``
+        applies."""
         while True:
             pressure = self.downstream.backpressure
             try:
-                self.spool.put_many((), marks, dead, records)
+                self.spool.put_many(chunk.messages, marks, chunk.dead, chunk.records, keep=True)
                 pressure.ingest_failing = False
                 return
             except SpoolError as exc:
@@ -209,8 +348,8 @@ class JournalIntake:
 
     def queued(self) -> dict[str, int]:
         queued = {} if self.closed else dict(self.spool.stats().per_tenant)
-        for _, meta, _ in list(self.inbox):
-            for tenant, _ in meta:
+        for write in list(self.inbox):
+            for tenant, _ in write.meta:
                 queued[tenant] = queued.get(tenant, 0) + 1
         return queued
 

@@ -26,8 +26,8 @@ import operator
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Container, Iterable, Sequence
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -85,6 +85,14 @@ _KINDS: dict[str, EventKind | str] = {k.value: k for k in EventKind}
 #: Turns a journal payload back into its message (raises SelligentSegmentError if it can't).
 Decoder = Callable[[bytes], EncodedMessage]
 
+#: Bytes of message bodies a process may keep in memory as well as in the file, leased to
+#: itself from the moment they are written (``put_many(..., keep=True)``): its senders
+#: lease them with no statement (no read of the queue, no ``UPDATE`` of the rows). About
+#: eight requests of 500 KB; what comes beyond it goes into the file free, as before.
+KEEP_BYTES = 4 * 1024 * 1024
+#: The largest row id: SQLite gives a new row the largest id plus one until then.
+_MAX_ROWID = 2**63 - 1
+
 
 @attrs.define
 class _Pick:
@@ -96,6 +104,7 @@ class _Pick:
     rowids: dict[int, int] = attrs.Factory(dict)  # id(message) -> row id
     fresh: list[int] = attrs.Factory(list)  # row ids taken from the file's free rows
     back: list[int] = attrs.Factory(list)  # row ids taken back from Unwritten.freed
+    kept: list[int] = attrs.Factory(list)  # row ids taken from the rows kept at put_many
     seen: int = 0
     dead: dict[int, DeadMessage] = attrs.Factory(dict)
     errors: list[SelligentSegmentError] = attrs.Factory(list)  # why each was buried
@@ -109,11 +118,13 @@ def _pick_rows(
     max_bytes: int,
     decoder: Decoder,
     freed: dict[int, EncodedMessage] | None = None,
+    kept: Container[int] = (),
 ) -> _Pick:
     """What a lease takes of ``entries`` (row id, message id, kind, body; ``read`` of them
     read from the file), row by row: journal records decoded (or buried), messages taken
     while ``max_messages`` and ``max_bytes`` allow (one at least); the rows of ``freed``
-    taken back."""
+    taken back, those of ``kept`` (leased to this process since they were put) taken as
+    they are."""
     pick = _Pick(read)
     size = 0
     for rowid, message_id, kind, body in entries:
@@ -135,9 +146,31 @@ def _pick_rows(
         size += cost
         if freed and rowid in freed:
             pick.back.append(rowid)
+        elif rowid in kept:
+            pick.kept.append(rowid)
         else:
             pick.fresh.append(rowid)
             pick.seen += 1
+    return pick
+
+
+def _pick_kept(
+    kept: Sequence[tuple[int, EncodedMessage]], max_messages: int, max_bytes: int
+) -> _Pick:
+    """:func:`_pick_rows` for rows all kept in memory since they were put (none read from
+    the file, none freed), without building their messages again. Equal to it on the same
+    rows (tested)."""
+    pick = _Pick(0)
+    taken, rowids = pick.taken, pick.rowids
+    size = 0
+    for rowid, message in kept:
+        cost = len(message.body) + 1
+        if taken and (size + cost > max_bytes or len(taken) >= max_messages):
+            break
+        taken.append(message)
+        rowids[id(message)] = rowid
+        size += cost
+    pick.kept = list(rowids.values())
     return pick
 
 
@@ -207,6 +240,7 @@ class SqliteSpool(ForkSafe):
         decoder: Decoder,
         fsync: bool = False,
         on_buried: OnBuried | None = None,
+        defer_acks: Callable[[], bool] | None = None,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < _MIN_BYTES:
             raise ConfigurationError("max_spool_bytes", f"must be an int of at least {_MIN_BYTES}")
@@ -214,6 +248,7 @@ class SqliteSpool(ForkSafe):
         self.max_bytes = max_bytes
         self._decoder = decoder
         self._on_buried = on_buried
+        self._defer_acks = defer_acks
         self._db = open_db(path, fsync=fsync)
         self._lock = threading.Lock()
         self._guard_over_fork()
@@ -233,6 +268,15 @@ class SqliteSpool(ForkSafe):
         self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
         self._recovery = Recovery(self._db, self._lock, self._dir, self.owner)
         self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
+        # Rows put with keep=True and not leased yet, per tenant in row order: leased to
+        # this process in the file since they were written (see KEEP_BYTES).
+        self._kept: dict[str, deque[tuple[int, EncodedMessage]]] = {}
+        self._kept_bytes = 0
+        self._keeping = True  # False from a release (a retry) to the next acknowledgement
+        self._kept_full = False  # KEEP_BYTES reached: True until half of it is leased
+        # Tenants not kept: released (a retry) since their last acknowledgement, or paused.
+        self._unkept: set[str] = set()
+        self._paused: set[str] = set()  # marked paused by this process (mark_paused)
         try:
             self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             self._used = self._measure()
@@ -262,6 +306,7 @@ class SqliteSpool(ForkSafe):
         if self._used + nbytes <= self.max_bytes:
             return True
         with self._lock:  # acknowledged batches may have freed pages since
+            self._write_pending()  # acknowledgements not written yet among them
             self._used = self._measure()
         return self._used + nbytes <= self.max_bytes
 
@@ -272,10 +317,18 @@ class SqliteSpool(ForkSafe):
         marks: Sequence[Mark] = (),
         dead: Sequence[DeadMessage] = (),
         records: Sequence[JournalRecord] = (),
+        *,
+        keep: bool = False,
     ) -> None:
         """In one transaction: insert ``messages`` (encoded) and ``records`` (journal
         records, encoded when leased), keep ``dead`` as dead letters, and record how far
-        each journal of ``marks`` is ingested."""
+        each journal of ``marks`` is ingested.
+
+        With ``keep`` (``messages`` distinct objects), the first of ``messages`` that fit
+        under :data:`KEEP_BYTES` are written leased to this process and kept in memory
+        too: the next leases take them from there, in row order with the file's free
+        rows, without a statement. Until leased they count as queued, not as leased; a
+        process that dies or closes frees them in the file like any lease."""
         now = time.time()
         # A retired journal ingested to its end needs no offset any more: it goes.
         finished = [name for name, off in marks if self._journal.finished(name, off)]
@@ -288,9 +341,19 @@ class SqliteSpool(ForkSafe):
         ]
         going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
+            self._write_pending()  # acknowledgements left for this write, first
+            kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
+            first = 0
             with transaction(self._db) as db:
-                if messages:
-                    insert_messages(db, messages, now)
+                if kept:
+                    (last,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+                    if last + len(kept) > _MAX_ROWID:  # ids no longer the largest plus one
+                        kept, free = [], messages
+                    else:
+                        first = int(last) + 1
+                        insert_messages(db, kept, now, first=first, owner=self.owner)
+                if free:
+                    insert_messages(db, free, now)
                 if records:
                     rows = [(tenant, kind, body, now) for tenant, kind, body in records]
                     insert_in_parts(db, insert_records_sql, rows)
@@ -307,13 +370,108 @@ class SqliteSpool(ForkSafe):
                 self._ingested.pop(name, None)
             with contextlib.suppress(sqlite3.Error):
                 self._used = self._measure()
-            counts = Counter(map(TENANT_OF, messages))
+            if kept:
+                self._keep(kept, first)
+            if full:
+                self._kept_full = True
+            counts = Counter(map(TENANT_OF, free))
             counts.update(r[0] for r in records)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
         for name in finished:
             with contextlib.suppress(OSError):  # upkeep deletes a finished journal later
                 self._journal.delete(name)
+
+    def keeping(self) -> bool:
+        """True while ``put_many(keep=True)`` would keep messages: :data:`KEEP_BYTES` not
+        reached (or half of it leased since), and no batch released for a retry since the
+        last acknowledgement (this process's senders take what comes as it comes)."""
+        return self._keeping and not self._kept_full
+
+    def unkept(self) -> frozenset[str]:
+        """The tenants whose rows are not kept now: paused, or retried since their last
+        acknowledgement (another process may send them meanwhile)."""
+        return frozenset(self._unkept)
+
+    def _to_keep(
+        self, messages: Sequence[EncodedMessage]
+    ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], bool]:
+        """``messages`` split into those to keep and the others, each in order, and
+        whether :data:`KEEP_BYTES` cut them short. Kept: the first that fit, but those of
+        tenants released or paused since their last acknowledgement (another process may
+        send them meanwhile). None while this process holds rows in memory only (the
+        file could not be written: their ids may come back, see ``Unwritten.stamps``)."""
+        unwritten = self._unwritten
+        if (
+            not self.keeping()
+            or unwritten.held
+            or unwritten.stamps
+            or unwritten.failing
+            or len({id(m) for m in messages}) != len(messages)
+        ):
+            return [], messages, False
+        room = KEEP_BYTES - self._kept_bytes
+        unkept = self._unkept
+        kept: list[EncodedMessage] = []
+        free: list[EncodedMessage] = []
+        full = False
+        for message in messages:
+            if full or message.tenant in unkept:
+                free.append(message)
+            elif len(message.body) > room:
+                full = True
+                free.append(message)
+            else:
+                room -= len(message.body)
+                kept.append(message)
+        return kept, free, full
+
+    def _write_pending(self) -> None:
+        """Write what ``_unwritten`` keeps, if anything; a failure is kept there and
+        reported (rarely), never raised: the write that follows goes on."""
+        if self._unwritten.pending():
+            try:
+                self._write_unwritten()
+            except sqlite3.Error as exc:  # not operational (a trigger, damage): kept
+                self._unwritten.failed(exc)
+
+    def _keep(self, messages: Sequence[EncodedMessage], first: int) -> None:
+        """Keep ``messages``, just written leased to this process from row id ``first`` on."""
+        kept = self._kept
+        for rowid, message in enumerate(messages, first):
+            rows = kept.get(message.tenant)
+            if rows is None:
+                rows = kept[message.tenant] = deque()
+            rows.append((rowid, message))
+        self._kept_bytes += sum(len(m.body) for m in messages)
+
+    def _free_kept(self, tenant: str) -> None:
+        """``tenant``'s kept rows back to the file's queue at their place, free for any
+        process (written with the next write), and none kept until its next
+        acknowledgement."""
+        self._unkept.add(tenant)
+        rows = self._kept.pop(tenant, None)
+        if rows:
+            self._unwritten.freed.setdefault(tenant, {}).update(rows)
+            self._kept_bytes -= sum(len(message.body) for _, message in rows)
+            self._drained()
+
+    def _drained(self) -> None:
+        """Keep again once half of :data:`KEEP_BYTES` was leased (or freed)."""
+        if self._kept_full and self._kept_bytes <= KEEP_BYTES // 2:
+            self._kept_full = False
+
+    def _let_go_kept(self, tenant: str, rowids: list[int]) -> None:
+        """Forget the kept rows ``rowids`` of ``tenant``, just leased (the first kept)."""
+        rows = self._kept[tenant]
+        for rowid in rowids:
+            kept_id, message = rows.popleft()
+            if kept_id != rowid:  # pragma: no cover - a lease takes the first kept rows
+                raise AssertionError(f"kept row {kept_id} leased out of order ({rowid})")
+            self._kept_bytes -= len(message.body)
+        if not rows:
+            del self._kept[tenant]
+        self._drained()
 
     def _measure(self) -> int:
         (used,) = self._db.execute(
@@ -341,6 +499,15 @@ class SqliteSpool(ForkSafe):
         self, tenant: str, max_messages: int, max_bytes: int, buried: list[SelligentSegmentError]
     ) -> Lease | None:
         with self._lock:
+            kept = self._kept.get(tenant)
+            if kept and not self._backlog.get(tenant) and not self._unwritten.freed.get(tenant):
+                # No free row of the tenant in the file, as far as this process knows
+                # (another process's are noticed at upkeep): the kept rows, no statement.
+                taken = _pick_kept(kept, max_messages, max_bytes)
+                self._let_go_kept(tenant, taken.kept)
+                lease = Lease(tenant, tuple(taken.taken))
+                self._leases[lease.id] = taken.rowids
+                return lease
             pick: _Pick | None = None
             if not self._unwritten.pending() or self._write_unwritten():
                 try:
@@ -359,6 +526,8 @@ class SqliteSpool(ForkSafe):
                         (ids([*pick.fresh, *pick.dead]),),
                     ).fetchall()
                 self._unwritten.hold(tenant, pick.fresh, pick.back, pick.dead, dict(stamps))
+            if pick.kept:
+                self._let_go_kept(tenant, pick.kept)
             for d in pick.dead.values():
                 log.error(
                     "tenant %s: event kept as a dead letter: %s",
@@ -386,7 +555,11 @@ class SqliteSpool(ForkSafe):
         unwritten = self._unwritten
         columns = head_columns(db, tenant, max_messages, unwritten.hidden(tenant))
         freed = unwritten.freed.get(tenant)
-        if not freed and "" not in columns[1]:  # encoded messages only: column by column
+        kept = self._kept.get(tenant)
+        if kept:
+            if not freed and not columns[0]:  # none free in the file: from memory only
+                return _pick_kept(kept, max_messages, max_bytes)
+        elif not freed and "" not in columns[1]:  # encoded messages only: column by column
             return _pick_messages(tenant, columns, max_messages, max_bytes)
         rowids, message_ids, kinds, sizes, bodies = columns
         rows: list[tuple[int, str, str, bytes]] = []
@@ -397,8 +570,16 @@ class SqliteSpool(ForkSafe):
         entries: Iterable[tuple[int, str, str, bytes]] = rows
         if freed:
             back = sorted((r, m.message_id, kind_of(m.kind), m.body) for r, m in freed.items())
-            entries = heapq.merge(back, rows)
-        return _pick_rows(tenant, entries, len(rows), max_messages, max_bytes, self._decoder, freed)
+            entries = heapq.merge(back, entries)
+        mine: dict[int, None] = {}
+        if kept:  # in row order already; a lease takes max_messages at most
+            first = list(itertools.islice(kept, max_messages))
+            mine = dict.fromkeys(r for r, _ in first)
+            ours = ((r, m.message_id, kind_of(m.kind), m.body) for r, m in first)
+            entries = heapq.merge(ours, entries)
+        return _pick_rows(
+            tenant, entries, len(rows), max_messages, max_bytes, self._decoder, freed, mine
+        )
 
     def _mark_leased(self, db: sqlite3.Connection, pick: _Pick) -> None:
         """Write ``pick``: its rows leased by this process, its dead records buried."""
@@ -434,22 +615,38 @@ class SqliteSpool(ForkSafe):
     @_named_errors
     def ack(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
         """Delete ``messages``: Segment accepted them. Also clears the tenant's ``paused``
-        mark in the file, whoever set it: its key works again."""
+        mark in the file, whoever set it: its key works again.
+
+        While ``defer_acks()`` says a write of this process comes soon (the encoder has
+        records to move in), the deletion waits for it (or for upkeep, within a second):
+        a sender then never waits on the file, nor lets go of the GIL for it, between two
+        requests. For this process the messages are gone at once; a process killed
+        before the write sends them again (same messageId)."""
         with self._lock:
             rowids = self._take(lease, messages)
             self._unwritten.settled(lease.tenant, rowids)
             self._unwritten.paused[lease.tenant] = None
-            self._write_unwritten()
+            self._keeping = True
+            if lease.tenant not in self._paused:  # a late answer of a paused tenant's
+                self._unkept.discard(lease.tenant)
+            if self._defer_acks is None or not self._defer_acks():
+                self._write_unwritten()
 
     @_named_errors
     def release(self, lease: Lease, messages: Sequence[EncodedMessage]) -> None:
-        """Free ``messages`` for a later lease, back at the head of the queue in order."""
+        """Free ``messages`` for a later lease, back at the head of the queue in order.
+        The tenant's rows kept since they were put go back to the file's queue too (for
+        any process), and none of its rows is kept until its next acknowledgement; the
+        encoder moves records in as they are until a batch is acknowledged (see
+        :meth:`keeping`: an outage costs no encoding)."""
         with self._lock:
             rowids = self._take(lease, messages)
             tenant = lease.tenant
             in_memory = self._unwritten.release(tenant, messages, rowids)
             if in_memory:  # leased in memory only: the file shows them free already
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + in_memory
+            self._keeping = False
+            self._free_kept(tenant)
             self._write_unwritten()
 
     @_named_errors
@@ -485,14 +682,17 @@ class SqliteSpool(ForkSafe):
     def backlog(self, tenant: str) -> int:
         """Messages of ``tenant`` this process may lease next (an estimate)."""
         freed = self._unwritten.freed.get(tenant)
-        return self._backlog.get(tenant, 0) + (len(freed) if freed else 0)
+        kept = self._kept.get(tenant)
+        return (
+            self._backlog.get(tenant, 0) + (len(freed) if freed else 0) + (len(kept) if kept else 0)
+        )
 
     def tenants(self) -> list[str]:
         """Tenants with messages this process may lease next."""
         with self._lock:
             names = [t for t, n in self._backlog.items() if n > 0]
-            if self._unwritten.freed:
-                names = list(dict.fromkeys([*names, *self._unwritten.freed]))
+            if self._unwritten.freed or self._kept:
+                names = list(dict.fromkeys([*names, *self._unwritten.freed, *self._kept]))
             return names
 
     @_named_errors
@@ -516,9 +716,13 @@ class SqliteSpool(ForkSafe):
                 ).fetchone()
                 counts = self._unwritten.counted(counts)
                 used = self._measure()
+                kept = {tenant: len(rows) for tenant, rows in self._kept.items()}
         except sqlite3.Error as exc:
             raise spool_error(self.path, exc) from None
         rows: dict[str, list[int]] = orjson.loads(counts)
+        for tenant, n in kept.items():  # leased in the file, queued here
+            if tenant in rows:
+                rows[tenant][1] -= n
         per_tenant = {tenant: n for tenant, (n, _) in rows.items()}
         return SpoolStats(
             sum(per_tenant.values()), used, sum(leased for _, leased in rows.values()), per_tenant
@@ -530,6 +734,12 @@ class SqliteSpool(ForkSafe):
         written later when the file cannot be written now."""
         with self._lock:
             self._unwritten.paused[tenant] = None if reason is None else (reason, time.time())
+            if reason is None:
+                self._paused.discard(tenant)
+                self._unkept.discard(tenant)
+            else:  # another process, with a key that works, may send them meanwhile
+                self._paused.add(tenant)
+                self._free_kept(tenant)
             self._write_unwritten()
 
     def note_error(self, tenant: str, text: str, at: float, status: int | None) -> None:
@@ -621,6 +831,8 @@ class SqliteSpool(ForkSafe):
         self._closed = True
         try:
             with self._lock:
+                self._kept.clear()  # freed in the file below: no lease may take them now
+                self._kept_bytes = 0
                 self._unwritten.write_last(self._backlog)
             self._recovery.free_leases(self.owner)
             self._leases.clear()

@@ -33,6 +33,7 @@ __all__ = [
     "insert_in_parts",
     "insert_messages",
     "insert_messages_sql",
+    "insert_owned_sql",
     "insert_records_sql",
     "kind_of",
     "parts",
@@ -154,14 +155,39 @@ def insert_messages_sql(rows: int) -> str:
     return sql + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
 
 
-def insert_messages(db: sqlite3.Connection, messages: Sequence[EncodedMessage], now: float) -> None:
+@functools.lru_cache(maxsize=_SIZES)
+def insert_owned_sql(rows: int) -> str:
+    """``INSERT`` of ``rows`` encoded messages leased from the start: per row, the row id,
+    tenant, message id, kind, body, acceptance time and owner."""
+    sql = "INSERT INTO messages (id, tenant, message_id, kind, body, accepted_at, owner) VALUES "
+    return sql + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+
+
+def insert_messages(
+    db: sqlite3.Connection,
+    messages: Sequence[EncodedMessage],
+    now: float,
+    *,
+    first: int | None = None,
+    owner: str | None = None,
+) -> None:
     """Queue ``messages`` (encoded), accepted at ``now``, in their order (many rows to a
-    statement, as journal records: see ``_ROWS_PER_INSERT``)."""
+    statement, as journal records: see ``_ROWS_PER_INSERT``). With ``first`` and ``owner``
+    they take the row ids from ``first`` on (free ones: the caller knows) and are leased
+    to ``owner`` from the start."""
+    kinds = [m.kind if type(m.kind) is str else kind_of(m.kind) for m in messages]
+    if owner is None or first is None:
+        rows: list[tuple[object, ...]] = [
+            (m.tenant, m.message_id, kind, m.body, now)
+            for m, kind in zip(messages, kinds, strict=True)
+        ]
+        insert_in_parts(db, insert_messages_sql, rows)
+        return
     rows = [
-        (m.tenant, m.message_id, m.kind if type(m.kind) is str else kind_of(m.kind), m.body, now)
-        for m in messages
+        (rowid, m.tenant, m.message_id, kind, m.body, now, owner)
+        for rowid, m, kind in zip(itertools.count(first), messages, kinds, strict=False)
     ]
-    insert_in_parts(db, insert_messages_sql, rows)
+    insert_in_parts(db, insert_owned_sql, rows)
 
 
 def insert_dead(db: sqlite3.Connection, dead: Sequence[DeadMessage], now: float) -> None:

@@ -2,12 +2,16 @@
 writing it failed (the disk is full, or another connection held the file locked past the
 busy timeout), and writing it later.
 
+It also keeps the acknowledgements the spool defers on purpose (``SqliteSpool.ack`` while
+the encoder has records to move in), until the encoder's next insert, upkeep or close.
+
 Guarantee: for this process what :class:`Unwritten` keeps is the truth at once (leasing,
-counting, ``empty``); every later write of the spool writes it first, all of it in one
-transaction or none of it; a row is settled only if it is still the row this process
-leased (same id *and* acceptance time). While writes fail, a statement waits at most
-``BUSY_TIMEOUT_WHILE_FAILING`` for a lock, and the ERROR line saying so repeats at most
-every ``_LOG_EVERY`` seconds. The caller holds the spool's lock around every method.
+counting, ``empty``); every later write of the spool but an acknowledgement it defers
+writes it first, all of it in one transaction or none of it; a row is settled only if it
+is still the row this process leased (same id *and* acceptance time). While writes fail,
+a statement waits at most ``BUSY_TIMEOUT_WHILE_FAILING`` for a lock, and the ERROR line
+saying so repeats at most every ``_LOG_EVERY`` seconds. The caller holds the spool's lock
+around every method.
 """
 
 from __future__ import annotations
