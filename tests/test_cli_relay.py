@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from selligent_segment import Emitter
+from selligent_segment.cli import _relay
 from selligent_segment.cli._main import main
 from selligent_segment.cli._relay import relay_line
 from selligent_segment.testing import LocalSegment
@@ -39,6 +40,21 @@ def test_a_spool_file_or_a_bad_interval_is_a_usage_error(
     for interval in ("0", "nan", "inf", "1e10"):  # inf and 1e10 once crashed the wait
         assert main(["relay", "--spool", url, "--write-key", "k", "--interval", interval]) == 2
         assert "--interval: must be above 0 and at most" in capsys.readouterr().err
+
+
+def test_a_sigterm_while_the_relay_starts_stops_it_with_status_0(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A relay stopped as it starts (a deploy right after a start) stops as documented:
+    # status 0, not the 143 of a command cut off; main()'s own SIGTERM handler runs.
+    def starting(*args: object) -> Emitter:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while connecting, say
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(_relay, "emitter_from_args", starting)
+    url = "postgresql://u@127.0.0.1:1/x"
+    assert main(["relay", "--spool", url, "--write-key", "k"]) == 0
+    assert "relay: stopped before it started" in capsys.readouterr().err
 
 
 def test_an_unreachable_database_is_a_usage_error_without_the_password(

@@ -86,11 +86,14 @@ def _run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         err(f"{PROG} relay: {exc}")
         return EXIT_USAGE
-    err(f"{PROG} relay: delivering from {redact(args.spool)}; stop with SIGTERM or Ctrl-C")
-    stopped = threading.Event()
-    last = emitter.stats().delivered
-    since = time.monotonic()
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C while starting: it has taken nothing
+        err(f"{PROG} relay: stopped before it started")
+        return EXIT_OK
     try:
+        err(f"{PROG} relay: delivering from {redact(args.spool)}; stop with SIGTERM or Ctrl-C")
+        stopped = threading.Event()
+        last = emitter.stats().delivered
+        since = time.monotonic()
         while not stopped.wait(args.interval):  # only a signal ends the wait early
             stats = emitter.stats()
             now = time.monotonic()
