@@ -366,13 +366,25 @@ def test_an_old_snapshot_holds_back_only_the_partitions_it_may_name(
         conn.execute("SELECT count(*) FROM pg_class").fetchone()
         return conn
 
+    def close(conn: psycopg.Connection[Any]) -> None:
+        """Close ``conn`` and wait until its backend is gone: the server ends a closed
+        connection's transaction, and lets go of its snapshot, a moment later."""
+        pid = conn.info.backend_pid
+        conn.close()
+        deadline = time.monotonic() + 10
+        while spool._with(
+            lambda c: c.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        ):
+            assert time.monotonic() < deadline, "the closed connection's backend stayed"
+            time.sleep(0.01)
+
     first = snapshot()
     assert [spool.rotate(force=True) for _ in range(2)] == [0, 0]  # first may name 1 or 2
     second = snapshot()  # after messages_1 and messages_2 were retired
-    first.close()
+    close(first)
     assert spool.rotate(force=True) == 2  # 1 and 2; not 3, which second may name
     assert partitions() == ["messages_3", "messages_4"]
-    second.close()
+    close(second)
     assert spool.rotate(force=True) == 2
     assert partitions() == ["messages_5"]
 
