@@ -243,18 +243,12 @@ class JournalIntake:
         chunk = _Chunk()
         messages = chunk.messages
         for write in taken:
-            if unkept and any(tenant in unkept for tenant, _ in write.meta):
+            # Frames only (read back), or a write with an unkept tenant's records.
+            if write.accepted is None or (unkept and any(t in unkept for t, _ in write.meta)):
                 for (tenant, kind), payload in zip(write.meta, unframe(write.data), strict=True):
                     if tenant in unkept:
                         self._add_record(chunk, tenant, kind, payload)
                         continue
-                    try:
-                        messages.append(self.decode(payload))
-                    except InvalidEvent as exc:
-                        chunk.refuse(tenant, kind, bytes(payload), exc)
-                continue
-            if write.accepted is None:  # frames only: read back
-                for (tenant, kind), payload in zip(write.meta, unframe(write.data), strict=True):
                     try:
                         messages.append(self.decode(payload))
                     except InvalidEvent as exc:
