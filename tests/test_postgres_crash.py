@@ -63,6 +63,16 @@ class _Emitting:
 
 
 def _relay(url: str, endpoint: str, keys: Path) -> subprocess.Popen[bytes]:
+    """A relay process, once it has started (its first line said so): a SIGTERM before
+    Python has even set up its handlers would kill it, not stop it."""
+    relay = _start_relay(url, endpoint, keys)
+    assert relay.stderr is not None
+    while b"relay: delivering from" not in (line := relay.stderr.readline()):
+        assert line, f"the relay did not start (status {relay.wait()})"
+    return relay
+
+
+def _start_relay(url: str, endpoint: str, keys: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
