@@ -206,10 +206,22 @@ def test_a_spool_at_its_cap_writes_deferred_acknowledgements_to_make_room(
         spool.close()
 
 
+# The three ways a record reaches the file: mapped from the fields still in memory, read
+# back from its journal frame, or moved in as the journal record it is (decoded at lease).
+INGEST_PATHS = ["fields", "frames", "records"]
+
+
+@pytest.mark.parametrize("path_taken", INGEST_PATHS)
 def test_a_record_that_cannot_become_its_message_is_a_dead_letter_and_costs_no_other(
-    tmp_path: Path, server: LocalSegment, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, server: LocalSegment, monkeypatch: pytest.MonkeyPatch, path_taken: str
 ) -> None:
+    """Whichever way the record goes, the same dead letter, report and counts: those of
+    the plain path (the journal record decoded, as at lease or after a restart)."""
     real = _journal.encode_fields
+    if path_taken == "frames":  # no fields held: every record read back from its frame
+        monkeypatch.setattr(_journal, "FIELDS_HELD", 0)
+    elif path_taken == "records":  # nothing kept: records go in as they are
+        monkeypatch.setattr(SqliteSpool, "keeping", lambda self: False)
 
     def encode(fields: dict[str, Any], *args: Any) -> EncodedMessage:
         if fields.get("event_id") == "ev-bad":
@@ -235,7 +247,8 @@ def test_a_record_that_cannot_become_its_message_is_a_dead_letter_and_costs_no_o
     assert len(dead) == 1
     tenant, body, reason = dead[0]
     assert tenant == "acme"
-    assert reason == "record: cannot be written as JSON (TypeError)"
+    assert reason == "record: unreadable journal record"
+    assert [f.detail for f in failures] == [reason]
     assert orjson.loads(body)[2]["event_id"] == "ev-bad"  # the record, kept
 
 

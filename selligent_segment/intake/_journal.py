@@ -26,7 +26,6 @@ from selligent_segment._mapping import (
     EncodedMessage,
     TooLarge,
     encode_fields,
-    unencodable,
 )
 from selligent_segment._naming import EventNaming
 from selligent_segment._record import PROFILE_UPDATE, journal_form, revive
@@ -257,10 +256,14 @@ class JournalIntake:
             for index, (fields, tenant, now) in enumerate(write.accepted):
                 try:
                     messages.append(encode_fields(fields, tenant, naming, now))
-                except Exception as exc:
-                    error = exc if isinstance(exc, InvalidEvent) else unencodable(exc)
+                except Exception:
+                    # What the plain path makes of the record, error text included: its
+                    # frame decoded, as at lease or after a restart.
                     record = bytes(list(unframe(write.data))[index])
-                    chunk.refuse(tenant, write.meta[index][1], record, error)
+                    try:
+                        messages.append(self.decode(record))
+                    except InvalidEvent as exc:
+                        chunk.refuse(tenant, write.meta[index][1], record, exc)
         message_bytes = sum(map(len, map(BODY_OF, messages)))
         record_bytes = sum(len(body) for _, _, body in chunk.records)
         chunk.nbytes = message_bytes + record_bytes
