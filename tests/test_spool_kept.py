@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_documented_promises import wait_until
 
-from selligent_segment import DeliveryFailure, EncodedMessage, InvalidEvent
+from selligent_segment import DeliveryFailure, EncodedMessage, InvalidEvent, SpoolError
 from selligent_segment.intake import _journal
 from selligent_segment.spool import _sqlite
 from selligent_segment.spool._protocol import Lease
@@ -417,6 +417,59 @@ def test_a_write_of_deferred_acknowledgements_that_fails_for_good_does_not_stop_
         spool.put_many([_message(1)], keep=True)  # goes in all the same
         assert [mid for mid, _ in _rows(path)] == ["m00000", "m00001"]
         assert spool.stats().messages == 1  # m00000 is gone for this process
+    finally:
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER IF EXISTS refuse")
+        spool.close()
+
+
+def test_deferred_acknowledgements_go_in_the_same_commit_as_the_next_insert(
+    tmp_path: Path,
+) -> None:
+    """One commit (one fsync with ``fsync=True``) per encoder step, not two."""
+    path = tmp_path / "s.db"
+    spool = _spool(path, defer_acks=lambda: True)
+    statements: list[str] = []
+    try:
+        spool.put_many([_message(0), _message(1)], keep=True)
+        lease = _leased(spool, 10)
+        spool.ack(lease, lease.messages)  # deferred
+        spool._db.set_trace_callback(statements.append)
+        spool.put_many([_message(2)], keep=True)
+        spool._db.set_trace_callback(None)
+        assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
+        assert [mid for mid, _ in _rows(path)] == ["m00002"]
+        assert _ids(_leased(spool, 10)) == ["m00002"]
+    finally:
+        spool.close()
+
+
+def test_an_insert_that_fails_still_lets_the_deferred_acknowledgements_be_written(
+    tmp_path: Path,
+) -> None:
+    """They were written first, by themselves, before: they still are when the insert
+    beside them fails (and the put raises, for the encoder to try again)."""
+    path = tmp_path / "s.db"
+    spool = _spool(path, defer_acks=lambda: True)
+    try:
+        spool.put_many([_message(0)], keep=True)
+        lease = _leased(spool, 10)
+        spool.ack(lease, lease.messages)  # deferred
+        with sqlite3.connect(path) as db:  # every insert now fails
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON messages "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        with pytest.raises(SpoolError):
+            spool.put_many([_message(1)], keep=True)
+        assert _rows(path) == []  # m00000 deleted all the same
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER refuse")
+        spool.put_many([_message(1)], keep=True)  # the encoder's next try
+        assert _ids(_leased(spool, 10)) == ["m00001"]
     finally:
         with sqlite3.connect(path) as db:
             db.execute("DROP TRIGGER IF EXISTS refuse")

@@ -341,29 +341,32 @@ class SqliteSpool(ForkSafe):
         ]
         going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
-            self._write_pending()  # acknowledgements left for this write, first
-            kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
-            first = 0
-            with transaction(self._db) as db:
-                if kept:
-                    (last,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
-                    if last + len(kept) > _MAX_ROWID:  # ids no longer the largest plus one
-                        kept, free = [], messages
-                    else:
-                        first = int(last) + 1
-                        insert_messages(db, kept, now, first=first, owner=self.owner)
-                if free:
-                    insert_messages(db, free, now)
-                if records:
-                    rows = [(tenant, kind, body, now) for tenant, kind, body in records]
-                    insert_in_parts(db, insert_records_sql, rows)
-                insert_dead(db, dead, now)
-                db.executemany(
-                    "INSERT INTO journals (name, offset) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset",
-                    going,
-                )
-                db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
+            written = self._unwritten.pending()
+            if written:
+                # What this process settled and has not written yet goes first, in the
+                # same transaction (one commit, one fsync with ``fsync=True``). Should
+                # that fail, all is rolled back and done as two writes instead: the
+                # settled by themselves, a failure kept and reported, then the rest.
+                try:
+                    kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
+                    with transaction(self._db) as db:
+                        self._unwritten.write_in(db)
+                        kept, free, first = self._insert(
+                            db, messages, kept, free, records, dead, going, finished, now
+                        )
+                except sqlite3.Error:
+                    if self._db.in_transaction:  # a failed COMMIT may leave it open
+                        self._db.execute("ROLLBACK")
+                    written = False
+                else:
+                    self._unwritten.committed(self._backlog)
+            if not written:
+                self._write_pending()  # acknowledgements left for this write, first
+                kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
+                with transaction(self._db) as db:
+                    kept, free, first = self._insert(
+                        db, messages, kept, free, records, dead, going, finished, now
+                    )
             # Committed: nothing below may raise, or the caller would insert them again.
             self._ingested.update(going)
             for name in finished:
@@ -381,6 +384,43 @@ class SqliteSpool(ForkSafe):
         for name in finished:
             with contextlib.suppress(OSError):  # upkeep deletes a finished journal later
                 self._journal.delete(name)
+
+    def _insert(
+        self,
+        db: sqlite3.Connection,
+        messages: Sequence[EncodedMessage],
+        kept: list[EncodedMessage],
+        free: Sequence[EncodedMessage],
+        records: Sequence[JournalRecord],
+        dead: Sequence[DeadMessage],
+        going: list[Mark],
+        finished: list[str],
+        now: float,
+    ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], int]:
+        """The statements of :meth:`put_many` in ``db``'s open transaction; returns the
+        messages kept and those not (none kept when their row ids would not be the
+        largest plus one) and the first kept one's row id."""
+        first = 0
+        if kept:
+            (last,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+            if last + len(kept) > _MAX_ROWID:  # ids no longer the largest plus one
+                kept, free = [], messages
+            else:
+                first = int(last) + 1
+                insert_messages(db, kept, now, first=first, owner=self.owner)
+        if free:
+            insert_messages(db, free, now)
+        if records:
+            rows = [(tenant, kind, body, now) for tenant, kind, body in records]
+            insert_in_parts(db, insert_records_sql, rows)
+        insert_dead(db, dead, now)
+        db.executemany(
+            "INSERT INTO journals (name, offset) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset",
+            going,
+        )
+        db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
+        return kept, free, first
 
     def keeping(self) -> bool:
         """True while ``put_many(keep=True)`` would keep messages: :data:`KEEP_BYTES` not

@@ -248,43 +248,54 @@ class Unwritten:
         True when written; on a failure it is all kept, and the log says so (rarely)."""
         try:
             with transaction(self.db) as db:
-                if self.buried:
-                    bury(db, self.buried, self.stamps)
-                # One statement per 1,024 messages, before their rows go (acceptance time).
-                for failed_at, reason, status, rows in self.refused:
-                    execute_in_parts(db, reject_sql, (failed_at, reason, status), rows)
-                if self.gone:
-                    plain, checked = self.split(itertools.chain.from_iterable(self.gone.values()))
-                    db.execute(
-                        "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                        (ids(plain),),
-                    )
-                    db.executemany("DELETE FROM messages WHERE id = ? AND accepted_at = ?", checked)
-                if self.freed:
-                    db.execute(
-                        "UPDATE messages SET owner = NULL "
-                        "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
-                        (self.owner, ids(itertools.chain.from_iterable(self.freed.values()))),
-                    )
-                for tenant, mark in self.paused.items():
-                    if mark is None:
-                        db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
-                    else:
-                        db.execute(
-                            "INSERT INTO paused (tenant, reason, since) VALUES (?, ?, ?) "
-                            "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
-                            (tenant, *mark),
-                        )
-                if self.errors:
-                    db.executemany(
-                        "INSERT INTO last_errors (tenant, text, at, status) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (tenant) DO UPDATE SET text = excluded.text, "
-                        "at = excluded.at, status = excluded.status",
-                        [(tenant, *error) for tenant, error in self.errors.items()],
-                    )
+                self.write_in(db)
         except sqlite3.OperationalError as exc:
             self.failed(exc)
             return False
+        self.committed(backlog)
+        return True
+
+    def write_in(self, db: sqlite3.Connection) -> None:
+        """The statements of :meth:`write`, in the transaction ``db`` has open; once it is
+        committed, :meth:`committed` (rolled back: nothing to do, all is still kept)."""
+        if self.buried:
+            bury(db, self.buried, self.stamps)
+        # One statement per 1,024 messages, before their rows go (acceptance time).
+        for failed_at, reason, status, rows in self.refused:
+            execute_in_parts(db, reject_sql, (failed_at, reason, status), rows)
+        if self.gone:
+            plain, checked = self.split(itertools.chain.from_iterable(self.gone.values()))
+            db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                (ids(plain),),
+            )
+            db.executemany("DELETE FROM messages WHERE id = ? AND accepted_at = ?", checked)
+        if self.freed:
+            db.execute(
+                "UPDATE messages SET owner = NULL "
+                "WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
+                (self.owner, ids(itertools.chain.from_iterable(self.freed.values()))),
+            )
+        for tenant, mark in self.paused.items():
+            if mark is None:
+                db.execute("DELETE FROM paused WHERE tenant = ?", (tenant,))
+            else:
+                db.execute(
+                    "INSERT INTO paused (tenant, reason, since) VALUES (?, ?, ?) "
+                    "ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason",
+                    (tenant, *mark),
+                )
+        if self.errors:
+            db.executemany(
+                "INSERT INTO last_errors (tenant, text, at, status) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant) DO UPDATE SET text = excluded.text, "
+                "at = excluded.at, status = excluded.status",
+                [(tenant, *error) for tenant, error in self.errors.items()],
+            )
+
+    def committed(self, backlog: dict[str, int]) -> None:
+        """After the commit of :meth:`write_in`'s statements: forget what they wrote; the
+        rows they freed count in ``backlog``."""
         for tenant, freed in self.freed.items():  # free in the file now
             backlog[tenant] = backlog.get(tenant, 0) + len(freed)
         self.written()
@@ -296,7 +307,6 @@ class Unwritten:
                 self.path,
                 extra={"reason": "spool_writable"},
             )
-        return True
 
     def write_last(self, backlog: dict[str, int]) -> None:
         """At close: a last try; what still cannot be written is sent again later."""
