@@ -5,8 +5,10 @@ kept is leased to this process in the file, and freed like any lease."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,19 @@ def _ids(lease: Lease) -> list[str]:
 def _rows(path: Path) -> list[tuple[str, str | None]]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT message_id, owner FROM messages ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def two_spools(tmp_path: Path) -> Iterator[tuple[Path, SqliteSpool, SqliteSpool]]:
+    """A spool file and two processes' spools on it, closed after the test."""
+    path = tmp_path / "s.db"
+    first = _spool(path)
+    second = _spool(path)
+    try:
+        yield path, first, second
+    finally:
+        first.close()
+        second.close()
 
 
 # An operation on the spool: put n messages (kept or not), lease (ack or release it).
@@ -312,37 +327,31 @@ def test_a_release_frees_what_is_kept_and_stops_keeping_until_an_acknowledgement
 
 
 def test_a_row_id_of_a_lease_held_in_memory_is_never_given_to_a_kept_row(
-    tmp_path: Path,
+    two_spools: tuple[Path, SqliteSpool, SqliteSpool],
 ) -> None:
     # A lease held in memory only (the file could not be written) refers to its rows by
     # id and acceptance time; another process may delete such a row, and SQLite gives its
     # id to the next row. A kept row with that id, released, must not be taken for the
     # row leased in memory (whose late acknowledgement would then delete it).
-    path = tmp_path / "s.db"
-    a = _spool(path)
-    b = _spool(path)
-    try:
-        a._db.execute("PRAGMA busy_timeout = 50")
-        a.put_many([_message(0)])
-        with sqlite3.connect(path, isolation_level=None) as locker:
-            locker.execute("BEGIN IMMEDIATE")
-            old = a.lease("acme", 10, 1 << 20)  # cannot be written: held in memory
-            locker.execute("ROLLBACK")
-        assert old is not None
-        a.note_error("globex", "a write that succeeds", 0.0, None)  # writable again
-        lease = _leased(b, 10)  # the other process sends row 1, deletes it
-        b.ack(lease, lease.messages)
-        a.put_many([_message(1)], keep=True)  # may take id 1 again
-        new = a.lease("acme", 10, 1 << 20)  # (hidden while id 1 is held in memory)
-        if new is not None:
-            a.release(new, new.messages)  # a retry
-        a.ack(old, old.messages)  # late: it must not delete m00001
-        assert [mid for mid, _ in _rows(path)] == ["m00001"]
-        again = _leased(a, 10)
-        assert [m.message_id for m in again.messages] == ["m00001"]
-    finally:
-        a.close()
-        b.close()
+    path, a, b = two_spools
+    a._db.execute("PRAGMA busy_timeout = 50")
+    a.put_many([_message(0)])
+    with sqlite3.connect(path, isolation_level=None) as locker:
+        locker.execute("BEGIN IMMEDIATE")
+        old = a.lease("acme", 10, 1 << 20)  # cannot be written: held in memory
+        locker.execute("ROLLBACK")
+    assert old is not None
+    a.note_error("globex", "a write that succeeds", 0.0, None)  # writable again
+    lease = _leased(b, 10)  # the other process sends row 1, deletes it
+    b.ack(lease, lease.messages)
+    a.put_many([_message(1)], keep=True)  # may take id 1 again
+    new = a.lease("acme", 10, 1 << 20)  # (hidden while id 1 is held in memory)
+    if new is not None:
+        a.release(new, new.messages)  # a retry
+    a.ack(old, old.messages)  # late: it must not delete m00001
+    assert [mid for mid, _ in _rows(path)] == ["m00001"]
+    again = _leased(a, 10)
+    assert [m.message_id for m in again.messages] == ["m00001"]
 
 
 def test_keeping_stops_at_the_budget_and_starts_again_once_half_of_it_is_leased(
@@ -370,34 +379,51 @@ def test_keeping_stops_at_the_budget_and_starts_again_once_half_of_it_is_leased(
 
 
 def test_a_paused_or_retrying_tenants_rows_are_not_kept_where_other_processes_cannot_send_them(
-    tmp_path: Path,
+    two_spools: tuple[Path, SqliteSpool, SqliteSpool],
 ) -> None:
-    path = tmp_path / "s.db"
-    spool = _spool(path)
-    other = _spool(path)
+    path, spool, other = two_spools
+    spool.put_many([_message(0), _message(1, "globex")], keep=True)
+    spool.mark_paused("acme", "write key refused (401)")  # freed at once
+    other.maintain(force=True)
+    lease = _leased(other, 10)
+    assert _ids(lease) == ["m00000"]
+    other.ack(lease, lease.messages)
+    spool.put_many([_message(2), _message(3, "globex")], keep=True)
+    owners = dict(_rows(path))
+    assert owners == {"m00001": spool.owner, "m00002": None, "m00003": spool.owner}
+    spool.mark_paused("acme", None)  # resumed: kept again
+    spool.put_many([_message(4)], keep=True)
+    assert dict(_rows(path))["m00004"] == spool.owner
+    # A retry of globex frees globex's kept rows, and keeps none until an ack.
+    lease = _leased(spool, 1, "globex")
+    spool.release(lease, lease.messages)
+    assert {mid: owner for mid, owner in _rows(path) if mid in ("m00001", "m00003")} == {
+        "m00001": None,
+        "m00003": None,
+    }
+
+
+def _acked_deferred(spool: SqliteSpool, n: int) -> None:
+    """Put ``n`` messages (kept), lease them and acknowledge them: a deferred deletion."""
+    spool.put_many([_message(i) for i in range(n)], keep=True)
+    lease = _leased(spool, n)
+    spool.ack(lease, lease.messages)
+
+
+@contextlib.contextmanager
+def _refusing(path: Path, statement: str) -> Iterator[None]:
+    """Every ``statement`` (``INSERT``, ``DELETE``) on ``messages`` fails meanwhile, as a
+    damaged file's would: an error that is not operational."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            f"CREATE TRIGGER refuse BEFORE {statement} ON messages "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
     try:
-        spool.put_many([_message(0), _message(1, "globex")], keep=True)
-        spool.mark_paused("acme", "write key refused (401)")  # freed at once
-        other.maintain(force=True)
-        lease = _leased(other, 10)
-        assert _ids(lease) == ["m00000"]
-        other.ack(lease, lease.messages)
-        spool.put_many([_message(2), _message(3, "globex")], keep=True)
-        owners = dict(_rows(path))
-        assert owners == {"m00001": spool.owner, "m00002": None, "m00003": spool.owner}
-        spool.mark_paused("acme", None)  # resumed: kept again
-        spool.put_many([_message(4)], keep=True)
-        assert dict(_rows(path))["m00004"] == spool.owner
-        # A retry of globex frees globex's kept rows, and keeps none until an ack.
-        lease = _leased(spool, 1, "globex")
-        spool.release(lease, lease.messages)
-        assert {mid: owner for mid, owner in _rows(path) if mid in ("m00001", "m00003")} == {
-            "m00001": None,
-            "m00003": None,
-        }
+        yield
     finally:
-        spool.close()
-        other.close()
+        with sqlite3.connect(path) as db:
+            db.execute("DROP TRIGGER refuse")
 
 
 def test_a_write_of_deferred_acknowledgements_that_fails_for_good_does_not_stop_intake(
@@ -406,20 +432,12 @@ def test_a_write_of_deferred_acknowledgements_that_fails_for_good_does_not_stop_
     path = tmp_path / "s.db"
     spool = _spool(path, defer_acks=lambda: True)
     try:
-        spool.put_many([_message(0)], keep=True)
-        lease = _leased(spool, 10)
-        spool.ack(lease, lease.messages)  # deferred
-        with sqlite3.connect(path) as db:  # every deletion now fails: not operational
-            db.execute(
-                "CREATE TRIGGER refuse BEFORE DELETE ON messages "
-                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        spool.put_many([_message(1)], keep=True)  # goes in all the same
-        assert [mid for mid, _ in _rows(path)] == ["m00000", "m00001"]
-        assert spool.stats().messages == 1  # m00000 is gone for this process
+        _acked_deferred(spool, 1)
+        with _refusing(path, "DELETE"):
+            spool.put_many([_message(1)], keep=True)  # goes in all the same
+            assert [mid for mid, _ in _rows(path)] == ["m00000", "m00001"]
+            assert spool.stats().messages == 1  # m00000 is gone for this process
     finally:
-        with sqlite3.connect(path) as db:
-            db.execute("DROP TRIGGER IF EXISTS refuse")
         spool.close()
 
 
@@ -431,9 +449,7 @@ def test_deferred_acknowledgements_go_in_the_same_commit_as_the_next_insert(
     spool = _spool(path, defer_acks=lambda: True)
     statements: list[str] = []
     try:
-        spool.put_many([_message(0), _message(1)], keep=True)
-        lease = _leased(spool, 10)
-        spool.ack(lease, lease.messages)  # deferred
+        _acked_deferred(spool, 2)
         spool._db.set_trace_callback(statements.append)
         spool.put_many([_message(2)], keep=True)
         spool._db.set_trace_callback(None)
@@ -455,24 +471,13 @@ def test_an_insert_that_fails_still_lets_the_deferred_acknowledgements_be_writte
     path = tmp_path / "s.db"
     spool = _spool(path, defer_acks=lambda: True)
     try:
-        spool.put_many([_message(0)], keep=True)
-        lease = _leased(spool, 10)
-        spool.ack(lease, lease.messages)  # deferred
-        with sqlite3.connect(path) as db:  # every insert now fails
-            db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON messages "
-                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        with pytest.raises(SpoolError):
+        _acked_deferred(spool, 1)
+        with _refusing(path, "INSERT"), pytest.raises(SpoolError):
             spool.put_many([_message(1)], keep=True)
         assert _rows(path) == []  # m00000 deleted all the same
-        with sqlite3.connect(path) as db:
-            db.execute("DROP TRIGGER refuse")
         spool.put_many([_message(1)], keep=True)  # the encoder's next try
         assert _ids(_leased(spool, 10)) == ["m00001"]
     finally:
-        with sqlite3.connect(path) as db:
-            db.execute("DROP TRIGGER IF EXISTS refuse")
         spool.close()
 
 
