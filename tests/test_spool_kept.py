@@ -481,6 +481,32 @@ def test_an_insert_that_fails_still_lets_the_deferred_acknowledgements_be_writte
         spool.close()
 
 
+def test_a_write_lock_held_by_another_process_is_waited_for_once_not_twice(
+    tmp_path: Path,
+) -> None:
+    """The joined write fails to begin: that is the settled ones' write failing (kept,
+    reported, the busy timeout shortened), and the insert alone is tried once more."""
+    path = tmp_path / "s.db"
+    spool = _spool(path, defer_acks=lambda: True)
+    statements: list[str] = []
+    try:
+        _acked_deferred(spool, 1)
+        spool._db.execute("PRAGMA busy_timeout = 100")
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        spool._db.set_trace_callback(statements.append)
+        with pytest.raises(SpoolError, match="locked"):
+            spool.put_many([_message(1)], keep=True)
+        spool._db.set_trace_callback(None)
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert statements.count("BEGIN IMMEDIATE") == 2  # the joined write, the insert
+        spool.put_many([_message(1)], keep=True)  # the encoder's next try: all written
+        assert [mid for mid, _ in _rows(path)] == ["m00001"]
+    finally:
+        spool.close()
+
+
 def test_a_late_acknowledgement_of_a_paused_tenant_does_not_keep_its_rows_again(
     tmp_path: Path,
 ) -> None:

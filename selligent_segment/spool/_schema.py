@@ -242,14 +242,36 @@ def _make_dirs(directory: Path) -> None:
 
 @contextlib.contextmanager
 def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception)."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rolled back on any exception, that of a
+    ``COMMIT`` that fails included)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        rollback(db)
         raise
-    db.execute("COMMIT")
+    commit(db)
+
+
+def commit(db: sqlite3.Connection) -> None:
+    """``COMMIT``; one that fails (a deferred constraint, an I/O error) leaves no
+    transaction open behind it: rolled back, then its error raised. Left open, it would
+    hold the file's write lock from every other process, and fail this connection's
+    next ``BEGIN``."""
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise
+
+
+def rollback(db: sqlite3.Connection) -> None:
+    """``ROLLBACK`` of the transaction ``db`` has open, if any: after an error, which is
+    the one to raise. SQLite rolls some back by itself (a full disk, an I/O error), and a
+    ``ROLLBACK`` then fails; its error would hide the first one."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
 
 
 @contextlib.contextmanager

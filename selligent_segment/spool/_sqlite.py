@@ -49,8 +49,10 @@ from selligent_segment.spool._protocol import Lease, OnBuried, SpoolStats, tell_
 from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
     ForkSafe,
+    commit,
     journal_dir,
     open_db,
+    rollback,
     snapshot,
     spool_error,
     transaction,
@@ -341,27 +343,12 @@ class SqliteSpool(ForkSafe):
         ]
         going = [(name, off) for name, off in marks if name not in finished]
         with self._lock:
-            written = self._unwritten.pending()
-            if written:
-                # What this process settled and has not written yet goes first, in the
-                # same transaction (one commit, one fsync with ``fsync=True``). Should
-                # that fail, all is rolled back and done as two writes instead: the
-                # settled by themselves, a failure kept and reported, then the rest.
-                try:
-                    kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
-                    with transaction(self._db) as db:
-                        self._unwritten.write_in(db)
-                        kept, free, first = self._insert(
-                            db, messages, kept, free, records, dead, going, finished, now
-                        )
-                except sqlite3.Error:
-                    if self._db.in_transaction:  # a failed COMMIT may leave it open
-                        self._db.execute("ROLLBACK")
-                    written = False
-                else:
-                    self._unwritten.committed(self._backlog)
-            if not written:
-                self._write_pending()  # acknowledgements left for this write, first
+            joined = self._unwritten.pending() and self._put_joined(
+                messages, keep, records, dead, going, finished, now
+            )
+            if joined:
+                kept, free, full, first = joined
+            else:
                 kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
                 with transaction(self._db) as db:
                     kept, free, first = self._insert(
@@ -384,6 +371,48 @@ class SqliteSpool(ForkSafe):
         for name in finished:
             with contextlib.suppress(OSError):  # upkeep deletes a finished journal later
                 self._journal.delete(name)
+
+    def _put_joined(
+        self,
+        messages: Sequence[EncodedMessage],
+        keep: bool,
+        records: Sequence[JournalRecord],
+        dead: Sequence[DeadMessage],
+        going: list[Mark],
+        finished: list[str],
+        now: float,
+    ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], bool, int] | None:
+        """:meth:`put_many`'s write with what this process settled and has not written
+        yet first, in the same transaction (one commit, one fsync with ``fsync=True``):
+        what was kept, not kept, whether the budget cut it short, the first kept row id.
+
+        None when it could not be made; then the settled were written by themselves
+        first, as they were before (a failure kept and reported, never raised), and the
+        caller makes the rest of the write. When the file's write lock is another
+        process's past the busy timeout, that is the settled ones' write failing: it is
+        not waited for twice."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            self._unwritten.failed(exc)
+            return None
+        try:
+            try:
+                kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
+                self._unwritten.write_in(db)
+                kept, free, first = self._insert(
+                    db, messages, kept, free, records, dead, going, finished, now
+                )
+            except BaseException:
+                rollback(db)
+                raise
+            commit(db)
+        except sqlite3.Error:
+            self._write_pending()
+            return None
+        self._unwritten.committed(self._backlog)
+        return kept, free, full, first
 
     def _insert(
         self,
