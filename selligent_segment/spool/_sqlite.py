@@ -388,13 +388,13 @@ class SqliteSpool(ForkSafe):
 
         None when it could not be made; then the settled were written by themselves
         first, as they were before (a failure kept and reported, never raised), and the
-        caller makes the rest of the write. When the file's write lock is another
-        process's past the busy timeout, that is the settled ones' write failing: it is
-        not waited for twice."""
+        caller makes the rest of the write. A transaction that cannot even begin (the
+        file's write lock another process's past the busy timeout, say) is that write of
+        the settled failing: kept and reported, not tried (nor waited for) twice."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             self._unwritten.failed(exc)
             return None
         try:
