@@ -49,10 +49,8 @@ from selligent_segment.spool._protocol import Lease, OnBuried, SpoolStats, tell_
 from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
     ForkSafe,
-    commit,
     journal_dir,
     open_db,
-    rollback,
     snapshot,
     spool_error,
     transaction,
@@ -349,10 +347,9 @@ class SqliteSpool(ForkSafe):
             if joined:
                 kept, free, full, first = joined
             else:
-                kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
                 with transaction(self._db) as db:
-                    kept, free, first = self._insert(
-                        db, messages, kept, free, records, dead, going, finished, now
+                    kept, free, full, first = self._insert(
+                        db, messages, keep, records, dead, going, finished, now
                     )
             # Committed: nothing below may raise, or the caller would insert them again.
             self._ingested.update(going)
@@ -391,44 +388,37 @@ class SqliteSpool(ForkSafe):
         caller makes the rest of the write. A transaction that cannot even begin (the
         file's write lock another process's past the busy timeout, say) is that write of
         the settled failing: kept and reported, not tried (nor waited for) twice."""
-        db = self._db
+        begun = False
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._unwritten.failed(exc)
-            return None
-        try:
-            try:
-                kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
+            with transaction(self._db) as db:
+                begun = True
                 self._unwritten.write_in(db)
-                kept, free, first = self._insert(
-                    db, messages, kept, free, records, dead, going, finished, now
-                )
-            except BaseException:
-                rollback(db)
-                raise
-            commit(db)
-        except sqlite3.Error:
-            self._write_pending()
+                put = self._insert(db, messages, keep, records, dead, going, finished, now)
+        except sqlite3.Error as exc:
+            if begun:
+                self._write_pending()
+            else:
+                self._unwritten.failed(exc)
             return None
         self._unwritten.committed(self._backlog)
-        return kept, free, full, first
+        return put
 
     def _insert(
         self,
         db: sqlite3.Connection,
         messages: Sequence[EncodedMessage],
-        kept: list[EncodedMessage],
-        free: Sequence[EncodedMessage],
+        keep: bool,
         records: Sequence[JournalRecord],
         dead: Sequence[DeadMessage],
         going: list[Mark],
         finished: list[str],
         now: float,
-    ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], int]:
+    ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], bool, int]:
         """The statements of :meth:`put_many` in ``db``'s open transaction; returns the
         messages kept and those not (none kept when their row ids would not be the
-        largest plus one) and the first kept one's row id."""
+        largest plus one), whether the keep budget cut them short, and the first kept
+        one's row id."""
+        kept, free, full = self._to_keep(messages) if keep else ([], messages, False)
         first = 0
         if kept:
             (last,) = db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
@@ -449,7 +439,7 @@ class SqliteSpool(ForkSafe):
             going,
         )
         db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
-        return kept, free, first
+        return kept, free, full, first
 
     def keeping(self) -> bool:
         """True while ``put_many(keep=True)`` would keep messages: :data:`KEEP_BYTES` not
