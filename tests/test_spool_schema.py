@@ -1,5 +1,6 @@
 """The spool file's transactions (``spool/_schema.py``): a ``COMMIT`` that fails leaves no
-transaction open, and a rollback after an error never hides that error."""
+transaction open, and a rollback after an error never hides that error; the same for a
+read (:func:`snapshot`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from selligent_segment.spool._schema import transaction
+from selligent_segment.spool._schema import snapshot, transaction
 
 
 def _db(path: Path) -> sqlite3.Connection:
@@ -50,5 +51,34 @@ def test_an_error_that_ended_the_transaction_itself_is_the_one_raised(tmp_path: 
 
     with pytest.raises(ZeroDivisionError):
         ended_then_failed()
+    assert not db.in_transaction
+    db.close()
+
+
+def test_a_read_whose_transaction_sqlite_ended_raises_the_reads_own_error(
+    tmp_path: Path,
+) -> None:
+    """The ``COMMIT`` that ends a read must not hide the error that stopped it: here the
+    read's transaction is gone (as after an I/O error), and that ``COMMIT`` would fail."""
+    db = _db(tmp_path / "s.db")
+
+    def ended_then_failed() -> None:
+        with snapshot(db):
+            db.execute("ROLLBACK")  # as SQLite does after some errors
+            raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        ended_then_failed()
+    assert not db.in_transaction
+    db.close()
+
+
+def test_a_read_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
+    db = _db(tmp_path / "s.db")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"), snapshot(db):
+        db.execute("SELECT * FROM nowhere")
+    assert not db.in_transaction
+    with snapshot(db):  # and the next read begins
+        assert db.execute("SELECT 1").fetchone() == (1,)
     assert not db.in_transaction
     db.close()

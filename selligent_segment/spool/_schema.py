@@ -276,12 +276,16 @@ def rollback(db: sqlite3.Connection) -> None:
 
 @contextlib.contextmanager
 def snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction: what is read inside is one consistent state of the file."""
+    """A read transaction: what is read inside is one consistent state of the file. A
+    read that fails raises its own error (the transaction ended behind it), never that of
+    the ``COMMIT`` which would follow."""
     db.execute("BEGIN")
     try:
         yield db
-    finally:
-        db.execute("COMMIT")
+    except BaseException:
+        rollback(db)
+        raise
+    commit(db)
 
 
 def _check_header(path: Path) -> bool:
