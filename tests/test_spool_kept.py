@@ -6,6 +6,7 @@ kept is leased to this process in the file, and freed like any lease."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -439,6 +440,95 @@ def test_a_write_of_deferred_acknowledgements_that_fails_for_good_does_not_stop_
             assert spool.stats().messages == 1  # m00000 is gone for this process
     finally:
         spool.close()
+
+
+def test_an_acknowledgement_the_file_refuses_for_good_is_kept_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Settling never raises: an outcome the file refuses (a damaged page, a constraint),
+    like one it cannot take now (a full disk), is kept in memory, logged, and written by
+    the first write that succeeds. Raised, it skipped the delivered count and stopped the
+    sender's turn after Segment had the batch."""
+    path = tmp_path / "s.db"
+    spool = _spool(path)
+    try:
+        spool.put_many([_message(0), _message(1)])
+        lease = _leased(spool)
+        with _refusing(path, "DELETE"):
+            spool.ack(lease, lease.messages)  # no raise
+            assert spool.empty()  # gone for this process
+            assert spool.stats().messages == 0
+        assert [r.levelno for r in caplog.records if "refused" in r.getMessage()] == [logging.ERROR]
+        assert [mid for mid, _ in _rows(path)] == ["m00000", "m00001"]
+        spool.put_many([_message(2)])  # the next write carries the deletion
+        assert [mid for mid, _ in _rows(path)] == ["m00002"]
+    finally:
+        spool.close()
+
+
+def test_leases_go_on_while_the_file_refuses_the_outcomes_before_them(tmp_path: Path) -> None:
+    """An outcome the file refuses for good does not stop delivery: a lease (which writes
+    the outcomes first) is then held in memory, as when the disk is full, and a release
+    and an acknowledgement of it do not raise either."""
+    path = tmp_path / "s.db"
+    spool = _spool(path, defer_acks=lambda: True)
+    try:
+        _acked_deferred(spool, 1)
+        with _refusing(path, "DELETE"):
+            spool.put_many([_message(1), _message(2)])
+            lease = _leased(spool, 1)
+            assert _ids(lease) == ["m00001"]
+            spool.release(lease, lease.messages)
+            lease = _leased(spool)
+            assert _ids(lease) == ["m00001", "m00002"]
+            spool.ack(lease, lease.messages)
+            assert spool.empty()
+        assert spool.maintain() == []  # upkeep writes what was kept
+        assert _rows(path) == []
+    finally:
+        spool.close()
+
+
+def test_upkeep_goes_on_while_the_file_refuses_the_outcomes_it_writes_first(
+    two_spools: tuple[Path, SqliteSpool, SqliteSpool],
+) -> None:
+    """Upkeep writes the outcomes kept first; one the file refuses for good must not cost
+    the round: another process's messages are still noticed (and dead ones recovered)."""
+    path, first, second = two_spools
+    first.put_many([_message(0)])
+    lease = _leased(first)
+    with _refusing(path, "DELETE"):
+        first.ack(lease, lease.messages)
+        second.put_many([_message(1)])
+        assert first.maintain(force=True) == ["acme"]
+        assert _ids(_leased(first)) == ["m00001"]
+
+
+def test_delivery_is_counted_and_flushed_while_the_file_refuses_its_deletions(
+    tmp_path: Path, server: LocalSegment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end: Segment has the events, so they are delivered (counted, flushed), and
+    the rows go at the first write the file takes (here at close)."""
+    path = tmp_path / "spool.db"
+    em = emitter(server, spool=str(path))
+    try:
+        with _refusing(path, "DELETE"):
+            for i in range(3):
+                assert em.emit(
+                    {
+                        "type": "opened",
+                        "email": "ada@example.com",
+                        "tenant": "acme",
+                        "event_id": f"ev-{i}",
+                    }
+                )
+            assert em.flush(10)
+            assert em.stats().delivered == 3
+        assert not [r for r in caplog.records if "delivery waits" in r.getMessage()]
+    finally:
+        assert em.close()
+    assert len(server.message_ids()) == 3
+    assert _rows(path) == []
 
 
 def test_deferred_acknowledgements_go_in_the_same_commit_as_the_next_insert(

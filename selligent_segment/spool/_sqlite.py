@@ -486,13 +486,10 @@ class SqliteSpool(ForkSafe):
         return kept, free, full
 
     def _write_pending(self) -> None:
-        """Write what ``_unwritten`` keeps, if anything; a failure is kept there and
-        reported (rarely), never raised: the write that follows goes on."""
+        """Write what ``_unwritten`` keeps, if anything (see :meth:`_write_unwritten`):
+        the write that follows goes on."""
         if self._unwritten.pending():
-            try:
-                self._write_unwritten()
-            except sqlite3.Error as exc:  # not operational (a trigger, damage): kept
-                self._unwritten.failed(exc)
+            self._write_unwritten()
 
     def _keep(self, messages: Sequence[EncodedMessage], first: int) -> None:
         """Keep ``messages``, just written leased to this process from row id ``first`` on."""
@@ -726,15 +723,19 @@ class SqliteSpool(ForkSafe):
             # An outside text: nothing in it may make the write fail (and be kept for ever).
             self._unwritten.refused.append((time.time(), writable(reason), status, rows))
             self._unwritten.settled(lease.tenant, rowids)
-            try:
-                self._write_unwritten()
-            except sqlite3.Error as exc:  # not operational (a trigger, damage): kept, and
-                self._unwritten.failed(exc)  # logged; never raised before it is counted
+            self._write_unwritten()
 
     def _write_unwritten(self) -> bool:
         """Write what ``_unwritten`` keeps, in one transaction (under ``_lock``); True when
-        written."""
-        return self._unwritten.write(self._backlog)
+        written. Never raises: a failure keeps it all there, reported (rarely), whatever
+        the error, one the file cannot take now (a full disk, a lock) or one it refuses
+        (a constraint, damage). A settlement is then counted and its sender's turn goes
+        on; a lease is held in memory; upkeep still recovers and refreshes."""
+        try:
+            return self._unwritten.write(self._backlog)
+        except sqlite3.Error as exc:  # not operational (a trigger, damage): kept
+            self._unwritten.failed(exc)
+            return False
 
     # -- looking -----------------------------------------------------------------------
 
@@ -810,8 +811,8 @@ class SqliteSpool(ForkSafe):
         seconds) and dropped, so it cannot fail this process's later writes."""
         with self._lock:
             self._unwritten.errors[tenant] = (writable(text), at, status)
-            try:
-                self._write_unwritten()
+            try:  # not _write_unwritten(): an error the file refuses is dropped, not kept
+                self._unwritten.write(self._backlog)
             except sqlite3.Error as exc:
                 self._unwritten.errors.pop(tenant, None)
                 error = spool_error(self.path, exc)
