@@ -487,6 +487,25 @@ def test_a_record_that_cannot_become_a_message_is_a_dead_letter_when_leased(
     spool.close()
 
 
+def test_a_record_buried_at_lease_is_logged_with_the_reason_code_of_every_other_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log line's ``reason`` is the code ``stats().dropped`` and ``on_failure`` use, as
+    when the record is refused on its way in, or buried by a PostgreSQL spool's lease;
+    not the first word of the dead letter's text (``record``)."""
+    path = tmp_path / "spool.db"
+    spool = open_spool(path)
+    try:
+        spool.put_many(records=[("acme", "opened", b"not json")])
+        assert spool.lease("acme", 10, 1 << 20) is None
+    finally:
+        spool.close()
+    lines = [r for r in caplog.records if "dead letter" in r.getMessage()]
+    assert [(r.levelno, getattr(r, "reason", None)) for r in lines] == [
+        (logging.ERROR, "unreadable_record")
+    ]
+
+
 def test_a_lease_reads_bodies_byte_for_byte_whatever_their_bytes(tmp_path: Path) -> None:
     # A lease reads its rows as one aggregate row (one SQLite step, see _head): the
     # bodies are cut apart again by their lengths, NUL bytes and invalid UTF-8 included.

@@ -12,12 +12,11 @@ from typing import Any, Protocol
 import attrs
 
 from selligent_segment._errors import InvalidEvent, SelligentSegmentError, shown
-from selligent_segment._mapping import TooLarge
-from selligent_segment._results import DeliveryFailure
+from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._stats import Counters
 from selligent_segment.intake._backpressure import Backpressure
-from selligent_segment.spool._protocol import Spool
+from selligent_segment.spool._protocol import Spool, buried_reason
 
 __all__ = ["Accepted", "Downstream", "Intake"]
 
@@ -56,7 +55,7 @@ class Downstream:
     def buried(self, tenant: str, error: SelligentSegmentError) -> None:
         """Count and report a record that a lease made a dead letter (the spool logged it
         and kept it): a message over 32 KB, or a record that cannot be read back."""
-        if isinstance(error, TooLarge):
+        if buried_reason(error) is FailureReason.TOO_LARGE:
             self.counters.add_reason("rejected", tenant, "too_large")
             self.report(DeliveryFailure.too_large(tenant, str(error)))
         else:

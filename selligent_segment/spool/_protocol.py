@@ -23,9 +23,10 @@ from typing import Protocol
 import attrs
 
 from selligent_segment._errors import SelligentSegmentError
-from selligent_segment._mapping import EncodedMessage
+from selligent_segment._mapping import EncodedMessage, TooLarge
+from selligent_segment._results import FailureReason
 
-__all__ = ["Lease", "OnBuried", "OnFull", "Spool", "SpoolStats", "tell_buried"]
+__all__ = ["Lease", "OnBuried", "OnFull", "Spool", "SpoolStats", "buried_reason", "tell_buried"]
 
 log = logging.getLogger("selligent_segment")
 
@@ -46,6 +47,15 @@ def tell_buried(
             on_buried(tenant, error)
         except Exception:
             log.exception("reporting a buried record failed", extra={"tenant": tenant})
+
+
+def buried_reason(error: SelligentSegmentError) -> FailureReason:
+    """Why a record became a dead letter, as ``stats()`` counts it and ``on_failure``
+    reports it (and the ``reason`` of its log line): a message over 32 KB is
+    ``too_large``; anything else kept it from being read back, ``unreadable_record``."""
+    if isinstance(error, TooLarge):
+        return FailureReason.TOO_LARGE
+    return FailureReason.UNREADABLE_RECORD
 
 
 _lease_ids = itertools.count(1)

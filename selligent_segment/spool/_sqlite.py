@@ -45,7 +45,13 @@ from selligent_segment._mapping import TENANT_OF, EncodedMessage, _new_message
 from selligent_segment._record import EventKind
 from selligent_segment._throttle import Throttle
 from selligent_segment.spool._journal import HOLD_OFF, Journal, Mark
-from selligent_segment.spool._protocol import Lease, OnBuried, SpoolStats, tell_buried
+from selligent_segment.spool._protocol import (
+    Lease,
+    OnBuried,
+    SpoolStats,
+    buried_reason,
+    tell_buried,
+)
 from selligent_segment.spool._recovery import Recovery
 from selligent_segment.spool._schema import (
     ForkSafe,
@@ -584,12 +590,12 @@ class SqliteSpool(ForkSafe):
                 self._unwritten.hold(tenant, pick.fresh, pick.back, pick.dead, dict(stamps))
             if pick.kept:
                 self._let_go_kept(tenant, pick.kept)
-            for d in pick.dead.values():
+            for d, error in zip(pick.dead.values(), pick.errors, strict=True):
                 log.error(
                     "tenant %s: event kept as a dead letter: %s",
                     shown(d.tenant),
                     d.reason,
-                    extra={"tenant": d.tenant, "reason": d.reason.partition(":")[0]},
+                    extra={"tenant": d.tenant, "reason": str(buried_reason(error))},
                 )
             buried += pick.errors
             if not pick.taken or (pick.read < max_messages and pick.seen == pick.read):
