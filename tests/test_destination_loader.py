@@ -177,6 +177,48 @@ def test_events_refused_at_the_door_are_dead_letters_with_their_reason(
     assert [(d.message_id, d.reason) for d in letters] == [("m-1", "no key value: $.userId")]
 
 
+def _two_identifies(config: DestinationConfig) -> list[MappedRow]:
+    """Two identifies of user-1, last name "Old", then "New"."""
+    old = identify(1, lastName="Old") | {"messageId": "id-old"}
+    new = identify(1, lastName="New") | {"messageId": "id-new"}
+    return rows_of(config, "acme", [old, new])
+
+
+@pytest.mark.parametrize(
+    ("fault", "threads"),
+    [
+        # A retryable failure with a wait of its own: the batch must not be set aside
+        # while the tenant's next batch loads.
+        (Fault.http(503, retry_after=1), 1),
+        # A slow first load: the tenant's next batch must not be sent beside it.
+        (Fault.latency(0.5), 2),
+    ],
+    ids=["503-retry-after", "slow-load"],
+)
+def test_an_older_identify_never_lands_after_a_newer_one_across_batches(
+    config: DestinationConfig,
+    local_selligent: LocalSelligent,
+    tmp_path: Path,
+    fault: Fault,
+    threads: int,
+) -> None:
+    """docs/destination.md: "an older identify never overwrites a newer one", also when
+    they are in batches of their own: one tenant's batches are loaded one at a time, in
+    order, and a failed one is retried before the next goes."""
+    settings = LoaderSettings(batch_size=1, linger=0.01, retry=FAST, threads=threads)
+    local_selligent.set_faults(FaultPlan(script=[fault]))
+    loader = Loader(config, tmp_path / "dest.spool", settings)
+    loader.accept(_two_identifies(config))
+    loader.start()
+    try:
+        assert loader.flush(10.0)
+    finally:
+        loader.close(timeout=2.0)
+    row = local_selligent.row("CONTACTS", customer_id="user-1")
+    assert row is not None
+    assert row["last_name"] == "New"
+
+
 @pytest.mark.parametrize("fault", [Fault.http(503), Fault.http(500), Fault.drop()])
 def test_server_errors_and_dropped_connections_are_retried(
     loader: Loader, config: DestinationConfig, local_selligent: LocalSelligent, fault: Fault

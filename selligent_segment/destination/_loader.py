@@ -34,6 +34,7 @@ from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull,
 from selligent_segment._mapping import EncodedMessage, _new_message
 from selligent_segment._process_life import in_library_thread
 from selligent_segment._results import DeliveryFailure
+from selligent_segment.delivery._aside import AsidePolicy
 from selligent_segment.delivery._batch_policy import BatchPolicy
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.delivery._keys import WriteKeys
@@ -63,6 +64,8 @@ DEFAULT_THREADS = 4
 #: The spool file's size cap (bytes); over it, the receiver answers 503.
 DEFAULT_MAX_SPOOL_BYTES = 1024**3
 _INGEST_CHUNK = 4096
+#: No batch set aside to wait out its own Retry-After while its tenant loads on.
+_IN_ORDER = AsidePolicy(max_batches=0)
 _MAINTAIN_EVERY = 1.0
 
 
@@ -153,6 +156,11 @@ class Loader:
             on_failure=self._failed,
             on_pause=self._paused,
             clock=clock,
+            # One tenant's batches load one at a time, in order, a failed one retried
+            # before the next goes: an older identify never lands after a newer one
+            # (nor a track row before its contact's identify).
+            max_in_flight=1,
+            aside=_IN_ORDER,
         )
         self._inbox: list[_Write] = []
         self._lock = threading.Lock()  # journal order = inbox order
