@@ -653,3 +653,22 @@ def test_a_transient_failure_mid_bisection_sends_the_rest_again_in_order() -> No
             f"user{i}@example.com" for i in range(8) if i != 5
         ]
         assert server.duplicates == 0
+
+
+def test_a_batch_given_up_still_leaves_its_tenant_waiting_the_servers_retry_after() -> None:
+    """The answer that ends a batch's budget still says how long the server wants the
+    key to wait: the tenant's next batch is not sent inside that wait (one sender, one
+    request at a time; every answer says ``Retry-After: 5``)."""
+    em, transport, clock = fake_emitter(
+        lambda request: MockResponse.rate_limited(retry_after=5),
+        batch=BatchPolicy(max_messages=10, linger=5.0),
+        retry=RetryPolicy(max_rate_limit_duration=10.0, jitter=False),
+        max_requests_per_second=0,
+        threads=1,
+    )
+    try:
+        em.emit_many([record(i, email_id=f"batch-{i // 10}") for i in range(20)])
+        assert clock.run_until(lambda: len(transport.requests) >= 5, waiters=1)
+    finally:
+        em.close(0)
+    assert [r.at for r in transport.requests[:5]] == [0.0, 5.0, 10.0, 15.0, 20.0]

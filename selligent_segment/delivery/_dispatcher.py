@@ -476,14 +476,14 @@ class Dispatcher:
         if response.items:
             messages = self._settle_items(state, lease, messages, response)
             if not messages:
-                self._reset_backoff(state, seen)
+                self._reset_backoff(state, seen, aside)
                 state.bisection.end(state.name, lease)
                 self._finish(state)
                 return
         if outcome is Outcome.DELIVERED:
             self.settler.delivered(lease, messages)
             state.bisection.count_delivered(lease, len(messages))
-            self._reset_backoff(state, seen)
+            self._reset_backoff(state, seen, aside)
             state.bisection.end(state.name, lease)
             self._finish(state)
         elif outcome is Outcome.UNAUTHORIZED:
@@ -496,7 +496,7 @@ class Dispatcher:
             self._pause(state, reason, tag, response.status, resumes=resumes)
         elif outcome is Outcome.REJECTED:
             self._refused(state, lease, messages, response.status, response.error)
-            self._reset_backoff(state, seen)
+            self._reset_backoff(state, seen, aside)
             self._finish(state)
         else:
             if len(messages) != len(bodies):  # a partial answer settled some of them
@@ -582,9 +582,14 @@ class Dispatcher:
             with self.cv:
                 self.limits.refund(state.bucket)
 
-    def _reset_backoff(self, state: _Tenant, seen: int) -> None:
+    def _reset_backoff(self, state: _Tenant, seen: int, aside: Aside | None) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
-        failed meanwhile (``seen`` is the failure count as its turn was granted)."""
+        failed meanwhile (``seen`` is the failure count as its turn was granted), or it
+        was a batch set ``aside``: the tenant's backoff is its head batch's, whose
+        budget another batch's success must not refill (it would be retried past
+        ``max_attempts`` for as long as batches come and go aside)."""
+        if aside is not None:
+            return
         with self.cv:
             state.backoff.record_success(seen)
 
@@ -731,7 +736,10 @@ class Dispatcher:
         if isinstance(delay, GiveUp):
             detail = f"{delay.reason}: {error}"
             self.settler.failed(lease, messages, "retries_exhausted", detail, None)
-            self._finish(state)
+            # The batch is given up, not the server's word: the tenant's next batch still
+            # waits the Retry-After (or X-RateLimit-Reset) of this answer.
+            wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
+            self._finish(state, delay=wait or 0.0)
             return
         if self.settler.release(lease, messages, retried=True):
             log.info(
