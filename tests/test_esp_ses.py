@@ -437,6 +437,46 @@ def test_the_other_event_types_are_skipped_and_reported(name: str) -> None:
     assert problem.reason.startswith("skipped: ")
 
 
+def _suppressed_bounce(subtype: str) -> dict[str, Any]:
+    notification = bounce()
+    notification["bounce"]["bounceSubType"] = subtype
+    return notification
+
+
+@pytest.mark.parametrize(
+    ("notification", "field"),
+    [
+        (
+            note(
+                "Complaint",
+                {
+                    "complainedRecipients": [{"emailAddress": "ada@example.com"}],
+                    "complaintSubType": "OnAccountSuppressionList",
+                },
+            ),
+            "complaintSubType",
+        ),
+        (_suppressed_bounce("OnAccountSuppressionList"), "bounceSubType"),
+        (_suppressed_bounce("Suppressed"), "bounceSubType"),
+    ],
+    ids=["complaint-account-list", "bounce-account-list", "bounce-global-list"],
+)
+def test_what_ses_did_not_send_because_the_address_is_suppressed_is_skipped(
+    notification: dict[str, Any], field: str
+) -> None:
+    """SES reports a send to a suppressed address as a complaint (``complaintSubType:
+    OnAccountSuppressionList``: "SES accepted the message, but didn't attempt to send
+    it") or a bounce (``bounceSubType`` ``OnAccountSuppressionList`` / ``Suppressed``).
+    Neither is a new complaint or bounce of the recipient: skipped and reported, as
+    Mailgun's ``suppress-*`` bounces and SendGrid's ``dropped`` are."""
+    parsed = PARSERS["ses"](orjson.dumps(envelope(notification)), "f")
+    assert parsed.records == ()
+    (problem,) = parsed.problems
+    assert problem.field == field
+    assert problem.reason.startswith("skipped: ")
+    assert "SES did not send it" in problem.reason
+
+
 def test_an_open_of_a_message_to_several_recipients_is_a_problem() -> None:
     two = note("Open", {"ipAddress": "203.0.113.5"}, destination=["a@example.com", "b@example.com"])
     parsed = PARSERS["ses"](orjson.dumps(envelope(two)), "f")

@@ -10,7 +10,10 @@ Undetermined -> no type; ``bounceType/bounceSubType`` kept); Complaint -> marked
 per ``complainedRecipients`` (``complaintFeedbackType`` kept); Open -> opened and Click ->
 link_clicked, for the message's one recipient (SES does not say which recipient opened a
 message sent to several: such an event is a problem); Send, Reject, DeliveryDelay,
-Rendering Failure, Subscription -> skipped. The event id is the SNS ``MessageId`` and
+Rendering Failure, Subscription -> skipped; so is a bounce or complaint of a message SES
+did not send because the address is on a suppression list (``bounceSubType``
+OnAccountSuppressionList or Suppressed, ``complaintSubType`` OnAccountSuppressionList),
+as Mailgun's ``suppress-*`` bounces are. The event id is the SNS ``MessageId`` and
 ``:N`` for the N-th recipient. A bare notification (no SNS envelope) has the SES
 ``feedbackId`` instead, else ``mail.messageId:TYPE:TIMESTAMP`` (and a click's link) with
 ``:N:RECIPIENT``: SES sends one notification per open, click or delivery without a
@@ -206,7 +209,25 @@ def _recipients(context: _Context, key: str) -> list[Any]:
     return found
 
 
+#: A ``bounceSubType`` / ``complaintSubType`` of a message SES did not send at all: the
+#: address is on a suppression list (the account's, or SES's global one).
+_SUPPRESSED = frozenset({"OnAccountSuppressionList", "Suppressed"})
+
+
+def _suppressed(context: _Context, field: str) -> bool:
+    """True (and the notification skipped, reported) when ``field`` of its detail says
+    SES did not send the message: no new bounce or complaint of the recipient."""
+    subtype = context.detail.get(field)
+    if subtype not in _SUPPRESSED:
+        return False
+    why = "SES did not send it: the address is on a suppression list"
+    context.out.skip(0, field, subtype, why)
+    return True
+
+
 def _bounce(context: _Context) -> None:
+    if _suppressed(context, "bounceSubType"):
+        return
     bounce_type = context.detail.get("bounceType")
     subtype = context.detail.get("bounceSubType")
     classification = "/".join(t for t in (text(bounce_type), text(subtype)) if t)
@@ -224,6 +245,8 @@ def _bounce(context: _Context) -> None:
 
 
 def _complaint(context: _Context) -> None:
+    if _suppressed(context, "complaintSubType"):
+        return
     properties = {
         "esp_complaint_type": text(context.detail.get("complaintFeedbackType")),
         "esp_complaint_subtype": text(context.detail.get("complaintSubType")),
