@@ -321,6 +321,21 @@ def test_parse_dsn_refuses_an_arf_report_and_parse_arf_a_bounce() -> None:
     assert len(parse_arf(arf, "a.eml").records) == 1
 
 
+def test_an_old_format_bounce_gives_each_recipient_its_own_code_not_the_next_ones() -> None:
+    """qmail lists each failed address with what its server said, one paragraph each: a
+    full mailbox (552, soft) is not given the next address's 5.1.1 (hard), which would
+    have a deliverable address suppressed."""
+    records = {r.email: r for r in _records("qmail-two-recipients").records}
+    assert (records["full@example.org"].smtp_status, records["full@example.org"].bounce_type) == (
+        "552",
+        "soft",
+    )
+    assert (
+        records["nouser@example.org"].smtp_status,
+        records["nouser@example.org"].bounce_type,
+    ) == ("5.1.1", "hard")
+
+
 def test_without_flufl_bounce_an_old_format_bounce_says_how_to_read_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -60,15 +60,17 @@ def _text_of(report: Report) -> str:
 
 def _near(text: str, address: str) -> tuple[str | None, str | None]:
     """The status code and the reason next to ``address`` in ``text``: the lines after
-    the address's own line, up to a blank line (qmail's and Yahoo's layout)."""
+    the address's own line, up to a blank line (qmail's and Yahoo's layout). The code is
+    looked for in that line and that paragraph only, never in the next address's."""
     at = text.lower().find(address.lower())
     if at < 0:
         return None, None
     end = text.find("\n", at)
+    line = text[at:end] if end >= 0 else text[at:]
     following = text[end + 1 :] if end >= 0 else ""
     paragraph = following.lstrip("\n").split("\n\n", 1)[0]
     reason = " ".join(paragraph.split())[:_MAX_REASON] or None
-    return status_in(text[at : at + 400]), reason
+    return status_in(f"{line}\n{paragraph}"), reason
 
 
 def heuristic_records(report: Report, join: Join) -> Parsed:
