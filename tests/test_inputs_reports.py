@@ -162,6 +162,27 @@ def test_a_blank_line_before_the_first_block_shifts_no_block(lead: bytes) -> Non
     assert {r.properties["reporting_mta"] for r in parsed.records} == {"mail.platform.example"}
 
 
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        b"Final-Recipient: rfc822; ann@example.net",  # no per-message block at all
+        MIXED_BLOCKS.replace(b"\n\nFinal-Recipient", b"\nFinal-Recipient"),  # one merged
+    ],
+    ids=["no-per-message-block", "merged-with-the-first-recipient"],
+)
+def test_a_first_block_that_names_a_recipient_is_that_recipients(blocks: bytes) -> None:
+    """RFC 3464 puts a per-message block first; a report without it (or with it merged
+    into the first recipient's) still has that recipient, who was taken for the
+    per-message block and lost without a word."""
+    parsed = parse_dsn(_mixed_with(MIXED_BLOCKS, blocks), "x.eml", corpus_join())
+    assert parsed.problems == ()
+    assert [(r.email, r.smtp_status) for r in parsed.records] == [
+        ("ann@example.net", "5.1.1"),
+        ("bob@example.org", "4.4.7"),
+        ("dee@example.info", "5.7.1"),
+    ]
+
+
 @pytest.mark.parametrize("encoding", ["base64", "quoted-printable"])
 def test_a_delivery_status_part_with_a_transfer_encoding_is_decoded(encoding: str) -> None:
     # The email parser reads an encoded message/delivery-status part's text as if it were

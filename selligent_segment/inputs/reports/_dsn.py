@@ -30,6 +30,8 @@ __all__ = ["dsn_records"]
 
 _NOT_BOUNCES = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _BOUNCED = "bounced"
+#: Fields only a per-recipient block has: a first block with one is a recipient's.
+_RECIPIENT_FIELDS = ("Final-Recipient", "Original-Recipient", "Action", "Status")
 _COMMENT = re.compile(r"\([^()]*\)")
 
 
@@ -82,6 +84,11 @@ def _recipient_fields(report: Report, block: Message, per_message: Message) -> d
     return fields
 
 
+def _names_a_recipient(block: Message) -> bool:
+    """True when ``block`` holds a per-recipient field (RFC 3464 section 2.3)."""
+    return any(block.get(name) is not None for name in _RECIPIENT_FIELDS)
+
+
 def dsn_records(report: Report, join: Join) -> Parsed | None:
     """The records of an RFC 3464 report, or None when ``report`` is not one."""
     if report.report_type() != "delivery-status":
@@ -94,7 +101,10 @@ def dsn_records(report: Report, join: Join) -> Parsed | None:
         reason = "a delivery-status report without its message/delivery-status part"
         return Parsed(problems=(InputProblem(where, "report", reason),))
     found = blocks(part)
-    per_message, recipients = (found[0], found[1:]) if found else (Message(), [])
+    per_message = found[0] if found else Message()
+    # The per-message block comes first; a first block naming a recipient is that
+    # recipient's (the per-message block missing, or merged into it).
+    recipients = found if _names_a_recipient(per_message) else found[1:]
     if not recipients:
         reason = "no per-recipient block (Final-Recipient, Action, Status)"
         return Parsed(problems=(InputProblem(where, "message/delivery-status", reason),))
