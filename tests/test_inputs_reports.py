@@ -217,6 +217,57 @@ def test_a_feedback_report_split_by_blank_lines_keeps_its_fields(lead: bytes) ->
     assert record == _records("arf-yahoo-abuse").records[0]
 
 
+def _dsn(
+    status: str,
+    *,
+    kind: str = "message/delivery-status",
+    original_kind: str = "text/rfc822-headers",
+    original: str = "Message-ID: <orig-1@platform.example>\nSubject: Hi\n",
+) -> bytes:
+    """A one-part-each delivery-status report: ``status`` as its report part (of
+    ``kind``), ``original`` as the returned message (of ``original_kind``); UTF-8."""
+    return f"""From: MAILER-DAEMON@mx.example
+To: bounces@platform.example
+Date: Sat, 21 Nov 2026 08:00:05 +0000
+Message-ID: <dsn-1@mx.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BB"
+
+--BB
+Content-Type: text/plain
+
+Delivery failed.
+
+--BB
+Content-Type: {kind}
+
+{status}
+--BB
+Content-Type: {original_kind}
+
+{original}
+--BB--
+""".encode()
+
+
+def test_raw_utf8_in_header_text_is_read_as_utf8() -> None:
+    """Mail with SMTPUTF8 carries raw UTF-8 in its headers (RFC 6532): the returned
+    subject, the diagnostic and a UTF-8 recipient address are read as such, not as
+    replacement characters (a wrong ``anonymousId``)."""
+    status = (
+        "Reporting-MTA: dns; mx.example\n\n"
+        "Original-Recipient: utf-8; j\u00f6rg@example.com\n"
+        "Final-Recipient: rfc822; jorg@example.com\nAction: failed\nStatus: 5.1.1\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 destinataire \u00e9chou\u00e9\n"
+    )
+    original = "Message-ID: <o@p>\nSubject: Soldes d'\u00e9t\u00e9\n\nbody\n"
+    data = _dsn(status, original_kind="message/rfc822", original=original)
+    (record,) = parse_dsn(data, "x.eml").records
+    assert record.email == "j\u00f6rg@example.com"
+    assert record.email_subject == "Soldes d'\u00e9t\u00e9"
+    assert record.bounce_reason == "550 5.1.1 destinataire \u00e9chou\u00e9"
+
+
 # -- join ------------------------------------------------------------------------------
 
 

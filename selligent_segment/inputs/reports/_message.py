@@ -46,6 +46,8 @@ def header_text(value: object) -> str | None:
     replaced), or None when blank."""
     if value is None:
         return None
+    if isinstance(value, email.header.Header):  # raw 8-bit bytes in the header (RFC 6532)
+        value = _raw_text(value)
     try:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
     except Exception:  # a broken encoded word: keep the raw text
@@ -53,6 +55,22 @@ def header_text(value: object) -> str | None:
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     text = _SPACES.sub(" ", text).strip()
     return text or None
+
+
+def _raw_text(value: email.header.Header) -> str:
+    """The text of a header the parser kept as bytes (raw 8-bit, which ``str()`` turns
+    into replacement characters): UTF-8, as RFC 6532 has it, or the charset it names;
+    what does not decode is replaced. Encoded words in it are left for the caller."""
+    parts: list[str] = []
+    for chunk, charset in email.header.decode_header(value):
+        if isinstance(chunk, bytes):
+            name = charset if charset and charset != "unknown-8bit" else "utf-8"
+            try:
+                chunk = chunk.decode(name, "replace")
+            except LookupError:  # a charset Python does not know
+                chunk = chunk.decode("utf-8", "replace")
+        parts.append(chunk)
+    return "".join(parts)
 
 
 def address_of(value: str | None) -> str | None:
