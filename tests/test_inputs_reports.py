@@ -268,6 +268,39 @@ def test_raw_utf8_in_header_text_is_read_as_utf8() -> None:
     assert record.bounce_reason == "550 5.1.1 destinataire \u00e9chou\u00e9"
 
 
+@pytest.mark.parametrize("encoding", ["8bit", "base64"])
+def test_an_internationalized_report_is_read_like_a_plain_one(encoding: str) -> None:
+    """RFC 6533: a report of an SMTPUTF8 message names its parts
+    ``message/global-delivery-status`` and ``message/global`` (or
+    ``message/global-headers``), either possibly base64: the bounce and the original's
+    Message-ID and subject are read from them as from the plain kinds (as they are from
+    ``message/rfc822-headers``, which was read as empty)."""
+    status = (
+        "Reporting-MTA: dns; mx.example\n\n"
+        "Final-Recipient: utf-8; j\u00f6rg@example.com\nAction: failed\nStatus: 5.1.1\n"
+    )
+    original = "Message-ID: <orig-9@platform.example>\nSubject: \u00e9t\u00e9\n\nbody\n"
+    kinds = ("message/global", "message/global-headers", "message/rfc822-headers")
+    for original_kind in kinds:
+        part = original if original_kind == "message/global" else original.split("\n\n")[0]
+        if encoding == "base64":
+            part = base64.encodebytes(part.encode()).decode()
+            original_kind += "\nContent-Transfer-Encoding: base64"
+        data = _dsn(
+            status,
+            kind="message/global-delivery-status",
+            original_kind=original_kind,
+            original=part,
+        )
+        parsed = parse_dsn(data, "x.eml")
+        assert parsed.problems == ()
+        (record,) = parsed.records
+        assert record.email == "j\u00f6rg@example.com"
+        assert record.kind == "bounced"
+        assert record.email_subject == "\u00e9t\u00e9", original_kind
+        assert record.properties["original_message_id"] == "<orig-9@platform.example>"
+
+
 # -- join ------------------------------------------------------------------------------
 
 

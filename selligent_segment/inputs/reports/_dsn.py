@@ -89,13 +89,24 @@ def _names_a_recipient(block: Message) -> bool:
     return any(block.get(name) is not None for name in _RECIPIENT_FIELDS)
 
 
+_STATUS_KINDS = (
+    "message/delivery-status",
+    "message/global-delivery-status",
+    "text/delivery-status",
+)
+
+
 def dsn_records(report: Report, join: Join) -> Parsed | None:
     """The records of an RFC 3464 report, or None when ``report`` is not one."""
     if report.report_type() != "delivery-status":
         return None
-    part = report.report_part("message/delivery-status")
-    if part is None:  # some MTAs label the part text/delivery-status
-        part = report.report_part("text/delivery-status")
+    part = None
+    # RFC 6533 names it message/global-delivery-status for an SMTPUTF8 message; some MTAs
+    # label it text/delivery-status.
+    for kind in _STATUS_KINDS:
+        part = report.report_part(kind)
+        if part is not None:
+            break
     where = report.where
     if part is None:
         reason = "a delivery-status report without its message/delivery-status part"

@@ -124,6 +124,8 @@ def blocks(part: Message) -> list[Message]:
     if isinstance(payload, list) and payload and all(isinstance(p, Message) for p in payload):
         text = "\n\n".join(_block_text(p) for p in payload if isinstance(p, Message))
         text = _decoded(text, part.get("Content-Transfer-Encoding"))
+        # Raw 8-bit text (RFC 6533's global kind is UTF-8) as the UTF-8 it is.
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     else:
         raw = part.get_payload(decode=True)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
@@ -152,8 +154,17 @@ def _block_text(block: Message) -> str:
     """A block the parser made, as the text it was read from (its raw header lines, folds
     and whitespace-only lines kept, then any body)."""
     lines = "".join(f"{name}: {value}\n" for name, value in block.raw_items())
-    body = block.get_payload()
-    return lines + (body if isinstance(body, str) else "")
+    # Its bytes, raw 8-bit kept as surrogates like the header lines (get_payload() would
+    # replace them).
+    body = block.get_payload(decode=True)
+    return lines + (body.decode("ascii", "surrogateescape") if isinstance(body, bytes) else "")
+
+
+# The parser reads these as a message of their own (the headers: one with no body).
+_ORIGINAL_KINDS = frozenset(
+    {"message/rfc822", "message/global", "message/rfc822-headers", "message/global-headers"}
+)
+_HEADER_KINDS = frozenset({"text/rfc822-headers"})
 
 
 def _parts(message: Message) -> Iterator[Message]:
@@ -195,18 +206,25 @@ class Report:
 
     def original(self) -> Message | None:
         """The returned original message or its headers (``message/rfc822``,
-        ``text/rfc822-headers``, ``message/rfc822-headers``), or None."""
+        ``text/rfc822-headers``, ``message/rfc822-headers``; RFC 6533's
+        ``message/global`` and ``message/global-headers``, base64 or not), or None."""
         if self._original is not False:
             return self._original  # type: ignore[return-value]
         found: Message | None = None
         for part in self.parts()[1:]:
             kind = part.get_content_type()
-            if kind == "message/rfc822":
-                payload = part.get_payload()
-                if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-                    found = payload[0]
+            payload = part.get_payload()
+            if kind in _ORIGINAL_KINDS and isinstance(payload, list):
+                inner = payload[0] if payload and isinstance(payload[0], Message) else None
+                encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
+                if inner is not None and encoding in ("base64", "quoted-printable"):
+                    # The parser read the encoded text as a message: decode and reread.
+                    text = _decoded(_block_text(inner), encoding)
+                    inner = email.parser.HeaderParser().parsestr(text.lstrip())
+                if inner is not None:
+                    found = inner
                     break
-            elif kind in ("text/rfc822-headers", "message/rfc822-headers"):
+            elif kind in _HEADER_KINDS:
                 raw = part.get_payload(decode=True)
                 text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
                 found = email.parser.HeaderParser().parsestr(text.lstrip())
