@@ -114,6 +114,18 @@ def test_not_spam_and_auth_failure_feedback_make_no_record() -> None:
     assert parse_arf(data, "x.eml") == Parsed()
 
 
+@pytest.mark.parametrize("value", [b"abuse (user report)", b"(from FBL) abuse", b"ABUSE"])
+def test_a_comment_in_the_feedback_type_is_not_part_of_it(value: bytes) -> None:
+    """RFC 5322 allows comments in a structured field (RFC 5965 has ``Feedback-Type`` as
+    a token): a complaint whose type carries one is still the complaint."""
+    data = (CORPUS / "arf-yahoo-abuse.eml").read_bytes()
+    data = data.replace(b"Feedback-Type: abuse\n", b"Feedback-Type: " + value + b"\n")
+    (record,) = parse_arf(data, "x.eml", corpus_join()).records
+    assert record == _records("arf-yahoo-abuse").records[0]
+    not_spam = (CORPUS / "arf-not-spam.eml").read_bytes()
+    assert parse_arf(not_spam.replace(b"not-spam", b"not-spam (moved)"), "x.eml") == Parsed()
+
+
 MIXED = CORPUS / "multi-recipient-mixed.eml"
 MIXED_BLOCKS = b"""Reporting-MTA: dns; mail.platform.example
 X-Postfix-Queue-ID: 4Zc0Pz1Qk2z7vNb

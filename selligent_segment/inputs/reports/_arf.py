@@ -22,6 +22,7 @@ from selligent_segment.inputs.reports._message import (
     blocks,
     header_text,
     make_record,
+    without_comments,
 )
 
 __all__ = ["NOT_COMPLAINTS", "arf_records"]
@@ -62,7 +63,7 @@ def arf_records(report: Report, join: Join) -> Parsed | None:
         reason = "a feedback-report without its message/feedback-report part"
         return Parsed(problems=(InputProblem(where, "report", reason),))
     fields_block = _fields(part)
-    feedback = (header_text(fields_block.get("Feedback-Type")) or "").lower()
+    feedback = without_comments(header_text(fields_block.get("Feedback-Type")) or "").lower()
     if not feedback:
         return Parsed(problems=(InputProblem(where, "Feedback-Type", "missing"),))
     if not _TOKEN.match(feedback):

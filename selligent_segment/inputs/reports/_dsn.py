@@ -8,7 +8,6 @@ are not (no record, no problem). The bounce type comes from the ``Status`` code 
 
 from __future__ import annotations
 
-import re
 from email.message import Message
 from typing import Any
 
@@ -23,6 +22,7 @@ from selligent_segment.inputs.reports._message import (
     header_text,
     make_record,
     typed_value,
+    without_comments,
 )
 from selligent_segment.inputs.reports._status import basic_code_in, bounce_type, status_in
 
@@ -32,7 +32,6 @@ _NOT_BOUNCES = frozenset({"delayed", "delivered", "relayed", "expanded"})
 _BOUNCED = "bounced"
 #: Fields only a per-recipient block has: a first block with one is a recipient's.
 _RECIPIENT_FIELDS = ("Final-Recipient", "Original-Recipient", "Action", "Status")
-_COMMENT = re.compile(r"\([^()]*\)")
 
 
 def _status(block: Message, diagnostic: str | None) -> str | None:
@@ -50,7 +49,7 @@ def _host(value: str | None) -> str | None:
     """An MTA name without its comment and trailing dot (``mx.example.com. (...)``)."""
     if value is None:
         return None
-    return _COMMENT.sub("", value).strip().rstrip(".") or None
+    return without_comments(value).rstrip(".") or None
 
 
 def _recipient_fields(report: Report, block: Message, per_message: Message) -> dict[str, Any]:

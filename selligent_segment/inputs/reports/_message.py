@@ -73,6 +73,18 @@ def _raw_text(value: email.header.Header) -> str:
     return "".join(parts)
 
 
+_COMMENT = re.compile(r"\([^()]*\)")
+
+
+def without_comments(text: str) -> str:
+    """``text`` without its RFC 5322 comments (``(...)``, nested ones too), stripped."""
+    while True:
+        bare = _COMMENT.sub(" ", text)
+        if bare == text:
+            return text.strip()
+        text = bare
+
+
 def address_of(value: str | None) -> str | None:
     """The address in a header or a DSN address field (``rfc822; a@b.c``, ``<a@b.c>``,
     ``Name <a@b.c>``), or None."""
