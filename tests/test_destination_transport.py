@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import pytest
 from _destination import tenant_table
 
 from selligent_segment.delivery._retry import Outcome
@@ -186,3 +187,32 @@ def test_a_failed_load_naming_rows_it_did_not_have_refuses_none_of_them() -> Non
     response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
     assert response.outcome is Outcome.RETRY
     assert not response.items
+
+
+@pytest.mark.parametrize("invalid", [[], None], ids=["empty", "absent"])
+def test_a_failed_load_naming_no_row_is_retried_not_refused(invalid: object) -> None:
+    # result_code Failed and no row named: nothing says the rows are at fault (Selligent
+    # failed to load them), so they go again, bounded by the retry policy; refusing them
+    # lost the whole batch at once.
+    def answer(rows: list[dict[str, str]]) -> dict[str, Any]:
+        return {"result_code": "Failed", "invalid_records": invalid, "errors": ["timeout"]}
+
+    http = FakeHttp(answer)
+    bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(2)]
+    response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert response.outcome is Outcome.RETRY
+    assert not response.items
+    assert response.error is not None
+    assert "Failed" in response.error
+
+
+@pytest.mark.parametrize("code", ["ValidationFailed", "NotFound"])
+def test_a_load_refused_as_a_whole_is_refused(code: str) -> None:
+    # The request itself (its list, its key fields) is wrong: sending it again cannot help.
+    def answer(rows: list[dict[str, str]]) -> dict[str, Any]:
+        return {"result_code": code, "invalid_records": [], "errors": ["no such list"]}
+
+    http = FakeHttp(answer)
+    bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(2)]
+    response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert response.items == {0: f"{code}: no such list", 1: f"{code}: no such list"}

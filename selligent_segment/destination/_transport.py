@@ -373,8 +373,11 @@ def _interpret(answer: Answer, key: str) -> Response:
                     reason += f" ({code_text})"
                 items[record["record_index"]] = scrub(reason, key)
         if code in _NOTHING_LOADED:
-            if not items:
+            if not items and code != "Failed":  # the request itself is wrong (list, keys)
                 return Response(status, error=scrub(_errors_text(payload), key), outcome=_REJECT)
+            if not items:  # Failed, no row named: Selligent did not load them; again
+                error = f"HTTP {status}: {_errors_text(payload)}; nothing names a row"
+                return Response(status, error=scrub(error, key), outcome=Outcome.RETRY)
             # Rows refused on their own, and a load that says it failed: the rows it does
             # not name may not have been written. They go again (an upsert: a row written
             # after all is only updated), never counted as loaded.
