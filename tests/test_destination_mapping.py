@@ -219,6 +219,16 @@ def test_values_become_the_text_selligent_stores() -> None:
     assert to_text({"a": [1, "b"]}) == '{"a":[1,"b"]}'
 
 
+def test_floats_are_written_in_plain_decimal_never_in_exponent_form() -> None:
+    # repr wrote 5e-07 and 1e+16: text a Numeric or Float column may not read.
+    assert to_text(5e-07) == "0.0000005"
+    assert to_text(1e16) == "10000000000000000"
+    assert to_text(-1.5e20) == "-150000000000000000000"
+    assert to_text(1e23) == "100000000000000000000000"  # the shortest digits, not int(1e23)
+    assert to_text(0.1) == "0.1"
+    assert to_text(-0.0) == "0"
+
+
 def test_explicit_null_is_kept_as_empty_and_missing_is_left_out() -> None:
     assert resolve("$.traits.x", {"traits": {"x": None}}) == ""
     assert resolve("$.traits.x", {"traits": {}}) is None
@@ -346,7 +356,11 @@ def test_formats_keep_booleans_and_reject_what_they_cannot_read() -> None:
     assert resolve({"path": "$.d", "format": "date"}, {"d": None}) == ""
     from selligent_segment.destination import ValueProblem
 
-    for value in ("inf", "nan", {"x": 1}):
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "-.5"}) == "-0.5"
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "5e-7"}) == "0.0000005"
+    # float() reads these; a JSON number is none of them (Unicode digits, underscores).
+    odd = ("Infinity", "\u0661\u0662", "1_000", "0x10", "1e", "--1", "\uff11")
+    for value in ("inf", "nan", {"x": 1}, *odd):
         with pytest.raises(ValueProblem, match="not a number"):
             resolve({"path": "$.n", "format": "number"}, {"n": value})
     with pytest.raises(ValueProblem, match="not an ISO-8601 date"):

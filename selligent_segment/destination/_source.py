@@ -17,9 +17,11 @@ and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Any, Final
 
 import attrs
@@ -159,7 +161,8 @@ def to_text(value: Any) -> str:
     if isinstance(value, float):
         if value.is_integer() and abs(value) < 1e16:
             return str(int(value))
-        return repr(value)
+        # repr's shortest digits, positional (repr writes 5e-07 and 1e+16).
+        return format(Decimal(repr(value)), "f")
     return _json(value)
 
 
@@ -239,15 +242,17 @@ def _as_number(value: Any) -> str:
     if isinstance(value, (int, float)):
         return to_text(value)
     if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            pass
-        else:
-            if number == number and number not in (float("inf"), float("-inf")):
-                text = value.strip()
-                return text if re.fullmatch(r"-?\d+", text) else to_text(number)
+        text = value.strip()
+        if _NUMBER.fullmatch(text):  # not all float() reads (nan, 1_000, Unicode digits)
+            number = float(text)
+            if math.isfinite(number):  # 1e999
+                return text if _INTEGER.fullmatch(text) else to_text(number)
     raise ValueProblem(f"not a number: {kind_of(value)}")
+
+
+#: A JSON number's text, a leading ``+`` and a bare ``.5`` or ``5.`` let in; ASCII digits.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 _TRUE = frozenset({"true", "1", "yes"})
