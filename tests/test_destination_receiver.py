@@ -364,11 +364,51 @@ def test_the_lenient_parse_replaces_only_lone_surrogates(
         1.5,
     ]
     receiver = Receiver(config, loader)
-    for bad in (b"[NaN]", b"[1e400]", b'["\xed\xa0\xbd"]', b'[{"a":"\\ud83d"}', b'"\\ud83d" 1'):
+    for bad in (b'[{"a":"\\ud83d"}', b'"\\ud83d" 1', b"[NaN,]"):  # no array to split
         status, answer = receiver.handle(config.tenants["acme"], bad, sign(ACME, bad))
         assert status == 400
         assert orjson.loads(answer)["error"].startswith("malformed JSON: ")
     assert loader.pending() == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"NaN", b"1e400", b'{"type":"identify","t":"\xed\xa0\xbd"}', nested(1100), b"1 2"],
+    ids=["nan", "infinite", "invalid-utf8", "deeper-than-1024", "two-values"],
+)
+def test_an_element_no_parser_reads_is_refused_alone(
+    config: DestinationConfig, loader: Loader, tmp_path: Path, bad: bytes
+) -> None:
+    # Whole-body parsing failed and the request was a 400: Segment does not retry a 4xx,
+    # so its good events were lost with the bad one.
+    receiver = Receiver(config, loader)
+    good = orjson.dumps(identify(1))
+    body = b"[" + good + b", " + bad + b"," + orjson.dumps(identify(3)) + b"]"
+    status, answer = receiver.handle(config.tenants["acme"], body, sign(ACME, good))
+    assert status == 200
+    result = orjson.loads(answer)
+    assert result["accepted"] == 2
+    ((index, message_id, reason),) = [tuple(r.values()) for r in result["refused"]]
+    assert (index, message_id) == (1, None)
+    assert reason.startswith("malformed JSON: ")
+    assert loader.flush(10.0)
+    loader.close(2.0)
+    with SpoolFile(tmp_path / "dest.spool") as spool:
+        (letter,) = spool.dead_letters()
+    assert letter.reason == reason
+    assert orjson.loads(letter.body)[2]["event"] == bad.decode("utf-8", "replace")
+
+
+def test_a_first_element_no_parser_reads_is_judged_on_its_own_bytes(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    deep = nested(1100)
+    body = b"[" + deep + b"," + orjson.dumps(identify(1)) + b"]"
+    receiver = Receiver(config, loader)
+    assert receiver.handle(config.tenants["acme"], body, sign(GLOBEX, deep))[0] == 401
+    status, answer = receiver.handle(config.tenants["acme"], body, sign(ACME, deep))
+    assert status == 200
+    assert orjson.loads(answer)["accepted"] == 1
 
 
 def test_a_value_its_format_cannot_read_is_never_in_a_log_an_answer_or_a_reason(

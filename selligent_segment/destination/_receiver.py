@@ -34,6 +34,7 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
+import attrs
 import orjson
 
 from selligent_segment._asgi import (
@@ -49,6 +50,7 @@ from selligent_segment._asgi import (
     respond_json,
 )
 from selligent_segment._errors import SpoolError, SpoolFull, shown
+from selligent_segment.destination._array import element_spans
 from selligent_segment.destination._config import DestinationConfig, TenantConfig
 from selligent_segment.destination._loader import DeadRow, Loader
 from selligent_segment.destination._mapping import MappedRow, RowError, map_event
@@ -168,9 +170,13 @@ class Receiver:
         except orjson.JSONDecodeError as exc:
             data = parse_lenient(body)  # a lone surrogate escape, as JSON.stringify writes
             reason = f"malformed JSON: {exc}"
+            if data is _BAD:  # an element neither reads (too deep, NaN): refused alone
+                data = parse_elements(body)
         secret = self._secrets.get(tenant.name)
         if secret is not None:
             first = data[0] if isinstance(data, list) and data else None
+            if isinstance(first, Unreadable):
+                first = None
             if not verify(secret, body, signature, first):
                 return 401, _answer(401, "signature refused")
         if data is _BAD:
@@ -194,6 +200,8 @@ class Receiver:
         for index, event in enumerate(events):
             if not isinstance(event, dict):
                 reason = "not a JSON object"
+                if isinstance(event, Unreadable):
+                    reason, event = event.reason, event.text
                 refused.append({"index": index, "messageId": None, "reason": reason})
                 payload = dead_payload(tenant.name, None, None, reason, event)
                 dead.append(DeadRow(tenant.name, "unknown", "", payload, reason))
@@ -261,6 +269,40 @@ def _finite(text: str) -> float:
     if number in (math.inf, -math.inf):
         raise ValueError("a number out of range")
     return number
+
+
+@attrs.frozen
+class Unreadable:
+    """One element of an array body that no parser here reads: its text (invalid
+    UTF-8 replaced) and why."""
+
+    text: str
+    reason: str
+
+
+def parse_elements(body: bytes) -> Any:
+    """The elements of an array ``body`` that orjson and :func:`parse_lenient` refuse
+    as a whole, each read on its own: the value, or an :class:`Unreadable` for one that
+    neither reads (nested deeper than 1,024 levels, ``NaN``, invalid UTF-8), so that
+    one bad event costs no other. ``_BAD`` when the array itself is broken (see
+    :func:`element_spans`)."""
+    try:
+        spans = list(element_spans(body))
+    except ValueError:
+        return _BAD
+    values: list[Any] = []
+    for start, end in spans:
+        raw = body[start:end]
+        try:
+            values.append(orjson.loads(raw))
+            continue
+        except orjson.JSONDecodeError as exc:
+            reason = f"malformed JSON: {exc}"
+        value = parse_lenient(raw)
+        if value is _BAD:
+            value = Unreadable(raw.decode("utf-8", "replace"), reason)
+        values.append(value)
+    return values
 
 
 def parse_lenient(body: bytes) -> Any:

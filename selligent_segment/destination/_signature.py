@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
 
 import orjson
 
-__all__ = ["first_element", "sign", "verify"]
+from selligent_segment.destination._array import element_spans
 
-_DECODER = json.JSONDecoder()
-_SPACE = b" \t\r\n"
+__all__ = ["first_element", "sign", "verify"]
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -38,18 +36,11 @@ def sign(secret: bytes, body: bytes) -> str:
 def first_element(body: bytes) -> bytes | None:
     """The exact bytes of the first element of a JSON array ``body``, or None when the
     body is not an array with a first element."""
-    text = body.lstrip(_SPACE)
-    if not text.startswith(b"["):
-        return None
     try:
-        decoded = text.decode("utf-8")
-        start = 1
-        while start < len(decoded) and decoded[start] in " \t\r\n":
-            start += 1
-        _, end = _DECODER.raw_decode(decoded, start)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        start, end = next(element_spans(body))
+    except (StopIteration, ValueError):
         return None
-    return decoded[start:end].encode("utf-8")
+    return body[start:end]
 
 
 def _js_numbers(value: Any) -> Any:
