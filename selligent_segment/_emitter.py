@@ -756,7 +756,8 @@ class Emitter(ClosedOnExit):
         self.resume(tenant if not self._keys.single else self._default_tenant or "")
 
     def resume(self, tenant: str) -> None:
-        """Retry a paused tenant now (e.g. after its key resolver was updated)."""
+        """Retry a paused tenant now (e.g. after its key resolver was updated); a tenant
+        that is not paused keeps the wait it is in (a server's Retry-After, a backoff)."""
         if not self._closed:
             self._intake.mark_paused(tenant, None)
         self._dispatcher.resume(tenant)

@@ -566,8 +566,13 @@ def test_a_bisection_whose_last_part_is_settled_item_by_item_is_over() -> None:
     try:
         em.emit_many([record(1, "acme"), record(2, "acme")])
         em._dispatcher.start_flush()
-        assert clock.run_until(lambda: em.stats().delivered == 2, waiters=SENDERS)
-        assert not em._dispatcher._tenants["acme"].bisection.active
+        tenants = em._dispatcher._tenants
+        # Awaited, not read once: the last part's messages are counted delivered just
+        # before its sender ends the bisection.
+        assert clock.run_until(
+            lambda: em.stats().delivered == 2 and not tenants["acme"].bisection.active,
+            waiters=SENDERS,
+        )
     finally:
         em.close(0)
     assert transport.posts == 3  # the batch, then its two halves
@@ -672,3 +677,26 @@ def test_a_batch_given_up_still_leaves_its_tenant_waiting_the_servers_retry_afte
     finally:
         em.close(0)
     assert [r.at for r in transport.requests[:5]] == [0.0, 5.0, 10.0, 15.0, 20.0]
+
+
+@pytest.mark.parametrize("call", ["resume", "set_write_key"])
+def test_resuming_a_tenant_that_is_not_paused_keeps_its_servers_retry_after(call: str) -> None:
+    """resume() (or a key rotation) is for a paused tenant; on one waiting out a 429's
+    Retry-After it sent at once, inside the wait the server asked for."""
+    answers = iter([MockResponse.rate_limited(retry_after=5)])
+    em, transport, clock = fake_emitter(
+        lambda request: next(answers, MockResponse.ok()),
+        retry=RetryPolicy(jitter=False),
+        max_requests_per_second=0,
+    )
+    try:
+        em.emit(record(1))
+        assert clock.run_until(lambda: em.stats().retried == 1, waiters=SENDERS)
+        if call == "resume":
+            em.resume("acme")
+        else:
+            em.set_write_key("acme", "key-acme-rotated")
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert times_of(transport.requests) == [0.0, 5.0]

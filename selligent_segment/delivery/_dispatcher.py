@@ -314,13 +314,15 @@ class Dispatcher:
             self.flushing -= 1
 
     def resume(self, tenant: str) -> None:
-        """Unpause ``tenant`` (its key was replaced) and send its backlog now."""
+        """Unpause ``tenant`` (its key was replaced) and send its backlog now; a tenant
+        that is not paused keeps the wait it is in (a server's Retry-After, a backoff)."""
         now = self.clock.monotonic()
         with self.cv:
             state = self._state(tenant)
             state.resumes += 1
-            self._unpause(state)
-            state.not_before = 0.0
+            if state.paused is not None:
+                self._unpause(state)
+                state.not_before = 0.0
             if not state.in_flight:
                 self._schedule(state, self._ready_at(state, now, lingering=False), now)
 
