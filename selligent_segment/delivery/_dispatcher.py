@@ -462,13 +462,15 @@ class Dispatcher:
             self._refund_token(state)
             self._finish(state)
             return
-        # The batch's own retries (each message's, kept by the settler), whatever else of
-        # the tenant failed or was delivered meanwhile.
-        retries = self.settler.retry_count(messages)
-        endpoint = self.endpoint if isinstance(self.endpoint, str) else self.endpoint(state.name)
         try:
+            # The batch's own retries (each message's, kept by the settler), whatever
+            # else of the tenant failed or was delivered meanwhile.
+            retries = self.settler.retry_count(messages)
+            endpoint = self.endpoint
+            if not isinstance(endpoint, str):
+                endpoint = endpoint(state.name)
             response = self.transport.post(endpoint, key, bodies, retry_count=retries)
-        except Exception:  # a transport that raised: its batch goes back, then _run logs
+        except Exception:  # the endpoint or the transport raised: the batch goes back
             self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
             raise
         self.counters.request()
