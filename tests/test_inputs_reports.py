@@ -313,6 +313,45 @@ def test_an_internationalized_report_is_read_like_a_plain_one(encoding: str) -> 
         assert record.properties["original_message_id"] == "<orig-9@platform.example>"
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        'rfc822; "john.doe"@example.com',
+        'rfc822; <"j..d"@example.com>',
+        'rfc822; "j\\"d"@example.com',
+    ],
+)
+def test_a_quoted_local_part_is_the_recipients_address(field: str) -> None:
+    """RFC 5321 lets a local part be a quoted string: the bounce is that address's,
+    quotes and all, not "missing"."""
+    status = (
+        "Reporting-MTA: dns; mx.example\n\n"
+        f"Final-Recipient: {field}\nAction: failed\nStatus: 5.1.1\n"
+    )
+    parsed = parse_dsn(_dsn(status), "x.eml")
+    assert parsed.problems == ()
+    (record,) = parsed.records
+    assert record.email == field.partition("; ")[2].strip("<>")
+
+
+@pytest.mark.parametrize("local", ['"john doe"', '"ann@example.org"'])
+def test_a_quoted_local_part_with_a_space_or_an_at_sign_is_refused_as_an_email(
+    local: str,
+) -> None:
+    """Such an address is refused by the library's email rule (no space, one ``@``),
+    with that reason; it was said to be missing, and ``"ann@example.org"@x`` was read
+    as ann@example.org: another person's bounce."""
+    status = (
+        "Reporting-MTA: dns; mx.example\n\n"
+        f"Final-Recipient: rfc822; {local}@example.com\nAction: failed\nStatus: 5.1.1\n"
+    )
+    parsed = parse_dsn(_dsn(status), "x.eml")
+    assert parsed.records == ()
+    assert [(p.field, p.reason) for p in parsed.problems] == [
+        ("email", "not a plausible email address")
+    ]
+
+
 # -- join ------------------------------------------------------------------------------
 
 

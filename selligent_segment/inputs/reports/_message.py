@@ -35,8 +35,10 @@ __all__ = [
 EVENT_ID_NAMESPACE = uuid.UUID("5d0b1a3e-7c55-4f0e-9a51-6c1b1f1e0d14")
 
 _SPACES = re.compile(r"\s+")
-_ANGLE = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
-_BARE = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+# A local part may be a quoted string (RFC 5321: spaces, an "@" inside): taken whole.
+_QUOTED = r'"(?:[^"\\\r\n]|\\.)*"'
+_ANGLE = re.compile(rf"<({_QUOTED}@[^<>\s]+|[^<>\s\"]+@[^<>\s]+)>")
+_BARE = re.compile(rf"{_QUOTED}@[^\s<>()\[\],;:\"']+|[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
 #: Envelope headers of a bounce that may hold the VERP address it was returned to.
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
 
