@@ -29,7 +29,7 @@ from selligent_segment.inputs.reports import (
     read_messages,
     table_resolver,
 )
-from selligent_segment.inputs.reports._message import EVENT_ID_NAMESPACE
+from selligent_segment.inputs.reports._message import EVENT_ID_NAMESPACE, without_comments
 
 CORPUS = Path(__file__).parent / "corpus" / "reports"
 MESSAGES = sorted(CORPUS.glob("*.eml"))
@@ -350,6 +350,36 @@ def test_a_quoted_local_part_with_a_space_or_an_at_sign_is_refused_as_an_email(
     assert [(p.field, p.reason) for p in parsed.problems] == [
         ("email", "not a plausible email address")
     ]
+
+
+def test_comments_are_left_out_at_any_depth_with_their_escapes() -> None:
+    assert without_comments("abuse (a \\) (b) c) ") == "abuse"
+    assert without_comments("mx.example.com. (unclosed ( comment") == "mx.example.com."
+    assert without_comments("(x)abuse(y)") == "abuse"
+    assert without_comments("no comment ) here") == "no comment ) here"
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["Final-Recipient: rfc822; " + '\\"' * 500_000, "Final-Recipient: rfc822; " + "a" * 1_000_000],
+    ids=["escaped-quotes", "one-long-run"],
+)
+def test_an_address_field_a_megabyte_long_is_read_in_one_pass(field: str) -> None:
+    """Each search for the address is linear in the field: a megabyte of escaped
+    quotes (each once the start of a quoted local part running to the end) or of one
+    run of letters (each once the start of a bare address) took hours."""
+    status = f"Reporting-MTA: dns; mx.example\n\n{field}\nAction: failed\nStatus: 5.1.1\n"
+    parsed = parse_dsn(_dsn(status), "x.eml")
+    assert parsed.records == ()
+    assert [(p.where, p.field) for p in parsed.problems] == [("x.eml", "Final-Recipient")]
+
+
+def test_a_feedback_type_nested_a_hundred_thousand_deep_is_read_in_one_pass() -> None:
+    comment = "(" * 100_000 + ")" * 100_000
+    data = (CORPUS / "arf-yahoo-abuse.eml").read_bytes()
+    data = data.replace(b"Feedback-Type: abuse\n", f"Feedback-Type: abuse {comment}\n".encode())
+    (record,) = parse_arf(data, "x.eml", corpus_join()).records
+    assert record == _records("arf-yahoo-abuse").records[0]
 
 
 # -- join ------------------------------------------------------------------------------

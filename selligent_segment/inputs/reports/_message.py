@@ -35,10 +35,13 @@ __all__ = [
 EVENT_ID_NAMESPACE = uuid.UUID("5d0b1a3e-7c55-4f0e-9a51-6c1b1f1e0d14")
 
 _SPACES = re.compile(r"\s+")
-# A local part may be a quoted string (RFC 5321: spaces, an "@" inside): taken whole.
-_QUOTED = r'"(?:[^"\\\r\n]|\\.)*"'
+# A local part may be a quoted string (RFC 5321: spaces, an "@" inside, at most 64
+# octets): taken whole. An address starts only after a character it cannot hold (or at
+# the start), and a quoted part is bounded: each search is linear in the text.
+_QUOTED = r'"(?:[^"\\\r\n]|\\.){0,64}"'
 _ANGLE = re.compile(rf"<({_QUOTED}@[^<>\s]+|[^<>\s\"]+@[^<>\s]+)>")
-_BARE = re.compile(rf"{_QUOTED}@[^\s<>()\[\],;:\"']+|[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+_NOT_BARE = r"\s<>()\[\],;:\"'"
+_BARE = re.compile(rf"(?<![^{_NOT_BARE}])(?:{_QUOTED}|[^{_NOT_BARE}]+)@[^{_NOT_BARE}]+")
 #: Envelope headers of a bounce that may hold the VERP address it was returned to.
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
 
@@ -75,16 +78,31 @@ def _raw_text(value: email.header.Header) -> str:
     return "".join(parts)
 
 
-_COMMENT = re.compile(r"\([^()]*\)")
-
-
 def without_comments(text: str) -> str:
-    """``text`` without its RFC 5322 comments (``(...)``, nested ones too), stripped."""
-    while True:
-        bare = _COMMENT.sub(" ", text)
-        if bare == text:
-            return text.strip()
-        text = bare
+    """``text`` without its RFC 5322 comments (``(...)``, nested ones too, ``\\(``
+    escaped inside them; an unclosed one runs to the end), stripped. One pass over
+    ``text``, whatever its nesting."""
+    if "(" not in text:
+        return text.strip()
+    kept: list[str] = []
+    depth = 0
+    escaped = False
+    for char in text:
+        if depth == 0:
+            if char == "(":
+                depth = 1
+                kept.append(" ")
+            else:
+                kept.append(char)
+        elif escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+    return "".join(kept).strip()
 
 
 def address_of(value: str | None) -> str | None:
