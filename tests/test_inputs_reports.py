@@ -382,6 +382,57 @@ def test_a_feedback_type_nested_a_hundred_thousand_deep_is_read_in_one_pass() ->
     assert record == _records("arf-yahoo-abuse").records[0]
 
 
+@pytest.mark.parametrize("body_encoding", ["7bit", "base64"])
+def test_a_quoted_printable_original_is_decoded_whatever_its_own_body_encoding(
+    body_encoding: str,
+) -> None:
+    """A ``message/global`` the MTA encoded quoted-printable (``=`` written ``=3D``),
+    holding a message whose own body is base64 (as Gmail sends UTF-8): the original's
+    headers are read decoded (its Message-ID, the join key, kept ``=3D``)."""
+    body = "caf\u00e9\n" if body_encoding == "7bit" else "Y2Fmw6kK"
+    original = quopri.encodestring(
+        "Message-ID: <CAF=abc@mail.example.com>\nSubject: caf\u00e9\n"
+        f"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: {body_encoding}\n"
+        f"\n{body}\n".encode()
+    ).decode()
+    status = "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
+    data = _dsn(
+        status + "Action: failed\nStatus: 5.1.1\n",
+        kind="message/global-delivery-status",
+        original_kind="message/global\nContent-Transfer-Encoding: quoted-printable",
+        original=original,
+    )
+    (record,) = parse_dsn(data, "x.eml").records
+    assert record.properties["original_message_id"] == "<CAF=abc@mail.example.com>"
+    assert record.email_subject == "caf\u00e9"
+
+
+def test_encoded_words_beside_raw_utf8_are_decoded_too() -> None:
+    status = (
+        "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
+        "Action: failed\nStatus: 5.1.1\n"
+    )
+    original = "Message-ID: <o@p>\nSubject: caf\u00e9 =?utf-8?q?na=C3=AFve?=\n\nbody\n"
+    data = _dsn(status, original_kind="message/rfc822", original=original)
+    (record,) = parse_dsn(data, "x.eml").records
+    assert record.email_subject == "caf\u00e9 na\u00efve"
+
+
+def test_an_encoded_word_decoding_to_a_lone_surrogate_costs_nothing() -> None:
+    """``=?unicode-escape?q?\\ud800?=`` decodes to a code point UTF-8 cannot hold: the
+    report was lost ("cannot be parsed (UnicodeEncodeError)"); it is replaced."""
+    status = (
+        "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
+        "Action: failed\nStatus: 5.1.1\n"
+    )
+    data = _dsn(status).replace(
+        b"Message-ID: <dsn-1@mx.example>", b"Message-ID: =?unicode-escape?q?<\\ud800@x>?="
+    )
+    parsed = parse_dsn(data, "x.eml")
+    assert parsed.problems == ()
+    assert [r.email for r in parsed.records] == ["u@example.com"]
+
+
 # -- join ------------------------------------------------------------------------------
 
 

@@ -53,13 +53,40 @@ def header_text(value: object) -> str | None:
         return None
     if isinstance(value, email.header.Header):  # raw 8-bit bytes in the header (RFC 6532)
         value = _raw_text(value)
-    try:
-        text = str(email.header.make_header(email.header.decode_header(str(value))))
-    except Exception:  # a broken encoded word: keep the raw text
-        text = str(value)
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = _as_utf8(_words_decoded(str(value)))
     text = _SPACES.sub(" ", text).strip()
     return text or None
+
+
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)\s+(?==\?)")
+
+
+def _words_decoded(text: str) -> str:
+    """``text`` with its RFC 2047 encoded words decoded: all at once, else (raw UTF-8
+    beside them, a broken one) each on its own, a broken one kept as it is."""
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:
+        return _ENCODED_WORD.sub(_word_decoded, _BETWEEN_WORDS.sub("", text))
+
+
+def _word_decoded(match: re.Match[str]) -> str:
+    try:
+        return str(email.header.make_header(email.header.decode_header(match.group(0))))
+    except Exception:  # an unknown charset, a broken word
+        return match.group(0)
+
+
+def _as_utf8(text: str) -> str:
+    """``text`` with raw bytes kept as surrogates read as UTF-8, and any other surrogate
+    (an encoded word can decode to one) replaced: text UTF-8 can hold."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _raw_text(value: email.header.Header) -> str:
@@ -199,6 +226,19 @@ _ORIGINAL_KINDS = frozenset(
 _HEADER_KINDS = frozenset({"text/rfc822-headers"})
 
 
+def _reread(inner: Message, encoding: str) -> Message:
+    """The message a base64 or quoted-printable ``message/*`` part holds: the parser read
+    the encoded text as a message; that text, written back as it was read (no encoding of
+    the message's own undone), decoded and read again. Headers only; an empty message
+    when it does not decode."""
+    try:
+        raw = inner.as_bytes()
+        data = base64.b64decode(raw) if encoding == "base64" else quopri.decodestring(raw)
+    except Exception:  # a generator or decoder failure on a broken part: no headers
+        return Message()
+    return email.parser.BytesHeaderParser().parsebytes(data.lstrip())
+
+
 def _parts(message: Message) -> Iterator[Message]:
     try:
         yield from message.walk()
@@ -250,9 +290,7 @@ class Report:
                 inner = payload[0] if payload and isinstance(payload[0], Message) else None
                 encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
                 if inner is not None and encoding in ("base64", "quoted-printable"):
-                    # The parser read the encoded text as a message: decode and reread.
-                    text = _decoded(_block_text(inner), encoding)
-                    inner = email.parser.HeaderParser().parsestr(text.lstrip())
+                    inner = _reread(inner, encoding)
                 if inner is not None:
                     found = inner
                     break
