@@ -48,6 +48,13 @@ def test_the_example_loads_with_both_tenants_and_their_mappings() -> None:
     )
     assert globex.organization == "globex-marketing"
     assert acme.load_back_selligent_events is False
+    assert acme.whole_body_signature is False
+
+
+def test_whole_body_signature_is_read_when_a_secret_is_named() -> None:
+    data = {"tenants": {"acme": tenant(whole_body_signature=True, shared_secret_env="SECRET")}}
+    config = parse_config(data, {"KEY": "k:s", "SECRET": "x"})
+    assert config.tenants["acme"].whole_body_signature is True
 
 
 def test_secrets_come_from_the_named_variables_and_are_never_shown() -> None:
@@ -203,6 +210,11 @@ def test_a_key_naming_a_column_twice_is_a_problem() -> None:
         ({"api_key_env": None}, "api_key_env is required"),
         ({"shared_secret_env": 5}, "shared_secret_env must name an environment variable"),
         ({"load_back_selligent_events": "yes"}, "load_back_selligent_events must be true"),
+        ({"whole_body_signature": 1}, "whole_body_signature must be true or false"),
+        (
+            {"whole_body_signature": True, "shared_secret_env": None},
+            "whole_body_signature needs shared_secret_env",
+        ),
         ({"identify": "CONTACTS"}, "must be a table"),
         ({"identify": {"fields": {"customer_id": "$.userId"}}}, "list is required"),
         ({"identify": {"list": "C", "fields": {}}}, "fields must be a table"),

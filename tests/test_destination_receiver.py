@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 import urllib3
@@ -120,6 +121,23 @@ def test_a_batch_signed_on_its_first_element_is_accepted(
     assert orjson.loads(spaced) == [event]
     status, _ = client.post("acme", spaced, signature=sign(ACME, compact))
     assert status == 200
+
+
+def test_a_tenant_asking_for_whole_body_signatures_refuses_a_first_event_one(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    """A first-event signature proves only the first event: anyone who saw it could send
+    it again followed by events of their own. ``whole_body_signature`` closes that."""
+    acme = attrs.evolve(config.tenants["acme"], whole_body_signature=True)
+    receiver = Receiver(config, loader)
+    first = orjson.dumps(identify(1))
+    body = b"[" + first + b"," + orjson.dumps(identify(2, email="intruder@example.com")) + b"]"
+    assert receiver.handle(config.tenants["acme"], body, sign(ACME, first))[0] == 200
+    assert receiver.handle(acme, body, sign(ACME, first))[0] == 401
+    body = b"[" + orjson.dumps(identify(3)) + b"]"
+    assert receiver.handle(acme, body, sign(ACME, body))[0] == 200
+    assert verify(b"s", body, sign("s", body), whole_body=True)
+    assert not verify(b"s", b"[" + first + b"]", sign("s", first), whole_body=True)
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ TENANT_KEYS: Final = (
     "organization",
     "api_key_env",
     "shared_secret_env",
+    "whole_body_signature",
     "load_back_selligent_events",
     "identify",
     "track",
@@ -154,8 +155,9 @@ class TenantConfig:
     """One customer: its Selligent account, its secrets' variable names and its mappings.
 
     ``identify`` / ``track`` are None when the file has no such table (those calls are then
-    not loaded). ``load_back_selligent_events`` (default False) loads the Email events this
-    library itself sent to Segment. Secrets are read from the environment variables the
+    not loaded). ``whole_body_signature`` (default False) accepts only a signature of the
+    whole body, never a batch's first-event one. ``load_back_selligent_events`` (default
+    False) loads the Email events this library itself sent to Segment. Secrets are read from the environment variables the
     file names, when asked for, and never shown in a repr.
     """
 
@@ -166,6 +168,7 @@ class TenantConfig:
     identify: TableMapping | None = None
     track: TableMapping | None = None
     shared_secret_env: str | None = None
+    whole_body_signature: bool = False
     load_back_selligent_events: bool = False
     environ: Mapping[str, str] = attrs.field(
         factory=lambda: os.environ, repr=_redacted, eq=False, hash=False
@@ -315,6 +318,12 @@ def _tenant(
     if secret_env is not None and require_secrets and not env.get(secret_env):
         problem(f"shared_secret_env: the environment variable {secret_env} is not set")
 
+    whole_body = table.get("whole_body_signature", False)
+    if not isinstance(whole_body, bool):
+        problem(f"whole_body_signature must be true or false, not {shown(whole_body)}")
+    elif whole_body and "shared_secret_env" not in table:
+        problem("whole_body_signature needs shared_secret_env: a signature to check")
+
     load_back = table.get("load_back_selligent_events", False)
     if not isinstance(load_back, bool):
         problem(f"load_back_selligent_events must be true or false, not {shown(load_back)}")
@@ -339,6 +348,7 @@ def _tenant(
         identify=mappings["identify"],
         track=mappings["track"],
         shared_secret_env=secret_env,
+        whole_body_signature=bool(whole_body),
         load_back_selligent_events=bool(load_back),
         environ=env,
     )

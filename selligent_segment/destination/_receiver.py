@@ -177,7 +177,7 @@ class Receiver:
             first = data[0] if isinstance(data, list) and data else None
             if isinstance(first, Unreadable):
                 first = None
-            if not verify(secret, body, signature, first):
+            if not verify(secret, body, signature, first, whole_body=tenant.whole_body_signature):
                 return 401, _answer(401, "signature refused")
         if data is _BAD:
             return 400, _answer(400, reason)

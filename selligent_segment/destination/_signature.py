@@ -64,12 +64,22 @@ def _signs(given: bytes, secret: bytes, first: Any) -> bool:
     return hmac.compare_digest(given, sign(secret, compact).encode())
 
 
-def verify(secret: bytes, body: bytes, signature: str | None, first: Any = None) -> bool:
+def verify(
+    secret: bytes,
+    body: bytes,
+    signature: str | None,
+    first: Any = None,
+    *,
+    whole_body: bool = False,
+) -> bool:
     """True when ``signature`` (the ``X-Signature`` header) signs ``body`` or, for an
-    array, its first element (``first``, already parsed, if the caller has it)."""
+    array, its first element (``first``, already parsed, if the caller has it); with
+    ``whole_body``, only when it signs ``body``."""
     if not signature:
         return False
     given = signature.strip().lower().encode("ascii", "replace")
+    if whole_body:
+        return hmac.compare_digest(given, sign(secret, body).encode())
     if first is not None and _signs(given, secret, first):  # Segment's batches: cheapest
         return True
     if hmac.compare_digest(given, sign(secret, body).encode()):
