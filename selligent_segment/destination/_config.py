@@ -157,8 +157,9 @@ class TenantConfig:
     ``identify`` / ``track`` are None when the file has no such table (those calls are then
     not loaded). ``whole_body_signature`` (default False) accepts only a signature of the
     whole body, never a batch's first-event one. ``load_back_selligent_events`` (default
-    False) loads the Email events this library itself sent to Segment. Secrets are read from the environment variables the
-    file names, when asked for, and never shown in a repr.
+    False) loads the Email events this library itself sent to Segment. Secrets are read
+    from the environment variables the file names, when asked for, and never shown in a
+    repr.
     """
 
     name: str

@@ -184,7 +184,7 @@ def blocks(part: Message) -> list[Message]:
         text = "\n\n".join(_block_text(p) for p in payload if isinstance(p, Message))
         text = _decoded(text, part.get("Content-Transfer-Encoding"))
         # Raw 8-bit text (RFC 6533's global kind is UTF-8) as the UTF-8 it is.
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        text = _as_utf8(text)
     else:
         raw = part.get_payload(decode=True)
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(payload or "")
