@@ -3,6 +3,7 @@ what is refused when a link is made."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
@@ -51,6 +52,29 @@ def test_sent_at_may_be_an_aware_datetime() -> None:
         LINKS.open_pixel_url(email="a@b.co", sent_at=datetime(2026, 1, 1))
 
 
+@pytest.mark.parametrize(
+    ("sent_at", "reason"),
+    [
+        (time.time() * 1000, "more than a year ahead: POSIX seconds are expected"),
+        (float("inf"), "not a finite number of seconds"),
+        (float("nan"), "not a finite number of seconds"),
+        (10**400, "more than a year ahead"),
+        (-1, "before 1970"),
+    ],
+    ids=["milliseconds", "infinity", "nan", "huge", "negative"],
+)
+def test_a_send_time_whose_links_could_never_work_is_refused(sent_at: float, reason: str) -> None:
+    """The endpoints refuse a token dated more than 5 minutes ahead of the hit: a send time
+    in milliseconds made links that built without a word and answered 404 to every click
+    and unsubscribe; infinity and NaN raised OverflowError and ValueError."""
+    with pytest.raises(InvalidEvent) as caught:
+        LINKS.unsubscribe_url(email="a@b.co", sent_at=sent_at)
+    assert (caught.value.field, caught.value.reason[: len(reason)]) == ("sent_at", reason)
+    ahead = int(time.time()) + 30 * 86400  # a send scheduled a month ahead is fine
+    token = LINKS.open_pixel_url(email="a@b.co", sent_at=ahead).rpartition("/")[2]
+    assert unseal(token, KEYS, now=ahead, max_age=None).sent_at == ahead
+
+
 def test_list_unsubscribe_headers_follow_rfc_8058() -> None:
     headers = LINKS.list_unsubscribe_headers(email="a@b.co", sent_at=SENT, mailto="unsub@x.example")
     url = LINKS.unsubscribe_url(email="a@b.co", sent_at=SENT)
@@ -94,6 +118,11 @@ def test_what_a_record_would_refuse_is_refused_when_the_link_is_made() -> None:
         "https://t.example.com/?q=1",
         "https:///x",
         "t.example.com",
+        "https://t.example.com/track?",  # an empty query: the token would land in it
+        "https://t.example.com/track#",
+        "https://t.example.com/x\r\nBcc: all@example.com",  # into List-Unsubscribe
+        "https://t.example.com/a b",
+        "https://t.\u00e9xample.com",
     ],
 )
 def test_the_base_url_must_be_https_without_extras(base: str) -> None:

@@ -36,6 +36,7 @@ def test_scanner_rules(method: str, agent: str | None, age: float, reason: str |
         (BROWSER, "203.0.113.9", None),
         ("Mozilla/5.0", "203.0.113.9", "apple_proxy_user_agent"),
         (BROWSER, "17.58.1.2", "apple_proxy_ip"),
+        (BROWSER, "::ffff:17.58.1.2", "apple_proxy_ip"),  # IPv4 on a dual-stack listener
         (BROWSER, None, None),
         (BROWSER, "not-an-ip", None),
         ("GoogleImageProxy", "66.249.1.1", None),  # Gmail fetches when a person opens
@@ -55,6 +56,9 @@ def test_rules_are_configurable() -> None:
         "scanner_user_agent"
     )
     assert rules.scanner_reason(method="GET", user_agent="curl/8", age=0.0) is None
+    # window=0 is off: a token dated ahead of the hit (the clock skew allowed) is no
+    # reason either
+    assert rules.scanner_reason(method="GET", user_agent="curl/8", age=-60.0) is None
     assert rules.machine_open_reason(
         method="GET", user_agent="Mozilla/5.0", ip="10.1.1.1", age=1
     ) == ("apple_proxy_ip")

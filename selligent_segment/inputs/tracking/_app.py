@@ -19,7 +19,8 @@ Guarantees: a token that is not valid for its route (tampered, unknown key, expi
 another kind) gets ``404`` with one text whatever failed; a bad request never raises out
 of the app and never costs another hit; every open and click is sent with its flag
 (``machine_open`` / ``scanner``, true or false, see ``_scanners.py``), never dropped.
-Logs carry no email address, token or key.
+Logs carry no email address, token or key (a server's access log writes paths, which
+are tokens: serve the app with it off, see docs/inputs.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ signing key; what a link seals is checked when it is built (the recipient and id
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from typing import Any
@@ -31,11 +32,15 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 def _base_url(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str):
         raise ConfigurationError("base_url", "expected text")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigurationError(
+            "base_url", "must be printable ASCII, without spaces (it goes into mail headers)"
+        )
     try:
         parts = urlsplit(value)
     except ValueError:
         raise ConfigurationError("base_url", "not a valid URL") from None
-    if parts.query or parts.fragment or "@" in parts.netloc or not parts.hostname:
+    if "?" in value or "#" in value or "@" in parts.netloc or not parts.hostname:
         raise ConfigurationError(
             "base_url", "expected https://host[/path], without credentials, query or fragment"
         )
@@ -47,16 +52,32 @@ def _base_url(_instance: object, _attribute: attrs.Attribute[Any], value: object
         )
 
 
+#: How far ahead of now a link's send time may be (a send scheduled ahead); beyond it the
+#: value is taken for a mistake (milliseconds, most often), whose links would never work.
+MAX_SEND_AHEAD = 366 * 86400
+
+
 def _send_time(sent_at: datetime | float | None) -> int:
+    now = time.time()
     if sent_at is None:
-        return int(time.time())
+        return int(now)
     if isinstance(sent_at, datetime):
         if sent_at.tzinfo is None:
             raise InvalidEvent("sent_at", "a datetime needs a time zone")
-        return int(sent_at.timestamp())
-    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
+        seconds: float = sent_at.timestamp()
+    elif isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)):
         raise InvalidEvent("sent_at", f"expected a datetime or POSIX seconds, got {shown(sent_at)}")
-    return int(sent_at)
+    elif isinstance(sent_at, float) and not math.isfinite(sent_at):
+        raise InvalidEvent("sent_at", "not a finite number of seconds")
+    else:
+        seconds = sent_at
+    if seconds > now + MAX_SEND_AHEAD:
+        raise InvalidEvent(
+            "sent_at", "more than a year ahead: POSIX seconds are expected, not milliseconds"
+        )
+    if seconds < 0:
+        raise InvalidEvent("sent_at", "before 1970")
+    return int(seconds)
 
 
 def _strip_slash(value: object) -> object:

@@ -8,8 +8,9 @@ its ``Content-Type`` names, holds the field ``List-Unsubscribe`` with the value
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import base64
+import quopri
+import re
 from urllib.parse import parse_qs
 
 __all__ = ["one_click_problem"]
@@ -23,6 +24,8 @@ _EXPECTED = (
 
 def one_click_problem(content_type: str | None, body: bytes) -> str | None:
     """None when ``body`` is a one-click unsubscribe request, else why not."""
+    if content_type is not None and len(content_type) > _MAX_CONTENT_TYPE:
+        return f"Content-Type: longer than {_MAX_CONTENT_TYPE} characters; {_EXPECTED}"
     media = (content_type or "").partition(";")[0].strip().lower()
     if media == "application/x-www-form-urlencoded":
         values = _urlencoded(body)
@@ -46,18 +49,63 @@ def _urlencoded(body: bytes) -> list[str] | None:
 
 
 def _multipart(content_type: str, body: bytes) -> list[str] | None:
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    try:
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        if not message.is_multipart():
-            return None
-        values = []
-        for part in message.iter_parts():
-            if part.get_param("name", header="content-disposition") != _FIELD:
-                continue
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                values.append(payload.decode("utf-8", "replace").strip())
-    except Exception:  # a malformed body is a refusal, never a crash
+    """The values of the ``List-Unsubscribe`` fields of a ``multipart/form-data`` body
+    (RFC 7578), or None when it has no part under the boundary its Content-Type names.
+    Read in one pass over the bytes: a form field never nests, and a general MIME parser
+    spends long on crafted parameters and nesting (this runs on the event loop)."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
         return None
+    delimiter = b"--" + (found.group(1) or found.group(2)).encode("latin-1", "replace")
+    pieces = body.split(delimiter)
+    if len(pieces) < 2:
+        return None
+    values: list[str] = []
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):  # the close delimiter
+            break
+        head, sep, content = piece.lstrip(b" \t").partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = piece.lstrip(b" \t").partition(b"\n\n")
+        if not sep:
+            continue
+        content = content.removesuffix(b"\n").removesuffix(b"\r")  # the delimiter's CRLF
+        name, encoding = _part_header(head)
+        if name == _FIELD:
+            values.append(_decoded(content, encoding).decode("utf-8", "replace").strip())
     return values
+
+
+_MAX_CONTENT_TYPE = 1024
+# A boundary is 1 to 70 characters (RFC 2046), quoted or a token.
+_BOUNDARY = re.compile(r'(?i);\s*boundary\s*=\s*(?:"([^"\r\n]{1,70})"|([^\s;"]{1,70}))')
+_NAME = re.compile(r'(?i);\s*name\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))')
+
+
+def _part_header(head: bytes) -> tuple[str | None, str]:
+    """The ``name`` of a part's Content-Disposition and its Content-Transfer-Encoding."""
+    name: str | None = None
+    encoding = ""
+    for line in head.decode("latin-1").splitlines():
+        field, _, value = line.partition(":")
+        field = field.strip().lower()
+        if field == "content-disposition":
+            found = _NAME.search(value)
+            if found is not None:
+                name = found.group(1) if found.group(1) is not None else found.group(2)
+        elif field == "content-transfer-encoding":
+            encoding = value.strip().lower()
+    return name, encoding
+
+
+def _decoded(content: bytes, encoding: str) -> bytes:
+    """``content`` undone from base64 or quoted-printable (RFC 7578 deprecates both,
+    some senders still use them); as it is otherwise or when it does not decode."""
+    try:
+        if encoding == "base64":
+            return base64.b64decode(content)
+        if encoding == "quoted-printable":
+            return quopri.decodestring(content)
+    except ValueError:  # binascii.Error
+        return content
+    return content

@@ -136,7 +136,7 @@ class ScannerRules:
         send."""
         if method == "HEAD":
             return "head"
-        if age < self.window:
+        if self.window and age < self.window:  # a token dated ahead (clock skew) too
             return "soon_after_send"
         if not user_agent:
             return "no_user_agent"
@@ -161,6 +161,8 @@ class ScannerRules:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 client on a dual-stack listener
         if any(address in network for network in self.mpp_networks):
             return "apple_proxy_ip"
         return None
