@@ -24,6 +24,7 @@ from selligent_segment.inputs.esp import (
     MailgunWebhook,
     PostmarkConfig,
     SendGridConfig,
+    SesConfig,
     webhooks_app,
 )
 from selligent_segment.testing import FakeClock, LocalSegment
@@ -180,11 +181,60 @@ def test_mailgun_replay_refused_but_a_retry_after_a_503_accepted(
     closed.close(1)
     with serve_asgi(webhooks_app(closed, {"mailgun": hook})) as url:
         assert post(url, "/mailgun/acme", body)[0] == 503
+    # Mailgun's first retry comes 10 minutes later, with the same signature: its timestamp
+    # is then stale, and the retry was refused (the event lost).
+    clock.advance(600.0)
     with serve_asgi(webhooks_app(emitter, {"mailgun": hook})) as url:
         assert post(url, "/mailgun/acme", body)[0] == 200
         assert post(url, "/mailgun/acme", body)[0] == 403
         assert emitter.flush(10)
     assert server.accepted_count == 1
+
+
+def test_a_request_failing_before_its_token_is_recorded_does_not_free_a_captured_one(
+    server: LocalSegment, emitter: Emitter
+) -> None:
+    """The app forgot the token of any request that raised: a captured body posted once
+    to a tenant whose key lookup raises erased its token, and its replay was accepted."""
+
+    def key_of(tenant: str | None) -> str:
+        return {"acme": MAILGUN_KEY}[tenant or ""]  # KeyError for any other tenant
+
+    hook = MailgunWebhook(MailgunConfig(key_of, now=FakeClock(NOW).monotonic))
+    stamp, token = str(int(NOW)), "tok-7"
+    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    event = {"id": "mg-7", "event": "delivered", "recipient": "a@example.com"}
+    body = orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": token, "signature": signature},
+            "event-data": {**event, "timestamp": 1_794_999_000},
+        }
+    )
+    with serve_asgi(webhooks_app(emitter, {"mailgun": hook})) as url:
+        assert post(url, "/mailgun/acme", body)[0] == 200
+        assert post(url, "/mailgun/acme", body)[0] == 403
+        assert post(url, "/mailgun/nosuch", body)[0] == 400  # KeyError in the lookup
+        assert post(url, "/mailgun/acme", body)[0] == 403  # still a replay
+        assert emitter.flush(10)
+    assert server.accepted_count == 1
+
+
+def _no_fetch(url: str) -> bytes:
+    raise AssertionError("no certificate is fetched for a body too large")
+
+
+def test_a_provider_whose_body_is_read_before_its_check_has_a_lower_body_limit(
+    emitter: Emitter,
+) -> None:
+    """Mailgun's and SNS's bodies are parsed before their signature can be checked, in
+    one call holding the GIL: 16 MiB of JSON from anyone stalled every route for a second.
+    Their bodies are one event (an SNS message is at most 256 KB): larger is a 413."""
+    big = b"[" + b"{}," * 800_000 + b"{}]"  # 2.4 MB
+    ses = SesConfig(["arn:aws:sns:eu-west-1:123456789012:ses"], fetch=_no_fetch)
+    with serve_asgi(webhooks_app(emitter, {**providers(FakeClock(NOW)), "ses": ses})) as url:
+        assert post(url, "/mailgun/acme", big)[0] == 413
+        assert post(url, "/ses/acme", big)[0] == 413
+        assert post(url, "/sendgrid/acme", big)[0] == 401  # unsigned: checked first
 
 
 def test_an_unknown_tenant_is_a_503_so_the_provider_retries(

@@ -13,6 +13,7 @@ import pytest
 from selligent_segment import EventKind
 from selligent_segment.inputs.esp import PARSERS, MailgunConfig, MailgunWebhook, WebhookRefused
 from selligent_segment.inputs.esp._hmac import SeenTokens
+from selligent_segment.inputs.esp._mailgun import RETRY_WINDOW
 from selligent_segment.testing import FakeClock
 
 NOW = 1_795_000_000.0
@@ -99,6 +100,47 @@ def test_a_released_token_may_come_again() -> None:
     assert len(hook.handle(request, {}).records) == 1
 
 
+def test_a_retry_after_a_503_is_accepted_with_its_first_signature_for_a_while() -> None:
+    """Mailgun retries over 8 hours with the signature it first sent: a request answered
+    503 may come again once, however old its timestamp, within RETRY_WINDOW."""
+    clock = FakeClock(NOW)
+    hook = webhook(clock)
+    request = body(event())
+    hook.handle(request, {})
+    hook.release(request, {})  # answered 503
+    clock.advance(3600.0)
+    assert len(hook.handle(request, {}).records) == 1
+    with pytest.raises(WebhookRefused, match="stale timestamp"):  # once: no allowance left
+        hook.handle(request, {})
+    late = body(event(), token="tok-late", stamp=NOW + 3600.0)
+    hook.handle(late, {})
+    hook.release(late, {})
+    clock.advance(RETRY_WINDOW + 1.0)
+    with pytest.raises(WebhookRefused, match="stale timestamp"):
+        hook.handle(late, {})
+    with pytest.raises(WebhookRefused, match="stale timestamp"):  # never answered 503
+        hook.handle(body(event(), token="tok-never"), {})
+
+
+def test_a_signature_is_accepted_once_however_its_text_is_split() -> None:
+    """The HMAC covers timestamp + token: moving the token's first characters onto the
+    timestamp ("1795000000" + "e0..." as "1795000000e0" + "...", the same number) gave
+    the same signature a token never seen."""
+    hook = webhook()
+    request = body(event(), token="e0abc")
+    hook.handle(request, {})
+    shifted = orjson.loads(request)
+    shifted["signature"]["timestamp"] += "e0"
+    shifted["signature"]["token"] = "abc"
+    with pytest.raises(WebhookRefused, match="not whole seconds"):
+        hook.handle(orjson.dumps(shifted), {})
+    digits = orjson.loads(body(event(), token="12abc"))
+    digits["signature"]["timestamp"] += "12"
+    digits["signature"]["token"] = "abc"
+    with pytest.raises(WebhookRefused, match="stale timestamp"):
+        hook.handle(orjson.dumps(digits), {})
+
+
 def test_the_token_cache_is_bounded() -> None:
     seen = SeenTokens(2)
     assert seen.first_time("a")
@@ -180,5 +222,5 @@ def test_a_signed_timestamp_that_is_not_a_finite_number_is_refused(stamp: str) -
             "event-data": event(),
         }
     )
-    with pytest.raises(WebhookRefused, match="stale timestamp"):
+    with pytest.raises(WebhookRefused, match="the timestamp is not whole seconds"):
         webhook().handle(payload, {})

@@ -19,7 +19,12 @@ from cryptography.x509.oid import NameOID
 
 from selligent_segment import EventKind
 from selligent_segment.inputs.esp import PARSERS, SesConfig, SesWebhook, SnsMessage, WebhookRefused
-from selligent_segment.inputs.esp._sns import FAILURE_TTL, allowed_sns_url, canonical_string
+from selligent_segment.inputs.esp._sns import (
+    FAILURE_TTL,
+    MAX_NEW_FETCHES,
+    allowed_sns_url,
+    canonical_string,
+)
 from selligent_segment.testing import FakeClock
 
 NOW = dt.datetime(2026, 11, 20, 9, 15, tzinfo=dt.timezone.utc)
@@ -185,6 +190,11 @@ def test_a_forged_message_is_refused() -> None:
         "https://sns.eu-west-1.amazonaws.com@evil.example/x.pem",
         "https://sns.eu-west-1.amazonaws.com:8443/x.pem",
         "https://s3.amazonaws.com/x.pem",
+        # an S3 bucket named "sns": its owner serves the certificate
+        "https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3-accelerate.amazonaws.com/SimpleNotificationService-abc.pem",
+        "https://sns.s3.dualstack.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem",
         # an SNS host, but not the path SNS signs from
         "https://sns.eu-west-1.amazonaws.com/x.pem",
         "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-xyz.pem",
@@ -201,8 +211,36 @@ def test_a_certificate_url_off_the_sns_hosts_is_refused_without_a_fetch(url: str
     assert fetch.urls == []
 
 
-def test_the_china_regions_are_sns_hosts() -> None:
+def test_the_china_and_government_regions_are_sns_hosts() -> None:
     assert allowed_sns_url("https://sns.cn-north-1.amazonaws.com.cn/x.pem")
+    assert allowed_sns_url("https://sns.us-gov-west-1.amazonaws.com/x.pem")
+    assert allowed_sns_url("https://sns.ap-southeast-2.amazonaws.com/x.pem")
+
+
+def test_certificates_not_yet_known_are_fetched_a_few_a_minute_at_most() -> None:
+    """Each forged request may name a certificate URL of its own (the <hex> is the
+    sender's): each cost a fetch, on threads every provider shares. Past the budget the
+    answer is a 503 (SNS retries) without a fetch, until the minute has passed."""
+    clock = FakeClock(NOW.timestamp())
+    urls: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        urls.append(url)
+        raise OSError("HTTP 404")
+
+    hook = SesWebhook(SesConfig([TOPIC], fetch=fetch, now=clock.monotonic))
+    for n in range(MAX_NEW_FETCHES + 3):
+        url = CERT_URL.replace("abc", f"{n:04x}")
+        body = orjson.dumps(envelope(bounce(), SigningCertURL=url))
+        with pytest.raises(WebhookRefused) as info:
+            hook.handle(body, {})
+        assert info.value.status == 503
+    assert len(urls) == MAX_NEW_FETCHES
+    assert "too many signing certificates" in info.value.reason
+    clock.advance(FAILURE_TTL)
+    with pytest.raises(WebhookRefused, match="could not fetch"):
+        hook.handle(orjson.dumps(envelope(bounce(), SigningCertURL=CERT_URL)), {})
+    assert urls[-1] == CERT_URL
 
 
 def test_a_topic_not_allowed_is_refused_before_any_fetch() -> None:

@@ -112,7 +112,8 @@ def webhooks_app(
             _refused(webhook.provider, tenant, 400, str(exc))
             return 400, _error(str(exc))
         except Exception as exc:  # whatever a caller sends, reading it never answers a 500
-            webhook.release(body, headers)
+            # Not released: the request may have failed before its token was recorded, and
+            # forgetting it would let a captured one in again (handle forgets its own).
             reason = f"unreadable request ({type(exc).__name__})"  # the type only: no input
             _refused(webhook.provider, tenant, 400, reason)
             return 400, _error(reason)
@@ -159,8 +160,11 @@ def webhooks_app(
         if scope.get("method") != "POST":
             await respond(send, 405, b"POST only\n", headers=[("Allow", "POST")])
             return
+        # A provider's own limit, where lower: its body is parsed before its signature
+        # can be checked (Mailgun's, SNS's), in one call that holds the GIL.
+        limit = min(max_body, getattr(webhook, "max_body", None) or max_body)
         try:
-            body = await read_body(receive, max_body)
+            body = await read_body(receive, limit)
         except BodyTooLarge as exc:
             _refused(webhook.provider, tenant or None, 413, str(exc))
             await respond(send, 413, str(exc).encode() + b"\n")

@@ -15,7 +15,7 @@ import hmac
 import threading
 from collections import OrderedDict
 
-__all__ = ["SeenTokens", "hmac_ok"]
+__all__ = ["RetryAllowance", "SeenTokens", "hmac_ok"]
 
 
 def hmac_ok(key: str, timestamp: str, token: str, signature: str) -> bool:
@@ -55,3 +55,33 @@ class SeenTokens:
     def __len__(self) -> int:
         with self._lock:
             return len(self._seen)
+
+
+class RetryAllowance:
+    """Signed requests answered 503 whose retry may come after the freshness window (a
+    retry re-sends the signature it was first sent with): each key until its deadline,
+    at most ``size`` of them (the oldest forgotten first). Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, until: float) -> None:
+        """Let a retry of ``key`` in, however old its timestamp, until ``until``."""
+        with self._lock:
+            self._until[key] = until
+            self._until.move_to_end(key)
+            while len(self._until) > self._size:
+                self._until.popitem(last=False)
+
+    def allowed(self, key: str, now: float) -> bool:
+        """Whether a retry of ``key`` may come in now."""
+        with self._lock:
+            until = self._until.get(key)
+            return until is not None and now <= until
+
+    def done(self, key: str) -> None:
+        """``key``'s retry came in: no further allowance."""
+        with self._lock:
+            self._until.pop(key, None)

@@ -13,6 +13,7 @@ from ``user-variables`` under :data:`ID_KEYS`.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,16 +32,23 @@ from selligent_segment.inputs.esp._common import (
     secret_for,
     text,
 )
-from selligent_segment.inputs.esp._hmac import SeenTokens, hmac_ok
+from selligent_segment.inputs.esp._hmac import RetryAllowance, SeenTokens, hmac_ok
 from selligent_segment.inputs.esp._machine_open import machine_open
 
-__all__ = ["MailgunConfig", "MailgunWebhook", "parse"]
+__all__ = ["RETRY_WINDOW", "MailgunConfig", "MailgunWebhook", "parse"]
 
 PROVIDER = "mailgun"
 #: Seconds a signed timestamp stays acceptable (and a token is remembered for).
 DEFAULT_MAX_AGE = 300.0
 #: Tokens remembered; make it larger than the requests of ``max_age`` seconds.
 DEFAULT_TOKEN_CACHE = 65_536
+#: Seconds a request answered 503 may come again with its first signature, however old:
+#: Mailgun retries for 8 hours (after 5, 10 and 15 minutes, then 1, 2 and 4 hours; a
+#: delivery notification is never retried).
+RETRY_WINDOW = 9 * 3600.0
+#: The largest body read: Mailgun posts one event a request (a few KB).
+MAX_BODY = 1024 * 1024
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 _KINDS = {
     "delivered": EventKind.DELIVERED,
@@ -141,18 +149,23 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
 
 class MailgunWebhook:
     """Mailgun's webhooks: :meth:`handle` checks the HMAC, the timestamp's age and that
-    the token is new, then parses. Thread-safe."""
+    the token is new, then parses. A request answered 503 (:meth:`release`) may come again
+    with its first signature for :data:`RETRY_WINDOW` seconds. Thread-safe."""
 
     provider = PROVIDER
+    max_body = MAX_BODY
 
     def __init__(self, config: MailgunConfig, resolver: IdResolver | None = None) -> None:
         self.config = config
         self.resolver = resolver
         self.tokens = SeenTokens(config.token_cache)
+        self.retries = RetryAllowance(config.token_cache)
 
-    def verify(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> None:
-        """Return when the request's signature is good, fresh and new; raise
-        :class:`WebhookRefused` otherwise (a good request's token is then remembered)."""
+    def verify(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> str:
+        """The request's replay key when its signature is good, fresh (or a retry of a
+        request answered 503) and new; raise :class:`WebhookRefused` otherwise (a good
+        request's key is then remembered). The key is the signed text, timestamp and
+        token: however the two are split, one signature is accepted once."""
         try:
             payload = _envelope(body, PROVIDER)
         except InputError as exc:
@@ -171,27 +184,40 @@ class MailgunWebhook:
             raise WebhookRefused(PROVIDER, "no signing key for this tenant")
         if not hmac_ok(key, stamp, token, signature):
             raise WebhookRefused(PROVIDER, "bad signature")
-        try:
-            age = self.config.now() - float(stamp)
-        except ValueError:
-            raise WebhookRefused(PROVIDER, "the timestamp is not a number", status=400) from None
-        if not abs(age) <= self.config.max_age:  # nan (a signed "nan") is refused too
+        if not _TIMESTAMP.fullmatch(stamp):  # "1795000000e0" signs like 1795000000 + "e0..."
+            raise WebhookRefused(PROVIDER, "the timestamp is not whole seconds", status=400)
+        replay_key = stamp + token
+        now = self.config.now()
+        age = now - int(stamp)
+        if abs(age) > self.config.max_age and not self.retries.allowed(replay_key, now):
             raise WebhookRefused(
                 PROVIDER, f"stale timestamp ({age:+.0f} s old, over {self.config.max_age:g} s)"
             )
-        if not self.tokens.first_time(token):
+        if not self.tokens.first_time(replay_key):
             raise WebhookRefused(PROVIDER, "replayed: this token was already used")
+        self.retries.done(replay_key)
+        return replay_key
 
     def handle(self, body: bytes, headers: Mapping[str, str], tenant: str | None = None) -> Parsed:
-        """:meth:`verify`, then :func:`parse`."""
-        self.verify(body, headers, tenant)
-        return parse(body, PROVIDER, tenant=tenant, resolver=self.resolver)
+        """:meth:`verify`, then :func:`parse` (a body it cannot read has its token
+        forgotten again)."""
+        replay_key = self.verify(body, headers, tenant)
+        try:
+            return parse(body, PROVIDER, tenant=tenant, resolver=self.resolver)
+        except BaseException:
+            self.tokens.forget(replay_key)
+            raise
 
     def release(self, body: bytes, headers: Mapping[str, str]) -> None:
-        """Forget the request's token: its records were not accepted, Mailgun will retry."""
+        """Forget the request's token: its records were not accepted (503), Mailgun will
+        retry, with this signature, for up to :data:`RETRY_WINDOW` seconds."""
         try:
             signed = _envelope(body, PROVIDER).get("signature")
         except InputError:
             return
-        if isinstance(signed, dict) and isinstance(signed.get("token"), str):
-            self.tokens.forget(signed["token"])
+        if not isinstance(signed, dict):
+            return
+        stamp, token = signed.get("timestamp"), signed.get("token")
+        if isinstance(stamp, str) and isinstance(token, str):
+            self.tokens.forget(stamp + token)
+            self.retries.allow(stamp + token, self.config.now() + RETRY_WINDOW)

@@ -303,6 +303,8 @@ class SesWebhook:
     then parses notifications. Thread-safe."""
 
     provider = PROVIDER
+    #: The largest body read: an SNS message is at most 256 KB (its envelope adds little).
+    max_body = 2 * 1024 * 1024
 
     def __init__(self, config: SesConfig, resolver: IdResolver | None = None) -> None:
         self.config = config

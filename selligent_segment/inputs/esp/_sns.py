@@ -20,7 +20,7 @@ import binascii
 import re
 import threading
 import urllib.parse
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "CERT_HOST",
     "CERT_PATH",
     "FAILURE_TTL",
+    "MAX_NEW_FETCHES",
     "Fetch",
     "SnsMessage",
     "SnsVerifier",
@@ -45,13 +46,23 @@ __all__ = [
 
 #: A fetcher: ``url -> body`` (raise any exception on failure). The seam for the network.
 Fetch = Callable[[str], bytes]
-#: Hosts SNS signs from and sends confirmation links on.
-CERT_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+#: Hosts SNS signs from and sends confirmation links on: ``sns.<region>.amazonaws.com``,
+#: the region as AWS writes them (``us-east-1``, ``us-gov-west-1``, ``cn-north-1``), never
+#: an S3 bucket's host (``sns.s3.amazonaws.com``, ``sns.s3-us-west-2.amazonaws.com``: a
+#: bucket named ``sns`` would serve its owner's certificate).
+CERT_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-[0-9]+\.amazonaws\.com(\.cn)?")
 #: The path of SNS's signing certificates.
 CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
 #: Seconds a URL whose certificate could not be fetched (or read) is not asked again: a
 #: forged request costs at most one fetch per URL in that time.
 FAILURE_TTL = 60.0
+#: Fetches of certificates not in the cache, at most, in any :data:`FAILURE_TTL` seconds:
+#: each forged request may name a URL of its own (the ``<hex>`` is the sender's choice),
+#: and a fetch holds one of the threads every provider's requests share. Beyond it the
+#: request is answered 503 (SNS retries); SNS itself signs from very few certificates.
+MAX_NEW_FETCHES = 8
+#: Failed URLs remembered (each for :data:`FAILURE_TTL` seconds).
+FAILED_URLS = 1024
 #: The largest certificate or confirmation answer read.
 MAX_FETCH_BYTES = 64 * 1024
 
@@ -141,8 +152,10 @@ def default_fetch(url: str) -> bytes:
 
 
 class SnsVerifier:
-    """Checks SNS signatures, fetching certificates through ``fetch`` and keeping the last
-    ``cache_size`` by URL (and as many failed URLs, each for :data:`FAILURE_TTL` seconds).
+    """Checks SNS signatures, fetching certificates through ``fetch`` (at most
+    :data:`MAX_NEW_FETCHES` in :data:`FAILURE_TTL` seconds) and keeping the last
+    ``cache_size`` by URL (and up to :data:`FAILED_URLS` failed URLs, each for
+    :data:`FAILURE_TTL` seconds).
     ``now`` is the wall clock (for certificate validity and failures' age). Thread-safe."""
 
     def __init__(
@@ -159,6 +172,7 @@ class SnsVerifier:
         self._provider = provider
         self._certs: OrderedDict[str, Any] = OrderedDict()
         self._failed: OrderedDict[str, tuple[float, str, int]] = OrderedDict()
+        self._fetches: deque[float] = deque()  # when the recent new fetches began
         self._lock = threading.Lock()
 
     @property
@@ -174,9 +188,21 @@ class SnsVerifier:
         with self._lock:
             self._failed[url] = (self._now() + FAILURE_TTL, reason, status)
             self._failed.move_to_end(url)
-            while len(self._failed) > self._size:
+            while len(self._failed) > FAILED_URLS:
                 self._failed.popitem(last=False)
         return self._refuse(reason, status)
+
+    def _take_fetch(self) -> None:
+        """Count one fetch of a certificate not in the cache; raise 503 when
+        :data:`MAX_NEW_FETCHES` began in the last :data:`FAILURE_TTL` seconds."""
+        now = self._now()
+        with self._lock:
+            while self._fetches and self._fetches[0] <= now - FAILURE_TTL:
+                self._fetches.popleft()
+            if len(self._fetches) >= MAX_NEW_FETCHES:
+                reason = "too many signing certificates not yet known asked for; retry"
+                raise self._refuse(reason, 503)
+            self._fetches.append(now)
 
     def _certificate(self, url: str) -> Any:
         with self._lock:
@@ -189,6 +215,7 @@ class SnsVerifier:
             if self._now() < until:
                 raise self._refuse(reason, status)
         if cert is None:
+            self._take_fetch()
             try:
                 pem = self._fetch(url)
             except Exception as exc:
