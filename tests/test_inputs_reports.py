@@ -229,6 +229,13 @@ def test_a_feedback_report_split_by_blank_lines_keeps_its_fields(lead: bytes) ->
     assert record == _records("arf-yahoo-abuse").records[0]
 
 
+#: The status part of a report of one failed recipient, u@example.com.
+ONE_FAILED = (
+    "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
+    "Action: failed\nStatus: 5.1.1\n"
+)
+
+
 def _dsn(
     status: str,
     *,
@@ -395,9 +402,8 @@ def test_a_quoted_printable_original_is_decoded_whatever_its_own_body_encoding(
         f"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: {body_encoding}\n"
         f"\n{body}\n".encode()
     ).decode()
-    status = "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
     data = _dsn(
-        status + "Action: failed\nStatus: 5.1.1\n",
+        ONE_FAILED,
         kind="message/global-delivery-status",
         original_kind="message/global\nContent-Transfer-Encoding: quoted-printable",
         original=original,
@@ -408,12 +414,8 @@ def test_a_quoted_printable_original_is_decoded_whatever_its_own_body_encoding(
 
 
 def test_encoded_words_beside_raw_utf8_are_decoded_too() -> None:
-    status = (
-        "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
-        "Action: failed\nStatus: 5.1.1\n"
-    )
     original = "Message-ID: <o@p>\nSubject: caf\u00e9 =?utf-8?q?na=C3=AFve?=\n\nbody\n"
-    data = _dsn(status, original_kind="message/rfc822", original=original)
+    data = _dsn(ONE_FAILED, original_kind="message/rfc822", original=original)
     (record,) = parse_dsn(data, "x.eml").records
     assert record.email_subject == "caf\u00e9 na\u00efve"
 
@@ -421,11 +423,7 @@ def test_encoded_words_beside_raw_utf8_are_decoded_too() -> None:
 def test_an_encoded_word_decoding_to_a_lone_surrogate_costs_nothing() -> None:
     """``=?unicode-escape?q?\\ud800?=`` decodes to a code point UTF-8 cannot hold: the
     report was lost ("cannot be parsed (UnicodeEncodeError)"); it is replaced."""
-    status = (
-        "Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; u@example.com\n"
-        "Action: failed\nStatus: 5.1.1\n"
-    )
-    data = _dsn(status).replace(
+    data = _dsn(ONE_FAILED).replace(
         b"Message-ID: <dsn-1@mx.example>", b"Message-ID: =?unicode-escape?q?<\\ud800@x>?="
     )
     parsed = parse_dsn(data, "x.eml")
