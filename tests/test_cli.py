@@ -511,6 +511,21 @@ def test_rejects_usage_errors(tmp_path: Path) -> None:
     assert "is also an input" in same.stderr
     assert Path(c).read_text() == jsonl(R1)  # the input was not overwritten
     assert "cannot write" in unwritable.stderr
+    # The same file as standard input (re-sending a fixed rejects file): it was emptied
+    # before it was read, and the run said 0 records and exited 0.
+    with open(c, "rb") as stdin:
+        piped = subprocess.run(
+            [sys.executable, "-m", "selligent_segment", "send", "--dry-run", "--rejects", c, "-"],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+    assert piped.returncode == 2
+    assert "is also an input" in piped.stderr
+    assert Path(c).read_text() == jsonl(R1)
 
 
 def test_quiet_keeps_only_the_errors(tmp_path: Path) -> None:

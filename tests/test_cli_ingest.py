@@ -160,6 +160,27 @@ def test_a_saved_sendgrid_body_is_delivered_with_tenant(
     )
 
 
+def test_events_that_are_none_of_the_six_are_skipped_not_problems(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    """Every SendGrid body holds ``processed`` events: counted as problems, each printed,
+    they made a normal body exit 1 ("something could not be read"); a DSN delay notice,
+    read and making no record just the same, exits 0."""
+    body = tmp_path / "sendgrid.json"
+    delivered = {"email": "a@example.com", "event": "delivered", "sg_event_id": "sg-1"}
+    processed = {"email": "a@example.com", "event": "processed", "sg_event_id": "sg-0"}
+    stamp = {"timestamp": 1763600000}
+    body.write_text(json.dumps([{**processed, **stamp}, {**delivered, **stamp}]))
+    result = ingest(
+        "sendgrid", str(body), "--tenant", "globex", "--json",
+        "--write-keys", keys_file, "--endpoint", server.url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "processed" not in result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["records"], summary["skipped"], summary["problems"]) == (1, 1, 0)
+
+
 @pytest.mark.slow
 def test_usage_errors_exit_2_before_anything_is_sent(tmp_path: Path) -> None:
     good = str(CORPUS / "postfix-user-unknown.eml")

@@ -7,7 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import mailbox
+import os
 import quopri
+import subprocess
+import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -621,6 +624,36 @@ def test_an_mbox_gives_each_message_with_its_number(tmp_path: Path) -> None:
     # the same report through a single .eml gives the same event id
     single = parse_dsn((CORPUS / "postfix-user-unknown.eml").read_bytes(), "x", Join())
     assert results[0][1].records[0].event_id == single.records[0].event_id
+
+
+@pytest.mark.parametrize("kind", ["mbox", "eml"])
+def test_a_pipe_is_read_once_as_the_same_file_would_be(tmp_path: Path, kind: str) -> None:
+    """``ingest dsn <(zcat bounces.mbox.gz)``: the kind check read the start of the pipe,
+    which the reading after it then missed (the message's first bytes lost, or an mbox
+    read as one broken message)."""
+    path = tmp_path / "bounces.mbox"
+    box = mailbox.mbox(str(path))
+    for name in ("postfix-user-unknown", "postfix-delayed", "arf-yahoo-abuse"):
+        box.add((CORPUS / f"{name}.eml").read_bytes())
+    box.close()
+    source = path if kind == "mbox" else CORPUS / "postfix-user-unknown.eml"
+    expected = [data for _, data in read_messages(str(source))]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"open({str(fifo)!r}, 'wb').write(open({str(source)!r}, 'rb').read())",
+        ]
+    )
+    try:
+        found = list(read_messages(str(fifo)))
+    finally:
+        assert writer.wait(30) == 0
+    assert [data for _, data in found] == expected
+    names = [f"{fifo}:MESSAGE-{n}" for n in (1, 2, 3)] if kind == "mbox" else [str(fifo)]
+    assert [where for where, _ in found] == names
 
 
 def test_a_maildir_gives_its_messages_in_name_order(tmp_path: Path) -> None:

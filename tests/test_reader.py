@@ -459,3 +459,28 @@ def test_send_dry_run_reports_an_unclosed_quote_and_still_prints_the_rows_after_
     assert len(result.stdout.splitlines()) == 50
     assert f"{path}:2: email_subject: unclosed quote (" in result.stderr
     assert "read 51 records from 1 input: 50 valid, 1 invalid" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", [Format.JSONL, Format.CSV])
+def test_a_pipe_is_read_once_every_record_with_its_line(tmp_path: Path, fmt: Format) -> None:
+    """A FIFO or ``<(zcat x.gz)``: the check at open read (and lost) the first buffer
+    before the records were read from a second open: the CSV header and every row went,
+    or the first JSON lines, and the line numbers were off."""
+    count = 3000  # well over one read buffer
+    if fmt is Format.CSV:
+        content = b"type,user_id\n" + b"".join(b"open,u%d\n" % i for i in range(count))
+    else:
+        content = b"".join(b'{"type": "open", "user_id": "u%d"}\n' % i for i in range(count))
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"open({str(path)!r}, 'wb').write({content!r})"]
+    )
+    try:
+        lines = list(Input(str(path), fmt).open())
+    finally:
+        assert writer.wait(30) == 0  # not killed by SIGPIPE: everything was read
+    assert errors(lines) == []
+    assert [line.record.user_id for line in lines if line.record] == [f"u{i}" for i in range(count)]
+    first = 2 if fmt is Format.CSV else 1
+    assert [line.number for line in lines] == list(range(first, first + count))

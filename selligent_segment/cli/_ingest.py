@@ -6,7 +6,9 @@ as ``send`` does: same delivery options, spool, progress, summary and exit statu
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -32,6 +34,8 @@ from selligent_segment.inputs.reports import Join, parse_arf, parse_dsn, parse_p
 from selligent_segment.inputs.reports._sources import check_path
 
 __all__ = ["INGEST", "REPORT_KINDS"]
+
+log = logging.getLogger("selligent_segment")
 
 #: The report kinds and their parsers; the ESP kinds are the keys of ``inputs.esp.PARSERS``.
 REPORT_KINDS = {"dsn": parse_dsn, "arf": parse_arf}
@@ -147,6 +151,7 @@ class _Ingest(SendRunner):
         super().__init__(args)
         self.messages = 0
         self.records = 0
+        self.skipped = 0  # ESP events read that are none of the six (not problems)
         self.join = Join()
 
     def open_inputs(self) -> None:
@@ -159,7 +164,7 @@ class _Ingest(SendRunner):
                     check_path(path)
                 elif os.path.isdir(path):
                     raise InputError(path, "path", "a directory, not a webhook body file")
-                else:
+                elif stat.S_ISREG(os.stat(path).st_mode):  # not a pipe: opening one loses it
                     with open(path, "rb"):
                         pass
             except OSError as exc:
@@ -195,6 +200,10 @@ class _Ingest(SendRunner):
             for where, parsed in self._parsed():
                 self.messages += 1
                 for problem in parsed.problems:
+                    if problem.reason.startswith("skipped: "):  # read, not one of the six
+                        self.skipped += 1
+                        log.info("%s", problem)  # shown with -v
+                        continue
                     self.refuse(problem.where, InvalidEvent(problem.field, problem.reason))
                 for index, record in enumerate(parsed.records):
                     self.records += 1
@@ -226,6 +235,7 @@ class _Ingest(SendRunner):
         return {
             "messages": self.messages,
             "records": self.records,
+            "skipped": self.skipped,
             "problems": self.invalid,
             "inputs": len(self.args.files),
             **delivery,
@@ -239,7 +249,8 @@ class _Ingest(SendRunner):
         err(
             f"{PROG}: read {self.messages:,} {what} from {inputs} input"
             f"{'s' if inputs != 1 else ''}: {self.records:,} records, "
-            f"{self.invalid:,} problems"
+            + (f"{self.skipped:,} events skipped, " if self.skipped else "")
+            + f"{self.invalid:,} problems"
         )
 
 

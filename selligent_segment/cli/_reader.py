@@ -413,12 +413,25 @@ class Input:
             if self.format is Format.CSV:
                 self._read_header(stream)
             return self
-        with open(self.path, "rb") as stream:
-            self.size = os.fstat(stream.fileno()).st_size
+        stream = open(self.path, "rb")  # noqa: SIM115 (a pipe's stays open, see below)
+        try:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                # A pipe (<(zcat x.gz), a FIFO): read once, from this stream; what a check
+                # read from it would never come back.
+                self._stdin = stream
+                if self.format is Format.CSV:
+                    self._read_header(stream)
+                return self
+            self.size = info.st_size
             if self.format is Format.CSV:
                 self._read_header(stream)
             else:
                 stream.read(1)  # a directory fails here, not later
+        except BaseException:
+            stream.close()
+            raise
+        stream.close()
         return self
 
     def _read_header(self, stream: BinaryIO) -> None:
@@ -449,6 +462,10 @@ class Input:
         if self.path == STDIN:
             stream = self._stdin if self._stdin is not None else sys.stdin.buffer
             yield from self._iter(stream)
+            return
+        if self._stdin is not None:  # a pipe, opened (and its header read) by open()
+            with self._stdin as stream:
+                yield from self._iter(stream)
             return
         with open(self.path, "rb") as stream:
             self.bytes_read = 0

@@ -4,6 +4,7 @@ header first), and beside it ``FILE.reasons``, one ``FILE:LINE: field: reason`` 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
@@ -14,9 +15,13 @@ __all__ = ["Rejects"]
 
 
 def _same_file(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are one file; ``-`` is standard input, whatever it is
+    redirected from (``--rejects todo.jsonl - < todo.jsonl``)."""
     try:
+        if a == "-":
+            return os.path.samestat(os.fstat(sys.stdin.fileno()), os.stat(b))
         return os.path.samefile(a, b)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: stdin closed or replaced
         return False
 
 
@@ -37,9 +42,7 @@ class Rejects:
         self.path = path
         self.reasons_path = path + ".reasons"
         for i in inputs:
-            if i.path != "-" and (
-                _same_file(i.path, path) or _same_file(i.path, self.reasons_path)
-            ):
+            if _same_file(i.path, path) or _same_file(i.path, self.reasons_path):
                 raise UsageError(f"--rejects {path}: is also an input; choose another file")
         self._header = next((i.header for i in inputs if i.header is not None), None)
         try:

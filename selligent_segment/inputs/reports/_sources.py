@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import mailbox
 import os
+import stat
 from collections.abc import Iterator
 
 from selligent_segment.inputs._result import InputError, InputProblem
@@ -14,18 +15,44 @@ __all__ = ["check_path", "read_messages"]
 
 
 def check_path(path: str) -> str:
-    """``eml``, ``mbox`` or ``maildir`` for ``path``; InputError naming it when it cannot
-    be read as any of them."""
+    """``eml``, ``mbox``, ``maildir`` or ``stream`` (a pipe, nothing read from it yet) for
+    ``path``; InputError naming it when it cannot be read as any of them."""
     if os.path.isdir(path):
         if os.path.isdir(os.path.join(path, "cur")) and os.path.isdir(os.path.join(path, "new")):
             return "maildir"
         raise InputError(path, "path", "a directory but not a Maildir (no cur/ and new/)")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "stream"  # a pipe: read once, by read_messages (a check would lose data)
         with open(path, "rb") as stream:
             start = stream.read(5)
     except OSError as exc:
         raise InputError(path, "path", f"cannot read: {exc.strerror or exc}") from None
     return "mbox" if start == b"From " else "eml"
+
+
+def _mbox_messages(data: bytes) -> list[bytes]:
+    """The messages of an mbox held in ``data``, as :class:`mailbox.mbox` gives them: each
+    without its ``From `` line and the blank line before the next one."""
+    messages: list[bytes] = []
+    current: list[bytes] | None = None
+    for line in data.splitlines(keepends=True):
+        if line.startswith(b"From "):
+            if current is not None:
+                messages.append(_without_separator(b"".join(current)))
+            current = []
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        messages.append(_without_separator(b"".join(current)))
+    return messages
+
+
+def _without_separator(message: bytes) -> bytes:
+    for end in (b"\r\n", b"\n"):
+        if message.endswith(end * 2):
+            return message[: -len(end)]
+    return message
 
 
 def read_messages(path: str) -> Iterator[tuple[str, bytes | InputProblem]]:
@@ -36,13 +63,17 @@ def read_messages(path: str) -> Iterator[tuple[str, bytes | InputProblem]]:
     unreadable, a directory that is not a Maildir).
     """
     kind = check_path(path)
-    if kind == "eml":
+    if kind in ("eml", "stream"):
         try:
             with open(path, "rb") as stream:
                 data = stream.read()
         except OSError as exc:
             raise InputError(path, "path", f"cannot read: {exc.strerror or exc}") from None
-        yield path, data
+        if kind == "eml" or not data.startswith(b"From "):
+            yield path, data
+            return
+        for number, message in enumerate(_mbox_messages(data), 1):  # an mbox through a pipe
+            yield f"{path}:MESSAGE-{number}", message
         return
     box: mailbox.Mailbox[mailbox.Message]
     try:
