@@ -341,3 +341,18 @@ def test_a_body_no_rule_foresaw_is_that_files_problem_and_the_next_files_are_rea
     assert status == 1, err
     assert [json.loads(line)["event"] for line in out.splitlines()] == ["Email Delivered"]
     assert f"{bad}: body: cannot be read (RecursionError)" in err.splitlines()
+
+
+@pytest.mark.parametrize("quiet", [[], ["-q"]])
+def test_a_bounce_detector_failing_is_one_problem_line_without_a_traceback(
+    tmp_path: Path, quiet: list[str]
+) -> None:
+    """flufl.bounce logs a traceback for a message one of its detectors fails on; without
+    a handler Python printed it to stderr, even with -q (only errors promised)."""
+    path = tmp_path / "plain.eml"
+    path.write_bytes(b"To: a@example.com\nSubject: hi\n\nhello\n")
+    result = ingest("dsn", str(path), "--dry-run", "--tenant", "acme", *quiet)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "Exception in detector" not in result.stderr
+    assert f"{path}: report: the bounce detectors failed on it" in result.stderr

@@ -484,3 +484,12 @@ def test_a_pipe_is_read_once_every_record_with_its_line(tmp_path: Path, fmt: For
     assert [line.record.user_id for line in lines if line.record] == [f"u{i}" for i in range(count)]
     first = 2 if fmt is Format.CSV else 1
     assert [line.number for line in lines] == list(range(first, first + count))
+
+
+def test_a_header_error_names_the_headers_own_line(tmp_path: Path) -> None:
+    """Blank lines may come before the header: its error said line 1 all the same."""
+    path = write_bytes(tmp_path, "a.csv", b"\n \r\n\ntype,emial\nopen,a@b.co\n")
+    with pytest.raises(HeaderError) as info:
+        Input(str(path), Format.CSV).open()
+    assert str(info.value).startswith(f"{path}:4: emial: unknown column")
+    assert info.value.line == 4

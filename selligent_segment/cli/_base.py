@@ -175,6 +175,15 @@ def setup_logging(args: argparse.Namespace) -> logging.Handler:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # The older-format bounce detectors (flufl.bounce) log a traceback for each message
+    # one of them fails on; the problem line says it. Shown with -vv only, through ours
+    # (without a handler, Python's last resort printed it even with -q).
+    detectors = logging.getLogger("flufl.bounce")
+    for old in [h for h in detectors.handlers if isinstance(h.formatter, _LineFormatter)]:
+        detectors.removeHandler(old)
+    detectors.addHandler(handler)
+    detectors.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL + 1)
+    detectors.propagate = False
     return handler
 
 

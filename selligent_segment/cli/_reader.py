@@ -85,11 +85,12 @@ class Line:
 class HeaderError(Exception):
     """A CSV header that cannot be used; the file's rows are not read."""
 
-    def __init__(self, source: str, column: str, reason: str) -> None:
+    def __init__(self, source: str, column: str, reason: str, line: int = 1) -> None:
         self.source = source
         self.column = column
         self.reason = reason
-        super().__init__(f"{source}:1: {column}: {reason}")
+        self.line = line  # the header's line (blank lines may come before it)
+        super().__init__(f"{source}:{line}: {column}: {reason}")
 
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
@@ -446,14 +447,19 @@ class Input:
                 self.columns = None
                 break
             except csv.Error as exc:
-                raise HeaderError(self.source, "header", f"not valid CSV ({exc})") from None
+                reason = f"not valid CSV ({exc})"
+                raise HeaderError(self.source, "header", reason, self._next_number) from None
             raw, count, bad = lines.take()
+            line = self._next_number
             self._next_number += count
             if _blank(row):
                 continue
             if bad:
-                raise HeaderError(self.source, "header", "not valid UTF-8")
-            self.columns = _check_header(self.source, row)
+                raise HeaderError(self.source, "header", "not valid UTF-8", line)
+            try:
+                self.columns = _check_header(self.source, row)
+            except HeaderError as exc:
+                raise HeaderError(exc.source, exc.column, exc.reason, line) from None
             self.header = raw
             break
         self._lines, self._reader = lines, reader
