@@ -340,6 +340,45 @@ def test_sigterm_stops_send_like_ctrl_c_with_its_summary_and_exits_143(
     assert "Traceback" not in err
 
 
+def test_a_second_ctrl_c_while_send_shuts_down_still_gives_the_summary(
+    tmp_path: Path, keys_file: str
+) -> None:
+    """People press Ctrl-C twice: the second one, arriving while the emitter closed (up
+    to a second), raised out of the close and printed a traceback, with no summary and
+    no resume hint (exit -2, not 130)."""
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
+        server.outage(503)
+        proc = subprocess.Popen(
+            [*SEND, data, "--write-keys", keys_file, "--endpoint", server.url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            cwd=ROOT,
+            preexec_fn=_default_sigint,
+        )
+        try:
+            assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
+            assert proc.stderr is not None
+            proc.send_signal(signal.SIGINT)
+            lines = []
+            for line in proc.stderr:  # the first Ctrl-C is being handled: the second now
+                lines.append(line)
+                if "interrupted while delivering" in line:
+                    proc.send_signal(signal.SIGINT)
+                    break
+            err = "".join(lines) + proc.stderr.read()
+            proc.wait(60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "1 events accepted, 0 delivered, 1 not delivered" in err
+    assert "re-run the same command to resume" in err
+
+
 @pytest.mark.slow
 def test_progress_on_a_terminal_while_sending(tmp_path: Path, keys_file: str) -> None:
     with LocalSegment() as server:

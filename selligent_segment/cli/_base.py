@@ -6,10 +6,13 @@ and the spool file they describe, and printing (lines on stderr or stdout, JSON)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -345,3 +348,18 @@ def add_spool_option(parser: argparse.ArgumentParser) -> None:
         "PGPASSWORD or ~/.pgpass; ?spool_schema=NAME), or 'memory' where allowed "
         f"(default: {shown_default})",
     )
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) off while the block runs (a close of at most a second or so,
+    after a first Ctrl-C: a second one, which people press, raised in the middle of it
+    and printed a traceback instead of the summary). In the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -19,6 +19,7 @@ from types import FrameType
 
 from selligent_segment._version import __version__
 from selligent_segment.cli._base import (
+    EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     PROG,
     Command,
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Terminated:  # arrived outside the places that report an interruption
         err(f"{PROG}: terminated (SIGTERM)")
         status = EXIT_TERMINATED
+    except KeyboardInterrupt:  # likewise (a Ctrl-C where no command catches it)
+        err(f"{PROG}: interrupted")
+        status = EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of stdout went away (`... | head -1`)
         return pipe_closed()
     finally:

@@ -32,6 +32,7 @@ from selligent_segment.cli._base import (
     add_spool_option,
     emitter_from_args,
     err,
+    interrupts_held,
     open_spool,
     print_json,
 )
@@ -343,8 +344,25 @@ class SendRunner:
                 except SpoolError as exc:
                     self.progress.message(f"{PROG}: {self.name}: {exc}")
                     stopped = EXIT_USAGE
-        finally:
+        except BaseException:
+            with interrupts_held():
+                emitter.close(0)
+            raise
+        with interrupts_held():  # a second Ctrl-C (people press one): the summary comes
             emitter.close(0)
+            if stopped == EXIT_INTERRUPTED:
+                return self._summarise(emitter, sink, started, stopped, failed)
+        return self._summarise(emitter, sink, started, stopped, failed)
+
+    def _summarise(
+        self,
+        emitter: Emitter,
+        sink: _Deliverer,
+        started: float,
+        stopped: int | None,
+        failed: set[str],
+    ) -> int:
+        """Print the summary of a closed emitter's run; its exit status."""
         self.progress.close()
         left, recent = self._left_in_spool(started)
         run = send_run(emitter.stats(), sink.not_accepted, left, recent)
