@@ -650,3 +650,20 @@ def test_render() -> None:
     assert human_bytes(1536) == "1.5 KB"
     assert human_bytes(27_100_000) == "27.1 MB"
     assert human_bytes(3e12) == "3000.0 GB"
+
+
+def test_a_byte_order_mark_is_not_copied_into_the_middle_of_the_rejects_file(
+    tmp_path: Path,
+) -> None:
+    """The second input's first line kept its BOM in the rejects file: re-sending the
+    fixed file then failed on that line ("BOM is not supported")."""
+    bad = {"type": "delivered", "tenant": "acme", "email": "bad", "event_id": "x"}
+    first = write(tmp_path, "a.jsonl", jsonl(bad))
+    second = tmp_path / "b.jsonl"
+    second.write_bytes(b"\xef\xbb\xbf" + jsonl({**bad, "event_id": "y"}).encode())
+    rejects = tmp_path / "rejects.jsonl"
+    result = dry_run("--rejects", str(rejects), first, str(second))
+    assert result.returncode == 1
+    assert b"\xef\xbb\xbf" not in rejects.read_bytes()
+    again = dry_run(str(rejects))
+    assert [line.split(": ")[1] for line in errors_of(again)] == ["email", "email"]

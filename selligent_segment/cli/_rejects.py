@@ -14,6 +14,9 @@ from selligent_segment.cli._reader import Input, Line
 __all__ = ["Rejects"]
 
 
+_BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark, allowed at the start of a file only
+
+
 def _same_file(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` are one file; ``-`` is standard input, whatever it is
     redirected from (``--rejects todo.jsonl - < todo.jsonl``)."""
@@ -67,6 +70,8 @@ class Rejects:
             self._data.write(header)
             self._line += header.count(b"\n")
         raw = line.raw if line.raw.endswith(b"\n") else line.raw + b"\n"
+        if raw.startswith(_BOM) and self.count:  # an input's first line, not the file's
+            raw = raw[len(_BOM) :]
         self._data.write(raw)
         self._reasons.write(f"{self.path}:{self._line}: {error} (from {line.where})\n")
         self._line += raw.count(b"\n")
