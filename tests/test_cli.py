@@ -20,7 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "callbacks.jsonl"
 
 
-def run(*args: str, stdin: bytes = b"", cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, stdin: bytes | Path = b"", cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """The CLI with ``args``; ``stdin`` its input, or a file it reads as its stdin."""
+    if isinstance(stdin, Path):
+        with stdin.open("rb") as stream:
+            return subprocess.run(
+                [sys.executable, "-m", "selligent_segment", *args],
+                stdin=stream, capture_output=True, text=True, cwd=cwd, timeout=60, check=False,
+            )  # fmt: skip
     return subprocess.run(
         [sys.executable, "-m", "selligent_segment", *args],
         input=stdin.decode(),
@@ -32,7 +41,7 @@ def run(*args: str, stdin: bytes = b"", cwd: Path = ROOT) -> subprocess.Complete
     )
 
 
-def dry_run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+def dry_run(*args: str, stdin: bytes | Path = b"") -> subprocess.CompletedProcess[str]:
     return run("send", "--dry-run", *args, stdin=stdin)
 
 
@@ -513,16 +522,7 @@ def test_rejects_usage_errors(tmp_path: Path) -> None:
     assert "cannot write" in unwritable.stderr
     # The same file as standard input (re-sending a fixed rejects file): it was emptied
     # before it was read, and the run said 0 records and exited 0.
-    with open(c, "rb") as stdin:
-        piped = subprocess.run(
-            [sys.executable, "-m", "selligent_segment", "send", "--dry-run", "--rejects", c, "-"],
-            stdin=stdin,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
+    piped = dry_run("--rejects", c, "-", stdin=Path(c))
     assert piped.returncode == 2
     assert "is also an input" in piped.stderr
     assert Path(c).read_text() == jsonl(R1)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -282,18 +283,28 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_interrupted_run_exits_130_and_says_how_to_resume(
-    server: LocalSegment, keys_file: str
-) -> None:
-    proc = subprocess.Popen(
-        [*SEND, "-", "--write-keys", keys_file, "--endpoint", server.url],
-        stdin=subprocess.PIPE,
+def _send_in_background(
+    data: str, keys_file: str, endpoint: str, **options: Any
+) -> subprocess.Popen[str]:
+    """``send DATA`` to ``endpoint`` in a child process, its stdout and stderr piped, its
+    stdin empty unless ``options`` say otherwise."""
+    options.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.Popen(
+        [*SEND, data, "--write-keys", keys_file, "--endpoint", endpoint],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
         cwd=ROOT,
-        preexec_fn=_default_sigint,
+        **options,
+    )
+
+
+def test_interrupted_run_exits_130_and_says_how_to_resume(
+    server: LocalSegment, keys_file: str
+) -> None:
+    proc = _send_in_background(
+        "-", keys_file, server.url, stdin=subprocess.PIPE, preexec_fn=_default_sigint
     )
     try:
         assert proc.stdin is not None
@@ -318,15 +329,7 @@ def test_sigterm_stops_send_like_ctrl_c_with_its_summary_and_exits_143(
     data = write(tmp_path / "in.jsonl", rec(1, "acme"))
     with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
         server.outage(503)
-        proc = subprocess.Popen(
-            [*SEND, data, "--write-keys", keys_file, "--endpoint", server.url],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-            cwd=ROOT,
-        )
+        proc = _send_in_background(data, keys_file, server.url)
         try:
             assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
             proc.send_signal(signal.SIGTERM)
@@ -349,16 +352,7 @@ def test_a_second_ctrl_c_while_send_shuts_down_still_gives_the_summary(
     data = write(tmp_path / "in.jsonl", rec(1, "acme"))
     with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
         server.outage(503)
-        proc = subprocess.Popen(
-            [*SEND, data, "--write-keys", keys_file, "--endpoint", server.url],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-            cwd=ROOT,
-            preexec_fn=_default_sigint,
-        )
+        proc = _send_in_background(data, keys_file, server.url, preexec_fn=_default_sigint)
         try:
             assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
             assert proc.stderr is not None
