@@ -5,6 +5,7 @@ ones (``--dry-run``) or deliver them, then say what happened and exit with its s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -333,22 +334,24 @@ class SendRunner:
     def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
         sink = _Deliverer(emitter, self.naming)
         started = time.time()  # this run's events are put in the spool file from now on
+        held = contextlib.ExitStack()  # Ctrl-C held off from the first one on
         try:
             stopped = self._read_reporting_failures(sink)
             if stopped is None or stopped == EXIT_USAGE:
                 try:
                     self._wait(sink)
                 except KeyboardInterrupt:
+                    held.enter_context(interrupts_held())  # a second one: see below
                     self.progress.message(f"{PROG}: interrupted while delivering")
                     stopped = EXIT_INTERRUPTED
                 except SpoolError as exc:
                     self.progress.message(f"{PROG}: {self.name}: {exc}")
                     stopped = EXIT_USAGE
         except BaseException:
-            with interrupts_held():
+            with held, interrupts_held():
                 emitter.close(0)
             raise
-        with interrupts_held():  # a second Ctrl-C (people press one): the summary comes
+        with held, interrupts_held():  # a second Ctrl-C (people press one): the summary
             emitter.close(0)
             if stopped == EXIT_INTERRUPTED:
                 return self._summarise(emitter, sink, started, stopped, failed)
