@@ -166,7 +166,7 @@ def test_keyword_overrides_win_over_the_environment(tmp_path: Path) -> None:
         (
             {"SEGMENT_WRITE_KEY": f"{SECRET}\n"},
             "SEGMENT_WRITE_KEY",
-            "a write key must be non-blank text without spaces",
+            "a write key must be non-blank text without spaces or control characters",
         ),
         (
             {"SELLIGENT_SEGMENT_WRITE_KEYS": "/nonexistent/keys.json"},

@@ -163,3 +163,19 @@ def test_dead_records_and_damaged_journal_bytes_never_show_their_bytes_in_a_repr
     body = b'{"email": "ada@example.com"}'
     assert "ada@example.com" not in repr(DeadMessage("t", "m", "opened", body, "too_large"))
     assert "ada@example.com" not in repr(Damaged(5, 40, body))
+
+
+@pytest.mark.parametrize(
+    "key", ["SEC RET", "sec\tret", "secret\x00", "sec\u200bret", "sec\u00a0ret"], ids=repr
+)
+def test_a_write_key_with_a_space_or_control_character_inside_is_refused(key: str) -> None:
+    """A pasted key with a space or an invisible character inside would be refused by
+    Segment on every request (401); it is refused on construction, never shown."""
+    for make in (lambda: WriteKeys(key, None), lambda: WriteKeys(None, {"acme": key})):
+        with pytest.raises(ConfigurationError) as info:
+            make()
+        assert "without spaces or control characters" in info.value.reason
+        assert "sec" not in str(info.value).lower()
+    keys = WriteKeys(None, {"acme": "fine"})
+    with pytest.raises(ConfigurationError):
+        keys.set("acme", key)

@@ -31,9 +31,17 @@ def fingerprint(key: str) -> str:
 
 
 def _check_key(setting: str, key: object) -> str:
-    if not isinstance(key, str) or not key.strip() or key != key.strip():
-        raise ConfigurationError(setting, "a write key must be non-blank text without spaces")
+    """``key`` when it is non-blank text without a space or a control or format character
+    anywhere (a pasted key with one inside would be refused by Segment on every request)."""
+    if not isinstance(key, str) or not key or any(_unfit_in_key(char) for char in key):
+        raise ConfigurationError(
+            setting, "a write key must be non-blank text without spaces or control characters"
+        )
     return key
+
+
+def _unfit_in_key(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
 
 
 class WriteKeys:
