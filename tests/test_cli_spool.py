@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -408,3 +409,53 @@ def test_an_empty_filter_purges_nothing(
         assert f"{option} is empty" in capsys.readouterr().err
     with SpoolFile(spool) as sf:
         assert len(sf.dead_letters()) == 2
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, as from a terminal (a test run started as a
+    background job inherits SIGINT ignored, and Python then keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_an_interrupted_flush_exits_130_with_its_summary(
+    tmp_path: Path, keys_file: Path, presses: int
+) -> None:
+    """Ctrl-C during flush (the endpoint in an outage) exits 130, as send does, not 3 (or
+    0): a script can tell "stopped" from "could not deliver". A second Ctrl-C, while
+    the first is handled, still gives the summary and no traceback."""
+    spool = tmp_path / "spool.db"
+    fill(spool, [record(1)])
+    with LocalSegment(write_keys=KEYS.values()) as server:
+        server.outage(503)
+        command = ["flush", "--spool", str(spool), "--write-keys", str(keys_file)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "selligent_segment", *command, "--endpoint", server.url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"},
+            preexec_fn=_default_sigint,
+        )
+        try:
+            assert server.wait_for_arrivals(1, timeout=30)  # it is retrying now
+            assert proc.stderr is not None
+            proc.send_signal(signal.SIGINT)
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "interrupted" in line:
+                    if presses == 2:
+                        proc.send_signal(signal.SIGINT)
+                    break
+            err = "".join(lines) + proc.stderr.read()
+            proc.wait(60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "what is left stays in the spool" in err
+    assert "acme" in err  # the summary names the tenant with events left
+    with SpoolFile(spool) as sf:
+        assert sf.status().queued == 1

@@ -5,12 +5,15 @@ dead letters are kept."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sqlite3
 import time
 
+from selligent_segment._emitter import Emitter
 from selligent_segment._errors import SpoolError
 from selligent_segment._naming import EventNaming
 from selligent_segment.cli._base import (
+    EXIT_INTERRUPTED,
     EXIT_USAGE,
     PROG,
     Command,
@@ -20,6 +23,7 @@ from selligent_segment.cli._base import (
     add_spool_option,
     emitter_from_args,
     err,
+    interrupts_held,
     open_spool,
     print_json,
     read_status,
@@ -68,6 +72,7 @@ exit status:
      not writable by this user (one line names the file and the reason; the file is
      left untouched)
   3  some events were not delivered (the tenants are named, never their keys)
+  130, 143  interrupted (Ctrl-C, SIGTERM): the summary says what is left; re-run to go on
 """
 
 
@@ -85,8 +90,23 @@ def _run_flush(args: argparse.Namespace) -> int:
         err(f"{PROG} flush: {exc}")
         return EXIT_USAGE
     deadline = time.monotonic() + args.timeout
-    done = False
     watch = FailureWatch()
+    held = contextlib.ExitStack()  # Ctrl-C held off from the first one on
+    with held:
+        return _flush_until_done(args, emitter, deadline, watch, held)
+
+
+def _flush_until_done(
+    args: argparse.Namespace,
+    emitter: Emitter,
+    deadline: float,
+    watch: FailureWatch,
+    held: contextlib.ExitStack,
+) -> int:
+    """Flush until done, out of time, or interrupted; then the summary and its status.
+    After a first Ctrl-C (or SIGTERM) further ones are held off (``held``), so that the
+    close and the summary are never cut short by a second."""
+    done = interrupted = False
     try:
         try:
             while not done and time.monotonic() < deadline:
@@ -97,6 +117,8 @@ def _run_flush(args: argparse.Namespace) -> int:
                 if only_paused_left(stats):
                     break  # waiting will not help
         except KeyboardInterrupt:
+            held.enter_context(interrupts_held())
+            interrupted = True
             err(f"{PROG} flush: interrupted; what is left stays in the spool")
         stats = emitter.stats()
     except (SpoolError, sqlite3.Error) as exc:  # the file became unusable meanwhile
@@ -109,7 +131,7 @@ def _run_flush(args: argparse.Namespace) -> int:
     except UsageError as exc:
         err(f"{PROG} flush: {exc}")
         return EXIT_USAGE
-    exit_status = flush_exit_status(status)
+    exit_status = EXIT_INTERRUPTED if interrupted else flush_exit_status(status)
     if args.json:
         print_json(flush_json(stats.delivered, status, exit_status))
     elif not args.quiet or exit_status:
