@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _signals import default_sigint, press_ctrl_c
 
 from selligent_segment.testing import LocalSegment
 
@@ -277,12 +278,6 @@ def test_undelivered_events_stay_in_the_spool_and_flush_delivers_them(
         assert server.accepted_count == 2
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C's default action, as from a terminal (a test run started as a
-    background job inherits SIGINT ignored, and Python then keeps it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _send_in_background(
     data: str, keys_file: str, endpoint: str, **options: Any
 ) -> subprocess.Popen[str]:
@@ -304,7 +299,7 @@ def test_interrupted_run_exits_130_and_says_how_to_resume(
     server: LocalSegment, keys_file: str
 ) -> None:
     proc = _send_in_background(
-        "-", keys_file, server.url, stdin=subprocess.PIPE, preexec_fn=_default_sigint
+        "-", keys_file, server.url, stdin=subprocess.PIPE, preexec_fn=default_sigint
     )
     try:
         assert proc.stdin is not None
@@ -352,19 +347,10 @@ def test_a_second_ctrl_c_while_send_shuts_down_still_gives_the_summary(
     data = write(tmp_path / "in.jsonl", rec(1, "acme"))
     with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
         server.outage(503)
-        proc = _send_in_background(data, keys_file, server.url, preexec_fn=_default_sigint)
+        proc = _send_in_background(data, keys_file, server.url, preexec_fn=default_sigint)
         try:
             assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
-            assert proc.stderr is not None
-            proc.send_signal(signal.SIGINT)
-            lines = []
-            for line in proc.stderr:  # the first Ctrl-C is being handled: the second now
-                lines.append(line)
-                if "interrupted while delivering" in line:
-                    proc.send_signal(signal.SIGINT)
-                    break
-            err = "".join(lines) + proc.stderr.read()
-            proc.wait(60)
+            err = press_ctrl_c(proc, again_on="interrupted while delivering")
         finally:
             proc.kill()
     assert proc.returncode == 130, err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _signals import default_sigint, press_ctrl_c
 
 from selligent_segment import Emitter, RetryPolicy, SpoolError, SpoolFile
 from selligent_segment.testing import LocalSegment
@@ -411,12 +411,6 @@ def test_an_empty_filter_purges_nothing(
         assert len(sf.dead_letters()) == 2
 
 
-def _default_sigint() -> None:
-    """In the child: Ctrl-C's default action, as from a terminal (a test run started as a
-    background job inherits SIGINT ignored, and Python then keeps it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("presses", [1, 2])
 def test_an_interrupted_flush_exits_130_with_its_summary(
     tmp_path: Path, keys_file: Path, presses: int
@@ -436,21 +430,11 @@ def test_an_interrupted_flush_exits_130_with_its_summary(
             stderr=subprocess.PIPE,
             text=True,
             env={k: v for k, v in os.environ.items() if k != "SEGMENT_WRITE_KEY"},
-            preexec_fn=_default_sigint,
+            preexec_fn=default_sigint,
         )
         try:
             assert server.wait_for_arrivals(1, timeout=30)  # it is retrying now
-            assert proc.stderr is not None
-            proc.send_signal(signal.SIGINT)
-            lines = []
-            for line in proc.stderr:
-                lines.append(line)
-                if "interrupted" in line:
-                    if presses == 2:
-                        proc.send_signal(signal.SIGINT)
-                    break
-            err = "".join(lines) + proc.stderr.read()
-            proc.wait(60)
+            err = press_ctrl_c(proc, again_on="interrupted" if presses == 2 else None)
         finally:
             proc.kill()
     assert proc.returncode == 130, err
