@@ -4,13 +4,11 @@ deterministic event id, and turning fields into a record or an :class:`InputProb
 
 from __future__ import annotations
 
-import base64
 import email
 import email.header
 import email.parser
 import email.utils
 import hashlib
-import quopri
 import re
 import uuid
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Any
 from selligent_segment._errors import InvalidEvent
 from selligent_segment._record import CallbackRecord, parse_timestamp
 from selligent_segment.inputs._result import InputProblem, Parsed
+from selligent_segment.inputs._transfer_encoding import undo_transfer_encoding
 from selligent_segment.inputs.reports._join import Join, JoinKey
 
 __all__ = [
@@ -198,15 +197,12 @@ def _decoded(text: str, encoding: object) -> str:
     quoted-printable (the email parser reads a ``message/*`` part's encoded text as if it
     were its header blocks, so it is decoded here); as it is otherwise, or when it does
     not decode."""
-    name = str(encoding or "").strip().lower()
     try:
-        if name == "base64":
-            return base64.b64decode(text.encode("ascii"), validate=False).decode("utf-8", "replace")
-        if name == "quoted-printable":
-            return quopri.decodestring(text.encode("ascii")).decode("utf-8", "replace")
-    except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+        data = text.encode("ascii")
+    except UnicodeEncodeError:  # raw 8-bit: not base64 or quoted-printable text
         return text
-    return text
+    decoded = undo_transfer_encoding(data, encoding)
+    return text if decoded is None or decoded is data else decoded.decode("utf-8", "replace")
 
 
 def _block_text(block: Message) -> str:
@@ -233,8 +229,10 @@ def _reread(inner: Message, encoding: str) -> Message:
     when it does not decode."""
     try:
         raw = inner.as_bytes()
-        data = base64.b64decode(raw) if encoding == "base64" else quopri.decodestring(raw)
-    except Exception:  # a generator or decoder failure on a broken part: no headers
+    except Exception:  # a generator failure on a broken part: no headers
+        return Message()
+    data = undo_transfer_encoding(raw, encoding)
+    if data is None:
         return Message()
     return email.parser.BytesHeaderParser().parsebytes(data.lstrip())
 

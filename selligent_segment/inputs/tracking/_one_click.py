@@ -8,10 +8,10 @@ its ``Content-Type`` names, holds the field ``List-Unsubscribe`` with the value
 
 from __future__ import annotations
 
-import base64
-import quopri
 import re
 from urllib.parse import parse_qs
+
+from selligent_segment.inputs._transfer_encoding import undo_transfer_encoding
 
 __all__ = ["one_click_problem"]
 
@@ -72,7 +72,9 @@ def _multipart(content_type: str, body: bytes) -> list[str] | None:
         content = content.removesuffix(b"\n").removesuffix(b"\r")  # the delimiter's CRLF
         name, encoding = _part_header(head)
         if name == _FIELD:
-            values.append(_decoded(content, encoding).decode("utf-8", "replace").strip())
+            decoded = undo_transfer_encoding(content, encoding)  # RFC 7578 deprecates it
+            text = (content if decoded is None else decoded).decode("utf-8", "replace")
+            values.append(text.strip())
     return values
 
 
@@ -96,16 +98,3 @@ def _part_header(head: bytes) -> tuple[str | None, str]:
         elif field == "content-transfer-encoding":
             encoding = value.strip().lower()
     return name, encoding
-
-
-def _decoded(content: bytes, encoding: str) -> bytes:
-    """``content`` undone from base64 or quoted-printable (RFC 7578 deprecates both,
-    some senders still use them); as it is otherwise or when it does not decode."""
-    try:
-        if encoding == "base64":
-            return base64.b64decode(content)
-        if encoding == "quoted-printable":
-            return quopri.decodestring(content)
-    except ValueError:  # binascii.Error
-        return content
-    return content
