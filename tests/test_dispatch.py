@@ -727,3 +727,41 @@ def test_a_turn_that_fails_before_its_request_leaves_gives_its_batch_back(
     assert calls == ["acme", "acme"]
     assert [r.message_ids for r in transport.requests] == [[encode(record(1)).message_id]]
     assert "sender error for tenant 'acme'" in caplog.text
+
+
+def test_stopped_senders_start_no_request_after_their_current_one() -> None:
+    """stop() during a request: the sender ended with it. It took every turn already due
+    first (each a new request), and after an Emitter's close() had reported those events
+    ``unsent_at_close``, so a caller replaying them sent them twice."""
+    spool = MemorySpool(1 << 20)
+    spool.put_many([encode(record(i, t), tenant=t) for t in ("a", "b", "c") for i in range(3)])
+    clock = FakeClock()
+    stopper: list[Dispatcher] = []
+
+    def stop_during_the_first_request(request: MockRequest) -> MockResponse:
+        stopper[0].stop(0)  # from the sender itself: it is not joined
+        return MockResponse.ok()
+
+    transport = MockTransport(stop_during_the_first_request, clock=clock)
+    dispatcher = Dispatcher(
+        spool=spool,
+        keys=WriteKeys(None, {t: f"key-{t}" for t in ("a", "b", "c")}),
+        endpoint="https://api.segment.io",
+        transport=transport,
+        batch=BatchPolicy(linger=0.0),
+        retry=FAST_RETRY,
+        threads=1,
+        max_requests_per_second=0,
+        counters=Counters(),
+        on_failure=lambda failure: None,
+        on_pause=lambda tenant, reason: None,
+        clock=clock,
+    )
+    stopper.append(dispatcher)
+    dispatcher.notify_put(["a", "b", "c"])
+    dispatcher.start()
+    (sender,) = dispatcher._threads
+    sender.join(10)
+    assert not sender.is_alive()
+    assert len(transport.requests) == 1  # b's and c's turns were due: not taken
+    assert spool.backlog("b") == spool.backlog("c") == 3

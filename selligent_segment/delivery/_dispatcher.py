@@ -341,6 +341,8 @@ class Dispatcher:
         turns = self.turns
         with self.cv:
             while True:
+                if self._stopping:  # even with turns due: each would be a new request
+                    return None
                 now = self.clock.monotonic()
                 while (name := turns.take(now)) is not None:
                     state = self._tenants[name]
@@ -348,8 +350,6 @@ class Dispatcher:
                         continue  # its request in flight reschedules it when done
                     state.in_flight += 1
                     return _Turn(state, state.backoff.failures, state.resumes)
-                if self._stopping:
-                    return None
                 self.clock.wait(self.cv, turns.timeout(now))
 
     # -- threads -----------------------------------------------------------------------
@@ -455,6 +455,7 @@ class Dispatcher:
             # could be the very batch that request just gave back, sent again at once,
             # its Retry-After or the refused key ignored.)
             held_back = state.backoff.failures != seen or state.paused is not None
+            held_back = held_back or self._stopping  # stopped since the turn was granted
             if not held_back and self.max_in_flight > 1:
                 self._overlap(state, now)
         if held_back:
