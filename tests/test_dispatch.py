@@ -765,3 +765,48 @@ def test_stopped_senders_start_no_request_after_their_current_one() -> None:
     assert not sender.is_alive()
     assert len(transport.requests) == 1  # b's and c's turns were due: not taken
     assert spool.backlog("b") == spool.backlog("c") == 3
+
+
+class _HeldThenRateLimited:
+    """Request 0 is held until request 1 arrives (answered 500 at once), then 1 s of the
+    fake clock more, and answered 429 with ``Retry-After: 120``; later ones 200."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.cv = threading.Condition()
+        self.count = 0
+
+    def __call__(self, request: MockRequest) -> MockResponse:
+        with self.cv:
+            n, self.count = self.count, self.count + 1
+            self.cv.notify_all()
+            if n == 1:
+                return MockResponse.error(500, "boom")
+            if n == 0:
+                while self.count < 2:
+                    self.clock.wait(self.cv, 5.0)
+                end = self.clock.monotonic() + 1.0
+                while self.clock.monotonic() < end:
+                    self.clock.wait(self.cv, end - self.clock.monotonic())
+                return MockResponse.rate_limited(retry_after=120)
+        return MockResponse.ok()
+
+
+def test_a_retry_after_is_obeyed_when_a_request_beside_it_failed_first() -> None:
+    """Two requests of a tenant in flight: one gets a 500 (a short backoff), then the other
+    a 429 with Retry-After: 120. The second failure is not counted as an attempt (the
+    first set the backoff), but the server's wait was dropped with it: the tenant sent
+    again after the 500's backoff."""
+    clock = FakeClock()
+    batch = BatchPolicy(max_messages=10, linger=5.0)
+    em, transport, _ = fake_emitter(
+        _HeldThenRateLimited(clock), clock=clock, batch=batch, max_requests_per_second=0
+    )
+    try:
+        emit_batches(em, 2, 10)
+        assert clock.run_until(lambda: em.stats().delivered == 20, waiters=SENDERS, timeout=20)
+    finally:
+        em.close(0)
+    times = times_of(transport.requests)
+    assert times[:2] == [0.0, 0.0]
+    assert min(times[2:]) >= 121.0, times

@@ -731,9 +731,12 @@ class Dispatcher:
         seen: int,
     ) -> None:
         error = response.error
+        # The server's own wait (Retry-After, X-RateLimit-Reset) is obeyed in every case.
+        paced = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
         with self.cv:
             # A request sent beside this one that failed first (``seen`` is behind) set the
-            # tenant's backoff: this batch then goes back to the head of the queue, no wait.
+            # tenant's backoff: this batch then goes back to the head of the queue, no wait
+            # of its own but the server's.
             delay = state.backoff.record_failure(
                 response.outcome, response.retry_after, response.rate_limit_reset, seen=seen
             )
@@ -743,9 +746,9 @@ class Dispatcher:
             self.settler.failed(lease, messages, "retries_exhausted", detail, None)
             # The batch is given up, not the server's word: the tenant's next batch still
             # waits the Retry-After (or X-RateLimit-Reset) of this answer.
-            wait = server_wait(response.outcome, response.retry_after, response.rate_limit_reset)
-            self._finish(state, delay=wait or 0.0)
+            self._finish(state, delay=paced or 0.0)
             return
+        delay = max(delay, paced or 0.0)
         if self.settler.release(lease, messages, retried=True):
             log.info(
                 "tenant %s: %d events retried in %.2f s (%s)",
