@@ -886,3 +886,31 @@ def test_an_emit_that_close_overtakes_is_reported_or_refused_never_lost(
             em.emit(record(1, "default"))
         assert failures == []
     assert em.stats().delivered == 1
+
+
+def test_flush_is_false_while_the_first_records_are_between_the_inbox_and_the_queue() -> None:
+    """The encoder started out idle and stayed so through its first step: once it had
+    taken the first burst out of the inbox, and before the records reached the queue,
+    flush() saw an empty inbox, an idle encoder and an empty queue, and said True with
+    nothing sent (a review caught it, under a tight thread switch interval)."""
+    em, _, _ = fake_emitter()
+    spool = em._intake.spool
+    put_many = spool.put_many
+    inside, go_on = threading.Event(), threading.Event()
+
+    def held_put_many(messages: Any) -> Any:
+        inside.set()
+        assert go_on.wait(10)
+        return put_many(messages)
+
+    spool.put_many = held_put_many  # type: ignore[method-assign]
+    try:
+        em.emit(record(1))
+        assert inside.wait(10)  # the record left the inbox; it is not queued yet
+        assert em.flush(0) is False
+        go_on.set()
+        assert em.flush(10) is True
+        assert em.stats().delivered == 1
+    finally:
+        go_on.set()
+        em.close(0)

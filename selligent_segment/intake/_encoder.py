@@ -106,6 +106,9 @@ class Encoder:
                 continue
             if self._yield_to_bulk():
                 continue
+            # Busy before the step takes records out of the inbox: while they are in
+            # neither it nor the queue, flush() must not see an idle emitter.
+            self.idle = False
             try:
                 intake.step(self._is_stopping)
             except Exception:  # a bug must not stop acceptance; the records stay queued
