@@ -29,6 +29,27 @@ class WriteKeysFileError(ConfigurationError):
         self.path = path
         self.args = (f"{path}: {reason}",)
 
+    @classmethod
+    def unreadable(cls, path: str, exc: OSError) -> WriteKeysFileError:
+        """The file cannot be read. A value that names no file and does not look like a
+        path (no ``/``, no ``.json``) may be a key given in its place: it is not shown."""
+        if _looks_like_a_path(path) or os.path.lexists(path):
+            return cls(path, f"cannot read: {exc.strerror or exc}")
+        error = cls(_NOT_A_PATH, _NO_FILE)
+        error.path = path
+        return error
+
+
+_NOT_A_PATH = "<the value, not shown: it may be a write key>"
+_NO_FILE = "names no file (give the path of a JSON file of tenants and keys, not a key)"
+
+
+def _looks_like_a_path(value: str) -> bool:
+    text = value.strip()
+    return not text.startswith("{") and (
+        "/" in text or os.sep in text or text.lower().endswith(".json")
+    )
+
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -47,7 +68,7 @@ def load_write_keys(path: str | os.PathLike[str]) -> dict[str, str]:
         with open(name, "rb") as stream:
             data = orjson.loads(stream.read())
     except OSError as exc:
-        raise WriteKeysFileError(name, f"cannot read: {exc.strerror or exc}") from None
+        raise WriteKeysFileError.unreadable(name, exc) from None
     except orjson.JSONDecodeError as exc:
         # orjson's message names a position and the kind of error, never the text.
         raise WriteKeysFileError(name, f"invalid JSON ({exc})") from None

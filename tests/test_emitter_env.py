@@ -71,6 +71,18 @@ def test_load_write_keys_of_a_missing_file_says_it_cannot_read_it(tmp_path: Path
         load_write_keys(path)
 
 
+@pytest.mark.parametrize("value", [SECRET, f'{{"acme": "{SECRET}"}}', f"  {SECRET}  "])
+def test_a_key_given_where_the_keys_file_goes_is_never_shown(value: str) -> None:
+    """SELLIGENT_SEGMENT_WRITE_KEYS (or --write-keys) given a key, or the JSON itself, in
+    place of a file's path (a mix-up with SEGMENT_WRITE_KEY): the error echoed the key."""
+    with pytest.raises(ConfigurationError) as refused:
+        Emitter.from_env({"SELLIGENT_SEGMENT_WRITE_KEYS": value})
+    text = str(refused.value)
+    assert SECRET not in text
+    assert "names no file" in text
+    assert text.startswith("SELLIGENT_SEGMENT_WRITE_KEYS: ")
+
+
 # -- from_env ---------------------------------------------------------------------------------
 
 
