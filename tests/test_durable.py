@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from selligent_segment import BatchPolicy, Emitter, RetryPolicy, message_id
-from selligent_segment.testing import FaultPlan, LocalSegment
+from selligent_segment.testing import FaultPlan, LocalSegment, MockTransport
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("_crash_worker.py")
@@ -512,3 +512,30 @@ def test_outage_backlog_stays_on_disk_and_drains_fairly_when_segment_returns(
         assert len(small) == 5, small
         assert max(small) < min(30, len(delivered) // 4), (small, len(delivered))
     assert_spool_drained(spool)
+
+
+def test_a_relative_spool_path_still_names_the_same_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon changes directory after start-up: the relative path was looked up again
+    from the new one, so close() could not remove its journals (but forgot their
+    offsets), and the next start sent every delivered event again."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    transport = MockTransport()
+    em = Emitter(write_key="k", spool="data/spool.db", transport=transport)
+    monkeypatch.chdir(elsewhere)
+    for i in range(3):
+        em.emit({"type": "delivered", "email": f"u{i}@example.com", "event_id": f"e{i}"})
+    assert em.flush(10)
+    assert em.close(10)
+    assert len(transport.requests) == 1
+    assert not (elsewhere / "data").exists()
+    assert not any((home / "data" / "spool.db.journals").iterdir())
+    monkeypatch.chdir(home)
+    again = MockTransport()
+    with Emitter(write_key="k", spool="data/spool.db", transport=again) as em2:
+        assert em2.flush(10)
+    assert again.requests == []

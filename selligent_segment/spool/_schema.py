@@ -129,7 +129,8 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
 def spool_path(spool: str | os.PathLike[str]) -> Path:
     """The file a ``spool=`` setting names: a path, or a ``sqlite:///`` URL.
 
-    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` as in SQLAlchemy.
+    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` as in SQLAlchemy;
+    a relative path is made absolute against the current directory, once.
     """
     text = os.fspath(spool)
     scheme = _SCHEME.match(text)
@@ -147,7 +148,9 @@ def spool_path(spool: str | os.PathLike[str]) -> Path:
         text = text[len("sqlite:///") :]
     if not text:
         raise ConfigurationError("spool", "an empty path")
-    return Path(text)
+    # Absolute now: a process that changes directory later (a daemon) still names the
+    # same file, journals and owner file, and a forked child too.
+    return Path(text).absolute()
 
 
 def journal_dir(path: Path) -> Path:
