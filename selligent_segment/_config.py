@@ -175,7 +175,8 @@ class EmitterConfig:
         default=256 * 1024 * 1024, validator=_number(64 * 1024, integer=True)
     )
     """Cap on what the spool holds: encoded messages in memory, used pages of a file
-    (256 MiB; at least 64 KiB)."""
+    (256 MiB; at least 64 KiB). An empty spool takes the encoder's next chunk of records
+    whole, even past the cap, so a small cap slows delivery but never stops it."""
     max_pending: int = attrs.field(default=100_000, validator=_number(1, integer=True))
     """Records accepted but not yet moved into the spool by the encoder; when reached,
     ``on_full`` applies (with a spool file they are journaled already, about 0.25 KB of

@@ -41,6 +41,7 @@ from selligent_segment.testing import (
     LocalSegment,
     MockRequest,
     MockResponse,
+    MockTransport,
 )
 
 SENDERS = 2  # the Emitter's default number of sender threads
@@ -913,4 +914,19 @@ def test_flush_is_false_while_the_first_records_are_between_the_inbox_and_the_qu
         assert em.stats().delivered == 1
     finally:
         go_on.set()
+        em.close(0)
+
+
+def test_a_chunk_larger_than_the_spool_cap_still_goes_into_an_empty_spool() -> None:
+    """max_spool_bytes accepts 64 KiB; the encoder moves up to 512 records at a time and
+    waited for room for all of them, which an empty spool of 64 KiB never had: nothing
+    was sent, ever, while emit() went on returning True."""
+    transport = MockTransport()
+    em = Emitter(write_key="k", transport=transport, max_spool_bytes=64 * 1024)
+    try:
+        result = em.emit_many([record(i, email_subject="s" * 300, tenant=None) for i in range(512)])
+        assert result.accepted == 512
+        assert em.flush(10) is True
+        assert em.stats().delivered == 512
+    finally:
         em.close(0)

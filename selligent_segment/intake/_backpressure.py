@@ -128,8 +128,10 @@ class Backpressure:
         settled: threading.Condition,
     ) -> None:
         """Hold the encoder (never ``emit``) while the spool is at its size cap; wakes
-        when a request settles."""
-        while not spool.has_room(nbytes) and not stopping():
+        when a request settles. An empty spool always takes the chunk, even one larger
+        than the cap (a chunk is a bounded number of records): else a cap below
+        a chunk's bytes would hold it for ever, with nothing to send."""
+        while not spool.has_room(nbytes) and not stopping() and not spool.empty():
             self.at_cap = True
             self.notify()
             self.log_rarely(
