@@ -779,6 +779,14 @@ class Emitter(ClosedOnExit):
         """:meth:`close` for asyncio code, without blocking the event loop."""
         return await asyncio.to_thread(self.close, timeout)
 
+    def _unusable_after_fork(self) -> None:
+        # Its rebuild failed in a forked child: closed there, emit raises EmitterClosed,
+        # close() returns False at once and reports nothing (what it holds is the
+        # parent's, which the parent delivers).
+        self._closed = True
+        self._closed_result = False
+        self._close_lock = threading.Lock()  # the parent's copy may be held
+
     def _after_fork_in_child(self) -> None:
         # The parent keeps and delivers its own events; the child starts empty, with new
         # locks, threads and connections, so nothing is sent twice.

@@ -48,6 +48,8 @@ class _Member(Protocol):
 
     def _after_fork_in_child(self) -> None: ...
 
+    def _unusable_after_fork(self) -> None: ...
+
 
 _live: weakref.WeakSet[_Member] = weakref.WeakSet()
 _installed = False
@@ -127,8 +129,15 @@ def _close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    # Each member on its own: CPython ignores what an at-fork hook raises, so one failure
+    # would leave every member after it with the parent's state and no threads.
     for member in list(_live):
-        member._after_fork_in_child()
+        try:
+            member._after_fork_in_child()
+        except Exception:
+            log.exception("an emitter could not be rebuilt in the forked child: closed there")
+            member._unusable_after_fork()
+            unregister(member)
 
 
 class _ChildExit:

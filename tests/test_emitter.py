@@ -585,6 +585,40 @@ def test_forked_child_works_and_never_resends_the_parents_events(server: LocalSe
     assert server.duplicates == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_one_emitter_failing_its_rebuild_after_fork_leaves_the_others_working(
+    server: LocalSegment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The at-fork hook rebuilt each emitter in turn, and CPython ignores what such a hook
+    raises: the emitters after a failing one kept the parent's state, with no threads,
+    and took events in the child that never went out."""
+    broken = emitter(server, write_keys=None, write_key="k")
+    working = emitter(server, write_keys=None, write_key="k")
+
+    def fail() -> None:
+        raise OSError("the spool directory is gone")
+
+    monkeypatch.setattr(broken, "_after_fork_in_child", fail)
+    pid = os.fork()
+    if pid == 0:  # the child: the broken one is closed, the other delivers
+        code = 1
+        try:
+            try:
+                broken.emit(record(1, "default"))
+                code = 3
+            except EmitterClosed:
+                working.emit(record(2, "default"))
+                code = 0 if working.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    monkeypatch.undo()
+    broken.close()
+    working.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e["messageId"] for e in server.accepted] == [encode(record(2, "default")).message_id]
+
+
 def test_asyncio_code_gets_awaitable_flush_and_close(server: LocalSegment) -> None:
     async def main() -> tuple[bool, bool]:
         em = emitter(server)
