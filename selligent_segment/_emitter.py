@@ -742,8 +742,8 @@ class Emitter(ClosedOnExit):
             self._encoder.stopping = True
             self._encoder.wake()
             self._dispatcher.stop(1.0)
-            self._encoder.stop(1.0)
-            if self._intake.close(self._dispatcher):
+            stepping = not self._encoder.stop(1.0)  # still in a step: it holds records
+            if self._intake.close(self._dispatcher, encoder_busy=stepping) or stepping:
                 done = False  # events were reported unsent (maybe by a close cut short)
             self._transport.close()
             self._closed_result = done

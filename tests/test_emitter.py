@@ -964,3 +964,66 @@ def test_a_chunk_larger_than_the_spool_cap_still_goes_into_an_empty_spool() -> N
         assert em.stats().delivered == 512
     finally:
         em.close(0)
+
+
+def test_close_reports_what_an_encoder_step_still_held_when_it_gave_up_waiting() -> None:
+    """close() waits a second for the encoder. An encoder step still running then (here in
+    an on_failure callback for a refused event of the same chunk) held records out of
+    the inbox and not queued: close() found nothing left and said True, and the step then
+    queued them where nobody would send or report them."""
+    inside, go_on = threading.Event(), threading.Event()
+    failures: list[DeliveryFailure] = []
+
+    def on_failure(failure: DeliveryFailure) -> None:
+        failures.append(failure)
+        if failure.reason.value == "too_large":
+            inside.set()
+            go_on.wait(10)
+
+    transport = MockTransport()
+    em = Emitter(write_key="k", transport=transport, on_failure=on_failure)
+    huge = record(99, tenant="default", properties={f"p{i}": "y" * 1000 for i in range(40)})
+    assert em.emit_many([*(record(i, tenant="default") for i in range(10)), huge]).accepted == 11
+    assert inside.wait(10)  # the step holds the ten, in the callback
+    try:
+        assert em.close(0) is False
+    finally:
+        go_on.set()
+    encoder = em._encoder._thread
+    assert encoder is not None
+    encoder.join(10)
+    unsent = [i for f in failures if f.reason.value == "unsent_at_close" for i in f.message_ids]
+    assert len(unsent) == 10
+    assert transport.requests == []
+
+
+def test_a_durable_close_keeps_the_journal_while_an_encoder_step_holds_records(
+    tmp_path: Path,
+) -> None:
+    """The same with a spool file, the step held while it writes the records into the
+    file: close() found the inbox empty and deleted the journal, and the records were in
+    neither the journal nor the file."""
+    spool = tmp_path / "spool.db"
+    em = Emitter(write_key="k", transport=MockTransport(), spool=spool)
+    put_many = em._intake.spool.put_many
+    inside, go_on = threading.Event(), threading.Event()
+
+    def held_put_many(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        go_on.wait(10)
+        return put_many(*args, **kwargs)
+
+    em._intake.spool.put_many = held_put_many  # type: ignore[method-assign]
+    assert em.emit_many([record(i, tenant="default") for i in range(10)]).accepted == 10
+    assert inside.wait(10)
+    try:
+        assert em.close(0) is False
+    finally:
+        go_on.set()
+    encoder = em._encoder._thread
+    assert encoder is not None
+    encoder.join(10)
+    again = MockTransport()
+    with Emitter(write_key="k", transport=again, spool=spool) as em2:
+        assert em2.flush(10)
+    assert sum(len(r.items) for r in again.requests) == 10

@@ -58,13 +58,16 @@ class Encoder:
         )
         self._thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Finish the current step and stop (records left stay in the intake)."""
+    def stop(self, timeout: float) -> bool:
+        """Finish the current step and stop (records left stay in the intake); False when
+        the thread is still in a step after ``timeout`` seconds (a slow callback, say)."""
         self.stopping = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def enter_bulk(self) -> None:
         with self._bulk_lock:

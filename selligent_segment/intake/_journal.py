@@ -354,15 +354,22 @@ class JournalIntake:
         if not self.closed:
             self.spool.mark_paused(tenant, reason)
 
-    def close(self, dispatcher: Dispatcher) -> bool:
+    def close(self, dispatcher: Dispatcher, *, encoder_busy: bool = False) -> bool:
         """Move accepted records still in memory (journaled already) into the file so the
         journal can go; a request still out stays leased in the file, and the next start
-        sends it again. If the move fails, the journal stays for the next start."""
+        sends it again. If the move fails, or the encoder is still in a step (its records
+        are in neither the inbox nor the file), the journal stays for the next start."""
         dispatcher.abandon()
         self.downstream.backpressure.report_refused(final=True)
-        ingested = True
+        ingested = not encoder_busy
         try:
-            while self.inbox:
+            if encoder_busy:
+                log.warning(
+                    "the encoder is still busy: accepted events stay in the journal for the "
+                    "next start",
+                    extra={"reason": "left_in_spool"},
+                )
+            while self.inbox and not encoder_busy:
                 self.step(lambda: True)
             left = self.spool.stats().messages
         except SpoolError as exc:

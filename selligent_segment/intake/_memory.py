@@ -91,7 +91,18 @@ class MemoryIntake:
         down.backpressure.notify()
         dispatcher = down.senders()
         down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
-        self.spool.put_many(messages)
+        with self._report_lock:
+            # A close() that gave up waiting for this step took what the queue held:
+            # what the step holds is reported with the rest, never queued unseen.
+            late = self.closing
+            if late:
+                for message in messages:
+                    self._unreported.setdefault(message.tenant, []).append(message)
+            else:
+                self.spool.put_many(messages)
+        if late:
+            self._report_left()
+            return
         if messages:
             touched = list(dict.fromkeys(map(TENANT_OF, messages)))
             dispatcher.notify_put(touched, nbytes / len(messages))
@@ -109,12 +120,13 @@ class MemoryIntake:
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         """Nothing outside this process would see it."""
 
-    def close(self, dispatcher: Dispatcher) -> bool:
+    def close(self, dispatcher: Dispatcher, *, encoder_busy: bool = False) -> bool:
         """Report everything still held as ``unsent_at_close``: queued messages, batches
         of requests still out (their late results then settle nothing), and records an
         ``emit`` racing close() appended after the encoder stopped. True when anything
         was left (now or by a close that was cut short): then not all was delivered."""
-        self.closing = True  # before the inbox is drained: see late()
+        with self._report_lock:  # a step queues under it, or hands its records over
+            self.closing = True  # before the inbox is drained: see late()
         left = self._unreported
 
         def collect() -> None:

@@ -207,7 +207,7 @@ class PostgresIntake:
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         self.spool.mark_paused(tenant, reason)
 
-    def close(self, dispatcher: Dispatcher) -> bool:
+    def close(self, dispatcher: Dispatcher, *, encoder_busy: bool = False) -> bool:
         """Stop settling; this process's live leases go back to the queue (or expire)."""
         if self.listener is not None:
             self.listener.stop()

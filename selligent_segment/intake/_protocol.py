@@ -116,10 +116,12 @@ class Intake(Protocol):
         """Record (or clear, with None) that ``tenant`` is paused, where others can see it."""
         ...
 
-    def close(self, dispatcher: Dispatcher) -> bool:
+    def close(self, dispatcher: Dispatcher, *, encoder_busy: bool = False) -> bool:
         """The senders stopped: settle what is left (report it, or keep it for the next
         start) and release the spool; True when events were given up. Run again after
-        being cut short, it finishes the work."""
+        being cut short, it finishes the work. ``encoder_busy``: the encoder is still in a
+        step (it did not stop in time), holding records out of the inbox: they must be
+        settled too, when the step ends."""
         ...
 
     def late(self) -> None:
