@@ -7,6 +7,7 @@ see each other's rows. A machine without the server binaries fails these tests (
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 
 import psycopg
@@ -314,3 +315,40 @@ def test_has_room_refuses_only_on_the_exact_sum_and_partitions_store_bodies_unco
         assert storage == [("messages", "e"), ("messages_1", "e"), ("messages_2", "e")]
     finally:
         spool.close()
+
+
+@pytest.mark.slow
+def test_close_writes_the_settlements_kept_while_the_database_was_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A relay told to stop once the database answers again: close() threw away the
+    acknowledgements kept in memory, silently, and the rows were sent again later."""
+    with LocalPostgres() as own:
+        spool = PostgresSpool(own.url, connect_timeout=1)
+        try:
+            spool.put_many(_messages("acme", 3))
+            lease = spool.lease("acme", 3, 1 << 20)
+            assert lease is not None
+            own.stop_server()
+            spool.ack(lease, lease.messages)  # kept in memory
+            own.start_server()
+        finally:
+            spool.close()
+        probe = PostgresSpool(own.url, connect_timeout=1)
+        try:
+            assert probe.empty()
+        finally:
+            probe.close()
+        # And while the database is still away: said, not silent.
+        spool = PostgresSpool(own.url, connect_timeout=1)
+        try:
+            spool.put_many(_messages("globex", 2))
+            lease = spool.lease("globex", 2, 1 << 20)
+            assert lease is not None
+            own.stop_server()
+            spool.ack(lease, lease.messages)
+        finally:
+            with caplog.at_level(logging.WARNING, logger="selligent_segment"):
+                spool.close()
+            own.start_server()
+    assert "1 settlements of leased events could not be written" in caplog.text

@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -1615,7 +1615,21 @@ class PostgresSpool:
             self._unwritten = []
 
     def close(self) -> None:
-        """Give back this process's live leases (best effort) and close the connections."""
+        """Write the settlements kept while the database could not be reached, give back
+        this process's live leases (both best effort: what cannot be written is said,
+        and its rows are leased again when their lease runs out) and close the
+        connections."""
+        with suppress(SpoolError):
+            self._write_unwritten()
+        with self._lock:
+            unwritten, self._unwritten = len(self._unwritten), []
+        if unwritten:
+            log.warning(
+                "%d settlements of leased events could not be written before the close; "
+                "their events are sent again once their lease runs out",
+                unwritten,
+                extra={"reason": "spool_error", "count": unwritten},
+            )
         with self._lock:
             held, self._held = self._held, {}
         rowids = tuple(r for h in held.values() for r in h.rowids.values())
