@@ -20,7 +20,12 @@ from selligent_segment import SpoolFile
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.destination import DestinationConfig, check_samples, parse_config
 from selligent_segment.destination._loader import Loader, LoaderSettings
-from selligent_segment.destination._receiver import Receiver, RecentIds, parse_lenient
+from selligent_segment.destination._receiver import (
+    MAX_BATCH_EVENTS,
+    Receiver,
+    RecentIds,
+    parse_lenient,
+)
 from selligent_segment.destination._rows import UNSTORABLE_EVENT, RefusedRow, dead_payload, decode
 from selligent_segment.destination._signature import first_element, verify
 from selligent_segment.testing import LocalSelligent
@@ -178,6 +183,25 @@ def test_a_body_over_the_limit_is_413(client: Client) -> None:
     status, answer = client.post("acme", body, secret=ACME)
     assert status == 413
     assert "65,536 bytes" in answer["error"]
+
+
+def test_a_batch_of_more_events_than_segment_sends_is_413_and_keeps_nothing(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    """Segment batches at most 4,000 events. A small body of a signed first event and a
+    million junk elements made a million dead letters, refusals and log lines (gigabytes
+    of memory, seconds with every other tenant waiting); it is refused whole."""
+    receiver = Receiver(config, loader)
+    first = orjson.dumps(identify(1))
+    body = b"[" + first + b"," + b",".join([b"0"] * MAX_BATCH_EVENTS) + b"]"
+    status, answer = receiver.handle(config.tenants["acme"], body, sign(ACME, first))
+    assert status == 413
+    assert "at most 4,000 events" in orjson.loads(answer)["error"]
+    assert loader.pending() == 0
+    most = b"[" + first + b"," + b",".join([b"0"] * (MAX_BATCH_EVENTS - 1)) + b"]"
+    status, answer = receiver.handle(config.tenants["acme"], most, sign(ACME, first))
+    assert status == 200
+    assert orjson.loads(answer)["accepted"] == 1
 
 
 def test_a_full_spool_is_503_and_keeps_nothing(

@@ -11,7 +11,8 @@ An ASGI application (:class:`Receiver`), mountable in Starlette/FastAPI or serve
 
 Guarantees: ``200`` only once every event of the request is journaled (mapped rows to
 load, refused events as dead letters): a ``kill -9`` right after loses nothing. A body
-over ``max_body_bytes`` is ``413``, malformed JSON or a body that is neither object nor
+over ``max_body_bytes``, or an array of more than :data:`MAX_BATCH_EVENTS` events, is
+``413``, malformed JSON or a body that is neither object nor
 array ``400``, each with its reason (a lone UTF-16 surrogate escape, which
 ``JSON.stringify`` writes, is not malformed: it is read as U+FFFD); a full spool or an
 unwritable journal ``503`` (Segment retries), nothing of the request kept. Each event is
@@ -60,6 +61,7 @@ from selligent_segment.destination._signature import verify
 __all__ = [
     "DEFAULT_DEDUP_WINDOW",
     "DEFAULT_MAX_BODY_BYTES",
+    "MAX_BATCH_EVENTS",
     "Receiver",
     "RecentIds",
     "parse_lenient",
@@ -69,6 +71,10 @@ log = logging.getLogger("selligent_segment.destination")
 
 #: The largest request body accepted (bytes): 4,000 events of 2 KB, Segment's largest batch.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The most events one request may hold: Segment's Webhooks (Actions) destination batches
+#: at most 4,000. A larger array is refused whole (413): a small body of junk elements
+#: would otherwise cost a refusal, a dead letter and memory for each.
+MAX_BATCH_EVENTS = 4_000
 #: Recent messageIds remembered per tenant for deduplication (between this and twice it).
 DEFAULT_DEDUP_WINDOW = 200_000
 _PREFIX = "/segment/"
@@ -184,6 +190,10 @@ class Receiver:
         if isinstance(data, dict):
             events: list[Any] = [data]
         elif isinstance(data, list):
+            if len(data) > MAX_BATCH_EVENTS:  # each would cost a refusal, a dead letter...
+                return 413, _answer(
+                    413, f"at most {MAX_BATCH_EVENTS:,} events in one request (Segment's batch)"
+                )
             events = data
         else:
             return 400, _answer(400, "the body must be an event (object) or an array of events")
