@@ -231,6 +231,20 @@ def test_server_errors_and_dropped_connections_are_retried(
     assert loader.stats().retried >= 2
 
 
+def test_a_load_too_large_is_split_and_every_row_loaded(
+    loader: Loader, config: DestinationConfig, local_selligent: LocalSelligent, tmp_path: Path
+) -> None:
+    """Selligent's 413 said the request was too large: every row of it became a dead
+    letter (Segment already had its 200). The batch is bisected and loaded."""
+    local_selligent.set_faults(FaultPlan(script=[Fault.http(413)]))
+    loader.accept(rows_of(config, "acme", [identify(n) for n in range(4)]))
+    assert loader.flush(10.0)
+    for n in range(4):
+        assert local_selligent.row("CONTACTS", customer_id=f"user-{n}") is not None
+    assert [r.status for r in local_selligent.requests] == [413, 200, 200]
+    assert loader.stats().rejected == {}
+
+
 def test_a_failure_after_the_identify_load_keeps_the_identify_rows_delivered(
     loader: Loader, config: DestinationConfig, local_selligent: LocalSelligent
 ) -> None:

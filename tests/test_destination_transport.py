@@ -216,3 +216,41 @@ def test_a_load_refused_as_a_whole_is_refused(code: str) -> None:
     bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(2)]
     response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
     assert response.items == {0: f"{code}: no such list", 1: f"{code}: no such list"}
+
+
+class _TooLarge(FakeHttp):
+    """Answers every request with one more row than ``fits`` ``413 Payload Too Large``."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def exchange(
+        self,
+        url: str,
+        payload: bytes,
+        headers: dict[str, str],
+        *,
+        secret: str,
+        interpret: Callable[[Answer], Response],
+        max_body: int,
+    ) -> Response:
+        if len(orjson.loads(payload)) > self.fits:
+            self.requests.append([])
+            return interpret(Answer(413, "Payload Too Large", {}, b'{"errors":["too large"]}'))
+        return super().exchange(
+            url, payload, headers, secret=secret, interpret=interpret, max_body=max_body
+        )
+
+
+def test_a_load_too_large_is_split_by_the_dispatcher_not_refused_row_by_row() -> None:
+    """A 413 says the request was too large, nothing of its rows: every row became a dead
+    letter, after Segment had been answered 200. The turn now ends refused as a whole,
+    no row refused on its own, so the dispatcher bisects it; a row alone is refused."""
+    bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(4)]
+    response = SelligentTransport(_TooLarge(fits=2)).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert response.outcome is Outcome.REJECTED
+    assert response.status == 413
+    assert not response.items
+    half = SelligentTransport(_TooLarge(fits=2)).post(BASE, "key:secret", bodies[:2])  # type: ignore[arg-type]
+    assert half.outcome is Outcome.DELIVERED

@@ -17,8 +17,10 @@ Guarantees (what the dispatcher then does with them):
   ``Succeeded`` or ``PartiallySucceeded``, and go again (a retry, as after a 503) after a
   ``Failed``, ``ValidationFailed`` or ``NotFound``, which did not write them (an upsert:
   a row written after all is only updated);
-- a group refused as a whole for what it is (400, 404, 405, 413, 422, a 3xx) refuses its
-  rows with Selligent's ``errors`` text, and the next group is still sent;
+- a group refused as a whole for what it is (400, 404, 405, 422, a 3xx) refuses its
+  rows with Selligent's ``errors`` text, and the next group is still sent; a 413 (the
+  request too large, nothing said of its rows) ends the turn refused as a whole, no row
+  refused on its own, and the dispatcher bisects the rest of the batch;
 - the first 401/403, 429 or retryable failure (5xx, 408, a timeout, a dropped connection,
   an unreadable 200) ends the turn: groups already loaded are delivered, the rest follow
   that outcome (the tenant paused with its rows kept; a wait for ``X-RateLimit-Reset``;
@@ -283,9 +285,10 @@ class SelligentTransport:
                         items[index] = per_row.get(position)
                 else:
                     items.update(dict.fromkeys(indexes))
-            elif answer.outcome is Outcome.REJECTED:  # this group, for what it is
+            elif answer.outcome is Outcome.REJECTED and answer.status != _TOO_LARGE:
+                # this group, for what it is
                 items.update(dict.fromkeys(indexes, answer.error or f"HTTP {answer.status}"))
-            else:  # unauthorized, rate limited, retry: the turn ends here
+            else:  # unauthorized, rate limited, retry, too large: the turn ends here
                 for position, reason in (answer.items or {}).items():
                     if 0 <= position < len(indexes):  # a position the request had
                         items[indexes[position]] = reason  # rows refused on their own
@@ -397,3 +400,6 @@ def _interpret(answer: Answer, key: str) -> Response:
 
 
 _REJECT = Outcome.REJECTED
+#: A request too large says nothing of its rows: the turn ends refused as a whole, no row
+#: refused on its own, and the dispatcher bisects it (a row alone is then refused).
+_TOO_LARGE = 413
