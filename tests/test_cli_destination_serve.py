@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -15,6 +16,7 @@ import pytest
 import urllib3
 from _destination import ENV, example_data, identify, sign, toml_text, track
 
+from selligent_segment import SpoolFile
 from selligent_segment.cli import main
 from selligent_segment.testing import LocalSelligent
 
@@ -219,3 +221,36 @@ def test_the_destination_demo_loads_both_customers_rows_through_an_outage(
     assert "list GLOBEX_EVENTS (60 rows, upserted on event_id)" in printed
     assert "25 duplicates dropped" in printed
     assert "demo-secret" not in printed
+
+
+def test_an_interrupted_replay_keeps_the_rows_it_had_mapped(
+    config_file: Path,
+    spool: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    local_selligent: LocalSelligent,
+) -> None:
+    """Ctrl-C while replay reads: the rows mapped since the last chunk were only in
+    memory, never journaled, yet the summary said they were left in the spool."""
+    from selligent_segment.cli import _destination_replay
+
+    def five_then_ctrl_c(path: str) -> Iterator[tuple[str, object]]:
+        for n in range(5):
+            yield f"{path}:{n + 1}", identify(n)
+        raise KeyboardInterrupt
+
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(_destination_replay, "_events", five_then_ctrl_c)
+    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
+    status = main([*args, "--tenant", "acme", str(tmp_path / "events.jsonl")])
+    assert status == 130
+    summary = capsys.readouterr().err
+    loaded = sum(
+        local_selligent.row("CONTACTS", customer_id=f"user-{n}") is not None for n in range(5)
+    )
+    assert f"{loaded} rows loaded" in summary
+    assert f"{5 - loaded} left in the spool" in summary
+    with SpoolFile(spool) as kept:
+        assert kept.status().queued == 5 - loaded

@@ -30,6 +30,7 @@ from selligent_segment.cli._base import (
     PROG,
     Command,
     err,
+    interrupts_held,
 )
 from selligent_segment.cli._destination_config import load_or_report
 from selligent_segment.cli._destination_serve import add_loader_options, loader_settings
@@ -172,8 +173,9 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     loaded_rows = rejected = left = 0
     if loader is not None:
-        if rows and not interrupted:
-            loader.accept(rows)
+        if rows:  # journaled, interrupted or not: the summary counts them in the spool
+            with interrupts_held():
+                loader.accept(rows)
         loader.close(0.0 if interrupted else 1.0)
         stats = loader.stats()
         loaded_rows = stats.delivered
