@@ -111,6 +111,26 @@ def test_serve_refuses_a_mapping_its_samples_cannot_map(
     assert "$.traits.loyaltyId" in err
 
 
+def test_serve_without_the_builtin_samples_takes_a_key_of_ones_own(
+    local_selligent: LocalSelligent, tmp_path: Path, spool: Path, env: dict[str, str]
+) -> None:
+    """A key from a trait of the customer's own fails on the built-in samples, which do
+    not have it: serve refused such a valid config, with no way round."""
+    data = example_data(local_selligent.url)
+    data["tenants"]["acme"]["identify"]["fields"] = {"customer_id": "$.traits.loyaltyId"}
+    data["tenants"]["acme"]["identify"]["key"] = "customer_id"
+    path = tmp_path / "c.toml"
+    path.write_text(toml_text(data))
+    served = Served(path, spool, env, "--linger", "0.01", "--no-builtin-samples")
+    try:
+        event = {**identify(1), "traits": {"loyaltyId": "L-1"}}
+        assert served.post("acme", [event], ACME) == 200
+        assert local_selligent.wait_for_rows(1, "CONTACTS", timeout=30)
+    finally:
+        served.stop()
+    assert local_selligent.row("CONTACTS", customer_id="L-1") is not None
+
+
 @pytest.mark.slow
 def test_kill_9_after_a_200_then_a_restart_loads_every_row(
     config_file: Path, spool: Path, env: dict[str, str], local_selligent: LocalSelligent

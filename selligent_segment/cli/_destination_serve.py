@@ -112,6 +112,12 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="seconds to keep loading after SIGTERM before leaving the rest (default 10)",
     )
     parser.add_argument(
+        "--no-builtin-samples",
+        action="store_true",
+        help="start even when the built-in samples cannot be mapped (a key taken from a "
+        "trait of your own); the config itself is still checked",
+    )
+    parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=None,
@@ -146,9 +152,10 @@ def _run(args: argparse.Namespace) -> int:
     loaded = load_or_report(args.config)
     if isinstance(loaded, int):
         return loaded
-    status = samples_or_report(args.config, loaded)
-    if status != EXIT_OK:
-        return status
+    if not args.no_builtin_samples:
+        status = samples_or_report(args.config, loaded)
+        if status != EXIT_OK:
+            return status
     try:
         import uvicorn
     except ImportError:
