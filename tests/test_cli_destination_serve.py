@@ -274,3 +274,30 @@ def test_an_interrupted_replay_keeps_the_rows_it_had_mapped(
     assert f"{5 - loaded} left in the spool" in summary
     with SpoolFile(spool) as kept:
         assert kept.status().queued == 5 - loaded
+
+
+def test_replay_reads_events_as_the_receiver_does(
+    config_file: Path,
+    spool: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    local_selligent: LocalSelligent,
+) -> None:
+    """A lone surrogate escape (JSON.stringify writes it) refused the whole line, and one
+    unreadable element of an array line took the good events around it: the receiver
+    takes both."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    events = tmp_path / "events.jsonl"
+    lone = orjson.dumps(identify(1)).replace(b'"traits":{', b'"traits":{"nick":"\\ud83d",', 1)
+    array = b"[" + orjson.dumps(identify(2)) + b',{"x":NaN},' + orjson.dumps(identify(3)) + b"]"
+    events.write_bytes(lone + b"\n" + array + b"\n")
+    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
+    status = main([*args, "--tenant", "acme", "--linger", "0", str(events)])
+    err = capsys.readouterr().err
+    assert "4 events from 1 file(s): 3 rows loaded" in err
+    assert f"{events}:2[1]: invalid JSON" in err
+    assert status == 1  # the one refused
+    for n in (1, 2, 3):
+        assert local_selligent.row("CONTACTS", customer_id=f"user-{n}") is not None

@@ -35,6 +35,7 @@ from selligent_segment.cli._base import (
 from selligent_segment.cli._destination_config import load_or_report
 from selligent_segment.cli._destination_serve import add_loader_options, loader_settings
 from selligent_segment.cli._progress import Progress
+from selligent_segment.destination._receiver import UNREADABLE, Unreadable, read_json
 
 __all__ = ["REPLAY"]
 
@@ -79,16 +80,24 @@ def _events(path: str) -> Iterator[tuple[str, Any]]:
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                data = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield where, f"invalid JSON ({exc})"
-                continue
-            if isinstance(data, list):
+            # As the receiver reads a body: a lone surrogate escape is read, and one
+            # unreadable element of an array costs no other.
+            data, error = read_json(line)
+            if data is UNREADABLE:
+                yield where, f"invalid JSON ({error})"
+            elif isinstance(data, list):
                 for index, item in enumerate(data):
-                    yield f"{where}[{index}]", item if isinstance(item, dict) else _NOT_OBJECT
+                    yield f"{where}[{index}]", _event_or_reason(item)
             else:
-                yield where, data if isinstance(data, dict) else _NOT_OBJECT
+                yield where, _event_or_reason(data)
+
+
+def _event_or_reason(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, Unreadable):
+        return f"invalid JSON ({value.reason.removeprefix('malformed JSON: ')})"
+    return _NOT_OBJECT
 
 
 _NOT_OBJECT = "not a JSON object (an event)"

@@ -62,9 +62,12 @@ __all__ = [
     "DEFAULT_DEDUP_WINDOW",
     "DEFAULT_MAX_BODY_BYTES",
     "MAX_BATCH_EVENTS",
+    "UNREADABLE",
     "Receiver",
     "RecentIds",
+    "Unreadable",
     "parse_lenient",
+    "read_json",
 ]
 
 log = logging.getLogger("selligent_segment.destination")
@@ -171,13 +174,8 @@ class Receiver:
         """Judge, journal and answer one request's ``body`` for ``tenant``: the status
         and the JSON answer. Synchronous: from parsing to journaling nothing else runs in
         between, so deduplication needs no lock."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            data = parse_lenient(body)  # a lone surrogate escape, as JSON.stringify writes
-            reason = f"malformed JSON: {exc}"
-            if data is _BAD:  # an element neither reads (too deep, NaN): refused alone
-                data = parse_elements(body)
+        data, error = read_json(body)
+        reason = f"malformed JSON: {error}"
         secret = self._secrets.get(tenant.name)
         if secret is not None:
             first = data[0] if isinstance(data, list) and data else None
@@ -267,6 +265,8 @@ class Receiver:
 
 
 _BAD: Any = object()
+UNREADABLE: Any = _BAD
+"""What :func:`read_json` gives for a body that no parser here reads."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -288,6 +288,22 @@ class Unreadable:
 
     text: str
     reason: str
+
+
+def read_json(body: bytes) -> tuple[Any, str]:
+    """``body`` read as the receiver reads it, and orjson's complaint ("" when it had
+    none): orjson, else :func:`parse_lenient` (a lone surrogate escape, as
+    ``JSON.stringify`` writes), else :func:`parse_elements` (an array whose elements are
+    read one by one, one that neither reads an :class:`Unreadable`: refused alone).
+    :data:`UNREADABLE` when nothing reads it."""
+    try:
+        return orjson.loads(body), ""
+    except orjson.JSONDecodeError as exc:
+        error = str(exc)
+    data = parse_lenient(body)
+    if data is _BAD:
+        data = parse_elements(body)
+    return data, error
 
 
 def parse_elements(body: bytes) -> Any:
