@@ -249,6 +249,23 @@ def test_templates_join_and_trim_and_resolve_to_nothing_when_all_parts_are_missi
     assert resolve(spec, {"traits": {}}) is None
 
 
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("a\U0001f600b\U0001f600", "a\U0001f600"),  # 1 + 2 units; the b would be a 4th
+        ("\U0001f600\U0001f600", "\U0001f600"),  # a pair is never split
+        ("ab\U0001f600", "ab"),
+        ("abc", "abc"),
+        ("\u00e9\u00e9\u00e9\u00e9", "\u00e9\u00e9\u00e9"),  # one unit each
+    ],
+)
+def test_max_length_counts_utf16_units_as_selligent_does(text: str, cut: str) -> None:
+    """Selligent (.NET on SQL Server) counts a text's length in UTF-16 units, where an
+    emoji is 2: a value cut to max_length code points could still be over the column,
+    and its row was refused (MaxStringLengthExceeded)."""
+    assert resolve({"path": "$.e", "max_length": 3}, {"e": text}) == cut
+
+
 def test_literals_formats_lower_and_max_length() -> None:
     assert resolve({"literal": "web"}, {}) == "web"
     assert resolve({"literal": 7}, {}) == "7"

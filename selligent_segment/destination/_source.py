@@ -11,7 +11,8 @@ deeply to be written as JSON), whose text never holds the value; ``None`` means 
 to nothing" (the column is left out of the row), while an explicit JSON ``null`` becomes
 ``""`` (the column is cleared). Formatting, in this order: the value to text (strings as they are,
 booleans ``true``/``false``, integers in decimal, integral floats without ``.0``, objects
-and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`` (cut).
+and arrays as compact JSON), then ``format``, then ``lower``, then ``max_length`` (cut, in
+UTF-16 units as Selligent counts).
 """
 
 from __future__ import annotations
@@ -475,6 +476,20 @@ def _describe(table: Mapping[str, Any]) -> str:
     return f"{{ {parts} }}"
 
 
+def cut_utf16(text: str, units: int) -> str:
+    """``text`` cut to at most ``units`` UTF-16 code units, as Selligent (.NET on SQL
+    Server) counts a text's length: a character beyond U+FFFF counts 2, and is never
+    split. ``text`` itself when it fits."""
+    if len(text) <= units // 2 or (len(text) <= units and text.isascii()):
+        return text
+    used = 0
+    for index, char in enumerate(text):
+        used += 2 if ord(char) > 0xFFFF else 1
+        if used > units:
+            return text[:index]
+    return text
+
+
 def _resolver(
     getters: tuple[Getter, ...],
     formatter: Callable[[Any], str],
@@ -515,8 +530,8 @@ def _resolver(
         text = formatter(found)
         if lower:
             text = text.lower()
-        if max_length is not None and len(text) > max_length:
-            text = text[:max_length]
+        if max_length is not None:
+            text = cut_utf16(text, max_length)
         return text
 
     return resolve

@@ -245,12 +245,14 @@ def check_rows(
         problem = None
         for pos, column_type, max_length in checks:
             value = row[pos]
-            if max_length is not None and len(value) > max_length:
+            # Counted as .NET and SQL Server count: UTF-16 units (an emoji is 2).
+            length = len(value) if value.isascii() else len(value.encode("utf-16-le")) // 2
+            if max_length is not None and length > max_length:
                 problem = _invalid(
                     index,
                     fields[pos],
                     "MaxStringLengthExceeded",
-                    f"{len(value)} characters, at most {max_length}",
+                    f"{length} characters, at most {max_length}",
                 )
                 break
             if value and not _type_ok(column_type, value):
