@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -496,3 +497,50 @@ def test_any_sequence_of_writes_and_settlements_keeps_the_counts_exact(
         spool.close()
         with psycopg.connect(postgres.url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_the_application_name_keeps_pid_and_tag_whatever_the_host_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pg_module.socket, "gethostname", lambda: "pod-" + "x" * 200)
+    name = pg_module.application_name("selligent-segment", "selligent_segment")
+    assert len(name) == 63
+    assert name.startswith(f"selligent-segment selligent_segment {os.getpid()}.")
+    assert pg_module._PROCESS_TAG in name
+
+
+_POD = """
+import socket, sys
+socket.gethostname = lambda: sys.argv[1]  # a Kubernetes pod name
+from selligent_segment.spool._postgres import PostgresSpool
+spool = PostgresSpool(sys.argv[2], schema=sys.argv[3])
+print("up", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_two_pods_of_one_deployment_count_as_two_processes(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    """connect() named a connection ``... HOST:PID`` cut to 63 characters: two pods whose
+    names differ only at their end lost the part that differed, and counted as one."""
+    pods = ["selligent-relay-7d9f8b6c5d-x2k4q", "selligent-relay-7d9f8b6c5d-9hzvt"]
+    schema = (schema + "_" + "s" * 17)[:17]  # as long as the default, selligent_segment
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _POD, pod, postgres.url, schema],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for pod in pods
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"up\n"
+        with PostgresView(f"{postgres.url}?spool_schema={schema}") as view:
+            assert view.status().processes == 2
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -545,7 +545,7 @@ def connect(
     url: str, *, schema: str | None = None, connect_timeout: float = 5.0, role: str = ""
 ) -> psycopg.Connection[Any]:
     """A new autocommit connection to ``url`` (the spool's own options taken out), named
-    ``selligent-segment[-ROLE] SCHEMA HOST:PID`` in ``pg_stat_activity`` (``spool status``
+    ``selligent-segment[-ROLE] SCHEMA PID.TAG@HOST`` in ``pg_stat_activity`` (``spool status``
     counts the processes of a schema by it), at READ COMMITTED whatever the database's
     ``default_transaction_isolation`` (:func:`_read_committed`); a driver error leaves as
     :func:`database_error`."""
@@ -553,13 +553,12 @@ def connect(
     libpq_url, options = split_options(url)
     schema = schema or options.get("spool_schema", DEFAULT_SCHEMA)
     app = f"{APPLICATION}-{role}" if role else APPLICATION
-    name = f"{app} {schema} {socket.gethostname()}:{os.getpid()}"
     try:
         conn = psycopg.connect(
             libpq_url,
             autocommit=True,
             connect_timeout=max(1, int(connect_timeout)),
-            application_name=name[:63],
+            application_name=application_name(app, schema),
         )
     except psycopg.Error as exc:
         raise database_error(url, exc) from None
@@ -579,6 +578,27 @@ def _read_committed(conn: psycopg.Connection[Any]) -> None:
     (the lease is one), never the session: behind a pooler in transaction mode a session
     setting would stay on a server connection that other clients then use."""
     conn.isolation_level = _psycopg().IsolationLevel.READ_COMMITTED
+
+
+#: Tells this process from others with its pid (pid 1 in every container): set again in a
+#: forked child.
+_PROCESS_TAG = secrets.token_hex(3)
+
+
+def _new_process_tag() -> None:
+    global _PROCESS_TAG
+    _PROCESS_TAG = secrets.token_hex(3)
+
+
+os.register_at_fork(after_in_child=_new_process_tag)
+
+
+def application_name(app: str, schema: str) -> str:
+    """``APP SCHEMA PID.TAG@HOST``, cut to PostgreSQL's 63 characters: the process's pid
+    and random tag come before the host, whose name a cut may shorten, so ``spool
+    status`` counts two processes apart however long their host names (two pods of one
+    deployment differ only at the end of theirs, and both run as pid 1)."""
+    return f"{app} {schema} {os.getpid()}.{_PROCESS_TAG}@{socket.gethostname()}"[:63]
 
 
 def _owner_name() -> str:
