@@ -124,7 +124,7 @@ def test_spool_status_shows_every_hosts_backlog_leases_dead_letters_and_pauses(
     assert ":***@" in data["path"]
     assert data["queued"] == 5
     assert data["dead_letters"] == 1
-    assert data["processes"] >= 1  # the spool above: "selligent-segment HOST:PID"
+    assert data["processes"] >= 1  # the spool above: "selligent-segment SCHEMA PID.TAG@HOST"
     assert data["file_bytes"] > 0
     tenants = {t["tenant"]: t for t in data["tenants"]}
     assert tenants["acme"]["queued"] == 4

@@ -7,13 +7,16 @@ Against the session's real server (conftest's ``postgres``); each test has its o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _silent_proxy import SilentProxy
 
 from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import EncodedMessage
@@ -428,3 +431,41 @@ def test_a_view_used_in_a_forked_child_leaves_the_parents_connection_alone(
         assert view.status().tenants[0].queued == 2  # the parent's session still works
     finally:
         view.close()
+
+
+@pytest.mark.slow
+def test_a_lease_whose_host_went_silent_mid_transaction_frees_its_rows(
+    postgres: LocalPostgres, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Host A's network goes silent while its lease decodes a record, before the commit:
+    the server kept the session idle in transaction, its rows locked, so another host's
+    SKIP LOCKED passed them by long after the lease ran out (until TCP gave up, up to
+    hours). The lease's transaction now limits its idle time to half the lease."""
+    proxy = SilentProxy(postgres.url)
+    host_a = PostgresSpool(proxy.url, schema=schema, lease_seconds=2, connect_timeout=2)
+    host_b = PostgresSpool(postgres.url, schema=schema, lease_seconds=2, owner="host-b")
+    try:
+        host_a.put_rows([("acme", "", "bounced", b"not a record")])
+        decode = _postgres.decode
+
+        def decode_then_go_silent(tenant: str, body: bytes) -> Any:
+            proxy.go_silent()  # no FIN, no RST: the server cannot tell
+            return decode(tenant, body)
+
+        monkeypatch.setattr(_postgres, "decode", decode_then_go_silent)
+
+        def lease_on_host_a() -> None:
+            with contextlib.suppress(SpoolError):  # its connection is cut in the end
+                host_a.lease("acme", 10, 1 << 20)
+
+        threading.Thread(target=lease_on_host_a, daemon=True).start()
+        deadline = time.monotonic() + 30
+        taken = None
+        while taken is None and not host_b.dead_letters() and time.monotonic() < deadline:
+            time.sleep(0.2)  # the lease runs out on the server's clock: asked again
+            taken = host_b.lease("acme", 10, 1 << 20)
+        assert taken is not None or host_b.dead_letters()
+        assert time.monotonic() < deadline
+    finally:
+        proxy.close()
+        host_b.close()

@@ -1171,8 +1171,15 @@ class PostgresSpool:
             "owner": self.owner,
             "secs": self.lease_seconds,
         }
+        idle_ms = max(1000, int(self.lease_seconds * 500))  # half the lease, 1 s at least
+        idle_limit = f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
 
         def pick(conn: psycopg.Connection[Any]) -> _Picked:
+            # The rows stay locked until the commit, with records decoded meanwhile: should
+            # this host die or its network go silent here, the server ends the session
+            # (its locks with it) once idle that long, before the lease runs out; else
+            # other hosts' SKIP LOCKED would pass the rows by long after it did.
+            conn.execute(idle_limit)
             with conn.transaction():  # BEGIN ISOLATION LEVEL READ COMMITTED (_read_committed)
                 rows = sorted(conn.execute(sql, params).fetchall())  # the queue's order: by id
             taken: list[tuple[_RowId, EncodedMessage]] = []
