@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from _silent_proxy import SilentProxy
 
@@ -469,3 +470,37 @@ def test_a_lease_whose_host_went_silent_mid_transaction_frees_its_rows(
     finally:
         proxy.close()
         host_b.close()
+
+
+def test_a_late_settlement_of_an_expired_lease_leaves_a_newer_lease_alone(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    """The owner of a lease was the whole process: a sender's late answer to a lease
+    that had run out (a slow request, a long bisection) acted on the rows another sender
+    of the same process had leased since: a release let another host take them while
+    they were being sent, a reject buried rows that were then delivered."""
+    a = PostgresSpool(postgres.url, schema=schema, lease_seconds=1)
+    b = PostgresSpool(postgres.url, schema=schema, lease_seconds=30, owner="host-b")
+    try:
+        a.put_many(_messages("acme", 3) + _messages("beta", 1))
+        first = a.lease("acme", 10, 1 << 20)
+        first_beta = a.lease("beta", 10, 1 << 20)
+        assert first is not None
+        assert first_beta is not None
+        with psycopg.connect(postgres.url, autocommit=True) as conn:  # both run out
+            conn.execute(f"UPDATE {schema}.messages SET lease_until = now() - interval '1 second'")
+        a.lease_seconds = 30
+        second = a.lease("acme", 10, 1 << 20)
+        second_beta = a.lease("beta", 10, 1 << 20)
+        assert second is not None
+        assert second_beta is not None
+        assert len(second.messages) == 3
+        a.release(first, first.messages)  # the first sender's late 5xx
+        assert b.lease("acme", 10, 1 << 20) is None  # still the second's
+        a.reject(first_beta, first_beta.messages, "rejected: HTTP 400", 400)  # late too
+        a.ack(second_beta, second_beta.messages)  # delivered by the second
+        assert a.dead_letters() == []
+        assert a.stats().messages == 3
+    finally:
+        a.close()
+        b.close()

@@ -1,7 +1,8 @@
 """A spool in PostgreSQL that processes on many hosts share: the queue of the third engine.
 
 Every host's senders lease batches from one table with ``SELECT ... FOR UPDATE SKIP
-LOCKED``; a lease is this process's owner name plus an expiry (``lease_until``), so the
+LOCKED``; a lease is this process's owner name and the lease's number (a late settlement
+of an expired lease never touches a newer one's rows) plus an expiry (``lease_until``), so the
 rows of a host that died (no ``flock`` across hosts) become leasable again once the lease
 has expired, and are then sent again with the same ``messageId`` (Segment dedups). No
 transaction is held open across an HTTP request: leasing and each settlement are one short
@@ -624,7 +625,10 @@ _Dead = tuple[_RowId, str, bytes, str]
 _Picked = tuple[list[tuple[_RowId, EncodedMessage]], list[_Dead], list[InvalidEvent]]
 #: A settlement kept until the database answers: action, rows, reason, status, and the
 #: messages as leased (for a reject).
-_Settlement = tuple[str, tuple[_RowId, ...], str | None, int | None, tuple[EncodedMessage, ...]]
+#: (action, the lease's owner, its rows, reason, status, the messages as leased).
+_Settlement = tuple[
+    str, str, tuple[_RowId, ...], str | None, int | None, tuple[EncodedMessage, ...]
+]
 
 
 #: Leasing rounds one ``lease`` call goes through while every row it takes is a dead
@@ -656,8 +660,11 @@ _T = TypeVar("_T")
 
 @attrs.define
 class _Held:
-    """A live lease's row ids, by the identity of its messages."""
+    """A live lease's owner (the process's name and the lease's number: a late settlement
+    of an expired lease never touches the rows a newer lease of the same process holds)
+    and its row ids, by the identity of its messages."""
 
+    owner: str
     rowids: dict[int, _RowId]
 
 
@@ -897,6 +904,7 @@ class PostgresSpool:
         self.token = secrets.token_hex(6)  # this process's notifications, told from others'
         self._next_rotate = 0.0
         self.owner = owner or _owner_name()
+        self._leases = 0  # a lease's owner is this one's and its number (see _Held)
         self._connect_timeout = connect_timeout
         #: Told of each record a lease buried (its tenant, why), after the transaction.
         self._on_buried = on_buried
@@ -1165,10 +1173,13 @@ class PostgresSpool:
             FROM picked WHERE m.generation = picked.generation AND m.id = picked.id
             RETURNING m.id, m.generation, m.message_id, m.kind, m.body
         """
+        with self._lock:
+            self._leases += 1
+            owner = f"{self.owner}#{self._leases}"
         params = {
             "tenant": tenant,
             "limit": max_messages,
-            "owner": self.owner,
+            "owner": owner,
             "secs": self.lease_seconds,
         }
         idle_ms = max(1000, int(self.lease_seconds * 500))  # half the lease, 1 s at least
@@ -1212,7 +1223,7 @@ class PostgresSpool:
                     _row_params(back),
                 )
             if dead:
-                self._bury(conn, dead, None)
+                self._bury(conn, owner, dead, None)
             return taken, dead, errors
 
         # Rows that were all dead letters: the next ones may be messages; a few rounds at
@@ -1242,11 +1253,14 @@ class PostgresSpool:
         self._count([tenant] * len(taken), -1)
         with self._lock:
             self._held[lease.id] = _Held(
-                {id(m): rowid for (rowid, _), m in zip(taken, lease.messages, strict=True)}
+                owner, {id(m): rowid for (rowid, _), m in zip(taken, lease.messages, strict=True)}
             )
         return lease
 
-    def _rowids(self, lease: Lease, messages: Sequence[EncodedMessage]) -> tuple[_RowId, ...]:
+    def _rowids(
+        self, lease: Lease, messages: Sequence[EncodedMessage]
+    ) -> tuple[str, tuple[_RowId, ...]]:
+        """The lease's owner and the rows of ``messages``, taken out of the live lease."""
         with self._lock:
             held = self._held.get(lease.id)
             if held is None:
@@ -1257,12 +1271,16 @@ class PostgresSpool:
                 raise ValueError(f"a message of lease {lease.id} settled twice") from None
             if not held.rowids:
                 del self._held[lease.id]
-            return rowids
+            return held.owner, rowids
 
     def _bury(
-        self, conn: psycopg.Connection[Any], dead: Sequence[_Dead], status: int | None
+        self,
+        conn: psycopg.Connection[Any],
+        owner: str,
+        dead: Sequence[_Dead],
+        status: int | None,
     ) -> None:
-        """Move this process's leased rows ``dead`` into ``dead_letters``, each with the
+        """Move the rows ``dead`` of the lease ``owner`` into ``dead_letters``, each with the
         message id, body and reason given (the message as leased, or a damaged record as
         it is), in the queue's order; each reason as ``text`` holds it (:func:`pg_text`)."""
         s = self.schema
@@ -1278,24 +1296,25 @@ class PostgresSpool:
             SELECT tenant, message_id, kind, body, accepted_at, reason, %s FROM gone ORDER BY id"""
         generations, ids = _row_params([d[0] for d in dead])
         columns = ([d[1] for d in dead], [d[2] for d in dead], [pg_text(d[3]) for d in dead])
-        conn.execute(sql, (generations, ids, *columns, self.owner, status))
+        conn.execute(sql, (generations, ids, *columns, owner, status))
 
     def _settle(
         self,
         action: str,
+        owner: str,
         rowids: tuple[_RowId, ...],
         reason: str | None,
         status: int | None,
         leased: tuple[EncodedMessage, ...] = (),
     ) -> None:
         s = self.schema
-        rows: tuple[object, ...] = (*_row_params(rowids), self.owner)
+        rows: tuple[object, ...] = (*_row_params(rowids), owner)
         if action == "reject":  # the messages as leased: a row may still hold a record
             dead = [
                 (rowid, m.message_id, m.body, reason or "")
                 for rowid, m in zip(rowids, leased, strict=True)
             ]
-            self._with(lambda conn: self._bury(conn, dead, status), transaction=True)
+            self._with(lambda conn: self._bury(conn, owner, dead, status), transaction=True)
             return
         if action == "ack":
             sql = f"DELETE FROM {s}.messages WHERE {_ROWS_IN} AND owner = %s"
@@ -1309,16 +1328,17 @@ class PostgresSpool:
     def _settle_or_keep(
         self,
         action: str,
-        rowids: tuple[_RowId, ...],
+        rows: tuple[str, tuple[_RowId, ...]],
         reason: str | None = None,
         status: int | None = None,
         leased: tuple[EncodedMessage, ...] = (),
     ) -> None:
-        """Write a settlement now; while the database is unreachable, keep it in memory
-        for :meth:`_write_unwritten`. Never raises."""
+        """Write a settlement of ``rows`` (the lease's owner and row ids) now; while the
+        database is unreachable, keep it in memory for :meth:`_write_unwritten`. Never
+        raises."""
         if reason is not None:
             reason = pg_text(reason)
-        settlement: _Settlement = (action, rowids, reason, status, leased)
+        settlement: _Settlement = (action, *rows, reason, status, leased)
         unreachable = self._settled(settlement)
         if unreachable is not None:
             with self._lock:
@@ -1333,9 +1353,9 @@ class PostgresSpool:
         (:func:`_plain_reason`); failing that, it is logged at ERROR and given up, its
         rows left in the queue under their lease, which expires: they are leased and sent
         again then, never lost."""
-        action, rowids, reason, status, leased = settlement
+        action, owner, rowids, reason, status, leased = settlement
         try:
-            self._settle(action, rowids, reason, status, leased)
+            self._settle(action, owner, rowids, reason, status, leased)
             return None
         except Unreachable as exc:
             return exc
@@ -1344,7 +1364,7 @@ class PostgresSpool:
         if action == "reject":
             plain = _plain_reason(reason)
             try:
-                self._settle(action, rowids, plain, status, leased)
+                self._settle(action, owner, rowids, plain, status, leased)
                 log.error("dead letters written with the reason %r: %s", plain, failure)
                 return None
             except Unreachable as exc:
@@ -1640,6 +1660,8 @@ class PostgresSpool:
             self._idle = []
             self._held = {}
             self._unwritten = []
+            if self.owner.startswith(f"{socket.gethostname()}:"):  # named after its pid
+                self.owner = _owner_name()  # the child's leases are not the parent's
 
     def close(self) -> None:
         """Write the settlements kept while the database could not be reached, give back
@@ -1659,12 +1681,14 @@ class PostgresSpool:
             )
         with self._lock:
             held, self._held = self._held, {}
-        rowids = tuple(r for h in held.values() for r in h.rowids.values())
-        if rowids:
+        for lease in held.values():
+            if not lease.rowids:
+                continue
             try:
-                self._settle("release", rowids, None, None)
+                self._settle("release", lease.owner, tuple(lease.rowids.values()), None, None)
             except SpoolError as exc:
                 log.warning("leases left to expire: %s", exc)
+                break  # the database is away: the others' would fail the same way
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
