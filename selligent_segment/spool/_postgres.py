@@ -1660,8 +1660,11 @@ class PostgresSpool:
             self._idle = []
             self._held = {}
             self._unwritten = []
+            # The child's leases are not the parent's, nor numbered apart from them.
             if self.owner.startswith(f"{socket.gethostname()}:"):  # named after its pid
-                self.owner = _owner_name()  # the child's leases are not the parent's
+                self.owner = _owner_name()
+            else:  # a name given by the caller
+                self.owner = f"{self.owner}/{os.getpid()}"
 
     def close(self) -> None:
         """Write the settlements kept while the database could not be reached, give back
