@@ -504,3 +504,25 @@ def test_a_late_settlement_of_an_expired_lease_leaves_a_newer_lease_alone(
     finally:
         a.close()
         b.close()
+
+
+def test_a_silent_network_is_bounded_by_tcp_settings_unless_the_url_gives_its_own(
+    postgres: LocalPostgres,
+) -> None:
+    """Nothing bounded a query on an open connection whose network went silent: the
+    operating system's TCP waits two hours and more, and emit with it."""
+    conn = _postgres.connect(postgres.url)
+    try:
+        params = conn.info.get_parameters()
+    finally:
+        conn.close()
+    for name, value in _postgres.SILENT_NETWORK_LIMITS.items():
+        assert params.get(name) == value
+    conn = _postgres.connect(f"{postgres.url}?tcp_user_timeout=5000&keepalives_idle=7")
+    try:
+        params = conn.info.get_parameters()
+    finally:
+        conn.close()
+    assert params["tcp_user_timeout"] == "5000"
+    assert params["keepalives_idle"] == "7"
+    assert params["keepalives_count"] == "3"

@@ -55,7 +55,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 
@@ -542,6 +542,18 @@ def database_error(url: str, exc: BaseException) -> SpoolError:
     )
 
 
+#: libpq's TCP settings unless the URL gives its own: a network that goes silent on an
+#: open connection (packets dropped, no reset) ends it within about a minute, where the
+#: operating system's defaults wait two hours and more (an ``emit`` waiting all along).
+SILENT_NETWORK_LIMITS: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+
 def connect(
     url: str, *, schema: str | None = None, connect_timeout: float = 5.0, role: str = ""
 ) -> psycopg.Connection[Any]:
@@ -555,11 +567,16 @@ def connect(
     schema = schema or options.get("spool_schema", DEFAULT_SCHEMA)
     app = f"{APPLICATION}-{role}" if role else APPLICATION
     try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        given = conninfo_to_dict(libpq_url)
+        silent = {k: v for k, v in SILENT_NETWORK_LIMITS.items() if k not in given}
         conn = psycopg.connect(
             libpq_url,
             autocommit=True,
             connect_timeout=max(1, int(connect_timeout)),
             application_name=application_name(app, schema),
+            **silent,
         )
     except psycopg.Error as exc:
         raise database_error(url, exc) from None
