@@ -973,12 +973,18 @@ def test_close_reports_what_an_encoder_step_still_held_when_it_gave_up_waiting()
     queued them where nobody would send or report them."""
     inside, go_on = threading.Event(), threading.Event()
     failures: list[DeliveryFailure] = []
+    lock_free: list[bool] = []
 
     def on_failure(failure: DeliveryFailure) -> None:
         failures.append(failure)
         if failure.reason.value == "too_large":
             inside.set()
             go_on.wait(10)
+        else:  # never called under the intake's report lock: it may call close() itself
+            lock = em._intake._report_lock  # type: ignore[attr-defined]
+            lock_free.append(lock.acquire(blocking=False))
+            if lock_free[-1]:
+                lock.release()
 
     transport = MockTransport()
     em = Emitter(write_key="k", transport=transport, on_failure=on_failure)
@@ -995,6 +1001,8 @@ def test_close_reports_what_an_encoder_step_still_held_when_it_gave_up_waiting()
     unsent = [i for f in failures if f.reason.value == "unsent_at_close" for i in f.message_ids]
     assert len(unsent) == 10
     assert transport.requests == []
+    assert lock_free
+    assert all(lock_free)
 
 
 def test_a_durable_close_keeps_the_journal_while_an_encoder_step_holds_records(

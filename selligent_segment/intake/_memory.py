@@ -150,9 +150,10 @@ class MemoryIntake:
         """Report the inbox's records and what close() collected as ``unsent_at_close``,
         each once (close() and a late emit() report in turn, under the report lock);
         True when anything was ever left."""
+        failures: list[tuple[str, list[EncodedMessage]]] = []
+        down = self.downstream
         with self._report_lock:
             left = self._unreported
-            down = self.downstream
             while True:
                 try:
                     fields, tenant, now = self.inbox.popleft()
@@ -166,16 +167,19 @@ class MemoryIntake:
                 left.setdefault(tenant, []).append(message)
             self._left_any = self._left_any or bool(left)
             while left:
-                tenant, messages = left.popitem()  # counted, logged and handed over once
-                down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
-                log.error(
-                    "tenant %s: %d events unsent at close (memory spool)",
-                    shown(tenant),
-                    len(messages),
-                    extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
-                )
-                down.report(DeliveryFailure.unsent_at_close(tenant, messages))
-            return self._left_any
+                failures.append(left.popitem())  # counted, logged and handed over once
+            left_any = self._left_any
+        # Outside the lock: on_failure is the application's code, which may call close().
+        for tenant, messages in failures:
+            down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
+            log.error(
+                "tenant %s: %d events unsent at close (memory spool)",
+                shown(tenant),
+                len(messages),
+                extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
+            )
+            down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+        return left_any
 
     def abandon(self) -> None:
         """The parent keeps its records; the child's intake is a new one."""
