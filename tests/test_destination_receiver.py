@@ -204,6 +204,28 @@ def test_a_batch_of_more_events_than_segment_sends_is_413_and_keeps_nothing(
     assert orjson.loads(answer)["accepted"] == 1
 
 
+def test_too_many_elements_orjson_refuses_are_413_before_any_slower_reading(
+    config: DestinationConfig, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 413 came after every element was read on its own (orjson refuses a body with a
+    NaN anywhere): two million NaNs in 8 MB held the event loop 16 s, signed or not."""
+    from selligent_segment.destination import _receiver
+
+    def never(body: bytes) -> object:
+        raise AssertionError("read element by element")
+
+    monkeypatch.setattr(_receiver, "parse_elements", never)
+    monkeypatch.setattr(_receiver, "parse_lenient", never)
+    receiver = Receiver(config, loader)
+    first = orjson.dumps(identify(1))
+    body = b"[" + first + b"," + b",".join([b"NaN"] * MAX_BATCH_EVENTS) + b"]"
+    status, answer = receiver.handle(config.tenants["acme"], body, sign(ACME, first))
+    assert status == 413
+    assert "at most 4,000 events" in orjson.loads(answer)["error"]
+    assert receiver.handle(config.tenants["acme"], body, "0" * 40)[0] == 401
+    assert loader.pending() == 0
+
+
 def test_a_full_spool_is_503_and_keeps_nothing(
     config: DestinationConfig, tmp_path: Path, served: tuple[Switch, str]
 ) -> None:

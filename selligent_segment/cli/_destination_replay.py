@@ -82,7 +82,7 @@ def _events(path: str) -> Iterator[tuple[str, Any]]:
             where = f"{path}:{number}"
             # As the receiver reads a body: a lone surrogate escape is read, and one
             # unreadable element of an array costs no other.
-            data, error = read_json(line)
+            data, error = read_json(line, limit=None)
             if data is UNREADABLE:
                 yield where, f"invalid JSON ({error})"
             elif isinstance(data, list):

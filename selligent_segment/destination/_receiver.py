@@ -28,6 +28,7 @@ Event values and secrets are never in a log line or an answer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_DEDUP_WINDOW",
     "DEFAULT_MAX_BODY_BYTES",
     "MAX_BATCH_EVENTS",
+    "TOO_MANY",
     "UNREADABLE",
     "Receiver",
     "RecentIds",
@@ -187,11 +189,12 @@ class Receiver:
             return 400, _answer(400, reason)
         if isinstance(data, dict):
             events: list[Any] = [data]
+        elif data is TOO_MANY or (isinstance(data, list) and len(data) > MAX_BATCH_EVENTS):
+            # each would cost a refusal, a dead letter, memory
+            return 413, _answer(
+                413, f"at most {MAX_BATCH_EVENTS:,} events in one request (Segment's batch)"
+            )
         elif isinstance(data, list):
-            if len(data) > MAX_BATCH_EVENTS:  # each would cost a refusal, a dead letter...
-                return 413, _answer(
-                    413, f"at most {MAX_BATCH_EVENTS:,} events in one request (Segment's batch)"
-                )
             events = data
         else:
             return 400, _answer(400, "the body must be an event (object) or an array of events")
@@ -267,6 +270,9 @@ class Receiver:
 _BAD: Any = object()
 UNREADABLE: Any = _BAD
 """What :func:`read_json` gives for a body that no parser here reads."""
+TOO_MANY: Any = object()
+"""What :func:`read_json` gives for an array over its limit that orjson refused (read no
+further: each element read on its own would cost the event loop seconds)."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -290,20 +296,32 @@ class Unreadable:
     reason: str
 
 
-def read_json(body: bytes) -> tuple[Any, str]:
+def read_json(body: bytes, limit: int | None = MAX_BATCH_EVENTS) -> tuple[Any, str]:
     """``body`` read as the receiver reads it, and orjson's complaint ("" when it had
     none): orjson, else :func:`parse_lenient` (a lone surrogate escape, as
     ``JSON.stringify`` writes), else :func:`parse_elements` (an array whose elements are
     read one by one, one that neither reads an :class:`Unreadable`: refused alone).
-    :data:`UNREADABLE` when nothing reads it."""
+    :data:`UNREADABLE` when nothing reads it; :data:`TOO_MANY`, before either slower
+    reading, for an array of more than ``limit`` elements (None: no limit)."""
     try:
         return orjson.loads(body), ""
     except orjson.JSONDecodeError as exc:
         error = str(exc)
+    if limit is not None and _more_elements_than(body, limit):
+        return TOO_MANY, error
     data = parse_lenient(body)
     if data is _BAD:
         data = parse_elements(body)
     return data, error
+
+
+def _more_elements_than(body: bytes, limit: int) -> bool:
+    """Whether the array ``body`` has more than ``limit`` elements, scanning no further
+    than the one past it (False for a body that is no array)."""
+    try:
+        return sum(1 for _ in itertools.islice(element_spans(body), limit + 1)) > limit
+    except ValueError:  # broken before that: the slower readers say how
+        return False
 
 
 def parse_elements(body: bytes) -> Any:
