@@ -170,7 +170,8 @@ class MemoryIntake:
                 failures.append(left.popitem())  # counted, logged and handed over once
             left_any = self._left_any
         # Outside the lock: on_failure is the application's code, which may call close().
-        for tenant, messages in failures:
+        while failures:
+            tenant, messages = failures.pop()
             down.counters.add_reason("dropped", tenant, "unsent_at_close", len(messages))
             log.error(
                 "tenant %s: %d events unsent at close (memory spool)",
@@ -178,7 +179,13 @@ class MemoryIntake:
                 len(messages),
                 extra={"tenant": tenant, "reason": "unsent_at_close", "count": len(messages)},
             )
-            down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+            try:
+                down.report(DeliveryFailure.unsent_at_close(tenant, messages))
+            except BaseException:  # a close cut short (SIGTERM): the next one reports the rest
+                with self._report_lock:
+                    for other, rest in failures:
+                        self._unreported.setdefault(other, []).extend(rest)
+                raise
         return left_any
 
     def abandon(self) -> None:
