@@ -125,6 +125,18 @@ def _spool(_instance: object, attribute: attrs.Attribute[Any], value: object) ->
         spool_path(value)
 
 
+def _absolute_spool(value: Any) -> Any:
+    """A spool file's path made absolute once, here (a ``sqlite:///`` URL as its path):
+    whatever directory the process, or a child it forks, is in later, it names the same
+    file. Anything else as it is (the validator refuses what it must)."""
+    if isinstance(value, (str, os.PathLike)) and value != "memory" and not is_postgres_url(value):
+        try:
+            return str(spool_path(value))
+        except ConfigurationError:
+            return value
+    return value
+
+
 def _spool_repr(value: object) -> str:
     """The spool setting as a repr shows it: a ``postgresql://`` URL without its password."""
     return repr(redact(value)) if isinstance(value, str) and is_postgres_url(value) else repr(value)
@@ -161,11 +173,12 @@ class EmitterConfig:
     allow_insecure_http: bool = attrs.field(default=False, validator=_flag)
     """Allow a plain ``http://`` endpoint off loopback (loopback is always allowed)."""
     spool: str | os.PathLike[str] = attrs.field(
-        default="memory", validator=_spool, repr=_spool_repr
+        default="memory", converter=_absolute_spool, validator=_spool, repr=_spool_repr
     )
-    """``"memory"`` (lost with the process), or a file path or ``sqlite:///`` URL: the
-    durable spool, where ``emit`` returns once the event is journaled on disk (it then
-    survives ``kill -9``); processes may share one file. Or a ``postgresql://`` URL
+    """``"memory"`` (lost with the process), or a file path or ``sqlite:///`` URL (kept as
+    the absolute path it names when the config is made): the durable spool, where
+    ``emit`` returns once the event is journaled on disk (it then survives ``kill -9``);
+    processes may share one file. Or a ``postgresql://`` URL
     (the ``postgres`` extra): one spool that processes on many hosts share, where ``emit``
     returns once the row is committed (see ``docs/scaling.md``)."""
     fsync: bool = attrs.field(default=False, validator=_flag)

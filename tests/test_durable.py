@@ -527,6 +527,17 @@ def test_a_relative_spool_path_still_names_the_same_file_after_a_chdir(
     transport = MockTransport()
     em = Emitter(write_key="k", spool="data/spool.db", transport=transport)
     monkeypatch.chdir(elsewhere)
+    assert em.config.spool == str(home / "data" / "spool.db")
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the chdir: the same file, not one of its own
+        code = 1
+        try:
+            em.emit({"type": "delivered", "email": "child@example.com", "event_id": "c"})
+            code = 0 if em.flush(10) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
     for i in range(3):
         em.emit({"type": "delivered", "email": f"u{i}@example.com", "event_id": f"e{i}"})
     assert em.flush(10)
