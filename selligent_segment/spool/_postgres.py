@@ -1183,6 +1183,8 @@ class PostgresSpool:
             WITH picked AS (
                 SELECT generation, id FROM {self.schema}.messages
                 WHERE tenant = %(tenant)s AND (owner IS NULL OR lease_until < now())
+                    AND (SELECT set_config('idle_in_transaction_session_timeout',
+                        %(idle)s, true)) IS NOT NULL
                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
             )
             UPDATE {self.schema}.messages AS m
@@ -1198,16 +1200,15 @@ class PostgresSpool:
             "limit": max_messages,
             "owner": owner,
             "secs": self.lease_seconds,
+            # The rows stay locked until the commit, with records decoded meanwhile:
+            # should this host die or its network go silent then, the server ends the
+            # session (its locks with it) once idle this long (half the lease, a second at
+            # least), before the lease runs out; else other hosts' SKIP LOCKED would pass
+            # the rows by long after it did. Set in the statement: no round trip more.
+            "idle": str(max(1000, int(self.lease_seconds * 500))),
         }
-        idle_ms = max(1000, int(self.lease_seconds * 500))  # half the lease, 1 s at least
-        idle_limit = f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"
 
         def pick(conn: psycopg.Connection[Any]) -> _Picked:
-            # The rows stay locked until the commit, with records decoded meanwhile: should
-            # this host die or its network go silent here, the server ends the session
-            # (its locks with it) once idle that long, before the lease runs out; else
-            # other hosts' SKIP LOCKED would pass the rows by long after it did.
-            conn.execute(idle_limit)
             with conn.transaction():  # BEGIN ISOLATION LEVEL READ COMMITTED (_read_committed)
                 rows = sorted(conn.execute(sql, params).fetchall())  # the queue's order: by id
             taken: list[tuple[_RowId, EncodedMessage]] = []
