@@ -1,7 +1,8 @@
 """The in-memory spool: per-tenant queues in this process, lost when it dies.
 
 Guarantee: it never holds more than ``max_bytes`` of message bodies (leased ones count
-until settled), and per-tenant FIFO order is kept across releases, in whatever order the
+until settled), but for the one chunk the encoder puts into it while it is empty (see
+``wait_for_spool_room``), and per-tenant FIFO order is kept across releases, in whatever order the
 leases come back.
 """
 
@@ -22,9 +23,10 @@ class MemorySpool:
     """A :class:`~selligent_segment.spool._protocol.Spool` in memory, capped at ``max_bytes``.
 
     Guarantee: never holds more than ``max_bytes`` of message bodies (leased ones count
-    until settled); per-tenant FIFO order is kept across releases: a released batch goes
-    back to the place its messages had, ahead of what was queued after them, even when a
-    lease taken after it came back first (two requests of a tenant failing together).
+    until settled), but for one chunk put while it is empty; per-tenant FIFO order is
+    kept across releases: a released batch goes back to the place its messages had, ahead
+    of what was queued after them, even when a lease taken after it came back first (two
+    requests of a tenant failing together).
     """
 
     def __init__(self, max_bytes: int) -> None:

@@ -143,7 +143,7 @@ class PostgresView(ClosedOnExit):
         """Backlog per tenant over every host's rows: queued (leased included), leased
         (a live lease), dead letters, the age of the event at the head of its queue (the
         next one sent, by the database's clock), paused and why; the schema's size on
-        disk; the live processes (connections named ``selligent-segment SCHEMA HOST:PID``:
+        disk; the live processes (connections named ``selligent-segment SCHEMA PID.TAG@HOST``:
         emitters and relays, on any host).
 
         Without reading the queue: the counts come from ``queue_counts`` and the index of
