@@ -243,6 +243,20 @@ def test_the_destination_demo_loads_both_customers_rows_through_an_outage(
     assert "demo-secret" not in printed
 
 
+@pytest.fixture
+def secrets_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config's secrets in this process's environment (for ``main`` in process)."""
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+def _replay(config_file: Path, spool: Path, *argv: str) -> int:
+    """``destination replay`` of acme in this process; its exit status."""
+    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
+    return main([*args, "--tenant", "acme", *argv])
+
+
+@pytest.mark.usefixtures("secrets_set")
 def test_an_interrupted_replay_keeps_the_rows_it_had_mapped(
     config_file: Path,
     spool: Path,
@@ -260,12 +274,8 @@ def test_an_interrupted_replay_keeps_the_rows_it_had_mapped(
             yield f"{path}:{n + 1}", identify(n)
         raise KeyboardInterrupt
 
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setattr(_destination_replay, "_events", five_then_ctrl_c)
-    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
-    status = main([*args, "--tenant", "acme", str(tmp_path / "events.jsonl")])
-    assert status == 130
+    assert _replay(config_file, spool, str(tmp_path / "events.jsonl")) == 130
     summary = capsys.readouterr().err
     loaded = sum(
         local_selligent.row("CONTACTS", customer_id=f"user-{n}") is not None for n in range(5)
@@ -276,25 +286,22 @@ def test_an_interrupted_replay_keeps_the_rows_it_had_mapped(
         assert kept.status().queued == 5 - loaded
 
 
+@pytest.mark.usefixtures("secrets_set")
 def test_replay_reads_events_as_the_receiver_does(
     config_file: Path,
     spool: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     local_selligent: LocalSelligent,
 ) -> None:
     """A lone surrogate escape (JSON.stringify writes it) refused the whole line, and one
     unreadable element of an array line took the good events around it: the receiver
     takes both."""
-    for name, value in ENV.items():
-        monkeypatch.setenv(name, value)
     events = tmp_path / "events.jsonl"
     lone = orjson.dumps(identify(1)).replace(b'"traits":{', b'"traits":{"nick":"\\ud83d",', 1)
     array = b"[" + orjson.dumps(identify(2)) + b',{"x":NaN},' + orjson.dumps(identify(3)) + b"]"
     events.write_bytes(lone + b"\n" + array + b"\n")
-    args = ["destination", "replay", "--config", str(config_file), "--spool", str(spool)]
-    status = main([*args, "--tenant", "acme", "--linger", "0", str(events)])
+    status = _replay(config_file, spool, "--linger", "0", str(events))
     err = capsys.readouterr().err
     assert "4 events from 1 file(s): 3 rows loaded" in err
     assert f"{events}:2[1]: invalid JSON" in err

@@ -427,6 +427,31 @@ def test_a_token_short_only_by_rounding_is_whole_and_a_short_bucket_waits_on_the
 # -- fairness -----------------------------------------------------------------------------------
 
 
+def _one_sender(
+    spool: MemorySpool,
+    tenants: Sequence[str],
+    transport: MockTransport,
+    clock: FakeClock,
+    batch: BatchPolicy,
+) -> Dispatcher:
+    """A Dispatcher of one sender thread on ``clock``, no rate cap, each tenant with a
+    key of its own (``key-TENANT``)."""
+    return Dispatcher(
+        spool=spool,
+        keys=WriteKeys(None, {t: f"key-{t}" for t in tenants}),
+        endpoint="https://api.segment.io",
+        transport=transport,
+        batch=batch,
+        retry=FAST_RETRY,
+        threads=1,
+        max_requests_per_second=0,
+        counters=Counters(),
+        on_failure=lambda failure: None,
+        on_pause=lambda tenant, reason: None,
+        clock=clock,
+    )
+
+
 def test_a_huge_tenant_sends_one_batch_then_goes_to_the_back_of_the_line() -> None:
     """One sender, a tenant with 2,000 queued events and five with one each: the big one
     sends one batch, then each small one its event, then the big one the rest; no time
@@ -439,19 +464,8 @@ def test_a_huge_tenant_sends_one_batch_then_goes_to_the_back_of_the_line() -> No
     )
     clock = FakeClock()
     transport = MockTransport(clock=clock)
-    dispatcher = Dispatcher(
-        spool=spool,
-        keys=WriteKeys(None, {"big": "key-big", **{t: f"key-{t}" for t in small}}),
-        endpoint="https://api.segment.io",
-        transport=transport,
-        batch=BatchPolicy(max_messages=10, linger=0.0),
-        retry=FAST_RETRY,
-        threads=1,
-        max_requests_per_second=0,
-        counters=Counters(),
-        on_failure=lambda failure: None,
-        on_pause=lambda tenant, reason: None,
-        clock=clock,
+    dispatcher = _one_sender(
+        spool, ["big", *small], transport, clock, BatchPolicy(max_messages=10, linger=0.0)
     )
     dispatcher.notify_put(["big", *small])
     dispatcher.start()
@@ -743,20 +757,7 @@ def test_stopped_senders_start_no_request_after_their_current_one() -> None:
         return MockResponse.ok()
 
     transport = MockTransport(stop_during_the_first_request, clock=clock)
-    dispatcher = Dispatcher(
-        spool=spool,
-        keys=WriteKeys(None, {t: f"key-{t}" for t in ("a", "b", "c")}),
-        endpoint="https://api.segment.io",
-        transport=transport,
-        batch=BatchPolicy(linger=0.0),
-        retry=FAST_RETRY,
-        threads=1,
-        max_requests_per_second=0,
-        counters=Counters(),
-        on_failure=lambda failure: None,
-        on_pause=lambda tenant, reason: None,
-        clock=clock,
-    )
+    dispatcher = _one_sender(spool, ["a", "b", "c"], transport, clock, BatchPolicy(linger=0.0))
     stopper.append(dispatcher)
     dispatcher.notify_put(["a", "b", "c"])
     dispatcher.start()

@@ -966,6 +966,18 @@ def test_a_chunk_larger_than_the_spool_cap_still_goes_into_an_empty_spool() -> N
         em.close(0)
 
 
+def _close_while_the_encoder_is_held(em: Emitter, go_on: threading.Event) -> None:
+    """close(0) while the encoder is held in a step (it says False), then let the step go
+    on and wait until the encoder is done with it."""
+    try:
+        assert em.close(0) is False
+    finally:
+        go_on.set()
+    encoder = em._encoder._thread
+    assert encoder is not None
+    encoder.join(10)
+
+
 def test_close_reports_what_an_encoder_step_still_held_when_it_gave_up_waiting() -> None:
     """close() waits a second for the encoder. An encoder step still running then (here in
     an on_failure callback for a refused event of the same chunk) held records out of
@@ -991,13 +1003,7 @@ def test_close_reports_what_an_encoder_step_still_held_when_it_gave_up_waiting()
     huge = record(99, tenant="default", properties={f"p{i}": "y" * 1000 for i in range(40)})
     assert em.emit_many([*(record(i, tenant="default") for i in range(10)), huge]).accepted == 11
     assert inside.wait(10)  # the step holds the ten, in the callback
-    try:
-        assert em.close(0) is False
-    finally:
-        go_on.set()
-    encoder = em._encoder._thread
-    assert encoder is not None
-    encoder.join(10)
+    _close_while_the_encoder_is_held(em, go_on)
     unsent = [i for f in failures if f.reason.value == "unsent_at_close" for i in f.message_ids]
     assert len(unsent) == 10
     assert transport.requests == []
@@ -1024,13 +1030,7 @@ def test_a_durable_close_keeps_the_journal_while_an_encoder_step_holds_records(
     em._intake.spool.put_many = held_put_many  # type: ignore[method-assign]
     assert em.emit_many([record(i, tenant="default") for i in range(10)]).accepted == 10
     assert inside.wait(10)
-    try:
-        assert em.close(0) is False
-    finally:
-        go_on.set()
-    encoder = em._encoder._thread
-    assert encoder is not None
-    encoder.join(10)
+    _close_while_the_encoder_is_held(em, go_on)
     again = MockTransport()
     with Emitter(write_key="k", transport=again, spool=spool) as em2:
         assert em2.flush(10)

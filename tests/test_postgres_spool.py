@@ -24,6 +24,7 @@ from selligent_segment.spool._postgres import (
     is_postgres_url,
     redact,
 )
+from selligent_segment.spool._protocol import Lease
 from selligent_segment.testing._local_postgres import LocalPostgres
 
 _schemas = itertools.count(1)
@@ -176,15 +177,21 @@ def test_a_restart_costs_nothing_the_dead_pooled_connections_are_replaced(
     assert spool.empty()
 
 
+def _leased_then_down(own: LocalPostgres, spool: PostgresSpool, tenant: str, n: int) -> Lease:
+    """``n`` messages of ``tenant`` written and leased whole, then the server stopped."""
+    spool.put_many(_messages(tenant, n))
+    lease = spool.lease(tenant, n, 1 << 20)
+    assert lease is not None
+    own.stop_server()
+    return lease
+
+
 @pytest.mark.slow
 def test_settlements_while_the_database_is_down_are_kept_and_written_afterwards() -> None:
     with LocalPostgres() as own:
         spool = PostgresSpool(own.url, connect_timeout=1)
         try:
-            spool.put_many(_messages("acme", 3))
-            lease = spool.lease("acme", 3, 1 << 20)
-            assert lease is not None
-            own.stop_server()
+            lease = _leased_then_down(own, spool, "acme", 3)
             spool.ack(lease, lease.messages[:2])  # never raises: kept in memory
             spool.release(lease, lease.messages[2:])
             assert len(spool._unwritten) == 2
@@ -326,10 +333,7 @@ def test_close_writes_the_settlements_kept_while_the_database_was_down(
     with LocalPostgres() as own:
         spool = PostgresSpool(own.url, connect_timeout=1)
         try:
-            spool.put_many(_messages("acme", 3))
-            lease = spool.lease("acme", 3, 1 << 20)
-            assert lease is not None
-            own.stop_server()
+            lease = _leased_then_down(own, spool, "acme", 3)
             spool.ack(lease, lease.messages)  # kept in memory
             own.start_server()
         finally:
@@ -342,10 +346,7 @@ def test_close_writes_the_settlements_kept_while_the_database_was_down(
         # And while the database is still away: said, not silent.
         spool = PostgresSpool(own.url, connect_timeout=1)
         try:
-            spool.put_many(_messages("globex", 2))
-            lease = spool.lease("globex", 2, 1 << 20)
-            assert lease is not None
-            own.stop_server()
+            lease = _leased_then_down(own, spool, "globex", 2)
             spool.ack(lease, lease.messages)
         finally:
             with caplog.at_level(logging.WARNING, logger="selligent_segment"):
