@@ -551,3 +551,16 @@ def test_recent_ids_are_bounded_and_remember_a_window() -> None:
     assert "e" in recent
     assert "a" not in recent
     assert len(recent.new) + len(recent.old) <= 4
+
+
+def test_a_long_message_id_is_remembered_by_its_digest_not_whole() -> None:
+    """A window of 200,000 to 400,000 ids kept each whole: ids of a few KB (a sender's
+    bug, or anyone when no secret is set) held gigabytes."""
+    recent = RecentIds(10)
+    long_id, other = "m" * 100_000, "m" * 99_999 + "n"
+    recent.add(long_id)
+    recent.add("m" * 100)
+    assert long_id in recent
+    assert other not in recent
+    assert "m" * 100 in recent  # Segment's longest, kept as it is
+    assert max(len(key) for key in recent.new) <= 100

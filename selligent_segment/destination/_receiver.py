@@ -28,6 +28,7 @@ Event values and secrets are never in a log line or an answer.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -98,13 +99,26 @@ class RecentIds:
         self.old: set[str] = set()
 
     def __contains__(self, message_id: object) -> bool:
-        return message_id in self.new or message_id in self.old
+        key = _kept(message_id) if isinstance(message_id, str) else message_id
+        return key in self.new or key in self.old
 
     def add(self, message_id: str) -> None:
-        """Remember ``message_id``."""
+        """Remember ``message_id`` (one over :data:`_LONGEST_KEPT` characters by its
+        SHA-256: a window of long ids must not hold gigabytes)."""
         if len(self.new) >= self.window:
             self.old, self.new = self.new, set()
-        self.new.add(message_id)
+        self.new.add(_kept(message_id))
+
+
+#: Longer messageIds are remembered by their SHA-256 (Segment's own are 100 at most).
+_LONGEST_KEPT = 100
+
+
+def _kept(message_id: str) -> str:
+    if len(message_id) <= _LONGEST_KEPT:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest
 
 
 def _answer(status: int, reason: str) -> bytes:
