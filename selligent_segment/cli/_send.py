@@ -351,11 +351,12 @@ class SendRunner:
             with held, interrupts_held():
                 emitter.close(0)
             raise
-        with held, interrupts_held():  # a second Ctrl-C (people press one): the summary
-            emitter.close(0)
-            if stopped == EXIT_INTERRUPTED:
-                return self._summarise(emitter, sink, started, stopped, failed)
-        return self._summarise(emitter, sink, started, stopped, failed)
+        # Ctrl-C held off while the emitter closes and, once interrupted (``held``), until
+        # the summary is out: a second one (people press one) would cut it short.
+        with held:
+            with interrupts_held():
+                emitter.close(0)
+            return self._summarise(emitter, sink, started, stopped, failed)
 
     def _summarise(
         self,
