@@ -203,8 +203,7 @@ class Receiver:
             return 400, _answer(400, reason)
         if isinstance(data, dict):
             events: list[Any] = [data]
-        elif data is TOO_MANY or (isinstance(data, list) and len(data) > MAX_BATCH_EVENTS):
-            # each would cost a refusal, a dead letter, memory
+        elif data is TOO_MANY:  # each would cost a refusal, a dead letter, memory
             return 413, _answer(
                 413, f"at most {MAX_BATCH_EVENTS:,} events in one request (Segment's batch)"
             )
@@ -315,12 +314,15 @@ def read_json(body: bytes, limit: int | None = MAX_BATCH_EVENTS) -> tuple[Any, s
     none): orjson, else :func:`parse_lenient` (a lone surrogate escape, as
     ``JSON.stringify`` writes), else :func:`parse_elements` (an array whose elements are
     read one by one, one that neither reads an :class:`Unreadable`: refused alone).
-    :data:`UNREADABLE` when nothing reads it; :data:`TOO_MANY`, before either slower
-    reading, for an array of more than ``limit`` elements (None: no limit)."""
+    :data:`UNREADABLE` when nothing reads it; :data:`TOO_MANY` for an array of more than
+    ``limit`` elements (None: no limit), before either slower reading."""
     try:
-        return orjson.loads(body), ""
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         error = str(exc)
+    else:
+        too_many = limit is not None and isinstance(data, list) and len(data) > limit
+        return (TOO_MANY if too_many else data), ""
     if limit is not None and _more_elements_than(body, limit):
         return TOO_MANY, error
     data = parse_lenient(body)
