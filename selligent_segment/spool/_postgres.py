@@ -1679,10 +1679,7 @@ class PostgresSpool:
             self._held = {}
             self._unwritten = []
             # The child's leases are not the parent's, nor numbered apart from them.
-            if self.owner.startswith(f"{socket.gethostname()}:"):  # named after its pid
-                self.owner = _owner_name()
-            else:  # a name given by the caller
-                self.owner = f"{self.owner}/{os.getpid()}"
+            self.owner = f"{self.owner}/{os.getpid()}"
 
     def close(self) -> None:
         """Write the settlements kept while the database could not be reached, give back
