@@ -453,9 +453,8 @@ class Dispatcher:
             # its key refused since this turn was granted: the batch is not sent now, but
             # goes back to its place in the queue and waits with the tenant. (Else it
             # could be the very batch that request just gave back, sent again at once,
-            # its Retry-After or the refused key ignored.)
-            held_back = state.backoff.failures != seen or state.paused is not None
-            held_back = held_back or self._stopping  # stopped since the turn was granted
+            # its Retry-After or the refused key ignored.) So too once the senders stop.
+            held_back = state.backoff.failures != seen or state.paused is not None or self._stopping
             if not held_back and self.max_in_flight > 1:
                 self._overlap(state, now)
         if held_back:
