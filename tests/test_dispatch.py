@@ -22,7 +22,7 @@ from selligent_segment._clock import SYSTEM_CLOCK, Clock
 from selligent_segment.delivery._dispatcher import PAUSED_RECHECK, Dispatcher
 from selligent_segment.delivery._keys import WriteKeys, fingerprint
 from selligent_segment.delivery._stats import Counters
-from selligent_segment.delivery._transport import HttpTransport, Response
+from selligent_segment.delivery._transport import HttpTransport, Response, Transport
 from selligent_segment.spool._memory import MemorySpool
 from selligent_segment.spool._protocol import Lease
 from selligent_segment.testing import (
@@ -345,22 +345,38 @@ def test_two_failures_in_flight_together_count_as_one_attempt() -> None:
     assert (stats.delivered, stats.dropped) == (20, {})
 
 
-def _dispatcher(backlog: int, full_at: int = 10) -> tuple[Dispatcher, Any]:
-    spool = MemorySpool(1 << 20)
-    spool.put_many([encode(record(i), tenant="acme") for i in range(backlog)])
-    dispatcher = Dispatcher(
+def _new_dispatcher(
+    spool: MemorySpool,
+    keys: WriteKeys,
+    transport: Transport,
+    batch: BatchPolicy,
+    *,
+    threads: int = 1,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Dispatcher:
+    """A Dispatcher of ``threads`` senders (not started) on ``clock``, no rate cap,
+    failures and pauses ignored."""
+    return Dispatcher(
         spool=spool,
-        keys=WriteKeys("key", None),
-        endpoint="http://127.0.0.1:9",
-        transport=HttpTransport(),
-        batch=BatchPolicy(),
+        keys=keys,
+        endpoint="https://api.segment.io",
+        transport=transport,
+        batch=batch,
         retry=FAST_RETRY,
-        threads=2,
+        threads=threads,
         max_requests_per_second=0,
         counters=Counters(),
         on_failure=lambda failure: None,
         on_pause=lambda tenant, reason: None,
+        clock=clock,
     )
+
+
+def _dispatcher(backlog: int, full_at: int = 10) -> tuple[Dispatcher, Any]:
+    spool = MemorySpool(1 << 20)
+    spool.put_many([encode(record(i), tenant="acme") for i in range(backlog)])
+    keys = WriteKeys("key", None)
+    dispatcher = _new_dispatcher(spool, keys, HttpTransport(), BatchPolicy(), threads=2)
     dispatcher.full_at = full_at
     state = dispatcher._state("acme")
     state.in_flight = 1
@@ -434,22 +450,10 @@ def _one_sender(
     clock: FakeClock,
     batch: BatchPolicy,
 ) -> Dispatcher:
-    """A Dispatcher of one sender thread on ``clock``, no rate cap, each tenant with a
-    key of its own (``key-TENANT``)."""
-    return Dispatcher(
-        spool=spool,
-        keys=WriteKeys(None, {t: f"key-{t}" for t in tenants}),
-        endpoint="https://api.segment.io",
-        transport=transport,
-        batch=batch,
-        retry=FAST_RETRY,
-        threads=1,
-        max_requests_per_second=0,
-        counters=Counters(),
-        on_failure=lambda failure: None,
-        on_pause=lambda tenant, reason: None,
-        clock=clock,
-    )
+    """A Dispatcher of one sender thread on ``clock``, each tenant with a key of its own
+    (``key-TENANT``)."""
+    keys = WriteKeys(None, {t: f"key-{t}" for t in tenants})
+    return _new_dispatcher(spool, keys, transport, batch, clock=clock)
 
 
 def test_a_huge_tenant_sends_one_batch_then_goes_to_the_back_of_the_line() -> None:
