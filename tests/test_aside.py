@@ -311,6 +311,45 @@ def test_a_batch_aside_delivered_does_not_reset_the_budget_of_the_batch_failing_
     ]
 
 
+def test_a_batch_aside_delivered_after_a_429_s_wait_lets_its_tenant_send_on() -> None:
+    """A 429 makes the whole tenant wait, but holds no attempt of its head batch's budget:
+    once its wait is over, a batch set aside and delivered shows the key is let through
+    again, and the tenant is healthy (before: it stayed in backoff until the head batch
+    itself was delivered, so a 503 with ``Retry-After`` then made the whole tenant wait
+    instead of being set aside, which halved the fault mix's throughput). One sender, so
+    the order is exact: batch-0 hiccups (503, ``Retry-After: 1``, set aside); batch-1 is
+    answered 429 (``Retry-After: 1``); at 1 s batch-0 is delivered, then batch-1 hiccups
+    (503, set aside again) and batch-2 goes at once, not a second later."""
+    script = {
+        "batch-0": [MockResponse.error(503, "busy", retry_after=1)],
+        "batch-1": [
+            MockResponse.rate_limited(retry_after=1),
+            MockResponse.error(503, "busy", retry_after=1),
+        ],
+    }
+
+    def handler(request: MockRequest) -> MockResponse:
+        answers = script.get(batch_of(request))
+        return answers.pop(0) if answers else MockResponse.ok()
+
+    em, transport, clock = fake_emitter(
+        handler, batch=BATCHES, max_requests_per_second=0, threads=1
+    )
+    try:
+        emit_batches(em, 3)
+        assert clock.run_until(lambda: em.stats().delivered == 30, waiters=1)
+    finally:
+        em.close(0)
+    assert [(r.at, batch_of(r), r.retry_count) for r in transport.requests] == [
+        (0.0, "batch-0", 0),
+        (0.0, "batch-1", 0),
+        (1.0, "batch-0", 1),
+        (1.0, "batch-1", 1),
+        (1.0, "batch-2", 0),
+        (2.0, "batch-1", 2),
+    ]
+
+
 def test_about_request_is_an_answered_retryable_failure_with_its_own_wait() -> None:
     assert about_request(Response(500, retry_after=1.0))
     assert about_request(Response(408, retry_after=2.0))

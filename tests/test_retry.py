@@ -474,6 +474,23 @@ def test_backoff_success_resets_unless_a_request_beside_it_failed_meanwhile() ->
     assert (backoff.retries, backoff.rate_limited_spent, backoff.failures) == (0, 0.0, 2)
 
 
+def test_backoff_another_batchs_success_clears_server_pacing_but_no_counted_attempt() -> None:
+    """``aside``: a batch set aside, delivered, speaks for the key (a 429's wait is over)
+    but not for the batch this backoff retries: its counted attempts stand."""
+    backoff = Backoff(STEADY)
+    backoff.record_failure(Outcome.RATE_LIMITED, 1.0)
+    backoff.record_success(backoff.failures, aside=True)
+    assert (backoff.retries, backoff.rate_limited_spent) == (0, 0.0)
+    backoff.record_failure(Outcome.RETRY)  # no server wait: a counted attempt
+    backoff.record_failure(Outcome.RATE_LIMITED, 1.0)
+    backoff.record_success(backoff.failures, aside=True)
+    assert (backoff.attempts, backoff.retries, backoff.rate_limited_spent) == (1, 2, 1.0)
+    seen = backoff.failures - 1  # a request sent before the last failure
+    backoff.attempts = 0
+    backoff.record_success(seen, aside=True)  # a failure beside it stands, as without aside
+    assert backoff.retries == 2
+
+
 def test_backoff_reset_keeps_the_failure_count() -> None:
     backoff = Backoff(STEADY, attempts=3, retries=4, failures=7, backoff_spent=2.0)
     backoff.rate_limited_spent = 9.0

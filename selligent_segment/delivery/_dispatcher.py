@@ -589,13 +589,13 @@ class Dispatcher:
     def _reset_backoff(self, state: _Tenant, seen: int, aside: Aside | None) -> None:
         """Clear the backoff after a settled request, unless a request sent beside it
         failed meanwhile (``seen`` is the failure count as its turn was granted), or it
-        was a batch set ``aside``: the tenant's backoff is its head batch's, whose
-        budget another batch's success must not refill (it would be retried past
-        ``max_attempts`` for as long as batches come and go aside)."""
-        if aside is not None:
-            return
+        was a batch set ``aside`` and the backoff holds a counted attempt: that is the
+        head batch's budget, which another batch's success must not refill (it would be
+        retried past ``max_attempts`` for as long as batches come and go aside). A
+        backoff of server-paced waits alone (a 429's) is cleared by any delivered
+        request: the key is let through again, and the tenant sends on."""
         with self.cv:
-            state.backoff.record_success(seen)
+            state.backoff.record_success(seen, aside=aside is not None)
 
     def _unpause(self, state: _Tenant) -> None:
         """Clear a pause and its backoff (under self.cv)."""

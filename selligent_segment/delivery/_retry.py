@@ -254,7 +254,8 @@ class RetryPolicy:
     * ``max_attempts``: counted attempts (server-paced ones excluded) before giving up,
       the first send included; 1 means never retry.
     * ``max_backoff_duration``: total counted backoff one batch may accumulate (seconds).
-    * ``max_rate_limit_duration``: total server-paced waiting one batch may accumulate.
+    * ``max_rate_limit_duration``: total server-paced waiting one batch may accumulate
+      while its tenant has no request let through (any delivered request ends it).
     * ``jitter``: add 0-10 % (:data:`JITTER_FRACTION`) to each backoff delay.
     """
 
@@ -391,11 +392,17 @@ class Backoff:
             return GiveUp(reason)
         return delay
 
-    def record_success(self, seen: int | None = None) -> None:
+    def record_success(self, seen: int | None = None, *, aside: bool = False) -> None:
         """Record a settled request (delivered, or refused for good): the backoff is
         reset, unless a request sent beside it failed meanwhile (``seen`` is
-        :attr:`failures` when its turn was granted): that failure's backoff stands."""
-        if seen is None or seen == self.failures:
+        :attr:`failures` when its turn was granted): that failure's backoff stands.
+
+        ``aside``: the request was another batch than the one this backoff retries (a
+        batch set aside, with a backoff of its own). It resets only a backoff holding
+        server-paced waits alone (a 429's, over once a request is let through again),
+        never a counted attempt: that is the failing batch's budget, which another
+        batch's success must not refill."""
+        if (seen is None or seen == self.failures) and not (aside and self.attempts):
             self.reset()
 
     def reset(self) -> None:
