@@ -747,6 +747,29 @@ def test_a_turn_that_fails_before_its_request_leaves_gives_its_batch_back(
     assert "sender error for tenant 'acme'" in caplog.text
 
 
+def test_a_turn_that_fails_before_its_request_leaves_gives_its_rate_token_back() -> None:
+    """No request left, so no token of the key's rate cap is spent: with a token every
+    4 s, the batch goes at 1 s (the sender error's pause), not at 4 s."""
+    em, transport, clock = fake_emitter(max_requests_per_second=0.25)
+    url = em._dispatcher.endpoint
+    assert isinstance(url, str)
+    calls: list[str] = []
+
+    def endpoint(tenant: str) -> str:
+        calls.append(tenant)
+        if len(calls) == 1:
+            raise LookupError("the tenant's configuration is being replaced")
+        return url
+
+    em._dispatcher.endpoint = endpoint
+    try:
+        em.emit(record(1))
+        assert clock.run_until(lambda: em.stats().delivered == 1, waiters=SENDERS)
+    finally:
+        em.close(0)
+    assert times_of(transport.requests) == [1.0]
+
+
 def test_stopped_senders_start_no_request_after_their_current_one() -> None:
     """stop() during a request: the sender ended with it. It took every turn already due
     first (each a new request), and after an Emitter's close() had reported those events

@@ -462,6 +462,7 @@ class Dispatcher:
             self._refund_token(state)
             self._finish(state)
             return
+        posting = False
         try:
             # The batch's own retries (each message's, kept by the settler), whatever
             # else of the tenant failed or was delivered meanwhile.
@@ -469,9 +470,12 @@ class Dispatcher:
             endpoint = self.endpoint
             if not isinstance(endpoint, str):
                 endpoint = endpoint(state.name)
+            posting = True
             response = self.transport.post(endpoint, key, bodies, retry_count=retries)
-        except Exception:  # the endpoint or the transport raised: the batch goes back
+        except Exception:  # the endpoint or the transport raised: the batch goes back,
             self.settler.release(lease, state.bisection.gather(state.name, lease, messages))
+            if not posting:  # and its rate token with it when no request left
+                self._refund_token(state)
             raise
         self.counters.request()
         if response.requests > 1:
