@@ -326,11 +326,12 @@ def _csv_record(columns: tuple[str, ...], row: list[str]) -> CallbackRecord:
     return CallbackRecord.from_dict(data)
 
 
-def _quoting(line: str) -> tuple[int, bool] | None:
-    """Where the quoting of one physical CSV line goes wrong, read as :mod:`csv` does: the
-    index of the cell and True when text follows a closing quote, False when the line
-    ends inside a quoted cell; None when its quoting is fine."""
-    cell, start, quoted, i, end = 0, True, False, 0, len(line.rstrip("\r\n"))
+def _quoting(line: str, limit: int) -> tuple[int, str] | None:
+    """Where one physical CSV line goes wrong, read as :mod:`csv` does: the index of the
+    cell and what is wrong with it, ``"after_quote"`` when text follows its closing quote,
+    ``"unclosed"`` when the line ends inside it (quoted), ``"too_long"`` when it holds over
+    ``limit`` characters as read (a doubled quote counts once); None when nothing is."""
+    cell, start, quoted, i, end, size = 0, True, False, 0, len(line.rstrip("\r\n")), 0
     while i < end:
         char = line[i]
         i += 1
@@ -338,17 +339,22 @@ def _quoting(line: str) -> tuple[int, bool] | None:
             if char == '"':
                 if i < end and line[i] == '"':
                     i += 1  # a doubled quote inside the cell
+                else:
+                    quoted = False
+                    if i < end and line[i] != ",":
+                        return cell, "after_quote"
                     continue
-                quoted = False
-                if i < end and line[i] != ",":
-                    return cell, True
         elif char == ",":
-            cell, start = cell + 1, True
+            cell, start, size = cell + 1, True, 0
             continue
         elif char == '"' and start:
-            quoted = True
+            quoted, start = True, False
+            continue
         start = False
-    return (cell, False) if quoted else None
+        size += 1
+        if size > limit:
+            return cell, "too_long"
+    return (cell, "unclosed") if quoted else None
 
 
 def _csv_problem(
@@ -356,21 +362,26 @@ def _csv_problem(
 ) -> InvalidEvent:
     """The error of a row :mod:`csv` refused with ``message``: its first physical line is
     ``first`` (line ``number``), the row ran over ``lines`` lines."""
-    where = _quoting(first)
+    limit = csv.field_size_limit()
+    where = _quoting(first, limit)
     if where is None:
         return InvalidEvent("line", f"not valid CSV ({message})")
-    index, after_quote = where
+    index, what = where
     column = columns[index] if index < len(columns) else "record"
-    if after_quote:
+    if what == "after_quote":
         return InvalidEvent(
             column,
             "text after the closing quote of a quoted cell; quote the whole cell and double "
             "the quotes inside it",
         )
+    if what == "too_long":
+        return InvalidEvent(
+            column, f"a cell over {limit} characters, the longest a CSV cell may be"
+        )
     if message.startswith("unexpected end of data"):
         reason = "unclosed quote (the quoted cell that starts on this line never ends)"
     elif message.startswith("field larger than field limit"):
-        reason = f"unclosed quote, or a quoted cell over {csv.field_size_limit()} characters"
+        reason = f"unclosed quote, or a quoted cell over {limit} characters"
     else:
         reason = f"unclosed quote, or text after the closing quote on line {number + lines - 1}"
     return InvalidEvent(column, f"{reason}; the next lines are read as rows of their own")
