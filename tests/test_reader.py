@@ -274,11 +274,12 @@ def test_csv_unclosed_quote_ended_by_a_later_quoted_cell_keeps_that_row(tmp_path
         b'open,u3,x,"{""attempt"": 2}"\n'
         b"open,u4,y,\n"
     )
-    lines = lines_of(write_bytes(tmp_path, "a.csv", content))
+    path = write_bytes(tmp_path, "a.csv", content)
+    lines = lines_of(path)
     assert errors(lines) == [
         (
             2,
-            "email_subject: unclosed quote, or text after the closing quote on line 4; "
+            f"email_subject: unclosed quote, or text after the closing quote on line 4 of {path}; "
             "the next lines are read as rows of their own",
         )
     ]

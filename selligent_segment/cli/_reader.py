@@ -358,15 +358,17 @@ def _quoting(line: str, limit: int) -> tuple[int, str] | None:
 
 
 def _csv_problem(
-    columns: tuple[str, ...], first: str, message: str, number: int, lines: int
+    columns: tuple[str, ...], first: str, message: str, where: tuple[str, int], lines: int
 ) -> InvalidEvent:
     """The error of a row :mod:`csv` refused with ``message``: its first physical line is
-    ``first`` (line ``number``), the row ran over ``lines`` lines."""
+    ``first`` (``where``: the input's name and the line's number), the row ran over
+    ``lines`` lines. A later line is named with its input: only the first line is the
+    record (copied to ``--rejects``, whose ``.reasons`` number lines of their own)."""
     limit = csv.field_size_limit()
-    where = _quoting(first, limit)
-    if where is None:
+    problem = _quoting(first, limit)
+    if problem is None:
         return InvalidEvent("line", f"not valid CSV ({message})")
-    index, what = where
+    index, what = problem
     column = columns[index] if index < len(columns) else "record"
     if what == "after_quote":
         return InvalidEvent(
@@ -383,7 +385,9 @@ def _csv_problem(
     elif message.startswith("field larger than field limit"):
         reason = f"unclosed quote, or a quoted cell over {limit} characters"
     else:
-        reason = f"unclosed quote, or text after the closing quote on line {number + lines - 1}"
+        source, number = where
+        last = number + lines - 1
+        reason = f"unclosed quote, or text after the closing quote on line {last} of {source}"
     return InvalidEvent(column, f"{reason}; the next lines are read as rows of their own")
 
 
@@ -521,7 +525,7 @@ class Input:
                 raw = lines.take_first()
                 self._next_number += 1
                 first = raw.decode("utf-8", "surrogateescape")
-                error = _csv_problem(columns, first, str(exc), number, count)
+                error = _csv_problem(columns, first, str(exc), (self.source, number), count)
                 yield Line(self.source, number, raw, error=error)
                 continue
             raw, count, bad = lines.take()
