@@ -350,6 +350,47 @@ def test_a_batch_aside_delivered_after_a_429_s_wait_lets_its_tenant_send_on() ->
     ]
 
 
+def test_a_batch_aside_delivered_does_not_refill_the_server_wait_budget_of_a_head_batchs_5xx() -> (
+    None
+):
+    """A 5xx's own ``Retry-After`` speaks of that request, not of the key: a head batch
+    always answered so (here with waits over ``max_wait``, so it is not set aside itself)
+    spends its own ``max_rate_limit_duration``, whatever a batch set aside does. Found by
+    a review: batch-0, delivered from aside at 2 s, cleared batch-1's 2 s of waiting, so
+    batch-1 went a third time at 4 s (and, with two senders, for ever)."""
+    answered: set[str] = set()
+
+    def handler(request: MockRequest) -> MockResponse:
+        batch = batch_of(request)
+        if batch == "batch-1":
+            return MockResponse.error(503, "broken", retry_after=2)
+        if batch in answered:
+            return MockResponse.ok()
+        answered.add(batch)
+        return MockResponse.error(503, "busy", retry_after=1)
+
+    em, transport, clock = fake_emitter(
+        handler,
+        batch=BATCHES,
+        retry=RetryPolicy(max_rate_limit_duration=3, jitter=False),
+        max_requests_per_second=0,
+        threads=1,
+        aside=AsidePolicy(max_wait=1),
+    )
+    try:
+        emit_batches(em, 2)
+        assert clock.run_until(
+            lambda: em.stats().delivered + sum(em.stats().dropped.values()) == 20, waiters=1
+        )
+        assert em.stats().dropped == {"retries_exhausted": 10}
+    finally:
+        em.close(0)
+    assert [(r.at, r.retry_count) for r in transport.requests if batch_of(r) == "batch-1"] == [
+        (0.0, 0),
+        (2.0, 1),
+    ]
+
+
 def test_about_request_is_an_answered_retryable_failure_with_its_own_wait() -> None:
     assert about_request(Response(500, retry_after=1.0))
     assert about_request(Response(408, retry_after=2.0))

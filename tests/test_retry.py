@@ -474,9 +474,10 @@ def test_backoff_success_resets_unless_a_request_beside_it_failed_meanwhile() ->
     assert (backoff.retries, backoff.rate_limited_spent, backoff.failures) == (0, 0.0, 2)
 
 
-def test_backoff_another_batchs_success_clears_server_pacing_but_no_counted_attempt() -> None:
+def test_backoff_another_batchs_success_clears_a_429s_wait_but_no_budget_of_the_batch() -> None:
     """``aside``: a batch set aside, delivered, speaks for the key (a 429's wait is over)
-    but not for the batch this backoff retries: its counted attempts stand."""
+    but not for the batch this backoff retries: its counted attempts stand, and so do the
+    waits a server named for that batch's own requests (a 503 with ``Retry-After``)."""
     backoff = Backoff(STEADY)
     backoff.record_failure(Outcome.RATE_LIMITED, 1.0)
     backoff.record_success(backoff.failures, aside=True)
@@ -485,10 +486,12 @@ def test_backoff_another_batchs_success_clears_server_pacing_but_no_counted_atte
     backoff.record_failure(Outcome.RATE_LIMITED, 1.0)
     backoff.record_success(backoff.failures, aside=True)
     assert (backoff.attempts, backoff.retries, backoff.rate_limited_spent) == (1, 2, 1.0)
-    seen = backoff.failures - 1  # a request sent before the last failure
-    backoff.attempts = 0
-    backoff.record_success(seen, aside=True)  # a failure beside it stands, as without aside
-    assert backoff.retries == 2
+    backoff.reset()
+    backoff.record_failure(Outcome.RETRY, 2.0)  # a 503's own Retry-After
+    backoff.record_success(backoff.failures, aside=True)
+    assert (backoff.own_waits, backoff.retries, backoff.rate_limited_spent) == (1, 1, 2.0)
+    backoff.record_success(backoff.failures)  # the batch itself: everything is reset
+    assert (backoff.own_waits, backoff.retries, backoff.rate_limited_spent) == (0, 0, 0.0)
 
 
 def test_backoff_reset_keeps_the_failure_count() -> None:

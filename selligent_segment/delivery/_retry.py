@@ -255,7 +255,7 @@ class RetryPolicy:
       the first send included; 1 means never retry.
     * ``max_backoff_duration``: total counted backoff one batch may accumulate (seconds).
     * ``max_rate_limit_duration``: total server-paced waiting one batch may accumulate
-      while its tenant has no request let through (any delivered request ends it).
+      (a 429's wait, the key's, ends with any request sent after it and delivered).
     * ``jitter``: add 0-10 % (:data:`JITTER_FRACTION`) to each backoff delay.
     """
 
@@ -339,6 +339,8 @@ class Backoff:
       can tell whether a request sent beside it failed meanwhile.
     * ``backoff_spent``, ``rate_limited_spent``: seconds of counted backoff and of
       server-paced waiting scheduled since the last success.
+    * ``own_waits``: server-paced failures since the last success that were not a 429's
+      (a 5xx, 408, 410 or 460 with ``Retry-After``): waits about that request, not the key.
 
     Guarantee: :meth:`record_failure` answers each failure with the wait before the next
     attempt or, once a budget of ``policy`` would be passed, a :class:`GiveUp` (the state
@@ -352,6 +354,7 @@ class Backoff:
     failures: int = 0
     backoff_spent: float = 0.0
     rate_limited_spent: float = 0.0
+    own_waits: int = 0
 
     def record_failure(
         self,
@@ -379,6 +382,8 @@ class Backoff:
         if paced is not None:
             delay = paced
             self.rate_limited_spent += delay
+            if outcome is not Outcome.RATE_LIMITED:
+                self.own_waits += 1
         else:
             self.attempts += 1
             delay = self.policy.next_delay(self.attempts)
@@ -399,14 +404,17 @@ class Backoff:
 
         ``aside``: the request was another batch than the one this backoff retries (a
         batch set aside, with a backoff of its own). It resets only a backoff holding
-        server-paced waits alone (a 429's, over once a request is let through again),
-        never a counted attempt: that is the failing batch's budget, which another
-        batch's success must not refill."""
-        if (seen is None or seen == self.failures) and not (aside and self.attempts):
+        429s' waits alone (the key's, over once a request is let through again), never a
+        counted attempt or a wait the server named for the failing batch's own request
+        (:attr:`own_waits`): those are that batch's budget, which another batch's
+        success must not refill."""
+        if seen is not None and seen != self.failures:
+            return
+        if not (aside and (self.attempts or self.own_waits)):
             self.reset()
 
     def reset(self) -> None:
         """Start afresh: no attempt counted, no retry pending, no wait spent
         (:attr:`failures` is kept)."""
-        self.attempts = self.retries = 0
+        self.attempts = self.retries = self.own_waits = 0
         self.backoff_spent = self.rate_limited_spent = 0.0
