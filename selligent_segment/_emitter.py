@@ -392,8 +392,9 @@ class Emitter(ClosedOnExit):
 
         Invalid records and those of unknown tenants are refused one by one and returned
         with their index; the others are accepted. When the spool is full the ``on_full``
-        policy applies to the rest: SpoolFull (its ``accepted`` says how many records were
-        accepted before it), a wait, or dropping them (counted in ``refused`` as SpoolFull).
+        policy applies to the rest: SpoolFull (its ``next_index`` says where to resume,
+        see :class:`SpoolFull`), a wait, or dropping them (counted in ``refused`` as
+        SpoolFull).
         """
         if self._closed:
             raise EmitterClosed("emit_many() after close(); no event was accepted")
@@ -419,6 +420,10 @@ class Emitter(ClosedOnExit):
                     chunk = []
             if chunk:
                 accepted += self._accept_chunk(chunk, refused, accepted)
+        except SpoolFull as exc:  # where the caller resumes: the chunk that was refused
+            exc.next_index = chunk[0][0]
+            exc.refused = tuple(pair for pair in refused if pair[0] < exc.next_index)
+            raise
         finally:
             self._encoder.leave_bulk()
         return BulkResult(accepted, tuple(refused))

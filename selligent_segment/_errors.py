@@ -92,9 +92,14 @@ class EmitterClosed(SelligentSegmentError, RuntimeError):
 
 class SpoolFull(SelligentSegmentError):
     """The spool is full (or its disk is) and its policy is to refuse; the event was not
-    accepted. From ``emit_many``, ``accepted`` records before it were accepted."""
+    accepted. From ``emit_many``: ``accepted`` records were accepted before it, every
+    record before index ``next_index`` was accepted or is in ``refused`` (with its index
+    and error, as :class:`BulkResult` lists them), and none from ``next_index`` on was
+    accepted: pass those again once there is room."""
 
     accepted: int = 0
+    next_index: int = 0
+    refused: tuple[tuple[int, SelligentSegmentError], ...] = ()
 
 
 class SpoolError(SelligentSegmentError):

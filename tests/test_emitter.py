@@ -496,6 +496,43 @@ def test_full_spool_raises_by_default(server: LocalSegment) -> None:
     em.close(0.1)
 
 
+def test_emit_many_stopped_by_a_full_spool_says_where_to_resume(
+    server: LocalSegment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SpoolFull part-way through emit_many: ``accepted`` alone did not say which
+    records it covered, and the invalid ones refused before it were not reported at all.
+    Every record before ``next_index`` was accepted or is in ``refused``; none from it on
+    was accepted."""
+    em = _stalled(server)
+    bad = {**record(0), "email": "not-an-email"}
+    records: list[Any] = [record(i) for i in range(1200)]
+    records[0] = records[1] = records[3] = records[700] = bad
+    try:
+        _fill(em)  # the queue is full: the first chunk is refused
+        with pytest.raises(SpoolFull) as caught:
+            em.emit_many(records)
+        exc = caught.value
+        assert (exc.accepted, exc.next_index) == (0, 2)
+        assert [index for index, _ in exc.refused] == [0, 1]
+        assert str(exc.refused[0][1]) == "email: not a plausible email address"
+        # A chunk taken, then one refused (512 valid records each, the first from index 2):
+        # the second chunk starts at index 515, and index 700 is not reported yet.
+        calls: list[int] = []
+
+        def second_refused(*args: Any) -> int:
+            calls.append(1)
+            if len(calls) == 2:
+                raise SpoolFull("spool full")
+            return 512
+
+        monkeypatch.setattr(em, "_accept_chunk", second_refused)
+        with pytest.raises(SpoolFull) as caught:
+            em.emit_many(records)
+        assert (caught.value.next_index, [i for i, _ in caught.value.refused]) == (515, [0, 1, 3])
+    finally:
+        em.close(0.1)
+
+
 def test_full_spool_drop_newest_reports_every_drop(server: LocalSegment) -> None:
     failures: list[DeliveryFailure] = []
     em = _stalled(server, on_full="block", block_timeout=0.05)
