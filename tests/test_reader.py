@@ -327,6 +327,51 @@ def test_csv_an_oversized_quoted_cell_on_one_line_names_its_column(tmp_path: Pat
     assert lines[1].record == CallbackRecord("opened", user_id="u2", email_subject="ok")
 
 
+@pytest.mark.parametrize(
+    ("row", "error"),
+    [
+        pytest.param(
+            b'open,u1,"' + b"x" * 131_072 + b'",',
+            "email_subject: longer than 8192 characters (131072)",  # read, then checked
+            id="exactly the limit: a cell may hold 131,072 characters",
+        ),
+        pytest.param(
+            b'open,u1,"' + b"x" * 131_072 + b'","a"b',
+            "properties: text after the closing quote of a quoted cell; quote the whole cell "
+            "and double the quotes inside it",
+            id="exactly the limit, then another error: that one is reported",
+        ),
+        pytest.param(
+            b"open,u1,ok,{}," + b"x" * 131_073,
+            "record: cell 5 is over 131072 characters (and the header has 4 columns)",
+            id="a long cell past the header's columns",
+        ),
+        pytest.param(
+            b'open,u1,"' + b"x" * 131_077 + b'\nmore",',
+            "email_subject: unclosed quote, or a quoted cell over 131072 characters; the next "
+            "lines are read as rows of their own",
+            id="an unclosed quote whose first line is already over the limit",
+        ),
+        pytest.param(
+            b"open,u1,a\r" + b"x" * 131_073 + b",",
+            "line: not valid CSV (new-line character seen in unquoted field",  # + csv's advice
+            id="a stray carriage return ends the row, as csv reads it",
+        ),
+    ],
+)
+def test_csv_the_cell_limit_is_reported_as_csv_reads_it(
+    tmp_path: Path, row: bytes, error: str
+) -> None:
+    """Found by a review of the column-naming change: the boundary, and the three lines
+    where a too-long cell is not the first thing csv finds wrong."""
+    content = b"type,user_id,email_subject,properties\n" + row + b"\nopen,u2,ok,\n"
+    lines = lines_of(write_bytes(tmp_path, "a.csv", content))
+    [(number, text), *_] = errors(lines)
+    assert number == 2
+    assert text.startswith(error)  # whole, but for csv's own message (it varies by version)
+    assert lines[-1].record == CallbackRecord("opened", user_id="u2", email_subject="ok")
+
+
 def test_csv_unclosed_quote_over_the_cell_limit_still_reads_the_rows_it_swallowed(
     tmp_path: Path,
 ) -> None:

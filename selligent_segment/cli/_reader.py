@@ -330,7 +330,8 @@ def _quoting(line: str, limit: int) -> tuple[int, str] | None:
     """Where one physical CSV line goes wrong, read as :mod:`csv` does: the index of the
     cell and what is wrong with it, ``"after_quote"`` when text follows its closing quote,
     ``"unclosed"`` when the line ends inside it (quoted), ``"too_long"`` when it holds over
-    ``limit`` characters as read (a doubled quote counts once); None when nothing is."""
+    ``limit`` characters as read (a doubled quote counts once); None when nothing is, or
+    when a carriage return inside the line ends the row (csv's own message says that)."""
     cell, start, quoted, i, end, size = 0, True, False, 0, len(line.rstrip("\r\n")), 0
     while i < end:
         char = line[i]
@@ -341,6 +342,8 @@ def _quoting(line: str, limit: int) -> tuple[int, str] | None:
                     i += 1  # a doubled quote inside the cell
                 else:
                     quoted = False
+                    if size > limit:
+                        return cell, "too_long"
                     if i < end and line[i] != ",":
                         return cell, "after_quote"
                     continue
@@ -350,10 +353,13 @@ def _quoting(line: str, limit: int) -> tuple[int, str] | None:
         elif char == '"' and start:
             quoted, start = True, False
             continue
+        elif char in "\r\n":
+            return None
         start = False
         size += 1
-        if size > limit:
+        if size > limit and not quoted:
             return cell, "too_long"
+    # A quoted cell over the limit that never ends on this line is an unclosed quote too.
     return (cell, "unclosed") if quoted else None
 
 
@@ -369,6 +375,12 @@ def _csv_problem(
     if problem is None:
         return InvalidEvent("line", f"not valid CSV ({message})")
     index, what = problem
+    if what == "too_long" and index >= len(columns):
+        return InvalidEvent(
+            "record",
+            f"cell {index + 1} is over {limit} characters (and the header has "
+            f"{len(columns)} columns)",
+        )
     column = columns[index] if index < len(columns) else "record"
     if what == "after_quote":
         return InvalidEvent(
