@@ -226,6 +226,39 @@ def test_too_many_elements_orjson_refuses_are_413_before_any_slower_reading(
     assert loader.pending() == 0
 
 
+def test_an_unsigned_body_orjson_refuses_is_401_before_any_slower_reading(
+    config: DestinationConfig, loader: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a review: the slower readers (every element found and read on its own)
+    ran before the signature was checked, so an unsigned 8 MB body of one huge nested
+    first element and a NaN held the event loop 7 s, every tenant's requests waiting.
+    The signature is now checked first, and the first element looked for only within
+    the first 64 KiB (Segment's events are at most 32 KB)."""
+    from selligent_segment.destination import _receiver, _signature
+
+    def never(*args: object) -> object:
+        raise AssertionError("read slowly before the signature was checked")
+
+    scanned: list[int] = []
+    spans = _signature.element_spans
+
+    def counted(body: bytes) -> Any:
+        scanned.append(len(body))
+        return spans(body)
+
+    monkeypatch.setattr(_receiver, "parse_elements", never)
+    monkeypatch.setattr(_receiver, "parse_lenient", never)
+    monkeypatch.setattr(_receiver, "_more_elements_than", never)
+    monkeypatch.setattr(_signature, "element_spans", counted)
+    receiver = Receiver(config, loader)
+    body = b"[[" + b"[]," * 300_000 + b"[]],NaN]"
+    assert receiver.handle(config.tenants["acme"], body, "0" * 40)[0] == 401
+    assert receiver.handle(config.tenants["acme"], body, None)[0] == 401
+    assert scanned
+    assert max(scanned) <= 64 * 1024
+    assert loader.pending() == 0
+
+
 def test_a_full_spool_is_503_and_keeps_nothing(
     config: DestinationConfig, tmp_path: Path, served: tuple[Switch, str]
 ) -> None:

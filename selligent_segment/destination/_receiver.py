@@ -190,15 +190,15 @@ class Receiver:
         """Judge, journal and answer one request's ``body`` for ``tenant``: the status
         and the JSON answer. Synchronous: from parsing to journaling nothing else runs in
         between, so deduplication needs no lock."""
-        data, error = read_json(body)
-        reason = f"malformed JSON: {error}"
+        data, error = read_fast(body)
         secret = self._secrets.get(tenant.name)
-        if secret is not None:
+        if secret is not None:  # before any slower reading: an unsigned body costs little
             first = data[0] if isinstance(data, list) and data else None
-            if isinstance(first, Unreadable):
-                first = None
             if not verify(secret, body, signature, first, whole_body=tenant.whole_body_signature):
                 return 401, _answer(401, "signature refused")
+        if data is _SLOW:
+            data = read_slowly(body)
+        reason = f"malformed JSON: {error}"
         if data is _BAD:
             return 400, _answer(400, reason)
         if isinstance(data, dict):
@@ -281,6 +281,7 @@ class Receiver:
 
 
 _BAD: Any = object()
+_SLOW: Any = object()  # orjson refused it: the slower readers are still to try
 UNREADABLE: Any = _BAD
 """What :func:`read_json` gives for a body that no parser here reads."""
 TOO_MANY: Any = object()
@@ -316,19 +317,28 @@ def read_json(body: bytes, limit: int | None = MAX_BATCH_EVENTS) -> tuple[Any, s
     read one by one, one that neither reads an :class:`Unreadable`: refused alone).
     :data:`UNREADABLE` when nothing reads it; :data:`TOO_MANY` for an array of more than
     ``limit`` elements (None: no limit), before either slower reading."""
+    data, error = read_fast(body, limit)
+    return (read_slowly(body, limit) if data is _SLOW else data), error
+
+
+def read_fast(body: bytes, limit: int | None = MAX_BATCH_EVENTS) -> tuple[Any, str]:
+    """The first step of :func:`read_json`, orjson's: its value (or :data:`TOO_MANY`)
+    and "", or ``_SLOW`` and orjson's complaint, for :func:`read_slowly` to go on with.
+    (The receiver checks a signature in between: an unsigned body costs no slow read.)"""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        error = str(exc)
-    else:
-        too_many = limit is not None and isinstance(data, list) and len(data) > limit
-        return (TOO_MANY if too_many else data), ""
+        return _SLOW, str(exc)
+    too_many = limit is not None and isinstance(data, list) and len(data) > limit
+    return (TOO_MANY if too_many else data), ""
+
+
+def read_slowly(body: bytes, limit: int | None = MAX_BATCH_EVENTS) -> Any:
+    """The rest of :func:`read_json`, for a body orjson refused."""
     if limit is not None and _more_elements_than(body, limit):
-        return TOO_MANY, error
+        return TOO_MANY
     data = parse_lenient(body)
-    if data is _BAD:
-        data = parse_elements(body)
-    return data, error
+    return parse_elements(body) if data is _BAD else data
 
 
 def _more_elements_than(body: bytes, limit: int) -> bool:

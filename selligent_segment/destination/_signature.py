@@ -25,7 +25,7 @@ import orjson
 
 from selligent_segment.destination._array import element_spans
 
-__all__ = ["first_element", "sign", "verify"]
+__all__ = ["FIRST_ELEMENT_BYTES", "first_element", "sign", "verify"]
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -33,11 +33,18 @@ def sign(secret: bytes, body: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha1).hexdigest()
 
 
+#: How far into a body its first element is looked for: twice Segment's largest event
+#: (32 KB), so that a body whose first element is huge (or never ends) costs a scan of
+#: this much, not of the whole body, before its signature is refused.
+FIRST_ELEMENT_BYTES = 64 * 1024
+
+
 def first_element(body: bytes) -> bytes | None:
     """The exact bytes of the first element of a JSON array ``body``, or None when the
-    body is not an array with a first element."""
+    body is not an array with a first element ending (with its comma or the closing
+    ``]``) within its first :data:`FIRST_ELEMENT_BYTES`."""
     try:
-        start, end = next(element_spans(body))
+        start, end = next(element_spans(body[:FIRST_ELEMENT_BYTES]))
     except (StopIteration, ValueError):
         return None
     return body[start:end]
