@@ -5,17 +5,27 @@ an ASGI application here is a plain ``async def app(scope, receive, send)``, mou
 Starlette/FastAPI or served by any ASGI server (``uvicorn``, the ``server`` extra).
 
 Guarantees: :func:`read_body` never holds more than ``limit`` bytes of a body in memory and
-says so with :class:`BodyTooLarge` (answer ``413``); :func:`respond` always sends exactly
-one ``http.response.start`` and one final ``http.response.body``.
+says so with :class:`BodyTooLarge` (answer ``413``); with a :class:`BodyBudget`, the bodies
+being read at once by one application never hold more than its ``max_bytes`` together
+(:class:`BodiesBusy`: answer ``503``), and with a ``deadline`` a body that does not arrive
+whole in time is refused (:class:`BodyTimeout`: answer ``408``), so that unfinished
+bodies cannot pile up; :func:`respond` always sends exactly one ``http.response.start``
+and one final ``http.response.body``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 __all__ = [
+    "DEFAULT_BODY_DEADLINE",
+    "DEFAULT_MAX_BODIES_BYTES",
     "ASGIApp",
+    "BodiesBusy",
+    "BodyBudget",
+    "BodyTimeout",
     "BodyTooLarge",
     "Receive",
     "Scope",
@@ -46,6 +56,46 @@ class ClientGone(Exception):
     """The client disconnected before the whole body arrived."""
 
 
+#: What the bodies one application reads at once may hold together (bytes): 64 MiB.
+DEFAULT_MAX_BODIES_BYTES = 64 * 1024 * 1024
+#: Seconds a request body may take to arrive whole.
+DEFAULT_BODY_DEADLINE = 30.0
+
+
+class BodiesBusy(Exception):
+    """The bodies being read at once already hold their :class:`BodyBudget` (answer
+    ``503``: the sender tries again)."""
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive whole within the deadline given to :func:`read_body`
+    (answer ``408``)."""
+
+
+class BodyBudget:
+    """The bytes all the bodies one application is reading at once may hold together:
+    ``max_bytes``. :func:`read_body` takes each chunk's bytes as it arrives and gives
+    them back when it fails; the caller gives a body's bytes back (:meth:`give`) once it
+    is done with it. For one event loop (an ASGI server's): no lock."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Take ``n`` bytes; False (nothing taken) when they would pass ``max_bytes``."""
+        if self.used + n > self.max_bytes:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        """Give back ``n`` bytes taken."""
+        self.used -= n
+
+
 def header(scope: Scope, name: str) -> str | None:
     """The first value of header ``name`` (any case) in ``scope``, decoded as Latin-1
     (as HTTP/1.1 defines), or ``None``."""
@@ -68,23 +118,47 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(
+    receive: Receive,
+    limit: int,
+    *,
+    budget: BodyBudget | None = None,
+    deadline: float | None = None,
+) -> bytes:
     """The whole request body; raises :class:`BodyTooLarge` as soon as more than ``limit``
-    bytes have arrived, :class:`ClientGone` if the client disconnects first."""
+    bytes have arrived, :class:`ClientGone` if the client disconnects first. With a
+    ``budget``, each chunk's bytes are taken from it (:class:`BodiesBusy` when they do
+    not fit; the bytes of a body returned stay taken until the caller gives them back);
+    with a ``deadline`` (seconds), :class:`BodyTimeout` when the body is not whole by
+    then. Whatever it raises, it has given back what it took."""
+    try:
+        return await asyncio.wait_for(_read_body(receive, limit, budget), deadline)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        raise BodyTimeout from None
+
+
+async def _read_body(receive: Receive, limit: int, budget: BodyBudget | None) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                if size + len(chunk) > limit:
+                    raise BodyTooLarge(limit)
+                if budget is not None and not budget.take(len(chunk)):
+                    raise BodiesBusy
+                size += len(chunk)
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    except BaseException:  # a refusal, the deadline (a cancellation): give back what it took
+        if budget is not None:
+            budget.give(size)
+        raise
 
 
 async def respond(

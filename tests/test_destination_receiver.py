@@ -5,6 +5,7 @@ allow-lists, one bad event refused alone."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +15,10 @@ import attrs
 import orjson
 import pytest
 import urllib3
+from _asgi_calls import beside_a_held_body, call_asgi, chunk, post_scope
 from _destination import ENV, example_config, identify, sign, tenant_table, track
 
-from selligent_segment import SpoolFile
+from selligent_segment import ConfigurationError, SpoolFile
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.destination import DestinationConfig, check_samples, parse_config
 from selligent_segment.destination._loader import Loader, LoaderSettings
@@ -257,6 +259,47 @@ def test_an_unsigned_body_orjson_refuses_is_401_before_any_slower_reading(
     assert scanned
     assert max(scanned) <= 64 * 1024
     assert loader.pending() == 0
+
+
+def test_the_receiver_mounted_under_a_prefix_serves_its_tenants(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    """Found by a review: mounted (Starlette's ``Mount("/hooks", app=receiver)``), the
+    path keeps the prefix and ``root_path`` names it; the receiver ignored ``root_path``
+    and answered 404 to every event, which Segment does not retry."""
+    receiver = Receiver(config, loader)
+    body = orjson.dumps(identify(1))
+    status, answer = call_asgi(
+        receiver,
+        post_scope("/hooks/segment/acme", {"X-Signature": sign(ACME, body)}, root_path="/hooks"),
+        [chunk(body)],
+    )
+    assert status == 200, answer
+    assert orjson.loads(answer)["accepted"] == 1
+
+
+def test_bodies_past_the_receivers_budget_or_deadline_are_refused(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    """Found by a review: 40 unfinished unsigned 8 MiB bodies held 449 MiB, for as long as
+    their senders liked. The bodies being read at once hold at most ``max_bodies_bytes``
+    (503 past it: Segment tries again), and a body not whole within ``body_deadline`` is
+    refused (408)."""
+    receiver = Receiver(config, loader, max_body_bytes=100, max_bodies_bytes=100)
+    scope = post_scope("/segment/acme", {"X-Signature": "0" * 40})
+    assert asyncio.run(beside_a_held_body(receiver, scope, scope, [chunk(b"[" * 50)])) == (
+        503,
+        b'{"error":"too many requests being read at once; try again"}',
+    )
+    assert receiver.bodies.used == 0  # the held body, abandoned, gave its bytes back
+    receiver = Receiver(config, loader, max_body_bytes=100, body_deadline=1e-6)
+    assert call_asgi(receiver, scope, [chunk(b"[", more=True)]) == (
+        408,
+        b'{"error":"the request body did not arrive within 1e-06 s"}',
+    )
+    assert receiver.bodies.used == 0
+    with pytest.raises(ConfigurationError, match="max_bodies_bytes"):
+        Receiver(config, loader, max_body_bytes=100, max_bodies_bytes=99)
 
 
 def test_a_full_spool_is_503_and_keeps_nothing(

@@ -4,6 +4,7 @@ WARNING line, replays deduplicated by the stable messageId."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,10 +16,11 @@ from typing import Any
 
 import orjson
 import pytest
+from _asgi_calls import beside_a_held_body, call_asgi, chunk, post_scope
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from selligent_segment import BatchPolicy, Emitter
+from selligent_segment import BatchPolicy, ConfigurationError, Emitter
 from selligent_segment.inputs.esp import (
     MailgunConfig,
     MailgunWebhook,
@@ -308,6 +310,27 @@ def test_routes_methods_and_sizes(emitter: Emitter) -> None:
             )[0]
             == 400
         )
+
+
+def test_bodies_past_the_budget_or_the_deadline_are_refused(emitter: Emitter) -> None:
+    """As the destination's receiver (found by its review): the bodies being read at once
+    hold at most ``max_bodies_bytes`` (503: the provider retries), and a body that is not
+    whole within ``body_deadline`` is refused (408)."""
+    app = webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100, max_bodies_bytes=100)
+    scope = post_scope("/sendgrid/acme", {})
+    status, body = asyncio.run(beside_a_held_body(app, scope, scope, [chunk(b"[" * 50)]))
+    assert (status, orjson.loads(body)) == (
+        503,
+        {"error": "too many requests being read at once; retry"},
+    )
+    app = webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100, body_deadline=1e-6)
+    status, body = call_asgi(app, scope, [chunk(b"[", more=True)])
+    assert (status, orjson.loads(body)) == (
+        408,
+        {"error": "the request body did not arrive within 1e-06 s"},
+    )
+    with pytest.raises(ConfigurationError, match="max_bodies_bytes"):
+        webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100, max_bodies_bytes=99)
 
 
 class _Broken:

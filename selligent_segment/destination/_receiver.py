@@ -41,6 +41,11 @@ import attrs
 import orjson
 
 from selligent_segment._asgi import (
+    DEFAULT_BODY_DEADLINE,
+    DEFAULT_MAX_BODIES_BYTES,
+    BodiesBusy,
+    BodyBudget,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -52,7 +57,7 @@ from selligent_segment._asgi import (
     respond,
     respond_json,
 )
-from selligent_segment._errors import SpoolError, SpoolFull, shown
+from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull, shown
 from selligent_segment.destination._array import element_spans
 from selligent_segment.destination._config import DestinationConfig, TenantConfig
 from selligent_segment.destination._loader import DeadRow, Loader
@@ -127,7 +132,12 @@ def _answer(status: int, reason: str) -> bytes:
 
 class Receiver:
     """The ASGI application of the destination's webhook; see the module. ``config``
-    names the tenants (secrets read once, here), ``loader`` journals what is accepted."""
+    names the tenants (secrets read once, here), ``loader`` journals what is accepted.
+    A body is at most ``max_body_bytes`` (8 MiB; 413 past it), the bodies being read at
+    once at most ``max_bodies_bytes`` together (64 MiB, at least ``max_body_bytes``; 503
+    past it), and a body must arrive whole within ``body_deadline`` seconds (30; 408
+    past it): unfinished bodies cannot pile up in memory. Mountable under a prefix
+    (``root_path``)."""
 
     def __init__(
         self,
@@ -136,10 +146,19 @@ class Receiver:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
+        max_bodies_bytes: int = DEFAULT_MAX_BODIES_BYTES,
+        body_deadline: float = DEFAULT_BODY_DEADLINE,
     ) -> None:
+        if max_bodies_bytes < max_body_bytes:
+            raise ConfigurationError(
+                "max_bodies_bytes",
+                f"must be at least max_body_bytes ({max_body_bytes:,}), not {max_bodies_bytes:,}",
+            )
         self.config = config
         self.loader = loader
         self.max_body_bytes = max_body_bytes
+        self.bodies = BodyBudget(max_bodies_bytes)
+        self.body_deadline = body_deadline
         self._secrets: dict[str, bytes | None] = {
             name: tenant.shared_secret() for name, tenant in config.tenants.items()
         }
@@ -156,6 +175,9 @@ class Receiver:
         if scope["type"] != "http":
             return
         path: str = scope.get("path", "")
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):  # mounted under a prefix
+            path = path[len(root) :]
         method: str = scope.get("method", "GET")
         if path == "/healthz":
             if method not in ("GET", "HEAD"):
@@ -177,13 +199,27 @@ class Receiver:
             await respond_json(send, 404, _answer(404, "unknown tenant"))
             return
         try:
-            body = await read_body(receive, self.max_body_bytes)
+            body = await read_body(
+                receive, self.max_body_bytes, budget=self.bodies, deadline=self.body_deadline
+            )
         except BodyTooLarge as exc:
             await respond_json(send, 413, _answer(413, str(exc)))
             return
+        except BodiesBusy:
+            await respond_json(
+                send, 503, _answer(503, "too many requests being read at once; try again")
+            )
+            return
+        except BodyTimeout:
+            reason = f"the request body did not arrive within {self.body_deadline:g} s"
+            await respond_json(send, 408, _answer(408, reason))
+            return
         except ClientGone:
             return
-        status, answer = self.handle(tenant, body, header(scope, "x-signature"))
+        try:
+            status, answer = self.handle(tenant, body, header(scope, "x-signature"))
+        finally:
+            self.bodies.give(len(body))
         await respond_json(send, status, answer)
 
     def handle(self, tenant: TenantConfig, body: bytes, signature: str | None) -> tuple[int, bytes]:

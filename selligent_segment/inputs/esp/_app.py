@@ -27,7 +27,12 @@ from typing import Any
 import orjson
 
 from selligent_segment._asgi import (
+    DEFAULT_BODY_DEADLINE,
+    DEFAULT_MAX_BODIES_BYTES,
     ASGIApp,
+    BodiesBusy,
+    BodyBudget,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -92,12 +97,23 @@ def webhooks_app(
     *,
     resolver: IdResolver | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    max_bodies_bytes: int = DEFAULT_MAX_BODIES_BYTES,
+    body_deadline: float = DEFAULT_BODY_DEADLINE,
 ) -> ASGIApp:
     """An ASGI application serving ``POST /{name}`` and ``POST /{name}/{tenant}`` for each
     ``name -> config`` of ``providers`` (``{"sendgrid": SendGridConfig(...)}``; the name is
     the path segment, so two SendGrid accounts may be ``sendgrid-eu`` and ``sendgrid-us``),
     handing the records to ``emitter``. ``resolver`` is the platform-id hook of every
-    provider; ``max_body`` bytes the largest body read (413 beyond)."""
+    provider; ``max_body`` bytes the largest body read (413 beyond); the bodies being read
+    at once hold at most ``max_bodies_bytes`` together (64 MiB, at least ``max_body``; 503
+    beyond, the provider retries), and a body must arrive whole within ``body_deadline``
+    seconds (30; 408 beyond)."""
+    if max_bodies_bytes < max_body:
+        raise ConfigurationError(
+            "max_bodies_bytes",
+            f"must be at least max_body ({max_body:,}), not {max_bodies_bytes:,}",
+        )
+    bodies = BodyBudget(max_bodies_bytes)
     webhooks = {name: webhook_for(config, resolver) for name, config in providers.items()}
 
     def process(
@@ -164,10 +180,19 @@ def webhooks_app(
         # can be checked (Mailgun's, SNS's), in one call that holds the GIL.
         limit = min(max_body, getattr(webhook, "max_body", None) or max_body)
         try:
-            body = await read_body(receive, limit)
+            body = await read_body(receive, limit, budget=bodies, deadline=body_deadline)
         except BodyTooLarge as exc:
             _refused(webhook.provider, tenant or None, 413, str(exc))
             await respond(send, 413, str(exc).encode() + b"\n")
+            return
+        except BodiesBusy:
+            _refused(webhook.provider, tenant or None, 503, "too many bodies being read")
+            await respond_json(send, 503, _error("too many requests being read at once; retry"))
+            return
+        except BodyTimeout:
+            reason = f"the request body did not arrive within {body_deadline:g} s"
+            _refused(webhook.provider, tenant or None, 408, reason)
+            await respond_json(send, 408, _error(reason))
             return
         except ClientGone:
             return
@@ -175,7 +200,12 @@ def webhooks_app(
             bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
             for k, v in scope.get("headers", ())
         }
-        status, answer = await asyncio.to_thread(process, webhook, body, headers, tenant or None)
+        try:
+            status, answer = await asyncio.to_thread(
+                process, webhook, body, headers, tenant or None
+            )
+        finally:
+            bodies.give(len(body))
         extra = [("WWW-Authenticate", 'Basic realm="webhooks"')] if status == 401 else []
         await respond_json(send, status, answer, headers=extra)
 
