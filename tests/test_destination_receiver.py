@@ -350,12 +350,20 @@ def test_loop_prevention_and_allow_lists_skip_events(
 
 
 def test_one_bad_event_is_refused_alone_and_kept_as_a_dead_letter(
-    client: Client, loader: Loader, local_selligent: LocalSelligent, tmp_path: Path
+    client: Client,
+    loader: Loader,
+    local_selligent: LocalSelligent,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     no_user = identify(2)
     del no_user["userId"]
     status, answer = client.post("acme", [identify(1), no_user, 7, identify(3)], secret=ACME)
     assert status == 200
+    # The log line names the first refused event by its index and messageId (it named
+    # neither: found by a review), never by a value of it.
+    assert "2 of 4 events refused (first: event 1, messageId 'id-2': column" in caplog.text
+    assert "Example.com" not in caplog.text
     assert answer["accepted"] == 2
     assert [(r["index"], r["messageId"]) for r in answer["refused"]] == [(1, "id-2"), (2, None)]
     assert "$.userId" in answer["refused"][0]["reason"]

@@ -300,12 +300,16 @@ class Receiver:
         for message_id in ids:
             recent.add(message_id)
         if refused:
+            first = refused[0]
+            mid = first["messageId"]
             log.warning(
-                "tenant %s: %d of %d events refused (first: %s)",
+                "tenant %s: %d of %d events refused (first: event %d, messageId %s: %s)",
                 shown(tenant.name),
                 len(refused),
                 len(events),
-                refused[0]["reason"],
+                first["index"],
+                "none" if mid is None else shown(mid),
+                first["reason"],
             )
         answer: dict[str, Any] = {
             "accepted": len(rows),
