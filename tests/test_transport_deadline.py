@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from _http_messages import read_request
@@ -204,22 +205,91 @@ def test_a_tls_handshake_dripped_byte_by_byte_ends_at_the_deadline() -> None:
         assert text.startswith("None deadline exceeded")
 
 
+def never_accepting(stack: contextlib.ExitStack, host: str, port: int = 0) -> int:
+    """A listener on ``host`` whose accept queue is full, so the next SYN gets no answer
+    (on Linux): a connect to it hangs until its timeout. Its port."""
+    listener = stack.enter_context(socket.create_server((host, port), backlog=0))
+    port = listener.getsockname()[1]
+    for _ in range(4):
+        waiting = stack.enter_context(socket.socket())
+        waiting.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            waiting.connect((host, port))
+    return port
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux drops a SYN to a full accept queue")
 def test_a_connection_that_is_never_accepted_ends_at_the_deadline() -> None:
-    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
-        port = listener.getsockname()[1]
-        with contextlib.ExitStack() as stack:
-            for _ in range(4):  # fill the accept queue: the next SYN gets no answer
-                waiting = stack.enter_context(socket.socket())
-                waiting.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    waiting.connect(("127.0.0.1", port))
-            with impatient(connect_timeout=10.0) as transport:
-                elapsed, outcome, text = timed_post(transport, f"http://127.0.0.1:{port}")
+    with contextlib.ExitStack() as stack:
+        port = never_accepting(stack, "127.0.0.1")
+        with impatient(connect_timeout=10.0) as transport:
+            elapsed, outcome, text = timed_post(transport, f"http://127.0.0.1:{port}")
     assert elapsed < DEADLINE + MARGIN, text
     assert outcome is Outcome.RETRY
     assert text.startswith("None deadline exceeded")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux drops a SYN to a full accept queue")
+def test_a_host_of_many_addresses_never_accepting_ends_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a review: urllib3 tries each address of a host with the whole connect
+    timeout, and the watchdog cannot cut a connect; six addresses that drop packets took
+    six times the (once clipped) timeout, 6 s here. Each now gets only the time left."""
+    addresses = [f"127.0.0.{last}" for last in range(2, 8)]
+    resolve = socket.getaddrinfo
+
+    def six_addresses(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "collector.test":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+    with contextlib.ExitStack() as stack:
+        port = never_accepting(stack, addresses[0])
+        for address in addresses[1:]:
+            never_accepting(stack, address, port)
+        monkeypatch.setattr(socket, "getaddrinfo", six_addresses)
+        with impatient(connect_timeout=10.0) as transport:
+            elapsed, outcome, text = timed_post(transport, f"http://collector.test:{port}")
+    assert elapsed < DEADLINE + MARGIN, text
+    assert outcome is Outcome.RETRY
+    assert text.startswith("None deadline exceeded")
+
+
+@pytest.mark.slow
+def test_a_tls_handshake_after_a_slow_proxy_connect_ends_at_the_deadline() -> None:
+    """Found by a review: the TLS handshake after a proxy's ``CONNECT`` had the time left
+    when the TCP connection opened, not when the ``CONNECT`` answer ended: a proxy that
+    dripped its answer until just before the deadline, then sent nothing, made the
+    request last up to twice its deadline (the connect timeout more, at most)."""
+    deadline = 4.0
+    established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+    def proxy(conn: socket.socket, stop: threading.Event) -> None:
+        if read_request(conn, b"") is None:
+            return
+        for i in range(len(established)):  # done at about 3.7 s
+            if stop.wait(3.7 / len(established)):
+                return
+            conn.sendall(established[i : i + 1])
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):  # the ClientHello, never answered
+                pass
+
+    with serving(proxy) as server:
+        transport = HttpTransport(
+            proxy=server.url, connect_timeout=10.0, read_timeout=2.0, deadline=deadline
+        )
+        try:
+            started = time.monotonic()
+            response = transport.post("https://collector.test", KEY, [message(1)])
+            elapsed = time.monotonic() - started
+        finally:
+            transport.close()
+    assert elapsed < deadline + 2.0, response.error
+    assert response.outcome is Outcome.RETRY
 
 
 @pytest.mark.slow

@@ -70,6 +70,7 @@ from urllib.parse import quote
 
 import attrs
 import urllib3
+from urllib3.util.connection import allowed_gai_family
 
 from selligent_segment._errors import SelligentSegmentError, writable
 from selligent_segment._limits import (
@@ -546,19 +547,52 @@ def _header_lines(fp: io.BufferedIOBase) -> list[bytes]:
 
 class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
     """An ``HTTPConnection`` whose TCP connect, then TLS handshake, get only the time left,
-    and whose answers' headers are read by :class:`_QuickHeadersResponse`."""
+    and whose answers' headers are read by :class:`_QuickHeadersResponse`.
+
+    The watchdog cannot cut a connect (there is no socket to shut down yet), so each
+    address of the host is tried with only the time left, and none once the deadline
+    has passed (urllib3 gives each the whole connect timeout: a host of seven addresses
+    that drop packets took 35 s); after a proxy's ``CONNECT`` the TLS handshake too gets
+    only what is left then."""
 
     response_class = _QuickHeadersResponse
+    _connect_limit: float | None = None  # the connect timeout of the request connecting
 
     def _new_conn(self) -> socket.socket:
         entry: _Deadline | None = getattr(_posting, "entry", None)
         limit = self.timeout  # the connect timeout, set by urlopen
         if entry is None or not isinstance(limit, (int, float)):
             return super()._new_conn()
-        self.timeout = entry.clip(limit)
-        sock = super()._new_conn()
-        sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
-        return sock
+        self._connect_limit = limit
+        host = self._dns_host
+        try:
+            found = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except OSError:  # urllib3 resolves it again and raises its own error
+            found = []
+        failure: urllib3.exceptions.ConnectTimeoutError | None = None
+        try:
+            for address in dict.fromkeys(info[4][0] for info in found) or [host]:
+                if failure is not None and entry.passed():
+                    break
+                self._dns_host = str(address)
+                self.timeout = entry.clip(limit)
+                try:
+                    sock = super()._new_conn()
+                except urllib3.exceptions.ConnectTimeoutError as exc:  # and NewConnectionError
+                    failure = exc
+                    continue
+                sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
+                return sock
+        finally:
+            self._dns_host = host
+        assert failure is not None
+        raise failure
+
+    def _tunnel(self) -> None:
+        super()._tunnel()
+        entry: _Deadline | None = getattr(_posting, "entry", None)
+        if entry is not None and self._connect_limit is not None and self.sock is not None:
+            self.sock.settimeout(entry.clip(self._connect_limit))  # left for the handshake
 
 
 class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, urllib3.connection.HTTPSConnection):
