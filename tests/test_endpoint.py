@@ -109,6 +109,13 @@ def test_plain_http_allowed_when_asked() -> None:
         ("https://[::1", "valid URL"),
         ("https://collector .example", "whitespace"),
         ("https://collector.example/\npath", "whitespace"),
+        # Found by a review: accepted here, refused by urllib3 at every send (the events
+        # stuck, a traceback a second in the log).
+        ("https://segment..example.com", "not a valid host name"),
+        ("https://.segment.example.com", "not a valid host name"),
+        ("https://" + "a" * 64 + ".example.com", "not a valid host name"),
+        ("https://ex%ample.com", "not a URL"),
+        ("https://collector.example:0", "port 0"),
     ],
 )
 def test_invalid_endpoint(endpoint: str, fragment: str) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 from selligent_segment._errors import ConfigurationError, shown
 from selligent_segment._limits import BATCH_PATH as _BATCH_PATH
 
@@ -98,8 +101,33 @@ def _validate_custom(endpoint: str, allow_insecure_http: bool) -> str:
         raise ConfigurationError(
             "endpoint", f"give the base URL only; {_BATCH_PATH} is appended to it"
         )
-    netloc = _netloc(host, port)
-    return f"{scheme}://{netloc}{path}"
+    if port == 0:
+        raise ConfigurationError("endpoint", "port 0 cannot be connected to")
+    if not _is_address(host):
+        try:
+            host.encode("idna")  # as urllib3 checks it before every connect
+        except UnicodeError:
+            raise ConfigurationError(
+                "endpoint",
+                f"{shown(host)} is not a valid host name (an empty label, or one over 63 "
+                "characters)",
+            ) from None
+    result = f"{scheme}://{_netloc(host, port)}{path}"
+    try:
+        parse_url(result)  # what the transport does with it, once per request
+    except LocationParseError:
+        raise ConfigurationError(
+            "endpoint", f"is not a URL the transport can send to (host {shown(host)})"
+        ) from None
+    return result
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _netloc(host: str, port: int | None) -> str:
