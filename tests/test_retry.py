@@ -143,6 +143,20 @@ def test_retry_after_naive_http_date_is_utc_not_local_time() -> None:
     assert parse_retry_after(naive, NOW) == parse_retry_after(aware, NOW) == 60.0
 
 
+def test_a_repeated_retry_after_is_obeyed_at_its_longest() -> None:
+    """Found by a review: a header sent twice reaches us joined (``30, 30``), neither a
+    number nor a date, and was ignored: the tenant retried after its 0.5 s backoff,
+    spending an attempt, inside the 30 s the server asked for."""
+    assert parse_retry_after("30, 30", NOW) == 30.0
+    assert parse_retry_after("5,30", NOW) == 30.0
+    assert parse_retry_after("30, soon", NOW) == 30.0  # what can be read of it
+    late = formatdate(NOW + 120, usegmt=True)  # a date has a comma of its own
+    assert parse_retry_after(f"{late}, {formatdate(NOW + 60, usegmt=True)}", NOW) == 120.0
+    assert parse_retry_after(f"10, {late}", NOW) == 120.0
+    assert parse_retry_after("0, 0", NOW) is None
+    assert parse_retry_after(", ,", NOW) is None
+
+
 def test_retry_after_with_a_zone_offset() -> None:
     # 10:00:00 +0200 is 08:00:00 UTC.
     assert parse_retry_after("Tue, 14 Nov 2023 10:00:00 +0200", 1699948800.0 - 45) == 45.0

@@ -121,11 +121,28 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     A wait is rounded *up* (we never come back before the server asked), and there is
     nothing to wait for (``None``) when the header is missing, unparseable, negative, zero
     or a date already past. So a caller may treat any non-``None`` value as a server-paced
-    wait without a stream of ``Retry-After: 0`` answers turning into a busy loop.
+    wait without a stream of ``Retry-After: 0`` answers turning into a busy loop. A header
+    given twice (joined with a comma: ``30, 30``) is read at its longest wait.
     """
     if value is None:
         return None
     text = value.strip()
+    wait = _one_wait(text, now)
+    if wait is not None or "," not in text:
+        return wait
+    # The header sent twice reaches us joined ("30, 30"): the longest wait that can be
+    # read of it (never come back before any of them). A date has a comma of its own.
+    dates = _HTTP_DATE.findall(text)
+    pieces = [*dates, *_HTTP_DATE.sub(",", text).split(",")]
+    return max((w for p in pieces if (w := _one_wait(p.strip(), now)) is not None), default=None)
+
+
+#: An HTTP date as servers write it (IMF-fixdate, RFC 9110 5.6.7), in a joined header.
+_HTTP_DATE = re.compile(r"[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [A-Z]{3}")
+
+
+def _one_wait(text: str, now: float) -> float | None:
+    """One ``Retry-After`` value: delay-seconds or an HTTP date (see parse_retry_after)."""
     if not text:
         return None
     if _DECIMAL.fullmatch(text):
