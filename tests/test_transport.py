@@ -45,6 +45,7 @@ from selligent_segment.delivery._transport import (
     batch_size,
     build_body,
     envelope_overhead,
+    error_text,
     format_sent_at,
     scrub,
 )
@@ -749,6 +750,18 @@ def test_scrub() -> None:
         == "bad\ufffdbyte \ufffd[31m \ufffd \ufffd\ufffd"
     )
     assert scrub("bad\x00byte \ud800", key).encode("utf-8")  # encodes, never raises
+    # A body read up to its limit can end inside a key: the part left is a secret too
+    # (found by a review: "HTTP 400 Bad Request: bad key wk_l"); four characters or more.
+    assert scrub("HTTP 400: bad key " + key[:5] + " \n", key) == "HTTP 400: bad key [redacted]"
+    assert scrub("url we%22ird%2", key) == "url [redacted]"  # the URL-quoted form's start
+    assert scrub("the end: " + key[:3], key) == "the end: " + key[:3]
+
+
+def test_a_key_cut_off_by_the_body_limit_is_not_half_shown() -> None:
+    key = "wk_live_0123456789abcdef"
+    body = b" " * (16 * 1024 - 14) + b"bad key " + key.encode()
+    error = scrub(error_text(400, "Bad Request", body[: 16 * 1024]), key)
+    assert error == "HTTP 400 Bad Request: bad key [redacted]"
 
 
 def test_response_is_a_frozen_value() -> None:

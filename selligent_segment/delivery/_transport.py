@@ -272,8 +272,9 @@ def _basic_token(write_key: str) -> str:
 def scrub(text: str, write_key: str) -> str:
     """``text`` made safe to log: every form of the write key (raw, JSON-escaped,
     URL-quoted, as a Basic token) and any ``Basic``/``Bearer`` credential replaced by
-    ``[redacted]``, whitespace collapsed, control characters and lone surrogates
-    replaced by U+FFFD (so every spool and log can write it), cut to 300 characters."""
+    ``[redacted]`` (and a text that ends inside a key, four characters or more of it),
+    whitespace collapsed, control characters and lone surrogates replaced by U+FFFD (so
+    every spool and log can write it), cut to 300 characters."""
     if write_key:
         forms = {
             write_key,
@@ -285,10 +286,25 @@ def scrub(text: str, write_key: str) -> str:
         for form in sorted(forms, key=len, reverse=True):
             if form:
                 text = text.replace(form, _REDACTED)
+        text = _without_cut_key(text.rstrip(), forms)
     text = _AUTH_TOKEN.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
     text = writable(_SPACES.sub(" ", text).strip())
     if len(text) > _MAX_ERROR_CHARS:
         text = text[: _MAX_ERROR_CHARS - 3] + "..."
+    return text
+
+
+#: The shortest start of a key form at the end of a text that is taken for a key cut off.
+_CUT_KEY_CHARS = 4
+
+
+def _without_cut_key(text: str, forms: set[str]) -> str:
+    """``text`` whose end is the start of a key form (a body read up to a limit that
+    ended inside a key), of :data:`_CUT_KEY_CHARS` characters or more, redacted."""
+    for form in forms:
+        for size in range(len(form) - 1, _CUT_KEY_CHARS - 1, -1):
+            if text.endswith(form[:size]):
+                return text[:-size] + _REDACTED
     return text
 
 
