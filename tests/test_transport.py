@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import ipaddress
 import json
 import logging
 import os
@@ -895,3 +896,81 @@ def test_a_forked_child_opens_its_own_connections(
     assert os.waitstatus_to_exitcode(status) == 0
     assert transport.post(segment.url, KEY, [message(3)]).outcome is Outcome.DELIVERED
     assert [r.connection for r in segment.requests] == [1, 2, 1]
+
+
+# -- connecting: every address of a host, each within the deadline -------------------------
+
+
+def _link_local() -> tuple[str, str] | None:
+    """A link-local IPv6 address of this machine and its interface, if it has one."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        raw, _, _, scope, _, name = line.split()
+        if scope == "20":  # link
+            return str(ipaddress.IPv6Address(bytes.fromhex(raw))), name
+    return None
+
+
+@pytest.mark.skipif(_link_local() is None, reason="no link-local IPv6 address here")
+def test_an_ipv6_link_local_endpoint_with_its_zone_is_reached() -> None:
+    """Found by a review of the per-address connect: the address text dropped the zone
+    (``%eth0``), and every send failed with EINVAL."""
+    found = _link_local()
+    assert found is not None
+    address, name = found
+
+    class Server6(ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+        daemon_threads = True
+
+    server = Server6((address, 0, 0, socket.if_nametoindex(name)), _Handler)
+    server.lock, server.script, server.requests, server.connections = (  # type: ignore[attr-defined]
+        threading.Lock(),
+        [],
+        [],
+        0,
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        transport = HttpTransport(proxy=False)
+        url = f"http://[{address}%25{name}]:{server.server_address[1]}"
+        response = transport.post(url, KEY, [message(1)])
+        transport.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (response.status, response.error) == (200, None)
+
+
+def test_a_host_of_several_addresses_none_answering_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each address is tried in turn; the error names the host, as urllib3's does, not
+    the last address tried (found by a review of the per-address connect)."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    resolve = socket.getaddrinfo
+
+    def two_addresses(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "collector.test":
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in LOOPBACKS]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    transport = HttpTransport(proxy=False)
+    try:
+        response = transport.post(f"http://collector.test:{port}", KEY, [message(1)])
+    finally:
+        transport.close()
+    assert response.status is None
+    assert response.error is not None
+    assert "host='collector.test'" in response.error
+    assert "Connection refused" in response.error
+
+
+LOOPBACKS = ("127.0.0.2", "127.0.0.3")

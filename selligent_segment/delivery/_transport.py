@@ -61,6 +61,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +71,7 @@ from urllib.parse import quote
 
 import attrs
 import urllib3
-from urllib3.util.connection import allowed_gai_family
+from urllib3.util.connection import allowed_gai_family, create_connection
 
 from selligent_segment._errors import SelligentSegmentError, writable
 from selligent_segment._limits import (
@@ -580,27 +581,55 @@ class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
         if entry is None or not isinstance(limit, (int, float)):
             return super()._new_conn()
         self._connect_limit = limit
-        host = self._dns_host
         try:
-            found = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
-        except OSError:  # urllib3 resolves it again and raises its own error
+            found = socket.getaddrinfo(
+                self._dns_host, self.port, allowed_gai_family(), socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError):  # urllib3 tries again and raises its own error
             found = []
+        # Each address as text that keeps an IPv6 zone ("fe80::1%eth0").
+        addresses = dict.fromkeys(
+            socket.getnameinfo(info[4], socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
+            for info in found
+        )
+        if len(addresses) < 2:  # one address (or none): urllib3's own connect, clipped once
+            self.timeout = entry.clip(limit)
+            sock = super()._new_conn()
+        else:
+            sock = self._connect_within(list(addresses), entry, limit)
+        sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
+        return sock
+
+    def _connect_within(
+        self, addresses: list[str], entry: _Deadline, limit: float
+    ) -> socket.socket:
+        """urllib3's connect (its errors, its audit event, the host's name in both), but
+        each address tried with only the time left, and none once the deadline passed."""
         failure: urllib3.exceptions.ConnectTimeoutError | None = None
-        try:
-            for address in dict.fromkeys(info[4][0] for info in found) or [host]:
-                if failure is not None and entry.passed():
-                    break
-                self._dns_host = str(address)
-                self.timeout = entry.clip(limit)
-                try:
-                    sock = super()._new_conn()
-                except urllib3.exceptions.ConnectTimeoutError as exc:  # and NewConnectionError
-                    failure = exc
-                    continue
-                sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
+        for address in addresses:
+            if failure is not None and entry.passed():
+                break
+            self.timeout = timeout = entry.clip(limit)
+            try:
+                sock = create_connection(
+                    (address, self.port),
+                    timeout,
+                    source_address=self.source_address,
+                    socket_options=self.socket_options,
+                )
+            except TimeoutError as exc:  # socket.timeout
+                failure = urllib3.exceptions.ConnectTimeoutError(
+                    self, f"Connection to {self.host} timed out. (connect timeout={timeout})"
+                )
+                failure.__cause__ = exc
+            except OSError as exc:
+                failure = urllib3.exceptions.NewConnectionError(
+                    self, f"Failed to establish a new connection: {exc}"
+                )
+                failure.__cause__ = exc
+            else:
+                sys.audit("http.client.connect", self, self.host, self.port)
                 return sock
-        finally:
-            self._dns_host = host
         assert failure is not None
         raise failure
 
