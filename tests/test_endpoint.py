@@ -59,6 +59,12 @@ def test_region_urls_have_no_trailing_slash() -> None:
         ("http://localhost:9000/", "http://localhost:9000"),
         ("http://LOCALHOST", "http://localhost"),
         ("http://[::1]:9000", "http://[::1]:9000"),
+        # Names IDNA 2008 (urllib3's) takes and the older rules of Python's codec refused
+        # (found by a review of the host check); a trailing dot; a zoned link-local address.
+        ("https://موقع1.example", "https://موقع1.example"),
+        ("https://bücher.example/", "https://bücher.example"),
+        ("https://collector.example./", "https://collector.example."),
+        ("https://[fe80::1%25eth0]:9000", "https://[fe80::1%25eth0]:9000"),
     ],
 )
 def test_custom_endpoint(endpoint: str, expected: str) -> None:

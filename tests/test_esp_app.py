@@ -331,6 +331,19 @@ def test_bodies_past_the_budget_or_the_deadline_are_refused(emitter: Emitter) ->
     )
     with pytest.raises(ConfigurationError, match="max_bodies_bytes"):
         webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100, max_bodies_bytes=99)
+    webhooks_app(emitter, providers(FakeClock(NOW)), max_body=100 << 20)  # the budget follows
+
+
+def test_a_prefix_is_stripped_on_a_segment_boundary_only(emitter: Emitter) -> None:
+    """Mounted, the path keeps the prefix that ``root_path`` names; a path given relative
+    already is not cut mid-segment (``/send`` off ``/sendgrid/acme`` left ``grid/acme``: a
+    404 the provider would not retry; found by a review)."""
+    app = webhooks_app(emitter, providers(FakeClock(NOW)))
+    for path, root in [("/hooks/nope/acme", "/hooks"), ("/nope/acme", "/no")]:
+        assert call_asgi(app, post_scope(path, {}, root_path=root), [chunk(b"")])[0] == 404
+    for path, root in [("/hooks/sendgrid/acme", "/hooks"), ("/sendgrid/acme", "/send")]:
+        status, _ = call_asgi(app, post_scope(path, {}, root_path=root), [chunk(b"[]")])
+        assert status == 401, (path, root)  # found, and refused for its missing signature
 
 
 class _Broken:

@@ -103,22 +103,20 @@ def _validate_custom(endpoint: str, allow_insecure_http: bool) -> str:
         )
     if port == 0:
         raise ConfigurationError("endpoint", "port 0 cannot be connected to")
-    if not _is_address(host):
-        try:
-            host.encode("idna")  # as urllib3 checks it before every connect
-        except UnicodeError:
-            raise ConfigurationError(
-                "endpoint",
-                f"{shown(host)} is not a valid host name (an empty label, or one over 63 "
-                "characters)",
-            ) from None
     result = f"{scheme}://{_netloc(host, port)}{path}"
     try:
-        parse_url(result)  # what the transport does with it, once per request
+        sent = parse_url(result).host or ""  # what the transport does with it (IDNA 2008)
     except LocationParseError:
         raise ConfigurationError(
             "endpoint", f"is not a URL the transport can send to (host {shown(host)})"
         ) from None
+    labels = sent.removesuffix(".").split(".")
+    if not _is_address(host) and not all(0 < len(label) <= 63 for label in labels):
+        # As urllib3 checks the name before every connect (the send would raise each time).
+        raise ConfigurationError(
+            "endpoint",
+            f"{shown(host)} is not a valid host name (an empty label, or one over 63 characters)",
+        )
     return result
 
 

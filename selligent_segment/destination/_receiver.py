@@ -134,9 +134,10 @@ class Receiver:
     """The ASGI application of the destination's webhook; see the module. ``config``
     names the tenants (secrets read once, here), ``loader`` journals what is accepted.
     A body is at most ``max_body_bytes`` (8 MiB; 413 past it), the bodies being read at
-    once at most ``max_bodies_bytes`` together (64 MiB, at least ``max_body_bytes``; 503
-    past it), and a body must arrive whole within ``body_deadline`` seconds (30; 408
-    past it): unfinished bodies cannot pile up in memory. Mountable under a prefix
+    once at most ``max_bodies_bytes`` together (by default 64 MiB, or ``max_body_bytes``
+    when that is more; never less than it; 503 past it), and a body must arrive whole
+    within ``body_deadline`` seconds (30; 408 past it): unfinished bodies cannot pile up
+    in memory. Mountable under a prefix
     (``root_path``)."""
 
     def __init__(
@@ -146,10 +147,12 @@ class Receiver:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         dedup_window: int = DEFAULT_DEDUP_WINDOW,
-        max_bodies_bytes: int = DEFAULT_MAX_BODIES_BYTES,
+        max_bodies_bytes: int | None = None,
         body_deadline: float = DEFAULT_BODY_DEADLINE,
     ) -> None:
-        if max_bodies_bytes < max_body_bytes:
+        if max_bodies_bytes is None:
+            max_bodies_bytes = max(DEFAULT_MAX_BODIES_BYTES, max_body_bytes)
+        elif max_bodies_bytes < max_body_bytes:
             raise ConfigurationError(
                 "max_bodies_bytes",
                 f"must be at least max_body_bytes ({max_body_bytes:,}), not {max_bodies_bytes:,}",
@@ -176,8 +179,10 @@ class Receiver:
             return
         path: str = scope.get("path", "")
         root: str = scope.get("root_path", "")
-        if root and path.startswith(root):  # mounted under a prefix
-            path = path[len(root) :]
+        if root and path.startswith(root + "/"):  # mounted under a prefix
+            inner = path[len(root) :]
+            if inner == "/healthz" or inner.startswith(_PREFIX):  # else given relative already
+                path = inner
         method: str = scope.get("method", "GET")
         if path == "/healthz":
             if method not in ("GET", "HEAD"):

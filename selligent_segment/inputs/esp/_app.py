@@ -97,7 +97,7 @@ def webhooks_app(
     *,
     resolver: IdResolver | None = None,
     max_body: int = DEFAULT_MAX_BODY,
-    max_bodies_bytes: int = DEFAULT_MAX_BODIES_BYTES,
+    max_bodies_bytes: int | None = None,
     body_deadline: float = DEFAULT_BODY_DEADLINE,
 ) -> ASGIApp:
     """An ASGI application serving ``POST /{name}`` and ``POST /{name}/{tenant}`` for each
@@ -105,14 +105,14 @@ def webhooks_app(
     the path segment, so two SendGrid accounts may be ``sendgrid-eu`` and ``sendgrid-us``),
     handing the records to ``emitter``. ``resolver`` is the platform-id hook of every
     provider; ``max_body`` bytes the largest body read (413 beyond); the bodies being read
-    at once hold at most ``max_bodies_bytes`` together (64 MiB, at least ``max_body``; 503
-    beyond, the provider retries), and a body must arrive whole within ``body_deadline``
-    seconds (30; 408 beyond)."""
-    if max_bodies_bytes < max_body:
-        raise ConfigurationError(
-            "max_bodies_bytes",
-            f"must be at least max_body ({max_body:,}), not {max_bodies_bytes:,}",
-        )
+    at once hold at most ``max_bodies_bytes`` together (by default 64 MiB, or ``max_body``
+    when that is more; never less than it; 503 beyond, the provider retries), and a body
+    must arrive whole within ``body_deadline`` seconds (30; 408 beyond)."""
+    if max_bodies_bytes is None:
+        max_bodies_bytes = max(DEFAULT_MAX_BODIES_BYTES, max_body)
+    elif max_bodies_bytes < max_body:
+        reason = f"must be at least max_body ({max_body:,}), not {max_bodies_bytes:,}"
+        raise ConfigurationError("max_bodies_bytes", reason)
     bodies = BodyBudget(max_bodies_bytes)
     webhooks = {name: webhook_for(config, resolver) for name, config in providers.items()}
 
@@ -166,7 +166,7 @@ def webhooks_app(
             return
         path = scope.get("path", "")
         root = scope.get("root_path", "")
-        if root and path.startswith(root):
+        if root and path.startswith(root + "/"):  # mounted under a prefix
             path = path[len(root) :]
         name, _, tenant = path.strip("/").partition("/")
         webhook = webhooks.get(name)
