@@ -8,17 +8,20 @@ Routes (mount the app anywhere: only the last two path segments are read):
   parameter is ever followed; the target is checked again before each redirect); emits
   ``link_clicked`` with ``link_url``.
 - ``POST …/u/{token}`` with ``List-Unsubscribe=One-Click`` (form-urlencoded or
-  multipart): emits ``unsubscribed`` and answers ``200`` once the Emitter accepted it
-  (with a spool file: journaled), ``503`` if it could not; no redirect, no cookie, no
-  authentication; idempotent: the event id is derived from the token, so a repeat has the
-  same ``messageId`` and Segment keeps one.
+  multipart; another body is logged and still unsubscribes: the signed link is the
+  credential): emits ``unsubscribed`` and answers ``200`` once the Emitter accepted it
+  (with a spool file: journaled), ``503`` if it could not, or not in time; no redirect,
+  no cookie, no authentication; idempotent: the event id is derived from the token, so a
+  repeat has the same ``messageId`` and Segment keeps one.
 - ``GET|HEAD …/u/{token}``: a confirmation page whose button POSTs; never unsubscribes
   (mail scanners prefetch links).
 
 Guarantees: a token that is not valid for its route (tampered, unknown key, expired, of
-another kind) gets ``404`` with one text whatever failed; a bad request never raises out
-of the app and never costs another hit; every open and click is sent with its flag
-(``machine_open`` / ``scanner``, true or false, see ``_scanners.py``), never dropped.
+another kind; an unsubscribe token never expires) gets ``404`` with one text whatever
+failed; a bad request never raises out of the app and never costs another hit; every open
+and click is sent with its flag (``machine_open`` / ``scanner``, true or false, see
+``_scanners.py``), unless ``max_waiting_hits`` records already wait for a stuck Emitter
+(then counted and logged, see :class:`TrackingApp`).
 Logs carry no email address, token or key (a server's access log writes paths, which
 are tokens: serve the app with it off, see docs/inputs.md).
 """
@@ -26,14 +29,20 @@ are tokens: serve the app with it off, see docs/inputs.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from selligent_segment._asgi import (
+    DEFAULT_BODY_DEADLINE,
+    BodiesBusy,
+    BodyBudget,
+    BodyTimeout,
     BodyTooLarge,
     ClientGone,
     Receive,
@@ -46,6 +55,7 @@ from selligent_segment._asgi import (
 )
 from selligent_segment._errors import ConfigurationError, InvalidEvent, SelligentSegmentError
 from selligent_segment._record import CallbackRecord
+from selligent_segment._throttle import Throttle
 from selligent_segment._validate import check_number
 from selligent_segment.inputs.tracking._one_click import one_click_problem
 from selligent_segment.inputs.tracking._scanners import ScannerRules
@@ -70,8 +80,21 @@ PIXEL = (
 )
 #: Links expire a year after their send time by default.
 DEFAULT_MAX_AGE = 365 * 86_400.0
+#: Seconds an open or click waits for the Emitter before it is answered anyway.
+DEFAULT_HIT_WAIT = 1.0
+#: Seconds an unsubscribe waits for the Emitter before it is answered 503.
+DEFAULT_UNSUBSCRIBE_WAIT = 10.0
+#: Opens and clicks answered but not yet taken by the Emitter, at most.
+DEFAULT_MAX_WAITING_HITS = 10_000
+#: Threads handing opens and clicks to the Emitter; and unsubscribes, apart.
+HIT_THREADS = 4
+UNSUBSCRIBE_THREADS = 2
+#: Seconds between two log lines about hits not recorded.
+NOT_RECORDED_EVERY = 10.0
 #: The largest one-click POST body read.
 MAX_BODY = 16 * 1024
+#: What the one-click bodies being read at once may hold together (503 past it).
+MAX_BODIES_BYTES = 16 * 1024 * 1024
 #: The longest ``User-Agent`` kept in a record.
 MAX_AGENT_CHARS = 1024
 
@@ -117,9 +140,19 @@ class Accepts(Protocol):
 class TrackingApp:
     """The tracking endpoints (see the module text) for ``emitter``, opening tokens with
     ``keys``. ``scanners`` decides which hits are machines'; ``max_age`` seconds after the
-    send time a link expires (None: never); ``now`` gives the wall-clock time (POSIX
-    seconds: a seam for tests); ``confirm_page`` / ``done_page`` replace the HTML shown
-    before and after a person unsubscribes. Settings are checked when it is made."""
+    send time an open or click link expires (None: never; an unsubscribe link never
+    does); ``now`` gives the wall-clock time (POSIX seconds: a seam for tests);
+    ``confirm_page`` / ``done_page`` replace the HTML shown before and after a person
+    unsubscribes. Settings are checked when it is made.
+
+    The Emitter is called from threads of the app's own, unsubscribes on threads apart
+    from opens and clicks, so that they never queue behind them. An open or click waits
+    for it ``hit_wait`` seconds at most (1), then is answered anyway, its record handed
+    over when the Emitter takes it; past ``max_waiting_hits`` records waiting so
+    (10,000), a hit is answered and not recorded (counted in a WARNING line). An
+    unsubscribe waits ``unsubscribe_wait`` seconds at most (10), then is answered ``503``
+    with ``Retry-After`` (the provider tries again: the same event). A one-click body
+    must arrive whole within ``body_deadline`` seconds (30; ``408``)."""
 
     def __init__(
         self,
@@ -131,6 +164,10 @@ class TrackingApp:
         now: Callable[[], float] = time.time,
         confirm_page: bytes = CONFIRM_PAGE,
         done_page: bytes = DONE_PAGE,
+        hit_wait: float = DEFAULT_HIT_WAIT,
+        unsubscribe_wait: float = DEFAULT_UNSUBSCRIBE_WAIT,
+        max_waiting_hits: int = DEFAULT_MAX_WAITING_HITS,
+        body_deadline: float = DEFAULT_BODY_DEADLINE,
     ) -> None:
         if not callable(getattr(emitter, "emit", None)):
             raise ConfigurationError("emitter", "expected an Emitter (an object with emit())")
@@ -152,6 +189,25 @@ class TrackingApp:
         self._now = now
         self._confirm_page = confirm_page
         self._done_page = done_page
+        for name, seconds in (
+            ("hit_wait", hit_wait),
+            ("unsubscribe_wait", unsubscribe_wait),
+            ("body_deadline", body_deadline),
+        ):
+            check_number(name, seconds, minimum=0)
+        check_number("max_waiting_hits", max_waiting_hits, minimum=0, integer=True)
+        self._bodies = BodyBudget(MAX_BODIES_BYTES)
+        self._hit_wait = hit_wait
+        self._unsubscribe_wait = unsubscribe_wait
+        self._max_waiting_hits = max_waiting_hits
+        self._body_deadline = body_deadline
+        self._hits = ThreadPoolExecutor(HIT_THREADS, "selligent-segment-tracking-hits")
+        self._unsubscribes = ThreadPoolExecutor(
+            UNSUBSCRIBE_THREADS, "selligent-segment-tracking-unsubscribes"
+        )
+        self._waiting_hits = 0  # handed over, not yet taken (on the event loop only)
+        self._not_recorded = 0  # hits past max_waiting_hits not yet in a log line
+        self._not_recorded_log = Throttle(NOT_RECORDED_EVERY)
 
     def __repr__(self) -> str:
         return f"<TrackingApp keys={sorted(self._keys.keys)} signing={self._keys.signing!r}>"
@@ -184,7 +240,9 @@ class TrackingApp:
         now = self._now()
         text = parts[2]
         try:
-            token = unseal(text, self._keys, now=now, max_age=self._max_age)
+            # An unsubscribe link never expires: a person may act on a mail of last year.
+            max_age = None if kind == "unsubscribe" else self._max_age
+            token = unseal(text, self._keys, now=now, max_age=max_age)
             if token.kind != kind:
                 raise TokenRefused
             if kind == "click":
@@ -208,7 +266,7 @@ class TrackingApp:
         )
         record = _record("opened", token, ip, agent, now)
         record["properties"] = _flag("machine_open", reason)
-        await self._emit(record)
+        await self._hit(record)
         await respond(send, 200, PIXEL, content_type="image/gif", headers=_NO_STORE)
 
     async def _click(self, scope: Scope, send: Send, token: Token, now: float) -> None:
@@ -219,7 +277,7 @@ class TrackingApp:
         record = _record("link_clicked", token, ip, agent, now)
         record.update(link_url=token.link_url, link_id=token.link_id)
         record["properties"] = _flag("scanner", reason)
-        await self._emit(record)
+        await self._hit(record)
         target = token.link_url or ""
         await respond(send, 302, b"", headers=[*_NO_STORE, ("Location", target)])
 
@@ -227,30 +285,76 @@ class TrackingApp:
         self, scope: Scope, receive: Receive, send: Send, token: Token, now: float, mac: str
     ) -> None:
         try:
-            body = await read_body(receive, MAX_BODY)
+            body = await read_body(
+                receive, MAX_BODY, budget=self._bodies, deadline=self._body_deadline
+            )
         except BodyTooLarge as exc:
             await respond(send, 413, f"body: {exc}\n".encode(), headers=_NO_STORE)
             return
-        problem = one_click_problem(header(scope, "content-type"), body)
-        if problem is not None:
-            await respond(send, 400, f"{problem}\n".encode(), headers=_NO_STORE)
+        except BodiesBusy:
+            headers = [*_NO_STORE, ("Retry-After", "60")]
+            await respond(send, 503, b"too many requests being read; retry\n", headers=headers)
             return
+        except BodyTimeout:
+            await respond(send, 408, b"the body did not arrive in time\n", headers=_NO_STORE)
+            return
+        self._bodies.give(len(body))
+        problem = one_click_problem(header(scope, "content-type"), body)
+        if problem is not None:  # the signed link is the credential: still an unsubscribe
+            log.info(
+                "tracking: unsubscribe POST without the one-click body (%s); accepted", problem
+            )
         ip, agent = _client(scope)
         record = _record("unsubscribed", token, ip, agent, now)
         record.update(list_id=token.list_id, event_id=f"one-click-{mac}")
-        if await self._emit(record):
+        loop = asyncio.get_running_loop()
+        taken = loop.run_in_executor(self._unsubscribes, self._emit_now, record)
+        try:
+            accepted = await asyncio.wait_for(asyncio.shield(taken), self._unsubscribe_wait)
+        except asyncio.TimeoutError:  # it goes on; the provider's retry is the same event
+            log.warning(
+                "tracking: an unsubscribe was not taken by the Emitter within %g s; "
+                "answered 503 for the mailbox provider to retry",
+                self._unsubscribe_wait,
+            )
+            accepted = False
+        if accepted:
             await respond(send, 200, self._done_page, content_type=_HTML, headers=_PAGE_HEADERS)
         else:
             headers = [*_NO_STORE, ("Retry-After", "60")]
             await respond(send, 503, b"could not record the unsubscribe; retry\n", headers=headers)
 
-    async def _emit(self, record: dict[str, Any]) -> bool:
-        """Hand ``record`` to the Emitter in a worker thread (``emit`` may wait for room);
-        True when accepted. Failures are logged without the recipient."""
+    async def _hit(self, record: dict[str, Any]) -> None:
+        """Hand an open's or a click's ``record`` to the Emitter and wait ``hit_wait`` at
+        most: past it the hit is answered and the record taken when the Emitter can; past
+        ``max_waiting_hits`` records waiting so, it is not recorded (counted and logged)."""
+        if self._waiting_hits >= self._max_waiting_hits:
+            self._not_recorded += 1
+            if self._not_recorded_log.allows(time.monotonic()):
+                log.warning(
+                    "tracking: %d open or click not recorded: %d wait for the Emitter",
+                    self._not_recorded,
+                    self._waiting_hits,
+                )
+                self._not_recorded = 0
+            return
+        loop = asyncio.get_running_loop()
+        taken = loop.run_in_executor(self._hits, self._emit_now, record)
+        self._waiting_hits += 1
+        taken.add_done_callback(self._hit_taken)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(taken), self._hit_wait)
+
+    def _hit_taken(self, _future: object) -> None:
+        self._waiting_hits -= 1
+
+    def _emit_now(self, record: dict[str, Any]) -> bool:
+        """Hand ``record`` to the Emitter (in a thread of the app's: ``emit`` may wait for
+        room); True when accepted. Failures are logged without the recipient."""
         kind = record["type"]
         record = {k: v for k, v in record.items() if v is not None}
         try:
-            return await asyncio.to_thread(self._emitter.emit, record)
+            return self._emitter.emit(record)
         except InvalidEvent as exc:
             log.warning("tracking: %s refused: %s is invalid", kind, exc.field)
         except SelligentSegmentError as exc:
