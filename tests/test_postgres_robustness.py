@@ -506,6 +506,36 @@ def test_a_late_settlement_of_an_expired_lease_leaves_a_newer_lease_alone(
         b.close()
 
 
+def test_two_spools_of_one_owner_name_never_settle_each_others_leases(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    """A lease's owner was the spool's name and the lease's number, numbered from 1 in
+    each spool: two Emitters of one process on one URL (or two hosts of one hostname and
+    pid, in containers) gave their leases the same owner, and a late settlement of one
+    acted on the other's live lease (found by a review). Each spool's leases are now
+    told apart by a random tag of its own."""
+    a = PostgresSpool(postgres.url, schema=schema, lease_seconds=1, owner="same")
+    b = PostgresSpool(postgres.url, schema=schema, lease_seconds=30, owner="same")
+    try:
+        a.put_many(_messages("acme", 3))
+        first = a.lease("acme", 10, 1 << 20)
+        assert first is not None
+        with psycopg.connect(postgres.url, autocommit=True) as conn:  # a's lease runs out
+            conn.execute(f"UPDATE {schema}.messages SET lease_until = now() - interval '1 second'")
+        second = b.lease("acme", 10, 1 << 20)  # b's first lease too
+        assert second is not None
+        assert len(second.messages) == 3
+        a.ack(first, first.messages[:1])  # a's late answers
+        a.reject(first, first.messages[1:2], "rejected: HTTP 400", 400)
+        a.release(first, first.messages[2:])
+        assert a.dead_letters() == []
+        assert a.stats().messages == 3
+        assert a.lease("acme", 10, 1 << 20) is None  # all still b's
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_silent_network_is_bounded_by_tcp_settings_unless_the_url_gives_its_own(
     postgres: LocalPostgres,
 ) -> None:

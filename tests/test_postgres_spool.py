@@ -114,7 +114,7 @@ def test_two_hosts_never_hold_the_same_rows_and_an_expired_lease_is_taken_over(
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute(
                 f"UPDATE {schema}.messages SET lease_until = now() - interval '1 second' "
-                "WHERE owner LIKE 'host-1#%'"  # a lease's owner: host-1#N
+                "WHERE owner LIKE 'host-1#%'"  # a lease's owner: host-1#TAG.N
             )
         taken = two.lease("acme", 10, 1 << 20)
         assert taken is not None

@@ -921,7 +921,11 @@ class PostgresSpool:
         self.token = secrets.token_hex(6)  # this process's notifications, told from others'
         self._next_rotate = 0.0
         self.owner = owner or _owner_name()
-        self._leases = 0  # a lease's owner is this one's and its number (see _Held)
+        # A lease's owner is this one's, a random tag of this spool's and the lease's
+        # number (see _Held): two spools of one name (two Emitters on one URL, two hosts
+        # of one hostname and pid) never settle each other's leases.
+        self._lease_tag = secrets.token_hex(4)
+        self._leases = 0
         self._connect_timeout = connect_timeout
         #: Told of each record a lease buried (its tenant, why), after the transaction.
         self._on_buried = on_buried
@@ -1194,7 +1198,7 @@ class PostgresSpool:
         """
         with self._lock:
             self._leases += 1
-            owner = f"{self.owner}#{self._leases}"
+            owner = f"{self.owner}#{self._lease_tag}.{self._leases}"
         params = {
             "tenant": tenant,
             "limit": max_messages,
@@ -1680,6 +1684,7 @@ class PostgresSpool:
             self._unwritten = []
             # The child's leases are not the parent's, nor numbered apart from them.
             self.owner = f"{self.owner}/{os.getpid()}"
+            self._lease_tag = secrets.token_hex(4)
 
     def close(self) -> None:
         """Write the settlements kept while the database could not be reached, give back
