@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from _silent_proxy import SilentProxy
 
-from selligent_segment._errors import SpoolError
+from selligent_segment._errors import ConfigurationError, SpoolError
 from selligent_segment._mapping import EncodedMessage
 from selligent_segment._record import EventKind
 from selligent_segment.spool import _postgres
@@ -162,6 +162,13 @@ def test_redact_hides_the_password_in_the_user_part_and_in_libpqs_query_paramete
     )
     kept = "postgresql://app@db/mail?passfile=/etc/pgpass&options=-c%20a%3Db"
     assert _postgres.redact(kept) == kept  # a path and the options are no secrets
+    # A raw "@" in the password: all of it up to the host's "@" (it showed "cret@db";
+    # found by a review), and such a URL is refused without showing it.
+    assert _postgres.redact("postgresql://app:se@cret@db/mail") == "postgresql://app:***@db/mail"
+    with pytest.raises(ConfigurationError) as refused:
+        PostgresSpool("postgresql://app:se@cret@127.0.0.1/mail")
+    assert "cret" not in str(refused.value)
+    assert "%40" in str(refused.value)
 
 
 def test_the_emitter_configs_repr_shows_the_spool_url_without_its_password() -> None:

@@ -355,7 +355,7 @@ def pg_text(text: str) -> str:
 
 #: A URL's password: in its user part (``user:PASSWORD@``), or a secret query parameter
 #: of libpq's (``?password=``, ``?sslpassword=``; its name may be percent-encoded).
-_USER_PASSWORD = re.compile(r"(://[^:/@]*:)([^@]*)@")
+_USER_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^/?#]*)@")  # to the host's "@", the last
 _QUERY_PARAM = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
@@ -897,6 +897,10 @@ class PostgresSpool:
     ) -> None:
         if not is_postgres_url(url):
             raise ConfigurationError("spool", "expected a postgresql:// URL")
+        if urllib.parse.urlsplit(url).netloc.count("@") > 1:  # not shown: it is the password
+            raise ConfigurationError(
+                "spool", "the URL's user part holds a raw '@': percent-encode it as %40"
+            )
         url, options = split_options(url)
         schema = options.get("spool_schema", schema)
         if "lease_seconds" in options:
