@@ -303,6 +303,7 @@ class Emitter(ClosedOnExit):
             counters=self._counters,
             on_failure=self._on_failure,
             on_pause=self._on_pause,
+            on_resume=self._on_resume,
             clock=self._clock,
         )
         self._encoder = Encoder(
@@ -691,6 +692,9 @@ class Emitter(ClosedOnExit):
         callback = self._config.on_failure
         if callback is not None:
             call_back(callback, failure)
+
+    def _on_resume(self, tenant: str) -> None:
+        self._intake.mark_paused(tenant, None)
 
     def _on_pause(self, tenant: str, reason: str) -> None:
         self._intake.mark_paused(tenant, reason)

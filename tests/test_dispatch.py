@@ -195,9 +195,14 @@ def test_a_paused_tenant_is_rechecked_and_resumes_when_its_resolver_gives_a_new_
 
 
 def test_a_tenant_without_a_key_is_paused_and_resumes_when_one_appears() -> None:
+    """And the pause its spool records (for ``spool status`` and every host) is cleared
+    when it resumes by itself: it stayed after the resolver gave a key and the events
+    went (found by a review, with the PostgreSQL spool)."""
     clock = FakeClock()
     resolver = Resolver({}, clock)
     em, transport, _ = fake_emitter(clock=clock, write_keys=resolver)
+    marks: list[tuple[str, str | None]] = []
+    em._intake.mark_paused = lambda tenant, reason: marks.append((tenant, reason))  # type: ignore[method-assign]
     try:
         em.emit(record(1))
         assert clock.run_until(lambda: len(resolver.asked) >= 2, waiters=SENDERS)
@@ -210,6 +215,7 @@ def test_a_tenant_without_a_key_is_paused_and_resumes_when_one_appears() -> None
     finally:
         em.close(0)
     assert [(r.at, r.write_key) for r in transport.requests] == [(2 * PAUSED_RECHECK, "key-acme")]
+    assert marks == [("acme", "no write key configured"), ("acme", None)]
 
 
 # -- two requests in flight per tenant ----------------------------------------------------------

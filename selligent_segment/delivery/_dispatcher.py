@@ -127,6 +127,7 @@ class Dispatcher:
         counters: Counters,
         on_failure: Callable[[DeliveryFailure], None],
         on_pause: Callable[[str, str], None],
+        on_resume: Callable[[str], None] | None = None,
         paused_recheck: float = PAUSED_RECHECK,
         max_in_flight: int = MAX_IN_FLIGHT,
         aside: AsidePolicy = AsidePolicy(),  # noqa: B008 - an immutable value
@@ -147,6 +148,7 @@ class Dispatcher:
         self.full_at = batch.max_messages  # messages that fill a batch; refined by sizes
         self.counters = counters
         self.on_pause = on_pause
+        self.on_resume = on_resume  # a paused tenant resumed with a new key (by itself)
         self.paused_recheck = paused_recheck
         self.max_in_flight = max_in_flight
         self.aside_policy = aside
@@ -614,6 +616,8 @@ class Dispatcher:
             shown(state.name),
             extra={"tenant": state.name, "reason": "resumed"},
         )
+        if self.on_resume is not None:  # the pause its spool records goes too
+            call_back(self.on_resume, state.name)
 
     def _pause(
         self,

@@ -155,6 +155,7 @@ class Loader:
             counters=self.counters,
             on_failure=self._failed,
             on_pause=self._paused,
+            on_resume=self._resumed,
             clock=clock,
             # One tenant's batches load one at a time, in order, a failed one retried
             # before the next goes: an older identify never lands after a newer one
@@ -187,11 +188,14 @@ class Loader:
         if self._on_failure is not None:
             self._on_failure(failure)
 
-    def _paused(self, tenant: str, reason: str) -> None:
+    def _paused(self, tenant: str, reason: str | None) -> None:
         try:
             self.spool.mark_paused(tenant, reason)
         except SpoolError as exc:
             log.error("%s", exc)
+
+    def _resumed(self, tenant: str) -> None:
+        self._paused(tenant, None)
 
     # -- life ------------------------------------------------------------------------
 
