@@ -326,6 +326,11 @@ MIGRATION_LOCK_TIMEOUT = 5.0
 #: step, so that another change of the tables adds one more.
 _MIGRATIONS = {1: _QUEUE_COUNTS}
 
+#: The most partitions a due rotation leaves the queue with: past it none is attached until
+#: some are dropped (a long snapshot elsewhere, or an outage's backlog, holds them), so that
+#: leases never scan hundreds (``rotate(force=True)`` still attaches one).
+MAX_PARTITIONS = 16
+
 #: The largest NOTIFY payload sent (PostgreSQL's limit is 8,000 bytes).
 NOTIFY_MAX = 7900
 
@@ -1484,7 +1489,8 @@ class PostgresSpool:
         ).fetchone()
         assert row is not None
         generation, age = int(row[0]), float(row[1])
-        if force or age >= self.rotate_seconds:
+        due = age >= self.rotate_seconds and len(self._partitions(conn)) < MAX_PARTITIONS
+        if force or due:
             # CREATE TABLE ... PARTITION OF would lock the whole queue (ACCESS EXCLUSIVE on
             # the parent) behind any open transaction that touched it; ATTACH PARTITION
             # takes SHARE UPDATE EXCLUSIVE, which inserts, leases and readers never wait on.
@@ -1505,15 +1511,9 @@ class PostgresSpool:
                 generation = self._generation = new
             except self._psycopg.errors.LockNotAvailable:
                 pass  # someone holds the queue in a way ATTACH waits on: next round
-        older = conn.execute(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
-            "WHERE n.nspname = %s AND p.relname = 'messages'",
-            (s,),
-        ).fetchall()
         retired = [
             name
-            for (name,) in older
+            for name in self._partitions(conn)
             if int(name.rsplit("_", 1)[1]) < generation and not self._may_be_named(conn, name)
         ]
         dropped = 0
@@ -1528,6 +1528,16 @@ class PostgresSpool:
             except self._psycopg.errors.LockNotAvailable:
                 continue  # someone holds it: the next round tries again
         return dropped
+
+    def _partitions(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """The names of the queue's partitions (``messages_G``)."""
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n ON n.oid = p.relnamespace "
+            "WHERE n.nspname = %s AND p.relname = 'messages'",
+            (self.schema,),
+        ).fetchall()
+        return [name for (name,) in rows]
 
     def _may_be_named(self, conn: psycopg.Connection[Any], name: str) -> bool:
         """True while another session of this database may hold a snapshot taken before
