@@ -19,6 +19,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from selligent_segment._errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_BODY_DEADLINE",
     "DEFAULT_MAX_BODIES_BYTES",
@@ -83,6 +85,21 @@ class BodyBudget:
             raise ValueError(f"max_bytes must be positive, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self.used = 0
+
+    @classmethod
+    def for_bodies(cls, max_bytes: int | None, largest: int, largest_name: str) -> BodyBudget:
+        """The budget of an application whose bodies are at most ``largest`` bytes (its
+        setting ``largest_name``): ``max_bytes``, or by default
+        :data:`DEFAULT_MAX_BODIES_BYTES` or ``largest`` when that is more; a
+        ``max_bytes`` below ``largest`` raises ConfigurationError (``max_bodies_bytes``)."""
+        if max_bytes is None:
+            return cls(max(DEFAULT_MAX_BODIES_BYTES, largest))
+        if max_bytes < largest:
+            raise ConfigurationError(
+                "max_bodies_bytes",
+                f"must be at least {largest_name} ({largest:,}), not {max_bytes:,}",
+            )
+        return cls(max_bytes)
 
     def take(self, n: int) -> bool:
         """Take ``n`` bytes; False (nothing taken) when they would pass ``max_bytes``."""

@@ -42,7 +42,6 @@ import orjson
 
 from selligent_segment._asgi import (
     DEFAULT_BODY_DEADLINE,
-    DEFAULT_MAX_BODIES_BYTES,
     BodiesBusy,
     BodyBudget,
     BodyTimeout,
@@ -57,7 +56,7 @@ from selligent_segment._asgi import (
     respond,
     respond_json,
 )
-from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull, shown
+from selligent_segment._errors import SpoolError, SpoolFull, shown
 from selligent_segment.destination._array import element_spans
 from selligent_segment.destination._config import DestinationConfig, TenantConfig
 from selligent_segment.destination._loader import DeadRow, Loader
@@ -137,8 +136,7 @@ class Receiver:
     once at most ``max_bodies_bytes`` together (by default 64 MiB, or ``max_body_bytes``
     when that is more; never less than it; 503 past it), and a body must arrive whole
     within ``body_deadline`` seconds (30; 408 past it): unfinished bodies cannot pile up
-    in memory. Mountable under a prefix
-    (``root_path``)."""
+    in memory. Mountable under a prefix (``root_path``)."""
 
     def __init__(
         self,
@@ -150,17 +148,10 @@ class Receiver:
         max_bodies_bytes: int | None = None,
         body_deadline: float = DEFAULT_BODY_DEADLINE,
     ) -> None:
-        if max_bodies_bytes is None:
-            max_bodies_bytes = max(DEFAULT_MAX_BODIES_BYTES, max_body_bytes)
-        elif max_bodies_bytes < max_body_bytes:
-            raise ConfigurationError(
-                "max_bodies_bytes",
-                f"must be at least max_body_bytes ({max_body_bytes:,}), not {max_bodies_bytes:,}",
-            )
+        self.bodies = BodyBudget.for_bodies(max_bodies_bytes, max_body_bytes, "max_body_bytes")
         self.config = config
         self.loader = loader
         self.max_body_bytes = max_body_bytes
-        self.bodies = BodyBudget(max_bodies_bytes)
         self.body_deadline = body_deadline
         self._secrets: dict[str, bytes | None] = {
             name: tenant.shared_secret() for name, tenant in config.tenants.items()

@@ -28,7 +28,6 @@ import orjson
 
 from selligent_segment._asgi import (
     DEFAULT_BODY_DEADLINE,
-    DEFAULT_MAX_BODIES_BYTES,
     ASGIApp,
     BodiesBusy,
     BodyBudget,
@@ -108,12 +107,7 @@ def webhooks_app(
     at once hold at most ``max_bodies_bytes`` together (by default 64 MiB, or ``max_body``
     when that is more; never less than it; 503 beyond, the provider retries), and a body
     must arrive whole within ``body_deadline`` seconds (30; 408 beyond)."""
-    if max_bodies_bytes is None:
-        max_bodies_bytes = max(DEFAULT_MAX_BODIES_BYTES, max_body)
-    elif max_bodies_bytes < max_body:
-        reason = f"must be at least max_body ({max_body:,}), not {max_bodies_bytes:,}"
-        raise ConfigurationError("max_bodies_bytes", reason)
-    bodies = BodyBudget(max_bodies_bytes)
+    bodies = BodyBudget.for_bodies(max_bodies_bytes, max_body, "max_body")
     webhooks = {name: webhook_for(config, resolver) for name, config in providers.items()}
 
     def process(
