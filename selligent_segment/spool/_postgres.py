@@ -1489,7 +1489,9 @@ class PostgresSpool:
         ).fetchone()
         assert row is not None
         generation, age = int(row[0]), float(row[1])
-        due = age >= self.rotate_seconds and len(self._partitions(conn)) < MAX_PARTITIONS
+        # Read before an attach: the new partition (of generation + 1) is never retired.
+        partitions = self._partitions(conn)
+        due = age >= self.rotate_seconds and len(partitions) < MAX_PARTITIONS
         if force or due:
             # CREATE TABLE ... PARTITION OF would lock the whole queue (ACCESS EXCLUSIVE on
             # the parent) behind any open transaction that touched it; ATTACH PARTITION
@@ -1513,7 +1515,7 @@ class PostgresSpool:
                 pass  # someone holds the queue in a way ATTACH waits on: next round
         retired = [
             name
-            for name in self._partitions(conn)
+            for name in partitions
             if int(name.rsplit("_", 1)[1]) < generation and not self._may_be_named(conn, name)
         ]
         dropped = 0
