@@ -4,12 +4,15 @@ read (:func:`snapshot`)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from selligent_segment.spool._schema import snapshot, transaction
+from selligent_segment.spool._schema import open_db, snapshot, transaction
 
 
 def _db(path: Path) -> sqlite3.Connection:
@@ -82,3 +85,71 @@ def test_a_read_that_fails_leaves_no_transaction_open(tmp_path: Path) -> None:
         assert db.execute("SELECT 1").fetchone() == (1,)
     assert not db.in_transaction
     db.close()
+
+
+def _rows_seen_by_another_process(path: Path) -> int:
+    """The journal offsets another process reads in the file; it closes its connection
+    after, which, were it the only one with a lock, would checkpoint and delete the WAL."""
+    code = (
+        "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+        "print(db.execute('SELECT count(*) FROM journals').fetchone()[0]); db.close()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+def _mark(db: sqlite3.Connection, name: str) -> None:
+    with transaction(db):
+        db.execute("INSERT INTO journals (name, offset) VALUES (?, 1)", (name,))
+
+
+def test_a_second_open_in_the_same_process_keeps_the_first_connections_locks(
+    tmp_path: Path,
+) -> None:
+    """POSIX locks belong to the process: closing any descriptor of the file drops them
+    all. A second open of a spool file in a process that has it open (``health()``, a
+    ``SpoolFile``, another emitter) must not, or the next process to close its connection
+    takes the file as its last user and deletes the WAL the first connection still writes
+    to: what it writes then is lost."""
+    path = tmp_path / "spool.db"
+    db = open_db(path)
+    _mark(db, "before")
+    open_db(path).close()  # what health() and SpoolFile do
+    open_db(path, read_only=True).close()
+    assert _rows_seen_by_another_process(path) == 1
+    _mark(db, "after")
+    assert _rows_seen_by_another_process(path) == 2
+    db.close()
+    assert _rows_seen_by_another_process(path) == 2
+
+
+def test_a_forked_child_that_opens_the_file_again_holds_its_own_locks(tmp_path: Path) -> None:
+    """A forked child inherits the parent's connection but not its locks; the file opened
+    again in the child must lock it for real, so that the parent closing (its emitter, at
+    exit) cannot delete the WAL the child still writes to."""
+    path = tmp_path / "spool.db"
+    db = open_db(path)
+    _mark(db, "parent")
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: opens the file again, as a forked emitter does
+        code = 1
+        try:
+            own = open_db(path)
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)  # the parent has closed its connection
+            _mark(own, "child")
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        db.close()
+    finally:
+        os.write(go_w, b"g")
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _rows_seen_by_another_process(path) == 2

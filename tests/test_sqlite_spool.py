@@ -47,6 +47,8 @@ from selligent_segment import (
 from selligent_segment._errors import SpoolError
 from selligent_segment._mapping import encode_fields
 from selligent_segment._record import normalize, revive
+from selligent_segment.observability import health
+from selligent_segment.spool import _journal
 from selligent_segment.spool._schema import _ADDITIONS, APPLICATION_ID, SCHEMA_VERSION
 from selligent_segment.spool._sqlite import SqliteSpool
 from selligent_segment.testing import LocalSegment
@@ -871,6 +873,46 @@ def _wait_child(pid: int, timeout: float) -> int:
         time.sleep(0.01)  # polling a child's exit; waitpid has no timeout
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_childs_events_outlive_the_parent_closing_first(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    """The child's emitter opens the file again; its connection must hold locks of its own
+    (the parent's are not inherited), or the parent closing first takes the file as its
+    last user and deletes the WAL the child still writes to."""
+    path = tmp_path / "spool.db"
+    server.outage(503)
+    em = emitter(server, path)
+    assert em.emit_many([record(i) for i in range(10)]).accepted == 10
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            assert em.emit_many([record(i, "globex") for i in range(10)]).accepted == 10
+            em.flush(0.2)  # into the file: none can be delivered
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)  # the parent has closed its emitter
+            assert em.emit_many([record(i, "globex") for i in range(10, 20)]).accepted == 10
+            em.close(0.2)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        assert not em.close(0.2)
+    finally:
+        os.write(go_w, b"g")
+    assert _wait_child(pid, 60) == 0
+    assert query(path, "SELECT tenant, count(*) FROM messages GROUP BY tenant ORDER BY 1") == [
+        ("acme", 10),
+        ("globex", 20),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_children_deliver_the_shared_file_and_never_resend(
@@ -1031,6 +1073,65 @@ def test_close_with_segment_down_keeps_the_events_for_the_next_emitter(
         *(record(i) for i in range(10)), *(record(i, "globex") for i in range(10))
     )
     assert query(path, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_health_in_the_emitters_process_costs_no_event_when_another_process_closes_the_file(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    """``health()`` opens the spool file again in the emitter's process. Were that open to
+    drop the emitter's locks on the file (POSIX locks belong to the process), the next
+    process to close its connection (``spool status``, a worker leaving) would delete the
+    WAL under the emitter, and what it wrote after would be gone at its close."""
+    path = tmp_path / "spool.db"
+    server.outage(503)
+    em = emitter(server, path)
+    assert em.emit_many([record(i) for i in range(10)]).accepted == 10
+    assert health(em).status is not None
+    subprocess.run(  # another process reads the file and closes its connection
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; sqlite3.connect(sys.argv[1])"
+            ".execute('SELECT count(*) FROM messages').fetchone()",
+            str(path),
+        ],
+        check=True,
+    )
+    assert em.emit_many([record(i, "globex") for i in range(10)]).accepted == 10
+    assert not em.close(0.3)
+    assert query(path, "SELECT tenant, count(*) FROM messages GROUP BY tenant ORDER BY 1") == [
+        ("acme", 10),
+        ("globex", 10),
+    ]
+
+
+def test_a_finished_journal_keeps_its_offset_until_it_is_deleted(
+    tmp_path: Path, server: LocalSegment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal ingested to its end is deleted, then its offset: a process killed between
+    the two leaves an offset at the end of a file that is gone (nothing to replay), never
+    a whole journal without one (replayed from its start: every record twice in the
+    file)."""
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 2_000)
+    seen: list[tuple[str, int, list[tuple[Any, ...]]]] = []
+    real_delete = _journal.Journal.delete
+
+    def delete(journal: _journal.Journal, name: str) -> None:
+        size = (journal.directory / name).stat().st_size
+        seen.append((name, size, query(path, "SELECT offset FROM journals WHERE name = ?", name)))
+        real_delete(journal, name)
+
+    monkeypatch.setattr(_journal.Journal, "delete", delete)
+    path = tmp_path / "spool.db"
+    server.outage(503)
+    em = emitter(server, path)
+    for i in range(60):
+        em.emit(record(i))
+    assert not em.close(0.3)
+    assert len(seen) >= 2
+    assert [(size, rows) for _, size, rows in seen] == [(size, [(size,)]) for _, size, _ in seen]
+    assert query(path, "SELECT * FROM journals") == []
+    assert query(path, "SELECT count(*) FROM messages") == [(60,)]
 
 
 def test_upkeep_says_once_that_journal_writes_let_go_of_the_gil_after_a_slow_one(

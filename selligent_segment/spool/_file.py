@@ -210,7 +210,7 @@ class SpoolFile(ForkSafe, ClosedOnExit):
             self._closed = True
             if self._pid == os.getpid():
                 self._db.close()
-            else:  # a forked child never closes the connection it inherited
+            else:  # a forked child: closed with every inherited connection
                 self._abandon_db(self._db)
 
     def status(self) -> SpoolStatus:

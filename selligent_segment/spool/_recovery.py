@@ -166,9 +166,10 @@ class Recovery:
                         d.end - d.start,
                         extra={"reason": "unreadable"},
                     )
+            # The file, then its offset: a kill between leaves an offset at its end.
+            (self.directory / name).unlink(missing_ok=True)
             with self.lock, transaction(self.db) as db:
                 db.execute("DELETE FROM journals WHERE name = ?", (name,))
-            (self.directory / name).unlink(missing_ok=True)
         freed = self.free_leases(owner)
         with self.lock, transaction(self.db) as db:
             db.execute("DELETE FROM journals WHERE name LIKE ?", (owner + ".%",))

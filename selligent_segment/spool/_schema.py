@@ -20,6 +20,7 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from selligent_segment._errors import ConfigurationError, SpoolError, shown
 
@@ -291,15 +292,89 @@ def snapshot(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     commit(db)
 
 
+class _SpoolConnection(sqlite3.Connection):
+    """A connection to a spool file, known to :data:`_files` until it is closed."""
+
+    file_id: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            _files.forget(self)
+
+
+class _OpenFiles:
+    """The spool files this process has SQLite connections to.
+
+    POSIX locks belong to a process, and closing any descriptor of a file drops all of
+    them; SQLite holds back the close of its own descriptors while the process has locks
+    on the file, but a plain ``open()`` and ``close()`` would drop them, and the next
+    process to close its connection would then take the file as its last user and delete
+    the WAL this process still writes to. So a file this process has open is never opened
+    by plain Python (:func:`_check_header`).
+
+    A forked child inherits the connections but not their locks, while SQLite's copy of its
+    bookkeeping says they are held: a connection the child opened beside them would lock
+    nothing. So the child closes every inherited one (which leaves the parent's locks
+    alone) before it opens a spool file again (:meth:`close_inherited`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._pid = os.getpid()
+        self._open: weakref.WeakSet[_SpoolConnection] = weakref.WeakSet()
+
+    def connect(self, path: Path, database: str | Path, **options: Any) -> _SpoolConnection:
+        """``sqlite3.connect(database)`` to the file ``path``, known here before it runs a
+        statement (and so before it takes a lock)."""
+        self.close_inherited()
+        db = sqlite3.connect(database, factory=_SpoolConnection, **options)
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            db.file_id = (st.st_dev, st.st_ino)
+        with self.lock:
+            self._open.add(db)
+        return db
+
+    def forget(self, db: _SpoolConnection) -> None:
+        with self.lock:
+            self._open.discard(db)
+
+    def holds(self, st: os.stat_result) -> bool:
+        """True when this process has the file ``st`` describes open (call under
+        :attr:`lock`)."""
+        return any(db.file_id == (st.st_dev, st.st_ino) for db in self._open)
+
+    def close_inherited(self) -> None:
+        """In a forked child: close the connections inherited from the parent. First
+        called by the at-fork hooks, before the child has other threads."""
+        if self._pid == os.getpid():
+            return
+        self.lock = threading.Lock()  # the parent's copy may have been held at the fork
+        inherited, self._open = list(self._open), weakref.WeakSet()
+        self._pid = os.getpid()
+        for db in inherited:
+            with contextlib.suppress(sqlite3.Error):
+                sqlite3.Connection.close(db)
+
+
+_files = _OpenFiles()
+
+
 def _check_header(path: Path) -> bool:
-    """True when ``path`` holds data; SpoolError when that data is not SQLite."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise SpoolError(f"{path}: cannot read the spool file: {exc.strerror}") from None
+    """True when ``path`` holds data; SpoolError when that data is not SQLite. A file this
+    process has open is SQLite, and is not read (see :class:`_OpenFiles`)."""
+    _files.close_inherited()
+    with _files.lock:
+        try:
+            if _files.holds(os.stat(path)):
+                return True
+            with open(path, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SpoolError(f"{path}: cannot read the spool file: {exc.strerror}") from None
     if not head:
         return False
     if head != _SQLITE_MAGIC:
@@ -340,8 +415,8 @@ def open_db(
         where = exc.filename or path
         raise SpoolError(f"{path}: cannot create the spool file: {exc.strerror}: {where}") from None
     try:
-        db = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        db = _files.connect(
+            path, path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
     except sqlite3.Error as exc:
         raise spool_error(path, exc) from None
@@ -369,7 +444,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     with one, SpoolError says so instead of showing a stale state."""
     uri = "file:" + urllib.parse.quote(os.fspath(path.absolute())) + "?mode=ro"
     try:
-        db = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        db = _files.connect(path, uri, uri=True, timeout=BUSY_TIMEOUT, check_same_thread=False)
     except sqlite3.Error as exc:
         raise spool_error(path, exc) from None
     try:
@@ -387,7 +462,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
                 "run this as a user who may write the directory"
             ) from None
     try:
-        return sqlite3.connect(uri + "&immutable=1", uri=True, check_same_thread=False)
+        return _files.connect(path, uri + "&immutable=1", uri=True, check_same_thread=False)
     except sqlite3.Error as exc:  # pragma: no cover - the read-only open got this far
         raise spool_error(path, exc) from None
 
@@ -480,9 +555,9 @@ class ForkSafe:
 
     Guarantee: around ``fork()`` every such lock is held, so no thread is inside an SQLite
     call and the child inherits no half-held SQLite lock (which would leave its own new
-    connection "database is locked" for its whole life). A child must never close an
-    inherited connection (that could undo the parent's file locks): :meth:`_abandon_db`
-    keeps it referenced instead.
+    connection "database is locked" for its whole life). A child closes the connections
+    it inherited (:meth:`_abandon_db`) before it opens the file again: see
+    :class:`_OpenFiles`.
     """
 
     _lock: threading.Lock
@@ -492,12 +567,13 @@ class ForkSafe:
 
     @staticmethod
     def _abandon_db(db: sqlite3.Connection) -> None:
-        _abandoned.append(db)
+        """In a forked child: let go of ``db``, inherited from the parent (it is closed with
+        every other inherited connection; the parent's locks stay as they are)."""
+        _files.close_inherited()
 
 
 _guarded: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
 _held_over_fork: list[threading.Lock] = []
-_abandoned: list[sqlite3.Connection] = []  # connections inherited over fork: never closed
 
 
 def _before_fork() -> None:
@@ -511,4 +587,11 @@ def _after_fork() -> None:
         _held_over_fork.pop().release()
 
 
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+def _after_fork_in_child() -> None:
+    _after_fork()
+    _files.close_inherited()
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child
+)

@@ -345,17 +345,20 @@ class SqliteSpool(ForkSafe):
             for name, size in self._journal.retired_sizes().items()
             if name not in finished and self._ingested.get(name) == size
         ]
-        going = [(name, off) for name, off in marks if name not in finished]
+        # A finished journal's offset goes in at its end like any other, and is deleted
+        # after the file (below): a kill between the two leaves an offset at the end of a
+        # file that is gone, never a journal without one (replayed from its start).
+        going = list(marks)
         with self._lock:
             joined = self._unwritten.pending() and self._put_joined(
-                messages, keep, records, dead, going, finished, now
+                messages, keep, records, dead, going, now
             )
             if joined:
                 kept, free, full, first = joined
             else:
                 with transaction(self._db) as db:
                     kept, free, full, first = self._insert(
-                        db, messages, keep, records, dead, going, finished, now
+                        db, messages, keep, records, dead, going, now
                     )
             # Committed: nothing below may raise, or the caller would insert them again.
             self._ingested.update(going)
@@ -371,9 +374,14 @@ class SqliteSpool(ForkSafe):
             counts.update(r[0] for r in records)
             for tenant, n in counts.items():
                 self._backlog[tenant] = self._backlog.get(tenant, 0) + n
+        deleted = []
         for name in finished:
             with contextlib.suppress(OSError):  # upkeep deletes a finished journal later
                 self._journal.delete(name)
+                deleted.append((name,))
+        if deleted:  # a leftover points past the end of a file that is gone: harmless
+            with contextlib.suppress(sqlite3.Error), self._lock, transaction(self._db) as db:
+                db.executemany("DELETE FROM journals WHERE name = ?", deleted)
 
     def _put_joined(
         self,
@@ -382,7 +390,6 @@ class SqliteSpool(ForkSafe):
         records: Sequence[JournalRecord],
         dead: Sequence[DeadMessage],
         going: list[Mark],
-        finished: list[str],
         now: float,
     ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], bool, int] | None:
         """:meth:`put_many`'s write with what this process settled and has not written
@@ -399,7 +406,7 @@ class SqliteSpool(ForkSafe):
             with transaction(self._db) as db:
                 begun = True
                 self._unwritten.write_in(db)
-                put = self._insert(db, messages, keep, records, dead, going, finished, now)
+                put = self._insert(db, messages, keep, records, dead, going, now)
         except sqlite3.Error as exc:
             if begun:
                 self._write_pending()
@@ -417,7 +424,6 @@ class SqliteSpool(ForkSafe):
         records: Sequence[JournalRecord],
         dead: Sequence[DeadMessage],
         going: list[Mark],
-        finished: list[str],
         now: float,
     ) -> tuple[list[EncodedMessage], Sequence[EncodedMessage], bool, int]:
         """The statements of :meth:`put_many` in ``db``'s open transaction; returns the
@@ -444,7 +450,6 @@ class SqliteSpool(ForkSafe):
             "ON CONFLICT (name) DO UPDATE SET offset = excluded.offset",
             going,
         )
-        db.executemany("DELETE FROM journals WHERE name = ?", [(n,) for n in finished])
         return kept, free, full, first
 
     def keeping(self) -> bool:
