@@ -20,7 +20,7 @@ from _asgi_calls import beside_a_held_body, call_asgi, chunk, post_scope
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from selligent_segment import BatchPolicy, ConfigurationError, Emitter
+from selligent_segment import BatchPolicy, ConfigurationError, Emitter, SpoolError
 from selligent_segment.inputs.esp import (
     MailgunConfig,
     MailgunWebhook,
@@ -189,6 +189,48 @@ def test_mailgun_replay_refused_but_a_retry_after_a_503_accepted(
     with serve_asgi(webhooks_app(emitter, {"mailgun": hook})) as url:
         assert post(url, "/mailgun/acme", body)[0] == 200
         assert post(url, "/mailgun/acme", body)[0] == 403
+        assert emitter.flush(10)
+    assert server.accepted_count == 1
+
+
+class _FailingOnce:
+    """An emitter whose first ``emit_many`` raises ``error`` (a spool that cannot write:
+    an I/O error, PostgreSQL away), then hands on to ``emitter``."""
+
+    def __init__(self, emitter: Emitter, error: Exception) -> None:
+        self.emitter, self.error = emitter, error
+
+    def emit_many(self, records: Any) -> Any:
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return self.emitter.emit_many(records)
+
+
+@pytest.mark.parametrize(
+    "error", [SpoolError("cannot write the spool journal: I/O error"), RuntimeError("a bug")]
+)
+def test_an_emitter_that_raises_is_a_503_and_mailguns_retry_is_accepted(
+    server: LocalSegment, emitter: Emitter, error: Exception
+) -> None:
+    """A spool that cannot write raised through the app: a 500, and the token stayed
+    remembered, so Mailgun's retry was refused as a replay and the event lost."""
+    clock = FakeClock(NOW)
+    hook = MailgunWebhook(MailgunConfig(MAILGUN_KEY, now=clock.monotonic))
+    stamp, token = str(int(NOW)), "tok-9"
+    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    event = {"id": "mg-9", "event": "unsubscribed", "recipient": "a@example.com"}
+    body = orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": token, "signature": signature},
+            "event-data": {**event, "timestamp": 1_794_999_000},
+        }
+    )
+    failing = _FailingOnce(emitter, error)
+    with serve_asgi(webhooks_app(failing, {"mailgun": hook})) as url:  # type: ignore[arg-type]
+        assert post(url, "/mailgun/acme", body)[:2] == (503, {"error": "not accepted now; retry"})
+        clock.advance(600.0)  # Mailgun's retry, with the first signature
+        assert post(url, "/mailgun/acme", body)[0] == 200
         assert emitter.flush(10)
     assert server.accepted_count == 1
 

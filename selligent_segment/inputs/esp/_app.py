@@ -45,6 +45,7 @@ from selligent_segment._emitter import Emitter
 from selligent_segment._errors import (
     ConfigurationError,
     EmitterClosed,
+    SpoolError,
     SpoolFull,
     UnknownTenant,
     shown,
@@ -129,8 +130,10 @@ def webhooks_app(
             return 400, _error(reason)
         try:
             result = emitter.emit_many(parsed.records)
-        except (SpoolFull, EmitterClosed) as exc:
+        except Exception as exc:  # full, closed, a spool that cannot write, a bug: retried
             webhook.release(body, headers)
+            if not isinstance(exc, (SpoolFull, EmitterClosed, SpoolError)):  # its text may
+                log.debug("esp webhook: the emitter raised", exc_info=True)  # hold an address
             _refused(webhook.provider, tenant, 503, type(exc).__name__)
             return 503, _error("not accepted now; retry")
         problems = list(parsed.problems)
