@@ -135,6 +135,20 @@ def test_a_run_counts_its_own_events_and_those_it_did_not_accept() -> None:
     assert run.not_delivered == 6
 
 
+def test_events_emitted_but_still_in_the_journal_count_as_not_delivered() -> None:
+    """With a spool file another process held locked, ``emit`` took 6 events into the
+    journal and none reached the file: ``accepted`` stayed 0, and the run said "0 not
+    delivered" and exited 0 with every event still waiting."""
+    stuck = stats(acme=TenantStats(accepted=0, delivered=0))
+    run = send_run(stuck, {}, left={}, emitted={"acme": 6})
+    (acme,) = run.tenants
+    assert (acme.accepted, acme.delivered, acme.not_delivered) == (6, 0, 6)
+    assert send_exit_status(None, run.not_delivered, 0) == EXIT_UNDELIVERED
+    part = stats(acme=TenantStats(accepted=4, delivered=4))
+    assert send_run(part, {}, left={}, emitted={"acme": 6}).not_delivered == 2
+    assert send_run(part, {}, left={}, emitted={"acme": 4}).not_delivered == 0
+
+
 def test_a_resumed_run_tells_its_events_from_those_earlier_runs_left() -> None:
     """The issue's report: 6 events accepted, 12 delivered (6 left by a failed run) said
     "-6 not delivered" and exited 3. This run delivered its 6; the other 6 were earlier."""
@@ -351,6 +365,21 @@ def test_flush_dead_letters_alone_are_not_undelivered() -> None:
         "2 dead letters kept; see: selligent-segment dead-letters list --spool /var/spool.db",
     ]
     assert flush_exit_status(status) == EXIT_OK
+
+
+def test_flush_with_journals_no_live_process_holds_is_not_done() -> None:
+    """A file another process held locked: the journals could not be replayed into it,
+    and ``flush`` said "0 left" and exited 0 with every event still in them."""
+    stuck = attrs.evolve(spool_status(), journal_bytes=1387, processes=0)
+    assert flush_summary(0, stuck) == [
+        "delivered 0 events; 0 left in /var/spool.db",
+        "1387 bytes of journals are not in the file yet: the next start (or flush) "
+        "replays them",
+    ]
+    assert flush_exit_status(stuck) == EXIT_UNDELIVERED
+    live = attrs.evolve(spool_status(), journal_bytes=1387, processes=1)  # theirs
+    assert flush_exit_status(live) == EXIT_OK
+    assert len(flush_summary(0, live)) == 1
 
 
 # -- spool status ------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ class _Deliverer(Sink):
         self.emitter = emitter
         self._naming = naming
         self.emitted = 0
+        self.emitted_by: dict[str, int] = {}  # per tenant
         self.not_accepted: dict[str, int] = {}
 
     def take(self, record: CallbackRecord, size: int) -> None:
@@ -179,10 +180,11 @@ class _Deliverer(Sink):
             accepted = self.emitter.emit(record)
         except (SpoolFull, EmitterClosed):
             accepted = False
+        tenant = record.tenant or "default"
         if accepted:
             self.emitted += 1
+            self.emitted_by[tenant] = self.emitted_by.get(tenant, 0) + 1
         else:
-            tenant = record.tenant or "default"
             self.not_accepted[tenant] = self.not_accepted.get(tenant, 0) + 1
 
     def detail(self) -> str:
@@ -369,7 +371,7 @@ class SendRunner:
         """Print the summary of a closed emitter's run; its exit status."""
         self.progress.close()
         left, recent = self._left_in_spool(started)
-        run = send_run(emitter.stats(), sink.not_accepted, left, recent)
+        run = send_run(emitter.stats(), sink.not_accepted, left, recent, sink.emitted_by)
         status = send_exit_status(stopped, run.not_delivered, self.invalid)
         if self.args.json:
             print_json(self.json_summary(run, stopped, status))

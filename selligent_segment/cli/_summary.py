@@ -155,8 +155,13 @@ def send_run(
     not_accepted: Mapping[str, int],
     left: Mapping[str, int] | None = None,
     recent: Mapping[str, tuple[int, int, int]] | None = None,
+    emitted: Mapping[str, int] | None = None,
 ) -> SendRun:
     """What this run did, told apart from what earlier runs left in the spool file.
+
+    ``emitted`` is what ``emit`` took per tenant: with a spool file, ``stats`` count an
+    event accepted once it is in the file, and one still in this process's journal (the
+    file locked by another process, say) is this run's, not delivered.
 
     ``stats`` are the emitter's (its ``accepted`` counts this run's events only; its
     ``delivered`` and failures count whatever it sent); ``left`` is what each tenant has
@@ -178,12 +183,15 @@ def send_run(
     nothing tells its events from this run's and they count as this run's. Events of
     earlier runs still left are then those older than ``t`` still queued or failed.
     """
-    names = set(stats.tenants) | set(not_accepted)
+    emitted = emitted or {}
+    names = set(stats.tenants) | set(not_accepted) | {t for t, n in emitted.items() if n}
     if left is not None:
         names |= {t for t, n in left.items() if n}
     rows = []
     for tenant in sorted(names):
         d = stats.tenants.get(tenant, TenantStats())
+        if emitted.get(tenant, 0) > d.accepted:
+            d = attrs.evolve(d, accepted=emitted[tenant])
         queued = d.queued if left is None else left.get(tenant, 0)
         failed = sum(d.rejected.values()) + sum(d.dropped.values())
         earlier = max(0, d.delivered + failed + queued - d.accepted)
@@ -337,12 +345,23 @@ def flush_summary(delivered: int, status: SpoolStatus, now: float | None = None)
             lines.append(
                 f"  tenant {shown(t.tenant)}: {t.queued} events not delivered{paused}{error}"
             )
+    if _unreplayed(status):
+        lines.append(
+            f"{status.journal_bytes} bytes of journals are not in the file yet: the next "
+            "start (or flush) replays them"
+        )
     if status.dead_letters:
         lines.append(
             f"{status.dead_letters} dead letters kept; see: {PROG} dead-letters "
             f"list --spool {status.path}"
         )
     return lines
+
+
+def _unreplayed(status: SpoolStatus) -> bool:
+    """True when the spool has journals no live process holds: events accepted that are
+    not in the file yet (the file was locked, say). A live process's are its own."""
+    return bool(status.journal_bytes) and not status.processes
 
 
 def flush_json(delivered: int, status: SpoolStatus, exit_status: int) -> dict[str, Any]:
@@ -352,9 +371,11 @@ def flush_json(delivered: int, status: SpoolStatus, exit_status: int) -> dict[st
 
 
 def flush_exit_status(status: SpoolStatus) -> int:
-    """3 while the spool holds deliverable events, else 0. Dead letters are kept and
-    listed, but not deliverable: only what is queued counts."""
-    return EXIT_UNDELIVERED if any(t.queued for t in status.tenants) else EXIT_OK
+    """3 while the spool holds deliverable events (queued in the file, or in journals no
+    live process holds), else 0. Dead letters are kept and listed, but not deliverable:
+    only what is queued counts."""
+    waiting = any(t.queued for t in status.tenants) or _unreplayed(status)
+    return EXIT_UNDELIVERED if waiting else EXIT_OK
 
 
 # -- spool status -------------------------------------------------------------------------
