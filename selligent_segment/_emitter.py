@@ -776,6 +776,15 @@ class Emitter(ClosedOnExit):
         by reason, refused, queued; totals and per tenant."""
         return self._counters.snapshot(self._intake.queued(), self._dispatcher.paused())
 
+    def _spool_unwritable(self) -> bool:
+        """True while the encoder cannot write the spool file (for observability)."""
+        return self._backpressure.ingest_failing
+
+    def _counters_only(self) -> Stats:
+        """:meth:`stats` without the backlog (``queued`` empty), which it reads from the
+        spool: never waits for it (for observability)."""
+        return self._counters.snapshot({}, self._dispatcher.paused())
+
     def thread_count(self) -> int:
         """Threads this emitter runs (encoder + senders), 0 before the first emit."""
         return (1 + self._config.threads) if self._started else 0

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from selligent_segment.observability import (
     register_otel_metrics,
     samples,
 )
+from selligent_segment.spool import _schema
 from selligent_segment.spool._file import SpoolStatus
 from selligent_segment.testing import LocalSegment
 
@@ -304,6 +307,47 @@ def test_a_paused_tenant_degrades_a_real_emitter(segment: LocalSegment, tmp_path
     text = repr(verdict) + verdict.http()[1].decode()
     assert "key-initech" not in text
     assert "u1@example.com" not in text
+
+
+def test_a_spool_file_the_emitter_cannot_write_degrades_health_at_once(
+    segment: LocalSegment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process held the file's write lock: the events went to the journal only,
+    and health said ``healthy`` with no backlog (each check waiting 25 s for the
+    emitter's spool) while nothing was delivered."""
+    monkeypatch.setattr(_schema, "BUSY_TIMEOUT", 0.05)  # the encoder's writes fail fast
+    emitter = _emitter(segment, tmp_path)
+    try:
+        emitter.emit(record("acme", 1))
+        assert emitter.flush(10)
+        locker = sqlite3.connect(tmp_path / "spool.db", isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        emitter.emit(record("acme", 2))
+        deadline = time.monotonic() + 10
+        while not emitter._spool_unwritable() and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling the encoder's state: nothing signals it
+        with monkeypatch.context() as waits:  # stats() waits for the spool: not called
+            waits.setattr(emitter, "stats", _never)
+            verdict = health(emitter)
+            got = scrape(PrometheusCollector(emitter))
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert emitter.flush(10)
+        after = health(emitter)
+    finally:
+        emitter.close(0.05)
+    assert verdict.status is HealthStatus.DEGRADED
+    assert verdict.reasons == (
+        "the spool file cannot be written: accepted events wait in the journal "
+        "(the emitter keeps trying)",
+    )
+    assert got[("selligent_segment_spool_write_failing", ())] == 1.0
+    assert got[("selligent_segment_events_accepted_total", ())] >= 1.0
+    assert after.healthy
+
+
+def _never() -> None:
+    raise AssertionError("stats() called: it waits for a spool the encoder holds")
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------------

@@ -161,6 +161,11 @@ def _judge(seen: Observation, limits: HealthThresholds) -> Health:
         fatal.append("the emitter is closed")
     if seen.spool_error is not None:
         fatal.append(f"the spool file cannot be read: {seen.spool_error}")
+    if seen.spool_unwritable:
+        reasons.append(
+            "the spool file cannot be written: accepted events wait in the journal "
+            "(the emitter keeps trying)"
+        )
     oldest = seen.oldest_age
     if oldest is not None and oldest > limits.max_oldest_age:
         reasons.append(

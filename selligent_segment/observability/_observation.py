@@ -91,6 +91,10 @@ class Observation:
     tenants: tuple[TenantView, ...]
     closed: bool = False
     spool_used: int | None = None
+    spool_unwritable: bool = False
+    """True while the Emitter cannot write its spool file (another process holds it
+    locked, the disk is full): its encoder keeps trying, and the events it accepted wait
+    in its journal, counted nowhere else."""
 
     @property
     def backlog(self) -> int:
@@ -169,7 +173,9 @@ class Source:
 
     def observe(self) -> Observation:
         """Read now. Never raises for an unreadable spool (see ``spool_error``)."""
-        stats, stats_error = self._stats()
+        emitter = self._emitter
+        unwritable = emitter is not None and emitter._spool_unwritable()
+        stats, stats_error = self._stats(unwritable)
         spool, used, error = self._reader.status()
         if stats_error is not None and error is None:  # the spool failed the Emitter
             spool, used, error = None, None, stats_error
@@ -209,7 +215,6 @@ class Source:
             TenantView(tenant=name, **view)  # type: ignore[arg-type]
             for name, view in sorted(views.items())
         )
-        emitter = self._emitter
         return Observation(
             at=self._clock(),
             stats=stats,
@@ -219,13 +224,19 @@ class Source:
             tenants=tenants,
             closed=emitter is not None and emitter.closed,
             spool_used=used,
+            spool_unwritable=unwritable,
         )
 
-    def _stats(self) -> tuple[Stats | None, str | None]:
+    def _stats(self, unwritable: bool) -> tuple[Stats | None, str | None]:
         """The Emitter's counters (None without one), or None and why not: ``stats()``
-        reads the backlog from the spool, which may be damaged or out of reach."""
+        reads the backlog from the spool, which may be damaged or out of reach. While
+        the spool cannot be written, the counters alone: ``stats()`` would wait for the
+        spool, which an encoder retrying a locked file holds for its busy timeout (the
+        backlog is read from the file below)."""
         if self._emitter is None:
             return None, None
+        if unwritable:
+            return self._emitter._counters_only(), None
         try:
             return self._emitter.stats(), None
         except SelligentSegmentError as exc:

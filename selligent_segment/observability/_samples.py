@@ -96,6 +96,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(_P + "spool_processes", "gauge", "1", "Live processes using the spool file."),
     MetricSpec(_P + "spool_up", "gauge", "1",
                "1 when the spool file could be read at this scrape, else 0."),
+    MetricSpec(_P + "spool_write_failing", "gauge", "1",
+               "1 while the emitter cannot write its spool file (its accepted events "
+               "wait in the journal), else 0."),
 )  # fmt: skip
 _BY_NAME = {spec.name: spec for spec in METRICS}
 
@@ -192,6 +195,8 @@ def samples(seen: Observation, tenant_labels: int | TenantLabels = 0) -> list[Sa
         add(Sample(_P + "spool_processes", {}, seen.spool.processes))
     if seen.spool is not None or seen.spool_error is not None:
         add(Sample(_P + "spool_up", {}, 1.0 if seen.spool is not None else 0.0))
+    if seen.stats is not None:  # an Emitter's
+        add(Sample(_P + "spool_write_failing", {}, 1.0 if seen.spool_unwritable else 0.0))
     order = {spec.name: i for i, spec in enumerate(METRICS)}
     out.sort(key=lambda s: order[s.name])  # stable: labels keep their order
     return out
