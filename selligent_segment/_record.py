@@ -97,7 +97,9 @@ _NO = r"@\s\x00-\x1f\x7f"
 # Used with fullmatch only: '$' with match would accept a trailing newline.
 _EMAIL_RE = re.compile(rf"[^{_NO}]+@[^{_NO}.]+(\.[^{_NO}.]+)+")
 _SNAKE_RE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
-_MAX_TEXT = 8192
+#: The most characters of a text field (``email_subject``, ``bounce_reason``...).
+MAX_TEXT = 8192
+_MAX_TEXT = MAX_TEXT
 _UTC = timezone.utc
 _MAX_DEPTH = 16
 

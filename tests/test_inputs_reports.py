@@ -24,6 +24,7 @@ from selligent_segment.inputs.reports import (
     Join,
     JoinKey,
     _heuristic,
+    _message,
     bounce_type,
     parse_arf,
     parse_dsn,
@@ -33,6 +34,7 @@ from selligent_segment.inputs.reports import (
     table_resolver,
 )
 from selligent_segment.inputs.reports._message import EVENT_ID_NAMESPACE, without_comments
+from selligent_segment.inputs.reports._status import basic_code_in
 
 CORPUS = Path(__file__).parent / "corpus" / "reports"
 MESSAGES = sorted(CORPUS.glob("*.eml"))
@@ -98,6 +100,21 @@ def test_bounce_type_follows_the_status_class_with_its_exceptions(
     status: str | None, expected: str | None
 ) -> None:
     assert bounce_type(status) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("delivery to user450@example.net failed", None),
+        ("host mx250-1.example.net said: 550 no such user", "550"),
+        ("550-5.1.1 The email account that you tried to reach does not exist", "550"),
+        ("smtp;421 try later", "421"),
+    ],
+)
+def test_a_basic_code_is_never_read_inside_an_address_or_a_host_name(
+    text: str, code: str | None
+) -> None:
+    assert basic_code_in(text) == code
 
 
 def test_a_generic_status_takes_the_diagnostics_more_specific_code() -> None:
@@ -371,7 +388,10 @@ def test_comments_are_left_out_at_any_depth_with_their_escapes() -> None:
 
 @pytest.mark.parametrize(
     "field",
-    ["Final-Recipient: rfc822; " + '\\"' * 500_000, "Final-Recipient: rfc822; " + "a" * 1_000_000],
+    [
+        "Final-Recipient: rfc822; " + '\\"' * 500_000,
+        "Final-Recipient: rfc822; " + "a" * 1_000_000,
+    ],
     ids=["escaped-quotes", "one-long-run"],
 )
 def test_an_address_field_a_megabyte_long_is_read_in_one_pass(field: str) -> None:
@@ -382,6 +402,55 @@ def test_an_address_field_a_megabyte_long_is_read_in_one_pass(field: str) -> Non
     parsed = parse_dsn(_dsn(status), "x.eml")
     assert parsed.records == ()
     assert [(p.where, p.field) for p in parsed.problems] == [("x.eml", "Final-Recipient")]
+
+
+def test_an_unclosed_angle_bracket_before_many_at_signs_is_read_in_one_pass() -> None:
+    """``<a@a@a@...`` with no ``>``: each ``@`` was tried as the split of the address,
+    the rest scanned again each time (64 KB took 13 s)."""
+    field = "Final-Recipient: rfc822; <" + "a@" * 100_000
+    status = f"Reporting-MTA: dns; mx.example\n\n{field}\nAction: failed\nStatus: 5.1.1\n"
+    parsed = parse_dsn(_dsn(status), "x.eml")
+    assert parsed.records == ()
+    assert [(p.where, p.field) for p in parsed.problems] == [("x.eml", "email")]
+
+
+def test_the_originals_headers_are_decoded_once_for_all_recipient_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each recipient block decoded the original's headers again: a report of 2,000
+    short blocks and a long encoded subject took a minute."""
+    calls: list[object] = []
+    real = _message.header_text
+
+    def counted(value: object) -> str | None:
+        calls.append(value)
+        return real(value)
+
+    monkeypatch.setattr(_message, "header_text", counted)
+    blocks = "".join(
+        f"\nFinal-Recipient: rfc822; u{i}@example.com\nAction: failed\nStatus: 5.1.1\n"
+        for i in range(50)
+    )
+    status = "Reporting-MTA: dns; mx.example\n" + blocks
+    parsed = parse_dsn(_dsn(status), "x.eml")
+    assert len(parsed.records) == 50
+    assert {r.email_subject for r in parsed.records} == {"Hi"}
+    assert sum(1 for value in calls if value == "Hi") == 1
+
+
+def test_a_diagnostic_or_subject_over_a_text_fields_limit_is_cut_not_the_bounce_lost() -> None:
+    """A remote server's reply of 9,000 characters (it writes the diagnostic) made the
+    record invalid: the hard bounce was lost for an informational field."""
+    diagnostic = "smtp; 550 5.1.1 " + "x" * 9_000
+    status = ONE_FAILED + f"Diagnostic-Code: {diagnostic}\n"
+    original = "Message-ID: <orig-1@platform.example>\nSubject: " + "s" * 9_000 + "\n"
+    (record,) = parse_dsn(_dsn(status, original=original), "x.eml").records
+    assert record.bounce_reason is not None
+    assert record.email_subject is not None
+    assert len(record.bounce_reason) == len(record.email_subject) == 8192
+    assert record.bounce_reason.startswith("550 5.1.1 xxx")
+    assert record.bounce_reason.endswith("x...")
+    assert record.bounce_type == "hard"
 
 
 def test_a_feedback_type_nested_a_hundred_thousand_deep_is_read_in_one_pass() -> None:
@@ -414,6 +483,47 @@ def test_a_quoted_printable_original_is_decoded_whatever_its_own_body_encoding(
     (record,) = parse_dsn(data, "x.eml").records
     assert record.properties["original_message_id"] == "<CAF=abc@mail.example.com>"
     assert record.email_subject == "caf\u00e9"
+
+
+@pytest.mark.parametrize("kind", ["message/global", "message/global-headers"])
+def test_a_quoted_printable_original_keeps_the_headers_after_a_long_line(kind: str) -> None:
+    """Quoted-printable breaks a line over 76 characters with a soft break (``=`` then a
+    newline): the headers read ended at such a line, and the join header, the Message-ID
+    and the rest of the subject after it were lost."""
+    subject = "Caf\u00e9 cr\u00e8me br\u00fbl\u00e9e \u2014 nos nouveaut\u00e9s de novembre"
+    headers = (
+        f"Subject: {subject}\n"
+        "List-Unsubscribe: <https://t.platform.example/u/r-1/aGVsbG8td29ybGQtdG9rZW4>, "
+        "<mailto:u-r-1@platform.example>\n"
+        "Message-ID: <20261120.em-42.r-1@mail.platform.example>\n"
+        "X-Platform-Recipient: r-1\n"
+    )
+    encoded = quopri.encodestring(headers.encode()).decode()
+    assert "=\n" in encoded  # a soft line break
+    data = _dsn(
+        ONE_FAILED,
+        kind="message/global-delivery-status",
+        original_kind=f"{kind}\nContent-Transfer-Encoding: quoted-printable",
+        original=encoded + ("\nbody\n" if kind == "message/global" else ""),
+    )
+    join = Join(resolver=table_resolver({"r-1": {"tenant": "acme", "email_id": "em-42"}}))
+    (record,) = parse_dsn(data, "x.eml", join).records
+    assert record.properties["original_message_id"] == (
+        "<20261120.em-42.r-1@mail.platform.example>"
+    )
+    assert record.email_subject == subject
+    assert (record.tenant, record.email_id) == ("acme", "em-42")
+
+
+def test_a_returned_message_after_a_blank_line_keeps_its_headers() -> None:
+    """A ``message/rfc822`` part whose message starts after one more blank line: its
+    headers were read as its body (no Message-ID, subject or join key)."""
+    original = "\nMessage-ID: <orig-9@platform.example>\nSubject: Weekend sale\n\nbody\n"
+    (record,) = parse_dsn(
+        _dsn(ONE_FAILED, original_kind="message/rfc822", original=original), "x.eml"
+    ).records
+    assert record.properties["original_message_id"] == "<orig-9@platform.example>"
+    assert record.email_subject == "Weekend sale"
 
 
 def test_encoded_words_beside_raw_utf8_are_decoded_too() -> None:

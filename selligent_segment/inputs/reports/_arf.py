@@ -20,6 +20,7 @@ from selligent_segment.inputs.reports._message import (
     Report,
     address_of,
     blocks,
+    clipped,
     header_text,
     make_record,
     without_comments,
@@ -89,7 +90,7 @@ def arf_records(report: Report, join: Join) -> Parsed | None:
     fields: dict[str, Any] = {"type": _SPAM, "properties": properties}
     if recipient is not None:
         fields["email"] = recipient
-    subject = report.original_header("Subject")
+    subject = clipped(report.original_header("Subject"))
     if subject is not None:
         fields["email_subject"] = subject
     moment = report.date()

@@ -18,6 +18,7 @@ from selligent_segment.inputs.reports._message import (
     Report,
     address_of,
     blocks,
+    clipped,
     date_of,
     header_text,
     make_record,
@@ -62,7 +63,7 @@ def _recipient_fields(report: Report, block: Message, per_message: Message) -> d
     if status is not None:
         fields["smtp_status"] = status
     if diagnostic is not None:
-        fields["bounce_reason"] = diagnostic
+        fields["bounce_reason"] = clipped(diagnostic)
     moment = date_of(header_text(block.get("Last-Attempt-Date"))) or report.date()
     if moment is not None:
         fields["timestamp"] = moment
@@ -77,7 +78,7 @@ def _recipient_fields(report: Report, block: Message, per_message: Message) -> d
     if original_id is not None:
         properties["original_message_id"] = original_id
     fields["properties"] = properties
-    subject = report.original_header("Subject")
+    subject = clipped(report.original_header("Subject"))
     if subject is not None:
         fields["email_subject"] = subject
     return fields

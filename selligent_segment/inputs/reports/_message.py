@@ -5,6 +5,7 @@ deterministic event id, and turning fields into a record or an :class:`InputProb
 from __future__ import annotations
 
 import email
+import email.errors
 import email.header
 import email.parser
 import email.utils
@@ -17,7 +18,7 @@ from email.message import Message
 from typing import Any
 
 from selligent_segment._errors import InvalidEvent
-from selligent_segment._record import CallbackRecord, parse_timestamp
+from selligent_segment._record import MAX_TEXT, CallbackRecord, parse_timestamp
 from selligent_segment.inputs._result import InputProblem, Parsed
 from selligent_segment.inputs._transfer_encoding import undo_transfer_encoding
 from selligent_segment.inputs.reports._join import Join, JoinKey
@@ -26,6 +27,7 @@ __all__ = [
     "Report",
     "address_of",
     "blocks",
+    "clipped",
     "header_text",
     "make_record",
 ]
@@ -38,11 +40,22 @@ _SPACES = re.compile(r"\s+")
 # octets): taken whole. An address starts only after a character it cannot hold (or at
 # the start), and a quoted part is bounded: each search is linear in the text.
 _QUOTED = r'"(?:[^"\\\r\n]|\\.){0,64}"'
-_ANGLE = re.compile(rf"<({_QUOTED}@[^<>\s]+|[^<>\s\"]+@[^<>\s]+)>")
+# An unquoted local part holds no "@": with one, each "@" of an unclosed "<a@a@a@..." was
+# tried as the split, the rest scanned again each time.
+_ANGLE = re.compile(rf"<({_QUOTED}@[^<>\s]+|[^<>\s\"@]+@[^<>\s]+)>")
 _NOT_BARE = r"\s<>()\[\],;:\"'"
 _BARE = re.compile(rf"(?<![^{_NOT_BARE}])(?:{_QUOTED}|[^{_NOT_BARE}]+)@[^{_NOT_BARE}]+")
 #: Envelope headers of a bounce that may hold the VERP address it was returned to.
 _ENVELOPE_HEADERS = ("X-Original-To", "Delivered-To", "Envelope-To", "X-Envelope-To", "To")
+
+
+def clipped(text: str | None) -> str | None:
+    """``text`` cut to a text field's most characters (its end marked ``...``): a report's
+    informational text (a remote server's diagnostic, the original's subject, which the
+    sender of the report controls) never costs the report its record."""
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 3] + "..."
 
 
 def header_text(value: object) -> str | None:
@@ -227,10 +240,20 @@ def _reread(inner: Message, encoding: str) -> Message:
     the encoded text as a message; that text, written back as it was read (no encoding of
     the message's own undone), decoded and read again. Headers only; an empty message
     when it does not decode."""
-    try:
-        raw = inner.as_bytes()
-    except Exception:  # a generator failure on a broken part: no headers
-        return Message()
+    payload = inner.get_payload()
+    if isinstance(payload, str) and any(
+        isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in inner.defects
+    ):
+        # A soft line break of a long header line ("=" then a newline): the parser ended
+        # the headers at the line after it; writing them back would put a blank line
+        # there, and the decoded headers would end at that long line.
+        lines = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
+        raw = (lines + payload).encode("ascii", "surrogateescape")
+    else:
+        try:
+            raw = inner.as_bytes()
+        except Exception:  # a generator failure on a broken part: no headers
+            return Message()
     data = undo_transfer_encoding(raw, encoding)
     if data is None:
         return Message()
@@ -255,6 +278,7 @@ class Report:
         # The report's identity: its own Message-ID, else its bytes.
         self.identity = own or "sha256:" + hashlib.sha256(data).hexdigest()
         self._original: Message | bool | None = False
+        self._original_headers: dict[str, str | None] = {}  # decoded once, not per block
 
     def parts(self) -> list[Message]:
         """Every part, the message first."""
@@ -289,6 +313,10 @@ class Report:
                 encoding = str(part.get("Content-Transfer-Encoding") or "").strip().lower()
                 if inner is not None and encoding in ("base64", "quoted-printable"):
                     inner = _reread(inner, encoding)
+                elif inner is not None and not inner.keys():  # a blank line first: the
+                    body = inner.get_payload()  # headers were read as the body
+                    if isinstance(body, str) and body.strip():
+                        inner = email.parser.HeaderParser().parsestr(body.lstrip())
                 if inner is not None:
                     found = inner
                     break
@@ -302,8 +330,11 @@ class Report:
 
     def original_header(self, name: str) -> str | None:
         """A header of the original message, as text."""
-        original = self.original()
-        return header_text(original.get(name)) if original is not None else None
+        if name not in self._original_headers:
+            original = self.original()
+            text = header_text(original.get(name)) if original is not None else None
+            self._original_headers[name] = text
+        return self._original_headers[name]
 
     def join_key(
         self, join: Join, recipient: str | None, kind: str, envelope: tuple[str, ...] = ()
