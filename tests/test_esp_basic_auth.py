@@ -289,7 +289,12 @@ def sparkpost(kind: str, **extra: Any) -> dict[str, Any]:
             {"link_url": "https://example.com/"},
         ),
         ("unsubscribe_event", sparkpost("list_unsubscribe"), EventKind.UNSUBSCRIBED, {}),
-        ("unsubscribe_event", sparkpost("link_unsubscribe"), EventKind.UNSUBSCRIBED, {}),
+        (
+            "unsubscribe_event",
+            sparkpost("link_unsubscribe", ip_address="192.0.2.8", user_agent="UA"),
+            EventKind.UNSUBSCRIBED,
+            {"ip": "192.0.2.8", "user_agent": "UA"},
+        ),
     ],
 )
 def test_sparkpost_events_map_to_their_kinds(

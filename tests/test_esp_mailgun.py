@@ -165,7 +165,11 @@ def test_the_key_never_shows_in_the_config_repr() -> None:
             EventKind.LINK_CLICKED,
             {"link_url": "https://example.com/x"},
         ),
-        ({"event": "unsubscribed"}, EventKind.UNSUBSCRIBED, {}),
+        (
+            {"event": "unsubscribed", "ip": "198.51.100.4", "client-info": {"user-agent": "UA"}},
+            EventKind.UNSUBSCRIBED,
+            {"ip": "198.51.100.4", "user_agent": "UA"},
+        ),
         ({"event": "complained"}, EventKind.MARKED_AS_SPAM, {}),
         (
             {

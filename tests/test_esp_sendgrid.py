@@ -138,11 +138,15 @@ def test_the_key_never_shows_in_the_config_repr() -> None:
         ),
         ({"event": "bounce", "type": "blocked"}, EventKind.BOUNCED, {"bounce_type": "soft"}),
         ({"event": "spamreport"}, EventKind.MARKED_AS_SPAM, {}),
-        ({"event": "unsubscribe"}, EventKind.UNSUBSCRIBED, {}),
         (
-            {"event": "group_unsubscribe", "asm_group_id": 42},
+            {"event": "unsubscribe", "ip": "203.0.113.9", "useragent": "Mozilla/5.0"},
             EventKind.UNSUBSCRIBED,
-            {"list_id": "42"},
+            {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0"},
+        ),
+        (
+            {"event": "group_unsubscribe", "asm_group_id": 42, "ip": "203.0.113.9"},
+            EventKind.UNSUBSCRIBED,
+            {"list_id": "42", "ip": "203.0.113.9"},
         ),
     ],
 )

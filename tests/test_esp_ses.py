@@ -379,6 +379,20 @@ def test_the_topics_may_be_a_check_per_tenant() -> None:
         hook.handle(body, {}, "globex")
 
 
+def test_a_topic_check_that_raises_is_a_503_which_sns_retries() -> None:
+    """The caller's check (a database lookup) failing for a moment was answered 400:
+    SNS retries no 4xx, so the notification was lost."""
+
+    def check(tenant: str | None, arn: str) -> bool:
+        raise ConnectionError("the tenants database is away")
+
+    hook = SesWebhook(SesConfig(check, fetch=Fetcher(), now=lambda: NOW.timestamp()))
+    with pytest.raises(WebhookRefused) as caught:
+        hook.handle(orjson.dumps(envelope(bounce())), {}, "acme")
+    assert caught.value.status == 503
+    assert caught.value.reason == "the topic check raised ConnectionError; retry"
+
+
 def note(name: str, detail: dict[str, Any], **mail_extra: Any) -> dict[str, Any]:
     key = name[0].lower() + name[1:]
     return {

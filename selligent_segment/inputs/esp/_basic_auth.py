@@ -46,7 +46,7 @@ def check_basic_auth(
 ) -> None:
     """Return when ``headers`` carry the credentials (the password for ``tenant``);
     raise :class:`WebhookRefused` (401) otherwise."""
-    secret = secret_for(password, tenant)
+    secret = secret_for(password, tenant, provider)
     if secret is None:
         raise WebhookRefused(provider, "no credentials for this tenant", status=401)
     if not basic_auth_ok(headers.get("authorization"), username, secret):

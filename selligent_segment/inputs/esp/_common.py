@@ -88,12 +88,26 @@ def ids_from(*sources: object) -> PlatformIds:
     return PlatformIds(**values)
 
 
-def secret_for(secret: Secret, tenant: str | None) -> str | None:
-    """The secret for ``tenant`` (the URL's), or None when the lookup knows none."""
+def secret_for(secret: Secret, tenant: str | None, provider: str) -> str | None:
+    """The secret for ``tenant`` (the URL's), or None when the lookup knows none. A
+    lookup that raises (a secrets store away) is :class:`WebhookRefused` with 503: the
+    provider retries (SNS retries no 4xx)."""
     if isinstance(secret, str):
         return secret
-    found = secret(tenant)
+    found = caller_hook(provider, "secret lookup", secret, tenant)
     return found or None
+
+
+def caller_hook(provider: str, what: str, hook: Callable[..., _T], *args: object) -> _T:
+    """``hook(*args)``, a function the caller gave (a secret lookup, a topic check); what
+    it raises is :class:`WebhookRefused` with 503, naming ``what`` and the exception's type
+    only (its text may hold anything)."""
+    try:
+        return hook(*args)
+    except Exception as exc:
+        raise WebhookRefused(
+            provider, f"the {what} raised {type(exc).__name__}; retry", status=503
+        ) from None
 
 
 class WebhookRefused(InputError):

@@ -126,7 +126,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
         return
     client = event.get("client-info")
     agent = client.get("user-agent") if isinstance(client, dict) else None
-    if kind in (EventKind.OPENED, EventKind.LINK_CLICKED):
+    if kind in (EventKind.OPENED, EventKind.LINK_CLICKED, EventKind.UNSUBSCRIBED):
         fields["ip"] = text(event.get("ip"))
         fields["user_agent"] = text(agent)
     if kind is EventKind.OPENED:
@@ -179,7 +179,7 @@ class MailgunWebhook:
         if len(parts) != 3 or not all(isinstance(p, str) and p for p in parts):
             raise WebhookRefused(PROVIDER, "no signature (timestamp, token, signature)", status=401)
         stamp, token, signature = (str(p) for p in parts)
-        key = secret_for(self.config.signing_key, tenant)
+        key = secret_for(self.config.signing_key, tenant, PROVIDER)
         if key is None:
             raise WebhookRefused(PROVIDER, "no signing key for this tenant")
         if not hmac_ok(key, stamp, token, signature):

@@ -123,6 +123,8 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
             bounce
         )
     elif kind is EventKind.UNSUBSCRIBED:
+        fields["ip"] = text(event.get("ip"))
+        fields["user_agent"] = text(event.get("useragent"))
         fields["list_id"] = text(event.get("asm_group_id"))
     elif kind is EventKind.MARKED_AS_SPAM:
         pass
@@ -147,7 +149,7 @@ class SendGridWebhook:
         stamp = headers.get(TIMESTAMP_HEADER)
         if not signature or not stamp:
             raise WebhookRefused(PROVIDER, "no signature or timestamp header", status=401)
-        key = secret_for(self.config.verification_key, tenant)
+        key = secret_for(self.config.verification_key, tenant, PROVIDER)
         if key is None:
             raise WebhookRefused(PROVIDER, "no verification key for this tenant", status=403)
         try:

@@ -39,6 +39,7 @@ from selligent_segment.inputs.esp._common import (
     Collector,
     IdResolver,
     WebhookRefused,
+    caller_hook,
     ids_from,
     load_json,
     load_json_object,
@@ -317,7 +318,9 @@ class SesWebhook:
         if not isinstance(arn, str):
             return False
         topics = self.config.topic_arns
-        return bool(topics(tenant, arn)) if callable(topics) else arn in topics
+        if callable(topics):
+            return bool(caller_hook(PROVIDER, "topic check", topics, tenant, arn))
+        return arn in topics
 
     def verify(self, body: bytes, tenant: str | None = None) -> SnsMessage:
         """The verified SNS message of ``body``; raises :class:`WebhookRefused`."""

@@ -119,7 +119,7 @@ def _one(out: Collector, index: int, event: dict[str, Any]) -> None:
     }
     if not out.timestamp(index, fields, event.get("timestamp")):
         return
-    if kind in (EventKind.OPENED, EventKind.LINK_CLICKED):
+    if kind in (EventKind.OPENED, EventKind.LINK_CLICKED, EventKind.UNSUBSCRIBED):
         fields["ip"] = text(event.get("ip_address"))
         fields["user_agent"] = text(event.get("user_agent"))
     if kind is EventKind.OPENED:
