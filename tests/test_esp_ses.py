@@ -302,6 +302,31 @@ def test_a_failed_fetch_is_remembered_briefly_and_evicts_no_certificate() -> Non
     assert urls == [CERT_URL, missing, missing]  # asked again once the failure is old
 
 
+def test_a_certificate_fetch_that_failed_is_tried_again_at_snss_next_retry() -> None:
+    """A failed fetch of SNS's real certificate was remembered for 60 s, longer than SNS
+    retries (3 times, 20 s apart, then the message is dropped): every retry got the same
+    503 without a fetch, and the notification was lost."""
+    clock = FakeClock(NOW.timestamp())
+    answers: list[Exception | bytes] = [TimeoutError(), PEM]
+    urls: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        urls.append(url)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    hook = SesWebhook(SesConfig([TOPIC], fetch=fetch, now=clock.monotonic))
+    body = orjson.dumps(envelope(bounce()))
+    with pytest.raises(WebhookRefused) as info:
+        hook.handle(body, {})
+    assert info.value.status == 503
+    clock.advance(20.0)  # SNS's first retry
+    assert hook.handle(body, {}).records
+    assert urls == [CERT_URL, CERT_URL]
+
+
 def test_a_subscription_is_confirmed_through_the_fetcher_only_when_asked() -> None:
     body = orjson.dumps(envelope("You have chosen to subscribe", kind="SubscriptionConfirmation"))
     fetch = Fetcher()

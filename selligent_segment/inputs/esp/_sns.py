@@ -53,9 +53,14 @@ Fetch = Callable[[str], bytes]
 CERT_HOST = re.compile(r"sns\.[a-z]{2}(?:-[a-z]+)+-[0-9]+\.amazonaws\.com(\.cn)?")
 #: The path of SNS's signing certificates.
 CERT_PATH = re.compile(r"/SimpleNotificationService-[0-9a-f]+\.pem")
-#: Seconds a URL whose certificate could not be fetched (or read) is not asked again: a
-#: forged request costs at most one fetch per URL in that time.
+#: Seconds a URL whose answer is not a certificate is not asked again (one whose fetch
+#: failed: :data:`FETCH_RETRY_AFTER`): a forged request costs at most one fetch per URL in
+#: that time.
 FAILURE_TTL = 60.0
+#: Seconds a URL whose fetch failed (a timeout, a 5xx, a network error: perhaps for a
+#: moment) is not asked again: under SNS's 20 s between retries (its default HTTPS
+#: policy retries 3 times, then drops the message), so that each retry fetches again.
+FETCH_RETRY_AFTER = 10.0
 #: Fetches of certificates not in the cache, at most, in any :data:`FAILURE_TTL` seconds:
 #: each forged request may name a URL of its own (the ``<hex>`` is the sender's choice),
 #: and a fetch holds one of the threads every provider's requests share. Beyond it the
@@ -185,8 +190,9 @@ class SnsVerifier:
         return WebhookRefused(self._provider, reason, status=status)
 
     def _failure(self, url: str, reason: str, status: int) -> WebhookRefused:
+        ttl = FETCH_RETRY_AFTER if status == 503 else FAILURE_TTL
         with self._lock:
-            self._failed[url] = (self._now() + FAILURE_TTL, reason, status)
+            self._failed[url] = (self._now() + ttl, reason, status)
             self._failed.move_to_end(url)
             while len(self._failed) > FAILED_URLS:
                 self._failed.popitem(last=False)
