@@ -77,7 +77,7 @@ def _refused_tenant(tenant: str | None) -> InvalidEvent | UnknownTenant:
     """Why a record of ``tenant`` is refused: None is no tenant where ``write_keys`` names
     several (no default), anything else a tenant without a write key."""
     if tenant is None:
-        return InvalidEvent("tenant", "required when write_keys names several tenants")
+        return InvalidEvent("tenant", "required: write_keys names no 'default' tenant")
     return UnknownTenant(tenant)
 
 

@@ -88,6 +88,19 @@ def test_write_key_from_the_environment(server: LocalSegment, tmp_path: Path) ->
     assert "key-acme" not in result.stderr
 
 
+def test_write_keys_given_beside_a_write_key_in_the_environment_are_used(
+    server: LocalSegment, tmp_path: Path, keys_file: str
+) -> None:
+    """``SEGMENT_WRITE_KEY`` is ``--write-key``'s default: it made an explicit
+    ``--write-keys`` a usage error ("give one of ...")."""
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    result = run(
+        data, "--endpoint", server.url, "--write-keys", keys_file, env={"SEGMENT_WRITE_KEY": "k"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert server.accepted_count == 1
+
+
 def test_invalid_lines_are_reported_and_the_rest_delivered(
     server: LocalSegment, tmp_path: Path, keys_file: str
 ) -> None:

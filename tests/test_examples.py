@@ -184,7 +184,7 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
         {
             "error": {
                 "field": "tenant",
-                "reason": "required when write_keys names several tenants",
+                "reason": "required: write_keys names no 'default' tenant",
             }
         },
     )

@@ -244,7 +244,9 @@ def emitter_from_args(args: argparse.Namespace, naming: EventNaming, failed: set
     Raises UsageError, also for a spool file that cannot be used: foreign, newer, damaged
     (every page is read first: see :func:`check_spool`) or not writable.
     """
-    key = args.write_key or os.environ.get("SEGMENT_WRITE_KEY") or None
+    key = args.write_key
+    if key is None and args.write_keys is None:  # the environment is --write-key's default
+        key = os.environ.get("SEGMENT_WRITE_KEY") or None
     if (key is None) == (args.write_keys is None):
         raise UsageError("give one of --write-key (or SEGMENT_WRITE_KEY) or --write-keys FILE.json")
     keys = _load_write_keys(args.write_keys) if args.write_keys else None
