@@ -11,6 +11,7 @@ import os
 import quopri
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from selligent_segment import ConfigurationError
-from selligent_segment.inputs import InputError, Parsed
+from selligent_segment.inputs import InputError, InputProblem, Parsed
 from selligent_segment.inputs.reports import (
     Join,
     JoinKey,
@@ -764,6 +765,37 @@ def test_a_pipe_is_read_once_as_the_same_file_would_be(tmp_path: Path, kind: str
     assert [data for _, data in found] == expected
     names = [f"{fifo}:MESSAGE-{n}" for n in (1, 2, 3)] if kind == "mbox" else [str(fifo)]
     assert [where for where, _ in found] == names
+
+
+def test_an_mbox_through_a_pipe_is_handed_out_message_by_message(tmp_path: Path) -> None:
+    """An mbox through a pipe was read whole, then split, before its first message was
+    handed out: a few GB of bounces needed several times that in memory."""
+    first = (CORPUS / "postfix-user-unknown.eml").read_bytes()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    code = (
+        "import sys; out = open(sys.argv[1], 'wb'); "
+        "out.write(b'From a Sat Nov 21 08:00:00 2026\\n' + open(sys.argv[2], 'rb').read() "
+        "+ b'\\nFrom b Sat Nov 21 08:00:01 2026\\n'); out.flush(); "
+        "sys.stdin.readline(); out.write(b'Subject: second\\n\\nbody\\n')"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code, str(fifo), str(CORPUS / "postfix-user-unknown.eml")],
+        stdin=subprocess.PIPE,
+    )
+    assert writer.stdin is not None
+    got: list[tuple[str, bytes | InputProblem]] = []
+    messages = read_messages(str(fifo))
+    reader = threading.Thread(target=lambda: got.append(next(messages)))
+    try:
+        reader.start()
+        reader.join(30)  # the writer holds the rest back until the first is out
+        assert got == [(f"{fifo}:MESSAGE-1", first)]
+    finally:
+        writer.stdin.write(b"go\n")
+        writer.stdin.close()
+        assert writer.wait(30) == 0
+    assert [where for where, _ in messages] == [f"{fifo}:MESSAGE-2"]
 
 
 def test_a_maildir_gives_its_messages_in_name_order(tmp_path: Path) -> None:

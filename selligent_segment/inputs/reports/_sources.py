@@ -4,10 +4,11 @@ a Maildir, counted from 1 in file order, Maildir messages in name order)."""
 
 from __future__ import annotations
 
+import itertools
 import mailbox
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from selligent_segment.inputs._result import InputError, InputProblem
 
@@ -31,21 +32,21 @@ def check_path(path: str) -> str:
     return "mbox" if start == b"From " else "eml"
 
 
-def _mbox_messages(data: bytes) -> list[bytes]:
-    """The messages of an mbox held in ``data``, as :class:`mailbox.mbox` gives them: each
-    without its ``From `` line and the blank line before the next one."""
-    messages: list[bytes] = []
+def _mbox_messages(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The messages of an mbox read line by line (``\\n`` ends a line, as for
+    :class:`mailbox.mbox`), as it gives them: each without its ``From `` line and the blank
+    line before the next one; each handed out once read, so that an mbox through a pipe
+    is held one message at a time."""
     current: list[bytes] | None = None
-    for line in data.splitlines(keepends=True):
+    for line in lines:
         if line.startswith(b"From "):
             if current is not None:
-                messages.append(_without_separator(b"".join(current)))
+                yield _without_separator(b"".join(current))
             current = []
         elif current is not None:
             current.append(line)
     if current is not None:
-        messages.append(_without_separator(b"".join(current)))
-    return messages
+        yield _without_separator(b"".join(current))
 
 
 def _without_separator(message: bytes) -> bytes:
@@ -66,14 +67,15 @@ def read_messages(path: str) -> Iterator[tuple[str, bytes | InputProblem]]:
     if kind in ("eml", "stream"):
         try:
             with open(path, "rb") as stream:
-                data = stream.read()
+                start = stream.read(5)
+                if kind == "eml" or start != b"From ":
+                    yield path, start + stream.read()
+                    return
+                lines = itertools.chain([start + stream.readline()], stream)
+                for number, message in enumerate(_mbox_messages(lines), 1):  # through a pipe
+                    yield f"{path}:MESSAGE-{number}", message
         except OSError as exc:
             raise InputError(path, "path", f"cannot read: {exc.strerror or exc}") from None
-        if kind == "eml" or not data.startswith(b"From "):
-            yield path, data
-            return
-        for number, message in enumerate(_mbox_messages(data), 1):  # an mbox through a pipe
-            yield f"{path}:MESSAGE-{number}", message
         return
     box: mailbox.Mailbox[mailbox.Message]
     try:
