@@ -383,6 +383,62 @@ def test_a_schema_created_now_is_at_version_2_with_its_counts_kept(
     assert triggers == [("count_added",), ("count_removed",)]
 
 
+def _attach_counting_trigger_as_another_role(
+    postgres: LocalPostgres, schema: str, role: str
+) -> Exception | None:
+    """As ``role`` (allowed to use the schema, as a service role is, and to create tables
+    of its own): a table shaped like the queue with the schema's counting function as its
+    trigger, and a row in it. None when that worked (the row then counted as queued), or
+    the error that stopped it."""
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        admin.execute(f"CREATE SCHEMA {role} AUTHORIZATION {role}")
+    try:
+        url = postgres.url.replace(f"//{postgres.user}@", f"//{role}@", 1)
+        with psycopg.connect(url, autocommit=True) as own:
+            own.execute(f"CREATE TABLE {role}.fake (tenant text, body bytea)")
+            own.execute(
+                f"CREATE TRIGGER forge AFTER INSERT ON {role}.fake REFERENCING NEW TABLE AS "
+                f"added FOR EACH STATEMENT EXECUTE FUNCTION {schema}.count_added()"
+            )
+            own.execute(f"INSERT INTO {role}.fake VALUES ('forged', 'x')")
+        return None
+    except psycopg.Error as exc:
+        return exc
+    finally:
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {role} CASCADE")
+            admin.execute(f"REVOKE ALL ON SCHEMA {schema} FROM {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_another_role_cannot_use_the_counting_functions_to_forge_counts(
+    postgres: LocalPostgres, spool: PostgresSpool, schema: str
+) -> None:
+    """The counting functions run as the schema's owner (SECURITY DEFINER) and were
+    executable by anyone: a role allowed to use the schema could attach them to a table
+    of its own and count rows that are not queued (``flush()`` then never saw an empty
+    queue)."""
+    error = _attach_counting_trigger_as_another_role(postgres, schema, "intruder")
+    assert isinstance(error, psycopg.errors.InsufficientPrivilege)
+    assert "forged" not in spool.stats().per_tenant
+
+
+def test_a_version_2_schema_made_before_is_guarded_by_its_owners_next_start(
+    postgres: LocalPostgres, schema: str
+) -> None:
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        ensure_schema(conn, schema)
+        conn.execute(  # as the release before made them: executable by anyone
+            f"GRANT EXECUTE ON FUNCTION {schema}.count_added(), {schema}.count_removed() TO PUBLIC"
+        )
+        assert ensure_schema(conn, schema) == 2
+    error = _attach_counting_trigger_as_another_role(postgres, schema, "intruder2")
+    assert isinstance(error, psycopg.errors.InsufficientPrivilege)
+
+
 def _seq_scans(conn: psycopg.Connection[Any], schema: str) -> int:
     """Sequential scans of the queue's partitions so far, as the statistics say."""
     conn.execute("SELECT pg_stat_clear_snapshot()")

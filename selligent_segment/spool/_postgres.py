@@ -258,6 +258,37 @@ CREATE TABLE IF NOT EXISTS {s}.last_errors (
     + _ENQUEUE
 )
 
+#: The two counting functions of version 2. They run as the schema's owner (``SECURITY
+#: DEFINER``), so they count for the queue alone: they refuse any other table, and only
+#: their owner may attach them (EXECUTE revoked from PUBLIC; a trigger fires whoever
+#: writes). Otherwise a role allowed to use the schema could attach them to a table of
+#: its own and forge the counts.
+_COUNTING = """
+CREATE OR REPLACE FUNCTION {s}.count_added() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF TG_RELID <> '{s}.messages'::regclass THEN
+        RAISE EXCEPTION 'count_added counts {s}.messages only';
+    END IF;
+    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+        SELECT tenant, count(*), sum(length(body)) FROM added GROUP BY tenant;
+    RETURN NULL;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION {s}.count_removed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    IF TG_RELID <> '{s}.messages'::regclass THEN
+        RAISE EXCEPTION 'count_removed counts {s}.messages only';
+    END IF;
+    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
+        SELECT tenant, -count(*), -sum(length(body)) FROM removed GROUP BY tenant;
+    RETURN NULL;
+END
+$fn$;
+REVOKE EXECUTE ON FUNCTION {s}.count_added(), {s}.count_removed() FROM PUBLIC;
+"""
+
 #: Version 2: the queue's counts per tenant, kept by the database itself, so that
 #: :meth:`PostgresSpool.stats` and ``spool status`` never read the queue. Two
 #: statement-level triggers on ``messages`` (the partitioned root: they see the rows routed
@@ -268,29 +299,16 @@ CREATE TABLE IF NOT EXISTS {s}.last_errors (
 #: rollback). :func:`compact_counts` folds the deltas into one row per tenant now and then.
 #: The trigger functions run as the schema's owner (``SECURITY DEFINER``), so a service
 #: allowed to insert into ``messages`` needs no grant on ``queue_counts``.
-_QUEUE_COUNTS = """
+_QUEUE_COUNTS = (
+    """
 CREATE TABLE IF NOT EXISTS {s}.queue_counts (
     tenant TEXT NOT NULL,
     n BIGINT NOT NULL,
     nbytes BIGINT NOT NULL
 );
-CREATE OR REPLACE FUNCTION {s}.count_added() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
-        SELECT tenant, count(*), sum(length(body)) FROM added GROUP BY tenant;
-    RETURN NULL;
-END
-$fn$;
-CREATE OR REPLACE FUNCTION {s}.count_removed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-BEGIN
-    INSERT INTO {s}.queue_counts (tenant, n, nbytes)
-        SELECT tenant, -count(*), -sum(length(body)) FROM removed GROUP BY tenant;
-    RETURN NULL;
-END
-$fn$;
--- Counted from the rows as they are once the triggers exist: the lock keeps every writer
+"""
+    + _COUNTING
+    + """-- Counted from the rows as they are once the triggers exist: the lock keeps every writer
 -- out from here to the commit, so no row is counted twice or missed.
 LOCK TABLE {s}.messages IN SHARE ROW EXCLUSIVE MODE;
 DROP TRIGGER IF EXISTS count_added ON {s}.messages;
@@ -317,6 +335,7 @@ LANGUAGE sql STABLE SET enable_seqscan = off SET jit = off AS $fn$
                GROUP BY m.tenant) AS l ON l.tenant = c.tenant
 $fn$;
 """
+)
 
 #: Seconds an upgrade waits for the queue (the writers wait behind it meanwhile).
 MIGRATION_LOCK_TIMEOUT = 5.0
@@ -479,6 +498,7 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
         if version is not None and version > SCHEMA_VERSION:
             raise newer_schema(schema, version)
         if version == SCHEMA_VERSION:
+            _guard_counting(conn, schema)
             return version
         if version is None:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
@@ -501,6 +521,30 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
                 "nothing was changed; try again (selligent-segment spool init)"
             ) from None
         return version
+
+
+def _guard_counting(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Bring the counting functions of a version-2 schema an earlier release made (any
+    role could attach them) to :data:`_COUNTING`'s: their owner does it, once, at its next
+    start (the functions keep their names and what they count: hosts of either release
+    go on meanwhile); a start by another role leaves them, and says so."""
+    row = conn.execute(
+        "SELECT has_function_privilege('public', p.oid, 'EXECUTE'), "
+        "pg_has_role(p.proowner, 'USAGE') FROM pg_proc p WHERE p.oid = %s::regprocedure",
+        (f"{schema}.count_added()",),
+    ).fetchone()
+    if row is None or not row[0]:
+        return
+    if not row[1]:
+        log.warning(
+            "schema %s: its counting functions may still be attached by any role that may "
+            "use the schema, to forge the queue's counts; run selligent-segment spool init "
+            "once as the schema's owner to guard them",
+            schema,
+            extra={"reason": "spool_schema"},
+        )
+        return
+    conn.execute(_COUNTING.format(s=schema))
 
 
 def compact_counts(conn: psycopg.Connection[Any], schema: str) -> int:
