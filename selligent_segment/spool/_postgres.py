@@ -530,7 +530,7 @@ def _guard_counting(conn: psycopg.Connection[Any], schema: str) -> None:
     go on meanwhile); a start by another role leaves them, and says so."""
     row = conn.execute(
         "SELECT has_function_privilege('public', p.oid, 'EXECUTE'), "
-        "pg_has_role(p.proowner, 'USAGE') FROM pg_proc p WHERE p.oid = %s::regprocedure",
+        "pg_has_role(p.proowner, 'USAGE') FROM pg_proc p WHERE p.oid = to_regprocedure(%s)",
         (f"{schema}.count_added()",),
     ).fetchone()
     if row is None or not row[0]:
