@@ -347,6 +347,8 @@ def normalize(data):
     cdef str text
     cdef bint kind_only = False  # a field of _KIND_ONLY is set: _NOT_FOR's check to do
     for key, value in (<dict>data).items():
+        if type(key) is not str and isinstance(key, str):  # a StrEnum's member: plain
+            key = str.__str__(key)  # text, as orjson takes keys (journal, message id)
         if type(value) is str:
             text = <str>value
             if key in _PLAIN_TEXT and PyUnicode_IS_ASCII(text) and len(text) <= _MAX_TEXT:

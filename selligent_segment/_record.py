@@ -128,7 +128,7 @@ def _int_text(field: str, value: int) -> str:
             field, f"integer too long (over {_MAX_INT_DIGITS} digits); give a long id as text"
         )
     try:
-        return str(value)
+        return int.__repr__(value)  # an int subclass's (an Enum's) own str() is not its digits
     except ValueError:  # the interpreter's own limit (sys.set_int_max_str_digits) is lower
         raise InvalidEvent(field, "integer too long to turn into text; give it as text") from None
 
@@ -266,6 +266,9 @@ def parse_timestamp(value: object, field: str = "timestamp") -> datetime | None:
     if utc > latest:
         moment = format_timestamp(utc)
         raise InvalidEvent(field, f"{moment} is more than a day in the future")
+    offset = value.utcoffset()
+    if offset is not None and (offset.seconds % 60 or offset.microseconds):
+        value = utc  # an offset of seconds: orjson writes whole minutes (journal, database)
     if type(value) is not datetime:  # a subclass (pandas' Timestamp): orjson refuses it
         value = _plain_datetime(value)
     return value
@@ -337,6 +340,8 @@ def _json_value(path: str, value: Any, depth: int = 0) -> Any:
         if not value.is_finite():
             raise InvalidEvent(path, f"{value} cannot be sent as JSON")
         if value == value.to_integral_value():
+            if value.adjusted() > 19:  # over 2**64 (int() of 1e1000000 took 26 s)
+                raise InvalidEvent(path, "integer out of JSON's 64-bit range")
             return _json_value(path, int(value), depth)
         return float(value)
     if isinstance(value, uuid.UUID):
@@ -359,6 +364,7 @@ def _properties(value: object) -> dict[str, Any]:
             raise InvalidEvent(
                 f"properties.{key}", "is a spec property; set the record field of that name"
             )
+        key = str.__str__(key)  # a str subclass's key (a StrEnum): orjson takes str only
         if item is not None:  # no nulls: an absent property is simply not sent
             try:
                 out[key] = _json_value(f"properties.{key}", item)
@@ -404,6 +410,7 @@ def _integrations(value: object) -> dict[str, Any]:
         if not isinstance(key, str) or not key.strip() or not key.isprintable():
             reason = f"destination name {shown(key)} is not non-blank printable text"
             raise InvalidEvent("integrations", reason)
+        key = str.__str__(key)  # a str subclass's key: orjson takes plain str keys only
         path = f"integrations.{key}"
         if isinstance(item, bool):
             out[key] = item
@@ -424,6 +431,7 @@ def _context(value: object) -> dict[str, Any]:
         if not isinstance(key, str) or not _CONTEXT_KEY_RE.fullmatch(key):
             reason = f"key {shown(key)} is not a name (a letter, then letters, digits or _)"
             raise InvalidEvent("context", reason)
+        key = str.__str__(key)  # a str subclass's key: orjson takes plain str keys only
         reserved = RESERVED_CONTEXT.get(key)
         if reserved is not None:
             raise InvalidEvent(f"context.{key}", reserved)
@@ -514,6 +522,8 @@ def plain_normalize(data: Mapping[str, Any]) -> dict[str, Any]:
     # 17%), and the kind looked up by its exact name; tests/test_shortcuts.py proves the
     # result and the errors the same as the validators' in _VALIDATORS.
     for key, value in data.items():
+        if key.__class__ is not str and isinstance(key, str):  # a StrEnum's member: plain
+            key = str.__str__(key)  # text, as orjson takes keys (journal, message id)
         if (
             key in _PLAIN_TEXT
             and value.__class__ is str

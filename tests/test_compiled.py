@@ -11,6 +11,7 @@ builds them: a C compiler is there), so the rest of the tests check them too.
 
 from __future__ import annotations
 
+import enum
 import errno
 import fcntl
 import os
@@ -248,6 +249,15 @@ def test_one_bad_field_in_a_valid_record_gives_the_plain_paths_error(
     assert outcome(normalize_twin, data) == outcome(_record.plain_normalize, data)
 
 
+class _Key(str, enum.Enum):
+    """Field names as members of an enum of str (a StrEnum): keys made plain text."""
+
+    TYPE = "type"
+    EMAIL = "email"
+    REF = "ref"
+    NOPE = "no_such_field"
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -260,6 +270,8 @@ def test_one_bad_field_in_a_valid_record_gives_the_plain_paths_error(
         {"email": "a@b.co"},
         {"type": "opened", "email": "  "},
         {"type": "bounce", "email": "a@b.co", "link_url": "u"},
+        {_Key.TYPE: "opened", _Key.EMAIL: "a@b.co", "properties": {_Key.REF: 1}},
+        {_Key.TYPE: "opened", _Key.EMAIL: "a@b.co", _Key.NOPE: 1},
     ],
 )
 def test_the_normalize_twin_on_the_edges(data: Any) -> None:

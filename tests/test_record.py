@@ -1010,3 +1010,68 @@ def test_subclasses_of_plain_values_become_the_plain_values() -> None:
     assert type(properties["nested"]["k"][0]) is float
     assert fields == normalize({**fields, "timestamp": moment})  # the same as plain values
     assert isinstance(orjson.dumps(fields), bytes)
+
+
+class _Field(str, enum.Enum):
+    """Field and property names kept in an enum of str, as callers do (a StrEnum)."""
+
+    TYPE = "type"
+    EMAIL = "email"
+    CAMPAIGN = "campaign_ref"
+    HUBSPOT = "HubSpot"
+    LOCALE = "locale"
+
+    def __str__(self) -> str:
+        return f"_Field.{self.name}"
+
+
+def test_str_subclass_keys_of_the_record_and_its_objects_become_plain_text() -> None:
+    """A StrEnum's members as the keys of ``properties``, ``integrations`` or
+    ``context`` stayed members: orjson refuses them as keys, so the message could not be
+    written (a TypeError from ``emit``; with a spool file ``emit_many`` lost the records
+    beside)."""
+    fields = normalize(
+        {
+            _Field.TYPE: "opened",
+            _Field.EMAIL: EMAIL,
+            "properties": {_Field.CAMPAIGN: 7},
+            "integrations": {_Field.HUBSPOT: False},
+            "context": {_Field.LOCALE: "fr-FR"},
+        }
+    )
+    for inner in ("properties", "integrations", "context"):
+        assert all(type(key) is str for key in fields[inner])
+    assert fields["properties"] == {"campaign_ref": 7}
+    body = orjson.loads(encode_fields(fields, "acme", EventNaming(), None).body)
+    assert body["properties"]["campaign_ref"] == 7
+    assert body["integrations"]["HubSpot"] is False
+    assert body["context"]["locale"] == "fr-FR"
+
+
+def test_an_offset_of_seconds_is_taken_in_utc_so_the_journal_keeps_it() -> None:
+    """``+00:00:30`` was kept: orjson writes offsets in whole minutes, so a record read
+    back from a journal or a queue row had another timestamp and another messageId."""
+    moment = parse_timestamp("2024-03-01T12:00:00+00:00:30")
+    assert moment == datetime(2024, 3, 1, 11, 59, 30, tzinfo=UTC)
+    assert moment.utcoffset() == timedelta(0)
+    fields = normalize({"type": "opened", "email": EMAIL, "timestamp": moment})
+    again = revive(orjson.loads(orjson.dumps(fields)))
+    naming = EventNaming()
+    assert encode_fields(again, "acme", naming, None) == encode_fields(fields, "acme", naming, None)
+
+
+def test_a_huge_integral_decimal_is_refused_without_building_the_integer() -> None:
+    with pytest.raises(InvalidEvent) as info:
+        normalize({"type": "opened", "email": EMAIL, "properties": {"n": Decimal("1e100000")}})
+    assert (info.value.field, info.value.reason) == (
+        "properties.n",
+        "integer out of JSON's 64-bit range",
+    )
+
+
+def test_an_int_enum_id_is_sent_as_its_digits_not_its_name() -> None:
+    class Campaign(int, enum.Enum):
+        SPRING = 42
+
+    fields = normalize({"type": "opened", "email": EMAIL, "campaign_id": Campaign.SPRING})
+    assert fields["campaign_id"] == "42"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import enum
 import hashlib
 import http.client
 import logging
@@ -965,6 +966,36 @@ def test_forked_children_deliver_the_shared_file_and_never_resend(
     assert server.message_ids() == ids(*emitted, *children)
     assert server.duplicates == 0
     assert query(path, "SELECT count(*) FROM messages") == [(0,)]
+
+
+def test_records_keyed_by_a_str_enum_are_journaled_and_delivered(
+    tmp_path: Path, server: LocalSegment
+) -> None:
+    """Field and property names kept in an enum of str: orjson refused its members as
+    keys, and ``emit_many`` raised TypeError, losing the records beside them."""
+
+    class Field(str, enum.Enum):
+        TYPE = "type"
+        EMAIL = "email"
+        TENANT = "tenant"
+        EVENT_ID = "event_id"
+        CAMPAIGN = "campaign_ref"
+
+    records = [
+        {
+            Field.TYPE: "opened",
+            Field.EMAIL: f"u{i}@example.com",
+            Field.TENANT: "acme",
+            Field.EVENT_ID: f"e-{i}",
+            "properties": {Field.CAMPAIGN: i},
+        }
+        for i in range(3)
+    ]
+    em = emitter(server, tmp_path / "spool.db")
+    assert em.emit_many(records).accepted == 3
+    assert em.flush(10)
+    assert em.close()
+    assert sorted(e["properties"]["campaign_ref"] for e in server.events()) == [0, 1, 2]
 
 
 def test_emit_many_refuses_bad_records_by_index_and_accepts_the_rest(
