@@ -147,6 +147,10 @@ def test_events_emitted_but_still_in_the_journal_count_as_not_delivered() -> Non
     part = stats(acme=TenantStats(accepted=4, delivered=4))
     assert send_run(part, {}, left={}, emitted={"acme": 6}).not_delivered == 2
     assert send_run(part, {}, left={}, emitted={"acme": 4}).not_delivered == 0
+    # The file readable meanwhile (WAL): what this run put in it since it began, nothing.
+    shared = send_run(stuck, {}, left={}, recent={}, emitted={"acme": 6})
+    (acme,) = shared.tenants
+    assert (acme.accepted, acme.delivered, acme.not_delivered) == (6, 0, 6)
 
 
 def test_a_resumed_run_tells_its_events_from_those_earlier_runs_left() -> None:

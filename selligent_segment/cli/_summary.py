@@ -190,8 +190,7 @@ def send_run(
     rows = []
     for tenant in sorted(names):
         d = stats.tenants.get(tenant, TenantStats())
-        if emitted.get(tenant, 0) > d.accepted:
-            d = attrs.evolve(d, accepted=emitted[tenant])
+        unfiled = max(0, emitted.get(tenant, 0) - d.accepted)  # in the journal: not sent
         queued = d.queued if left is None else left.get(tenant, 0)
         failed = sum(d.rejected.values()) + sum(d.dropped.values())
         earlier = max(0, d.delivered + failed + queued - d.accepted)
@@ -207,9 +206,9 @@ def send_run(
         rows.append(
             TenantRun(
                 tenant,
-                accepted=d.accepted,
+                accepted=d.accepted + unfiled,
                 delivered=delivered,
-                not_delivered=d.accepted - delivered + refused,
+                not_delivered=d.accepted - delivered + refused + unfiled,
                 not_accepted=refused,
                 earlier_delivered=earlier_delivered,
                 earlier_left=earlier_left,
