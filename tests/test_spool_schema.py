@@ -5,13 +5,19 @@ read (:func:`snapshot`)."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from selligent_segment._errors import SpoolError
+from selligent_segment.spool import _schema
+from selligent_segment.spool._file import SpoolFile
 from selligent_segment.spool._schema import open_db, snapshot, transaction
 
 
@@ -128,10 +134,13 @@ def test_a_second_open_in_the_same_process_keeps_the_first_connections_locks(
 def test_a_forked_child_that_opens_the_file_again_holds_its_own_locks(tmp_path: Path) -> None:
     """A forked child inherits the parent's connection but not its locks; the file opened
     again in the child must lock it for real, so that the parent closing (its emitter, at
-    exit) cannot delete the WAL the child still writes to."""
+    exit) cannot delete the WAL the child still writes to. The parent's connection is a
+    ``SpoolFile``'s, as the library's connections are: used under its lock only."""
     path = tmp_path / "spool.db"
-    db = open_db(path)
-    _mark(db, "parent")
+    open_db(path).close()
+    view = SpoolFile(path)
+    with view._connection(write=True) as db:
+        _mark(db, "parent")
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -147,9 +156,65 @@ def test_a_forked_child_that_opens_the_file_again_holds_its_own_locks(tmp_path: 
             os._exit(code)
     try:
         assert os.read(ready_r, 1) == b"r"
-        db.close()
+        view.close()
     finally:
         os.write(go_w, b"g")
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert _rows_seen_by_another_process(path) == 2
+
+
+def test_a_fork_while_a_thread_opens_the_file_leaves_that_connection_to_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread was inside SQLite with a connection it was opening (waiting for another
+    process's write lock) when the main thread forked: the child closed that connection,
+    and waited for ever on its SQLite mutex, held in the child's copy (a Popen with a
+    preexec_fn hung its parent too). Only connections idle at the fork are closed."""
+    monkeypatch.setattr(_schema, "BUSY_TIMEOUT", 3.0)
+    path = tmp_path / "spool.db"
+    path.touch()  # another process creating the spool at the same moment
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "db.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None
+    assert holder.stdin is not None
+    assert holder.stdout.readline() == b"locked\n"
+    opened: list[object] = []
+    opener = threading.Thread(target=lambda: opened.append(_try_open(path)))
+    try:
+        opener.start()
+        deadline = time.monotonic() + 10
+        while not _schema._files._open and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling for the connection to exist: nothing signals it
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the at-fork hooks have run
+        deadline = time.monotonic() + 20
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a child's exit: waitpid has no timeout
+        if not done[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid, "the forked child hung in its at-fork hooks"
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        opener.join(30)
+
+
+def _try_open(path: Path) -> object:
+    try:
+        db = open_db(path)
+    except SpoolError as exc:
+        return exc
+    db.close()
+    return db

@@ -316,8 +316,9 @@ class _OpenFiles:
 
     A forked child inherits the connections but not their locks, while SQLite's copy of its
     bookkeeping says they are held: a connection the child opened beside them would lock
-    nothing. So the child closes every inherited one (which leaves the parent's locks
-    alone) before it opens a spool file again (:meth:`close_inherited`)."""
+    nothing. So the child closes the inherited ones (which leaves the parent's locks
+    alone) before it opens a spool file again (:meth:`close_inherited`): those idle at the
+    fork, which are all of them unless a thread was opening one at that moment."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -346,14 +347,18 @@ class _OpenFiles:
         return any(db.file_id == (st.st_dev, st.st_ino) for db in self._open)
 
     def close_inherited(self) -> None:
-        """In a forked child: close the connections inherited from the parent. First
-        called by the at-fork hooks, before the child has other threads."""
+        """In a forked child: close the connections inherited from the parent that were
+        idle at the fork (:data:`_idle_at_fork`: their owner's lock held over it, so no
+        thread was inside SQLite with them); closing one a thread was using would wait for
+        ever on its SQLite mutex, held in the child's copy: any other is left open, never
+        used. First called by the at-fork hooks, before the child has other threads."""
         if self._pid == os.getpid():
             return
         self.lock = threading.Lock()  # the parent's copy may have been held at the fork
-        inherited, self._open = list(self._open), weakref.WeakSet()
+        self._open = weakref.WeakSet()
         self._pid = os.getpid()
-        for db in inherited:
+        idle, _idle_at_fork[:] = list(_idle_at_fork), []
+        for db in idle:
             with contextlib.suppress(sqlite3.Error):
                 sqlite3.Connection.close(db)
 
@@ -574,17 +579,28 @@ class ForkSafe:
 
 _guarded: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
 _held_over_fork: list[threading.Lock] = []
+#: The connections of the owners whose lock is held over a fork: idle, so a forked child
+#: may close them (see :meth:`_OpenFiles.close_inherited`).
+_idle_at_fork: list[sqlite3.Connection] = []
 
 
 def _before_fork() -> None:
     for owner in list(_guarded):
         if owner._lock.acquire(timeout=60):
             _held_over_fork.append(owner._lock)
+            db = getattr(owner, "_db", None)
+            if isinstance(db, sqlite3.Connection):
+                _idle_at_fork.append(db)
 
 
 def _after_fork() -> None:
     while _held_over_fork:
         _held_over_fork.pop().release()
+
+
+def _after_fork_in_parent() -> None:
+    _idle_at_fork.clear()
+    _after_fork()
 
 
 def _after_fork_in_child() -> None:
@@ -593,5 +609,5 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(
-    before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork_in_child
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
 )

@@ -257,7 +257,6 @@ class SqliteSpool(ForkSafe):
         self._defer_acks = defer_acks
         self._db = open_db(path, fsync=fsync)
         self._lock = threading.Lock()
-        self._guard_over_fork()
         self._dir = journal_dir(path)
         try:
             self._journal = Journal(self._dir, fsync=fsync)
@@ -293,6 +292,7 @@ class SqliteSpool(ForkSafe):
         self._data_version = -1
         self._last_refresh = float("-inf")
         self._closed = False
+        self._guard_over_fork()  # from here on, the connection is used under the lock only
 
     def __repr__(self) -> str:
         return f"<SqliteSpool {str(self.path)!r} owner={self.owner}>"
