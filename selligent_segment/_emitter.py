@@ -778,7 +778,13 @@ class Emitter(ClosedOnExit):
 
     def _spool_unwritable(self) -> bool:
         """True while the encoder cannot write the spool file (for observability)."""
-        return self._backpressure.ingest_failing
+        return self._backpressure.writes_failing()
+
+    def _spool_busy(self) -> bool:
+        """True while the encoder writes the spool file, or tries again (for
+        observability: :meth:`stats` would wait for it)."""
+        pressure = self._backpressure
+        return pressure.ingest_failing or pressure.writing_since is not None
 
     def _counters_only(self) -> Stats:
         """:meth:`stats` without the backlog (``queued`` empty), which it reads from the

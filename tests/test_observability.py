@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from selligent_segment import ConfigurationError, Emitter, SelligentSegmentError
 from selligent_segment.delivery._stats import LastError, Stats
+from selligent_segment.intake import _backpressure
 from selligent_segment.observability import (
     METRICS,
     HealthStatus,
@@ -32,7 +33,6 @@ from selligent_segment.observability import (
     register_otel_metrics,
     samples,
 )
-from selligent_segment.spool import _schema
 from selligent_segment.spool._file import SpoolStatus
 from selligent_segment.testing import LocalSegment
 
@@ -314,8 +314,9 @@ def test_a_spool_file_the_emitter_cannot_write_degrades_health_at_once(
 ) -> None:
     """Another process held the file's write lock: the events went to the journal only,
     and health said ``healthy`` with no backlog (each check waiting 25 s for the
-    emitter's spool) while nothing was delivered."""
-    monkeypatch.setattr(_schema, "BUSY_TIMEOUT", 0.05)  # the encoder's writes fail fast
+    emitter's spool) while nothing was delivered. A write waiting longer than
+    ``WRITE_STALL`` (5 s) counts as failing; the busy timeout (30 s) is left as it is."""
+    monkeypatch.setattr(_backpressure, "WRITE_STALL", 0.05)
     emitter = _emitter(segment, tmp_path)
     try:
         emitter.emit(record("acme", 1))

@@ -20,6 +20,9 @@ log = logging.getLogger("selligent_segment")
 
 #: Seconds between two ERROR lines about a full spool (or a spool that cannot be written).
 LOG_EVERY = 10.0
+#: Seconds a spool write may take before :meth:`Backpressure.writes_failing` says it fails
+#: (one normally takes milliseconds).
+WRITE_STALL = 5.0
 #: Seconds between two looks at a shared table's size while ``emit`` blocks for room.
 TABLE_POLL = 0.25
 
@@ -60,10 +63,19 @@ class Backpressure:
         self.at_cap = False
         #: True while the encoder cannot write the spool file (it keeps retrying).
         self.ingest_failing = False
+        #: When the encoder's write in progress began (``time.monotonic()``; None: none).
+        self.writing_since: float | None = None
         self._now = now
         self._throttle = Throttle(LOG_EVERY)
         self._log_lock = threading.Lock()
         self._refused_unlogged = 0  # refused events no line has counted yet
+
+    def writes_failing(self) -> bool:
+        """True while the encoder cannot write the spool file: a write failed and is being
+        tried again, or the one in progress has waited over :data:`WRITE_STALL` seconds
+        (for another process's lock, say: a first failure takes the busy timeout, 30 s)."""
+        since = self.writing_since
+        return self.ingest_failing or (since is not None and time.monotonic() - since > WRITE_STALL)
 
     def notify(self) -> None:
         """Records left the inbox: wake ``emit`` calls waiting for room."""

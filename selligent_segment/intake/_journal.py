@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -317,8 +318,12 @@ class JournalIntake:
         applies."""
         while True:
             pressure = self.downstream.backpressure
+            pressure.writing_since = time.monotonic()  # a write that waits long fails too
             try:
-                self.spool.put_many(chunk.messages, marks, chunk.dead, chunk.records, keep=True)
+                try:
+                    self.spool.put_many(chunk.messages, marks, chunk.dead, chunk.records, keep=True)
+                finally:
+                    pressure.writing_since = None
                 pressure.ingest_failing = False
                 return
             except SpoolError as exc:

@@ -175,7 +175,7 @@ class Source:
         """Read now. Never raises for an unreadable spool (see ``spool_error``)."""
         emitter = self._emitter
         unwritable = emitter is not None and emitter._spool_unwritable()
-        stats, stats_error = self._stats(unwritable)
+        stats, stats_error = self._stats()
         spool, used, error = self._reader.status()
         if stats_error is not None and error is None:  # the spool failed the Emitter
             spool, used, error = None, None, stats_error
@@ -227,15 +227,15 @@ class Source:
             spool_unwritable=unwritable,
         )
 
-    def _stats(self, unwritable: bool) -> tuple[Stats | None, str | None]:
+    def _stats(self) -> tuple[Stats | None, str | None]:
         """The Emitter's counters (None without one), or None and why not: ``stats()``
         reads the backlog from the spool, which may be damaged or out of reach. While
-        the spool cannot be written, the counters alone: ``stats()`` would wait for the
-        spool, which an encoder retrying a locked file holds for its busy timeout (the
-        backlog is read from the file below)."""
+        the Emitter writes its spool file, the counters alone: ``stats()`` would wait for
+        the spool, which the encoder holds while its write waits (for another process's
+        lock: up to 30 s); the backlog is read from the file below anyway."""
         if self._emitter is None:
             return None, None
-        if unwritable:
+        if self._reader.path is not None and self._emitter._spool_busy():
             return self._emitter._counters_only(), None
         try:
             return self._emitter.stats(), None
