@@ -108,6 +108,7 @@ def test_bounce_type_follows_the_status_class_with_its_exceptions(
     [
         ("delivery to user450@example.net failed", None),
         ("host mx250-1.example.net said: 550 no such user", "550"),
+        ("host mx-450-a.example.net said: 550 no such user", "550"),
         ("550-5.1.1 The email account that you tried to reach does not exist", "550"),
         ("smtp;421 try later", "421"),
     ],

@@ -25,7 +25,7 @@ SOFT_PERMANENT: dict[str, str] = {
 
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 # Not inside a word, an address or a host name (``user450@``, ``mx250-1.example``).
-_BASIC = re.compile(r"(?<![\w.@])([245])\d\d(?![\w.@])")
+_BASIC = re.compile(r"(?<![\w.@-])([245])\d\d(?![\w.@])")
 
 
 def status_in(text: str | None) -> str | None:
