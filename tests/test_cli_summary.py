@@ -377,8 +377,7 @@ def test_flush_with_journals_no_live_process_holds_is_not_done() -> None:
     stuck = attrs.evolve(spool_status(), journal_bytes=1387, processes=0)
     assert flush_summary(0, stuck) == [
         "delivered 0 events; 0 left in /var/spool.db",
-        "1387 bytes of journals are not in the file yet: the next start (or flush) "
-        "replays them",
+        "1387 bytes of journals are not in the file yet: the next start (or flush) replays them",
     ]
     assert flush_exit_status(stuck) == EXIT_UNDELIVERED
     live = attrs.evolve(spool_status(), journal_bytes=1387, processes=1)  # theirs
