@@ -71,6 +71,18 @@ def sendgrid_request(events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str
     }
 
 
+def mailgun_body(token: str, event: dict[str, Any]) -> bytes:
+    """A Mailgun post of ``event`` (its ``timestamp`` added), signed now with ``token``."""
+    stamp = str(int(NOW))
+    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
+    return orjson.dumps(
+        {
+            "signature": {"timestamp": stamp, "token": token, "signature": signature},
+            "event-data": {**event, "timestamp": 1_794_999_000},
+        }
+    )
+
+
 def sg_event(i: int, name: str = "delivered", **extra: Any) -> dict[str, Any]:
     return {
         "email": f"user{i}@example.com",
@@ -165,19 +177,8 @@ def test_mailgun_replay_refused_but_a_retry_after_a_503_accepted(
 ) -> None:
     clock = FakeClock(NOW)
     hook = MailgunWebhook(MailgunConfig(MAILGUN_KEY, now=clock.monotonic))
-    stamp, token = str(int(NOW)), "tok-1"
-    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
-    event = {
-        "id": "mg-1",
-        "event": "delivered",
-        "recipient": "ada@example.com",
-        "timestamp": 1_794_999_000,
-    }
-    body = orjson.dumps(
-        {
-            "signature": {"timestamp": stamp, "token": token, "signature": signature},
-            "event-data": event,
-        }
+    body = mailgun_body(
+        "tok-1", {"id": "mg-1", "event": "delivered", "recipient": "ada@example.com"}
     )
     closed = Emitter(endpoint=server.url, write_keys={"acme": "key-acme"})
     closed.close(1)
@@ -217,14 +218,8 @@ def test_an_emitter_that_raises_is_a_503_and_mailguns_retry_is_accepted(
     remembered, so Mailgun's retry was refused as a replay and the event lost."""
     clock = FakeClock(NOW)
     hook = MailgunWebhook(MailgunConfig(MAILGUN_KEY, now=clock.monotonic))
-    stamp, token = str(int(NOW)), "tok-9"
-    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
-    event = {"id": "mg-9", "event": "unsubscribed", "recipient": "a@example.com"}
-    body = orjson.dumps(
-        {
-            "signature": {"timestamp": stamp, "token": token, "signature": signature},
-            "event-data": {**event, "timestamp": 1_794_999_000},
-        }
+    body = mailgun_body(
+        "tok-9", {"id": "mg-9", "event": "unsubscribed", "recipient": "a@example.com"}
     )
     failing = _FailingOnce(emitter, error)
     with serve_asgi(webhooks_app(failing, {"mailgun": hook})) as url:  # type: ignore[arg-type]
@@ -245,15 +240,7 @@ def test_a_request_failing_before_its_token_is_recorded_does_not_free_a_captured
         return {"acme": MAILGUN_KEY}[tenant or ""]  # KeyError for any other tenant
 
     hook = MailgunWebhook(MailgunConfig(key_of, now=FakeClock(NOW).monotonic))
-    stamp, token = str(int(NOW)), "tok-7"
-    signature = hmac.new(MAILGUN_KEY.encode(), (stamp + token).encode(), hashlib.sha256).hexdigest()
-    event = {"id": "mg-7", "event": "delivered", "recipient": "a@example.com"}
-    body = orjson.dumps(
-        {
-            "signature": {"timestamp": stamp, "token": token, "signature": signature},
-            "event-data": {**event, "timestamp": 1_794_999_000},
-        }
-    )
+    body = mailgun_body("tok-7", {"id": "mg-7", "event": "delivered", "recipient": "a@example.com"})
     with serve_asgi(webhooks_app(emitter, {"mailgun": hook})) as url:
         assert post(url, "/mailgun/acme", body)[0] == 200
         assert post(url, "/mailgun/acme", body)[0] == 403
