@@ -12,13 +12,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from selligent_segment._errors import SpoolError
-from selligent_segment.spool import _schema
+from selligent_segment.spool import _schema, _sqlite
 from selligent_segment.spool._file import SpoolFile
 from selligent_segment.spool._schema import open_db, snapshot, transaction
+from selligent_segment.spool._sqlite import SqliteSpool
 
 
 def _db(path: Path) -> sqlite3.Connection:
@@ -218,3 +220,105 @@ def _try_open(path: Path) -> object:
         return exc
     db.close()
     return db
+
+
+def test_a_child_forked_while_a_thread_holds_an_owners_lock_past_the_wait_can_use_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork waits for each owner's lock (``FORK_LOCK_WAIT``), then goes on: the child's
+    copy of a lock a thread still held was held for ever, and the child's first use of
+    that ``SpoolFile`` (``health()``'s reader) hung."""
+    monkeypatch.setattr(_schema, "FORK_LOCK_WAIT", 0.05)
+    path = tmp_path / "spool.db"
+    open_db(path).close()
+    view = SpoolFile(path)
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with view._lock:
+            taken.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                view.status()
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling a child's exit: waitpid has no timeout
+        if not ended[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert ended[0] == pid, "the child hung on its copy of the held lock"
+        assert os.waitstatus_to_exitcode(ended[1]) == 0
+    finally:
+        done.set()
+        holder.join(30)
+        view.close()
+
+
+#: Events set just before a fork's other hooks run (a hook registered later runs first).
+_before_fork: list[threading.Event] = []
+os.register_at_fork(before=lambda: [event.set() for event in _before_fork])
+
+
+def test_a_child_forked_while_a_spool_is_being_built_holds_its_own_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork while another thread built a ``SqliteSpool`` (its connection open, not yet
+    guarded over forks) left that connection open in the child, whose own connection then
+    locked nothing: the parent closing first deleted the WAL the child wrote to."""
+    path = tmp_path / "spool.db"
+    open_db(path).close()
+    inside, forking = threading.Event(), threading.Event()
+    real_journal = _sqlite.Journal
+
+    def journal(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        forking.wait(30)  # the fork has begun
+        return real_journal(*args, **kwargs)
+
+    monkeypatch.setattr(_sqlite, "Journal", journal)
+    built: list[SqliteSpool] = []
+    builder = threading.Thread(
+        target=lambda: built.append(SqliteSpool(path, max_bytes=1 << 24, decoder=None))
+    )
+    builder.start()
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    try:
+        assert inside.wait(10)
+        _before_fork.append(forking)
+        pid = os.fork()
+        if pid == 0:  # the child: opens the file again, as a forked emitter does
+            code = 1
+            try:
+                own = open_db(path)
+                os.write(ready_w, b"r")
+                os.read(go_r, 1)  # the parent has closed its spool
+                _mark(own, "child")
+                code = 0
+            finally:
+                os._exit(code)
+        _before_fork.clear()
+        os.close(ready_w)
+        os.close(go_r)
+        builder.join(30)
+        (spool,) = built
+        assert os.read(ready_r, 1) == b"r"
+        spool.close()
+    finally:
+        _before_fork.clear()
+        forking.set()
+        os.write(go_w, b"g")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _rows_seen_by_another_process(path) == 1

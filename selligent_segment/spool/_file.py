@@ -174,11 +174,12 @@ class SpoolFile(ForkSafe, ClosedOnExit):
         self.path: Path = spool_path(spool)
         #: Why this process may not write the file (None: it may).
         self.read_only: str | None = unwritable(self.path) if self.path.exists() else None
-        self._db: sqlite3.Connection = self._open()
         self._pid = os.getpid()
         self._closed = False
         self._lock = threading.Lock()
-        self._guard_over_fork()
+        with self._lock:  # held over a fork from the first statement (see ForkSafe)
+            self._guard_over_fork()
+            self._db: sqlite3.Connection = self._open()
 
     def _open(self) -> sqlite3.Connection:
         return open_db(self.path, create=False, read_only=self.read_only is not None)

@@ -577,6 +577,8 @@ class ForkSafe:
         _files.close_inherited()
 
 
+#: Seconds a fork waits for each owner's lock (a thread using its connection) to be free.
+FORK_LOCK_WAIT = 60.0
 _guarded: weakref.WeakSet[ForkSafe] = weakref.WeakSet()
 _held_over_fork: list[threading.Lock] = []
 #: The connections of the owners whose lock is held over a fork: idle, so a forked child
@@ -584,13 +586,20 @@ _held_over_fork: list[threading.Lock] = []
 _idle_at_fork: list[sqlite3.Connection] = []
 
 
+#: The owners whose lock a thread held past the wait at a fork: the child's copy of it is
+#: held for ever, so a forked child gives each a new one.
+_busy_at_fork: list[ForkSafe] = []
+
+
 def _before_fork() -> None:
     for owner in list(_guarded):
-        if owner._lock.acquire(timeout=60):
+        if owner._lock.acquire(timeout=FORK_LOCK_WAIT):
             _held_over_fork.append(owner._lock)
             db = getattr(owner, "_db", None)
             if isinstance(db, sqlite3.Connection):
                 _idle_at_fork.append(db)
+        else:
+            _busy_at_fork.append(owner)
 
 
 def _after_fork() -> None:
@@ -600,11 +609,14 @@ def _after_fork() -> None:
 
 def _after_fork_in_parent() -> None:
     _idle_at_fork.clear()
+    _busy_at_fork.clear()
     _after_fork()
 
 
 def _after_fork_in_child() -> None:
     _after_fork()
+    while _busy_at_fork:
+        _busy_at_fork.pop()._lock = threading.Lock()
     _files.close_inherited()
 
 

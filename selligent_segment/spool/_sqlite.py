@@ -255,44 +255,47 @@ class SqliteSpool(ForkSafe):
         self._decoder = decoder
         self._on_buried = on_buried
         self._defer_acks = defer_acks
-        self._db = open_db(path, fsync=fsync)
+        # The lock held over a fork from the connection's first statement: a child forked
+        # meanwhile closes it as it does every idle one (see ForkSafe).
         self._lock = threading.Lock()
-        self._dir = journal_dir(path)
-        try:
-            self._journal = Journal(self._dir, fsync=fsync)
-        except OSError as exc:
-            self._db.close()
-            raise SpoolError(
-                f"{path}: cannot create this process's journal in {self._dir}: {exc.strerror}"
-            ) from None
-        self._reports = Throttle(_REPORT_EVERY)  # the ERROR lines of upkeep, by text
-        # How far each of this process's journals is in the file (its offset row).
-        self._ingested: dict[str, int] = {}
-        self.owner = self._journal.owner
-        self._backlog: dict[str, int] = {}
-        self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
-        self._recovery = Recovery(self._db, self._lock, self._dir, self.owner)
-        self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
-        # Rows put with keep=True and not leased yet, per tenant in row order: leased to
-        # this process in the file since they were written (see KEEP_BYTES).
-        self._kept: dict[str, deque[tuple[int, EncodedMessage]]] = {}
-        self._kept_bytes = 0
-        self._keeping = True  # False from a release (a retry) to the next acknowledgement
-        self._kept_full = False  # KEEP_BYTES reached: True until half of it is leased
-        # Tenants not kept: released (a retry) since their last acknowledgement, or paused.
-        self._unkept: set[str] = set()
-        self._paused: set[str] = set()  # marked paused by this process (mark_paused)
-        try:
-            self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-            self._used = self._measure()
-        except sqlite3.Error as exc:
-            self._journal.close(delete_current=True)
-            self._db.close()
-            raise spool_error(path, exc) from None
-        self._data_version = -1
-        self._last_refresh = float("-inf")
-        self._closed = False
-        self._guard_over_fork()  # from here on, the connection is used under the lock only
+        with self._lock:
+            self._guard_over_fork()
+            self._db = open_db(path, fsync=fsync)
+            self._dir = journal_dir(path)
+            try:
+                self._journal = Journal(self._dir, fsync=fsync)
+            except OSError as exc:
+                self._db.close()
+                raise SpoolError(
+                    f"{path}: cannot create this process's journal in {self._dir}: {exc.strerror}"
+                ) from None
+            self._reports = Throttle(_REPORT_EVERY)  # the ERROR lines of upkeep, by text
+            # How far each of this process's journals is in the file (its offset row).
+            self._ingested: dict[str, int] = {}
+            self.owner = self._journal.owner
+            self._backlog: dict[str, int] = {}
+            self._unwritten = Unwritten(self._db, path, self.owner)  # what the file lacks yet
+            self._recovery = Recovery(self._db, self._lock, self._dir, self.owner)
+            self._leases: dict[int, dict[int, int]] = {}  # lease id -> id(message) -> row id
+            # Rows put with keep=True and not leased yet, per tenant in row order: leased to
+            # this process in the file since they were written (see KEEP_BYTES).
+            self._kept: dict[str, deque[tuple[int, EncodedMessage]]] = {}
+            self._kept_bytes = 0
+            self._keeping = True  # False from a release (a retry) to the next acknowledgement
+            self._kept_full = False  # KEEP_BYTES reached: True until half of it is leased
+            # Tenants not kept: released (a retry) since their last acknowledgement, or paused.
+            self._unkept: set[str] = set()
+            self._paused: set[str] = set()  # marked paused by this process (mark_paused)
+            try:
+                self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+                self._used = self._measure()
+            except sqlite3.Error as exc:
+                self._journal.close(delete_current=True)
+                self._db.close()
+                raise spool_error(path, exc) from None
+            self._data_version = -1
+            self._last_refresh = float("-inf")
+            self._closed = False
 
     def __repr__(self) -> str:
         return f"<SqliteSpool {str(self.path)!r} owner={self.owner}>"
@@ -778,16 +781,29 @@ class SqliteSpool(ForkSafe):
     def stats(self) -> SpoolStats:
         """Counts and size of the file as this process knows them; SpoolError naming the
         file when it cannot be read (a damaged file, say)."""
+        with self._lock:
+            return self._stats()
+
+    def stats_now(self) -> SpoolStats | None:
+        """:meth:`stats`, or None when it would wait: a write holds the spool (one waiting
+        for another process's lock holds it up to the busy timeout, 30 s)."""
+        if not self._lock.acquire(blocking=False):
+            return None
         try:
-            with self._lock:
-                (counts,) = self._db.execute(
-                    "SELECT json_group_object(tenant, json_array(n, leased)) FROM "
-                    "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
-                    "GROUP BY tenant)"
-                ).fetchone()
-                counts = self._unwritten.counted(counts)
-                used = self._measure()
-                kept = {tenant: len(rows) for tenant, rows in self._kept.items()}
+            return self._stats()
+        finally:
+            self._lock.release()
+
+    def _stats(self) -> SpoolStats:
+        try:
+            (counts,) = self._db.execute(
+                "SELECT json_group_object(tenant, json_array(n, leased)) FROM "
+                "(SELECT tenant, count(*) AS n, count(owner) AS leased FROM messages "
+                "GROUP BY tenant)"
+            ).fetchone()
+            counts = self._unwritten.counted(counts)
+            used = self._measure()
+            kept = {tenant: len(rows) for tenant, rows in self._kept.items()}
         except sqlite3.Error as exc:
             raise spool_error(self.path, exc) from None
         rows: dict[str, list[int]] = orjson.loads(counts)
