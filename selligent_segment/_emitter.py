@@ -780,16 +780,11 @@ class Emitter(ClosedOnExit):
         """True while the encoder cannot write the spool file (for observability)."""
         return self._backpressure.writes_failing()
 
-    def _spool_busy(self) -> bool:
-        """True while the encoder writes the spool file, or tries again (for
-        observability: :meth:`stats` would wait for it)."""
-        pressure = self._backpressure
-        return pressure.ingest_failing or pressure.writing_since is not None
-
-    def _counters_only(self) -> Stats:
-        """:meth:`stats` without the backlog (``queued`` empty), which it reads from the
-        spool: never waits for it (for observability)."""
-        return self._counters.snapshot({}, self._dispatcher.paused())
+    def _stats_now(self) -> Stats:
+        """:meth:`stats`, never waiting for the spool (for observability): while a write
+        holds it, the counters without the backlog (``queued`` empty)."""
+        queued = self._intake.queued_now()
+        return self._counters.snapshot(queued or {}, self._dispatcher.paused())
 
     def thread_count(self) -> int:
         """Threads this emitter runs (encoder + senders), 0 before the first emit."""

@@ -329,6 +329,7 @@ def test_a_spool_file_the_emitter_cannot_write_degrades_health_at_once(
             time.sleep(0.005)  # polling the encoder's state: nothing signals it
         with monkeypatch.context() as waits:  # stats() waits for the spool: not called
             waits.setattr(emitter, "stats", _never)
+            waits.setattr(emitter._intake.spool, "stats", _never)
             verdict = health(emitter)
             got = scrape(PrometheusCollector(emitter))
         locker.execute("ROLLBACK")
@@ -345,6 +346,26 @@ def test_a_spool_file_the_emitter_cannot_write_degrades_health_at_once(
     assert got[("selligent_segment_spool_write_failing", ())] == 1.0
     assert got[("selligent_segment_events_accepted_total", ())] >= 1.0
     assert after.healthy
+
+
+def test_a_check_never_waits_for_a_write_that_holds_the_spool(
+    segment: LocalSegment, tmp_path: Path
+) -> None:
+    """Any write holds the spool while it waits for another process's lock (an ack, a
+    lease, upkeep: up to 30 s), and ``stats()`` waits for it: a check did too."""
+    emitter = _emitter(segment, tmp_path)
+    verdicts: list[Any] = []
+    try:
+        emitter.emit(record("acme", 1))
+        assert emitter.flush(10)
+        with emitter._intake.spool._lock:  # a write under way
+            checker = threading.Thread(target=lambda: verdicts.append(health(emitter)))
+            checker.start()
+            checker.join(10)
+            assert not checker.is_alive(), "the check waited for the spool"
+    finally:
+        emitter.close(5)
+    assert verdicts[0].healthy
 
 
 def _never() -> None:

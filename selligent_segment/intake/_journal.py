@@ -33,6 +33,7 @@ from selligent_segment._record import PROFILE_UPDATE, journal_form, revive
 from selligent_segment.delivery._dispatcher import Dispatcher
 from selligent_segment.intake._protocol import Accepted, Downstream
 from selligent_segment.spool._journal import Mark, frame, unframe
+from selligent_segment.spool._protocol import SpoolStats
 from selligent_segment.spool._sqlite import DeadMessage, JournalRecord, SqliteSpool
 
 #: The tenant of a record's (tenant, kind).
@@ -349,7 +350,16 @@ class JournalIntake:
             return []
 
     def queued(self) -> dict[str, int]:
-        queued = {} if self.closed else dict(self.spool.stats().per_tenant)
+        return self._queued(None if self.closed else self.spool.stats())
+
+    def queued_now(self) -> dict[str, int] | None:
+        if self.closed:
+            return self._queued(None)
+        stats = self.spool.stats_now()
+        return None if stats is None else self._queued(stats)
+
+    def _queued(self, stats: SpoolStats | None) -> dict[str, int]:
+        queued = {} if stats is None else dict(stats.per_tenant)
         for write in list(self.inbox):
             for tenant, _ in write.meta:
                 queued[tenant] = queued.get(tenant, 0) + 1

@@ -204,6 +204,9 @@ class PostgresIntake:
     def queued(self) -> dict[str, int]:
         return dict(self.spool.stats().per_tenant)
 
+    def queued_now(self) -> dict[str, int] | None:
+        return self.queued()  # a read of the database's counts, which no write holds
+
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         self.spool.mark_paused(tenant, reason)
 

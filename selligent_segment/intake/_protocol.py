@@ -112,6 +112,10 @@ class Intake(Protocol):
         """Records waiting per tenant: in the intake and in the spool."""
         ...
 
+    def queued_now(self) -> dict[str, int] | None:
+        """:meth:`queued`, or None when it would wait for a write that holds the spool."""
+        ...
+
     def mark_paused(self, tenant: str, reason: str | None) -> None:
         """Record (or clear, with None) that ``tenant`` is paused, where others can see it."""
         ...

@@ -229,16 +229,14 @@ class Source:
 
     def _stats(self) -> tuple[Stats | None, str | None]:
         """The Emitter's counters (None without one), or None and why not: ``stats()``
-        reads the backlog from the spool, which may be damaged or out of reach. While
-        the Emitter writes its spool file, the counters alone: ``stats()`` would wait for
-        the spool, which the encoder holds while its write waits (for another process's
-        lock: up to 30 s); the backlog is read from the file below anyway."""
+        reads the backlog from the spool, which may be damaged or out of reach. Never
+        waits for a write that holds the Emitter's spool (one waiting for another
+        process's lock holds it up to 30 s): the counters alone then, the backlog being
+        read from the file below anyway."""
         if self._emitter is None:
             return None, None
-        if self._reader.path is not None and self._emitter._spool_busy():
-            return self._emitter._counters_only(), None
         try:
-            return self._emitter.stats(), None
+            return self._emitter._stats_now(), None
         except SelligentSegmentError as exc:
             return None, str(exc)
 
