@@ -151,6 +151,11 @@ def test_events_emitted_but_still_in_the_journal_count_as_not_delivered() -> Non
     shared = send_run(stuck, {}, left={}, recent={}, emitted={"acme": 6})
     (acme,) = shared.tenants
     assert (acme.accepted, acme.delivered, acme.not_delivered) == (6, 0, 6)
+    # The file unreadable at the end: stats' queue counts the journal's events too.
+    unread = stats(acme=TenantStats(accepted=2, delivered=2, queued=2))
+    (acme,) = send_run(unread, {}, None, None, emitted={"acme": 4}).tenants
+    assert (acme.accepted, acme.delivered, acme.not_delivered) == (4, 2, 2)
+    assert (acme.earlier_delivered, acme.earlier_left) == (0, 0)
 
 
 def test_a_resumed_run_tells_its_events_from_those_earlier_runs_left() -> None:

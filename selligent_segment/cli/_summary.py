@@ -191,7 +191,8 @@ def send_run(
     for tenant in sorted(names):
         d = stats.tenants.get(tenant, TenantStats())
         unfiled = max(0, emitted.get(tenant, 0) - d.accepted)  # in the journal: not sent
-        queued = d.queued if left is None else left.get(tenant, 0)
+        # The file's queue (stats' counts the journal's too: those are ``unfiled``).
+        queued = max(0, d.queued - unfiled) if left is None else left.get(tenant, 0)
         failed = sum(d.rejected.values()) + sum(d.dropped.values())
         earlier = max(0, d.delivered + failed + queued - d.accepted)
         earlier_delivered = min(d.delivered, earlier)
