@@ -355,15 +355,21 @@ class _OpenFiles:
         if self._pid == os.getpid():
             return
         self.lock = threading.Lock()  # the parent's copy may have been held at the fork
-        self._open = weakref.WeakSet()
+        inherited, self._open = list(self._open), weakref.WeakSet()
         self._pid = os.getpid()
-        idle, _idle_at_fork[:] = list(_idle_at_fork), []
-        for db in idle:
-            with contextlib.suppress(sqlite3.Error):
-                sqlite3.Connection.close(db)
+        idle = {id(db) for db in _idle_at_fork}
+        _idle_at_fork.clear()
+        for db in inherited:
+            if id(db) in idle:
+                with contextlib.suppress(sqlite3.Error):
+                    sqlite3.Connection.close(db)
+            else:  # kept from the garbage collector, whose close would wait the same way
+                _left_open.append(db)
 
 
 _files = _OpenFiles()
+#: Connections a forked child inherited and did not close: referenced for ever.
+_left_open: list[sqlite3.Connection] = []
 
 
 def _check_header(path: Path) -> bool:
