@@ -118,6 +118,21 @@ def test_own_samples_that_cannot_be_mapped_are_problems_naming_the_column(
     }
 
 
+@pytest.mark.usefixtures("secrets")
+def test_check_reads_an_events_file_as_the_receiver_and_replay_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A lone surrogate escape (as ``JSON.stringify`` writes a cut emoji) is read by the
+    receiver and by ``replay``; ``check --events`` refused it as invalid JSON."""
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        b'{"type":"identify","messageId":"m1","userId":"u1","traits":{"firstName":"Ann \\ud83d"}}\n'
+    )
+    status = main(["destination", "check", "--config", EXAMPLE, "--events", str(events)])
+    assert "invalid JSON" not in capsys.readouterr().err
+    assert status == 0
+
+
 def test_an_unreadable_config_or_events_file_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

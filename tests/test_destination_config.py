@@ -134,6 +134,13 @@ def test_every_problem_of_the_file_is_reported_at_once_with_tenant_table_column(
     assert "colour" in text
 
 
+def test_a_file_that_is_not_utf8_is_one_problem_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# Soci\u00e9t\u00e9\n".encode("latin-1"))
+    with pytest.raises(DestinationConfigError, match="not UTF-8, as TOML must be: byte 0xe9 at 6"):
+        load_config(path)
+
+
 def test_an_unreadable_file_and_invalid_toml_are_one_problem_each(tmp_path: Path) -> None:
     with pytest.raises(DestinationConfigError, match="cannot read the file"):
         load_config(tmp_path / "missing.toml", {})
@@ -203,6 +210,10 @@ def test_a_key_naming_a_column_twice_is_a_problem() -> None:
         ({"selligent_url": None}, "selligent_url is required"),
         ({"selligent_url": "https://x.slgnt.eu/?a=1"}, "must have no query or fragment"),
         ({"selligent_url": "https://x.slgnt.eu#f"}, "must have no query or fragment"),
+        (
+            {"selligent_url": "https://x.slgnt.eu/Portal/Api/organizations/acme/"},
+            "must be the instance's base URL: the library adds /Portal/Api/... itself",
+        ),
         ({"selligent_url": "https://u@x.slgnt.eu"}, "must have no credentials"),
         ({"selligent_url": "https://x.slgnt.eu:99999"}, "not a URL"),
         ({"selligent_url": "acme.slgnt.eu"}, "must be an https:// URL"),
@@ -323,6 +334,12 @@ def test_secret_accessors_name_the_variable_when_it_is_unset_or_broken() -> None
     with pytest.raises(ConfigurationError, match="KEY: holds a line break") as info:
         acme.api_key()
     assert "Evil" not in str(info.value)
+    euro = parse_config(
+        {"tenants": {"acme": tenant()}}, {"KEY": "k:s3cr\u20acT"}, require_secrets=False
+    )
+    with pytest.raises(ConfigurationError, match="KEY: holds a character an HTTP header") as info:
+        euro.tenants["acme"].api_key()  # http.client raised at every send, showing a piece
+    assert "s3cr" not in str(info.value)
     without = parse_config({"tenants": {"acme": tenant()}}, {"KEY": "k:s"})
     assert without.tenants["acme"].shared_secret() is None
     assert without.tenants["acme"].mapping("identify") is without.tenants["acme"].identify

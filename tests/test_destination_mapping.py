@@ -279,6 +279,14 @@ def test_literals_formats_lower_and_max_length() -> None:
     )
     assert resolve({"path": "$.n", "format": "number"}, {"n": " 12 "}) == "12"
     assert resolve({"path": "$.n", "format": "number"}, {"n": 1.5}) == "1.5"
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "+1.50"}) == "1.5"
+    # Text a float would round keeps its digits (it was written 1234567890123456.8).
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "1234567890123456.78"}) == (
+        "1234567890123456.78"
+    )
+    assert resolve({"path": "$.n", "format": "number"}, {"n": "0.1234567890123456789"}) == (
+        "0.1234567890123456789"
+    )
     assert resolve({"path": "$.b", "format": "boolean"}, {"b": "Yes"}) == "true"
     assert resolve({"path": "$.j", "format": "json"}, {"j": "x"}) == '"x"'
 
@@ -292,6 +300,11 @@ def test_literals_formats_lower_and_max_length() -> None:
             "a date-time without a UTC offset: a string of 19 characters",
         ),
         ({"path": "$.v", "format": "number"}, "12a", "not a number: a string of 3 characters"),
+        (
+            {"path": "$.v", "format": "number"},
+            "1.00000000000000000001e-50",
+            "a number of more than 64 digits in decimal",
+        ),
         ({"path": "$.v", "format": "number"}, True, "not a number: a boolean"),
         ({"path": "$.v", "format": "number"}, [7, 8], "not a number: an array of 2 items"),
         ({"path": "$.v", "format": "boolean"}, "maybe", "not a boolean: a string of 5 characters"),

@@ -141,6 +141,26 @@ def test_a_failed_load_naming_one_row_refuses_it_and_sends_the_others_again() ->
     assert http.tables.get("CONTACTS", {}) == {}
 
 
+def test_a_failed_load_naming_every_row_of_its_request_lets_the_turn_go_on() -> None:
+    """A request whose every row Selligent refused on its own answers ``Failed``: that
+    ended the turn as a retry, and the requests after it (the tracks, behind an
+    identify of one invalid row) were never sent, charged a retry each time, and at last
+    dead-lettered."""
+
+    def answer(rows: list[dict[str, str]]) -> dict[str, Any]:
+        if "event_id" not in rows[0]:  # the identify's request: its one row refused
+            invalid = [{"record_index": 0, "field_name": "email_address", "message": "too long"}]
+            return {"result_code": "Failed", "invalid_records": invalid}
+        return {"result_code": "Succeeded"}
+
+    http = FakeHttp(answer)
+    bodies = [identify(0, "u0", email="0@example.com"), track(1, "u1")]
+    response = SelligentTransport(http).post(BASE, "key:secret", bodies)  # type: ignore[arg-type]
+    assert response.outcome is Outcome.DELIVERED
+    assert response.items == {0: "Selligent refused the row: email_address: too long", 1: None}
+    assert len(http.requests) == 2  # the track went too
+
+
 def test_a_partly_successful_load_delivers_the_rows_it_does_not_name() -> None:
     http = FakeHttp(_one_invalid("PartiallySucceeded"))
     bodies = [identify(i, f"u{i}", email=f"{i}@example.com") for i in range(3)]

@@ -19,8 +19,6 @@ import argparse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import orjson
-
 from selligent_segment.cli._base import (
     EXIT_INVALID,
     EXIT_OK,
@@ -37,6 +35,7 @@ from selligent_segment.cli._destination_config import load_or_report
 from selligent_segment.cli._destination_demo import DEMO
 from selligent_segment.cli._destination_replay import REPLAY
 from selligent_segment.cli._destination_serve import SERVE
+from selligent_segment.destination._receiver import UNREADABLE, Unreadable, read_json
 
 __all__ = ["CHECK", "DESTINATION", "SUBCOMMANDS"]
 
@@ -96,16 +95,19 @@ def _read_events(path: str) -> Iterator[tuple[str, Mapping[str, Any] | str]]:
         if not line.strip():
             continue
         label = f"{path}:{number}"
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield label, f"invalid JSON ({exc})"
+        # As the receiver (and replay) read a body: a lone surrogate escape is read, and
+        # one unreadable element of an array costs no other.
+        data, error = read_json(line, limit=None)
+        if data is UNREADABLE:
+            yield label, f"invalid JSON ({error})"
             continue
         items = data if isinstance(data, list) else [data]
         for index, item in enumerate(items):
             item_label = label if len(items) == 1 else f"{label}[{index}]"
             if isinstance(item, dict):
                 yield item_label, item
+            elif isinstance(item, Unreadable):
+                yield item_label, f"invalid JSON ({item.reason.removeprefix('malformed JSON: ')})"
             else:
                 yield item_label, "not a JSON object"
 

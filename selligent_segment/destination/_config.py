@@ -225,6 +225,9 @@ def _api_key_problem(value: str | None) -> str | None:
         return "does not hold key:secret"
     if any(c in value for c in "\r\n"):
         return "holds a line break"
+    if not value.isprintable() or not all(ord(c) < 256 for c in value):
+        # http.client sends a header in Latin-1: another character raised at each send
+        return "holds a character an HTTP header cannot carry (a control or non-Latin-1 one)"
     return None
 
 
@@ -246,6 +249,9 @@ def load_config(
         raise DestinationConfigError(name, (ConfigProblem(reason),)) from None
     except tomllib.TOMLDecodeError as exc:
         raise DestinationConfigError(name, (ConfigProblem(f"invalid TOML: {exc}"),)) from None
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8, as TOML must be: byte {exc.object[exc.start]:#04x} at {exc.start}"
+        raise DestinationConfigError(name, (ConfigProblem(reason),)) from None
     return parse_config(data, environ, source=name, require_secrets=require_secrets)
 
 
@@ -374,6 +380,8 @@ def _url_problem(url: str) -> str | None:
         return "must have no credentials (user:password@; the API key goes in api_key_env)"
     if parts.query or parts.fragment:
         return "must have no query or fragment"
+    if "/portal/api" in parts.path.lower():  # every load would go to .../Portal/Api/...
+        return "must be the instance's base URL: the library adds /Portal/Api/... itself"
     return None
 
 

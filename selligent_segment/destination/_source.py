@@ -247,8 +247,25 @@ def _as_number(value: Any) -> str:
         if _NUMBER.fullmatch(text):  # not all float() reads (nan, 1_000, Unicode digits)
             number = float(text)
             if math.isfinite(number):  # 1e999
-                return text if _INTEGER.fullmatch(text) else to_text(number)
+                return text if _INTEGER.fullmatch(text) else _decimal_text(text, number)
     raise ValueProblem(f"not a number: {kind_of(value)}")
+
+
+#: The most characters of a number written from numeric text.
+_MAX_NUMBER_TEXT = 64
+
+
+def _decimal_text(text: str, number: float) -> str:
+    """Numeric ``text`` in decimal: as its float is written where that is the same number,
+    else every digit the text gave (a float would round ``1234567890123456.78``)."""
+    written = to_text(number)
+    exact = Decimal(text)
+    if Decimal(written) == exact:
+        return written
+    digits = format(exact, "f")
+    if len(digits) > _MAX_NUMBER_TEXT:
+        raise ValueProblem(f"a number of more than {_MAX_NUMBER_TEXT} digits in decimal")
+    return digits
 
 
 #: A JSON number's text, a leading ``+`` and a bare ``.5`` or ``5.`` let in; ASCII digits.

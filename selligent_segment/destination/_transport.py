@@ -31,6 +31,7 @@ Guarantees (what the dispatcher then does with them):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -267,7 +268,7 @@ class SelligentTransport:
                 payload,
                 headers,
                 secret=write_key,
-                interpret=lambda a: _interpret(a, write_key),
+                interpret=functools.partial(_interpret, key=write_key, rows=len(indexes)),
                 max_body=MAX_ANSWER_BYTES,
             )
             log.debug(
@@ -345,8 +346,9 @@ def _errors_text(payload: object) -> str:
     return ""
 
 
-def _interpret(answer: Answer, key: str) -> Response:
-    """One ``data/load`` answer as a Response; ``items`` by the request's row positions."""
+def _interpret(answer: Answer, key: str, rows: int) -> Response:
+    """One ``data/load`` answer (to a request of ``rows`` rows) as a Response; ``items``
+    by the request's row positions."""
     status = answer.status
     now = time.time()
     retry_after = parse_retry_after(answer.headers.get("Retry-After"), now)
@@ -381,6 +383,8 @@ def _interpret(answer: Answer, key: str) -> Response:
             if not items:  # Failed, no row named: Selligent did not load them; again
                 error = f"HTTP {status}: {_errors_text(payload)}; nothing names a row"
                 return Response(status, error=scrub(error, key), outcome=Outcome.RETRY)
+            if all(position in items for position in range(rows)):  # each its own reason:
+                return Response(status, items=items)  # nothing to send again; the turn goes on
             # Rows refused on their own, and a load that says it failed: the rows it does
             # not name may not have been written. They go again (an upsert: a row written
             # after all is only updated), never counted as loaded.
