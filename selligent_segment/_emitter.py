@@ -760,9 +760,14 @@ class Emitter(ClosedOnExit):
         return done
 
     def set_write_key(self, tenant: str, key: str) -> None:
-        """Replace a tenant's write key (or the single key) and resume it if paused."""
+        """Replace a tenant's write key (or the single key) and resume it if paused (the
+        single key serves every tenant: each paused one is resumed)."""
         self._keys.set(tenant, key)
-        self.resume(tenant if not self._keys.single else self._default_tenant or "")
+        if not self._keys.single:
+            self.resume(tenant)
+            return
+        for paused in {self._default_tenant or "", tenant, *self._dispatcher.paused()}:
+            self.resume(paused)
 
     def resume(self, tenant: str) -> None:
         """Retry a paused tenant now (e.g. after its key resolver was updated); a tenant

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _delivery import FAST_RETRY, QUICK, record
 
 from selligent_segment import Emitter, EventKind, InvalidEvent, track_message
 from selligent_segment._record import _NOT_FOR, _PROPERTY_FIELDS, FIELD_NAMES
@@ -130,3 +132,30 @@ def test_the_common_keywords_are_documented_once_and_each_method_names_its_own(
     assert "common keywords" in doc
     own = [name for name, kinds in _PROPERTY_FIELDS.items() if kinds and kind in kinds]
     assert [name for name in own if f"``{name}``" not in doc] == []
+
+
+def test_set_write_key_with_a_single_key_resumes_every_tenant_it_paused() -> None:
+    """With one write key, records may name any tenant, each paused on its own at a 401:
+    ``set_write_key`` resumed the default tenant only, and the others waited for the
+    30 s re-check (a close meanwhile reported their events unsent)."""
+    with LocalSegment(write_keys=["old"]) as server:
+        em = Emitter("old", endpoint=server.url, retry=FAST_RETRY, batch=QUICK)
+        try:
+            server.revoke_write_key("old")
+            for i in range(3):
+                em.emit(record(i, "acme"))
+            deadline = time.monotonic() + 10
+            while _paused(em, "acme") is None and time.monotonic() < deadline:
+                em.flush(0.05)  # until the 401 has paused it
+            assert _paused(em, "acme") is not None
+            server.add_write_key("new")
+            em.set_write_key("acme", "new")
+            assert em.flush(10)  # well before the 30 s re-check
+        finally:
+            em.close(1)
+        assert server.accepted_count == 3
+
+
+def _paused(em: Emitter, tenant: str) -> str | None:
+    stats = em.stats().tenants.get(tenant)
+    return None if stats is None else stats.paused
