@@ -113,6 +113,20 @@ def _mark(db: sqlite3.Connection, name: str) -> None:
         db.execute("INSERT INTO journals (name, offset) VALUES (?, 1)", (name,))
 
 
+def _child_writes_after_the_parent(path: Path, ready: int, go: int) -> None:
+    """A forked child's part: open the file again (as a forked emitter does), say so on
+    ``ready``, wait on ``go`` (the parent has closed its connection), write, and exit."""
+    code = 1
+    try:
+        own = open_db(path)
+        os.write(ready, b"r")
+        os.read(go, 1)
+        _mark(own, "child")
+        code = 0
+    finally:
+        os._exit(code)
+
+
 def test_a_second_open_in_the_same_process_keeps_the_first_connections_locks(
     tmp_path: Path,
 ) -> None:
@@ -146,16 +160,8 @@ def test_a_forked_child_that_opens_the_file_again_holds_its_own_locks(tmp_path: 
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: opens the file again, as a forked emitter does
-        code = 1
-        try:
-            own = open_db(path)
-            os.write(ready_w, b"r")
-            os.read(go_r, 1)  # the parent has closed its connection
-            _mark(own, "child")
-            code = 0
-        finally:
-            os._exit(code)
+    if pid == 0:
+        _child_writes_after_the_parent(path, ready_w, go_r)
     try:
         assert os.read(ready_r, 1) == b"r"
         view.close()
@@ -298,16 +304,8 @@ def test_a_child_forked_while_a_spool_is_being_built_holds_its_own_locks(
         assert inside.wait(10)
         _before_fork.append(forking)
         pid = os.fork()
-        if pid == 0:  # the child: opens the file again, as a forked emitter does
-            code = 1
-            try:
-                own = open_db(path)
-                os.write(ready_w, b"r")
-                os.read(go_r, 1)  # the parent has closed its spool
-                _mark(own, "child")
-                code = 0
-            finally:
-                os._exit(code)
+        if pid == 0:
+            _child_writes_after_the_parent(path, ready_w, go_r)
         _before_fork.clear()
         os.close(ready_w)
         os.close(go_r)
