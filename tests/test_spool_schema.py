@@ -5,7 +5,6 @@ read (:func:`snapshot`)."""
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _forks import wait_child
 
 from selligent_segment._errors import SpoolError
 from selligent_segment.spool import _schema, _sqlite
@@ -206,13 +206,7 @@ def test_a_fork_while_a_thread_opens_the_file_leaves_that_connection_to_the_pare
         pid = os.fork()
         if pid == 0:
             os._exit(0)  # the at-fork hooks have run
-        deadline = time.monotonic() + 20
-        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling a child's exit: waitpid has no timeout
-        if not done[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        assert done[0] == pid, "the forked child hung in its at-fork hooks"
+        assert wait_child(pid, 20) == 0, "the forked child hung in its at-fork hooks"
     finally:
         holder.stdin.close()
         holder.wait(30)
@@ -257,14 +251,7 @@ def test_a_child_forked_while_a_thread_holds_an_owners_lock_past_the_wait_can_us
                 code = 0
             finally:
                 os._exit(code)
-        deadline = time.monotonic() + 20
-        while not (ended := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
-            time.sleep(0.01)  # polling a child's exit: waitpid has no timeout
-        if not ended[0]:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        assert ended[0] == pid, "the child hung on its copy of the held lock"
-        assert os.waitstatus_to_exitcode(ended[1]) == 0
+        assert wait_child(pid, 20) == 0, "the child hung on its copy of the held lock"
     finally:
         done.set()
         holder.join(30)

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 import pytest
 from _delivery import record as delivery_record
+from _forks import wait_child
 from freezegun import freeze_time
 
 from selligent_segment import (
@@ -861,19 +862,6 @@ def test_a_batch_in_flight_when_its_process_died_is_resent_with_the_same_message
 CHILDREN = 6
 
 
-def _wait_child(pid: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -1
-        time.sleep(0.01)  # polling a child's exit; waitpid has no timeout
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_childs_events_outlive_the_parent_closing_first(
     tmp_path: Path, server: LocalSegment
@@ -907,7 +895,7 @@ def test_a_forked_childs_events_outlive_the_parent_closing_first(
         assert not em.close(0.2)
     finally:
         os.write(go_w, b"g")
-    assert _wait_child(pid, 60) == 0
+    assert wait_child(pid, 60) == 0
     assert query(path, "SELECT tenant, count(*) FROM messages GROUP BY tenant ORDER BY 1") == [
         ("acme", 10),
         ("globex", 20),
@@ -956,7 +944,7 @@ def test_forked_children_deliver_the_shared_file_and_never_resend(
                     em.close(0.1)  # settles its leases: nothing it sent is sent again
                 finally:
                     os._exit(code)
-            assert _wait_child(pid, 60) == 0, f"child {child}"
+            assert wait_child(pid, 60) == 0, f"child {child}"
     finally:
         stop.set()
         busy.join()
