@@ -33,9 +33,9 @@ from selligent_segment.cli._base import (
 )
 from selligent_segment.cli._destination_config import load_or_report
 from selligent_segment.cli._destination_demo import DEMO
-from selligent_segment.cli._destination_replay import REPLAY
+from selligent_segment.cli._destination_replay import REPLAY, event_or_reason
 from selligent_segment.cli._destination_serve import SERVE
-from selligent_segment.destination._receiver import UNREADABLE, Unreadable, read_json
+from selligent_segment.destination._receiver import UNREADABLE, read_json
 
 __all__ = ["CHECK", "DESTINATION", "SUBCOMMANDS"]
 
@@ -104,12 +104,7 @@ def _read_events(path: str) -> Iterator[tuple[str, Mapping[str, Any] | str]]:
         items = data if isinstance(data, list) else [data]
         for index, item in enumerate(items):
             item_label = label if len(items) == 1 else f"{label}[{index}]"
-            if isinstance(item, dict):
-                yield item_label, item
-            elif isinstance(item, Unreadable):
-                yield item_label, f"invalid JSON ({item.reason.removeprefix('malformed JSON: ')})"
-            else:
-                yield item_label, "not a JSON object"
+            yield item_label, event_or_reason(item, "not a JSON object")
 
 
 def _run_check(args: argparse.Namespace) -> int:

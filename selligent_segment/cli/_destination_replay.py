@@ -87,20 +87,18 @@ def _events(path: str) -> Iterator[tuple[str, Any]]:
                 yield where, f"invalid JSON ({error})"
             elif isinstance(data, list):
                 for index, item in enumerate(data):
-                    yield f"{where}[{index}]", _event_or_reason(item)
+                    yield f"{where}[{index}]", event_or_reason(item)
             else:
-                yield where, _event_or_reason(data)
+                yield where, event_or_reason(data)
 
 
-def _event_or_reason(value: Any) -> Any:
+def event_or_reason(value: Any, not_object: str = "not a JSON object (an event)") -> Any:
+    """An element read by ``read_json``: the event (a dict), or why it is not one."""
     if isinstance(value, dict):
         return value
     if isinstance(value, Unreadable):
         return f"invalid JSON ({value.reason.removeprefix('malformed JSON: ')})"
-    return _NOT_OBJECT
-
-
-_NOT_OBJECT = "not a JSON object (an event)"
+    return not_object
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -218,10 +218,15 @@ def _decoded(text: str, encoding: object) -> str:
     return text if decoded is None or decoded is data else decoded.decode("utf-8", "replace")
 
 
+def _header_lines(message: Message) -> str:
+    """``message``'s header lines as they were read (folds kept), each ending a line."""
+    return "".join(f"{name}: {value}\n" for name, value in message.raw_items())
+
+
 def _block_text(block: Message) -> str:
     """A block the parser made, as the text it was read from (its raw header lines, folds
     and whitespace-only lines kept, then any body)."""
-    lines = "".join(f"{name}: {value}\n" for name, value in block.raw_items())
+    lines = _header_lines(block)
     # Its bytes, raw 8-bit kept as surrogates like the header lines (get_payload() would
     # replace them).
     body = block.get_payload(decode=True)
@@ -247,8 +252,7 @@ def _reread(inner: Message, encoding: str) -> Message:
         # A soft line break of a long header line ("=" then a newline): the parser ended
         # the headers at the line after it; writing them back would put a blank line
         # there, and the decoded headers would end at that long line.
-        lines = "".join(f"{name}: {value}\n" for name, value in inner.raw_items())
-        raw = (lines + payload).encode("ascii", "surrogateescape")
+        raw = (_header_lines(inner) + payload).encode("ascii", "surrogateescape")
     else:
         try:
             raw = inner.as_bytes()
