@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 import attrs
 import pytest
-from _asgi_calls import call_asgi, chunk, post_scope, request
+from _asgi_calls import beside_a_held_body, call_asgi, chunk, post_scope, request
 from _delivery import QUICK
 
-from selligent_segment import Emitter
+from selligent_segment import ConfigurationError, Emitter
 from selligent_segment.inputs.tracking import (
     PIXEL,
     Token,
@@ -26,6 +26,7 @@ from selligent_segment.inputs.tracking import (
     TrackingKeys,
     TrackingLinks,
 )
+from selligent_segment.inputs.tracking import _app as app_module
 from selligent_segment.inputs.tracking._token import seal
 from selligent_segment.testing import LocalSegment
 from selligent_segment.testing._asgi_server import serve_asgi
@@ -270,11 +271,17 @@ def test_a_post_with_a_valid_link_unsubscribes_whatever_its_body(
     assert "example.com" not in caplog.text
 
 
-def test_a_one_click_body_over_the_limit_is_refused(site: Site) -> None:
+def test_a_one_click_body_over_the_limit_still_unsubscribes(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by a review: a body over 16 KiB was answered ``413`` and nothing emitted,
+    against the promise that the signed link is the credential and a refusal would lose
+    the person's request. The body is not read past the limit; the unsubscribe stands."""
+    caplog.set_level(logging.INFO, logger="selligent_segment")
     answer = site.request("POST", site.links.unsubscribe_url(**WHO), b"x" * 20_000, FORM)
-    assert answer.status == 413
-    assert answer.body.startswith(b"body: request body over")
-    assert site.events() == []
+    assert answer.status == 200
+    assert [e["event"] for e in site.events()] == ["Email Unsubscribed"]
+    assert "over 16384 bytes, not read" in caplog.text
 
 
 def test_an_unsubscribe_link_never_expires(local_segment: LocalSegment) -> None:
@@ -481,7 +488,7 @@ def test_an_unsubscribe_the_emitter_does_not_take_in_time_is_answered_503() -> N
     """``unsubscribe_wait`` at most, then 503 with Retry-After: the mailbox provider tries
     again (the same event id: one unsubscribe, however many tries land)."""
     emitter = Gated("unsubscribed")
-    app = TrackingApp(emitter, KEYS, now=lambda: NOW, unsubscribe_wait=0)
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW, unsubscribe_wait=1e-3)
     try:
         scope = _post(LINKS.unsubscribe_url(**WHO))
         assert call_asgi(app, scope, [chunk(ONE_CLICK)])[0] == 503
@@ -510,7 +517,140 @@ def test_hits_waiting_past_the_bound_are_answered_and_counted_not_recorded(
     assert emitter.took.wait(30)
 
 
-def test_a_one_click_body_that_does_not_arrive_in_time_is_408() -> None:
-    app = TrackingApp(Gated(), KEYS, now=lambda: NOW, body_deadline=1e-6)
+def test_a_one_click_body_that_does_not_arrive_in_time_still_unsubscribes() -> None:
+    """Found by a review: a body not whole within ``body_deadline`` was answered ``408``
+    and nothing emitted. The body never decides (the signed link does): it is given up
+    on, and the unsubscribe stands."""
+    emitter = Gated()
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW, body_deadline=1e-6)
     scope = _post(LINKS.unsubscribe_url(**WHO))
-    assert call_asgi(app, scope, [chunk(b"List-", more=True)])[0] == 408
+    assert call_asgi(app, scope, [chunk(b"List-", more=True)])[0] == 200
+    assert emitter.types() == ["unsubscribed"]
+
+
+def test_one_click_bodies_held_open_never_refuse_another_unsubscribe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a review: 1,024 connections sending 16 KiB of a body and stopping took the
+    whole body budget, and every other one-click POST got ``503`` for as long as they
+    held on. Past the budget a body is not read, and the unsubscribe stands."""
+    monkeypatch.setattr(app_module, "MAX_BODIES_BYTES", 60)
+    emitter = Gated()
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW)
+    held = _post(LINKS.unsubscribe_url(**dict(WHO, email="held@example.com")))
+    scope = _post(LINKS.unsubscribe_url(**WHO))
+    status, _ = asyncio.run(beside_a_held_body(app, held, scope, [chunk(ONE_CLICK)]))
+    assert status == 200
+    assert emitter.types() == ["unsubscribed"]
+
+
+@pytest.mark.parametrize("setting", ["unsubscribe_wait", "body_deadline"])
+def test_a_zero_wait_that_would_fail_every_unsubscribe_is_refused(setting: str) -> None:
+    """Found by a review: ``unsubscribe_wait=0`` answered ``503`` to unsubscribes the
+    Emitter had accepted, ``body_deadline=0`` gave up on every body."""
+    with pytest.raises(ConfigurationError) as caught:
+        TrackingApp(Gated(), KEYS, **{setting: 0})
+    assert caught.value.setting == setting
+
+
+async def _settle() -> None:
+    """Let every request started reach its wait for the Emitter: on their way they wait
+    on nothing but the event loop (the bodies are given at once), so a bounded number of
+    turns of it does (no clock involved)."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+
+
+def test_repeated_posts_of_one_link_are_one_emit_and_hold_up_no_one() -> None:
+    """Found by a review: each POST of the same link was queued for the Emitter again, with
+    no bound: a burst on one's own unsubscribe link (5,000 POSTs while ``emit`` took 5 ms)
+    queued thousands of copies of one event, and everyone else's unsubscribe waited behind
+    them until answered ``503``. A POST of a link whose event is on its way waits for that
+    one; every answer is the outcome of that one emit."""
+    emitter = Gated("unsubscribed")
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW)
+    burst = _post(LINKS.unsubscribe_url(**dict(WHO, email="burst@example.com")))
+    other = _post(LINKS.unsubscribe_url(**WHO))
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        posts = [asyncio.ensure_future(request(app, dict(burst), [chunk(ONE_CLICK)]))]
+        for _ in range(50):
+            posts.append(asyncio.ensure_future(request(app, dict(burst), [chunk(ONE_CLICK)])))
+        posts.append(asyncio.ensure_future(request(app, dict(other), [chunk(ONE_CLICK)])))
+        await _settle()
+        emitter.release.set()
+        return await asyncio.gather(*posts)
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        emitter.release.set()
+    assert [status for status, _ in answers] == [200] * 52
+    assert sorted(r["email"] for r in emitter.taken) == ["Ada@Example.com", "burst@example.com"]
+
+
+def test_unsubscribes_waiting_past_the_bound_are_answered_503_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Memory stays bounded while the Emitter is stuck: past ``max_waiting_unsubscribes``
+    links on their way, a POST is answered ``503`` with ``Retry-After`` at once (the
+    provider tries again), counted in a WARNING line at most every 10 s."""
+    emitter = Gated("unsubscribed")
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW, max_waiting_unsubscribes=1)
+    first = _post(LINKS.unsubscribe_url(**dict(WHO, email="first@example.com")))
+    others = [
+        _post(LINKS.unsubscribe_url(**dict(WHO, email=f"p{i}@example.com"))) for i in range(3)
+    ]
+
+    async def scenario() -> tuple[list[tuple[int, bytes]], tuple[int, bytes]]:
+        waiting = asyncio.ensure_future(request(app, first, [chunk(ONE_CLICK)]))
+        await _settle()
+        refused = [await request(app, scope, [chunk(ONE_CLICK)]) for scope in others]
+        emitter.release.set()
+        return refused, await waiting
+
+    try:
+        refused, taken = asyncio.run(scenario())
+    finally:
+        emitter.release.set()
+    assert [status for status, _ in refused] == [503] * 3
+    assert taken[0] == 200
+    assert [r["email"] for r in emitter.taken] == ["first@example.com"]
+    assert caplog.text.count("unsubscribe") == 1
+    assert "tracking: 1 unsubscribe answered 503" in caplog.text
+
+
+def test_unsubscribes_not_taken_in_time_are_logged_at_most_every_10_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a review: every unsubscribe answered ``503`` for want of the Emitter wrote
+    a WARNING line of its own (1,101 lines in one burst)."""
+    emitter = Gated("unsubscribed")
+    app = TrackingApp(emitter, KEYS, now=lambda: NOW, unsubscribe_wait=1e-3)
+    scopes = [
+        _post(LINKS.unsubscribe_url(**dict(WHO, email=f"p{i}@example.com"))) for i in range(3)
+    ]
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        return [await request(app, scope, [chunk(ONE_CLICK)]) for scope in scopes]
+
+    try:
+        assert [status for status, _ in asyncio.run(scenario())] == [503] * 3
+    finally:
+        emitter.release.set()
+    assert caplog.text.count("not taken by the Emitter") == 1
+
+
+def test_a_branded_page_may_style_itself_but_never_run_a_script(site: Site) -> None:
+    """Found by a review: the pages' policy was ``default-src 'none'``, so a platform's
+    ``confirm_page`` with its inline styles, stylesheet, logo or font rendered bare."""
+    answer = site.request("GET", site.links.unsubscribe_url(**WHO))
+    policy = dict(
+        part.strip().split(" ", 1) for part in answer.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"  # scripts, frames, connections: none
+    assert policy["style-src"] == "'unsafe-inline' https:"
+    assert policy["img-src"] == "https: data:"
+    assert policy["font-src"] == "https:"
+    assert policy["form-action"] == "'self'"
+    assert "script-src" not in policy

@@ -123,6 +123,17 @@ def test_what_a_record_would_refuse_is_refused_when_the_link_is_made() -> None:
         "https://t.example.com/x\r\nBcc: all@example.com",  # into List-Unsubscribe
         "https://t.example.com/a b",
         "https://t.\u00e9xample.com",
+        # Found by a review: these passed, and a List-Unsubscribe header <https://t/a>b/u/…>
+        # is read as https://t/a by the mailbox provider (the one-click POST went astray).
+        "https://t.example.com/a>b",
+        "https://t.example.com/a<b",
+        'https://t.example.com/a"b',
+        "https://t.example.com/a,b",
+        "https://t.example.com\\track",
+        "https://t.example.com/a`b",
+        "https://t.example.com/a{b}",
+        "https://t.example.com/a|b",
+        "https://t.example.com/a^b",
     ],
 )
 def test_the_base_url_must_be_https_without_extras(base: str) -> None:
@@ -135,3 +146,15 @@ def test_plain_http_is_allowed_on_loopback_only() -> None:
     assert TrackingLinks("http://127.0.0.1:8080", KEYS).base_url == "http://127.0.0.1:8080"
     with pytest.raises(ConfigurationError):
         TrackingLinks("https://t.example.com", "not keys")  # type: ignore[arg-type]
+
+
+def test_a_link_whose_token_the_endpoints_would_refuse_is_not_made() -> None:
+    """Found by a review: long or non-ASCII ids gave a token over the 16,384 characters
+    the endpoints read, and the link was made all the same (every hit then ``404``). It is
+    refused when made, naming what made it long."""
+    long_id = "\u00e9" * 8_000  # 3 bytes each in JSON, then base64: about 32,000 characters
+    with pytest.raises(InvalidEvent) as caught:
+        LINKS.unsubscribe_url(email="a@b.co", campaign_id=long_id)
+    assert caught.value.field == "link"
+    assert "16384" in str(caught.value) or "16,384" in str(caught.value)
+    assert len(LINKS.unsubscribe_url(email="a@b.co", campaign_id="\u00e9" * 100)) < 2_000

@@ -149,6 +149,22 @@ def test_invalid_keys_are_refused_naming_the_setting(
     assert "secret" not in str(caught.value)
 
 
+def test_a_secret_given_where_a_key_id_goes_is_not_shown() -> None:
+    """Found by a review: a secret passed as ``signing`` (or a mapping the wrong way round,
+    secret to id) was written whole into the ConfigurationError, and so into startup
+    crash logs and error trackers."""
+    secret = "9f" * 32
+    for make in (
+        lambda: TrackingKeys({"k1": K1}, secret),
+        lambda: TrackingKeys({secret: "k1" * 16}, "k1"),
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            make()
+        assert secret not in str(caught.value)
+        assert secret[:12] not in str(caught.value)
+        assert "not shown" in str(caught.value)
+
+
 def test_secrets_are_never_shown() -> None:
     assert "secret" not in repr(KEYS)
     assert "k1" in repr(KEYS)

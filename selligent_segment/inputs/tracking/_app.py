@@ -86,14 +86,17 @@ DEFAULT_HIT_WAIT = 1.0
 DEFAULT_UNSUBSCRIBE_WAIT = 10.0
 #: Opens and clicks answered but not yet taken by the Emitter, at most.
 DEFAULT_MAX_WAITING_HITS = 10_000
+#: Unsubscribe links whose event is on its way to the Emitter, at most (503 past it).
+DEFAULT_MAX_WAITING_UNSUBSCRIBES = 10_000
 #: Threads handing opens and clicks to the Emitter; and unsubscribes, apart.
 HIT_THREADS = 4
 UNSUBSCRIBE_THREADS = 2
-#: Seconds between two log lines about hits not recorded.
+#: Seconds between two log lines about hits not recorded, or unsubscribes answered 503.
 NOT_RECORDED_EVERY = 10.0
-#: The largest one-click POST body read.
+#: The largest one-click POST body read (a larger one is not read: it cannot matter).
 MAX_BODY = 16 * 1024
-#: What the one-click bodies being read at once may hold together (503 past it).
+#: What the one-click bodies being read at once may hold together (past it a body is not
+#: read: the signed link is the credential, the body never decides).
 MAX_BODIES_BYTES = 16 * 1024 * 1024
 #: The longest ``User-Agent`` kept in a record.
 MAX_AGENT_CHARS = 1024
@@ -107,7 +110,13 @@ _NO_STORE = [
 ]
 _PAGE_HEADERS = [
     *_NO_STORE,
-    ("Content-Security-Policy", "default-src 'none'; form-action 'self'; frame-ancestors 'none'"),
+    # Inline styles and https images and fonts, for a confirm_page / done_page of the
+    # platform's (its brand); never a script, a frame, or a form posting elsewhere.
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'unsafe-inline' https:; img-src https: data:; "
+        "font-src https:; form-action 'self'; frame-ancestors 'none'",
+    ),
     ("X-Frame-Options", "DENY"),
 ]
 _HTML = "text/html; charset=utf-8"
@@ -151,8 +160,12 @@ class TrackingApp:
     over when the Emitter takes it; past ``max_waiting_hits`` records waiting so
     (10,000), a hit is answered and not recorded (counted in a WARNING line). An
     unsubscribe waits ``unsubscribe_wait`` seconds at most (10), then is answered ``503``
-    with ``Retry-After`` (the provider tries again: the same event). A one-click body
-    must arrive whole within ``body_deadline`` seconds (30; ``408``)."""
+    with ``Retry-After`` (the provider tries again: the same event); a POST of a link
+    whose event is already on its way waits for that one (one emit, however many POSTs);
+    past ``max_waiting_unsubscribes`` links on their way (10,000) a POST is answered
+    ``503`` at once. A one-click body is read for ``body_deadline`` seconds at most (30)
+    and 16 KiB; the body never decides (the signed link does): one late, too large or
+    not read (past 16 MiB of bodies being read) is logged at INFO, and still unsubscribes."""
 
     def __init__(
         self,
@@ -168,6 +181,7 @@ class TrackingApp:
         unsubscribe_wait: float = DEFAULT_UNSUBSCRIBE_WAIT,
         max_waiting_hits: int = DEFAULT_MAX_WAITING_HITS,
         body_deadline: float = DEFAULT_BODY_DEADLINE,
+        max_waiting_unsubscribes: int = DEFAULT_MAX_WAITING_UNSUBSCRIBES,
     ) -> None:
         if not callable(getattr(emitter, "emit", None)):
             raise ConfigurationError("emitter", "expected an Emitter (an object with emit())")
@@ -189,17 +203,17 @@ class TrackingApp:
         self._now = now
         self._confirm_page = confirm_page
         self._done_page = done_page
-        for name, seconds in (
-            ("hit_wait", hit_wait),
-            ("unsubscribe_wait", unsubscribe_wait),
-            ("body_deadline", body_deadline),
-        ):
-            check_number(name, seconds, minimum=0)
+        check_number("hit_wait", hit_wait, minimum=0)
+        # 0 would answer 503 to an unsubscribe accepted, or give up on every body.
+        check_number("unsubscribe_wait", unsubscribe_wait, minimum=0, strict=True)
+        check_number("body_deadline", body_deadline, minimum=0, strict=True)
         check_number("max_waiting_hits", max_waiting_hits, minimum=0, integer=True)
+        check_number("max_waiting_unsubscribes", max_waiting_unsubscribes, minimum=1, integer=True)
         self._bodies = BodyBudget(MAX_BODIES_BYTES)
         self._hit_wait = hit_wait
         self._unsubscribe_wait = unsubscribe_wait
         self._max_waiting_hits = max_waiting_hits
+        self._max_waiting_unsubscribes = max_waiting_unsubscribes
         self._body_deadline = body_deadline
         self._hits = ThreadPoolExecutor(HIT_THREADS, "selligent-segment-tracking-hits")
         self._unsubscribes = ThreadPoolExecutor(
@@ -208,6 +222,12 @@ class TrackingApp:
         self._waiting_hits = 0  # handed over, not yet taken (on the event loop only)
         self._not_recorded = 0  # hits past max_waiting_hits not yet in a log line
         self._not_recorded_log = Throttle(NOT_RECORDED_EVERY)
+        # Each link's unsubscribe on its way to the Emitter (on the event loop only), by
+        # event id: a repeated POST waits for it rather than queue the same event again.
+        self._unsubscribing: dict[str, asyncio.Future[bool]] = {}
+        self._refused = 0  # unsubscribes answered 503 at once, not yet in a log line
+        self._late = 0  # unsubscribes not taken in time, not yet in a log line
+        self._unsubscribe_log = Throttle(NOT_RECORDED_EVERY)
 
     def __repr__(self) -> str:
         return f"<TrackingApp keys={sorted(self._keys.keys)} signing={self._keys.signing!r}>"
@@ -284,45 +304,90 @@ class TrackingApp:
     async def _unsubscribe(
         self, scope: Scope, receive: Receive, send: Send, token: Token, now: float, mac: str
     ) -> None:
-        try:
-            body = await read_body(
-                receive, MAX_BODY, budget=self._bodies, deadline=self._body_deadline
-            )
-        except BodyTooLarge as exc:
-            await respond(send, 413, f"body: {exc}\n".encode(), headers=_NO_STORE)
-            return
-        except BodiesBusy:
-            headers = [*_NO_STORE, ("Retry-After", "60")]
-            await respond(send, 503, b"too many requests being read; retry\n", headers=headers)
-            return
-        except BodyTimeout:
-            await respond(send, 408, b"the body did not arrive in time\n", headers=_NO_STORE)
-            return
-        self._bodies.give(len(body))
-        problem = one_click_problem(header(scope, "content-type"), body)
+        problem = await self._one_click_problem(scope, receive)
         if problem is not None:  # the signed link is the credential: still an unsubscribe
             log.info(
                 "tracking: unsubscribe POST without the one-click body (%s); accepted", problem
             )
         ip, agent = _client(scope)
         record = _record("unsubscribed", token, ip, agent, now)
-        record.update(list_id=token.list_id, event_id=f"one-click-{mac}")
-        loop = asyncio.get_running_loop()
-        taken = loop.run_in_executor(self._unsubscribes, self._emit_now, record)
-        try:
-            accepted = await asyncio.wait_for(asyncio.shield(taken), self._unsubscribe_wait)
-        except asyncio.TimeoutError:  # it goes on; the provider's retry is the same event
-            log.warning(
-                "tracking: an unsubscribe was not taken by the Emitter within %g s; "
-                "answered 503 for the mailbox provider to retry",
-                self._unsubscribe_wait,
-            )
-            accepted = False
+        event_id = f"one-click-{mac}"
+        record.update(list_id=token.list_id, event_id=event_id)
+        taken = self._unsubscribe_taken(event_id, record)
+        accepted = False
+        if taken is None:
+            self._log_unsubscribes(refused=1)
+        else:
+            try:
+                accepted = await asyncio.wait_for(asyncio.shield(taken), self._unsubscribe_wait)
+            except asyncio.TimeoutError:  # it goes on; the provider's retry is the same event
+                self._log_unsubscribes(late=1)
         if accepted:
             await respond(send, 200, self._done_page, content_type=_HTML, headers=_PAGE_HEADERS)
         else:
             headers = [*_NO_STORE, ("Retry-After", "60")]
             await respond(send, 503, b"could not record the unsubscribe; retry\n", headers=headers)
+
+    async def _one_click_problem(self, scope: Scope, receive: Receive) -> str | None:
+        """Why the POST's body is not RFC 8058's (None when it is). It never refuses the
+        POST: a body too large, too slow, or past the bytes being read at once is not
+        read (or not whole), and said so; a client gone raises :class:`ClientGone`."""
+        try:
+            body = await read_body(
+                receive, MAX_BODY, budget=self._bodies, deadline=self._body_deadline
+            )
+        except BodyTooLarge:
+            return f"body: over {MAX_BODY} bytes, not read"
+        except BodiesBusy:
+            return "body: not read, too many bodies being read at once"
+        except BodyTimeout:
+            return f"body: not whole within {self._body_deadline:g} s"
+        self._bodies.give(len(body))
+        return one_click_problem(header(scope, "content-type"), body)
+
+    def _unsubscribe_taken(
+        self, event_id: str, record: dict[str, Any]
+    ) -> asyncio.Future[bool] | None:
+        """The Emitter's taking of the unsubscribe ``event_id``: the one already on its
+        way (from an earlier POST of the link, on this event loop), or a new one; None
+        when ``max_waiting_unsubscribes`` are on their way already."""
+        loop = asyncio.get_running_loop()
+        taken = self._unsubscribing.get(event_id)
+        if taken is not None and taken.get_loop() is loop:
+            return taken
+        if len(self._unsubscribing) >= self._max_waiting_unsubscribes:
+            return None
+        taken = loop.run_in_executor(self._unsubscribes, self._emit_now, record)
+        self._unsubscribing[event_id] = taken
+
+        def done(_future: object) -> None:
+            if self._unsubscribing.get(event_id) is taken:
+                del self._unsubscribing[event_id]
+
+        taken.add_done_callback(done)
+        return taken
+
+    def _log_unsubscribes(self, *, refused: int = 0, late: int = 0) -> None:
+        """Count unsubscribes answered 503 (``refused`` at once, past the bound; ``late``,
+        not taken in time) in a WARNING line at most every 10 s."""
+        self._refused += refused
+        self._late += late
+        if not self._unsubscribe_log.allows(time.monotonic()):
+            return
+        if self._refused:
+            log.warning(
+                "tracking: %d unsubscribe answered 503 at once: %d links wait for the Emitter",
+                self._refused,
+                len(self._unsubscribing),
+            )
+        if self._late:
+            log.warning(
+                "tracking: %d unsubscribe(s) not taken by the Emitter within %g s; "
+                "answered 503 for the mailbox provider to retry",
+                self._late,
+                self._unsubscribe_wait,
+            )
+        self._refused = self._late = 0
 
     async def _hit(self, record: dict[str, Any]) -> None:
         """Hand an open's or a click's ``record`` to the Emitter and wait ``hit_wait`` at

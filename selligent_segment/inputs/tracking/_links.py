@@ -21,12 +21,22 @@ from selligent_segment._errors import ConfigurationError, InvalidEvent, shown
 from selligent_segment._record import CallbackRecord
 from selligent_segment.delivery._endpoint import is_loopback_host
 from selligent_segment.inputs.tracking._target import check_target
-from selligent_segment.inputs.tracking._token import Token, TrackingKeys, seal
+from selligent_segment.inputs.tracking._token import (
+    MAX_TOKEN_CHARS,
+    Token,
+    TrackingKeys,
+    seal,
+)
 
 __all__ = ["ONE_CLICK", "TrackingLinks"]
 
 #: The ``List-Unsubscribe-Post`` header value (and POST body) of RFC 8058.
 ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+#: Characters that end or split a URL in a ``List-Unsubscribe`` header (``<``, ``>``,
+#: ``,``) or that RFC 3986 does not allow unencoded in one.
+_UNSAFE = frozenset('<>",\\`{}|^')
 
 
 def _base_url(_instance: object, _attribute: attrs.Attribute[Any], value: object) -> None:
@@ -35,6 +45,13 @@ def _base_url(_instance: object, _attribute: attrs.Attribute[Any], value: object
     if not value.isascii() or not value.isprintable() or " " in value:
         raise ConfigurationError(
             "base_url", "must be printable ASCII, without spaces (it goes into mail headers)"
+        )
+    unsafe = sorted(set(value) & _UNSAFE)
+    if unsafe:
+        raise ConfigurationError(
+            "base_url",
+            f"{shown(''.join(unsafe))}: not allowed (a List-Unsubscribe header would end or "
+            "split the URL there; percent-encode the path)",
         )
     try:
         parts = urlsplit(value)
@@ -116,7 +133,14 @@ class TrackingLinks:
             sent_at=_send_time(sent_at),
             **{k: _text(checked.get(k)) for k in record if k != "type"},
         )
-        return f"{self.base_url}/{kind[0]}/{seal(token, self.keys)}"
+        text = seal(token, self.keys)
+        if len(text) > MAX_TOKEN_CHARS:
+            raise InvalidEvent(
+                "link",
+                f"its token would be {len(text):,} characters, over the {MAX_TOKEN_CHARS:,} "
+                "the endpoints read: shorten the ids or the link URL",
+            )
+        return f"{self.base_url}/{kind[0]}/{text}"
 
     def open_pixel_url(
         self,

@@ -64,6 +64,14 @@ def _secret(value: object, where: str) -> bytes:
     return value
 
 
+def _named(value: object) -> str:
+    """``value`` as an error text shows a key id: not at all when it could be a secret
+    (given in the wrong place: 32 characters or more, or not text)."""
+    if isinstance(value, str) and len(value) < _MIN_SECRET_BYTES:
+        return shown(value)
+    return "(value not shown: it could be a secret)"
+
+
 def _keys(value: object) -> Mapping[str, bytes]:
     if not isinstance(value, Mapping) or not value:
         raise ConfigurationError("keys", "expected a non-empty mapping of key id to key")
@@ -71,7 +79,7 @@ def _keys(value: object) -> Mapping[str, bytes]:
     for key_id, secret in value.items():
         if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
             raise ConfigurationError(
-                "keys", f"key id {shown(key_id)}: expected 1 to 32 of [A-Za-z0-9_-]"
+                "keys", f"key id {_named(key_id)}: expected 1 to 32 of [A-Za-z0-9_-]"
             )
         keys[key_id] = _secret(secret, f"keys[{key_id!r}]")
     return keys
@@ -82,7 +90,9 @@ class TrackingKeys:
     """The HMAC keys of the tracking links: ``keys`` maps a key id to its secret (at least
     32 bytes; text is UTF-8 encoded), ``signing`` names the one new links are sealed with.
     Links sealed with any key listed are accepted: to rotate, add the new key, sign with
-    it, and drop the old one once its links may expire. The secrets are never shown."""
+    it, and keep the old one as long as its unsubscribe links may be used (they never
+    expire: dropping a key breaks every ``List-Unsubscribe`` it signed). The secrets are
+    never shown, nor a value given where a key id goes that could be one."""
 
     keys: Mapping[str, bytes] = attrs.field(converter=_keys, repr=False)
     signing: str = attrs.field()
@@ -90,7 +100,7 @@ class TrackingKeys:
     @signing.validator
     def _check_signing(self, _attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, str) or value not in self.keys:
-            raise ConfigurationError("signing", f"{shown(value)} is not a key id in keys")
+            raise ConfigurationError("signing", f"{_named(value)} is not a key id in keys")
 
 
 @attrs.frozen(kw_only=True)
