@@ -573,6 +573,25 @@ def test_connection_refused(transport: HttpTransport) -> None:
     assert "NewConnectionError" in response.error
 
 
+def test_an_answer_echoing_the_request_puts_no_address_in_the_error(
+    segment: Segment, transport: HttpTransport
+) -> None:
+    """Found by a review: a firewall's or proxy's page echoing the refused request put the
+    recipients' addresses into the error text, logged at ERROR, against the promise that
+    lines at INFO and above carry none. Every address in a quoted answer is masked."""
+    echo = b'<html>Request blocked: {"batch":[{"anonymousId":"jane.doe+x@example.co.uk"}]}</html>'
+    segment.script(
+        Reply(status=400, body=echo),
+        Reply(status=400, body=b'{"code":"invalid","message":"bad email: ada@example.com"}'),
+    )
+    for _ in range(2):
+        response = transport.post(segment.url, KEY, [message(1)])
+        assert response.error is not None
+        assert "@" not in response.error, response.error
+        assert "[address]" in response.error
+    assert error_text(400, None, b"a" * 16384 + b"@") == "HTTP 400: " + "a" * 16384 + "@"
+
+
 def test_malformed_url_is_a_bug_not_a_network_error(transport: HttpTransport) -> None:
     with pytest.raises(ValueError, match="host"):
         transport.post("http://", KEY, [message(1)])

@@ -386,3 +386,59 @@ def test_the_deadline_is_validated_and_shown() -> None:
 def test_the_default_deadline_never_cuts_the_timeouts_short() -> None:
     assert f"deadline={DEFAULT_DEADLINE}," in repr(HttpTransport())
     assert "deadline=65.0," in repr(HttpTransport(connect_timeout=5.0, read_timeout=60.0))
+
+
+# -- the host's name is looked up once, and nothing is sent past the deadline ---------------
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> list[str]:
+    """``collector.test`` resolves to 127.0.0.1 (after ``delay`` seconds: a slow resolver);
+    the list of its lookups."""
+    resolve = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "collector.test":
+            return resolve(host, port, *args, **kwargs)
+        lookups.append(host)
+        time.sleep(delay)  # the resolver's own time, not a synchronisation
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return lookups
+
+
+def test_a_host_is_looked_up_once_per_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: a host of one address was looked up by the deadline's connect,
+    then again by urllib3's, doubling the time a slow resolver takes (which nothing
+    bounds)."""
+    lookups = _resolving(monkeypatch)
+    with serving() as server, impatient() as transport:
+        port = server.url.rsplit(":", 1)[1]
+        _, outcome, text = timed_post(transport, f"http://collector.test:{port}")
+    assert outcome is Outcome.DELIVERED, text
+    assert lookups == ["collector.test"]
+
+
+@pytest.mark.slow
+def test_nothing_is_sent_once_the_deadline_passed_while_looking_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a review: a request whose deadline passed while its host was looked up was
+    still sent, then cut by the watchdog: the server took it, the client counted a
+    failure and sent it again (with a slow resolver, every attempt a duplicate)."""
+    _resolving(monkeypatch, delay=DEADLINE + 0.2)
+    received: list[tuple[bytes, bytes, bytes]] = []
+
+    def recording(conn: socket.socket, stop: threading.Event) -> None:
+        request = read_request(conn, b"")
+        if request is not None:
+            received.append(request)
+            conn.sendall(FAST_ANSWER)
+
+    with serving(recording, recording) as server, impatient() as transport:
+        port = server.url.rsplit(":", 1)[1]
+        _, outcome, text = timed_post(transport, f"http://collector.test:{port}")
+    assert outcome is Outcome.RETRY
+    assert text.startswith("None deadline exceeded"), text
+    assert received == []

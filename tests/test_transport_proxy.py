@@ -7,6 +7,7 @@ import base64
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,6 +268,32 @@ def test_the_deadline_holds_through_a_tunnel(
 
 
 @pytest.mark.slow
+def test_the_deadline_holds_through_a_tunnel_in_an_https_proxy(
+    tls: tuple[ssl.SSLContext, Path],
+) -> None:
+    """Found by a review: through an ``https://`` proxy the connection's socket is
+    urllib3's TLS-in-TLS wrapper, not a socket, and the watchdog left it alone: an
+    endpoint that never answered held the sender for the whole read timeout (or without
+    bound, answering a byte at a time)."""
+    context, cert = tls
+    with ForwardProxy(tls=context) as proxy, running(context) as segment:
+        segment.script(Reply(action="hang"))
+        transport = HttpTransport(
+            proxy=proxy.url, ca_certs=str(cert), deadline=0.5, read_timeout=30.0
+        )
+        started = time.monotonic()
+        response = transport.post(segment.url, KEY, [message(1)])
+        elapsed = time.monotonic() - started
+        transport.close()
+    # The deadline is the behaviour under test: generous, the machine is shared (the
+    # proxy's own 10 s idle limit ended it before).
+    assert elapsed < 0.5 + 3.0
+    assert (response.status, response.outcome) == (None, Outcome.RETRY)
+    assert response.error is not None
+    assert "deadline exceeded" in response.error
+
+
+@pytest.mark.slow
 def test_the_deadline_holds_when_the_proxy_never_answers_connect() -> None:
     mute = socket.socket()  # accepts TCP connections (the backlog), never answers
     mute.bind(("127.0.0.1", 0))
@@ -415,6 +442,33 @@ def test_environment_routes_follow_requests() -> None:
     assert spaced.no_proxy == ("a.com", ".b.com")
     assert spaced.for_url("http://x.b.com/") is None
     assert spaced.for_url("http://x.c.com/") == parse_proxy("http://p:1", "HTTP_PROXY")
+
+
+def test_a_loopback_endpoint_never_goes_through_a_proxy_elsewhere() -> None:
+    """Found by a review: with ``HTTP_PROXY`` set, a plain ``http://127.0.0.1`` endpoint
+    (allowed because loopback traffic never leaves the machine) went to the proxy in
+    clear, write key and events, and the proxy reached its own 127.0.0.1. A loopback
+    endpoint takes an environment proxy only when that proxy is on loopback too; a
+    ``proxy`` setting still decides."""
+    corporate = routes(
+        None, {"HTTP_PROXY": "http://proxy.corp:3128", "HTTPS_PROXY": "http://proxy.corp:3128"}
+    )
+    for url in ("http://127.0.0.1:8080/v1/batch", "http://localhost:1/", "https://[::1]:8443/"):
+        assert corporate.for_url(url) is None, url
+    assert corporate.for_url("https://api.segment.io/v1/batch") is not None
+    local = routes(None, {"HTTP_PROXY": "http://127.0.0.1:3128"})
+    assert local.for_url("http://127.0.0.1:8080/") == parse_proxy(
+        "http://127.0.0.1:3128", "HTTP_PROXY"
+    )
+    explicit = routes("http://proxy.corp:3128", {})
+    assert explicit.for_url("http://127.0.0.1:8080/") is not None
+
+
+def test_an_empty_lowercase_no_proxy_falls_back_to_no_proxy_as_requests_does() -> None:
+    """Found by a review: ``no_proxy=""`` hid ``NO_PROXY``, where ``requests`` and curl
+    read the upper-case one, so traffic meant to go direct went through the proxy."""
+    env = {"HTTPS_PROXY": "http://proxy.corp:3128", "no_proxy": "", "NO_PROXY": "api.segment.io"}
+    assert routes(None, env).for_url("https://api.segment.io/v1/batch") is None
 
 
 def test_parse_proxy() -> None:

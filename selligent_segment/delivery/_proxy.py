@@ -6,8 +6,10 @@ reads it: ``https_proxy``/``HTTPS_PROXY`` for an ``https://`` endpoint, ``http_p
 ``HTTP_PROXY`` for ``http://``, ``all_proxy``/``ALL_PROXY`` for either, the lower-case
 form first (set but empty: no proxy), upper-case ``HTTP_PROXY`` ignored in a CGI process
 (``REQUEST_METHOD`` set: the httpoxy rule), and ``no_proxy``/``NO_PROXY`` naming the
-hosts that bypass it. The CA bundle: ``SSL_CERT_FILE``, else ``REQUESTS_CA_BUNDLE``,
-else certifi's.
+hosts that bypass it (an empty ``no_proxy`` reads ``NO_PROXY``, as ``requests`` does). A
+loopback endpoint never takes an environment proxy that is not on loopback itself (it
+would reach its own loopback; plain http would cross the network in clear). The CA
+bundle: ``SSL_CERT_FILE``, else ``REQUESTS_CA_BUNDLE``, else certifi's.
 
 Guarantee: a proxy's credentials (``http://user:pass@proxy:3128``) are kept only as the
 value of the ``Proxy-Authorization`` header, out of every repr; no error text echoes a
@@ -27,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 import attrs
 
 from selligent_segment._errors import ConfigurationError, shown
+from selligent_segment.delivery._endpoint import is_loopback_host
 
 __all__ = [
     "CA_VARIABLES",
@@ -101,6 +104,11 @@ class ProxyRoutes:
         host = parts.hostname or ""
         port = parts.port or _DEFAULT_PORTS.get(scheme)
         if self.no_proxy and bypasses(host, port, self.no_proxy):
+            return None
+        proxy_host = urlsplit(proxy.url).hostname or ""
+        if not self.explicit and is_loopback_host(host) and not is_loopback_host(proxy_host):
+            # A proxy elsewhere would reach its own loopback, and plain http (allowed for
+            # loopback only) would carry the write key across the network in clear.
             return None
         return proxy
 
@@ -207,6 +215,8 @@ def _from_environment(environ: Mapping[str, str]) -> ProxyRoutes:
             name, value = fallback_name, fallback
         found[scheme] = parse_proxy(value, name) if value else None
     _, no_proxy = _variable(environ, "no_proxy")
+    if not no_proxy:  # set but empty in lower case: requests and curl read NO_PROXY then
+        no_proxy = environ.get("NO_PROXY", "").strip()
     hosts = tuple(h for h in no_proxy.replace(" ", "").lower().split(",") if h)
     return ProxyRoutes(http=found["http"], https=found["https"], no_proxy=hosts)
 

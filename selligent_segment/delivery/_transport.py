@@ -459,6 +459,9 @@ class _Watchdog:
 def _shut_down(entry: _Deadline) -> None:
     """Shut down both ways the socket ``entry``'s connection uses now (watchdog, locked)."""
     sock = getattr(entry.conn, "sock", None)
+    # Through an https:// proxy, urllib3's SSLTransport (TLS in TLS) wraps the socket to
+    # the proxy: shutting that one down ends both.
+    sock = getattr(sock, "socket", sock)
     if isinstance(sock, socket.socket) and sock is not entry.shot:
         entry.shot = sock
         # socket.socket's own shutdown, also for an SSLSocket: SSLSocket.shutdown drops its
@@ -592,11 +595,17 @@ class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
             socket.getnameinfo(info[4], socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)[0]
             for info in found
         )
-        if len(addresses) < 2:  # one address (or none): urllib3's own connect, clipped once
+        if not addresses:  # not found: urllib3's own connect raises its own error
             self.timeout = entry.clip(limit)
-            sock = super()._new_conn()
-        else:
-            sock = self._connect_within(list(addresses), entry, limit)
+            return super()._new_conn()
+        # The addresses found, not the name: urllib3's connect would look it up again
+        # (twice the time a slow resolver takes, which nothing else bounds).
+        sock = self._connect_within(list(addresses), entry, limit)
+        if entry.passed():  # the lookup or the connect took the time: send nothing now
+            sock.close()
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out: the request's deadline passed"
+            )
         sock.settimeout(entry.clip(limit))  # what is left for the TLS handshake
         return sock
 
@@ -1236,8 +1245,26 @@ def _read_answer(raw: urllib3.BaseHTTPResponse, limit: int) -> Answer:
     return Answer(raw.status, raw.reason or "", raw.headers, data, read_failure)
 
 
+#: A character of an address's local part (RFC 5322 atext, and the dot).
+_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]"
+#: An email address. Linear on any text: a match starts only where a run of local-part
+#: characters starts, and no part is ever scanned again (possessive).
+_ADDRESS = re.compile(rf"(?<!{_LOCAL}){_LOCAL}++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
+
+
+def _without_addresses(text: str) -> str:
+    """``text`` with every email address replaced by ``[address]`` (an answer may echo the
+    refused request, recipients included: error texts are logged at ERROR)."""
+    return _ADDRESS.sub("[address]", text) if "@" in text else text
+
+
 def error_text(status: int, reason: str | None, data: bytes) -> str:
-    """Segment's ``code: message`` from a JSON error body, else the status and a snippet."""
+    """Segment's ``code: message`` from a JSON error body, else the status and a snippet;
+    every email address in either replaced by ``[address]``."""
+    return _without_addresses(_error_text(status, reason, data))
+
+
+def _error_text(status: int, reason: str | None, data: bytes) -> str:
     try:
         payload = json.loads(data)
     except (ValueError, RecursionError):  # a hostile body must not kill a sender thread
