@@ -28,8 +28,10 @@ Routes:
 Answers: ``202 {"accepted": true}`` when the event was accepted (it will be delivered or
 reported, never silently lost); ``400 {"error": {"field": ..., "reason": ...}}`` for an
 invalid event (the platform should not retry it); ``503`` with ``Retry-After`` when the
-queue is full or the service is stopping (the platform should retry); ``404``, ``405``,
-``411``, ``413`` for requests that are not callbacks.
+queue is full or the service is stopping, or the event's tenant has no write key yet
+(the platform should retry: ``Retry-After: 60`` for the missing key); ``404``, ``405``,
+``411``, ``413`` for requests that are not callbacks (``411`` and ``413`` close the
+connection, their body unread).
 
 SIGTERM or SIGINT stops accepting, flushes what is queued (up to ``--drain`` seconds) and
 exits. The first line on stdout is ``LISTENING http://HOST:PORT`` (useful with
@@ -97,9 +99,9 @@ class CallbackHandler(BaseHTTPRequestHandler):
             accepted = self.server.emitter.emit(fields)
         except InvalidEvent as exc:
             self._reply(HTTPStatus.BAD_REQUEST, error(exc.field, exc.reason))
-        except UnknownTenant as exc:
+        except UnknownTenant as exc:  # a configuration gap, not a bad callback: retry later
             reason = f"no write key configured for {exc.tenant!r}"
-            self._reply(HTTPStatus.BAD_REQUEST, error("tenant", reason))
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, error("tenant", reason), retry=60)
         except (SpoolFull, EmitterClosed) as exc:
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": {"reason": str(exc)}}, retry=1)
         else:
@@ -119,6 +121,7 @@ class CallbackHandler(BaseHTTPRequestHandler):
     def _read_json(self) -> dict[str, Any] | None:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True  # the body (chunked?) is not read: never a request
             self._reply(HTTPStatus.LENGTH_REQUIRED, error("body", "Content-Length required"))
             return None
         if int(length) > MAX_BODY:
@@ -144,6 +147,8 @@ class CallbackHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if retry is not None:
             self.send_header("Retry-After", str(retry))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import json
 import os
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -176,7 +178,7 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
         {"error": {"field": "type", "reason": "given by the URL; leave it out of the body"}},
     )
     assert error("/callbacks", {"type": "opened", "tenant": "initech", "user_id": "u"}) == (
-        400,
+        503,  # no key yet: the platform should retry (test_..._503_for_a_tenant_without_a_key)
         {"error": {"field": "tenant", "reason": "no write key configured for 'initech'"}},
     )
     assert error("/callbacks", {"type": "opened", "user_id": "u"}) == (
@@ -208,6 +210,70 @@ def test_web_service_answers_400_naming_the_field(service: Service, segment: Loc
     service.proc.communicate(timeout=30)
     assert service.proc.returncode == 0
     assert segment.accepted_count == 1
+
+
+@contextlib.contextmanager
+def serving(emitter: Emitter) -> Iterator[tuple[str, int]]:
+    """The web service in this process, emitting to ``emitter``; its address."""
+    server = load("webhook_service").create_server(("127.0.0.1", 0), emitter)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield str(host), int(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_web_service_answers_503_for_a_tenant_without_a_key_yet(segment: LocalSegment) -> None:
+    """Found by a review: a tenant with no write key yet (``UnknownTenant``) was answered
+    ``400``, which tells the platform never to retry: its events were lost even once its
+    key was added. It is a ``503`` with ``Retry-After`` now, as
+    ``examples/integrations/mail_hooks.py`` answers."""
+    record = {"tenant": "initech", "email": "ada@example.com", "event_id": "b1"}
+    emitter = Emitter(write_keys={"acme": "key-acme"}, endpoint=segment.url)
+    with emitter, serving(emitter) as (host, port):
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            conn.request("POST", "/callbacks/opened", body=json.dumps(record).encode())
+            response = conn.getresponse()
+            body = json.loads(response.read())
+        finally:
+            conn.close()
+    assert (response.status, response.getheader("Retry-After")) == (503, "60")
+    assert body == {"error": {"field": "tenant", "reason": "no write key configured for 'initech'"}}
+
+
+def test_web_service_closes_the_connection_after_a_411(segment: LocalSegment) -> None:
+    """Found by a review: a chunked request was answered ``411`` with its body left unread
+    on a kept-alive connection, so the body was read as the next request (a ``400``) and
+    the request the client sent after it was lost. The ``411`` closes the connection now
+    (``Connection: close``), as the ``413`` does."""
+    body = json.dumps({"tenant": "acme", "email": "ada@example.com", "event_id": "o1"}).encode()
+    chunked = (
+        b"POST /callbacks/opened HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    plain = b"POST /callbacks/opened HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    emitter = Emitter(write_keys={"acme": "key-acme"}, endpoint=segment.url)
+    with emitter, serving(emitter) as address, socket.create_connection(address, 30) as client:
+        client.sendall(chunked + plain)
+        received = b""
+        while chunk := client.recv(65536):  # until the service closes the connection
+            received += chunk
+    head, rest = received.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 411 Length Required"
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"Content-Length"))
+    assert len(rest) == length  # nothing after the 411: the body was never read as a request
+    assert json.loads(rest) == {"error": {"field": "body", "reason": "Content-Length required"}}
+    assert b"Connection: close" in lines
+    assert emitter.stats().accepted == 0
 
 
 @pytest.mark.slow  # a child process: half a second or more

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -25,7 +27,8 @@ from selligent_segment.spool._postgres import (
     redact,
 )
 from selligent_segment.spool._protocol import Lease
-from selligent_segment.testing._local_postgres import LocalPostgres
+from selligent_segment.testing import _local_postgres
+from selligent_segment.testing._local_postgres import LocalPostgres, PostgresUnavailable
 
 _schemas = itertools.count(1)
 
@@ -353,3 +356,32 @@ def test_close_writes_the_settlements_kept_while_the_database_was_down(
                 spool.close()
             own.start_server()
     assert "1 settlements of leased events could not be written" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_start_that_fails_stops_its_server_and_removes_its_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by a review: when ``LocalPostgres.start()`` failed after making its directory
+    (here ``createdb``: the database ``postgres`` exists already), nothing cleaned up, as
+    ``__exit__`` never runs: the server went on running and the ``/tmp/selligent-pg-*``
+    directory stayed. Now start() stops the server, removes the directory and re-raises."""
+    made: list[Path] = []
+    mkdtemp = _local_postgres.tempfile.mkdtemp
+
+    def recording_mkdtemp(prefix: str) -> str:
+        made.append(Path(mkdtemp(prefix=prefix)))
+        return str(made[-1])
+
+    monkeypatch.setattr(_local_postgres.tempfile, "mkdtemp", recording_mkdtemp)
+    own = LocalPostgres(database="postgres")
+    try:
+        with pytest.raises(PostgresUnavailable, match="createdb failed"):
+            own.start()
+        (root,) = made
+        assert not root.exists()
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on its port any more
+            socket.create_connection((own.host, own.port), timeout=5).close()
+        assert repr(own) == "<LocalPostgres stopped>"
+    finally:
+        own.stop()  # before the fix: stops the server the failed start left running

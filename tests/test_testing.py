@@ -6,7 +6,9 @@ import base64
 import contextlib
 import gzip
 import http.client
+import io
 import json
+import os
 import select
 import socket
 import subprocess
@@ -18,7 +20,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -33,6 +35,7 @@ from selligent_segment.testing import (
     RecordedRequest,
     local_segment,  # noqa: F401 - registers the fixture, as a conftest would
 )
+from selligent_segment.testing._process import _pipe_or_socket
 
 pytest_plugins = ["pytester"]
 
@@ -583,6 +586,25 @@ def test_fault_validation() -> None:
     assert FaultPlan.from_json({}) == FaultPlan()
 
 
+@pytest.mark.parametrize("keys", ["key-acme", b"key-acme"])
+def test_keys_given_as_one_string_are_refused(keys: Any) -> None:
+    """Found by a review: ``FaultPlan.mix(keys="key-acme")`` took the string for the set of
+    its characters, so no fault was ever injected, and ``LocalSegment(write_keys=...)``
+    alike accepted one-character keys only. A bare str or bytes is a TypeError now, which
+    does not show the key."""
+    with pytest.raises(TypeError, match=r"keys=\[key\]") as caught:
+        FaultPlan.mix(rates={500: 1.0}, keys=keys)
+    assert "key-acme" not in str(caught.value)
+    with pytest.raises(TypeError, match="mix_keys"):
+        FaultPlan(rates={500: 1.0}, mix_keys=keys)
+    with pytest.raises(TypeError, match=r"write_keys=\[key\]") as caught:
+        LocalSegment(write_keys=keys)
+    assert "key-acme" not in str(caught.value)
+    plan = FaultPlan.mix(rates={500: 1.0}, keys=("key-acme",))  # a collection of one
+    with LocalSegment(write_keys={"key-acme"}, faults=plan) as server:
+        assert send(server, batch(track("k1")), key="key-acme").status == 500
+
+
 # -- waiting ----------------------------------------------------------------------------------
 
 
@@ -650,10 +672,10 @@ def test_control_endpoints_in_process(seg: LocalSegment) -> None:
 # -- process mode -----------------------------------------------------------------------------
 
 
-def _spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
+def _spawn(*args: str, stdin: int | IO[Any] = subprocess.PIPE) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "selligent_segment.testing", "--port", "0", *args],
-        stdin=subprocess.PIPE,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -733,6 +755,57 @@ def test_subprocess_mode_fault_mix_and_stdin_close() -> None:
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@pytest.mark.slow  # half a second or more: the second step of .ci/run
+@pytest.mark.parametrize("stdin", ["/dev/null", "a file"])
+def test_subprocess_mode_keeps_serving_when_its_stdin_is_no_pipe(
+    stdin: str, tmp_path: Path
+) -> None:
+    """Found by a review: the process stopped when its stdin reached its end, so started in
+    the background of a script (stdin ``/dev/null``) or by ``docker run`` without ``-i`` it
+    printed LISTENING and quit. Only a pipe or a socket is watched now: from anything else
+    it serves until SIGTERM."""
+    path = Path(os.devnull) if stdin == "/dev/null" else tmp_path / "input"
+    if stdin == "a file":
+        path.write_text("")
+    with path.open("rb") as source:
+        proc, url = _spawn(stdin=source)
+    try:
+        for _ in range(3):
+            assert _http(url, "/_stats")[0] == 200
+        assert proc.poll() is None
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_process_mode_watches_a_piped_or_socket_stdin_only(tmp_path: Path) -> None:
+    """Found by a review (with the test above): the end of any stdin stopped the process.
+    Only a pipe's or a socket's end means the parent is done; /dev/null, a file or no
+    stdin is not watched."""
+    read_end, write_end = os.pipe()
+    left, right = socket.socketpair()
+    (tmp_path / "input").write_text("")
+    try:
+        with os.fdopen(read_end, closefd=False) as pipe, left.makefile() as sock:
+            assert _pipe_or_socket(pipe) == read_end
+            assert _pipe_or_socket(sock) == left.fileno()
+        with open(os.devnull) as null, (tmp_path / "input").open() as file:
+            assert _pipe_or_socket(null) is None
+            assert _pipe_or_socket(file) is None
+        assert _pipe_or_socket(None) is None
+        assert _pipe_or_socket(io.StringIO()) is None  # no descriptor (a test's capture)
+    finally:
+        for fd in (read_end, write_end):
+            os.close(fd)
+        left.close()
+        right.close()
 
 
 # -- pytest fixture ---------------------------------------------------------------------------

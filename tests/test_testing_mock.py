@@ -105,6 +105,24 @@ def test_gzip_sends_the_body_compressed_at_level_3() -> None:
     assert len(request.json()["batch"]) == len(request.items) == 3
 
 
+@pytest.mark.parametrize(("batch_gzip", "mock_gzip"), [(True, False), (False, True)])
+def test_the_mock_transports_own_gzip_decides_the_content_not_the_batch_policy(
+    batch_gzip: bool, mock_gzip: bool
+) -> None:
+    """docs/testing.md said ``content`` is the body exactly as it would go on the wire;
+    under ``BatchPolicy(gzip=True)`` it was not compressed (found by a review). The page
+    says now what decides: ``MockTransport(gzip=True)``; the emitter's ``BatchPolicy`` sets
+    up its default HTTP transport only."""
+    transport = MockTransport(gzip=mock_gzip)
+    with Emitter(KEY, transport=transport, batch=BatchPolicy(gzip=batch_gzip)) as emitter:
+        emitter.opened(email="ada@example.com", event_id="o-1")
+        assert emitter.flush(timeout=10)
+    (request,) = transport.requests
+    assert (request.headers.get("Content-Encoding") == "gzip") is mock_gzip
+    assert (request.content[:2] == b"\x1f\x8b") is mock_gzip
+    assert request.json()["batch"][0]["messageId"] == request.message_ids[0]
+
+
 def test_posts_are_validated_as_the_real_transport_validates_them() -> None:
     transport = MockTransport()
     with pytest.raises(ValueError, match="write key"):

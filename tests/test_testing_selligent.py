@@ -354,6 +354,74 @@ def test_each_column_type_is_checked(
         assert [r["v"] for r in server.rows("L")] == [good, ""]
 
 
+@pytest.mark.parametrize(
+    ("column", "good", "bad"),
+    [
+        pytest.param(
+            SelligentColumn("v", "Numeric"),
+            ["2147483647", "-2147483648", "+7", "007"],
+            ["2147483648", "-2147483649", "\u0663", "1_000", " 1"],
+            id="Numeric",
+        ),
+        pytest.param(
+            SelligentColumn("v", "Long"),
+            ["9223372036854775807", "-9223372036854775808"],
+            ["9223372036854775808", "-9223372036854775809", "\uff11", "9" * 5000],
+            id="Long",
+        ),
+        pytest.param(
+            SelligentColumn("v", "Float"),
+            ["1e308", ".5", "5.", "-1.5E-3", "+0"],
+            ["1_000", "nan", "inf", "-Infinity", "1e309", "\u0661.5", " 1.5", "1.5\n", "0x1p3"],
+            id="Float",
+        ),
+        pytest.param(
+            SelligentColumn("v", "Text"),
+            ["x" * 4000, "\U0001f600" * 2000],
+            ["x" * 4001, "\U0001f600" * 2000 + "x"],
+            id="Text",
+        ),
+        pytest.param(
+            SelligentColumn("v", "Text", 5000), ["x" * 5000], ["x" * 5001], id="Text-5000"
+        ),
+        pytest.param(SelligentColumn("v", "LongText"), ["x" * 10_000], [], id="LongText"),
+    ],
+)
+def test_values_selligent_refuses_are_invalid_records(
+    http: urllib3.PoolManager, column: SelligentColumn, good: list[str], bad: list[str]
+) -> None:
+    """Found by a review: the stand-in accepted values Selligent refuses: a Numeric beyond
+    32 bits, a Long beyond 64, non-ASCII digits (``\\d``), a Float Python reads but a
+    decimal is not (``1_000``, ``nan``, ``inf``), a Text over 4,000 characters with no
+    ``max_length`` declared. Each is an invalid record now; the limits themselves pass."""
+    with LocalSelligent(lists=[SelligentList("L", ("id", column))]) as server:
+        rows = [[str(i), value] for i, value in enumerate(good + bad)]
+        answer = orjson.loads(
+            load(http, server, rows, list_name="L", query="keyFields=id&fields=id,v").data
+        )
+        failed = [(r["record_index"], r["validation_code"]) for r in answer["invalid_records"]]
+        code = "MaxStringLengthExceeded" if column.type == "Text" else "InvalidType"
+        assert failed == [(i, code) for i in range(len(good), len(rows))]
+        assert [r["v"] for r in server.rows("L")] == good
+
+
+def test_an_undeclared_text_column_holds_at_most_4000_characters(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    """Found by a review: without declared lists any length passed; Selligent's Text
+    holds 4,000 characters (UTF-16 units) when no other maximum is declared."""
+    rows = [["1", "x" * 4000], ["2", "x" * 4001], ["3", "\u00e9" * 4001]]
+    answer = orjson.loads(load(http, local_selligent, rows, query="keyFields=id&fields=id,v").data)
+    assert [
+        (r["record_index"], r["field_name"], r["validation_code"])
+        for r in answer["invalid_records"]
+    ] == [
+        (1, "v", "MaxStringLengthExceeded"),
+        (2, "v", "MaxStringLengthExceeded"),
+    ]
+    assert [r["id"] for r in local_selligent.rows("CONTACTS")] == ["1"]
+
+
 def test_more_unreadable_requests_are_400_validation_failed(
     http: urllib3.PoolManager, local_selligent: LocalSelligent
 ) -> None:
@@ -440,6 +508,63 @@ def test_a_list_upserted_on_two_different_keys_indexes_both(
         {"id": "2", "email": "c@example.com"},
     ]
     assert local_selligent.row("L", email="c@example.com") == {"id": "2", "email": "c@example.com"}
+
+
+def test_an_update_that_changes_another_key_column_moves_the_row_in_its_index(
+    http: urllib3.PoolManager, local_selligent: LocalSelligent
+) -> None:
+    """Found by a review: an upsert updated a row in place without re-indexing it, so after
+    a load by ``id`` changed ``email``, ``row(email=new)`` was None, ``row(email=old)`` gave
+    the updated row, and a load keyed by ``email`` inserted a duplicate. Every index follows
+    a row's new values now; of rows sharing a key, the first inserted is the one found."""
+    by_id = "keyFields=id&fields=id,email"
+    by_email = "keyFields=email&fields=email,name"
+
+    def upsert(rows: list[list[str]], query: str) -> tuple[int, int]:
+        answer = orjson.loads(load(http, local_selligent, rows, list_name="L", query=query).data)
+        return answer["number_of_inserted_records"], answer["number_of_updated_records"]
+
+    assert upsert([["1", "old@example.com"], ["2", "two@example.com"]], by_id) == (2, 0)
+    assert local_selligent.row("L", email="old@example.com") == {
+        "id": "1",
+        "email": "old@example.com",
+    }
+    assert upsert([["1", "new@example.com"]], by_id) == (0, 1)
+    assert local_selligent.row("L", email="old@example.com") is None
+    assert local_selligent.row("L", email="new@example.com") == {
+        "id": "1",
+        "email": "new@example.com",
+    }
+    assert upsert([["new@example.com", "Ada"]], by_email) == (0, 1)
+    # Row 2 takes row 1's address: row 1, inserted first, is still the one found by it...
+    assert upsert([["2", "new@example.com"]], by_id) == (0, 1)
+    assert local_selligent.row("L", email="new@example.com") == {
+        "id": "1",
+        "email": "new@example.com",
+        "name": "Ada",
+    }
+    assert local_selligent.row("L", email="two@example.com") is None
+    # ...until row 1 leaves it: then row 2 is.
+    assert upsert([["1", "third@example.com"]], by_id) == (0, 1)
+    assert local_selligent.row("L", email="new@example.com") == {
+        "id": "2",
+        "email": "new@example.com",
+    }
+    assert upsert([["new@example.com", "Bob"]], by_email) == (0, 1)
+    assert local_selligent.rows("L") == [
+        {"id": "1", "email": "third@example.com", "name": "Ada"},
+        {"id": "2", "email": "new@example.com", "name": "Bob"},
+    ]
+
+
+def test_api_keys_given_as_one_string_are_refused() -> None:
+    """Found by a review: ``LocalSelligent(api_keys="key:secret")`` took the string for the
+    set of its characters, so it answered 401 to the key it was given. A bare str or bytes
+    is a TypeError now, which does not show the key."""
+    for keys in (KEY, KEY.encode()):
+        with pytest.raises(TypeError, match=r"api_keys=\[key\]") as caught:
+            LocalSelligent(api_keys=keys)  # type: ignore[arg-type]
+        assert "svc-secret" not in str(caught.value)
 
 
 def test_store_rows_false_keeps_keys_and_exact_counts(http: urllib3.PoolManager) -> None:

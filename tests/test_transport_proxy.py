@@ -7,6 +7,7 @@ import base64
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +249,34 @@ def test_an_https_proxy_is_reached_over_verified_tls(
     assert refused.error is not None
     assert "certificate" in refused.error.lower()
     assert server.accepted_count == 1
+
+
+def test_a_client_silent_in_its_handshake_holds_no_other_client_nor_stop(
+    server: LocalSegment, tls: tuple[ssl.SSLContext, Path]
+) -> None:
+    """Found by a review: ``ForwardProxy(tls=...)`` wrapped its listening socket, so
+    ``accept()`` made the TLS handshake on the serving thread: one client that connected
+    and said nothing held every other client, and ``stop()`` hung. Each connection's
+    handshake is in its own thread now, bounded by a timeout, and ``stop()`` cuts it."""
+    context, cert = tls
+    proxy = ForwardProxy(tls=context).start()
+    # Accepted first (the listen queue is in order), and silent: no ClientHello.
+    silent = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    stopper = threading.Thread(target=proxy.stop, daemon=True)
+    try:
+        transport = HttpTransport(proxy=proxy.url, ca_certs=str(cert), deadline=5.0)
+        assert _post(transport, server.url) == [Outcome.DELIVERED]
+        assert [r.method for r in proxy.requests] == ["POST"]
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "stop() hung on the silent client"
+        assert silent.recv(1) == b""  # and it cut the silent client's connection
+    finally:
+        silent.close()  # before the fix: ends the handshake, and so lets stop() return
+        if stopper.is_alive():
+            stopper.join(10)
+        else:
+            proxy.stop()
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ __all__ = [
     "RateKey",
     "RatesLike",
     "fault_answer",
+    "key_set",
     "parse_fault_control",
 ]
 
@@ -161,8 +162,20 @@ def _to_rates(value: RatesLike) -> Mapping[RateKey, float]:
     return MappingProxyType(out)
 
 
-def _to_key_set(value: Iterable[str] | None) -> frozenset[str] | None:
+def key_set(value: Iterable[str] | None, argument: str) -> frozenset[str] | None:
+    """``value`` as a set of keys (None stays None); a bare ``str`` or ``bytes`` (the
+    set of its characters, a key that never matches) is a TypeError naming ``argument``,
+    never the key."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{argument} must be a collection of keys, not one {type(value).__name__}: "
+            f"give {argument}=[key]"
+        )
     return None if value is None else frozenset(value)
+
+
+def _to_key_set(value: Iterable[str] | None) -> frozenset[str] | None:
+    return key_set(value, "mix_keys")
 
 
 def _redact_keys(value: object) -> str:
@@ -212,13 +225,14 @@ class FaultPlan:
         x_ratelimit_reset: int | str | None = None,
         keys: Iterable[str] | None = None,
     ) -> FaultPlan:
-        """A seeded random mix, e.g. ``mix(seed=1, rates={500: 0.2, "drop": 0.05})``."""
+        """A seeded random mix, e.g. ``mix(seed=1, rates={500: 0.2, "drop": 0.05})``;
+        ``keys`` (a collection of write keys, not one string) restricts it to them."""
         return cls(
             rates=rates,
             seed=seed,
             retry_after=retry_after,
             x_ratelimit_reset=x_ratelimit_reset,
-            mix_keys=keys,
+            mix_keys=key_set(keys, "keys"),
         )
 
     @classmethod

@@ -8,13 +8,16 @@ URI (``POST http://host:port/v1/batch``) is forwarded and its answer relayed. Wi
 
 Guarantees: only loopback targets are reached (any other is answered ``403``), so a
 test never leaves the machine; every request is recorded before it is answered or
-tunnelled; :meth:`ForwardProxy.stop` closes every open connection and tunnel; nothing
-is logged, and the ``Proxy-Authorization`` a request carried is out of every repr.
+tunnelled; over TLS each connection's handshake is made on its own thread, within
+:data:`HANDSHAKE_TIMEOUT`, so a silent client holds up no other; :meth:`ForwardProxy.stop`
+closes every open connection and tunnel; nothing is logged, and the
+``Proxy-Authorization`` a request carried is out of every repr.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import select
 import socket
@@ -47,6 +50,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _RELAY_CHUNK = 64 * 1024
+#: Seconds a client of a TLS proxy has to complete its handshake.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 @attrs.frozen
@@ -96,8 +101,6 @@ class ForwardProxy(StartedOnEnter):
         """Bind a free loopback port and serve in a daemon thread."""
         if self._server is None:
             self._server = _ProxyServer(self)
-            if self._tls is not None:
-                self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
             self._thread = threading.Thread(
                 target=self._server.serve_forever,
                 args=(0.05,),
@@ -167,6 +170,29 @@ class _ProxyServer(ConnectionTracker, ThreadingHTTPServer):
         self.track(request)
         self.owner._connected()
         super().process_request(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, on its own thread; over TLS the handshake is made here
+        (never on the serving thread, where a silent client would hold every other and
+        ``stop()``), within :data:`HANDSHAKE_TIMEOUT` seconds."""
+        tls = self.owner._tls
+        if tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        secured = tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        # wrap_socket took the descriptor from ``request``: stop() must shut ``secured``.
+        self.track(secured)
+        self.untrack(request)
+        try:
+            secured.do_handshake()
+            secured.settimeout(None)
+            super().finish_request(secured, client_address)
+        finally:
+            self.untrack(secured)
+            with contextlib.suppress(OSError):
+                secured.shutdown(socket.SHUT_WR)
+            secured.close()
 
     def shutdown_request(self, request: Any) -> None:
         self.untrack(request)

@@ -8,11 +8,12 @@ command runs as that user (``runuser``); otherwise it runs as the current user.
 
 Guarantees: :meth:`LocalPostgres.start` returns only once the server accepts connections
 (``pg_ctl start -w``) or raises :class:`PostgresUnavailable` saying why (binaries missing,
-``initdb`` or start failed, with the server log's tail); it never skips. :meth:`restart`
-runs ``pg_ctl restart`` with the mode given (``fast``, or ``immediate``: a crash as far as
-the database is concerned) and returns once the server accepts connections again. The
-cluster is for tests: ``fsync`` is off (an operating-system crash is not simulated; a
-server crash is, and committed data survives it), authentication is ``trust`` on loopback.
+``initdb`` or start failed, with the server log's tail), having stopped the server and
+removed the directory it made; it never skips. :meth:`restart` runs ``pg_ctl restart``
+with the mode given (``fast``, or ``immediate``: a crash as far as the database is
+concerned) and returns once the server accepts connections again. The cluster is for
+tests: ``fsync`` is off (an operating-system crash is not simulated; a server crash is,
+and committed data survives it), authentication is ``trust`` on loopback.
 """
 
 from __future__ import annotations
@@ -149,49 +150,56 @@ class LocalPostgres(StartedOnEnter):
         return "\nserver log:\n" + text[-2000:]
 
     def start(self) -> LocalPostgres:
-        """Create the cluster and start the server; returns once it accepts connections."""
+        """Create the cluster and start the server; returns once it accepts connections.
+
+        When any step fails (or is interrupted) once the directory exists, the server is
+        stopped and the directory removed (:meth:`stop`) before the error is re-raised."""
         self._bin = find_server_binaries()
         root = Path(tempfile.mkdtemp(prefix="selligent-pg-"))
         self._root = root
-        if self._as_root:
-            os.chmod(root, 0o755)  # noqa: S103 (the postgres user must reach its data dir)
-            shutil.chown(root, _SERVER_USER)
-        if self._port == 0:
-            self._port = _free_port(self.host)
-        self._run(
-            str(self._bin / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-U",
-            self.user,
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-            what="initdb",
-        )
-        self._options = [
-            f"-c listen_addresses={self.host}",
-            f"-p {self._port}",
-            f"-c unix_socket_directories={root}",
-            "-c fsync=off",
-            "-c full_page_writes=off",
-            "-c max_connections=200",
-            *(f"-c {name}={value}" for name, value in self._settings),
-        ]
-        self.start_server()
-        self._run(
-            str(self._bin / "createdb"),
-            "-h",
-            self.host,
-            "-p",
-            str(self._port),
-            "-U",
-            self.user,
-            self.database,
-            what="createdb",
-        )
+        try:
+            if self._as_root:
+                os.chmod(root, 0o755)  # noqa: S103 (the postgres user must reach its data dir)
+                shutil.chown(root, _SERVER_USER)
+            if self._port == 0:
+                self._port = _free_port(self.host)
+            self._run(
+                str(self._bin / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.user,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                what="initdb",
+            )
+            self._options = [
+                f"-c listen_addresses={self.host}",
+                f"-p {self._port}",
+                f"-c unix_socket_directories={root}",
+                "-c fsync=off",
+                "-c full_page_writes=off",
+                "-c max_connections=200",
+                *(f"-c {name}={value}" for name, value in self._settings),
+            ]
+            self.start_server()
+            self._run(
+                str(self._bin / "createdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self._port),
+                "-U",
+                self.user,
+                self.database,
+                what="createdb",
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _pg_ctl(self, action: str, *extra: str) -> None:

@@ -94,6 +94,7 @@ class LocalSegment(StandIn):
     """
 
     _name = "LocalSegment"
+    _keys_argument = "write_keys"
 
     def __init__(
         self,

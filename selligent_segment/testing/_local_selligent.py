@@ -13,8 +13,9 @@ is answered; accessors return copies taken under that lock; every wait is on tha
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -49,30 +50,77 @@ class RecordedLoad:
     fault: FaultKind | None = None
 
 
-class _Table:
-    """The rows of one list, and an index per set of key fields used to upsert into it."""
+_Row: TypeAlias = dict[str, str]
 
-    __slots__ = ("indexes", "rows")
+
+class _Table:
+    """The rows of one list, and an index per set of key fields used to upsert into it or
+    read it by.
+
+    An index maps a key's values to the rows holding them, in insertion order (the first
+    is the one an upsert updates and :meth:`LocalSelligent.row` returns); :meth:`update`
+    moves a row in every index whose fields it changes, so an index always agrees with
+    the rows."""
+
+    __slots__ = ("indexes", "positions", "rows")
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, str]] = []
-        self.indexes: dict[tuple[str, ...], dict[tuple[str, ...], dict[str, str]]] = {}
+        self.rows: list[_Row] = []
+        self.positions: dict[int, int] = {}  # id(row) -> its place in rows (never removed)
+        self.indexes: dict[tuple[str, ...], dict[tuple[str, ...], list[_Row]]] = {}
 
-    def index(self, key_fields: tuple[str, ...]) -> dict[tuple[str, ...], dict[str, str]]:
+    def index(self, key_fields: tuple[str, ...]) -> dict[tuple[str, ...], list[_Row]]:
         index = self.indexes.get(key_fields)
         if index is None:
             index = {}
             for row in self.rows:
-                if all(f in row for f in key_fields):
-                    index[tuple(row[f] for f in key_fields)] = row
+                key = _key(row, key_fields)
+                if key is not None:
+                    index.setdefault(key, []).append(row)
             self.indexes[key_fields] = index
         return index
 
-    def insert(self, row: dict[str, str]) -> None:
+    def first(self, key_fields: tuple[str, ...], key: tuple[str, ...]) -> _Row | None:
+        """The first row (in insertion order) whose ``key_fields`` hold ``key``, or None."""
+        found = self.index(key_fields).get(key)
+        return found[0] if found else None
+
+    def insert(self, row: _Row) -> None:
+        self.positions[id(row)] = len(self.rows)
         self.rows.append(row)
         for fields, index in self.indexes.items():
-            if all(f in row for f in fields):
-                index.setdefault(tuple(row[f] for f in fields), row)
+            key = _key(row, fields)
+            if key is not None:
+                index.setdefault(key, []).append(row)  # the last row: at the end
+
+    def update(self, row: _Row, values: Iterable[tuple[str, str]]) -> None:
+        """Set ``values`` in ``row``, moving it in every index whose key it changes."""
+        changed = {name: value for name, value in values if row.get(name) != value}
+        if not changed:
+            return
+        moving = [
+            (fields, index, _key(row, fields))
+            for fields, index in self.indexes.items()
+            if not changed.keys().isdisjoint(fields)
+        ]
+        row.update(changed)
+        for fields, index, old in moving:
+            if old is not None:
+                holders = index[old]
+                del holders[next(i for i, held in enumerate(holders) if held is row)]
+                if not holders:
+                    del index[old]
+            new = _key(row, fields)
+            if new is not None:
+                bisect.insort(index.setdefault(new, []), row, key=lambda r: self.positions[id(r)])
+
+
+def _key(row: _Row, fields: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The values of ``fields`` in ``row``, or None when it lacks one."""
+    try:
+        return tuple([row[f] for f in fields])
+    except KeyError:
+        return None
 
 
 class LocalSelligent(StandIn):
@@ -111,6 +159,7 @@ class LocalSelligent(StandIn):
     """
 
     _name = "LocalSelligent"
+    _keys_argument = "api_keys"
 
     def __init__(
         self,
@@ -200,13 +249,14 @@ class LocalSelligent(StandIn):
             return [] if table is None else [dict(row) for row in table.rows]
 
     def row(self, list_name: str, **key: str) -> dict[str, str] | None:
-        """The row of ``list_name`` whose columns equal ``key`` (a copy), or None."""
+        """The row of ``list_name`` whose columns equal ``key`` (a copy; the first inserted
+        when several do), or None."""
         with self._cond:
             table = self._tables.get(list_name)
             if table is None:
                 return None
             fields = tuple(key)
-            found = table.index(fields).get(tuple(key[f] for f in fields))
+            found = table.first(fields, tuple(key[f] for f in fields))
             return None if found is None else dict(found)
 
     @property
@@ -278,10 +328,10 @@ class LocalSelligent(StandIn):
             table = self._tables.get(list_name)
             if table is None:
                 table = self._tables[list_name] = _Table()
-            index = table.index(key_fields)
+            index = table.index(key_fields)  # an update never changes these fields
             for key, row in chosen.items():
-                existing = index.get(key)
-                if existing is None:
+                holders = index.get(key)
+                if holders is None:
                     if request.option != "OnlyUpdate":
                         table.insert(
                             dict(zip(fields, row, strict=True))
@@ -291,7 +341,7 @@ class LocalSelligent(StandIn):
                         inserted += 1
                 elif request.option != "OnlyInsert":
                     if store:
-                        existing.update(zip(fields, row, strict=True))
+                        table.update(holders[0], zip(fields, row, strict=True))
                     updated += 1
             self._n_inserted += inserted
             self._n_updated += updated

@@ -65,8 +65,9 @@ class MockRequest:
 
     ``endpoint`` is the base URL the sender posts to and ``url`` the full one
     (``endpoint + "/v1/batch"``); ``items`` the messages of the batch, parsed (dicts, in
-    order); ``content`` the request body exactly as it would go on the wire (gzip when the
-    transport compresses); ``retry_count`` the attempts already made (the
+    order); ``content`` the request body as this transport sends it (gzip only with
+    ``MockTransport(gzip=True)``: an Emitter's ``BatchPolicy(gzip=...)`` sets up its default
+    transport, never one passed in); ``retry_count`` the attempts already made (the
     ``X-Retry-Count`` header, sent when positive); ``headers`` the request headers as
     :class:`HttpTransport` sends them (``Authorization`` carries the key);
     ``write_key`` the key; ``at`` the transport's clock when the request was made.

@@ -5,8 +5,9 @@ of its own (for benchmarks, and tests of a service in another language): parse t
 start the server, print where it listens, wait for the signal to stop.
 
 Guarantees: the first line on stdout is ``LISTENING <url>`` and is flushed once the socket
-accepts connections; the process stops (exit status 0) when its stdin closes (unless
-``--ignore-stdin``), on SIGTERM or on SIGINT, closing every connection; an unknown option
+accepts connections; the process stops (exit status 0) when its stdin is a pipe or a
+socket and closes (unless ``--ignore-stdin``; stdin from ``/dev/null``, a file or a terminal
+is not watched), on SIGTERM or on SIGINT, closing every connection; an unknown option
 or a bad ``--fault-mix`` exits with status 2 and a usage message before anything is bound.
 """
 
@@ -16,9 +17,11 @@ import argparse
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Sequence
+from typing import IO
 
 import orjson
 
@@ -31,18 +34,20 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Serve as a process: print ``LISTENING <url>``, stop on stdin EOF, SIGTERM or SIGINT.
+    """Serve as a process: print ``LISTENING <url>``, stop on SIGTERM, SIGINT or the end
+    of a piped stdin.
 
     ``python -m selligent_segment.testing --port 0 [--fault-mix JSON] [--strict] [--latency S]``
     (also ``--host``, ``--write-key KEY`` repeated, ``--ignore-stdin``). The first stdout
-    line is ``LISTENING http://127.0.0.1:PORT``; it serves until stdin closes (unless
-    ``--ignore-stdin``), SIGTERM or SIGINT, then returns 0. Besides ``/v1/batch`` every
-    server answers ``GET /_stats`` (``{"accepted", "unique_message_ids", "requests",
-    "dropped", "duplicates"}``, from counters), ``POST /_reset`` (clear records) and
-    ``POST /_faults`` (body like ``{"seed": 1, "rates": {"500": 0.2, "429": 0.05, "drop":
-    0.05}, "retry_after": 1}``, optionally ``"outage": 503``; ``{}`` clears faults and ends
-    any outage); ``--fault-mix`` takes the same JSON. The process keeps counters and the
-    message-id set only (``record_events=False``).
+    line is ``LISTENING http://127.0.0.1:PORT``; it serves until SIGTERM, SIGINT or, when
+    stdin is a pipe or a socket, stdin's end (unless ``--ignore-stdin``), then returns 0.
+    Besides ``/v1/batch`` every server answers ``GET /_stats`` (``{"accepted",
+    "unique_message_ids", "requests", "dropped", "duplicates"}``, from counters),
+    ``POST /_reset`` (clear records) and ``POST /_faults`` (body like ``{"seed": 1,
+    "rates": {"500": 0.2, "429": 0.05, "drop": 0.05}, "retry_after": 1}``, optionally
+    ``"outage": 503``; ``{}`` clears faults and ends any outage); ``--fault-mix`` takes
+    the same JSON. The process keeps counters and the message-id set only
+    (``record_events=False``).
 
     With ``--selligent`` it serves a :class:`~selligent_segment.testing.LocalSelligent`
     instead (``--api-key``, ``--organization``, ``--lists JSON``, ``--store-keys-only``),
@@ -63,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fault-mix", default=None, help="JSON fault mix, as for POST /_faults")
     parser.add_argument("--strict", action="store_true", help="answer 400 to invalid items")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
-    parser.add_argument("--ignore-stdin", action="store_true", help="do not stop when stdin closes")
+    parser.add_argument(
+        "--ignore-stdin",
+        action="store_true",
+        help="do not stop when stdin (a pipe or a socket) closes",
+    )
     parser.add_argument(
         "--selligent",
         action="store_true",
@@ -133,16 +142,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    if not args.ignore_stdin and sys.stdin is not None:
+    watched = None if args.ignore_stdin else _pipe_or_socket(sys.stdin)
+    if watched is not None:
 
-        def _watch_stdin() -> None:
+        def _watch_stdin(fd: int) -> None:
             with contextlib.suppress(OSError, ValueError):
-                fd = sys.stdin.fileno()
                 while os.read(fd, 65536):
                     pass
             stop.set()
 
-        threading.Thread(target=_watch_stdin, name="stdin-watch", daemon=True).start()
+        threading.Thread(
+            target=_watch_stdin, args=(watched,), name="stdin-watch", daemon=True
+        ).start()
 
     with server:
         sys.stdout.write(f"LISTENING {server.url}\n")
@@ -150,3 +161,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not stop.wait(0.5):
             pass
     return 0
+
+
+def _pipe_or_socket(stream: IO[str] | None) -> int | None:
+    """The descriptor of ``stream`` when it is a pipe or a socket, else None.
+
+    Only there does the end of input mean the parent is done (it closed its end, or died);
+    ``/dev/null``, a file or a terminal (a process started in the background of a script,
+    ``docker run`` without ``-i``) is at its end at once, or never."""
+    if stream is None:
+        return None
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
+        return None
+    return fd if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None

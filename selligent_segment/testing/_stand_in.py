@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from selligent_segment._context import StartedOnEnter
-from selligent_segment.testing._faults import FaultInjector, FaultPlan
+from selligent_segment.testing._faults import FaultInjector, FaultPlan, key_set
 
 if TYPE_CHECKING:
     from selligent_segment.testing._server import LoopbackServer
@@ -31,6 +31,7 @@ class StandIn(StartedOnEnter):
     """A stand-in served on a real loopback socket; subclasses give :meth:`_serve`."""
 
     _name: ClassVar[str]
+    _keys_argument: ClassVar[str]  # the constructor's name for ``keys``, for its errors
 
     def __init__(
         self,
@@ -47,7 +48,8 @@ class StandIn(StartedOnEnter):
         self._port = port
         self._latency = float(latency)
         self._keys_lock = threading.Lock()
-        self._allowed: set[str] | None = None if keys is None else set(keys)
+        allowed = key_set(keys, self._keys_argument)
+        self._allowed: set[str] | None = None if allowed is None else set(allowed)
         self._revoked: set[str] = set()
         self._faults = FaultInjector(faults)
         self._cond = threading.Condition(threading.Lock())
