@@ -690,6 +690,16 @@ def _spawn(*args: str, stdin: int | IO[Any] = subprocess.PIPE) -> tuple[subproce
     return proc, line.split(" ", 1)[1]
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if it still runs, wait for it, close the pipes it was given."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdout, proc.stdin):
+        if pipe is not None:
+            pipe.close()
+
+
 def _http(
     url: str, path: str, payload: Any = None, key: str | None = None
 ) -> tuple[int, dict[str, Any]]:
@@ -732,13 +742,7 @@ def test_subprocess_mode_serves_and_stops_on_sigterm() -> None:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        assert proc.stdin is not None
-        proc.stdout.close()
-        proc.stdin.close()
+        _reap(proc)
 
 
 @pytest.mark.slow  # half a second or more: the second step of .ci/run
@@ -750,11 +754,7 @@ def test_subprocess_mode_fault_mix_and_stdin_close() -> None:
         proc.stdin.close()
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+        _reap(proc)
 
 
 @pytest.mark.slow  # half a second or more: the second step of .ci/run
@@ -778,11 +778,7 @@ def test_subprocess_mode_keeps_serving_when_its_stdin_is_no_pipe(
         proc.terminate()
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
+        _reap(proc)
 
 
 def test_process_mode_watches_a_piped_or_socket_stdin_only(tmp_path: Path) -> None:
