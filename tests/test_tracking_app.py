@@ -654,3 +654,33 @@ def test_a_branded_page_may_style_itself_but_never_run_a_script(site: Site) -> N
     assert policy["font-src"] == "https:"
     assert policy["form-action"] == "'self'"
     assert "script-src" not in policy
+
+
+def test_records_left_waiting_by_a_closed_event_loop_count_against_no_bound() -> None:
+    """Found by a second review: a loop closed while the Emitter still held a record never
+    completes its future, so the record counted against ``max_waiting_unsubscribes`` (or
+    ``max_waiting_hits``) for good, and every later unsubscribe was answered ``503`` at
+    once, every later hit not recorded (an app served by one loop after another)."""
+    emitter = Gated("unsubscribed", "opened")
+    app = TrackingApp(
+        emitter,
+        KEYS,
+        now=lambda: NOW,
+        unsubscribe_wait=1e-3,
+        max_waiting_unsubscribes=1,
+        hit_wait=0,
+        max_waiting_hits=1,
+    )
+    people = [dict(WHO, email=f"p{i}@example.com") for i in range(2)]
+    try:
+        for who in people:  # each in an event loop of its own, closed after it
+            assert call_asgi(app, _post(LINKS.unsubscribe_url(**who)), [chunk(ONE_CLICK)])[0] == 503
+            assert call_asgi(app, _get(LINKS.open_pixel_url(**who)), [])[0] == 200
+    finally:
+        emitter.release.set()
+    app._unsubscribes.shutdown(wait=True)  # every record handed over has been taken
+    app._hits.shutdown(wait=True)
+    taken = sorted((r["type"], r["email"]) for r in emitter.taken)
+    assert taken == sorted(
+        (kind, who["email"]) for kind in ("opened", "unsubscribed") for who in people
+    )

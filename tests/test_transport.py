@@ -589,7 +589,18 @@ def test_an_answer_echoing_the_request_puts_no_address_in_the_error(
         assert response.error is not None
         assert "@" not in response.error, response.error
         assert "[address]" in response.error
-    assert error_text(400, None, b"a" * 16384 + b"@") == "HTTP 400: " + "a" * 16384 + "@"
+    # A second address glued on (a query, a form), non-ASCII, quoted or cut short: each
+    # masked whole (found by a second review); a text without an address untouched.
+    for text in (
+        "GET /v1/batch?to=jane@example.com&cc=bob@example.org",
+        "mailto:jane@example.com?cc=bob@example.org",
+        "jane@example.com/bob@example.org",
+        "j\u00f6rg@ex\u00e4mple.de, a,b@my_host.example.com",
+        '"j.doe"@example.com',
+        "blocked: jane.doe@exam",
+    ):
+        assert "@" not in scrub(text, KEY), text
+    assert scrub("HTTP 400 Bad Request: a@", KEY) == "HTTP 400 Bad Request: a@"
 
 
 def test_malformed_url_is_a_bug_not_a_network_error(transport: HttpTransport) -> None:

@@ -270,11 +270,21 @@ def _basic_token(write_key: str) -> str:
     return base64.b64encode(f"{write_key}:".encode()).decode("ascii")
 
 
+#: A word holding an ``@``: an email address (whatever its characters, cut or quoted),
+#: with what is glued to it (a query's ``to=``, a second address after ``&``). A match
+#: starts only where a word starts (the lookbehind), so this is linear on any text; no
+#: possessive quantifier, which Python 3.10 does not have.
+_WORD = r"[^\s\"'<>()\[\],;]"
+_ADDRESS = re.compile(rf'(?<!{_WORD})(?:"[^"\s]{{1,64}}"|{_WORD}+)@{_WORD}+')  # or "quoted"@
+_MASKED = "[address]"
+
+
 def scrub(text: str, write_key: str) -> str:
     """``text`` made safe to log: every form of the write key (raw, JSON-escaped,
     URL-quoted, as a Basic token) and any ``Basic``/``Bearer`` credential replaced by
     ``[redacted]`` (and a text that ends inside a key, four characters or more of it),
-    whitespace collapsed, control characters and lone surrogates replaced by U+FFFD (so
+    every word holding an ``@`` (an email address) replaced by ``[address]``, whitespace
+    collapsed, control characters and lone surrogates replaced by U+FFFD (so
     every spool and log can write it), cut to 300 characters."""
     if write_key:
         forms = {
@@ -289,6 +299,8 @@ def scrub(text: str, write_key: str) -> str:
                 text = text.replace(form, _REDACTED)
         text = _without_cut_key(text.rstrip(), forms)
     text = _AUTH_TOKEN.sub(lambda m: f"{m.group(1)} {_REDACTED}", text)
+    if "@" in text:  # an answer may echo the refused request, recipients included
+        text = _ADDRESS.sub(_MASKED, text)
     text = writable(_SPACES.sub(" ", text).strip())
     if len(text) > _MAX_ERROR_CHARS:
         text = text[: _MAX_ERROR_CHARS - 3] + "..."
@@ -1245,26 +1257,8 @@ def _read_answer(raw: urllib3.BaseHTTPResponse, limit: int) -> Answer:
     return Answer(raw.status, raw.reason or "", raw.headers, data, read_failure)
 
 
-#: A character of an address's local part (RFC 5322 atext, and the dot).
-_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]"
-#: An email address. Linear on any text: a match starts only where a run of local-part
-#: characters starts, and no part is ever scanned again (possessive).
-_ADDRESS = re.compile(rf"(?<!{_LOCAL}){_LOCAL}++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)++")
-
-
-def _without_addresses(text: str) -> str:
-    """``text`` with every email address replaced by ``[address]`` (an answer may echo the
-    refused request, recipients included: error texts are logged at ERROR)."""
-    return _ADDRESS.sub("[address]", text) if "@" in text else text
-
-
 def error_text(status: int, reason: str | None, data: bytes) -> str:
-    """Segment's ``code: message`` from a JSON error body, else the status and a snippet;
-    every email address in either replaced by ``[address]``."""
-    return _without_addresses(_error_text(status, reason, data))
-
-
-def _error_text(status: int, reason: str | None, data: bytes) -> str:
+    """Segment's ``code: message`` from a JSON error body, else the status and a snippet."""
     try:
         payload = json.loads(data)
     except (ValueError, RecursionError):  # a hostile body must not kill a sender thread

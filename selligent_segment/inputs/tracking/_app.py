@@ -33,7 +33,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -219,7 +219,8 @@ class TrackingApp:
         self._unsubscribes = ThreadPoolExecutor(
             UNSUBSCRIBE_THREADS, "selligent-segment-tracking-unsubscribes"
         )
-        self._waiting_hits = 0  # handed over, not yet taken (on the event loop only)
+        # Handed over, not yet taken (on the event loop only).
+        self._waiting_hits: set[asyncio.Future[bool]] = set()
         self._not_recorded = 0  # hits past max_waiting_hits not yet in a log line
         self._not_recorded_log = Throttle(NOT_RECORDED_EVERY)
         # Each link's unsubscribe on its way to the Emitter (on the event loop only), by
@@ -356,6 +357,10 @@ class TrackingApp:
         if taken is not None and taken.get_loop() is loop:
             return taken
         if len(self._unsubscribing) >= self._max_waiting_unsubscribes:
+            stale = set(_of_other_loops(self._unsubscribing.values(), loop))
+            for key in [k for k, f in self._unsubscribing.items() if f in stale]:
+                del self._unsubscribing[key]
+        if len(self._unsubscribing) >= self._max_waiting_unsubscribes:
             return None
         taken = loop.run_in_executor(self._unsubscribes, self._emit_now, record)
         self._unsubscribing[event_id] = taken
@@ -393,25 +398,24 @@ class TrackingApp:
         """Hand an open's or a click's ``record`` to the Emitter and wait ``hit_wait`` at
         most: past it the hit is answered and the record taken when the Emitter can; past
         ``max_waiting_hits`` records waiting so, it is not recorded (counted and logged)."""
-        if self._waiting_hits >= self._max_waiting_hits:
+        loop = asyncio.get_running_loop()
+        if len(self._waiting_hits) >= self._max_waiting_hits:
+            self._waiting_hits.difference_update(_of_other_loops(self._waiting_hits, loop))
+        if len(self._waiting_hits) >= self._max_waiting_hits:
             self._not_recorded += 1
             if self._not_recorded_log.allows(time.monotonic()):
                 log.warning(
                     "tracking: %d open or click not recorded: %d wait for the Emitter",
                     self._not_recorded,
-                    self._waiting_hits,
+                    len(self._waiting_hits),
                 )
                 self._not_recorded = 0
             return
-        loop = asyncio.get_running_loop()
         taken = loop.run_in_executor(self._hits, self._emit_now, record)
-        self._waiting_hits += 1
-        taken.add_done_callback(self._hit_taken)
+        self._waiting_hits.add(taken)
+        taken.add_done_callback(self._waiting_hits.discard)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(taken), self._hit_wait)
-
-    def _hit_taken(self, _future: object) -> None:
-        self._waiting_hits -= 1
 
     def _emit_now(self, record: dict[str, Any]) -> bool:
         """Hand ``record`` to the Emitter (in a thread of the app's: ``emit`` may wait for
@@ -427,6 +431,15 @@ class TrackingApp:
         except Exception:  # the platform's emitter: a hit must still be answered
             log.exception("tracking: %s not accepted", kind)
         return False
+
+
+def _of_other_loops(
+    futures: Iterable[asyncio.Future[bool]], loop: asyncio.AbstractEventLoop
+) -> list[asyncio.Future[bool]]:
+    """The ``futures`` of another event loop than ``loop``: one closed before the Emitter
+    took their record never completes them, so they would count against a bound for good
+    (an app served by one loop after another: ``asyncio.run`` per call, tests)."""
+    return [future for future in futures if future.get_loop() is not loop]
 
 
 def _flag(name: str, reason: str | None) -> dict[str, Any]:

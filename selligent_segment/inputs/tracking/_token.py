@@ -67,7 +67,7 @@ def _secret(value: object, where: str) -> bytes:
 def _named(value: object) -> str:
     """``value`` as an error text shows a key id: not at all when it could be a secret
     (given in the wrong place: 32 characters or more, or not text)."""
-    if isinstance(value, str) and len(value) < _MIN_SECRET_BYTES:
+    if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) < _MIN_SECRET_BYTES:
         return shown(value)
     return "(value not shown: it could be a secret)"
 
@@ -81,7 +81,9 @@ def _keys(value: object) -> Mapping[str, bytes]:
             raise ConfigurationError(
                 "keys", f"key id {_named(key_id)}: expected 1 to 32 of [A-Za-z0-9_-]"
             )
-        keys[key_id] = _secret(secret, f"keys[{key_id!r}]")
+        # A valid key id of 32 characters may be a secret given the wrong way round.
+        where = f"keys[{key_id!r}]" if len(key_id) < _MIN_SECRET_BYTES else "keys"
+        keys[key_id] = _secret(secret, where)
     return keys
 
 
