@@ -420,6 +420,22 @@ def test_a_host_is_looked_up_once_per_connection(monkeypatch: pytest.MonkeyPatch
     assert lookups == ["collector.test"]
 
 
+def test_a_name_that_does_not_resolve_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a second review: a failed lookup was made again by urllib3's connect."""
+    lookups: list[str] = []
+
+    def unknown(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unknown)
+    with impatient() as transport:
+        _, outcome, text = timed_post(transport, "http://collector.test:9")
+    assert outcome is Outcome.RETRY
+    assert "Failed to resolve 'collector.test'" in text, text
+    assert lookups == ["collector.test"]
+
+
 @pytest.mark.slow
 def test_nothing_is_sent_once_the_deadline_passed_while_looking_up(
     monkeypatch: pytest.MonkeyPatch,

@@ -600,6 +600,8 @@ class _DeadlineHTTPConnection(urllib3.connection.HTTPConnection):
             found = socket.getaddrinfo(
                 self._dns_host, self.port, allowed_gai_family(), socket.SOCK_STREAM
             )
+        except socket.gaierror as exc:  # as urllib3 says it, without a second lookup
+            raise urllib3.exceptions.NameResolutionError(self.host, self, exc) from exc
         except (OSError, UnicodeError):  # urllib3 tries again and raises its own error
             found = []
         # Each address as text that keeps an IPv6 zone ("fe80::1%eth0").
