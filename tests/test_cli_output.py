@@ -123,6 +123,27 @@ def test_a_tenants_error_is_said_once_then_again_only_after_the_interval() -> No
     assert watch.lines(stats(acme=failing("refused", 4.0)), now=30.0) == [line]
 
 
+def test_the_same_status_with_a_new_request_id_each_time_is_not_said_again() -> None:
+    """Found by a review: the interval was kept per error text, and a gateway's 502 page
+    names a new request id each time: every retry was said again (7 lines a tenant in
+    40 s, where the docs promise one every 30 s)."""
+    watch = FailureWatch(every=30.0)
+
+    def bad_gateway(ray: int, at: float) -> TenantStats:
+        text = f"HTTP 502 Bad Gateway: <html>502 Bad Gateway. Ray ID: {ray:08x}</html>"
+        return TenantStats(queued=1, last_error=LastError(text, at, 502))
+
+    assert len(watch.lines(stats(acme=bad_gateway(1, 1.0)), now=0.0)) == 1
+    assert watch.lines(stats(acme=bad_gateway(2, 2.0)), now=5.0) == []
+    assert watch.lines(stats(acme=bad_gateway(3, 3.0)), now=10.0) == []
+    lines = watch.lines(stats(acme=bad_gateway(4, 4.0)), now=30.0)
+    assert len(lines) == 1
+    assert "Ray ID: 00000004" in lines[0]  # the newest text
+    timeouts = [f"deadline exceeded: the request took longer than {s} s" for s in (30, 31)]
+    assert len(watch.lines(stats(acme=failing(timeouts[0], 5.0)), now=31.0)) == 1
+    assert watch.lines(stats(acme=failing(timeouts[1], 6.0)), now=32.0) == []
+
+
 def test_a_new_error_text_is_said_at_once_and_each_tenant_on_its_own() -> None:
     watch = FailureWatch(every=30.0)
     assert len(watch.lines(stats(acme=failing("refused", 1.0)), now=0.0)) == 1

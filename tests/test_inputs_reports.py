@@ -768,6 +768,32 @@ def test_a_pipe_is_read_once_as_the_same_file_would_be(tmp_path: Path, kind: str
     assert [where for where, _ in found] == names
 
 
+def test_a_crlf_mbox_reads_the_same_from_a_file_and_through_a_pipe(tmp_path: Path) -> None:
+    """Found by a review: for an mbox of CRLF lines, ``mailbox.mbox`` kept the blank line
+    that separates two messages (it looks for a bare ``\\n``) and the pipe reader did not,
+    so a report without a Message-ID had another event id read through
+    ``<(zcat bounces.mbox.gz)`` than from the file: re-running sent duplicates."""
+    messages = [
+        (CORPUS / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        for name in ("postfix-user-unknown.eml", "postfix-delayed.eml")
+    ]
+    path = tmp_path / "crlf.mbox"
+    path.write_bytes(
+        b"".join(b"From a Sat Nov 21 08:00:00 2026\r\n" + m + b"\r\n" for m in messages)
+    )
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"open({str(fifo)!r}, 'wb').write(open({str(path)!r}, 'rb').read())"]
+    )
+    try:
+        piped = [data for _, data in read_messages(str(fifo))]
+    finally:
+        assert writer.wait(30) == 0
+    from_file = [data for _, data in read_messages(str(path))]
+    assert from_file == piped == messages
+
+
 def test_an_mbox_through_a_pipe_is_handed_out_message_by_message(tmp_path: Path) -> None:
     """An mbox through a pipe was read whole, then split, before its first message was
     handed out: a few GB of bounces needed several times that in memory."""

@@ -18,6 +18,7 @@ import csv
 import enum
 import json
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterator
@@ -179,7 +180,75 @@ def _duplicate(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
+class _Inexact(float):
+    """A JSON integer beyond 64 bits, as the search for one reads it (see :func:`load_json`)."""
+
+
+def _integer_marked(text: str) -> int | float:
+    value = _integer(text)
+    return _Inexact(value) if isinstance(value, float) else value
+
+
+#: A run of digits no integer within 64 bits is longer than (19 digits reach -2**63).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _inexact(value: Any, path: str, depth: int = 0) -> str | None:
+    """The path of the first integer beyond 64 bits nested in ``value``, or None."""
+    if depth > _MAX_DEPTH:
+        return None
+    if isinstance(value, _Inexact):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _inexact(item, f"{path}.{key}" if path else key, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _inexact(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def _inexact_nested(text: bytes, field: str) -> str | None:
+    """Where ``text`` nests an integer beyond 64 bits (which orjson reads as a float, its
+    value changed), or None; the record's own fields are left to the record's checks
+    (an id's refusal says more)."""
+    try:
+        data = json.loads(text, parse_int=_integer_marked)
+    except (ValueError, RecursionError):
+        return None
+    if field != "line":
+        return _inexact(data, field)
+    if not isinstance(data, dict):
+        return None
+    for key, item in data.items():
+        if isinstance(item, (dict, list)):
+            found = _inexact(item, key, 1)
+            if found is not None:
+                return found
+    return None
+
+
 def load_json(text: bytes, field: str = "line") -> Any:
+    """Parse one JSON text (a record line, or a CSV ``properties`` cell) as
+    :func:`_load_json` does, refusing an integer beyond 64 bits nested in it, naming its
+    path (orjson would read it as a float: its value changed without a word). The search
+    costs a second parse, for a text holding a run of 19 digits only."""
+    data = _load_json(text, field)
+    if _LONG_DIGITS.search(text) is not None:
+        found = _inexact_nested(text, field)
+        if found is not None:
+            raise InvalidEvent(
+                shown(found, quote=False),
+                "integer too large to read exactly (beyond 64 bits); give it as text",
+            )
+    return data
+
+
+def _load_json(text: bytes, field: str) -> Any:
     """Parse one JSON text (a record line, or a CSV ``properties`` cell).
 
     Raises InvalidEvent naming ``field`` when it is not JSON, or naming the key (dotted
@@ -192,6 +261,8 @@ def load_json(text: bytes, field: str = "line") -> Any:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("str is not valid UTF-8"):
+            raise InvalidEvent(field, _not_utf_8(text)) from None
         if not str(exc).startswith("number is infinity"):
             raise InvalidEvent(field, f"invalid JSON ({exc})") from None
         try:  # a number too long for a float: read it as inf and let its field refuse it
@@ -213,6 +284,15 @@ def load_json(text: bytes, field: str = "line") -> Any:
             shown(found, quote=False), "duplicate key (the object gives it more than once)"
         )
     return data
+
+
+def _not_utf_8(text: bytes) -> str:
+    """Where ``text`` stops being UTF-8: the byte and its column (counted in bytes, from 1)."""
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 (byte 0x{text[exc.start]:02X} at column {exc.start + 1})"
+    return "not valid UTF-8"
 
 
 def _parse_json(source: str, number: int, raw: bytes, text: bytes) -> Line:

@@ -18,8 +18,10 @@ REPEAT_EVERY = 30.0
 
 class FailureWatch:
     """Turns successive :class:`Stats` snapshots into warning lines: a tenant's new last
-    error (or a pause) is said at once; the same text again only after
-    :data:`REPEAT_EVERY` seconds; an error older than the last one said is not repeated.
+    error (or a pause) is said at once; an error of the same kind (the same HTTP status;
+    without one, the same text up to its first ``:``) again only after
+    :data:`REPEAT_EVERY` seconds, in its newest text; an error older than the last one
+    said is not repeated.
 
     Guarantee: pure (no printing, no clock of its own): :meth:`lines` is given the
     snapshot and the monotonic time, and returns what to print.
@@ -37,7 +39,10 @@ class FailureWatch:
             if error is None or detail.paused:  # a pause is logged at ERROR already
                 continue
             new = error.at != self._seen.get(tenant)
-            key = f"{tenant}\0{error.text}"
+            # The kind of error, not its whole text: a gateway's 5xx page carries a new
+            # request id each time, and every retry would be said again.
+            kind = str(error.status) if error.status is not None else error.text.split(":")[0]
+            key = f"{tenant}\0{kind}"
             if not new and not detail.queued:
                 continue  # said already, and nothing waits for it any more
             if not self._throttle.allows(now, key):

@@ -94,6 +94,11 @@ def read_messages(path: str) -> Iterator[tuple[str, bytes | InputProblem]]:
                 where = f"{path}:MESSAGE-{number}"
                 yield where, InputProblem(where, "message", f"cannot read: {exc}")
                 continue
+            if kind == "mbox" and data.endswith(b"\r\n\r\n"):
+                # mailbox.mbox drops the blank line before the next "From " only when it is
+                # a bare "\n": drop a CRLF one too, as the pipe reader does (the same bytes,
+                # the same event ids, whichever way the mbox is read).
+                data = data[:-2]
             yield f"{path}:MESSAGE-{number}", data
     finally:
         box.close()
