@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,71 @@ def test_a_missing_schema_or_database_is_a_usage_error_that_names_it_without_the
     status, _, err = _run(capsys, "flush", "--spool", url, "--write-key", "k")
     assert status == 2
     assert "no selligent-segment spool in schema" in err  # flush never creates a spool
+
+
+def test_a_password_with_a_raw_question_mark_or_hash_never_shows_in_a_commands_output(
+    capsys: pytest.CaptureFixture[str], postgres: LocalPostgres, schema: str
+) -> None:
+    """A password holding a raw ``?`` or ``#`` (libpq reads it whole) showed from there on
+    (``S3cr#et9``) in a command's output and errors (found by a review)."""
+    secret = postgres.url.replace(f"{postgres.user}@", f"{postgres.user}:Zq?S3cr#et9@")
+    url = f"{secret}?spool_schema={schema}"
+    status, out, err = _run(capsys, "spool", "init", "--spool", url)
+    assert status == 0, err
+    assert f"created schema {schema}" in out
+    status, out, err = _run(capsys, "spool", "status", "--spool", url, "--json")
+    assert status == 0, err
+    assert ":***@" in json.loads(out)["path"]
+    status, _, err2 = _run(
+        capsys, "spool", "status", "--spool", "postgresql://u:Zq#S3cr?et9@127.0.0.1:1/x"
+    )
+    assert status == 2
+    assert "postgresql://u:***@127.0.0.1:1/x" in err2
+    for text in (out, err, err2):
+        assert "S3cr" not in text
+        assert "et9" not in text
+
+
+@pytest.mark.slow  # a refused key pauses the tenant: the run waits for nothing more
+def test_send_with_this_hosts_clock_ahead_still_reports_what_was_not_delivered(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    tmp_path: Path,
+) -> None:
+    """``send --spool postgresql://`` counted the run's events still queued by comparing
+    the database's ``accepted_at`` with this host's ``time.time()`` at the start: with
+    this host's clock ahead of the database's, none counted, and events refused for good
+    were reported delivered, exit status 0 (found by a review). The run's start is now
+    the database's clock."""
+    init_spool(url)
+    records = tmp_path / "in.jsonl"
+    records.write_text(
+        "".join(
+            json.dumps({"type": "bounced", "tenant": "acme", "email": f"a{i}@example.com"}) + "\n"
+            for i in range(3)
+        )
+    )
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"acme": "key-acme-revoked"}))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # this host an hour ahead
+    with LocalSegment(write_keys=["key-globex"]) as segment:
+        status, out, err = _run(
+            capsys,
+            "send",
+            "--spool",
+            url,
+            "--write-keys",
+            str(keys),
+            "--endpoint",
+            segment.url,
+            "--json",
+            str(records),
+        )
+    summary = json.loads(out)
+    assert status == 3, (out, err)  # not delivered
+    assert summary["exit_status"] == 3
 
 
 def test_spool_status_shows_every_hosts_backlog_leases_dead_letters_and_pauses(

@@ -5,7 +5,9 @@ database going away (restart, terminated backends, stopped)."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -206,3 +208,46 @@ def test_failed_upkeep_does_not_stop_the_poll(
         assert intake.maintain() == ["acme"]
     finally:
         quiet.close(timeout=0)
+
+
+def test_a_worker_forked_while_the_database_is_unreachable_gets_a_working_emitter(
+    spool_url: str, postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The at-fork rebuild of an Emitter made before the fork (gunicorn ``--preload``)
+    made a PostgreSQL spool whose constructor checked the schema and counted the tenants
+    in the database: a worker forked while the database could not be reached (a failover)
+    kept a closed emitter for its whole life (found by a review). A child does no round
+    trip at the fork now (its parent checked the schema); its emits work once the
+    database answers."""
+    from selligent_segment.spool import _postgres
+
+    parent = os.getpid()
+    down = [True]  # in the child only, until it says otherwise
+    real = _postgres.connect
+
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent and down[0]:
+            raise _postgres.Unreachable("PostgreSQL spool: the database is away (test)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_postgres, "connect", connect)
+    emitter = Emitter(write_keys=KEYS, endpoint="http://127.0.0.1:9/", spool=spool_url)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1  # closed at the fork
+            try:
+                if not emitter._closed:
+                    status = 2  # the emit failed
+                    down[0] = False  # the database answers again
+                    if emitter.emit(_bounce(1)):
+                        status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        emitter.close(timeout=0.1)
+    schema = spool_url.split("spool_schema=")[1].split("&")[0]
+    with psycopg.connect(postgres.url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {schema}.messages").fetchone() == (1,)

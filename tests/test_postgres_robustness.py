@@ -171,6 +171,32 @@ def test_redact_hides_the_password_in_the_user_part_and_in_libpqs_query_paramete
     assert "%40" in str(refused.value)
 
 
+@pytest.mark.parametrize("password", ["Zq?S3cr#et9", "Zq#S3cr?et9", "Zq#S3cret9"])
+def test_a_password_with_a_raw_question_mark_or_hash_is_never_shown(
+    postgres: LocalPostgres, schema: str, password: str
+) -> None:
+    """libpq reads the user part up to the first ``@`` before any ``/``, so a password may
+    hold a raw ``?`` or ``#``; the redaction cut it there and showed the rest (``S3cr#et9``)
+    in reprs, error texts and the commands' output (found by a review)."""
+    url = postgres.url.replace(f"{postgres.user}@", f"{postgres.user}:{password}@")
+    assert _postgres.redact(url) == postgres.url.replace(
+        f"{postgres.user}@", f"{postgres.user}:***@"
+    )
+    assert "S3cr" not in _postgres.without_passwords(url, f"libpq says {password}")
+    spool = PostgresSpool(f"{url}?spool_schema={schema}")  # trust: the password is ignored
+    try:
+        assert spool.schema == schema  # the spool's options after such a password still read
+        assert "S3cr" not in repr(spool)
+        assert "et9" not in repr(spool)
+    finally:
+        spool.close()
+    with pytest.raises(SpoolError) as caught:
+        _postgres.connect(f"postgresql://app:{password}@127.0.0.1:1/mail", connect_timeout=1)
+    assert "S3cr" not in str(caught.value)
+    assert "et9" not in str(caught.value)
+    assert "postgresql://app:***@127.0.0.1:1/mail" in str(caught.value)
+
+
 def test_the_emitter_configs_repr_shows_the_spool_url_without_its_password() -> None:
     from selligent_segment._config import EmitterConfig
 
@@ -450,6 +476,109 @@ def test_an_old_snapshot_holds_back_only_the_partitions_it_may_name(
         time.sleep(0.01)
     assert spool.rotate(force=True) == 2
     assert partitions() == ["messages_5"]
+
+
+# -- 6. behind a pooler in transaction mode: no session state outlives a transaction -----
+
+
+class _SessionWatch:
+    """A spool connection that, each time it is back outside a transaction (where a pooler
+    in transaction mode lends its server connection to another client, and may lend the
+    client another one next), notes the session state left on it: advisory locks held,
+    statements prepared."""
+
+    def __init__(self, conn: psycopg.Connection[Any], left: list[str]) -> None:
+        self._conn = conn
+        self._left = left
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = self._conn.execute(*args, **kwargs)
+        self._look(str(args[0])[:60])
+        return cursor
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._conn.transaction() as tx:
+            yield tx
+        self._look("a transaction")
+
+    def _look(self, after: str) -> None:
+        if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            return
+        row = self._conn.execute(
+            "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND pid = pg_backend_pid()), (SELECT count(*) FROM pg_prepared_statements)",
+            prepare=False,
+        ).fetchone()
+        assert row is not None
+        if row[0]:
+            self._left.append(f"advisory lock after {after}")
+        if row[1]:
+            self._left.append(f"prepared statement after {after}")
+
+
+@pytest.fixture
+def left(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The session state the spool's connections were left with between transactions."""
+    found: list[str] = []
+    real = _postgres.connect
+    monkeypatch.setattr(_postgres, "connect", lambda *a, **k: _SessionWatch(real(*a, **k), found))
+    return found
+
+
+def test_a_rotation_holds_its_lock_only_inside_a_transaction(
+    postgres: LocalPostgres, schema: str, left: list[str]
+) -> None:
+    """The rotation took a session-level advisory lock and released it in another
+    autocommit statement: behind a pooler in transaction mode the two may run on different
+    server connections, and the lock then stays on one for good, every rotation of every
+    host skipped from then on (found by a review). Each step now takes
+    ``pg_try_advisory_xact_lock`` in its own transaction."""
+    spool = PostgresSpool(f"{postgres.url}?spool_schema={schema}&notify=off")
+    try:
+        spool.put_many(_messages("acme", 2))
+        assert spool.rotate(force=True) == 0
+        assert _leased(spool, "acme") == ["acme-0", "acme-1"]
+        spool.close()  # the lease given back
+        spool = PostgresSpool(f"{postgres.url}?spool_schema={schema}&notify=off")
+        lease = spool.lease("acme", 10, 1 << 20)
+        assert lease is not None
+        spool.ack(lease, lease.messages)
+        assert spool.rotate(force=True) == 2
+    finally:
+        spool.close()
+    assert [x for x in left if "advisory" in x] == []
+
+
+def test_with_notify_off_no_statement_is_prepared_on_the_server(
+    postgres: LocalPostgres, schema: str, left: list[str]
+) -> None:
+    """``notify=off`` is the setting for a pooler in transaction mode, but the spool
+    prepared statements on the server (``prepare=True``, and psycopg's own after five
+    runs): behind pgbouncer before 1.21 (or ``max_prepared_statements = 0``) the next
+    transaction, on another server connection, fails with ``prepared statement "_pg3_0"
+    does not exist`` (found by a review). With ``notify=off`` nothing is prepared."""
+    spool = PostgresSpool(f"{postgres.url}?spool_schema={schema}&notify=off")
+    try:
+        for round_ in range(7):  # past psycopg's prepare_threshold (5)
+            spool.put_many(_messages(f"t{round_}", 1))
+            spool.put_many(_messages(f"g{round_}", 3))
+            spool.put_many(_messages(f"c{round_}", _postgres.GROUP_MAX + 1))
+            assert spool.has_room(10, fresh=True)
+            assert spool.tenants()
+            spool.stats()
+            for tenant in (f"t{round_}", f"g{round_}", f"c{round_}"):
+                lease = spool.lease(tenant, 100, 1 << 20)
+                assert lease is not None
+                spool.ack(lease, lease.messages)
+            spool.maintain()
+            spool.rotate(force=True)
+    finally:
+        spool.close()
+    assert left == []
 
 
 def test_a_view_used_in_a_forked_child_leaves_the_parents_connection_alone(

@@ -335,7 +335,7 @@ class SendRunner:
 
     def _deliver(self, emitter: Emitter, failed: set[str]) -> int:
         sink = _Deliverer(emitter, self.naming)
-        started = time.time()  # this run's events are put in the spool file from now on
+        started = self._spool_now()  # this run's events are put in the spool from now on
         held = contextlib.ExitStack()  # Ctrl-C held off from the first one on
         try:
             stopped = self._read_reporting_failures(sink)
@@ -385,6 +385,21 @@ class SendRunner:
         if stopped == EXIT_INTERRUPTED:
             err(RESUME_HINT)
         return status
+
+    def _spool_now(self) -> float:
+        """Now by the clock the spool stamps its events with (what ``since`` compares
+        with): the database's for a ``postgresql://`` spool (this host's may run ahead of
+        it: the run's events would then count as none), this host's for a spool file;
+        this host's too when the database cannot be asked (the summary then cannot read
+        the spool either)."""
+        from selligent_segment.spool._postgres import is_postgres_url
+        from selligent_segment.spool._postgres_view import PostgresView
+
+        if is_postgres_url(self.args.spool):
+            with contextlib.suppress(SpoolError, UsageError), open_spool(self.args) as spool:
+                if isinstance(spool, PostgresView):
+                    return spool.now()
+        return time.time()
 
     def _left_in_spool(
         self, started: float

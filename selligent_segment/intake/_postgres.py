@@ -122,8 +122,10 @@ class PostgresIntake:
 
     def accept_in(self, connection: Any, records: Sequence[Accepted]) -> bool:
         """The outbox: insert inside ``connection``'s open transaction (never committed
-        here); the senders find the rows once the caller commits. ``on_full`` applies as
-        for :meth:`accept_many` (``block`` waits with the caller's transaction open)."""
+        here); the senders find the rows once the caller commits (woken by its
+        ``NOTIFY``, this process's too; with ``notify=off``, at their next poll).
+        ``on_full`` applies as for :meth:`accept_many` (``block`` waits with the caller's
+        transaction open)."""
         rows = self._rows(records)
         if rows is None:
             return False

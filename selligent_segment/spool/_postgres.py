@@ -44,6 +44,7 @@ kind)`` created with the schema (it validates, then inserts; see ``docs/scaling.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -109,6 +110,10 @@ _URL = re.compile(r"^postgres(?:ql)?://", re.IGNORECASE)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _KINDS = {kind.value: kind for kind in EventKind}
 
+#: Written in ``enqueue``'s body since it checks the timestamp's shape: a function
+#: without it (an earlier release's) is replaced by :func:`ensure_schema`.
+_ENQUEUE_MARK = "selligent-segment enqueue: timestamp shape checked"
+
 #: ``enqueue(tenant, message, kind)``: the one way for non-Python services (and SQL
 #: triggers) to queue an event, in their own transaction: it checks what the relays need
 #: (a Segment ``track`` call with an event, a messageId, an identity and a timestamp, at
@@ -157,10 +162,17 @@ BEGIN
         RAISE EXCEPTION '%message.timestamp: required, an ISO 8601 time with its offset', fail
             USING ERRCODE = '22023';
     END IF;
+    -- selligent-segment enqueue: timestamp shape checked. The shape first: a cast alone
+    -- also takes 'now', 'epoch', 'infinity' and a time without its offset, which the
+    -- relay would send to Segment as it is.
     BEGIN
+        IF (message->>'timestamp') !~ ('^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[Tt][0-9]{{2}}:[0-9]{{2}}'
+                '(:[0-9]{{2}}([.,][0-9]+)?)?([Zz]|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN
+            RAISE EXCEPTION 'shape';
+        END IF;
         PERFORM (message->>'timestamp')::timestamptz;
     EXCEPTION WHEN others THEN
-        RAISE EXCEPTION '%message.timestamp: not an ISO 8601 time: %', fail,
+        RAISE EXCEPTION '%message.timestamp: not an ISO 8601 time with its offset: %', fail,
             left(message->>'timestamp', 40) USING ERRCODE = '22023';
     END;
     IF message ? 'properties' AND jsonb_typeof(message->'properties') <> 'object' THEN
@@ -200,7 +212,6 @@ BEGIN
 END
 $fn$;
 """
-
 _TABLES = (
     """
 CREATE TABLE IF NOT EXISTS {s}.meta (
@@ -378,8 +389,14 @@ def pg_text(text: str) -> str:
 
 
 #: A URL's password: in its user part (``user:PASSWORD@``), or a secret query parameter
-#: of libpq's (``?password=``, ``?sslpassword=``; its name may be percent-encoded).
-_USER_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^/?#]*)@")  # to the host's "@", the last
+#: of libpq's (``?password=``, ``?sslpassword=``; its name may be percent-encoded). libpq
+#: reads the user part up to the first ``@`` before any ``/``, a raw ``?`` or ``#`` in it
+#: included; redacted up to the last ``@`` before any ``/`` (a raw ``@`` in a password,
+#: refused by the spool, shows no piece of it either).
+_USER_PASSWORD = re.compile(r"(://[^:/@]*:)([^/]*)@")
+#: The start of a URL up to the end of its user part as libpq reads it (the first ``@``
+#: before any ``/``): ``postgresql://user:pass?word@``.
+_LIBPQ_USER_PART = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^@/]*@")
 _QUERY_PARAM = re.compile(r"([?&])([^=&#]*)=([^&#]*)")
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
@@ -422,18 +439,33 @@ def split_options(url: str) -> tuple[str, dict[str, str]]:
     """``url`` without the spool's own query parameters (:data:`URL_OPTIONS`), and those:
     ``postgresql://db/app?lease_seconds=30&spool_schema=mail_events&sslmode=require``
     keeps ``sslmode`` for libpq. libpq's parameters are kept exactly as written (libpq
-    decodes ``%20``, not ``+``: ``?options=-c%20statement_timeout%3D5000`` stays so)."""
-    parts = urllib.parse.urlsplit(url)
+    decodes ``%20``, not ``+``: ``?options=-c%20statement_timeout%3D5000`` stays so). The
+    query starts after the user part as libpq reads it (a password may hold a raw ``?``)."""
+    user = _LIBPQ_USER_PART.match(url)
+    head = user.group() if user else ""
+    base, mark, query = url[len(head) :].partition("?")
+    query, hash_mark, fragment = query.partition("#")
     kept: list[str] = []
     ours: dict[str, str] = {}
-    for pair in parts.query.split("&"):
+    for pair in query.split("&") if mark else ():
         key, _, value = pair.partition("=")
         name = urllib.parse.unquote(key)
         if name in URL_OPTIONS:
             ours[name] = urllib.parse.unquote(value)
         elif pair:
             kept.append(pair)
-    return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), ours
+    rest = f"?{'&'.join(kept)}" if kept else ""
+    return f"{head}{base}{rest}{hash_mark}{fragment}", ours
+
+
+def _raw_at_in_password(url: str) -> bool:
+    """True when a raw ``@`` follows the user part libpq reads (up to the first ``@``)
+    before the host part ends: a password holding one, which libpq would cut there."""
+    user = _LIBPQ_USER_PART.match(url)
+    if user is None:
+        return False
+    host = re.split(r"[/?]", url[user.end() :], maxsplit=1)[0]
+    return "@" in host
 
 
 def _seconds(name: str, text: str) -> float:
@@ -499,6 +531,7 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
             raise newer_schema(schema, version)
         if version == SCHEMA_VERSION:
             _guard_counting(conn, schema)
+            _refresh_enqueue(conn, schema)
             return version
         if version is None:
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
@@ -511,6 +544,7 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
                 conn.execute(_MIGRATIONS[step].format(s=schema))
                 step += 1
                 conn.execute(f"UPDATE {schema}.meta SET version = %s", (step,))
+            _refresh_enqueue(conn, schema)
         except Exception as exc:
             if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
                 raise
@@ -521,6 +555,30 @@ def ensure_schema(conn: psycopg.Connection[Any], schema: str = DEFAULT_SCHEMA) -
                 "nothing was changed; try again (selligent-segment spool init)"
             ) from None
         return version
+
+
+def _refresh_enqueue(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Bring ``enqueue`` to this release's (:data:`_ENQUEUE`) when it lacks
+    :data:`_ENQUEUE_MARK` (an earlier release's took any text ``timestamptz`` reads, ``now``
+    or a time without its offset): its owner does it, at its next start; a start by another
+    role leaves it, and says so."""
+    row = conn.execute(
+        "SELECT strpos(p.prosrc, %s) > 0, pg_has_role(p.proowner, 'USAGE') FROM pg_proc p "
+        "WHERE p.oid = to_regprocedure(%s)",
+        (_ENQUEUE_MARK, f"{schema}.enqueue(text, jsonb, text)"),
+    ).fetchone()
+    if row is None or row[0]:
+        return  # up to date (or dropped by hand: left as it is)
+    if not row[1]:
+        log.warning(
+            "schema %s: its enqueue function still takes timestamps without an offset "
+            "('now', '2026-11-30 10:00'); run selligent-segment spool init once as the "
+            "schema's owner to bring it up to date",
+            schema,
+            extra={"reason": "spool_schema"},
+        )
+        return
+    conn.execute(_ENQUEUE.format(s=schema))
 
 
 def _guard_counting(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -604,16 +662,26 @@ SILENT_NETWORK_LIMITS: Final = {
 
 
 def connect(
-    url: str, *, schema: str | None = None, connect_timeout: float = 5.0, role: str = ""
+    url: str,
+    *,
+    schema: str | None = None,
+    connect_timeout: float = 5.0,
+    role: str = "",
+    prepare: bool = True,
 ) -> psycopg.Connection[Any]:
     """A new autocommit connection to ``url`` (the spool's own options taken out), named
     ``selligent-segment[-ROLE] SCHEMA PID.TAG@HOST`` in ``pg_stat_activity`` (``spool status``
     counts the processes of a schema by it), at READ COMMITTED whatever the database's
     ``default_transaction_isolation`` (:func:`_read_committed`); a driver error leaves as
-    :func:`database_error`."""
+    :func:`database_error`. Without ``prepare``, or with ``notify=off`` in ``url`` (the
+    setting for a pooler in transaction mode), the driver never prepares a statement on
+    the server (``prepare_threshold=None``): behind a pooler that does not track them
+    (pgbouncer before 1.21, or ``max_prepared_statements = 0``) the next transaction may
+    run on another server connection, where it does not exist."""
     psycopg = _psycopg()
     libpq_url, options = split_options(url)
     schema = schema or options.get("spool_schema", DEFAULT_SCHEMA)
+    prepare = prepare and options.get("notify") != "off"
     app = f"{APPLICATION}-{role}" if role else APPLICATION
     try:
         from psycopg.conninfo import conninfo_to_dict
@@ -626,6 +694,7 @@ def connect(
             connect_timeout=max(1, int(connect_timeout)),
             application_name=application_name(app, schema),
             **silent,
+            **({} if prepare else {"prepare_threshold": None}),
         )
     except psycopg.Error as exc:
         raise database_error(url, exc) from None
@@ -831,7 +900,9 @@ class Listener:
     ``woken(counts)`` when other processes committed rows: ``counts`` is ``{tenant: rows}``
     of the batches received together, or None for "look at the table" (a batch too large
     to name, and right after each (re)connection: what was sent while not listening was
-    not received). This process's own notifications are skipped (it counted its rows).
+    not received). This process's own notifications are skipped (it counted its rows),
+    but for its outbox inserts' (:attr:`PostgresSpool.outbox_token`: nobody counted those
+    rows, committed by the caller), which wake it as another process's do.
 
     Guarantee: it only ever wakes senders earlier; it is not needed for delivery. A lost
     connection is logged, retried with a growing pause (1 to 30 s), and meanwhile the
@@ -920,6 +991,11 @@ class Listener:
             log.exception("error waking the senders")
 
 
+#: ``(url, schema)`` of the spools whose schema :func:`ensure_schema` checked, and the pid
+#: of the process that did: a forked child, which inherits it, does not check again.
+_schema_checked: dict[tuple[str, str], int] = {}
+
+
 class PostgresSpool:
     """A :class:`~selligent_segment.spool._protocol.Spool` in a PostgreSQL database,
     shared by any number of processes on any number of hosts.
@@ -929,6 +1005,12 @@ class PostgresSpool:
     whole table, every host's rows), ``lease_seconds`` is how long a lease protects its rows.
     Every method is thread-safe; connections are kept in a small pool, one per concurrent
     caller.
+
+    Constructing one checks the schema (:func:`ensure_schema`) and counts the tenants: a
+    database that cannot be reached then is a SpoolError. In a process forked from one
+    that checked this URL's schema (an Emitter rebuilt in a forked worker), it makes no
+    round trip: the database may be away for a moment at the fork, and the child's first
+    use (an ``emit``, the senders' first poll) meets it as any later use would.
     """
 
     def __init__(
@@ -946,7 +1028,7 @@ class PostgresSpool:
     ) -> None:
         if not is_postgres_url(url):
             raise ConfigurationError("spool", "expected a postgresql:// URL")
-        if urllib.parse.urlsplit(url).netloc.count("@") > 1:  # not shown: it is the password
+        if _raw_at_in_password(url):  # not shown: it is the password
             raise ConfigurationError(
                 "spool", "the URL's user part holds a raw '@': percent-encode it as %40"
             )
@@ -969,8 +1051,12 @@ class PostgresSpool:
         self.lease_seconds = lease_seconds
         self.rotate_seconds = rotate_seconds
         #: Send a NOTIFY per committed batch (and, with an intake, listen): URL ``notify=off``
-        #: turns both off (a pooler in transaction mode, e.g., cannot LISTEN).
+        #: turns both off (a pooler in transaction mode, e.g., cannot LISTEN), and
+        #: statements prepared on the server with them.
         self.notify = notify
+        #: Statements run often are prepared on the server, except with ``notify=off``
+        #: (behind a pooler in transaction mode: see :func:`connect`).
+        self._prepare = notify
         self.token = secrets.token_hex(6)  # this process's notifications, told from others'
         self._next_rotate = 0.0
         self.owner = owner or _owner_name()
@@ -1003,7 +1089,14 @@ class PostgresSpool:
         self._generation: int | None = None
         self._last_stats = SpoolStats(0, 0, 0, {})
         self._group = _GroupCommit(self._insert)
+        checked = (url, schema)
+        if _schema_checked.get(checked, os.getpid()) != os.getpid():
+            # Made in a process forked from one that checked this schema (an Emitter
+            # rebuilt at the fork): no round trip here, which a database away for a moment
+            # would fail for the child's whole life; the first poll counts the tenants.
+            return
         self._with(lambda conn: ensure_schema(conn, schema))
+        _schema_checked[checked] = os.getpid()
         self.tenants()  # the first counts backlog() answers from
 
     def __repr__(self) -> str:
@@ -1021,7 +1114,12 @@ class PostgresSpool:
         psycopg = self._psycopg
         try:
             if conn is None or conn.closed:
-                conn = connect(self._url, schema=self.schema, connect_timeout=self._connect_timeout)
+                conn = connect(
+                    self._url,
+                    schema=self.schema,
+                    connect_timeout=self._connect_timeout,
+                    prepare=self._prepare,
+                )
             yield conn
         except psycopg.Error as exc:
             if conn is not None and not conn.closed and conn.info.transaction_status != 0:
@@ -1102,7 +1200,7 @@ class PostgresSpool:
             "WHERE i.inhparent = %s::regclass"
         )
         name = f"{self.schema}.messages"
-        row = self._with(lambda conn: conn.execute(sql, (name,), prepare=True).fetchone())
+        row = self._with(lambda conn: conn.execute(sql, (name,), prepare=self._prepare).fetchone())
         return int(row[0]) if row else 0
 
     def put_many(
@@ -1154,7 +1252,10 @@ class PostgresSpool:
         """One group's rows in one statement, its own transaction in autocommit: one round
         trip (a single row: a prepared ``INSERT``, measured 380 -> 260 µs against
         ``BEGIN``, ``COPY``, ``COMMIT``; several: one ``INSERT ... SELECT FROM unnest``
-        of four arrays, in their order)."""
+        of four arrays, in their order). A statement that locked the queue before a
+        rotation's ATTACH committed (writers never wait on it) and read the new
+        generation after knows no partition for it: it fails whole with a check
+        violation, and is made once more (the next statement knows the partition)."""
         s = self.schema
         insert = f"INSERT INTO {s}.messages (tenant, message_id, kind, body) "
         if len(rows) == 1:
@@ -1163,24 +1264,45 @@ class PostgresSpool:
         else:
             insert += "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %b::bytea[])"
             params = tuple(map(list, zip(*rows, strict=True)))
-        self._with(lambda conn: conn.execute(insert, params, prepare=True))
 
-    def _payload(self, counts: dict[str, int]) -> str:
+        def write(conn: psycopg.Connection[Any]) -> None:
+            try:
+                conn.execute(insert, params, prepare=self._prepare)
+            except self._psycopg.errors.CheckViolation:
+                # A rotation attached the partition of the generation this statement read
+                # after it had locked the queue, with the partitions it knew then: it
+                # failed whole (nothing written); the next statement knows the new one.
+                conn.execute(insert, params, prepare=self._prepare)
+
+        self._with(write)
+
+    def _payload(self, counts: dict[str, int], token: str | None = None) -> str:
         """The NOTIFY payload: ``[token, {tenant: rows}]`` as JSON, or ``[token, null]``
-        ("look at the table") when that would not fit in 8,000 bytes."""
-        payload = json.dumps([self.token, counts], separators=(",", ":"))
+        ("look at the table") when that would not fit in 8,000 bytes; ``token`` is this
+        spool's (:attr:`token`) unless given."""
+        token = self.token if token is None else token
+        payload = json.dumps([token, counts], separators=(",", ":"))
         if len(payload.encode()) > NOTIFY_MAX:
-            payload = json.dumps([self.token, None])
+            payload = json.dumps([token, None])
         return payload
+
+    @property
+    def outbox_token(self) -> str:
+        """The token of this spool's outbox notifications (:meth:`notify_batch`): not
+        :attr:`token`, so that this process's own listener is woken by them too (nobody
+        counted an outbox's rows before its commit)."""
+        return f"{self.token}:outbox"
 
     def notify_batch(self, conn: psycopg.Connection[Any], rows: Sequence[QueueRow]) -> None:
         """Queue the batch's one ``NOTIFY`` in ``conn``'s transaction (sent at its commit,
-        never on a rollback)."""
+        never on a rollback), with :attr:`outbox_token`: every listener is woken by it,
+        this process's included."""
         if self.notify and rows:
             counts: dict[str, int] = {}
             for row in rows:
                 counts[row[0]] = counts.get(row[0], 0) + 1
-            conn.execute("SELECT pg_notify(%s, %s)", (self.schema, self._payload(counts)))
+            payload = self._payload(counts, self.outbox_token)
+            conn.execute("SELECT pg_notify(%s, %s)", (self.schema, payload))
 
     def notify_tenants(self, counts: dict[str, int]) -> None:
         """One ``NOTIFY`` telling the listeners that ``counts`` rows were committed (by
@@ -1206,7 +1328,8 @@ class PostgresSpool:
         a function call per row, cost the server about a fifth of its rows/s. When that
         partition was dropped meanwhile (a rotation found it drained before this COPY
         began; once it began, the drop waits for it), the COPY fails whole and is made
-        again with the default."""
+        again with the default; failing so once more (a rotation attached a partition
+        meanwhile, see :meth:`_insert`), once more again."""
         generation = self._generation
         if generation is not None:
             try:
@@ -1214,7 +1337,10 @@ class PostgresSpool:
                 return
             except self._psycopg.errors.CheckViolation:  # no partition for it any more
                 self._generation = None
-        self._copy(conn, rows)
+        try:
+            self._copy(conn, rows)
+        except self._psycopg.errors.CheckViolation:  # a partition attached meanwhile
+            self._copy(conn, rows)  # (see _insert): this statement knows it
 
     def _copy(
         self, conn: psycopg.Connection[Any], rows: Sequence[QueueRow], generation: int | None = None
@@ -1503,46 +1629,67 @@ class PostgresSpool:
         long-running transaction elsewhere (which stops vacuum from reclaiming deleted
         rows) costs at most the partitions it holds open, never an ever-growing table.
 
-        One process rotates at a time (an advisory lock; the others skip). A partition is
-        dropped only once this process holds it exclusively and finds it empty, so a row
-        being inserted or leased there is never lost: if anyone holds the partition (a
-        lease, an open outbox transaction, a reader), the drop gives up after 50 ms and is
-        tried again at the next round. Nor is one dropped while another session holds a
-        snapshot older than the rotation that retired it (:meth:`_may_be_named`): an outbox insert
-        in a REPEATABLE READ or SERIALIZABLE transaction reads the generation with that
-        snapshot, and finds its partition. Returns how many partitions were dropped.
+        One process rotates at a time: each step (the attach, each drop) is one transaction
+        that first takes ``pg_try_advisory_xact_lock`` (another process holding it means
+        this one skips the rest of the round), so nothing outlives its transaction, behind
+        a pooler in transaction mode too. A partition is dropped only once this process
+        holds it, and the whole queue (a DROP needs ACCESS EXCLUSIVE on ``messages``),
+        exclusively and finds it empty, so a row being inserted or leased there is never
+        lost. The drop never queues behind a transaction that holds the queue and is not
+        running a short statement (idle in a transaction, as an open outbox or an
+        operator's ``BEGIN``, or in it for over a second: :meth:`_drop_wait`): every
+        insert and lease would queue behind the drop. The round then stops, as it does at
+        the first lock not granted (within 50 ms, or at once, ``NOWAIT``, while the
+        holders cannot be seen), and the next round tries again. Nor is one dropped while
+        another session holds a snapshot older than the rotation that retired it
+        (:meth:`_may_be_named`): an outbox insert in a REPEATABLE READ or SERIALIZABLE
+        transaction reads the generation with that snapshot, and finds its partition.
+        Returns how many partitions were dropped.
         """
+        attached = self._with(lambda conn: self._attach(conn, force))
+        if attached is None:
+            return 0
+        generation, partitions = attached
+        dropped = 0
+        for name in partitions:
+            if int(name.rsplit("_", 1)[1]) >= generation:
+                continue
+            outcome = self._with(functools.partial(self._drop, name=name))
+            if outcome is None:
+                break  # a lock not granted (or another process rotating): the next round
+            dropped += outcome
+        return dropped
+
+    def _rotation_lock(self, conn: psycopg.Connection[Any]) -> bool:
+        """In ``conn``'s open transaction: True once it holds the rotation's advisory lock
+        until its end; False when another process holds it."""
+        key = f"{self.schema}:rotate"
+        row = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (key,)).fetchone()
+        return bool(row and row[0])
+
+    def _attach(self, conn: psycopg.Connection[Any], force: bool) -> tuple[int, list[str]] | None:
+        """The rotation's first step, one transaction: attach a new partition when due
+        (or ``force``); the generation new rows now go to and the partitions as they were
+        before (the new one is never retired). None: another process is rotating."""
         s = self.schema
-
-        def run(conn: psycopg.Connection[Any]) -> int:
-            key = f"{s}:rotate"
-            locked = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
-            if not (locked and locked[0]):
-                return 0
-            try:
-                return self._rotate_locked(conn, force)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-        return self._with(run)
-
-    def _rotate_locked(self, conn: psycopg.Connection[Any], force: bool) -> int:
-        s = self.schema
-        row = conn.execute(
-            f"SELECT generation, extract(epoch FROM now() - rotated_at) FROM {s}.meta"
-        ).fetchone()
-        assert row is not None
-        generation, age = int(row[0]), float(row[1])
-        # Read before an attach: the new partition (of generation + 1) is never retired.
-        partitions = self._partitions(conn)
-        due = age >= self.rotate_seconds and len(partitions) < MAX_PARTITIONS
-        if force or due:
+        with conn.transaction():
+            if not self._rotation_lock(conn):
+                return None
+            row = conn.execute(
+                f"SELECT generation, extract(epoch FROM now() - rotated_at) FROM {s}.meta"
+            ).fetchone()
+            assert row is not None
+            generation, age = int(row[0]), float(row[1])
+            partitions = self._partitions(conn)
+            due = age >= self.rotate_seconds and len(partitions) < MAX_PARTITIONS
+            if not (force or due):
+                return generation, partitions
             # CREATE TABLE ... PARTITION OF would lock the whole queue (ACCESS EXCLUSIVE on
             # the parent) behind any open transaction that touched it; ATTACH PARTITION
             # takes SHARE UPDATE EXCLUSIVE, which inserts, leases and readers never wait on.
             new = generation + 1
             try:
-                with conn.transaction():
+                with conn.transaction():  # a savepoint: a lock not granted undoes only this
                     conn.execute("SET LOCAL lock_timeout = '50ms'")
                     conn.execute(
                         f"CREATE TABLE IF NOT EXISTS {s}.messages_{new} "
@@ -1554,26 +1701,70 @@ class PostgresSpool:
                         f"FOR VALUES IN ({new})"
                     )
                     conn.execute(f"UPDATE {s}.meta SET generation = %s, rotated_at = now()", (new,))
-                generation = self._generation = new
             except self._psycopg.errors.LockNotAvailable:
-                pass  # someone holds the queue in a way ATTACH waits on: next round
-        retired = [
-            name
-            for name in partitions
-            if int(name.rsplit("_", 1)[1]) < generation and not self._may_be_named(conn, name)
-        ]
-        dropped = 0
-        for name in retired:
-            try:
-                with conn.transaction():
-                    conn.execute("SET LOCAL lock_timeout = '50ms'")
-                    conn.execute(f"LOCK TABLE {s}.{name} IN ACCESS EXCLUSIVE MODE")
-                    if conn.execute(f"SELECT 1 FROM {s}.{name} LIMIT 1").fetchone() is None:
-                        conn.execute(f"DROP TABLE {s}.{name}")
-                        dropped += 1
-            except self._psycopg.errors.LockNotAvailable:
-                continue  # someone holds it: the next round tries again
-        return dropped
+                return generation, partitions  # someone holds the queue so: next round
+        self._generation = new
+        return new, partitions
+
+    def _drop(self, conn: psycopg.Connection[Any], *, name: str) -> int | None:
+        """Drop the retired partition ``name`` when drained (1), or leave it (0: rows in
+        it, gone already, or a snapshot may name it); None: a lock was not granted, or
+        another process is rotating (the round stops there). Its own transaction."""
+        s = self.schema
+        # Looked at first without holding the queue: a partition with rows is passed by at
+        # no cost to the writers (this also prunes a drained one's dead rows, so the look
+        # again under the lock is short).
+        if conn.execute(f"SELECT to_regclass('{s}.{name}')").fetchone() == (None,):
+            return 0  # dropped by another process
+        if conn.execute(f"SELECT 1 FROM {s}.{name} LIMIT 1").fetchone() is not None:
+            return 0
+        try:
+            with conn.transaction():
+                if not self._rotation_lock(conn):
+                    return None
+                if conn.execute(f"SELECT to_regclass('{s}.{name}')").fetchone() == (None,):
+                    return 0  # another process dropped it meanwhile
+                if self._may_be_named(conn, name):
+                    return 0
+                wait = self._drop_wait(conn, name)
+                if wait is None:
+                    return None
+                conn.execute(f"SET LOCAL lock_timeout = '{wait}'")
+                conn.execute(
+                    f"LOCK TABLE {s}.messages, {s}.{name} IN ACCESS EXCLUSIVE MODE"
+                    + (" NOWAIT" if wait == "0" else "")
+                )
+                if conn.execute(f"SELECT 1 FROM {s}.{name} LIMIT 1").fetchone() is not None:
+                    return 0
+                conn.execute(f"DROP TABLE {s}.{name}")
+                return 1
+        except self._psycopg.errors.LockNotAvailable:
+            return None
+
+    def _drop_wait(self, conn: psycopg.Connection[Any], name: str) -> str | None:
+        """How long the drop of ``name`` may wait for its locks: None (not at all: the round
+        stops) while another transaction holding the queue or the partition will not end
+        soon: idle in a transaction (an open outbox, an operator's ``BEGIN``), in one for
+        over a second, or a prepared transaction; ``"0"`` (``NOWAIT``) while a holder's
+        state cannot be seen (another role's session, without ``pg_read_all_stats``);
+        else ``"50ms"``, for the short statements that hold it to end. Inserts and leases
+        queue behind a drop waiting for its lock: it never waits on a holder that
+        stays."""
+        row = conn.execute(
+            "SELECT coalesce(bool_or(l.pid IS NULL OR a.state LIKE 'idle in transaction%%' "
+            "OR a.xact_start < clock_timestamp() - interval '1 second'), false), "
+            "coalesce(bool_or(l.pid IS NOT NULL AND a.state IS NULL), false) "
+            "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'relation' AND l.granted "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.relation IN (%s::regclass, %s::regclass) "
+            "AND l.pid IS DISTINCT FROM pg_backend_pid()",
+            (f"{self.schema}.messages", f"{self.schema}.{name}"),
+        ).fetchone()
+        stays, unseen = (bool(row[0]), bool(row[1])) if row else (False, False)
+        if stays:
+            return None
+        return "0" if unseen else "50ms"
 
     def _partitions(self, conn: psycopg.Connection[Any]) -> list[str]:
         """The names of the queue's partitions (``messages_G``)."""
@@ -1654,7 +1845,7 @@ class PostgresSpool:
         def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
             generation = conn.execute(f"SELECT generation FROM {s}.meta").fetchone()
             self._generation = None if generation is None else int(generation[0])
-            return conn.execute(sql, params, prepare=True).fetchall()
+            return conn.execute(sql, params, prepare=self._prepare).fetchall()
 
         rows = self._with(read)
         counts = {row[0]: int(row[1]) for row in rows if row[1]}
@@ -1673,7 +1864,7 @@ class PostgresSpool:
         cost follows the tenants and the rows in flight, not the backlog."""
         try:
             sql = f"SELECT tenant, queued, nbytes, leased FROM {self.schema}.queue_totals()"
-            rows = self._with(lambda conn: conn.execute(sql, prepare=True).fetchall())
+            rows = self._with(lambda conn: conn.execute(sql, prepare=self._prepare).fetchall())
         except SpoolError:
             return self._last_stats
         self._last_stats = SpoolStats(

@@ -226,10 +226,22 @@ class PostgresView(ClosedOnExit):
         row = self._run(lambda conn: conn.execute(sql).fetchone())
         return int(row[0]) if row else 0
 
+    def now(self) -> float:
+        """The database's clock now (Unix time): what it stamps each row's ``accepted_at``
+        and ``failed_at`` with, so the mark to give :meth:`since` (a host's clock may run
+        ahead of it, or behind)."""
+        row = self._run(
+            lambda conn: conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp())::float8"
+            ).fetchone()
+        )
+        return float(row[0])
+
     def since(self, at: float) -> dict[str, tuple[int, int, int]]:
         """Per tenant with any: ``(queued, dead, dead_before)`` (see
         :meth:`SpoolView.since <selligent_segment.spool._view.SpoolView.since>`), over
-        every host's rows."""
+        every host's rows. The rows are stamped by the database's clock: ``at`` must be
+        read from it too (:meth:`now`), not from this host's."""
         s = self.schema
         queries = (
             f"SELECT tenant, count(*) FROM {s}.messages "
