@@ -425,6 +425,59 @@ def test_csv_and_jsonl_inputs_in_one_run(tmp_path: Path) -> None:
 # -- rejects -----------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_rejects_file_that_cannot_be_written_stops_the_run_and_says_so(tmp_path: Path) -> None:
+    """Found by a review: a write to ``--rejects`` failing (a full disk) was taken for an
+    input that could not be read (``None: cannot read: …``), the summary still said the
+    rejects were written, and closing the file raised a traceback and exit status 1, the
+    status a script takes for "some records were invalid"."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"type": "open", "email": "x"}\n' * 3 + jsonl(R1) * 3)
+    result = dry_run(str(source), "--rejects", "/dev/full")
+    assert result.returncode == 2
+    assert "--rejects /dev/full: cannot write: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot read" not in result.stderr
+    assert "written to /dev/full" not in result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_dry_run_whose_output_cannot_be_written_says_so(tmp_path: Path) -> None:
+    """Found by a review: ``--dry-run > full-disk`` said ``None: cannot read: …``."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(jsonl(R1) * 20_000)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "selligent_segment", "send", "--dry-run", str(source)],
+            stdout=full, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert "stdout: cannot write: No space left on device" in result.stderr
+    assert "cannot read" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_dry_run_with_write_keys_refuses_the_tenants_they_do_not_name(tmp_path: Path) -> None:
+    """Found by a review: ``--dry-run`` ignored ``--write-keys``, so "check a file first"
+    passed records the real run refused (a tenant without a key), and a keys file that
+    does not exist passed too."""
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"acme": "k1"}')
+    source = write(
+        tmp_path,
+        "in.jsonl",
+        jsonl({"type": "open", "tenant": "acme", "user_id": "u1"},
+              {"type": "open", "tenant": "globex", "user_id": "u2"}),
+    )  # fmt: skip
+    result = dry_run(source, "--write-keys", str(keys))
+    assert result.returncode == 1
+    assert errors_of(result) == [f"{source}:2: tenant: no write key configured for 'globex'"]
+    assert len(result.stdout.splitlines()) == 1
+    missing = dry_run(source, "--write-keys", str(tmp_path / "none.json"))
+    assert missing.returncode == 2
+    assert "--write-keys" in missing.stderr
+
+
 def test_rejects_jsonl_get_the_raw_lines_and_reasons_and_can_be_sent_again(
     tmp_path: Path,
 ) -> None:

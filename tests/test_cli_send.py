@@ -351,6 +351,32 @@ def test_sigterm_stops_send_like_ctrl_c_with_its_summary_and_exits_143(
     assert "Traceback" not in err
 
 
+def test_the_json_summary_of_a_run_stopped_by_sigterm_says_143(
+    tmp_path: Path, keys_file: str
+) -> None:
+    """Found by a review: SIGTERM is handled as Ctrl-C, and the ``--json`` summary said
+    ``"exit_status": 130`` while the process exited 143: a script reading the summary saw
+    another status than ``$?``."""
+    data = write(tmp_path / "in.jsonl", rec(1, "acme"))
+    with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
+        server.outage(503)
+        proc = subprocess.Popen(
+            [*SEND, data, "--json", "--write-keys", keys_file, "--endpoint", server.url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=clean_env(), cwd=ROOT,
+        )  # fmt: skip
+        try:
+            assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 143, err
+    summary = json.loads(out)
+    assert summary["interrupted"] is True
+    assert summary["exit_status"] == 143
+
+
 def test_a_second_ctrl_c_while_send_shuts_down_still_gives_the_summary(
     tmp_path: Path, keys_file: str
 ) -> None:

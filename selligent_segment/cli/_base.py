@@ -86,6 +86,20 @@ class UsageError(Exception):
     """A usage problem found after parsing (a missing key, an unreadable option file)."""
 
 
+def exit_status_of(args: argparse.Namespace, status: int) -> int:
+    """What the process exits with for a command that returned ``status``: 143 when
+    SIGTERM stopped it (``main`` marks ``args.terminated``; a command whose SIGTERM is its
+    normal stop keeps its own), else ``status``. A ``--json`` summary says the same."""
+    if getattr(args, "terminated", False) and not getattr(args, "sigterm_is_stop", False):
+        return EXIT_TERMINATED
+    return status
+
+
+class OutputError(UsageError):
+    """An output of the command (``--rejects``, stdout) that cannot be written: the run
+    stops there (exit status 2), saying which and why."""
+
+
 # -- output options and the log handler ---------------------------------------------------
 
 #: The level of the library's log lines a command shows on stderr without options.

@@ -23,6 +23,7 @@ from selligent_segment.cli._base import (
     add_spool_option,
     emitter_from_args,
     err,
+    exit_status_of,
     interrupts_held,
     open_spool,
     print_json,
@@ -133,7 +134,7 @@ def _flush_until_done(
         return EXIT_USAGE
     exit_status = EXIT_INTERRUPTED if interrupted else flush_exit_status(status)
     if args.json:
-        print_json(flush_json(stats.delivered, status, exit_status))
+        print_json(flush_json(stats.delivered, status, exit_status_of(args, exit_status)))
     elif not args.quiet or exit_status:
         err(*flush_summary(stats.delivered, status, time.time()))
     return exit_status

@@ -63,8 +63,9 @@ keyed by VERP token (--verp), platform header value (--header) or original Messa
 _EPILOG = """\
 locations:
   a problem is reported as WHERE: field: reason, WHERE being FILE for a single message or a
-  webhook file, FILE:MESSAGE-N for the Nth message of an mbox or a Maildir (Maildir in file
-  name order), with ' recipient N' for one recipient of a multi-recipient report
+  webhook file as a whole, FILE:event-N for the Nth event of a webhook file,
+  FILE:MESSAGE-N for the Nth message of an mbox or a Maildir (Maildir in file name order),
+  with ' recipient N' for one recipient of a multi-recipient report
 
 re-running is safe:
   every record's event_id comes from the report (its Message-ID, else its bytes) and the

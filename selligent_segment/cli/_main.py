@@ -25,6 +25,7 @@ from selligent_segment.cli._base import (
     Command,
     add_output_options_to_leaves,
     err,
+    exit_status_of,
     pipe_closed,
     setup_logging,
 )
@@ -77,11 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser(COMMANDS).parse_args(argv)
     setup_logging(args)
     run: Callable[[argparse.Namespace], int] = args.run
-    terminated = False
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        nonlocal terminated
-        terminated = True
+        args.terminated = True  # read by exit_status_of, also for a --json summary
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
         raise _Terminated
 
@@ -100,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return EXIT_TERMINATED if terminated and not args.sigterm_is_stop else status
+    return exit_status_of(args, status)
 
 
 #: Every subcommand, in the order ``--help`` lists them.

@@ -3,12 +3,13 @@ header first), and beside it ``FILE.reasons``, one ``FILE:LINE: field: reason`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO, TextIO
 
-from selligent_segment.cli._base import UsageError
+from selligent_segment.cli._base import OutputError, UsageError
 from selligent_segment.cli._reader import Input, Line
 
 __all__ = ["Rejects"]
@@ -65,18 +66,34 @@ class Rejects:
         self._line = 1
 
     def add(self, line: Line, error: Exception) -> None:
+        """Write ``line`` and its reason, both flushed (``count`` counts only records
+        written); raises :class:`OutputError` naming the file when a write fails."""
+        header = b""
         if self.count == 0 and self._header is not None:
             header = self._header if self._header.endswith(b"\n") else self._header + b"\n"
-            self._data.write(header)
-            self._line += header.count(b"\n")
         raw = line.raw if line.raw.endswith(b"\n") else line.raw + b"\n"
         if raw.startswith(_BOM) and self.count:  # an input's first line, not the file's
             raw = raw[len(_BOM) :]
-        self._data.write(raw)
-        self._reasons.write(f"{self.path}:{self._line}: {error} (from {line.where})\n")
-        self._line += raw.count(b"\n")
+        at = self._line + header.count(b"\n")
+        with self._writing(self.path):
+            self._data.write(header + raw)
+            self._data.flush()
+        with self._writing(self.reasons_path):
+            self._reasons.write(f"{self.path}:{at}: {error} (from {line.where})\n")
+            self._reasons.flush()
+        self._line = at + raw.count(b"\n")
         self.count += 1
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _writing(path: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise OutputError(f"--rejects {path}: cannot write: {exc.strerror or exc}") from None
+
     def close(self) -> None:
-        self._data.close()
-        self._reasons.close()
+        """Close both files; never raises (what could not be written said so already)."""
+        for stream in (self._data, self._reasons):
+            with contextlib.suppress(OSError):
+                stream.close()

@@ -27,12 +27,15 @@ from selligent_segment.cli._base import (
     EXIT_USAGE,
     PROG,
     Command,
+    OutputError,
     UsageError,
+    _load_write_keys,
     add_delivery_options,
     add_json_option,
     add_spool_option,
     emitter_from_args,
     err,
+    exit_status_of,
     interrupts_held,
     open_spool,
     print_json,
@@ -154,15 +157,32 @@ class Sink:
 
 
 class _Printer(Sink):
-    def __init__(self, naming: EventNaming) -> None:
+    """``--dry-run``: each message on stdout; with ``tenants`` (``--write-keys``' names),
+    a record of another tenant is refused as the real run refuses it."""
+
+    def __init__(self, naming: EventNaming, tenants: frozenset[str] | None = None) -> None:
         self._naming = naming
+        self._tenants = tenants
         self._out = sys.stdout.buffer
 
     def take(self, record: CallbackRecord, size: int) -> None:
-        self._out.write(encode(record, naming=self._naming).body + b"\n")
+        if self._tenants is not None and (record.tenant or "default") not in self._tenants:
+            raise UnknownTenant(record.tenant or "default")
+        body = encode(record, naming=self._naming).body + b"\n"
+        try:
+            self._out.write(body)
+        except BrokenPipeError:  # the reader went away: main() ends the run quietly
+            raise
+        except OSError as exc:
+            raise OutputError(f"stdout: cannot write: {exc.strerror or exc}") from None
 
     def close(self) -> None:
-        self._out.flush()
+        try:
+            self._out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(f"stdout: cannot write: {exc.strerror or exc}") from None
 
 
 class _Deliverer(Sink):
@@ -207,6 +227,7 @@ class SendRunner:
         self.invalid = 0
         self.rejects: Rejects | None = None
         self.inputs: list[Input] = []
+        self._tenants: frozenset[str] | None = None  # a dry run's --write-keys
         enabled = False
         if not args.quiet and is_terminal(sys.stderr):
             enabled = not (args.dry_run and is_terminal(sys.stdout))
@@ -276,6 +297,8 @@ class SendRunner:
                 raise UsageError("--json is for a delivery summary: not with --dry-run")
             if not args.dry_run:
                 emitter = emitter_from_args(args, self.naming, failed)
+            elif args.write_keys:  # checked as the real run would check them
+                self._tenants = frozenset(_load_write_keys(args.write_keys))
             try:
                 self.open_inputs()
             except BaseException:
@@ -312,6 +335,9 @@ class SendRunner:
             return EXIT_USAGE
         except BrokenPipeError:  # stdout's reader went away: main() ends the run quietly
             raise
+        except OutputError as exc:  # --rejects or stdout: not an input
+            self.progress.message(f"{PROG}: {self.name}: {exc}")
+            return EXIT_USAGE
         except OSError as exc:
             self.progress.message(_cannot_read(exc))
             return EXIT_USAGE
@@ -324,11 +350,14 @@ class SendRunner:
         return None
 
     def _dry_run(self) -> int:
-        printer = _Printer(self.naming)
+        printer = _Printer(self.naming, self._tenants)
+        stopped = self._read_reporting_failures(printer)
         try:
-            stopped = self._read_reporting_failures(printer)
-        finally:
             printer.close()
+        except OutputError as exc:
+            if stopped is None:
+                self.progress.message(f"{PROG}: {self.name}: {exc}")
+                stopped = EXIT_USAGE
         self.progress.close()
         self.summary_of_reading()
         return send_exit_status(stopped, 0, self.invalid)
@@ -426,7 +455,7 @@ class SendRunner:
             "inputs": len(self.inputs),
             **run.to_dict(),
             "interrupted": stopped == EXIT_INTERRUPTED,
-            "exit_status": status,
+            "exit_status": exit_status_of(self.args, status),
         }
 
     def _wait(self, sink: _Deliverer) -> None:
