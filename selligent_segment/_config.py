@@ -199,7 +199,8 @@ class EmitterConfig:
     ``"block"`` up to ``block_timeout`` seconds then SpoolFull, ``"drop_newest"``
     (counted and reported through ``on_failure``)."""
     block_timeout: float = attrs.field(default=1.0, validator=_number(0, maximum=MAX_SECONDS))
-    """Seconds ``on_full="block"`` waits for room (at most a week)."""
+    """Seconds ``on_full="block"`` waits for room (at most a week); ``close()`` ends the
+    wait (the event is refused: EmitterClosed)."""
     naming: EventNaming = attrs.field(factory=EventNaming, validator=_instance(EventNaming))
     """Event names: profile and per-tenant overrides. Processes sharing a spool file must
     use the same naming."""
@@ -249,7 +250,10 @@ class EmitterConfig:
     on_failure: Callable[[DeliveryFailure], None] | None = attrs.field(
         default=None, validator=_callback
     )
-    """Called with a :class:`DeliveryFailure` for events permanently not delivered."""
+    """Called with a :class:`DeliveryFailure` for events permanently not delivered, on
+    the library's threads (or in ``emit``/``close``). What it raises is logged, never
+    passed on (in the library's threads, even ``SystemExit``); it may call ``close()``,
+    which then never waits for itself (see :meth:`Emitter.close`)."""
     on_pause: Callable[[str, str], None] | None = attrs.field(default=None, validator=_callback)
     """Called with ``(tenant, reason)`` when a tenant's key is refused or missing; its
     events are kept until a new key comes."""

@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,12 @@ from selligent_segment._errors import (
     UnknownTenant,
 )
 from selligent_segment._naming import EventNaming
-from selligent_segment._process_life import install_sigterm_handler, register, unregister
+from selligent_segment._process_life import (
+    in_library_thread,
+    install_sigterm_handler,
+    register,
+    unregister,
+)
 from selligent_segment._profile import PROFILE_UPDATE, ProfileUpdates
 from selligent_segment._record import CallbackRecord, EventKind, normalize
 from selligent_segment._results import BulkResult, DeliveryFailure
@@ -87,7 +93,8 @@ class Emitter(ClosedOnExit):
     Guarantees: ``emit`` validates the record, then only appends it to an in-memory
     queue (with a spool file, after one ``write(2)`` to this process's journal, in journal
     order with other threads' writes): it never waits on the network, another process or
-    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room);
+    the database (with ``on_full="block"`` it may wait up to ``block_timeout`` for room,
+    or until :meth:`close`);
     with a ``postgresql://`` spool it writes the row (one short transaction) before it
     returns, or raises SpoolError, and ``on_full`` applies when the table holds
     ``max_spool_bytes``.
@@ -250,6 +257,8 @@ class Emitter(ClosedOnExit):
         self._closed_result: bool | None = None
         self._start_lock = threading.Lock()
         self._close_lock = threading.Lock()
+        self._closing: threading.Thread | None = None  # the thread inside close(), if any
+        self._close_begun = False  # a library thread began close() on a thread of its own
         self._counters = Counters()
         self._backpressure = Backpressure(
             max_pending=config.max_pending,
@@ -357,8 +366,11 @@ class Emitter(ClosedOnExit):
             intake.late()
         if not accepted:
             return False  # a table at max_spool_bytes, on_full="drop_newest"
-        if self._encoder.idle:
-            self._encoder.wake()
+        encoder = self._encoder
+        if encoder.bulk_calls:  # an emit_many under way must not hold this record back
+            encoder.other_call()
+        elif encoder.idle:
+            encoder.wake()
         if not self._started:
             self._start()
         return True
@@ -395,7 +407,8 @@ class Emitter(ClosedOnExit):
         with their index; the others are accepted. When the spool is full the ``on_full``
         policy applies to the rest: SpoolFull (its ``next_index`` says where to resume,
         see :class:`SpoolFull`), a wait, or dropping them (counted in ``refused`` as
-        SpoolFull).
+        SpoolFull). A ``close()`` during the call raises EmitterClosed, with the same
+        ``accepted``, ``next_index`` and ``refused`` as SpoolFull.
         """
         if self._closed:
             raise EmitterClosed("emit_many() after close(); no event was accepted")
@@ -425,6 +438,15 @@ class Emitter(ClosedOnExit):
             exc.next_index = chunk[0][0]
             exc.refused = tuple(pair for pair in refused if pair[0] < exc.next_index)
             raise
+        except EmitterClosed:  # close() cut the call off: the same, said accurately
+            closed = EmitterClosed(
+                f"the emitter closed during emit_many(): {accepted} records were accepted "
+                f"before it; none from index {chunk[0][0]} on was accepted"
+            )
+            closed.accepted = accepted
+            closed.next_index = chunk[0][0]
+            closed.refused = tuple(pair for pair in refused if pair[0] < closed.next_index)
+            raise closed from None
         finally:
             self._encoder.leave_bulk()
         return BulkResult(accepted, tuple(refused))
@@ -465,8 +487,11 @@ class Emitter(ClosedOnExit):
         if intake.pending() >= self._max_pending and not (
             intake.durable and pressure.wait_for_ingest(intake.pending, self._is_closed)
         ):
+            records = Counter(t for _, f, t in chunk if PROFILE_UPDATE not in f)
             try:
-                room = pressure.wait_for_room(intake.pending, chunk[0][2], len(chunk))
+                room = pressure.wait_for_room(
+                    intake.pending, chunk[0][2], records.total(), tenants=records
+                )
             except SpoolFull as exc:
                 exc.accepted = accepted_before
                 raise
@@ -680,9 +705,12 @@ class Emitter(ClosedOnExit):
 
     # -- background work -------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self, *, closing: bool = False) -> None:
+        """Start the encoder and the senders, once; never once close() began, but by
+        close() itself (``closing``) when it finds records nothing started to send.
+        close() takes the same lock: a start is whole before close() looks, or none."""
         with self._start_lock:
-            if self._started or self._closed:
+            if self._started or (self._closed and not closing):
                 return
             self._encoder.start()
             self._dispatcher.start()
@@ -742,21 +770,59 @@ class Emitter(ClosedOnExit):
         through ``on_failure`` as ``unsent_at_close`` and counted as dropped (with a spool
         file they stay in it for the next start). A close cut short (SIGTERM arriving
         during it raises ``SystemExit``) is run again whole by the exit hook.
+
+        From a callback (``on_failure``, ``on_pause``) it never waits for itself: called
+        by the close under way in the same thread (its ``unsent_at_close`` report, or the
+        exit hook's), it returns False at once (the first close's result once it is
+        known); called on one of this emitter's own threads (the encoder's or a
+        sender's), it begins the close on a new thread and returns False at once (the
+        result once known): a later close() elsewhere waits for it and returns its result.
         """
         self._closed = True  # stop accepting at once, even while another close runs
+        self._backpressure.close()  # wake emits waiting for room: they raise EmitterClosed
+        me = threading.current_thread()
+        if self._closing is me:  # a callback of this very close (its report)
+            return bool(self._closed_result)
+        if self._encoder.owns(me) or self._dispatcher.owns(me):
+            if self._closed_result is not None:
+                return self._closed_result
+            if self._closing is not None or self._close_begun:
+                return False  # a close is under way already: its result comes later
+            # The flush would wait for this very thread: close on another one.
+            self._close_begun = True
+            threading.Thread(
+                target=in_library_thread(lambda: self.close(timeout)),
+                name="selligent-segment-close",
+                daemon=True,
+            ).start()
+            return False
         with self._close_lock:
             if self._closed_result is not None:
                 return self._closed_result
-            done = self.flush(timeout) if self._started else self._idle()
-            self._encoder.stopping = True
-            self._encoder.wake()
-            self._dispatcher.stop(1.0)
-            stepping = not self._encoder.stop(1.0)  # still in a step: it holds records
-            if self._intake.close(self._dispatcher, encoder_busy=stepping) or stepping:
-                done = False  # events were reported unsent (maybe by a close cut short)
-            self._transport.close()
-            self._closed_result = done
-        unregister(self)
+            self._closing = me
+            try:
+                done = self._close_held(timeout)
+            finally:
+                self._closing = None
+        unregister(self)  # not after a close cut short: the exit hook runs it again
+        return done
+
+    def _close_held(self, timeout: float | None) -> bool:
+        """close() under its lock: flush, stop the threads, report what is left."""
+        with self._start_lock:  # a start under way ends first; none begins after this
+            started = self._started
+        if not started and not self._idle():  # accepted by an emit that close overtook
+            self._start(closing=True)
+            started = True
+        done = self.flush(timeout) if started else self._idle()
+        self._encoder.stopping = True
+        self._encoder.wake()
+        self._dispatcher.stop(1.0)
+        stepping = not self._encoder.stop(1.0)  # still in a step: it holds records
+        if self._intake.close(self._dispatcher, encoder_busy=stepping) or stepping:
+            done = False  # events were reported unsent (maybe by a close cut short)
+        self._transport.close()
+        self._closed_result = done
         return done
 
     def set_write_key(self, tenant: str, key: str) -> None:
@@ -810,11 +876,17 @@ class Emitter(ClosedOnExit):
         self._closed = True
         self._closed_result = False
         self._close_lock = threading.Lock()  # the parent's copy may be held
+        self._closing = None
 
     def _after_fork_in_child(self) -> None:
         # The parent keeps and delivers its own events; the child starts empty, with new
         # locks, threads and connections, so nothing is sent twice.
         if self._closed:  # the parent's to finish; its close lock may be held in the copy
+            self._close_lock = threading.Lock()  # the copy of one a parent thread held
+            self._start_lock = threading.Lock()
+            self._closing = None
+            if self._closed_result is None:  # a close under way in the parent: not here
+                self._closed_result = False
             unregister(self)
             return
         self._intake.abandon()

@@ -87,7 +87,14 @@ class InvalidEvent(SelligentSegmentError, ValueError):
 
 
 class EmitterClosed(SelligentSegmentError, RuntimeError):
-    """``emit`` was called after ``close``; the event was not accepted."""
+    """``emit`` was called after ``close``; the event was not accepted. From an
+    ``emit_many`` that ``close`` cut off: as :class:`SpoolFull` says, ``accepted``
+    records were accepted before it, every record before index ``next_index`` was
+    accepted or is in ``refused``, and none from ``next_index`` on was accepted."""
+
+    accepted: int = 0
+    next_index: int = 0
+    refused: tuple[tuple[int, SelligentSegmentError], ...] = ()
 
 
 class SpoolFull(SelligentSegmentError):

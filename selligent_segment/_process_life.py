@@ -115,9 +115,18 @@ def in_library_thread(target: Callable[[], object]) -> Callable[[], None]:
 
     def run() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, MAIN_THREAD_SIGNALS)
+        _library.thread = True
         target()
 
     return run
+
+
+_library = threading.local()
+
+
+def is_library_thread() -> bool:
+    """True in a thread the library started (see :func:`in_library_thread`)."""
+    return bool(getattr(_library, "thread", False))
 
 
 def _close_all_at_exit() -> None:

@@ -108,9 +108,12 @@ class DeliveryFailure:
         return cls.of(tenant, FailureReason.UNREADABLE_RECORD, detail)
 
     @classmethod
-    def spool_full(cls, tenant: str) -> DeliveryFailure:
-        """An event dropped at ``emit`` by ``on_full="drop_newest"``."""
-        return cls.of(tenant, FailureReason.SPOOL_FULL, "spool full")
+    def spool_full(cls, tenant: str, count: int = 1) -> DeliveryFailure:
+        """An event of ``tenant`` dropped at ``emit`` by ``on_full="drop_newest"`` (detail
+        ``"spool full"``), or ``count`` of them dropped together from one ``emit_many``
+        chunk (detail ``"spool full: N events dropped"``): one failure per tenant."""
+        detail = "spool full" if count == 1 else f"spool full: {count} events dropped"
+        return cls.of(tenant, FailureReason.SPOOL_FULL, detail)
 
     @classmethod
     def unsent_at_close(cls, tenant: str, messages: Sequence[EncodedMessage]) -> DeliveryFailure:

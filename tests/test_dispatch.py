@@ -824,3 +824,41 @@ def test_a_retry_after_is_obeyed_when_a_request_beside_it_failed_first() -> None
     times = times_of(transport.requests)
     assert times[:2] == [0.0, 0.0]
     assert min(times[2:]) >= 121.0, times
+
+
+def test_an_on_failure_that_raises_systemexit_keeps_the_sender_and_its_tenant_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An on_failure that raised a BaseException (sys.exit() in a "fatal" handler) killed
+    the sender thread that called it, and its tenant stayed in flight for ever: no later
+    event of it was sent (found by a review). Now a library thread logs it, naming the
+    callback (never an event's email), and goes on."""
+    answers = iter([MockResponse(400)])
+
+    def handler(request: MockRequest) -> MockResponse:
+        return next(answers, MockResponse.ok())
+
+    def on_failure(failure: Any) -> None:
+        raise SystemExit("fatal: events rejected")
+
+    transport = MockTransport(handler)
+    em = Emitter(
+        write_key="k",
+        transport=transport,
+        batch=ONE_PER_REQUEST,
+        on_failure=on_failure,
+        threads=1,
+    )
+    try:
+        em.emit(record(0, "default"))
+        em.emit(record(1, "default"))
+        assert em.flush(10)
+        assert em.stats().delivered == 1
+        assert em.stats().rejected == {"rejected": 1}
+        assert [t.name for t in threading.enumerate() if t.name.startswith("selligent-segment-s")]
+        logged = [r for r in caplog.records if "callback" in r.getMessage()]
+        assert logged
+        assert "on_failure" in logged[0].getMessage()
+        assert "user0@example.com" not in caplog.text
+    finally:
+        em.close(0)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from _delivery import Timed, emitter, fake_emitter, record
+from _forks import wait_child
 
 from selligent_segment import (
     BatchPolicy,
@@ -542,6 +543,63 @@ def test_full_spool_drop_newest_reports_every_drop(server: LocalSegment) -> None
     assert results.count(False) == em.stats().refused["spool_full"] == len(failures)
     assert results.count(False) > 0
     em.close(0.1)
+
+
+def test_stats_add_up_while_the_encoder_holds_records_at_the_spool_cap() -> None:
+    """At the spool's size cap the encoder holds the records of its step, counted
+    accepted, until there is room: they were in neither the inbox nor the spool, and
+    ``queued`` missed them, so accepted != delivered + rejected + dropped + queued at a
+    quiet moment (found by a review). Now ``queued`` counts them."""
+    arrived, go_on = threading.Event(), threading.Event()
+
+    def held(request: MockRequest) -> MockResponse:
+        arrived.set()
+        go_on.wait(10)
+        return MockResponse.ok()
+
+    em = Emitter(write_key="k", transport=MockTransport(held), max_spool_bytes=64 * 1024)
+    pressure = em._backpressure
+    try:
+        em.emit(record(0, "default", properties={"pad": "x" * 30_000}))
+        assert arrived.wait(10)  # its request is out: it is in the spool, leased
+        em.emit_many([record(i, "default", properties={"pad": "x" * 1000}) for i in range(100)])
+        with pressure.room:  # notified each time the held step looks for room again
+            assert pressure.room.wait_for(lambda: pressure.at_cap, 10)
+        stats = em.stats()
+        settled = stats.delivered + sum(stats.rejected.values()) + sum(stats.dropped.values())
+        assert (stats.accepted, stats.queued) == (101, 101)
+        assert stats.accepted == settled + stats.queued
+        assert stats.tenants["default"].queued == 101
+    finally:
+        go_on.set()
+        em.close(1)
+
+
+def test_emit_many_drop_newest_reports_each_tenants_drops() -> None:
+    """emit_many with on_full="drop_newest": a dropped chunk was reported once, as one
+    event of its first record's tenant; the other tenants' drops were never reported
+    (found by a review). Now one failure per tenant, its detail giving the count."""
+    failures: list[DeliveryFailure] = []
+    em = Emitter(
+        write_keys={"acme": "key-acme", "globex": "key-globex"},
+        transport=MockTransport(),
+        max_pending=1,
+        on_full="drop_newest",
+        on_failure=failures.append,
+    )
+    em._encoder.stopping = True  # nothing leaves the inbox: it stays at max_pending
+    try:
+        assert em.emit(record(0, "acme"))
+        tenants = ["acme", "globex", "globex"]
+        result = em.emit_many([record(i, t) for i, t in enumerate(tenants, 1)])
+        assert (result.accepted, len(result.refused)) == (0, 3)
+        assert sorted((f.tenant, f.reason.value, f.detail) for f in failures) == [
+            ("acme", "spool_full", "spool full"),
+            ("globex", "spool_full", "spool full: 2 events dropped"),
+        ]
+        assert em.stats().refused == {"spool_full": 3}
+    finally:
+        em.close(0)
 
 
 # -- process life -------------------------------------------------------------------------------
@@ -1071,3 +1129,233 @@ def test_a_durable_close_keeps_the_journal_while_an_encoder_step_holds_records(
     with Emitter(write_key="k", transport=again, spool=spool) as em2:
         assert em2.flush(10)
     assert sum(len(r.items) for r in again.requests) == 10
+
+
+# -- close() against callbacks, a racing first emit, fork and blocked emits ---------------
+
+
+def _closing_in_a_thread(em: Emitter, timeout: float) -> tuple[threading.Thread, list[bool]]:
+    """``em.close(timeout)`` started in a daemon thread; its result lands in the list."""
+    result: list[bool] = []
+    thread = threading.Thread(target=lambda: result.append(em.close(timeout)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_an_on_failure_that_calls_close_during_close_does_not_hang(server: LocalSegment) -> None:
+    """close() reports unsent_at_close while it holds its lock; an on_failure that closes
+    the emitter (an application's "stop on failure" handler) waited for that lock, held by
+    its own thread: close() never returned (found by a review). Now the inner close()
+    returns False at once and the outer one finishes."""
+    inner: list[bool] = []
+
+    def on_failure(failure: DeliveryFailure) -> None:
+        inner.append(em.close(1))
+
+    server.outage(503)
+    em = emitter(server, on_failure=on_failure)
+    em.emit(record(1))
+    thread, result = _closing_in_a_thread(em, 0.2)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result == [False]
+    assert inner == [False]
+    assert em.close(0) is False  # the first close's result, again
+    assert em.stats().dropped == {"unsent_at_close": 1}
+
+
+def test_a_close_from_a_callback_on_the_encoder_thread_does_not_wait_for_itself() -> None:
+    """An on_failure run by the encoder (an event too large) that called close(): the
+    flush waited for the encoder, which was the caller, for the whole timeout, and then
+    reported the valid records of the same burst unsent_at_close (found by a review).
+    Now close() from an emitter's own thread closes on a new thread and returns at once;
+    the flush delivers them."""
+    transport = MockTransport()
+    failures: list[DeliveryFailure] = []
+    inner: list[bool] = []
+
+    def on_failure(failure: DeliveryFailure) -> None:
+        failures.append(failure)
+        if failure.reason.value == "too_large":
+            inner.append(em.close(3))
+
+    em = Emitter(write_key="k", transport=transport, on_failure=on_failure)
+    huge = record(99, tenant="default", properties={f"p{i}": "y" * 1000 for i in range(40)})
+    em.emit_many([huge, *(record(i, tenant="default") for i in range(10))])
+    assert em.close(10) is True  # the close the callback began: its flush delivered them
+    assert inner == [False]
+    assert [f.reason.value for f in failures] == ["too_large"]
+    assert em.stats().delivered == 10
+    assert sum(len(r.items) for r in transport.requests) == 10
+
+
+def test_a_first_emit_racing_close_leaves_no_thread_running_and_is_sent() -> None:
+    """The first emit() starts the threads; a close() between its start of the encoder and
+    of the senders found nothing started, reported the event unsent_at_close without
+    trying to send it, could raise "cannot join thread before it is started", and the
+    senders it stopped were started after, running for ever (found by a review). Now
+    close() and the start are ordered, and a close that finds work starts the threads and
+    flushes it."""
+    transport = MockTransport()
+    failures: list[DeliveryFailure] = []
+    em = Emitter(write_key="k", transport=transport, on_failure=failures.append)
+    dispatcher_start = em._dispatcher.start
+    encoder_started, close_begun = threading.Event(), threading.Event()
+    closer: list[threading.Thread] = []
+
+    def start_after_a_close_began() -> None:
+        encoder_started.set()
+        closer.extend(_closing_in_a_thread(em, 10)[:1])
+        # Time for a close() that does not wait for the start to run whole (it then
+        # ends here at once); one that waits cannot begin, and this times out.
+        close_begun.wait(0.5)
+        dispatcher_start()
+
+    em._dispatcher.start = start_after_a_close_began  # type: ignore[method-assign]
+    real_close = em._intake.close
+
+    def noting_close(*args: Any, **kwargs: Any) -> bool:
+        close_begun.set()
+        return real_close(*args, **kwargs)
+
+    em._intake.close = noting_close  # type: ignore[method-assign]
+    assert em.emit(record(1, "default")) is True
+    assert encoder_started.is_set()
+    closer[0].join(10)
+    assert not closer[0].is_alive()
+    assert failures == []
+    assert em.stats().delivered == 1
+    assert em._dispatcher._threads == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("selligent-segment-send")]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_the_parent_closes_can_close(server: LocalSegment) -> None:
+    """A fork while another thread of the parent was inside close(): the child's copy of
+    the close lock was held, and the child's own close() waited for ever (found by a
+    review). Now it returns False at once there (the parent reports its events)."""
+    server.outage(503)
+    inside, go_on = threading.Event(), threading.Event()
+
+    def on_failure(failure: DeliveryFailure) -> None:
+        inside.set()
+        go_on.wait(10)
+
+    em = emitter(server, on_failure=on_failure)
+    em.emit(record(1))
+    thread, result = _closing_in_a_thread(em, 0.1)
+    assert inside.wait(10)  # the parent's close() is reporting, its lock held
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if em.close(1) is False else 1)
+    finally:
+        go_on.set()
+    assert wait_child(pid, 10) == 0
+    thread.join(10)
+    assert result == [False]
+
+
+def test_close_wakes_emits_blocked_for_room(server: LocalSegment) -> None:
+    """on_full="block": an emit() waiting for room was not woken by close() and sat out
+    its whole block_timeout (found by a review). Now close() wakes it and it raises
+    EmitterClosed."""
+    em = emitter(server, max_pending=1, on_full="block", block_timeout=60)
+    em._encoder.stopping = True  # nothing leaves the inbox: the next emit waits for room
+    em.emit(record(0))
+    raised: list[BaseException] = []
+    waiting = threading.Event()
+    pending = em._intake.pending
+    looks: list[int] = []
+
+    def noting_pending() -> int:
+        if threading.current_thread() is thread:
+            looks.append(1)
+            if len(looks) == 2:  # the wait's own look, under its lock: it waits next
+                waiting.set()
+        return pending()
+
+    em._intake.pending = noting_pending  # type: ignore[method-assign]
+
+    def blocked() -> None:
+        try:
+            em.emit(record(1))
+        except EmitterClosed as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=blocked, daemon=True)
+    thread.start()
+    assert waiting.wait(10)
+    with em._backpressure.room:  # taken once the emit released it: it is in its wait
+        pass
+    em.close(0.1)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(raised) == 1
+
+
+@pytest.mark.parametrize("spool", ["memory", "file"])
+def test_emit_many_cut_off_by_close_says_what_was_accepted_and_where_to_resume(
+    spool: str, tmp_path: Path
+) -> None:
+    """A close() during emit_many (a slow source, another thread's shutdown) raised a bare
+    EmitterClosed saying no event was accepted, though the chunks before it were (and
+    were delivered), with no ``accepted`` or ``next_index`` as SpoolFull has (found by a
+    review). Now it carries SpoolFull's fields and says how many were accepted."""
+    transport = MockTransport()
+    em = Emitter(
+        write_key="k",
+        transport=transport,
+        spool="memory" if spool == "memory" else str(tmp_path / "spool.db"),
+    )
+
+    def records() -> Any:
+        for i in range(1000):
+            if i == 600:
+                assert em.close(10)  # the first chunk is delivered
+            yield {"type": "delivered", "email": "nope"} if i == 3 else record(i, "default")
+
+    with pytest.raises(EmitterClosed) as raised:
+        em.emit_many(records())
+    exc = raised.value
+    assert (exc.accepted, exc.next_index) == (512, 513)
+    assert [i for i, _ in exc.refused] == [3]
+    assert "512 records were accepted" in str(exc)
+    assert sum(len(r.items) for r in transport.requests) == 512
+
+
+def test_a_long_emit_many_with_a_spool_file_holds_back_no_other_call_nor_a_flush(
+    tmp_path: Path,
+) -> None:
+    """With a spool file the encoder leaves the CPU to an emit_many under way; over a slow
+    source it moved nothing into the file for the whole call: another thread's emit (a
+    live hook) was sent only after it, 5.8 s later, and a flush waited in vain (found by
+    a review). Now an emit of another call or a flush is moved at once, and a bulk call
+    that hands nothing over for a while is not waited for."""
+    transport = MockTransport()
+    em = Emitter(write_key="k", transport=transport, spool=tmp_path / "spool.db")
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow_source() -> Any:
+        for i in range(600):  # a chunk of 512 handed over, then a source that stalls
+            if i == 550:
+                inside.set()
+                go_on.wait(30)
+            yield record(i, "default")
+
+    bulk = threading.Thread(target=lambda: em.emit_many(slow_source()), daemon=True)
+    bulk.start()
+    try:
+        assert inside.wait(10)
+        em.emit(record(1000, "default"))  # a live hook, from another thread
+        assert transport.wait_for_requests(1, 10)
+        hook = encode(record(1000, "default")).message_id
+        assert em.flush(10)  # the bulk call's first chunk too
+        sent = [m for r in transport.requests for m in r.message_ids]
+        assert hook in sent
+        assert len(sent) == 513
+    finally:
+        go_on.set()
+        bulk.join(10)
+    assert em.close(10)
+    assert sum(len(r.items) for r in transport.requests) == 601

@@ -253,3 +253,26 @@ def test_multiprocessing_children_deliver_what_they_accepted_before_exit(
     # the copy of the close lock held at the fork).
     assert done.stdout.splitlines() == [f"child {i} 0" for i in range(4)]
     assert server.wait_for(4, timeout=10)
+
+
+def test_an_on_failure_that_closes_the_emitter_at_exit_does_not_hang_the_exit(
+    server: LocalSegment,
+) -> None:
+    """The exit hook's close() reports unsent_at_close holding its lock; an on_failure
+    that closed the emitter waited for that lock in the same thread, and the process
+    never exited (found by a review). Now the inner close() returns at once."""
+    server.outage(503)
+    script = textwrap.dedent(
+        f"""
+        from selligent_segment import Emitter
+        def on_failure(failure):
+            print("failure", failure.reason.value, em.close(), flush=True)
+        em = Emitter("k", endpoint={server.url!r}, on_failure=on_failure, exit_timeout=0.1)
+        em.emit({{"type": "opened", "email": "a@example.com", "event_id": "1"}})
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0
+    assert done.stdout == "failure unsent_at_close False\n"

@@ -160,6 +160,7 @@ class Dispatcher:
         self._tenants: dict[str, _Tenant] = {}
         self.turns = Schedule()
         self._threads: list[threading.Thread] = []
+        self._started: set[threading.Thread] = set()  # every sender ever started (owns())
         self._stopping = False
         self.flushing = 0
         self._spool_errors = Throttle(SPOOL_ERROR_EVERY)  # by error text, under self.cv
@@ -357,11 +358,11 @@ class Dispatcher:
     # -- threads -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sender threads (idempotent)."""
+        """Start the sender threads (idempotent); never after :meth:`stop`, which no
+        start undoes (a start racing a close would leave senders running for ever)."""
         with self.cv:
-            if self._threads:
+            if self._threads or self._stopping:
                 return
-            self._stopping = False
             for i in range(self.n_threads):
                 thread = threading.Thread(
                     target=in_library_thread(self._run),
@@ -369,7 +370,12 @@ class Dispatcher:
                     daemon=True,
                 )
                 self._threads.append(thread)
+                self._started.add(thread)
                 thread.start()
+
+    def owns(self, thread: threading.Thread) -> bool:
+        """True when ``thread`` is one of these senders (running or stopped)."""
+        return thread in self._started
 
     def stop(self, timeout: float | None) -> None:
         """Stop the senders after their current request."""

@@ -6,7 +6,8 @@ once the emitter closed with requests still out, a late result settles nothing (
 logged at INFO), so no event is both reported unsent at close and counted delivered.
 Waiters on :attr:`Settler.settled` are woken after each delivered or failed batch. A user
 callback that raises is logged and never breaks delivery; nor does a last-error note the
-spool cannot keep: a failed batch is counted and reported whatever the note does.
+spool cannot keep: a failed batch is counted and reported whatever the note does; in a
+library thread, not even a BaseException (``sys.exit()``) from a callback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from selligent_segment._errors import SpoolError, shown
 from selligent_segment._mapping import MESSAGE_ID_OF, EncodedMessage
+from selligent_segment._process_life import is_library_thread
 from selligent_segment._results import DeliveryFailure, FailureReason
 from selligent_segment._throttle import Throttle
 from selligent_segment.delivery._stats import Counters
@@ -39,11 +41,25 @@ _ZEROS = itertools.repeat(0)  # the default of each id in retry_count()
 
 
 def call_back(callback: Callable[..., None], *args: object) -> None:
-    """Call a user callback; whatever it raises is logged, never passed on."""
+    """Call a user callback; an Exception it raises is logged, never passed on. So is a
+    BaseException (``sys.exit()``) in one of the library's threads, which it would end
+    (a sender's tenant then stayed in flight for ever); in the application's own thread
+    that one goes on (SIGTERM's ``SystemExit`` during a close: see ``_process_life``).
+    The log names the callback, never the event's fields."""
     try:
         callback(*args)
     except Exception:  # a user callback must never break delivery
         log.exception("callback %r raised", callback, extra={"reason": "callback_error"})
+    except BaseException as exc:
+        if not is_library_thread():
+            raise
+        log.error(
+            "callback %r raised %s in a library thread; ignored",
+            callback,
+            type(exc).__name__,
+            exc_info=True,
+            extra={"reason": "callback_error"},
+        )
 
 
 class Settler:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from selligent_segment._errors import SpoolFull
 from selligent_segment._results import DeliveryFailure
@@ -32,8 +32,9 @@ class Backpressure:
     the spool is at its size cap.
 
     Guarantees: ``emit`` never waits here but with ``on_full="block"`` (up to
-    ``block_timeout``) or, for ``emit_many`` with a spool file, while the encoder moves
-    records into the file; a refused or dropped event is counted and reported; the log
+    ``block_timeout``, or until the emitter closes) or, for ``emit_many`` with a spool
+    file, while the encoder moves records into the file; a refused or dropped event is
+    counted and reported (a dropped chunk once per tenant, with its count); the log
     says so at most once every :data:`LOG_EVERY` seconds per kind of line, and every
     refused event is counted in exactly one such line: the next one allowed, or the one
     :meth:`report_refused` logs (the encoder's upkeep, about once a second, and close).
@@ -59,6 +60,8 @@ class Backpressure:
         self.report = report
         #: Notified whenever records leave the inbox (room for ``emit``).
         self.room = threading.Condition(threading.Lock())
+        #: True once the emitter closed (:meth:`close`): no wait for room goes on.
+        self.closed = False
         #: True while the spool is at its size cap (the encoder holds its records).
         self.at_cap = False
         #: True while the encoder cannot write the spool file (it keeps retrying).
@@ -82,15 +85,33 @@ class Backpressure:
         with self.room:
             self.room.notify_all()
 
-    def wait_for_room(self, pending: Callable[[], int], tenant: str, n: int = 1) -> bool:
-        """``max_pending`` records wait: apply ``on_full`` to ``n`` events of ``tenant``.
-        True when there is room now (``block``); False when they are dropped
-        (``drop_newest``, counted and reported); raises SpoolFull otherwise."""
+    def close(self) -> None:
+        """The emitter closed: wake every wait for room (each then sees :attr:`closed`)."""
+        with self.room:
+            self.closed = True
+            self.room.notify_all()
+
+    def wait_for_room(
+        self,
+        pending: Callable[[], int],
+        tenant: str,
+        n: int = 1,
+        *,
+        tenants: Mapping[str, int] | None = None,
+    ) -> bool:
+        """``max_pending`` records wait: apply ``on_full`` to ``n`` events of ``tenant``
+        (or to those of ``tenants``, counted by tenant: a chunk of ``emit_many``).
+        True when there is room now (``block``), or once the emitter closed (the caller
+        then refuses the events: EmitterClosed); False when they are dropped
+        (``drop_newest``, counted and reported, one failure per tenant); raises
+        SpoolFull otherwise."""
         if self.on_full is OnFull.BLOCK:
             with self.room:
-                if self.room.wait_for(lambda: pending() < self.max_pending, self.block_timeout):
+                if self.room.wait_for(
+                    lambda: self.closed or pending() < self.max_pending, self.block_timeout
+                ):
                     return True
-        return self._refuse(tenant, n, f"{self.max_pending} events are waiting")
+        return self._refuse(tenant, n, f"{self.max_pending} events are waiting", tenants)
 
     def wait_for_table_room(self, has_room: Callable[[], bool], tenant: str, n: int = 1) -> bool:
         """For an intake that writes the spool at ``emit`` (PostgreSQL: nothing waits in
@@ -111,13 +132,17 @@ class Backpressure:
             tenant, n, f"the spool holds max_spool_bytes={self.max_spool_bytes:,} already"
         )
 
-    def _refuse(self, tenant: str, n: int, why: str) -> bool:
-        """No room for ``n`` events of ``tenant`` (``why``): counted and logged, then
-        False (``drop_newest``: reported) or SpoolFull raised."""
+    def _refuse(
+        self, tenant: str, n: int, why: str, tenants: Mapping[str, int] | None = None
+    ) -> bool:
+        """No room for ``n`` events of ``tenant``, or those of ``tenants`` by tenant
+        (``why``): counted and logged, then False (``drop_newest``: reported, once per
+        tenant) or SpoolFull raised."""
         self.counters.refuse("spool_full", n)
         self._log_full(n)
         if self.on_full is OnFull.DROP_NEWEST:
-            self.report(DeliveryFailure.spool_full(tenant))
+            for name, count in (tenants or {tenant: n}).items():
+                self.report(DeliveryFailure.spool_full(name, count))
             return False
         raise SpoolFull(f"{why}; the event was not accepted")
 

@@ -22,6 +22,12 @@ log = logging.getLogger("selligent_segment")
 GATHER = 0.002
 #: Seconds between two rounds of spool upkeep (recovering dead processes, sweeping).
 MAINTAIN_EVERY = 1.0
+#: Seconds the encoder leaves the CPU to a bulk call at a time: when the call handed
+#: nothing over meanwhile (a slow source), what waits is moved before it yields again.
+BULK_YIELD = 0.05
+#: Seconds the encoder yields to bulk calls at most in a row, however fast they go (a
+#: fast ``emit_many`` of 100,000 records takes about 0.2 s).
+BULK_YIELD_MAX = 1.0
 
 
 class Encoder:
@@ -30,7 +36,10 @@ class Encoder:
     ``idle`` is True while it waits for work: ``emit`` calls :meth:`wake` only then.
     With a durable intake it starts busy (its first round recovers what dead processes
     left) and, while an ``emit_many`` is under way and fewer than ``max_pending`` records
-    wait, it leaves the CPU to that call (the records are journaled already).
+    wait, it leaves the CPU to that call (the records are journaled already): for
+    :data:`BULK_YIELD` seconds at a time, as long as the call hands records over, and
+    :data:`BULK_YIELD_MAX` seconds in a row at most; never while records of another call
+    (:meth:`other_call`), a flush or a close wait.
     """
 
     def __init__(
@@ -43,6 +52,13 @@ class Encoder:
         self.idle = not intake.durable
         self.stopping = False
         self.bulk_calls = 0  # emit_many calls under way
+        # Bumped by each emit() while a bulk call is under way; the encoder yields only
+        # while it equals the count it saw before it last found the inbox empty.
+        self.others = 0
+        self._others_seen = 0
+        self.yielding = False  # waiting in _yield_to_bulk
+        self._yielding_since: float | None = None  # when this run of yields began
+        self._pending_seen = 0  # what waited at the last yield
         self._bulk_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -64,10 +80,21 @@ class Encoder:
         self.stopping = True
         self._wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        if thread is None or thread.ident is None or thread is threading.current_thread():
+            return True  # never started (a start racing close), or the caller itself
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def owns(self, thread: threading.Thread) -> bool:
+        """True when ``thread`` is this encoder's thread."""
+        return thread is self._thread
+
+    def other_call(self) -> None:
+        """An ``emit`` accepted a record while a bulk call is under way: move it now (no
+        yielding to the bulk call until the inbox was found empty since)."""
+        self.others += 1  # a lost update still changes it: any change counts
+        if self.idle or self.yielding:  # else it is working: no Event.set per emit
+            self._wake.set()
 
     def enter_bulk(self) -> None:
         with self._bulk_lock:
@@ -96,7 +123,9 @@ class Encoder:
                 return
             if time.monotonic() >= self._next_maintain:
                 self.maintain()
+            others = self.others  # read first: a record of a bump after it is not moved yet
             if not intake.has_work():
+                self._others_seen = others
                 self.idle = True
                 if not intake.has_work():
                     notify_settled(self.dispatcher.settled)
@@ -127,10 +156,29 @@ class Encoder:
 
     def _yield_to_bulk(self) -> bool:
         """True when the encoder waited for a bulk call instead of working."""
-        if not self.intake.durable or not self.bulk_calls or self.stopping:
+        if not self.intake.durable:
             return False
-        if self.intake.pending() >= self.max_pending:
+        pending = self.intake.pending()
+        if (
+            not self.bulk_calls
+            or self.stopping
+            or self.others != self._others_seen
+            or self.dispatcher.flushing
+            or pending >= self.max_pending
+        ):
+            self._yielding_since = None
             return False
-        self._wake.wait(0.05)
+        now = time.monotonic()
+        since = self._yielding_since
+        if since is None:
+            self._yielding_since = now
+        elif pending == self._pending_seen or now - since >= BULK_YIELD_MAX:
+            self._yielding_since = None  # a slow source, or long enough: a step first
+            return False
+        self._pending_seen = pending
+        self.yielding = True
+        if self.others == self._others_seen:  # else a bump came in between: no wait
+            self._wake.wait(BULK_YIELD)
+        self.yielding = False
         self._wake.clear()
         return True

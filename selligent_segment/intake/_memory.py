@@ -44,6 +44,9 @@ class MemoryIntake:
         self._left_any = False
         self.closing = False  # close() began to drain: a record appended since is late
         self._report_lock = threading.Lock()  # close() and a late emit() report in turn
+        # Per tenant, the messages of the step waiting for room in the spool (counted
+        # accepted, in neither the inbox nor the spool): queued() counts them.
+        self._held: Counter[str] = Counter()
 
     def pending(self) -> int:
         return len(self.inbox)
@@ -90,6 +93,8 @@ class MemoryIntake:
         down.counters.add_many("accepted", Counter(tenants))  # counted in C, not per event
         down.backpressure.notify()
         dispatcher = down.senders()
+        if not self.spool.has_room(nbytes):  # it waits: held, and queued() says so
+            self._held = Counter(map(TENANT_OF, messages))
         down.backpressure.wait_for_spool_room(self.spool, nbytes, stopping, dispatcher.settled)
         with self._report_lock:
             # A close() that gave up waiting for this step took what the queue held:
@@ -100,6 +105,8 @@ class MemoryIntake:
                     self._unreported.setdefault(message.tenant, []).append(message)
             else:
                 self.spool.put_many(messages)
+            if self._held:
+                self._held = Counter()
         if late:
             self._report_left()
             return
@@ -115,7 +122,11 @@ class MemoryIntake:
         return self.queued()  # in memory: never waits long
 
     def queued(self) -> dict[str, int]:
+        """Per tenant: in the spool, held by a step waiting for room in it, or in the
+        inbox (counted accepted once the encoder takes them)."""
         queued = dict(self.spool.stats().per_tenant)
+        for tenant, n in self._held.items():
+            queued[tenant] = queued.get(tenant, 0) + n
         for _, tenant, _ in list(self.inbox):
             queued[tenant] = queued.get(tenant, 0) + 1
         return queued
