@@ -5,11 +5,13 @@ the spool commands on the destination's spool, replay with FILE:LINE and --dry-r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -322,3 +324,128 @@ def test_replay_reads_events_as_the_receiver_does(
     assert status == 1  # the one refused
     for n in (1, 2, 3):
         assert local_selligent.row("CONTACTS", customer_id=f"user-{n}") is not None
+
+
+@pytest.mark.usefixtures("secrets_set")
+def test_replay_refuses_an_empty_message_id_as_the_receiver_does(
+    config_file: Path, spool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second event with ``"messageId": ""`` was counted a duplicate of the first, not
+    refused as the receiver refuses it (found by a review): empty is missing."""
+    events = tmp_path / "events.jsonl"
+    first, second = identify(1), identify(2)
+    first["messageId"] = second["messageId"] = ""
+    events.write_bytes(orjson.dumps(first) + b"\n" + orjson.dumps(second) + b"\n")
+    status = _replay(config_file, spool, "--dry-run", str(events))
+    err = capsys.readouterr().err
+    assert "0 rows would load, 0 skipped, 0 duplicates, 2 refused" in err
+    assert err.count("the event has no messageId") == 2
+    assert status == 1
+
+
+def _many_identifies(path: Path, n: int) -> None:
+    pad = "x" * 2000  # about 2 KB a row: a few chunks fill a small spool
+    lines = []
+    for i in range(n):
+        event = identify(i)
+        event["traits"]["lastName"] = pad  # type: ignore[index]
+        lines.append(orjson.dumps(event))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.usefixtures("secrets_set")
+def test_replay_into_a_full_spool_waits_for_room_then_loads_everything(
+    config_file: Path,
+    spool: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    local_selligent: LocalSelligent,
+) -> None:
+    """A chunk that found the spool at its cap crashed replay with a SpoolFull traceback,
+    no summary, the loader not closed (found by a review). It waits for the rows before
+    it to load, and goes on."""
+    from selligent_segment.cli import _destination_replay
+
+    monkeypatch.setattr(_destination_replay, "_CHUNK", 20)
+    events = tmp_path / "events.jsonl"
+    _many_identifies(events, 400)
+    status = _replay(
+        config_file, spool, "--linger", "0", "--max-spool-bytes", "300000", str(events)
+    )
+    err = capsys.readouterr().err
+    assert "400 events from 1 file(s): 400 rows loaded" in err
+    assert "0 left in the spool" in err
+    assert status == 0
+    assert len(local_selligent.rows("CONTACTS")) == 400
+
+
+@pytest.mark.usefixtures("secrets_set")
+def test_replay_into_a_spool_that_stays_full_stops_with_a_summary_and_status_3(
+    config_file: Path,
+    spool: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    local_selligent: LocalSelligent,
+) -> None:
+    """Selligent refusing the key (the tenant paused) and the spool at its cap: replay
+    crashed with a traceback, exit 1, no summary (found by a review). It stops reading,
+    says where and how many rows were not journaled, closes the loader, and exits 3."""
+    from selligent_segment.cli import _destination_replay
+
+    monkeypatch.setattr(_destination_replay, "_CHUNK", 20)
+    local_selligent.revoke_api_key(ENV["ACME_SELLIGENT_API_KEY"])
+    events = tmp_path / "events.jsonl"
+    _many_identifies(events, 400)
+    status = _replay(
+        config_file, spool, "--linger", "0", "--max-spool-bytes", "300000", str(events)
+    )
+    err = capsys.readouterr().err
+    assert status == 3
+    assert "Traceback" not in err
+    assert f"is full: stopped after {events}:" in err
+    summary = err.splitlines()[-1]
+    assert "0 rows loaded" in summary
+    with SpoolFile(spool) as kept:
+        queued = kept.status().queued
+    assert 0 < queued < 400
+    read, unjournaled = re.search(r"(\d+) events from .* (\d+) not journaled", summary).groups()  # type: ignore[union-attr]
+    assert f"{queued} left in the spool" in summary
+    assert 0 < int(unjournaled) <= 20  # the chunk in hand
+    assert queued + int(unjournaled) == int(read) < 400
+
+
+@pytest.mark.usefixtures("secrets_set")
+def test_healthz_answers_503_from_the_stop_signal_on(
+    config_file: Path, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``closing`` was set only once the server had stopped, when nobody could ask any
+    more: ``/healthz`` never answered 503 while stopping, as documented (found by a
+    review). The signal sets it before the server is told to stop."""
+    from _asgi_calls import call_asgi
+
+    from selligent_segment.cli import _destination_serve
+
+    seen: dict[str, object] = {}
+    healthz = {"type": "http", "method": "GET", "path": "/healthz", "root_path": ""}
+    healthz.update({"headers": [], "query_string": b""})
+
+    class StoppedBySignal:
+        def __init__(self, config: Any) -> None:
+            self.app = config.app
+
+        def run(self, sockets: list[object]) -> None:
+            seen["before"] = call_asgi(self.app, dict(healthz), [])
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, in this thread
+            seen["after"] = call_asgi(self.app, dict(healthz), [])
+
+        def stop(self) -> None:
+            seen["closing at stop"] = self.app.closing
+
+    monkeypatch.setattr(_destination_serve, "_Server", StoppedBySignal)
+    args = ["destination", "serve", "--config", str(config_file), "--spool", str(spool)]
+    assert main([*args, "--port", "0", "--flush-timeout", "1"]) == 0
+    assert seen["before"] == (200, b"ok")
+    assert seen["closing at stop"] is True
+    assert seen["after"] == (503, b"closing")

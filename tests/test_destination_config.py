@@ -351,3 +351,26 @@ def test_secrets_are_read_when_asked_not_copied_at_load() -> None:
     acme = parse_config({"tenants": {"acme": tenant()}}, env).tenants["acme"]
     env["KEY"] = "new:two"
     assert acme.api_key() == "new:two"
+
+
+def test_the_shared_secret_variable_may_hold_several_secrets_for_a_rotation() -> None:
+    """One secret per tenant: rotating it in Segment refused (401, final for Segment)
+    every event signed with the new one until a restart with the new value (found by a
+    review). The variable may hold several, comma-separated, each accepted."""
+    env = {"KEY": "k:s", "SECRET": " old-secret , new-secret,", "NONE": " , "}
+    config = parse_config(
+        {"tenants": {"acme": tenant(shared_secret_env="SECRET")}}, env, require_secrets=True
+    )
+    acme = config.tenants["acme"]
+    assert acme.shared_secrets() == (b"old-secret", b"new-secret")
+    assert acme.shared_secret() == b"old-secret"
+    assert "secret" not in repr(acme).replace("shared_secret_env", "")
+    empty = parse_config(
+        {"tenants": {"acme": tenant(shared_secret_env="NONE")}}, env, require_secrets=False
+    ).tenants["acme"]
+    with pytest.raises(ConfigurationError, match="NONE: is not set") as info:
+        empty.shared_secrets()
+    assert "," not in str(info.value)
+    data = {"tenants": {"acme": tenant(shared_secret_env="NONE")}}
+    reasons = [p.reason for p in problems_of(data, env)]
+    assert reasons == ["shared_secret_env: the environment variable NONE is not set"]

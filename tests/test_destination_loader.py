@@ -11,6 +11,7 @@ import pytest
 from _destination import ENV, example_config, identify, track
 
 from selligent_segment import SpoolFile
+from selligent_segment._errors import SpoolFull
 from selligent_segment.delivery._retry import RetryPolicy
 from selligent_segment.delivery._transport import HttpTransport
 from selligent_segment.destination import DestinationConfig, map_event
@@ -342,3 +343,44 @@ def test_a_load_that_times_out_is_retried(
         loader.close(2.0)
     assert local_selligent.row("CONTACTS", customer_id="user-1") is not None
     assert loader.stats().retried >= 1
+
+
+def test_a_paused_tenant_filling_the_spool_is_refused_alone(
+    config: DestinationConfig, tmp_path: Path, local_selligent: LocalSelligent
+) -> None:
+    """One ``max_spool_bytes`` for every tenant: a tenant whose key Selligent refused
+    (paused) filled the spool, then every tenant's webhook answered 503 (found by a
+    review). Past three quarters of the cap, a paused tenant, or one holding more than
+    an even share of the rows waiting, is refused; the others have the last quarter,
+    enough while their rows load and leave."""
+    local_selligent.revoke_api_key(ENV["ACME_SELLIGENT_API_KEY"])
+    settings = LoaderSettings(linger=0.0, retry=FAST, max_spool_bytes=400_000)
+    loader = Loader(config, tmp_path / "dest.spool", settings).start()
+    pad = "x" * 2000
+    try:
+        loader.accept(rows_of(config, "acme", [identify(0)]))
+        assert loader.flush(10.0)  # idle: acme's rows wait, paused
+        assert "acme" in loader.paused()
+        refused = None
+        for chunk in range(1, 500):
+            events = [identify(chunk * 10 + i, lastName=pad) for i in range(10)]
+            try:
+                loader.accept(rows_of(config, "acme", events))
+            except SpoolFull:
+                refused = chunk
+                break
+            assert loader.flush(10.0)  # in the file: its size counted as it is
+        assert refused is not None
+        assert loader.has_room(2000 * 10)  # not the cap: the reserve is left
+        assert not loader.has_room(2000 * 10, {"acme"})
+        assert loader.has_room(2000 * 10, {"globex"})
+        for n in range(0, 50, 10):  # more than the reserve: its rows load and leave
+            loader.accept(
+                rows_of(config, "globex", [track(n + i, plan_name=pad) for i in range(10)])
+            )
+            assert loader.flush(10.0)
+        assert local_selligent.row("GLOBEX_EVENTS", event_id="tr-49") is not None
+        with pytest.raises(SpoolFull):
+            loader.accept(rows_of(config, "acme", events))  # as the one refused above
+    finally:
+        loader.close(2.0)

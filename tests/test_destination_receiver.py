@@ -16,7 +16,7 @@ import orjson
 import pytest
 import urllib3
 from _asgi_calls import beside_a_held_body, call_asgi, chunk, post_scope
-from _destination import ENV, example_config, identify, sign, tenant_table, track
+from _destination import ENV, example_config, example_data, identify, sign, tenant_table, track
 
 from selligent_segment import ConfigurationError, SpoolFile
 from selligent_segment.delivery._retry import RetryPolicy
@@ -654,3 +654,87 @@ def test_a_long_message_id_is_remembered_by_its_digest_not_whole() -> None:
     assert other not in recent
     assert "m" * 100 in recent  # Segment's longest, kept as it is
     assert max(len(key) for key in recent.new) <= 100
+
+
+def test_numeric_text_decimal_refuses_is_refused_alone_not_a_500_for_the_batch(
+    local_selligent: LocalSelligent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``"1e-99999999999999999999"`` under ``format = "number"`` raised InvalidOperation
+    out of the mapping: the whole batch answered 500 on every retry, and Segment dropped
+    the good events with it after about 4 hours (found by a review)."""
+    fields = {"customer_id": "$.userId", "total": {"path": "$.traits.n", "format": "number"}}
+    table = tenant_table(
+        selligent_url=local_selligent.url, identify={"list": "C", "fields": fields}
+    )
+    config = parse_config({"tenants": {"acme": table}}, {"KEY": "k:s"})
+    good = {"type": "identify", "messageId": "m-1", "userId": "u1", "traits": {"n": "12.5"}}
+    bad = {"type": "identify", "messageId": "m-2", "userId": "u2"}
+    bad["traits"] = {"n": "1e-99999999999999999999"}
+    loader = Loader(config, tmp_path / "poison.spool", SETTINGS).start()
+    try:
+        status, answer = Receiver(config, loader).handle(
+            config.tenants["acme"], orjson.dumps([good, bad]), None
+        )
+        assert loader.flush(10.0)
+    finally:
+        loader.close(2.0)
+    assert status == 200
+    refused = orjson.loads(answer)["refused"]
+    assert [(r["index"], r["messageId"]) for r in refused] == [(1, "m-2")]
+    assert "not a number: a string of 23 characters" in refused[0]["reason"]
+    assert [r["total"] for r in local_selligent.rows("C")] == ["12.5"]
+    assert "99999" not in caplog.text
+
+
+def test_the_default_body_limit_takes_segments_largest_batch_of_its_largest_events(
+    config: DestinationConfig, loader: Loader
+) -> None:
+    """The default 8 MiB limit assumed 2 KB events: an ordinary batch of 1,000 events of
+    about 9 KB (Segment allows 32 KB each) was refused 413, final for Segment: the batch
+    was lost (found by a review). The default takes 4,000 events of 32 KB, and the bodies
+    read at once may hold two such batches."""
+    from selligent_segment.destination._receiver import DEFAULT_MAX_BODY_BYTES
+
+    largest = MAX_BATCH_EVENTS * (32 * 1024 + 1) + 1  # the events, their commas, [ and ]
+    assert largest <= DEFAULT_MAX_BODY_BYTES
+    receiver = Receiver(config, loader)
+    assert receiver.bodies.max_bytes >= 2 * DEFAULT_MAX_BODY_BYTES
+    batch = [identify(n, notes="x" * 9000) for n in range(1000)]
+    body = orjson.dumps(batch)
+    assert len(body) > 9_000_000
+    scope = post_scope("/segment/acme", {"X-Signature": sign(ACME, body)})
+    status, answer = call_asgi(receiver, scope, [chunk(body)])
+    assert status == 200, answer[:200]
+    assert orjson.loads(answer)["accepted"] == 1000
+
+
+def test_every_secret_of_a_rotation_is_accepted_and_only_those(
+    local_selligent: LocalSelligent, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one secret per tenant, rotating it in Segment refused every event signed
+    with the new secret (401 is final for Segment) until a restart with the new value
+    (found by a review). The variable may hold the old and the new, comma-separated:
+    either signs, in each form, and no secret is in an answer or a log line."""
+    env = {**ENV, "ACME_SEGMENT_SHARED_SECRET": "old-secret,new-secret"}
+    config = parse_config(example_data(local_selligent.url), env, source="example")
+    loader = Loader(config, tmp_path / "rotation.spool", SETTINGS).start()
+    receiver = Receiver(config, loader)
+    acme = config.tenants["acme"]
+    caplog.set_level("DEBUG", logger="selligent_segment")
+    try:
+        for n, secret in enumerate(["old-secret", "new-secret"]):
+            one = orjson.dumps(identify(n))
+            batch = b"[" + one + b"," + orjson.dumps(identify(n + 10)) + b"]"
+            assert receiver.handle(acme, one, sign(secret, one))[0] == 200
+            assert receiver.handle(acme, batch, sign(secret, one))[0] == 200  # first event
+            assert receiver.handle(acme, batch, sign(secret, batch))[0] == 200  # whole body
+        one = orjson.dumps(identify(99))
+        for wrong in ("other", "old-secret,new-secret", "old-secretnew-secret", "", " "):
+            status, answer = receiver.handle(acme, one, sign(wrong, one))
+            assert status == 401
+            assert b"secret" not in answer.replace(b"signature", b"")
+    finally:
+        loader.close(2.0)
+    assert "old-secret" not in caplog.text
+    assert "new-secret" not in caplog.text
+    assert "old-secret" not in repr(receiver) + repr(acme) + repr(config)

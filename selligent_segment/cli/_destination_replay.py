@@ -10,13 +10,17 @@ Guarantees: a bad line or an event that cannot be mapped is reported as ``FILE:L
 reason`` (``FILE:LINE[i]`` inside an array) on stderr and never stops the others; events
 are deduplicated on ``messageId`` within the run; the summary says how many rows were
 loaded, skipped, refused, and left in the spool; loads are upserts, so replaying twice
-changes nothing.
+changes nothing. A spool at its size cap is waited on (its rows load and make room) up to
+``--timeout`` seconds at a time; one that stays full (Selligent down, the tenant paused)
+or a journal that cannot be written stops the reading with the summary, the rows not
+journaled counted, and exit status 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,7 +53,8 @@ exit status:
   0  every event was loaded or deliberately skipped
   1  some lines or events were refused (each reported on stderr)
   2  usage error, or a file could not be read
-  3  some rows were not loaded (refused by Selligent, or left in the spool: see the summary)
+  3  some rows were not loaded (refused by Selligent, left in the spool, or not journaled
+     because the spool stayed full: see the summary)
 """
 
 
@@ -65,7 +70,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=300.0,
         metavar="S",
-        help="seconds to wait for the loads after reading (default 300)",
+        help="seconds to wait for the loads after reading, and for room in a full spool "
+        "before stopping (default 300)",
     )
 
 
@@ -101,8 +107,42 @@ def event_or_reason(value: Any, not_object: str = "not a JSON object (an event)"
     return not_object
 
 
+class _Stopped(Exception):
+    """The rows in hand could not be journaled: the spool stayed full, or its journal
+    cannot be written."""
+
+
+def _journal(loader: Any, rows: list[Any], timeout: float) -> None:
+    """``loader.accept(rows)``, waiting up to ``timeout`` seconds while the spool is at
+    its cap for the rows already in it to load and make room; _Stopped when it stays full
+    (nothing is loading: Selligent down or the tenant paused) or cannot be written."""
+    from selligent_segment._errors import SpoolError, SpoolFull
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            loader.accept(rows)
+            return
+        except SpoolFull as exc:
+            left = deadline - time.monotonic()
+            # flush waits until the loads settle (no busy loop); idle with the spool
+            # still full means nothing loading will make room (paused rows only)
+            if left <= 0 or (loader.flush(min(left, 1.0)) and not _room_for(loader, rows)):
+                raise _Stopped(str(exc)) from None
+        except SpoolError as exc:
+            raise _Stopped(str(exc)) from None
+
+
+def _room_for(loader: Any, rows: list[Any]) -> bool:
+    from selligent_segment.destination._rows import row_payload
+    from selligent_segment.spool._journal import frame
+
+    nbytes = sum(len(frame(row_payload(r))) for r in rows)
+    return bool(loader.has_room(nbytes, {r.tenant for r in rows}))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from selligent_segment._errors import ConfigurationError, SpoolError
+    from selligent_segment._errors import ConfigurationError, SpoolError, SpoolFull
     from selligent_segment.destination._mapping import MappedRow, RowError, map_event
 
     loaded = load_or_report(args.config, require_secrets=not args.dry_run)
@@ -128,8 +168,10 @@ def _run(args: argparse.Namespace) -> int:
     progress = Progress(sys.stderr)
     seen: set[str] = set()
     rows: list[MappedRow] = []
-    events = refused = skipped = duplicates = mapped = 0
+    events = refused = skipped = duplicates = mapped = unjournaled = 0
     interrupted = False
+    stopped = ""
+    where = ""
     try:
         for path in args.files:
             for where, event in _events(path):
@@ -139,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
                     progress.message(f"{where}: {event}")
                     continue
                 message_id = event.get("messageId")
-                if isinstance(message_id, str):
+                if isinstance(message_id, str) and message_id:  # "" is none: refused below
                     if message_id in seen:
                         duplicates += 1
                         continue
@@ -159,12 +201,12 @@ def _run(args: argparse.Namespace) -> int:
                     continue
                 rows.append(result)
                 if len(rows) >= _CHUNK:
-                    loader.accept(rows)
+                    _journal(loader, rows, args.timeout)
                     rows = []
                 if progress.due():
                     progress.show("replay", events, None, f"{mapped} rows")
         if loader is not None:
-            loader.accept(rows)
+            _journal(loader, rows, args.timeout)
             rows = []
             progress.show("replay", events, None, f"{mapped} rows; loading")
             loader.flush(args.timeout)
@@ -174,6 +216,9 @@ def _run(args: argparse.Namespace) -> int:
         if loader is not None:
             loader.close(0.0)
         return EXIT_USAGE
+    except _Stopped as exc:
+        stopped = f"{exc}: stopped after {where}"
+        unjournaled, rows = len(rows), []
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -182,12 +227,21 @@ def _run(args: argparse.Namespace) -> int:
     if loader is not None:
         if rows:  # journaled, interrupted or not: the summary counts them in the spool
             with interrupts_held():
-                loader.accept(rows)
+                try:
+                    loader.accept(rows)
+                except (SpoolFull, SpoolError):
+                    unjournaled = len(rows)
         loader.close(0.0 if interrupted else 1.0)
         stats = loader.stats()
         loaded_rows = stats.delivered
         rejected = sum(stats.rejected.values())
-        left = mapped - loaded_rows - rejected
+        left = mapped - loaded_rows - rejected - unjournaled
+    if stopped:
+        err(
+            f"{PROG}: {stopped}: the last {unjournaled} rows mapped up to there were not "
+            "journaled, nor anything after read; replay the files again once the spool has "
+            "room (loads are upserts)"
+        )
     what = "would load" if args.dry_run else "loaded"
     count = mapped if args.dry_run else loaded_rows
     err(
@@ -197,11 +251,12 @@ def _run(args: argparse.Namespace) -> int:
             ""
             if args.dry_run
             else f", {rejected} refused by Selligent, {left} left in the spool {args.spool}"
+            + (f", {unjournaled} not journaled" if unjournaled else "")
         )
     )
     if interrupted:
         raise KeyboardInterrupt
-    if rejected or left > 0:
+    if rejected or left > 0 or unjournaled:
         return EXIT_UNDELIVERED
     return EXIT_INVALID if refused else EXIT_OK
 

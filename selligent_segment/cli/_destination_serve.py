@@ -52,6 +52,7 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
     from selligent_segment.destination._loader import (
         DEFAULT_BATCH_SIZE,
         DEFAULT_LINGER,
+        DEFAULT_MAX_SPOOL_BYTES,
         DEFAULT_REQUESTS_PER_MINUTE,
         DEFAULT_THREADS,
     )
@@ -87,6 +88,14 @@ def add_loader_options(parser: argparse.ArgumentParser) -> None:
         help=f"sender threads shared by every tenant (default {DEFAULT_THREADS})",
     )
     parser.add_argument(
+        "--max-spool-bytes",
+        type=int,
+        default=DEFAULT_MAX_SPOOL_BYTES,
+        metavar="N",
+        help="the spool file's size cap, shared by every tenant: over it serve answers 503 "
+        f"and replay waits for room (default {DEFAULT_MAX_SPOOL_BYTES:,}, 1 GiB)",
+    )
+    parser.add_argument(
         "--fsync",
         action="store_true",
         help="fsync each journal write before answering: a power cut, not only a kill, "
@@ -103,6 +112,7 @@ def loader_settings(args: argparse.Namespace) -> Any:
         linger=args.linger,
         threads=args.threads,
         requests_per_minute=args.requests_per_minute,
+        max_spool_bytes=args.max_spool_bytes,
         fsync=args.fsync,
     )
 
@@ -129,7 +139,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="the largest request body accepted (default 8 MiB)",
+        help="the largest request body accepted (default 128 MiB: Segment's largest batch, "
+        "4,000 events of 32 KB)",
     )
 
 
@@ -202,10 +213,14 @@ def _run(args: argparse.Namespace) -> int:
     out(f"LISTENING http://{shown_host}:{port}")
     err(f"{PROG}: serving {len(loaded.tenants)} tenant(s) at http://{shown_host}:{port}"
         f"/segment/TENANT; spool {loader.path}")  # fmt: skip
+
+    def stop() -> None:
+        receiver.closing = True  # /healthz answers 503 from the signal on
+        server.stop()
+
     try:
-        with _stop_on_signals(server.stop) as seen:
+        with _stop_on_signals(stop) as seen:
             server.run(sockets=[sock])
-        receiver.closing = True
         why = "SIGTERM" if signal.SIGTERM in seen else "interrupted" if seen else "stopped"
         err(f"{PROG}: {why}: no new requests; loading for up to {args.flush_timeout:g} s")
     finally:

@@ -175,16 +175,23 @@ class TenantConfig:
         factory=lambda: os.environ, repr=_redacted, eq=False, hash=False
     )
 
-    def shared_secret(self) -> bytes | None:
-        """The webhook's shared secret (UTF-8) from ``shared_secret_env``, or None when the
-        file names no such variable. Raises ConfigurationError (naming the variable, never
-        its value) when it is named but unset or empty."""
+    def shared_secrets(self) -> tuple[bytes, ...] | None:
+        """The webhook's shared secrets (UTF-8) from ``shared_secret_env``, or None when the
+        file names no such variable. The variable holds one secret, or several separated
+        by commas (each stripped of spaces; empty ones ignored), all accepted: during a
+        rotation, the old and the new. Raises ConfigurationError (naming the variable,
+        never its value) when it is named but unset or holds no secret."""
         if self.shared_secret_env is None:
             return None
-        value = self.environ.get(self.shared_secret_env)
-        if not value:
+        secrets = _split_secrets(self.environ.get(self.shared_secret_env))
+        if not secrets:
             raise ConfigurationError(self.shared_secret_env, f"is not set (tenant {self.name})")
-        return value.encode()
+        return tuple(secret.encode() for secret in secrets)
+
+    def shared_secret(self) -> bytes | None:
+        """The first of :meth:`shared_secrets` (what a sender signs with), or None."""
+        secrets = self.shared_secrets()
+        return None if secrets is None else secrets[0]
 
     def api_key(self) -> str:
         """The Selligent ``key:secret`` from ``api_key_env``. Raises ConfigurationError
@@ -255,6 +262,12 @@ def load_config(
     return parse_config(data, environ, source=name, require_secrets=require_secrets)
 
 
+def _split_secrets(value: str | None) -> list[str]:
+    """The secrets a ``shared_secret_env`` variable holds: comma-separated, each stripped,
+    the empty ones dropped."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
 def parse_config(
     data: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -322,7 +335,7 @@ def _tenant(
         if reason is not None:
             problem(f"api_key_env: the environment variable {api_key_env} {reason}")
     secret_env = _env_name(table, "shared_secret_env", False, problem)
-    if secret_env is not None and require_secrets and not env.get(secret_env):
+    if secret_env is not None and require_secrets and not _split_secrets(env.get(secret_env)):
         problem(f"shared_secret_env: the environment variable {secret_env} is not set")
 
     whole_body = table.get("whole_body_signature", False)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,6 +63,12 @@ DEFAULT_REQUESTS_PER_MINUTE = 2500
 DEFAULT_THREADS = 4
 #: The spool file's size cap (bytes); over it, the receiver answers 503.
 DEFAULT_MAX_SPOOL_BYTES = 1024**3
+#: The part of ``max_spool_bytes`` (one in this many) only tenants not behind the backlog
+#: may fill: past the rest, a paused tenant, or one holding more than an even share of the
+#: rows waiting, is refused, so one customer's outage does not refuse every customer.
+_RESERVE_PART = 4
+#: Seconds the tenants refused past the reserve are judged for (a count of the spool).
+_CULPRITS_FOR = 1.0
 _INGEST_CHUNK = 4096
 #: No batch set aside to wait out its own Retry-After while its tenant loads on.
 _IN_ORDER = AsidePolicy(max_batches=0)
@@ -84,6 +90,9 @@ class LoaderSettings:
     * ``requests_per_minute``: the cap per API key (2,500, Selligent's).
     * ``threads``: sender threads shared fairly by every tenant (4).
     * ``max_spool_bytes``: the spool file's cap; over it ``accept`` raises SpoolFull (1 GiB).
+      Its last quarter is for the tenants not behind the backlog: past three quarters, a
+      paused tenant, or one holding more than an even share of the rows waiting, is
+      refused (SpoolFull) while the others are accepted up to the cap.
     * ``retry``: backoff and give-up budgets (the library's :class:`RetryPolicy`).
     * ``fsync``: fsync each journal write (a power cut, not only a kill, loses nothing).
     """
@@ -170,6 +179,8 @@ class Loader:
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._clock = clock
+        self._culprits: tuple[float, frozenset[str]] | None = None
 
     def __repr__(self) -> str:
         return f"<Loader {str(self.path)!r} tenants={list(self.config.tenants)}>"
@@ -213,22 +224,47 @@ class Loader:
         self._thread.start()
         return self
 
-    def has_room(self, nbytes: int) -> bool:
+    def has_room(self, nbytes: int, tenants: Collection[str] = ()) -> bool:
         """True when ``nbytes`` more fit under ``max_spool_bytes`` now (journaled rows not
-        yet in the file counted)."""
-        return self.spool.has_room(nbytes + self._pending_bytes)
+        yet in the file counted); for rows of ``tenants``, when :meth:`accept` would take
+        them (the reserve: see :class:`LoaderSettings`)."""
+        if not tenants:
+            return self.spool.has_room(nbytes + self._pending_bytes)
+        reserve = self.settings.max_spool_bytes // _RESERVE_PART
+        if self.spool.has_room(nbytes + self._pending_bytes + reserve):
+            return True
+        if not self.spool.has_room(nbytes + self._pending_bytes):
+            return False
+        return self._behind().isdisjoint(tenants)
+
+    def _behind(self) -> frozenset[str]:
+        """The tenants behind the backlog: paused, or holding more rows than an even share
+        of those waiting; judged once per :data:`_CULPRITS_FOR` seconds at most (counting
+        reads the whole spool)."""
+        now = self._clock.monotonic()
+        if self._culprits is not None and now - self._culprits[0] < _CULPRITS_FOR:
+            return self._culprits[1]
+        queued = self.queued()
+        total = sum(queued.values())
+        n = len(self.config.tenants)
+        behind = {t for t, q in queued.items() if q * n > total}
+        culprits = frozenset(behind | set(self.paused()))
+        self._culprits = (now, culprits)
+        return culprits
 
     def accept(self, rows: Sequence[MappedRow], dead: Sequence[DeadRow] = ()) -> None:
         """Journal ``rows`` (to load) and ``dead`` (dead letters) in one write; durable
-        when this returns. Raises SpoolFull over the size cap, SpoolError when the journal
-        cannot be written (then nothing of the call was accepted)."""
+        when this returns. Raises SpoolFull over the size cap (or past three quarters of
+        it, for a tenant behind the backlog: see :class:`LoaderSettings`), SpoolError when
+        the journal cannot be written (then nothing of the call was accepted)."""
         if not rows and not dead:
             return
         if self._closed:
             raise SpoolError(f"{self.path}: the loader is closed")
         payloads = [row_payload(r) for r in rows]
         data = b"".join([frame(p) for p in payloads] + [frame(d.payload) for d in dead])
-        if not self.has_room(len(data)):
+        tenants = {r.tenant for r in rows} | {d.tenant for d in dead}
+        if not self.has_room(len(data), tenants):
             raise SpoolFull(f"the spool file {self.path} is full")
         # Spooled as messages (messageId and kind set, the payload as body): a lease then
         # reads no row. A replay of the journal spools them as records, which ``decode``

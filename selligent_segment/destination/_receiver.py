@@ -5,8 +5,9 @@ An ASGI application (:class:`Receiver`), mountable in Starlette/FastAPI or serve
 (``selligent-segment destination serve``):
 
 - ``POST /segment/{tenant}``: one event (a JSON object) or a batch (an array). A tenant
-  with a shared secret requires ``X-Signature`` (see :mod:`._signature`): missing or wrong
-  is ``401``; an unknown tenant ``404``; neither answer says more.
+  with a shared secret requires ``X-Signature`` made with it, or with any one of its
+  secrets during a rotation (see :mod:`._signature`): missing or wrong is ``401``; an
+  unknown tenant ``404``; neither answer says more.
 - ``GET /healthz``: ``200 ok`` while the loader runs, ``503`` once it is closing.
 
 Guarantees: ``200`` only once every event of the request is journaled (mapped rows to
@@ -42,6 +43,7 @@ import orjson
 
 from selligent_segment._asgi import (
     DEFAULT_BODY_DEADLINE,
+    DEFAULT_MAX_BODIES_BYTES,
     BodiesBusy,
     BodyBudget,
     BodyTimeout,
@@ -79,8 +81,14 @@ __all__ = [
 
 log = logging.getLogger("selligent_segment.destination")
 
-#: The largest request body accepted (bytes): 4,000 events of 2 KB, Segment's largest batch.
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: The largest request body accepted (bytes): Segment's largest batch of its largest events,
+#: 4,000 (:data:`MAX_BATCH_EVENTS`) of 32 KB (Segment's limit per event) with their commas
+#: and brackets, 131,076,001 bytes (125 MiB), rounded up to 128 MiB. A 413 is final for
+#: Segment (the batch is lost), so the default must take any batch it may send.
+DEFAULT_MAX_BODY_BYTES = 128 * 1024 * 1024
+#: The bodies being read at once, by default: two of the largest (or 64 MiB, the library's
+#: own default, for a small ``max_body_bytes``). A parsed batch takes a few times its bytes.
+BODIES_PER_BUDGET = 2
 #: The most events one request may hold: Segment's Webhooks (Actions) destination batches
 #: at most 4,000. A larger array is refused whole (413): a small body of junk elements
 #: would otherwise cost a refusal, a dead letter and memory for each.
@@ -132,11 +140,11 @@ def _answer(status: int, reason: str) -> bytes:
 class Receiver:
     """The ASGI application of the destination's webhook; see the module. ``config``
     names the tenants (secrets read once, here), ``loader`` journals what is accepted.
-    A body is at most ``max_body_bytes`` (8 MiB; 413 past it), the bodies being read at
-    once at most ``max_bodies_bytes`` together (by default 64 MiB, or ``max_body_bytes``
-    when that is more; never less than it; 503 past it), and a body must arrive whole
-    within ``body_deadline`` seconds (30; 408 past it): unfinished bodies cannot pile up
-    in memory. Mountable under a prefix (``root_path``)."""
+    A body is at most ``max_body_bytes`` (128 MiB; 413 past it), the bodies being read at
+    once at most ``max_bodies_bytes`` together (by default twice ``max_body_bytes``,
+    256 MiB, or 64 MiB when that is more; never less than ``max_body_bytes``; 503 past
+    it), and a body must arrive whole within ``body_deadline`` seconds (30; 408 past it):
+    unfinished bodies cannot pile up in memory. Mountable under a prefix (``root_path``)."""
 
     def __init__(
         self,
@@ -148,13 +156,15 @@ class Receiver:
         max_bodies_bytes: int | None = None,
         body_deadline: float = DEFAULT_BODY_DEADLINE,
     ) -> None:
+        if max_bodies_bytes is None:
+            max_bodies_bytes = max(DEFAULT_MAX_BODIES_BYTES, BODIES_PER_BUDGET * max_body_bytes)
         self.bodies = BodyBudget.for_bodies(max_bodies_bytes, max_body_bytes, "max_body_bytes")
         self.config = config
         self.loader = loader
         self.max_body_bytes = max_body_bytes
         self.body_deadline = body_deadline
-        self._secrets: dict[str, bytes | None] = {
-            name: tenant.shared_secret() for name, tenant in config.tenants.items()
+        self._secrets: dict[str, tuple[bytes, ...] | None] = {
+            name: tenant.shared_secrets() for name, tenant in config.tenants.items()
         }
         self._recent = {name: RecentIds(dedup_window) for name in config.tenants}
         self.closing = False
@@ -223,10 +233,11 @@ class Receiver:
         and the JSON answer. Synchronous: from parsing to journaling nothing else runs in
         between, so deduplication needs no lock."""
         data, error = read_fast(body)
-        secret = self._secrets.get(tenant.name)
-        if secret is not None:  # before any slower reading: an unsigned body costs little
+        secrets = self._secrets.get(tenant.name)
+        if secrets is not None:  # before any slower reading: an unsigned body costs little
             first = data[0] if isinstance(data, list) and data else None
-            if not verify(secret, body, signature, first, whole_body=tenant.whole_body_signature):
+            whole = tenant.whole_body_signature
+            if not verify(secrets, body, signature, first, whole_body=whole):
                 return 401, _answer(401, "signature refused")
         if data is _SLOW:
             data = read_slowly(body)

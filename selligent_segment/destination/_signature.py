@@ -11,14 +11,18 @@ the caller has the first element parsed, that compact form is tried before anyth
 (it signs Segment's batches, and costs one small HMAC instead of hashing and decoding
 the whole body: the forms accepted are the same whatever the order).
 
-Guarantees: every comparison is :func:`hmac.compare_digest` (constant time); the secret
-and the expected digest are never logged, returned or put in an exception.
+Several secrets may be given (a rotation: the old and the new); each form is then tried
+with every secret, so a body is hashed once per secret, not once per secret and form.
+
+Guarantees: every comparison is :func:`hmac.compare_digest` (constant time); the secrets
+and the expected digests are never logged, returned or put in an exception.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -60,7 +64,12 @@ def _js_numbers(value: Any) -> Any:
     return value
 
 
-def _signs(given: bytes, secret: bytes, first: Any) -> bool:
+def _signed(given: bytes, secrets: Sequence[bytes], data: bytes) -> bool:
+    """True when ``given`` is the signature of ``data`` with one of ``secrets``."""
+    return any(hmac.compare_digest(given, sign(secret, data).encode()) for secret in secrets)
+
+
+def _signs(given: bytes, secrets: Sequence[bytes], first: Any) -> bool:
     """True when ``given`` signs ``first`` re-serialised compactly; False, never an
     exception, when it cannot be (nested deeper than orjson writes, an integer beyond
     64 bits): the other forms are tried on the body's own bytes."""
@@ -68,11 +77,11 @@ def _signs(given: bytes, secret: bytes, first: Any) -> bool:
         compact = orjson.dumps(_js_numbers(first))
     except (orjson.JSONEncodeError, RecursionError):
         return False
-    return hmac.compare_digest(given, sign(secret, compact).encode())
+    return _signed(given, secrets, compact)
 
 
 def verify(
-    secret: bytes,
+    secret: bytes | Sequence[bytes],
     body: bytes,
     signature: str | None,
     first: Any = None,
@@ -80,21 +89,22 @@ def verify(
     whole_body: bool = False,
 ) -> bool:
     """True when ``signature`` (the ``X-Signature`` header) signs ``body`` or, for an
-    array, its first element (``first``, already parsed, if the caller has it); with
-    ``whole_body``, only when it signs ``body``."""
+    array, its first element (``first``, already parsed, if the caller has it), with
+    ``secret`` or one of several; with ``whole_body``, only when it signs ``body``."""
     if not signature:
         return False
+    secrets = (secret,) if isinstance(secret, bytes) else tuple(secret)
     given = signature.strip().lower().encode("ascii", "replace")
     if whole_body:
-        return hmac.compare_digest(given, sign(secret, body).encode())
-    if first is not None and _signs(given, secret, first):  # Segment's batches: cheapest
+        return _signed(given, secrets, body)
+    if first is not None and _signs(given, secrets, first):  # Segment's batches: cheapest
         return True
-    if hmac.compare_digest(given, sign(secret, body).encode()):
+    if _signed(given, secrets, body):
         return True
     raw = first_element(body)
     if raw is None:
         return False
-    if hmac.compare_digest(given, sign(secret, raw).encode()):
+    if _signed(given, secrets, raw):
         return True
     if first is not None:
         return False  # its compact form was tried first
@@ -102,4 +112,4 @@ def verify(
         first = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return False
-    return _signs(given, secret, first)
+    return _signs(given, secrets, first)

@@ -245,27 +245,55 @@ def _as_number(value: Any) -> str:
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.fullmatch(text):  # not all float() reads (nan, 1_000, Unicode digits)
+            if _INTEGER.fullmatch(text):
+                return _integer_text(text)
             number = float(text)
             if math.isfinite(number):  # 1e999
-                return text if _INTEGER.fullmatch(text) else _decimal_text(text, number)
+                return _decimal_text(text, number, value)
     raise ValueProblem(f"not a number: {kind_of(value)}")
 
 
-#: The most characters of a number written from numeric text.
+#: The most digits of a number written from numeric text (a sign and a point aside).
 _MAX_NUMBER_TEXT = 64
+_TOO_MANY_DIGITS = f"a number of more than {_MAX_NUMBER_TEXT} digits in decimal"
 
 
-def _decimal_text(text: str, number: float) -> str:
-    """Numeric ``text`` in decimal: as its float is written where that is the same number,
-    else every digit the text gave (a float would round ``1234567890123456.78``)."""
-    written = to_text(number)
-    exact = Decimal(text)
-    if Decimal(written) == exact:
-        return written
-    digits = format(exact, "f")
+def _integer_text(text: str) -> str:
+    """Integer ``text`` as the integer it is (``007`` is ``7``, ``-0`` is ``0``), its
+    digits counted before any conversion (``int`` of a long text is slow or refused)."""
+    digits = text.lstrip("-").lstrip("0") or "0"
     if len(digits) > _MAX_NUMBER_TEXT:
-        raise ValueProblem(f"a number of more than {_MAX_NUMBER_TEXT} digits in decimal")
-    return digits
+        raise ValueProblem(_TOO_MANY_DIGITS)
+    return "-" + digits if text[0] == "-" and digits != "0" else digits
+
+
+def _decimal_text(text: str, number: float, value: Any) -> str:
+    """Numeric ``text`` in decimal: as its float is written where that is the same number,
+    else every digit the text gave (a float would round ``1234567890123456.78``); at most
+    64 digits either way, counted from the exponent before anything is written out
+    (``1e-999999999`` would be a billion zeros)."""
+    try:
+        exact = Decimal(text)
+    except ArithmeticError:  # an exponent beyond what Decimal holds
+        raise ValueProblem(f"not a number: {kind_of(value)}") from None
+    written = to_text(number)  # a float's: 330 characters at most
+    if Decimal(written) != exact:
+        if _decimal_digits(exact) > _MAX_NUMBER_TEXT:
+            raise ValueProblem(_TOO_MANY_DIGITS)
+        written = format(exact, "f")
+    if len(written) - written.startswith("-") - ("." in written) > _MAX_NUMBER_TEXT:
+        raise ValueProblem(_TOO_MANY_DIGITS)
+    return written
+
+
+def _decimal_digits(exact: Decimal) -> int:
+    """How many digits ``format(exact, "f")`` writes, without writing them."""
+    _, digits, exponent = exact.as_tuple()
+    assert isinstance(exponent, int)  # finite: the pattern lets in no nan or infinity
+    if exponent >= 0:
+        return len(digits) + exponent
+    whole = max(len(digits) + exponent, 1)  # "0." before a fraction that starts there
+    return whole + -exponent
 
 
 #: A JSON number's text, a leading ``+`` and a bare ``.5`` or ``5.`` let in; ASCII digits.
