@@ -357,13 +357,13 @@ def test_the_shared_secret_variable_may_hold_several_secrets_for_a_rotation() ->
     """One secret per tenant: rotating it in Segment refused (401, final for Segment)
     every event signed with the new one until a restart with the new value (found by a
     review). The variable may hold several, comma-separated, each accepted."""
-    env = {"KEY": "k:s", "SECRET": " old-secret , new-secret,", "NONE": " , "}
+    env = {"KEY": "k:s", "SECRET": "old-secret-000000,new-secret-000000", "NONE": ""}
     config = parse_config(
         {"tenants": {"acme": tenant(shared_secret_env="SECRET")}}, env, require_secrets=True
     )
     acme = config.tenants["acme"]
-    assert acme.shared_secrets() == (b"old-secret", b"new-secret")
-    assert acme.shared_secret() == b"old-secret"
+    assert acme.shared_secrets() == (b"old-secret-000000", b"new-secret-000000")
+    assert acme.shared_secret() == b"old-secret-000000"
     assert "secret" not in repr(acme).replace("shared_secret_env", "")
     empty = parse_config(
         {"tenants": {"acme": tenant(shared_secret_env="NONE")}}, env, require_secrets=False
@@ -374,3 +374,16 @@ def test_the_shared_secret_variable_may_hold_several_secrets_for_a_rotation() ->
     data = {"tenants": {"acme": tenant(shared_secret_env="NONE")}}
     reasons = [p.reason for p in problems_of(data, env)]
     assert reasons == ["shared_secret_env: the environment variable NONE is not set"]
+
+
+def test_a_secret_holding_a_comma_stays_one_secret_unless_every_piece_is_long() -> None:
+    """Found by a second review: splitting every value on commas broke a secret holding a
+    comma (401 on every request after the upgrade) and let a piece of it, however short,
+    sign requests on its own."""
+    from selligent_segment.destination._config import _split_secrets
+
+    assert _split_secrets("Zx81kq,Pw") == ["Zx81kq,Pw"]
+    assert _split_secrets("  sekrit  ") == ["  sekrit  "]
+    assert _split_secrets("a" * 16 + ",,") == ["a" * 16 + ",,"]
+    assert _split_secrets("a" * 16 + "," + "b" * 16) == ["a" * 16, "b" * 16]
+    assert _split_secrets("") == []

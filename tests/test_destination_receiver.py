@@ -715,26 +715,26 @@ def test_every_secret_of_a_rotation_is_accepted_and_only_those(
     with the new secret (401 is final for Segment) until a restart with the new value
     (found by a review). The variable may hold the old and the new, comma-separated:
     either signs, in each form, and no secret is in an answer or a log line."""
-    env = {**ENV, "ACME_SEGMENT_SHARED_SECRET": "old-secret,new-secret"}
+    env = {**ENV, "ACME_SEGMENT_SHARED_SECRET": "old-secret-000000,new-secret-000000"}
     config = parse_config(example_data(local_selligent.url), env, source="example")
     loader = Loader(config, tmp_path / "rotation.spool", SETTINGS).start()
     receiver = Receiver(config, loader)
     acme = config.tenants["acme"]
     caplog.set_level("DEBUG", logger="selligent_segment")
     try:
-        for n, secret in enumerate(["old-secret", "new-secret"]):
+        for n, secret in enumerate(["old-secret-000000", "new-secret-000000"]):
             one = orjson.dumps(identify(n))
             batch = b"[" + one + b"," + orjson.dumps(identify(n + 10)) + b"]"
             assert receiver.handle(acme, one, sign(secret, one))[0] == 200
             assert receiver.handle(acme, batch, sign(secret, one))[0] == 200  # first event
             assert receiver.handle(acme, batch, sign(secret, batch))[0] == 200  # whole body
         one = orjson.dumps(identify(99))
-        for wrong in ("other", "old-secret,new-secret", "old-secretnew-secret", "", " "):
+        for wrong in ("other", "old-secret-000000,new-secret-000000", "old-secret-000000new-secret-000000", "", " "):
             status, answer = receiver.handle(acme, one, sign(wrong, one))
             assert status == 401
             assert b"secret" not in answer.replace(b"signature", b"")
     finally:
         loader.close(2.0)
-    assert "old-secret" not in caplog.text
-    assert "new-secret" not in caplog.text
-    assert "old-secret" not in repr(receiver) + repr(acme) + repr(config)
+    assert "old-secret-000000" not in caplog.text
+    assert "new-secret-000000" not in caplog.text
+    assert "old-secret-000000" not in repr(receiver) + repr(acme) + repr(config)

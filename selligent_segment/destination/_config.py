@@ -262,10 +262,21 @@ def load_config(
     return parse_config(data, environ, source=name, require_secrets=require_secrets)
 
 
+#: The shortest piece of a comma-separated value taken for a secret of its own.
+_MIN_SPLIT_SECRET = 16
+
+
 def _split_secrets(value: str | None) -> list[str]:
-    """The secrets a ``shared_secret_env`` variable holds: comma-separated, each stripped,
-    the empty ones dropped."""
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
+    """The secrets a ``shared_secret_env`` variable holds: comma-separated for a rotation
+    when every piece is at least 16 characters with no blank around it; otherwise the
+    whole value is one secret, as before rotations were read (a secret holding a comma
+    keeps working, and no short piece of it ever signs a request on its own)."""
+    if not value:
+        return []
+    pieces = value.split(",")
+    if len(pieces) > 1 and all(len(p) >= _MIN_SPLIT_SECRET and p == p.strip() for p in pieces):
+        return pieces
+    return [value]
 
 
 def parse_config(
