@@ -729,7 +729,13 @@ def test_every_secret_of_a_rotation_is_accepted_and_only_those(
             assert receiver.handle(acme, batch, sign(secret, one))[0] == 200  # first event
             assert receiver.handle(acme, batch, sign(secret, batch))[0] == 200  # whole body
         one = orjson.dumps(identify(99))
-        for wrong in ("other", "old-secret-000000,new-secret-000000", "old-secret-000000new-secret-000000", "", " "):
+        for wrong in (
+            "other",
+            "old-secret-000000,new-secret-000000",
+            "old-secret-000000new-secret-000000",
+            "",
+            " ",
+        ):
             status, answer = receiver.handle(acme, one, sign(wrong, one))
             assert status == 401
             assert b"secret" not in answer.replace(b"signature", b"")
