@@ -292,13 +292,13 @@ def test_undelivered_events_stay_in_the_spool_and_flush_delivers_them(
 
 
 def _send_in_background(
-    data: str, keys_file: str, endpoint: str, **options: Any
+    data: str, keys_file: str, endpoint: str, *extra: str, **options: Any
 ) -> subprocess.Popen[str]:
-    """``send DATA`` to ``endpoint`` in a child process, its stdout and stderr piped, its
-    stdin empty unless ``options`` say otherwise."""
+    """``send DATA`` (and ``extra`` options) to ``endpoint`` in a child process, its stdout
+    and stderr piped, its stdin empty unless ``options`` say otherwise."""
     options.setdefault("stdin", subprocess.DEVNULL)
     return subprocess.Popen(
-        [*SEND, data, "--write-keys", keys_file, "--endpoint", endpoint],
+        [*SEND, data, "--write-keys", keys_file, "--endpoint", endpoint, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -360,11 +360,7 @@ def test_the_json_summary_of_a_run_stopped_by_sigterm_says_143(
     data = write(tmp_path / "in.jsonl", rec(1, "acme"))
     with LocalSegment(write_keys=["key-acme", "key-globex"]) as server:
         server.outage(503)
-        proc = subprocess.Popen(
-            [*SEND, data, "--json", "--write-keys", keys_file, "--endpoint", server.url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=clean_env(), cwd=ROOT,
-        )  # fmt: skip
+        proc = _send_in_background(data, keys_file, server.url, "--json")
         try:
             assert server.wait_for_arrivals(1, timeout=30)  # read; now it retries
             proc.send_signal(signal.SIGTERM)

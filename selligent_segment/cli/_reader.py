@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import attrs
@@ -161,23 +161,40 @@ def _keys_of(data: Any) -> int:
     return count
 
 
-def _duplicate(value: Any, path: str, depth: int = 0) -> str | None:
-    """The dotted path of the first duplicated key in an exact parse, or None."""
+def _first(
+    value: Any, path: str, hit: Callable[[Any, str], str | None], depth: int = 0
+) -> str | None:
+    """The dotted path ``hit`` gives for the first value nested in ``value`` (depth first,
+    ``path`` the path of ``value``; to _MAX_DEPTH) that it names, or None."""
     if depth > _MAX_DEPTH:
         return None
+    found = hit(value, path)
+    if found is not None:
+        return found
     if isinstance(value, dict):
-        if isinstance(value, _Duplicates):
-            return f"{path}.{value.duplicate}" if path else value.duplicate
-        for key, item in value.items():
-            found = _duplicate(item, f"{path}.{key}" if path else key, depth + 1)
-            if found is not None:
-                return found
+        items: Iterable[tuple[str, Any]] = (
+            (f"{path}.{key}" if path else key, item) for key, item in value.items()
+        )
     elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _duplicate(item, f"{path}[{index}]", depth + 1)
-            if found is not None:
-                return found
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _first(item, where, hit, depth + 1)
+        if found is not None:
+            return found
     return None
+
+
+def _duplicate_at(value: Any, path: str) -> str | None:
+    if isinstance(value, _Duplicates):
+        return f"{path}.{value.duplicate}" if path else value.duplicate
+    return None
+
+
+def _duplicate(value: Any, path: str) -> str | None:
+    """The dotted path of the first duplicated key in an exact parse, or None."""
+    return _first(value, path, _duplicate_at)
 
 
 class _Inexact(float):
@@ -193,23 +210,13 @@ def _integer_marked(text: str) -> int | float:
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
+def _inexact_at(value: Any, path: str) -> str | None:
+    return path if isinstance(value, _Inexact) else None
+
+
 def _inexact(value: Any, path: str, depth: int = 0) -> str | None:
     """The path of the first integer beyond 64 bits nested in ``value``, or None."""
-    if depth > _MAX_DEPTH:
-        return None
-    if isinstance(value, _Inexact):
-        return path
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _inexact(item, f"{path}.{key}" if path else key, depth + 1)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _inexact(item, f"{path}[{index}]", depth + 1)
-            if found is not None:
-                return found
-    return None
+    return _first(value, path, _inexact_at, depth)
 
 
 def _inexact_nested(text: bytes, field: str) -> str | None:

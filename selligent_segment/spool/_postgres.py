@@ -569,16 +569,32 @@ def _refresh_enqueue(conn: psycopg.Connection[Any], schema: str) -> None:
     ).fetchone()
     if row is None or row[0]:
         return  # up to date (or dropped by hand: left as it is)
-    if not row[1]:
+    _redo_as_owner(
+        conn,
+        schema,
+        owner=row[1],
+        statement=_ENQUEUE,
+        stale="its enqueue function still takes timestamps without an offset "
+        "('now', '2026-11-30 10:00')",
+        fix="bring it up to date",
+    )
+
+
+def _redo_as_owner(
+    conn: psycopg.Connection[Any], schema: str, *, owner: bool, statement: str, stale: str, fix: str
+) -> None:
+    """Run ``statement`` (formatted with the schema) when this role owns what it redoes;
+    else say what is ``stale`` and that a start as the owner will ``fix`` it."""
+    if not owner:
         log.warning(
-            "schema %s: its enqueue function still takes timestamps without an offset "
-            "('now', '2026-11-30 10:00'); run selligent-segment spool init once as the "
-            "schema's owner to bring it up to date",
+            "schema %s: %s; run selligent-segment spool init once as the schema's owner to %s",
             schema,
+            stale,
+            fix,
             extra={"reason": "spool_schema"},
         )
         return
-    conn.execute(_ENQUEUE.format(s=schema))
+    conn.execute(statement.format(s=schema))
 
 
 def _guard_counting(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -593,16 +609,15 @@ def _guard_counting(conn: psycopg.Connection[Any], schema: str) -> None:
     ).fetchone()
     if row is None or not row[0]:
         return
-    if not row[1]:
-        log.warning(
-            "schema %s: its counting functions may still be attached by any role that may "
-            "use the schema, to forge the queue's counts; run selligent-segment spool init "
-            "once as the schema's owner to guard them",
-            schema,
-            extra={"reason": "spool_schema"},
-        )
-        return
-    conn.execute(_COUNTING.format(s=schema))
+    _redo_as_owner(
+        conn,
+        schema,
+        owner=row[1],
+        statement=_COUNTING,
+        stale="its counting functions may still be attached by any role that may use the "
+        "schema, to forge the queue's counts",
+        fix="guard them",
+    )
 
 
 def compact_counts(conn: psycopg.Connection[Any], schema: str) -> int:
